@@ -1,0 +1,148 @@
+"""Config: every setting, its default and its help, defined once.
+
+The command line (`imageserver.tap.Options`) and the docs' option table are
+both generated from the fields below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from imageserver.errors import ImageServerError
+from imageserver.naming import OUTPUT_FORMATS, Variant, VariantRules
+
+
+def _cpu_count() -> int:
+    """CPUs this process may run on (a container's share, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def setting(default: Any, help: str, **kwargs: Any) -> Any:
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+@dataclass(frozen=True)
+class Config:
+    port: str = setting(
+        "7000",
+        "Main HTTP port: a number (bound to --listen) or a Twisted endpoint "
+        "such as tcp:7000:interface=0.0.0.0 or unix:/run/imageserver.sock.",
+    )
+    listen: str = setting(
+        "127.0.0.1", "Address a numeric --port or --admin_port binds to."
+    )
+    admin_port: str = setting(
+        "tcp:7002:interface=127.0.0.1",
+        "Admin port for probes: a number, a Twisted endpoint, or 'none'.",
+    )
+    local_base_path: str = setting(
+        "public", "Directory where originals, info.json and variants are kept."
+    )
+    outputs: tuple[str, ...] = setting(
+        (), "Variants generated on every upload, e.g. 'x300.jpg,x300.webp'."
+    )
+    extensions: tuple[str, ...] = setting(
+        ("jpg", "png", "gif", "webp", "avif"),
+        "Output formats served; other variant extensions are 404. "
+        f"Known: {','.join(OUTPUT_FORMATS)}.",
+    )
+    default_quality: int = setting(75, "Quality (1-100) when a name has no -qN.")
+    maximum_width: int = setting(
+        1000, "Largest width or height a variant name may ask for."
+    )
+    max_source_bytes: int = setting(
+        50 * 1024 * 1024, "Largest upload body or source download, in bytes."
+    )
+    max_source_pixels: int = setting(
+        50_000_000, "Largest original, in pixels (width x height)."
+    )
+    processor_concurrency: int = setting(
+        0, "Threads decoding and encoding images; 0 means one per CPU."
+    )
+    io_concurrency: int = setting(8, "Threads reading and writing storage.")
+    http_timeout: float = setting(
+        5.0, "Seconds allowed to download a source URL, body included."
+    )
+    max_file_age: int = setting(
+        30,
+        "Minutes a file stays in the local cache when a remote store is used.",
+    )
+
+    def __post_init__(self) -> None:
+        if self.processor_concurrency == 0:
+            object.__setattr__(self, "processor_concurrency", _cpu_count())
+        for name in (
+            "processor_concurrency",
+            "io_concurrency",
+            "maximum_width",
+            "max_source_bytes",
+            "max_source_pixels",
+            "max_file_age",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1")
+        if not 1 <= self.default_quality <= 100:
+            raise ValueError("--default_quality must be between 1 and 100")
+        if self.http_timeout <= 0:
+            raise ValueError("--http_timeout must be positive")
+        unknown = set(self.extensions) - set(OUTPUT_FORMATS)
+        if unknown or not self.extensions:
+            raise ValueError(f"--extensions must be some of {','.join(OUTPUT_FORMATS)}")
+        try:
+            self.rules.parse_outputs(",".join(self.outputs))
+        except ImageServerError as e:
+            raise ValueError(f"--outputs: {e}") from None
+
+    @property
+    def endpoint(self) -> str:
+        """The main port as a Twisted endpoint description."""
+        return self._endpoint(self.port)
+
+    @property
+    def admin_endpoint(self) -> str | None:
+        if self.admin_port.lower() == "none":
+            return None
+        return self._endpoint(self.admin_port)
+
+    def _endpoint(self, port: str) -> str:
+        if port.isdigit():
+            return f"tcp:{port}:interface={self.listen.replace(':', chr(92) + ':')}"
+        return port
+
+    @property
+    def rules(self) -> VariantRules:
+        return VariantRules(
+            frozenset(self.extensions), self.default_quality, self.maximum_width
+        )
+
+    @property
+    def default_outputs(self) -> tuple[Variant, ...]:
+        return self.rules.parse_outputs(",".join(self.outputs))
+
+
+def fields() -> tuple[dataclasses.Field[Any], ...]:
+    return dataclasses.fields(Config)
+
+
+def parse(field: dataclasses.Field[Any], text: str) -> Any:
+    """Turn a command-line string into the field's type."""
+    if field.type in ("int", int):
+        return int(text)
+    if field.type in ("float", float):
+        return float(text)
+    if field.type in ("tuple[str, ...]", tuple[str, ...]):
+        return tuple(item.strip() for item in text.split(",") if item.strip())
+    return text
+
+
+def show(value: Any) -> str:
+    """A default as it is written on the command line."""
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)

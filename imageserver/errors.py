@@ -1,0 +1,41 @@
+"""Errors a client caused or must be told about.
+
+They carry no HTTP: the web layer maps each class to one status in one place.
+Messages are shown to clients, so they never contain paths, secrets or tracebacks.
+"""
+
+
+class ImageServerError(Exception):
+    """Base class; ``str(error)`` is the message sent to the client."""
+
+
+class InvalidRequest(ImageServerError):
+    """A malformed variant name, parameter or option (400)."""
+
+
+class Forbidden(ImageServerError):
+    """The request is understood but not allowed (403)."""
+
+
+class NotFound(ImageServerError):
+    """No such namespace, image, file or served extension (404)."""
+
+
+class ContentTooLarge(ImageServerError):
+    """A body or download over ``max_source_bytes`` (413)."""
+
+
+class UnsupportedImage(ImageServerError):
+    """Bytes that are not a decodable image of an accepted format (415)."""
+
+
+class ImageTooLarge(ImageServerError):
+    """An image whose declared dimensions exceed ``max_source_pixels`` (422)."""
+
+
+class SourceUnavailable(ImageServerError):
+    """A source URL that failed other than by 404 or timeout (502)."""
+
+
+class SourceTimeout(ImageServerError):
+    """A source URL that did not answer within ``http_timeout`` (504)."""

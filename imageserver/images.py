@@ -1,0 +1,245 @@
+"""The use cases: upload an original, get a variant or file, process outputs.
+
+This layer owns the rules (what is stored where, in which order, what runs
+once) and nothing else: HTTP lives in `imageserver.web`, pixels in
+`imageserver.imaging`, bytes at rest behind `imageserver.storage.Storage`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import BinaryIO
+
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.logger import Logger
+
+from imageserver import imaging
+from imageserver.errors import InvalidRequest, NotFound, UnsupportedImage
+from imageserver.flights import Flights
+from imageserver.naming import (
+    INFO,
+    ORIGINAL,
+    ImageId,
+    Variant,
+    VariantRules,
+    check_file_name,
+    check_namespace,
+    is_file_name,
+)
+from imageserver.pools import Runner
+from imageserver.sources import SourceFetcher
+from imageserver.storage import Storage, StoredObject, content_type_for
+
+log = Logger()
+
+
+class Images:
+    """Upload, look up and generate images, with collaborators given, not found."""
+
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        sources: SourceFetcher,
+        process: Runner,
+        rules: VariantRules,
+        max_source_pixels: int,
+        default_outputs: Sequence[Variant] = (),
+    ) -> None:
+        self._storage = storage
+        self._sources = sources
+        self._process = process
+        self.rules = rules
+        self._max_pixels = max_source_pixels
+        self._default_outputs = tuple(default_outputs)
+        self._fetches: Flights[str, bytes] = Flights()
+        self._ingests: Flights[ImageId, bytes] = Flights()
+        self._renders: Flights[str, StoredObject] = Flights()
+
+    async def upload(
+        self,
+        namespace: str,
+        *,
+        body: BinaryIO | None = None,
+        source: str | None = None,
+        outputs: str | None = None,
+    ) -> bytes:
+        """Store an original (the body, or fetched from ``source``); return info.json.
+
+        Returns once the original, its info.json and every output are stored.
+        """
+        check_namespace(namespace)
+        variants = self._outputs(outputs)
+        if source is not None:
+            data = await self._fetches.run([source], self._fetch)[source]
+            digest = await self._process(_md5, data)
+        elif body is not None:
+            data, digest = await self._process(_read_and_hash, body)
+        else:
+            data, digest = b"", ""
+        if not data:
+            raise UnsupportedImage(
+                "the body is empty: send the image as the body or give ?source=URL"
+            )
+        image = ImageId(namespace, digest)
+        info = await self._ingests.run(
+            [image], lambda _: self._ingest(image, data, variants)
+        )[image]
+        await self._ensure(image, variants, data)
+        return info
+
+    async def get(self, image: ImageId, name: str) -> StoredObject:
+        """A variant (generated on first request), info.json, the original or a file."""
+        variant = self.rules.parse(name)
+        if variant is None:
+            return await self._get_file(image, name)
+        stored = await self._storage.get(image.key(name))
+        if stored is not None:
+            return stored
+        return (await self._generate(image, [variant]))[name]
+
+    async def process(self, image: ImageId, outputs: str | None) -> None:
+        """Generate whichever of ``outputs`` are not stored yet."""
+        variants = self.rules.parse_outputs(outputs)
+        if not variants:
+            raise InvalidRequest("give the variants to generate in ?outputs=")
+        await self._ensure(image, variants)
+
+    async def put_file(self, image: ImageId, name: str, body: BinaryIO) -> None:
+        """Keep a client's file in the image's folder, replacing any previous one."""
+        check_file_name(name)
+        if not await self._storage.exists(image.key(ORIGINAL)):
+            raise NotFound("image not found")
+        data, _ = await self._process(_read_and_hash, body)
+        await self._storage.put(image.key(name), data, content_type_for(name))
+
+    def _outputs(self, outputs: str | None) -> tuple[Variant, ...]:
+        requested = self.rules.parse_outputs(outputs)
+        return tuple({v.name: v for v in self._default_outputs + requested}.values())
+
+    async def _fetch(self, urls: list[str]) -> dict[str, bytes]:
+        (url,) = urls
+        return {url: await self._sources.fetch(url)}
+
+    async def _ingest(
+        self, image: ImageId, data: bytes, variants: Sequence[Variant]
+    ) -> dict[ImageId, bytes]:
+        """Store a new original with the first uploader's outputs, info.json last.
+
+        info.json is the mark of a complete upload: an original whose upload
+        died half-way is stored again by the next upload of the same bytes.
+        """
+        existing = await self._storage.get(image.key(INFO))
+        if existing is not None:
+            return {image: existing.data}
+        info, outputs = await self._process(
+            imaging.render_many, data, variants, self._max_pixels
+        )
+        info_json = _info_json(image, info)
+        await self._storage.put(image.key(ORIGINAL), data, info.content_type)
+        await self._put_all(image, variants, outputs)
+        await self._storage.put(image.key(INFO), info_json, "application/json")
+        log.info(
+            "stored {namespace}/{hash} ({width}x{height} {content_type})",
+            namespace=image.namespace,
+            hash=image.hash,
+            width=info.width,
+            height=info.height,
+            content_type=info.content_type,
+        )
+        return {image: info_json}
+
+    async def _ensure(
+        self,
+        image: ImageId,
+        variants: Sequence[Variant],
+        original: bytes | None = None,
+    ) -> None:
+        """Generate those of ``variants`` the image's folder does not hold yet."""
+        if variants:
+            present = set(await self._storage.list(image.folder))
+            missing = [v for v in variants if v.name not in present]
+            await self._generate(image, missing, original)
+
+    async def _generate(
+        self,
+        image: ImageId,
+        variants: Sequence[Variant],
+        original: bytes | None = None,
+    ) -> dict[str, StoredObject]:
+        """Render and store ``variants``, decoding the original once for all.
+
+        A variant some other request is already rendering is waited for.
+        """
+        by_key = {image.key(v.name): v for v in variants}
+
+        async def render(keys: list[str]) -> dict[str, StoredObject]:
+            return await self._render(image, [by_key[k] for k in keys], original)
+
+        waiting = self._renders.run(list(by_key), render)
+        return {by_key[k].name: await d for k, d in waiting.items()}
+
+    async def _render(
+        self, image: ImageId, variants: list[Variant], original: bytes | None
+    ) -> dict[str, StoredObject]:
+        if original is None:
+            stored = await self._storage.get(image.key(ORIGINAL))
+            if stored is None:
+                raise NotFound("image not found")
+            original = stored.data
+        _, outputs = await self._process(
+            imaging.render_many, original, variants, self._max_pixels
+        )
+        return await self._put_all(image, variants, outputs)
+
+    async def _put_all(
+        self, image: ImageId, variants: Sequence[Variant], outputs: Sequence[bytes]
+    ) -> dict[str, StoredObject]:
+        keys = [image.key(v.name) for v in variants]
+        stored = await gatherResults(
+            [
+                Deferred.fromCoroutine(self._storage.put(k, data, v.content_type))
+                for k, v, data in zip(keys, variants, outputs, strict=True)
+            ],
+            consumeErrors=True,
+        )
+        return dict(zip(keys, stored, strict=True))
+
+    async def _get_file(self, image: ImageId, name: str) -> StoredObject:
+        if name == ORIGINAL:
+            original = await self._storage.get(image.key(ORIGINAL))
+            info = await self._storage.get(image.key(INFO))
+            if original is None or info is None:
+                raise NotFound("image not found")
+            content_type = json.loads(info.data)["content_type"]
+            return replace(original, content_type=content_type)
+        if name != INFO and not is_file_name(name):
+            raise NotFound("file not found")
+        stored = await self._storage.get(image.key(name))
+        if stored is None:
+            raise NotFound("image not found" if name == INFO else "file not found")
+        return stored
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def _read_and_hash(body: BinaryIO) -> tuple[bytes, str]:
+    body.seek(0)
+    data = body.read()
+    return data, _md5(data)
+
+
+def _info_json(image: ImageId, info: imaging.ImageInfo) -> bytes:
+    return json.dumps(
+        {
+            "hash": image.hash,
+            "width": info.width,
+            "height": info.height,
+            "content_type": info.content_type,
+        }
+    ).encode()

@@ -1,0 +1,65 @@
+"""Where originals, info.json, variants and files are kept: one interface.
+
+Keys are ``/``-separated paths built by `imageserver.naming.ImageId.key`, so
+every backend shares one layout: ``{ns}/6e0/072/682/e66287b662827da75b244a3/w200.jpg``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+from dataclasses import dataclass
+from typing import Protocol
+
+from imageserver.naming import OUTPUT_FORMATS
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    """One stored file, read whole (every stored file is bounded in size)."""
+
+    data: bytes
+    content_type: str
+    #: Seconds since the epoch.
+    modified: float
+    #: A strong validator, quoted as it goes in an ETag header.
+    etag: str
+
+
+class Storage(Protocol):
+    """The operations the rest of the server needs from a backend.
+
+    Writes are atomic: a reader sees the old object, the new one, or none,
+    never part of one. Missing objects are ``None`` or ``False``, not errors.
+    """
+
+    async def get(self, key: str) -> StoredObject | None:
+        """The object at ``key``, or ``None``."""
+        ...
+
+    async def put(self, key: str, data: bytes, content_type: str) -> StoredObject:
+        """Store ``data`` at ``key``, replacing any object there."""
+        ...
+
+    async def exists(self, key: str) -> bool: ...
+
+    async def list(self, folder: str) -> list[str]:
+        """The names of the objects directly under ``folder``, sorted."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; removing a missing object is not an error."""
+        ...
+
+
+def content_type_for(name: str) -> str:
+    """The Content-Type a file is served with, from its name's extension."""
+    ext = name.rpartition(".")[2] if "." in name else ""
+    if ext in OUTPUT_FORMATS:
+        return OUTPUT_FORMATS[ext]
+    guessed, _ = mimetypes.guess_type(name, strict=False)
+    return guessed or "application/octet-stream"
+
+
+def etag_of(data: bytes) -> str:
+    return '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'

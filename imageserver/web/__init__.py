@@ -1,0 +1,1 @@
+"""HTTP: the main port's routes and the admin port's probes."""

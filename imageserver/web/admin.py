@@ -1,0 +1,52 @@
+"""The admin port: liveness and readiness probes for load balancers."""
+
+from __future__ import annotations
+
+from klein import Klein, Response
+from twisted.application.service import Service
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import HTTPException
+
+from imageserver.web.responses import json_response, routing_error, server_error
+
+
+class Readiness(Service):
+    """Ready while running; not ready from the moment shutdown begins.
+
+    Added to the application last, so it is the first service stopped.
+    """
+
+    def __init__(self) -> None:
+        self.ready = False
+
+    def startService(self) -> None:
+        super().startService()
+        self.ready = True
+
+    def stopService(self) -> None:
+        self.ready = False
+        super().stopService()
+
+
+class AdminApp:
+    app = Klein()
+
+    def __init__(self, readiness: Readiness) -> None:
+        self._readiness = readiness
+
+    @app.route("/probe/live", methods=["GET"])
+    def live(self, request: IRequest) -> Response:
+        return json_response(200, {"message": "OK"})
+
+    @app.route("/probe/ready", methods=["GET"])
+    def ready(self, request: IRequest) -> Response:
+        if self._readiness.ready:
+            return json_response(200, {"message": "OK"})
+        return json_response(503, {"message": "Shutting down"})
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: IRequest) -> Response:
+        return json_response(501, {"error": "metrics are not implemented yet"})
+
+    app.handle_errors(HTTPException)(routing_error)
+    app.handle_errors(Exception)(server_error)

@@ -1,0 +1,140 @@
+"""The main port: the image API. Routes translate HTTP to `Images` calls, no more."""
+
+from __future__ import annotations
+
+from klein import Klein, Response
+from twisted.web.http import datetimeToString, stringToDatetime
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import HTTPException
+
+from imageserver.errors import ContentTooLarge, InvalidRequest
+from imageserver.images import Images
+from imageserver.naming import INFO, ORIGINAL, ImageId
+from imageserver.storage import StoredObject
+from imageserver.web.responses import json_response, routing_error, server_error
+
+_IMAGE = "/<namespace>/<p1>/<p2>/<p3>/<p4>"
+#: Paths are content-addressed: what a variant name holds never changes.
+_IMMUTABLE = "public, max-age=31536000, immutable"
+#: Files clients store under a name may be replaced: revalidate every time.
+_REVALIDATE = "public, no-cache"
+
+
+class ImageServerApp:
+    app = Klein()
+
+    def __init__(self, images: Images) -> None:
+        self._images = images
+
+    @app.route("/status_check", methods=["GET"])
+    def status_check(self, request: IRequest) -> Response:
+        return json_response(200, {"message": "OK"})
+
+    @app.route("/<namespace>", methods=["POST"])
+    async def upload(self, request: IRequest, namespace: str) -> Response:
+        _check_body(request)
+        source = _query(request, "source")
+        info = await self._images.upload(
+            namespace,
+            body=request.content if source is None else None,
+            source=source,
+            outputs=_query(request, "outputs"),
+        )
+        return json_response(200, info)
+
+    @app.route(_IMAGE + "/process", methods=["POST"])
+    async def process(
+        self, request: IRequest, namespace: str, p1: str, p2: str, p3: str, p4: str
+    ) -> Response:
+        image = ImageId.from_path(namespace, p1, p2, p3, p4)
+        await self._images.process(image, _query(request, "outputs"))
+        return Response(200, {"Content-Length": "0"}, b"")
+
+    @app.route(_IMAGE + "/<name>", methods=["GET"])
+    async def get(
+        self,
+        request: IRequest,
+        namespace: str,
+        p1: str,
+        p2: str,
+        p3: str,
+        p4: str,
+        name: str,
+    ) -> Response:
+        image = ImageId.from_path(namespace, p1, p2, p3, p4)
+        stored = await self._images.get(image, name)
+        client_file = (
+            name != ORIGINAL
+            and name != INFO
+            and (self._images.rules.parse(name) is None)
+        )
+        return _serve(request, stored, client_file)
+
+    @app.route(_IMAGE + "/<name>", methods=["POST"], endpoint="put_file")
+    async def put_file(
+        self,
+        request: IRequest,
+        namespace: str,
+        p1: str,
+        p2: str,
+        p3: str,
+        p4: str,
+        name: str,
+    ) -> Response:
+        _check_body(request)
+        image = ImageId.from_path(namespace, p1, p2, p3, p4)
+        await self._images.put_file(image, name, request.content)
+        return Response(200, {"Content-Length": "0"}, b"")
+
+    app.handle_errors(HTTPException)(routing_error)
+    app.handle_errors(Exception)(server_error)
+
+
+def _query(request: IRequest, name: str) -> str | None:
+    values = request.args.get(name.encode())
+    if not values:
+        return None
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"the {name} parameter is not UTF-8") from None
+
+
+def _check_body(request: IRequest) -> None:
+    if getattr(request, "body_too_large", False):
+        limit = request.channel.site.max_body_bytes
+        raise ContentTooLarge(f"the body is larger than the limit of {limit} bytes")
+
+
+def _serve(request: IRequest, stored: StoredObject, client_file: bool) -> Response:
+    headers = {
+        "ETag": stored.etag,
+        "Last-Modified": datetimeToString(int(stored.modified)).decode(),
+        "Cache-Control": _REVALIDATE if client_file else _IMMUTABLE,
+        "X-Content-Type-Options": "nosniff",
+    }
+    if client_file:
+        # A stored file is the client's bytes: never let a browser run them
+        # as a page of this origin.
+        headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    if _not_modified(request, stored):
+        return Response(304, headers, b"")
+    headers["Content-Type"] = stored.content_type
+    headers["Content-Length"] = str(len(stored.data))
+    return Response(200, headers, stored.data)
+
+
+def _not_modified(request: IRequest, stored: StoredObject) -> bool:
+    """RFC 9110 section 13.2.2: If-None-Match decides; else If-Modified-Since."""
+    if_none_match = request.getHeader("If-None-Match")
+    if if_none_match is not None:
+        tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+        return "*" in tags or stored.etag in tags
+    if_modified_since = request.getHeader("If-Modified-Since")
+    if if_modified_since is None:
+        return False
+    try:
+        since = stringToDatetime(if_modified_since.encode("latin-1"))
+    except (ValueError, IndexError, KeyError, UnicodeEncodeError):
+        return False
+    return int(stored.modified) <= since

@@ -1,0 +1,81 @@
+"""JSON responses and the one mapping from errors to HTTP statuses."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from klein import Response
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import HTTPException
+
+from imageserver import errors
+
+log = Logger()
+
+STATUS_FOR: dict[type[errors.ImageServerError], int] = {
+    errors.InvalidRequest: 400,
+    errors.Forbidden: 403,
+    errors.NotFound: 404,
+    errors.ContentTooLarge: 413,
+    errors.UnsupportedImage: 415,
+    errors.ImageTooLarge: 422,
+    errors.SourceUnavailable: 502,
+    errors.SourceTimeout: 504,
+}
+
+
+def json_response(
+    code: int, body: dict[str, Any] | bytes, headers: dict[str, str] | None = None
+) -> Response:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return Response(
+        code=code,
+        headers={
+            "Content-Type": "application/json",
+            "Content-Length": str(len(data)),
+            **(headers or {}),
+        },
+        body=data,
+    )
+
+
+def status_for(error: errors.ImageServerError) -> int:
+    for cls in type(error).__mro__:
+        if cls in STATUS_FOR:
+            return STATUS_FOR[cls]
+    return 500
+
+
+# The handlers below take the app instance first, as Klein calls them.
+
+
+def server_error(_app: object, request: IRequest, failure: Failure) -> Response:
+    """Map our errors to their status; anything else is a bug: log it, say 500."""
+    error = failure.value
+    if isinstance(error, errors.ImageServerError):
+        return json_response(status_for(error), {"error": str(error)})
+    log.failure(
+        "{method} {uri} failed",
+        failure,
+        method=request.method.decode(),
+        uri=request.uri.decode("utf-8", "replace"),
+    )
+    return json_response(500, {"error": "internal server error"})
+
+
+def routing_error(_app: object, request: IRequest, failure: Failure) -> Response:
+    """No route or a wrong method: werkzeug's status and headers, a JSON body."""
+    error = failure.value
+    assert isinstance(error, HTTPException)
+    code = error.code or 500
+    response = error.get_response()
+    headers = {
+        name: value
+        for name, value in response.headers.items()
+        if name.lower() in ("allow", "location")
+    }
+    message = (error.name or "error").lower()
+    return json_response(code, {"error": message}, headers)

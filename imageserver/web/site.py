@@ -1,0 +1,48 @@
+"""A twisted.web Site that hides tracebacks and bounds request bodies."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from twisted.web.resource import IResource
+from twisted.web.server import Request, Site
+
+
+class BoundedRequest(Request):
+    """Stops keeping a request body once it passes the site's limit.
+
+    The handler sees ``body_too_large`` and answers 413; the bytes past the
+    limit are read and dropped, never held in memory or on disk.
+    """
+
+    body_too_large = False
+    _received = 0
+
+    def _limit(self) -> int:
+        return cast(BoundedSite, self.channel.site).max_body_bytes
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self._limit():
+            self.body_too_large = True
+            length = 0
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.body_too_large:
+            return
+        self._received += len(data)
+        if self._received > self._limit():
+            self.body_too_large = True
+            self.content.seek(0)
+            self.content.truncate()
+            return
+        super().handleContentChunk(data)
+
+
+class BoundedSite(Site):
+    requestFactory = BoundedRequest
+    displayTracebacks = False
+
+    def __init__(self, resource: IResource, max_body_bytes: int) -> None:
+        super().__init__(resource)
+        self.max_body_bytes = max_body_bytes

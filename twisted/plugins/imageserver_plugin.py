@@ -1,0 +1,8 @@
+from twisted.application.service import ServiceMaker
+
+imageserver = ServiceMaker(
+    "imageserver",
+    "imageserver.tap",
+    "On-demand image processing server.",
+    "imageserver",
+)
