@@ -77,7 +77,7 @@ class SourceFetcher:
         if not 200 <= response.code < 300:
             _discard(response)
             raise SourceUnavailable(f"source answered {response.code}")
-        if response.length is not None and response.length > self._max_bytes:
+        if isinstance(response.length, int) and response.length > self._max_bytes:
             _discard(response)
             raise ContentTooLarge(self._too_large())
         chunks: list[bytes] = []

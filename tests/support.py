@@ -1,0 +1,159 @@
+"""Shared test parts: real images made on the fly, the app over real storage."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from typing import Any
+
+from PIL import Image
+from treq.client import HTTPClient
+from treq.testing import RequestTraversalAgent, StubTreq
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+
+from imageserver.config import Config
+from imageserver.images import Images
+from imageserver.sources import SourceFetcher
+from imageserver.storage.local import LocalStorage
+from imageserver.web.app import ImageServerApp
+
+RED = (255, 0, 0)
+GREEN = (0, 255, 0)
+BLUE = (0, 0, 255)
+YELLOW = (255, 255, 0)
+WHITE = (255, 255, 255)
+
+
+def synchronous(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    """A runner that does the work at once, on the calling thread."""
+    return maybeDeferred(f, *args)
+
+
+def quadrants(size: tuple[int, int], mode: str = "RGB") -> Image.Image:
+    """Red, green / blue, yellow quadrants: shows any flip, turn or crop."""
+    w, h = size
+    image = Image.new(mode, size)
+    image.paste(RED, (0, 0, w // 2, h // 2))
+    image.paste(GREEN, (w // 2, 0, w, h // 2))
+    image.paste(BLUE, (0, h // 2, w // 2, h))
+    image.paste(YELLOW, (w // 2, h // 2, w, h))
+    return image
+
+
+def stripes(size: tuple[int, int], colours: list[tuple[int, int, int]], vertical: bool):
+    """Equal bands of colour, left to right (vertical) or top to bottom."""
+    w, h = size
+    image = Image.new("RGB", size)
+    n = len(colours)
+    for i, colour in enumerate(colours):
+        if vertical:
+            image.paste(colour, (i * w // n, 0, (i + 1) * w // n, h))
+        else:
+            image.paste(colour, (0, i * h // n, w, (i + 1) * h // n))
+    return image
+
+
+def encode(image: Image.Image, fmt: str = "JPEG", **options: Any) -> bytes:
+    out = io.BytesIO()
+    if fmt == "JPEG":
+        options.setdefault("quality", 95)
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+def decode(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def close_to(
+    actual: tuple[int, ...], expected: tuple[int, ...], tolerance: int = 12
+) -> bool:
+    return all(abs(a - e) <= tolerance for a, e in zip(actual, expected, strict=True))
+
+
+class TestCaseMixin:
+    def assertColour(
+        self: Any,
+        image: Image.Image,
+        xy: tuple[int, int],
+        expected: tuple[int, ...],
+        tolerance: int = 12,
+    ) -> None:
+        pixel = image.convert("RGBA" if len(expected) == 4 else "RGB").getpixel(xy)
+        if not close_to(pixel, expected, tolerance):
+            self.fail(f"pixel at {xy} is {pixel}, expected about {expected}")
+
+
+class AppHarness:
+    """The real Klein app over real local storage, driven in memory.
+
+    Work that would go to thread pools runs at once, so every request finishes
+    before the call returns.
+    """
+
+    def __init__(
+        self,
+        case: SynchronousTestCase,
+        *,
+        sources: Resource | None = None,
+        clock: Clock | None = None,
+        runner: Callable[..., Deferred[Any]] = synchronous,
+        **settings: Any,
+    ) -> None:
+        self.case = case
+        self.root = case.mktemp()
+        self.config = Config(local_base_path=self.root, **settings)
+        self.clock = clock or Clock()
+        self.storage = LocalStorage(self.root, synchronous)
+        self.sources = RequestTraversalAgent(sources or Resource())
+        self.images = Images(
+            storage=self.storage,
+            sources=SourceFetcher(
+                HTTPClient(self.sources),
+                self.clock,
+                timeout=self.config.http_timeout,
+                max_bytes=self.config.max_source_bytes,
+            ),
+            process=runner,
+            rules=self.config.rules,
+            max_source_pixels=self.config.max_source_pixels,
+            default_outputs=self.config.default_outputs,
+        )
+        self.client = StubTreq(ImageServerApp(self.images).app.resource())
+
+    def start(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
+        """Send a request; the Deferred fires with the response."""
+        return self.client.request(method, "http://imageserver" + url, **kwargs)
+
+    def flush(self) -> None:
+        """Deliver every byte waiting in the in-memory connections."""
+        self.sources.flush()
+        self.client.flush()
+
+    def request(self, method: str, url: str, **kwargs: Any) -> tuple[Any, bytes]:
+        """Send a request and return the response and its whole body."""
+        d = self.start(method, url, **kwargs)
+        self.flush()
+        response = self.case.successResultOf(d)
+        body = self.case.successResultOf(self.client.content(response))
+        return response, body
+
+    def json(self, method: str, url: str, **kwargs: Any) -> tuple[int, Any]:
+        response, body = self.request(method, url, **kwargs)
+        self.case.assertEqual(
+            response.headers.getRawHeaders("Content-Type"), ["application/json"]
+        )
+        return response.code, json.loads(body)
+
+    def upload(self, data: bytes, namespace: str = "p", query: str = "") -> str:
+        """Upload ``data``; return the image's folder URL."""
+        code, info = self.json("POST", f"/{namespace}{query}", data=data)
+        self.case.assertEqual(code, 200, info)
+        h = info["hash"]
+        return f"/{namespace}/{h[0:3]}/{h[3:6]}/{h[6:9]}/{h[9:]}"

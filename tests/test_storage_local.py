@@ -1,0 +1,116 @@
+import os
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
+
+from imageserver.storage import Storage, content_type_for, etag_of
+from imageserver.storage.local import LocalStorage
+from tests.support import synchronous
+
+KEY = "p/6e0/072/682/e66287b662827da75b244a3/w200.jpg"
+FOLDER = "p/6e0/072/682/e66287b662827da75b244a3"
+
+
+if TYPE_CHECKING:
+    _Case = SynchronousTestCase
+else:
+    _Case = object
+
+
+class StorageContract(_Case):
+    """What every Storage must do; a backend's tests mix this in."""
+
+    def make_storage(self) -> Storage:
+        raise NotImplementedError
+
+    def result(self, coroutine: Any) -> Any:
+        return self.successResultOf(Deferred.fromCoroutine(coroutine))
+
+    def test_missing_objects(self) -> None:
+        storage = self.make_storage()
+        self.assertIsNone(self.result(storage.get(KEY)))
+        self.assertFalse(self.result(storage.exists(KEY)))
+        self.assertEqual(self.result(storage.list(FOLDER)), [])
+        self.result(storage.delete(KEY))
+
+    def test_put_then_get(self) -> None:
+        storage = self.make_storage()
+        put = self.result(storage.put(KEY, b"jpeg bytes", "image/jpeg"))
+        got = self.result(storage.get(KEY))
+        for stored in (put, got):
+            self.assertEqual(stored.data, b"jpeg bytes")
+            self.assertEqual(stored.content_type, "image/jpeg")
+            self.assertEqual(stored.etag, etag_of(b"jpeg bytes"))
+        self.assertEqual(int(put.modified), int(got.modified))
+        self.assertTrue(self.result(storage.exists(KEY)))
+
+    def test_put_replaces(self) -> None:
+        storage = self.make_storage()
+        self.result(storage.put(KEY, b"one", "image/jpeg"))
+        self.result(storage.put(KEY, b"two", "image/jpeg"))
+        self.assertEqual(self.result(storage.get(KEY)).data, b"two")
+
+    def test_list_names_directly_in_folder(self) -> None:
+        storage = self.make_storage()
+        for name in ("w200.jpg", "original", "info.json"):
+            self.result(storage.put(f"{FOLDER}/{name}", b"x", "image/jpeg"))
+        self.result(storage.put(f"{FOLDER}0/other", b"x", "image/jpeg"))
+        self.assertEqual(
+            self.result(storage.list(FOLDER)), ["info.json", "original", "w200.jpg"]
+        )
+
+    def test_delete(self) -> None:
+        storage = self.make_storage()
+        self.result(storage.put(KEY, b"x", "image/jpeg"))
+        self.result(storage.delete(KEY))
+        self.assertIsNone(self.result(storage.get(KEY)))
+
+
+class LocalStorageTests(StorageContract, SynchronousTestCase):
+    def make_storage(self) -> LocalStorage:
+        self.root = self.mktemp()
+        return LocalStorage(self.root, synchronous)
+
+    def test_layout_on_disk(self) -> None:
+        storage = self.make_storage()
+        self.result(storage.put(KEY, b"bytes", "image/jpeg"))
+        with open(os.path.join(self.root, *KEY.split("/")), "rb") as f:
+            self.assertEqual(f.read(), b"bytes")
+        self.assertEqual(os.stat(os.path.join(self.root, KEY)).st_mode & 0o777, 0o644)
+
+    def test_failed_write_leaves_nothing(self) -> None:
+        storage = self.make_storage()
+        self.result(storage.put(KEY, b"old", "image/jpeg"))
+        failure = self.failureResultOf(
+            Deferred.fromCoroutine(storage.put(KEY, "not bytes", "image/jpeg")),  # type: ignore[arg-type]
+            TypeError,
+        )
+        self.assertTrue(failure)
+        folder = os.path.join(self.root, FOLDER)
+        self.assertEqual(sorted(os.listdir(folder)), ["w200.jpg"])
+        self.assertEqual(self.result(storage.get(KEY)).data, b"old")
+
+    def test_temporary_files_are_invisible(self) -> None:
+        storage = self.make_storage()
+        self.result(storage.put(KEY, b"x", "image/jpeg"))
+        with open(os.path.join(self.root, FOLDER, ".w300.jpg.abc.tmp"), "wb") as f:
+            f.write(b"half")
+        self.assertEqual(self.result(storage.list(FOLDER)), ["w200.jpg"])
+        with self.assertRaises(ValueError):
+            storage.path(f"{FOLDER}/.w300.jpg.abc.tmp")
+
+    def test_keys_cannot_leave_the_root(self) -> None:
+        storage = self.make_storage()
+        for key in ("../etc/passwd", "p/../../x", "/etc/passwd", "p/./../..", ".."):
+            with self.assertRaises(ValueError, msg=key):
+                storage.path(key)
+
+
+class ContentTypeTests(SynchronousTestCase):
+    def test_from_extension(self) -> None:
+        self.assertEqual(content_type_for("w200.jpg"), "image/jpeg")
+        self.assertEqual(content_type_for("x.avif"), "image/avif")
+        self.assertEqual(content_type_for("notes.txt"), "text/plain")
+        self.assertEqual(content_type_for("original"), "application/octet-stream")
+        self.assertEqual(content_type_for("a.unknownext"), "application/octet-stream")

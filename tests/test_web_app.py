@@ -1,0 +1,481 @@
+import hashlib
+import json
+import os
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http import datetimeToString
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.static import Data
+
+from tests.support import (
+    BLUE,
+    GREEN,
+    RED,
+    YELLOW,
+    AppHarness,
+    TestCaseMixin,
+    decode,
+    encode,
+    quadrants,
+    stripes,
+)
+
+PHOTO = encode(quadrants((800, 600)))
+PHOTO_HASH = hashlib.md5(PHOTO).hexdigest()
+PHOTO_FOLDER = (
+    f"/p/{PHOTO_HASH[:3]}/{PHOTO_HASH[3:6]}/{PHOTO_HASH[6:9]}/{PHOTO_HASH[9:]}"
+)
+
+
+class UploadTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        sources = Resource()
+        sources.putChild(b"photo.jpg", Data(PHOTO, "image/jpeg"))
+        sources.putChild(b"page.html", Data(b"<html>hello</html>", "image/jpeg"))
+        self.app = AppHarness(self, sources=sources)
+
+    def stored(self, *parts: str) -> str:
+        return os.path.join(
+            self.app.root,
+            "p",
+            PHOTO_HASH[:3],
+            PHOTO_HASH[3:6],
+            PHOTO_HASH[6:9],
+            PHOTO_HASH[9:],
+            *parts,
+        )
+
+    def test_upload_body(self) -> None:
+        code, info = self.app.json("POST", "/p", data=PHOTO)
+        self.assertEqual(code, 200)
+        self.assertEqual(
+            info,
+            {
+                "hash": PHOTO_HASH,
+                "width": 800,
+                "height": 600,
+                "content_type": "image/jpeg",
+            },
+        )
+        with open(self.stored("original"), "rb") as f:
+            self.assertEqual(f.read(), PHOTO)
+        with open(self.stored("info.json"), "rb") as f:
+            self.assertEqual(json.load(f), info)
+
+    def test_upload_from_source(self) -> None:
+        code, info = self.app.json("POST", "/p?source=http://source.example/photo.jpg")
+        self.assertEqual((code, info["hash"]), (200, PHOTO_HASH))
+        with open(self.stored("original"), "rb") as f:
+            self.assertEqual(f.read(), PHOTO)
+
+    def test_upload_generates_outputs_before_answering(self) -> None:
+        self.app.upload(PHOTO, query="?outputs=x300.jpg,x300.webp,w100-q30.png")
+        self.assertEqual(
+            sorted(os.listdir(self.stored())),
+            ["info.json", "original", "w100-q30.png", "x300.jpg", "x300.webp"],
+        )
+        with open(self.stored("x300.webp"), "rb") as f:
+            out = decode(f.read())
+        self.assertEqual((out.format, out.size), ("WEBP", (300, 300)))
+
+    def test_default_outputs_join_requested_ones(self) -> None:
+        app = AppHarness(self, outputs=("x10.jpg",))
+        folder = app.upload(PHOTO, query="?outputs=w20.png")
+        self.assertEqual(
+            sorted(os.listdir(os.path.join(app.root, *folder.split("/")))),
+            ["info.json", "original", "w20.png", "x10.jpg"],
+        )
+
+    def test_uploading_again_adds_missing_outputs_only(self) -> None:
+        self.app.upload(PHOTO, query="?outputs=x300.jpg")
+        before = os.stat(self.stored("x300.jpg")).st_mtime_ns
+        self.app.upload(PHOTO, query="?outputs=x300.jpg,w50.jpg")
+        self.assertEqual(os.stat(self.stored("x300.jpg")).st_mtime_ns, before)
+        self.assertTrue(os.path.exists(self.stored("w50.jpg")))
+
+    def test_namespaces_are_separate(self) -> None:
+        folder = self.app.upload(
+            PHOTO, namespace="0b5e4c1a-8f7e-4f3a-9a53-0c1b3a2d1e4f"
+        )
+        self.assertTrue(folder.startswith("/0b5e4c1a-8f7e-4f3a-9a53-0c1b3a2d1e4f/"))
+        response, _ = self.app.request("GET", PHOTO_FOLDER + "/info.json")
+        self.assertEqual(response.code, 404)
+
+    def test_not_an_image_is_415(self) -> None:
+        for body in (
+            b"",
+            b"hello",
+            b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+            PHOTO[: len(PHOTO) // 3],
+        ):
+            code, error = self.app.json("POST", "/p", data=body)
+            self.assertEqual(code, 415, body[:20])
+            self.assertIsInstance(error["error"], str)
+        code, error = self.app.json("POST", "/p?source=http://source.example/page.html")
+        self.assertEqual(code, 415)
+        self.assertFalse(os.path.exists(os.path.join(self.app.root, "p")))
+
+    def test_source_that_is_missing_is_404(self) -> None:
+        code, error = self.app.json(
+            "POST", "/p?source=http://source.example/nothing.jpg"
+        )
+        self.assertEqual((code, error), (404, {"error": "source answered 404"}))
+
+    def test_bad_source_url_is_400(self) -> None:
+        code, error = self.app.json("POST", "/p?source=file:///etc/passwd")
+        self.assertEqual(code, 400)
+        self.assertIn("http", error["error"])
+
+    def test_bad_outputs_are_400_and_nothing_is_stored(self) -> None:
+        for outputs in ("w0.jpg", "x300.jpg,nonsense", "w5000.jpg", "x300.bmp"):
+            code, error = self.app.json("POST", f"/p?outputs={outputs}", data=PHOTO)
+            self.assertEqual(code, 400, outputs)
+            self.assertIn("output", error["error"])
+        self.assertFalse(os.path.exists(os.path.join(self.app.root, "p")))
+
+    def test_bad_namespace_is_404(self) -> None:
+        code, _ = self.app.json("POST", "/Bad.NS", data=PHOTO)
+        self.assertEqual(code, 404)
+
+    def test_too_many_pixels_is_422(self) -> None:
+        app = AppHarness(self, max_source_pixels=1000)
+        code, error = app.json("POST", "/p", data=PHOTO)
+        self.assertEqual(code, 422)
+        self.assertIn("800x600", error["error"])
+
+
+class VariantTests(TestCaseMixin, SynchronousTestCase):
+    def setUp(self) -> None:
+        self.app = AppHarness(self)
+        self.folder = self.app.upload(PHOTO)
+
+    def get(self, name: str, **kwargs):  # type: ignore[no-untyped-def]
+        return self.app.request("GET", f"{self.folder}/{name}", **kwargs)
+
+    def test_info_json(self) -> None:
+        code, info = self.app.json("GET", f"{self.folder}/info.json")
+        self.assertEqual((code, info["hash"], info["width"]), (200, PHOTO_HASH, 800))
+
+    def test_each_variant_kind(self) -> None:
+        cases = {
+            "w200.jpg": ("JPEG", (200, 150), "image/jpeg"),
+            "x200.jpg": ("JPEG", (200, 200), "image/jpeg"),
+            "300x200.png": ("PNG", (300, 200), "image/png"),
+            "full_size.webp": ("WEBP", (800, 600), "image/webp"),
+            "x100-q30.avif": ("AVIF", (100, 100), "image/avif"),
+            "w64.gif": ("GIF", (64, 48), "image/gif"),
+        }
+        for name, (fmt, size, content_type) in cases.items():
+            response, body = self.get(name)
+            self.assertEqual(response.code, 200, name)
+            image = decode(body)
+            self.assertEqual((image.format, image.size), (fmt, size), name)
+            self.assertEqual(
+                response.headers.getRawHeaders("Content-Type"), [content_type]
+            )
+            # The client moves Content-Length from the headers to .length.
+            self.assertEqual(response.length, len(body))
+            self.assertColour(image, (size[0] // 4, size[1] // 4), RED, tolerance=30)
+            self.assertColour(
+                image, (3 * size[0] // 4, 3 * size[1] // 4), YELLOW, tolerance=30
+            )
+
+    def test_variant_is_generated_once_then_served_from_storage(self) -> None:
+        _, first = self.get("x200.jpg")
+        path = os.path.join(self.app.root, *self.folder.split("/"), "x200.jpg")
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), first)
+        with open(path, "wb") as f:
+            f.write(b"stored bytes")  # what is stored is what is served
+        _, second = self.get("x200.jpg")
+        self.assertEqual(second, b"stored bytes")
+
+    def test_quality_parameter(self) -> None:
+        _, low = self.get("w400-q10.jpg")
+        _, high = self.get("w400-q95.jpg")
+        self.assertLess(len(low), len(high))
+
+    def test_caching_headers(self) -> None:
+        response, body = self.get("w200.jpg")
+        headers = response.headers
+        self.assertEqual(
+            headers.getRawHeaders("ETag"),
+            ['"' + hashlib.md5(body).hexdigest() + '"'],
+        )
+        self.assertEqual(
+            headers.getRawHeaders("Cache-Control"),
+            ["public, max-age=31536000, immutable"],
+        )
+        self.assertEqual(len(headers.getRawHeaders("Last-Modified")), 1)
+
+    def test_if_none_match_is_304(self) -> None:
+        response, body = self.get("w200.jpg")
+        etag = response.headers.getRawHeaders("ETag")[0]
+        for header in (etag, f'"other", {etag}', f"W/{etag}", "*"):
+            again, body = self.get("w200.jpg", headers={"If-None-Match": header})
+            self.assertEqual((again.code, body), (304, b""), header)
+            self.assertEqual(again.headers.getRawHeaders("ETag"), [etag])
+        again, body = self.get("w200.jpg", headers={"If-None-Match": '"other"'})
+        self.assertEqual(again.code, 200)
+        self.assertTrue(body)
+
+    def test_if_modified_since(self) -> None:
+        response, _ = self.get("w200.jpg")
+        modified = response.headers.getRawHeaders("Last-Modified")[0]
+        again, body = self.get("w200.jpg", headers={"If-Modified-Since": modified})
+        self.assertEqual((again.code, body), (304, b""))
+        old = datetimeToString(1_000_000_000).decode()
+        again, body = self.get("w200.jpg", headers={"If-Modified-Since": old})
+        self.assertEqual(again.code, 200)
+        again, _ = self.get("w200.jpg", headers={"If-Modified-Since": "yesterday"})
+        self.assertEqual(again.code, 200)
+        # If-None-Match wins over If-Modified-Since.
+        again, _ = self.get(
+            "w200.jpg", headers={"If-Modified-Since": modified, "If-None-Match": '"x"'}
+        )
+        self.assertEqual(again.code, 200)
+
+    def test_head(self) -> None:
+        _, body = self.get("w200.jpg")
+        response, head_body = self.app.request("HEAD", f"{self.folder}/w200.jpg")
+        self.assertEqual((response.code, head_body), (200, b""))
+        self.assertEqual(
+            response.headers.getRawHeaders("Content-Length"), [str(len(body))]
+        )
+
+    def test_original_is_served_with_its_type(self) -> None:
+        response, body = self.get("original")
+        self.assertEqual((response.code, body), (200, PHOTO))
+        self.assertEqual(response.headers.getRawHeaders("Content-Type"), ["image/jpeg"])
+
+    def test_errors(self) -> None:
+        cases = {
+            "w0.jpg": 400,
+            "x200-q0.jpg": 400,
+            "x200-q101.jpg": 400,
+            "w1001.jpg": 400,
+            "99999999999x1.jpg": 400,
+            "w200.bmp": 404,
+            "w200.JPG": 404,
+            "nothing-here.txt": 404,
+            "..": 404,
+            "%2e%2e": 404,
+            ".hidden": 404,
+        }
+        for name, status in cases.items():
+            code, error = self.app.json("GET", f"{self.folder}/{name}")
+            self.assertEqual(code, status, name)
+            self.assertIsInstance(error["error"], str)
+            self.assertNotIn("Traceback", error["error"])
+
+    def test_unknown_image_is_404(self) -> None:
+        for name in ("w200.jpg", "info.json", "original", "notes.txt"):
+            code, error = self.app.json(
+                "GET", f"/p/000/000/000/00000000000000000000000/{name}"
+            )
+            self.assertEqual(code, 404, name)
+            self.assertEqual(
+                error["error"],
+                "file not found" if name == "notes.txt" else "image not found",
+            )
+
+    def test_bad_paths_are_404(self) -> None:
+        for path in (
+            "/p/6e0/072/682/short/w200.jpg",
+            "/p/6E0/072/682/e66287b662827da75b244a3/w1.jpg",
+            "/p/../072/682/e66287b662827da75b244a3/w1.jpg",
+            "/nothing/here",
+            "/p/6e0/072/682/e66287b662827da75b244a3/a/b",
+        ):
+            code, _ = self.app.json("GET", path)
+            self.assertEqual(code, 404, path)
+
+    def test_missing_extension_is_not_served_even_if_stored(self) -> None:
+        app = AppHarness(self, extensions=("webp",))
+        folder = app.upload(PHOTO)
+        code, error = app.json("GET", f"{folder}/w10.jpg")
+        self.assertEqual(
+            (code, error), (404, {"error": "extension 'jpg' is not served"})
+        )
+
+    def test_failed_generation_leaves_nothing(self) -> None:
+        path = os.path.join(self.app.root, *self.folder.split("/"))
+        with open(os.path.join(path, "original"), "wb") as f:
+            f.write(PHOTO[:200])  # damaged on disk
+        code, _ = self.app.json("GET", f"{self.folder}/w120.jpg")
+        self.assertEqual(code, 415)
+        self.assertEqual(sorted(os.listdir(path)), ["info.json", "original"])
+
+    def test_status_check(self) -> None:
+        self.assertEqual(
+            self.app.json("GET", "/status_check"), (200, {"message": "OK"})
+        )
+
+    def test_wrong_method_is_405_json(self) -> None:
+        response, body = self.app.request("DELETE", f"{self.folder}/w200.jpg")
+        self.assertEqual(response.code, 405)
+        self.assertEqual(json.loads(body), {"error": "method not allowed"})
+        self.assertIn("GET", response.headers.getRawHeaders("Allow")[0])
+
+
+class ProcessTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.app = AppHarness(self)
+        self.folder = self.app.upload(PHOTO, query="?outputs=x300.jpg")
+        self.path = os.path.join(self.app.root, *self.folder.split("/"))
+
+    def test_generates_missing_outputs_only(self) -> None:
+        before = os.stat(os.path.join(self.path, "x300.jpg")).st_mtime_ns
+        response, body = self.app.request(
+            "POST", f"{self.folder}/process?outputs=x300.jpg,w100.webp,50x20.png"
+        )
+        self.assertEqual((response.code, body), (200, b""))
+        self.assertEqual(
+            os.stat(os.path.join(self.path, "x300.jpg")).st_mtime_ns, before
+        )
+        with open(os.path.join(self.path, "50x20.png"), "rb") as f:
+            self.assertEqual(decode(f.read()).size, (50, 20))
+        self.assertTrue(os.path.exists(os.path.join(self.path, "w100.webp")))
+
+    def test_errors(self) -> None:
+        code, _ = self.app.json("POST", f"{self.folder}/process")
+        self.assertEqual(code, 400)
+        code, _ = self.app.json("POST", f"{self.folder}/process?outputs=w0.jpg")
+        self.assertEqual(code, 400)
+        code, _ = self.app.json(
+            "POST", "/p/000/000/000/00000000000000000000000/process?outputs=w10.jpg"
+        )
+        self.assertEqual(code, 404)
+
+
+class FileTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.app = AppHarness(self)
+        self.folder = self.app.upload(PHOTO)
+
+    def test_store_and_get_a_file(self) -> None:
+        response, body = self.app.request(
+            "POST", f"{self.folder}/notes.txt", data=b"hi"
+        )
+        self.assertEqual((response.code, body), (200, b""))
+        response, body = self.app.request("GET", f"{self.folder}/notes.txt")
+        self.assertEqual(body, b"hi")
+        headers = response.headers
+        self.assertEqual(headers.getRawHeaders("Content-Type"), ["text/plain"])
+        self.assertEqual(headers.getRawHeaders("Cache-Control"), ["public, no-cache"])
+        self.assertIn("sandbox", headers.getRawHeaders("Content-Security-Policy")[0])
+        self.assertEqual(headers.getRawHeaders("X-Content-Type-Options"), ["nosniff"])
+
+    def test_a_file_can_be_replaced(self) -> None:
+        self.app.request("POST", f"{self.folder}/data.json", data=b"1")
+        self.app.request("POST", f"{self.folder}/data.json", data=b"2")
+        _, body = self.app.request("GET", f"{self.folder}/data.json")
+        self.assertEqual(body, b"2")
+
+    def test_reserved_names_are_refused(self) -> None:
+        for name in ("original", "info.json", "w200.jpg", "x10-q5.webp", ".hidden"):
+            code, error = self.app.json("POST", f"{self.folder}/{name}", data=b"evil")
+            self.assertIn(code, (400, 404), name)
+        _, original = self.app.request("GET", f"{self.folder}/original")
+        self.assertEqual(original, PHOTO)
+
+    def test_file_for_unknown_image_is_404(self) -> None:
+        code, _ = self.app.json(
+            "POST", "/p/000/000/000/00000000000000000000000/notes.txt", data=b"x"
+        )
+        self.assertEqual(code, 404)
+
+
+class Gate:
+    """A runner that holds work until released, counting what it ran."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.held: list[tuple[Deferred[object], object, tuple[object, ...]]] = []
+
+    def __call__(self, f, *args):  # type: ignore[no-untyped-def]
+        self.calls.append(f.__name__)
+        d: Deferred[object] = Deferred()
+        self.held.append((d, f, args))
+        return d
+
+    def release(self) -> None:
+        while self.held:
+            d, f, args = self.held.pop(0)
+            maybeDeferred(f, *args).chainDeferred(d)
+
+
+class SingleFlightTests(TestCaseMixin, SynchronousTestCase):
+    def test_concurrent_requests_for_a_new_variant_render_once(self) -> None:
+        gate = Gate()
+        app = AppHarness(self, runner=gate)
+        upload = app.start("POST", "/p", data=PHOTO)
+        gate.release()
+        gate.release()
+        app.flush()
+        folder_response = self.successResultOf(upload)
+        info = json.loads(self.successResultOf(app.client.content(folder_response)))
+        h = info["hash"]
+        url = f"/p/{h[:3]}/{h[3:6]}/{h[6:9]}/{h[9:]}/x120.jpg"
+        gate.calls.clear()
+
+        pending = [app.start("GET", url) for _ in range(5)]
+        self.assertEqual(gate.calls, ["render_many"])
+        gate.release()
+        app.flush()
+        bodies = {
+            self.successResultOf(app.client.content(self.successResultOf(d)))
+            for d in pending
+        }
+        self.assertEqual(len(bodies), 1)
+        self.assertEqual(decode(bodies.pop()).size, (120, 120))
+        self.assertEqual(gate.calls, ["render_many"])
+
+    def test_concurrent_uploads_of_one_source_download_once(self) -> None:
+        fetched = []
+
+        class Held(Resource):
+            """Answers only when told, so the uploads overlap."""
+
+            isLeaf = True
+
+            def render_GET(self, request):  # type: ignore[no-untyped-def]
+                fetched.append(request)
+                return NOT_DONE_YET
+
+        sources = Resource()
+        sources.putChild(b"photo.jpg", Held())
+        gate = Gate()
+        app = AppHarness(self, sources=sources, runner=gate)
+        pending = [app.start("POST", "/p?source=http://s/photo.jpg") for _ in range(3)]
+        app.flush()
+        self.assertEqual(len(fetched), 1)
+        fetched[0].write(PHOTO)
+        fetched[0].finish()
+        for _ in range(4):
+            gate.release()
+            app.flush()
+        self.assertEqual(len(fetched), 1)
+        hashes = {
+            json.loads(
+                self.successResultOf(app.client.content(self.successResultOf(d)))
+            )["hash"]
+            for d in pending
+        }
+        self.assertEqual(hashes, {PHOTO_HASH})
+        self.assertEqual(gate.calls.count("render_many"), 1)
+
+
+class CropTests(TestCaseMixin, SynchronousTestCase):
+    def test_square_of_wide_image_is_its_middle(self) -> None:
+        app = AppHarness(self)
+        folder = app.upload(
+            encode(stripes((900, 300), [RED, GREEN, BLUE], True), "PNG")
+        )
+        _, body = app.request("GET", f"{folder}/x90.png")
+        image = decode(body)
+        self.assertEqual(image.size, (90, 90))
+        for xy in ((4, 4), (45, 45), (85, 85)):
+            self.assertColour(image, xy, GREEN, tolerance=20)
