@@ -178,5 +178,7 @@ def check_file_name(name: str) -> str:
             "starting with a letter or digit"
         )
     if name in RESERVED_NAMES or _VARIANT.match(name):
-        raise InvalidRequest(f"{name!r} is reserved for the server's own files")
+        raise InvalidRequest(
+            f"the name {name!r} is reserved for the server's own files"
+        )
     return name

@@ -1,6 +1,7 @@
 import math
 import struct
 import zlib
+from typing import Any, ClassVar
 
 from PIL import Image, ImageChops, ImageCms, ImageStat
 from twisted.trial.unittest import SynchronousTestCase
@@ -145,7 +146,7 @@ class DraftDecodeTests(SynchronousTestCase):
 class OrientationTests(TestCaseMixin, SynchronousTestCase):
     """A 600x300 quadrant photo with each EXIF orientation, expected upright."""
 
-    EXPECTED = {
+    EXPECTED: ClassVar[dict[int, tuple[tuple[int, int], tuple[Any, ...]]]] = {
         1: ((600, 300), (RED, GREEN, BLUE, YELLOW)),
         2: ((600, 300), (GREEN, RED, YELLOW, BLUE)),
         3: ((600, 300), (YELLOW, BLUE, GREEN, RED)),
