@@ -125,7 +125,8 @@ class AppHarness:
             max_source_pixels=self.config.max_source_pixels,
             default_outputs=self.config.default_outputs,
         )
-        self.client = StubTreq(ImageServerApp(self.images).app.resource())
+        self.resource = ImageServerApp(self.images).app.resource()
+        self.client = StubTreq(self.resource)
 
     def start(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:
         """Send a request; the Deferred fires with the response."""

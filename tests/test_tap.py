@@ -1,0 +1,108 @@
+from twisted.application.service import IServiceCollection
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase
+
+from imageserver.config import Config
+from imageserver.tap import Options, makeService
+
+
+def parse(*args: str) -> Config:
+    options = Options()
+    options.parseOptions(list(args))
+    return options.config
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_defaults(self) -> None:
+        config = parse()
+        self.assertEqual(config.endpoint, "tcp:7000:interface=127.0.0.1")
+        self.assertEqual(config.admin_endpoint, "tcp:7002:interface=127.0.0.1")
+        self.assertEqual(config.local_base_path, "public")
+        self.assertEqual(config.extensions, ("jpg", "png", "gif", "webp", "avif"))
+        self.assertEqual((config.default_quality, config.maximum_width), (75, 1000))
+        self.assertEqual(config.http_timeout, 5.0)
+        self.assertGreaterEqual(config.processor_concurrency, 1)
+
+    def test_seed_flag_names(self) -> None:
+        config = parse(
+            "--port", "8000", "--listen", "0.0.0.0", "--outputs", "x300.jpg,x300.webp",
+            "--extensions", "jpg,webp", "--local_base_path", "/srv/images",
+            "--default_quality", "60", "--maximum_width", "2000",
+            "--processor_concurrency", "3", "--http_timeout", "2.5",
+            "--max_file_age", "10",
+        )  # fmt: skip
+        self.assertEqual(config.endpoint, "tcp:8000:interface=0.0.0.0")
+        self.assertEqual(config.outputs, ("x300.jpg", "x300.webp"))
+        self.assertEqual(config.extensions, ("jpg", "webp"))
+        self.assertEqual(config.local_base_path, "/srv/images")
+        self.assertEqual(config.default_quality, 60)
+        self.assertEqual(config.maximum_width, 2000)
+        self.assertEqual(config.processor_concurrency, 3)
+        self.assertEqual(config.http_timeout, 2.5)
+        self.assertEqual(config.max_file_age, 10)
+        self.assertEqual([v.name for v in config.default_outputs], list(config.outputs))
+
+    def test_dashed_spellings(self) -> None:
+        config = parse(
+            "--local-base-path=/x", "--default-quality", "50", "--admin-port=none"
+        )
+        self.assertEqual((config.local_base_path, config.default_quality), ("/x", 50))
+        self.assertIsNone(config.admin_endpoint)
+
+    def test_endpoint_strings(self) -> None:
+        config = parse("--port", "unix:/run/img.sock", "--admin_port", "tcp:9000")
+        self.assertEqual(config.endpoint, "unix:/run/img.sock")
+        self.assertEqual(config.admin_endpoint, "tcp:9000")
+
+    def test_numeric_admin_port_uses_listen(self) -> None:
+        config = parse("--admin_port", "7102", "--listen", "::1")
+        self.assertEqual(config.admin_endpoint, r"tcp:7102:interface=\:\:1")
+
+    def test_bad_values_are_usage_errors(self) -> None:
+        for args in (
+            ["--default_quality", "0"],
+            ["--default_quality", "101"],
+            ["--default_quality", "high"],
+            ["--maximum_width", "0"],
+            ["--extensions", "jpg,bmp"],
+            ["--outputs", "w0.jpg"],
+            ["--outputs", "x300.bmp"],
+            ["--http_timeout", "0"],
+            ["--processor_concurrency", "-1"],
+            ["--no_such_option", "1"],
+        ):
+            with self.assertRaises(UsageError, msg=args):
+                parse(*args)
+
+    def test_help_lists_every_option_with_its_default(self) -> None:
+        text = str(Options())
+        for name in (
+            "--port",
+            "--admin_port",
+            "--local_base_path",
+            "--maximum_width",
+            "--max_source_bytes",
+            "--processor_concurrency",
+            "--extensions",
+        ):
+            self.assertIn(name, text)
+        self.assertIn("[default: jpg,png,gif,webp,avif]", text)
+
+
+class MakeServiceTests(SynchronousTestCase):
+    def test_builds_without_opening_anything(self) -> None:
+        options = Options()
+        options.parseOptions(["--local_base_path", self.mktemp()])
+        service = makeService(options)
+        self.assertFalse(service.running)
+        names = [type(s).__name__ for s in IServiceCollection(service)]
+        self.assertEqual(names, [
+            "ThreadPoolService", "ThreadPoolService", "ConnectionPoolService",
+            "StreamServerEndpointService", "StreamServerEndpointService", "Readiness",
+        ])  # fmt: skip
+
+    def test_admin_port_can_be_disabled(self) -> None:
+        options = Options()
+        options.parseOptions(["--admin_port", "none"])
+        names = [type(s).__name__ for s in IServiceCollection(makeService(options))]
+        self.assertEqual(names.count("StreamServerEndpointService"), 1)

@@ -1,0 +1,176 @@
+"""End to end: ``twistd -n imageserver`` as a real process on loopback ports."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from PIL import Image
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+
+from tests.support import RED, YELLOW, TestCaseMixin, encode, quadrants
+
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TWISTD = "from twisted.scripts.twistd import run; run()"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Twistd(ProcessProtocol):
+    """Runs twistd, and tells when it listens on given ports and when it ends."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self.output = b""
+        self.listening = {port: Deferred() for port in ports}
+        #: Fires with the exit status, or minus the signal that ended it.
+        self.ended: Deferred[int] = Deferred()
+
+    def start(self, args: list[str]) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (CHECKOUT, env.get("PYTHONPATH")) if p
+        )
+        reactor.spawnProcess(
+            self,
+            sys.executable,
+            [sys.executable, "-c", TWISTD, "-n", "--pidfile=", "--logfile=-", *args],
+            env=env,
+        )
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        for port, d in self.listening.items():
+            if not d.called and f"starting on {port}\n".encode() in self.output:
+                d.callback(None)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Failure) -> None:
+        for d in self.listening.values():
+            if not d.called:
+                d.errback(RuntimeError(self.output.decode(errors="replace")))
+        if reason.check(ProcessTerminated) and reason.value.signal is not None:
+            self.ended.callback(-reason.value.signal)
+        else:
+            self.ended.callback(reason.value.exitCode)
+
+
+class TwistdTests(TestCaseMixin, TestCase):
+    timeout = 60
+    async def start_server(self, *extra: str) -> Twistd:
+        self.port, self.admin_port = free_port(), free_port()
+        process = Twistd([self.port, self.admin_port])
+        process.start([
+            "imageserver", "--port", str(self.port),
+            "--admin-port", str(self.admin_port),
+            "--local_base_path", os.path.abspath(self.mktemp()), *extra,
+        ])  # fmt: skip
+        self.addCleanup(self.stop, process)
+        for d in process.listening.values():
+            await d
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        self.client = HTTPClient(Agent(reactor, pool=pool))
+        return process
+
+    async def stop(self, process: Twistd) -> None:
+        if not process.ended.called:
+            process.transport.signalProcess("KILL")  # type: ignore[union-attr]
+            await process.ended
+
+    async def call(self, method: str, path: str, port: int | None = None,
+                   **kwargs: Any) -> tuple[Any, bytes]:  # fmt: skip
+        url = f"http://127.0.0.1:{port or self.port}{path}"
+        response = await self.client.request(method, url, **kwargs)
+        return response, await response.content()
+
+    async def test_api_over_real_sockets(self) -> None:
+        process = await self.start_server()
+        photo = encode(quadrants((800, 600)))
+        digest = hashlib.md5(photo).hexdigest()
+
+        response, body = await self.call("POST", "/p?outputs=x300.jpg", data=photo)
+        self.assertEqual(response.code, 200)
+        info = {
+            "hash": digest,
+            "width": 800,
+            "height": 600,
+            "content_type": "image/jpeg",
+        }
+        self.assertEqual(json.loads(body), info)
+        folder = f"/p/{digest[:3]}/{digest[3:6]}/{digest[6:9]}/{digest[9:]}"
+
+        response, body = await self.call("GET", folder + "/info.json")
+        self.assertEqual(json.loads(body), info)
+
+        for name, fmt, size in (
+            ("w200.jpg", "JPEG", (200, 150)),
+            ("x300.jpg", "JPEG", (300, 300)),
+            ("300x200-q40.png", "PNG", (300, 200)),
+            ("full_size.webp", "WEBP", (800, 600)),
+        ):
+            response, body = await self.call("GET", f"{folder}/{name}")
+            self.assertEqual(response.code, 200, name)
+            image = Image.open(io.BytesIO(body))
+            self.assertEqual((image.format, image.size), (fmt, size), name)
+            self.assertColour(image, (size[0] // 4, size[1] // 4), RED, tolerance=30)
+            self.assertColour(image, (size[0] * 3 // 4, size[1] * 3 // 4), YELLOW,
+                              tolerance=30)  # fmt: skip
+
+        response, _ = await self.call("GET", f"{folder}/w200.jpg")
+        etag = response.headers.getRawHeaders("ETag")[0]
+        response, body = await self.call(
+            "GET", f"{folder}/w200.jpg", headers={"If-None-Match": etag}
+        )
+        self.assertEqual((response.code, body), (304, b""))
+        response, body = await self.call("HEAD", f"{folder}/w200.jpg")
+        self.assertEqual((response.code, body), (200, b""))
+
+        for method, path, status in (
+            ("GET", f"{folder}/w0.jpg", 400),
+            ("GET", f"{folder}/w5000.jpg", 400),
+            ("GET", f"{folder}/w200.bmp", 404),
+            ("GET", "/p/000/000/000/00000000000000000000000/w200.jpg", 404),
+            ("POST", "/p", 415),
+        ):
+            response, body = await self.call(method, path, data=b"<html>no</html>")
+            self.assertEqual(response.code, status, path)
+            self.assertIsInstance(json.loads(body)["error"], str)
+            self.assertNotIn(b"Traceback", body)
+
+        response, body = await self.call("GET", "/status_check")
+        self.assertEqual(json.loads(body), {"message": "OK"})
+        for probe in ("/probe/live", "/probe/ready"):
+            response, body = await self.call("GET", probe, port=self.admin_port)
+            self.assertEqual(
+                (response.code, json.loads(body)), (200, {"message": "OK"})
+            )
+
+        # twistd stops cleanly, then re-raises SIGTERM so that its exit status
+        # says which signal ended it, as supervisors expect.
+        process.transport.signalProcess("TERM")  # type: ignore[union-attr]
+        self.assertEqual(await process.ended, -signal.SIGTERM)
+        self.assertIn(b"Server Shut Down.", process.output)
+
+    async def test_bad_options_exit_with_an_error(self) -> None:
+        process = Twistd([])
+        process.start(["imageserver", "--default_quality", "500"])
+        self.assertNotEqual(await process.ended, 0)
+        self.assertIn(b"--default_quality must be between 1 and 100", process.output)

@@ -1,0 +1,77 @@
+"""The bounded Site over a real loopback socket (the in-memory client skips it)."""
+
+import json
+from typing import Any
+
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, succeed
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from zope.interface import implementer
+
+from imageserver.web.site import BoundedSite
+from tests.support import AppHarness, encode, quadrants
+
+LIMIT = 20_000
+
+
+@implementer(IBodyProducer)
+class Unsized:
+    """A body sent chunked, with no Content-Length."""
+
+    length = UNKNOWN_LENGTH
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        for i in range(0, len(self.data), 4096):
+            consumer.write(self.data[i : i + 4096])
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class BoundedSiteTests(TestCase):
+    def setUp(self) -> None:
+        app = AppHarness(self)
+        site = BoundedSite(app.resource, max_body_bytes=LIMIT)
+        self.port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        self.client = HTTPClient(Agent(reactor, pool=pool))
+        self.url = f"http://127.0.0.1:{self.port.getHost().port}/p"
+
+    async def post(self, body: Any) -> tuple[int, Any]:
+        response = await self.client.post(self.url, data=body)
+        return response.code, json.loads(await response.content())
+
+    async def test_body_under_the_limit_is_accepted(self) -> None:
+        photo = encode(quadrants((64, 64)))
+        self.assertLess(len(photo), LIMIT)
+        code, info = await self.post(photo)
+        self.assertEqual((code, info["width"]), (200, 64))
+
+    async def test_declared_length_over_the_limit_is_413(self) -> None:
+        code, error = await self.post(b"x" * (LIMIT + 1))
+        self.assertEqual(code, 413)
+        self.assertEqual(
+            error, {"error": f"the body is larger than the limit of {LIMIT} bytes"}
+        )
+
+    async def test_chunked_body_over_the_limit_is_413(self) -> None:
+        code, _ = await self.post(Unsized(b"x" * (LIMIT * 3)))
+        self.assertEqual(code, 413)
+
+    async def test_errors_never_show_tracebacks(self) -> None:
+        response = await self.client.get(self.url.replace("/p", "/p/..%2f..%2fetc"))
+        body = await response.content()
+        self.assertEqual(response.code, 404)
+        self.assertNotIn(b"Traceback", body)
