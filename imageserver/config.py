@@ -66,6 +66,10 @@ class Config:
         0, "Threads decoding and encoding images; 0 means one per CPU."
     )
     io_concurrency: int = setting(8, "Threads reading and writing storage.")
+    memory_cache_bytes: int = setting(
+        64 * 1024 * 1024,
+        "Bytes of recently served variants kept in memory; 0 turns it off.",
+    )
     http_timeout: float = setting(
         5.0, "Seconds allowed to download a source URL, body included."
     )
@@ -77,6 +81,8 @@ class Config:
     def __post_init__(self) -> None:
         if self.processor_concurrency == 0:
             object.__setattr__(self, "processor_concurrency", _cpu_count())
+        if self.memory_cache_bytes < 0:
+            raise ValueError("--memory_cache_bytes must not be negative")
         for name in (
             "processor_concurrency",
             "io_concurrency",

@@ -160,6 +160,16 @@ class VariantRules:
         return tuple(variants)
 
 
+def is_generated(key: str) -> bool:
+    """Whether the object at ``key`` is the server's own, never rewritten once stored.
+
+    Variants, originals and info.json live at content-addressed paths; files
+    clients store by name may be replaced.
+    """
+    name = key.rpartition("/")[2]
+    return name in (ORIGINAL, INFO) or _VARIANT.match(name) is not None
+
+
 def is_file_name(name: str) -> bool:
     """Whether ``name`` may name a client-supplied file kept beside an image."""
     return (

@@ -16,9 +16,12 @@ from twisted.web.client import Agent, HTTPConnectionPool
 
 from imageserver.config import Config
 from imageserver.images import Images
+from imageserver.naming import is_generated
 from imageserver.pools import ThreadPoolService
 from imageserver.sources import SourceFetcher
+from imageserver.storage import Storage
 from imageserver.storage.local import LocalStorage
+from imageserver.storage.memory import MemoryCache
 from imageserver.web.admin import AdminApp, Readiness
 from imageserver.web.app import ImageServerApp
 from imageserver.web.site import BoundedSite
@@ -50,8 +53,11 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     connections = ConnectionPoolService(HTTPConnectionPool(reactor, persistent=True))
     connections.setServiceParent(top)
 
+    storage: Storage = LocalStorage(config.local_base_path, io.run)
+    if config.memory_cache_bytes:
+        storage = MemoryCache(storage, config.memory_cache_bytes, is_generated)
     images = Images(
-        storage=LocalStorage(config.local_base_path, io.run),
+        storage=storage,
         sources=SourceFetcher(
             HTTPClient(Agent(reactor, pool=connections.pool)),
             reactor,

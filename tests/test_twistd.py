@@ -74,6 +74,7 @@ class Twistd(ProcessProtocol):
 
 class TwistdTests(TestCaseMixin, TestCase):
     timeout = 60
+
     async def start_server(self, *extra: str) -> Twistd:
         self.port, self.admin_port = free_port(), free_port()
         process = Twistd([self.port, self.admin_port])

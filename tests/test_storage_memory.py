@@ -1,0 +1,79 @@
+import os
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
+
+from imageserver.naming import is_generated
+from imageserver.storage.local import LocalStorage
+from imageserver.storage.memory import MemoryCache
+from tests.support import synchronous
+from tests.test_storage_local import FOLDER, StorageContract
+
+VARIANT = f"{FOLDER}/w200.jpg"
+
+
+class MemoryCacheTests(StorageContract, SynchronousTestCase):
+    def make_storage(self, max_bytes: int = 1000) -> MemoryCache:
+        self.root = self.mktemp()
+        self.backend = LocalStorage(self.root, synchronous)
+        return MemoryCache(self.backend, max_bytes, is_generated, max_object_bytes=400)
+
+    def on_disk(self, key: str) -> str:
+        return os.path.join(self.root, *key.split("/"))
+
+    def test_hot_objects_are_served_from_memory(self) -> None:
+        cache = self.make_storage()
+        self.result(cache.put(VARIANT, b"v" * 100, "image/jpeg"))
+        os.unlink(self.on_disk(VARIANT))  # behind the cache's back
+        self.assertEqual(self.result(cache.get(VARIANT)).data, b"v" * 100)
+        self.assertTrue(self.result(cache.exists(VARIANT)))
+        self.assertEqual(cache.size, 100)
+
+    def test_objects_read_from_the_backend_are_kept(self) -> None:
+        cache = self.make_storage()
+        self.result(self.backend.put(VARIANT, b"disk", "image/jpeg"))
+        self.assertEqual(self.result(cache.get(VARIANT)).data, b"disk")
+        os.unlink(self.on_disk(VARIANT))
+        self.assertEqual(self.result(cache.get(VARIANT)).data, b"disk")
+
+    def test_client_files_are_never_cached(self) -> None:
+        cache = self.make_storage()
+        key = f"{FOLDER}/notes.txt"
+        self.result(cache.put(key, b"one", "text/plain"))
+        self.result(self.backend.put(key, b"two", "text/plain"))  # another instance
+        self.assertEqual(self.result(cache.get(key)).data, b"two")
+        self.assertEqual(cache.size, 0)
+
+    def test_least_recently_used_go_first(self) -> None:
+        cache = self.make_storage(max_bytes=1000)
+        keys = [f"{FOLDER}/w{n}.jpg" for n in range(1, 5)]
+        for key in keys:
+            self.result(cache.put(key, b"x" * 300, "image/jpeg"))
+        self.assertEqual(cache.size, 900)  # the first was evicted at the fourth
+        self.result(cache.get(keys[1]))  # now most recently used
+        self.result(cache.put(f"{FOLDER}/w9.jpg", b"x" * 300, "image/jpeg"))
+        for key in keys:
+            os.unlink(self.on_disk(key))
+        held = [key for key in keys if self.result(cache.get(key)) is not None]
+        self.assertEqual(held, [keys[1], keys[3]])
+        self.assertLessEqual(cache.size, 1000)
+
+    def test_large_objects_bypass_the_cache(self) -> None:
+        cache = self.make_storage()
+        self.result(cache.put(VARIANT, b"x" * 401, "image/jpeg"))
+        self.assertEqual(cache.size, 0)
+
+    def test_delete_evicts(self) -> None:
+        cache = self.make_storage()
+        self.result(cache.put(VARIANT, b"x", "image/jpeg"))
+        self.result(cache.delete(VARIANT))
+        self.assertIsNone(self.result(cache.get(VARIANT)))
+        self.assertEqual(cache.size, 0)
+
+    def test_failed_write_keeps_nothing(self) -> None:
+        cache = self.make_storage()
+        self.result(cache.put(VARIANT, b"old", "image/jpeg"))
+        d = Deferred.fromCoroutine(cache.put(VARIANT, "not bytes", "image/jpeg"))  # type: ignore[arg-type]
+        self.failureResultOf(d, TypeError)
+        self.assertEqual(cache.size, 0)
+        self.assertEqual(self.result(cache.get(VARIANT)).data, b"old")
