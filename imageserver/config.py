@@ -152,3 +152,19 @@ def show(value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(value)
     return str(value)
+
+
+def options_table() -> str:
+    """The table of options in docs/configuration.md (a test keeps them equal)."""
+    rows = ["| option | default | meaning |", "|---|---|---|"]
+    for f in fields():
+        default = show(f.default)
+        rows.append(
+            f"| `--{f.name}` | {f'`{default}`' if default else '(none)'} "
+            f"| {f.metadata['help']} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(options_table(), end="")

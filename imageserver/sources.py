@@ -10,7 +10,11 @@ from twisted.internet import defer, error
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.web.client import ResponseFailed
+from twisted.web.client import (
+    RequestTransmissionFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.error import SchemeNotSupported
 from twisted.web.iweb import IResponse
 
@@ -29,9 +33,12 @@ _USER_AGENT = f"imageserver/{__version__}".encode()
 #: Every way a connection or an exchange can fail before a whole answer arrives.
 _TRANSPORT_ERRORS = (
     error.ConnectError,
+    error.DNSLookupError,
     error.ConnectionLost,
     error.ConnectionClosed,
+    RequestTransmissionFailed,
     ResponseFailed,
+    ResponseNeverReceived,
     SchemeNotSupported,
 )
 

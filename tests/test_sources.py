@@ -1,8 +1,12 @@
+import socket
+
 from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.pages import errorPage
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -108,3 +112,20 @@ class SourceFetcherTests(SynchronousTestCase):
             "javascript:alert(1)",
         ):
             self.failureResultOf(self.fetch(url), InvalidRequest)
+
+
+class RealConnectionTests(TestCase):
+    """Failures only a real socket produces."""
+
+    async def test_refused_connection_is_unavailable(self) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]  # closed again before the fetch
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        fetcher = SourceFetcher(
+            HTTPClient(Agent(reactor, pool=pool)), reactor, timeout=5, max_bytes=100
+        )
+        with self.assertRaises(SourceUnavailable) as caught:
+            await fetcher.fetch(f"http://127.0.0.1:{port}/photo.jpg")
+        self.assertEqual(str(caught.exception), "source could not be downloaded")

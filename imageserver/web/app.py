@@ -9,7 +9,7 @@ from werkzeug.exceptions import HTTPException
 
 from imageserver.errors import ContentTooLarge, InvalidRequest
 from imageserver.images import Images
-from imageserver.naming import INFO, ORIGINAL, ImageId
+from imageserver.naming import ImageId, is_generated
 from imageserver.storage import StoredObject
 from imageserver.web.responses import json_response, routing_error, server_error
 
@@ -63,12 +63,7 @@ class ImageServerApp:
     ) -> Response:
         image = ImageId.from_path(namespace, p1, p2, p3, p4)
         stored = await self._images.get(image, name)
-        client_file = (
-            name != ORIGINAL
-            and name != INFO
-            and (self._images.rules.parse(name) is None)
-        )
-        return _serve(request, stored, client_file)
+        return _serve(request, stored, client_file=not is_generated(name))
 
     @app.route(_IMAGE + "/<name>", methods=["POST"], endpoint="put_file")
     async def put_file(
