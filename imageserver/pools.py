@@ -27,7 +27,7 @@ class ThreadPoolService(Service):
     """
 
     def __init__(self, reactor: IReactorFromThreads, size: int, name: str) -> None:
-        self.name = name
+        self.setName(name)
         self._reactor = reactor
         self.pool = ThreadPool(minthreads=0, maxthreads=size, name=name)
 

@@ -29,7 +29,7 @@ from imageserver.errors import (
 
 log = Logger()
 
-_USER_AGENT = f"imageserver/{__version__}".encode()
+_HEADERS: dict[bytes | str, bytes | str] = {"User-Agent": f"imageserver/{__version__}"}
 #: Every way a connection or an exchange can fail before a whole answer arrives.
 _TRANSPORT_ERRORS = (
     error.ConnectError,
@@ -75,9 +75,7 @@ class SourceFetcher:
             raise SourceUnavailable("source could not be downloaded") from None
 
     async def _download(self, url: str) -> bytes:
-        response = await self._client.get(
-            url, headers={b"User-Agent": [_USER_AGENT]}, unbuffered=True
-        )
+        response = await self._client.get(url, headers=_HEADERS, unbuffered=True)
         if response.code in (404, 410):
             _discard(response)
             raise NotFound(f"source answered {response.code}")

@@ -11,7 +11,13 @@ from imageserver.errors import ContentTooLarge, InvalidRequest
 from imageserver.images import Images
 from imageserver.naming import ImageId, is_generated
 from imageserver.storage import StoredObject
-from imageserver.web.responses import json_response, routing_error, server_error
+from imageserver.web.responses import (
+    Headers,
+    json_response,
+    routing_error,
+    server_error,
+)
+from imageserver.web.site import BoundedRequest
 
 _IMAGE = "/<namespace>/<p1>/<p2>/<p3>/<p4>"
 #: Paths are content-addressed: what a variant name holds never changes.
@@ -96,13 +102,14 @@ def _query(request: IRequest, name: str) -> str | None:
 
 
 def _check_body(request: IRequest) -> None:
-    if getattr(request, "body_too_large", False):
-        limit = request.channel.site.max_body_bytes
-        raise ContentTooLarge(f"the body is larger than the limit of {limit} bytes")
+    if isinstance(request, BoundedRequest) and request.body_too_large:
+        raise ContentTooLarge(
+            f"the body is larger than the limit of {request.max_body_bytes} bytes"
+        )
 
 
 def _serve(request: IRequest, stored: StoredObject, client_file: bool) -> Response:
-    headers = {
+    headers: Headers = {
         "ETag": stored.etag,
         "Last-Modified": datetimeToString(int(stored.modified)).decode(),
         "Cache-Control": _REVALIDATE if client_file else _IMMUTABLE,

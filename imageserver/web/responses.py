@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from klein import Response
@@ -14,6 +15,8 @@ from werkzeug.exceptions import HTTPException
 from imageserver import errors
 
 log = Logger()
+
+Headers = dict[str | bytes, str | bytes | Sequence[str | bytes]]
 
 STATUS_FOR: dict[type[errors.ImageServerError], int] = {
     errors.InvalidRequest: 400,
@@ -28,18 +31,15 @@ STATUS_FOR: dict[type[errors.ImageServerError], int] = {
 
 
 def json_response(
-    code: int, body: dict[str, Any] | bytes, headers: dict[str, str] | None = None
+    code: int, body: dict[str, Any] | bytes, headers: Headers | None = None
 ) -> Response:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return Response(
-        code=code,
-        headers={
-            "Content-Type": "application/json",
-            "Content-Length": str(len(data)),
-            **(headers or {}),
-        },
-        body=data,
-    )
+    all_headers: Headers = {
+        "Content-Type": "application/json",
+        "Content-Length": str(len(data)),
+    }
+    all_headers.update(headers or {})
+    return Response(code=code, headers=all_headers, body=data)
 
 
 def status_for(error: errors.ImageServerError) -> int:
@@ -52,7 +52,7 @@ def status_for(error: errors.ImageServerError) -> int:
 # The handlers below take the app instance first, as Klein calls them.
 
 
-def server_error(_app: object, request: IRequest, failure: Failure) -> Response:
+def server_error(self: Any, request: IRequest, failure: Failure) -> Response:
     """Map our errors to their status; anything else is a bug: log it, say 500."""
     error = failure.value
     if isinstance(error, errors.ImageServerError):
@@ -66,13 +66,13 @@ def server_error(_app: object, request: IRequest, failure: Failure) -> Response:
     return json_response(500, {"error": "internal server error"})
 
 
-def routing_error(_app: object, request: IRequest, failure: Failure) -> Response:
+def routing_error(self: Any, request: IRequest, failure: Failure) -> Response:
     """No route or a wrong method: werkzeug's status and headers, a JSON body."""
     error = failure.value
     assert isinstance(error, HTTPException)
     code = error.code or 500
     response = error.get_response()
-    headers = {
+    headers: Headers = {
         name: value
         for name, value in response.headers.items()
         if name.lower() in ("allow", "location")

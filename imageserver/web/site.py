@@ -18,11 +18,13 @@ class BoundedRequest(Request):
     body_too_large = False
     _received = 0
 
-    def _limit(self) -> int:
-        return cast(BoundedSite, self.channel.site).max_body_bytes
+    @property
+    def max_body_bytes(self) -> int:
+        site = cast(BoundedSite, self.channel.site)  # type: ignore[attr-defined]
+        return site.max_body_bytes
 
     def gotLength(self, length: int | None) -> None:
-        if length is not None and length > self._limit():
+        if length is not None and length > self.max_body_bytes:
             self.body_too_large = True
             length = 0
         super().gotLength(length)
@@ -31,8 +33,9 @@ class BoundedRequest(Request):
         if self.body_too_large:
             return
         self._received += len(data)
-        if self._received > self._limit():
+        if self._received > self.max_body_bytes:
             self.body_too_large = True
+            assert self.content is not None
             self.content.seek(0)
             self.content.truncate()
             return
