@@ -28,8 +28,13 @@ INFO = "info.json"
 RESERVED_NAMES = frozenset({ORIGINAL, INFO, "process"})
 MAX_OUTPUTS = 32
 
-_NAMESPACE = re.compile(r"[a-z0-9_-]{1,128}\Z")
-_HASH = re.compile(r"[0-9a-f]{32}\Z")
+NAMESPACE_PATTERN = r"[a-z0-9_-]{1,128}"
+#: An image folder in a URL: ``{ns}/{h[0:3]}/{h[3:6]}/{h[6:9]}/{h[9:32]}``.
+FOLDER_PATTERN = (
+    NAMESPACE_PATTERN + r"/[0-9a-f]{3}/[0-9a-f]{3}/[0-9a-f]{3}/[0-9a-f]{23}"
+)
+_NAMESPACE = re.compile(NAMESPACE_PATTERN + r"\Z")
+_FOLDER = re.compile(FOLDER_PATTERN + r"\Z")
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 _VARIANT = re.compile(
     r"(?:(?P<full>full_size)|w(?P<w>\d+)|x(?P<s>\d+)|(?P<fw>\d+)x(?P<fh>\d+))"
@@ -51,12 +56,12 @@ class ImageId:
     hash: str
 
     @classmethod
-    def from_path(cls, namespace: str, *parts: str) -> ImageId:
-        """Rebuild the id from the partitioned path ``3/3/3/23``."""
-        digest = "".join(parts)
-        if [len(p) for p in parts] != [3, 3, 3, 23] or not _HASH.match(digest):
+    def from_folder(cls, folder: str) -> ImageId:
+        """Rebuild the id from its folder, ``p/6e0/072/682/e66287b662827da75b244a3``."""
+        if not _FOLDER.match(folder):
             raise NotFound("unknown image path")
-        return cls(check_namespace(namespace), digest)
+        namespace, *parts = folder.split("/")
+        return cls(namespace, "".join(parts))
 
     @property
     def folder(self) -> str:

@@ -122,9 +122,10 @@ class PathTests(SynchronousTestCase):
             image.key("w200.jpg"), "p/6e0/072/682/e66287b662827da75b244a3/w200.jpg"
         )
 
-    def test_from_path(self) -> None:
-        image = ImageId.from_path("p", "6e0", "072", "682", "e66287b662827da75b244a3")
+    def test_from_folder(self) -> None:
+        image = ImageId.from_folder("p/6e0/072/682/e66287b662827da75b244a3")
         self.assertEqual(image, ImageId("p", HASH))
+        self.assertEqual(ImageId.from_folder(image.folder), image)
 
     def test_bad_paths_are_404(self) -> None:
         for parts in (
@@ -136,7 +137,7 @@ class PathTests(SynchronousTestCase):
             ("p", "6e0", "072", "682", "e66287b662827da75b244a"),
         ):
             with self.assertRaises(NotFound, msg=parts):
-                ImageId.from_path(*parts)
+                ImageId.from_folder("/".join(parts))
 
     def test_namespaces(self) -> None:
         for ok in ("p", "avatars_2", "0b5e4c1a-8f7e-4f3a-9a53-0c1b3a2d1e4f"):

@@ -6,10 +6,11 @@ from klein import Klein, Response
 from twisted.web.http import datetimeToString, stringToDatetime
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import BaseConverter
 
 from imageserver.errors import ContentTooLarge, InvalidRequest
 from imageserver.images import Images
-from imageserver.naming import ImageId, is_generated
+from imageserver.naming import FOLDER_PATTERN, ImageId, is_generated
 from imageserver.storage import StoredObject
 from imageserver.web.responses import (
     Headers,
@@ -19,15 +20,29 @@ from imageserver.web.responses import (
 )
 from imageserver.web.site import BoundedRequest
 
-_IMAGE = "/<namespace>/<p1>/<p2>/<p3>/<p4>"
+_IMAGE = "/<image:image>"
 #: Paths are content-addressed: what a variant name holds never changes.
 _IMMUTABLE = "public, max-age=31536000, immutable"
 #: Files clients store under a name may be replaced: revalidate every time.
 _REVALIDATE = "public, no-cache"
 
 
+class ImageFolderConverter(BaseConverter):
+    """``/<image:image>/...`` in a route: an image folder, given as an ImageId."""
+
+    regex = FOLDER_PATTERN
+    part_isolating = False
+
+    def to_python(self, value: str) -> ImageId:
+        return ImageId.from_folder(value)
+
+    def to_url(self, value: ImageId) -> str:
+        return value.folder
+
+
 class ImageServerApp:
     app = Klein()
+    app.url_map.converters["image"] = ImageFolderConverter
 
     def __init__(self, images: Images) -> None:
         self._images = images
@@ -49,41 +64,18 @@ class ImageServerApp:
         return json_response(200, info)
 
     @app.route(_IMAGE + "/process", methods=["POST"])
-    async def process(
-        self, request: IRequest, namespace: str, p1: str, p2: str, p3: str, p4: str
-    ) -> Response:
-        image = ImageId.from_path(namespace, p1, p2, p3, p4)
+    async def process(self, request: IRequest, image: ImageId) -> Response:
         await self._images.process(image, _query(request, "outputs"))
         return Response(200, {"Content-Length": "0"}, b"")
 
     @app.route(_IMAGE + "/<name>", methods=["GET"])
-    async def get(
-        self,
-        request: IRequest,
-        namespace: str,
-        p1: str,
-        p2: str,
-        p3: str,
-        p4: str,
-        name: str,
-    ) -> Response:
-        image = ImageId.from_path(namespace, p1, p2, p3, p4)
+    async def get(self, request: IRequest, image: ImageId, name: str) -> Response:
         stored = await self._images.get(image, name)
         return _serve(request, stored, client_file=not is_generated(name))
 
     @app.route(_IMAGE + "/<name>", methods=["POST"], endpoint="put_file")
-    async def put_file(
-        self,
-        request: IRequest,
-        namespace: str,
-        p1: str,
-        p2: str,
-        p3: str,
-        p4: str,
-        name: str,
-    ) -> Response:
+    async def put_file(self, request: IRequest, image: ImageId, name: str) -> Response:
         _check_body(request)
-        image = ImageId.from_path(namespace, p1, p2, p3, p4)
         await self._images.put_file(image, name, request.content)
         return Response(200, {"Content-Length": "0"}, b"")
 
