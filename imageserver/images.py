@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import BinaryIO
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.logger import Logger
 
 from imageserver import imaging
@@ -73,18 +73,16 @@ class Images:
         """
         check_namespace(namespace)
         variants = self._outputs(outputs)
+        data = b""
         if source is not None:
             data = await self._fetches.run([source], self._fetch)[source]
-            digest = await self._process(_md5, data)
         elif body is not None:
-            data, digest = await self._process(_read_and_hash, body)
-        else:
-            data, digest = b"", ""
+            data = await self._process(_read, body)
         if not data:
             raise UnsupportedImage(
                 "the body is empty: send the image as the body or give ?source=URL"
             )
-        image = ImageId(namespace, digest)
+        image = ImageId(namespace, await self._process(_md5, data))
         info = await self._ingests.run(
             [image], lambda _: self._ingest(image, data, variants)
         )[image]
@@ -113,7 +111,7 @@ class Images:
         check_file_name(name)
         if not await self._storage.exists(image.key(ORIGINAL)):
             raise NotFound("image not found")
-        data, _ = await self._process(_read_and_hash, body)
+        data = await self._process(_read, body)
         await self._storage.put(image.key(name), data, content_type_for(name))
 
     def _outputs(self, outputs: str | None) -> tuple[Variant, ...]:
@@ -199,13 +197,14 @@ class Images:
         self, image: ImageId, variants: Sequence[Variant], outputs: Sequence[bytes]
     ) -> dict[str, StoredObject]:
         keys = [image.key(v.name) for v in variants]
-        stored = await gatherResults(
-            [
-                Deferred.fromCoroutine(self._storage.put(k, data, v.content_type))
-                for k, v, data in zip(keys, variants, outputs, strict=True)
-            ],
-            consumeErrors=True,
-        )
+        puts = [
+            Deferred.fromCoroutine(self._storage.put(k, data, v.content_type))
+            for k, v, data in zip(keys, variants, outputs, strict=True)
+        ]
+        try:
+            stored = await gatherResults(puts, consumeErrors=True)
+        except FirstError as e:
+            e.subFailure.raiseException()
         return dict(zip(keys, stored, strict=True))
 
     async def _get_file(self, image: ImageId, name: str) -> StoredObject:
@@ -228,10 +227,9 @@ def _md5(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
-def _read_and_hash(body: BinaryIO) -> tuple[bytes, str]:
+def _read(body: BinaryIO) -> bytes:
     body.seek(0)
-    data = body.read()
-    return data, _md5(data)
+    return body.read()
 
 
 def _info_json(image: ImageId, info: imaging.ImageInfo) -> bytes:

@@ -434,6 +434,24 @@ class SingleFlightTests(TestCaseMixin, SynchronousTestCase):
         self.assertEqual(decode(bodies.pop()).size, (120, 120))
         self.assertEqual(gate.calls, ["render_many"])
 
+    def test_concurrent_uploads_of_the_same_bytes_store_once(self) -> None:
+        gate = Gate()
+        app = AppHarness(self, runner=gate)
+        pending = [
+            app.start("POST", "/p?outputs=x50.jpg", data=PHOTO) for _ in range(3)
+        ]
+        for _ in range(6):
+            gate.release()
+            app.flush()
+        infos = [
+            json.loads(
+                self.successResultOf(app.client.content(self.successResultOf(d)))
+            )
+            for d in pending
+        ]
+        self.assertEqual({info["hash"] for info in infos}, {PHOTO_HASH})
+        self.assertEqual(gate.calls.count("render_many"), 1)
+
     def test_concurrent_uploads_of_one_source_download_once(self) -> None:
         fetched = []
 
