@@ -14,6 +14,16 @@ from typing import Any
 from imageserver.errors import ImageServerError
 from imageserver.naming import OUTPUT_FORMATS, Variant, VariantRules
 
+CANNED_ACLS = (
+    "private",
+    "public-read",
+    "public-read-write",
+    "authenticated-read",
+    "aws-exec-read",
+    "bucket-owner-read",
+    "bucket-owner-full-control",
+)
+
 
 def _cpu_count() -> int:
     """CPUs this process may run on (a container's share, not the host's)."""
@@ -70,6 +80,42 @@ class Config:
         64 * 1024 * 1024,
         "Bytes of recently served variants kept in memory; 0 turns it off.",
     )
+    uploader: str = setting(
+        "",
+        "Remote store: 's3', or 'noop' for the local disk alone; "
+        "empty means s3 when --aws_bucket is given.",
+    )
+    aws_bucket: str = setting("", "S3 bucket holding originals and variants.")
+    aws_region: str = setting(
+        "", "S3 region; default: AWS_DEFAULT_REGION, ~/.aws/config, or us-east-1."
+    )
+    aws_access_key_id: str = setting(
+        "", "S3 access key; default: AWS_ACCESS_KEY_ID or the AWS config files."
+    )
+    aws_secret_key: str = setting(
+        "",
+        "S3 secret key; default: AWS_SECRET_ACCESS_KEY or the AWS config files "
+        "(prefer those: a flag shows in the process list).",
+        repr=False,
+    )
+    s3_endpoint_url: str = setting(
+        "", "Endpoint of an S3-compatible store (MinIO, Ceph, R2, ...); empty: AWS."
+    )
+    s3_acl: str = setting(
+        "", "Canned ACL for stored objects, e.g. public-read; empty sends none."
+    )
+    remote_base_path: str = setting(
+        "", "Prefix of every key in the bucket, e.g. 'images' for images/{ns}/..."
+    )
+    remote_base_url: str = setting(
+        "", "Public URL of the bucket (accepted for compatibility; reads use S3)."
+    )
+    uploader_concurrency: int = setting(
+        10, "Threads (and connections) talking to the remote store."
+    )
+    shutdown_timeout: float = setting(
+        30.0, "Seconds pending uploads get to finish when the server stops."
+    )
     http_timeout: float = setting(
         5.0, "Seconds allowed to download a source URL, body included."
     )
@@ -81,6 +127,14 @@ class Config:
     def __post_init__(self) -> None:
         if self.processor_concurrency == 0:
             object.__setattr__(self, "processor_concurrency", _cpu_count())
+        if self.uploader not in ("", "s3", "aws", "noop"):
+            raise ValueError("--uploader must be s3 or noop")
+        if self.remote == "s3" and not self.aws_bucket:
+            raise ValueError("--uploader s3 needs --aws_bucket")
+        if self.s3_acl and self.s3_acl not in CANNED_ACLS:
+            raise ValueError(f"--s3_acl must be one of {', '.join(CANNED_ACLS)}")
+        if self.shutdown_timeout < 0:
+            raise ValueError("--shutdown_timeout must not be negative")
         if self.memory_cache_bytes < 0:
             raise ValueError("--memory_cache_bytes must not be negative")
         for name in (
@@ -90,6 +144,7 @@ class Config:
             "max_source_bytes",
             "max_source_pixels",
             "max_file_age",
+            "uploader_concurrency",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1")
@@ -104,6 +159,13 @@ class Config:
             self.rules.parse_outputs(",".join(self.outputs))
         except ImageServerError as e:
             raise ValueError(f"--outputs: {e}") from None
+
+    @property
+    def remote(self) -> str | None:
+        """The remote store in use, or None for the local disk alone."""
+        if self.uploader in ("s3", "aws") or (not self.uploader and self.aws_bucket):
+            return "s3"
+        return None
 
     @property
     def endpoint(self) -> str:

@@ -39,3 +39,11 @@ class SourceUnavailable(ImageServerError):
 
 class SourceTimeout(ImageServerError):
     """A source URL that did not answer within ``http_timeout`` (504)."""
+
+
+class StorageFailed(ImageServerError):
+    """The storage backend refused an operation: credentials, bucket, policy (502)."""
+
+
+class StorageUnavailable(ImageServerError):
+    """The storage backend cannot be reached or is overloaded right now (503)."""

@@ -57,7 +57,7 @@ class Images:
         self._default_outputs = tuple(default_outputs)
         self._fetches: Flights[str, bytes] = Flights()
         self._ingests: Flights[ImageId, bytes] = Flights()
-        self._renders: Flights[str, StoredObject] = Flights()
+        self._renders: Flights[tuple[str, bool], StoredObject] = Flights()
 
     async def upload(
         self,
@@ -97,7 +97,9 @@ class Images:
         stored = await self._storage.get(image.key(name))
         if stored is not None:
             return stored
-        return (await self._generate(image, [variant]))[name]
+        # What a GET generates can be made again: it need not wait for a
+        # remote store.
+        return (await self._generate(image, [variant], durable=False))[name]
 
     async def process(self, image: ImageId, outputs: str | None) -> None:
         """Generate whichever of ``outputs`` are not stored yet."""
@@ -167,21 +169,30 @@ class Images:
         image: ImageId,
         variants: Sequence[Variant],
         original: bytes | None = None,
+        durable: bool = True,
     ) -> dict[str, StoredObject]:
         """Render and store ``variants``, decoding the original once for all.
 
         A variant some other request is already rendering is waited for.
         """
-        by_key = {image.key(v.name): v for v in variants}
+        by_key = {(image.key(v.name), durable): v for v in variants}
 
-        async def render(keys: list[str]) -> dict[str, StoredObject]:
-            return await self._render(image, [by_key[k] for k in keys], original)
+        async def render(
+            keys: list[tuple[str, bool]],
+        ) -> dict[tuple[str, bool], StoredObject]:
+            todo = [by_key[k] for k in keys]
+            stored = await self._render(image, todo, original, durable)
+            return {(key, durable): value for key, value in stored.items()}
 
         waiting = self._renders.run(list(by_key), render)
         return {by_key[k].name: await d for k, d in waiting.items()}
 
     async def _render(
-        self, image: ImageId, variants: list[Variant], original: bytes | None
+        self,
+        image: ImageId,
+        variants: list[Variant],
+        original: bytes | None,
+        durable: bool,
     ) -> dict[str, StoredObject]:
         if original is None:
             stored = await self._storage.get(image.key(ORIGINAL))
@@ -191,14 +202,20 @@ class Images:
         _, outputs = await self._process(
             imaging.render_many, original, variants, self._max_pixels
         )
-        return await self._put_all(image, variants, outputs)
+        return await self._put_all(image, variants, outputs, durable)
 
     async def _put_all(
-        self, image: ImageId, variants: Sequence[Variant], outputs: Sequence[bytes]
+        self,
+        image: ImageId,
+        variants: Sequence[Variant],
+        outputs: Sequence[bytes],
+        durable: bool = True,
     ) -> dict[str, StoredObject]:
         keys = [image.key(v.name) for v in variants]
         puts = [
-            Deferred.fromCoroutine(self._storage.put(k, data, v.content_type))
+            Deferred.fromCoroutine(
+                self._storage.put(k, data, v.content_type, durable=durable)
+            )
             for k, v, data in zip(keys, variants, outputs, strict=True)
         ]
         try:

@@ -37,8 +37,15 @@ class Storage(Protocol):
         """The object at ``key``, or ``None``."""
         ...
 
-    async def put(self, key: str, data: bytes, content_type: str) -> StoredObject:
-        """Store ``data`` at ``key``, replacing any object there."""
+    async def put(
+        self, key: str, data: bytes, content_type: str, *, durable: bool = True
+    ) -> StoredObject:
+        """Store ``data`` at ``key``, replacing any object there.
+
+        With ``durable=False`` a backend with a remote tier may return once the
+        object is readable here and finish the remote write in the background
+        (tracked and retried); use it for what can be made again.
+        """
         ...
 
     async def exists(self, key: str) -> bool: ...

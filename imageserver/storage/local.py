@@ -35,7 +35,9 @@ class LocalStorage:
     async def get(self, key: str) -> StoredObject | None:
         return await self._run(_read, self.path(key))
 
-    async def put(self, key: str, data: bytes, content_type: str) -> StoredObject:
+    async def put(
+        self, key: str, data: bytes, content_type: str, *, durable: bool = True
+    ) -> StoredObject:
         return await self._run(_write, self.path(key), data, content_type)
 
     async def exists(self, key: str) -> bool:
@@ -60,8 +62,7 @@ def _read(path: str) -> StoredObject | None:
 
 def _write(path: str, data: bytes, content_type: str) -> StoredObject:
     folder, name = os.path.split(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    fd, temporary = _temporary_file(folder, name)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -75,6 +76,18 @@ def _write(path: str, data: bytes, content_type: str) -> StoredObject:
         raise
     _fsync_folder(folder)
     return StoredObject(data, content_type, os.stat(path).st_mtime, etag_of(data))
+
+
+def _temporary_file(folder: str, name: str) -> tuple[int, str]:
+    # The cache sweeper may prune an empty folder between makedirs and
+    # mkstemp: make it again then.
+    for _ in range(3):
+        os.makedirs(folder, exist_ok=True)
+        try:
+            return tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+        except FileNotFoundError:
+            continue
+    raise FileNotFoundError(f"{folder} keeps disappearing")
 
 
 def _fsync_folder(folder: str) -> None:

@@ -41,9 +41,11 @@ class MemoryCache:
             self._keep(key, stored)
         return stored
 
-    async def put(self, key: str, data: bytes, content_type: str) -> StoredObject:
+    async def put(
+        self, key: str, data: bytes, content_type: str, *, durable: bool = True
+    ) -> StoredObject:
         self._drop(key)
-        stored = await self._backend.put(key, data, content_type)
+        stored = await self._backend.put(key, data, content_type, durable=durable)
         self._keep(key, stored)
         return stored
 

@@ -17,6 +17,8 @@ from imageserver import errors
 log = Logger()
 
 Headers = dict[str | bytes, str | bytes | Sequence[str | bytes]]
+#: Seconds a client is asked to wait after a 503.
+RETRY_AFTER = "5"
 
 STATUS_FOR: dict[type[errors.ImageServerError], int] = {
     errors.InvalidRequest: 400,
@@ -26,6 +28,8 @@ STATUS_FOR: dict[type[errors.ImageServerError], int] = {
     errors.UnsupportedImage: 415,
     errors.ImageTooLarge: 422,
     errors.SourceUnavailable: 502,
+    errors.StorageFailed: 502,
+    errors.StorageUnavailable: 503,
     errors.SourceTimeout: 504,
 }
 
@@ -56,7 +60,9 @@ def server_error(self: Any, request: IRequest, failure: Failure) -> Response:
     """Map our errors to their status; anything else is a bug: log it, say 500."""
     error = failure.value
     if isinstance(error, errors.ImageServerError):
-        return json_response(status_for(error), {"error": str(error)})
+        status = status_for(error)
+        headers: Headers = {"Retry-After": RETRY_AFTER} if status == 503 else {}
+        return json_response(status, {"error": str(error)}, headers)
     log.failure(
         "{method} {uri} failed",
         failure,

@@ -1,0 +1,207 @@
+"""Storage in an S3 bucket (AWS or any S3-compatible store), through boto3.
+
+boto3 blocks, so every call (body reads included) runs in a thread pool of its
+own: slow uploads never take threads from image processing, and the reactor
+never waits on the network.
+"""
+
+from __future__ import annotations
+
+import builtins
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from twisted.logger import Logger
+
+from imageserver.errors import StorageFailed, StorageUnavailable
+from imageserver.pools import Runner
+from imageserver.storage import StoredObject
+
+log = Logger()
+T = TypeVar("T")
+
+_MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
+#: Error codes that mean "try again later" rather than "this is refused".
+_TRANSIENT = frozenset(
+    {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown"}
+)
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    bucket: str
+    region: str | None = None
+    endpoint_url: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    base_path: str = ""
+    acl: str | None = None
+    max_connections: int = 10
+    timeout: float = 10.0
+
+
+class LazyClient:
+    """Makes the boto3 client on first use, in a pool thread, once.
+
+    Making one reads AWS configuration files and loads service models: work
+    for a worker thread, not for start-up on the reactor.
+    """
+
+    def __init__(self, settings: S3Settings) -> None:
+        self._settings = settings
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = make_client(self._settings)
+            return self._client
+
+
+def make_client(settings: S3Settings) -> Any:
+    """A boto3 S3 client; credentials not given come from the standard AWS chain."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"mode": "standard", "max_attempts": 3},
+        connect_timeout=settings.timeout,
+        read_timeout=settings.timeout,
+        max_pool_connections=settings.max_connections,
+        # S3-compatible stores (MinIO, Ceph, R2 ...) want bucket-in-path URLs.
+        s3={"addressing_style": "path" if settings.endpoint_url else "auto"},
+    )
+    session = boto3.session.Session()
+    return session.client(
+        "s3",
+        region_name=settings.region or session.region_name or "us-east-1",
+        endpoint_url=settings.endpoint_url,
+        aws_access_key_id=settings.access_key_id,
+        aws_secret_access_key=settings.secret_access_key,
+        config=config,
+    )
+
+
+class S3Storage:
+    """Keeps each key as an object under ``base_path`` in one bucket.
+
+    ``client`` is called to get the boto3 client, so it can be made when the
+    service starts rather than when the tree is built.
+    """
+
+    def __init__(
+        self, settings: S3Settings, client: Callable[[], Any], run: Runner
+    ) -> None:
+        self._settings = settings
+        self._client = client
+        self._run = run
+        self._prefix = settings.base_path.strip("/") + "/" if settings.base_path else ""
+
+    def object_key(self, key: str) -> str:
+        return self._prefix + key
+
+    async def get(self, key: str) -> StoredObject | None:
+        return await self._call(self._get, self.object_key(key))
+
+    async def put(
+        self, key: str, data: bytes, content_type: str, *, durable: bool = True
+    ) -> StoredObject:
+        return await self._call(self._put, self.object_key(key), data, content_type)
+
+    async def exists(self, key: str) -> bool:
+        return await self._call(self._exists, self.object_key(key))
+
+    async def list(self, folder: str) -> list[str]:
+        return await self._call(self._list, self.object_key(folder) + "/")
+
+    async def delete(self, key: str) -> None:
+        await self._call(self._delete, self.object_key(key))
+
+    async def _call(self, f: Callable[..., T], *args: Any) -> T:
+        return await self._run(_translate_errors, f, *args)
+
+    # The methods below run in the S3 thread pool.
+
+    def _get(self, key: str) -> StoredObject | None:
+        try:
+            response = self._client().get_object(Bucket=self._settings.bucket, Key=key)
+        except ClientError as e:
+            if _code(e) in _MISSING:
+                return None
+            raise
+        with response["Body"] as body:
+            data = body.read()
+        return StoredObject(
+            data,
+            response.get("ContentType") or "application/octet-stream",
+            response["LastModified"].timestamp(),
+            response["ETag"],
+        )
+
+    def _put(self, key: str, data: bytes, content_type: str) -> StoredObject:
+        extra = {"ACL": self._settings.acl} if self._settings.acl else {}
+        response = self._client().put_object(
+            Bucket=self._settings.bucket,
+            Key=key,
+            Body=data,
+            ContentType=content_type,
+            **extra,
+        )
+        return StoredObject(data, content_type, time.time(), response["ETag"])
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self._client().head_object(Bucket=self._settings.bucket, Key=key)
+        except ClientError as e:
+            if _code(e) in _MISSING:
+                return False
+            raise
+        return True
+
+    def _list(self, prefix: str) -> builtins.list[str]:
+        pages = (
+            self._client()
+            .get_paginator("list_objects_v2")
+            .paginate(Bucket=self._settings.bucket, Prefix=prefix, Delimiter="/")
+        )
+        return sorted(
+            item["Key"][len(prefix) :]
+            for page in pages
+            for item in page.get("Contents", ())
+        )
+
+    def _delete(self, key: str) -> None:
+        self._client().delete_object(Bucket=self._settings.bucket, Key=key)
+
+
+def _code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _translate_errors(f: Callable[..., T], *args: Any) -> T:
+    """Turn boto's errors into the two a client is told about (502 and 503)."""
+    try:
+        return f(*args)
+    except ClientError as e:
+        code = _code(e)
+        log.warn("storage refused {operation}: {code}", operation=f.__name__, code=code)
+        if code in _TRANSIENT:
+            raise StorageUnavailable(
+                "storage is unavailable, try again later"
+            ) from None
+        raise StorageFailed(f"storage refused the request ({code})") from None
+    except HTTPClientError as e:
+        log.warn(
+            "storage unreachable in {operation}: {error}", operation=f.__name__, error=e
+        )
+        raise StorageUnavailable("storage is unavailable, try again later") from None
+    except BotoCoreError as e:
+        log.warn(
+            "storage failed in {operation}: {error}", operation=f.__name__, error=e
+        )
+        raise StorageFailed(f"storage failed ({type(e).__name__})") from None

@@ -1,0 +1,53 @@
+"""A remote store (the truth) with the local disk as a working cache."""
+
+from __future__ import annotations
+
+from imageserver.storage import Storage, StoredObject
+from imageserver.storage.uploads import Uploader
+
+
+class TieredStorage:
+    """Reads try the local cache, then the remote store (and fill the cache).
+
+    A durable write goes to the remote store first, then to the cache, so an
+    acknowledged write is in the bucket. A non-durable write lands in the
+    cache and is handed to the uploader, so a GET that generated a variant is
+    not held back by the upload.
+    """
+
+    def __init__(self, local: Storage, remote: Storage, uploader: Uploader) -> None:
+        self.local = local
+        self.remote = remote
+        self._uploader = uploader
+
+    async def get(self, key: str) -> StoredObject | None:
+        stored = await self.local.get(key)
+        if stored is None:
+            stored = await self.remote.get(key)
+            if stored is not None:
+                await self.local.put(key, stored.data, stored.content_type)
+        return stored
+
+    async def put(
+        self, key: str, data: bytes, content_type: str, *, durable: bool = True
+    ) -> StoredObject:
+        if durable:
+            stored = await self.remote.put(key, data, content_type)
+            await self.local.put(key, data, content_type)
+            return stored
+        stored = await self.local.put(key, data, content_type)
+        self._uploader.submit(key, data, content_type)
+        return stored
+
+    async def exists(self, key: str) -> bool:
+        return await self.local.exists(key) or await self.remote.exists(key)
+
+    async def list(self, folder: str) -> list[str]:
+        """The remote folder, plus what is still on its way there."""
+        remote = await self.remote.list(folder)
+        local = await self.local.list(folder)
+        return sorted(set(remote) | set(local))
+
+    async def delete(self, key: str) -> None:
+        await self.remote.delete(key)
+        await self.local.delete(key)

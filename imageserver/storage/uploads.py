@@ -1,0 +1,113 @@
+"""Write-behind uploads to a remote store: tracked, retried, drained at shutdown."""
+
+from __future__ import annotations
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from imageserver.errors import StorageFailed, StorageUnavailable
+from imageserver.storage import Storage
+
+log = Logger()
+
+
+class Uploader(Service):
+    """Copies objects to ``remote`` in the background until each one lands.
+
+    A failed attempt is retried after ``first_delay`` seconds, doubling up to
+    ``max_delay``, for as long as the service runs. A newer ``submit`` of a
+    key still pending replaces its bytes. At shutdown the pending uploads get
+    ``shutdown_timeout`` seconds; any left are logged, key by key, as errors.
+    """
+
+    def __init__(
+        self,
+        remote: Storage,
+        clock: IReactorTime,
+        shutdown_timeout: float,
+        first_delay: float = 1.0,
+        max_delay: float = 60.0,
+    ) -> None:
+        self._remote = remote
+        self._clock = clock
+        self._shutdown_timeout = shutdown_timeout
+        self._first_delay = first_delay
+        self._max_delay = max_delay
+        self._pending: dict[str, tuple[bytes, str]] = {}
+        self._idle: list[Deferred[None]] = []
+        self.uploaded = 0
+        self.failed_attempts = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def submit(self, key: str, data: bytes, content_type: str) -> None:
+        running = key in self._pending
+        self._pending[key] = (data, content_type)
+        if not running:
+            Deferred.fromCoroutine(self._upload(key))
+
+    async def _upload(self, key: str) -> None:
+        delay = self._first_delay
+        while True:
+            data, content_type = self._pending[key]
+            try:
+                await self._remote.put(key, data, content_type)
+            except (StorageUnavailable, StorageFailed) as e:
+                self.failed_attempts += 1
+                log.warn(
+                    "upload of {key} failed ({error}); retrying in {delay:g}s",
+                    key=key,
+                    error=e,
+                    delay=delay,
+                )
+                await deferLater(self._clock, delay)
+                delay = min(delay * 2, self._max_delay)
+                continue
+            except Exception:
+                log.failure("upload of {key} failed; not retried", key=key)
+                break
+            if self._pending[key][0] is data:
+                self.uploaded += 1
+                break
+            # A newer version arrived while this one was on its way.
+        del self._pending[key]
+        if not self._pending:
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
+
+    def wait_idle(self) -> Deferred[None]:
+        """Fires once nothing is pending."""
+        d: Deferred[None] = Deferred()
+        if self._pending:
+            self._idle.append(d)
+        else:
+            d.callback(None)
+        return d
+
+    async def _drain(self) -> None:
+        if not self._pending:
+            return
+        log.info(
+            "waiting up to {timeout:g}s for {count} pending uploads",
+            timeout=self._shutdown_timeout,
+            count=len(self._pending),
+        )
+        try:
+            await self.wait_idle().addTimeout(self._shutdown_timeout, self._clock)
+        except TimeoutError:
+            for key in sorted(self._pending):
+                log.error(
+                    "shutting down before {key} reached remote storage; "
+                    "it will be generated again when requested",
+                    key=key,
+                )
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return Deferred.fromCoroutine(self._drain())
