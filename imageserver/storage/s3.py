@@ -14,7 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
 from twisted.logger import Logger
 
 from imageserver.errors import StorageFailed, StorageUnavailable
@@ -42,6 +47,7 @@ class S3Settings:
     acl: str | None = None
     max_connections: int = 10
     timeout: float = 10.0
+    max_attempts: int = 3
 
 
 class LazyClient:
@@ -69,7 +75,7 @@ def make_client(settings: S3Settings) -> Any:
     from botocore.config import Config
 
     config = Config(
-        retries={"mode": "standard", "max_attempts": 3},
+        retries={"mode": "standard", "max_attempts": settings.max_attempts},
         connect_timeout=settings.timeout,
         read_timeout=settings.timeout,
         max_pool_connections=settings.max_connections,
@@ -195,7 +201,7 @@ def _translate_errors(f: Callable[..., T], *args: Any) -> T:
                 "storage is unavailable, try again later"
             ) from None
         raise StorageFailed(f"storage refused the request ({code})") from None
-    except HTTPClientError as e:
+    except (BotoConnectionError, HTTPClientError) as e:
         log.warn(
             "storage unreachable in {operation}: {error}", operation=f.__name__, error=e
         )

@@ -1,0 +1,78 @@
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
+
+from imageserver.errors import StorageFailed, StorageUnavailable
+from imageserver.storage.s3 import LazyClient, S3Settings, S3Storage
+from tests.s3server import CREDENTIALS, free_port, shared
+from tests.support import synchronous
+from tests.test_storage_local import FOLDER, KEY, StorageContract
+
+
+def s3_storage(endpoint: str, bucket: str, **settings: Any) -> S3Storage:
+    config = S3Settings(
+        bucket=bucket,
+        endpoint_url=endpoint,
+        access_key_id=CREDENTIALS["aws_access_key_id"],
+        secret_access_key=CREDENTIALS["aws_secret_access_key"],
+        max_attempts=1,
+        timeout=5,
+        **settings,
+    )
+    return S3Storage(config, LazyClient(config), synchronous)
+
+
+class S3StorageTests(StorageContract, SynchronousTestCase):
+    def make_storage(self, **settings: Any) -> S3Storage:
+        self.server = shared()
+        self.bucket = self.server.new_bucket()
+        return s3_storage(self.server.url, self.bucket, **settings)
+
+    def test_objects_carry_key_layout_and_content_type(self) -> None:
+        storage = self.make_storage(base_path="/images/")
+        self.result(storage.put(KEY, b"jpeg", "image/jpeg"))
+        head = self.server.client().head_object(Bucket=self.bucket, Key=f"images/{KEY}")
+        self.assertEqual(head["ContentType"], "image/jpeg")
+        self.assertEqual(head["ContentLength"], 4)
+        self.assertEqual(self.result(storage.list(FOLDER)), ["w200.jpg"])
+
+    def test_acl_is_sent_when_configured(self) -> None:
+        storage = self.make_storage(acl="public-read")
+        self.result(storage.put(KEY, b"jpeg", "image/jpeg"))
+        grants = self.server.client().get_object_acl(Bucket=self.bucket, Key=KEY)
+        uris = {g["Grantee"].get("URI", "") for g in grants["Grants"]}
+        self.assertIn("http://acs.amazonaws.com/groups/global/AllUsers", uris)
+
+    def test_list_pages_through_large_folders(self) -> None:
+        storage = self.make_storage()
+        client = self.server.client()
+        names = sorted(f"w{n}.jpg" for n in range(1, 1006))
+        for name in names:
+            client.put_object(Bucket=self.bucket, Key=f"{FOLDER}/{name}", Body=b"x")
+        self.assertEqual(self.result(storage.list(FOLDER)), names)
+
+    def test_missing_bucket_is_refused(self) -> None:
+        storage = s3_storage(shared().url, "no-such-bucket-here")
+        for call in (lambda: storage.get(KEY), lambda: storage.list(FOLDER)):
+            failure = self.failureResultOf(self.wrap(call()), StorageFailed)
+            self.assertEqual(
+                str(failure.value), "storage refused the request (NoSuchBucket)"
+            )
+
+    def test_unreachable_store_is_unavailable(self) -> None:
+        storage = s3_storage(f"http://127.0.0.1:{free_port()}", "bucket")
+        calls = (
+            lambda: storage.get(KEY),
+            lambda: storage.put(KEY, b"x", "image/jpeg"),
+            lambda: storage.list(FOLDER),
+            lambda: storage.exists(KEY),
+        )
+        for call in calls:
+            failure = self.failureResultOf(self.wrap(call()), StorageUnavailable)
+            self.assertEqual(
+                str(failure.value), "storage is unavailable, try again later"
+            )
+
+    def wrap(self, coroutine: Any) -> Deferred[Any]:
+        return Deferred.fromCoroutine(coroutine)
