@@ -18,6 +18,7 @@ from twisted.web.resource import Resource
 from imageserver.config import Config
 from imageserver.images import Images
 from imageserver.sources import SourceFetcher
+from imageserver.storage import Storage
 from imageserver.storage.local import LocalStorage
 from imageserver.web.app import ImageServerApp
 
@@ -93,6 +94,9 @@ class TestCaseMixin:
 class AppHarness:
     """The real Klein app over real local storage, driven in memory.
 
+    ``remote`` wraps the local storage (a remote store with the local disk
+    as its cache, say).
+
     Work that would go to thread pools runs at once, so every request finishes
     before the call returns.
     """
@@ -104,13 +108,15 @@ class AppHarness:
         sources: Resource | None = None,
         clock: Clock | None = None,
         runner: Callable[..., Deferred[Any]] = synchronous,
+        remote: Callable[[Storage], Storage] | None = None,
         **settings: Any,
     ) -> None:
         self.case = case
         self.root = case.mktemp()
         self.config = Config(local_base_path=self.root, **settings)
         self.clock = clock or Clock()
-        self.storage = LocalStorage(self.root, synchronous)
+        self.local = LocalStorage(self.root, synchronous)
+        self.storage = remote(self.local) if remote else self.local
         self.sources = RequestTraversalAgent(sources or Resource())
         self.images = Images(
             storage=self.storage,

@@ -75,7 +75,7 @@ def make_client(settings: S3Settings) -> Any:
     from botocore.config import Config
 
     config = Config(
-        retries={"mode": "standard", "max_attempts": settings.max_attempts},
+        retries={"mode": "standard", "total_max_attempts": settings.max_attempts},
         connect_timeout=settings.timeout,
         read_timeout=settings.timeout,
         max_pool_connections=settings.max_connections,
