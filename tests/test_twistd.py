@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from tests import s3server
 from tests.support import RED, YELLOW, TestCaseMixin, encode, quadrants
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,8 +43,8 @@ class Twistd(ProcessProtocol):
         #: Fires with the exit status, or minus the signal that ended it.
         self.ended: Deferred[int] = Deferred()
 
-    def start(self, args: list[str]) -> None:
-        env = dict(os.environ)
+    def start(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        env = {**os.environ, **(env or {})}
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (CHECKOUT, env.get("PYTHONPATH")) if p
         )
@@ -75,14 +76,16 @@ class Twistd(ProcessProtocol):
 class TwistdTests(TestCaseMixin, TestCase):
     timeout = 60
 
-    async def start_server(self, *extra: str) -> Twistd:
+    async def start_server(
+        self, *extra: str, env: dict[str, str] | None = None
+    ) -> Twistd:
         self.port, self.admin_port = free_port(), free_port()
         process = Twistd([self.port, self.admin_port])
         process.start([
             "imageserver", "--port", str(self.port),
             "--admin-port", str(self.admin_port),
             "--local_base_path", os.path.abspath(self.mktemp()), *extra,
-        ])  # fmt: skip
+        ], env)  # fmt: skip
         self.addCleanup(self.stop, process)
         for d in process.listening.values():
             await d
@@ -169,6 +172,43 @@ class TwistdTests(TestCaseMixin, TestCase):
         process.transport.signalProcess("TERM")  # type: ignore[union-attr]
         self.assertEqual(await process.ended, -signal.SIGTERM)
         self.assertIn(b"Server Shut Down.", process.output)
+
+    async def test_two_servers_share_one_bucket(self) -> None:
+        moto = s3server.shared()
+        bucket = moto.new_bucket()
+        options = ("--aws_bucket", bucket, "--s3_endpoint_url", moto.url)
+        env = {  # credentials the standard AWS way, not on the command line
+            "AWS_ACCESS_KEY_ID": "test-key",
+            "AWS_SECRET_ACCESS_KEY": "test-secret",
+        }
+        await self.start_server(*options, env=env)
+        first = self.port
+        second_process = await self.start_server(*options, env=env)
+        second = self.port
+
+        photo = encode(quadrants((640, 480)))
+        response, body = await self.call("POST", "/p?outputs=x100.webp", port=first,
+                                         data=photo)  # fmt: skip
+        self.assertEqual(response.code, 200)
+        digest = json.loads(body)["hash"]
+        folder = f"/p/{digest[:3]}/{digest[3:6]}/{digest[6:9]}/{digest[9:]}"
+
+        response, body = await self.call("GET", f"{folder}/x100.webp", port=second)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(Image.open(io.BytesIO(body)).size, (100, 100))
+        response, body = await self.call("GET", f"{folder}/w64.png", port=second)
+        self.assertEqual(Image.open(io.BytesIO(body)).size, (64, 48))
+        response, body = await self.call("GET", f"{folder}/info.json", port=second)
+        self.assertEqual(json.loads(body)["width"], 640)
+
+        # The second server answered before its upload of w64.png; stopping
+        # it waits for that upload.
+        second_process.transport.signalProcess("TERM")  # type: ignore[union-attr]
+        await second_process.ended
+        client = moto.client()
+        keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]}
+        names = ("original", "info.json", "x100.webp", "w64.png")
+        self.assertEqual(keys, {f"{folder[1:]}/{name}" for name in names})
 
     async def test_bad_options_exit_with_an_error(self) -> None:
         process = Twistd([])
