@@ -89,6 +89,46 @@ class OptionsTests(SynchronousTestCase):
         self.assertIn("[default: jpg,png,gif,webp,avif]", text)
 
 
+class RemoteOptionsTests(SynchronousTestCase):
+    def test_local_disk_alone_by_default(self) -> None:
+        self.assertIsNone(parse().remote)
+        self.assertIsNone(parse("--uploader", "noop", "--aws_bucket", "b").remote)
+
+    def test_a_bucket_means_s3(self) -> None:
+        self.assertEqual(parse("--aws_bucket", "images").remote, "s3")
+        self.assertEqual(parse("--uploader", "s3", "--aws_bucket", "b").remote, "s3")
+
+    def test_seed_s3_flag_names(self) -> None:
+        config = parse(
+            "--uploader", "s3", "--aws_access_key_id", "AKID", "--aws_secret_key", "s",
+            "--aws_bucket", "b", "--aws_region", "eu-west-1", "--remote_base_path",
+            "img", "--remote_base_url", "https://cdn.example", "--s3_endpoint_url",
+            "http://127.0.0.1:9000", "--s3_acl", "public-read",
+        )  # fmt: skip
+        self.assertEqual(
+            (config.aws_access_key_id, config.aws_secret_key, config.aws_region),
+            ("AKID", "s", "eu-west-1"),
+        )
+        self.assertEqual(
+            (config.remote_base_path, config.s3_acl), ("img", "public-read")
+        )
+
+    def test_secret_never_shows(self) -> None:
+        config = parse("--aws_bucket", "b", "--aws_secret_key", "very-secret")
+        self.assertNotIn("very-secret", repr(config))
+        self.assertNotIn("very-secret", str(Options()))
+
+    def test_bad_remote_options(self) -> None:
+        for args in (
+            ["--uploader", "manta"],
+            ["--uploader", "s3"],
+            ["--aws_bucket", "b", "--s3_acl", "everyone"],
+            ["--uploader_concurrency", "0"],
+        ):
+            with self.assertRaises(UsageError, msg=args):
+                parse(*args)
+
+
 class MakeServiceTests(SynchronousTestCase):
     def test_builds_without_opening_anything(self) -> None:
         options = Options()
@@ -99,6 +139,16 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(names, [
             "ThreadPoolService", "ThreadPoolService", "ConnectionPoolService",
             "StreamServerEndpointService", "StreamServerEndpointService", "Readiness",
+        ])  # fmt: skip
+
+    def test_s3_adds_its_pool_uploader_and_sweeper(self) -> None:
+        options = Options()
+        options.parseOptions(["--aws_bucket", "b", "--local_base_path", self.mktemp()])
+        names = [type(s).__name__ for s in IServiceCollection(makeService(options))]
+        self.assertEqual(names, [
+            "ThreadPoolService", "ThreadPoolService", "ThreadPoolService", "Uploader",
+            "CacheSweeper", "ConnectionPoolService", "StreamServerEndpointService",
+            "StreamServerEndpointService", "Readiness",
         ])  # fmt: skip
 
     def test_admin_port_can_be_disabled(self) -> None:
