@@ -78,6 +78,29 @@ def close_to(
     return all(abs(a - e) <= tolerance for a, e in zip(actual, expected, strict=True))
 
 
+class Gate:
+    """A runner that holds work until released: slow work, made visible.
+
+    ``calls`` names every function it was given, in order.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.held: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
+
+    def __call__(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        self.calls.append(f.__name__)
+        d: Deferred[Any] = Deferred()
+        self.held.append((d, f, args))
+        return d
+
+    def release(self) -> None:
+        """Run everything held so far, and whatever that submits in turn."""
+        while self.held:
+            d, f, args = self.held.pop(0)
+            maybeDeferred(f, *args).chainDeferred(d)
+
+
 class TestCaseMixin:
     def assertColour(
         self: Any,

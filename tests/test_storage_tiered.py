@@ -10,7 +10,7 @@ from imageserver.storage.s3 import LazyClient, S3Settings, S3Storage
 from imageserver.storage.tiered import TieredStorage
 from imageserver.storage.uploads import Uploader
 from tests.s3server import CREDENTIALS, free_port, shared
-from tests.support import synchronous
+from tests.support import Gate, synchronous
 from tests.test_storage_local import FOLDER, KEY, StorageContract
 
 
@@ -34,23 +34,6 @@ class Network:
 
     def __call__(self) -> Any:
         return self.current()
-
-
-class Held:
-    """A runner that keeps the work until released: a slow upload."""
-
-    def __init__(self) -> None:
-        self.work: list[tuple[Deferred[Any], Any, tuple[Any, ...]]] = []
-
-    def __call__(self, f: Any, *args: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.work.append((d, f, args))
-        return d
-
-    def release(self) -> None:
-        while self.work:
-            d, f, args = self.work.pop(0)
-            synchronous(f, *args).chainDeferred(d)
 
 
 class TieredStorageTests(StorageContract, SynchronousTestCase):
@@ -93,7 +76,7 @@ class TieredStorageTests(StorageContract, SynchronousTestCase):
         self.assertEqual(self.result(self.local.get(KEY)).data, b"remote")
 
     def test_list_joins_the_bucket_and_pending_uploads(self) -> None:
-        storage = self.make_storage(s3_runner=Held())
+        storage = self.make_storage(s3_runner=Gate())
         self.result(self.local.put(f"{FOLDER}/w1.jpg", b"x", "image/jpeg"))
         self.server.client().put_object(
             Bucket=self.bucket, Key=f"{FOLDER}/w2.jpg", Body=b"x"
@@ -103,13 +86,13 @@ class TieredStorageTests(StorageContract, SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), ["w1.jpg", "w2.jpg"])
 
     def test_non_durable_write_returns_before_the_upload(self) -> None:
-        held = Held()
-        storage = self.make_storage(s3_runner=held)
+        gate = Gate()
+        storage = self.make_storage(s3_runner=gate)
         stored = self.result(storage.put(KEY, b"later", "image/jpeg", durable=False))
         self.assertEqual(stored.data, b"later")
         self.assertEqual(self.result(self.local.get(KEY)).data, b"later")
         self.assertEqual((self.uploader.pending, self.in_bucket(KEY)), (1, None))
-        held.release()
+        gate.release()
         self.assertEqual((self.uploader.pending, self.in_bucket(KEY)), (0, b"later"))
         self.assertEqual(self.uploader.uploaded, 1)
 

@@ -2,7 +2,6 @@ import hashlib
 import json
 import os
 
-from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import datetimeToString
 from twisted.web.resource import Resource
@@ -15,6 +14,7 @@ from tests.support import (
     RED,
     YELLOW,
     AppHarness,
+    Gate,
     TestCaseMixin,
     decode,
     encode,
@@ -387,25 +387,6 @@ class FileTests(SynchronousTestCase):
             "POST", "/p/000/000/000/00000000000000000000000/notes.txt", data=b"x"
         )
         self.assertEqual(code, 404)
-
-
-class Gate:
-    """A runner that holds work until released, counting what it ran."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-        self.held: list[tuple[Deferred[object], object, tuple[object, ...]]] = []
-
-    def __call__(self, f, *args):  # type: ignore[no-untyped-def]
-        self.calls.append(f.__name__)
-        d: Deferred[object] = Deferred()
-        self.held.append((d, f, args))
-        return d
-
-    def release(self) -> None:
-        while self.held:
-            d, f, args = self.held.pop(0)
-            maybeDeferred(f, *args).chainDeferred(d)
 
 
 class SingleFlightTests(TestCaseMixin, SynchronousTestCase):
