@@ -43,7 +43,7 @@ class Options(usage.Options):
         values = {
             f.name: config.parse(f, v) if isinstance(v, str) else v
             for f in config.fields()
-            if (v := self[f.name]) is not None
+            for v in [self[f.name]]
         }
         try:
             self.config = Config(**values)

@@ -43,6 +43,7 @@ class TieredStorageTests(StorageContract, SynchronousTestCase):
         self.network = Network(self.server.url, self.bucket)
         settings = Network.settings(self.server.url, self.bucket)
         self.clock = Clock()
+        self.s3_runner = s3_runner
         self.remote = S3Storage(settings, self.network, s3_runner)
         self.uploader = Uploader(self.remote, self.clock, shutdown_timeout=30)
         self.local = LocalStorage(self.mktemp(), synchronous)
@@ -82,7 +83,7 @@ class TieredStorageTests(StorageContract, SynchronousTestCase):
             Bucket=self.bucket, Key=f"{FOLDER}/w2.jpg", Body=b"x"
         )
         d = Deferred.fromCoroutine(storage.list(FOLDER))
-        self.remote._run.release()  # type: ignore[attr-defined]
+        self.s3_runner.release()
         self.assertEqual(self.successResultOf(d), ["w1.jpg", "w2.jpg"])
 
     def test_non_durable_write_returns_before_the_upload(self) -> None:
