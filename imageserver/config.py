@@ -116,6 +116,13 @@ class Config:
     shutdown_timeout: float = setting(
         30.0, "Seconds pending uploads get to finish when the server stops."
     )
+    enable_statsd: bool = setting(False, "Send statsd metrics (counters, timers).")
+    statsd_host: str = setting("127.0.0.1", "statsd daemon host.")
+    statsd_port: int = setting(8125, "statsd daemon UDP port.")
+    statsd_prefix: str = setting("image_server.", "Prefix of every statsd name.")
+    log_format: str = setting(
+        "text", "Logs as 'text', or 'json': one object per line on standard output."
+    )
     http_timeout: float = setting(
         5.0, "Seconds allowed to download a source URL, body included."
     )
@@ -133,6 +140,10 @@ class Config:
             raise ValueError("--uploader s3 needs --aws_bucket")
         if self.s3_acl and self.s3_acl not in CANNED_ACLS:
             raise ValueError(f"--s3_acl must be one of {', '.join(CANNED_ACLS)}")
+        if self.log_format not in ("text", "json"):
+            raise ValueError("--log_format must be text or json")
+        if not 0 < self.statsd_port < 65536:
+            raise ValueError("--statsd_port must be a port number")
         if self.shutdown_timeout < 0:
             raise ValueError("--shutdown_timeout must not be negative")
         if self.memory_cache_bytes < 0:
@@ -209,8 +220,15 @@ def parse(field: dataclasses.Field[Any], text: str) -> Any:
     return text
 
 
+def is_flag(field: dataclasses.Field[Any]) -> bool:
+    """A setting given by its presence alone, such as ``--enable_statsd``."""
+    return field.type in ("bool", bool)
+
+
 def show(value: Any) -> str:
     """A default as it is written on the command line."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
     if isinstance(value, tuple):
         return ",".join(value)
     return str(value)

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.logger import Logger
 
 from imageserver import imaging
 from imageserver.errors import InvalidRequest, NotFound, UnsupportedImage
+from imageserver.events import Events
 from imageserver.flights import Flights
 from imageserver.naming import (
     INFO,
@@ -34,6 +36,7 @@ from imageserver.sources import SourceFetcher
 from imageserver.storage import Storage, StoredObject, content_type_for
 
 log = Logger()
+T = TypeVar("T")
 
 
 class Images:
@@ -48,8 +51,10 @@ class Images:
         rules: VariantRules,
         max_source_pixels: int,
         default_outputs: Sequence[Variant] = (),
+        events: Events | None = None,
     ) -> None:
         self._storage = storage
+        self._events = events or Events()
         self._sources = sources
         self._process = process
         self.rules = rules
@@ -75,7 +80,7 @@ class Images:
         variants = self._outputs(outputs)
         data = b""
         if source is not None:
-            data = await self._fetches.run([source], self._fetch)[source]
+            data = await self._fetches.run([source], self._download)[source]
         elif body is not None:
             data = await self._process(_read, body)
         if not data:
@@ -96,10 +101,17 @@ class Images:
             return await self._get_file(image, name)
         stored = await self._storage.get(image.key(name))
         if stored is not None:
+            self._events.variant(variant.format, "cached")
             return stored
-        # What a GET generates can be made again: it need not wait for a
-        # remote store.
-        return (await self._generate(image, [variant], durable=False))[name]
+        try:
+            # What a GET generates can be made again: it need not wait for a
+            # remote store.
+            generated = await self._generate(image, [variant], durable=False)
+        except Exception:
+            self._events.variant(variant.format, "failed")
+            raise
+        self._events.variant(variant.format, "generated")
+        return generated[name]
 
     async def process(self, image: ImageId, outputs: str | None) -> None:
         """Generate whichever of ``outputs`` are not stored yet."""
@@ -120,9 +132,26 @@ class Images:
         requested = self.rules.parse_outputs(outputs)
         return tuple({v.name: v for v in self._default_outputs + requested}.values())
 
-    async def _fetch(self, urls: list[str]) -> dict[str, bytes]:
+    async def _download(self, urls: list[str]) -> dict[str, bytes]:
         (url,) = urls
-        return {url: await self._sources.fetch(url)}
+        start = time.perf_counter()
+        try:
+            data = await self._sources.fetch(url)
+        except Exception:
+            self._events.source_fetched(time.perf_counter() - start, None)
+            raise
+        self._events.source_fetched(time.perf_counter() - start, len(data))
+        return {url: data}
+
+    async def _render_many(
+        self, original: bytes, variants: Sequence[Variant]
+    ) -> tuple[imaging.ImageInfo, list[bytes]]:
+        """Decode once, encode each variant: in the processing pool, timed."""
+        (info, outputs), seconds = await self._process(
+            _timed, imaging.render_many, original, variants, self._max_pixels
+        )
+        self._events.processed(seconds)
+        return info, outputs
 
     async def _ingest(
         self, image: ImageId, data: bytes, variants: Sequence[Variant]
@@ -135,13 +164,12 @@ class Images:
         existing = await self._storage.get(image.key(INFO))
         if existing is not None:
             return {image: existing.data}
-        info, outputs = await self._process(
-            imaging.render_many, data, variants, self._max_pixels
-        )
+        info, outputs = await self._render_many(data, variants)
         info_json = _info_json(image, info)
         await self._storage.put(image.key(ORIGINAL), data, info.content_type)
         await self._put_all(image, variants, outputs)
         await self._storage.put(image.key(INFO), info_json, "application/json")
+        self._events.original_stored()
         log.info(
             "stored {namespace}/{hash} ({width}x{height} {content_type})",
             namespace=image.namespace,
@@ -199,8 +227,12 @@ class Images:
             if stored is None:
                 raise NotFound("image not found")
             original = stored.data
-        _, outputs = await self._process(
-            imaging.render_many, original, variants, self._max_pixels
+        _, outputs = await self._render_many(original, variants)
+        log.info(
+            "generated {variants} for {namespace}/{hash}",
+            variants=",".join(v.name for v in variants),
+            namespace=image.namespace,
+            hash=image.hash,
         )
         return await self._put_all(image, variants, outputs, durable)
 
@@ -238,6 +270,11 @@ class Images:
         if stored is None:
             raise NotFound("image not found" if name == INFO else "file not found")
         return stored
+
+
+def _timed(f: Callable[..., T], *args: Any) -> tuple[T, float]:
+    start = time.perf_counter()
+    return f(*args), time.perf_counter() - start
 
 
 def _md5(data: bytes) -> str:

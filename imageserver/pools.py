@@ -11,6 +11,8 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
+from imageserver.events import PoolStats
+
 T = TypeVar("T")
 
 
@@ -33,6 +35,17 @@ class ThreadPoolService(Service):
 
     def run(self, f: Callable[..., T], /, *args: Any) -> Deferred[T]:
         return deferToThreadPool(self._reactor, self.pool, f, *args)  # type: ignore[arg-type]
+
+    def stats(self) -> PoolStats:
+        """How to read this pool's load, for the metrics."""
+        pool = self.pool
+        return PoolStats(
+            self.name or "pool",
+            size=lambda: pool.max,
+            busy=lambda: len(pool.working),
+            # ThreadPool has no public queue length; _queue is its work queue.
+            queued=lambda: pool._queue.qsize(),
+        )
 
     def startService(self) -> None:
         super().startService()

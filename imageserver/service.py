@@ -6,45 +6,36 @@ Building the tree opens nothing; files, sockets and threads appear in
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from treq.client import HTTPClient
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
+from twisted.logger import ILogObserver, jsonFileLogObserver
+from twisted.python.components import Componentized
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from imageserver.config import Config
+from imageserver.events import Events
 from imageserver.images import Images
 from imageserver.naming import is_generated
 from imageserver.pools import ThreadPoolService
+from imageserver.shutdown import Deadline, OrderedMultiService, RequestDrain, Signals
 from imageserver.sources import SourceFetcher
+from imageserver.statsd import StatsdClient
 from imageserver.storage import Storage
 from imageserver.storage.local import LocalStorage
 from imageserver.storage.memory import MemoryCache
+from imageserver.storage.metered import MeteredStorage
 from imageserver.storage.s3 import LazyClient, S3Settings, S3Storage
 from imageserver.storage.sweeper import CacheSweeper
 from imageserver.storage.tiered import TieredStorage
 from imageserver.storage.uploads import Uploader
 from imageserver.web.admin import AdminApp, Readiness
-from imageserver.web.app import ImageServerApp
+from imageserver.web.app import ImageServerApp, route_name
 from imageserver.web.site import BoundedSite
-
-
-class OrderedMultiService(MultiService):
-    """Stops its children one at a time, the last added first.
-
-    So readiness turns 503 before the ports close, and pending uploads are
-    drained while the pools they run in are still there.
-    """
-
-    def stopService(self) -> Deferred[None]:
-        Service.stopService(self)
-        return Deferred.fromCoroutine(self._stop_children())
-
-    async def _stop_children(self) -> None:
-        for service in reversed(list(self)):
-            await maybeDeferred(service.stopService)
 
 
 class ConnectionPoolService(Service):
@@ -58,11 +49,36 @@ class ConnectionPoolService(Service):
         return self.pool.closeCachedConnections()
 
 
+class ImageServer(OrderedMultiService):
+    """The whole server; with ``--log_format json`` it brings its log observer.
+
+    twistd starts logging after the service is built, with the observer the
+    application provides, if any.
+    """
+
+    def __init__(self, config: Config, deadline: Deadline) -> None:
+        super().__init__(deadline)
+        self.setName("imageserver")
+        self.config = config
+
+    def setServiceParent(self, parent: Any) -> None:
+        super().setServiceParent(parent)
+        if self.config.log_format == "json" and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, jsonFileLogObserver(sys.stdout))
+
+
 def make_service(config: Config, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor
-    top = OrderedMultiService()
-    top.setName("imageserver")
+    deadline = Deadline(reactor, config.shutdown_timeout)
+    top = ImageServer(config, deadline)
+    Signals(reactor).setServiceParent(top)
+
+    statsd = None
+    if config.enable_statsd:
+        statsd = StatsdClient(reactor, config.statsd_host, config.statsd_port)
+        statsd.setServiceParent(top)
+    events = Events(statsd=statsd, statsd_prefix=config.statsd_prefix)
 
     processing = ThreadPoolService(
         reactor, config.processor_concurrency, "imageserver-processing"
@@ -70,7 +86,9 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     processing.setServiceParent(top)
     io = ThreadPoolService(reactor, config.io_concurrency, "imageserver-io")
     io.setServiceParent(top)
-    storage = make_storage(config, reactor, io, top)
+    for pool in (processing, io):
+        events.watch_pool(pool.stats())
+    storage = make_storage(config, reactor, io, top, events, deadline)
     if config.memory_cache_bytes:
         storage = MemoryCache(storage, config.memory_cache_bytes, is_generated)
 
@@ -88,27 +106,42 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
         rules=config.rules,
         max_source_pixels=config.max_source_pixels,
         default_outputs=config.default_outputs,
+        events=events,
     )
-    site = BoundedSite(
-        ImageServerApp(images).app.resource(), max_body_bytes=config.max_source_bytes
-    )
-    strports.service(config.endpoint, site, reactor=reactor).setServiceParent(top)
 
     readiness = Readiness()
     if config.admin_endpoint is not None:
-        admin = BoundedSite(AdminApp(readiness).app.resource(), max_body_bytes=1024)
+        admin = BoundedSite(
+            AdminApp(readiness, events).app.resource(), max_body_bytes=1024
+        )
         port = strports.service(config.admin_endpoint, admin, reactor=reactor)
         port.setServiceParent(top)
+
+    site = BoundedSite(
+        ImageServerApp(images).app.resource(),
+        max_body_bytes=config.max_source_bytes,
+        events=events,
+        route_of=route_name,
+    )
+    RequestDrain(site, reactor, deadline).setServiceParent(top)
+    strports.service(config.endpoint, site, reactor=reactor).setServiceParent(top)
     # Last in, first out: readiness turns 503 before anything else stops.
     readiness.setServiceParent(top)
     return top
 
 
 def make_storage(
-    config: Config, reactor: Any, io: ThreadPoolService, parent: MultiService
+    config: Config,
+    reactor: Any,
+    io: ThreadPoolService,
+    parent: MultiService,
+    events: Events,
+    deadline: Deadline,
 ) -> Storage:
     """The local disk alone, or a remote store with the local disk as its cache."""
-    local = LocalStorage(config.local_base_path, io.run)
+    local = MeteredStorage(
+        LocalStorage(config.local_base_path, io.run), "local", events
+    )
     if config.remote is None:
         return local
     settings = S3Settings(
@@ -123,8 +156,11 @@ def make_storage(
     )
     s3_pool = ThreadPoolService(reactor, config.uploader_concurrency, "imageserver-s3")
     s3_pool.setServiceParent(parent)
-    remote = S3Storage(settings, LazyClient(settings), s3_pool.run)
-    uploader = Uploader(remote, reactor, config.shutdown_timeout)
+    events.watch_pool(s3_pool.stats())
+    remote = MeteredStorage(
+        S3Storage(settings, LazyClient(settings), s3_pool.run), "s3", events
+    )
+    uploader = Uploader(remote, reactor, deadline.remaining, events=events)
     uploader.setServiceParent(parent)
     sweeper = CacheSweeper(
         config.local_base_path, config.max_file_age * 60, reactor, io.run

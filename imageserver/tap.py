@@ -29,9 +29,13 @@ class Options(usage.Options):
         "POST /{namespace}; get variants such as w200.jpg, x200.webp, "
         "300x200-q60.jpg or full_size.avif from their folders."
     )
+    optFlags: ClassVar[list[list[Any]]] = [
+        [f.name, None, f.metadata["help"]] for f in config.fields() if config.is_flag(f)
+    ]
     optParameters: ClassVar[list[list[Any]]] = [
         [f.name, None, config.show(f.default), f.metadata["help"], _coerce(f)]
         for f in config.fields()
+        if not config.is_flag(f)
     ]
 
     def parseOptions(self, options: list[str] | None = None) -> None:
@@ -40,8 +44,12 @@ class Options(usage.Options):
         super().parseOptions(options)
 
     def postOptions(self) -> None:
-        values = {
-            f.name: config.parse(f, v) if isinstance(v, str) else v
+        values: dict[str, Any] = {
+            f.name: bool(v)
+            if config.is_flag(f)
+            else config.parse(f, v)
+            if isinstance(v, str)
+            else v
             for f in config.fields()
             for v in [self[f.name]]
         }

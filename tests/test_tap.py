@@ -137,8 +137,9 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertFalse(service.running)
         names = [type(s).__name__ for s in IServiceCollection(service)]
         self.assertEqual(names, [
-            "ThreadPoolService", "ThreadPoolService", "ConnectionPoolService",
-            "StreamServerEndpointService", "StreamServerEndpointService", "Readiness",
+            "Signals", "ThreadPoolService", "ThreadPoolService",
+            "ConnectionPoolService", "StreamServerEndpointService", "RequestDrain",
+            "StreamServerEndpointService", "Readiness",
         ])  # fmt: skip
 
     def test_s3_adds_its_pool_uploader_and_sweeper(self) -> None:
@@ -146,10 +147,17 @@ class MakeServiceTests(SynchronousTestCase):
         options.parseOptions(["--aws_bucket", "b", "--local_base_path", self.mktemp()])
         names = [type(s).__name__ for s in IServiceCollection(makeService(options))]
         self.assertEqual(names, [
-            "ThreadPoolService", "ThreadPoolService", "ThreadPoolService", "Uploader",
-            "CacheSweeper", "ConnectionPoolService", "StreamServerEndpointService",
+            "Signals", "ThreadPoolService", "ThreadPoolService", "ThreadPoolService",
+            "Uploader", "CacheSweeper", "ConnectionPoolService",
+            "StreamServerEndpointService", "RequestDrain",
             "StreamServerEndpointService", "Readiness",
         ])  # fmt: skip
+
+    def test_statsd_is_a_service_when_enabled(self) -> None:
+        options = Options()
+        options.parseOptions(["--enable_statsd", "--statsd_port", "9125"])
+        names = [type(s).__name__ for s in IServiceCollection(makeService(options))]
+        self.assertIn("StatsdClient", names)
 
     def test_admin_port_can_be_disabled(self) -> None:
         options = Options()

@@ -3,13 +3,15 @@ import json
 from treq.testing import StubTreq
 from twisted.trial.unittest import SynchronousTestCase
 
+from imageserver.events import Events
 from imageserver.web.admin import AdminApp, Readiness
 
 
 class ProbeTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.readiness = Readiness()
-        self.client = StubTreq(AdminApp(self.readiness).app.resource())
+        self.events = Events()
+        self.client = StubTreq(AdminApp(self.readiness, self.events).app.resource())
 
     def get(self, path: str) -> tuple[int, object]:
         response = self.successResultOf(self.client.get("http://admin" + path))
@@ -30,8 +32,28 @@ class ProbeTests(SynchronousTestCase):
         self.assertEqual(self.get("/probe/ready"), (503, {"message": "Shutting down"}))
         self.assertEqual(self.get("/probe/live")[0], 200)
 
-    def test_metrics_route_is_reserved(self) -> None:
-        self.assertEqual(self.get("/metrics")[0], 501)
+    def metrics(self, accept: str = "") -> tuple[str, str]:
+        headers = {"Accept": accept} if accept else {}
+        response = self.successResultOf(
+            self.client.get("http://admin/metrics", headers=headers)
+        )
+        body = self.successResultOf(self.client.content(response)).decode()
+        return response.headers.getRawHeaders("Content-Type")[0], body
+
+    def test_metrics_in_prometheus_text_format(self) -> None:
+        self.events.variant("webp", "generated")
+        self.events.variant("webp", "generated")
+        content_type, body = self.metrics()
+        self.assertTrue(content_type.startswith("text/plain; version=0.0.4"))
+        self.assertIn(
+            'imageserver_variants_total{format="webp",outcome="generated"} 2.0', body
+        )
+        self.assertIn('imageserver_build_info{version="', body)
+
+    def test_metrics_in_openmetrics_when_asked(self) -> None:
+        content_type, body = self.metrics("application/openmetrics-text; version=1.0.0")
+        self.assertTrue(content_type.startswith("application/openmetrics-text"))
+        self.assertTrue(body.endswith("# EOF\n"))
 
     def test_unknown_route_is_json_404(self) -> None:
         self.assertEqual(self.get("/nothing"), (404, {"error": "not found"}))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
@@ -9,6 +11,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from imageserver.errors import StorageFailed, StorageUnavailable
+from imageserver.events import Events
 from imageserver.storage import Storage
 
 log = Logger()
@@ -20,18 +23,21 @@ class Uploader(Service):
     A failed attempt is retried after ``first_delay`` seconds, doubling up to
     ``max_delay``, for as long as the service runs. A newer ``submit`` of a
     key still pending replaces its bytes. At shutdown the pending uploads get
-    ``shutdown_timeout`` seconds; any left are logged, key by key, as errors.
+    ``shutdown_timeout`` seconds (or what a callable says is left of the
+    shutdown's time); any left are logged, key by key, as errors.
     """
 
     def __init__(
         self,
         remote: Storage,
         clock: IReactorTime,
-        shutdown_timeout: float,
+        shutdown_timeout: float | Callable[[], float],
         first_delay: float = 1.0,
         max_delay: float = 60.0,
+        events: Events | None = None,
     ) -> None:
         self._remote = remote
+        self._events = events or Events()
         self._clock = clock
         self._shutdown_timeout = shutdown_timeout
         self._first_delay = first_delay
@@ -48,6 +54,7 @@ class Uploader(Service):
     def submit(self, key: str, data: bytes, content_type: str) -> None:
         running = key in self._pending
         self._pending[key] = (data, content_type)
+        self._events.upload_queued(len(self._pending))
         if not running:
             Deferred.fromCoroutine(self._upload(key))
 
@@ -59,6 +66,7 @@ class Uploader(Service):
                 await self._remote.put(key, data, content_type)
             except (StorageUnavailable, StorageFailed) as e:
                 self.failed_attempts += 1
+                self._events.upload_finished(False, len(self._pending))
                 log.warn(
                     "upload of {key} failed ({error}); retrying in {delay:g}s",
                     key=key,
@@ -70,12 +78,15 @@ class Uploader(Service):
                 continue
             except Exception:
                 log.failure("upload of {key} failed; not retried", key=key)
+                uploaded = False
                 break
             if self._pending[key][0] is data:
                 self.uploaded += 1
+                uploaded = True
                 break
             # A newer version arrived while this one was on its way.
         del self._pending[key]
+        self._events.upload_finished(uploaded, len(self._pending))
         if not self._pending:
             idle, self._idle = self._idle, []
             for d in idle:
@@ -93,13 +104,16 @@ class Uploader(Service):
     async def _drain(self) -> None:
         if not self._pending:
             return
+        timeout = self._shutdown_timeout
+        if callable(timeout):
+            timeout = timeout()
         log.info(
             "waiting up to {timeout:g}s for {count} pending uploads",
-            timeout=self._shutdown_timeout,
+            timeout=timeout,
             count=len(self._pending),
         )
         try:
-            await self.wait_idle().addTimeout(self._shutdown_timeout, self._clock)
+            await self.wait_idle().addTimeout(timeout, self._clock)
         except TimeoutError:
             for key in sorted(self._pending):
                 log.error(

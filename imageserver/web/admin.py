@@ -1,12 +1,14 @@
-"""The admin port: liveness and readiness probes for load balancers."""
+"""The admin port: probes for load balancers, metrics for Prometheus."""
 
 from __future__ import annotations
 
 from klein import Klein, Response
+from prometheus_client.exposition import choose_encoder
 from twisted.application.service import Service
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 
+from imageserver.events import Events
 from imageserver.web.responses import json_response, routing_error, server_error
 
 
@@ -31,8 +33,9 @@ class Readiness(Service):
 class AdminApp:
     app = Klein()
 
-    def __init__(self, readiness: Readiness) -> None:
+    def __init__(self, readiness: Readiness, events: Events) -> None:
         self._readiness = readiness
+        self._events = events
 
     @app.route("/probe/live", methods=["GET"])
     def live(self, request: IRequest) -> Response:
@@ -46,7 +49,14 @@ class AdminApp:
 
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request: IRequest) -> Response:
-        return json_response(501, {"error": "metrics are not implemented yet"})
+        """Prometheus text format, or OpenMetrics when the scraper asks for it."""
+        encode, content_type = choose_encoder(request.getHeader("Accept") or "")
+        body = encode(self._events.registry)
+        return Response(
+            200,
+            {"Content-Type": content_type, "Content-Length": str(len(body))},
+            body,
+        )
 
     app.handle_errors(HTTPException)(routing_error)
     app.handle_errors(Exception)(server_error)

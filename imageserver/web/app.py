@@ -10,7 +10,13 @@ from werkzeug.routing import BaseConverter
 
 from imageserver.errors import ContentTooLarge, InvalidRequest
 from imageserver.images import Images
-from imageserver.naming import FOLDER_PATTERN, ImageId, is_generated
+from imageserver.naming import (
+    FOLDER_PATTERN,
+    INFO,
+    ORIGINAL,
+    ImageId,
+    is_generated,
+)
 from imageserver.storage import StoredObject
 from imageserver.web.responses import (
     Headers,
@@ -81,6 +87,25 @@ class ImageServerApp:
 
     app.handle_errors(HTTPException)(routing_error)
     app.handle_errors(Exception)(server_error)
+
+
+def route_name(request: IRequest) -> str:
+    """The route a request took, for metrics and logs: one of a fixed few."""
+    parts = request.path.split(b"/")[1:]
+    if parts == [b"status_check"]:
+        return "status_check"
+    if len(parts) == 1:
+        return "upload"
+    if len(parts) != 6:
+        return "other"
+    name = parts[5].decode("ascii", "replace")
+    if name == "process" and request.method == b"POST":
+        return "process"
+    if request.method == b"POST":
+        return "store_file"
+    if name in (INFO, ORIGINAL):
+        return name.replace(".", "_")
+    return "variant" if is_generated(name) else "file"
 
 
 def _query(request: IRequest, name: str) -> str | None:

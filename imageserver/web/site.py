@@ -1,11 +1,20 @@
-"""A twisted.web Site that hides tracebacks and bounds request bodies."""
+"""A twisted.web Site that hides tracebacks, bounds bodies and counts requests."""
 
 from __future__ import annotations
 
-from typing import cast
+import time
+from collections.abc import Callable
+from typing import Any, cast
 
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
+
+from imageserver.events import Events
+
+access = Logger(namespace="imageserver.access")
 
 
 class BoundedRequest(Request):
@@ -17,6 +26,7 @@ class BoundedRequest(Request):
 
     body_too_large = False
     _received = 0
+    _started = 0.0
 
     @property
     def max_body_bytes(self) -> int:
@@ -41,11 +51,77 @@ class BoundedRequest(Request):
             return
         super().handleContentChunk(data)
 
+    def process(self) -> None:
+        site = cast(BoundedSite, self.channel.site)  # type: ignore[attr-defined]
+        self._started = time.perf_counter()
+        site.request_started(self)
+        super().process()
+
 
 class BoundedSite(Site):
+    """Our Site: see `BoundedRequest`; every answered request is logged once.
+
+    ``route_of`` names a request's route for metrics and logs (a small fixed
+    set, never the raw path); ``events`` receives the counts and timings.
+    """
+
     requestFactory = BoundedRequest
     displayTracebacks = False
 
-    def __init__(self, resource: IResource, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        resource: IResource,
+        max_body_bytes: int,
+        events: Events | None = None,
+        route_of: Callable[[Request], str] = lambda request: "other",
+    ) -> None:
         super().__init__(resource)
         self.max_body_bytes = max_body_bytes
+        self._events = events
+        self._route_of = route_of
+        self.in_flight = 0
+        self._idle: list[Deferred[None]] = []
+
+    def wait_idle(self) -> Deferred[None]:
+        """Fires once no request is in flight."""
+        d: Deferred[None] = Deferred()
+        if self.in_flight:
+            self._idle.append(d)
+        else:
+            d.callback(None)
+        return d
+
+    def request_started(self, request: BoundedRequest) -> None:
+        self.in_flight += 1
+        if self._events is not None:
+            self._events.request_started()
+        request.notifyFinish().addBoth(self._finished, request)
+
+    def _finished(self, result: Any, request: BoundedRequest) -> None:
+        """On the last byte sent, or on the client hanging up first."""
+        self.in_flight -= 1
+        if not self.in_flight:
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
+        duration = time.perf_counter() - request._started
+        route = self._route_of(request)
+        method = request.method.decode("ascii", "replace")
+        completed = result is None
+        if self._events is not None:
+            self._events.request_finished(route, method, request.code, duration)
+        access.info(
+            "{method} {uri} {status} {bytes} {duration:.4f}s{gone}",
+            method=method,
+            uri=request.uri.decode("ascii", "replace"),
+            route=route,
+            status=request.code,
+            bytes=request.sentLength,
+            duration=duration,
+            peer=getattr(request.getClientAddress(), "host", ""),
+            user_agent=(request.getHeader("user-agent") or ""),
+            gone="" if completed else " (client hung up)",
+        )
+
+    def log(self, request: http.Request) -> None:
+        """The access log is written in ``_finished``, with structured fields."""

@@ -1,0 +1,50 @@
+"""Times and counts every call to a storage backend."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from imageserver.events import Events
+from imageserver.storage import Storage, StoredObject
+
+T = TypeVar("T")
+
+
+class MeteredStorage:
+    def __init__(self, backend: Storage, name: str, events: Events) -> None:
+        self._backend = backend
+        self._name = name
+        self._events = events
+
+    async def _timed(self, operation: str, call: Awaitable[T]) -> T:
+        start = time.perf_counter()
+        ok = False
+        try:
+            result = await call
+            ok = True
+            return result
+        finally:
+            self._events.storage_call(
+                self._name, operation, time.perf_counter() - start, ok
+            )
+
+    async def get(self, key: str) -> StoredObject | None:
+        return await self._timed("get", self._backend.get(key))
+
+    async def put(
+        self, key: str, data: bytes, content_type: str, *, durable: bool = True
+    ) -> StoredObject:
+        return await self._timed(
+            "put", self._backend.put(key, data, content_type, durable=durable)
+        )
+
+    async def exists(self, key: str) -> bool:
+        return await self._timed("exists", self._backend.exists(key))
+
+    async def list(self, folder: str) -> list[str]:
+        return await self._timed("list", self._backend.list(folder))
+
+    async def delete(self, key: str) -> None:
+        await self._timed("delete", self._backend.delete(key))
