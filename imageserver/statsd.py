@@ -27,6 +27,8 @@ class StatsdClient(DatagramProtocol, Service):
         self._port = port
         self._udp = None
         self.sent = 0
+        #: Fires once the socket is open (lines sent before are dropped).
+        self.opened: Deferred[None] = Deferred()
 
     def send(self, line: str) -> None:
         if self.transport is None:
@@ -42,7 +44,7 @@ class StatsdClient(DatagramProtocol, Service):
 
     def startService(self) -> None:
         super().startService()
-        Deferred.fromCoroutine(self._open())
+        Deferred.fromCoroutine(self._open()).chainDeferred(self.opened)
 
     async def _open(self) -> None:
         host = self._host

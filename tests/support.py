@@ -16,10 +16,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
 from imageserver.config import Config
+from imageserver.events import Events
 from imageserver.images import Images
 from imageserver.sources import SourceFetcher
 from imageserver.storage import Storage
 from imageserver.storage.local import LocalStorage
+from imageserver.storage.metered import MeteredStorage
 from imageserver.web.app import ImageServerApp
 
 RED = (255, 0, 0)
@@ -103,6 +105,12 @@ class Gate:
             maybeDeferred(f, *args).chainDeferred(d)
 
 
+def sample(events: Events, name: str, **labels: str) -> float:
+    """The current value of one metric sample (0 when never recorded)."""
+    value = events.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
 class TestCaseMixin:
     def assertColour(
         self: Any,
@@ -140,8 +148,10 @@ class AppHarness:
         self.root = case.mktemp()
         self.config = Config(local_base_path=self.root, **settings)
         self.clock = clock or Clock()
+        self.events = Events()
         self.local = LocalStorage(self.root, synchronous)
-        self.storage = remote(self.local) if remote else self.local
+        metered = MeteredStorage(self.local, "local", self.events)
+        self.storage = remote(metered) if remote else metered
         self.sources = RequestTraversalAgent(sources or Resource())
         self.images = Images(
             storage=self.storage,
@@ -155,6 +165,7 @@ class AppHarness:
             rules=self.config.rules,
             max_source_pixels=self.config.max_source_pixels,
             default_outputs=self.config.default_outputs,
+            events=self.events,
         )
         self.resource = ImageServerApp(self.images).app.resource()
         self.client = StubTreq(self.resource)

@@ -7,7 +7,9 @@ from twisted.web.http import datetimeToString
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.static import Data
+from twisted.web.test.requesthelper import DummyRequest
 
+from imageserver.web.app import route_name
 from tests.support import (
     BLUE,
     GREEN,
@@ -466,6 +468,30 @@ class SingleFlightTests(TestCaseMixin, SynchronousTestCase):
         }
         self.assertEqual(hashes, {PHOTO_HASH})
         self.assertEqual(gate.calls.count("render_many"), 1)
+
+
+class RouteNameTests(SynchronousTestCase):
+    def test_routes_have_a_few_fixed_names(self) -> None:
+        folder = "/p/6e0/072/682/e66287b662827da75b244a3"
+        cases = [
+            ("GET", "/status_check", "status_check"),
+            ("POST", "/p", "upload"),
+            ("POST", f"{folder}/process", "process"),
+            ("GET", f"{folder}/w200.jpg", "variant"),
+            ("GET", f"{folder}/x20-q5.webp", "variant"),
+            ("GET", f"{folder}/info.json", "info_json"),
+            ("GET", f"{folder}/original", "original"),
+            ("GET", f"{folder}/notes.txt", "file"),
+            ("POST", f"{folder}/notes.txt", "store_file"),
+            ("GET", "/a/b/c", "other"),
+            ("GET", "/", "other"),
+            ("GET", "/p", "other"),
+        ]
+        for method, path, name in cases:
+            request = DummyRequest(path.encode().split(b"/")[1:])
+            request.method = method.encode()
+            request.path = path.encode()
+            self.assertEqual(route_name(request), name, path)
 
 
 class CropTests(TestCaseMixin, SynchronousTestCase):

@@ -6,13 +6,15 @@ from typing import Any
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
+from imageserver.web.app import route_name
 from imageserver.web.site import BoundedSite
-from tests.support import AppHarness, encode, quadrants
+from tests.support import AppHarness, encode, quadrants, sample
 
 LIMIT = 20_000
 
@@ -41,7 +43,10 @@ class Unsized:
 class BoundedSiteTests(TestCase):
     def setUp(self) -> None:
         app = AppHarness(self)
-        site = BoundedSite(app.resource, max_body_bytes=LIMIT)
+        self.events = app.events
+        site = BoundedSite(
+            app.resource, max_body_bytes=LIMIT, events=app.events, route_of=route_name
+        )
         self.port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
         pool = HTTPConnectionPool(reactor, persistent=False)
@@ -69,6 +74,30 @@ class BoundedSiteTests(TestCase):
     async def test_chunked_body_over_the_limit_is_413(self) -> None:
         code, _ = await self.post(Unsized(b"x" * (LIMIT * 3)))
         self.assertEqual(code, 413)
+
+    async def test_every_request_is_counted_timed_and_logged(self) -> None:
+        with capturedLogs() as events:
+            code, _ = await self.post(encode(quadrants((32, 32))))
+            response = await self.client.get(self.url + "/nothing/here")
+            await response.content()
+        self.assertEqual(code, 200)
+        count = sample(self.events, "imageserver_http_requests_total",
+                       route="upload", method="POST", status="200")  # fmt: skip
+        self.assertEqual(count, 1)
+        self.assertEqual(
+            sample(self.events, "imageserver_http_requests_total",
+                   route="other", method="GET", status="404"), 1
+        )  # fmt: skip
+        self.assertEqual(
+            sample(self.events, "imageserver_http_request_duration_seconds_count",
+                   route="upload"), 1
+        )  # fmt: skip
+        self.assertEqual(sample(self.events, "imageserver_http_requests_in_flight"), 0)
+        access = [e for e in events if e.get("log_namespace") == "imageserver.access"]
+        self.assertEqual([(e["method"], e["route"], e["status"]) for e in access],
+                         [("POST", "upload", 200), ("GET", "other", 404)])  # fmt: skip
+        self.assertEqual(access[0]["uri"], "/p")
+        self.assertGreater(access[0]["bytes"], 0)
 
     async def test_errors_never_show_tracebacks(self) -> None:
         response = await self.client.get(self.url.replace("/p", "/p/..%2f..%2fetc"))

@@ -94,7 +94,7 @@ def route_name(request: IRequest) -> str:
     parts = request.path.split(b"/")[1:]
     if parts == [b"status_check"]:
         return "status_check"
-    if len(parts) == 1:
+    if len(parts) == 1 and parts[0] and request.method == b"POST":
         return "upload"
     if len(parts) != 6:
         return "other"
