@@ -13,13 +13,14 @@ from treq.client import HTTPClient
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
-from twisted.logger import ILogObserver, jsonFileLogObserver
+from twisted.logger import ILogObserver
 from twisted.python.components import Componentized
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from imageserver.config import Config
 from imageserver.events import Events
 from imageserver.images import Images
+from imageserver.logs import JSONLines
 from imageserver.naming import is_generated
 from imageserver.pools import ThreadPoolService
 from imageserver.shutdown import Deadline, OrderedMultiService, RequestDrain, Signals
@@ -64,7 +65,7 @@ class ImageServer(OrderedMultiService):
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
         if self.config.log_format == "json" and isinstance(parent, Componentized):
-            parent.setComponent(ILogObserver, jsonFileLogObserver(sys.stdout))
+            parent.setComponent(ILogObserver, JSONLines(sys.stdout))
 
 
 def make_service(config: Config, reactor: Any = None) -> MultiService:

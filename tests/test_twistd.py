@@ -6,19 +6,22 @@ import hashlib
 import io
 import json
 import os
+import re
 import socket
 import sys
 from typing import Any
 
 from PIL import Image
 from treq.client import HTTPClient
-from twisted.internet import reactor
+from twisted.internet import error, reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessTerminated
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.protocol import DatagramProtocol, ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
 
 from tests import s3server
 from tests.support import RED, YELLOW, TestCaseMixin, encode, quadrants
@@ -34,13 +37,21 @@ def free_port() -> int:
 
 
 class Twistd(ProcessProtocol):
-    """Runs twistd, and tells when it listens on given ports and when it ends."""
+    """Runs twistd, and tells when it prints something and when it ends."""
 
     def __init__(self, ports: list[int]) -> None:
         self.output = b""
-        self.listening = {port: Deferred() for port in ports}
+        self._waits: list[tuple[re.Pattern[bytes], Deferred[None]]] = []
+        self.listening = [self.wait_for(rb"starting on %d\b" % port) for port in ports]
         #: Fires with the exit status, or minus the signal that ended it.
         self.ended: Deferred[int] = Deferred()
+
+    def wait_for(self, pattern: bytes) -> Deferred[None]:
+        """Fires once the output matches ``pattern`` (a regular expression)."""
+        d: Deferred[None] = Deferred()
+        self._waits.append((re.compile(pattern), d))
+        self.outReceived(b"")
+        return d
 
     def start(self, args: list[str], env: dict[str, str] | None = None) -> None:
         env = {**os.environ, **(env or {})}
@@ -56,14 +67,14 @@ class Twistd(ProcessProtocol):
 
     def outReceived(self, data: bytes) -> None:
         self.output += data
-        for port, d in self.listening.items():
-            if not d.called and f"starting on {port}\n".encode() in self.output:
+        for pattern, d in self._waits:
+            if not d.called and pattern.search(self.output):
                 d.callback(None)
 
     errReceived = outReceived
 
     def processEnded(self, reason: Failure) -> None:
-        for d in self.listening.values():
+        for _, d in self._waits:
             if not d.called:
                 d.errback(RuntimeError(self.output.decode(errors="replace")))
         if reason.check(ProcessTerminated) and reason.value.signal is not None:
@@ -72,7 +83,9 @@ class Twistd(ProcessProtocol):
             self.ended.callback(reason.value.exitCode)
 
 
-class TwistdTests(TestCaseMixin, TestCase):
+class TwistdCase(TestCaseMixin, TestCase):
+    """Starts real twistd processes and talks to them over loopback."""
+
     timeout = 60
 
     async def start_server(
@@ -86,7 +99,7 @@ class TwistdTests(TestCaseMixin, TestCase):
             "--local_base_path", os.path.abspath(self.mktemp()), *extra,
         ], env)  # fmt: skip
         self.addCleanup(self.stop, process)
-        for d in process.listening.values():
+        for d in process.listening:
             await d
         pool = HTTPConnectionPool(reactor, persistent=False)
         self.addCleanup(pool.closeCachedConnections)
@@ -104,6 +117,8 @@ class TwistdTests(TestCaseMixin, TestCase):
         response = await self.client.request(method, url, **kwargs)
         return response, await response.content()
 
+
+class TwistdTests(TwistdCase):
     async def test_api_over_real_sockets(self) -> None:
         process = await self.start_server()
         photo = encode(quadrants((800, 600)))
@@ -212,3 +227,128 @@ class TwistdTests(TestCaseMixin, TestCase):
         process.start(["imageserver", "--default_quality", "500"])
         self.assertNotEqual(await process.ended, 0)
         self.assertIn(b"--default_quality must be between 1 and 100", process.output)
+
+
+class HeldSource(Resource):
+    """A source URL that answers only when the test says so."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[Any] = []
+        self.arrived: Deferred[None] = Deferred()
+
+    def render_GET(self, request: Any) -> object:
+        self.requests.append(request)
+        if not self.arrived.called:
+            self.arrived.callback(None)
+        return NOT_DONE_YET
+
+    def answer(self, body: bytes) -> None:
+        for request in self.requests:
+            request.setHeader(b"Content-Type", b"image/jpeg")
+            request.write(body)
+            request.finish()
+
+
+class OperationsTests(TwistdCase):
+    async def held_upload(self) -> tuple[HeldSource, Deferred[Any]]:
+        """An upload in flight: the server waits on a source the test holds."""
+        source = HeldSource()
+        port = reactor.listenTCP(0, Site(source), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        url = f"http://127.0.0.1:{port.getHost().port}/photo.jpg"
+        upload = Deferred.fromCoroutine(self.call("POST", f"/p?source={url}"))
+        await source.arrived
+        return source, upload
+
+    async def test_sigterm_finishes_requests_in_flight_then_exits_0(self) -> None:
+        process = await self.start_server()
+        source, upload = await self.held_upload()
+
+        process.transport.signalProcess("TERM")  # type: ignore[union-attr]
+        await process.wait_for(rb"waiting up to [0-9.]+s for 1 requests in flight")
+        response, body = await self.call("GET", "/probe/ready", port=self.admin_port)
+        self.assertEqual(
+            (response.code, json.loads(body)), (503, {"message": "Shutting down"})
+        )
+        with self.assertRaises(error.ConnectionRefusedError):
+            await self.call("GET", "/status_check")  # no longer listening
+
+        photo = encode(quadrants((64, 48)))
+        source.answer(photo)
+        response, body = await upload
+        self.assertEqual((response.code, json.loads(body)["width"]), (200, 64))
+        self.assertEqual(await process.ended, 0)
+
+    async def test_second_signal_exits_at_once(self) -> None:
+        process = await self.start_server("--shutdown_timeout", "60")
+        _, upload = await self.held_upload()
+        process.transport.signalProcess("INT")  # type: ignore[union-attr]
+        await process.wait_for(rb"requests in flight")
+        process.transport.signalProcess("INT")  # type: ignore[union-attr]
+        self.assertEqual(await process.ended, 0)
+        self.assertIn(b"exiting now", process.output)
+        with self.assertRaises(ResponseFailed):
+            await upload
+
+    async def test_json_logs_carry_the_request_fields(self) -> None:
+        process = await self.start_server("--log_format", "json")
+        await self.call("GET", "/status_check")
+        process.transport.signalProcess("TERM")  # type: ignore[union-attr]
+        self.assertEqual(await process.ended, 0)
+        records = [json.loads(line) for line in process.output.splitlines()]
+        access = [r for r in records if r["namespace"] == "imageserver.access"]
+        self.assertEqual(len(access), 1)
+        self.assertEqual(
+            {k: access[0][k] for k in ("method", "uri", "route", "status", "level")},
+            {"method": "GET", "uri": "/status_check", "route": "status_check",
+             "status": 200, "level": "info"},
+        )  # fmt: skip
+        self.assertIsInstance(access[0]["duration"], float)
+
+    async def test_metrics_and_statsd_from_real_requests(self) -> None:
+        listener = StatsdListener(b"image_server.image_request.png:1|c")
+        udp = reactor.listenUDP(0, listener, interface="127.0.0.1")
+        self.addCleanup(udp.stopListening)
+        await self.start_server(
+            "--enable_statsd", "--statsd_port", str(udp.getHost().port)
+        )
+        photo = encode(quadrants((64, 48)))
+        _, body = await self.call("POST", "/p", data=photo)
+        digest = json.loads(body)["hash"]
+        folder = f"/p/{digest[:3]}/{digest[3:6]}/{digest[6:9]}/{digest[9:]}"
+        await self.call("GET", f"{folder}/w32.png")
+        await self.call("GET", f"{folder}/w32.png")
+        await listener.seen
+
+        _, body = await self.call("GET", "/metrics", port=self.admin_port)
+        text = body.decode()
+        requests = "imageserver_http_requests_total"
+        for line in (
+            'imageserver_variants_total{format="png",outcome="generated"} 1.0',
+            'imageserver_variants_total{format="png",outcome="cached"} 1.0',
+            requests + '{method="GET",route="variant",status="200"} 2.0',
+            requests + '{method="POST",route="upload",status="200"} 1.0',
+            'imageserver_originals_total{outcome="stored"} 1.0',
+            'imageserver_pool_workers{pool="imageserver-processing"}',
+            "imageserver_processing_duration_seconds_count 2.0",
+        ):
+            self.assertIn(line, text)
+        self.assertIn(b"image_server.image_request:1|c", listener.lines)
+        timers = [line for line in listener.lines if b"processing_time:" in line]
+        self.assertTrue(timers)
+        self.assertTrue(all(line.endswith(b"|ms") for line in timers))
+
+
+class StatsdListener(DatagramProtocol):
+    def __init__(self, wanted: bytes) -> None:
+        self.lines: list[bytes] = []
+        self.wanted = wanted
+        self.seen: Deferred[None] = Deferred()
+
+    def datagramReceived(self, datagram: bytes, addr: object) -> None:
+        self.lines.append(datagram)
+        if datagram == self.wanted and not self.seen.called:
+            self.seen.callback(None)
