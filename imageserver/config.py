@@ -123,6 +123,11 @@ class Config:
     log_format: str = setting(
         "text", "Logs as 'text', or 'json': one object per line on standard output."
     )
+    profile: bool = setting(
+        False,
+        "Serve /debug/profile, /debug/heap and /debug/threads on the admin port "
+        "(and trace the heap).",
+    )
     http_timeout: float = setting(
         5.0, "Seconds allowed to download a source URL, body included."
     )
@@ -144,6 +149,8 @@ class Config:
             raise ValueError("--log_format must be text or json")
         if not 0 < self.statsd_port < 65536:
             raise ValueError("--statsd_port must be a port number")
+        if self.profile and self.admin_endpoint is None:
+            raise ValueError("--profile needs the admin port")
         if self.shutdown_timeout < 0:
             raise ValueError("--shutdown_timeout must not be negative")
         if self.memory_cache_bytes < 0:

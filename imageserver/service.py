@@ -36,6 +36,7 @@ from imageserver.storage.tiered import TieredStorage
 from imageserver.storage.uploads import Uploader
 from imageserver.web.admin import AdminApp, Readiness
 from imageserver.web.app import ImageServerApp, route_name
+from imageserver.web.debug import DebugApp, HeapTracing
 from imageserver.web.site import BoundedSite
 
 
@@ -111,9 +112,13 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     )
 
     readiness = Readiness()
+    debug = None
+    if config.profile:
+        HeapTracing().setServiceParent(top)
+        debug = DebugApp(reactor)
     if config.admin_endpoint is not None:
         admin = BoundedSite(
-            AdminApp(readiness, events).app.resource(), max_body_bytes=1024
+            AdminApp(readiness, events, debug).app.resource(), max_body_bytes=1024
         )
         port = strports.service(config.admin_endpoint, admin, reactor=reactor)
         port.setServiceParent(top)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from klein import Klein, Response
 from prometheus_client.exposition import choose_encoder
 from twisted.application.service import Service
@@ -9,6 +11,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 
 from imageserver.events import Events
+from imageserver.web.debug import DebugApp
 from imageserver.web.responses import json_response, routing_error, server_error
 
 
@@ -33,9 +36,12 @@ class Readiness(Service):
 class AdminApp:
     app = Klein()
 
-    def __init__(self, readiness: Readiness, events: Events) -> None:
+    def __init__(
+        self, readiness: Readiness, events: Events, debug: DebugApp | None = None
+    ) -> None:
         self._readiness = readiness
         self._events = events
+        self._debug = debug
 
     @app.route("/probe/live", methods=["GET"])
     def live(self, request: IRequest) -> Response:
@@ -57,6 +63,12 @@ class AdminApp:
             {"Content-Type": content_type, "Content-Length": str(len(body))},
             body,
         )
+
+    @app.route("/debug/", branch=True, methods=["GET"])
+    def debug(self, request: IRequest) -> Any:
+        if self._debug is None:
+            return json_response(404, {"error": "profiling is off (--profile)"})
+        return self._debug.app.resource()
 
     app.handle_errors(HTTPException)(routing_error)
     app.handle_errors(Exception)(server_error)
