@@ -128,6 +128,24 @@ class Config:
         "Serve /debug/profile, /debug/heap and /debug/threads on the admin port "
         "(and trace the heap).",
     )
+    manhole: str = setting(
+        "",
+        "SSH manhole endpoint, e.g. tcp:7003:interface=127.0.0.1 (a number binds "
+        "to 127.0.0.1); empty: off.",
+    )
+    manhole_keys: str = setting(
+        "", "authorized_keys file of the public keys allowed into the manhole."
+    )
+    manhole_passwords: str = setting(
+        "", "File of user:bcrypt-hash lines allowed into the manhole."
+    )
+    manhole_host_keys: str = setting(
+        "manhole-host-keys",
+        "Directory of the manhole's SSH host keys (made if absent).",
+    )
+    manhole_allow_remote: bool = setting(
+        False, "Let --manhole listen on an interface other than loopback."
+    )
     http_timeout: float = setting(
         5.0, "Seconds allowed to download a source URL, body included."
     )
@@ -151,6 +169,16 @@ class Config:
             raise ValueError("--statsd_port must be a port number")
         if self.profile and self.admin_endpoint is None:
             raise ValueError("--profile needs the admin port")
+        if self.manhole_endpoint is not None:
+            if not (self.manhole_keys or self.manhole_passwords):
+                raise ValueError(
+                    "--manhole needs --manhole_keys or --manhole_passwords"
+                )
+            if not (self.manhole_allow_remote or _is_loopback(self.manhole_endpoint)):
+                raise ValueError(
+                    "--manhole must listen on loopback "
+                    "(tcp:PORT:interface=127.0.0.1) unless --manhole_allow_remote"
+                )
         if self.shutdown_timeout < 0:
             raise ValueError("--shutdown_timeout must not be negative")
         if self.memory_cache_bytes < 0:
@@ -189,6 +217,14 @@ class Config:
     def endpoint(self) -> str:
         """The main port as a Twisted endpoint description."""
         return self._endpoint(self.port)
+
+    @property
+    def manhole_endpoint(self) -> str | None:
+        if not self.manhole:
+            return None
+        if self.manhole.isdigit():
+            return f"tcp:{self.manhole}:interface=127.0.0.1"
+        return self.manhole
 
     @property
     def admin_endpoint(self) -> str | None:
@@ -253,5 +289,35 @@ def options_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+def update_table(path: str) -> None:
+    """Rewrite the options table in a page: ``python -m imageserver.config PAGE``."""
+    with open(path) as f:
+        page = f.read()
+    start = page.index("| option | default | meaning |")
+    end = page.index("\n\n", start) + 1
+    with open(path, "w") as f:
+        f.write(page[:start] + options_table() + page[end:])
+
+
 if __name__ == "__main__":
-    print(options_table(), end="")
+    import sys
+
+    if len(sys.argv) > 1:
+        update_table(sys.argv[1])
+    else:
+        print(options_table(), end="")
+
+
+def _is_loopback(endpoint: str) -> bool:
+    """Whether a server endpoint description listens on loopback or a unix socket."""
+    kind, _, rest = endpoint.partition(":")
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "tcp6"):
+        return False
+    for part in rest.replace("\\:", "\0").split(":")[1:]:
+        name, _, value = part.partition("=")
+        if name == "interface":
+            host = value.replace("\0", ":")
+            return host in ("::1", "localhost") or host.startswith("127.")
+    return False

@@ -129,6 +129,25 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
         events=events,
         route_of=route_name,
     )
+    if config.manhole_endpoint is not None:
+        from imageserver.manhole import ManholeService  # conch: only when asked
+
+        ManholeService(
+            reactor,
+            config.manhole_endpoint,
+            {
+                "config": config,
+                "images": images,
+                "storage": storage,
+                "events": events,
+                "pools": {p.name: p.pool for p in (processing, io)},
+                "service": top,
+                "reactor": reactor,
+            },
+            config.manhole_host_keys,
+            authorized_keys=config.manhole_keys or None,
+            passwords=config.manhole_passwords or None,
+        ).setServiceParent(top)
     RequestDrain(site, reactor, deadline).setServiceParent(top)
     strports.service(config.endpoint, site, reactor=reactor).setServiceParent(top)
     # Last in, first out: readiness turns 503 before anything else stops.

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import shutil
 import socket
 import sys
 from typing import Any
@@ -25,6 +26,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 
 from tests import s3server
 from tests.support import RED, YELLOW, TestCaseMixin, encode, quadrants
+from tests.test_manhole import client_key, ssh_into
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = "from twisted.scripts.twistd import run; run()"
@@ -340,6 +342,34 @@ class OperationsTests(TwistdCase):
         timers = [line for line in listener.lines if b"processing_time:" in line]
         self.assertTrue(timers)
         self.assertTrue(all(line.endswith(b"|ms") for line in timers))
+
+
+class ManholeProcessTests(TwistdCase):
+    async def test_manhole_reaches_the_running_service(self) -> None:
+        if shutil.which("ssh") is None:
+            self.skipTest("the OpenSSH client is not installed")
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        key = client_key(folder, "admin")
+        with open(key + ".pub", "rb") as pub, open(f"{folder}/keys", "wb") as keys:
+            keys.write(pub.read())
+        port = free_port()
+        process = await self.start_server(
+            "--manhole", str(port), "--manhole_keys", f"{folder}/keys",
+            "--manhole_host_keys", f"{folder}/host", "--maximum_width", "1234",
+        )  # fmt: skip
+        await process.wait_for(rb"ConchFactory starting on %d\b" % port)
+        session = await ssh_into(port, folder, key, [
+            b"config.maximum_width",
+            b"sorted(pools)",
+            b"type(storage).__name__, type(images).__name__",
+            b"events.registry.get_sample_value('imageserver_http_requests_in_flight')",
+        ])  # fmt: skip
+        output = session.output.decode(errors="replace")
+        self.assertIn("1234", output)
+        self.assertIn("['imageserver-io', 'imageserver-processing']", output)
+        self.assertIn("('MemoryCache', 'Images')", output)
+        self.assertIn("0.0", output)
 
 
 class StatsdListener(DatagramProtocol):

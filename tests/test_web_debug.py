@@ -102,6 +102,3 @@ class DebugTests(SynchronousTestCase):
         client = StubTreq(AdminApp(Readiness(), Events()).app.resource())
         response = self.successResultOf(client.get("http://admin/debug/threads"))
         self.assertEqual(response.code, 404)
-
-
-
