@@ -107,7 +107,8 @@ class Server:
         self.port = free_port()
         twistd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
         self.process = subprocess.Popen(
-            [*twistd, "-n", "--pidfile=", "--logfile=/dev/null", *args(self.port)],
+            [*twistd, "-n", "--pidfile=", f"--logfile=server-{self.port}.log",
+             *args(self.port)],  # fmt: skip
             cwd=cwd,
             env=dict(os.environ, PYTHONPATH=CHECKOUT),
         )
