@@ -107,8 +107,15 @@ class Server:
         self.port = free_port()
         twistd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
         self.process = subprocess.Popen(
-            [*twistd, "-n", "--pidfile=", f"--logfile=server-{self.port}.log",
-             *args(self.port)],  # fmt: skip
+            # Never --logfile=/dev/null: twistd rotates its log file by
+            # renaming it, and as root that would move /dev/null itself.
+            [
+                *twistd,
+                "-n",
+                "--pidfile=",
+                f"--logfile=server-{self.port}.log",
+                *args(self.port),
+            ],
             cwd=cwd,
             env=dict(os.environ, PYTHONPATH=CHECKOUT),
         )

@@ -70,8 +70,8 @@ class SSH(ProcessProtocol):
 async def ssh_into(port: int, folder: str, key: str, lines: list[bytes]) -> SSH:
     """Log into a manhole on loopback ``port`` with ``key`` and type ``lines``."""
     session = SSH(lines)
-    # Never /dev/null for these: ssh replaces a known-hosts file by renaming
-    # a new one over it, and as root it would replace /dev/null itself.
+    # An empty configuration and a known-hosts file of the test's own: nothing
+    # from the machine's or the user's ssh set-up plays a part.
     config = os.path.join(folder, "ssh_config")
     known_hosts = os.path.join(folder, "known_hosts")
     open(config, "w").close()
