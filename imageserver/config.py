@@ -7,10 +7,12 @@ both generated from the fields below.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from imageserver.addresses import SourcePolicy
 from imageserver.errors import ImageServerError
 from imageserver.naming import OUTPUT_FORMATS, Variant, VariantRules
 
@@ -146,6 +148,18 @@ class Config:
     manhole_allow_remote: bool = setting(
         False, "Let --manhole listen on an interface other than loopback."
     )
+    max_redirects: int = setting(3, "Redirects a source URL may take.")
+    allow_private_sources: bool = setting(
+        False,
+        "Let source URLs reach loopback, private, link-local and metadata "
+        "addresses (off: those are refused with 403).",
+    )
+    allow_networks: tuple[str, ...] = setting(
+        (), "Networks source URLs may reach despite being private, e.g. 10.1.2.0/24."
+    )
+    source_allowlist: tuple[str, ...] = setting(
+        (), "Host name patterns source URLs must match, e.g. '*.example.com'."
+    )
     http_timeout: float = setting(
         5.0, "Seconds allowed to download a source URL, body included."
     )
@@ -179,6 +193,15 @@ class Config:
                     "--manhole must listen on loopback "
                     "(tcp:PORT:interface=127.0.0.1) unless --manhole_allow_remote"
                 )
+        if self.max_redirects < 0:
+            raise ValueError("--max_redirects must not be negative")
+        for network in self.allow_networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"--allow_networks: {network!r} is not a network"
+                ) from None
         if self.shutdown_timeout < 0:
             raise ValueError("--shutdown_timeout must not be negative")
         if self.memory_cache_bytes < 0:
@@ -236,6 +259,14 @@ class Config:
         if port.isdigit():
             return f"tcp:{port}:interface={self.listen.replace(':', chr(92) + ':')}"
         return port
+
+    @property
+    def source_policy(self) -> SourcePolicy:
+        return SourcePolicy(
+            allow_private=self.allow_private_sources,
+            allowlist=self.source_allowlist,
+            allowed_networks=self.allow_networks,
+        )
 
     @property
     def rules(self) -> VariantRules:

@@ -15,7 +15,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver
 from twisted.python.components import Componentized
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import HTTPConnectionPool
 
 from imageserver.config import Config
 from imageserver.events import Events
@@ -24,7 +24,7 @@ from imageserver.logs import JSONLines
 from imageserver.naming import is_generated
 from imageserver.pools import ThreadPoolService
 from imageserver.shutdown import Deadline, OrderedMultiService, RequestDrain, Signals
-from imageserver.sources import SourceFetcher
+from imageserver.sources import SourceFetcher, source_agent
 from imageserver.statsd import StatsdClient
 from imageserver.storage import Storage
 from imageserver.storage.local import LocalStorage
@@ -99,7 +99,14 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     images = Images(
         storage=storage,
         sources=SourceFetcher(
-            HTTPClient(Agent(reactor, pool=connections.pool)),
+            HTTPClient(
+                source_agent(
+                    reactor,
+                    connections.pool,
+                    config.source_policy,
+                    config.max_redirects,
+                )
+            ),
             reactor,
             timeout=config.http_timeout,
             max_bytes=config.max_source_bytes,

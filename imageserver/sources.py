@@ -2,25 +2,44 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import treq
 from treq.client import HTTPClient
 from twisted.internet import defer, error
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    RedirectAgent,
     RequestTransmissionFailed,
     ResponseFailed,
     ResponseNeverReceived,
 )
-from twisted.web.error import SchemeNotSupported
-from twisted.web.iweb import IResponse
+from twisted.web.error import InfiniteRedirection, SchemeNotSupported
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IResponse
+from zope.interface import implementer
 
 from imageserver import __version__
+from imageserver.addresses import SourcePolicy
 from imageserver.errors import (
     ContentTooLarge,
+    Forbidden,
+    ImageServerError,
     InvalidRequest,
     NotFound,
     SourceTimeout,
@@ -41,6 +60,104 @@ _TRANSPORT_ERRORS = (
     ResponseNeverReceived,
     SchemeNotSupported,
 )
+
+
+@implementer(IAgentEndpointFactory)
+class GuardedEndpoints:
+    """Connects an Agent only to addresses the policy allows.
+
+    Each hop (the first request and every redirect) is checked here: the host
+    against the allowlist, then every address it resolves to. The connection
+    goes to the address that was checked, so a second DNS answer cannot
+    slip a private address in (DNS rebinding). HTTPS still verifies the
+    certificate against the host name.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        policy: SourcePolicy,
+        resolve: Callable[[str, int], Awaitable[list[str]]] | None = None,
+        connect_timeout: float = 10,
+    ) -> None:
+        self._reactor = reactor
+        self._policy = policy
+        self._resolve = resolve or self._getaddrinfo
+        self._timeout = connect_timeout
+
+    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:
+        scheme = uri.scheme.decode("ascii", "replace")
+        if scheme not in ("http", "https"):
+            raise Forbidden(f"source redirected to a {scheme} URL; only http(s)")
+        return _Guarded(self, scheme, uri.host.decode("idna"), uri.port)
+
+    async def _getaddrinfo(self, host: str, port: int) -> list[str]:
+        infos = await deferToThreadPool(
+            self._reactor,
+            self._reactor.getThreadPool(),
+            socket.getaddrinfo,
+            host,
+            port,
+            0,
+            socket.SOCK_STREAM,
+        )
+        return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+    async def connect(self, scheme: str, host: str, port: int, factory: Any) -> Any:
+        refused = self._policy.host_refusal(host)
+        if refused:
+            raise Forbidden(refused)
+        try:
+            addresses = [str(ipaddress.ip_address(host))]
+        except ValueError:
+            try:
+                addresses = await self._resolve(host, port)
+            except OSError as e:
+                raise SourceUnavailable(f"source host {host} was not found") from e
+        for address in addresses:
+            refused = self._policy.address_refusal(host, address)
+            if refused:
+                raise Forbidden(refused)
+        if not addresses:
+            raise SourceUnavailable(f"source host {host} has no address")
+        address = addresses[0]
+        endpoint: IStreamClientEndpoint
+        if ":" in address:
+            endpoint = TCP6ClientEndpoint(self._reactor, address, port, self._timeout)
+        else:
+            endpoint = TCP4ClientEndpoint(self._reactor, address, port, self._timeout)
+        if scheme == "https":
+            endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
+        return await endpoint.connect(factory)
+
+
+@implementer(IStreamClientEndpoint)
+class _Guarded:
+    def __init__(
+        self, endpoints: GuardedEndpoints, scheme: str, host: str, port: int
+    ) -> None:
+        self._endpoints = endpoints
+        self._scheme = scheme
+        self._host = host
+        self._port = port
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        return Deferred.fromCoroutine(
+            self._endpoints.connect(self._scheme, self._host, self._port, factory)
+        )
+
+
+def source_agent(
+    reactor: Any,
+    pool: HTTPConnectionPool,
+    policy: SourcePolicy,
+    max_redirects: int,
+    resolve: Callable[[str, int], Awaitable[list[str]]] | None = None,
+) -> IAgent:
+    """The Agent source fetches go through: guarded, following few redirects."""
+    endpoints = GuardedEndpoints(reactor, policy, resolve)
+    agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
+    return RedirectAgent(agent, redirectLimit=max_redirects)
 
 
 class SourceFetcher:
@@ -71,6 +188,14 @@ class SourceFetcher:
                 f"source did not answer within {self._timeout:g} seconds"
             ) from None
         except _TRANSPORT_ERRORS as e:
+            # A refusal or a redirect loop found on the way comes wrapped.
+            for reason in getattr(e, "reasons", ()):
+                if reason.check(ImageServerError):
+                    raise reason.value from None
+                if reason.check(InfiniteRedirection):
+                    raise SourceUnavailable(
+                        "source redirected too many times"
+                    ) from None
             log.info("source {url} failed: {error}", url=url, error=e)
             raise SourceUnavailable("source could not be downloaded") from None
 

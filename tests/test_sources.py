@@ -1,4 +1,5 @@
 import socket
+from typing import Any
 
 from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent
@@ -9,17 +10,19 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.pages import errorPage
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.static import Data
 
+from imageserver.addresses import SourcePolicy
 from imageserver.errors import (
     ContentTooLarge,
+    Forbidden,
     InvalidRequest,
     NotFound,
     SourceTimeout,
     SourceUnavailable,
 )
-from imageserver.sources import SourceFetcher
+from imageserver.sources import SourceFetcher, source_agent
 
 
 class Hanging(Resource):
@@ -129,3 +132,134 @@ class RealConnectionTests(TestCase):
         with self.assertRaises(SourceUnavailable) as caught:
             await fetcher.fetch(f"http://127.0.0.1:{port}/photo.jpg")
         self.assertEqual(str(caught.exception), "source could not be downloaded")
+
+
+class Recording(Resource):
+    """A source that records who asked, and optionally redirects."""
+
+    isLeaf = True
+
+    def __init__(self, redirect: bytes | None = None) -> None:
+        super().__init__()
+        self.requests: list[bytes] = []
+        self.redirect = redirect
+
+    def render_GET(self, request):  # type: ignore[no-untyped-def]
+        self.requests.append(request.uri)
+        if self.redirect:
+            request.redirect(self.redirect)
+            return b""
+        return b"image bytes"
+
+
+class GuardTests(TestCase):
+    """The SSRF guard over real loopback sockets (127.0.0.1 and 127.0.0.2)."""
+
+    def serve(self, resource: Resource, interface: str = "127.0.0.1") -> int:
+        port = reactor.listenTCP(0, Site(resource), interface=interface)
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    def fetcher(
+        self, policy: SourcePolicy, max_redirects: int = 3, resolve: Any = None
+    ) -> SourceFetcher:
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        agent = source_agent(reactor, pool, policy, max_redirects, resolve)
+        return SourceFetcher(HTTPClient(agent), reactor, timeout=5, max_bytes=1000)
+
+    async def test_loopback_is_refused_before_connecting(self) -> None:
+        source = Recording()
+        port = self.serve(source)
+        with self.assertRaises(Forbidden) as caught:
+            await self.fetcher(SourcePolicy()).fetch(f"http://127.0.0.1:{port}/a.jpg")
+        self.assertEqual(
+            str(caught.exception),
+            "source host 127.0.0.1 resolves to 127.0.0.1, which is loopback",
+        )
+        self.assertEqual(source.requests, [])
+
+    async def test_names_are_checked_by_what_they_resolve_to(self) -> None:
+        port = self.serve(Recording())
+        with self.assertRaises(Forbidden) as caught:
+            await self.fetcher(SourcePolicy()).fetch(f"http://localhost:{port}/a.jpg")
+        self.assertIn("which is loopback", str(caught.exception))
+
+    async def test_allowed_when_asked(self) -> None:
+        port = self.serve(Recording())
+        data = await self.fetcher(SourcePolicy(allow_private=True)).fetch(
+            f"http://127.0.0.1:{port}/a.jpg"
+        )
+        self.assertEqual(data, b"image bytes")
+
+    async def test_every_redirect_hop_is_checked(self) -> None:
+        inner = Recording()
+        inner_port = self.serve(inner, interface="127.0.0.2")
+        outer_port = self.serve(
+            Recording(redirect=b"http://127.0.0.2:%d/secret" % inner_port)
+        )
+        policy = SourcePolicy(allowed_networks=("127.0.0.1/32",))
+        with self.assertRaises(Forbidden) as caught:
+            await self.fetcher(policy).fetch(f"http://127.0.0.1:{outer_port}/a.jpg")
+        self.assertIn("127.0.0.2, which is loopback", str(caught.exception))
+        self.assertEqual(inner.requests, [])
+
+    async def test_redirects_to_other_schemes_are_refused(self) -> None:
+        port = self.serve(Recording(redirect=b"file:///etc/passwd"))
+        with self.assertRaises(Forbidden):
+            await self.fetcher(SourcePolicy(allow_private=True)).fetch(
+                f"http://127.0.0.1:{port}/a.jpg"
+            )
+
+    async def test_too_many_redirects(self) -> None:
+        loop = Recording()
+        port = self.serve(loop)
+        loop.redirect = b"http://127.0.0.1:%d/again" % port
+        with self.assertRaises(SourceUnavailable) as caught:
+            await self.fetcher(SourcePolicy(allow_private=True), 2).fetch(
+                f"http://127.0.0.1:{port}/a.jpg"
+            )
+        self.assertEqual(str(caught.exception), "source redirected too many times")
+        self.assertEqual(len(loop.requests), 3)  # the first request, 2 redirects
+
+    async def test_mixed_dns_answers_are_refused(self) -> None:
+        port = self.serve(Recording())
+
+        async def resolve(host: str, port: int) -> list[str]:
+            return ["127.0.0.1", "127.0.0.2"]
+
+        policy = SourcePolicy(allowed_networks=("127.0.0.1/32",))
+        with self.assertRaises(Forbidden):
+            await self.fetcher(policy, resolve=resolve).fetch(
+                f"http://images.test:{port}/a.jpg"
+            )
+
+    async def test_the_checked_address_is_the_one_connected_to(self) -> None:
+        """DNS rebinding: a second answer never reaches the connection."""
+        source = Recording()
+        port = self.serve(source)
+        answers = [["127.0.0.1"], ["127.0.0.2"]]
+        asked: list[str] = []
+
+        async def resolve(host: str, port: int) -> list[str]:
+            asked.append(host)
+            return answers.pop(0)
+
+        policy = SourcePolicy(allowed_networks=("127.0.0.1/32",))
+        data = await self.fetcher(policy, resolve=resolve).fetch(
+            f"http://images.test:{port}/a.jpg"
+        )
+        self.assertEqual((data, asked), (b"image bytes", ["images.test"]))
+        self.assertEqual(source.requests, [b"/a.jpg"])
+
+    async def test_allowlist_is_checked_before_resolving(self) -> None:
+        asked: list[str] = []
+
+        async def resolve(host: str, port: int) -> list[str]:
+            asked.append(host)
+            return ["93.184.216.34"]
+
+        policy = SourcePolicy(allowlist=("*.example.com",))
+        with self.assertRaises(Forbidden):
+            await self.fetcher(policy, resolve=resolve).fetch("http://evil.test/a.jpg")
+        self.assertEqual(asked, [])

@@ -262,11 +262,18 @@ class OperationsTests(TwistdCase):
         self.addCleanup(port.stopListening)
         url = f"http://127.0.0.1:{port.getHost().port}/photo.jpg"
         upload = Deferred.fromCoroutine(self.call("POST", f"/p?source={url}"))
+
+        def too_soon(result: object) -> object:
+            if not source.arrived.called:  # the server never asked the source
+                source.arrived.errback(AssertionError(f"upload ended: {result}"))
+            return result
+
+        upload.addBoth(too_soon)
         await source.arrived
         return source, upload
 
     async def test_sigterm_finishes_requests_in_flight_then_exits_0(self) -> None:
-        process = await self.start_server()
+        process = await self.start_server("--allow_private_sources")
         source, upload = await self.held_upload()
 
         process.transport.signalProcess("TERM")  # type: ignore[union-attr]
@@ -285,7 +292,9 @@ class OperationsTests(TwistdCase):
         self.assertEqual(await process.ended, 0)
 
     async def test_second_signal_exits_at_once(self) -> None:
-        process = await self.start_server("--shutdown_timeout", "60")
+        process = await self.start_server(
+            "--shutdown_timeout", "60", "--allow_private_sources"
+        )
         _, upload = await self.held_upload()
         process.transport.signalProcess("INT")  # type: ignore[union-attr]
         await process.wait_for(rb"requests in flight")

@@ -1,0 +1,84 @@
+"""Which network addresses a source URL may reach: the SSRF policy, pure Python."""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+#: Cloud metadata services, named so the refusal says what was at stake.
+_METADATA = frozenset(
+    ipaddress.ip_address(a)
+    for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200")
+)
+
+
+def _embedded(address: IPAddress) -> IPAddress:
+    """The IPv4 address an IPv6 address carries (mapped, NAT64, 6to4), if any."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        if address.sixtofour is not None:
+            return address.sixtofour
+        if address in _NAT64:
+            return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address
+
+
+def refusal(text: str) -> str | None:
+    """Why ``text`` (an IP address) may not be fetched from, or None if it may."""
+    address = _embedded(ipaddress.ip_address(text))
+    if address in _METADATA:
+        return "a cloud metadata address"
+    for test, reason in (
+        (address.is_unspecified, "unspecified"),
+        (address.is_loopback, "loopback"),
+        (address.is_link_local, "link-local"),
+        (address.is_multicast, "multicast"),
+        (address.is_reserved, "reserved"),
+        (address.is_private, "private"),
+    ):
+        if test:
+            return reason
+    if not address.is_global:
+        return "not publicly routable"
+    return None
+
+
+@dataclass(frozen=True)
+class SourcePolicy:
+    """What the source fetcher may connect to.
+
+    ``allow_private`` lets every address through (tests, trusted networks);
+    ``allowed_networks`` lets just these networks through (an intranet image
+    host); ``allowlist`` limits host names to these glob patterns.
+    """
+
+    allow_private: bool = False
+    allowlist: Sequence[str] = ()
+    allowed_networks: Sequence[str] = ()
+
+    def host_refusal(self, host: str) -> str | None:
+        if self.allowlist and not any(
+            fnmatch.fnmatchcase(host.lower(), pattern.lower())
+            for pattern in self.allowlist
+        ):
+            return f"source host {host} is not in the allowlist"
+        return None
+
+    def address_refusal(self, host: str, address: str) -> str | None:
+        if self.allow_private:
+            return None
+        ip = ipaddress.ip_address(address)
+        if any(
+            ip in ipaddress.ip_network(n, strict=False) for n in self.allowed_networks
+        ):
+            return None
+        reason = refusal(address)
+        if reason is None:
+            return None
+        return f"source host {host} resolves to {address}, which is {reason}"
