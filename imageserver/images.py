@@ -148,7 +148,12 @@ class Images:
     ) -> tuple[imaging.ImageInfo, list[bytes]]:
         """Decode once, encode each variant: in the processing pool, timed."""
         (info, outputs), seconds = await self._process(
-            _timed, imaging.render_many, original, variants, self._max_pixels
+            _timed,
+            imaging.render_many,
+            original,
+            variants,
+            self._max_pixels,
+            self.rules.maximum_width,
         )
         self._events.processed(seconds)
         return info, outputs

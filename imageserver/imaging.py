@@ -14,7 +14,7 @@ from io import BytesIO
 
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from imageserver.errors import ImageTooLarge, UnsupportedImage
+from imageserver.errors import ImageTooLarge, InvalidRequest, UnsupportedImage
 from imageserver.naming import Fit, Variant
 
 #: Input formats we decode. Everything else (EPS, which runs Ghostscript; SVG;
@@ -29,6 +29,15 @@ _ENCODERS = {
     "gif": ("GIF", True),
     "webp": ("WEBP", True),
     "avif": ("AVIF", True),
+}
+
+#: The largest side each encoder can write (AVIF: libavif's 65536 limit).
+_MAX_SIDE = {
+    "JPEG": 65500,
+    "WEBP": 16383,
+    "GIF": 65535,
+    "AVIF": 65536,
+    "PNG": 2**31 - 1,
 }
 
 #: LANCZOS after a box reduction to 3x the target: indistinguishable from a
@@ -60,21 +69,32 @@ def probe(data: bytes, max_pixels: int) -> ImageInfo:
     return info
 
 
-def render(data: bytes, variant: Variant, max_pixels: int) -> bytes:
+def render(
+    data: bytes, variant: Variant, max_pixels: int, max_side: int | None = None
+) -> bytes:
     """Encode one variant of the original ``data``."""
-    return render_many(data, (variant,), max_pixels)[1][0]
+    return render_many(data, (variant,), max_pixels, max_side)[1][0]
 
 
 def render_many(
-    data: bytes, variants: Sequence[Variant], max_pixels: int
+    data: bytes,
+    variants: Sequence[Variant],
+    max_pixels: int,
+    max_side: int | None = None,
 ) -> tuple[ImageInfo, list[bytes]]:
-    """Decode ``data`` once and encode every variant from it, in order."""
+    """Decode ``data`` once and encode every variant from it, in order.
+
+    ``max_side`` bounds the height a width-only variant may reach (the width
+    a name asks for is checked when it is parsed).
+    """
     image = _open(data, max_pixels)
     orientation = _orientation(image)
     width, height = image.size
     if orientation in _SWAPPING_ORIENTATIONS:
         width, height = height, width
     info = ImageInfo(width, height, Image.MIME.get(image.format or "", "image/*"))
+    for variant in variants:
+        _check_output(variant, width, height, max_pixels, max_side)
 
     # Decode only as many pixels as the largest variant needs: JPEG can decode
     # straight to 1/2, 1/4 or 1/8 scale, which is most of the speed.
@@ -93,6 +113,21 @@ def render_many(
     except _DECODE_ERRORS as e:
         raise UnsupportedImage(f"the image could not be decoded: {e}") from None
     return info, [_encode(_resize(base, v), v, has_alpha, icc) for v in variants]
+
+
+def _check_output(
+    variant: Variant, width: int, height: int, max_pixels: int, max_side: int | None
+) -> None:
+    """Refuse, before any decoding, outputs too big to make or to encode."""
+    out_w, out_h = output_size(variant, width, height)
+    what = f"{variant.name} of this {width}x{height} image would be {out_w}x{out_h}"
+    if variant.fit is Fit.WIDTH and max_side is not None and out_h > max_side:
+        raise InvalidRequest(f"{what}, taller than the maximum of {max_side}")
+    if out_w * out_h > max_pixels:
+        raise ImageTooLarge(f"{what}, over the limit of {max_pixels} pixels")
+    fmt = _ENCODERS[variant.format][0]
+    if max(out_w, out_h) > _MAX_SIDE[fmt]:
+        raise ImageTooLarge(f"{what}; {fmt} holds at most {_MAX_SIDE[fmt]} a side")
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:

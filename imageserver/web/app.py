@@ -49,6 +49,9 @@ class ImageFolderConverter(BaseConverter):
 class ImageServerApp:
     app = Klein()
     app.url_map.converters["image"] = ImageFolderConverter
+    # "a//b" is not "a/b": a path that does not match is a 404, never a
+    # redirect (werkzeug's would point %2F names back at themselves).
+    app.url_map.merge_slashes = False
 
     def __init__(self, images: Images) -> None:
         self._images = images

@@ -1,0 +1,199 @@
+"""Hostile and odd input: every answer is a valid image or a JSON 4xx, never a 5xx."""
+
+import io
+import json
+import os
+import struct
+import zlib
+from urllib.parse import quote
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageCms
+from twisted.trial.unittest import SynchronousTestCase
+
+from tests.support import AppHarness, decode, encode, quadrants
+from tests.test_imaging import swapped_rgb_profile, with_orientation
+
+VARIANTS = {"w50.jpg": None, "x40.png": (40, 40), "30x20.webp": (30, 20),
+            "full_size.gif": None, "w25-q10.avif": None}  # fmt: skip
+
+
+def _frames(fmt: str) -> bytes:
+    frames = [quadrants((60, 40)).rotate(angle) for angle in (0, 90, 180)]
+    out = io.BytesIO()
+    frames[0].save(out, fmt, save_all=True, append_images=frames[1:], duration=50)
+    return out.getvalue()
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    png = bytearray(encode(Image.new("L", (1, 1)), "PNG"))
+    ihdr = struct.pack(">II", width, height) + bytes(png[24:29])
+    png[16:29] = ihdr
+    png[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return bytes(png)
+
+
+def _damaged(data: bytes, at: int, junk: bytes) -> bytes:
+    return data[:at] + junk + data[at + len(junk) :]
+
+
+def corpus() -> dict[str, bytes]:
+    """Names and bytes of odd, edge-case and broken images."""
+    photo = quadrants((120, 80))
+    noise = Image.effect_noise((120, 80), 60).convert("RGB")
+    palette = photo.convert("RGBA")
+    palette.putalpha(Image.linear_gradient("L").resize((120, 80)))
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    items = {
+        "cmyk.jpg": encode(Image.new("CMYK", (64, 48), (0, 200, 200, 10))),
+        "16bit.png": encode(
+            Image.linear_gradient("L").resize((64, 48)).convert("I;16"), "PNG"
+        ),
+        "palette-alpha.png": encode(
+            palette.convert("PA") if False else palette.quantize(64), "PNG"
+        ),
+        "rgba.png": encode(palette, "PNG"),
+        "la.png": encode(palette.convert("LA"), "PNG"),
+        "1bit.png": encode(photo.convert("1"), "PNG"),
+        "grey.jpg": encode(photo.convert("L")),
+        "progressive.jpg": encode(noise, "JPEG", progressive=True),
+        "animated.gif": _frames("GIF"),
+        "animated.webp": _frames("WEBP"),
+        "icc-srgb.jpg": encode(photo, "JPEG", icc_profile=srgb),
+        "icc-swapped.png": encode(photo, "PNG", icc_profile=swapped_rgb_profile()),
+        "icc-garbage.jpg": encode(photo, "JPEG", icc_profile=b"\0" * 300),
+        "tiny.png": encode(Image.new("RGB", (1, 1), (9, 9, 9)), "PNG"),
+        "wide.png": encode(Image.new("RGB", (4000, 1)), "PNG"),
+        "tall.png": encode(Image.new("RGB", (1, 4000)), "PNG"),
+        "image.tiff": encode(photo, "TIFF"),
+        "image.bmp": encode(photo, "BMP"),
+        "image.avif": encode(photo, "AVIF"),
+        "truncated.jpg": encode(noise)[:2000],
+        "truncated.png": encode(noise, "PNG")[:3000],
+        "truncated.gif": encode(noise, "GIF")[:1000],
+        "truncated.webp": encode(noise, "WEBP")[:500],
+        "header-only.jpg": encode(noise)[:200],
+        "corrupt-middle.jpg": (lambda d: d[:800] + b"\xff" * 400 + d[1200:])(
+            encode(noise)
+        ),
+        "bad-crc.png": (lambda d: d[:40] + bytes([d[40] ^ 0xFF]) + d[41:])(
+            encode(noise, "PNG")
+        ),
+        "huge-declared.png": _png_claiming(100_000, 100_000),
+        "wide-declared.png": _png_claiming(2**31 - 1, 1),
+        "zero.jpg": b"",
+        "jpeg-magic-then-junk.jpg": b"\xff\xd8\xff\xe0" + os.urandom(500),
+        "html.jpg": b"<!doctype html><html><body>404</body></html>",
+        "svg.svg": b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>',
+        "eps.eps": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n",
+    }
+    for orientation in range(1, 9):
+        items[f"exif-{orientation}.jpg"] = with_orientation(photo, orientation)
+    return items
+
+
+class CorpusTests(SynchronousTestCase):
+    def test_every_odd_image_gives_a_variant_or_a_4xx(self) -> None:
+        app = AppHarness(self)
+        outcomes = {}
+        variant_refusals = {}
+        for name, data in corpus().items():
+            response, body = app.request("POST", "/p", data=data)
+            self.assertLess(response.code, 500, name)
+            if response.code != 200:
+                self.assertIn(response.code, (413, 415, 422), name)
+                self.assertIsInstance(json.loads(body)["error"], str)
+                outcomes[name] = response.code
+                continue
+            info = json.loads(body)
+            h = info["hash"]
+            folder = f"/p/{h[:3]}/{h[3:6]}/{h[6:9]}/{h[9:]}"
+            for variant, size in VARIANTS.items():
+                response, body = app.request("GET", f"{folder}/{variant}")
+                self.assertLess(response.code, 500, f"{name} {variant}")
+                if response.code != 200:
+                    variant_refusals[name, variant] = json.loads(body)["error"]
+                    continue
+                image = decode(body)
+                if size:
+                    self.assertEqual(image.size, size, f"{name} {variant}")
+            outcomes[name] = 200
+        # A 1x4000 image is too tall for a width-only variant: 50 wide is
+        # 200000 tall. Everything else makes every variant.
+        self.assertEqual(variant_refusals, {
+            ("tall.png", "w50.jpg"): "w50.jpg of this 1x4000 image would be "
+            "50x200000, taller than the maximum of 1000",
+            ("tall.png", "w25-q10.avif"): "w25-q10.avif of this 1x4000 image would "
+            "be 25x100000, taller than the maximum of 1000",
+        })  # fmt: skip
+        # The broken ones are refused, the odd but valid ones all work.
+        refused = {name for name, code in outcomes.items() if code != 200}
+        self.assertEqual(refused, {
+            "truncated.jpg", "truncated.png", "truncated.gif", "truncated.webp",
+            "header-only.jpg", "corrupt-middle.jpg", "bad-crc.png", "huge-declared.png",
+            "wide-declared.png", "zero.jpg", "jpeg-magic-then-junk.jpg", "html.jpg",
+            "svg.svg", "eps.eps",
+        })  # fmt: skip
+
+
+PATH_TEXT = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40
+)
+
+
+class RandomRequestTests(SynchronousTestCase):
+    """Whatever the path and query, the answer is JSON, 4xx or a real image."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.photo = encode(quadrants((80, 60)))
+
+    def setUp(self) -> None:
+        self.app = AppHarness(self, allow_private_sources=True)
+        self.folder = self.app.upload(self.photo)
+        self.before = set(os.listdir(os.path.dirname(os.path.abspath(self.app.root))))
+
+    def check(self, method: str, url: str) -> None:
+        response, body = self.app.request(method, url)
+        self.assertLess(response.code, 500, url)
+        if method == "HEAD":
+            self.assertEqual(body, b"")
+        elif response.code >= 400:
+            self.assertEqual(
+                response.headers.getRawHeaders("Content-Type"), ["application/json"]
+            )
+            self.assertIsInstance(json.loads(body)["error"], str)
+        elif method == "GET" and response.headers.getRawHeaders("Content-Type", [""])[
+            0
+        ].startswith("image/"):
+            decode(body)
+        # Nothing appears beside the storage root.
+        after = set(os.listdir(os.path.dirname(os.path.abspath(self.app.root))))
+        self.assertEqual(after, self.before)
+
+    @settings(max_examples=300, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+    @given(name=PATH_TEXT, method=st.sampled_from(["GET", "HEAD", "POST"]))
+    def test_random_names_in_an_image_folder(self, name: str, method: str) -> None:
+        self.check(method, f"{self.folder}/{quote(name, safe='')}")
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        path=st.lists(PATH_TEXT, max_size=7), method=st.sampled_from(["GET", "POST"])
+    )
+    def test_random_paths(self, path: list[str], method: str) -> None:
+        self.check(method, "/" + "/".join(quote(p, safe="") for p in path))
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        query=st.dictionaries(
+            st.sampled_from(["outputs", "source", "s", "x"]), PATH_TEXT, max_size=3
+        ),
+        target=st.sampled_from(["/p", "process", "w20.jpg"]),
+    )
+    def test_random_query_strings(self, query: dict[str, str], target: str) -> None:
+        path = target if target.startswith("/") else f"{self.folder}/{target}"
+        method = "GET" if target.endswith(".jpg") else "POST"
+        qs = "&".join(f"{k}={quote(v, safe='')}" for k, v in query.items())
+        self.check(method, f"{path}?{qs}")
