@@ -160,6 +160,24 @@ class Config:
     source_allowlist: tuple[str, ...] = setting(
         (), "Host name patterns source URLs must match, e.g. '*.example.com'."
     )
+    secret: str = setting(
+        "",
+        "Serve only URLs signed with this secret (HMAC-SHA256, see docs/security.md);"
+        " empty: no signatures.",
+        repr=False,
+    )
+    presets_only: bool = setting(
+        False, "Serve and generate only the variant names listed in --outputs."
+    )
+    max_pending: int = setting(
+        64, "Processing jobs allowed to wait for a thread; more get 503."
+    )
+    processing_timeout: float = setting(
+        60.0, "Seconds a request waits for its processing job before a 503."
+    )
+    idle_timeout: float = setting(
+        60.0, "Seconds a client connection may stay silent before it is closed."
+    )
     http_timeout: float = setting(
         5.0, "Seconds allowed to download a source URL, body included."
     )
@@ -193,6 +211,13 @@ class Config:
                     "--manhole must listen on loopback "
                     "(tcp:PORT:interface=127.0.0.1) unless --manhole_allow_remote"
                 )
+        if self.presets_only and not self.outputs:
+            raise ValueError("--presets_only needs the presets in --outputs")
+        for name in ("processing_timeout", "idle_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name} must be positive")
+        if self.max_pending < 0:
+            raise ValueError("--max_pending must not be negative")
         if self.max_redirects < 0:
             raise ValueError("--max_redirects must not be negative")
         for network in self.allow_networks:
@@ -271,7 +296,10 @@ class Config:
     @property
     def rules(self) -> VariantRules:
         return VariantRules(
-            frozenset(self.extensions), self.default_quality, self.maximum_width
+            frozenset(self.extensions),
+            self.default_quality,
+            self.maximum_width,
+            presets=frozenset(self.outputs) if self.presets_only else None,
         )
 
     @property

@@ -47,3 +47,7 @@ class StorageFailed(ImageServerError):
 
 class StorageUnavailable(ImageServerError):
     """The storage backend cannot be reached or is overloaded right now (503)."""
+
+
+class Overloaded(ImageServerError):
+    """Too much work is waiting already; come back shortly (503)."""

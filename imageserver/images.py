@@ -14,11 +14,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, BinaryIO, TypeVar
 
-from twisted.internet.defer import Deferred, FirstError, gatherResults
+from twisted.internet.defer import Deferred, FirstError, TimeoutError, gatherResults
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from imageserver import imaging
-from imageserver.errors import InvalidRequest, NotFound, UnsupportedImage
+from imageserver.errors import InvalidRequest, NotFound, Overloaded, UnsupportedImage
 from imageserver.events import Events
 from imageserver.flights import Flights
 from imageserver.naming import (
@@ -52,7 +53,11 @@ class Images:
         max_source_pixels: int,
         default_outputs: Sequence[Variant] = (),
         events: Events | None = None,
+        clock: IReactorTime | None = None,
+        processing_timeout: float | None = None,
     ) -> None:
+        self._clock = clock
+        self._processing_timeout = processing_timeout
         self._storage = storage
         self._events = events or Events()
         self._sources = sources
@@ -147,7 +152,7 @@ class Images:
         self, original: bytes, variants: Sequence[Variant]
     ) -> tuple[imaging.ImageInfo, list[bytes]]:
         """Decode once, encode each variant: in the processing pool, timed."""
-        (info, outputs), seconds = await self._process(
+        job = self._process(
             _timed,
             imaging.render_many,
             original,
@@ -155,6 +160,14 @@ class Images:
             self._max_pixels,
             self.rules.maximum_width,
         )
+        if self._clock is not None and self._processing_timeout is not None:
+            job.addTimeout(self._processing_timeout, self._clock)
+        try:
+            (info, outputs), seconds = await job
+        except TimeoutError:
+            raise Overloaded(
+                f"processing took longer than {self._processing_timeout:g} seconds"
+            ) from None
         self._events.processed(seconds)
         return info, outputs
 

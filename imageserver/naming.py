@@ -10,7 +10,7 @@ import enum
 import re
 from dataclasses import dataclass
 
-from imageserver.errors import InvalidRequest, NotFound
+from imageserver.errors import Forbidden, InvalidRequest, NotFound
 
 #: Extension -> Content-Type for every output format the server can encode.
 OUTPUT_FORMATS: dict[str, str] = {
@@ -112,6 +112,8 @@ class VariantRules:
     extensions: frozenset[str]
     default_quality: int
     maximum_width: int
+    #: When set, the only variant names served or generated (--presets_only).
+    presets: frozenset[str] | None = None
 
     def parse(self, name: str) -> Variant | None:
         """Parse a variant name; ``None`` when ``name`` is not variant-shaped.
@@ -122,6 +124,8 @@ class VariantRules:
         m = _VARIANT.match(name)
         if m is None:
             return None
+        if self.presets is not None and name not in self.presets:
+            raise Forbidden(f"{name!r} is not one of this server's presets")
         fmt = m["ext"]
         if fmt not in self.extensions:
             raise NotFound(f"extension {fmt!r} is not served")
@@ -157,7 +161,7 @@ class VariantRules:
         for name in names:
             try:
                 variant = self.parse(name)
-            except (NotFound, InvalidRequest) as e:
+            except (NotFound, InvalidRequest, Forbidden) as e:
                 raise InvalidRequest(f"output {name!r}: {e}") from None
             if variant is None:
                 raise InvalidRequest(f"output {name!r} is not a variant name")

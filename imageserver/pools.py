@@ -6,11 +6,12 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
+from imageserver.errors import Overloaded
 from imageserver.events import PoolStats
 
 T = TypeVar("T")
@@ -25,16 +26,46 @@ class Runner(Protocol):
 class ThreadPoolService(Service):
     """A bounded thread pool started and stopped with the application.
 
-    Work submitted before the service starts waits in the pool's queue.
+    Work submitted before the service starts waits in the pool's queue. With
+    ``max_pending``, at most that many jobs wait for a thread: one more is
+    refused at once with `Overloaded`, so memory never grows without bound.
     """
 
-    def __init__(self, reactor: IReactorFromThreads, size: int, name: str) -> None:
+    def __init__(
+        self,
+        reactor: IReactorFromThreads,
+        size: int,
+        name: str,
+        max_pending: int | None = None,
+    ) -> None:
         self.setName(name)
         self._reactor = reactor
+        self._size = size
+        self._max_pending = max_pending
+        self.outstanding = 0
         self.pool = ThreadPool(minthreads=0, maxthreads=size, name=name)
 
     def run(self, f: Callable[..., T], /, *args: Any) -> Deferred[T]:
-        return deferToThreadPool(self._reactor, self.pool, f, *args)  # type: ignore[arg-type]
+        if (
+            self._max_pending is not None
+            and self.outstanding - self._size >= self._max_pending
+        ):
+            return fail(
+                Overloaded("the server is busy processing images, try again shortly")
+            )
+        self.outstanding += 1
+        return deferToThreadPool(self._reactor, self.pool, self._job, f, *args)  # type: ignore[arg-type]
+
+    def _job(self, f: Callable[..., T], *args: Any) -> T:
+        # Counted down when the thread is done, even if the caller gave up
+        # waiting (a timeout): the thread was busy until then.
+        try:
+            return f(*args)
+        finally:
+            self._reactor.callFromThread(self._finished)
+
+    def _finished(self) -> None:
+        self.outstanding -= 1
 
     def stats(self) -> PoolStats:
         """How to read this pool's load, for the metrics."""

@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver
 from twisted.python.components import Componentized
 from twisted.web.client import HTTPConnectionPool
+from twisted.web.resource import IResource
 
 from imageserver.config import Config
 from imageserver.events import Events
@@ -37,7 +38,7 @@ from imageserver.storage.uploads import Uploader
 from imageserver.web.admin import AdminApp, Readiness
 from imageserver.web.app import ImageServerApp, route_name
 from imageserver.web.debug import DebugApp, HeapTracing
-from imageserver.web.site import BoundedSite
+from imageserver.web.site import BoundedSite, SignatureGuard
 
 
 class ConnectionPoolService(Service):
@@ -83,7 +84,10 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     events = Events(statsd=statsd, statsd_prefix=config.statsd_prefix)
 
     processing = ThreadPoolService(
-        reactor, config.processor_concurrency, "imageserver-processing"
+        reactor,
+        config.processor_concurrency,
+        "imageserver-processing",
+        max_pending=config.max_pending,
     )
     processing.setServiceParent(top)
     io = ThreadPoolService(reactor, config.io_concurrency, "imageserver-io")
@@ -116,6 +120,8 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
         max_source_pixels=config.max_source_pixels,
         default_outputs=config.default_outputs,
         events=events,
+        clock=reactor,
+        processing_timeout=config.processing_timeout,
     )
 
     readiness = Readiness()
@@ -130,11 +136,15 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
         port = strports.service(config.admin_endpoint, admin, reactor=reactor)
         port.setServiceParent(top)
 
+    api: IResource = ImageServerApp(images).app.resource()
+    if config.secret:
+        api = SignatureGuard(api, config.secret.encode())
     site = BoundedSite(
-        ImageServerApp(images).app.resource(),
+        api,
         max_body_bytes=config.max_source_bytes,
         events=events,
         route_of=route_name,
+        idle_timeout=config.idle_timeout,
     )
     if config.manhole_endpoint is not None:
         from imageserver.manhole import ManholeService  # conch: only when asked

@@ -30,6 +30,7 @@ STATUS_FOR: dict[type[errors.ImageServerError], int] = {
     errors.SourceUnavailable: 502,
     errors.StorageFailed: 502,
     errors.StorageUnavailable: 503,
+    errors.Overloaded: 503,
     errors.SourceTimeout: 504,
 }
 

@@ -7,12 +7,15 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
+from zope.interface import implementer
 
 from imageserver.events import Events
+from imageserver.signing import verify
 
 access = Logger(namespace="imageserver.access")
 
@@ -74,8 +77,10 @@ class BoundedSite(Site):
         max_body_bytes: int,
         events: Events | None = None,
         route_of: Callable[[Request], str] = lambda request: "other",
+        idle_timeout: float = 60,
+        clock: IReactorTime | None = None,
     ) -> None:
-        super().__init__(resource)
+        super().__init__(resource, timeout=idle_timeout, reactor=clock)
         self.max_body_bytes = max_body_bytes
         self._events = events
         self._route_of = route_of
@@ -125,3 +130,41 @@ class BoundedSite(Site):
 
     def log(self, request: http.Request) -> None:
         """The access log is written in ``_finished``, with structured fields."""
+
+
+@implementer(IResource)
+class SignatureGuard:
+    """Lets through only requests whose URL is signed with the secret.
+
+    ``/status_check`` stays open for load balancers. A refusal is the same
+    JSON 403 for a missing and a wrong signature.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        wrapped: IResource,
+        secret: bytes,
+        open_paths: frozenset[bytes] = frozenset({b"/status_check"}),
+    ) -> None:
+        self._wrapped = wrapped
+        self._secret = secret
+        self._open_paths = open_paths
+
+    def getChildWithDefault(self, name: bytes, request: Request) -> IResource:
+        return self
+
+    def putChild(self, path: bytes, child: IResource) -> None:
+        raise NotImplementedError
+
+    def render(self, request: Request) -> bytes | int:
+        if request.path not in self._open_paths and not verify(
+            self._secret, request.uri.decode("latin-1")
+        ):
+            body = b'{"error": "this URL needs a valid signature (sig)"}'
+            request.setResponseCode(403)
+            request.setHeader(b"Content-Type", b"application/json")
+            request.setHeader(b"Content-Length", str(len(body)).encode())
+            return body
+        return self._wrapped.render(request)  # type: ignore[no-any-return]
