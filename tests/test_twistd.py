@@ -391,3 +391,63 @@ class StatsdListener(DatagramProtocol):
         self.lines.append(datagram)
         if datagram == self.wanted and not self.seen.called:
             self.seen.callback(None)
+
+
+class CrashTests(TwistdCase):
+    async def test_kill_9_loses_nothing_acknowledged_and_leaves_no_partial_file(
+        self,
+    ) -> None:
+        store = os.path.abspath(self.mktemp())
+        process = await self.start_server("--local_base_path", store)
+        photos = [
+            encode(Image.effect_noise((1600, 1200), 30 + i).convert("RGB"))
+            for i in range(8)
+        ]
+        acknowledged: list[str] = []
+        first_ack: Deferred[None] = Deferred()
+
+        async def upload(photo: bytes) -> None:
+            try:
+                response, body = await self.call(
+                    "POST", "/p?outputs=x300.jpg,w500.webp,full_size.png", data=photo
+                )
+            except Exception:
+                return  # the server died under it: not acknowledged
+            if response.code == 200:
+                acknowledged.append(json.loads(body)["hash"])
+                if not first_ack.called:
+                    first_ack.callback(None)
+
+        uploads = [Deferred.fromCoroutine(upload(photo)) for photo in photos]
+        await first_ack
+        process.transport.signalProcess("KILL")  # type: ignore[union-attr]
+        self.assertEqual(await process.ended, -9)
+        for d in uploads:
+            await d
+        self.assertGreaterEqual(len(acknowledged), 1)
+
+        # What is on disk is whole: originals match their hash, variants decode.
+        for folder, _, files in os.walk(store):
+            for name in files:
+                if name.startswith("."):
+                    continue  # an interrupted write: never listed nor served
+                path = os.path.join(folder, name)
+                digest = "".join(folder.split(os.sep)[-4:])
+                with open(path, "rb") as f:
+                    data = f.read()
+                if name == "original":
+                    self.assertEqual(hashlib.md5(data).hexdigest(), digest)
+                elif name == "info.json":
+                    self.assertEqual(json.loads(data)["hash"], digest)
+                else:
+                    Image.open(io.BytesIO(data)).load()
+
+        await self.start_server("--local_base_path", store)
+        for digest in acknowledged:
+            folder = f"/p/{digest[:3]}/{digest[3:6]}/{digest[6:9]}/{digest[9:]}"
+            response, body = await self.call("GET", f"{folder}/info.json")
+            self.assertEqual((response.code, json.loads(body)["width"]), (200, 1600))
+            for name, size in (("x300.jpg", (300, 300)), ("w500.webp", (500, 375))):
+                response, body = await self.call("GET", f"{folder}/{name}")
+                self.assertEqual(response.code, 200)
+                self.assertEqual(Image.open(io.BytesIO(body)).size, size)
