@@ -99,6 +99,18 @@ class BoundedSiteTests(TestCase):
         self.assertEqual(access[0]["uri"], "/p")
         self.assertGreater(access[0]["bytes"], 0)
 
+    async def test_bodies_are_never_parsed_as_forms(self) -> None:
+        for content_type, body in (
+            (b"application/x-www-form-urlencoded", b"outputs=w0.jpg"),
+            (b"multipart/form-data", b"\x00not a form"),
+        ):
+            response = await self.client.post(
+                self.url, data=body, headers={b"Content-Type": [content_type]}
+            )
+            error = json.loads(await response.content())
+            self.assertEqual(response.code, 415, content_type)
+            self.assertIn("not an image", error["error"])
+
     async def test_errors_never_show_tracebacks(self) -> None:
         response = await self.client.get(self.url.replace("/p", "/p/..%2f..%2fetc"))
         body = await response.content()

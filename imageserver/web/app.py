@@ -18,6 +18,7 @@ from imageserver.naming import (
     is_generated,
 )
 from imageserver.storage import StoredObject
+from imageserver.web.openapi import spec_json
 from imageserver.web.responses import (
     Headers,
     json_response,
@@ -60,6 +61,10 @@ class ImageServerApp:
     def status_check(self, request: IRequest) -> Response:
         return json_response(200, {"message": "OK"})
 
+    @app.route("/openapi.json", methods=["GET"])
+    def openapi(self, request: IRequest) -> Response:
+        return json_response(200, spec_json())
+
     @app.route("/<namespace>", methods=["POST"])
     async def upload(self, request: IRequest, namespace: str) -> Response:
         _check_body(request)
@@ -95,8 +100,8 @@ class ImageServerApp:
 def route_name(request: IRequest) -> str:
     """The route a request took, for metrics and logs: one of a fixed few."""
     parts = request.path.split(b"/")[1:]
-    if parts == [b"status_check"]:
-        return "status_check"
+    if parts in ([b"status_check"], [b"openapi.json"]):
+        return parts[0].decode().replace(".", "_")
     if len(parts) == 1 and parts[0] and request.method == b"POST":
         return "upload"
     if len(parts) != 6:

@@ -80,7 +80,14 @@ class BoundedSite(Site):
         idle_timeout: float = 60,
         clock: IReactorTime | None = None,
     ) -> None:
-        super().__init__(resource, timeout=idle_timeout, reactor=clock)
+        # Bodies are images and files, never forms: twisted.web must not parse
+        # them into request.args (nor answer a bare 400 to a bad multipart one).
+        super().__init__(
+            resource,
+            timeout=idle_timeout,
+            reactor=clock,
+            parsePOSTFormSubmission=False,
+        )
         self.max_body_bytes = max_body_bytes
         self._events = events
         self._route_of = route_of
@@ -136,7 +143,8 @@ class BoundedSite(Site):
 class SignatureGuard:
     """Lets through only requests whose URL is signed with the secret.
 
-    ``/status_check`` stays open for load balancers. A refusal is the same
+    ``/status_check`` (load balancers) and ``/openapi.json`` stay open. A refusal
+    is the same
     JSON 403 for a missing and a wrong signature.
     """
 
@@ -146,7 +154,7 @@ class SignatureGuard:
         self,
         wrapped: IResource,
         secret: bytes,
-        open_paths: frozenset[bytes] = frozenset({b"/status_check"}),
+        open_paths: frozenset[bytes] = frozenset({b"/status_check", b"/openapi.json"}),
     ) -> None:
         self._wrapped = wrapped
         self._secret = secret
