@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from imageserver.errors import StorageFailed, StorageUnavailable
 from imageserver.events import Events
 from imageserver.storage import Storage
+from imageserver.waiting import WhenIdle
 
 log = Logger()
 
@@ -43,7 +44,7 @@ class Uploader(Service):
         self._first_delay = first_delay
         self._max_delay = max_delay
         self._pending: dict[str, tuple[bytes, str]] = {}
-        self._idle: list[Deferred[None]] = []
+        self._idle = WhenIdle(lambda: bool(self._pending))
         self.uploaded = 0
         self.failed_attempts = 0
 
@@ -87,19 +88,11 @@ class Uploader(Service):
             # A newer version arrived while this one was on its way.
         del self._pending[key]
         self._events.upload_finished(uploaded, len(self._pending))
-        if not self._pending:
-            idle, self._idle = self._idle, []
-            for d in idle:
-                d.callback(None)
+        self._idle.check()
 
     def wait_idle(self) -> Deferred[None]:
         """Fires once nothing is pending."""
-        d: Deferred[None] = Deferred()
-        if self._pending:
-            self._idle.append(d)
-        else:
-            d.callback(None)
-        return d
+        return self._idle.wait()
 
     async def _drain(self) -> None:
         if not self._pending:

@@ -16,6 +16,7 @@ from zope.interface import implementer
 
 from imageserver.events import Events
 from imageserver.signing import verify
+from imageserver.waiting import WhenIdle
 
 access = Logger(namespace="imageserver.access")
 
@@ -92,16 +93,11 @@ class BoundedSite(Site):
         self._events = events
         self._route_of = route_of
         self.in_flight = 0
-        self._idle: list[Deferred[None]] = []
+        self._idle = WhenIdle(lambda: self.in_flight > 0)
 
     def wait_idle(self) -> Deferred[None]:
         """Fires once no request is in flight."""
-        d: Deferred[None] = Deferred()
-        if self.in_flight:
-            self._idle.append(d)
-        else:
-            d.callback(None)
-        return d
+        return self._idle.wait()
 
     def request_started(self, request: BoundedRequest) -> None:
         self.in_flight += 1
@@ -112,10 +108,7 @@ class BoundedSite(Site):
     def _finished(self, result: Any, request: BoundedRequest) -> None:
         """On the last byte sent, or on the client hanging up first."""
         self.in_flight -= 1
-        if not self.in_flight:
-            idle, self._idle = self._idle, []
-            for d in idle:
-                d.callback(None)
+        self._idle.check()
         duration = time.perf_counter() - request._started
         route = self._route_of(request)
         method = request.method.decode("ascii", "replace")

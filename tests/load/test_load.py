@@ -21,7 +21,7 @@ from PIL import Image, ImageFilter
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import LoopingCall
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from tests.test_twistd import TwistdCase
@@ -139,7 +139,6 @@ class LoadTests(TwistdCase):
         probing.stop()
 
         # Once the load is gone, every kind of good request works.
-        await deferLater(reactor, 1)
         for kind, method, path, body in (
             ("upload", "POST", "/p", big[1]),
             ("cold", "GET", f"{folders[1]}/w1999.jpg", None),
