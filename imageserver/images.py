@@ -118,6 +118,37 @@ class Images:
         self._events.variant(variant.format, "generated")
         return generated[name]
 
+    async def process_item(
+        self,
+        namespace: str,
+        *,
+        url: str | None = None,
+        digest: str | None = None,
+        outputs: str | None = None,
+    ) -> dict[str, Any]:
+        """One item of a batch: an image by hash, by source URL, or both.
+
+        A hash already in the store gets its missing ``outputs`` made; else the
+        URL is fetched and stored (its hash must then match). Returns info.json.
+        """
+        if digest is not None:
+            image = ImageId(check_namespace(namespace), digest)
+            try:
+                info = json.loads((await self.get(image, INFO)).data)
+            except NotFound:
+                if url is None:
+                    raise NotFound(f"{digest} is not in the store") from None
+            else:
+                if outputs:
+                    await self.process(image, outputs)
+                return info  # type: ignore[no-any-return]
+        if url is None:
+            raise InvalidRequest("an item needs a URL or a hash")
+        info = json.loads(await self.upload(namespace, source=url, outputs=outputs))
+        if digest is not None and info["hash"] != digest:
+            raise InvalidRequest(f"{url} has md5 {info['hash']}, not {digest}")
+        return info  # type: ignore[no-any-return]
+
     async def process(self, image: ImageId, outputs: str | None) -> None:
         """Generate whichever of ``outputs`` are not stored yet."""
         variants = self.rules.parse_outputs(outputs)

@@ -82,47 +82,7 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
         statsd = StatsdClient(reactor, config.statsd_host, config.statsd_port)
         statsd.setServiceParent(top)
     events = Events(statsd=statsd, statsd_prefix=config.statsd_prefix)
-
-    processing = ThreadPoolService(
-        reactor,
-        config.processor_concurrency,
-        "imageserver-processing",
-        max_pending=config.max_pending,
-    )
-    processing.setServiceParent(top)
-    io = ThreadPoolService(reactor, config.io_concurrency, "imageserver-io")
-    io.setServiceParent(top)
-    for pool in (processing, io):
-        events.watch_pool(pool.stats())
-    storage = make_storage(config, reactor, io, top, events, deadline)
-    if config.memory_cache_bytes:
-        storage = MemoryCache(storage, config.memory_cache_bytes, is_generated)
-
-    connections = ConnectionPoolService(HTTPConnectionPool(reactor, persistent=True))
-    connections.setServiceParent(top)
-    images = Images(
-        storage=storage,
-        sources=SourceFetcher(
-            HTTPClient(
-                source_agent(
-                    reactor,
-                    connections.pool,
-                    config.source_policy,
-                    config.max_redirects,
-                )
-            ),
-            reactor,
-            timeout=config.http_timeout,
-            max_bytes=config.max_source_bytes,
-        ),
-        process=processing.run,
-        rules=config.rules,
-        max_source_pixels=config.max_source_pixels,
-        default_outputs=config.default_outputs,
-        events=events,
-        clock=reactor,
-        processing_timeout=config.processing_timeout,
-    )
+    images, storage, pools = make_images(config, reactor, top, events, deadline)
 
     readiness = Readiness()
     debug = None
@@ -157,7 +117,7 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
                 "images": images,
                 "storage": storage,
                 "events": events,
-                "pools": {p.name: p.pool for p in (processing, io)},
+                "pools": {p.name: p.pool for p in pools},
                 "service": top,
                 "reactor": reactor,
             },
@@ -170,6 +130,64 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     # Last in, first out: readiness turns 503 before anything else stops.
     readiness.setServiceParent(top)
     return top
+
+
+def make_images(
+    config: Config,
+    reactor: Any,
+    parent: MultiService,
+    events: Events,
+    deadline: Deadline,
+    persistent_connections: bool = True,
+) -> tuple[Images, Storage, list[ThreadPoolService]]:
+    """The use cases with their pools, storage and source fetcher, as services.
+
+    The server and the command line both run on this. A run that ends when its
+    work does (the command line) wants no connections kept open for later.
+    """
+    processing = ThreadPoolService(
+        reactor,
+        config.processor_concurrency,
+        "imageserver-processing",
+        max_pending=config.max_pending,
+    )
+    processing.setServiceParent(parent)
+    io = ThreadPoolService(reactor, config.io_concurrency, "imageserver-io")
+    io.setServiceParent(parent)
+    for pool in (processing, io):
+        events.watch_pool(pool.stats())
+    storage = make_storage(config, reactor, io, parent, events, deadline)
+    if config.memory_cache_bytes:
+        storage = MemoryCache(storage, config.memory_cache_bytes, is_generated)
+
+    connections = ConnectionPoolService(
+        HTTPConnectionPool(reactor, persistent=persistent_connections)
+    )
+    connections.setServiceParent(parent)
+    images = Images(
+        storage=storage,
+        sources=SourceFetcher(
+            HTTPClient(
+                source_agent(
+                    reactor,
+                    connections.pool,
+                    config.source_policy,
+                    config.max_redirects,
+                )
+            ),
+            reactor,
+            timeout=config.http_timeout,
+            max_bytes=config.max_source_bytes,
+        ),
+        process=processing.run,
+        rules=config.rules,
+        max_source_pixels=config.max_source_pixels,
+        default_outputs=config.default_outputs,
+        events=events,
+        clock=reactor,
+        processing_timeout=config.processing_timeout,
+    )
+    return images, storage, [processing, io]
 
 
 def make_storage(

@@ -1,0 +1,3 @@
+from imageserver.cli import main
+
+main()

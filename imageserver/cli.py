@@ -1,0 +1,290 @@
+"""The ``imageserver`` command: process images without the HTTP server.
+
+    imageserver process --namespace p --outputs x300.jpg,x300.webp photo.jpg ...
+    imageserver process --namespace p --outputs x300.jpg - < items.tsv
+    imageserver info photo.jpg
+
+It runs the server's own use cases, pools and storage (local or S3, with the
+same options), so a command-line run and an HTTP request store the same files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import IO, Any, ClassVar
+
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
+from twisted.python import usage
+
+from imageserver import imaging
+from imageserver.config import Config
+from imageserver.errors import ImageServerError
+from imageserver.events import Events
+from imageserver.images import Images
+from imageserver.service import make_images
+from imageserver.shutdown import Deadline, OrderedMultiService
+from imageserver.tap import Options as ServerOptions
+
+_HASH = re.compile(r"[0-9a-f]{32}\Z")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One thing to process: a file, or a line of a stream."""
+
+    line: int
+    path: str | None = None
+    url: str | None = None
+    digest: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.path or self.url or ""
+
+
+def parse_line(number: int, line: str) -> Item | None:
+    """A stream line: a URL and/or a 32-hex hash, tab-separated, in any order.
+
+    Blank lines are None; anything else malformed raises ValueError.
+    """
+    fields = [f.strip() for f in line.rstrip("\r\n").split("\t") if f.strip()]
+    if not fields:
+        return None
+    url = digest = None
+    for field in fields:
+        if _HASH.match(field) and digest is None:
+            digest = field
+        elif field.startswith(("http://", "https://")) and url is None:
+            url = field
+        else:
+            raise ValueError(f"not a URL or a 32-hex hash: {field!r}")
+    return Item(number, url=url, digest=digest)
+
+
+class ProcessOptions(ServerOptions):
+    synopsis = "[options] FILE... | -"
+    longdesc = (
+        "Store each FILE (or each line of standard input with '-': a URL "
+        "and/or an md5 hash, tab-separated) and make its --outputs. Prints "
+        "hash, source, width and height, tab-separated, per image."
+    )
+    optParameters: ClassVar[list[list[Any]]] = [
+        ["namespace", None, "p", "Namespace the images go into."],
+        ["concurrency", None, "0", "Images processed at once; 0: one per CPU.", int],
+        *ServerOptions.optParameters,
+    ]
+    optFlags: ClassVar[list[list[Any]]] = ServerOptions.optFlags
+
+    def parseArgs(self, *sources: str) -> None:  # type: ignore[override]
+        if not sources:
+            raise usage.UsageError("give files to process, or - for standard input")
+        self.sources = sources
+
+    def postOptions(self) -> None:
+        concurrency = int(self["concurrency"])
+        if concurrency:
+            self["processor_concurrency"] = concurrency
+        super().postOptions()
+
+
+class InfoOptions(usage.Options):
+    synopsis = "FILE"
+
+    def parseArgs(self, path: str) -> None:  # type: ignore[override]
+        self.path = path
+
+
+class Options(usage.Options):
+    synopsis = "process|info [options] ..."
+    subCommands: ClassVar[list[list[Any]]] = [
+        ["process", None, ProcessOptions, "Store images and make their variants."],
+        ["info", None, InfoOptions, "Print an image's info.json, without storing."],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("choose a command: process or info")
+
+
+def items_from(sources: Sequence[str], stdin: IO[str], errors: list[str]) -> list[Item]:
+    if list(sources) != ["-"]:
+        return [Item(n, path=path) for n, path in enumerate(sources, 1)]
+    items = []
+    for number, line in enumerate(stdin, 1):
+        try:
+            item = parse_line(number, line)
+        except ValueError as e:
+            errors.append(f"line {number}: {e}")
+            continue
+        if item is not None:
+            items.append(item)
+    return items
+
+
+async def process(
+    reactor: Any,
+    options: ProcessOptions,
+    stdin: IO[str],
+    stdout: IO[str],
+    stderr: IO[str],
+) -> int:
+    """Run ``process``; the exit status is 1 if any item failed."""
+    config: Config = dataclasses.replace(options.config, outputs=())
+    outputs = ",".join(options.config.outputs)
+    namespace = options["namespace"]
+    errors: list[str] = []
+    items = items_from(options.sources, stdin, errors)
+    for error in errors:
+        stderr.write(f"{error}\n")
+
+    services = OrderedMultiService()
+    deadline = Deadline(reactor, config.shutdown_timeout)
+    images, _, _ = make_images(
+        config, reactor, services, Events(), deadline, persistent_connections=False
+    )
+    services.startService()
+    progress = _progress(len(items), stderr)
+    seen: set[tuple[str | None, str | None, str | None]] = set()
+    failed = len(errors)
+
+    async def one(item: Item) -> None:
+        nonlocal failed
+        try:
+            info = await _process_item(images, namespace, outputs, item)
+        except ImageServerError as e:
+            failed += 1
+            where = f"line {item.line}" if item.path is None else item.path
+            stderr.write(f"{where}: {e}\n")
+        else:
+            stdout.write(
+                f"{info['hash']}\t{item.label}\t{info['width']}\t{info['height']}\n"
+            )
+        finally:
+            progress.update(1)
+
+    def start(item: Item) -> Deferred[None]:
+        return Deferred.fromCoroutine(one(item))
+
+    slots = DeferredSemaphore(config.processor_concurrency)
+    try:
+        todo = []
+        for item in items:
+            key = (item.path, item.url, item.digest)
+            if key in seen:  # a duplicate line: done once
+                progress.update(1)
+                continue
+            seen.add(key)
+            todo.append(slots.run(start, item))
+        await gatherResults(todo)
+    finally:
+        progress.close()
+        await services.stopService()
+    return 1 if failed else 0
+
+
+async def _process_item(
+    images: Images, namespace: str, outputs: str, item: Item
+) -> dict[str, Any]:
+    if item.path is not None:
+        try:
+            body = open(item.path, "rb")  # noqa: SIM115 (read in the pool)
+        except OSError as e:
+            raise UnreadableFile(f"cannot read: {e.strerror}") from None
+        with body:
+            return json.loads(
+                await images.upload(namespace, body=body, outputs=outputs or None)
+            )  # type: ignore[no-any-return]
+    return await images.process_item(
+        namespace, url=item.url, digest=item.digest, outputs=outputs or None
+    )
+
+
+class UnreadableFile(ImageServerError):
+    """A file named on the command line that cannot be opened."""
+
+
+class _Silent:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, stderr: IO[str]) -> Any:
+    """A progress bar on a terminal; nothing when stderr is a file or a pipe."""
+    if not stderr.isatty():
+        return _Silent()
+    from tqdm import tqdm  # type: ignore[import-untyped]
+
+    return tqdm(total=total, file=stderr, unit="image")
+
+
+def info(options: InfoOptions, stdout: IO[str], stderr: IO[str]) -> int:
+    try:
+        with open(options.path, "rb") as f:
+            data = f.read()
+        details = imaging.probe(data, Config().max_source_pixels)
+    except OSError as e:
+        stderr.write(f"{options.path}: {e.strerror}\n")
+        return 1
+    except ImageServerError as e:
+        stderr.write(f"{options.path}: {e}\n")
+        return 1
+    stdout.write(
+        json.dumps(
+            {
+                "hash": hashlib.md5(data, usedforsecurity=False).hexdigest(),
+                "width": details.width,
+                "height": details.height,
+                "content_type": details.content_type,
+            }
+        )
+        + "\n"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from twisted.internet import task
+
+    options = Options()
+    try:
+        options.parseOptions(list(sys.argv[1:] if argv is None else argv))
+    except usage.UsageError as e:
+        sys.stderr.write(f"{options}\nimageserver: {e}\n")
+        sys.exit(2)
+    _log_warnings_to(sys.stderr)
+    if options.subCommand == "info":
+        sys.exit(info(options.subOptions, sys.stdout, sys.stderr))
+
+    async def run(reactor: Any) -> None:
+        status = await process(
+            reactor, options.subOptions, sys.stdin, sys.stdout, sys.stderr
+        )
+        if status:
+            raise SystemExit(status)
+
+    task.react(lambda reactor: Deferred.fromCoroutine(run(reactor)))
+
+
+def _log_warnings_to(stream: IO[str]) -> None:
+    """Standard output carries the results: logs go to stderr, warnings only."""
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(textFileLogObserver(stream), [predicate])],
+        redirectStandardIO=False,
+    )

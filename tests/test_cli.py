@@ -1,0 +1,198 @@
+"""The command line: files, a stdin stream, skip-existing, S3, exit codes."""
+
+import hashlib
+import io
+import os
+import subprocess
+import sys
+
+from twisted.internet import reactor
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from twisted.web.static import Data
+
+from imageserver.cli import Item, Options, parse_line, process
+from tests.s3server import CREDENTIALS, shared
+from tests.support import decode, encode, quadrants
+
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PHOTO = encode(quadrants((400, 300)))
+PHOTO_HASH = hashlib.md5(PHOTO).hexdigest()
+OTHER = encode(quadrants((120, 90)), "PNG")
+OTHER_HASH = hashlib.md5(OTHER).hexdigest()
+
+
+def folder(root: str, digest: str, namespace: str = "p") -> str:
+    return os.path.join(
+        root, namespace, digest[:3], digest[3:6], digest[6:9], digest[9:]
+    )
+
+
+class ParseLineTests(SynchronousTestCase):
+    def test_fields_in_any_order(self) -> None:
+        url = "https://example.com/a.jpg"
+        for line in (f"{url}\t{PHOTO_HASH}\n", f"{PHOTO_HASH}\t{url}", f" {url} \t"):
+            item = parse_line(3, line)
+            assert item is not None
+            self.assertEqual((item.line, item.url), (3, url))
+        self.assertEqual(parse_line(1, PHOTO_HASH), Item(1, digest=PHOTO_HASH))
+
+    def test_blank_and_malformed_lines(self) -> None:
+        self.assertIsNone(parse_line(1, "\n"))
+        self.assertIsNone(parse_line(1, " \t \r\n"))
+        for line in ("not a url", "ftp://x/y", "ABCDEF" * 6, "x\ty\tz"):
+            with self.assertRaises(ValueError, msg=line):
+                parse_line(1, line)
+
+
+class ProcessTests(TestCase):
+    """``imageserver process`` in-process, on the real reactor and thread pools."""
+
+    def setUp(self) -> None:
+        self.root = os.path.abspath(self.mktemp())
+        os.makedirs(self.root)
+        self.files = {}
+        for name, data in (
+            ("photo.jpg", PHOTO),
+            ("other.png", OTHER),
+            ("bad.jpg", b"x"),
+        ):
+            self.files[name] = os.path.join(self.root, name)
+            with open(self.files[name], "wb") as f:
+                f.write(data)
+        sources = Resource()
+        sources.putChild(b"photo.jpg", Data(PHOTO, "image/jpeg"))
+        sources.putChild(b"other.png", Data(OTHER, "image/png"))
+        port = reactor.listenTCP(0, Site(sources), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.source = f"http://127.0.0.1:{port.getHost().port}"
+
+    async def run_cli(self, *args: str, stdin: str = "") -> tuple[int, str, str]:
+        options = Options()
+        options.parseOptions(["process", "--local_base_path", f"{self.root}/store",
+                              "--allow_private_sources", *args])  # fmt: skip
+        out, err = io.StringIO(), io.StringIO()
+        status = await process(
+            reactor, options.subOptions, io.StringIO(stdin), out, err
+        )
+        return status, out.getvalue(), err.getvalue()
+
+    async def test_files(self) -> None:
+        status, out, err = await self.run_cli(
+            "--outputs",
+            "x50.jpg,w20.webp",
+            self.files["photo.jpg"],
+            self.files["other.png"],
+        )
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(sorted(out.splitlines()), sorted([
+            f"{PHOTO_HASH}\t{self.files['photo.jpg']}\t400\t300",
+            f"{OTHER_HASH}\t{self.files['other.png']}\t120\t90",
+        ]))  # fmt: skip
+        stored = folder(f"{self.root}/store", PHOTO_HASH)
+        self.assertEqual(
+            sorted(os.listdir(stored)), ["info.json", "original", "w20.webp", "x50.jpg"]
+        )
+        with open(os.path.join(stored, "w20.webp"), "rb") as f:
+            self.assertEqual(decode(f.read()).size, (20, 15))
+
+    async def test_failures_are_reported_and_the_exit_status_says_so(self) -> None:
+        status, out, err = await self.run_cli(
+            self.files["photo.jpg"], self.files["bad.jpg"], f"{self.root}/missing.jpg"
+        )
+        self.assertEqual(status, 1)
+        self.assertEqual(len(out.splitlines()), 1)
+        self.assertIn(f"{self.files['bad.jpg']}: the body is not an image", err)
+        self.assertIn("missing.jpg: cannot read: No such file or directory", err)
+
+    async def test_stdin_stream(self) -> None:
+        await self.run_cli(self.files["photo.jpg"])  # the hash is in the store now
+        stream = "\n".join([
+            f"{self.source}/other.png",                 # 1: a URL
+            PHOTO_HASH,                                 # 2: a stored hash
+            "",                                         # 3: blank
+            "this is not right",                        # 4: malformed
+            f"{OTHER_HASH}\t{self.source}/other.png",   # 5: hash and URL
+            f"{self.source}/other.png",                 # 6: a duplicate of 1
+            "0123456789abcdef0123456789abcdef",          # 7: unknown hash, no URL
+            f"{self.source}/nothing.jpg",               # 8: a source that 404s
+        ]) + "\n"  # fmt: skip
+        status, out, err = await self.run_cli("--outputs", "x30.png", "-", stdin=stream)
+        self.assertEqual(status, 1)
+        self.assertEqual(sorted(out.splitlines()), sorted([
+            f"{OTHER_HASH}\t{self.source}/other.png\t120\t90",
+            f"{PHOTO_HASH}\t\t400\t300",
+            f"{OTHER_HASH}\t{self.source}/other.png\t120\t90",
+        ]))  # fmt: skip
+        self.assertEqual(sorted(err.splitlines()), sorted([
+            "line 4: not a URL or a 32-hex hash: 'this is not right'",
+            "line 7: 0123456789abcdef0123456789abcdef is not in the store",
+            "line 8: source answered 404",
+        ]))  # fmt: skip
+        for digest in (PHOTO_HASH, OTHER_HASH):
+            self.assertIn("x30.png", os.listdir(folder(f"{self.root}/store", digest)))
+
+    async def test_what_is_done_is_skipped(self) -> None:
+        await self.run_cli("--outputs", "x50.jpg", self.files["photo.jpg"])
+        path = os.path.join(folder(f"{self.root}/store", PHOTO_HASH), "x50.jpg")
+        before = os.stat(path).st_mtime_ns
+        status, _, _ = await self.run_cli("--outputs", "x50.jpg,x60.jpg", "-",
+                                          stdin=PHOTO_HASH + "\n")  # fmt: skip
+        self.assertEqual(status, 0)
+        self.assertEqual(os.stat(path).st_mtime_ns, before)
+        self.assertIn("x60.jpg", os.listdir(os.path.dirname(path)))
+
+    async def test_s3(self) -> None:
+        moto = shared()
+        bucket = moto.new_bucket()
+        status, _, err = await self.run_cli(
+            "--aws_bucket", bucket, "--s3_endpoint_url", moto.url,
+            "--aws_access_key_id", CREDENTIALS["aws_access_key_id"],
+            "--aws_secret_key", CREDENTIALS["aws_secret_access_key"],
+            "--outputs", "x50.jpg", self.files["photo.jpg"],
+        )  # fmt: skip
+        self.assertEqual((status, err), (0, ""))
+        listing = moto.client().list_objects_v2(Bucket=bucket)["Contents"]
+        prefix = folder("p", PHOTO_HASH)
+        self.assertEqual(
+            {o["Key"] for o in listing},
+            {f"{prefix}/{name}" for name in ("original", "info.json", "x50.jpg")},
+        )
+
+
+class CommandTests(SynchronousTestCase):
+    """``python -m imageserver`` as users run it."""
+
+    def run_command(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "imageserver", *args],
+            capture_output=True, text=True, cwd=self.root,
+            env={**os.environ, "PYTHONPATH": CHECKOUT}, timeout=60,
+        )  # fmt: skip
+
+    def setUp(self) -> None:
+        self.root = os.path.abspath(self.mktemp())
+        os.makedirs(self.root)
+        with open(os.path.join(self.root, "photo.jpg"), "wb") as f:
+            f.write(PHOTO)
+
+    def test_exit_statuses(self) -> None:
+        ok = self.run_command("process", "--outputs", "w10.jpg", "photo.jpg")
+        self.assertEqual((ok.returncode, ok.stderr), (0, ""))
+        self.assertEqual(ok.stdout, f"{PHOTO_HASH}\tphoto.jpg\t400\t300\n")
+        failed = self.run_command("process", "photo.jpg", "nope.jpg")
+        self.assertEqual(failed.returncode, 1)
+        usage = self.run_command("process", "--outputs", "w0.jpg", "photo.jpg")
+        self.assertEqual(usage.returncode, 2)
+        self.assertIn("--outputs", usage.stderr)
+        self.assertEqual(self.run_command().returncode, 2)
+
+    def test_info(self) -> None:
+        result = self.run_command("info", "photo.jpg")
+        self.assertEqual(result.returncode, 0)
+        self.assertEqual(
+            result.stdout,
+            f'{{"hash": "{PHOTO_HASH}", "width": 400, "height": 300, '
+            '"content_type": "image/jpeg"}\n',
+        )
