@@ -154,7 +154,7 @@ class ProcessTests(TestCase):
         )  # fmt: skip
         self.assertEqual((status, err), (0, ""))
         listing = moto.client().list_objects_v2(Bucket=bucket)["Contents"]
-        prefix = folder("p", PHOTO_HASH)
+        prefix = folder("", PHOTO_HASH)  # the key layout: p/b9a/ebf/...
         self.assertEqual(
             {o["Key"] for o in listing},
             {f"{prefix}/{name}" for name in ("original", "info.json", "x50.jpg")},
