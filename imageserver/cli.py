@@ -13,10 +13,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import IO, Any, ClassVar
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
@@ -30,6 +28,7 @@ from twisted.logger import (
 from twisted.python import usage
 
 from imageserver import imaging
+from imageserver.batches import Item, parse_line
 from imageserver.config import Config
 from imageserver.errors import ImageServerError
 from imageserver.events import Events
@@ -37,41 +36,6 @@ from imageserver.images import Images
 from imageserver.service import make_images
 from imageserver.shutdown import Deadline, OrderedMultiService
 from imageserver.tap import Options as ServerOptions
-
-_HASH = re.compile(r"[0-9a-f]{32}\Z")
-
-
-@dataclass(frozen=True)
-class Item:
-    """One thing to process: a file, or a line of a stream."""
-
-    line: int
-    path: str | None = None
-    url: str | None = None
-    digest: str | None = None
-
-    @property
-    def label(self) -> str:
-        return self.path or self.url or ""
-
-
-def parse_line(number: int, line: str) -> Item | None:
-    """A stream line: a URL and/or a 32-hex hash, tab-separated, in any order.
-
-    Blank lines are None; anything else malformed raises ValueError.
-    """
-    fields = [f.strip() for f in line.rstrip("\r\n").split("\t") if f.strip()]
-    if not fields:
-        return None
-    url = digest = None
-    for field in fields:
-        if _HASH.match(field) and digest is None:
-            digest = field
-        elif field.startswith(("http://", "https://")) and url is None:
-            url = field
-        else:
-            raise ValueError(f"not a URL or a 32-hex hash: {field!r}")
-    return Item(number, url=url, digest=digest)
 
 
 class ProcessOptions(ServerOptions):

@@ -169,6 +169,9 @@ class Config:
     presets_only: bool = setting(
         False, "Serve and generate only the variant names listed in --outputs."
     )
+    batch_concurrency: int = setting(
+        1, "Batch items processed at once, across all batch jobs."
+    )
     max_pending: int = setting(
         64, "Processing jobs allowed to wait for a thread; more get 503."
     )
@@ -239,6 +242,7 @@ class Config:
             "max_source_pixels",
             "max_file_age",
             "uploader_concurrency",
+            "batch_concurrency",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1")

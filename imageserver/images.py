@@ -164,6 +164,10 @@ class Images:
         data = await self._process(_read, body)
         await self._storage.put(image.key(name), data, content_type_for(name))
 
+    async def read(self, body: BinaryIO) -> bytes:
+        """A request body's bytes, read off the reactor thread."""
+        return await self._process(_read, body)
+
     def _outputs(self, outputs: str | None) -> tuple[Variant, ...]:
         requested = self.rules.parse_outputs(outputs)
         return tuple({v.name: v for v in self._default_outputs + requested}.values())

@@ -18,6 +18,7 @@ from twisted.python.components import Componentized
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import IResource
 
+from imageserver.batches import Batches
 from imageserver.config import Config
 from imageserver.events import Events
 from imageserver.images import Images
@@ -96,7 +97,8 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
         port = strports.service(config.admin_endpoint, admin, reactor=reactor)
         port.setServiceParent(top)
 
-    api: IResource = ImageServerApp(images).app.resource()
+    batches = Batches(images, storage, config.batch_concurrency)
+    api: IResource = ImageServerApp(images, batches).app.resource()
     if config.secret:
         api = SignatureGuard(api, config.secret.encode())
     site = BoundedSite(

@@ -15,6 +15,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
+from imageserver.batches import Batches
 from imageserver.config import Config
 from imageserver.events import Events
 from imageserver.images import Images
@@ -98,6 +99,11 @@ class Gate:
         self.held.append((d, f, args))
         return d
 
+    def release_first(self) -> None:
+        """Run only the job held longest."""
+        d, f, args = self.held.pop(0)
+        maybeDeferred(f, *args).chainDeferred(d)
+
     def release(self) -> None:
         """Run everything held so far, and whatever that submits in turn."""
         while self.held:
@@ -167,7 +173,8 @@ class AppHarness:
             default_outputs=self.config.default_outputs,
             events=self.events,
         )
-        self.resource = ImageServerApp(self.images).app.resource()
+        self.batches = Batches(self.images, self.storage)
+        self.resource = ImageServerApp(self.images, self.batches).app.resource()
         self.client = StubTreq(self.resource)
 
     def start(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:

@@ -451,3 +451,64 @@ class CrashTests(TwistdCase):
                 response, body = await self.call("GET", f"{folder}/{name}")
                 self.assertEqual(response.code, 200)
                 self.assertEqual(Image.open(io.BytesIO(body)).size, size)
+
+
+class BatchSource(Resource):
+    """``/a.jpg`` answers at once; ``/b.png`` waits until ``hold`` is False."""
+
+    isLeaf = True
+
+    def __init__(self, a: bytes, b: bytes) -> None:
+        super().__init__()
+        self.bodies = {b"/a.jpg": a, b"/b.png": b}
+        self.fetches: list[bytes] = []
+        self.hold = True
+        self.b_arrived: Deferred[None] = Deferred()
+
+    def render_GET(self, request: Any) -> object:
+        self.fetches.append(request.path)
+        if request.path == b"/b.png" and self.hold:
+            if not self.b_arrived.called:
+                self.b_arrived.callback(None)
+            return NOT_DONE_YET  # never answered: the server dies first
+        return self.bodies[request.path]
+
+
+class BatchProcessTests(TwistdCase):
+    async def test_a_batch_survives_a_kill_and_resumes_where_it_stopped(self) -> None:
+        a, b = encode(quadrants((64, 48))), encode(quadrants((30, 20)), "PNG")
+        source = BatchSource(a, b)
+        port = reactor.listenTCP(0, Site(source), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        base = f"http://127.0.0.1:{port.getHost().port}"
+        store = os.path.abspath(self.mktemp())
+        options = ("--local_base_path", store, "--allow_private_sources")
+
+        process = await self.start_server(*options)
+        response, body = await self.call(
+            "POST",
+            "/p/batch?outputs=x16.jpg",
+            data=f"{base}/a.jpg\n{base}/b.png\n".encode(),
+        )
+        self.assertEqual(response.code, 202)
+        url = f"/p/batch/{json.loads(body)['job_id']}"
+        await source.b_arrived  # the first item is done and recorded
+        process.transport.signalProcess("KILL")  # type: ignore[union-attr]
+        await process.ended
+
+        source.hold = False
+        process = await self.start_server(*options)
+        finished = process.wait_for(rb"batch [0-9a-f-]+ finished")
+        response, body = await self.call("GET", url)
+        self.assertEqual((response.code, json.loads(body)["done"]), (202, 1))
+        await finished
+        response, body = await self.call("GET", url)
+        report = json.loads(body)
+        self.assertEqual(
+            (response.code, report["state"], report["failed"]), (200, "done", 0)
+        )
+        self.assertEqual(
+            [(i["width"], i["height"]) for i in report["items"]], [(64, 48), (30, 20)]
+        )
+        # a.jpg was fetched once: the resumed job did not do it again.
+        self.assertEqual(source.fetches, [b"/a.jpg", b"/b.png", b"/b.png"])

@@ -8,7 +8,8 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
-from imageserver.errors import ContentTooLarge, InvalidRequest
+from imageserver.batches import Batches
+from imageserver.errors import ContentTooLarge, InvalidRequest, NotFound
 from imageserver.images import Images
 from imageserver.naming import (
     FOLDER_PATTERN,
@@ -54,8 +55,9 @@ class ImageServerApp:
     # redirect (werkzeug's would point %2F names back at themselves).
     app.url_map.merge_slashes = False
 
-    def __init__(self, images: Images) -> None:
+    def __init__(self, images: Images, batches: Batches | None = None) -> None:
         self._images = images
+        self._batches = batches
 
     @app.route("/status_check", methods=["GET"])
     def status_check(self, request: IRequest) -> Response:
@@ -76,6 +78,24 @@ class ImageServerApp:
             outputs=_query(request, "outputs"),
         )
         return json_response(200, info)
+
+    @app.route("/<namespace>/batch", methods=["POST"])
+    async def create_batch(self, request: IRequest, namespace: str) -> Response:
+        _check_body(request)
+        job_id = await self._need_batches().create(
+            namespace, request.content, _query(request, "outputs")
+        )
+        return json_response(202, {"job_id": job_id})
+
+    @app.route("/<namespace>/batch/<job_id>", methods=["GET"])
+    async def batch(self, request: IRequest, namespace: str, job_id: str) -> Response:
+        finished, report = await self._need_batches().status(namespace, job_id)
+        return json_response(200 if finished else 202, report)
+
+    def _need_batches(self) -> Batches:
+        if self._batches is None:
+            raise NotFound("batches are not enabled")
+        return self._batches
 
     @app.route(_IMAGE + "/process", methods=["POST"])
     async def process(self, request: IRequest, image: ImageId) -> Response:
@@ -104,6 +124,8 @@ def route_name(request: IRequest) -> str:
         return parts[0].decode().replace(".", "_")
     if len(parts) == 1 and parts[0] and request.method == b"POST":
         return "upload"
+    if len(parts) in (2, 3) and parts[1] == b"batch":
+        return "batch"
     if len(parts) != 6:
         return "other"
     name = parts[5].decode("ascii", "replace")

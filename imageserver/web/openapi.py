@@ -131,6 +131,48 @@ def spec() -> dict[str, Any]:
                     "responses": {"200": info_response, **_ERRORS},
                 }
             },
+            "/{namespace}/batch": {
+                "post": {
+                    "operationId": "createBatch",
+                    "summary": "Process many images in the background.",
+                    "parameters": [_FOLDER_PARAMETERS[0], _OUTPUTS],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "text/plain": {
+                                "schema": {
+                                    "type": "string",
+                                    "description": "One item a line: a URL and/or "
+                                    "an md5 hash, tab-separated.",
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "202": _json("The job was created.", "BatchCreated"),
+                        **_ERRORS,
+                    },
+                }
+            },
+            "/{namespace}/batch/{job_id}": {
+                "get": {
+                    "operationId": "batch",
+                    "parameters": [
+                        _FOLDER_PARAMETERS[0],
+                        {
+                            "name": "job_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "format": "uuid"},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json("Finished, with every item.", "Batch"),
+                        "202": _json("Still running.", "Batch"),
+                        **_ERRORS,
+                    },
+                }
+            },
             "/{namespace}/{h1}/{h2}/{h3}/{h4}/info.json": {
                 "get": {
                     "operationId": "info",
@@ -203,6 +245,34 @@ def spec() -> dict[str, Any]:
                         "width": {"type": "integer", "minimum": 1},
                         "height": {"type": "integer", "minimum": 1},
                         "content_type": {"type": "string"},
+                    },
+                },
+                "BatchCreated": {
+                    "type": "object",
+                    "required": ["job_id"],
+                    "properties": {"job_id": {"type": "string", "format": "uuid"}},
+                },
+                "Batch": {
+                    "type": "object",
+                    "required": ["state", "total", "done", "failed"],
+                    "properties": {
+                        "state": {"enum": ["running", "done"]},
+                        "total": {"type": "integer"},
+                        "done": {"type": "integer"},
+                        "failed": {"type": "integer"},
+                        "items": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "hash": {"type": ["string", "null"]},
+                                    "url": {"type": ["string", "null"]},
+                                    "width": {"type": ["integer", "null"]},
+                                    "height": {"type": ["integer", "null"]},
+                                    "error": {"type": ["string", "null"]},
+                                },
+                            },
+                        },
                     },
                 },
                 "Error": {

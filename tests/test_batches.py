@@ -1,0 +1,123 @@
+"""The batch API: create, progress, results, and resuming after a restart."""
+
+import hashlib
+import json
+import os
+
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.static import Data
+
+from imageserver.batches import batch_key
+from tests.support import AppHarness, Gate, encode, quadrants
+
+PHOTO = encode(quadrants((400, 300)))
+PHOTO_HASH = hashlib.md5(PHOTO).hexdigest()
+OTHER = encode(quadrants((120, 90)), "PNG")
+OTHER_HASH = hashlib.md5(OTHER).hexdigest()
+
+
+class Counting(Data):
+    def __init__(self, data: bytes, content_type: str) -> None:
+        super().__init__(data, content_type)
+        self.fetches = 0
+
+    def render_GET(self, request):  # type: ignore[no-untyped-def]
+        self.fetches += 1
+        return super().render_GET(request)
+
+
+class BatchTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.sources = Resource()
+        self.photo = Counting(PHOTO, "image/jpeg")
+        self.other = Counting(OTHER, "image/png")
+        self.sources.putChild(b"photo.jpg", self.photo)
+        self.sources.putChild(b"other.png", self.other)
+        self.app = AppHarness(self, sources=self.sources)
+        self.body = (
+            f"http://s/photo.jpg\n\n{OTHER_HASH}\thttp://s/other.png\n"
+            "0123456789abcdef0123456789abcdef\n"
+        ).encode()
+
+    def test_lifecycle(self) -> None:
+        gate = Gate()
+        self.app.images._process = gate  # type: ignore[method-assign]
+        created = self.app.start("POST", "/p/batch?outputs=x50.jpg", data=self.body)
+        gate.release_first()  # reading the body; the first item waits
+        self.app.flush()
+        response = self.successResultOf(created)
+        job = json.loads(self.successResultOf(self.app.client.content(response)))
+        self.assertEqual(response.code, 202)
+        url = f"/p/batch/{job['job_id']}"
+
+        code, progress = self.app.json("GET", url)
+        self.assertEqual(
+            (code, progress),
+            (202, {"state": "running", "total": 3, "done": 0, "failed": 0}),
+        )
+        gate.release()
+        self.app.flush()
+        code, report = self.app.json("GET", url)
+        self.assertEqual(code, 200)
+        self.assertEqual(
+            (report["state"], report["done"], report["failed"]), ("done", 3, 1)
+        )
+        self.assertEqual(report["items"], [
+            {"hash": PHOTO_HASH, "url": "http://s/photo.jpg", "width": 400,
+             "height": 300, "error": None},
+            {"hash": OTHER_HASH, "url": "http://s/other.png", "width": 120,
+             "height": 90, "error": None},
+            {"hash": "0123456789abcdef0123456789abcdef", "url": None, "width": None,
+             "height": None,
+             "error": "0123456789abcdef0123456789abcdef is not in the store"},
+        ])  # fmt: skip
+        root = self.app.root
+        for digest in (PHOTO_HASH, OTHER_HASH):
+            folder = os.path.join(
+                root, "p", digest[:3], digest[3:6], digest[6:9], digest[9:]
+            )
+            self.assertIn("x50.jpg", os.listdir(folder))
+
+    def test_a_job_resumes_after_a_restart_without_redoing_items(self) -> None:
+        storage = self.app.storage
+        job_id = "6f1c1d3e-4a8b-4c2d-9e0f-1a2b3c4d5e6f"
+        job = {"id": job_id, "namespace": "p", "outputs": "", "created": 0,
+               "items": [{"url": "http://s/photo.jpg", "hash": None},
+                         {"url": "http://s/other.png", "hash": None}]}  # fmt: skip
+        # The state a server left when it died after the first item.
+        done_before = {"hash": PHOTO_HASH, "url": "http://s/photo.jpg", "width": 400,
+                       "height": 300, "error": None}  # fmt: skip
+        state = {"state": "running", "results": {"0": done_before}}
+        for name, value in (("job.json", job), ("state.json", state)):
+            put = storage.put(
+                batch_key("p", job_id, name),
+                json.dumps(value).encode(),
+                "application/json",
+            )
+            self.successResultOf(Deferred.fromCoroutine(put))
+        self.app.json("GET", f"/p/batch/{job_id}")  # finds it unfinished: resumes
+        # With no thread pool in the way the resumed job finishes at once.
+        code, report = self.app.json("GET", f"/p/batch/{job_id}")
+        self.assertEqual((code, report["done"]), (200, 2))
+        self.assertEqual(report["items"][0], done_before)
+        self.assertEqual(report["items"][1]["hash"], OTHER_HASH)
+        self.assertEqual((self.photo.fetches, self.other.fetches), (0, 1))
+
+    def test_errors(self) -> None:
+        for path, body, status in (
+            ("/p/batch", b"", 400),
+            ("/p/batch", b"not a url\n", 400),
+            ("/p/batch?outputs=w0.jpg", b"http://s/photo.jpg", 400),
+            ("/P/batch", b"http://s/photo.jpg", 404),
+        ):
+            code, _ = self.app.json("POST", path, data=body)
+            self.assertEqual(code, status, (path, body))
+        for path in (
+            "/p/batch/not-a-uuid",
+            "/p/batch/6f1c1d3e-4a8b-4c2d-9e0f-1a2b3c4d5e6f",
+        ):
+            self.assertEqual(
+                self.app.json("GET", path), (404, {"error": "unknown batch"})
+            )
