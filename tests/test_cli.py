@@ -1,10 +1,14 @@
 """The command line: files, a stdin stream, skip-existing, S3, exit codes."""
 
+import fcntl
 import hashlib
 import io
 import os
+import pty
+import struct
 import subprocess
 import sys
+import termios
 
 from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -187,6 +191,34 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(usage.returncode, 2)
         self.assertIn("--outputs", usage.stderr)
         self.assertEqual(self.run_command().returncode, 2)
+
+    def test_progress_bar_only_on_a_terminal(self) -> None:
+        primary, secondary = pty.openpty()
+        self.addCleanup(os.close, primary)
+        # A new pseudo-terminal is 0 columns wide; a real one is not.
+        fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        with subprocess.Popen(
+            [sys.executable, "-m", "imageserver", "process", "photo.jpg"],
+            cwd=self.root, env={**os.environ, "PYTHONPATH": CHECKOUT},
+            stdout=subprocess.PIPE, stderr=secondary,
+        ) as child:  # fmt: skip
+            os.close(secondary)
+            out, _ = child.communicate(timeout=60)
+            terminal = b""
+            while True:
+                try:
+                    chunk = os.read(primary, 4096)
+                except OSError:  # the child closed its end
+                    break
+                if not chunk:
+                    break
+                terminal += chunk
+        self.assertEqual(child.returncode, 0)
+        self.assertEqual(out.decode(), f"{PHOTO_HASH}\tphoto.jpg\t400\t300\n")
+        self.assertIn(b"100%", terminal)
+        self.assertIn(b"1/1", terminal)
+        # Piped, the same run prints no bar at all.
+        self.assertEqual(self.run_command("process", "photo.jpg").stderr, "")
 
     def test_info(self) -> None:
         result = self.run_command("info", "photo.jpg")
