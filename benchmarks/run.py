@@ -10,57 +10,40 @@ Prints medians over rounds and their ratios to the reference:
   3. Cached variant requests per second through `twistd imageserver`, against
      `twistd web` (twisted.web.static.File) serving the same file.
 
-The load comes from a separate process: a small asyncio HTTP/1.1 keep-alive
-client, so the server's reactor has a core of its own on a 2-core machine.
+The load comes from a separate process (benchmarks/common.py), so the
+server's reactor has a core of its own on a 2-core machine.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import io
-import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, CHECKOUT)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from PIL import Image, ImageFilter  # noqa: E402
+from PIL import Image
 
-from imageserver import imaging  # noqa: E402
-from imageserver.naming import VariantRules  # noqa: E402
+from benchmarks.common import (
+    CHECKOUT,
+    Server,
+    free_port,
+    load,
+    photo,
+    twistd,
+)
+from imageserver import imaging
+from imageserver.naming import VariantRules
 
 RULES = VariantRules(frozenset({"jpg"}), 75, 4000)
 LIMIT = 100_000_000
-
-
-def photo(size: tuple[int, int] = (4000, 3000)) -> bytes:
-    """A photo-like JPEG: smooth shapes plus sensor-like noise, quality 90."""
-    w, h = size
-    base = Image.radial_gradient("L").resize((w, h))
-    colour = Image.merge(
-        "RGB",
-        (
-            base,
-            Image.linear_gradient("L").resize((w, h)),
-            Image.effect_mandelbrot((w, h), (-2.0, -1.2, 1.0, 1.2), 100),
-        ),
-    ).filter(ImageFilter.GaussianBlur(3))
-    noise = Image.effect_noise((w, h), 12).convert("RGB")
-    out = io.BytesIO()
-    Image.blend(colour, noise, 0.15).save(out, "JPEG", quality=90)
-    return out.getvalue()
 
 
 # -- 1. CPU per variant ------------------------------------------------------
@@ -91,127 +74,22 @@ def imaging_per_second(data: bytes, threads: int, count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-# -- servers ----------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A twistd process; ``args(port)`` gives its plugin and options."""
-
-    def __init__(self, args: Callable[[int], list[str]], cwd: str) -> None:
-        self.port = free_port()
-        twistd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
-        self.process = subprocess.Popen(
-            # Never --logfile=/dev/null: twistd rotates its log file by
-            # renaming it, and as root that would move /dev/null itself.
-            [
-                *twistd,
-                "-n",
-                "--pidfile=",
-                f"--logfile=server-{self.port}.log",
-                *args(self.port),
-            ],
-            cwd=cwd,
-            env=dict(os.environ, PYTHONPATH=CHECKOUT),
-        )
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def wait(self, path: str) -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(self.url(path), timeout=1).read()
-                return
-            except OSError:
-                time.sleep(0.05)  # a benchmark, not a test: polling is fine
-        raise RuntimeError(f"server on {self.port} did not start")
-
-    def __enter__(self) -> Server:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(10)
-
-
-# -- load client (runs in its own process) -----------------------------------
-
-
-async def _client(
-    host: str, port: int, paths: list[str], until: float
-) -> tuple[int, int]:
-    reader, writer = await asyncio.open_connection(host, port)
-    done = errors = 0
-    i = 0
-    while paths and time.monotonic() < until:
-        path = paths.pop() if until == float("inf") else paths[i % len(paths)]
-        i += 1
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-        status = int((await reader.readline()).split()[1])
-        length = 0
-        while (line := await reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.partition(b":")
-            if name.lower() == b"content-length":
-                length = int(value)
-        await reader.readexactly(length)
-        if status == 200:
-            done += 1
-        else:
-            errors += 1
-    writer.close()
-    return done, errors
-
-
-async def _load(url_base: str, paths: list[str], connections: int, seconds: float):  # type: ignore[no-untyped-def]
-    host, port = url_base.split(":")
-    until = time.monotonic() + seconds if seconds > 0 else float("inf")
-    start = time.perf_counter()
-    results = await asyncio.gather(
-        *(_client(host, int(port), paths, until) for _ in range(connections))
-    )
-    elapsed = time.perf_counter() - start
-    done = sum(r[0] for r in results)
-    return {"per_second": done / elapsed, "errors": sum(r[1] for r in results)}
-
-
-def load(server: Server, paths: list[str], connections: int, seconds: float) -> float:
-    """Requests per second; seconds=0 means: request each path once."""
-    out = subprocess.run(
-        [sys.executable, __file__, "--load", f"127.0.0.1:{server.port}",
-         str(connections), str(seconds), json.dumps(paths)],
-        capture_output=True, check=True, text=True,
-    )  # fmt: skip
-    result = json.loads(out.stdout)
-    if result["errors"]:
-        raise RuntimeError(f"{result['errors']} requests failed")
-    return result["per_second"]
-
-
 # -- the run -----------------------------------------------------------------
 
 
-def imageserver(*options: str) -> Callable[[int], list[str]]:
-    return lambda port: [
+def imageserver(root: str, *options: str) -> Server:
+    port = free_port()
+    command = twistd(
         "imageserver", "--port", str(port), "--admin_port", "none",
         "--local_base_path", "store", "--maximum_width", "4000", *options,
-    ]  # fmt: skip
+    )  # fmt: skip
+    return Server(command, port, root, {"PYTHONPATH": CHECKOUT})
 
 
-def static_file(path: str) -> Callable[[int], list[str]]:
-    return lambda port: [
-        "web",
-        "--listen",
-        f"tcp:{port}:interface=127.0.0.1",
-        "--path",
-        path,
-    ]
+def static_file(root: str, path: str) -> Server:
+    port = free_port()
+    listen = f"tcp:{port}:interface=127.0.0.1"
+    return Server(twistd("web", "--listen", listen, "--path", path), port, root)
 
 
 def cpu_section(data: bytes) -> None:
@@ -236,7 +114,7 @@ def generation_section(server: Server, folder: str, data: bytes, rounds: int) ->
         rates = []
         for _ in range(rounds):
             paths = [f"{folder}/w{next(widths)}.jpg" for _ in range(24)]
-            rates.append(load(server, paths, connections, 0))
+            rates.append(load(server, paths, connections, 0)["per_second"])
         rate = statistics.median(rates)
         print(
             f"   server, {connections} clients:    {rate:7.1f} /s"
@@ -252,7 +130,9 @@ def cached_section(
         rates: dict[str, list[float]] = {name: [] for name in servers}
         for _ in range(rounds):
             for name, server in servers.items():
-                rates[name].append(load(server, [path], connections, seconds))
+                rates[name].append(
+                    load(server, [path], connections, seconds)["per_second"]
+                )
         median = {name: statistics.median(r) for name, r in rates.items()}
         reference = median["static.File"]
         print(f"   {connections} clients: " + "; ".join(
@@ -274,7 +154,7 @@ def main() -> None:
 
     with (
         tempfile.TemporaryDirectory() as root,
-        Server(imageserver(), root) as server,
+        imageserver(root) as server,
     ):
         server.wait("/status_check")
         upload = urllib.request.Request(server.url("/p"), data=data, method="POST")
@@ -284,8 +164,8 @@ def main() -> None:
         cached = f"{folder}/w300.jpg"
         urllib.request.urlopen(server.url(cached)).read()
         with (
-            Server(imageserver("--memory_cache_bytes", "0"), root) as disk,
-            Server(static_file(os.path.join(root, "store")), root) as static,
+            imageserver(root, "--memory_cache_bytes", "0") as disk,
+            static_file(root, os.path.join(root, "store")) as static,
         ):
             disk.wait("/status_check")
             static.wait(cached)
@@ -298,10 +178,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--load":
-        _, _, base, connections, seconds, paths = sys.argv
-        print(json.dumps(asyncio.run(
-            _load(base, json.loads(paths), int(connections), float(seconds))
-        )))  # fmt: skip
-    else:
-        main()
+    main()
