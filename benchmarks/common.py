@@ -58,6 +58,16 @@ def alpha_png(size: tuple[int, int] = (2000, 2000)) -> bytes:
     return out.getvalue()
 
 
+def cpu_ms(f: Any, repeat: int) -> float:
+    """Median CPU milliseconds of ``f()`` on this thread."""
+    times = []
+    for _ in range(repeat):
+        start = time.thread_time()
+        f()
+        times.append((time.thread_time() - start) * 1000)
+    return statistics.median(times)
+
+
 def rss(pid: int) -> int:
     """Resident memory of a process and its children, in bytes."""
     total = 0

@@ -34,6 +34,7 @@ from PIL import Image
 from benchmarks.common import (
     CHECKOUT,
     Server,
+    cpu_ms,
     free_port,
     load,
     photo,
@@ -47,15 +48,6 @@ LIMIT = 100_000_000
 
 
 # -- 1. CPU per variant ------------------------------------------------------
-
-
-def cpu_ms(f, repeat: int) -> float:  # type: ignore[no-untyped-def]
-    times = []
-    for _ in range(repeat):
-        start = time.thread_time()
-        f()
-        times.append((time.thread_time() - start) * 1000)
-    return statistics.median(times)
 
 
 def naive_w200(data: bytes) -> bytes:

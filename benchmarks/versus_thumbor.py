@@ -44,6 +44,7 @@ from benchmarks.common import (
     CHECKOUT,
     Server,
     alpha_png,
+    cpu_ms,
     free_port,
     load,
     median_of,
@@ -103,16 +104,8 @@ def cpu_section() -> dict[str, float]:
         image.save(out, "JPEG", quality=75)
         return out.getvalue()
 
-    def median_ms(f: Any, n: int = 15) -> float:
-        times = []
-        for _ in range(n):
-            start = time.thread_time()
-            f()
-            times.append((time.thread_time() - start) * 1000)
-        return sorted(times)[n // 2]
-
-    ours = median_ms(lambda: imaging.render(data, variant, 10**9))
-    limit = median_ms(bare)
+    ours = cpu_ms(lambda: imaging.render(data, variant, 10**9), 15)
+    limit = cpu_ms(bare, 15)
     return {"imageserver_ms": ours, "bare_pillow_ms": limit, "ratio": limit / ours}
 
 
