@@ -32,7 +32,7 @@ from imageserver.batches import Item, parse_line
 from imageserver.config import Config
 from imageserver.errors import ImageServerError
 from imageserver.events import Events
-from imageserver.images import Images
+from imageserver.images import Images, info_json_of
 from imageserver.service import make_images
 from imageserver.shutdown import Deadline, OrderedMultiService
 from imageserver.tap import Options as ServerOptions
@@ -180,21 +180,11 @@ class UnreadableFile(ImageServerError):
     """A file named on the command line that cannot be opened."""
 
 
-class _Silent:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _progress(total: int, stderr: IO[str]) -> Any:
     """A progress bar on a terminal; nothing when stderr is a file or a pipe."""
-    if not stderr.isatty():
-        return _Silent()
     from tqdm import tqdm  # type: ignore[import-untyped]
 
-    return tqdm(total=total, file=stderr, unit="image")
+    return tqdm(total=total, file=stderr, unit="image", disable=not stderr.isatty())
 
 
 def info(options: InfoOptions, stdout: IO[str], stderr: IO[str]) -> int:
@@ -208,17 +198,8 @@ def info(options: InfoOptions, stdout: IO[str], stderr: IO[str]) -> int:
     except ImageServerError as e:
         stderr.write(f"{options.path}: {e}\n")
         return 1
-    stdout.write(
-        json.dumps(
-            {
-                "hash": hashlib.md5(data, usedforsecurity=False).hexdigest(),
-                "width": details.width,
-                "height": details.height,
-                "content_type": details.content_type,
-            }
-        )
-        + "\n"
-    )
+    digest = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    stdout.write(info_json_of(digest, details).decode() + "\n")
     return 0
 
 

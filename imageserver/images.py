@@ -87,7 +87,7 @@ class Images:
         if source is not None:
             data = await self._fetches.run([source], self._download)[source]
         elif body is not None:
-            data = await self._process(_read, body)
+            data = await self.read(body)
         if not data:
             raise UnsupportedImage(
                 "the body is empty: send the image as the body or give ?source=URL"
@@ -161,7 +161,7 @@ class Images:
         check_file_name(name)
         if not await self._storage.exists(image.key(ORIGINAL)):
             raise NotFound("image not found")
-        data = await self._process(_read, body)
+        data = await self.read(body)
         await self._storage.put(image.key(name), data, content_type_for(name))
 
     async def read(self, body: BinaryIO) -> bytes:
@@ -218,7 +218,7 @@ class Images:
         if existing is not None:
             return {image: existing.data}
         info, outputs = await self._render_many(data, variants)
-        info_json = _info_json(image, info)
+        info_json = info_json_of(image.hash, info)
         await self._storage.put(image.key(ORIGINAL), data, info.content_type)
         await self._put_all(image, variants, outputs)
         await self._storage.put(image.key(INFO), info_json, "application/json")
@@ -339,10 +339,11 @@ def _read(body: BinaryIO) -> bytes:
     return body.read()
 
 
-def _info_json(image: ImageId, info: imaging.ImageInfo) -> bytes:
+def info_json_of(digest: str, info: imaging.ImageInfo) -> bytes:
+    """The bytes of an original's info.json."""
     return json.dumps(
         {
-            "hash": image.hash,
+            "hash": digest,
             "width": info.width,
             "height": info.height,
             "content_type": info.content_type,

@@ -106,14 +106,17 @@ class BatchTests(SynchronousTestCase):
         self.assertEqual((self.photo.fetches, self.other.fetches), (0, 1))
 
     def test_errors(self) -> None:
-        for path, body, status in (
-            ("/p/batch", b"", 400),
-            ("/p/batch", b"not a url\n", 400),
-            ("/p/batch?outputs=w0.jpg", b"http://s/photo.jpg", 400),
-            ("/P/batch", b"http://s/photo.jpg", 404),
-        ):
-            code, _ = self.app.json("POST", path, data=body)
-            self.assertEqual(code, status, (path, body))
+        for path, body, status, message in (
+            ("/p/batch", b"", 400, "the body lists no hashes or URLs"),
+            ("/p/batch", b"\nnot a url\n", 400,
+             "line 2: not a URL or a 32-hex hash: 'not a url'"),
+            ("/p/batch?outputs=w0.jpg", b"http://s/photo.jpg", 400,
+             "output 'w0.jpg': width must be at least 1"),
+            ("/P/batch", b"http://s/photo.jpg", 404, "unknown namespace 'P'"),
+        ):  # fmt: skip
+            self.assertEqual(
+                self.app.json("POST", path, data=body), (status, {"error": message})
+            )
         for path in (
             "/p/batch/not-a-uuid",
             "/p/batch/6f1c1d3e-4a8b-4c2d-9e0f-1a2b3c4d5e6f",

@@ -9,7 +9,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
 from imageserver.batches import Batches
-from imageserver.errors import ContentTooLarge, InvalidRequest, NotFound
+from imageserver.errors import ContentTooLarge, InvalidRequest
 from imageserver.images import Images
 from imageserver.naming import (
     FOLDER_PATTERN,
@@ -55,7 +55,7 @@ class ImageServerApp:
     # redirect (werkzeug's would point %2F names back at themselves).
     app.url_map.merge_slashes = False
 
-    def __init__(self, images: Images, batches: Batches | None = None) -> None:
+    def __init__(self, images: Images, batches: Batches) -> None:
         self._images = images
         self._batches = batches
 
@@ -82,20 +82,15 @@ class ImageServerApp:
     @app.route("/<namespace>/batch", methods=["POST"])
     async def create_batch(self, request: IRequest, namespace: str) -> Response:
         _check_body(request)
-        job_id = await self._need_batches().create(
+        job_id = await self._batches.create(
             namespace, request.content, _query(request, "outputs")
         )
         return json_response(202, {"job_id": job_id})
 
     @app.route("/<namespace>/batch/<job_id>", methods=["GET"])
     async def batch(self, request: IRequest, namespace: str, job_id: str) -> Response:
-        finished, report = await self._need_batches().status(namespace, job_id)
+        finished, report = await self._batches.status(namespace, job_id)
         return json_response(200 if finished else 202, report)
-
-    def _need_batches(self) -> Batches:
-        if self._batches is None:
-            raise NotFound("batches are not enabled")
-        return self._batches
 
     @app.route(_IMAGE + "/process", methods=["POST"])
     async def process(self, request: IRequest, image: ImageId) -> Response:
