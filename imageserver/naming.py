@@ -74,6 +74,14 @@ class ImageId:
         return f"{self.folder}/{name}"
 
 
+def original_digest(key: str) -> str | None:
+    """The md5 an original's storage key spells, or ``None`` for other keys."""
+    folder, _, name = key.rpartition("/")
+    if name != ORIGINAL or not _FOLDER.match(folder):
+        return None
+    return "".join(folder.split("/")[1:])
+
+
 class Fit(enum.Enum):
     WIDTH = "width"  # w200: given width, height keeps the ratio
     FILL = "fill"  # x200, 300x200: cover the box, then centre crop

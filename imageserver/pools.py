@@ -8,7 +8,7 @@ from typing import Any, Protocol, TypeVar
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorFromThreads
-from twisted.internet.threads import deferToThread, deferToThreadPool
+from twisted.internet.threads import deferToThread
 from twisted.python.threadpool import ThreadPool
 
 from imageserver.errors import Overloaded
@@ -54,18 +54,24 @@ class ThreadPoolService(Service):
                 Overloaded("the server is busy processing images, try again shortly")
             )
         self.outstanding += 1
-        return deferToThreadPool(self._reactor, self.pool, self._job, f, *args)  # type: ignore[arg-type]
+        result: Deferred[T] = Deferred()
 
-    def _job(self, f: Callable[..., T], *args: Any) -> T:
+        def done(succeeded: bool, value: Any) -> None:
+            # One trip back to the reactor per job (each one wakes it up).
+            self._reactor.callFromThread(self._finished, result, succeeded, value)
+
+        self.pool.callInThreadWithCallback(done, f, *args)
+        return result
+
+    def _finished(self, result: Deferred[Any], succeeded: bool, value: Any) -> None:
         # Counted down when the thread is done, even if the caller gave up
-        # waiting (a timeout): the thread was busy until then.
-        try:
-            return f(*args)
-        finally:
-            self._reactor.callFromThread(self._finished)
-
-    def _finished(self) -> None:
+        # waiting (a timeout): the thread was busy until then. A cancelled
+        # Deferred ignores the late result.
         self.outstanding -= 1
+        if succeeded:
+            result.callback(value)
+        else:
+            result.errback(value)
 
     def stats(self) -> PoolStats:
         """How to read this pool's load, for the metrics."""

@@ -9,10 +9,26 @@ from imageserver.naming import (
     check_file_name,
     check_namespace,
     is_file_name,
+    original_digest,
 )
 
 RULES = VariantRules(frozenset({"jpg", "png", "webp"}), 75, 1000)
 HASH = "6e0072682e66287b662827da75b244a3"
+
+
+class OriginalDigestTests(SynchronousTestCase):
+    def test_an_originals_key_spells_its_md5(self) -> None:
+        self.assertEqual(original_digest(ImageId("p", HASH).key("original")), HASH)
+
+    def test_other_keys_have_none(self) -> None:
+        for key in (
+            ImageId("p", HASH).key("w200.jpg"),
+            ImageId("p", HASH).key("info.json"),
+            "p/6e0/072/682/original",
+            "original",
+            "p/batch/abc/original",
+        ):
+            self.assertIsNone(original_digest(key), key)
 
 
 class VariantNameTests(SynchronousTestCase):

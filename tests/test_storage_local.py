@@ -1,9 +1,11 @@
+import hashlib
 import os
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
+from imageserver.naming import ORIGINAL, ImageId
 from imageserver.storage import Storage, content_type_for, etag_of
 from imageserver.storage.local import LocalStorage
 from tests.support import synchronous
@@ -44,6 +46,16 @@ class StorageContract(_Case):
             self.assertEqual(stored.etag, etag_of(b"jpeg bytes"))
         self.assertEqual(int(put.modified), int(got.modified))
         self.assertTrue(self.result(storage.exists(KEY)))
+
+    def test_an_originals_etag_is_its_md5(self) -> None:
+        data = b"original image bytes"
+        digest = hashlib.md5(data).hexdigest()
+        key = ImageId("p", digest).key(ORIGINAL)
+        storage = self.make_storage()
+        self.assertEqual(
+            self.result(storage.put(key, data, "image/jpeg")).etag, f'"{digest}"'
+        )
+        self.assertEqual(self.result(storage.get(key)).etag, f'"{digest}"')
 
     def test_put_replaces(self) -> None:
         storage = self.make_storage()

@@ -11,7 +11,7 @@ import mimetypes
 from dataclasses import dataclass
 from typing import Protocol
 
-from imageserver.naming import OUTPUT_FORMATS
+from imageserver.naming import OUTPUT_FORMATS, original_digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,5 +68,13 @@ def content_type_for(name: str) -> str:
     return guessed or "application/octet-stream"
 
 
-def etag_of(data: bytes) -> str:
-    return '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
+def etag_of(data: bytes, key: str = "") -> str:
+    """The md5 of ``data``, quoted.
+
+    An original's key already spells it (originals are stored under their
+    md5), so the megabytes read to render a variant are not hashed again.
+    """
+    digest = (
+        original_digest(key) or hashlib.md5(data, usedforsecurity=False).hexdigest()
+    )
+    return f'"{digest}"'

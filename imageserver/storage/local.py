@@ -33,12 +33,12 @@ class LocalStorage:
         return path
 
     async def get(self, key: str) -> StoredObject | None:
-        return await self._run(_read, self.path(key))
+        return await self._run(_read, self.path(key), key)
 
     async def put(
         self, key: str, data: bytes, content_type: str, *, durable: bool = True
     ) -> StoredObject:
-        return await self._run(_write, self.path(key), data, content_type)
+        return await self._run(_write, self.path(key), key, data, content_type)
 
     async def exists(self, key: str) -> bool:
         return await self._run(os.path.isfile, self.path(key))
@@ -50,17 +50,17 @@ class LocalStorage:
         await self._run(_delete, self.path(key))
 
 
-def _read(path: str) -> StoredObject | None:
+def _read(path: str, key: str) -> StoredObject | None:
     try:
         with open(path, "rb") as f:
             modified = os.fstat(f.fileno()).st_mtime
             data = f.read()
     except _MISSING:
         return None
-    return StoredObject(data, content_type_for(path), modified, etag_of(data))
+    return StoredObject(data, content_type_for(path), modified, etag_of(data, key))
 
 
-def _write(path: str, data: bytes, content_type: str) -> StoredObject:
+def _write(path: str, key: str, data: bytes, content_type: str) -> StoredObject:
     folder, name = os.path.split(path)
     fd, temporary = _temporary_file(folder, name)
     try:
@@ -75,7 +75,8 @@ def _write(path: str, data: bytes, content_type: str) -> StoredObject:
             os.unlink(temporary)
         raise
     _fsync_folder(folder)
-    return StoredObject(data, content_type, os.stat(path).st_mtime, etag_of(data))
+    modified = os.stat(path).st_mtime
+    return StoredObject(data, content_type, modified, etag_of(data, key))
 
 
 def _temporary_file(folder: str, name: str) -> tuple[int, str]:
