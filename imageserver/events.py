@@ -139,6 +139,18 @@ class Events:
             "Background uploads not yet in the remote store.",
             registry=r,
         )
+        self.writes = Counter(
+            "imageserver_background_writes",
+            "Generated variants written to storage after the response: "
+            "written, failed.",
+            ["outcome"],
+            registry=r,
+        )
+        self.writes_pending = Gauge(
+            "imageserver_background_writes_pending",
+            "Generated variants served but not yet written to storage.",
+            registry=r,
+        )
         self._pools = _PoolCollector()
         r.register(self._pools)
 
@@ -196,6 +208,13 @@ class Events:
 
     def upload_queued(self, pending: int) -> None:
         self.uploads_pending.set(pending)
+
+    def write_finished(self, ok: bool, pending: int) -> None:
+        self.writes.labels("written" if ok else "failed").inc()
+        self.writes_pending.set(pending)
+
+    def write_queued(self, pending: int) -> None:
+        self.writes_pending.set(pending)
 
     # -- statsd --------------------------------------------------------------
 

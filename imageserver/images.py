@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, BinaryIO, TypeVar
 
@@ -34,7 +34,7 @@ from imageserver.naming import (
 )
 from imageserver.pools import Runner
 from imageserver.sources import SourceFetcher
-from imageserver.storage import Storage, StoredObject, content_type_for
+from imageserver.storage import Storage, StoredObject, content_type_for, etag_of
 
 log = Logger()
 T = TypeVar("T")
@@ -109,8 +109,8 @@ class Images:
             self._events.variant(variant.format, "cached")
             return stored
         try:
-            # What a GET generates can be made again: it need not wait for a
-            # remote store.
+            # What a GET generates can be made again: it is answered before
+            # it is written.
             generated = await self._generate(image, [variant], durable=False)
         except Exception:
             self._events.variant(variant.format, "failed")
@@ -185,11 +185,13 @@ class Images:
 
     async def _render_many(
         self, original: bytes, variants: Sequence[Variant]
-    ) -> tuple[imaging.ImageInfo, list[bytes]]:
-        """Decode once, encode each variant: in the processing pool, timed."""
+    ) -> tuple[imaging.ImageInfo, list[tuple[bytes, str]]]:
+        """Decode once, encode each variant: in the processing pool, timed.
+
+        Each output comes with its ETag, hashed in the pool too.
+        """
         job = self._process(
-            _timed,
-            imaging.render_many,
+            _rendered,
             original,
             variants,
             self._max_pixels,
@@ -198,7 +200,7 @@ class Images:
         if self._clock is not None and self._processing_timeout is not None:
             job.addTimeout(self._processing_timeout, self._clock)
         try:
-            (info, outputs), seconds = await job
+            info, outputs, seconds = await job
         except TimeoutError:
             raise Overloaded(
                 f"processing took longer than {self._processing_timeout:g} seconds"
@@ -293,15 +295,15 @@ class Images:
         self,
         image: ImageId,
         variants: Sequence[Variant],
-        outputs: Sequence[bytes],
+        outputs: Sequence[tuple[bytes, str]],
         durable: bool = True,
     ) -> dict[str, StoredObject]:
         keys = [image.key(v.name) for v in variants]
         puts = [
             Deferred.fromCoroutine(
-                self._storage.put(k, data, v.content_type, durable=durable)
+                self._storage.put(k, data, v.content_type, durable=durable, etag=etag)
             )
-            for k, v, data in zip(keys, variants, outputs, strict=True)
+            for k, v, (data, etag) in zip(keys, variants, outputs, strict=True)
         ]
         try:
             stored = await gatherResults(puts, consumeErrors=True)
@@ -325,9 +327,13 @@ class Images:
         return stored
 
 
-def _timed(f: Callable[..., T], *args: Any) -> tuple[T, float]:
+def _rendered(
+    original: bytes, variants: Sequence[Variant], max_pixels: int, max_width: int
+) -> tuple[imaging.ImageInfo, list[tuple[bytes, str]], float]:
     start = time.perf_counter()
-    return f(*args), time.perf_counter() - start
+    info, outputs = imaging.render_many(original, variants, max_pixels, max_width)
+    seconds = time.perf_counter() - start
+    return info, [(data, etag_of(data)) for data in outputs], seconds
 
 
 def _md5(data: bytes) -> str:

@@ -29,6 +29,7 @@ from imageserver.shutdown import Deadline, OrderedMultiService, RequestDrain, Si
 from imageserver.sources import SourceFetcher, source_agent
 from imageserver.statsd import StatsdClient
 from imageserver.storage import Storage
+from imageserver.storage.behind import WriteBehind
 from imageserver.storage.local import LocalStorage
 from imageserver.storage.memory import MemoryCache
 from imageserver.storage.metered import MeteredStorage
@@ -159,6 +160,11 @@ def make_images(
     for pool in (processing, io):
         events.watch_pool(pool.stats())
     storage = make_storage(config, reactor, io, parent, events, deadline)
+    # Added after the uploader, so stopped before it: what lands here at
+    # shutdown is still handed over to the bucket.
+    behind = WriteBehind(storage, reactor, deadline.remaining, events)
+    behind.setServiceParent(parent)
+    storage = behind
     if config.memory_cache_bytes:
         storage = MemoryCache(storage, config.memory_cache_bytes, is_generated)
 

@@ -8,10 +8,11 @@ from types import FrameType
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, TimeoutError, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from imageserver.waiting import drained
 from imageserver.web.site import BoundedSite
 
 log = Logger()
@@ -75,17 +76,10 @@ class RequestDrain(Service):
         return Deferred.fromCoroutine(self._drain())
 
     async def _drain(self) -> None:
-        if not self._site.in_flight:
-            return
-        timeout = self._deadline.remaining()
-        log.info(
-            "waiting up to {timeout:g}s for {count} requests in flight",
-            timeout=timeout,
-            count=self._site.in_flight,
-        )
-        try:
-            await self._site.wait_idle().addTimeout(timeout, self._clock)
-        except TimeoutError:
+        what = f"{self._site.in_flight} requests in flight"
+        if self._site.in_flight and not await drained(
+            self._site.wait_idle, self._deadline.remaining, self._clock, what
+        ):
             log.warn(
                 "stopping with {count} requests unanswered", count=self._site.in_flight
             )

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+log = Logger()
 
 
 class WhenIdle:
@@ -30,3 +34,22 @@ class WhenIdle:
             waiting, self._waiting = self._waiting, []
             for d in waiting:
                 d.callback(None)
+
+
+async def drained(
+    wait_idle: Callable[[], Deferred[None]],
+    timeout: float | Callable[[], float],
+    clock: IReactorTime,
+    what: str,
+) -> bool:
+    """Wait for ``wait_idle()`` for at most ``timeout`` seconds; whether it fired.
+
+    ``timeout`` may be a callable: what is left of the shutdown's time.
+    """
+    seconds = timeout() if callable(timeout) else timeout
+    log.info("waiting up to {timeout:g}s for {what}", timeout=seconds, what=what)
+    try:
+        await wait_idle().addTimeout(seconds, clock)
+    except TimeoutError:
+        return False
+    return True

@@ -137,7 +137,7 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertFalse(service.running)
         names = [type(s).__name__ for s in IServiceCollection(service)]
         self.assertEqual(names, [
-            "Signals", "ThreadPoolService", "ThreadPoolService",
+            "Signals", "ThreadPoolService", "ThreadPoolService", "WriteBehind",
             "ConnectionPoolService", "StreamServerEndpointService", "RequestDrain",
             "StreamServerEndpointService", "Readiness",
         ])  # fmt: skip
@@ -148,7 +148,7 @@ class MakeServiceTests(SynchronousTestCase):
         names = [type(s).__name__ for s in IServiceCollection(makeService(options))]
         self.assertEqual(names, [
             "Signals", "ThreadPoolService", "ThreadPoolService", "ThreadPoolService",
-            "Uploader", "CacheSweeper", "ConnectionPoolService",
+            "Uploader", "CacheSweeper", "WriteBehind", "ConnectionPoolService",
             "StreamServerEndpointService", "RequestDrain",
             "StreamServerEndpointService", "Readiness",
         ])  # fmt: skip

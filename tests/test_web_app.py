@@ -406,7 +406,7 @@ class SingleFlightTests(TestCaseMixin, SynchronousTestCase):
         gate.calls.clear()
 
         pending = [app.start("GET", url) for _ in range(5)]
-        self.assertEqual(gate.calls, ["render_many"])
+        self.assertEqual(gate.calls, ["_rendered"])
         gate.release()
         app.flush()
         bodies = {
@@ -415,7 +415,7 @@ class SingleFlightTests(TestCaseMixin, SynchronousTestCase):
         }
         self.assertEqual(len(bodies), 1)
         self.assertEqual(decode(bodies.pop()).size, (120, 120))
-        self.assertEqual(gate.calls, ["render_many"])
+        self.assertEqual(gate.calls, ["_rendered"])
 
     def test_concurrent_uploads_of_the_same_bytes_store_once(self) -> None:
         gate = Gate()
@@ -433,7 +433,7 @@ class SingleFlightTests(TestCaseMixin, SynchronousTestCase):
             for d in pending
         ]
         self.assertEqual({info["hash"] for info in infos}, {PHOTO_HASH})
-        self.assertEqual(gate.calls.count("render_many"), 1)
+        self.assertEqual(gate.calls.count("_rendered"), 1)
 
     def test_concurrent_uploads_of_one_source_download_once(self) -> None:
         fetched = []
@@ -467,7 +467,7 @@ class SingleFlightTests(TestCaseMixin, SynchronousTestCase):
             for d in pending
         }
         self.assertEqual(hashes, {PHOTO_HASH})
-        self.assertEqual(gate.calls.count("render_many"), 1)
+        self.assertEqual(gate.calls.count("_rendered"), 1)
 
 
 class RouteNameTests(SynchronousTestCase):

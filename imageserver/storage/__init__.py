@@ -38,13 +38,20 @@ class Storage(Protocol):
         ...
 
     async def put(
-        self, key: str, data: bytes, content_type: str, *, durable: bool = True
+        self,
+        key: str,
+        data: bytes,
+        content_type: str,
+        *,
+        durable: bool = True,
+        etag: str | None = None,
     ) -> StoredObject:
         """Store ``data`` at ``key``, replacing any object there.
 
-        With ``durable=False`` a backend with a remote tier may return once the
-        object is readable here and finish the remote write in the background
-        (tracked and retried); use it for what can be made again.
+        With ``durable=False`` the write may finish in the background (tracked,
+        and readable here meanwhile); use it for what can be made again.
+        ``etag`` is the data's `etag_of` when the caller has it, hashed off the
+        reactor: a write that answers before it lands needs it.
         """
         ...
 

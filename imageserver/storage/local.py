@@ -36,9 +36,15 @@ class LocalStorage:
         return await self._run(_read, self.path(key), key)
 
     async def put(
-        self, key: str, data: bytes, content_type: str, *, durable: bool = True
+        self,
+        key: str,
+        data: bytes,
+        content_type: str,
+        *,
+        durable: bool = True,
+        etag: str | None = None,
     ) -> StoredObject:
-        return await self._run(_write, self.path(key), key, data, content_type)
+        return await self._run(_write, self.path(key), key, data, content_type, etag)
 
     async def exists(self, key: str) -> bool:
         return await self._run(os.path.isfile, self.path(key))
@@ -60,7 +66,9 @@ def _read(path: str, key: str) -> StoredObject | None:
     return StoredObject(data, content_type_for(path), modified, etag_of(data, key))
 
 
-def _write(path: str, key: str, data: bytes, content_type: str) -> StoredObject:
+def _write(
+    path: str, key: str, data: bytes, content_type: str, etag: str | None
+) -> StoredObject:
     folder, name = os.path.split(path)
     fd, temporary = _temporary_file(folder, name)
     try:
@@ -76,7 +84,7 @@ def _write(path: str, key: str, data: bytes, content_type: str) -> StoredObject:
         raise
     _fsync_folder(folder)
     modified = os.stat(path).st_mtime
-    return StoredObject(data, content_type, modified, etag_of(data, key))
+    return StoredObject(data, content_type, modified, etag or etag_of(data, key))
 
 
 def _temporary_file(folder: str, name: str) -> tuple[int, str]:

@@ -42,10 +42,18 @@ class MemoryCache:
         return stored
 
     async def put(
-        self, key: str, data: bytes, content_type: str, *, durable: bool = True
+        self,
+        key: str,
+        data: bytes,
+        content_type: str,
+        *,
+        durable: bool = True,
+        etag: str | None = None,
     ) -> StoredObject:
         self._drop(key)
-        stored = await self._backend.put(key, data, content_type, durable=durable)
+        stored = await self._backend.put(
+            key, data, content_type, durable=durable, etag=etag
+        )
         self._keep(key, stored)
         return stored
 

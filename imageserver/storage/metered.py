@@ -34,10 +34,17 @@ class MeteredStorage:
         return await self._timed("get", self._backend.get(key))
 
     async def put(
-        self, key: str, data: bytes, content_type: str, *, durable: bool = True
+        self,
+        key: str,
+        data: bytes,
+        content_type: str,
+        *,
+        durable: bool = True,
+        etag: str | None = None,
     ) -> StoredObject:
         return await self._timed(
-            "put", self._backend.put(key, data, content_type, durable=durable)
+            "put",
+            self._backend.put(key, data, content_type, durable=durable, etag=etag),
         )
 
     async def exists(self, key: str) -> bool:

@@ -115,7 +115,13 @@ class S3Storage:
         return await self._call(self._get, self.object_key(key))
 
     async def put(
-        self, key: str, data: bytes, content_type: str, *, durable: bool = True
+        self,
+        key: str,
+        data: bytes,
+        content_type: str,
+        *,
+        durable: bool = True,
+        etag: str | None = None,
     ) -> StoredObject:
         return await self._call(self._put, self.object_key(key), data, content_type)
 

@@ -29,13 +29,19 @@ class TieredStorage:
         return stored
 
     async def put(
-        self, key: str, data: bytes, content_type: str, *, durable: bool = True
+        self,
+        key: str,
+        data: bytes,
+        content_type: str,
+        *,
+        durable: bool = True,
+        etag: str | None = None,
     ) -> StoredObject:
         if durable:
             stored = await self.remote.put(key, data, content_type)
             await self.local.put(key, data, content_type)
             return stored
-        stored = await self.local.put(key, data, content_type)
+        stored = await self.local.put(key, data, content_type, etag=etag)
         self._uploader.submit(key, data, content_type)
         return stored
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from imageserver.errors import StorageFailed, StorageUnavailable
 from imageserver.events import Events
 from imageserver.storage import Storage
-from imageserver.waiting import WhenIdle
+from imageserver.waiting import WhenIdle, drained
 
 log = Logger()
 
@@ -95,19 +95,10 @@ class Uploader(Service):
         return self._idle.wait()
 
     async def _drain(self) -> None:
-        if not self._pending:
-            return
-        timeout = self._shutdown_timeout
-        if callable(timeout):
-            timeout = timeout()
-        log.info(
-            "waiting up to {timeout:g}s for {count} pending uploads",
-            timeout=timeout,
-            count=len(self._pending),
-        )
-        try:
-            await self.wait_idle().addTimeout(timeout, self._clock)
-        except TimeoutError:
+        what = f"{len(self._pending)} pending uploads"
+        if self._pending and not await drained(
+            self.wait_idle, self._shutdown_timeout, self._clock, what
+        ):
             for key in sorted(self._pending):
                 log.error(
                     "shutting down before {key} reached remote storage; "
