@@ -283,12 +283,6 @@ class Images:
                 raise NotFound("image not found")
             original = stored.data
         _, outputs = await self._render_many(original, variants)
-        log.info(
-            "generated {variants} for {namespace}/{hash}",
-            variants=",".join(v.name for v in variants),
-            namespace=image.namespace,
-            hash=image.hash,
-        )
         return await self._put_all(image, variants, outputs, durable)
 
     async def _put_all(
