@@ -1,20 +1,27 @@
 """Parts the benchmarks share: servers as child processes, a load client, inputs.
 
-The load client is a small asyncio HTTP/1.1 keep-alive client run in a process
-of its own, so the server under test keeps a core to itself.
+The load comes from wrk when it is installed (``apt-get install wrk``: about
+0.1 ms of CPU per request), else from a small asyncio HTTP/1.1 keep-alive
+client in a process of its own (about ten times as much). On a 2-core machine
+the client shares the cores with the server under test, so each result
+includes the client's own CPU per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import os
+import resource
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -136,18 +143,32 @@ def twistd(*args: str) -> list[str]:
             "-n", "--pidfile=", "--logfile=server.log", *args]  # fmt: skip
 
 
-# -- the load client (run in its own process) ---------------------------------
+# -- the load client (wrk if installed, else asyncio in its own process) -------
+
+#: ``IMAGESERVER_BENCH_CLIENT=python`` forces the Python client even with wrk.
+CLIENT = (
+    "wrk"
+    if shutil.which("wrk") and os.environ.get("IMAGESERVER_BENCH_CLIENT") != "python"
+    else "python"
+)
+
+
+class Exhausted(RuntimeError):
+    """A run asked for more never-seen paths than it was given."""
 
 
 async def _client(
-    host: str, port: int, paths: list[str], until: float, latencies: list[float]
+    host: str,
+    port: int,
+    paths: list[str],
+    next_path: Any,
+    until: float,
+    latencies: list[float],
 ) -> tuple[int, int]:
     reader, writer = await asyncio.open_connection(host, port)
     done = errors = 0
-    i = 0
-    while paths and time.monotonic() < until:
-        path = paths.pop() if until == float("inf") else paths[i % len(paths)]
-        i += 1
+    while time.monotonic() < until:
+        path = paths[next(next_path) % len(paths)]
         start = time.perf_counter()
         writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
         status = int((await reader.readline()).split()[1])
@@ -168,15 +189,18 @@ async def _client(
 
 async def _load(base: str, paths: list[str], connections: int, seconds: float) -> Any:
     host, port = base.split(":")
-    until = time.monotonic() + seconds if seconds > 0 else float("inf")
     latencies: list[float] = []
+    next_path = itertools.count()
     start = time.perf_counter()
-    results = await asyncio.gather(
-        *(_client(host, int(port), paths, until, latencies) for _ in range(connections))
-    )
+    until = time.monotonic() + seconds
+    results = await asyncio.gather(*(
+        _client(host, int(port), paths, next_path, until, latencies)
+        for _ in range(connections)
+    ))  # fmt: skip
     elapsed = time.perf_counter() - start
     latencies.sort()
     return {
+        "requests": sum(r[0] + r[1] for r in results),
         "per_second": sum(r[0] for r in results) / elapsed,
         "errors": sum(r[1] for r in results),
         "p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else 0,
@@ -184,17 +208,62 @@ async def _load(base: str, paths: list[str], connections: int, seconds: float) -
     }
 
 
-def load(server: Server, paths: list[str], connections: int, seconds: float) -> Any:
-    """Requests/s and latencies; ``seconds=0``: each path once, then stop."""
+def _wrk(server: Server, listing: str, connections: int, seconds: float) -> Any:
+    script = os.path.join(CHECKOUT, "benchmarks", "paths.lua")
     out = subprocess.run(
-        [sys.executable, __file__, f"127.0.0.1:{server.port}", str(connections),
-         str(seconds), json.dumps(paths)],
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", script,
+         server.url("/"), "--", listing],
         capture_output=True, check=True, text=True,
-    )  # fmt: skip
-    result = json.loads(out.stdout)
+    ).stdout  # fmt: skip
+    raw = json.loads(out.strip().splitlines()[-1])
+    return {
+        "requests": raw["requests"],
+        "per_second": (raw["requests"] - raw["errors"]) / raw["duration_us"] * 1e6,
+        "errors": raw["errors"],
+        "p50_ms": raw["p50_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+    }
+
+
+def load(
+    server: Server,
+    paths: list[str],
+    connections: int,
+    seconds: float,
+    unique: bool = False,
+) -> Any:
+    """Requests/s and latencies of ``seconds`` of load over ``paths`` in turn.
+
+    ``unique``: every request must be a path not asked for before in the run
+    (never-seen variants); running out of them is an error, not a cache hit.
+    The result includes the client's CPU milliseconds per request.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as listing:
+        listing.write("\n".join(paths))
+        listing.flush()
+        if CLIENT == "wrk":
+            result = _wrk(server, listing.name, connections, seconds)
+        else:
+            out = subprocess.run(
+                [sys.executable, __file__, f"127.0.0.1:{server.port}",
+                 str(connections), str(seconds), listing.name],
+                capture_output=True, check=True, text=True,
+            )  # fmt: skip
+            result = json.loads(out.stdout)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    result["client_cpu_ms"] = 1000 * cpu / max(result["requests"], 1)
     server.sample_rss()
     if result["errors"]:
         raise RuntimeError(f"{result['errors']} requests failed on {server.port}")
+    # wrk counts answered requests; up to one more per connection was sent.
+    result["sent"] = result["requests"] + connections
+    if unique and result["sent"] > len(paths):
+        raise Exhausted(
+            f"{result['requests']} requests but only {len(paths)} never-seen paths:"
+            " give fewer --seconds"
+        )
     return result
 
 
@@ -203,7 +272,9 @@ def median_of(results: list[dict[str, float]]) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    _, base, connections, seconds, paths = sys.argv
+    _, base, connections, seconds, listing = sys.argv
+    with open(listing) as f:
+        paths = f.read().split("\n")
     print(json.dumps(asyncio.run(
-        _load(base, json.loads(paths), int(connections), float(seconds))
+        _load(base, paths, int(connections), float(seconds))
     )))  # fmt: skip

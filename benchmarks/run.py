@@ -10,8 +10,8 @@ Prints medians over rounds and their ratios to the reference:
   3. Cached variant requests per second through `twistd imageserver`, against
      `twistd web` (twisted.web.static.File) serving the same file.
 
-The load comes from a separate process (benchmarks/common.py), so the
-server's reactor has a core of its own on a 2-core machine.
+The load comes from wrk when installed, else from a Python client in a process
+of its own (benchmarks/common.py).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def naive_w200(data: bytes) -> bytes:
 
 
 def imaging_per_second(data: bytes, threads: int, count: int) -> float:
-    variants = [RULES.parse(f"w{100 + i}.jpg") for i in range(count)]
+    variants = [RULES.parse(f"w{100 + 4 * i}.jpg") for i in range(count)]
     start = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(lambda v: imaging.render(data, v, LIMIT), variants))
@@ -94,19 +94,24 @@ def cpu_section(data: bytes) -> None:
     print(f"   full decode + LANCZOS:    {naive:7.1f} ms   ratio {naive / ours:.1f}x")
 
 
-def generation_section(server: Server, folder: str, data: bytes, rounds: int) -> None:
+def generation_section(
+    server: Server, folder: str, data: bytes, seconds: float, rounds: int
+) -> None:
     cores = len(os.sched_getaffinity(0))
     print("\n2. never-seen w{N}.jpg variants per second (median of rounds)")
     reference = statistics.median(
         imaging_per_second(data, cores, 12) for _ in range(rounds)
     )
     print(f"   imaging alone, {cores} threads: {reference:7.1f} /s")
-    widths = iter(range(100, 4000))
+    # Never-seen names, all decoded at 1/8 scale like the reference's.
+    names = [f"w{w}-q{q}.jpg" for q in range(1, 101) for w in range(100, 500, 4)]
     for connections in (2, 8):
         rates = []
         for _ in range(rounds):
-            paths = [f"{folder}/w{next(widths)}.jpg" for _ in range(24)]
-            rates.append(load(server, paths, connections, 0)["per_second"])
+            paths = [f"{folder}/{name}" for name in names]
+            result = load(server, paths, connections, seconds, unique=True)
+            del names[: result["sent"]]
+            rates.append(result["per_second"])
         rate = statistics.median(rates)
         print(
             f"   server, {connections} clients:    {rate:7.1f} /s"
@@ -151,7 +156,7 @@ def main() -> None:
         server.wait("/status_check")
         upload = urllib.request.Request(server.url("/p"), data=data, method="POST")
         urllib.request.urlopen(upload).read()
-        generation_section(server, folder, data, args.rounds)
+        generation_section(server, folder, data, args.seconds, args.rounds)
 
         cached = f"{folder}/w300.jpg"
         urllib.request.urlopen(server.url(cached)).read()

@@ -5,18 +5,24 @@
 Installs thumbor into benchmarks/.thumbor-venv the first time (from PyPI),
 starts both servers on loopback (one process each; thumbor reads the images
 with its file loader and keeps results in its file result storage), and runs,
-alternating A/B for each round:
+alternating A/B, ``--rounds`` runs of ``--seconds`` each:
 
-  cold 12 MP   never-seen widths: exact (height a whole number) and arbitrary
-               (180..220), at 2, 8 and 32 concurrent clients
-  cold 800x600 never-seen widths, 8 clients
-  cold PNG     a 2000x2000 PNG with alpha to never-seen widths, 8 clients
-  cached       one URL repeated, 8 clients
+  CPU          first, one thread: our processing function and bare Pillow
+               (draft, LANCZOS, encode) over the cold runs' widths; the
+               bare-Pillow limit is cores / that cost
+  cold 12 MP   never-seen widths, exact (height a whole number: 100..496
+               step 4) and arbitrary (180..220), at 2, 8 and 32 connections,
+               each also as a share of the bare-Pillow limit
+  cold 800x600 never-seen widths, at 2, 8 and 32 connections
+  cold PNG     a 2000x2000 PNG with alpha to never-seen widths, 8 connections
+  cached       one URL repeated, 8 connections
   upload       a new 800x600 JPEG with two outputs (imageserver only)
-  CPU          the processing function alone against bare Pillow, one thread
 
-Prints medians (requests/s, p50 and p99 latency), each server's peak RSS and
-the ratio imageserver/thumbor, and writes them to benchmarks/results/.
+Never-seen means never seen in the whole run: no cold request is a cache hit.
+The load comes from wrk when installed (``apt-get install wrk``), else from a
+Python client (benchmarks/common.py). Prints medians (requests/s, p50 and p99
+latency, the client's CPU per request), each server's peak RSS and the ratio
+imageserver/thumbor, and writes them to benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -25,14 +31,17 @@ import argparse
 import datetime
 import hashlib
 import io
+import itertools
 import json
 import os
 import platform
+import random
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from itertools import count
 from typing import Any
 
@@ -42,6 +51,7 @@ from PIL import Image
 
 from benchmarks.common import (
     CHECKOUT,
+    CLIENT,
     Server,
     alpha_png,
     cpu_ms,
@@ -89,24 +99,61 @@ class Pair:
         return f"/unsafe/{width}x0/filters:quality({quality}){fmt}/{name}"
 
 
-def cpu_section() -> dict[str, float]:
-    """One thread: our processing function against the bare Pillow limit."""
-    data = photo()
+#: Widths whose height is whole (multiples of 4 of a 4:3 photo), where thumbor
+#: keeps JPEG draft decoding; all decode at 1/8 scale.
+EXACT_WIDTHS = list(range(100, 500, 4))
+#: The issue's arbitrary widths, 180..220 step 1.
+ARBITRARY_WIDTHS = list(range(180, 221))
+
+
+def bare_pillow(data: bytes, width: int, quality: int = 75) -> bytes:
+    """The least work for a width variant of a JPEG: draft, LANCZOS, encode."""
+    image = Image.open(io.BytesIO(data))
+    height = round(width * image.height / image.width)
+    image.draft("RGB", (width, height))
+    image = image.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def cpu_section(data: bytes) -> dict[str, float]:
+    """One thread: our processing function against bare Pillow, same widths.
+
+    The widths are those of the cold 12 MP runs, so ``cores * 1000 /
+    bare_pillow_ms`` is the limit those runs are held to.
+    """
     rules = VariantRules(frozenset({"jpg"}), 75, 4000)
-    variant = rules.parse("w200.jpg")
-    assert variant is not None
+    widths = itertools.cycle([*EXACT_WIDTHS[::8], *ARBITRARY_WIDTHS[::8]])
+    variants = itertools.cycle(
+        [v for w in EXACT_WIDTHS[::8] + ARBITRARY_WIDTHS[::8]
+         if (v := rules.parse(f"w{w}.jpg")) is not None]
+    )  # fmt: skip
+    ours = cpu_ms(lambda: imaging.render(data, next(variants), 10**9), 31)
+    bare = cpu_ms(lambda: bare_pillow(data, next(widths)), 31)
+    return {"imageserver_ms": ours, "bare_pillow_ms": bare, "ratio": bare / ours}
 
-    def bare() -> bytes:
-        image = Image.open(io.BytesIO(data))
-        image.draft("RGB", (200, 150))
-        image = image.resize((200, 150), Image.Resampling.LANCZOS, reducing_gap=3.0)
-        out = io.BytesIO()
-        image.save(out, "JPEG", quality=75)
-        return out.getvalue()
 
-    ours = cpu_ms(lambda: imaging.render(data, variant, 10**9), 15)
-    limit = cpu_ms(bare, 15)
-    return {"imageserver_ms": ours, "bare_pillow_ms": limit, "ratio": limit / ours}
+class NeverSeen:
+    """Variant names not yet asked of a server in this run, image by image.
+
+    A name is a (width, quality) pair: ``w{width}-q{quality}.jpg`` here,
+    ``/unsafe/{width}x0/filters:quality({quality})/...`` there.
+    """
+
+    def __init__(self) -> None:
+        self._used: dict[tuple[str, str], set[tuple[int, int]]] = {}
+
+    def take(
+        self, server: str, image: str, widths: Sequence[int]
+    ) -> list[tuple[int, int]]:
+        used = self._used.setdefault((server, image), set())
+        pairs = [(w, q) for q in range(1, 101) for w in widths if (w, q) not in used]
+        random.Random(len(used)).shuffle(pairs)
+        return pairs
+
+    def spend(self, server: str, image: str, pairs: list[tuple[int, int]]) -> None:
+        self._used[(server, image)].update(pairs)
 
 
 def main() -> None:
@@ -115,12 +162,23 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     args = parser.parse_args()
     thumbor = thumbor_command()
-    widths = count(300)  # never-seen names: a new quality for every request
-    qualities = count(1)
+    seeds = count(300)
+    print(f"load client: {CLIENT}", flush=True)
+    big = photo()
+    # Measured first, on a quiet machine: the limit the cold runs are held to.
+    cpu = cpu_section(big)
+    cores = len(os.sched_getaffinity(0))
+    limit = cores * 1000 / cpu["bare_pillow_ms"]
+    print(
+        f"cpu, one thread: imageserver {cpu['imageserver_ms']:.1f} ms,"
+        f" bare Pillow {cpu['bare_pillow_ms']:.1f} ms;"
+        f" limit on {cores} cores {limit:.0f}/s",
+        flush=True,
+    )
 
     with tempfile.TemporaryDirectory() as root:
         images = {
-            "big.jpg": (photo(), "4000x3000 JPEG"),
+            "big.jpg": (big, "4000x3000 JPEG"),
             "small.jpg": (photo((800, 600), seed=1), "800x600 JPEG"),
             "alpha.png": (alpha_png(), "2000x2000 PNG with alpha"),
         }
@@ -178,20 +236,22 @@ def main() -> None:
             pair = Pair(images)
             table: dict[str, dict[str, Any]] = {}
 
-            def compare(
-                label: str, make: Any, connections: int, per_round: int
-            ) -> None:
-                """A/B for each round: fresh URLs from ``make(server, i)``."""
+            never_seen = NeverSeen()
+
+            def compare(label: str, paths_for: Any, connections: int) -> None:
+                """A/B for each round, ``args.seconds`` each, paths from
+                ``paths_for(server)`` (a list, and what to do with the count
+                of requests sent)."""
                 runs: dict[str, list[Any]] = {"ours": [], "thumbor": []}
                 for _ in range(args.rounds):
                     for name, server in (("ours", ours), ("thumbor", theirs)):
-                        if per_round:
-                            paths = [make(name, i) for i in range(per_round)]
-                            runs[name].append(load(server, paths, connections, 0))
-                        else:
-                            runs[name].append(
-                                load(server, [make(name, 0)], connections, args.seconds)
-                            )
+                        paths, spent = paths_for(name)
+                        result = load(
+                            server, paths, connections, args.seconds, bool(spent)
+                        )
+                        if spent:
+                            spent(result["sent"])
+                        runs[name].append(result)
                 table[label] = {n: median_of(r) for n, r in runs.items()}
                 a, b = table[label]["ours"], table[label]["thumbor"]
                 table[label]["ratio"] = a["per_second"] / b["per_second"]
@@ -203,50 +263,60 @@ def main() -> None:
                     flush=True,
                 )
 
-            def cold(name: str, exact: bool, ext: str = "jpg") -> Any:
-                def make(server: str, i: int) -> str:
-                    # Exact: a multiple of 4, so the height (3/4) is whole.
-                    width = 200 + 4 * (i % 50) if exact else 180 + i % 41
+            def cold(image: str, widths: Sequence[int], ext: str = "jpg") -> Any:
+                def paths_for(server: str) -> tuple[list[str], Any]:
+                    pairs = never_seen.take(server, image, widths)
                     url = pair.ours if server == "ours" else pair.theirs
-                    return url(name, width, 2 + next(qualities) % 97, ext)
+                    paths = [url(image, w, q, ext) for w, q in pairs]
 
-                return make
+                    def spent(sent: int) -> None:
+                        never_seen.spend(server, image, pairs[:sent])
 
+                    return paths, spent
+
+                return paths_for
+
+            big_rows = []
             for connections in (2, 8, 32):
-                compare(
-                    f"cold 12MP exact widths, c={connections}",
-                    cold("big.jpg", True),
-                    connections,
-                    24,
-                )
-                compare(
-                    f"cold 12MP arbitrary widths, c={connections}",
-                    cold("big.jpg", False),
-                    connections,
-                    24,
+                for kind, widths in (
+                    ("exact", EXACT_WIDTHS),
+                    ("arbitrary", ARBITRARY_WIDTHS),
+                ):
+                    label = f"cold 12MP {kind} widths, c={connections}"
+                    compare(label, cold("big.jpg", widths), connections)
+                    big_rows.append(label)
+            for label in big_rows:
+                row = table[label]
+                row["of_limit"] = {
+                    n: row[n]["per_second"] / limit for n in ("ours", "thumbor")
+                }
+                print(
+                    f"{label:34} of the bare-Pillow limit ({limit:.0f}/s):"
+                    f" ours {row['of_limit']['ours']:.2f},"
+                    f" thumbor {row['of_limit']['thumbor']:.2f}"
                 )
             for connections in (2, 8, 32):
                 compare(
                     f"cold 800x600, c={connections}",
-                    cold("small.jpg", False),
+                    cold("small.jpg", range(100, 400)),
                     connections,
-                    200,
                 )
             compare(
-                "cold PNG alpha -> png, c=8", cold("alpha.png", False, "png"), 8, 24
+                "cold PNG alpha -> png, c=8",
+                cold("alpha.png", range(100, 400), "png"),
+                8,
             )
             cached_ours = pair.ours("small.jpg", 300, 80)
             cached_theirs = pair.theirs("small.jpg", 300, 80)
             compare(
                 "cached, c=8",
-                lambda s, i: cached_ours if s == "ours" else cached_theirs,
+                lambda s: ([cached_ours if s == "ours" else cached_theirs], None),
                 8,
-                0,
             )
 
             uploads = []
             for _ in range(args.rounds):
-                bodies = [photo((800, 600), seed=next(widths)) for _ in range(12)]
+                bodies = [photo((800, 600), seed=next(seeds)) for _ in range(12)]
                 start = time.perf_counter()
                 for body in bodies:
                     request = urllib.request.Request(
@@ -264,8 +334,7 @@ def main() -> None:
                 "thumbor_mb": theirs.peak_rss / 2**20,
             }
 
-    table["cpu w200 from 12MP, one thread"] = cpu_section()
-    print("cpu, one thread:", json.dumps(table["cpu w200 from 12MP, one thread"]))
+    table["cpu, width variants of 12MP, one thread"] = cpu
     print(
         f"peak RSS: imageserver {peak['ours_mb']:.0f} MB,"
         f" thumbor {peak['thumbor_mb']:.0f} MB"
@@ -284,6 +353,9 @@ def main() -> None:
             "pillow": Image.__version__,
         },
         "rounds": args.rounds,
+        "seconds": args.seconds,
+        "load_client": CLIENT,
+        "bare_pillow_limit_per_second": limit,
         "results": table,
         "peak_rss": peak,
     }
