@@ -211,7 +211,8 @@ async def _load(base: str, paths: list[str], connections: int, seconds: float) -
 def _wrk(server: Server, listing: str, connections: int, seconds: float) -> Any:
     script = os.path.join(CHECKOUT, "benchmarks", "paths.lua")
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", script,
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "60s",
+         "-s", script,
          server.url("/"), "--", listing],
         capture_output=True, check=True, text=True,
     ).stdout  # fmt: skip

@@ -115,6 +115,45 @@ def render_many(
     return info, [_encode(_resize(base, v), v, has_alpha, icc) for v in variants]
 
 
+def is_whole(fmt: str, data: bytes) -> bool:
+    """Whether ``data`` looks like a complete ``fmt`` file, from its ends alone.
+
+    Variants are written without fsync (they can be made again); after a power
+    loss such a file may be empty, zero-filled or cut short. Each format's
+    signature and end marker (or, for WebP and AVIF, its declared sizes) catch
+    that for the cost of a few byte comparisons.
+    """
+    pillow_format = _ENCODERS[fmt][0]
+    if pillow_format == "JPEG":
+        return data[:3] == b"\xff\xd8\xff" and data[-2:] == b"\xff\xd9"
+    if pillow_format == "PNG":
+        return data[:8] == b"\x89PNG\r\n\x1a\n" and data[-8:] == b"IEND\xaeB`\x82"
+    if pillow_format == "GIF":
+        return data[:4] == b"GIF8" and data[-1:] == b";"
+    if pillow_format == "WEBP":
+        return (
+            data[:4] == b"RIFF"
+            and data[8:12] == b"WEBP"
+            and int.from_bytes(data[4:8], "little") + 8 == len(data)
+        )
+    return data[4:8] == b"ftyp" and _boxes_fill(data)
+
+
+def _boxes_fill(data: bytes) -> bool:
+    """ISO BMFF (AVIF): the top-level boxes' sizes add up to the file's."""
+    offset = 0
+    while offset + 8 <= len(data):
+        size = int.from_bytes(data[offset : offset + 4], "big")
+        if size == 1:
+            size = int.from_bytes(data[offset + 8 : offset + 16], "big")
+        elif size == 0:
+            size = len(data) - offset
+        if size < 8:
+            return False
+        offset += size
+    return offset == len(data)
+
+
 def _check_output(
     variant: Variant, width: int, height: int, max_pixels: int, max_side: int | None
 ) -> None:
