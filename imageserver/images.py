@@ -105,9 +105,17 @@ class Images:
         if variant is None:
             return await self._get_file(image, name)
         stored = await self._storage.get(image.key(name))
-        if stored is not None:
+        if stored is not None and imaging.is_whole(variant.format, stored.data):
             self._events.variant(variant.format, "cached")
             return stored
+        if stored is not None:
+            # Written without fsync (see LocalStorage): a power loss can cut
+            # it short. Made again, it replaces the broken file.
+            log.warn(
+                "{key} is not a whole {image_format} file; generating it again",
+                key=image.key(name),
+                image_format=variant.format,
+            )
         try:
             # What a GET generates can be made again: it is answered before
             # it is written.

@@ -146,8 +146,8 @@ def _boxes_fill(data: bytes) -> bool:
         size = int.from_bytes(data[offset : offset + 4], "big")
         if size == 1:
             size = int.from_bytes(data[offset + 8 : offset + 16], "big")
-        elif size == 0:
-            size = len(data) - offset
+        # Size 0 ("to the end of the file") is never written by the encoder,
+        # and is what zeros would read as.
         if size < 8:
             return False
         offset += size

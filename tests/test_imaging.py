@@ -349,3 +349,33 @@ class BadInputTests(SynchronousTestCase):
         png[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
         with self.assertRaises(ImageTooLarge):
             imaging.probe(bytes(png), LIMIT)
+
+
+class WholeFileTests(SynchronousTestCase):
+    """`is_whole` tells a complete output from what a power loss may leave."""
+
+    def outputs(self) -> dict[str, bytes]:
+        data = encode(quadrants((300, 200), "RGBA"), "PNG")
+        names = ("w120.jpg", "w120.png", "w120.gif", "w120.webp", "w120.avif")
+        variants = [RULES.parse(name) for name in names]
+        _, outputs = imaging.render_many(data, variants, LIMIT)  # type: ignore[arg-type]
+        return {
+            name.rpartition(".")[2]: out
+            for name, out in zip(names, outputs, strict=True)
+        }
+
+    def test_every_format_rendered_is_whole(self) -> None:
+        for ext, data in self.outputs().items():
+            self.assertTrue(imaging.is_whole(ext, data), ext)
+        self.assertTrue(imaging.is_whole("jpeg", self.outputs()["jpg"]))
+
+    def test_empty_cut_short_or_zeroed_files_are_not(self) -> None:
+        for ext, data in self.outputs().items():
+            for broken in (
+                b"",
+                data[: len(data) // 2],
+                data[:-1],
+                bytes(len(data)),
+                data + b"\0" * 16,
+            ):
+                self.assertFalse(imaging.is_whole(ext, broken), (ext, len(broken)))

@@ -91,6 +91,18 @@ class LocalStorageTests(StorageContract, SynchronousTestCase):
             self.assertEqual(f.read(), b"bytes")
         self.assertEqual(os.stat(os.path.join(self.root, KEY)).st_mode & 0o777, 0o644)
 
+    def test_only_durable_writes_are_flushed_to_disk(self) -> None:
+        # Whether data reached the platter cannot be seen from here: count the
+        # flushes asked for instead.
+        synced: list[int] = []
+        self.patch(os, "fsync", synced.append)
+        storage = self.make_storage()
+        self.result(storage.put(KEY, b"variant", "image/jpeg", durable=False))
+        self.assertEqual(synced, [])
+        self.result(storage.put(KEY, b"original", "image/jpeg"))
+        self.assertEqual(len(synced), 2)  # the file, then its folder
+        self.assertEqual(self.result(storage.get(KEY)).data, b"original")
+
     def test_failed_write_leaves_nothing(self) -> None:
         storage = self.make_storage()
         self.result(storage.put(KEY, b"old", "image/jpeg"))

@@ -189,10 +189,23 @@ class VariantTests(TestCaseMixin, SynchronousTestCase):
         path = os.path.join(self.app.root, *self.folder.split("/"), "x200.jpg")
         with open(path, "rb") as f:
             self.assertEqual(f.read(), first)
+        stored = encode(quadrants((20, 20)))
         with open(path, "wb") as f:
-            f.write(b"stored bytes")  # what is stored is what is served
+            f.write(stored)  # what is stored is what is served
         _, second = self.get("x200.jpg")
-        self.assertEqual(second, b"stored bytes")
+        self.assertEqual(second, stored)
+
+    def test_a_variant_cut_short_on_disk_is_generated_again(self) -> None:
+        _, first = self.get("x200.jpg")
+        path = os.path.join(self.app.root, *self.folder.split("/"), "x200.jpg")
+        for broken in (first[: len(first) // 2], b""):
+            with open(path, "wb") as f:
+                f.write(broken)  # what a power loss can leave of an unsynced file
+            response, body = self.get("x200.jpg")
+            self.assertEqual((response.code, decode(body).size), (200, (200, 200)))
+            self.assertEqual(body, first)
+            with open(path, "rb") as f:
+                self.assertEqual(f.read(), first)
 
     def test_quality_parameter(self) -> None:
         _, low = self.get("w400-q10.jpg")

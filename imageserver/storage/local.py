@@ -15,9 +15,12 @@ _MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
 class LocalStorage:
     """Keeps each key as a file under ``root``.
 
-    A write goes to a hidden temporary file in the target folder, is flushed to
-    disk, and is renamed over the target; names starting with ``.`` are never
-    listed or served, so a crash mid-write leaves nothing visible.
+    A write goes to a hidden temporary file in the target folder and is
+    renamed over the target; names starting with ``.`` are never listed or
+    served, so a crash mid-write leaves nothing visible. A durable write is
+    flushed to disk (file, then folder) before it returns; a non-durable one
+    (what can be made again) skips the flushes, which cost more CPU than
+    writing a thumbnail, and may be lost or cut short by a power loss.
     """
 
     def __init__(self, root: str, run: Runner) -> None:
@@ -44,7 +47,9 @@ class LocalStorage:
         durable: bool = True,
         etag: str | None = None,
     ) -> StoredObject:
-        return await self._run(_write, self.path(key), key, data, content_type, etag)
+        return await self._run(
+            _write, self.path(key), key, data, content_type, etag, durable
+        )
 
     async def exists(self, key: str) -> bool:
         return await self._run(os.path.isfile, self.path(key))
@@ -67,7 +72,12 @@ def _read(path: str, key: str) -> StoredObject | None:
 
 
 def _write(
-    path: str, key: str, data: bytes, content_type: str, etag: str | None
+    path: str,
+    key: str,
+    data: bytes,
+    content_type: str,
+    etag: str | None,
+    durable: bool,
 ) -> StoredObject:
     folder, name = os.path.split(path)
     fd, temporary = _temporary_file(folder, name)
@@ -76,13 +86,15 @@ def _write(
             f.write(data)
             f.flush()
             os.fchmod(f.fileno(), 0o644)
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
-    _fsync_folder(folder)
+    if durable:
+        _fsync_folder(folder)
     modified = os.stat(path).st_mtime
     return StoredObject(data, content_type, modified, etag or etag_of(data, key))
 

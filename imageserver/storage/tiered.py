@@ -41,7 +41,7 @@ class TieredStorage:
             stored = await self.remote.put(key, data, content_type)
             await self.local.put(key, data, content_type)
             return stored
-        stored = await self.local.put(key, data, content_type, etag=etag)
+        stored = await self.local.put(key, data, content_type, durable=False, etag=etag)
         self._uploader.submit(key, data, content_type)
         return stored
 
