@@ -87,6 +87,19 @@ def rss(pid: int) -> int:
     return total
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time used so far by a process and its children (user + system)."""
+    total = 0
+    for p in [pid, *_children(pid)]:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _children(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
@@ -125,6 +138,18 @@ class Server:
 
     def sample_rss(self) -> None:
         self.peak_rss = max(self.peak_rss, rss(self.process.pid))
+
+    def settle(self, timeout: float = 120) -> None:
+        """Wait until the server is idle: work queued by a run's last requests
+        (their clients gone) must not eat into the next server's run."""
+        deadline = time.monotonic() + timeout
+        before = cpu_seconds(self.process.pid)
+        while time.monotonic() < deadline:
+            time.sleep(0.25)
+            now = cpu_seconds(self.process.pid)
+            if now - before < 0.02:  # under 8% of a core
+                return
+            before = now
 
     def __enter__(self) -> Server:
         return self
@@ -256,6 +281,7 @@ def load(
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     result["client_cpu_ms"] = 1000 * cpu / max(result["requests"], 1)
     server.sample_rss()
+    server.settle()
     if result["errors"]:
         raise RuntimeError(f"{result['errors']} requests failed on {server.port}")
     # wrk counts answered requests; up to one more per connection was sent.
