@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO
 
 from twisted.internet.defer import Deferred, FirstError, TimeoutError, gatherResults
 from twisted.internet.interfaces import IReactorTime
@@ -37,7 +37,6 @@ from imageserver.sources import SourceFetcher
 from imageserver.storage import Storage, StoredObject, content_type_for, etag_of
 
 log = Logger()
-T = TypeVar("T")
 
 
 class Images:

@@ -21,11 +21,11 @@ class WriteBehind(Service):
     """A storage whose non-durable writes return before they reach ``backend``.
 
     A variant that a GET generated can be rendered again, so its client need
-    not wait for the atomic, fsync'd write (or, with a bucket, for the local
-    copy). Until a write lands, reads of its key are answered from here, so
-    nobody renders it twice. A write that fails is logged and forgotten: the
-    variant is rendered again when next asked for. Durable writes, and writes
-    whose ETag the caller does not have, wait for ``backend`` as before.
+    not wait for it to reach the disk (or, with a bucket, the local cache).
+    Until a write lands, reads of its key are answered from here, so nobody
+    renders it twice. A write that fails is logged and forgotten: the variant
+    is rendered again when next asked for. Durable writes, and writes whose
+    ETag the caller does not have, wait for ``backend`` as before.
 
     At shutdown, pending writes get ``shutdown_timeout`` seconds (or what a
     callable says is left of the shutdown's time).
