@@ -1,5 +1,7 @@
 """WriteBehind over real local storage whose disk work is held by a gate."""
 
+from typing import Any
+
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
@@ -30,21 +32,21 @@ class WriteBehindTests(SynchronousTestCase):
         self.events = Events()
         self.storage = WriteBehind(self.disk, self.clock, 30, self.events)
 
-    def run_(self, coroutine: object) -> Deferred[object]:
-        return Deferred.fromCoroutine(coroutine)  # type: ignore[arg-type]
+    def run_(self, coroutine: Any) -> Deferred[Any]:
+        return Deferred.fromCoroutine(coroutine)
 
     def on_disk(self, key: str) -> bytes | None:
         stored = self.successResultOf(
             self.run_(LocalStorage(self.disk.root, synchronous).get(key))
         )
-        return None if stored is None else stored.data  # type: ignore[attr-defined]
+        return None if stored is None else stored.data
 
     def test_a_non_durable_write_answers_before_it_lands(self) -> None:
         put = self.run_(
             self.storage.put(KEY, DATA, "image/jpeg", durable=False, etag=etag_of(DATA))
         )
         stored = self.successResultOf(put)
-        self.assertEqual((stored.data, stored.etag), (DATA, etag_of(DATA)))  # type: ignore[attr-defined]
+        self.assertEqual((stored.data, stored.etag), (DATA, etag_of(DATA)))
         self.assertIsNone(self.on_disk(KEY))
         self.assertEqual(self.storage.pending, 1)
         self.assertEqual(
@@ -93,7 +95,7 @@ class WriteBehindTests(SynchronousTestCase):
             put = self.run_(self.storage.put(KEY, DATA, "image/jpeg", **kwargs))
             self.assertNoResult(put)
             self.gate.release()
-            self.assertEqual(self.successResultOf(put).data, DATA)  # type: ignore[attr-defined]
+            self.assertEqual(self.successResultOf(put).data, DATA)
         self.assertEqual(self.storage.pending, 0)
 
     def test_a_durable_write_lands_after_the_pending_one_of_its_key(self) -> None:
@@ -114,7 +116,7 @@ class WriteBehindTests(SynchronousTestCase):
         )
         self.assertEqual(
             self.successResultOf(self.run_(self.storage.get(KEY))).data, b"second"
-        )  # type: ignore[attr-defined]
+        )
         self.gate.release()
         self.assertEqual(self.on_disk(KEY), b"second")
         self.assertEqual(self.storage.pending, 0)
