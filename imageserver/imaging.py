@@ -6,14 +6,15 @@ resizes and encodes, so a pool of N threads uses N cores.
 
 from __future__ import annotations
 
-import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
 
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
+from imageserver import geometry
 from imageserver.errors import ImageTooLarge, InvalidRequest, UnsupportedImage
 from imageserver.naming import Fit, Variant
 
@@ -93,26 +94,38 @@ def render_many(
     if orientation in _SWAPPING_ORIENTATIONS:
         width, height = height, width
     info = ImageInfo(width, height, Image.MIME.get(image.format or "", "image/*"))
-    for variant in variants:
-        _check_output(variant, width, height, max_pixels, max_side)
+    plans = [geometry.plan(v, width, height) for v in variants]
+    for variant, plan in zip(variants, plans, strict=True):
+        _check_output(variant, plan.size, width, height, max_pixels, max_side)
 
     # Decode only as many pixels as the largest variant needs: JPEG can decode
     # straight to 1/2, 1/4 or 1/8 scale, which is most of the speed.
-    need = max((_cover_size(v, width, height) for v in variants), default=(8, 8))
+    needs = [p.decode_size(width, height) for p in plans] or [(8, 8)]
+    need = (max(w for w, _ in needs), max(h for _, h in needs))
     if orientation in _SWAPPING_ORIENTATIONS:
         need = (need[1], need[0])
     icc = image.info.get("icc_profile")
-    try:
+    with _decode_errors():
         image.draft(image.mode, need)
         image.load()
         if orientation != 1:
             image = ImageOps.exif_transpose(image)
         base, has_alpha = _normalise_mode(image)
+    return info, [
+        _encode(_execute(base, plan, width, height), v, has_alpha, icc)
+        for v, plan in zip(variants, plans, strict=True)
+    ]
+
+
+@contextmanager
+def _decode_errors() -> Iterator[None]:
+    """Turn a decoder's failure into the error a client is told about."""
+    try:
+        yield
     except Image.DecompressionBombError as e:
         raise ImageTooLarge(str(e)) from None
     except _DECODE_ERRORS as e:
         raise UnsupportedImage(f"the image could not be decoded: {e}") from None
-    return info, [_encode(_resize(base, v), v, has_alpha, icc) for v in variants]
 
 
 def is_whole(fmt: str, data: bytes) -> bool:
@@ -155,10 +168,15 @@ def _boxes_fill(data: bytes) -> bool:
 
 
 def _check_output(
-    variant: Variant, width: int, height: int, max_pixels: int, max_side: int | None
+    variant: Variant,
+    size: geometry.Size,
+    width: int,
+    height: int,
+    max_pixels: int,
+    max_side: int | None,
 ) -> None:
     """Refuse, before any decoding, outputs too big to make or to encode."""
-    out_w, out_h = output_size(variant, width, height)
+    out_w, out_h = size
     what = f"{variant.name} of this {width}x{height} image would be {out_w}x{out_h}"
     if variant.fit is Fit.WIDTH and max_side is not None and out_h > max_side:
         raise InvalidRequest(f"{what}, taller than the maximum of {max_side}")
@@ -192,30 +210,23 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def _orientation(image: Image.Image) -> int:
-    # EXIF is optional metadata from untrusted files: whatever makes it
-    # unreadable, the image is shown as stored.
+    """The EXIF orientation, 1 (as stored) when absent or unreadable.
+
+    Only JPEG keeps its EXIF ahead of the pixels; other formats (PNG's eXIf
+    chunk may follow the image data) decode their pixels to read it, so they
+    are decoded here, where a failure is an error, not a missing EXIF.
+    """
+    if image.format != "JPEG":
+        with _decode_errors():
+            image.load()
+    # EXIF is optional metadata from untrusted files, parsed by code that
+    # raises many kinds of errors: whatever makes it unreadable, the image is
+    # shown as stored. The pixels are not read here (see above).
     try:
         value = image.getexif().get(_EXIF_ORIENTATION, 1)
     except Exception:
         return 1
     return value if value in range(1, 9) else 1
-
-
-def _cover_size(variant: Variant, width: int, height: int) -> tuple[int, int]:
-    """The size the whole image must be scaled to before cropping to ``variant``."""
-    if variant.fit is Fit.FULL:
-        return width, height
-    if variant.fit is Fit.WIDTH:
-        return variant.width, max(1, round(height * variant.width / width))
-    scale = max(variant.width / width, variant.height / height)
-    return math.ceil(width * scale), math.ceil(height * scale)
-
-
-def output_size(variant: Variant, width: int, height: int) -> tuple[int, int]:
-    """The pixel size of ``variant`` made from an image of ``width`` x ``height``."""
-    if variant.fit is Fit.FILL:
-        return variant.width, variant.height
-    return _cover_size(variant, width, height)
 
 
 def _normalise_mode(image: Image.Image) -> tuple[Image.Image, bool]:
@@ -232,25 +243,27 @@ def _normalise_mode(image: Image.Image) -> tuple[Image.Image, bool]:
     return image, has_alpha
 
 
-def _resize(image: Image.Image, variant: Variant) -> Image.Image:
-    width, height = image.size
-    if variant.fit is Fit.FULL:
+def _execute(
+    image: Image.Image, plan: geometry.Plan, width: int, height: int
+) -> Image.Image:
+    """Carry out ``plan`` (made for ``width`` x ``height``) on the decoded image.
+
+    A drafted decode is smaller than the source: the box is scaled to it.
+    Each coordinate is multiplied before it is divided, so a box edge on the
+    source's edge lands exactly on the decoded image's edge.
+    """
+    image_w, image_h = image.size
+    left, top, right, bottom = plan.box
+    if plan.box == (0, 0, width, height) and plan.size == image.size:
         return image
-    if variant.fit is Fit.WIDTH:
-        size = _cover_size(variant, width, height)
-        box = (0.0, 0.0, float(width), float(height))
-    else:
-        # Crop the source to the target's aspect ratio around the centre, then
-        # scale that box: the same pixels as scale-then-crop, less work.
-        size = (variant.width, variant.height)
-        scale = max(variant.width / width, variant.height / height)
-        crop_w, crop_h = variant.width / scale, variant.height / scale
-        left, top = (width - crop_w) / 2, (height - crop_h) / 2
-        box = (left, top, left + crop_w, top + crop_h)
-    if size == (width, height):
-        return image
+    box = (
+        left * image_w / width,
+        top * image_h / height,
+        right * image_w / width,
+        bottom * image_h / height,
+    )
     return image.resize(
-        size, Image.Resampling.LANCZOS, box=box, reducing_gap=_REDUCING_GAP
+        plan.size, Image.Resampling.LANCZOS, box=box, reducing_gap=_REDUCING_GAP
     )
 
 

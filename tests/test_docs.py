@@ -12,3 +12,15 @@ class DocsTests(SynchronousTestCase):
         with open(os.path.join(DOCS, "configuration.md")) as f:
             page = f.read()
         self.assertIn(options_table(), page)
+
+    def test_architecture_page_names_every_module(self) -> None:
+        with open(os.path.join(DOCS, "architecture.md")) as f:
+            page = f.read()
+        package = os.path.join(os.path.dirname(DOCS), "imageserver")
+        missing = []
+        for folder, _, files in os.walk(package):
+            for name in files:
+                relative = os.path.relpath(os.path.join(folder, name), package)
+                if name.endswith(".py") and f"imageserver/{relative}" not in page:
+                    missing.append(relative)
+        self.assertEqual(missing, [], "modules docs/architecture.md leaves out")

@@ -3,12 +3,14 @@ import struct
 import zlib
 from typing import Any, ClassVar
 
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageChops, ImageCms, ImageStat
 from twisted.trial.unittest import SynchronousTestCase
 
-from imageserver import imaging
-from imageserver.errors import ImageTooLarge, UnsupportedImage
-from imageserver.naming import VariantRules
+from imageserver import geometry, imaging
+from imageserver.errors import ImageTooLarge, InvalidRequest, UnsupportedImage
+from imageserver.naming import Fit, VariantRules
 from tests.support import (
     BLUE,
     GREEN,
@@ -126,6 +128,82 @@ class GeometryTests(TestCaseMixin, SynchronousTestCase):
         self.assertEqual(
             sizes, [("JPEG", (300, 300)), ("WEBP", (300, 300)), ("PNG", (100, 75))]
         )
+
+
+@st.composite
+def variant_names(draw: st.DrawFn) -> str:
+    """Any size a name can ask for, in every fit mode, in every format."""
+    side = st.integers(min_value=1, max_value=600)
+    size = draw(
+        st.one_of(
+            st.just("full_size"),
+            side.map(lambda n: f"w{n}"),
+            side.map(lambda n: f"x{n}"),
+            st.tuples(side, side).map(lambda wh: f"{wh[0]}x{wh[1]}"),
+        )
+    )
+    return f"{size}.{draw(st.sampled_from(['jpg', 'png', 'webp']))}"
+
+
+def quadrant_at(x: float, y: float, w: int, h: int) -> tuple[int, int, int]:
+    """The colour `quadrants` paints at source point (x, y)."""
+    right, bottom = x >= w // 2, y >= h // 2
+    return ((RED, GREEN), (BLUE, YELLOW))[bottom][right]
+
+
+class GeometrySweepTests(TestCaseMixin, SynchronousTestCase):
+    """Renders over source sizes and names: the exact size and the right pixels."""
+
+    @settings(
+        max_examples=150,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(
+        st.integers(min_value=1, max_value=1400),
+        st.integers(min_value=1, max_value=1400),
+        variant_names(),
+        st.sampled_from(["JPEG", "PNG"]),
+    )
+    @example(523, 426, "x300.jpg", "JPEG")
+    @example(523, 426, "300x300.png", "JPEG")
+    @example(1040, 780, "x200.jpg", "JPEG")
+    @example(1002, 751, "300x200.jpg", "JPEG")
+    @example(640, 427, "w200.jpg", "JPEG")
+    @example(640, 427, "w300.webp", "JPEG")
+    def test_every_render_has_the_planned_size_and_pixels(
+        self, w: int, h: int, name: str, fmt: str
+    ) -> None:
+        variant = RULES.parse(name)
+        assert variant is not None
+        data = encode(quadrants((w, h)), fmt)
+        plan = geometry.plan(variant, w, h)
+        if max(plan.size) > RULES.maximum_width:
+            # Only a width-only name can get there: refused, before decoding.
+            self.assertEqual(variant.fit, Fit.WIDTH)
+            with self.assertRaises(InvalidRequest):
+                imaging.render(data, variant, LIMIT, RULES.maximum_width)
+            return
+        out = decode(imaging.render(data, variant, LIMIT, RULES.maximum_width))
+        self.assertEqual(out.size, plan.size)
+        # Sample a grid of output pixels; each shows the colour of the source
+        # point it maps back to, where that point is clear of the quadrants'
+        # edges by more than the filter and JPEG's blur can reach.
+        left, top, right, bottom = plan.box
+        out_w, out_h = plan.size
+        scale_x, scale_y = (right - left) / out_w, (bottom - top) / out_h
+        margin_x, margin_y = 4 * max(1.0, scale_x), 4 * max(1.0, scale_y)
+        for i in range(1, 6):
+            for j in range(1, 6):
+                x, y = out_w * i // 6, out_h * j // 6
+                sx, sy = left + (x + 0.5) * scale_x, top + (y + 0.5) * scale_y
+                if (
+                    abs(sx - w // 2) < margin_x
+                    or abs(sy - h // 2) < margin_y
+                    or min(x, y, out_w - 1 - x, out_h - 1 - y) < 4
+                ):
+                    continue
+                self.assertColour(out, (x, y), quadrant_at(sx, sy, w, h), 48)
 
 
 class DraftDecodeTests(SynchronousTestCase):
