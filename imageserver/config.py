@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from imageserver import endpoints
 from imageserver.addresses import SourcePolicy
 from imageserver.errors import ImageServerError
 from imageserver.naming import OUTPUT_FORMATS, Variant, VariantRules
@@ -204,12 +205,25 @@ class Config:
             raise ValueError("--statsd_port must be a port number")
         if self.profile and self.admin_endpoint is None:
             raise ValueError("--profile needs the admin port")
+        for name, endpoint in (
+            ("port", self.endpoint),
+            ("admin_port", self.admin_endpoint),
+            ("manhole", self.manhole_endpoint),
+        ):
+            if endpoint is not None:
+                try:
+                    endpoints.bindings(endpoint)
+                except ValueError as e:
+                    raise ValueError(f"--{name}: {e}") from None
         if self.manhole_endpoint is not None:
             if not (self.manhole_keys or self.manhole_passwords):
                 raise ValueError(
                     "--manhole needs --manhole_keys or --manhole_passwords"
                 )
-            if not (self.manhole_allow_remote or _is_loopback(self.manhole_endpoint)):
+            if not (
+                self.manhole_allow_remote
+                or endpoints.is_loopback(self.manhole_endpoint)
+            ):
                 raise ValueError(
                     "--manhole must listen on loopback "
                     "(tcp:PORT:interface=127.0.0.1) unless --manhole_allow_remote"
@@ -369,18 +383,3 @@ if __name__ == "__main__":
         update_table(sys.argv[1])
     else:
         print(options_table(), end="")
-
-
-def _is_loopback(endpoint: str) -> bool:
-    """Whether a server endpoint description listens on loopback or a unix socket."""
-    kind, _, rest = endpoint.partition(":")
-    if kind == "unix":
-        return True
-    if kind not in ("tcp", "tcp6"):
-        return False
-    for part in rest.replace("\\:", "\0").split(":")[1:]:
-        name, _, value = part.partition("=")
-        if name == "interface":
-            host = value.replace("\0", ":")
-            return host in ("::1", "localhost") or host.startswith("127.")
-    return False

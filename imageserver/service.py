@@ -38,7 +38,7 @@ from imageserver.storage.sweeper import CacheSweeper
 from imageserver.storage.tiered import TieredStorage
 from imageserver.storage.uploads import Uploader
 from imageserver.web.admin import AdminApp, Readiness
-from imageserver.web.app import ImageServerApp, route_name
+from imageserver.web.app import UNSIGNED_ROUTES, ImageServerApp, route_name
 from imageserver.web.debug import DebugApp, HeapTracing
 from imageserver.web.site import BoundedSite, SignatureGuard
 
@@ -101,7 +101,7 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     batches = Batches(images, storage, config.batch_concurrency)
     api: IResource = ImageServerApp(images, batches).app.resource()
     if config.secret:
-        api = SignatureGuard(api, config.secret.encode())
+        api = SignatureGuard(api, config.secret.encode(), UNSIGNED_ROUTES)
     site = BoundedSite(
         api,
         max_body_bytes=config.max_source_bytes,

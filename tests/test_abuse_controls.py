@@ -4,7 +4,10 @@ import contextlib
 import io
 import json
 import os
+import re
 import threading
+import uuid
+from typing import Any
 
 from treq.testing import StubTreq
 from twisted.internet import reactor
@@ -17,6 +20,7 @@ from twisted.web.resource import Resource
 from imageserver.errors import Overloaded
 from imageserver.pools import ThreadPoolService
 from imageserver.signing import main, sign, signature, verify
+from imageserver.web.app import UNSIGNED_ROUTES, ImageServerApp
 from imageserver.web.site import BoundedSite, SignatureGuard
 from tests.support import AppHarness, Gate, decode, encode, quadrants
 
@@ -132,11 +136,49 @@ class SignatureGuardTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.app = AppHarness(self)
         self.folder = self.app.upload(PHOTO)
-        self.client = StubTreq(SignatureGuard(self.app.resource, SECRET))
+        self.client = StubTreq(
+            SignatureGuard(self.app.resource, SECRET, UNSIGNED_ROUTES)
+        )
 
     def get(self, path: str) -> tuple[int, bytes]:
-        response = self.successResultOf(self.client.get("http://img" + path))
+        return self.request("GET", path)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:
+        response = self.successResultOf(
+            self.client.request(method, "http://img" + path, **kwargs)
+        )
         return response.code, self.successResultOf(self.client.content(response))
+
+    def example_paths(self) -> list[str]:
+        """A path for every route of the app, open paths used as namespaces too."""
+        values = {
+            "namespace": ["p", "status_check"],
+            "image": [self.folder.lstrip("/")],
+            "name": ["w20.png", "notes.txt", "process", "info.json"],
+            "job_id": [str(uuid.uuid4())],
+        }
+        paths = {"/status_check", "/openapi.json", "/status_check/batch"}
+        for rule in ImageServerApp.app.url_map.iter_rules():
+            candidates = [""]
+            for part in re.split(r"(<[^>]+>)", rule.rule):
+                variable = re.fullmatch(r"<(?:\w+:)?(\w+)>", part)
+                options = values[variable[1]] if variable else [part]
+                candidates = [c + o for c in candidates for o in options]
+            paths.update(candidates)
+        return sorted(paths)
+
+    def test_every_route_and_method_needs_a_signature(self) -> None:
+        methods = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
+        before = sorted(os.listdir(self.app.root))
+        open_routes = {(m.decode(), p.decode()) for m, p in UNSIGNED_ROUTES}
+        for path in self.example_paths():
+            for method in methods:
+                for query in ("", "?outputs=x10.jpg&source=http://127.0.0.1/a.jpg"):
+                    code, _ = self.request(method, path + query, data=PHOTO)
+                    opened = (method.replace("HEAD", "GET"), path) in open_routes
+                    self.assertEqual(code, 200 if opened else 403, (method, path))
+        # Nothing was stored: no namespace appeared, no source was fetched.
+        self.assertEqual(sorted(os.listdir(self.app.root)), before)
 
     def test_signed_urls_are_served(self) -> None:
         code, body = self.get(sign(SECRET, f"{self.folder}/w20.png"))

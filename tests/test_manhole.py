@@ -179,7 +179,14 @@ class ManholeOptionTests(SynchronousTestCase):
         for endpoint in ("tcp:7003:interface=127.0.0.1", r"tcp6:7003:interface=\:\:1",
                          "unix:/run/imageserver-manhole.sock"):  # fmt: skip
             Config(manhole=endpoint, **keys)
-        for endpoint in ("tcp:7003", "tcp:7003:interface=0.0.0.0", "ssl:7003"):
+        for endpoint in (
+            "tcp:7003",
+            "tcp:7003:interface=0.0.0.0",
+            "ssl:7003",
+            # Twisted's parser binds the last of a repeated argument.
+            "tcp:7003:interface=127.0.0.1:interface=0.0.0.0",
+            r"tcp6:7003:interface=\:\:1:interface=\:\:",
+        ):
             with self.assertRaises(ValueError, msg=endpoint):
                 Config(manhole=endpoint, **keys)
         Config(manhole="tcp:7003:interface=0.0.0.0", manhole_allow_remote=True, **keys)

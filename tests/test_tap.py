@@ -54,6 +54,21 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(config.endpoint, "unix:/run/img.sock")
         self.assertEqual(config.admin_endpoint, "tcp:9000")
 
+    def test_endpoints_are_checked_before_any_port_opens(self) -> None:
+        for args, says in (
+            (("--port=abc",), "--port: 'abc' is not a valid endpoint"),
+            (("--port=70000",), "70000 is not a port number"),
+            (("--port=tcp:70000",), "70000 is not a port number"),
+            (("--admin_port=tcp:7002:interfac=127.0.0.1",), "--admin_port: "),
+            (("--listen=0.0.0.0.1",), "'0.0.0.0.1' is not an IP address"),
+            (("--admin_port=foo:1",), "Unknown endpoint type"),
+        ):
+            with self.assertRaises(UsageError, msg=args) as caught:
+                parse(*args)
+            message = str(caught.exception)
+            self.assertIn(says, message)
+            self.assertNotIn("\n", message)
+
     def test_numeric_admin_port_uses_listen(self) -> None:
         config = parse("--admin_port", "7102", "--listen", "::1")
         self.assertEqual(config.admin_endpoint, r"tcp:7102:interface=\:\:1")

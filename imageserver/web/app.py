@@ -29,6 +29,9 @@ from imageserver.web.responses import (
 from imageserver.web.site import BoundedRequest
 
 _IMAGE = "/<image:image>"
+#: The routes that stay open with --secret: (method, path) of the health
+#: check for load balancers and of the API's description.
+UNSIGNED_ROUTES = frozenset({(b"GET", b"/status_check"), (b"GET", b"/openapi.json")})
 #: Paths are content-addressed: what a variant name holds never changes.
 _IMMUTABLE = "public, max-age=31536000, immutable"
 #: Files clients store under a name may be replaced: revalidate every time.

@@ -136,9 +136,11 @@ class BoundedSite(Site):
 class SignatureGuard:
     """Lets through only requests whose URL is signed with the secret.
 
-    ``/status_check`` (load balancers) and ``/openapi.json`` stay open. A refusal
-    is the same
-    JSON 403 for a missing and a wrong signature.
+    ``unsigned`` lists the (method, path) pairs that stay open, such as the
+    health check for load balancers; HEAD goes with GET. Anything else,
+    including another method on an open path (``POST /status_check`` is an
+    upload into a namespace of that name), needs a signature. A refusal is the
+    same JSON 403 for a missing and a wrong signature.
     """
 
     isLeaf = True
@@ -147,11 +149,11 @@ class SignatureGuard:
         self,
         wrapped: IResource,
         secret: bytes,
-        open_paths: frozenset[bytes] = frozenset({b"/status_check", b"/openapi.json"}),
+        unsigned: frozenset[tuple[bytes, bytes]] = frozenset(),
     ) -> None:
         self._wrapped = wrapped
         self._secret = secret
-        self._open_paths = open_paths
+        self._unsigned = unsigned
 
     def getChildWithDefault(self, name: bytes, request: Request) -> IResource:
         return self
@@ -160,7 +162,8 @@ class SignatureGuard:
         raise NotImplementedError
 
     def render(self, request: Request) -> bytes | int:
-        if request.path not in self._open_paths and not verify(
+        method = b"GET" if request.method == b"HEAD" else request.method
+        if (method, request.path) not in self._unsigned and not verify(
             self._secret, request.uri.decode("latin-1")
         ):
             body = b'{"error": "this URL needs a valid signature (sig)"}'
