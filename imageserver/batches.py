@@ -137,7 +137,7 @@ class Batches:
         report = {
             "state": state["state"],
             "total": len(job["items"]),
-            "done": len(results),
+            "done": len(results) - failed,
             "failed": failed,
         }
         if state["state"] != "done":
@@ -184,6 +184,12 @@ class Batches:
             )
         except ImageServerError as e:
             result["error"] = str(e)
+        except Exception:
+            # A bug, met by this item alone: logged in full here, recorded as
+            # the item's failure, and the job goes on (re-running it on every
+            # poll would meet it again).
+            log.failure("batch item {item} failed unexpectedly", item=item)
+            result["error"] = "internal error while processing this item"
         else:
             result.update(hash=info["hash"], width=info["width"], height=info["height"])
         return result

@@ -111,8 +111,6 @@ async def process(
     namespace = options["namespace"]
     errors: list[str] = []
     items = items_from(options.sources, stdin, errors)
-    for error in errors:
-        stderr.write(f"{error}\n")
 
     services = OrderedMultiService()
     deadline = Deadline(reactor, config.shutdown_timeout)
@@ -121,21 +119,29 @@ async def process(
     )
     services.startService()
     progress = _progress(len(items), stderr)
+    for error in errors:
+        progress.write(error, file=stderr)
     seen: set[tuple[str | None, str | None, str | None]] = set()
     failed = len(errors)
 
     async def one(item: Item) -> None:
         nonlocal failed
+        where = f"line {item.line}" if item.path is None else item.path
         try:
             info = await _process_item(images, namespace, outputs, item)
         except ImageServerError as e:
             failed += 1
-            where = f"line {item.line}" if item.path is None else item.path
-            stderr.write(f"{where}: {e}\n")
-        else:
-            stdout.write(
-                f"{info['hash']}\t{item.label}\t{info['width']}\t{info['height']}\n"
+            progress.write(f"{where}: {e}", file=stderr)
+        except Exception as e:
+            # A bug, met by this item alone: said in its one line, and the
+            # run goes on with the others.
+            failed += 1
+            progress.write(
+                f"{where}: internal error ({type(e).__name__}: {e})", file=stderr
             )
+        else:
+            line = f"{info['hash']}\t{item.label}\t{info['width']}\t{info['height']}"
+            progress.write(line, file=stdout)
         finally:
             progress.update(1)
 
@@ -181,7 +187,11 @@ class UnreadableFile(ImageServerError):
 
 
 def _progress(total: int, stderr: IO[str]) -> Any:
-    """A progress bar on a terminal; nothing when stderr is a file or a pipe."""
+    """A progress bar on a terminal; nothing when stderr is a file or a pipe.
+
+    Result and error lines go through its ``write``, which clears the bar,
+    writes the line whole and draws the bar again below it.
+    """
     from tqdm import tqdm  # type: ignore[import-untyped]
 
     return tqdm(total=total, file=stderr, unit="image", disable=not stderr.isatty())

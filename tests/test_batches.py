@@ -3,12 +3,14 @@
 import hashlib
 import json
 import os
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.static import Data
 
+from imageserver import imaging
 from imageserver.batches import batch_key
 from tests.support import AppHarness, Gate, encode, quadrants
 
@@ -62,7 +64,7 @@ class BatchTests(SynchronousTestCase):
         code, report = self.app.json("GET", url)
         self.assertEqual(code, 200)
         self.assertEqual(
-            (report["state"], report["done"], report["failed"]), ("done", 3, 1)
+            (report["state"], report["done"], report["failed"]), ("done", 2, 1)
         )
         self.assertEqual(report["items"], [
             {"hash": PHOTO_HASH, "url": "http://s/photo.jpg", "width": 400,
@@ -104,6 +106,51 @@ class BatchTests(SynchronousTestCase):
         self.assertEqual(report["items"][0], done_before)
         self.assertEqual(report["items"][1]["hash"], OTHER_HASH)
         self.assertEqual((self.photo.fetches, self.other.fetches), (0, 1))
+
+    def test_unexpected_failures_fail_their_item_alone(self) -> None:
+        """A bug in decoding, storage or fetching: that item fails, the job ends."""
+        third = encode(quadrants((60, 40)), "PNG")
+        good = encode(quadrants((64, 48)), "PNG")
+        self.sources.putChild(b"third.png", Data(third, "image/png"))
+        self.sources.putChild(b"good.png", Data(good, "image/png"))
+        render_many = imaging.render_many
+        put = self.app.local.put
+        fetch = self.app.images._sources.fetch
+
+        def broken_decoder(data: bytes, *args: Any) -> Any:
+            if data == PHOTO:
+                raise RuntimeError("decoder bug")
+            return render_many(data, *args)
+
+        async def broken_storage(key: str, *args: Any, **kwargs: Any) -> Any:
+            if OTHER_HASH[9:] in key:
+                raise RuntimeError("storage bug")
+            return await put(key, *args, **kwargs)
+
+        async def broken_fetch(url: str) -> bytes:
+            if url.endswith("third.png"):
+                raise RuntimeError("fetcher bug")
+            return await fetch(url)
+
+        self.patch(imaging, "render_many", broken_decoder)
+        self.patch(self.app.local, "put", broken_storage)
+        self.patch(self.app.images._sources, "fetch", broken_fetch)
+        body = b"http://s/photo.jpg\nhttp://s/other.png\nhttp://s/third.png\n"
+        code, job = self.app.json(
+            "POST", "/p/batch?outputs=x20.jpg", data=body + b"http://s/good.png\n"
+        )
+        self.assertEqual(code, 202)
+        code, report = self.app.json("GET", f"/p/batch/{job['job_id']}")
+        self.assertEqual(code, 200)
+        self.assertEqual((report["state"], report["done"], report["failed"]),
+                         ("done", 1, 3))  # fmt: skip
+        internal = "internal error while processing this item"
+        self.assertEqual(
+            [item["error"] for item in report["items"]],
+            [internal, internal, internal, None],
+        )
+        self.assertEqual(report["items"][3]["hash"], hashlib.md5(good).hexdigest())
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 3)
 
     def test_errors(self) -> None:
         for path, body, status, message in (

@@ -5,10 +5,12 @@ import hashlib
 import io
 import os
 import pty
+import re
 import struct
 import subprocess
 import sys
 import termios
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -16,7 +18,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
+from imageserver import imaging
 from imageserver.cli import Item, Options, parse_line, process
+from imageserver.sources import SourceFetcher
+from imageserver.storage.local import LocalStorage
 from tests.s3server import CREDENTIALS, shared
 from tests.support import decode, encode, quadrants
 
@@ -109,6 +114,50 @@ class ProcessTests(TestCase):
         self.assertEqual(len(out.splitlines()), 1)
         self.assertIn(f"{self.files['bad.jpg']}: the body is not an image", err)
         self.assertIn("missing.jpg: cannot read: No such file or directory", err)
+
+    async def test_an_unexpected_failure_fails_its_item_alone(self) -> None:
+        """A bug met by one item in decoding, storage or fetching: one line each."""
+        render_many = imaging.render_many
+        put = LocalStorage.put
+        fetch = SourceFetcher.fetch
+        names = []
+        for n in range(6):
+            names.append(os.path.join(self.root, f"more{n}.png"))
+            with open(names[-1], "wb") as f:
+                f.write(encode(quadrants((30 + n, 20)), "PNG"))
+
+        def broken_decoder(data: bytes, *args: Any) -> Any:
+            if data == PHOTO:
+                raise RuntimeError("decoder bug")
+            return render_many(data, *args)
+
+        async def broken_storage(storage: Any, key: str, *a: Any, **k: Any) -> Any:
+            if OTHER_HASH[9:] in key:
+                raise RuntimeError("storage bug")
+            return await put(storage, key, *a, **k)
+
+        async def broken_fetch(fetcher: Any, url: str) -> bytes:
+            if url.endswith("third.png"):
+                raise RuntimeError("fetcher bug")
+            return await fetch(fetcher, url)
+
+        self.patch(imaging, "render_many", broken_decoder)
+        self.patch(LocalStorage, "put", broken_storage)
+        self.patch(SourceFetcher, "fetch", broken_fetch)
+        stream = f"{self.source}/third.png\n"
+        status, out, err = await self.run_cli(
+            "--outputs", "x20.jpg", self.files["photo.jpg"], self.files["other.png"],
+            *names,
+        )  # fmt: skip
+        self.assertEqual(status, 1)
+        self.assertEqual(sorted(err.splitlines()), sorted([
+            f"{self.files['photo.jpg']}: internal error (RuntimeError: decoder bug)",
+            f"{self.files['other.png']}: internal error (RuntimeError: storage bug)",
+        ]))  # fmt: skip
+        self.assertEqual(len(out.splitlines()), len(names))
+        status, out, err = await self.run_cli("--outputs", "x20.jpg", "-", stdin=stream)
+        self.assertEqual((status, out), (1, ""))
+        self.assertEqual(err, "line 1: internal error (RuntimeError: fetcher bug)\n")
 
     async def test_stdin_stream(self) -> None:
         await self.run_cli(self.files["photo.jpg"])  # the hash is in the store now
@@ -220,6 +269,38 @@ class CommandTests(SynchronousTestCase):
         # Piped, the same run prints no bar at all.
         self.assertEqual(self.run_command("process", "photo.jpg").stderr, "")
 
+    def test_results_and_the_bar_share_a_terminal_cleanly(self) -> None:
+        """Each result line shows whole on a line of its own, never on the bar's."""
+        names = []
+        for n in range(4):
+            names.append(f"p{n}.png")
+            with open(os.path.join(self.root, names[-1]), "wb") as f:
+                f.write(encode(quadrants((40 + n, 30)), "PNG"))
+        primary, secondary = pty.openpty()
+        self.addCleanup(os.close, primary)
+        fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        with subprocess.Popen(
+            [sys.executable, "-m", "imageserver", "process", *names],
+            cwd=self.root, env={**os.environ, "PYTHONPATH": CHECKOUT},
+            stdout=secondary, stderr=secondary,
+        ) as child:  # fmt: skip
+            os.close(secondary)
+            terminal = b""
+            while True:
+                try:
+                    chunk = os.read(primary, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                terminal += chunk
+        self.assertEqual(child.wait(timeout=60), 0)
+        screen = render_terminal(terminal.decode())
+        results = [line for line in screen if line.endswith("\t30")]
+        self.assertEqual(len(results), 4, screen)
+        for line in results:
+            self.assertRegex(line, r"\A[0-9a-f]{32}\tp[0-3]\.png\t4[0-3]\t30\Z")
+
     def test_info(self) -> None:
         result = self.run_command("info", "photo.jpg")
         self.assertEqual(result.returncode, 0)
@@ -228,3 +309,21 @@ class CommandTests(SynchronousTestCase):
             f'{{"hash": "{PHOTO_HASH}", "width": 400, "height": 300, '
             '"content_type": "image/jpeg"}\n',
         )
+
+
+def render_terminal(text: str) -> list[str]:
+    """The lines a terminal shows for ``text``: carriage returns overwrite."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+    lines = [""]
+    column = 0
+    for char in text.replace("\r\n", "\n"):
+        if char == "\n":
+            lines.append("")
+            column = 0
+        elif char == "\r":
+            column = 0
+        else:
+            line = lines[-1]
+            lines[-1] = line[:column] + char + line[column + 1 :]
+            column += 1
+    return [line.rstrip(" ") for line in lines]
