@@ -6,6 +6,7 @@ import fnmatch
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -27,6 +28,35 @@ def _embedded(address: IPAddress) -> IPAddress:
         if address in _NAT64:
             return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return address
+
+
+def source_host(raw: str) -> str:
+    """The host of a URL as the policy checks it and a connection uses it.
+
+    Percent-encoding is decoded (``%31%32%37.0.0.1`` is 127.0.0.1), IPv6
+    brackets are dropped (``[::1]`` is ``::1``, a zone id stays), an address is
+    written the standard way, and anything else must be a valid host name.
+    ValueError says what is wrong.
+    """
+    try:
+        host = unquote(raw, errors="strict").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"source host {raw!r} is not valid UTF-8") from None
+    if not host:
+        raise ValueError("the source URL has no host")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if ":" in host or "%" in host:
+        raise ValueError(f"source host {raw!r} is not a valid address")
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        raise ValueError(f"source host {raw!r} is not a valid host name") from None
+    return host.lower()
 
 
 def refusal(text: str) -> str | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from treq.client import HTTPClient
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
@@ -175,13 +174,11 @@ def make_images(
     images = Images(
         storage=storage,
         sources=SourceFetcher(
-            HTTPClient(
-                source_agent(
-                    reactor,
-                    connections.pool,
-                    config.source_policy,
-                    config.max_redirects,
-                )
+            source_agent(
+                reactor,
+                connections.pool,
+                config.source_policy,
+                config.max_redirects,
             ),
             reactor,
             timeout=config.http_timeout,

@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import treq
-from treq.client import HTTPClient
+from hyperlink import EncodedURL
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
@@ -31,11 +31,12 @@ from twisted.web.client import (
     ResponseNeverReceived,
 )
 from twisted.web.error import InfiniteRedirection, SchemeNotSupported
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
 from imageserver import __version__
-from imageserver.addresses import SourcePolicy
+from imageserver.addresses import SourcePolicy, source_host
 from imageserver.errors import (
     ContentTooLarge,
     Forbidden,
@@ -48,7 +49,7 @@ from imageserver.errors import (
 
 log = Logger()
 
-_HEADERS: dict[bytes | str, bytes | str] = {"User-Agent": f"imageserver/{__version__}"}
+_HEADERS = Headers({b"User-Agent": [f"imageserver/{__version__}".encode()]})
 #: Every way a connection or an exchange can fail before a whole answer arrives.
 _TRANSPORT_ERRORS = (
     error.ConnectError,
@@ -89,7 +90,11 @@ class GuardedEndpoints:
         scheme = uri.scheme.decode("ascii", "replace")
         if scheme not in ("http", "https"):
             raise Forbidden(f"source redirected to a {scheme} URL; only http(s)")
-        return _Guarded(self, scheme, uri.host.decode("idna"), uri.port)
+        try:
+            host = source_host(uri.host.decode("utf-8"))
+        except (ValueError, UnicodeError) as e:
+            raise InvalidRequest(str(e)) from None
+        return _Guarded(self, scheme, host, uri.port)
 
     async def _getaddrinfo(self, host: str, port: int) -> list[str]:
         infos = await deferToThreadPool(
@@ -160,26 +165,64 @@ def source_agent(
     return RedirectAgent(agent, redirectLimit=max_redirects)
 
 
+def request_uri(url: str) -> bytes:
+    """``url`` as an Agent sends it: host checked and IDNA-encoded, the rest
+    percent-encoded; ValueError says what is wrong.
+
+    hyperlink (as treq uses it) would IDNA-encode an address host too, and
+    fails on ``[::1]`` (python-hyper/hyperlink#68) and on zone ids: it sees a
+    placeholder name instead, and the address goes back in afterwards. An
+    encoded host name is decoded first.
+    """
+    parts = urlsplit(url)
+    host = source_host(parts.hostname or "")
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    port = "" if parts.port is None else f":{parts.port}"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        named = parts._replace(netloc=f"{userinfo}{at}{host}{port}").geturl()
+        return _to_uri(named).encode("ascii")
+    placeholder = parts._replace(netloc=f"{userinfo}{at}address.invalid{port}")
+    uri = urlsplit(_to_uri(placeholder.geturl()))
+    literal = f"[{host.replace('%', '%25')}]" if ":" in host else host
+    userinfo, at, host_and_port = uri.netloc.rpartition("@")
+    netloc = userinfo + at + literal + host_and_port.removeprefix("address.invalid")
+    return uri._replace(netloc=netloc).geturl().encode("ascii")
+
+
+def _to_uri(iri: str) -> str:
+    return EncodedURL.from_text(iri).to_uri().to_text(with_password=True)
+
+
 class SourceFetcher:
     """Downloads a source URL into memory, or raises one of our errors.
 
-    ``timeout`` bounds the whole exchange, body included (treq's own timeout
-    stops counting once the headers arrive).
+    ``timeout`` bounds the whole exchange, body included (an Agent's
+    connection timeout stops counting once connected).
     """
 
     def __init__(
-        self, client: HTTPClient, clock: IReactorTime, timeout: float, max_bytes: int
+        self, agent: IAgent, clock: IReactorTime, timeout: float, max_bytes: int
     ) -> None:
-        self._client = client
+        self._agent = agent
         self._clock = clock
         self._timeout = timeout
         self._max_bytes = max_bytes
 
     async def fetch(self, url: str) -> bytes:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(url)
+            hostname, _ = parts.hostname, parts.port
+        except ValueError as e:  # unbalanced brackets, a port out of range
+            raise InvalidRequest(f"source is not a valid URL ({e})") from None
+        if parts.scheme not in ("http", "https") or not hostname:
             raise InvalidRequest("source must be an absolute http or https URL")
-        download = defer.Deferred.fromCoroutine(self._download(url))
+        try:
+            uri = request_uri(url)
+        except ValueError as e:
+            raise InvalidRequest(str(e)) from None
+        download = defer.Deferred.fromCoroutine(self._download(uri))
         download.addTimeout(self._timeout, self._clock)
         try:
             return await download
@@ -199,8 +242,8 @@ class SourceFetcher:
             log.info("source {url} failed: {error}", url=url, error=e)
             raise SourceUnavailable("source could not be downloaded") from None
 
-    async def _download(self, url: str) -> bytes:
-        response = await self._client.get(url, headers=_HEADERS, unbuffered=True)
+    async def _download(self, uri: bytes) -> bytes:
+        response = await self._agent.request(b"GET", uri, _HEADERS)
         if response.code in (404, 410):
             _discard(response)
             raise NotFound(f"source answered {response.code}")

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 from PIL import Image
-from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
@@ -162,7 +161,7 @@ class AppHarness:
         self.images = Images(
             storage=self.storage,
             sources=SourceFetcher(
-                HTTPClient(self.sources),
+                self.sources,
                 self.clock,
                 timeout=self.config.http_timeout,
                 max_bytes=self.config.max_source_bytes,

@@ -1,6 +1,6 @@
 from twisted.trial.unittest import SynchronousTestCase
 
-from imageserver.addresses import SourcePolicy, refusal
+from imageserver.addresses import SourcePolicy, refusal, source_host
 
 
 class RefusalTests(SynchronousTestCase):
@@ -65,3 +65,22 @@ class PolicyTests(SynchronousTestCase):
             "source host example.org is not in the allowlist",
         )
         self.assertIsNone(SourcePolicy().host_refusal("anything.at.all"))
+
+
+class SourceHostTests(SynchronousTestCase):
+    def test_addresses_and_names_as_the_policy_sees_them(self) -> None:
+        for raw, host in (
+            ("::1", "::1"),
+            ("[::1]", "::1"),
+            ("[::ffff:127.0.0.1]", "::ffff:7f00:1"),
+            ("[fe80::1%25eth0]", "fe80::1%eth0"),
+            ("%31%32%37.0.0.1", "127.0.0.1"),
+            ("Images.Example.COM", "images.example.com"),
+            ("b%C3%BCcher.example", "bücher.example"),
+        ):
+            self.assertEqual(source_host(raw), host, raw)
+
+    def test_malformed_hosts(self) -> None:
+        for raw in ("[zz::1]", "a:b", "%ff", "a%25b", "x" * 64 + ".com", ""):
+            with self.assertRaises(ValueError, msg=raw):
+                source_host(raw)

@@ -1,7 +1,6 @@
 import socket
 from typing import Any
 
-from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -63,9 +62,7 @@ class SourceFetcherTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.agent = RequestTraversalAgent(source_site())
-        self.fetcher = SourceFetcher(
-            HTTPClient(self.agent), self.clock, timeout=5, max_bytes=1000
-        )
+        self.fetcher = SourceFetcher(self.agent, self.clock, timeout=5, max_bytes=1000)
 
     def fetch(self, url: str) -> Deferred[bytes]:
         d = Deferred.fromCoroutine(self.fetcher.fetch(url))
@@ -127,7 +124,7 @@ class RealConnectionTests(TestCase):
         pool = HTTPConnectionPool(reactor, persistent=False)
         self.addCleanup(pool.closeCachedConnections)
         fetcher = SourceFetcher(
-            HTTPClient(Agent(reactor, pool=pool)), reactor, timeout=5, max_bytes=100
+            Agent(reactor, pool=pool), reactor, timeout=5, max_bytes=100
         )
         with self.assertRaises(SourceUnavailable) as caught:
             await fetcher.fetch(f"http://127.0.0.1:{port}/photo.jpg")
@@ -166,7 +163,7 @@ class GuardTests(TestCase):
         pool = HTTPConnectionPool(reactor, persistent=False)
         self.addCleanup(pool.closeCachedConnections)
         agent = source_agent(reactor, pool, policy, max_redirects, resolve)
-        return SourceFetcher(HTTPClient(agent), reactor, timeout=5, max_bytes=1000)
+        return SourceFetcher(agent, reactor, timeout=5, max_bytes=1000)
 
     async def test_loopback_is_refused_before_connecting(self) -> None:
         source = Recording()
@@ -251,6 +248,46 @@ class GuardTests(TestCase):
         )
         self.assertEqual((data, asked), (b"image bytes", ["images.test"]))
         self.assertEqual(source.requests, [b"/a.jpg"])
+
+    async def test_ipv6_literals_and_encoded_hosts_meet_the_same_policy(self) -> None:
+        port = self.serve(Recording(), interface="::1")
+        for host, address, reason in (
+            ("[::1]", "::1", "loopback"),
+            ("[::ffff:127.0.0.1]", "::ffff:7f00:1", "loopback"),
+            ("[::]", "::", "unspecified"),
+            ("[64:ff9b::7f00:1]", "64:ff9b::7f00:1", "loopback"),
+            ("[fe80::1%25eth0]", "fe80::1%eth0", "link-local"),
+            ("%31%32%37.0.0.1", "127.0.0.1", "loopback"),
+        ):
+            with self.assertRaises(Forbidden, msg=host) as caught:
+                await self.fetcher(SourcePolicy()).fetch(f"http://{host}:{port}/a.jpg")
+            self.assertEqual(
+                str(caught.exception),
+                f"source host {address} resolves to {address}, which is {reason}",
+            )
+
+    async def test_ipv6_sources_are_fetched_when_allowed(self) -> None:
+        source = Recording()
+        port = self.serve(source, interface="::1")
+        policy = SourcePolicy(allowed_networks=("::1/128",))
+        data = await self.fetcher(policy).fetch(f"http://[::1]:{port}/a.jpg")
+        self.assertEqual((data, source.requests), (b"image bytes", [b"/a.jpg"]))
+
+    async def test_a_redirect_to_an_ipv6_literal_is_checked(self) -> None:
+        inner = Recording()
+        inner_port = self.serve(inner, interface="::1")
+        outer_port = self.serve(Recording(redirect=b"http://[::1]:%d/x" % inner_port))
+        policy = SourcePolicy(allowed_networks=("127.0.0.1/32",))
+        with self.assertRaises(Forbidden) as caught:
+            await self.fetcher(policy).fetch(f"http://127.0.0.1:{outer_port}/a.jpg")
+        self.assertIn("::1, which is loopback", str(caught.exception))
+        self.assertEqual(inner.requests, [])
+
+    async def test_malformed_hosts_are_400s(self) -> None:
+        for url in ("http://[::1/a.jpg", "http://[zz::1]/a.jpg", "http://%ff/a.jpg",
+                    "http://a:99999/a.jpg"):  # fmt: skip
+            with self.assertRaises(InvalidRequest, msg=url):
+                await self.fetcher(SourcePolicy()).fetch(url)
 
     async def test_allowlist_is_checked_before_resolving(self) -> None:
         asked: list[str] = []
