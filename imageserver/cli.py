@@ -201,7 +201,7 @@ def info(options: InfoOptions, stdout: IO[str], stderr: IO[str]) -> int:
     try:
         with open(options.path, "rb") as f:
             data = f.read()
-        details = imaging.probe(data, Config().max_source_pixels)
+        details = imaging.probe(data, Config().decode_limits)
     except OSError as e:
         stderr.write(f"{options.path}: {e.strerror}\n")
         return 1

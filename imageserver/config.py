@@ -15,6 +15,7 @@ from typing import Any
 from imageserver import endpoints
 from imageserver.addresses import SourcePolicy
 from imageserver.errors import ImageServerError
+from imageserver.imaging import DECODER_MAX_PIXELS, Limits
 from imageserver.naming import OUTPUT_FORMATS, Variant, VariantRules
 
 CANNED_ACLS = (
@@ -74,6 +75,11 @@ class Config:
     )
     max_source_pixels: int = setting(
         50_000_000, "Largest original, in pixels (width x height)."
+    )
+    max_pixels_per_byte: int = setting(
+        1000,
+        "Pixels each byte of an original may stand for, for originals over 4 "
+        "megapixels (a 7000x7000 image in 140 bytes is refused); 0: no limit.",
     )
     processor_concurrency: int = setting(
         0, "Threads decoding and encoding images; 0 means one per CPU."
@@ -248,6 +254,13 @@ class Config:
             raise ValueError("--shutdown_timeout must not be negative")
         if self.memory_cache_bytes < 0:
             raise ValueError("--memory_cache_bytes must not be negative")
+        if self.max_source_pixels > DECODER_MAX_PIXELS:
+            raise ValueError(
+                f"--max_source_pixels can be at most {DECODER_MAX_PIXELS}, "
+                "the most Pillow decodes"
+            )
+        if self.max_pixels_per_byte < 0:
+            raise ValueError("--max_pixels_per_byte must not be negative")
         for name in (
             "processor_concurrency",
             "io_concurrency",
@@ -318,6 +331,14 @@ class Config:
             self.default_quality,
             self.maximum_width,
             presets=frozenset(self.outputs) if self.presets_only else None,
+        )
+
+    @property
+    def decode_limits(self) -> Limits:
+        return Limits(
+            pixels=self.max_source_pixels,
+            pixels_per_byte=self.max_pixels_per_byte,
+            side=self.maximum_width,
         )
 
     @property

@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred, FirstError, TimeoutError, gatherRes
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from imageserver import imaging
+from imageserver import containers, imaging
 from imageserver.errors import InvalidRequest, NotFound, Overloaded, UnsupportedImage
 from imageserver.events import Events
 from imageserver.flights import Flights
@@ -49,7 +49,7 @@ class Images:
         sources: SourceFetcher,
         process: Runner,
         rules: VariantRules,
-        max_source_pixels: int,
+        limits: imaging.Limits,
         default_outputs: Sequence[Variant] = (),
         events: Events | None = None,
         clock: IReactorTime | None = None,
@@ -62,7 +62,7 @@ class Images:
         self._sources = sources
         self._process = process
         self.rules = rules
-        self._max_pixels = max_source_pixels
+        self._limits = limits
         self._default_outputs = tuple(default_outputs)
         self._fetches: Flights[str, bytes] = Flights()
         self._ingests: Flights[ImageId, bytes] = Flights()
@@ -91,7 +91,10 @@ class Images:
             raise UnsupportedImage(
                 "the body is empty: send the image as the body or give ?source=URL"
             )
-        image = ImageId(namespace, await self._process(_md5, data))
+        # What is stored (and hashed) is the image, without anything a file
+        # carries after its end.
+        data, digest = await self._process(_identified, data)
+        image = ImageId(namespace, digest)
         info = await self._ingests.run(
             [image], lambda _: self._ingest(image, data, variants)
         )[image]
@@ -197,13 +200,7 @@ class Images:
 
         Each output comes with its ETag, hashed in the pool too.
         """
-        job = self._process(
-            _rendered,
-            original,
-            variants,
-            self._max_pixels,
-            self.rules.maximum_width,
-        )
+        job = self._process(_rendered, original, variants, self._limits)
         if self._clock is not None and self._processing_timeout is not None:
             job.addTimeout(self._processing_timeout, self._clock)
         try:
@@ -329,16 +326,18 @@ class Images:
 
 
 def _rendered(
-    original: bytes, variants: Sequence[Variant], max_pixels: int, max_width: int
+    original: bytes, variants: Sequence[Variant], limits: imaging.Limits
 ) -> tuple[imaging.ImageInfo, list[tuple[bytes, str]], float]:
     start = time.perf_counter()
-    info, outputs = imaging.render_many(original, variants, max_pixels, max_width)
+    info, outputs = imaging.render_many(original, variants, limits)
     seconds = time.perf_counter() - start
     return info, [(data, etag_of(data)) for data in outputs], seconds
 
 
-def _md5(data: bytes) -> str:
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+def _identified(data: bytes) -> tuple[bytes, str]:
+    """The image's bytes (`containers.image_bytes`) and their md5."""
+    data = containers.image_bytes(data)
+    return data, hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
 def _read(body: BinaryIO) -> bytes:

@@ -14,7 +14,7 @@ from io import BytesIO
 
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from imageserver import geometry
+from imageserver import containers, geometry
 from imageserver.errors import ImageTooLarge, InvalidRequest, UnsupportedImage
 from imageserver.naming import Fit, Variant
 
@@ -51,6 +51,27 @@ _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _EXIF_ORIENTATION = 0x0112
 
 
+#: Pixels any original may have, however few bytes it takes: the
+#: pixels-per-byte limit applies above this.
+FREE_PIXELS = 4_000_000
+#: Pillow refuses more than this whatever it is told (twice its warning
+#: threshold), so --max_source_pixels can be no larger.
+DECODER_MAX_PIXELS = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What decoding one original may cost (docs/security.md lists them)."""
+
+    #: Pixels of an original, read from its header (--max_source_pixels).
+    pixels: int
+    #: Pixels each byte of the file may stand for, above `FREE_PIXELS`
+    #: (--max_pixels_per_byte); 0: no such limit.
+    pixels_per_byte: int = 0
+    #: The tallest a width-only variant may be (--maximum_width); None: any.
+    side: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class ImageInfo:
     """What ``info.json`` reports: the size as displayed (EXIF orientation applied)."""
@@ -60,35 +81,26 @@ class ImageInfo:
     content_type: str
 
 
-def probe(data: bytes, max_pixels: int) -> ImageInfo:
+def probe(data: bytes, limits: Limits) -> ImageInfo:
     """Check that ``data`` is a whole, decodable image and describe it.
 
     The image is fully decoded (at 1/8 scale for JPEG, which still reads every
     byte), so a truncated or corrupt file is refused here, not on first use.
     """
-    info, _ = render_many(data, (), max_pixels)
+    info, _ = render_many(data, (), limits)
     return info
 
 
-def render(
-    data: bytes, variant: Variant, max_pixels: int, max_side: int | None = None
-) -> bytes:
+def render(data: bytes, variant: Variant, limits: Limits) -> bytes:
     """Encode one variant of the original ``data``."""
-    return render_many(data, (variant,), max_pixels, max_side)[1][0]
+    return render_many(data, (variant,), limits)[1][0]
 
 
 def render_many(
-    data: bytes,
-    variants: Sequence[Variant],
-    max_pixels: int,
-    max_side: int | None = None,
+    data: bytes, variants: Sequence[Variant], limits: Limits
 ) -> tuple[ImageInfo, list[bytes]]:
-    """Decode ``data`` once and encode every variant from it, in order.
-
-    ``max_side`` bounds the height a width-only variant may reach (the width
-    a name asks for is checked when it is parsed).
-    """
-    image = _open(data, max_pixels)
+    """Decode ``data`` once and encode every variant from it, in order."""
+    image = _open(data, limits)
     orientation = _orientation(image)
     width, height = image.size
     if orientation in _SWAPPING_ORIENTATIONS:
@@ -96,7 +108,7 @@ def render_many(
     info = ImageInfo(width, height, Image.MIME.get(image.format or "", "image/*"))
     plans = [geometry.plan(v, width, height) for v in variants]
     for variant, plan in zip(variants, plans, strict=True):
-        _check_output(variant, plan.size, width, height, max_pixels, max_side)
+        _check_output(variant, plan.size, width, height, limits)
 
     # Decode only as many pixels as the largest variant needs: JPEG can decode
     # straight to 1/2, 1/4 or 1/8 scale, which is most of the speed.
@@ -168,30 +180,32 @@ def _boxes_fill(data: bytes) -> bool:
 
 
 def _check_output(
-    variant: Variant,
-    size: geometry.Size,
-    width: int,
-    height: int,
-    max_pixels: int,
-    max_side: int | None,
+    variant: Variant, size: geometry.Size, width: int, height: int, limits: Limits
 ) -> None:
     """Refuse, before any decoding, outputs too big to make or to encode."""
     out_w, out_h = size
     what = f"{variant.name} of this {width}x{height} image would be {out_w}x{out_h}"
-    if variant.fit is Fit.WIDTH and max_side is not None and out_h > max_side:
-        raise InvalidRequest(f"{what}, taller than the maximum of {max_side}")
-    if out_w * out_h > max_pixels:
-        raise ImageTooLarge(f"{what}, over the limit of {max_pixels} pixels")
+    if variant.fit is Fit.WIDTH and limits.side is not None and out_h > limits.side:
+        raise InvalidRequest(f"{what}, taller than the maximum of {limits.side}")
+    if out_w * out_h > limits.pixels:
+        raise ImageTooLarge(f"{what}, over the limit of {limits.pixels} pixels")
     fmt = _ENCODERS[variant.format][0]
     if max(out_w, out_h) > _MAX_SIDE[fmt]:
         raise ImageTooLarge(f"{what}; {fmt} holds at most {_MAX_SIDE[fmt]} a side")
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
+def _open(data: bytes, limits: Limits) -> Image.Image:
+    """Read the header, and refuse what would cost more than the limits allow.
+
+    Nothing is decoded yet: the structure is walked (`containers`), the
+    pixels are counted from the header, and decoders that run in Python
+    (Pillow's BMP RLE: seconds per megapixel) are refused.
+    """
+    layout = containers.layout(data)
     try:
         image = Image.open(BytesIO(data), formats=INPUT_FORMATS)
-    except Image.DecompressionBombError as e:
-        raise ImageTooLarge(str(e)) from None
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(_too_many_pixels("the image", limits)) from None
     except UnidentifiedImageError:
         raise UnsupportedImage(
             "the body is not an image in a supported format "
@@ -202,11 +216,32 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     width, height = image.size
     if width < 1 or height < 1:
         raise UnsupportedImage("the image has no pixels")
-    if width * height > max_pixels:
+    pixels = width * height
+    if pixels > limits.pixels:
+        raise ImageTooLarge(_too_many_pixels(f"the image is {width}x{height},", limits))
+    if layout.too_short is not None:
+        raise UnsupportedImage(layout.too_short)
+    if (
+        limits.pixels_per_byte
+        and pixels > FREE_PIXELS
+        and pixels > len(data) * limits.pixels_per_byte
+    ):
         raise ImageTooLarge(
-            f"the image is {width}x{height}, over the limit of {max_pixels} pixels"
+            f"a {width}x{height} image in {len(data)} bytes is more than "
+            f"{limits.pixels_per_byte} pixels per byte: no real image of that "
+            "size is so small"
+        )
+    slow = {codec for codec, *_ in image.tile if codec in Image.DECODERS}
+    if slow:
+        raise UnsupportedImage(
+            f"{image.format} images encoded as {', '.join(sorted(slow))} are not "
+            "accepted (their decoder is too slow)"
         )
     return image
+
+
+def _too_many_pixels(what: str, limits: Limits) -> str:
+    return f"{what} over the limit of {limits.pixels} pixels"
 
 
 def _orientation(image: Image.Image) -> int:

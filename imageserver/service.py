@@ -186,7 +186,7 @@ def make_images(
         ),
         process=processing.run,
         rules=config.rules,
-        max_source_pixels=config.max_source_pixels,
+        limits=config.decode_limits,
         default_outputs=config.default_outputs,
         events=events,
         clock=reactor,

@@ -168,7 +168,7 @@ class AppHarness:
             ),
             process=runner,
             rules=self.config.rules,
-            max_source_pixels=self.config.max_source_pixels,
+            limits=self.config.decode_limits,
             default_outputs=self.config.default_outputs,
             events=self.events,
         )

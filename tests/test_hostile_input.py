@@ -1,5 +1,6 @@
 """Hostile and odd input: every answer is a valid image or a JSON 4xx, never a 5xx."""
 
+import hashlib
 import io
 import json
 import os
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageCms
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests import hostile
 from tests.support import AppHarness, decode, encode, quadrants
 from tests.test_imaging import swapped_rgb_profile, with_orientation
 
@@ -87,6 +89,16 @@ def corpus() -> dict[str, bytes]:
         "html.jpg": b"<!doctype html><html><body>404</body></html>",
         "svg.svg": b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>',
         "eps.eps": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n",
+        "garbage-pixels.png": hostile.png_with_garbage_pixels(),
+        "rle.bmp": hostile.rle_bmp(100, 100),
+        "segment-flood.jpg": hostile.jpeg_segment_flood(5000),
+        "scan-flood.jpg": hostile.jpeg_scan_flood(200),
+        "chunk-flood.png": hostile.png_chunk_flood(70_000),
+        "short-scan.jpg": hostile.jpeg_with_short_scan(7000, 7000),
+        "short-data.png": hostile.png_claiming(7000, 7000),
+        "ispe-claim.avif": hostile.avif_claiming(7000, 7000),
+        "canvas.webp": hostile.webp_with_canvas(7000, 7000),
+        "trailing-junk.jpg": encode(photo) + os.urandom(5000),
     }
     for orientation in range(1, 9):
         items[f"exif-{orientation}.jpg"] = with_orientation(photo, orientation)
@@ -133,8 +145,63 @@ class CorpusTests(SynchronousTestCase):
             "truncated.jpg", "truncated.png", "truncated.gif", "truncated.webp",
             "header-only.jpg", "corrupt-middle.jpg", "bad-crc.png", "huge-declared.png",
             "wide-declared.png", "zero.jpg", "jpeg-magic-then-junk.jpg", "html.jpg",
-            "svg.svg", "eps.eps",
+            "svg.svg", "eps.eps", "garbage-pixels.png", "rle.bmp",
+            "segment-flood.jpg", "scan-flood.jpg", "chunk-flood.png",
+            "short-scan.jpg", "short-data.png", "ispe-claim.avif", "canvas.webp",
         })  # fmt: skip
+
+
+class HostileCostTests(SynchronousTestCase):
+    """Cheap files that would cost seconds or gigabytes: refused before decoding."""
+
+    def setUp(self) -> None:
+        self.app = AppHarness(self)
+
+    def refused(self, data: bytes) -> tuple[int, str]:
+        code, body = self.app.json("POST", "/p", data=data)
+        stored = [files for _, _, files in os.walk(self.app.root) if files]
+        self.assertEqual(stored, [])
+        return code, body["error"]
+
+    def test_refusals_say_why(self) -> None:
+        for data, status, message in (
+            (hostile.png_with_garbage_pixels(), 415,
+             "the image could not be decoded: unrecognized data stream contents "
+             "when reading image file"),
+            (hostile.rle_bmp(7000, 7000), 422,
+             "a 7000x7000 image in 29080 bytes is more than 1000 pixels per byte: "
+             "no real image of that size is so small"),
+            (hostile.rle_bmp(300, 300), 415,
+             "BMP images encoded as bmp_rle are not accepted (their decoder is too "
+             "slow)"),
+            (hostile.jpeg_segment_flood(1_000_000), 415,
+             "the JPEG has more than 1024 segments"),
+            (hostile.jpeg_with_short_scan(7000, 7000), 415,
+             "the JPEG's compressed data (4 bytes) is too short for its 7000x7000 "
+             "pixels: it is cut short or corrupt"),
+            (hostile.webp_with_canvas(7000, 7000), 422,
+             "a 7000x7000 image in 138 bytes is more than 1000 pixels per byte: "
+             "no real image of that size is so small"),
+            (hostile.png_claiming(100_000, 100_000), 422,
+             "the image over the limit of 50000000 pixels"),
+            (hostile.png_claiming(8000, 7000), 422,
+             "the image is 8000x7000, over the limit of 50000000 pixels"),
+        ):  # fmt: skip
+            self.assertEqual(self.refused(data), (status, message))
+        code, message = self.refused(hostile.avif_claiming(7000, 7000))
+        self.assertEqual(code, 422)
+        self.assertRegex(message, r"^a 7000x7000 image in \d+ bytes is more than")
+
+    def test_the_limit_per_byte_can_be_lifted(self) -> None:
+        app = AppHarness(self, max_pixels_per_byte=0)
+        code, body = app.json("POST", "/p", data=hostile.webp_with_canvas(3000, 2000))
+        self.assertEqual((code, body["width"], body["height"]), (200, 3000, 2000))
+
+    def test_bytes_after_the_image_are_not_kept(self) -> None:
+        photo = encode(quadrants((120, 80)))
+        folder = self.app.upload(photo + os.urandom(100_000))
+        self.assertEqual(folder.replace("/", "")[1:], hashlib.md5(photo).hexdigest())
+        self.assertEqual(self.app.request("GET", f"{folder}/original")[1], photo)
 
 
 PATH_TEXT = st.text(

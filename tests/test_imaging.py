@@ -25,13 +25,13 @@ from tests.support import (
 )
 
 RULES = VariantRules(frozenset({"jpg", "png", "gif", "webp", "avif"}), 75, 4000)
-LIMIT = 50_000_000
+LIMIT = imaging.Limits(50_000_000, side=4000)
 
 
-def render(data: bytes, name: str, max_pixels: int = LIMIT) -> Image.Image:
+def render(data: bytes, name: str, limits: imaging.Limits = LIMIT) -> Image.Image:
     variant = RULES.parse(name)
     assert variant is not None
-    return decode(imaging.render(data, variant, max_pixels))
+    return decode(imaging.render(data, variant, limits))
 
 
 def with_orientation(image: Image.Image, orientation: int) -> bytes:
@@ -182,9 +182,9 @@ class GeometrySweepTests(TestCaseMixin, SynchronousTestCase):
             # Only a width-only name can get there: refused, before decoding.
             self.assertEqual(variant.fit, Fit.WIDTH)
             with self.assertRaises(InvalidRequest):
-                imaging.render(data, variant, LIMIT, RULES.maximum_width)
+                imaging.render(data, variant, LIMIT)
             return
-        out = decode(imaging.render(data, variant, LIMIT, RULES.maximum_width))
+        out = decode(imaging.render(data, variant, LIMIT))
         self.assertEqual(out.size, plan.size)
         # Sample a grid of output pixels; each shows the colour of the source
         # point it maps back to, where that point is clear of the quadrants'
@@ -414,9 +414,10 @@ class BadInputTests(SynchronousTestCase):
 
     def test_too_many_pixels_refused_from_the_header(self) -> None:
         with self.assertRaises(ImageTooLarge):
-            imaging.probe(encode(quadrants((200, 100))), 19_999)
+            imaging.probe(encode(quadrants((200, 100))), imaging.Limits(19_999))
         self.assertEqual(
-            imaging.probe(encode(quadrants((200, 100))), 20_000).width, 200
+            imaging.probe(encode(quadrants((200, 100))), imaging.Limits(20_000)).width,
+            200,
         )
 
     def test_declared_bomb_is_refused_before_decoding(self) -> None:

@@ -34,7 +34,10 @@ _ERRORS = {
     "404": _error("No such namespace, image, file, extension or source."),
     "413": _error("A body or source over --max_source_bytes."),
     "415": _error("Not a whole, decodable image in an accepted format."),
-    "422": _error("An image over --max_source_pixels, or an output too big to encode."),
+    "422": _error(
+        "An image over --max_source_pixels or --max_pixels_per_byte, or an "
+        "output too big to encode."
+    ),
     "502": _error("The source URL or the storage failed."),
     "503": _error("Busy or storage unavailable; see Retry-After."),
     "504": _error("The source URL did not answer within --http_timeout."),
