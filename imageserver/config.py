@@ -188,6 +188,26 @@ class Config:
     idle_timeout: float = setting(
         60.0, "Seconds a client connection may stay silent before it is closed."
     )
+    request_head_timeout: float = setting(
+        10.0,
+        "Seconds a request line and its headers may take to arrive, from their "
+        "first byte; slower is a 408 and the connection is closed.",
+    )
+    max_connections: int = setting(
+        1000,
+        "Client connections open at once on the main port; more get a 503 and "
+        "are closed.",
+    )
+    max_receiving_bytes: int = setting(
+        256 * 1024 * 1024,
+        "Bytes of request bodies held in memory at once, across connections; "
+        "a body that would pass it gets a 503.",
+    )
+    listen_backlog: int = setting(
+        1024,
+        "Connections the kernel queues before they are accepted, for a numeric "
+        "--port or --admin_port (an endpoint takes backlog=N).",
+    )
     http_timeout: float = setting(
         5.0, "Seconds allowed to download a source URL, body included."
     )
@@ -236,7 +256,7 @@ class Config:
                 )
         if self.presets_only and not self.outputs:
             raise ValueError("--presets_only needs the presets in --outputs")
-        for name in ("processing_timeout", "idle_timeout"):
+        for name in ("processing_timeout", "idle_timeout", "request_head_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name} must be positive")
         if self.max_pending < 0:
@@ -259,6 +279,11 @@ class Config:
                 f"--max_source_pixels can be at most {DECODER_MAX_PIXELS}, "
                 "the most Pillow decodes"
             )
+        if self.max_receiving_bytes < self.max_source_bytes:
+            raise ValueError(
+                "--max_receiving_bytes must hold at least one body of "
+                "--max_source_bytes"
+            )
         if self.max_pixels_per_byte < 0:
             raise ValueError("--max_pixels_per_byte must not be negative")
         for name in (
@@ -270,6 +295,8 @@ class Config:
             "max_file_age",
             "uploader_concurrency",
             "batch_concurrency",
+            "max_connections",
+            "listen_backlog",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1")
@@ -313,7 +340,8 @@ class Config:
 
     def _endpoint(self, port: str) -> str:
         if port.isdigit():
-            return f"tcp:{port}:interface={self.listen.replace(':', chr(92) + ':')}"
+            interface = self.listen.replace(":", chr(92) + ":")
+            return f"tcp:{port}:interface={interface}:backlog={self.listen_backlog}"
         return port
 
     @property

@@ -6,13 +6,14 @@ Building the tree opens nothing; files, sockets and threads appear in
 
 from __future__ import annotations
 
+import resource
 import sys
 from typing import Any
 
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
-from twisted.logger import ILogObserver
+from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import IResource
@@ -39,7 +40,9 @@ from imageserver.storage.uploads import Uploader
 from imageserver.web.admin import AdminApp, Readiness
 from imageserver.web.app import UNSIGNED_ROUTES, ImageServerApp, route_name
 from imageserver.web.debug import DebugApp, HeapTracing
-from imageserver.web.site import BoundedSite, SignatureGuard
+from imageserver.web.site import BodyBudget, BoundedSite, SignatureGuard
+
+log = Logger()
 
 
 class ConnectionPoolService(Service):
@@ -69,6 +72,36 @@ class ImageServer(OrderedMultiService):
         super().setServiceParent(parent)
         if self.config.log_format == "json" and isinstance(parent, Componentized):
             parent.setComponent(ILogObserver, JSONLines(sys.stdout))
+
+    def privilegedStartService(self) -> None:
+        limit = raise_open_files_limit()
+        # Connections, storage files, pools' sockets and the log all need one.
+        if limit < self.config.max_connections + 64:
+            log.warn(
+                "--max_connections {connections} leaves too few of the {limit} "
+                "open files this process may have",
+                connections=self.config.max_connections,
+                limit=limit,
+            )
+        super().privilegedStartService()
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit on open files to the hard one; the limit now.
+
+    The usual soft limit (1024) is a thousand idle connections away from
+    refusing every client; the hard one is what the operator allows.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:
+            log.warn("could not raise the open files limit: {error}", error=e)
+            return soft
+        log.info("open files limit raised from {soft} to {hard}", soft=soft, hard=hard)
+        return hard if hard != resource.RLIM_INFINITY else soft
+    return soft
 
 
 def make_service(config: Config, reactor: Any = None) -> MultiService:
@@ -107,6 +140,10 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
         events=events,
         route_of=route_name,
         idle_timeout=config.idle_timeout,
+        clock=reactor,
+        head_timeout=config.request_head_timeout,
+        max_connections=config.max_connections,
+        body_budget=BodyBudget(config.max_receiving_bytes),
     )
     if config.manhole_endpoint is not None:
         from imageserver.manhole import ManholeService  # conch: only when asked

@@ -1,8 +1,14 @@
+import os
+import subprocess
+import sys
+
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from imageserver.service import OrderedMultiService
+
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Recording(Service):
@@ -32,3 +38,21 @@ class OrderedMultiServiceTests(SynchronousTestCase):
         slow.callback(None)
         self.assertEqual(stopped, ["port", "uploads", "pool"])
         self.successResultOf(done)
+
+
+class OpenFilesLimitTests(SynchronousTestCase):
+    def test_the_soft_limit_is_raised_to_the_hard_one(self) -> None:
+        script = (
+            "import resource\n"
+            "from imageserver.service import raise_open_files_limit\n"
+            "NOFILE = resource.RLIMIT_NOFILE\n"
+            "resource.setrlimit(NOFILE, (64, resource.getrlimit(NOFILE)[1]))\n"
+            "print(raise_open_files_limit(), *resource.getrlimit(NOFILE))"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONPATH": CHECKOUT},
+        )  # fmt: skip
+        limit, soft, hard = map(int, result.stdout.split())
+        self.assertEqual((limit, soft), (hard, hard))
+        self.assertGreater(soft, 64)

@@ -15,7 +15,7 @@ def parse(*args: str) -> Config:
 class OptionsTests(SynchronousTestCase):
     def test_defaults(self) -> None:
         config = parse()
-        self.assertEqual(config.endpoint, "tcp:7000:interface=127.0.0.1")
+        self.assertEqual(config.endpoint, "tcp:7000:interface=127.0.0.1:backlog=1024")
         self.assertEqual(config.admin_endpoint, "tcp:7002:interface=127.0.0.1")
         self.assertEqual(config.local_base_path, "public")
         self.assertEqual(config.extensions, ("jpg", "png", "gif", "webp", "avif"))
@@ -31,7 +31,7 @@ class OptionsTests(SynchronousTestCase):
             "--processor_concurrency", "3", "--http_timeout", "2.5",
             "--max_file_age", "10",
         )  # fmt: skip
-        self.assertEqual(config.endpoint, "tcp:8000:interface=0.0.0.0")
+        self.assertEqual(config.endpoint, "tcp:8000:interface=0.0.0.0:backlog=1024")
         self.assertEqual(config.outputs, ("x300.jpg", "x300.webp"))
         self.assertEqual(config.extensions, ("jpg", "webp"))
         self.assertEqual(config.local_base_path, "/srv/images")
@@ -69,9 +69,16 @@ class OptionsTests(SynchronousTestCase):
             self.assertIn(says, message)
             self.assertNotIn("\n", message)
 
+    def test_pixel_limit_cannot_pass_the_decoders(self) -> None:
+        with self.assertRaises(UsageError) as caught:
+            parse("--max_source_pixels", "200000000")
+        self.assertIn("at most 178956970", str(caught.exception))
+
     def test_numeric_admin_port_uses_listen(self) -> None:
         config = parse("--admin_port", "7102", "--listen", "::1")
-        self.assertEqual(config.admin_endpoint, r"tcp:7102:interface=\:\:1")
+        self.assertEqual(
+            config.admin_endpoint, r"tcp:7102:interface=\:\:1:backlog=1024"
+        )
 
     def test_bad_values_are_usage_errors(self) -> None:
         for args in (

@@ -5,15 +5,20 @@ from typing import Any
 
 from treq.client import HTTPClient
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
-from twisted.trial.unittest import TestCase
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from imageserver.web.app import route_name
-from imageserver.web.site import BoundedSite
+from imageserver.web.site import BodyBudget, BoundedSite
 from tests.support import AppHarness, encode, quadrants, sample
 
 LIMIT = 20_000
@@ -116,3 +121,152 @@ class BoundedSiteTests(TestCase):
         body = await response.content()
         self.assertEqual(response.code, 404)
         self.assertNotIn(b"Traceback", body)
+
+
+class ConnectionLimitTests(SynchronousTestCase):
+    """The site's channel, byte by byte, on the real app and a fake clock."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.app = AppHarness(self)
+        self.budget = BodyBudget(3 * LIMIT)
+        self.site = BoundedSite(
+            self.app.resource,
+            max_body_bytes=LIMIT,
+            idle_timeout=60,
+            clock=self.clock,
+            head_timeout=10,
+            max_connections=10,
+            body_budget=self.budget,
+        )
+
+    def connect(self) -> tuple[Any, StringTransport]:
+        protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1234))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def answer(self, transport: StringTransport) -> tuple[int, dict[str, Any]]:
+        head, _, body = transport.value().partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 "), head)
+        self.assertIn(b"Content-Type: application/json", head)
+        return int(head.split()[1]), json.loads(body)
+
+    def test_a_declared_body_over_the_limit_is_refused_before_100_continue(
+        self,
+    ) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            b"POST /p HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 10000000000\r\n\r\n"
+        )
+        self.assertNotIn(b"100 Continue", transport.value())
+        self.assertEqual(
+            self.answer(transport),
+            (413, {"error": f"the body is larger than the limit of {LIMIT} bytes"}),
+        )
+        self.assertTrue(transport.disconnecting)
+
+    def test_an_endless_chunked_body_is_cut_at_the_limit(self) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        chunk = b"1000\r\n" + b"x" * 0x1000 + b"\r\n"
+        for _ in range(LIMIT // 0x1000 + 1):
+            protocol.dataReceived(chunk)
+        self.assertEqual(self.answer(transport)[0], 413)
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.budget.held, 0)
+
+    def test_bodies_past_the_budget_get_503_and_the_budget_comes_back(self) -> None:
+        held = []
+        for _ in range(3):
+            protocol, transport = self.connect()
+            protocol.dataReceived(
+                b"POST /p HTTP/1.1\r\nHost: x\r\n"
+                + f"Content-Length: {LIMIT}\r\n\r\n".encode()
+                + b"x" * 100
+            )
+            self.assertEqual(transport.value(), b"")
+            held.append((protocol, transport))
+        protocol, transport = self.connect()
+        protocol.dataReceived(
+            b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n"
+        )
+        code, error = self.answer(transport)
+        self.assertEqual(code, 503)
+        self.assertIn(b"Retry-After: 5", transport.value())
+        self.assertEqual(
+            error["error"],
+            "the server is receiving too many bodies now, try again shortly",
+        )
+        self.assertEqual(self.budget.held, 3 * LIMIT)
+        for protocol, _ in held:
+            protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.budget.held, 0)
+
+    def test_the_head_must_arrive_within_its_deadline(self) -> None:
+        protocol, transport = self.connect()
+        for byte in b"GET /status_check HTTP/1.1\r\nHost: x\r\n":
+            protocol.dataReceived(bytes([byte]))
+            self.clock.advance(0.5)  # 10 s reached before the head ends
+            if transport.disconnecting:
+                break
+        self.assertEqual(
+            self.answer(transport),
+            (408, {"error": "the request head did not arrive in time"}),
+        )
+
+    def test_a_prompt_head_is_answered_and_the_next_one_is_timed_afresh(self) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET /status_check HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b"200 OK", transport.value())
+        self.clock.advance(30)  # idle between requests: the idle timeout's business
+        self.assertFalse(transport.disconnecting)
+        transport.clear()
+        protocol.dataReceived(b"GET /status_check HTTP/1.1\r\n")
+        self.clock.advance(9)
+        protocol.dataReceived(b"Host: x\r\n\r\n")
+        self.assertIn(b"200 OK", transport.value())
+
+    def test_long_lines_get_a_400(self) -> None:
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\n")
+        self.assertEqual(
+            self.answer(transport),
+            (400, {"error": "the request line or a header is over 16384 bytes"}),
+        )
+        self.assertTrue(transport.disconnecting)
+
+    def test_connections_past_the_cap_get_503(self) -> None:
+        self.site.max_connections = 3
+        open_ones = [self.connect() for _ in range(3)]
+        for _, transport in open_ones:
+            self.assertEqual(transport.value(), b"")
+        protocol, transport = self.connect()
+        self.assertEqual(self.answer(transport)[0], 503)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        open_ones[0][0].connectionLost(Failure(ConnectionDone()))
+        _, transport = self.connect()
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(self.site.connections, 3)
+
+    def test_encoded_slashes_and_bad_escapes_are_json_errors(self) -> None:
+        folder = self.app.upload(encode(quadrants((40, 30))))
+        parts = folder.rsplit("/", 1)
+        with capturedLogs() as logged:
+            for path, code in (
+                (f"{parts[0]}%2F{parts[1]}/w10.jpg", 404),
+                (f"{parts[0]}%2f{parts[1]}/w10.jpg", 404),
+                (f"{folder}/w10%FF.jpg", 400),
+                ("/%FF", 400),
+            ):
+                protocol, transport = self.connect()
+                protocol.dataReceived(
+                    f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+                )
+                self.assertEqual(self.answer(transport)[0], code, path)
+                protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual([e for e in logged if e.get("log_failure")], [])

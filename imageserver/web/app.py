@@ -9,7 +9,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
 from imageserver.batches import Batches
-from imageserver.errors import ContentTooLarge, InvalidRequest
+from imageserver.errors import InvalidRequest
 from imageserver.images import Images
 from imageserver.naming import (
     FOLDER_PATTERN,
@@ -26,7 +26,6 @@ from imageserver.web.responses import (
     routing_error,
     server_error,
 )
-from imageserver.web.site import BoundedRequest
 
 _IMAGE = "/<image:image>"
 #: The routes that stay open with --secret: (method, path) of the health
@@ -72,7 +71,6 @@ class ImageServerApp:
 
     @app.route("/<namespace>", methods=["POST"])
     async def upload(self, request: IRequest, namespace: str) -> Response:
-        _check_body(request)
         source = _query(request, "source")
         info = await self._images.upload(
             namespace,
@@ -84,7 +82,6 @@ class ImageServerApp:
 
     @app.route("/<namespace>/batch", methods=["POST"])
     async def create_batch(self, request: IRequest, namespace: str) -> Response:
-        _check_body(request)
         job_id = await self._batches.create(
             namespace, request.content, _query(request, "outputs")
         )
@@ -107,7 +104,6 @@ class ImageServerApp:
 
     @app.route(_IMAGE + "/<name>", methods=["POST"], endpoint="put_file")
     async def put_file(self, request: IRequest, image: ImageId, name: str) -> Response:
-        _check_body(request)
         await self._images.put_file(image, name, request.content)
         return Response(200, {"Content-Length": "0"}, b"")
 
@@ -144,13 +140,6 @@ def _query(request: IRequest, name: str) -> str | None:
         return values[0].decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidRequest(f"the {name} parameter is not UTF-8") from None
-
-
-def _check_body(request: IRequest) -> None:
-    if isinstance(request, BoundedRequest) and request.body_too_large:
-        raise ContentTooLarge(
-            f"the body is larger than the limit of {request.max_body_bytes} bytes"
-        )
 
 
 def _serve(request: IRequest, stored: StoredObject, client_file: bool) -> Response:

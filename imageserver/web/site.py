@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from io import BytesIO
 from typing import Any, cast
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
@@ -19,57 +24,214 @@ from imageserver.signing import verify
 from imageserver.waiting import WhenIdle
 
 access = Logger(namespace="imageserver.access")
+refused = Logger(namespace="imageserver.refused")
+
+
+class BodyBudget:
+    """Bytes of request bodies held at once, across every connection.
+
+    Bodies are kept in memory (never in a temporary directory whose size
+    nobody checks); a body that would pass the budget is refused with 503.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.held = 0
+
+    def reserve(self, size: int) -> bool:
+        if self.held + size > self.max_bytes:
+            return False
+        self.held += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.held -= size
 
 
 class BoundedRequest(Request):
-    """Stops keeping a request body once it passes the site's limit.
+    """Holds its body in memory within the site's limits.
 
-    The handler sees ``body_too_large`` and answers 413; the bytes past the
-    limit are read and dropped, never held in memory or on disk.
+    A declared length over the limit or over the budget is refused by the
+    channel before the body is read; a chunked body is refused the moment it
+    passes either.
     """
 
-    body_too_large = False
-    _received = 0
     _started = 0.0
+    _held = 0
 
     @property
-    def max_body_bytes(self) -> int:
-        site = cast(BoundedSite, self.channel.site)  # type: ignore[attr-defined]
-        return site.max_body_bytes
+    def bounded_site(self) -> BoundedSite:
+        return cast(BoundedSite, self.channel.site)  # type: ignore[attr-defined]
 
     def gotLength(self, length: int | None) -> None:
-        if length is not None and length > self.max_body_bytes:
-            self.body_too_large = True
-            length = 0
-        super().gotLength(length)
+        self.content = BytesIO()  # type: ignore[assignment]
 
     def handleContentChunk(self, data: bytes) -> None:
-        if self.body_too_large:
+        assert self.content is not None
+        received = self.content.tell() + len(data)
+        if received > self.bounded_site.max_body_bytes:
+            self._refuse(413, _too_large(self.bounded_site.max_body_bytes))
             return
-        self._received += len(data)
-        if self._received > self.max_body_bytes:
-            self.body_too_large = True
-            assert self.content is not None
-            self.content.seek(0)
-            self.content.truncate()
+        if received > self._held and not self.hold(received - self._held):
             return
         super().handleContentChunk(data)
 
+    def hold(self, size: int) -> bool:
+        """Count ``size`` more bytes against the budget, or refuse the body."""
+        budget = self.bounded_site.body_budget
+        if not budget.reserve(size):
+            self._refuse(
+                503, "the server is receiving too many bodies now, try again shortly"
+            )
+            return False
+        if not self._held:
+            self.notifyFinish().addBoth(lambda _: budget.release(self._held))
+        self._held += size
+        return True
+
+    def _refuse(self, code: int, message: str) -> None:
+        channel = self.channel
+        if isinstance(channel, BoundedChannel):
+            channel.refuse(code, message)
+
     def process(self) -> None:
-        site = cast(BoundedSite, self.channel.site)  # type: ignore[attr-defined]
+        site = self.bounded_site
         self._started = time.perf_counter()
         site.request_started(self)
+        refusal = _path_refusal(self.path)
+        if refusal is not None:
+            code, message = refusal
+            body = json.dumps({"error": message}).encode()
+            self.setResponseCode(code)
+            self.setHeader(b"Content-Type", b"application/json")
+            self.setHeader(b"Content-Length", str(len(body)).encode())
+            self.write(body)
+            self.finish()
+            return
         super().process()
 
 
+def _ignore(data: bytes) -> None:
+    pass
+
+
+def _too_large(limit: int) -> str:
+    return f"the body is larger than the limit of {limit} bytes"
+
+
+def _path_refusal(path: bytes) -> tuple[int, str] | None:
+    """Paths no route may see: encoded slashes (a name never holds one) and
+    percent-escapes that are not UTF-8."""
+    if b"%2f" in path.lower():
+        return 404, "unknown path: encoded slashes are not part of any name"
+    try:
+        unquote_to_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return 400, "the path is not UTF-8"
+    return None
+
+
+class BoundedChannel(HTTPChannel):
+    """An HTTP connection that answers what it refuses, in JSON, and closes.
+
+    A request's head (request line and headers) must arrive whole within the
+    site's ``head_timeout`` from its first byte, however slowly it trickles;
+    a body declared over the limit is refused before a byte of it is read
+    (no ``100 Continue``); a line over 16 KiB gets a 400, not a silent close.
+    """
+
+    site: BoundedSite
+    _head_deadline: IDelayedCall | None = None
+    _awaiting_head = True
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if not self.site.connection_opened():
+            self.refuse(503, "the server has too many connections, try again shortly")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._awaiting_head and self._head_deadline is None:
+            self._head_deadline = self.site.clock.callLater(
+                self.site.head_timeout, self._head_too_slow
+            )
+        super().dataReceived(data)
+
+    def _head_too_slow(self) -> None:
+        self._head_deadline = None
+        self.refuse(408, "the request head did not arrive in time")
+
+    def _head_received(self) -> None:
+        self._awaiting_head = False
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.refuse(
+            400, f"the request line or a header is over {self.MAX_LENGTH} bytes"
+        )
+
+    def allHeadersReceived(self) -> None:
+        self._head_received()
+        limit = self.site.max_body_bytes
+        if self.length is not None and self.length > limit:
+            self.refuse(413, _too_large(limit))
+            return
+        request = self.requests[-1]
+        if self.length and not request.hold(self.length):
+            return
+        super().allHeadersReceived()
+
+    def requestDone(self, request: Request) -> None:
+        super().requestDone(request)
+        self._awaiting_head = True
+
+    def refuse(self, code: int, message: str) -> None:
+        """Answer ``code`` with a JSON error at once and close the connection.
+
+        Only for requests not yet handed to a resource: nothing else has
+        written to the connection.
+        """
+        self._head_received()
+        if self.transport is None or getattr(self.transport, "disconnecting", False):
+            return
+        body = json.dumps({"error": message}).encode()
+        headers = [
+            f"HTTP/1.1 {code} {http.RESPONSES.get(code, b'Error').decode()}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(body)}",
+            "Connection: close",
+        ]
+        if code == 503:
+            headers.append("Retry-After: 5")
+        self.transport.write("\r\n".join(headers).encode() + b"\r\n\r\n" + body)
+        refused.info(
+            "refused {peer}: {status} {message}",
+            peer=getattr(self.transport.getPeer(), "host", ""),
+            status=code,
+            message=message,
+        )
+        # Whatever else the client sends is dropped unread, also what is
+        # still buffered.
+        self.dataReceived = self.lineReceived = self.rawDataReceived = _ignore  # type: ignore[method-assign]
+        self.loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self._head_received()
+        self.site.connection_closed()
+        super().connectionLost(reason)
+
+
 class BoundedSite(Site):
-    """Our Site: see `BoundedRequest`; every answered request is logged once.
+    """Our Site: see `BoundedRequest` and `BoundedChannel`; every answered
+    request is logged once.
 
     ``route_of`` names a request's route for metrics and logs (a small fixed
     set, never the raw path); ``events`` receives the counts and timings.
     """
 
     requestFactory = BoundedRequest
+    protocol = BoundedChannel  # type: ignore[assignment]
     displayTracebacks = False
 
     def __init__(
@@ -80,6 +242,9 @@ class BoundedSite(Site):
         route_of: Callable[[Request], str] = lambda request: "other",
         idle_timeout: float = 60,
         clock: IReactorTime | None = None,
+        head_timeout: float = 10,
+        max_connections: int = 1000,
+        body_budget: BodyBudget | None = None,
     ) -> None:
         # Bodies are images and files, never forms: twisted.web must not parse
         # them into request.args (nor answer a bare 400 to a bad multipart one).
@@ -89,11 +254,26 @@ class BoundedSite(Site):
             reactor=clock,
             parsePOSTFormSubmission=False,
         )
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = cast(IReactorTime, clock)
         self.max_body_bytes = max_body_bytes
+        self.head_timeout = head_timeout
+        self.max_connections = max_connections
+        self.body_budget = body_budget or BodyBudget(4 * max_body_bytes)
+        self.connections = 0
         self._events = events
         self._route_of = route_of
         self.in_flight = 0
         self._idle = WhenIdle(lambda: self.in_flight > 0)
+
+    def connection_opened(self) -> bool:
+        """Count a new connection; False when it is one too many."""
+        self.connections += 1
+        return self.connections <= self.max_connections
+
+    def connection_closed(self) -> None:
+        self.connections -= 1
 
     def wait_idle(self) -> Deferred[None]:
         """Fires once no request is in flight."""
