@@ -27,30 +27,37 @@ from twisted.logger import (
 )
 from twisted.python import usage
 
-from imageserver import imaging
+from imageserver import __version__, imaging
 from imageserver.batches import Item, parse_line
 from imageserver.config import Config
 from imageserver.errors import ImageServerError
 from imageserver.events import Events
 from imageserver.images import Images, info_json_of
+from imageserver.options import (
+    ConfigOptions,
+    command_line_fields,
+    exit_on_usage_error,
+    flags,
+    parameters,
+)
 from imageserver.service import make_images
 from imageserver.shutdown import Deadline, OrderedMultiService
-from imageserver.tap import Options as ServerOptions
 
 
-class ProcessOptions(ServerOptions):
+class ProcessOptions(ConfigOptions):
     synopsis = "[options] FILE... | -"
     longdesc = (
         "Store each FILE (or each line of standard input with '-': a URL "
         "and/or an md5 hash, tab-separated) and make its --outputs. Prints "
         "hash, source, width and height, tab-separated, per image."
     )
+    fields = command_line_fields()
     optParameters: ClassVar[list[list[Any]]] = [
         ["namespace", None, "p", "Namespace the images go into."],
         ["concurrency", None, "0", "Images processed at once; 0: one per CPU.", int],
-        *ServerOptions.optParameters,
+        *parameters(fields),
     ]
-    optFlags: ClassVar[list[list[Any]]] = ServerOptions.optFlags
+    optFlags: ClassVar[list[list[Any]]] = flags(fields)
 
     def parseArgs(self, *sources: str) -> None:  # type: ignore[override]
         if not sources:
@@ -73,6 +80,12 @@ class InfoOptions(usage.Options):
 
 class Options(usage.Options):
     synopsis = "process|info [options] ..."
+
+    def opt_version(self) -> None:
+        """Print the version and exit."""
+        print(f"imageserver {__version__}")
+        sys.exit(0)
+
     subCommands: ClassVar[list[list[Any]]] = [
         ["process", None, ProcessOptions, "Store images and make their variants."],
         ["info", None, InfoOptions, "Print an image's info.json, without storing."],
@@ -217,11 +230,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     from twisted.internet import task
 
     options = Options()
-    try:
-        options.parseOptions(list(sys.argv[1:] if argv is None else argv))
-    except usage.UsageError as e:
-        sys.stderr.write(f"{options}\nimageserver: {e}\n")
-        sys.exit(2)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    exit_on_usage_error("imageserver", options.parseOptions, arguments)
     _log_warnings_to(sys.stderr)
     if options.subCommand == "info":
         sys.exit(info(options.subOptions, sys.stdout, sys.stderr))

@@ -1,7 +1,7 @@
 """Config: every setting, its default and its help, defined once.
 
-The command line (`imageserver.tap.Options`) and the docs' option table are
-both generated from the fields below.
+The command lines (`imageserver.options`) and the docs' option table are
+generated from the fields below.
 """
 
 from __future__ import annotations
@@ -37,8 +37,13 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def setting(default: Any, help: str, **kwargs: Any) -> Any:
-    return field(default=default, metadata={"help": help}, **kwargs)
+def setting(
+    default: Any, help: str, *, server_only: bool = False, **kwargs: Any
+) -> Any:
+    """A Config field: its default, its one-line help, and whether only the
+    server uses it (the command line leaves such options out)."""
+    metadata = {"help": help, "server_only": server_only}
+    return field(default=default, metadata=metadata, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -47,13 +52,17 @@ class Config:
         "7000",
         "Main HTTP port: a number (bound to --listen) or a Twisted endpoint "
         "such as tcp:7000:interface=0.0.0.0 or unix:/run/imageserver.sock.",
+        server_only=True,
     )
     listen: str = setting(
-        "127.0.0.1", "Address a numeric --port or --admin_port binds to."
+        "127.0.0.1",
+        "Address a numeric --port or --admin_port binds to.",
+        server_only=True,
     )
     admin_port: str = setting(
         "tcp:7002:interface=127.0.0.1",
         "Admin port for probes: a number, a Twisted endpoint, or 'none'.",
+        server_only=True,
     )
     local_base_path: str = setting(
         "public", "Directory where originals, info.json and variants are kept."
@@ -88,6 +97,7 @@ class Config:
     memory_cache_bytes: int = setting(
         64 * 1024 * 1024,
         "Bytes of recently served variants kept in memory; 0 turns it off.",
+        server_only=True,
     )
     uploader: str = setting(
         "",
@@ -125,35 +135,48 @@ class Config:
     shutdown_timeout: float = setting(
         30.0, "Seconds pending uploads get to finish when the server stops."
     )
-    enable_statsd: bool = setting(False, "Send statsd metrics (counters, timers).")
-    statsd_host: str = setting("127.0.0.1", "statsd daemon host.")
-    statsd_port: int = setting(8125, "statsd daemon UDP port.")
-    statsd_prefix: str = setting("image_server.", "Prefix of every statsd name.")
+    enable_statsd: bool = setting(
+        False, "Send statsd metrics (counters, timers).", server_only=True
+    )
+    statsd_host: str = setting("127.0.0.1", "statsd daemon host.", server_only=True)
+    statsd_port: int = setting(8125, "statsd daemon UDP port.", server_only=True)
+    statsd_prefix: str = setting(
+        "image_server.", "Prefix of every statsd name.", server_only=True
+    )
     log_format: str = setting(
-        "text", "Logs as 'text', or 'json': one object per line on standard output."
+        "text",
+        "Logs as 'text', or 'json': one object per line on standard output.",
+        server_only=True,
     )
     profile: bool = setting(
         False,
         "Serve /debug/profile, /debug/heap and /debug/threads on the admin port "
         "(and trace the heap).",
+        server_only=True,
     )
     manhole: str = setting(
         "",
         "SSH manhole endpoint, e.g. tcp:7003:interface=127.0.0.1 (a number binds "
         "to 127.0.0.1); empty: off.",
+        server_only=True,
     )
     manhole_keys: str = setting(
-        "", "authorized_keys file of the public keys allowed into the manhole."
+        "",
+        "authorized_keys file of the public keys allowed into the manhole.",
+        server_only=True,
     )
     manhole_passwords: str = setting(
-        "", "File of user:bcrypt-hash lines allowed into the manhole."
+        "", "File of user:bcrypt-hash lines allowed into the manhole.", server_only=True
     )
     manhole_host_keys: str = setting(
         "manhole-host-keys",
         "Directory of the manhole's SSH host keys (made if absent).",
+        server_only=True,
     )
     manhole_allow_remote: bool = setting(
-        False, "Let --manhole listen on an interface other than loopback."
+        False,
+        "Let --manhole listen on an interface other than loopback.",
+        server_only=True,
     )
     max_redirects: int = setting(3, "Redirects a source URL may take.")
     allow_private_sources: bool = setting(
@@ -172,41 +195,52 @@ class Config:
         "Serve only URLs signed with this secret (HMAC-SHA256, see docs/security.md);"
         " empty: no signatures.",
         repr=False,
+        server_only=True,
     )
     presets_only: bool = setting(
-        False, "Serve and generate only the variant names listed in --outputs."
+        False,
+        "Serve and generate only the variant names listed in --outputs.",
+        server_only=True,
     )
     batch_concurrency: int = setting(
-        1, "Batch items processed at once, across all batch jobs."
+        1, "Batch items processed at once, across all batch jobs.", server_only=True
     )
     max_pending: int = setting(
-        64, "Processing jobs allowed to wait for a thread; more get 503."
+        64,
+        "Processing jobs allowed to wait for a thread; more get 503.",
+        server_only=True,
     )
     processing_timeout: float = setting(
         60.0, "Seconds a request waits for its processing job before a 503."
     )
     idle_timeout: float = setting(
-        60.0, "Seconds a client connection may stay silent before it is closed."
+        60.0,
+        "Seconds a client connection may stay silent before it is closed.",
+        server_only=True,
     )
     request_head_timeout: float = setting(
         10.0,
         "Seconds a request line and its headers may take to arrive, from their "
         "first byte; slower is a 408 and the connection is closed.",
+        server_only=True,
     )
     max_connections: int = setting(
         1000,
         "Client connections open at once on the main port; more get a 503 and "
         "are closed.",
+        server_only=True,
     )
     max_receiving_bytes: int = setting(
         256 * 1024 * 1024,
         "Bytes of request bodies held in memory at once, across connections; "
         "a body that would pass it gets a 503.",
+        server_only=True,
     )
     listen_backlog: int = setting(
         1024,
         "Connections the kernel queues before they are accepted, for a numeric "
         "--port or --admin_port (an endpoint takes backlog=N).",
+        server_only=True,
     )
     http_timeout: float = setting(
         5.0, "Seconds allowed to download a source URL, body included."
@@ -214,6 +248,7 @@ class Config:
     max_file_age: int = setting(
         30,
         "Minutes a file stays in the local cache when a remote store is used.",
+        server_only=True,
     )
 
     def __post_init__(self) -> None:
@@ -405,12 +440,15 @@ def show(value: Any) -> str:
 
 def options_table() -> str:
     """The table of options in docs/configuration.md (a test keeps them equal)."""
-    rows = ["| option | default | meaning |", "|---|---|---|"]
+    rows = [
+        "| option | default | `imageserver process` | meaning |",
+        "|---|---|---|---|",
+    ]
     for f in fields():
         default = show(f.default)
         rows.append(
             f"| `--{f.name}` | {f'`{default}`' if default else '(none)'} "
-            f"| {f.metadata['help']} |"
+            f"| {'' if f.metadata['server_only'] else 'yes'} | {f.metadata['help']} |"
         )
     return "\n".join(rows) + "\n"
 
@@ -419,7 +457,7 @@ def update_table(path: str) -> None:
     """Rewrite the options table in a page: ``python -m imageserver.config PAGE``."""
     with open(path) as f:
         page = f.read()
-    start = page.index("| option | default | meaning |")
+    start = page.index("| option | default |")
     end = page.index("\n\n", start) + 1
     with open(path, "w") as f:
         f.write(page[:start] + options_table() + page[end:])

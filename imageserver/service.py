@@ -6,11 +6,11 @@ Building the tree opens nothing; files, sockets and threads appear in
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 from typing import Any
 
-from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, Logger
@@ -18,10 +18,12 @@ from twisted.python.components import Componentized
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import IResource
 
+from imageserver import __version__
 from imageserver.batches import Batches
 from imageserver.config import Config
 from imageserver.events import Events
 from imageserver.images import Images
+from imageserver.listening import Listening, StartupFailed
 from imageserver.logs import JSONLines
 from imageserver.naming import is_generated
 from imageserver.pools import ThreadPoolService
@@ -30,7 +32,7 @@ from imageserver.sources import SourceFetcher, source_agent
 from imageserver.statsd import StatsdClient
 from imageserver.storage import Storage
 from imageserver.storage.behind import WriteBehind
-from imageserver.storage.local import LocalStorage
+from imageserver.storage.local import LocalStorage, check_writable
 from imageserver.storage.memory import MemoryCache
 from imageserver.storage.metered import MeteredStorage
 from imageserver.storage.s3 import LazyClient, S3Settings, S3Storage
@@ -74,16 +76,49 @@ class ImageServer(OrderedMultiService):
             parent.setComponent(ILogObserver, JSONLines(sys.stdout))
 
     def privilegedStartService(self) -> None:
+        """Check what can be checked, then open the ports.
+
+        twistd opens ports here, before it drops privileges; a failure is one
+        line in the log and exit status 1, not a traceback.
+        """
+        config = self.config
         limit = raise_open_files_limit()
         # Connections, storage files, pools' sockets and the log all need one.
-        if limit < self.config.max_connections + 64:
+        if limit < config.max_connections + 64:
             log.warn(
                 "--max_connections {connections} leaves too few of the {limit} "
                 "open files this process may have",
-                connections=self.config.max_connections,
+                connections=config.max_connections,
                 limit=limit,
             )
-        super().privilegedStartService()
+        try:
+            try:
+                check_writable(config.local_base_path)
+            except OSError as e:
+                raise StartupFailed(
+                    f"--local_base_path {os.path.abspath(config.local_base_path)} "
+                    f"cannot be written: {e.strerror}"
+                ) from None
+            super().privilegedStartService()
+        except StartupFailed as e:
+            log.critical("{message}", message=str(e))
+            raise SystemExit(1) from None
+
+    def startService(self) -> None:
+        super().startService()
+        config = self.config
+        storage = os.path.abspath(config.local_base_path)
+        if config.remote is not None:
+            endpoint = config.s3_endpoint_url or "AWS"
+            storage = f"bucket {config.aws_bucket} at {endpoint}, cached in {storage}"
+        log.info(
+            "imageserver {version} started: storage {storage}; {processing} "
+            "processing threads, {io} I/O threads",
+            version=__version__,
+            storage=storage,
+            processing=config.processor_concurrency,
+            io=config.io_concurrency,
+        )
 
 
 def raise_open_files_limit() -> int:
@@ -127,8 +162,7 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
         admin = BoundedSite(
             AdminApp(readiness, events, debug).app.resource(), max_body_bytes=1024
         )
-        port = strports.service(config.admin_endpoint, admin, reactor=reactor)
-        port.setServiceParent(top)
+        Listening(reactor, config.admin_endpoint, admin, "admin").setServiceParent(top)
 
     batches = Batches(images, storage, config.batch_concurrency)
     api: IResource = ImageServerApp(images, batches).app.resource()
@@ -165,7 +199,7 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
             passwords=config.manhole_passwords or None,
         ).setServiceParent(top)
     RequestDrain(site, reactor, deadline).setServiceParent(top)
-    strports.service(config.endpoint, site, reactor=reactor).setServiceParent(top)
+    Listening(reactor, config.endpoint, site, "main").setServiceParent(top)
     # Last in, first out: readiness turns 503 before anything else stops.
     readiness.setServiceParent(top)
     return top

@@ -241,6 +241,29 @@ class CommandTests(SynchronousTestCase):
         self.assertIn("--outputs", usage.stderr)
         self.assertEqual(self.run_command().returncode, 2)
 
+    def test_help_shows_what_the_command_uses(self) -> None:
+        shown = self.run_command("process", "--help").stdout
+        for option in ("--outputs", "--local_base_path", "--aws_bucket",
+                       "--namespace", "--concurrency"):  # fmt: skip
+            self.assertIn(option, shown)
+        for option in ("--port", "--admin_port", "--manhole", "--profile",
+                       "--secret", "--max_connections"):  # fmt: skip
+            self.assertNotIn(option + "=", shown)
+            self.assertNotIn(option + " ", shown)
+
+    def test_usage_errors_are_one_line_and_a_hint(self) -> None:
+        result = self.run_command("process", "--port", "7000", "photo.jpg")
+        self.assertEqual(result.returncode, 2)
+        self.assertEqual(
+            result.stderr,
+            "imageserver: option --port not recognized\n"
+            "Run 'imageserver --help' for the options.\n",
+        )
+        version = self.run_command("--version")
+        self.assertEqual(
+            (version.returncode, version.stdout), (0, "imageserver 0.1.0\n")
+        )
+
     def test_progress_bar_only_on_a_terminal(self) -> None:
         primary, secondary = pty.openpty()
         self.addCleanup(os.close, primary)

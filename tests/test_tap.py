@@ -3,7 +3,8 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
 from imageserver.config import Config
-from imageserver.tap import Options, makeService
+from imageserver.options import ServerOptions as Options
+from imageserver.tap import makeService
 
 
 def parse(*args: str) -> Config:
@@ -160,8 +161,8 @@ class MakeServiceTests(SynchronousTestCase):
         names = [type(s).__name__ for s in IServiceCollection(service)]
         self.assertEqual(names, [
             "Signals", "ThreadPoolService", "ThreadPoolService", "WriteBehind",
-            "ConnectionPoolService", "StreamServerEndpointService", "RequestDrain",
-            "StreamServerEndpointService", "Readiness",
+            "ConnectionPoolService", "Listening", "RequestDrain",
+            "Listening", "Readiness",
         ])  # fmt: skip
 
     def test_s3_adds_its_pool_uploader_and_sweeper(self) -> None:
@@ -171,8 +172,8 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(names, [
             "Signals", "ThreadPoolService", "ThreadPoolService", "ThreadPoolService",
             "Uploader", "CacheSweeper", "WriteBehind", "ConnectionPoolService",
-            "StreamServerEndpointService", "RequestDrain",
-            "StreamServerEndpointService", "Readiness",
+            "Listening", "RequestDrain",
+            "Listening", "Readiness",
         ])  # fmt: skip
 
     def test_statsd_is_a_service_when_enabled(self) -> None:
@@ -185,4 +186,4 @@ class MakeServiceTests(SynchronousTestCase):
         options = Options()
         options.parseOptions(["--admin_port", "none"])
         names = [type(s).__name__ for s in IServiceCollection(makeService(options))]
-        self.assertEqual(names.count("StreamServerEndpointService"), 1)
+        self.assertEqual(names.count("Listening"), 1)

@@ -24,6 +24,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
+from imageserver import __version__
 from tests import s3server
 from tests.support import RED, YELLOW, TestCaseMixin, encode, quadrants
 from tests.test_manhole import client_key, ssh_into
@@ -224,11 +225,74 @@ class TwistdTests(TwistdCase):
         names = ("original", "info.json", "x100.webp", "w64.png")
         self.assertEqual(keys, {f"{folder[1:]}/{name}" for name in names})
 
-    async def test_bad_options_exit_with_an_error(self) -> None:
+    async def test_bad_options_are_one_line_and_a_hint(self) -> None:
+        for args, message in (
+            (
+                ["--default_quality", "500"],
+                b"--default_quality must be between 1 and 100",
+            ),
+            (["--port=abc"], b"--port: 'abc' is not a valid endpoint"),
+            (["--port=70000"], b"70000 is not a port number"),
+            (["--admin_port=tcp:7002:interfac=127.0.0.1"], b"--admin_port: "),
+            (["--listen=0.0.0.0.1"], b"'0.0.0.0.1' is not an IP address"),
+        ):
+            process = Twistd([])
+            process.start(["imageserver", *args])
+            self.assertEqual(await process.ended, 2, args)
+            lines = process.output.strip().splitlines()
+            self.assertEqual(len(lines), 2, process.output)
+            self.assertIn(message, lines[0])
+            self.assertEqual(
+                lines[1], b"Run 'twistd imageserver --help' for the options."
+            )
+
+    async def test_version_is_the_servers(self) -> None:
         process = Twistd([])
-        process.start(["imageserver", "--default_quality", "500"])
-        self.assertNotEqual(await process.ended, 0)
-        self.assertIn(b"--default_quality must be between 1 and 100", process.output)
+        process.start(["imageserver", "--version"])
+        self.assertEqual(await process.ended, 0)
+        self.assertEqual(process.output, f"imageserver {__version__}\n".encode())
+
+    async def test_start_up_failures_are_one_line(self) -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            process = Twistd([])
+            process.start(["imageserver", "--port", str(port), "--admin_port", "0",
+                           "--local_base_path", self.mktemp()])  # fmt: skip
+            self.assertEqual(await process.ended, 1)
+        self.assertIn(
+            f"cannot listen on tcp:{port}:interface=127.0.0.1:backlog=1024 (main "
+            f"port): Couldn't listen on 127.0.0.1:{port}: [Errno 98] Address "
+            "already in use.".encode(),
+            process.output,
+        )
+        self.assertNotIn(b"Traceback", process.output)
+
+        # A folder inside a file: unwritable even for root.
+        a_file = os.path.abspath(self.mktemp())
+        with open(a_file, "w"):
+            pass
+        process = Twistd([])
+        process.start(["imageserver", "--port", "0", "--admin_port", "0",
+                       "--local_base_path", f"{a_file}/store"])  # fmt: skip
+        self.assertEqual(await process.ended, 1)
+        self.assertIn(
+            f"--local_base_path {a_file}/store cannot be written: Not a "
+            "directory".encode(),
+            process.output,
+        )
+        self.assertNotIn(b"Traceback", process.output)
+
+    async def test_start_up_says_where_the_server_is(self) -> None:
+        process = await self.start_server()
+        for line in (
+            f"main port listening on http://127.0.0.1:{self.port}",
+            f"admin port listening on http://127.0.0.1:{self.admin_port}",
+            f"imageserver {__version__} started: storage ",
+        ):
+            await process.wait_for(re.escape(line.encode()))
+        self.assertNotIn(b"Starting factory", process.output)
 
 
 class HeldSource(Resource):

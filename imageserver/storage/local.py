@@ -61,6 +61,18 @@ class LocalStorage:
         await self._run(_delete, self.path(key))
 
 
+def check_writable(root: str) -> None:
+    """Make ``root`` if needed and write a file in it; OSError if that fails."""
+    os.makedirs(root, exist_ok=True)
+    fd, path = tempfile.mkstemp(prefix=".writable.", dir=root)
+    try:
+        os.write(fd, b"ok")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
 def _read(path: str, key: str) -> StoredObject | None:
     try:
         with open(path, "rb") as f:

@@ -233,6 +233,8 @@ class BoundedSite(Site):
     requestFactory = BoundedRequest
     protocol = BoundedChannel  # type: ignore[assignment]
     displayTracebacks = False
+    #: The listening port says where it listens (`imageserver.listening`).
+    noisy = False
 
     def __init__(
         self,
