@@ -46,7 +46,11 @@ class StorageFailed(ImageServerError):
 
 
 class StorageUnavailable(ImageServerError):
-    """The storage backend cannot be reached or is overloaded right now (503)."""
+    """The storage backend cannot be reached, written or is overloaded (503)."""
+
+
+class StorageFull(ImageServerError):
+    """The storage has no room left for the write (507)."""
 
 
 class Overloaded(ImageServerError):

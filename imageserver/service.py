@@ -32,11 +32,11 @@ from imageserver.sources import SourceFetcher, source_agent
 from imageserver.statsd import StatsdClient
 from imageserver.storage import Storage
 from imageserver.storage.behind import WriteBehind
-from imageserver.storage.local import LocalStorage, check_writable
+from imageserver.storage.local import LocalStorage, WritableCheck, check_writable
 from imageserver.storage.memory import MemoryCache
 from imageserver.storage.metered import MeteredStorage
 from imageserver.storage.s3 import LazyClient, S3Settings, S3Storage
-from imageserver.storage.sweeper import CacheSweeper
+from imageserver.storage.sweeper import STALE_TEMPORARY, CacheSweeper
 from imageserver.storage.tiered import TieredStorage
 from imageserver.storage.uploads import Uploader
 from imageserver.web.admin import AdminApp, Readiness
@@ -153,7 +153,10 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     events = Events(statsd=statsd, statsd_prefix=config.statsd_prefix)
     images, storage, pools = make_images(config, reactor, top, events, deadline)
 
-    readiness = Readiness()
+    _, io_pool = pools
+    writable = WritableCheck(config.local_base_path, reactor, io_pool.run)
+    writable.setServiceParent(top)
+    readiness = Readiness([writable])
     debug = None
     if config.profile:
         HeapTracing().setServiceParent(top)
@@ -279,6 +282,10 @@ def make_storage(
         LocalStorage(config.local_base_path, io.run), "local", events
     )
     if config.remote is None:
+        # The local disk is the truth: only crash leftovers are swept, hourly.
+        CacheSweeper(
+            config.local_base_path, None, reactor, io.run, interval=STALE_TEMPORARY
+        ).setServiceParent(parent)
         return local
     settings = S3Settings(
         bucket=config.aws_bucket,

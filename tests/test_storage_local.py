@@ -1,13 +1,17 @@
+import errno
 import hashlib
 import os
+import tempfile
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from imageserver.errors import StorageFull, StorageUnavailable
 from imageserver.naming import ORIGINAL, ImageId
 from imageserver.storage import Storage, content_type_for, etag_of
-from imageserver.storage.local import LocalStorage
+from imageserver.storage.local import LocalStorage, WritableCheck
 from tests.support import synchronous
 
 KEY = "p/6e0/072/682/e66287b662827da75b244a3/w200.jpg"
@@ -138,3 +142,80 @@ class ContentTypeTests(SynchronousTestCase):
         self.assertEqual(content_type_for("notes.txt"), "text/plain")
         self.assertEqual(content_type_for("original"), "application/octet-stream")
         self.assertEqual(content_type_for("a.unknownext"), "application/octet-stream")
+
+
+def failing(error: int) -> Any:
+    """A stand-in for ``mkstemp`` on a disk that refuses with ``error``."""
+
+    def mkstemp(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(error, os.strerror(error))
+
+    return mkstemp
+
+
+class DiskTroubleTests(SynchronousTestCase):
+    """A full, read-only or failing disk is storage trouble, never a bug."""
+
+    def setUp(self) -> None:
+        self.root = os.path.abspath(self.mktemp())
+        self.storage = LocalStorage(self.root, synchronous)
+        os.makedirs(self.root)
+
+    def put(self) -> Any:
+        put = self.storage.put(KEY, b"data", "image/jpeg")
+        return self.failureResultOf(Deferred.fromCoroutine(put))
+
+    def test_a_full_disk_is_507_and_leaves_no_folders(self) -> None:
+        for error in (errno.ENOSPC, errno.EDQUOT):
+            self.patch(tempfile, "mkstemp", failing(error))
+            self.put().trap(StorageFull)
+            self.assertEqual(os.listdir(self.root), [])
+        self.flushLoggedErrors()
+
+    def test_an_unwritable_disk_is_503(self) -> None:
+        for error in (errno.EROFS, errno.EACCES, errno.EIO):
+            self.patch(tempfile, "mkstemp", failing(error))
+            failure = self.put()
+            failure.trap(StorageUnavailable)
+            self.assertIn(os.strerror(error), str(failure.value))
+            self.assertEqual(os.listdir(self.root), [])
+
+    def test_a_write_failing_half_way_leaves_nothing(self) -> None:
+        def replace(source: str, target: str) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        self.patch(os, "replace", replace)
+        self.put().trap(StorageFull)
+        self.assertEqual(list(os.walk(self.root)), [(self.root, [], [])])
+
+    def test_other_folders_are_kept(self) -> None:
+        self.result_of(
+            self.storage.put(KEY.replace("w200", "w100"), b"x", "image/jpeg")
+        )
+        self.patch(tempfile, "mkstemp", failing(errno.ENOSPC))
+        self.put().trap(StorageFull)
+        self.assertEqual(self.result_of(self.storage.list(FOLDER)), ["w100.jpg"])
+
+    def result_of(self, coroutine: Any) -> Any:
+        return self.successResultOf(Deferred.fromCoroutine(coroutine))
+
+
+class WritableCheckTests(SynchronousTestCase):
+    def test_readiness_follows_whether_the_disk_takes_writes(self) -> None:
+        clock = Clock()
+        root = os.path.abspath(self.mktemp())
+        check = WritableCheck(root, clock, synchronous, interval=10)
+        check.startService()
+        self.assertIsNone(check.problem)
+        self.assertEqual(os.listdir(root), [])  # the probe file is gone again
+        mkstemp = tempfile.mkstemp
+        self.patch(tempfile, "mkstemp", failing(errno.ENOSPC))
+        clock.advance(10)
+        self.assertEqual(
+            check.problem, "the storage cannot be written: No space left on device"
+        )
+        self.patch(tempfile, "mkstemp", mkstemp)
+        clock.advance(10)
+        self.assertIsNone(check.problem)
+        check.stopService()
+        self.flushLoggedErrors()

@@ -72,3 +72,48 @@ class CacheSweeperTests(SynchronousTestCase):
         self.sweeper.stopService()
         self.clock.advance(600)
         self.assertTrue(os.path.exists(old))
+
+
+class CrashLeftoverTests(SynchronousTestCase):
+    """The local disk alone is the truth: only what a crash left is swept."""
+
+    def setUp(self) -> None:
+        self.root = os.path.abspath(self.mktemp())
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+        self.sweeper = CacheSweeper(
+            self.root, None, self.clock, synchronous, interval=STALE_TEMPORARY
+        )
+
+    file = CacheSweeperTests.file
+
+    def test_an_original_without_info_json_goes_after_an_hour(self) -> None:
+        day = 24 * 60 * MINUTE
+        orphan = [self.file(f"p/aaa/bbb/ccc/d/{n}", 61 * MINUTE)
+                  for n in ("original", "x300.jpg")]  # fmt: skip
+        young = self.file("p/aaa/bbb/ccc/e/original", 59 * MINUTE)
+        names = ("original", "info.json", "w200.jpg", "notes.txt")
+        whole = [self.file(f"p/aaa/bbb/ccc/f/{n}", 365 * day) for n in names]
+        stale = self.file("p/aaa/bbb/ccc/f/.w100.jpg.x1.tmp", 61 * MINUTE)
+        fresh = self.file("p/aaa/bbb/ccc/f/.w100.jpg.x2.tmp", 1 * MINUTE)
+        self.assertEqual(self.successResultOf(self.sweeper.sweep()), 3)
+        for path in [*orphan, stale]:
+            self.assertFalse(os.path.exists(path), path)
+        self.assertFalse(os.path.exists(os.path.dirname(orphan[0])))
+        for path in [young, *whole, fresh]:
+            self.assertTrue(os.path.exists(path), path)
+
+    def test_sweeps_hourly(self) -> None:
+        orphan = self.file("p/aaa/bbb/ccc/d/original", 2 * STALE_TEMPORARY)
+        self.sweeper.startService()
+        self.addCleanup(self.sweeper.stopService)
+        self.clock.advance(STALE_TEMPORARY - 1)
+        self.assertTrue(os.path.exists(orphan))
+        self.clock.advance(1)
+        self.assertFalse(os.path.exists(orphan))
+
+    def test_with_a_remote_store_an_original_alone_is_just_cached(self) -> None:
+        sweeper = CacheSweeper(self.root, 30 * MINUTE, self.clock, synchronous)
+        cached = self.file("p/aaa/bbb/ccc/d/original", 10 * MINUTE)
+        self.assertEqual(self.successResultOf(sweeper.sweep()), 0)
+        self.assertTrue(os.path.exists(cached))

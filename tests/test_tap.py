@@ -160,9 +160,9 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertFalse(service.running)
         names = [type(s).__name__ for s in IServiceCollection(service)]
         self.assertEqual(names, [
-            "Signals", "ThreadPoolService", "ThreadPoolService", "WriteBehind",
-            "ConnectionPoolService", "Listening", "RequestDrain",
-            "Listening", "Readiness",
+            "Signals", "ThreadPoolService", "ThreadPoolService", "CacheSweeper",
+            "WriteBehind", "ConnectionPoolService", "WritableCheck", "Listening",
+            "RequestDrain", "Listening", "Readiness",
         ])  # fmt: skip
 
     def test_s3_adds_its_pool_uploader_and_sweeper(self) -> None:
@@ -172,7 +172,7 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(names, [
             "Signals", "ThreadPoolService", "ThreadPoolService", "ThreadPoolService",
             "Uploader", "CacheSweeper", "WriteBehind", "ConnectionPoolService",
-            "Listening", "RequestDrain",
+            "WritableCheck", "Listening", "RequestDrain",
             "Listening", "Readiness",
         ])  # fmt: skip
 

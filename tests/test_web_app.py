@@ -1,7 +1,10 @@
+import errno
 import hashlib
 import json
 import os
+import tempfile
 
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import datetimeToString
 from twisted.web.resource import Resource
@@ -518,3 +521,33 @@ class CropTests(TestCaseMixin, SynchronousTestCase):
         self.assertEqual(image.size, (90, 90))
         for xy in ((4, 4), (45, 45), (85, 85)):
             self.assertColour(image, xy, GREEN, tolerance=20)
+
+
+class DiskTroubleTests(SynchronousTestCase):
+    """Every write route over a disk that refuses: a JSON 507 or 503, no 500."""
+
+    def test_full_or_read_only_disks(self) -> None:
+        app = AppHarness(self)
+        folder = app.upload(encode(quadrants((60, 40))))
+        photo = encode(quadrants((80, 60)))
+        for error, status, message in (
+            (errno.ENOSPC, 507, "the storage is full"),
+            (errno.EROFS, 503, "the storage cannot be used right now "
+                               "(Read-only file system)"),
+        ):  # fmt: skip
+
+            def mkstemp(*args: object, error: int = error, **kwargs: object) -> None:
+                raise OSError(error, os.strerror(error))
+
+            self.patch(tempfile, "mkstemp", mkstemp)
+            with capturedLogs() as logged:
+                for method, path, body in (
+                    ("POST", "/p?outputs=x20.jpg", photo),
+                    ("POST", f"{folder}/process?outputs=w30.png", b""),
+                    ("POST", f"{folder}/notes.txt", b"a note"),
+                    ("GET", f"{folder}/w31.jpg", b""),
+                ):
+                    code, answer = app.json(method, path, data=body)
+                    self.assertEqual((code, answer), (status, {"error": message}),
+                                     (method, path))  # fmt: skip
+            self.assertEqual([e for e in logged if e.get("log_failure")], [])

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from imageserver.errors import StorageFull, StorageUnavailable
 from imageserver.pools import Runner
 from imageserver.storage import StoredObject, content_type_for, etag_of
 
+log = Logger()
+T = TypeVar("T")
+
 _MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class LocalStorage:
@@ -35,8 +49,11 @@ class LocalStorage:
             raise ValueError(f"key {key!r} is outside the storage root")
         return path
 
+    async def _call(self, f: Callable[..., T], *args: Any) -> T:
+        return await self._run(_translate_errors, f, *args)
+
     async def get(self, key: str) -> StoredObject | None:
-        return await self._run(_read, self.path(key), key)
+        return await self._call(_read, self.path(key), key)
 
     async def put(
         self,
@@ -47,18 +64,83 @@ class LocalStorage:
         durable: bool = True,
         etag: str | None = None,
     ) -> StoredObject:
-        return await self._run(
-            _write, self.path(key), key, data, content_type, etag, durable
+        return await self._call(
+            _write, self.root, self.path(key), key, data, content_type, etag, durable
         )
 
     async def exists(self, key: str) -> bool:
-        return await self._run(os.path.isfile, self.path(key))
+        return await self._call(os.path.isfile, self.path(key))
 
     async def list(self, folder: str) -> list[str]:
-        return await self._run(_list, self.path(folder))
+        return await self._call(_list, self.path(folder))
 
     async def delete(self, key: str) -> None:
-        await self._run(_delete, self.path(key))
+        await self._call(_delete, self.path(key))
+
+
+def _translate_errors(f: Callable[..., T], *args: Any) -> T:
+    """The file system's failures as the two a client is told about.
+
+    A full disk (or quota) is 507; a disk that cannot be written (read-only,
+    no permission) or that fails is 503. Either is storage trouble, not a bug.
+    """
+    try:
+        return f(*args)
+    except OSError as e:
+        log.warn(
+            "local storage failed in {operation}: {error}",
+            operation=f.__name__,
+            error=e,
+        )
+        if e.errno in _FULL:
+            raise StorageFull("the storage is full") from None
+        raise StorageUnavailable(
+            f"the storage cannot be used right now ({e.strerror or e})"
+        ) from None
+
+
+class WritableCheck(Service):
+    """Writes a small hidden file under ``root`` every ``interval`` seconds.
+
+    ``problem`` says why the last attempt failed (a full or read-only disk),
+    or is None: readiness reports it, so a load balancer stops sending work
+    to a server whose disk cannot take it.
+    """
+
+    def __init__(
+        self, root: str, clock: IReactorTime, run: Runner, interval: float = 10.0
+    ) -> None:
+        self._root = root
+        self._run = run
+        self._loop = LoopingCall(self.check)
+        self._loop.clock = clock
+        self._interval = interval
+        self.problem: str | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop.start(self._interval, now=True)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+
+    def check(self) -> Deferred[None]:
+        def failed(failure: Any) -> None:
+            failure.trap(OSError)
+            error = failure.value
+            problem = f"the storage cannot be written: {error.strerror or error}"
+            if problem != self.problem:
+                log.error("{problem}", problem=problem)
+            self.problem = problem
+
+        def worked(_: None) -> None:
+            if self.problem is not None:
+                log.info("the storage can be written again")
+            self.problem = None
+
+        return self._run(check_writable, self._root).addCallbacks(worked, failed)
 
 
 def check_writable(root: str) -> None:
@@ -84,6 +166,7 @@ def _read(path: str, key: str) -> StoredObject | None:
 
 
 def _write(
+    root: str,
     path: str,
     key: str,
     data: bytes,
@@ -92,7 +175,11 @@ def _write(
     durable: bool,
 ) -> StoredObject:
     folder, name = os.path.split(path)
-    fd, temporary = _temporary_file(folder, name)
+    try:
+        fd, temporary = _temporary_file(folder, name)
+    except OSError:
+        _prune(folder, root)
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -104,6 +191,7 @@ def _write(
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+        _prune(folder, root)
         raise
     if durable:
         _fsync_folder(folder)
@@ -121,6 +209,21 @@ def _temporary_file(folder: str, name: str) -> tuple[int, str]:
         except FileNotFoundError:
             continue
     raise FileNotFoundError(f"{folder} keeps disappearing")
+
+
+def _prune(folder: str, root: str) -> None:
+    """Remove ``folder`` and its parents up to ``root`` while they are empty.
+
+    A write that failed leaves no empty chain of folders behind. A folder
+    another write has just made is not empty once its file is in, and a
+    write that loses its folder this way makes it again (`_temporary_file`).
+    """
+    while folder.startswith(root + os.sep):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+        folder = os.path.dirname(folder)
 
 
 def _fsync_folder(folder: str) -> None:

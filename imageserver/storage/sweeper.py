@@ -1,4 +1,5 @@
-"""Deletes old files from the local cache when a remote store holds the truth."""
+"""Keeps the local disk clean: leftovers of crashes, and (with a remote store)
+files the local cache no longer needs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from imageserver.naming import INFO, ORIGINAL
 from imageserver.pools import Runner
 
 log = Logger()
@@ -20,18 +22,25 @@ STALE_TEMPORARY = 3600.0
 
 
 class CacheSweeper(Service):
-    """Every ``interval`` seconds, removes files older than ``max_age`` seconds.
+    """Every ``interval`` seconds, removes what the local disk need not keep.
+
+    With a remote store (``max_age`` set) the local disk is a cache: files
+    older than ``max_age`` seconds go. Alone (``max_age`` None) it is the
+    truth: only leftovers of a crash go, once older than `STALE_TEMPORARY`,
+    namely hidden temporary files of writes that never finished, and an
+    original whose info.json was never written (an upload that died half-way,
+    never acknowledged) with whatever was stored beside it.
 
     The walk runs in the I/O pool, so a big tree never stalls the reactor.
-    Files are judged by modification time; empty folders are pruned.
-    Temporary files of writes in progress are left alone, and a sweep does not
-    start while the previous one runs.
+    Files are judged by modification time; empty folders are pruned. Writes
+    in progress are left alone, and a sweep does not start while the previous
+    one runs.
     """
 
     def __init__(
         self,
         root: str,
-        max_age: float,
+        max_age: float | None,
         clock: IReactorTime,
         run: Runner,
         interval: float = 120.0,
@@ -57,33 +66,54 @@ class CacheSweeper(Service):
 
     def sweep(self) -> Deferred[int]:
         now = self._clock.seconds()
-        d = self._run(sweep, self._root, now - self._max_age, now - STALE_TEMPORARY)
+        cutoff = None if self._max_age is None else now - self._max_age
+        d = self._run(sweep, self._root, cutoff, now - STALE_TEMPORARY)
 
         def done(removed: int) -> int:
             self.removed += removed
             if removed:
-                log.info("cache sweep removed {removed} files", removed=removed)
+                log.info("sweep removed {removed} files", removed=removed)
             return removed
 
         return d.addCallback(done)
 
 
-def sweep(root: str, cutoff: float, stale_cutoff: float) -> int:
-    """Remove files modified before ``cutoff`` under ``root``; count them."""
+def sweep(root: str, cutoff: float | None, stale_cutoff: float) -> int:
+    """Remove files modified before ``cutoff`` under ``root``; count them.
+
+    With no ``cutoff``, only crash leftovers modified before ``stale_cutoff``
+    (see `CacheSweeper`).
+    """
     removed = 0
     for folder, _, files in os.walk(root, topdown=False):
+        orphan = (
+            cutoff is None
+            and ORIGINAL in files
+            and INFO not in files
+            and _modified_before(os.path.join(folder, ORIGINAL), stale_cutoff)
+        )
         for name in files:
             path = os.path.join(folder, name)
-            limit = stale_cutoff if name.startswith(".") else cutoff
-            try:
-                if os.lstat(path).st_mtime < limit:
+            if orphan or name.startswith("."):
+                limit = stale_cutoff
+            elif cutoff is None:
+                continue
+            else:
+                limit = cutoff
+            if _modified_before(path, limit):
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
                     removed += 1
-            except FileNotFoundError:
-                pass
         if folder != root:
             # Fails, as it should, unless the folder is empty. A write that
             # loses its folder this way makes it again (storage.local).
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
     return removed
+
+
+def _modified_before(path: str, when: float) -> bool:
+    try:
+        return os.lstat(path).st_mtime < when
+    except FileNotFoundError:
+        return False

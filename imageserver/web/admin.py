@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from klein import Klein, Response
 from prometheus_client.exposition import choose_encoder
@@ -15,14 +16,29 @@ from imageserver.web.debug import DebugApp
 from imageserver.web.responses import json_response, routing_error, server_error
 
 
-class Readiness(Service):
-    """Ready while running; not ready from the moment shutdown begins.
+class Check(Protocol):
+    @property
+    def problem(self) -> str | None: ...
 
-    Added to the application last, so it is the first service stopped.
+
+class Readiness(Service):
+    """Ready while running and every check passes; not ready from the moment
+    shutdown begins.
+
+    Each check has a ``problem``: None, or why the server cannot take work
+    (a storage that cannot be written). Added to the application last, so it
+    is the first service stopped.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, checks: Sequence[Check] = ()) -> None:
         self.ready = False
+        self._checks = tuple(checks)
+
+    def problem(self) -> str | None:
+        """Why the server is not ready now, or None."""
+        if not self.ready:
+            return "Shutting down"
+        return next((c.problem for c in self._checks if c.problem), None)
 
     def startService(self) -> None:
         super().startService()
@@ -49,9 +65,10 @@ class AdminApp:
 
     @app.route("/probe/ready", methods=["GET"])
     def ready(self, request: IRequest) -> Response:
-        if self._readiness.ready:
+        problem = self._readiness.problem()
+        if problem is None:
             return json_response(200, {"message": "OK"})
-        return json_response(503, {"message": "Shutting down"})
+        return json_response(503, {"message": problem})
 
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request: IRequest) -> Response:

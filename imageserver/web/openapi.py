@@ -41,6 +41,7 @@ _ERRORS = {
     "502": _error("The source URL or the storage failed."),
     "503": _error("Busy or storage unavailable; see Retry-After."),
     "504": _error("The source URL did not answer within --http_timeout."),
+    "507": _error("The storage is full."),
 }
 
 _FOLDER_PARAMETERS = [

@@ -31,6 +31,7 @@ STATUS_FOR: dict[type[errors.ImageServerError], int] = {
     errors.StorageFailed: 502,
     errors.StorageUnavailable: 503,
     errors.Overloaded: 503,
+    errors.StorageFull: 507,
     errors.SourceTimeout: 504,
 }
 
