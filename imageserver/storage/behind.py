@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from imageserver.errors import StorageFailed, StorageFull, StorageUnavailable
 from imageserver.events import Events
 from imageserver.storage import Storage, StoredObject
 from imageserver.waiting import WhenIdle, drained
@@ -118,6 +119,15 @@ class WriteBehind(Service):
                     durable=False,
                     etag=stored.etag,
                 )
+            except (StorageFull, StorageUnavailable, StorageFailed) as e:
+                log.warn(
+                    "writing {key} failed ({error}); it will be generated again "
+                    "when requested",
+                    key=key,
+                    error=e,
+                )
+                written = False
+                break
             except Exception:
                 log.failure(
                     "writing {key} failed; it will be generated again when requested",
