@@ -11,7 +11,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -153,6 +160,9 @@ class Events:
         )
         self._pools = _PoolCollector()
         r.register(self._pools)
+        # process_resident_memory_bytes, process_cpu_seconds_total,
+        # process_open_fds, ...: read from /proc at scrape time.
+        ProcessCollector(registry=r)
 
     def watch_pool(self, stats: PoolStats) -> None:
         self._pools.pools.append(stats)

@@ -19,7 +19,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from imageserver import containers, imaging
-from imageserver.errors import InvalidRequest, NotFound, Overloaded, UnsupportedImage
+from imageserver.errors import (
+    ImageServerError,
+    InvalidRequest,
+    NotFound,
+    Overloaded,
+    UnsupportedImage,
+)
 from imageserver.events import Events
 from imageserver.flights import Flights
 from imageserver.naming import (
@@ -31,6 +37,7 @@ from imageserver.naming import (
     check_file_name,
     check_namespace,
     is_file_name,
+    variant_format,
 )
 from imageserver.pools import Runner
 from imageserver.sources import SourceFetcher
@@ -103,7 +110,13 @@ class Images:
 
     async def get(self, image: ImageId, name: str) -> StoredObject:
         """A variant (generated on first request), info.json, the original or a file."""
-        variant = self.rules.parse(name)
+        try:
+            variant = self.rules.parse(name)
+        except ImageServerError:
+            # A variant request all the same (a bad number, an extension not
+            # served): counted as a failed one.
+            self._events.variant(variant_format(name) or "other", "failed")
+            raise
         if variant is None:
             return await self._get_file(image, name)
         stored = await self._storage.get(image.key(name))

@@ -177,6 +177,15 @@ class VariantRules:
         return tuple(variants)
 
 
+def variant_format(name: str) -> str | None:
+    """The format a variant-shaped name asks for (``other`` when it is not one
+    the server knows), or None for a name that is not variant-shaped."""
+    m = _VARIANT.match(name)
+    if m is None:
+        return None
+    return m["ext"] if m["ext"] in OUTPUT_FORMATS else "other"
+
+
 def is_generated(key: str) -> bool:
     """Whether the object at ``key`` is the server's own, never rewritten once stored.
 

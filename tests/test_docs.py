@@ -3,6 +3,7 @@ import os
 from twisted.trial.unittest import SynchronousTestCase
 
 from imageserver.config import options_table
+from imageserver.events import Events
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 
@@ -24,3 +25,15 @@ class DocsTests(SynchronousTestCase):
                 if name.endswith(".py") and f"imageserver/{relative}" not in page:
                     missing.append(relative)
         self.assertEqual(missing, [], "modules docs/architecture.md leaves out")
+
+    def test_operations_page_lists_every_metric(self) -> None:
+        with open(os.path.join(DOCS, "operations.md")) as f:
+            page = f.read()
+        missing = []
+        for family in Events().registry.collect():
+            names = {family.name, f"{family.name}_total", f"{family.name}_info"}
+            if family.name.startswith("process_"):
+                names.add("process_*")
+            if not any(f"`{name}`" in page for name in names):
+                missing.append(family.name)
+        self.assertEqual(missing, [])

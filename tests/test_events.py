@@ -43,6 +43,21 @@ class ImageEventsTests(SynchronousTestCase):
         self.app.request("GET", f"{folder}/w100.jpg")
         self.assertEqual(self.variants("jpg", "failed"), 1)
 
+    def test_refused_variant_names_are_failed_variant_requests(self) -> None:
+        folder = self.app.upload(PHOTO)
+        for name, status in (("w0.jpg", 400), ("w5000.jpg", 400), ("w20.bmp", 404),
+                             ("w20.tiff", 404)):  # fmt: skip
+            self.assertEqual(self.app.request("GET", f"{folder}/{name}")[0].code,
+                             status)  # fmt: skip
+        self.assertEqual(self.variants("jpg", "failed"), 2)
+        # Unknown extensions share one label: clients cannot add label values.
+        self.assertEqual(self.variants("other", "failed"), 2)
+
+    def test_process_metrics(self) -> None:
+        for name in ("process_resident_memory_bytes", "process_open_fds",
+                     "process_cpu_seconds_total"):  # fmt: skip
+            self.assertGreater(sample(self.events, name), 0, name)
+
     def test_originals_stored_downloaded_unavailable(self) -> None:
         self.app.upload(PHOTO)
         self.app.json("POST", "/q?source=http://source/photo.jpg")

@@ -37,6 +37,19 @@ class S3StorageTests(StorageContract, SynchronousTestCase):
         self.assertEqual(head["ContentLength"], 4)
         self.assertEqual(self.result(storage.list(FOLDER)), ["w200.jpg"])
 
+    def test_objects_say_how_long_a_cdn_may_keep_them(self) -> None:
+        storage = self.make_storage(base_path="images")
+        client = self.server.client()
+        for key, cache_control in (
+            (KEY, "public, max-age=31536000, immutable"),
+            (f"{FOLDER}/original", "public, max-age=31536000, immutable"),
+            (f"{FOLDER}/info.json", "public, max-age=31536000, immutable"),
+            (f"{FOLDER}/notes.txt", "public, no-cache"),
+        ):
+            self.result(storage.put(key, b"x", "image/jpeg"))
+            head = client.head_object(Bucket=self.bucket, Key=f"images/{key}")
+            self.assertEqual(head["CacheControl"], cache_control, key)
+
     def test_acl_is_sent_when_configured(self) -> None:
         storage = self.make_storage(acl="public-read")
         self.result(storage.put(KEY, b"jpeg", "image/jpeg"))

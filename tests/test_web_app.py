@@ -3,10 +3,12 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.http import datetimeToString
+from twisted.web import http
+from twisted.web.http import datetimeToString, stringToDatetime
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.static import Data
@@ -227,6 +229,29 @@ class VariantTests(TestCaseMixin, SynchronousTestCase):
             ["public, max-age=31536000, immutable"],
         )
         self.assertEqual(len(headers.getRawHeaders("Last-Modified")), 1)
+
+    def test_a_slow_render_is_not_modified_after_its_answer(self) -> None:
+        gate = Gate()
+        self.app.images._process = gate  # type: ignore[method-assign]
+
+        # The request arrives (and twisted.web dates it) a minute before its
+        # render is done.
+        def a_minute_ago(seconds: float | None = None) -> time.struct_time:
+            return time.gmtime(time.time() - 60 if seconds is None else seconds)
+
+        patched = self.patch(http, "gmtime", a_minute_ago)
+        d = self.app.start("GET", f"{self.folder}/w201.jpg")
+        self.app.flush()
+        patched.restore()
+        gate.release()
+        self.app.flush()
+        headers = self.successResultOf(d).headers
+        date, modified = (
+            stringToDatetime(headers.getRawHeaders(name)[0].encode())
+            for name in ("Date", "Last-Modified")
+        )
+        self.assertLessEqual(modified, date)
+        self.assertLessEqual(abs(date - time.time()), 2)
 
     def test_if_none_match_is_304(self) -> None:
         response, body = self.get("w200.jpg")

@@ -11,7 +11,12 @@ import mimetypes
 from dataclasses import dataclass
 from typing import Protocol
 
-from imageserver.naming import OUTPUT_FORMATS, original_digest
+from imageserver.naming import OUTPUT_FORMATS, is_generated, original_digest
+
+#: Paths of generated objects are content-addressed: they never change.
+IMMUTABLE = "public, max-age=31536000, immutable"
+#: Files clients store under a name may be replaced: revalidate every time.
+REVALIDATE = "public, no-cache"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,12 @@ class Storage(Protocol):
     async def delete(self, key: str) -> None:
         """Remove ``key``; removing a missing object is not an error."""
         ...
+
+
+def cache_control(key: str) -> str:
+    """How long a copy of the object at ``key`` may be used: by browsers and
+    CDNs in front of the server, and of the bucket itself."""
+    return IMMUTABLE if is_generated(key) else REVALIDATE
 
 
 def content_type_for(name: str) -> str:

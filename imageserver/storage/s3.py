@@ -24,7 +24,7 @@ from twisted.logger import Logger
 
 from imageserver.errors import StorageFailed, StorageUnavailable
 from imageserver.pools import Runner
-from imageserver.storage import StoredObject
+from imageserver.storage import StoredObject, cache_control
 
 log = Logger()
 T = TypeVar("T")
@@ -162,6 +162,7 @@ class S3Storage:
             Key=key,
             Body=data,
             ContentType=content_type,
+            CacheControl=cache_control(key),
             **extra,
         )
         return StoredObject(data, content_type, time.time(), response["ETag"])

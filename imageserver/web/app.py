@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from klein import Klein, Response
 from twisted.web.http import datetimeToString, stringToDatetime
 from twisted.web.iweb import IRequest
@@ -18,7 +20,7 @@ from imageserver.naming import (
     ImageId,
     is_generated,
 )
-from imageserver.storage import StoredObject
+from imageserver.storage import StoredObject, cache_control
 from imageserver.web.openapi import spec_json
 from imageserver.web.responses import (
     Headers,
@@ -31,10 +33,6 @@ _IMAGE = "/<image:image>"
 #: The routes that stay open with --secret: (method, path) of the health
 #: check for load balancers and of the API's description.
 UNSIGNED_ROUTES = frozenset({(b"GET", b"/status_check"), (b"GET", b"/openapi.json")})
-#: Paths are content-addressed: what a variant name holds never changes.
-_IMMUTABLE = "public, max-age=31536000, immutable"
-#: Files clients store under a name may be replaced: revalidate every time.
-_REVALIDATE = "public, no-cache"
 
 
 class ImageFolderConverter(BaseConverter):
@@ -100,7 +98,7 @@ class ImageServerApp:
     @app.route(_IMAGE + "/<name>", methods=["GET"])
     async def get(self, request: IRequest, image: ImageId, name: str) -> Response:
         stored = await self._images.get(image, name)
-        return _serve(request, stored, client_file=not is_generated(name))
+        return _serve(request, stored, name)
 
     @app.route(_IMAGE + "/<name>", methods=["POST"], endpoint="put_file")
     async def put_file(self, request: IRequest, image: ImageId, name: str) -> Response:
@@ -142,11 +140,16 @@ def _query(request: IRequest, name: str) -> str | None:
         raise InvalidRequest(f"the {name} parameter is not UTF-8") from None
 
 
-def _serve(request: IRequest, stored: StoredObject, client_file: bool) -> Response:
+def _serve(request: IRequest, stored: StoredObject, name: str) -> Response:
+    # Date is the time of the answer, not of the request's arrival (a first
+    # render can take seconds), and Last-Modified is never later than it.
+    now = int(time.time())
+    client_file = not is_generated(name)
     headers: Headers = {
+        "Date": datetimeToString(now).decode(),
         "ETag": stored.etag,
-        "Last-Modified": datetimeToString(int(stored.modified)).decode(),
-        "Cache-Control": _REVALIDATE if client_file else _IMMUTABLE,
+        "Last-Modified": datetimeToString(min(int(stored.modified), now)).decode(),
+        "Cache-Control": cache_control(name),
         "X-Content-Type-Options": "nosniff",
     }
     if client_file:
