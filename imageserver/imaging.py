@@ -45,7 +45,16 @@ _MAX_SIDE = {
 #: full LANCZOS and several times faster on big sources.
 _REDUCING_GAP = 3.0
 
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error)
+#: What Pillow's decoders raise for a broken file (its AVIF plugin raises
+#: RuntimeError); caught only around Pillow's own calls.
+_DECODE_ERRORS = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    struct.error,
+    RuntimeError,
+)
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _EXIF_ORIENTATION = 0x0112

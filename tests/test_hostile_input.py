@@ -1,5 +1,6 @@
 """Hostile and odd input: every answer is a valid image or a JSON 4xx, never a 5xx."""
 
+import contextlib
 import hashlib
 import io
 import json
@@ -8,15 +9,19 @@ import struct
 import zlib
 from urllib.parse import quote
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageCms
 from twisted.trial.unittest import SynchronousTestCase
 
+from imageserver import imaging
+from imageserver.errors import ImageServerError
+from imageserver.naming import VariantRules
 from tests import hostile
 from tests.support import AppHarness, decode, encode, quadrants
 from tests.test_imaging import swapped_rgb_profile, with_orientation
 
+RULES = VariantRules(frozenset({"jpg", "png"}), 75, 1000)
 VARIANTS = {"w50.jpg": None, "x40.png": (40, 40), "30x20.webp": (30, 20),
             "full_size.gif": None, "w25-q10.avif": None}  # fmt: skip
 
@@ -264,3 +269,57 @@ class RandomRequestTests(SynchronousTestCase):
         method = "GET" if target.endswith(".jpg") else "POST"
         qs = "&".join(f"{k}={quote(v, safe='')}" for k, v in query.items())
         self.check(method, f"{path}?{qs}")
+
+
+def _bases() -> dict[str, bytes]:
+    image = Image.effect_noise((64, 48), 50).convert("RGB")
+    return {
+        f"{fmt} {options}": encode(image.convert(mode), fmt, **options)
+        for fmt, mode, options in (
+            ("JPEG", "RGB", {}),
+            ("JPEG", "RGB", {"progressive": True}),
+            ("PNG", "RGB", {}),
+            ("GIF", "P", {}),
+            ("WEBP", "RGB", {}),
+            ("WEBP", "RGB", {"lossless": True}),
+            ("AVIF", "RGB", {}),
+            ("TIFF", "RGB", {"compression": "tiff_lzw"}),
+            ("BMP", "RGB", {}),
+        )
+    }
+
+
+BASES = _bases()
+
+
+class MutatedImageTests(SynchronousTestCase):
+    """Real files with bytes changed or cut: a render or one of our errors.
+
+    Any other exception would be a 500 with a traceback; Pillow's AVIF
+    decoder, for one, raises RuntimeError for a damaged file.
+    """
+
+    @settings(max_examples=400, deadline=None)
+    @given(
+        st.sampled_from(sorted(BASES)),
+        st.lists(
+            st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)),
+            min_size=1,
+            max_size=6,
+        ),
+        st.one_of(st.none(), st.floats(0, 1)),
+    )
+    # An AVIF whose item table is damaged: Pillow raises RuntimeError.
+    @example("AVIF {}", [(0.0432, 0)], None)
+    def test_a_render_or_our_error(
+        self, base: str, changes: list[tuple[float, int]], cut: float | None
+    ) -> None:
+        data = bytearray(BASES[base])
+        for where, value in changes:
+            data[int(where * len(data))] = value
+        if cut is not None:
+            data = data[: int(cut * len(data))]
+        limits = imaging.Limits(50_000_000, 1000, 1000)
+        variants = RULES.parse_outputs("x20.jpg,w30.png")
+        with contextlib.suppress(ImageServerError):
+            imaging.render_many(bytes(data), variants, limits)

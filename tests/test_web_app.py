@@ -14,6 +14,7 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.static import Data
 from twisted.web.test.requesthelper import DummyRequest
 
+from imageserver import imaging
 from imageserver.web.app import route_name
 from tests.support import (
     BLUE,
@@ -576,3 +577,36 @@ class DiskTroubleTests(SynchronousTestCase):
                     self.assertEqual((code, answer), (status, {"error": message}),
                                      (method, path))  # fmt: skip
             self.assertEqual([e for e in logged if e.get("log_failure")], [])
+
+
+class UnexpectedFailureTests(SynchronousTestCase):
+    """A bug in one stage fails its request alone: a JSON 500, logged once."""
+
+    def test_each_stage(self) -> None:
+        sources = Resource()
+        sources.putChild(b"a.jpg", Data(encode(quadrants((50, 40))), "image/jpeg"))
+        app = AppHarness(self, sources=sources)
+        folder = app.upload(PHOTO)
+
+        def broken(*args: object, **kwargs: object) -> object:
+            raise RuntimeError("a bug")
+
+        for stage, target, name, request in (
+            ("decode", imaging, "render_many", ("GET", f"{folder}/w33.jpg")),
+            ("fetch", app.images._sources, "fetch",
+             ("POST", "/p?source=http://source/a.jpg")),
+            ("storage", app.local, "put",
+             ("POST", f"{folder}/process?outputs=w34.png")),
+        ):  # fmt: skip
+            patched = self.patch(target, name, broken)
+            response, body = app.request(*request)
+            self.assertEqual(
+                (response.code, json.loads(body)),
+                (500, {"error": "internal server error"}),
+                stage,
+            )
+            self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1, stage)
+            patched.restore()
+            # The next request does not know the last one failed.
+            response, body = app.request(*request)
+            self.assertIn(response.code, (200, 204), stage)
