@@ -214,7 +214,7 @@ def _open(data: bytes, limits: Limits) -> Image.Image:
     try:
         image = Image.open(BytesIO(data), formats=INPUT_FORMATS)
     except Image.DecompressionBombError:
-        raise ImageTooLarge(_too_many_pixels("the image", limits)) from None
+        raise ImageTooLarge(_too_many_pixels("the image is", limits)) from None
     except UnidentifiedImageError:
         raise UnsupportedImage(
             "the body is not an image in a supported format "
