@@ -13,7 +13,6 @@ from typing import Any
 import bcrypt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.conch import manhole, manhole_ssh
 from twisted.conch.checkers import (
@@ -29,6 +28,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
+
+from imageserver.listening import Listening
 
 
 @implementer(IAuthorizedKeysDB)
@@ -128,8 +129,8 @@ class ManholeService(MultiService):
         self._factory = manhole_ssh.ConchFactory(
             portal.Portal(realm, checkers)  # type: ignore[arg-type]
         )
-        port = strports.service(endpoint, self._factory, reactor=reactor)
-        port.setServiceParent(self)
+        self._factory.noisy = False
+        Listening(reactor, endpoint, self._factory, "manhole").setServiceParent(self)
 
     def _load_host_keys(self) -> None:
         if not self._factory.privateKeys:
