@@ -158,7 +158,7 @@ def _png(data: bytes) -> Layout:
         chunks += 1
         if chunks > MAX_PNG_CHUNKS:
             raise UnsupportedImage(f"the PNG has more than {MAX_PNG_CHUNKS} chunks")
-        if kind == b"IHDR" and length >= 13:
+        if kind == b"IHDR" and length >= 13 and pos + 21 <= size:
             width, height, depth, colour = struct.unpack_from(">IIBB", data, pos + 8)
             bits = depth * _PNG_CHANNELS.get(colour, 1)
             raw = height * (1 + -(-width * bits // 8))

@@ -58,6 +58,8 @@ _DECODE_ERRORS = (
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _EXIF_ORIENTATION = 0x0112
+#: Formats whose EXIF is read without decoding the pixels (and that draft).
+_EXIF_FIRST = frozenset({"JPEG", "MPO"})
 
 
 #: Pixels any original may have, however few bytes it takes: the
@@ -143,8 +145,9 @@ def _decode_errors() -> Iterator[None]:
     """Turn a decoder's failure into the error a client is told about."""
     try:
         yield
-    except Image.DecompressionBombError as e:
-        raise ImageTooLarge(str(e)) from None
+    except Image.DecompressionBombError:
+        # Pillow's message names its own limit, not the server's.
+        raise ImageTooLarge("the image has more pixels than can be decoded") from None
     except _DECODE_ERRORS as e:
         raise UnsupportedImage(f"the image could not be decoded: {e}") from None
 
@@ -256,11 +259,12 @@ def _too_many_pixels(what: str, limits: Limits) -> str:
 def _orientation(image: Image.Image) -> int:
     """The EXIF orientation, 1 (as stored) when absent or unreadable.
 
-    Only JPEG keeps its EXIF ahead of the pixels; other formats (PNG's eXIf
-    chunk may follow the image data) decode their pixels to read it, so they
-    are decoded here, where a failure is an error, not a missing EXIF.
+    Only JPEG (and MPO, JPEG with more pictures appended) keeps its EXIF
+    ahead of the pixels; other formats (PNG's eXIf chunk may follow the image
+    data) decode their pixels to read it, so they are decoded here, where a
+    failure is an error, not a missing EXIF.
     """
-    if image.format != "JPEG":
+    if image.format not in _EXIF_FIRST:
         with _decode_errors():
             image.load()
     # EXIF is optional metadata from untrusted files, parsed by code that

@@ -8,7 +8,7 @@ import zlib
 
 from PIL import Image
 
-from tests.support import encode, quadrants
+from tests.support import encode, noise, quadrants
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -18,8 +18,8 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
 
 def png_with_garbage_pixels() -> bytes:
     """Valid chunks and CRCs around pixel data that does not inflate."""
-    noise = Image.effect_noise((200, 200), 60).convert("RGB").tobytes()
-    raw = b"".join(b"\0" + noise[y * 600 : (y + 1) * 600] for y in range(200))
+    pixels = noise((200, 200)).tobytes()
+    raw = b"".join(b"\0" + pixels[y * 600 : (y + 1) * 600] for y in range(200))
     packed = zlib.compress(raw)
     half = len(packed) // 2
     garbage = packed[:half] + bytes(b ^ 0x5A for b in packed[half:])
@@ -74,7 +74,7 @@ def jpeg_segment_flood(segments: int) -> bytes:
 
 def jpeg_scan_flood(scans: int) -> bytes:
     """A progressive JPEG whose last scan is repeated ``scans`` times."""
-    jpeg = encode(Image.effect_noise((64, 48), 40).convert("RGB"), progressive=True)
+    jpeg = encode(noise((64, 48)), progressive=True)
     last = jpeg.rindex(b"\xff\xda")
     return jpeg[:last] + jpeg[last:-2] * scans + b"\xff\xd9"
 

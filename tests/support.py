@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,12 @@ WHITE = (255, 255, 255)
 def synchronous(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
     """A runner that does the work at once, on the calling thread."""
     return maybeDeferred(f, *args)
+
+
+def noise(size: tuple[int, int], seed: int = 0) -> Image.Image:
+    """Random RGB pixels, the same every run (Image.effect_noise is not)."""
+    w, h = size
+    return Image.frombytes("RGB", size, random.Random(seed).randbytes(w * h * 3))
 
 
 def quadrants(size: tuple[int, int], mode: str = "RGB") -> Image.Image:

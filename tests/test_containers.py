@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from imageserver import containers
 from imageserver.errors import UnsupportedImage
 from tests import hostile
-from tests.support import encode, quadrants
+from tests.support import encode, noise, quadrants
 
 
 class RealFilesTests(SynchronousTestCase):
@@ -39,10 +39,7 @@ class RealFilesTests(SynchronousTestCase):
         self, w: int, h: int, how: tuple[str, dict[str, object]], kind: str, junk: bytes
     ) -> None:
         fmt, options = how
-        if kind == "noise":
-            image = Image.effect_noise((w, h), 60).convert("RGB")
-        else:
-            image = quadrants((w, h)).convert(kind)
+        image = noise((w, h)) if kind == "noise" else quadrants((w, h)).convert(kind)
         data = encode(image, fmt, **options)
         self.assertEqual(containers.layout(data), containers.Layout(len(data)))
         self.assertEqual(containers.image_bytes(data + junk), data)
@@ -59,9 +56,9 @@ class RealFilesTests(SynchronousTestCase):
         self.assertEqual(containers.image_bytes(data + b"junk"), data)
 
     def test_files_cut_short_are_left_to_the_decoder(self) -> None:
-        noise = Image.effect_noise((300, 200), 60).convert("RGB")
+        grain = noise((300, 200))
         for fmt in ("JPEG", "PNG"):
-            data = encode(noise, fmt)
+            data = encode(grain, fmt)
             cut = data[: len(data) * 3 // 4]
             self.assertEqual(containers.image_bytes(cut), cut, fmt)
 

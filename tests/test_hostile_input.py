@@ -18,7 +18,7 @@ from imageserver import imaging
 from imageserver.errors import ImageServerError
 from imageserver.naming import VariantRules
 from tests import hostile
-from tests.support import AppHarness, decode, encode, quadrants
+from tests.support import AppHarness, decode, encode, noise, quadrants
 from tests.test_imaging import swapped_rgb_profile, with_orientation
 
 RULES = VariantRules(frozenset({"jpg", "png"}), 75, 1000)
@@ -48,7 +48,7 @@ def _damaged(data: bytes, at: int, junk: bytes) -> bytes:
 def corpus() -> dict[str, bytes]:
     """Names and bytes of odd, edge-case and broken images."""
     photo = quadrants((120, 80))
-    noise = Image.effect_noise((120, 80), 60).convert("RGB")
+    grain = noise((120, 80))
     palette = photo.convert("RGBA")
     palette.putalpha(Image.linear_gradient("L").resize((120, 80)))
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -64,7 +64,7 @@ def corpus() -> dict[str, bytes]:
         "la.png": encode(palette.convert("LA"), "PNG"),
         "1bit.png": encode(photo.convert("1"), "PNG"),
         "grey.jpg": encode(photo.convert("L")),
-        "progressive.jpg": encode(noise, "JPEG", progressive=True),
+        "progressive.jpg": encode(grain, "JPEG", progressive=True),
         "animated.gif": _frames("GIF"),
         "animated.webp": _frames("WEBP"),
         "icc-srgb.jpg": encode(photo, "JPEG", icc_profile=srgb),
@@ -76,16 +76,16 @@ def corpus() -> dict[str, bytes]:
         "image.tiff": encode(photo, "TIFF"),
         "image.bmp": encode(photo, "BMP"),
         "image.avif": encode(photo, "AVIF"),
-        "truncated.jpg": encode(noise)[:2000],
-        "truncated.png": encode(noise, "PNG")[:3000],
-        "truncated.gif": encode(noise, "GIF")[:1000],
-        "truncated.webp": encode(noise, "WEBP")[:500],
-        "header-only.jpg": encode(noise)[:200],
+        "truncated.jpg": encode(grain)[:2000],
+        "truncated.png": encode(grain, "PNG")[:3000],
+        "truncated.gif": encode(grain, "GIF")[:1000],
+        "truncated.webp": encode(grain, "WEBP")[:500],
+        "header-only.jpg": encode(grain)[:200],
         "corrupt-middle.jpg": (lambda d: d[:800] + b"\xff" * 400 + d[1200:])(
-            encode(noise)
+            encode(grain)
         ),
         "bad-crc.png": (lambda d: d[:40] + bytes([d[40] ^ 0xFF]) + d[41:])(
-            encode(noise, "PNG")
+            encode(grain, "PNG")
         ),
         "huge-declared.png": _png_claiming(100_000, 100_000),
         "wide-declared.png": _png_claiming(2**31 - 1, 1),
@@ -272,7 +272,7 @@ class RandomRequestTests(SynchronousTestCase):
 
 
 def _bases() -> dict[str, bytes]:
-    image = Image.effect_noise((64, 48), 50).convert("RGB")
+    image = noise((64, 48))
     return {
         f"{fmt} {options}": encode(image.convert(mode), fmt, **options)
         for fmt, mode, options in (

@@ -20,6 +20,7 @@ from tests.support import (
     TestCaseMixin,
     decode,
     encode,
+    noise,
     quadrants,
     stripes,
 )
@@ -113,7 +114,7 @@ class GeometryTests(TestCaseMixin, SynchronousTestCase):
             self.assertColour(out, (12, 12), RED, tolerance=30)
 
     def test_quality_changes_size(self) -> None:
-        photo = Image.effect_noise((400, 400), 40).convert("RGB")
+        photo = noise((400, 400))
         data = encode(photo)
         low = imaging.render(data, RULES.parse("w300-q10.jpg"), LIMIT)  # type: ignore[arg-type]
         high = imaging.render(data, RULES.parse("w300-q90.jpg"), LIMIT)  # type: ignore[arg-type]
@@ -409,7 +410,7 @@ class BadInputTests(SynchronousTestCase):
 
     def test_truncated_images(self) -> None:
         for fmt in ("JPEG", "PNG", "GIF", "WEBP"):
-            data = encode(Image.effect_noise((200, 200), 50).convert("RGB"), fmt)
+            data = encode(noise((200, 200)), fmt)
             self.assertUnsupported(data[: len(data) // 2])
 
     def test_too_many_pixels_refused_from_the_header(self) -> None:
