@@ -13,6 +13,14 @@ class InvalidRequest(ImageServerError):
     """A malformed variant name, parameter or option (400)."""
 
 
+class NotCanonical(ImageServerError):
+    """A valid variant name spelled otherwise than its canonical name (301)."""
+
+    def __init__(self, name: str, canonical: str) -> None:
+        super().__init__(f"{name!r} is spelled {canonical!r}")
+        self.canonical = canonical
+
+
 class Forbidden(ImageServerError):
     """The request is understood but not allowed (403)."""
 

@@ -3,13 +3,15 @@
 A `Plan` is computed from a parsed `Variant` and the original's displayed
 size (EXIF orientation applied), never from what a decoder happened to
 produce, so every decoder and every draft scale gives the same output size.
+What depends on the pixels (the box ``trim`` keeps, the point ``smart``
+finds) is found first and handed in.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from imageserver.naming import Fit, Variant
+from imageserver.naming import GRAVITIES, Fit, Variant
 
 Box = tuple[int, int, int, int]
 Size = tuple[int, int]
@@ -17,62 +19,145 @@ Size = tuple[int, int]
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """Take ``box`` of the source (in its pixels) and scale it to ``size``.
+    """How an output is made from a ``width`` x ``height`` source.
 
-    ``box`` lies inside the source by construction: integers with
-    ``0 <= left < right <= width`` and ``0 <= top < bottom <= height``.
+    1. take ``region`` of the source (all of it, or what ``trim`` keeps);
+    2. turn it ``rotate`` degrees clockwise, then mirror it: ``flip``
+       top-bottom, ``flop`` left-right;
+    3. take ``box`` of that (in its pixels) and scale it to ``size``;
+    4. with a ``canvas``, place the result at ``offset`` on a canvas of that
+       size.
+
+    Boxes are integers inside what they are taken from, by construction.
     """
 
+    region: Box
     box: Box
     size: Size
+    rotate: int = 0
+    flip: bool = False
+    flop: bool = False
+    canvas: Size | None = None
+    offset: tuple[int, int] = (0, 0)
+
+    @property
+    def output_size(self) -> Size:
+        return self.canvas or self.size
+
+    @property
+    def turned(self) -> bool:
+        """Whether the rotation swaps width and height."""
+        return self.rotate in (90, 270)
 
     def decode_size(self, width: int, height: int) -> Size:
-        """The smallest whole-image size that still has ``box`` at ``size`` or more.
+        """The smallest whole-source size that still has ``box`` at ``size`` or more.
 
         A decoder that can shrink while it decodes (JPEG's draft) may go down
         to this and no further.
         """
         left, top, right, bottom = self.box
-        return (
-            _ceil_div(width * self.size[0], right - left),
-            _ceil_div(height * self.size[1], bottom - top),
-        )
+        box_w, box_h = right - left, bottom - top
+        out_w, out_h = self.size
+        if self.turned:  # the box's width runs along the source's height
+            box_w, box_h, out_w, out_h = box_h, box_w, out_h, out_w
+        return _ceil_div(width * out_w, box_w), _ceil_div(height * out_h, box_h)
 
 
-def plan(variant: Variant, width: int, height: int) -> Plan:
-    """The plan of ``variant`` made from a ``width`` x ``height`` source."""
+def plan(
+    variant: Variant,
+    width: int,
+    height: int,
+    content: Box | None = None,
+    focus: tuple[float, float] | None = None,
+) -> Plan:
+    """The plan of ``variant`` made from a ``width`` x ``height`` source.
+
+    ``content`` is the region ``trim`` keeps (the whole source when None);
+    ``focus`` the point ``smart`` chose, as fractions of the turned region's
+    width and height (the centre when None).
+    """
     if width < 1 or height < 1:
         raise ValueError(f"a source of {width}x{height} has no pixels")
-    whole = (0, 0, width, height)
-    if variant.fit is Fit.FULL:
-        return Plan(whole, (width, height))
-    if variant.fit is Fit.WIDTH:
-        return Plan(whole, (variant.width, _scaled(height, variant.width, width)))
-    return Plan(
-        _cover_box(width, height, variant.width, variant.height),
-        (
-            variant.width,
-            variant.height,
-        ),
+    region = content or (0, 0, width, height)
+    src_w, src_h = region[2] - region[0], region[3] - region[1]
+    if variant.rotate in (90, 270):
+        src_w, src_h = src_h, src_w
+    whole = (0, 0, src_w, src_h)
+    turned = Plan(
+        region, whole, (src_w, src_h), variant.rotate, variant.flip, variant.flop
     )
+    fit = variant.fit
+    if fit is Fit.FULL:
+        return turned
+    if fit is Fit.WIDTH:
+        out_w = min(variant.width, src_w) if variant.noup else variant.width
+        return replace(turned, size=(out_w, _scaled(src_h, out_w, src_w)))
+    if fit is Fit.HEIGHT:
+        out_h = min(variant.height, src_h) if variant.noup else variant.height
+        return replace(turned, size=(_scaled(src_w, out_h, src_h), out_h))
+    if fit is Fit.FILL:
+        box = _cover_box(src_w, src_h, variant, focus)
+        size = (variant.width, variant.height)
+        crop = (box[2] - box[0], box[3] - box[1])
+        if variant.noup and variant.width > crop[0]:
+            size = crop  # the box keeps its ratio and is not enlarged
+        return replace(turned, box=box, size=size)
+    size = _inside(src_w, src_h, variant.width, variant.height, variant.noup)
+    if fit is Fit.FIT:
+        return replace(turned, size=size)
+    canvas = (variant.width, variant.height)
+    offset = ((canvas[0] - size[0]) // 2, (canvas[1] - size[1]) // 2)
+    return replace(turned, size=size, canvas=canvas, offset=offset)
 
 
 def output_size(variant: Variant, width: int, height: int) -> Size:
-    """The pixel size of ``variant`` made from a ``width`` x ``height`` source."""
-    return plan(variant, width, height).size
+    """The pixel size of ``variant`` made from a ``width`` x ``height`` source
+    (with ``trim``, an upper bound: the content may be smaller)."""
+    return plan(variant, width, height).output_size
 
 
-def _cover_box(width: int, height: int, out_w: int, out_h: int) -> Box:
-    """The centred box of the source with the output's aspect ratio, as large
-    as the source allows (cover: scale until the box is filled, crop the rest).
+def _inside(src_w: int, src_h: int, box_w: int, box_h: int, noup: bool) -> Size:
+    """The source scaled to fit inside the box, its ratio kept."""
+    if src_w * box_h >= src_h * box_w:  # the source is wider: its width decides
+        size = (box_w, min(box_h, _scaled(src_h, box_w, src_w)))
+    else:
+        size = (min(box_w, _scaled(src_w, box_h, src_h)), box_h)
+    if noup and size[0] > src_w:
+        return (src_w, src_h)
+    return size
+
+
+def _cover_box(
+    width: int, height: int, variant: Variant, focus: tuple[float, float] | None
+) -> Box:
+    """The box of the source with the output's aspect ratio, as large as the
+    source allows (cover: scale until the box is filled, crop the rest),
+    placed by the variant's gravity, focal point or ``focus``.
     """
+    out_w, out_h = variant.width, variant.height
     if width * out_h > height * out_w:  # the source is wider: keep its height
         crop_w, crop_h = min(width, max(1, _scaled(out_w, height, out_h))), height
     else:  # taller, or the same ratio: keep its width
         crop_w, crop_h = width, min(height, max(1, _scaled(out_h, width, out_w)))
-    left = (width - crop_w) // 2
-    top = (height - crop_h) // 2
+    free_w, free_h = width - crop_w, height - crop_h
+    if variant.gravity is not None:
+        ax, ay = GRAVITIES[variant.gravity]
+        left, top = round(free_w * ax), round(free_h * ay)
+    else:
+        if variant.focus is not None:
+            focus = (variant.focus[0] / 100, variant.focus[1] / 100)
+        if focus is None:
+            left, top = free_w // 2, free_h // 2
+        else:
+            # As central as the crop allows: centred on the point, then moved
+            # back inside the source.
+            left = _clamp(round(focus[0] * width - crop_w / 2), 0, free_w)
+            top = _clamp(round(focus[1] * height - crop_h / 2), 0, free_h)
     return (left, top, left + crop_w, top + crop_h)
+
+
+def _clamp(value: int, low: int, high: int) -> int:
+    return max(low, min(high, value))
 
 
 def _scaled(value: int, numerator: int, denominator: int) -> int:

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 
 from imageserver import containers, imaging
 from imageserver.errors import (
-    ImageServerError,
+    Forbidden,
     InvalidRequest,
     NotFound,
     Overloaded,
@@ -112,7 +112,7 @@ class Images:
         """A variant (generated on first request), info.json, the original or a file."""
         try:
             variant = self.rules.parse(name)
-        except ImageServerError:
+        except (InvalidRequest, NotFound, Forbidden):
             # A variant request all the same (a bad number, an extension not
             # served): counted as a failed one.
             self._events.variant(variant_format(name) or "other", "failed")

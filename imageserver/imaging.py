@@ -12,9 +12,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
 
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageFilter, ImageOps, UnidentifiedImageError
 
-from imageserver import containers, geometry
+from imageserver import analysis, containers, geometry
 from imageserver.errors import ImageTooLarge, InvalidRequest, UnsupportedImage
 from imageserver.naming import Fit, Variant
 
@@ -117,13 +117,19 @@ def render_many(
     if orientation in _SWAPPING_ORIENTATIONS:
         width, height = height, width
     info = ImageInfo(width, height, Image.MIME.get(image.format or "", "image/*"))
+    # Plans before looking at the pixels (trim and smart refine them later):
+    # the limits, and how far a decoder may shrink while it decodes.
     plans = [geometry.plan(v, width, height) for v in variants]
     for variant, plan in zip(variants, plans, strict=True):
-        _check_output(variant, plan.size, width, height, limits)
+        _check_output(variant, plan.output_size, width, height, limits)
 
     # Decode only as many pixels as the largest variant needs: JPEG can decode
-    # straight to 1/2, 1/4 or 1/8 scale, which is most of the speed.
-    needs = [p.decode_size(width, height) for p in plans] or [(8, 8)]
+    # straight to 1/2, 1/4 or 1/8 scale, which is most of the speed. What trim
+    # keeps is not known yet: it gets twice the pixels.
+    needs = [
+        _times(p.decode_size(width, height), 2 if v.trim else 1)
+        for v, p in zip(variants, plans, strict=True)
+    ] or [(8, 8)]
     need = (max(w for w, _ in needs), max(h for _, h in needs))
     if orientation in _SWAPPING_ORIENTATIONS:
         need = (need[1], need[0])
@@ -134,10 +140,139 @@ def render_many(
         if orientation != 1:
             image = ImageOps.exif_transpose(image)
         base, has_alpha = _normalise_mode(image)
-    return info, [
-        _encode(_execute(base, plan, width, height), v, has_alpha, icc)
-        for v, plan in zip(variants, plans, strict=True)
-    ]
+    source = _Source(base, width, height, has_alpha, icc)
+    return info, [_encode(source.render(v), v) for v in variants]
+
+
+class _Source:
+    """The decoded original, and what each variant needs of it.
+
+    ``width`` x ``height`` is the original's (oriented) size, which plans are
+    made for; the decoded image may be smaller (drafted).
+    """
+
+    def __init__(
+        self,
+        image: Image.Image,
+        width: int,
+        height: int,
+        has_alpha: bool,
+        icc: bytes | None,
+    ) -> None:
+        self.image = image
+        self.width = width
+        self.height = height
+        self.has_alpha = has_alpha
+        self.icc = icc
+        self._content: geometry.Box | None = None
+        self._trimmed = False
+
+    def content(self) -> geometry.Box | None:
+        """What trim keeps, in the original's pixels (found once)."""
+        if not self._trimmed:
+            self._trimmed = True
+            box = analysis.content_box(self.image)
+            if box is not None:
+                image_w, image_h = self.image.size
+                left, top, right, bottom = box
+                self._content = (
+                    left * self.width // image_w,
+                    top * self.height // image_h,
+                    -(-right * self.width // image_w),
+                    -(-bottom * self.height // image_h),
+                )
+        return self._content
+
+    def render(self, variant: Variant) -> Image.Image:
+        """The variant's pixels: geometry, then canvas and effects, in sRGB."""
+        content = self.content() if variant.trim else None
+        region = content or (0, 0, self.width, self.height)
+        turned = _turn(self._region(region), variant)
+        focus = None
+        if variant.smart:
+            # The crop's size does not depend on where it goes.
+            rough = geometry.plan(variant, self.width, self.height, content)
+            left, top, right, bottom = rough.box
+            region_w, region_h = _turned_size(region, variant)
+            crop = ((right - left) / region_w, (bottom - top) / region_h)
+            focus = analysis.attention(turned, crop)
+        plan = geometry.plan(variant, self.width, self.height, content, focus)
+        image = _execute(turned, plan)
+        has_alpha = self.has_alpha
+        if plan.canvas is not None:
+            colour = variant.pad_colour(_ENCODERS[variant.format][1])
+            has_alpha = has_alpha or colour[3] < 255
+            image = _to_srgb(image, self.icc, "RGBA" if has_alpha else "RGB")
+            canvas = Image.new(image.mode, plan.canvas, colour[: len(image.mode)])
+            canvas.paste(image, plan.offset, image if image.mode == "RGBA" else None)
+            image = canvas
+        else:
+            image = _to_srgb(image, self.icc, "RGBA" if has_alpha else "RGB")
+        return _effects(image, variant)
+
+    def _region(self, region: geometry.Box) -> Image.Image:
+        """``region`` (in the original's pixels) of the decoded image."""
+        if region == (0, 0, self.width, self.height):
+            return self.image
+        image_w, image_h = self.image.size
+        left, top, right, bottom = region
+        return self.image.crop(
+            (
+                left * image_w // self.width,
+                top * image_h // self.height,
+                max(
+                    left * image_w // self.width + 1, -(-right * image_w // self.width)
+                ),
+                max(
+                    top * image_h // self.height + 1,
+                    -(-bottom * image_h // self.height),
+                ),
+            )
+        )
+
+
+def _times(size: geometry.Size, factor: int) -> geometry.Size:
+    return size[0] * factor, size[1] * factor
+
+
+def _turned_size(region: geometry.Box, variant: Variant) -> geometry.Size:
+    width, height = region[2] - region[0], region[3] - region[1]
+    return (height, width) if variant.rotate in (90, 270) else (width, height)
+
+
+_ROTATIONS = {
+    90: Image.Transpose.ROTATE_270,  # Pillow turns counter-clockwise
+    180: Image.Transpose.ROTATE_180,
+    270: Image.Transpose.ROTATE_90,
+}
+
+
+def _turn(image: Image.Image, variant: Variant) -> Image.Image:
+    """Rotate clockwise, then mirror: top-bottom (flip), left-right (flop)."""
+    if variant.rotate:
+        image = image.transpose(_ROTATIONS[variant.rotate])
+    if variant.flip:
+        image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    if variant.flop:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return image
+
+
+def _effects(image: Image.Image, variant: Variant) -> Image.Image:
+    """Blur, sharpen and greyscale, on the output's own pixels."""
+    if variant.blur:
+        image = image.filter(ImageFilter.GaussianBlur(variant.blur))
+    if variant.sharp:
+        # Light, for thumbnails: a small radius, no halo on flat areas.
+        image = image.filter(
+            ImageFilter.UnsharpMask(radius=0.8, percent=80, threshold=2)
+        )
+    if variant.gray:
+        grey = ImageOps.grayscale(image)
+        if image.mode == "RGBA":
+            grey = Image.merge("RGBA", (grey, grey, grey, image.getchannel("A")))
+        image = grey.convert(image.mode)
+    return image
 
 
 @contextmanager
@@ -197,8 +332,12 @@ def _check_output(
     """Refuse, before any decoding, outputs too big to make or to encode."""
     out_w, out_h = size
     what = f"{variant.name} of this {width}x{height} image would be {out_w}x{out_h}"
-    if variant.fit is Fit.WIDTH and limits.side is not None and out_h > limits.side:
-        raise InvalidRequest(f"{what}, taller than the maximum of {limits.side}")
+    if limits.side is not None:
+        # A name bounds the side it names; the other follows the source.
+        if variant.fit is Fit.WIDTH and out_h > limits.side:
+            raise InvalidRequest(f"{what}, taller than the maximum of {limits.side}")
+        if variant.fit is Fit.HEIGHT and out_w > limits.side:
+            raise InvalidRequest(f"{what}, wider than the maximum of {limits.side}")
     if out_w * out_h > limits.pixels:
         raise ImageTooLarge(f"{what}, over the limit of {limits.pixels} pixels")
     fmt = _ENCODERS[variant.format][0]
@@ -291,36 +430,38 @@ def _normalise_mode(image: Image.Image) -> tuple[Image.Image, bool]:
     return image, has_alpha
 
 
-def _execute(
-    image: Image.Image, plan: geometry.Plan, width: int, height: int
-) -> Image.Image:
-    """Carry out ``plan`` (made for ``width`` x ``height``) on the decoded image.
+def _execute(image: Image.Image, plan: geometry.Plan) -> Image.Image:
+    """Scale ``plan.box`` of the turned region (``image``) to ``plan.size``.
 
     A drafted decode is smaller than the source: the box is scaled to it.
     Each coordinate is multiplied before it is divided, so a box edge on the
-    source's edge lands exactly on the decoded image's edge.
+    region's edge lands exactly on the image's edge.
     """
     image_w, image_h = image.size
+    region_w, region_h = (
+        plan.region[2] - plan.region[0],
+        plan.region[3] - plan.region[1],
+    )
+    if plan.turned:
+        region_w, region_h = region_h, region_w
     left, top, right, bottom = plan.box
-    if plan.box == (0, 0, width, height) and plan.size == image.size:
+    if plan.box == (0, 0, region_w, region_h) and plan.size == image.size:
         return image
     box = (
-        left * image_w / width,
-        top * image_h / height,
-        right * image_w / width,
-        bottom * image_h / height,
+        left * image_w / region_w,
+        top * image_h / region_h,
+        right * image_w / region_w,
+        bottom * image_h / region_h,
     )
     return image.resize(
         plan.size, Image.Resampling.LANCZOS, box=box, reducing_gap=_REDUCING_GAP
     )
 
 
-def _encode(
-    image: Image.Image, variant: Variant, has_alpha: bool, icc: bytes | None
-) -> bytes:
+def _encode(image: Image.Image, variant: Variant) -> bytes:
+    """Encode sRGB pixels (RGB, or RGBA with alpha) in the variant's format."""
     fmt, keeps_alpha = _ENCODERS[variant.format]
-    image = _to_srgb(image, icc, "RGBA" if has_alpha else "RGB")
-    if has_alpha and not keeps_alpha:
+    if image.mode == "RGBA" and not keeps_alpha:
         flat = Image.new("RGB", image.size, (255, 255, 255))
         flat.paste(image, mask=image.getchannel("A"))
         image = flat

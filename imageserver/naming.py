@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
-from imageserver.errors import Forbidden, InvalidRequest, NotFound
+from imageserver.errors import Forbidden, InvalidRequest, NotCanonical, NotFound
 
 #: Extension -> Content-Type for every output format the server can encode.
 OUTPUT_FORMATS: dict[str, str] = {
@@ -36,10 +37,36 @@ FOLDER_PATTERN = (
 _NAMESPACE = re.compile(NAMESPACE_PATTERN + r"\Z")
 _FOLDER = re.compile(FOLDER_PATTERN + r"\Z")
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+#: Anything shaped like a variant name: a size, options, a density, an
+#: extension. Such names are the server's: never a client file's.
 _VARIANT = re.compile(
-    r"(?:(?P<full>full_size)|w(?P<w>\d+)|x(?P<s>\d+)|(?P<fw>\d+)x(?P<fh>\d+))"
-    r"(?:-q(?P<q>\d+))?\.(?P<ext>[A-Za-z0-9]{1,10})\Z"
+    r"(?P<size>full_size|w\d+|h\d+|x\d+|\d+x\d+)"
+    r"(?P<options>(?:-[A-Za-z0-9_]+)*)"
+    r"(?:@(?P<dpr>\d+)x)?\.(?P<ext>[A-Za-z0-9]{1,10})\Z"
 )
+_SIZE = re.compile(
+    r"(?:(?P<full>full_size)|w(?P<w>\d+)|h(?P<h>\d+)|x(?P<s>\d+)"
+    r"|(?P<bw>\d+)x(?P<bh>\d+))\Z"
+)
+_PAD = re.compile(r"pad(?P<hex>[0-9A-Fa-f]{6}(?:[0-9A-Fa-f]{2})?)?\Z")
+_FOCUS = re.compile(r"fp(?P<x>\d+)_(?P<y>\d+)\Z")
+_BLUR = re.compile(r"blur(?P<sigma>\d+)\Z")
+_QUALITY = re.compile(r"q(?P<q>\d+)\Z")
+#: Gravity options and the corner or edge they keep, as fractions of the
+#: free space left of and above the crop.
+GRAVITIES: dict[str, tuple[float, float]] = {
+    "gn": (0.5, 0.0),
+    "gne": (1.0, 0.0),
+    "ge": (1.0, 0.5),
+    "gse": (1.0, 1.0),
+    "gs": (0.5, 1.0),
+    "gsw": (0.0, 1.0),
+    "gw": (0.0, 0.5),
+    "gnw": (0.0, 0.0),
+}
+ROTATIONS = {"r90": 90, "r180": 180, "r270": 270}
+#: Formats whose pixels keep alpha: a pad's default colour is transparent.
+_ALPHA_FORMATS = frozenset({"png", "gif", "webp", "avif"})
 
 
 def check_namespace(namespace: str) -> str:
@@ -84,13 +111,24 @@ def original_digest(key: str) -> str | None:
 
 class Fit(enum.Enum):
     WIDTH = "width"  # w200: given width, height keeps the ratio
-    FILL = "fill"  # x200, 300x200: cover the box, then centre crop
+    HEIGHT = "height"  # h200: given height, width keeps the ratio
+    FILL = "fill"  # x200, 300x200: cover the box, then crop
+    FIT = "fit"  # x200-fit: inside the box, no crop
+    PAD = "pad"  # x200-pad: inside the box, on a canvas of the box
     FULL = "full"  # full_size: the original dimensions
+
+
+#: What each option needs of the size it goes with.
+_BOX_FITS = frozenset({Fit.FILL, Fit.FIT, Fit.PAD})
 
 
 @dataclass(frozen=True, slots=True)
 class Variant:
-    """A parsed variant name; ``name`` is also its storage name."""
+    """A parsed variant name: one typed description of an output.
+
+    ``name`` is the canonical spelling, also its storage name. Pixel numbers
+    (``width``, ``height``) are already multiplied by ``dpr``.
+    """
 
     name: str
     fit: Fit
@@ -98,10 +136,42 @@ class Variant:
     height: int
     quality: int
     format: str
+    dpr: int = 1
+    #: The pad colour as RGBA, or None for the format's default.
+    pad: tuple[int, int, int, int] | None = None
+    noup: bool = False
+    #: A gravity option (``gn`` ...), or None.
+    gravity: str | None = None
+    #: A focal point, per cent of the width and of the height, or None.
+    focus: tuple[int, int] | None = None
+    smart: bool = False
+    trim: bool = False
+    rotate: int = 0
+    flip: bool = False
+    flop: bool = False
+    blur: int = 0
+    sharp: bool = False
+    gray: bool = False
 
     @property
     def content_type(self) -> str:
         return OUTPUT_FORMATS[self.format]
+
+    @property
+    def is_crop(self) -> bool:
+        return self.fit is Fit.FILL
+
+    def pad_colour(self, has_alpha: bool) -> tuple[int, int, int, int]:
+        """The canvas colour: the one asked for, else transparent where the
+        output keeps alpha and white where it does not."""
+        if self.pad is not None:
+            return self.pad
+        return (0, 0, 0, 0) if has_alpha else (255, 255, 255, 255)
+
+    def as_format(self, fmt: str) -> Variant:
+        """This variant in another format (``.auto`` made concrete)."""
+        stem = self.name.rpartition(".")[0]
+        return replace(self, name=f"{stem}.{fmt}", format=fmt)
 
 
 def _number(text: str, what: str) -> int:
@@ -126,8 +196,10 @@ class VariantRules:
     def parse(self, name: str) -> Variant | None:
         """Parse a variant name; ``None`` when ``name`` is not variant-shaped.
 
-        Raises `InvalidRequest` for a variant-shaped name with bad numbers and
-        `NotFound` for an extension the server does not serve.
+        Raises `InvalidRequest` for a variant-shaped name that is wrong (bad
+        numbers, unknown or clashing options, each named), `NotFound` for an
+        extension the server does not serve, and `NotCanonical` for a valid
+        name spelled otherwise than its one canonical spelling.
         """
         m = _VARIANT.match(name)
         if m is None:
@@ -137,27 +209,14 @@ class VariantRules:
         fmt = m["ext"]
         if fmt not in self.extensions:
             raise NotFound(f"extension {fmt!r} is not served")
-        quality = self.default_quality
-        if m["q"] is not None:
-            quality = _number(m["q"], "quality")
-            if quality > 100:
-                raise InvalidRequest("quality must be between 1 and 100")
-        if m["full"]:
-            return Variant(name, Fit.FULL, 0, 0, quality, fmt)
-        if m["w"]:
-            width, height, fit = _number(m["w"], "width"), 0, Fit.WIDTH
-        elif m["s"]:
-            width = height = _number(m["s"], "size")
-            fit = Fit.FILL
-        else:
-            width = _number(m["fw"], "width")
-            height = _number(m["fh"], "height")
-            fit = Fit.FILL
-        if max(width, height) > self.maximum_width:
+        variant, canonical = _parse(name, m, self.default_quality)
+        if max(variant.width, variant.height) > self.maximum_width:
             raise InvalidRequest(
                 f"{name!r} is larger than the maximum of {self.maximum_width} pixels"
             )
-        return Variant(name, fit, width, height, quality, fmt)
+        if canonical != name:
+            raise NotCanonical(name, canonical)
+        return variant
 
     def parse_outputs(self, value: str | None) -> tuple[Variant, ...]:
         """Parse a comma-separated ``outputs`` list; every item must be a variant."""
@@ -169,6 +228,10 @@ class VariantRules:
         for name in names:
             try:
                 variant = self.parse(name)
+            except NotCanonical as e:
+                raise InvalidRequest(
+                    f"output {name!r} is spelled {e.canonical!r}"
+                ) from None
             except (NotFound, InvalidRequest, Forbidden) as e:
                 raise InvalidRequest(f"output {name!r}: {e}") from None
             if variant is None:
@@ -184,6 +247,165 @@ def variant_format(name: str) -> str | None:
     if m is None:
         return None
     return m["ext"] if m["ext"] in OUTPUT_FORMATS else "other"
+
+
+def _parse(name: str, m: re.Match[str], default_quality: int) -> tuple[Variant, str]:
+    """The variant a variant-shaped name describes, and its canonical name."""
+    size = _SIZE.match(m["size"])
+    assert size is not None
+    if size["full"]:
+        fit, width, height = Fit.FULL, 0, 0
+    elif size["w"]:
+        fit, width, height = Fit.WIDTH, _number(size["w"], "width"), 0
+    elif size["h"]:
+        fit, width, height = Fit.HEIGHT, 0, _number(size["h"], "height")
+    elif size["s"]:
+        fit = Fit.FILL
+        width = height = _number(size["s"], "size")
+    else:
+        fit = Fit.FILL
+        width, height = _number(size["bw"], "width"), _number(size["bh"], "height")
+    dpr = 1
+    if m["dpr"] is not None:
+        dpr = _number(m["dpr"], "density")
+        if dpr > 4:
+            raise InvalidRequest(f"{name!r}: the density must be 1x to 4x")
+    fmt = m["ext"]
+    fields: dict[str, Any] = {}
+    #: Canonical tokens by their row in the option table.
+    tokens: dict[int, str] = {}
+    #: The groups of options already given (each may be given once).
+    seen: set[str] = set()
+    quality_token = ""
+    quality = default_quality
+
+    def once(group: str) -> None:
+        if group in seen:
+            raise InvalidRequest(f"{name!r}: {group} is given twice")
+        seen.add(group)
+
+    for token in m["options"].split("-")[1:]:
+        if (q := _QUALITY.match(token)) is not None:
+            once("the quality")
+            quality = _number(q["q"], "quality")
+            if quality > 100:
+                raise InvalidRequest("quality must be between 1 and 100")
+            quality_token = f"-q{quality}"
+        elif token == "fit" or (pad := _PAD.match(token)) is not None:
+            if "fit or pad" in seen:
+                raise InvalidRequest(f"{name!r}: fit and pad cannot be used together")
+            once("fit or pad")
+            if fit not in _BOX_FITS:
+                raise InvalidRequest(
+                    f"{name!r}: {_label(token)} applies only to xN and WxH sizes"
+                )
+            if token == "fit":
+                fit, tokens[0] = Fit.FIT, "fit"
+            else:
+                assert pad is not None
+                fit = Fit.PAD
+                colour: tuple[int, int, int, int] | None = _colour(pad["hex"])
+                if pad["hex"] is None or colour == _default_pad(fmt):
+                    colour = None
+                fields["pad"] = colour
+                tokens[0] = "pad" + ("" if colour is None else _hex(colour))
+        elif token == "noup":
+            once("noup")
+            fields["noup"], tokens[1] = True, token
+        elif token in GRAVITIES or token == "smart" or _FOCUS.match(token):
+            if "a gravity, fp or smart" in seen:
+                raise InvalidRequest(
+                    f"{name!r}: only one of a gravity, fp and smart may be given"
+                )
+            once("a gravity, fp or smart")
+            tokens[2] = token
+            if token in GRAVITIES:
+                fields["gravity"] = token
+            elif token == "smart":
+                fields["smart"] = True
+            else:
+                focus = _FOCUS.match(token)
+                assert focus is not None
+                x, y = _percent(focus["x"], name), _percent(focus["y"], name)
+                fields["focus"] = (x, y)
+                tokens[2] = f"fp{x}_{y}"
+        elif token == "trim":
+            once("trim")
+            fields["trim"], tokens[3] = True, token
+        elif token in ROTATIONS:
+            once("a rotation")
+            fields["rotate"], tokens[4] = ROTATIONS[token], token
+        elif token in ("flip", "flop"):
+            once(token)
+            fields[token], tokens[5 if token == "flip" else 6] = True, token
+        elif (blur := _BLUR.match(token)) is not None:
+            once("blur")
+            sigma = _number(blur["sigma"], "blur")
+            if sigma > 100:
+                raise InvalidRequest(f"{name!r}: blur must be between 1 and 100")
+            fields["blur"], tokens[7] = sigma, f"blur{sigma}"
+        elif token in ("sharp", "gray"):
+            once(token)
+            fields[token], tokens[8 if token == "sharp" else 9] = True, token
+        else:
+            raise InvalidRequest(f"{name!r}: unknown option {token!r}")
+    if 2 in tokens and fit is not Fit.FILL:
+        raise InvalidRequest(
+            f"{name!r}: {tokens[2]} applies only to cover crops (xN or WxH without "
+            "fit or pad)"
+        )
+    if fields.get("focus") == (50, 50):  # the centre: the default, unspelled
+        del fields["focus"], tokens[2]
+    canonical = (
+        m["size"]
+        + "".join(f"-{tokens[slot]}" for slot in sorted(tokens))
+        + quality_token
+        + (f"@{dpr}x" if dpr > 1 else "")
+        + f".{fmt}"
+    )
+    variant = Variant(
+        canonical,
+        fit,
+        width * dpr,
+        height * dpr,
+        quality,
+        fmt,
+        dpr=dpr,
+        **fields,
+    )
+    return variant, canonical
+
+
+def _default_pad(fmt: str) -> tuple[int, int, int, int] | None:
+    """The pad colour a format gets unasked (``auto`` has none of its own)."""
+    if fmt == "auto":
+        return None
+    return (0, 0, 0, 0) if fmt in _ALPHA_FORMATS else (255, 255, 255, 255)
+
+
+def _label(token: str) -> str:
+    return "pad" if token.startswith("pad") else token
+
+
+def _colour(text: str | None) -> tuple[int, int, int, int]:
+    if text is None:
+        return (0, 0, 0, 0)  # unused: a bare pad is the default colour
+    value = bytes.fromhex(text)
+    return (value[0], value[1], value[2], value[3] if len(value) == 4 else 255)
+
+
+def _hex(colour: tuple[int, int, int, int]) -> str:
+    r, g, b, a = colour
+    return f"{r:02x}{g:02x}{b:02x}" + ("" if a == 255 else f"{a:02x}")
+
+
+def _percent(text: str, name: str) -> int:
+    if len(text) > 1 and text[0] == "0":
+        raise InvalidRequest(f"{name!r}: {text!r} is not a plain number")
+    value = int(text)
+    if value > 100:
+        raise InvalidRequest(f"{name!r}: a focal point is 0 to 100 per cent")
+    return value
 
 
 def is_generated(key: str) -> bool:

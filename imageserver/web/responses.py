@@ -61,6 +61,8 @@ def status_for(error: errors.ImageServerError) -> int:
 def server_error(self: Any, request: IRequest, failure: Failure) -> Response:
     """Map our errors to their status; anything else is a bug: log it, say 500."""
     error = failure.value
+    if isinstance(error, errors.NotCanonical):
+        return _to_canonical(request, error)
     if isinstance(error, errors.ImageServerError):
         status = status_for(error)
         headers: Headers = {"Retry-After": RETRY_AFTER} if status == 503 else {}
@@ -72,6 +74,18 @@ def server_error(self: Any, request: IRequest, failure: Failure) -> Response:
         uri=request.uri.decode("utf-8", "replace"),
     )
     return json_response(500, {"error": "internal server error"})
+
+
+def _to_canonical(request: IRequest, error: errors.NotCanonical) -> Response:
+    """301 to the one spelling of a variant name; the grammar never changes, so
+    neither does the redirect."""
+    folder = request.path.decode("utf-8", "replace").rpartition("/")[0]
+    location = f"{folder}/{error.canonical}"
+    return json_response(
+        301,
+        {"message": str(error), "location": location},
+        {"Location": location, "Cache-Control": "public, max-age=31536000, immutable"},
+    )
 
 
 def routing_error(self: Any, request: IRequest, failure: Failure) -> Response:
