@@ -1,0 +1,213 @@
+"""Every v2 option, rendered and decoded: sizes and where the colours went."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageDraw, ImageStat
+from twisted.trial.unittest import SynchronousTestCase
+
+from imageserver import geometry, imaging
+from imageserver.errors import InvalidRequest, NotCanonical
+from imageserver.naming import Fit, VariantRules
+from tests.support import (
+    BLUE,
+    GREEN,
+    RED,
+    WHITE,
+    YELLOW,
+    TestCaseMixin,
+    decode,
+    encode,
+    noise,
+    quadrants,
+    stripes,
+)
+
+RULES = VariantRules(frozenset({"jpg", "png", "webp"}), 75, 2000)
+LIMITS = imaging.Limits(50_000_000, 1000, 2000)
+
+
+def render(data: bytes, name: str) -> Image.Image:
+    variant = RULES.parse(name)
+    assert variant is not None
+    return decode(imaging.render(data, variant, LIMITS))
+
+
+def pixel(image: Image.Image, x: int, y: int) -> tuple[int, ...]:
+    return image.convert("RGBA").getpixel((x, y))  # type: ignore[return-value]
+
+
+LANDSCAPE = encode(quadrants((600, 300)), "PNG")
+PORTRAIT = encode(quadrants((300, 600)), "PNG")
+TINY = encode(quadrants((4, 2)), "PNG")
+
+
+class SizeSweepTests(SynchronousTestCase):
+    """Random names on landscape, portrait and tiny sources: the exact size."""
+
+    @settings(
+        max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    )
+    @given(
+        st.sampled_from([LANDSCAPE, PORTRAIT, TINY]),
+        st.sampled_from(["w120", "h80", "x64", "90x30", "30x90", "full_size"]),
+        st.lists(
+            st.sampled_from(["fit", "pad", "noup", "gw", "gse", "fp10_80", "smart",
+                             "r90", "r270", "flip", "flop", "blur2", "sharp", "gray"]),
+            max_size=4, unique=True,
+        ),
+        st.sampled_from(["", "@2x"]),
+        st.sampled_from(["jpg", "png", "webp"]),
+    )  # fmt: skip
+    def test_size(
+        self, source: bytes, size: str, options: list[str], dpr: str, ext: str
+    ) -> None:
+        name = size + "".join(f"-{o}" for o in options) + dpr + f".{ext}"
+        try:
+            variant = RULES.parse(name)
+        except NotCanonical as e:
+            variant = RULES.parse(e.canonical)
+        except InvalidRequest:
+            return
+        assert variant is not None
+        width, height = decode(source).size
+        expected = geometry.plan(variant, width, height).output_size
+        out = decode(imaging.render(source, variant, LIMITS))
+        self.assertEqual(out.size, expected, variant.name)
+        if variant.noup and variant.fit is not Fit.PAD:
+            turned = (height, width) if variant.rotate in (90, 270) else (width, height)
+            self.assertLessEqual(out.size[0], turned[0])
+            self.assertLessEqual(out.size[1], turned[1])
+
+
+class OptionPixelTests(TestCaseMixin, SynchronousTestCase):
+    def test_rotations_and_mirrors_move_the_quadrants(self) -> None:
+        # Each compared with Pillow's own transposition of the source.
+        source = quadrants((600, 300))
+        T = Image.Transpose
+        for name, steps in (
+            ("full_size-r90.png", [T.ROTATE_270]),
+            ("full_size-r180.png", [T.ROTATE_180]),
+            ("full_size-r270.png", [T.ROTATE_90]),
+            ("full_size-flip.png", [T.FLIP_TOP_BOTTOM]),
+            ("full_size-flop.png", [T.FLIP_LEFT_RIGHT]),
+            ("full_size-r90-flip-flop.png",
+             [T.ROTATE_270, T.FLIP_TOP_BOTTOM, T.FLIP_LEFT_RIGHT]),
+        ):  # fmt: skip
+            expected = source
+            for step in steps:
+                expected = expected.transpose(step)
+            out = render(LANDSCAPE, name)
+            self.assertEqual(out.size, expected.size, name)
+            w, h = out.size
+            for x, y in ((w // 4, h // 4), (3 * w // 4, h // 4),
+                         (w // 4, 3 * h // 4), (3 * w // 4, 3 * h // 4)):  # fmt: skip
+                self.assertEqual(pixel(out, x, y)[:3], expected.getpixel((x, y)), name)
+
+    def test_width_after_rotation(self) -> None:
+        self.assertEqual(render(LANDSCAPE, "w200-r90.png").size, (200, 400))
+        self.assertEqual(render(LANDSCAPE, "h100-r90.png").size, (50, 100))
+
+    def test_gravity_keeps_its_side(self) -> None:
+        wide = encode(stripes((900, 300), [RED, GREEN, BLUE], vertical=True), "PNG")
+        tall = encode(stripes((300, 900), [RED, GREEN, BLUE], vertical=False), "PNG")
+        for data, name, colour in (
+            (wide, "x100.png", GREEN), (wide, "x100-gw.png", RED),
+            (wide, "x100-ge.png", BLUE), (wide, "x100-gnw.png", RED),
+            (wide, "x100-gse.png", BLUE), (tall, "x100-gn.png", RED),
+            (tall, "x100-gs.png", BLUE), (tall, "x100-gne.png", RED),
+            (wide, "x100-fp0_50.png", RED), (wide, "x100-fp100_50.png", BLUE),
+            (tall, "x100-fp50_0.png", RED), (tall, "x100-fp50_90.png", BLUE),
+        ):  # fmt: skip
+            out = render(data, name)
+            self.assertEqual(out.size, (100, 100))
+            for xy in ((3, 3), (96, 96), (50, 50)):
+                self.assertColour(out, xy, colour, tolerance=20)
+
+    def test_smart_keeps_the_detailed_colourful_part(self) -> None:
+        for left in (0, 600, 1300):
+            photo = Image.new("RGB", (1600, 400), (128, 128, 128))
+            photo.paste(noise((300, 400)), (left, 0))
+            out = render(encode(photo, "PNG"), "x100-smart.png")
+            # The crop is the 400-pixel square around the detail, not the
+            # grey middle (x from 600 to 1000).
+            grey = ImageStat.Stat(out.convert("L")).stddev[0] < 5
+            self.assertFalse(grey, left)
+        flat = encode(Image.new("RGB", (800, 200), (90, 90, 90)), "PNG")
+        self.assertEqual(
+            render(flat, "x100-smart.png").tobytes(), render(flat, "x100.png").tobytes()
+        )
+
+    def test_fit_pad_and_their_colours(self) -> None:
+        red = encode(Image.new("RGB", (300, 100), RED), "PNG")
+        self.assertEqual(render(red, "x100-fit.png").size, (100, 33))
+        self.assertEqual(render(red, "200x200-fit.png").size, (200, 67))
+        for name, border in (
+            ("x100-pad.png", (0, 0, 0, 0)),
+            ("x100-pad.jpg", (255, 255, 255, 255)),
+            ("x100-pad00ff00.jpg", (0, 255, 0, 255)),
+            ("x100-pad0000ff80.png", (0, 0, 255, 128)),
+        ):
+            out = render(red, name)
+            self.assertEqual(out.size, (100, 100), name)
+            self.assertColour(out, (50, 2), border, tolerance=8)
+            self.assertColour(out, (50, 97), border, tolerance=8)
+            self.assertColour(out, (50, 50), (*RED, 255), tolerance=8)
+
+    def test_noup_never_enlarges(self) -> None:
+        small = encode(quadrants((50, 40)), "PNG")
+        for name, size in (
+            ("w200-noup.png", (50, 40)), ("h200-noup.png", (50, 40)),
+            ("x200-noup.png", (40, 40)), ("200x100-noup.png", (50, 25)),
+            ("x200-fit-noup.png", (50, 40)), ("full_size-noup.png", (50, 40)),
+            ("w20-noup.png", (20, 16)),
+        ):  # fmt: skip
+            self.assertEqual(render(small, name).size, size, name)
+        padded = render(small, "x200-pad-noup.png")
+        self.assertEqual(padded.size, (200, 200))
+        self.assertEqual(pixel(padded, 10, 10)[3], 0)
+        self.assertColour(padded, (80, 85), (*RED, 255), tolerance=8)
+        self.assertColour(padded, (120, 115), (*YELLOW, 255), tolerance=8)
+
+    def test_density_is_the_doubled_size_byte_for_byte(self) -> None:
+        photo = encode(noise((640, 480)))
+        for name, double in (
+            ("w100@2x.jpg", "w200.jpg"), ("x50-gn@3x.webp", "x150-gn.webp"),
+            ("40x30-pad@4x.png", "160x120-pad.png"),
+        ):  # fmt: skip
+            a, b = RULES.parse(name), RULES.parse(double)
+            assert a is not None and b is not None
+            self.assertEqual(
+                imaging.render(photo, a, LIMITS), imaging.render(photo, b, LIMITS)
+            )
+
+    def test_trim_removes_a_uniform_border(self) -> None:
+        framed = Image.new("RGB", (300, 200), WHITE)
+        framed.paste(quadrants((120, 80)), (100, 40))
+        out = render(encode(framed, "PNG"), "full_size-trim.png")
+        self.assertEqual(out.size, (120, 80))
+        self.assertColour(out, (5, 5), RED)
+        self.assertColour(out, (114, 74), YELLOW)
+        self.assertEqual(render(encode(framed, "PNG"), "w60-trim.png").size, (60, 40))
+        plain = encode(Image.new("RGB", (50, 50), BLUE), "PNG")
+        self.assertEqual(render(plain, "full_size-trim.png").size, (50, 50))
+
+    def test_effects(self) -> None:
+        edge = Image.new("RGB", (200, 100), (0, 0, 0))
+        ImageDraw.Draw(edge).rectangle((100, 0, 199, 99), fill=WHITE)
+        data = encode(edge, "PNG")
+        sharp = render(data, "full_size.png")
+        blurred = render(data, "full_size-blur4.png")
+        self.assertEqual(pixel(sharp, 98, 50)[:3], (0, 0, 0))
+        self.assertGreater(pixel(blurred, 98, 50)[0], 60)
+        self.assertLess(pixel(blurred, 90, 50)[0], pixel(blurred, 98, 50)[0])
+        grey = render(encode(quadrants((100, 100)), "PNG"), "full_size-gray.png")
+        for xy in ((25, 25), (75, 25), (25, 75), (75, 75)):
+            r, g, b, _ = pixel(grey, *xy)
+            self.assertEqual(r, g)
+            self.assertEqual(g, b)
+        soft = encode(Image.effect_noise((100, 100), 10).convert("RGB"), "PNG")
+        plain = ImageStat.Stat(render(soft, "full_size.png")).stddev[0]
+        sharpened = ImageStat.Stat(render(soft, "full_size-sharp.png")).stddev[0]
+        self.assertGreater(sharpened, plain)
