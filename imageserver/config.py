@@ -75,6 +75,11 @@ class Config:
         "Output formats served; other variant extensions are 404. "
         f"Known: {','.join(OUTPUT_FORMATS)}.",
     )
+    auto_formats: tuple[str, ...] = setting(
+        ("avif", "webp"),
+        "Formats .auto sends, best first, to a client whose Accept names them "
+        "(and that --extensions serves); others get jpg, or png with alpha.",
+    )
     default_quality: int = setting(75, "Quality (1-100) when a name has no -qN.")
     maximum_width: int = setting(
         1000, "Largest width or height a variant name may ask for."
@@ -339,6 +344,10 @@ class Config:
             raise ValueError("--default_quality must be between 1 and 100")
         if self.http_timeout <= 0:
             raise ValueError("--http_timeout must be positive")
+        if set(self.auto_formats) - set(OUTPUT_FORMATS):
+            raise ValueError(
+                f"--auto_formats must be some of {','.join(OUTPUT_FORMATS)}"
+            )
         unknown = set(self.extensions) - set(OUTPUT_FORMATS)
         if unknown or not self.extensions:
             raise ValueError(f"--extensions must be some of {','.join(OUTPUT_FORMATS)}")
@@ -394,6 +403,7 @@ class Config:
             self.default_quality,
             self.maximum_width,
             presets=frozenset(self.outputs) if self.presets_only else None,
+            auto_formats=self.auto_formats,
         )
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, BinaryIO
@@ -18,7 +19,7 @@ from twisted.internet.defer import Deferred, FirstError, TimeoutError, gatherRes
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from imageserver import containers, imaging
+from imageserver import containers, imaging, negotiation
 from imageserver.errors import (
     Forbidden,
     InvalidRequest,
@@ -29,6 +30,7 @@ from imageserver.errors import (
 from imageserver.events import Events
 from imageserver.flights import Flights
 from imageserver.naming import (
+    AUTO,
     INFO,
     ORIGINAL,
     ImageId,
@@ -44,6 +46,9 @@ from imageserver.sources import SourceFetcher
 from imageserver.storage import Storage, StoredObject, content_type_for, etag_of
 
 log = Logger()
+
+#: Originals whose transparency is remembered (for .auto's jpg or png).
+_KNOWN_ALPHA = 4096
 
 
 class Images:
@@ -74,6 +79,7 @@ class Images:
         self._fetches: Flights[str, bytes] = Flights()
         self._ingests: Flights[ImageId, bytes] = Flights()
         self._renders: Flights[tuple[str, bool], StoredObject] = Flights()
+        self._alpha: OrderedDict[ImageId, bool] = OrderedDict()
 
     async def upload(
         self,
@@ -108,17 +114,59 @@ class Images:
         await self._ensure(image, variants, data)
         return info
 
-    async def get(self, image: ImageId, name: str) -> StoredObject:
-        """A variant (generated on first request), info.json, the original or a file."""
+    async def negotiate(self, image: ImageId, name: str, accept: str | None) -> str:
+        """The name to serve for ``name``: itself, or for ``.auto`` the concrete
+        variant the client's ``Accept`` header allows best."""
+        variant = self._parse(name)
+        if variant is None or variant.format != AUTO:
+            return name
+        accepted = negotiation.accepted_types(accept)
+        choice = self.rules.negotiated(variant, accepted, has_alpha=False)
+        if choice.format in self.rules.auto_formats:
+            return choice.name
+        # The fallback depends on transparency: jpg, or png for alpha.
+        alpha = await self._has_alpha(image)
+        return self.rules.negotiated(variant, accepted, alpha).name
+
+    async def _has_alpha(self, image: ImageId) -> bool:
+        """Whether the original has transparency; known once per image."""
+        known = self._alpha.get(image)
+        if known is not None:
+            self._alpha.move_to_end(image)
+            return known
+        info = await self.get(image, INFO)
+        if json.loads(info.data)["content_type"] == "image/jpeg":
+            alpha = False
+        else:
+            original = await self._storage.get(image.key(ORIGINAL))
+            if original is None:
+                raise NotFound("image not found")
+            alpha = await self._process(imaging.has_alpha, original.data, self._limits)
+        self._alpha[image] = alpha
+        while len(self._alpha) > _KNOWN_ALPHA:
+            self._alpha.popitem(last=False)
+        return alpha
+
+    def _parse(self, name: str) -> Variant | None:
+        """Parse a requested name; a refused variant name is counted as failed."""
         try:
-            variant = self.rules.parse(name)
+            return self.rules.parse(name)
         except (InvalidRequest, NotFound, Forbidden):
             # A variant request all the same (a bad number, an extension not
             # served): counted as a failed one.
             self._events.variant(variant_format(name) or "other", "failed")
             raise
+
+    async def get(self, image: ImageId, name: str) -> StoredObject:
+        """A variant (generated on first request), info.json, the original or a file.
+
+        ``.auto`` names are `negotiate`d first.
+        """
+        variant = self._parse(name)
         if variant is None:
             return await self._get_file(image, name)
+        if variant.format == AUTO:
+            raise InvalidRequest(f"{name!r}: negotiate .auto before getting it")
         stored = await self._storage.get(image.key(name))
         if stored is not None and imaging.is_whole(variant.format, stored.data):
             self._events.variant(variant.format, "cached")

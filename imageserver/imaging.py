@@ -287,6 +287,12 @@ def _decode_errors() -> Iterator[None]:
         raise UnsupportedImage(f"the image could not be decoded: {e}") from None
 
 
+def has_alpha(data: bytes, limits: Limits) -> bool:
+    """Whether the original ``data`` has transparency, from its header."""
+    image = _open(data, limits)
+    return image.mode in _ALPHA_MODES or "transparency" in image.info
+
+
 def is_whole(fmt: str, data: bytes) -> bool:
     """Whether ``data`` looks like a complete ``fmt`` file, from its ends alone.
 

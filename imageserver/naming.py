@@ -23,6 +23,8 @@ OUTPUT_FORMATS: dict[str, str] = {
     "avif": "image/avif",
 }
 
+#: The extension that asks for the best format the client accepts.
+AUTO = "auto"
 ORIGINAL = "original"
 INFO = "info.json"
 #: Names under an image folder that clients may not overwrite with a file.
@@ -192,6 +194,23 @@ class VariantRules:
     maximum_width: int
     #: When set, the only variant names served or generated (--presets_only).
     presets: frozenset[str] | None = None
+    #: The formats ``.auto`` prefers, best first (--auto_formats).
+    auto_formats: tuple[str, ...] = ("avif", "webp")
+
+    def negotiated(
+        self, variant: Variant, accepted: frozenset[str], has_alpha: bool
+    ) -> Variant:
+        """The concrete variant ``.auto`` stands for, for a client that names
+        ``accepted`` media types: the first of `auto_formats` it takes, else
+        jpg (png for an image with alpha), among the served extensions."""
+        for fmt in self.auto_formats:
+            if fmt in self.extensions and OUTPUT_FORMATS[fmt] in accepted:
+                return variant.as_format(fmt)
+        fallbacks = ("png", "webp", "gif") if has_alpha else ("jpg", "jpeg", "png")
+        for fmt in (*fallbacks, *self.extensions):
+            if fmt in self.extensions:
+                return variant.as_format(fmt)
+        raise NotFound("no served extension for .auto")  # extensions is never empty
 
     def parse(self, name: str) -> Variant | None:
         """Parse a variant name; ``None`` when ``name`` is not variant-shaped.
@@ -207,7 +226,7 @@ class VariantRules:
         if self.presets is not None and name not in self.presets:
             raise Forbidden(f"{name!r} is not one of this server's presets")
         fmt = m["ext"]
-        if fmt not in self.extensions:
+        if fmt not in self.extensions and fmt != AUTO:
             raise NotFound(f"extension {fmt!r} is not served")
         variant, canonical = _parse(name, m, self.default_quality)
         if max(variant.width, variant.height) > self.maximum_width:
@@ -236,6 +255,11 @@ class VariantRules:
                 raise InvalidRequest(f"output {name!r}: {e}") from None
             if variant is None:
                 raise InvalidRequest(f"output {name!r} is not a variant name")
+            if variant.format == AUTO:
+                raise InvalidRequest(
+                    f"output {name!r}: .auto is chosen from a request's Accept "
+                    "header; name the format to make ahead"
+                )
             variants.append(variant)
         return tuple(variants)
 

@@ -4,7 +4,9 @@ import json
 import os
 import tempfile
 import time
+from typing import Any
 
+from PIL import Image
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
@@ -15,6 +17,7 @@ from twisted.web.static import Data
 from twisted.web.test.requesthelper import DummyRequest
 
 from imageserver import imaging
+from imageserver.naming import OUTPUT_FORMATS
 from imageserver.web.app import route_name
 from tests.support import (
     BLUE,
@@ -27,6 +30,7 @@ from tests.support import (
     decode,
     encode,
     quadrants,
+    sample,
     stripes,
 )
 
@@ -610,3 +614,105 @@ class UnexpectedFailureTests(SynchronousTestCase):
             # The next request does not know the last one failed.
             response, body = app.request(*request)
             self.assertIn(response.code, (200, 204), stage)
+
+
+CHROMIUM = "image/jxl,image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8"
+SAFARI = (
+    "image/webp,image/avif,image/jxl,image/heic,image/heic-sequence,video/*;q=0.8,"
+    "image/png,image/svg+xml,image/*;q=0.8,*/*;q=0.5"
+)
+CURL = "*/*"
+
+
+class AutoFormatTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.app = AppHarness(self)
+        self.folder = self.app.upload(PHOTO)
+
+    def get(self, name: str, accept: str | None, **headers: str) -> Any:
+        if accept is not None:
+            headers["Accept"] = accept
+        return self.app.request("GET", f"{self.folder}/{name}", headers=headers)
+
+    def test_each_client_gets_the_best_format_it_takes(self) -> None:
+        alpha = Image.new("RGBA", (80, 60), (255, 0, 0, 128))
+        alpha_folder = self.app.upload(encode(alpha, "PNG"))
+        for folder, accept, fmt in (
+            (self.folder, CHROMIUM, "avif"),
+            (self.folder, SAFARI, "avif"),
+            (self.folder, "image/webp,*/*", "webp"),
+            (self.folder, "image/avif;q=0,image/webp", "webp"),
+            (self.folder, CURL, "jpg"),
+            (self.folder, None, "jpg"),
+            (alpha_folder, CURL, "png"),
+            (alpha_folder, CHROMIUM, "avif"),
+        ):
+            response, body = self.app.request(
+                "GET", f"{folder}/w100.auto",
+                headers={"Accept": accept} if accept else {},
+            )  # fmt: skip
+            headers = response.headers
+            self.assertEqual(response.code, 200, (accept, fmt))
+            self.assertEqual(
+                headers.getRawHeaders("Content-Type"),
+                [OUTPUT_FORMATS[fmt]],
+                (accept, fmt),
+            )
+            self.assertEqual(decode(body).size[0], 100)
+            self.assertEqual(headers.getRawHeaders("Vary"), ["Accept"])
+            self.assertEqual(
+                headers.getRawHeaders("Content-Location"), [f"{folder}/w100.{fmt}"]
+            )
+
+    def test_the_concrete_variant_is_the_same_stored_file(self) -> None:
+        _, auto = self.get("x80-gn.auto", CHROMIUM)
+        concrete, again = self.get("x80-gn.avif", None)
+        self.assertEqual(auto, again)
+        self.assertIsNone(concrete.headers.getRawHeaders("Vary"))
+        self.assertEqual(
+            sample(self.app.events, "imageserver_variants_total", format="avif",
+                   outcome="cached"), 1
+        )  # fmt: skip
+        # And the other way round.
+        _, webp = self.get("x81.webp", None)
+        self.assertEqual(self.get("x81.auto", "image/webp")[1], webp)
+
+    def test_conditional_requests_per_format(self) -> None:
+        response, _ = self.get("w90.auto", CHROMIUM)
+        etag = response.headers.getRawHeaders("ETag")[0]
+        again, body = self.get("w90.auto", CHROMIUM, **{"If-None-Match": etag})
+        self.assertEqual((again.code, body), (304, b""))
+        self.assertEqual(again.headers.getRawHeaders("Vary"), ["Accept"])
+        other, body = self.get("w90.auto", CURL, **{"If-None-Match": etag})
+        self.assertEqual(other.code, 200)
+        self.assertEqual(decode(body).format, "JPEG")
+
+    def test_auto_cannot_be_made_ahead(self) -> None:
+        code, error = self.app.json("POST", f"{self.folder}/process?outputs=w100.auto")
+        self.assertEqual(code, 400)
+        self.assertIn(".auto is chosen from a request's Accept header", error["error"])
+
+
+class CanonicalNameTests(SynchronousTestCase):
+    def test_other_spellings_redirect_and_store_nothing(self) -> None:
+        app = AppHarness(self)
+        folder = app.upload(PHOTO)
+        before = sorted(os.listdir(app.root + folder))
+        for name, canonical in (
+            ("x200-gray-fit.jpg", "x200-fit-gray.jpg"),
+            ("w200@1x.jpg", "w200.jpg"),
+            ("x200-fp50_50.webp", "x200.webp"),
+            ("x200-padFF0000.jpg", "x200-padff0000.jpg"),
+            ("x200-q40-gn.auto", "x200-gn-q40.auto"),
+        ):
+            response, body = app.request(
+                "GET", f"{folder}/{name}", allow_redirects=False
+            )
+            self.assertEqual(response.code, 301, name)
+            self.assertEqual(
+                response.headers.getRawHeaders("Location"), [f"{folder}/{canonical}"]
+            )
+            self.assertEqual(json.loads(body)["location"], f"{folder}/{canonical}")
+        self.assertEqual(sorted(os.listdir(app.root + folder)), before)
+        response, _ = app.request("GET", f"{folder}/x200-fit-gray.jpg")
+        self.assertEqual(response.code, 200)

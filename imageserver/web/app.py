@@ -97,8 +97,10 @@ class ImageServerApp:
 
     @app.route(_IMAGE + "/<name>", methods=["GET"])
     async def get(self, request: IRequest, image: ImageId, name: str) -> Response:
-        stored = await self._images.get(image, name)
-        return _serve(request, stored, name)
+        served = await self._images.negotiate(image, name, request.getHeader("Accept"))
+        stored = await self._images.get(image, served)
+        negotiated = None if served == name else f"/{image.folder}/{served}"
+        return _serve(request, stored, served, negotiated)
 
     @app.route(_IMAGE + "/<name>", methods=["POST"], endpoint="put_file")
     async def put_file(self, request: IRequest, image: ImageId, name: str) -> Response:
@@ -140,7 +142,14 @@ def _query(request: IRequest, name: str) -> str | None:
         raise InvalidRequest(f"the {name} parameter is not UTF-8") from None
 
 
-def _serve(request: IRequest, stored: StoredObject, name: str) -> Response:
+def _serve(
+    request: IRequest,
+    stored: StoredObject,
+    name: str,
+    negotiated: str | None = None,
+) -> Response:
+    """``stored`` as ``name``; ``negotiated`` is its own URL when it was chosen
+    by the request's Accept header (``.auto``)."""
     # Date is the time of the answer, not of the request's arrival (a first
     # render can take seconds), and Last-Modified is never later than it.
     now = int(time.time())
@@ -152,6 +161,9 @@ def _serve(request: IRequest, stored: StoredObject, name: str) -> Response:
         "Cache-Control": cache_control(name),
         "X-Content-Type-Options": "nosniff",
     }
+    if negotiated is not None:
+        headers["Vary"] = "Accept"
+        headers["Content-Location"] = negotiated
     if client_file:
         # A stored file is the client's bytes: never let a browser run them
         # as a page of this origin.

@@ -1,0 +1,28 @@
+"""``Accept`` headers, read the way ``.auto`` needs them: pure, no HTTP objects."""
+
+from __future__ import annotations
+
+
+def accepted_types(accept: str | None) -> frozenset[str]:
+    """The media types an ``Accept`` header names outright, with a q above 0.
+
+    Wildcards (``image/*``, ``*/*``) are left out: ``.auto`` sends a newer
+    format only to a client that says it takes that format by name.
+    """
+    named = set()
+    for item in (accept or "").split(","):
+        media, *parameters = (part.strip() for part in item.split(";"))
+        media = media.lower()
+        if not media or "*" in media:
+            continue
+        quality = 1.0
+        for parameter in parameters:
+            key, _, value = parameter.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if quality > 0:
+            named.add(media)
+    return frozenset(named)
