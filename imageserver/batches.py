@@ -95,7 +95,7 @@ class Batches:
     async def create(self, namespace: str, body: BinaryIO, outputs: str | None) -> str:
         """Store a new job from newline-separated items and start it; its id."""
         check_namespace(namespace)
-        self._images.rules.parse_outputs(outputs)  # refuse bad outputs now
+        self._images.check_outputs(namespace, outputs)  # refuse bad ones now
         text = (await self._images.read(body)).decode("utf-8", "replace")
         items = []
         for number, line in enumerate(text.splitlines(), 1):

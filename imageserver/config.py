@@ -14,9 +14,8 @@ from typing import Any
 
 from imageserver import endpoints
 from imageserver.addresses import SourcePolicy
-from imageserver.errors import ImageServerError
 from imageserver.imaging import DECODER_MAX_PIXELS, Limits
-from imageserver.naming import OUTPUT_FORMATS, Variant, VariantRules
+from imageserver.naming import OUTPUT_FORMATS, Presets, VariantRules
 
 CANNED_ACLS = (
     "private",
@@ -68,7 +67,9 @@ class Config:
         "public", "Directory where originals, info.json and variants are kept."
     )
     outputs: tuple[str, ...] = setting(
-        (), "Variants generated on every upload, e.g. 'x300.jpg,x300.webp'."
+        (),
+        "Variants generated on every upload, e.g. 'x300.jpg,x300.webp'; "
+        "namespace:variant for one namespace only, e.g. 'avatars:x64.webp'.",
     )
     extensions: tuple[str, ...] = setting(
         ("jpg", "png", "gif", "webp", "avif"),
@@ -202,9 +203,16 @@ class Config:
         repr=False,
         server_only=True,
     )
+    presets: tuple[str, ...] = setting(
+        (),
+        "Named variants: name=variant for every namespace, namespace:name="
+        "variant for one, e.g. 'thumb=x300-smart-q70,avatars:thumb=x64-smart'; "
+        "served as thumb.webp, thumb.auto, ...",
+        server_only=True,
+    )
     presets_only: bool = setting(
         False,
-        "Serve and generate only the variant names listed in --outputs.",
+        "Serve and generate only the --presets and the --outputs.",
         server_only=True,
     )
     batch_concurrency: int = setting(
@@ -294,8 +302,8 @@ class Config:
                     "--manhole must listen on loopback "
                     "(tcp:PORT:interface=127.0.0.1) unless --manhole_allow_remote"
                 )
-        if self.presets_only and not self.outputs:
-            raise ValueError("--presets_only needs the presets in --outputs")
+        if self.presets_only and not (self.outputs or self.presets):
+            raise ValueError("--presets_only needs --presets or --outputs")
         for name in ("processing_timeout", "idle_timeout", "request_head_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name} must be positive")
@@ -352,9 +360,13 @@ class Config:
         if unknown or not self.extensions:
             raise ValueError(f"--extensions must be some of {','.join(OUTPUT_FORMATS)}")
         try:
-            self.rules.parse_outputs(",".join(self.outputs))
-        except ImageServerError as e:
+            Presets.from_options([], self.outputs, False, self.rules)
+        except ValueError as e:
             raise ValueError(f"--outputs: {e}") from None
+        try:
+            Presets.from_options(self.presets, [], False, self.rules)
+        except ValueError as e:
+            raise ValueError(f"--presets: {e}") from None
 
     @property
     def remote(self) -> str | None:
@@ -402,7 +414,6 @@ class Config:
             frozenset(self.extensions),
             self.default_quality,
             self.maximum_width,
-            presets=frozenset(self.outputs) if self.presets_only else None,
             auto_formats=self.auto_formats,
         )
 
@@ -415,8 +426,11 @@ class Config:
         )
 
     @property
-    def default_outputs(self) -> tuple[Variant, ...]:
-        return self.rules.parse_outputs(",".join(self.outputs))
+    def catalogue(self) -> Presets:
+        """The presets, the outputs made at upload, and --presets_only."""
+        return Presets.from_options(
+            self.presets, self.outputs, self.presets_only, self.rules
+        )
 
 
 def fields() -> tuple[dataclasses.Field[Any], ...]:

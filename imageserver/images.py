@@ -12,7 +12,7 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
 
 from twisted.internet.defer import Deferred, FirstError, TimeoutError, gatherResults
@@ -32,8 +32,10 @@ from imageserver.flights import Flights
 from imageserver.naming import (
     AUTO,
     INFO,
+    MAX_OUTPUTS,
     ORIGINAL,
     ImageId,
+    Presets,
     Variant,
     VariantRules,
     check_file_name,
@@ -51,6 +53,17 @@ log = Logger()
 _KNOWN_ALPHA = 4096
 
 
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """The stored name a requested name is served from, and how it was found."""
+
+    name: str
+    #: Through a preset: its meaning may change when the operator edits it.
+    preset: bool = False
+    #: Chosen by the Accept header (``.auto``).
+    negotiated: bool = False
+
+
 class Images:
     """Upload, look up and generate images, with collaborators given, not found."""
 
@@ -62,7 +75,7 @@ class Images:
         process: Runner,
         rules: VariantRules,
         limits: imaging.Limits,
-        default_outputs: Sequence[Variant] = (),
+        presets: Presets | None = None,
         events: Events | None = None,
         clock: IReactorTime | None = None,
         processing_timeout: float | None = None,
@@ -75,7 +88,7 @@ class Images:
         self._process = process
         self.rules = rules
         self._limits = limits
-        self._default_outputs = tuple(default_outputs)
+        self.presets = presets or Presets()
         self._fetches: Flights[str, bytes] = Flights()
         self._ingests: Flights[ImageId, bytes] = Flights()
         self._renders: Flights[tuple[str, bool], StoredObject] = Flights()
@@ -94,7 +107,7 @@ class Images:
         Returns once the original, its info.json and every output are stored.
         """
         check_namespace(namespace)
-        variants = self._outputs(outputs)
+        variants = self._outputs(namespace, outputs, defaults=True)
         data = b""
         if source is not None:
             data = await self._fetches.run([source], self._download)[source]
@@ -114,19 +127,25 @@ class Images:
         await self._ensure(image, variants, data)
         return info
 
-    async def negotiate(self, image: ImageId, name: str, accept: str | None) -> str:
-        """The name to serve for ``name``: itself, or for ``.auto`` the concrete
-        variant the client's ``Accept`` header allows best."""
-        variant = self._parse(name)
-        if variant is None or variant.format != AUTO:
-            return name
+    async def resolve(self, image: ImageId, name: str, accept: str | None) -> Resolved:
+        """What to serve for ``name``: a preset's variant, and for ``.auto`` the
+        concrete variant the client's ``Accept`` header allows best."""
+        preset = self.presets.resolve(image.namespace, name)
+        variant = self._parse(preset or name)
+        if variant is None:
+            return Resolved(name)
+        if preset is None and not self.presets.allows(image.namespace, variant.name):
+            self._events.variant(variant.format, "failed")
+            raise Forbidden(f"{name!r} is not one of this server's presets")
+        if variant.format != AUTO:
+            return Resolved(variant.name, preset=preset is not None)
         accepted = negotiation.accepted_types(accept)
         choice = self.rules.negotiated(variant, accepted, has_alpha=False)
-        if choice.format in self.rules.auto_formats:
-            return choice.name
-        # The fallback depends on transparency: jpg, or png for alpha.
-        alpha = await self._has_alpha(image)
-        return self.rules.negotiated(variant, accepted, alpha).name
+        if choice.format not in self.rules.auto_formats:
+            # The fallback depends on transparency: jpg, or png for alpha.
+            alpha = await self._has_alpha(image)
+            choice = self.rules.negotiated(variant, accepted, alpha)
+        return Resolved(choice.name, preset=preset is not None, negotiated=True)
 
     async def _has_alpha(self, image: ImageId) -> bool:
         """Whether the original has transparency; known once per image."""
@@ -222,7 +241,7 @@ class Images:
 
     async def process(self, image: ImageId, outputs: str | None) -> None:
         """Generate whichever of ``outputs`` are not stored yet."""
-        variants = self.rules.parse_outputs(outputs)
+        variants = self._outputs(image.namespace, outputs)
         if not variants:
             raise InvalidRequest("give the variants to generate in ?outputs=")
         await self._ensure(image, variants)
@@ -230,6 +249,8 @@ class Images:
     async def put_file(self, image: ImageId, name: str, body: BinaryIO) -> None:
         """Keep a client's file in the image's folder, replacing any previous one."""
         check_file_name(name)
+        if self.presets.is_preset(image.namespace, name):
+            raise InvalidRequest(f"the name {name!r} is a preset's")
         if not await self._storage.exists(image.key(ORIGINAL)):
             raise NotFound("image not found")
         data = await self.read(body)
@@ -239,9 +260,30 @@ class Images:
         """A request body's bytes, read off the reactor thread."""
         return await self._process(_read, body)
 
-    def _outputs(self, outputs: str | None) -> tuple[Variant, ...]:
-        requested = self.rules.parse_outputs(outputs)
-        return tuple({v.name: v for v in self._default_outputs + requested}.values())
+    def check_outputs(self, namespace: str, outputs: str | None) -> None:
+        """Refuse, now, ``outputs`` that `process` would refuse later."""
+        self._outputs(check_namespace(namespace), outputs)
+
+    def _outputs(
+        self, namespace: str, outputs: str | None, defaults: bool = False
+    ) -> tuple[Variant, ...]:
+        """The variants ``?outputs=`` names (by variant or preset name), and,
+        with ``defaults``, those --outputs makes for the namespace."""
+        names = dict.fromkeys(n.strip() for n in (outputs or "").split(","))
+        names.pop("", None)
+        if len(names) > MAX_OUTPUTS:
+            raise InvalidRequest(f"at most {MAX_OUTPUTS} outputs per request")
+        requested: list[Variant] = []
+        for name in names:
+            preset = self.presets.resolve(namespace, name)
+            (variant,) = self.rules.parse_outputs(preset or name)
+            if preset is None and not self.presets.allows(namespace, variant.name):
+                raise InvalidRequest(
+                    f"output {name!r} is not one of this server's presets"
+                )
+            requested.append(variant)
+        made = self.presets.outputs_for(namespace) if defaults else ()
+        return tuple({v.name: v for v in (*made, *requested)}.values())
 
     async def _download(self, urls: list[str]) -> dict[str, bytes]:
         (url,) = urls

@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from imageserver.errors import Forbidden, InvalidRequest, NotCanonical, NotFound
+from imageserver.errors import (
+    Forbidden,
+    ImageServerError,
+    InvalidRequest,
+    NotCanonical,
+    NotFound,
+)
 
 #: Extension -> Content-Type for every output format the server can encode.
 OUTPUT_FORMATS: dict[str, str] = {
@@ -192,8 +199,6 @@ class VariantRules:
     extensions: frozenset[str]
     default_quality: int
     maximum_width: int
-    #: When set, the only variant names served or generated (--presets_only).
-    presets: frozenset[str] | None = None
     #: The formats ``.auto`` prefers, best first (--auto_formats).
     auto_formats: tuple[str, ...] = ("avif", "webp")
 
@@ -223,8 +228,6 @@ class VariantRules:
         m = _VARIANT.match(name)
         if m is None:
             return None
-        if self.presets is not None and name not in self.presets:
-            raise Forbidden(f"{name!r} is not one of this server's presets")
         fmt = m["ext"]
         if fmt not in self.extensions and fmt != AUTO:
             raise NotFound(f"extension {fmt!r} is not served")
@@ -430,6 +433,107 @@ def _percent(text: str, name: str) -> int:
     if value > 100:
         raise InvalidRequest(f"{name!r}: a focal point is 0 to 100 per cent")
     return value
+
+
+#: A preset's name: never shaped like a variant nor a reserved name.
+_PRESET_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
+
+
+@dataclass(frozen=True)
+class Presets:
+    """What an operator named: sizes by name (``--presets``) and variants
+    made at every upload (``--outputs``), each global or for one namespace.
+
+    With ``only`` (``--presets_only``) nothing else is served or made.
+    """
+
+    #: (namespace, or None for every one; preset name) -> variant without
+    #: its extension, e.g. ``x300-smart-q70``.
+    named: dict[tuple[str | None, str], str] = field(default_factory=dict)
+    #: namespace, or None for every one -> variants made at upload.
+    outputs: dict[str | None, tuple[Variant, ...]] = field(default_factory=dict)
+    only: bool = False
+
+    @classmethod
+    def from_options(
+        cls,
+        presets: Sequence[str],
+        outputs: Sequence[str],
+        only: bool,
+        rules: VariantRules,
+    ) -> Presets:
+        """Read ``name=variant`` and ``namespace:name=variant`` presets and
+        ``[namespace:]variant`` outputs; ValueError says which entry is wrong."""
+        named: dict[tuple[str | None, str], str] = {}
+        for entry in presets:
+            where, name, spec = _preset_entry(entry)
+            if (where, name) in named:
+                raise ValueError(f"preset {entry!r} is given twice")
+            try:
+                variant = rules.parse(f"{spec}.{AUTO}")
+            except NotCanonical as e:
+                raise ValueError(
+                    f"preset {entry!r}: {spec!r} is spelled "
+                    f"{e.canonical.removesuffix('.' + AUTO)!r}"
+                ) from None
+            except ImageServerError as e:
+                raise ValueError(f"preset {entry!r}: {e}") from None
+            if variant is None:
+                raise ValueError(f"preset {entry!r}: {spec!r} is not a variant")
+            named[where, name] = spec
+        made: dict[str | None, list[Variant]] = {}
+        for entry in outputs:
+            where, _, name = entry.rpartition(":") if ":" in entry else ("", "", entry)
+            namespace = check_namespace_option(where) if where else None
+            try:
+                (variant,) = rules.parse_outputs(name)
+            except ImageServerError as e:
+                raise ValueError(str(e)) from None
+            made.setdefault(namespace, []).append(variant)
+        return cls(named, {ns: tuple(v) for ns, v in made.items()}, only)
+
+    def resolve(self, namespace: str, name: str) -> str | None:
+        """The variant name a preset name (``thumb.webp``) stands for, or None."""
+        stem, dot, ext = name.rpartition(".")
+        if not dot:
+            return None
+        spec = self.named.get((namespace, stem)) or self.named.get((None, stem))
+        return None if spec is None else f"{spec}.{ext}"
+
+    def is_preset(self, namespace: str, name: str) -> bool:
+        return self.resolve(namespace, name) is not None
+
+    def outputs_for(self, namespace: str) -> tuple[Variant, ...]:
+        """The variants made at every upload into ``namespace``."""
+        return self.outputs.get(None, ()) + self.outputs.get(namespace, ())
+
+    def allows(self, namespace: str, name: str) -> bool:
+        """Whether ``name`` may be served or made directly (not by a preset)."""
+        return not self.only or any(v.name == name for v in self.outputs_for(namespace))
+
+
+def _preset_entry(entry: str) -> tuple[str | None, str, str]:
+    """``[namespace:]name=variant`` -> (namespace or None, name, variant)."""
+    key, equals, spec = entry.partition("=")
+    if not equals or not spec:
+        raise ValueError(f"preset {entry!r} is not name=variant")
+    where, colon, name = key.rpartition(":")
+    namespace = check_namespace_option(where) if colon else None
+    if not _PRESET_NAME.match(name):
+        raise ValueError(
+            f"preset {entry!r}: a name is a lower-case letter and up to 31 "
+            "letters, digits or '_'"
+        )
+    if _VARIANT.match(f"{name}.jpg") or name in RESERVED_NAMES or name == "batch":
+        raise ValueError(f"preset {entry!r}: {name!r} is reserved")
+    return namespace, name, spec
+
+
+def check_namespace_option(namespace: str) -> str:
+    """A namespace named in an option; ValueError when it cannot be one."""
+    if not _NAMESPACE.match(namespace):
+        raise ValueError(f"{namespace!r} is not a namespace")
+    return namespace
 
 
 def is_generated(key: str) -> bool:

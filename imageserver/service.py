@@ -261,7 +261,7 @@ def make_images(
         process=processing.run,
         rules=config.rules,
         limits=config.decode_limits,
-        default_outputs=config.default_outputs,
+        presets=config.catalogue,
         events=events,
         clock=reactor,
         processing_timeout=config.processing_timeout,

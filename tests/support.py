@@ -176,7 +176,7 @@ class AppHarness:
             process=runner,
             rules=self.config.rules,
             limits=self.config.decode_limits,
-            default_outputs=self.config.default_outputs,
+            presets=self.config.catalogue,
             events=self.events,
         )
         self.batches = Batches(self.images, self.storage)

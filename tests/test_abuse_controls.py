@@ -17,6 +17,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 
+from imageserver.config import Config
 from imageserver.errors import Overloaded
 from imageserver.pools import ThreadPoolService
 from imageserver.signing import main, sign, signature, verify
@@ -213,3 +214,90 @@ class IdleTimeoutTests(SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
         clock.advance(2)
         self.assertTrue(transport.disconnecting)
+
+
+class NamedPresetTests(SynchronousTestCase):
+    PRESETS = ("thumb=x30-smart-q70", "wide=90x30-gn", "avatars:thumb=x16-smart")
+
+    def setUp(self) -> None:
+        self.app = AppHarness(
+            self, presets=self.PRESETS, outputs=("x12.jpg", "avatars:x14.webp")
+        )
+
+    def test_a_namespace_preset_wins_over_a_global_one(self) -> None:
+        for namespace, size in (("p", 30), ("avatars", 16)):
+            folder = self.app.upload(PHOTO, namespace=namespace)
+            response, body = self.app.request("GET", f"{folder}/thumb.webp")
+            self.assertEqual(response.code, 200)
+            self.assertEqual(decode(body).size, (size, size))
+            headers = response.headers
+            self.assertEqual(
+                headers.getRawHeaders("Cache-Control"), ["public, max-age=3600"]
+            )
+            spec = "x30-smart-q70" if namespace == "p" else "x16-smart"
+            self.assertEqual(
+                headers.getRawHeaders("Content-Location"), [f"{folder}/{spec}.webp"]
+            )
+            # The same bytes as the canonical name, which stays immutable.
+            canonical, same = self.app.request("GET", f"{folder}/{spec}.webp")
+            self.assertEqual(same, body)
+            self.assertIn(
+                "immutable", canonical.headers.getRawHeaders("Cache-Control")[0]
+            )
+        wide = self.app.request("GET", f"{folder}/wide.png")[1]
+        self.assertEqual(decode(wide).size, (90, 30))
+
+    def test_presets_go_with_auto(self) -> None:
+        folder = self.app.upload(PHOTO)
+        response, _ = self.app.request(
+            "GET", f"{folder}/thumb.auto", headers={"Accept": "image/webp,*/*"}
+        )
+        self.assertEqual(response.headers.getRawHeaders("Content-Type"), ["image/webp"])
+        self.assertEqual(response.headers.getRawHeaders("Vary"), ["Accept"])
+
+    def test_outputs_per_namespace(self) -> None:
+        for namespace, made in (
+            ("p", ["x12.jpg"]),
+            ("avatars", ["x12.jpg", "x14.webp"]),
+        ):
+            folder = self.app.upload(PHOTO, namespace=namespace)
+            names = os.listdir(self.app.root + folder)
+            self.assertEqual(sorted(n for n in names if n[0] == "x"), made)
+        response, _ = self.app.request("POST", f"{folder}/process?outputs=thumb.png")
+        self.assertEqual(response.code, 200)
+        self.assertIn("x16-smart.png", os.listdir(self.app.root + folder))
+
+    def test_preset_names_are_not_file_names(self) -> None:
+        folder = self.app.upload(PHOTO)
+        code, error = self.app.json("POST", f"{folder}/thumb.webp", data=b"x")
+        self.assertEqual(
+            (code, error), (400, {"error": "the name 'thumb.webp' is a preset's"})
+        )
+
+    def test_presets_only(self) -> None:
+        app = AppHarness(
+            self, presets=self.PRESETS, outputs=("x12.jpg",), presets_only=True
+        )
+        folder = app.upload(PHOTO)
+        for name, code in (("thumb.jpg", 200), ("x12.jpg", 200), ("wide.auto", 200),
+                           ("x30-smart-q70.jpg", 403), ("x13.jpg", 403)):  # fmt: skip
+            self.assertEqual(app.request("GET", f"{folder}/{name}")[0].code, code, name)
+        code, _ = app.json("POST", f"{folder}/process?outputs=x30-smart-q70.jpg")
+        self.assertEqual(code, 400)
+        response, _ = app.request("POST", f"{folder}/process?outputs=thumb.png")
+        self.assertEqual(response.code, 200)
+
+    def test_preset_options_are_checked_at_start(self) -> None:
+        for presets, words in (
+            (("thumb",), "is not name=variant"),
+            (("Thumb=x30",), "a name is a lower-case letter"),
+            (("w200=x30",), "'w200' is reserved"),
+            (("original=x30",), "'original' is reserved"),
+            (("thumb=x30-gray-fit",), "'x30-gray-fit' is spelled 'x30-fit-gray'"),
+            (("thumb=x30-foo",), "unknown option 'foo'"),
+            (("thumb=x30", "thumb=x40"), "is given twice"),
+            (("Bad:thumb=x30",), "'Bad' is not a namespace"),
+        ):
+            with self.assertRaises(ValueError, msg=presets) as caught:
+                Config(presets=presets)
+            self.assertIn(words, str(caught.exception), presets)

@@ -41,7 +41,9 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(config.processor_concurrency, 3)
         self.assertEqual(config.http_timeout, 2.5)
         self.assertEqual(config.max_file_age, 10)
-        self.assertEqual([v.name for v in config.default_outputs], list(config.outputs))
+        self.assertEqual(
+            [v.name for v in config.catalogue.outputs_for("p")], list(config.outputs)
+        )
 
     def test_dashed_spellings(self) -> None:
         config = parse(

@@ -12,7 +12,7 @@ from werkzeug.routing import BaseConverter
 
 from imageserver.batches import Batches
 from imageserver.errors import InvalidRequest
-from imageserver.images import Images
+from imageserver.images import Images, Resolved
 from imageserver.naming import (
     FOLDER_PATTERN,
     INFO,
@@ -30,6 +30,9 @@ from imageserver.web.responses import (
 )
 
 _IMAGE = "/<image:image>"
+#: How long a preset's URL may be used before asking again: an operator may
+#: change what the preset means.
+PRESET_CACHE = "public, max-age=3600"
 #: The routes that stay open with --secret: (method, path) of the health
 #: check for load balancers and of the API's description.
 UNSIGNED_ROUTES = frozenset({(b"GET", b"/status_check"), (b"GET", b"/openapi.json")})
@@ -97,10 +100,9 @@ class ImageServerApp:
 
     @app.route(_IMAGE + "/<name>", methods=["GET"])
     async def get(self, request: IRequest, image: ImageId, name: str) -> Response:
-        served = await self._images.negotiate(image, name, request.getHeader("Accept"))
-        stored = await self._images.get(image, served)
-        negotiated = None if served == name else f"/{image.folder}/{served}"
-        return _serve(request, stored, served, negotiated)
+        served = await self._images.resolve(image, name, request.getHeader("Accept"))
+        stored = await self._images.get(image, served.name)
+        return _serve(request, stored, image, served)
 
     @app.route(_IMAGE + "/<name>", methods=["POST"], endpoint="put_file")
     async def put_file(self, request: IRequest, image: ImageId, name: str) -> Response:
@@ -143,27 +145,26 @@ def _query(request: IRequest, name: str) -> str | None:
 
 
 def _serve(
-    request: IRequest,
-    stored: StoredObject,
-    name: str,
-    negotiated: str | None = None,
+    request: IRequest, stored: StoredObject, image: ImageId, served: Resolved
 ) -> Response:
-    """``stored`` as ``name``; ``negotiated`` is its own URL when it was chosen
-    by the request's Accept header (``.auto``)."""
+    """``stored``, found as ``served`` says."""
     # Date is the time of the answer, not of the request's arrival (a first
     # render can take seconds), and Last-Modified is never later than it.
     now = int(time.time())
-    client_file = not is_generated(name)
+    client_file = not is_generated(served.name)
     headers: Headers = {
         "Date": datetimeToString(now).decode(),
         "ETag": stored.etag,
         "Last-Modified": datetimeToString(min(int(stored.modified), now)).decode(),
-        "Cache-Control": cache_control(name),
+        # A preset may be edited: its URL is kept for a while, not for ever.
+        "Cache-Control": PRESET_CACHE if served.preset else cache_control(served.name),
         "X-Content-Type-Options": "nosniff",
     }
-    if negotiated is not None:
+    if served.negotiated:
+        # What is served depends on Accept; this is its own URL.
         headers["Vary"] = "Accept"
-        headers["Content-Location"] = negotiated
+    if served.negotiated or served.preset:
+        headers["Content-Location"] = f"/{image.folder}/{served.name}"
     if client_file:
         # A stored file is the client's bytes: never let a browser run them
         # as a page of this origin.
