@@ -1,0 +1,111 @@
+"""A real browser: headless Chromium loads a page of .auto, @2x and preset images.
+
+Needs Debian's ``chromium`` (``.ci/install-browser`` installs it). Without it
+the test is skipped, unless ``IMAGESERVER_REQUIRE_BROWSER`` is set (CI sets
+it), when that is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+
+from twisted.internet import reactor
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SkipTest
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from twisted.web.static import Data
+
+from tests.support import encode, noise
+from tests.test_twistd import TwistdCase
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+PAGE = """<!doctype html>
+<html><body>
+<img id="auto" src="{folder}/w100.auto">
+<img id="dense" srcset="{folder}/w50.auto 1x, {folder}/w50@2x.auto 2x">
+<picture><source type="image/avif" srcset="{folder}/x60-smart.avif">
+  <img id="picture" src="{folder}/x60-smart.jpg"></picture>
+<img id="preset" src="{folder}/thumb.auto">
+<script>
+window.addEventListener("load", () => {{
+  const found = {{}};
+  for (const image of document.images) {{
+    found[image.id] = {{
+      width: image.naturalWidth, height: image.naturalHeight,
+      src: image.currentSrc, complete: image.complete,
+    }};
+  }}
+  document.body.innerHTML = "<pre id=result>" + JSON.stringify(found) + "</pre>";
+}});
+</script>
+</body></html>
+"""
+
+
+class ChromiumTests(TwistdCase):
+    timeout = 120
+
+    async def test_chromium_loads_auto_dense_and_preset_images(self) -> None:
+        if CHROMIUM is None:
+            if os.environ.get("IMAGESERVER_REQUIRE_BROWSER"):
+                self.fail("chromium is not installed (run .ci/install-browser)")
+            raise SkipTest("chromium is not installed (run .ci/install-browser)")
+        await self.start_server("--presets", "thumb=x40-smart")
+        _, body = await self.call("POST", "/p", data=encode(noise((640, 480))))
+        digest = json.loads(body)["hash"]
+        folder = (
+            f"http://127.0.0.1:{self.port}/p/{digest[:3]}/{digest[3:6]}/"
+            f"{digest[6:9]}/{digest[9:]}"
+        )
+        pages = Resource()
+        pages.putChild(
+            b"page.html", Data(PAGE.format(folder=folder).encode(), "text/html")
+        )
+        port = reactor.listenTCP(0, Site(pages), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        profile = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, profile, True)
+        out, err, code = await getProcessOutputAndValue(
+            CHROMIUM,
+            [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync",
+                f"--user-data-dir={profile}", "--force-device-scale-factor=2",
+                "--virtual-time-budget=20000", "--dump-dom",
+                f"http://127.0.0.1:{port.getHost().port}/page.html",
+            ],
+            env={**os.environ},
+        )  # fmt: skip
+        found = re.search(rb"<pre id=\"result\">(.*?)</pre>", out, re.DOTALL)
+        self.assertIsNotNone(found, (code, err[-2000:]))
+        assert found is not None
+        images = json.loads(found.group(1).decode().replace("&quot;", '"'))
+        self.assertEqual(
+            {name: (i["width"], i["height"]) for name, i in images.items()},
+            {
+                "auto": (100, 75),
+                "dense": (50, 37),  # 100x75 pixels at 2x: 50x37.5 CSS pixels
+                "picture": (60, 60),
+                "preset": (40, 40),
+            },
+        )
+        self.assertTrue(images["dense"]["src"].endswith("/w50@2x.auto"))
+        self.assertTrue(images["picture"]["src"].endswith("/x60-smart.avif"))
+        # What Chromium was sent: AVIF for every .auto, no JPEG at all.
+        _, metrics = await self.call("GET", "/metrics", port=self.admin_port)
+        counts = {
+            (fmt, outcome): float(value)
+            for fmt, outcome, value in re.findall(
+                r'imageserver_variants_total\{format="(\w+)",outcome="(\w+)"\} (\S+)',
+                metrics.decode(),
+            )
+        }
+        self.assertEqual(counts.get(("jpg", "generated"), 0), 0)
+        self.assertEqual(counts.get(("avif", "generated"), 0), 4)
