@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -12,7 +13,10 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from openapi_spec_validator import validate
 
+from imageserver import __version__
+from imageserver.web.app import ImageServerApp
 from imageserver.web.openapi import spec, spec_json
+from imageserver.web.responses import STATUS_FOR
 from tests.s3server import free_port
 from tests.support import AppHarness
 
@@ -28,6 +32,48 @@ def test_the_description_is_valid_openapi_3_1() -> None:
 def test_docs_hold_the_same_description() -> None:
     with open(os.path.join(CHECKOUT, "docs", "openapi.json"), "rb") as f:
         assert f.read() == spec_json(), "run: python -m imageserver.web.openapi"
+
+
+def test_version_is_the_packages() -> None:
+    assert spec()["info"]["version"] == __version__
+
+
+def _openapi_path(rule: str) -> str:
+    """A Klein route (``/<image:image>/<name>``) as an OpenAPI path."""
+    rule = rule.replace("<image:image>", "{namespace}/{h1}/{h2}/{h3}/{h4}")
+    return re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule)
+
+
+def test_every_route_and_method_is_described_and_nothing_else() -> None:
+    routes: dict[str, set[str]] = {}
+    for rule in ImageServerApp.app.url_map.iter_rules():
+        methods = {m.lower() for m in rule.methods or ()} - {"head", "options"}
+        routes.setdefault(_openapi_path(rule.rule), set()).update(methods)
+    described: dict[str, set[str]] = {}
+    for path, item in spec()["paths"].items():
+        methods = {m for m in item if m in ("get", "post", "put", "delete", "patch")}
+        # A path spelled out for one name (info.json) belongs to its route.
+        route = path
+        if path not in routes:
+            pattern = re.compile(r"\{\w+\}")
+            route = next(
+                (r for r in routes if re.fullmatch(pattern.sub("[^/]+", r), path)),
+                path,
+            )
+        described.setdefault(route, set()).update(methods)
+    assert described == routes
+
+
+def test_every_error_status_is_described() -> None:
+    statuses = {str(code) for code in STATUS_FOR.values()}
+    for path, item in spec()["paths"].items():
+        for method, operation in item.items():
+            if path in ("/status_check", "/openapi.json"):
+                continue
+            missing = statuses - set(operation["responses"])
+            assert not missing, (path, method, missing)
+    variant = spec()["paths"]["/{namespace}/{h1}/{h2}/{h3}/{h4}/{name}"]["get"]
+    assert "301" in variant["responses"]  # other spellings of a variant name
 
 
 class _Case:
