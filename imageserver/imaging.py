@@ -173,13 +173,8 @@ class _Source:
             self._trimmed = True
             box = analysis.content_box(self.image)
             if box is not None:
-                image_w, image_h = self.image.size
-                left, top, right, bottom = box
-                self._content = (
-                    left * self.width // image_w,
-                    top * self.height // image_h,
-                    -(-right * self.width // image_w),
-                    -(-bottom * self.height // image_h),
+                self._content = _outward(
+                    box, self.image.size, (self.width, self.height)
                 )
         return self._content
 
@@ -214,21 +209,23 @@ class _Source:
         """``region`` (in the original's pixels) of the decoded image."""
         if region == (0, 0, self.width, self.height):
             return self.image
-        image_w, image_h = self.image.size
-        left, top, right, bottom = region
-        return self.image.crop(
-            (
-                left * image_w // self.width,
-                top * image_h // self.height,
-                max(
-                    left * image_w // self.width + 1, -(-right * image_w // self.width)
-                ),
-                max(
-                    top * image_h // self.height + 1,
-                    -(-bottom * image_h // self.height),
-                ),
-            )
-        )
+        box = _outward(region, (self.width, self.height), self.image.size)
+        return self.image.crop(box)
+
+
+def _outward(
+    box: geometry.Box, scale: geometry.Size, to: geometry.Size
+) -> geometry.Box:
+    """``box`` in an image of size ``scale``, taken to one of size ``to``:
+    edges rounded outward, never empty."""
+    (left, top, right, bottom), (from_w, from_h), (to_w, to_h) = box, scale, to
+    new_left, new_top = left * to_w // from_w, top * to_h // from_h
+    return (
+        new_left,
+        new_top,
+        max(new_left + 1, -(-right * to_w // from_w)),
+        max(new_top + 1, -(-bottom * to_h // from_h)),
+    )
 
 
 def _times(size: geometry.Size, factor: int) -> geometry.Size:

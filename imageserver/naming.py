@@ -166,10 +166,6 @@ class Variant:
     def content_type(self) -> str:
         return OUTPUT_FORMATS[self.format]
 
-    @property
-    def is_crop(self) -> bool:
-        return self.fit is Fit.FILL
-
     def pad_colour(self, has_alpha: bool) -> tuple[int, int, int, int]:
         """The canvas colour: the one asked for, else transparent where the
         output keeps alpha and white where it does not."""

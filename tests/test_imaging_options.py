@@ -193,6 +193,16 @@ class OptionPixelTests(TestCaseMixin, SynchronousTestCase):
         plain = encode(Image.new("RGB", (50, 50), BLUE), "PNG")
         self.assertEqual(render(plain, "full_size-trim.png").size, (50, 50))
 
+    def test_trim_of_a_drafted_jpeg(self) -> None:
+        # Found on a decode at 1/8 or 1/4 scale, mapped back to the original.
+        framed = Image.new("RGB", (2400, 1600), WHITE)
+        framed.paste(quadrants((1200, 800)), (600, 400))
+        out = render(encode(framed), "w100-trim.png")
+        self.assertEqual(out.size, (100, 67))
+        for xy, colour in (((3, 3), RED), ((96, 3), GREEN), ((3, 63), BLUE),
+                           ((96, 63), YELLOW)):  # fmt: skip
+            self.assertColour(out, xy, colour, tolerance=40)
+
     def test_effects(self) -> None:
         edge = Image.new("RGB", (200, 100), (0, 0, 0))
         ImageDraw.Draw(edge).rectangle((100, 0, 199, 99), fill=WHITE)
