@@ -77,7 +77,7 @@ class Config:
         f"Known: {','.join(OUTPUT_FORMATS)}.",
     )
     auto_formats: tuple[str, ...] = setting(
-        ("avif", "webp"),
+        ("avif", "webp", "jxl"),
         "Formats .auto sends, best first, to a client whose Accept names them "
         "(and that --extensions serves); others get jpg, or png with alpha.",
     )

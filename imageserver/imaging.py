@@ -14,32 +14,12 @@ from io import BytesIO
 
 from PIL import Image, ImageCms, ImageFilter, ImageOps, UnidentifiedImageError
 
-from imageserver import analysis, containers, geometry
+from imageserver import analysis, containers, formats, geometry
 from imageserver.errors import ImageTooLarge, InvalidRequest, UnsupportedImage
 from imageserver.naming import Fit, Variant
 
-#: Input formats we decode. Everything else (EPS, which runs Ghostscript; SVG;
-#: PSD; ...) is refused before a decoder runs.
-INPUT_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "AVIF", "TIFF", "BMP")
-
-#: Extension -> (Pillow format, keeps alpha, save options for a quality).
-_ENCODERS = {
-    "jpg": ("JPEG", False),
-    "jpeg": ("JPEG", False),
-    "png": ("PNG", True),
-    "gif": ("GIF", True),
-    "webp": ("WEBP", True),
-    "avif": ("AVIF", True),
-}
-
-#: The largest side each encoder can write (AVIF: libavif's 65536 limit).
-_MAX_SIDE = {
-    "JPEG": 65500,
-    "WEBP": 16383,
-    "GIF": 65535,
-    "AVIF": 65536,
-    "PNG": 2**31 - 1,
-}
+#: Input formats we decode (Pillow's names); nothing else reaches a decoder.
+INPUT_FORMATS = tuple(formats.INPUTS)
 
 #: LANCZOS after a box reduction to 3x the target: indistinguishable from a
 #: full LANCZOS and several times faster on big sources.
@@ -58,8 +38,6 @@ _DECODE_ERRORS = (
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _EXIF_ORIENTATION = 0x0112
-#: Formats whose EXIF is read without decoding the pixels (and that draft).
-_EXIF_FIRST = frozenset({"JPEG", "MPO"})
 
 
 #: Pixels any original may have, however few bytes it takes: the
@@ -116,7 +94,7 @@ def render_many(
     width, height = image.size
     if orientation in _SWAPPING_ORIENTATIONS:
         width, height = height, width
-    info = ImageInfo(width, height, Image.MIME.get(image.format or "", "image/*"))
+    info = ImageInfo(width, height, formats.content_type_of(image.format or "", data))
     # Plans before looking at the pixels (trim and smart refine them later):
     # the limits, and how far a decoder may shrink while it decodes.
     plans = [geometry.plan(v, width, height) for v in variants]
@@ -195,7 +173,7 @@ class _Source:
         image = _execute(turned, plan)
         has_alpha = self.has_alpha
         if plan.canvas is not None:
-            colour = variant.pad_colour(_ENCODERS[variant.format][1])
+            colour = variant.pad_colour(formats.output(variant.format).alpha)
             has_alpha = has_alpha or colour[3] < 255
             image = _to_srgb(image, self.icc, "RGBA" if has_alpha else "RGB")
             canvas = Image.new(image.mode, plan.canvas, colour[: len(image.mode)])
@@ -295,38 +273,10 @@ def is_whole(fmt: str, data: bytes) -> bool:
 
     Variants are written without fsync (they can be made again); after a power
     loss such a file may be empty, zero-filled or cut short. Each format's
-    signature and end marker (or, for WebP and AVIF, its declared sizes) catch
-    that for the cost of a few byte comparisons.
+    signature and end marker (or declared sizes) catch that for the cost of a
+    few byte comparisons; the check is the format table's.
     """
-    pillow_format = _ENCODERS[fmt][0]
-    if pillow_format == "JPEG":
-        return data[:3] == b"\xff\xd8\xff" and data[-2:] == b"\xff\xd9"
-    if pillow_format == "PNG":
-        return data[:8] == b"\x89PNG\r\n\x1a\n" and data[-8:] == b"IEND\xaeB`\x82"
-    if pillow_format == "GIF":
-        return data[:4] == b"GIF8" and data[-1:] == b";"
-    if pillow_format == "WEBP":
-        return (
-            data[:4] == b"RIFF"
-            and data[8:12] == b"WEBP"
-            and int.from_bytes(data[4:8], "little") + 8 == len(data)
-        )
-    return data[4:8] == b"ftyp" and _boxes_fill(data)
-
-
-def _boxes_fill(data: bytes) -> bool:
-    """ISO BMFF (AVIF): the top-level boxes' sizes add up to the file's."""
-    offset = 0
-    while offset + 8 <= len(data):
-        size = int.from_bytes(data[offset : offset + 4], "big")
-        if size == 1:
-            size = int.from_bytes(data[offset + 8 : offset + 16], "big")
-        # Size 0 ("to the end of the file") is never written by the encoder,
-        # and is what zeros would read as.
-        if size < 8:
-            return False
-        offset += size
-    return offset == len(data)
+    return formats.output(fmt).whole(data)
 
 
 def _check_output(
@@ -343,9 +293,11 @@ def _check_output(
             raise InvalidRequest(f"{what}, wider than the maximum of {limits.side}")
     if out_w * out_h > limits.pixels:
         raise ImageTooLarge(f"{what}, over the limit of {limits.pixels} pixels")
-    fmt = _ENCODERS[variant.format][0]
-    if max(out_w, out_h) > _MAX_SIDE[fmt]:
-        raise ImageTooLarge(f"{what}; {fmt} holds at most {_MAX_SIDE[fmt]} a side")
+    output = formats.output(variant.format)
+    if max(out_w, out_h) > output.max_side:
+        raise ImageTooLarge(
+            f"{what}; {output.pillow} holds at most {output.max_side} a side"
+        )
 
 
 def _open(data: bytes, limits: Limits) -> Image.Image:
@@ -356,6 +308,7 @@ def _open(data: bytes, limits: Limits) -> Image.Image:
     (Pillow's BMP RLE: seconds per megapixel) are refused.
     """
     layout = containers.layout(data)
+    formats.register_plugins()
     try:
         image = Image.open(BytesIO(data), formats=INPUT_FORMATS)
     except Image.DecompressionBombError:
@@ -406,7 +359,9 @@ def _orientation(image: Image.Image) -> int:
     data) decode their pixels to read it, so they are decoded here, where a
     failure is an error, not a missing EXIF.
     """
-    if image.format not in _EXIF_FIRST:
+    if image.format in formats.ORIENTED_BY_DECODER:
+        return 1
+    if image.format not in formats.EXIF_FIRST:
         with _decode_errors():
             image.load()
     # EXIF is optional metadata from untrusted files, parsed by code that
@@ -463,18 +418,15 @@ def _execute(image: Image.Image, plan: geometry.Plan) -> Image.Image:
 
 def _encode(image: Image.Image, variant: Variant) -> bytes:
     """Encode sRGB pixels (RGB, or RGBA with alpha) in the variant's format."""
-    fmt, keeps_alpha = _ENCODERS[variant.format]
-    if image.mode == "RGBA" and not keeps_alpha:
+    output = formats.output(variant.format)
+    if image.mode == "RGBA" and not output.alpha:
         flat = Image.new("RGB", image.size, (255, 255, 255))
         flat.paste(image, mask=image.getchannel("A"))
         image = flat
     # Nothing from the source's metadata reaches the output.
     image.info = {}
     out = BytesIO()
-    if fmt == "PNG" or fmt == "GIF":
-        image.save(out, fmt)
-    else:
-        image.save(out, fmt, quality=variant.quality)
+    image.save(out, output.pillow, **output.save_options(variant.quality))
     return out.getvalue()
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from imageserver import formats
 from imageserver.errors import (
     Forbidden,
     ImageServerError,
@@ -21,14 +22,7 @@ from imageserver.errors import (
 )
 
 #: Extension -> Content-Type for every output format the server can encode.
-OUTPUT_FORMATS: dict[str, str] = {
-    "jpg": "image/jpeg",
-    "jpeg": "image/jpeg",
-    "png": "image/png",
-    "gif": "image/gif",
-    "webp": "image/webp",
-    "avif": "image/avif",
-}
+OUTPUT_FORMATS: dict[str, str] = formats.content_types()
 
 #: The extension that asks for the best format the client accepts.
 AUTO = "auto"
@@ -74,8 +68,6 @@ GRAVITIES: dict[str, tuple[float, float]] = {
     "gnw": (0.0, 0.0),
 }
 ROTATIONS = {"r90": 90, "r180": 180, "r270": 270}
-#: Formats whose pixels keep alpha: a pad's default colour is transparent.
-_ALPHA_FORMATS = frozenset({"png", "gif", "webp", "avif"})
 
 
 def check_namespace(namespace: str) -> str:
@@ -196,7 +188,7 @@ class VariantRules:
     default_quality: int
     maximum_width: int
     #: The formats ``.auto`` prefers, best first (--auto_formats).
-    auto_formats: tuple[str, ...] = ("avif", "webp")
+    auto_formats: tuple[str, ...] = ("avif", "webp", "jxl")
 
     def negotiated(
         self, variant: Variant, accepted: frozenset[str], has_alpha: bool
@@ -403,7 +395,7 @@ def _default_pad(fmt: str) -> tuple[int, int, int, int] | None:
     """The pad colour a format gets unasked (``auto`` has none of its own)."""
     if fmt == "auto":
         return None
-    return (0, 0, 0, 0) if fmt in _ALPHA_FORMATS else (255, 255, 255, 255)
+    return (0, 0, 0, 0) if formats.has_alpha(fmt) else (255, 255, 255, 255)
 
 
 def _label(token: str) -> str:

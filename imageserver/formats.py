@@ -1,0 +1,168 @@
+"""Every fact about an image format, in one table: adding a format is a row.
+
+Naming (extensions, content types, alpha), imaging (Pillow's names, side
+limits, encoder options, the whole-file check) and negotiation (the media
+type a client's ``Accept`` names) all read it; no other module spells a
+format. Plain data and small functions on bytes; no Pillow import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _jpeg_whole(data: bytes) -> bool:
+    return data[:3] == b"\xff\xd8\xff" and data[-2:] == b"\xff\xd9"
+
+
+def _png_whole(data: bytes) -> bool:
+    return data[:8] == b"\x89PNG\r\n\x1a\n" and data[-8:] == b"IEND\xaeB`\x82"
+
+
+def _gif_whole(data: bytes) -> bool:
+    return data[:4] == b"GIF8" and data[-1:] == b";"
+
+
+def _webp_whole(data: bytes) -> bool:
+    return (
+        data[:4] == b"RIFF"
+        and data[8:12] == b"WEBP"
+        and int.from_bytes(data[4:8], "little") + 8 == len(data)
+    )
+
+
+def _boxes_fill(data: bytes) -> bool:
+    """ISO BMFF (AVIF, HEIF, JPEG XL's container): the top-level boxes' sizes
+    add up to the file's."""
+    offset = 0
+    while offset + 8 <= len(data):
+        size = int.from_bytes(data[offset : offset + 4], "big")
+        if size == 1:
+            size = int.from_bytes(data[offset + 8 : offset + 16], "big")
+        # Size 0 ("to the end of the file") is never written by the encoders,
+        # and is what zeros would read as.
+        if size < 8:
+            return False
+        offset += size
+    return offset == len(data)
+
+
+def _bmff_whole(data: bytes) -> bool:
+    return data[4:8] == b"ftyp" and _boxes_fill(data)
+
+
+#: JPEG XL's two forms: a bare codestream, or boxes in a container.
+_JXL_CODESTREAM = b"\xff\x0a"
+_JXL_CONTAINER = b"\x00\x00\x00\x0cJXL \r\n\x87\n"
+
+
+def _jxl_whole(data: bytes) -> bool:
+    """A JPEG XL file that starts as one. A bare codestream has no end marker,
+    so a cut one passes; the container form is checked like ISO BMFF."""
+    if data.startswith(_JXL_CONTAINER):
+        return _boxes_fill(data)
+    return data.startswith(_JXL_CODESTREAM) and len(data) > 16
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """A format variants can be encoded in."""
+
+    #: The extension in variant names (``jpg``).
+    extension: str
+    content_type: str
+    #: Pillow's name for it.
+    pillow: str
+    #: Whether it keeps transparency (else it is flattened onto white).
+    alpha: bool
+    #: The largest width or height its encoder can write.
+    max_side: int
+    #: Whether a stored file is whole, from its ends alone (see imaging).
+    whole: Callable[[bytes], bool]
+    #: Whether ``-qN`` applies.
+    lossy: bool = True
+    #: Encoder options besides the quality.
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def save_options(self, quality: int) -> dict[str, Any]:
+        if not self.lossy:
+            return dict(self.options)
+        return {**self.options, "quality": quality}
+
+
+OUTPUTS: dict[str, OutputFormat] = {
+    "jpg": OutputFormat("jpg", "image/jpeg", "JPEG", False, 65500, _jpeg_whole),
+    "jpeg": OutputFormat("jpeg", "image/jpeg", "JPEG", False, 65500, _jpeg_whole),
+    "png": OutputFormat(
+        "png", "image/png", "PNG", True, 2**31 - 1, _png_whole, lossy=False
+    ),
+    "gif": OutputFormat(
+        "gif", "image/gif", "GIF", True, 65535, _gif_whole, lossy=False
+    ),
+    "webp": OutputFormat("webp", "image/webp", "WEBP", True, 16383, _webp_whole),
+    # libavif's limit.
+    "avif": OutputFormat("avif", "image/avif", "AVIF", True, 65536, _bmff_whole),
+    # libjxl's limit is 2**30 a side; the pixel limit binds long before.
+    "jxl": OutputFormat("jxl", "image/jxl", "JXL", True, 2**30, _jxl_whole),
+}
+
+#: Input formats decoded, by Pillow's name, with what info.json reports.
+#: Everything else (EPS, which runs Ghostscript; SVG; PSD; ...) is refused
+#: before a decoder runs.
+INPUTS: dict[str, str] = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "GIF": "image/gif",
+    "WEBP": "image/webp",
+    "AVIF": "image/avif",
+    "TIFF": "image/tiff",
+    "BMP": "image/bmp",
+    "HEIF": "image/heif",
+    "JXL": "image/jxl",
+}
+#: Formats whose decoder applies the file's own orientation (HEIF's irot and
+#: imir, JPEG XL's codestream field): EXIF's is not applied again.
+ORIENTED_BY_DECODER = frozenset({"HEIF", "JXL"})
+#: Formats whose EXIF is read without decoding the pixels (and that draft):
+#: JPEG, and MPO (JPEG with more pictures appended).
+EXIF_FIRST = frozenset({"JPEG", "MPO"})
+#: HEIF files whose brand says HEVC (the iPhone's) are reported as HEIC.
+HEIC_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx"})
+
+
+def content_type_of(pillow: str, data: bytes) -> str:
+    """What info.json reports for an original Pillow opened as ``pillow``."""
+    if pillow == "HEIF" and data[8:12] in HEIC_BRANDS:
+        return "image/heic"
+    return INPUTS.get(pillow, "application/octet-stream")
+
+
+def output(extension: str) -> OutputFormat:
+    """The row for a variant's extension; KeyError for one there is not."""
+    return OUTPUTS[extension]
+
+
+def content_types() -> dict[str, str]:
+    """Extension -> Content-Type of every output format."""
+    return {ext: f.content_type for ext, f in OUTPUTS.items()}
+
+
+def has_alpha(extension: str) -> bool:
+    return OUTPUTS[extension].alpha
+
+
+_plugins_registered = False
+
+
+def register_plugins() -> None:
+    """Teach Pillow HEIF and JPEG XL; idempotent, called before decoding."""
+    global _plugins_registered
+    if _plugins_registered:
+        return
+    import pillow_heif  # type: ignore[import-untyped]
+    import pillow_jxl  # type: ignore[import-untyped]  # noqa: F401 (registers JXL)
+
+    pillow_heif.register_heif_opener()
+    _plugins_registered = True
