@@ -59,8 +59,9 @@ _JXL_CONTAINER = b"\x00\x00\x00\x0cJXL \r\n\x87\n"
 
 
 def _jxl_whole(data: bytes) -> bool:
-    """A JPEG XL file that starts as one. A bare codestream has no end marker,
-    so a cut one passes; the container form is checked like ISO BMFF."""
+    """A JPEG XL file in its container form, checked like ISO BMFF (what the
+    server writes); a bare codestream has no end marker, so only its start is
+    checked."""
     if data.startswith(_JXL_CONTAINER):
         return _boxes_fill(data)
     return data.startswith(_JXL_CODESTREAM) and len(data) > 16
@@ -104,8 +105,17 @@ OUTPUTS: dict[str, OutputFormat] = {
     "webp": OutputFormat("webp", "image/webp", "WEBP", True, 16383, _webp_whole),
     # libavif's limit.
     "avif": OutputFormat("avif", "image/avif", "AVIF", True, 65536, _bmff_whole),
-    # libjxl's limit is 2**30 a side; the pixel limit binds long before.
-    "jxl": OutputFormat("jxl", "image/jxl", "JXL", True, 2**30, _jxl_whole),
+    # libjxl's limit is 2**30 a side; the pixel limit binds long before. The
+    # container form (a few dozen bytes) lets a cut file be told from a whole.
+    "jxl": OutputFormat(
+        "jxl",
+        "image/jxl",
+        "JXL",
+        True,
+        2**30,
+        _jxl_whole,
+        options={"use_container": True},
+    ),
 }
 
 #: Input formats decoded, by Pillow's name, with what info.json reports.

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageCms
 from twisted.trial.unittest import SynchronousTestCase
 
-from imageserver import imaging
+from imageserver import formats, imaging
 from imageserver.errors import ImageServerError
 from imageserver.naming import VariantRules
 from tests import hostile
@@ -43,6 +43,16 @@ def _png_claiming(width: int, height: int) -> bytes:
 
 def _damaged(data: bytes, at: int, junk: bytes) -> bytes:
     return data[:at] + junk + data[at + len(junk) :]
+
+
+def _heif(image: Image.Image) -> bytes:
+    formats.register_plugins()
+    return encode(image, "HEIF", quality=80)
+
+
+def _jxl(image: Image.Image) -> bytes:
+    formats.register_plugins()
+    return encode(image, "JXL", quality=80)
 
 
 def corpus() -> dict[str, bytes]:
@@ -104,6 +114,10 @@ def corpus() -> dict[str, bytes]:
         "ispe-claim.avif": hostile.avif_claiming(7000, 7000),
         "canvas.webp": hostile.webp_with_canvas(7000, 7000),
         "trailing-junk.jpg": encode(photo) + os.urandom(5000),
+        "image.heic": _heif(photo),
+        "image.jxl": _jxl(photo),
+        "truncated.heic": _heif(grain)[:300],
+        "truncated.jxl": _jxl(grain)[:100],
     }
     for orientation in range(1, 9):
         items[f"exif-{orientation}.jpg"] = with_orientation(photo, orientation)
@@ -153,6 +167,7 @@ class CorpusTests(SynchronousTestCase):
             "svg.svg", "eps.eps", "garbage-pixels.png", "rle.bmp",
             "segment-flood.jpg", "scan-flood.jpg", "chunk-flood.png",
             "short-scan.jpg", "short-data.png", "ispe-claim.avif", "canvas.webp",
+            "truncated.heic", "truncated.jxl",
         })  # fmt: skip
 
 
@@ -272,6 +287,7 @@ class RandomRequestTests(SynchronousTestCase):
 
 
 def _bases() -> dict[str, bytes]:
+    formats.register_plugins()
     image = noise((64, 48))
     return {
         f"{fmt} {options}": encode(image.convert(mode), fmt, **options)
@@ -285,6 +301,8 @@ def _bases() -> dict[str, bytes]:
             ("AVIF", "RGB", {}),
             ("TIFF", "RGB", {"compression": "tiff_lzw"}),
             ("BMP", "RGB", {}),
+            ("HEIF", "RGB", {"quality": 80}),
+            ("JXL", "RGB", {"quality": 80}),
         )
     }
 

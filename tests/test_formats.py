@@ -1,0 +1,131 @@
+"""HEIC and JPEG XL in, JPEG XL out: made by the tests, decoded and checked."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+from twisted.trial.unittest import SynchronousTestCase
+
+from imageserver import formats, imaging
+from imageserver.errors import ImageTooLarge, UnsupportedImage
+from imageserver.naming import VariantRules
+from tests.support import (
+    BLUE,
+    GREEN,
+    RED,
+    YELLOW,
+    AppHarness,
+    TestCaseMixin,
+    decode,
+    noise,
+    quadrants,
+)
+from tests.test_imaging import corners, swapped_rgb_profile
+
+RULES = VariantRules(frozenset({"jpg", "png", "webp", "avif", "jxl"}), 75, 2000)
+LIMITS = imaging.Limits(50_000_000, 1000, 2000)
+
+
+def save(image: Image.Image, fmt: str, **options: object) -> bytes:
+    formats.register_plugins()
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+def rotated(fmt: str, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return save(quadrants((600, 300)), fmt, exif=exif.tobytes(), quality=90)
+
+
+def close(got: tuple[int, ...], want: tuple[int, ...], tolerance: int = 40) -> bool:
+    return all(abs(a - b) <= tolerance for a, b in zip(got, want, strict=False))
+
+
+class HeicTests(TestCaseMixin, SynchronousTestCase):
+    def test_a_rotated_phone_photo_comes_out_upright_once(self) -> None:
+        # pillow-heif writes the EXIF orientation as HEIF's own rotation (irot)
+        # and reads it back applied: the server must not turn it again.
+        data = rotated("HEIF", 6)
+        self.assertEqual(data[8:12], b"heic")
+        info = imaging.probe(data, LIMITS)
+        self.assertEqual(info, imaging.ImageInfo(300, 600, "image/heic"))
+        out = decode(imaging.render(data, RULES.parse("w100.png"), LIMITS))  # type: ignore[arg-type]
+        self.assertEqual(out.size, (100, 200))
+        for got, want in zip(corners(out), (BLUE, RED, YELLOW, GREEN), strict=True):
+            self.assertTrue(close(got, want), corners(out))
+
+    def test_the_colour_profile_is_applied(self) -> None:
+        # In the swapped profile the stored red means blue.
+        data = save(
+            Image.new("RGB", (64, 48), RED), "HEIF", icc_profile=swapped_rgb_profile()
+        )
+        out = decode(imaging.render(data, RULES.parse("w32.png"), LIMITS))  # type: ignore[arg-type]
+        self.assertColour(out, (16, 12), BLUE, tolerance=40)
+
+    def test_uploads_report_heic_and_make_variants(self) -> None:
+        app = AppHarness(self, extensions=("jpg", "webp", "jxl"))
+        code, info = app.json("POST", "/p", data=rotated("HEIF", 1))
+        self.assertEqual((code, info["content_type"]), (200, "image/heic"))
+        h = info["hash"]
+        response, body = app.request(
+            "GET", f"/p/{h[:3]}/{h[3:6]}/{h[6:9]}/{h[9:]}/x60.webp"
+        )
+        self.assertEqual((response.code, decode(body).size), (200, (60, 60)))
+
+
+class JxlTests(TestCaseMixin, SynchronousTestCase):
+    def test_jxl_in(self) -> None:
+        data = save(quadrants((300, 200)), "JXL", quality=90)
+        self.assertEqual(
+            imaging.probe(data, LIMITS), imaging.ImageInfo(300, 200, "image/jxl")
+        )
+        out = decode(imaging.render(data, RULES.parse("w150.png"), LIMITS))  # type: ignore[arg-type]
+        self.assertEqual(out.size, (150, 100))
+        for got, want in zip(corners(out), (RED, GREEN, BLUE, YELLOW), strict=True):
+            self.assertTrue(close(got, want), corners(out))
+
+    def test_exif_orientation_is_not_jxl_s(self) -> None:
+        # JPEG XL keeps its orientation in the codestream, which the decoder
+        # applies; the Exif field is ignored, as the format says.
+        self.assertEqual(imaging.probe(rotated("JXL", 6), LIMITS).width, 600)
+
+    def test_jxl_out(self) -> None:
+        data = save(quadrants((300, 200)), "PNG")
+        out_bytes = imaging.render(data, RULES.parse("x50.jxl"), LIMITS)  # type: ignore[arg-type]
+        self.assertTrue(imaging.is_whole("jxl", out_bytes))
+        out = decode(out_bytes)
+        self.assertEqual((out.format, out.size), ("JXL", (50, 50)))
+        self.assertColour(out, (5, 5), RED, tolerance=40)
+
+    def test_jxl_is_an_auto_candidate_when_served(self) -> None:
+        for extensions, expected in (
+            (("jpg", "webp", "jxl"), "image/jxl"),
+            (("jpg", "webp"), "image/jpeg"),
+        ):
+            app = AppHarness(self, extensions=extensions)
+            folder = app.upload(save(quadrants((120, 80)), "PNG"))
+            response, _ = app.request(
+                "GET", f"{folder}/w40.auto", headers={"Accept": "image/jxl,*/*"}
+            )
+            self.assertEqual(
+                response.headers.getRawHeaders("Content-Type"), [expected], extensions
+            )
+
+
+class BrokenTests(SynchronousTestCase):
+    def test_truncated_and_corrupt_files_are_415(self) -> None:
+        for fmt in ("HEIF", "JXL"):
+            data = save(noise((200, 150)), fmt, quality=90)
+            for broken in (data[: len(data) // 2], data[:40] + bytes(200) + data[240:]):
+                with self.assertRaises(UnsupportedImage, msg=fmt):
+                    imaging.probe(broken, LIMITS)
+
+    def test_pixel_limits_from_the_header(self) -> None:
+        for fmt in ("HEIF", "JXL"):
+            data = save(noise((300, 200)), fmt, quality=50)
+            with self.assertRaises(ImageTooLarge, msg=fmt):
+                imaging.probe(data, imaging.Limits(59_999))
+            self.assertEqual(imaging.probe(data, imaging.Limits(60_000)).width, 300)
