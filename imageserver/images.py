@@ -297,13 +297,18 @@ class Images:
         return {url: data}
 
     async def _render_many(
-        self, original: bytes, variants: Sequence[Variant]
+        self,
+        original: bytes,
+        variants: Sequence[Variant],
+        with_placeholders: bool = False,
     ) -> tuple[imaging.ImageInfo, list[tuple[bytes, str]]]:
         """Decode once, encode each variant: in the processing pool, timed.
 
         Each output comes with its ETag, hashed in the pool too.
         """
-        job = self._process(_rendered, original, variants, self._limits)
+        job = self._process(
+            _rendered, original, variants, self._limits, with_placeholders
+        )
         if self._clock is not None and self._processing_timeout is not None:
             job.addTimeout(self._processing_timeout, self._clock)
         try:
@@ -326,7 +331,7 @@ class Images:
         existing = await self._storage.get(image.key(INFO))
         if existing is not None:
             return {image: existing.data}
-        info, outputs = await self._render_many(data, variants)
+        info, outputs = await self._render_many(data, variants, True)
         info_json = info_json_of(image.hash, info)
         await self._storage.put(image.key(ORIGINAL), data, info.content_type)
         await self._put_all(image, variants, outputs)
@@ -425,14 +430,32 @@ class Images:
         stored = await self._storage.get(image.key(name))
         if stored is None:
             raise NotFound("image not found" if name == INFO else "file not found")
+        if name == INFO and b'"blurhash"' not in stored.data:
+            return await self._with_placeholders(image, stored)
         return stored
+
+    async def _with_placeholders(
+        self, image: ImageId, stored: StoredObject
+    ) -> StoredObject:
+        """info.json of an image stored before placeholders existed, with them:
+        made from the original once, and written back."""
+        original = await self._storage.get(image.key(ORIGINAL))
+        if original is None:
+            raise NotFound("image not found")
+        info, _ = await self._render_many(original.data, (), True)
+        fields = {**json.loads(stored.data), **(info.placeholders or {})}
+        data = json.dumps(fields).encode()
+        return await self._storage.put(image.key(INFO), data, "application/json")
 
 
 def _rendered(
-    original: bytes, variants: Sequence[Variant], limits: imaging.Limits
+    original: bytes,
+    variants: Sequence[Variant],
+    limits: imaging.Limits,
+    with_placeholders: bool,
 ) -> tuple[imaging.ImageInfo, list[tuple[bytes, str]], float]:
     start = time.perf_counter()
-    info, outputs = imaging.render_many(original, variants, limits)
+    info, outputs = imaging.render_many(original, variants, limits, with_placeholders)
     seconds = time.perf_counter() - start
     return info, [(data, etag_of(data)) for data in outputs], seconds
 
@@ -449,12 +472,14 @@ def _read(body: BinaryIO) -> bytes:
 
 
 def info_json_of(digest: str, info: imaging.ImageInfo) -> bytes:
-    """The bytes of an original's info.json."""
+    """The bytes of an original's info.json: the Go image-server's four fields,
+    then the placeholders."""
     return json.dumps(
         {
             "hash": digest,
             "width": info.width,
             "height": info.height,
             "content_type": info.content_type,
+            **(info.placeholders or {}),
         }
     ).encode()

@@ -9,12 +9,12 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import BytesIO
 
 from PIL import Image, ImageCms, ImageFilter, ImageOps, UnidentifiedImageError
 
-from imageserver import analysis, containers, formats, geometry
+from imageserver import analysis, containers, formats, geometry, placeholders
 from imageserver.errors import ImageTooLarge, InvalidRequest, UnsupportedImage
 from imageserver.naming import Fit, Variant
 
@@ -68,15 +68,18 @@ class ImageInfo:
     width: int
     height: int
     content_type: str
+    #: BlurHash, ThumbHash and dominant colour, when asked for.
+    placeholders: dict[str, str] | None = None
 
 
 def probe(data: bytes, limits: Limits) -> ImageInfo:
-    """Check that ``data`` is a whole, decodable image and describe it.
+    """Check that ``data`` is a whole, decodable image and describe it, with
+    its placeholders.
 
     The image is fully decoded (at 1/8 scale for JPEG, which still reads every
     byte), so a truncated or corrupt file is refused here, not on first use.
     """
-    info, _ = render_many(data, (), limits)
+    info, _ = render_many(data, (), limits, with_placeholders=True)
     return info
 
 
@@ -86,9 +89,13 @@ def render(data: bytes, variant: Variant, limits: Limits) -> bytes:
 
 
 def render_many(
-    data: bytes, variants: Sequence[Variant], limits: Limits
+    data: bytes,
+    variants: Sequence[Variant],
+    limits: Limits,
+    with_placeholders: bool = False,
 ) -> tuple[ImageInfo, list[bytes]]:
-    """Decode ``data`` once and encode every variant from it, in order."""
+    """Decode ``data`` once and encode every variant from it, in order; with
+    ``with_placeholders``, the info carries them, made from the same decode."""
     image = _open(data, limits)
     orientation = _orientation(image)
     width, height = image.size
@@ -119,6 +126,11 @@ def render_many(
             image = ImageOps.exif_transpose(image)
         base, has_alpha = _normalise_mode(image)
     source = _Source(base, width, height, has_alpha, icc)
+    if with_placeholders:
+        small = base.copy()
+        small.thumbnail((placeholders.SIDE, placeholders.SIDE), Image.Resampling.BOX)
+        small = _to_srgb(small, icc, "RGBA" if has_alpha else "RGB")
+        info = replace(info, placeholders=placeholders.placeholders(small))
     return info, [_encode(source.render(v), v) for v in variants]
 
 

@@ -327,11 +327,14 @@ class CommandTests(SynchronousTestCase):
     def test_info(self) -> None:
         result = self.run_command("info", "photo.jpg")
         self.assertEqual(result.returncode, 0)
-        self.assertEqual(
+        self.assertTrue(
+            result.stdout.startswith(
+                f'{{"hash": "{PHOTO_HASH}", "width": 400, "height": 300, '
+                '"content_type": "image/jpeg", "blurhash": "'
+            ),
             result.stdout,
-            f'{{"hash": "{PHOTO_HASH}", "width": 400, "height": 300, '
-            '"content_type": "image/jpeg"}\n',
         )
+        self.assertIn('"dominant_color": "#', result.stdout)
 
 
 def render_terminal(text: str) -> list[str]:

@@ -51,7 +51,8 @@ class HeicTests(TestCaseMixin, SynchronousTestCase):
         data = rotated("HEIF", 6)
         self.assertEqual(data[8:12], b"heic")
         info = imaging.probe(data, LIMITS)
-        self.assertEqual(info, imaging.ImageInfo(300, 600, "image/heic"))
+        self.assertEqual((info.width, info.height, info.content_type),
+                         (300, 600, "image/heic"))  # fmt: skip
         out = decode(imaging.render(data, RULES.parse("w100.png"), LIMITS))  # type: ignore[arg-type]
         self.assertEqual(out.size, (100, 200))
         for got, want in zip(corners(out), (BLUE, RED, YELLOW, GREEN), strict=True):
@@ -79,9 +80,9 @@ class HeicTests(TestCaseMixin, SynchronousTestCase):
 class JxlTests(TestCaseMixin, SynchronousTestCase):
     def test_jxl_in(self) -> None:
         data = save(quadrants((300, 200)), "JXL", quality=90)
-        self.assertEqual(
-            imaging.probe(data, LIMITS), imaging.ImageInfo(300, 200, "image/jxl")
-        )
+        info = imaging.probe(data, LIMITS)
+        self.assertEqual((info.width, info.height, info.content_type),
+                         (300, 200, "image/jxl"))  # fmt: skip
         out = decode(imaging.render(data, RULES.parse("w150.png"), LIMITS))  # type: ignore[arg-type]
         self.assertEqual(out.size, (150, 100))
         for got, want in zip(corners(out), (RED, GREEN, BLUE, YELLOW), strict=True):

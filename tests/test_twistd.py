@@ -129,13 +129,12 @@ class TwistdTests(TwistdCase):
 
         response, body = await self.call("POST", "/p?outputs=x300.jpg", data=photo)
         self.assertEqual(response.code, 200)
-        info = {
-            "hash": digest,
-            "width": 800,
-            "height": 600,
-            "content_type": "image/jpeg",
-        }
-        self.assertEqual(json.loads(body), info)
+        info = json.loads(body)
+        self.assertEqual(
+            (info["hash"], info["width"], info["height"], info["content_type"]),
+            (digest, 800, 600, "image/jpeg"),
+        )
+        self.assertRegex(info["dominant_color"], "^#[0-9a-f]{6}$")
         folder = f"/p/{digest[:3]}/{digest[3:6]}/{digest[6:9]}/{digest[9:]}"
 
         response, body = await self.call("GET", folder + "/info.json")
