@@ -93,9 +93,16 @@ class OutputFormat:
         return {**self.options, "quality": quality}
 
 
+#: Optimised Huffman tables: 5 % smaller at 200 px for 0.2 ms (every peer
+#: writes them; Pillow does not unless asked).
+_JPEG_OPTIONS = {"optimize": True}
 OUTPUTS: dict[str, OutputFormat] = {
-    "jpg": OutputFormat("jpg", "image/jpeg", "JPEG", False, 65500, _jpeg_whole),
-    "jpeg": OutputFormat("jpeg", "image/jpeg", "JPEG", False, 65500, _jpeg_whole),
+    "jpg": OutputFormat(
+        "jpg", "image/jpeg", "JPEG", False, 65500, _jpeg_whole, options=_JPEG_OPTIONS
+    ),
+    "jpeg": OutputFormat(
+        "jpeg", "image/jpeg", "JPEG", False, 65500, _jpeg_whole, options=_JPEG_OPTIONS
+    ),
     "png": OutputFormat(
         "png", "image/png", "PNG", True, 2**31 - 1, _png_whole, lossy=False
     ),

@@ -184,15 +184,19 @@ class _Source:
         plan = geometry.plan(variant, self.width, self.height, content, focus)
         image = _execute(turned, plan)
         has_alpha = self.has_alpha
+        grey = self.image.mode == "L" and not has_alpha
         if plan.canvas is not None:
             colour = variant.pad_colour(formats.output(variant.format).alpha)
             has_alpha = has_alpha or colour[3] < 255
-            image = _to_srgb(image, self.icc, "RGBA" if has_alpha else "RGB")
-            canvas = Image.new(image.mode, plan.canvas, colour[: len(image.mode)])
+            # A grey picture stays grey on a grey canvas only.
+            grey = grey and colour[3] == 255 and colour[0] == colour[1] == colour[2]
+            image = _to_srgb(image, self.icc, _mode(has_alpha, grey))
+            fill = colour[:1] if grey else colour[: len(image.mode)]
+            canvas = Image.new(image.mode, plan.canvas, fill)
             canvas.paste(image, plan.offset, image if image.mode == "RGBA" else None)
             image = canvas
         else:
-            image = _to_srgb(image, self.icc, "RGBA" if has_alpha else "RGB")
+            image = _to_srgb(image, self.icc, _mode(has_alpha, grey))
         return _effects(image, variant)
 
     def _region(self, region: geometry.Box) -> Image.Image:
@@ -201,6 +205,13 @@ class _Source:
             return self.image
         box = _outward(region, (self.width, self.height), self.image.size)
         return self.image.crop(box)
+
+
+def _mode(has_alpha: bool, grey: bool) -> str:
+    """The mode an output is encoded from."""
+    if has_alpha:
+        return "RGBA"
+    return "L" if grey else "RGB"
 
 
 def _outward(
@@ -254,11 +265,11 @@ def _effects(image: Image.Image, variant: Variant) -> Image.Image:
         image = image.filter(
             ImageFilter.UnsharpMask(radius=0.8, percent=80, threshold=2)
         )
-    if variant.gray:
+    if variant.gray and image.mode != "L":
         grey = ImageOps.grayscale(image)
         if image.mode == "RGBA":
             grey = Image.merge("RGBA", (grey, grey, grey, image.getchannel("A")))
-        image = grey.convert(image.mode)
+        image = grey  # one channel where there is no alpha
     return image
 
 
@@ -387,13 +398,17 @@ def _orientation(image: Image.Image) -> int:
 
 
 def _normalise_mode(image: Image.Image) -> tuple[Image.Image, bool]:
-    """Bring any decoded mode to RGB or RGBA (CMYK stays for its ICC profile)."""
+    """Bring any decoded mode to RGB, RGBA or L (greyscale stays one channel:
+    a third of the pixels to resize, and smaller files); CMYK stays for its
+    ICC profile."""
     has_alpha = image.mode in _ALPHA_MODES or "transparency" in image.info
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         # Scale 16-bit samples down; a plain convert would clip them at 255.
         image = image.convert("I").point(lambda v: v * (1 / 256)).convert("L")
     if image.mode == "CMYK" and not has_alpha:
         return image, False
+    if image.mode in ("L", "1") and not has_alpha:
+        return image.convert("L") if image.mode == "1" else image, False
     target = "RGBA" if has_alpha else "RGB"
     if image.mode != target:
         image = image.convert(target)
@@ -443,7 +458,12 @@ def _encode(image: Image.Image, variant: Variant) -> bytes:
 
 
 def _to_srgb(image: Image.Image, icc: bytes | None, mode: str) -> Image.Image:
-    """Convert colours to sRGB, so stripping the profile does not shift them."""
+    """Convert colours to sRGB, so stripping the profile does not shift them.
+
+    Greyscale stays greyscale (a grey profile's tone curve is left as is).
+    """
+    if mode == "L":
+        return image if image.mode == "L" else image.convert("L")
     if icc:
         try:
             source = ImageCms.ImageCmsProfile(BytesIO(icc))

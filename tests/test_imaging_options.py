@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw, ImageStat
@@ -221,3 +223,27 @@ class OptionPixelTests(TestCaseMixin, SynchronousTestCase):
         plain = ImageStat.Stat(render(soft, "full_size.png")).stddev[0]
         sharpened = ImageStat.Stat(render(soft, "full_size-sharp.png")).stddev[0]
         self.assertGreater(sharpened, plain)
+
+
+class EncodingTests(TestCaseMixin, SynchronousTestCase):
+    def test_greyscale_stays_one_channel(self) -> None:
+        grey = encode(noise((200, 150)).convert("L"))
+        for name, mode in (
+            ("w100.jpg", "L"), ("w100.png", "L"), ("x80-gn.jpg", "L"),
+            ("x80-pad.jpg", "L"), ("x80-pad808080.png", "L"),
+            ("x80-padff0000.jpg", "RGB"), ("x80-pad.png", "RGBA"),
+        ):  # fmt: skip
+            self.assertEqual(render(grey, name).mode, mode, name)
+        self.assertEqual(render(grey, "w100.webp").size, (100, 75))
+        colour = encode(quadrants((200, 150)))
+        self.assertEqual(render(colour, "w100-gray.jpg").mode, "L")
+        self.assertEqual(render(colour, "w100.jpg").mode, "RGB")
+
+    def test_jpeg_huffman_tables_are_optimised(self) -> None:
+        photo = encode(noise((400, 300)))
+        variant = RULES.parse("w200.jpg")
+        assert variant is not None
+        ours = imaging.render(photo, variant, LIMITS)
+        plain = io.BytesIO()
+        decode(ours).save(plain, "JPEG", quality=75)
+        self.assertLess(len(ours), len(plain.getvalue()) * 0.98)
