@@ -21,6 +21,10 @@ from imageserver.naming import Fit, Variant
 #: Input formats we decode (Pillow's names); nothing else reaches a decoder.
 INPUT_FORMATS = tuple(formats.INPUTS)
 
+#: How many times the output's pixels (per side) a drafted decode keeps at
+#: least, so that the resize has detail to keep (benchmarks/fidelity.py).
+DRAFT_HEADROOM = 1
+
 #: LANCZOS after a box reduction to 3x the target: indistinguishable from a
 #: full LANCZOS and several times faster on big sources.
 _REDUCING_GAP = 3.0
@@ -112,7 +116,7 @@ def render_many(
     # straight to 1/2, 1/4 or 1/8 scale, which is most of the speed. What trim
     # keeps is not known yet: it gets twice the pixels.
     needs = [
-        _times(p.decode_size(width, height), 2 if v.trim else 1)
+        _times(p.decode_size(width, height), DRAFT_HEADROOM * (2 if v.trim else 1))
         for v, p in zip(variants, plans, strict=True)
     ] or [(8, 8)]
     need = (max(w for w, _ in needs), max(h for _, h in needs))
