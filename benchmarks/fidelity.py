@@ -97,8 +97,10 @@ def main() -> None:
                         )
                     )
     imaging.DRAFT_HEADROOM = 1
-    print(f"{len(photos)} photographs at 12 MP, JPEG q95; SSIMULACRA2 against "
-          "a full decode + float LANCZOS (median); CPU ms per render (median)")  # fmt: skip
+    print(
+        f"{len(photos)} photographs at 12 MP, JPEG q95; SSIMULACRA2 against a "
+        "full decode + float LANCZOS (median); CPU ms per render (median)"
+    )
     for name in names:
         base = statistics.median(times[name, headrooms[0]])
         for headroom in headrooms:
