@@ -91,6 +91,12 @@ class Config:
     max_source_pixels: int = setting(
         50_000_000, "Largest original, in pixels (width x height)."
     )
+    max_animation_frames: int = setting(
+        300,
+        "Frames an animation keeps in gif, webp, png and avif variants (all "
+        "frames together at most 10 x --max_source_pixels); a longer one is "
+        "served as its first frame.",
+    )
     max_pixels_per_byte: int = setting(
         1000,
         "Pixels each byte of an original may stand for, for originals over 4 "
@@ -345,6 +351,7 @@ class Config:
             "batch_concurrency",
             "max_connections",
             "listen_backlog",
+            "max_animation_frames",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1")
@@ -423,6 +430,7 @@ class Config:
             pixels=self.max_source_pixels,
             pixels_per_byte=self.max_pixels_per_byte,
             side=self.maximum_width,
+            frames=self.max_animation_frames,
         )
 
     @property

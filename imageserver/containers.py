@@ -175,3 +175,85 @@ def _png(data: bytes) -> Layout:
             f"for its {width}x{height} pixels: it is cut short or corrupt",
         )
     return Layout(end)
+
+
+def frame_durations(data: bytes, cap: int) -> list[int] | None:
+    """The durations (ms) of an animation's frames, read from the file's
+    structure without decoding: GIF graphic controls, WebP ANMF chunks, APNG
+    fcTL chunks. At most ``cap`` + 1 are read (enough to tell it is over
+    ``cap``). None when the format keeps them elsewhere (AVIF)."""
+    if data[:4] == b"GIF8":
+        return _gif_durations(data, cap)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return _webp_durations(data, cap)
+    if data[:8] == _PNG_SIGNATURE:
+        return _apng_durations(data, cap)
+    return None
+
+
+def _gif_durations(data: bytes, cap: int) -> list[int]:
+    size = len(data)
+    pos = 13
+    if size > 10 and data[10] & 0x80:  # a global colour table
+        pos += 3 << ((data[10] & 7) + 1)
+    durations: list[int] = []
+    delay = 0
+    while pos < size and len(durations) <= cap:
+        block = data[pos]
+        if block == 0x3B:  # trailer
+            break
+        if block == 0x21:  # extension: label, then sub-blocks
+            if pos + 1 < size and data[pos + 1] == 0xF9 and pos + 6 <= size:
+                delay = int.from_bytes(data[pos + 4 : pos + 6], "little") * 10
+            pos = _skip_sub_blocks(data, pos + 2)
+        elif block == 0x2C:  # an image: a frame
+            durations.append(delay)
+            delay = 0
+            if pos + 10 > size:
+                break
+            flags = data[pos + 9]
+            pos += 10
+            if flags & 0x80:  # a local colour table
+                pos += 3 << ((flags & 7) + 1)
+            pos = _skip_sub_blocks(data, pos + 1)  # after the LZW code size
+        else:
+            break
+    return durations
+
+
+def _skip_sub_blocks(data: bytes, pos: int) -> int:
+    size = len(data)
+    while pos < size:
+        length = data[pos]
+        pos += 1 + length
+        if length == 0:
+            break
+    return pos
+
+
+def _webp_durations(data: bytes, cap: int) -> list[int]:
+    durations: list[int] = []
+    pos = 12
+    size = min(len(data), 8 + int.from_bytes(data[4:8], "little"))
+    while pos + 8 <= size and len(durations) <= cap:
+        kind = data[pos : pos + 4]
+        length = int.from_bytes(data[pos + 4 : pos + 8], "little")
+        if kind == b"ANMF" and pos + 24 <= size:
+            durations.append(int.from_bytes(data[pos + 20 : pos + 23], "little"))
+        pos += 8 + length + (length & 1)
+    return durations
+
+
+def _apng_durations(data: bytes, cap: int) -> list[int]:
+    durations: list[int] = []
+    pos = 8
+    size = len(data)
+    while pos + 12 <= size and len(durations) <= cap:
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        if kind == b"fcTL" and length >= 26 and pos + 8 + 26 <= size:
+            numerator, denominator = struct.unpack_from(">HH", data, pos + 8 + 20)
+            durations.append(numerator * 1000 // (denominator or 100))
+        if kind == b"IEND":
+            break
+        pos += 12 + length
+    return durations

@@ -85,6 +85,8 @@ class OutputFormat:
     whole: Callable[[bytes], bool]
     #: Whether ``-qN`` applies.
     lossy: bool = True
+    #: Whether an animated source stays animated in this format.
+    animation: bool = False
     #: Encoder options besides the quality.
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -105,14 +107,25 @@ OUTPUTS: dict[str, OutputFormat] = {
         "jpeg", "image/jpeg", "JPEG", False, 65500, _jpeg_whole, options=_JPEG_OPTIONS
     ),
     "png": OutputFormat(
-        "png", "image/png", "PNG", True, 2**31 - 1, _png_whole, lossy=False
+        "png",
+        "image/png",
+        "PNG",
+        True,
+        2**31 - 1,
+        _png_whole,
+        lossy=False,
+        animation=True,
     ),
     "gif": OutputFormat(
-        "gif", "image/gif", "GIF", True, 65535, _gif_whole, lossy=False
+        "gif", "image/gif", "GIF", True, 65535, _gif_whole, lossy=False, animation=True
     ),
-    "webp": OutputFormat("webp", "image/webp", "WEBP", True, 16383, _webp_whole),
+    "webp": OutputFormat(
+        "webp", "image/webp", "WEBP", True, 16383, _webp_whole, animation=True
+    ),
     # libavif's limit.
-    "avif": OutputFormat("avif", "image/avif", "AVIF", True, 65536, _bmff_whole),
+    "avif": OutputFormat(
+        "avif", "image/avif", "AVIF", True, 65536, _bmff_whole, animation=True
+    ),
     # libjxl's limit is 2**30 a side; the pixel limit binds long before. The
     # container form (a few dozen bytes) lets a cut file be told from a whole.
     "jxl": OutputFormat(

@@ -49,6 +49,9 @@ from imageserver.storage import Storage, StoredObject, content_type_for, etag_of
 
 log = Logger()
 
+#: Fields info.json gained after the Go image-server's four: an older
+#: info.json without them is completed on its first read.
+_LATER_FIELDS = (b'"frames"', b'"blurhash"')
 #: Originals whose transparency is remembered (for .auto's jpg or png).
 _KNOWN_ALPHA = 4096
 
@@ -318,6 +321,11 @@ class Images:
                 f"processing took longer than {self._processing_timeout:g} seconds"
             ) from None
         self._events.processed(seconds)
+        if info.still_because is not None:
+            log.info(
+                "animation served as its first frame: {reason}",
+                reason=info.still_because,
+            )
         return info, outputs
 
     async def _ingest(
@@ -430,20 +438,23 @@ class Images:
         stored = await self._storage.get(image.key(name))
         if stored is None:
             raise NotFound("image not found" if name == INFO else "file not found")
-        if name == INFO and b'"blurhash"' not in stored.data:
-            return await self._with_placeholders(image, stored)
+        if name == INFO and not all(f in stored.data for f in _LATER_FIELDS):
+            return await self._completed_info(image, stored)
         return stored
 
-    async def _with_placeholders(
+    async def _completed_info(
         self, image: ImageId, stored: StoredObject
     ) -> StoredObject:
-        """info.json of an image stored before placeholders existed, with them:
-        made from the original once, and written back."""
+        """info.json of an image stored before some of its fields existed
+        (frames, placeholders), with them: made from the original once, and
+        written back."""
         original = await self._storage.get(image.key(ORIGINAL))
         if original is None:
             raise NotFound("image not found")
         info, _ = await self._render_many(original.data, (), True)
-        fields = {**json.loads(stored.data), **(info.placeholders or {})}
+        fields = json.loads(stored.data)
+        fresh = json.loads(info_json_of(image.hash, info))
+        fields.update((k, v) for k, v in fresh.items() if k not in fields)
         data = json.dumps(fields).encode()
         return await self._storage.put(image.key(INFO), data, "application/json")
 
@@ -480,6 +491,8 @@ def info_json_of(digest: str, info: imaging.ImageInfo) -> bytes:
             "width": info.width,
             "height": info.height,
             "content_type": info.content_type,
+            "frames": info.frames,
+            **({} if info.duration_ms is None else {"duration_ms": info.duration_ms}),
             **(info.placeholders or {}),
         }
     ).encode()

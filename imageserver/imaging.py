@@ -7,7 +7,7 @@ resizes and encodes, so a pool of N threads uses N cores.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from io import BytesIO
@@ -44,6 +44,10 @@ _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _EXIF_ORIENTATION = 0x0112
 
 
+#: All frames of an animation together may have this many times
+#: --max_source_pixels (frames x width x height).
+ANIMATION_PIXEL_FACTOR = 10
+
 #: Pixels any original may have, however few bytes it takes: the
 #: pixels-per-byte limit applies above this.
 FREE_PIXELS = 4_000_000
@@ -63,6 +67,9 @@ class Limits:
     pixels_per_byte: int = 0
     #: The tallest a width-only variant may be (--maximum_width); None: any.
     side: int | None = None
+    #: Frames of an animation kept (--max_animation_frames); more, and the
+    #: first frame is served alone.
+    frames: int = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +81,11 @@ class ImageInfo:
     content_type: str
     #: BlurHash, ThumbHash and dominant colour, when asked for.
     placeholders: dict[str, str] | None = None
+    #: Frames, and for an animation its length; 1 and None for a still.
+    frames: int = 1
+    duration_ms: int | None = None
+    #: Why an animation is served as its first frame alone, or None.
+    still_because: str | None = None
 
 
 def probe(data: bytes, limits: Limits) -> ImageInfo:
@@ -123,19 +135,143 @@ def render_many(
     if orientation in _SWAPPING_ORIENTATIONS:
         need = (need[1], need[0])
     icc = image.info.get("icc_profile")
+    opened = image
     with _decode_errors():
+        animation, still_because = None, None
+        if with_placeholders or any(
+            formats.output(v.format).animation for v in variants
+        ):
+            animation, still_because = _animation(image, data, width, height, limits)
         image.draft(image.mode, need)
         image.load()
         if orientation != 1:
             image = ImageOps.exif_transpose(image)
         base, has_alpha = _normalise_mode(image)
+    if animation is not None:
+        info = replace(
+            info, frames=len(animation.durations), duration_ms=animation.duration
+        )
+        has_alpha = True  # frames may uncover the background
+    info = replace(info, still_because=still_because)
     source = _Source(base, width, height, has_alpha, icc)
     if with_placeholders:
         small = base.copy()
         small.thumbnail((placeholders.SIDE, placeholders.SIDE), Image.Resampling.BOX)
         small = _to_srgb(small, icc, "RGBA" if has_alpha else "RGB")
         info = replace(info, placeholders=placeholders.placeholders(small))
-    return info, [_encode(source.render(v), v) for v in variants]
+    outputs = []
+    for variant in variants:
+        if animation is not None and formats.output(variant.format).animation:
+            with _decode_errors():
+                frames = _frames(opened, source, variant, orientation, animation)
+                outputs.append(_encode_animation(frames, variant, animation))
+        else:
+            outputs.append(_encode(source.render(variant), variant))
+    return info, outputs
+
+
+@dataclass(frozen=True, slots=True)
+class _Animation:
+    durations: list[int]
+    loop: int
+
+    @property
+    def duration(self) -> int:
+        return sum(self.durations)
+
+
+def _animation(
+    image: Image.Image, data: bytes, width: int, height: int, limits: Limits
+) -> tuple[_Animation | None, str | None]:
+    """The animation's frames and timing, when it is kept; else why not.
+
+    Frames and durations are read from the file's structure (GIF graphic
+    controls, WebP and APNG frame chunks), reading one frame past the limit
+    and no further, so a file of 100,000 frames costs no more than the limit;
+    AVIF declares its frame count, and each frame's duration comes with it.
+    """
+    if not getattr(image, "is_animated", False):
+        return None, None
+    budget = min(
+        limits.frames, limits.pixels * ANIMATION_PIXEL_FACTOR // (width * height)
+    )
+    durations = containers.frame_durations(data, budget)
+    count = len(durations) if durations is not None else int(image.n_frames)  # type: ignore[attr-defined]
+    if count > budget:
+        return None, (
+            f"more than {budget} frames of {width}x{height} (at most "
+            f"{limits.frames} frames and {ANIMATION_PIXEL_FACTOR} x "
+            f"{limits.pixels} pixels in all)"
+        )
+    if durations is None:
+        durations = []
+        for index in range(count):
+            image.seek(index)
+            image.load()  # an AVIF frame's duration comes with its pixels
+            durations.append(int(image.info.get("duration") or 0))
+        image.seek(0)
+    loop = int(image.info.get("loop", 0) or 0)
+    # A zero delay is shown as 100 ms by browsers.
+    return _Animation([d or 100 for d in durations], loop), None
+
+
+def _frames(
+    image: Image.Image,
+    first: _Source,
+    variant: Variant,
+    orientation: int,
+    animation: _Animation,
+) -> Iterator[Image.Image]:
+    """The variant of every frame, one decoded frame at a time, all with the
+    first frame's trim box and smart crop, so the picture does not jump."""
+    focus = first.focus(variant)
+    for index in range(len(animation.durations)):
+        image.seek(index)
+        frame = image.convert("RGBA")
+        if orientation != 1:
+            frame = _oriented(frame, orientation)
+        source = _Source(frame, first.width, first.height, True, first.icc)
+        source.adopt(first)
+        yield source.render(variant, focus)
+    image.seek(0)
+
+
+_ORIENTATIONS = {
+    2: [Image.Transpose.FLIP_LEFT_RIGHT],
+    3: [Image.Transpose.ROTATE_180],
+    4: [Image.Transpose.FLIP_TOP_BOTTOM],
+    5: [Image.Transpose.TRANSPOSE],
+    6: [Image.Transpose.ROTATE_270],
+    7: [Image.Transpose.TRANSVERSE],
+    8: [Image.Transpose.ROTATE_90],
+}
+
+
+def _oriented(frame: Image.Image, orientation: int) -> Image.Image:
+    for step in _ORIENTATIONS.get(orientation, []):
+        frame = frame.transpose(step)
+    return frame
+
+
+def _encode_animation(
+    frames: Iterator[Image.Image], variant: Variant, animation: _Animation
+) -> bytes:
+    output = formats.output(variant.format)
+    first = next(frames)
+    # Frames are made as the encoder takes them, so the decoded frames are
+    # never all in memory; Pillow's APNG encoder alone wants a list.
+    rest: Iterable[Image.Image] = list(frames) if output.pillow == "PNG" else frames
+    out = BytesIO()
+    first.save(
+        out,
+        output.pillow,
+        save_all=True,
+        append_images=rest,
+        duration=animation.durations,
+        loop=animation.loop,
+        **output.save_options(variant.quality),
+    )
+    return out.getvalue()
 
 
 class _Source:
@@ -172,19 +308,38 @@ class _Source:
                 )
         return self._content
 
-    def render(self, variant: Variant) -> Image.Image:
-        """The variant's pixels: geometry, then canvas and effects, in sRGB."""
+    def adopt(self, other: _Source) -> None:
+        """Use ``other``'s trim box (a later frame of the same animation)."""
+        self._content, self._trimmed = other._content, other._trimmed
+
+    def focus(self, variant: Variant) -> tuple[float, float] | None:
+        """Where ``smart`` centres the crop (None for other variants)."""
+        if not variant.smart:
+            return None
         content = self.content() if variant.trim else None
         region = content or (0, 0, self.width, self.height)
         turned = _turn(self._region(region), variant)
-        focus = None
-        if variant.smart:
-            # The crop's size does not depend on where it goes.
-            rough = geometry.plan(variant, self.width, self.height, content)
-            left, top, right, bottom = rough.box
-            region_w, region_h = _turned_size(region, variant)
-            crop = ((right - left) / region_w, (bottom - top) / region_h)
-            focus = analysis.attention(turned, crop)
+        # The crop's size does not depend on where it goes.
+        left, top, right, bottom = geometry.plan(
+            variant, self.width, self.height, content
+        ).box
+        region_w, region_h = _turned_size(region, variant)
+        crop = ((right - left) / region_w, (bottom - top) / region_h)
+        return analysis.attention(turned, crop)
+
+    def render(
+        self, variant: Variant, focus: tuple[float, float] | None = None
+    ) -> Image.Image:
+        """The variant's pixels: geometry, then canvas and effects, in sRGB.
+
+        ``focus`` is smart's point when already found (an animation's frames
+        share the first frame's).
+        """
+        content = self.content() if variant.trim else None
+        region = content or (0, 0, self.width, self.height)
+        turned = _turn(self._region(region), variant)
+        if variant.smart and focus is None:
+            focus = self.focus(variant)
         plan = geometry.plan(variant, self.width, self.height, content, focus)
         image = _execute(turned, plan)
         has_alpha = self.has_alpha

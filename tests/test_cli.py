@@ -330,7 +330,7 @@ class CommandTests(SynchronousTestCase):
         self.assertTrue(
             result.stdout.startswith(
                 f'{{"hash": "{PHOTO_HASH}", "width": 400, "height": 300, '
-                '"content_type": "image/jpeg", "blurhash": "'
+                '"content_type": "image/jpeg", "frames": 1, "blurhash": "'
             ),
             result.stdout,
         )

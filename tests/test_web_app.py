@@ -65,8 +65,8 @@ class UploadTests(SynchronousTestCase):
         # The Go image-server's four fields first, then the placeholders.
         self.assertEqual(
             list(info),
-            ["hash", "width", "height", "content_type", "blurhash", "thumbhash",
-             "dominant_color"],
+            ["hash", "width", "height", "content_type", "frames", "blurhash",
+             "thumbhash", "dominant_color"],
         )  # fmt: skip
         self.assertEqual(
             (info["hash"], info["width"], info["height"], info["content_type"]),
