@@ -99,7 +99,7 @@ def plan(
         box = _cover_box(src_w, src_h, variant, focus)
         size = (variant.width, variant.height)
         crop = (box[2] - box[0], box[3] - box[1])
-        if variant.noup and variant.width > crop[0]:
+        if variant.noup and (size[0] > crop[0] or size[1] > crop[1]):
             size = crop  # the box keeps its ratio and is not enlarged
         return replace(turned, box=box, size=size)
     size = _inside(src_w, src_h, variant.width, variant.height, variant.noup)
@@ -122,7 +122,7 @@ def _inside(src_w: int, src_h: int, box_w: int, box_h: int, noup: bool) -> Size:
         size = (box_w, min(box_h, _scaled(src_h, box_w, src_w)))
     else:
         size = (min(box_w, _scaled(src_w, box_h, src_h)), box_h)
-    if noup and size[0] > src_w:
+    if noup and (size[0] > src_w or size[1] > src_h):
         return (src_w, src_h)
     return size
 

@@ -97,14 +97,14 @@ def expected_size(v: Variant, rw: int, rh: int) -> tuple[int, int]:
             crop = (min(rw, rounded(Fraction(rh * v.width, v.height))), rh)
         else:
             crop = (rw, min(rh, rounded(Fraction(rw * v.height, v.width))))
-        if v.noup and v.width > crop[0]:
+        if v.noup and (v.width > crop[0] or v.height > crop[1]):
             return crop
         return v.width, v.height
     if Fraction(rw, rh) >= Fraction(v.width, v.height):
         size = (v.width, min(v.height, rounded(Fraction(rh * v.width, rw))))
     else:
         size = (min(v.width, rounded(Fraction(rw * v.height, rh))), v.height)
-    if v.noup and size[0] > rw:
+    if v.noup and (size[0] > rw or size[1] > rh):
         return rw, rh
     return size
 
@@ -150,6 +150,23 @@ class PlanProperties(SynchronousTestCase):
         if v.noup:  # never larger than the (turned, trimmed) source
             self.assertLessEqual(plan.size[0], rw)
             self.assertLessEqual(plan.size[1], rh)
+
+    def test_every_small_size_exhaustively(self) -> None:
+        """Tiny sources and outputs, where rounding decides: all of them."""
+        for fit in Fit:
+            for noup in (False, True):
+                for w in range(1, 9):
+                    for h in range(1, 9):
+                        for out_w in range(1, 10):
+                            for out_h in range(1, 10):
+                                v = Variant(
+                                    "v.jpg", fit,
+                                    0 if fit is Fit.HEIGHT else out_w,
+                                    0 if fit is Fit.WIDTH else out_h,
+                                    75, "jpg", noup=noup,
+                                )  # fmt: skip
+                                size = geometry.plan(v, w, h).size
+                                self.assertEqual(size, expected_size(v, w, h), v)
 
     def test_width_variant_heights_of_a_640x427_source(self) -> None:
         # What thumbor, libvips and ImageMagick make of it.
