@@ -9,7 +9,7 @@ format. Plain data and small functions on bytes; no Pillow import.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -96,16 +96,20 @@ class OutputFormat:
         return {**self.options, "quality": quality}
 
 
-#: Optimised Huffman tables: 5 % smaller at 200 px for 0.2 ms (every peer
-#: writes them; Pillow does not unless asked).
-_JPEG_OPTIONS = MappingProxyType({"optimize": True})
+_JPEG = OutputFormat(
+    "jpg",
+    "image/jpeg",
+    "JPEG",
+    False,
+    65500,
+    _jpeg_whole,
+    # Optimised Huffman tables: 5 % smaller at 200 px for 0.2 ms (every peer
+    # writes them; Pillow does not unless asked).
+    options=MappingProxyType({"optimize": True}),
+)
 OUTPUTS: dict[str, OutputFormat] = {
-    "jpg": OutputFormat(
-        "jpg", "image/jpeg", "JPEG", False, 65500, _jpeg_whole, options=_JPEG_OPTIONS
-    ),
-    "jpeg": OutputFormat(
-        "jpeg", "image/jpeg", "JPEG", False, 65500, _jpeg_whole, options=_JPEG_OPTIONS
-    ),
+    "jpg": _JPEG,
+    "jpeg": replace(_JPEG, extension="jpeg"),
     "png": OutputFormat(
         "png",
         "image/png",
