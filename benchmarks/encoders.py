@@ -27,13 +27,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from PIL import Image
 
 from benchmarks.fidelity import reference, score, sources
+from imageserver import formats
 
 SETTINGS: dict[str, list[dict[str, Any]]] = {
-    "avif": [{"subsampling": "4:2:0"}, {"subsampling": "4:4:4"}],
+    "avif": [
+        {"subsampling": "4:2:0"},
+        {"subsampling": "4:4:4"},
+        {"speed": 4},
+        {"speed": 4, "subsampling": "4:4:4"},
+    ],
     "webp": [{"method": 4}, {"method": 6}],
+    "jxl": [{"effort": 7}, {"effort": 8}, {"effort": 9}],
     "jpeg": [{"optimize": True}, {"optimize": True, "progressive": True}],
 }
-PILLOW = {"avif": "AVIF", "webp": "WEBP", "jpeg": "JPEG"}
+PILLOW = {"avif": "AVIF", "webp": "WEBP", "jpeg": "JPEG", "jxl": "JXL"}
 QUALITIES = range(30, 96, 8)
 
 
@@ -51,6 +58,7 @@ def main() -> None:
     parser.add_argument("--format", default="avif", choices=sorted(SETTINGS))
     parser.add_argument("--target", type=float, default=80.0)
     args = parser.parse_args()
+    formats.register_plugins()
     settings = SETTINGS[args.format]
     ratios: dict[int, list[float]] = {i: [] for i in range(len(settings))}
     seconds: dict[int, list[float]] = {i: [] for i in range(len(settings))}

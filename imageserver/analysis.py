@@ -51,10 +51,10 @@ def attention(image: Image.Image, crop: tuple[float, float]) -> tuple[float, flo
     score = _score(small)
     crop_w, crop_h = crop
     if crop_w < 1:
-        columns = list(score.resize((score.width, 1), Image.Resampling.BOX).getdata())
+        columns = list(score.resize((score.width, 1), Image.Resampling.BOX).tobytes())
         return _best_window(columns, crop_w), 0.5
     if crop_h < 1:
-        rows = list(score.resize((1, score.height), Image.Resampling.BOX).getdata())
+        rows = list(score.resize((1, score.height), Image.Resampling.BOX).tobytes())
         return 0.5, _best_window(rows, crop_h)
     return 0.5, 0.5
 

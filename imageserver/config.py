@@ -81,7 +81,12 @@ class Config:
         "Formats .auto sends, best first, to a client whose Accept names them "
         "(and that --extensions serves); others get jpg, or png with alpha.",
     )
-    default_quality: int = setting(75, "Quality (1-100) when a name has no -qN.")
+    default_quality: int = setting(
+        0,
+        "Quality (1-100) of every lossy format when a name has no -qN; 0: each "
+        "format's own default, chosen by bytes at equal fidelity "
+        "(docs/performance.md).",
+    )
     maximum_width: int = setting(
         1000, "Largest width or height a variant name may ask for."
     )
@@ -355,8 +360,8 @@ class Config:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1")
-        if not 1 <= self.default_quality <= 100:
-            raise ValueError("--default_quality must be between 1 and 100")
+        if not 0 <= self.default_quality <= 100:
+            raise ValueError("--default_quality must be between 1 and 100, or 0")
         if self.http_timeout <= 0:
             raise ValueError("--http_timeout must be positive")
         if set(self.auto_formats) - set(OUTPUT_FORMATS):

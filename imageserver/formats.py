@@ -87,13 +87,21 @@ class OutputFormat:
     lossy: bool = True
     #: Whether an animated source stays animated in this format.
     animation: bool = False
+    #: The quality when a name has no ``-qN`` (and ``--default_quality`` is
+    #: unset): set per format by bytes at equal fidelity against the peers
+    #: (benchmarks/peers.py, docs/performance.md).
+    quality: int = 0
     #: Encoder options besides the quality.
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    #: Who encodes still images: ``pillow``, or ``jpegli`` (RGB JPEG only;
+    #: greyscale still goes through Pillow).
+    encoder: str = "pillow"
 
-    def save_options(self, quality: int) -> dict[str, Any]:
+    def save_options(self, quality: int | None) -> dict[str, Any]:
+        """Pillow's save options for a variant's quality (None: the default)."""
         if not self.lossy:
             return dict(self.options)
-        return {**self.options, "quality": quality}
+        return {**self.options, "quality": quality or self.quality}
 
 
 _JPEG = OutputFormat(
@@ -103,9 +111,11 @@ _JPEG = OutputFormat(
     False,
     65500,
     _jpeg_whole,
-    # Optimised Huffman tables: 5 % smaller at 200 px for 0.2 ms (every peer
-    # writes them; Pillow does not unless asked).
+    quality=81,
+    # jpegli encodes RGB; Pillow (greyscale) writes optimised Huffman tables:
+    # 5 % smaller at 200 px for 0.2 ms (every peer writes them).
     options=MappingProxyType({"optimize": True}),
+    encoder="jpegli",
 )
 OUTPUTS: dict[str, OutputFormat] = {
     "jpg": _JPEG,
@@ -124,11 +134,25 @@ OUTPUTS: dict[str, OutputFormat] = {
         "gif", "image/gif", "GIF", True, 65535, _gif_whole, lossy=False, animation=True
     ),
     "webp": OutputFormat(
-        "webp", "image/webp", "WEBP", True, 16383, _webp_whole, animation=True
+        "webp",
+        "image/webp",
+        "WEBP",
+        True,
+        16383,
+        _webp_whole,
+        animation=True,
+        quality=80,
     ),
     # libavif's limit.
     "avif": OutputFormat(
-        "avif", "image/avif", "AVIF", True, 65536, _bmff_whole, animation=True
+        "avif",
+        "image/avif",
+        "AVIF",
+        True,
+        65536,
+        _bmff_whole,
+        animation=True,
+        quality=70,
     ),
     # libjxl's limit is 2**30 a side; the pixel limit binds long before. The
     # container form (a few dozen bytes) lets a cut file be told from a whole.
@@ -139,6 +163,7 @@ OUTPUTS: dict[str, OutputFormat] = {
         True,
         2**30,
         _jxl_whole,
+        quality=80,
         options=MappingProxyType({"use_container": True}),
     ),
 }

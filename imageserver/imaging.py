@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from io import BytesIO
 
+import pyjpegli
 from PIL import Image, ImageCms, ImageFilter, ImageOps, UnidentifiedImageError
 
 from imageserver import analysis, containers, formats, geometry, placeholders
@@ -612,6 +613,9 @@ def _encode(image: Image.Image, variant: Variant) -> bytes:
         flat = Image.new("RGB", image.size, (255, 255, 255))
         flat.paste(image, mask=image.getchannel("A"))
         image = flat
+    if output.encoder == "jpegli" and image.mode == "RGB":
+        quality = output.save_options(variant.quality)["quality"]
+        return pyjpegli.encode(image.tobytes(), *image.size, quality=quality)
     # Nothing from the source's metadata reaches the output.
     image.info = {}
     out = BytesIO()

@@ -135,6 +135,7 @@ class Variant:
     fit: Fit
     width: int
     height: int
+    #: 1-100, or 0 for the format's own default (formats.OutputFormat.quality).
     quality: int
     format: str
     dpr: int = 1
@@ -185,6 +186,7 @@ class VariantRules:
     """What variant names this server accepts, from its configuration."""
 
     extensions: frozenset[str]
+    #: The quality of names without ``-qN``; 0: each format's own.
     default_quality: int
     maximum_width: int
     #: The formats ``.auto`` prefers, best first (--auto_formats).

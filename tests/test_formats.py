@@ -130,3 +130,43 @@ class BrokenTests(SynchronousTestCase):
             with self.assertRaises(ImageTooLarge, msg=fmt):
                 imaging.probe(data, imaging.Limits(59_999))
             self.assertEqual(imaging.probe(data, imaging.Limits(60_000)).width, 300)
+
+
+class QualityTests(SynchronousTestCase):
+    """Names without ``-qN`` take each format's measured default, or
+    ``--default_quality`` for every format when it is set."""
+
+    def test_each_format_has_its_own_default(self) -> None:
+        data = save(noise((300, 200)), "PNG")
+        rules = VariantRules(frozenset(formats.OUTPUTS), 0, 2000)
+        for fmt, output in formats.OUTPUTS.items():
+            if not output.lossy:
+                continue
+            self.assertTrue(1 <= output.quality <= 100, fmt)
+            plain = imaging.render(data, rules.parse(f"w90.{fmt}"), LIMITS)  # type: ignore[arg-type]
+            named = rules.parse(f"w90-q{output.quality}.{fmt}")
+            self.assertEqual(plain, imaging.render(data, named, LIMITS), fmt)  # type: ignore[arg-type]
+            other = rules.parse(f"w90-q{output.quality - 20}.{fmt}")
+            self.assertNotEqual(plain, imaging.render(data, other, LIMITS), fmt)  # type: ignore[arg-type]
+
+    def test_default_quality_applies_to_every_format(self) -> None:
+        data = save(noise((300, 200)), "PNG")
+        rules = VariantRules(frozenset(formats.OUTPUTS), 55, 2000)
+        for fmt in ("jpg", "webp", "avif", "jxl"):
+            plain = imaging.render(data, rules.parse(f"w90.{fmt}"), LIMITS)  # type: ignore[arg-type]
+            named = imaging.render(data, rules.parse(f"w90-q55.{fmt}"), LIMITS)  # type: ignore[arg-type]
+            self.assertEqual(plain, named, fmt)
+
+    def test_rgb_jpeg_is_jpegli_s_and_greyscale_stays_one_channel(self) -> None:
+        import pyjpegli
+
+        picture = noise((300, 200))
+        rules = VariantRules(frozenset({"jpg"}), 0, 2000)
+        full, small = rules.parse("full_size.jpg"), rules.parse("w90.jpg")
+        assert full is not None and small is not None
+        out = imaging.render(save(picture, "PNG"), full, LIMITS)
+        quality = formats.output("jpg").quality
+        made = pyjpegli.encode(picture.tobytes(), 300, 200, quality=quality)
+        self.assertEqual(out, made)
+        grey = imaging.render(save(picture.convert("L"), "PNG"), small, LIMITS)
+        self.assertEqual(decode(grey).mode, "L")

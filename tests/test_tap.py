@@ -20,7 +20,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(config.admin_endpoint, "tcp:7002:interface=127.0.0.1")
         self.assertEqual(config.local_base_path, "public")
         self.assertEqual(config.extensions, ("jpg", "png", "gif", "webp", "avif"))
-        self.assertEqual((config.default_quality, config.maximum_width), (75, 1000))
+        self.assertEqual((config.default_quality, config.maximum_width), (0, 1000))
         self.assertEqual(config.http_timeout, 5.0)
         self.assertGreaterEqual(config.processor_concurrency, 1)
 
@@ -85,7 +85,7 @@ class OptionsTests(SynchronousTestCase):
 
     def test_bad_values_are_usage_errors(self) -> None:
         for args in (
-            ["--default_quality", "0"],
+            ["--default_quality", "-1"],
             ["--default_quality", "101"],
             ["--default_quality", "high"],
             ["--maximum_width", "0"],
