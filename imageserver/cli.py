@@ -34,6 +34,7 @@ from imageserver.errors import ImageServerError
 from imageserver.events import Events
 from imageserver.images import Images, info_json_of
 from imageserver.options import (
+    ENVIRONMENT_HELP,
     ConfigOptions,
     command_line_fields,
     exit_on_usage_error,
@@ -49,7 +50,7 @@ class ProcessOptions(ConfigOptions):
     longdesc = (
         "Store each FILE (or each line of standard input with '-': a URL "
         "and/or an md5 hash, tab-separated) and make its --outputs. Prints "
-        "hash, source, width and height, tab-separated, per image."
+        "hash, source, width and height, tab-separated, per image. " + ENVIRONMENT_HELP
     )
     fields = command_line_fields()
     optParameters: ClassVar[list[list[Any]]] = [

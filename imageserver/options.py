@@ -8,7 +8,9 @@ same way and build the same Config.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from twisted.python import usage
@@ -46,18 +48,74 @@ def command_line_fields() -> list[dataclasses.Field[Any]]:
     return [f for f in config.fields() if not f.metadata["server_only"]]
 
 
+#: Every option can also come from ``IMAGESERVER_<OPTION>``, or from the file
+#: ``IMAGESERVER_<OPTION>_FILE`` names (for secrets); the command line wins.
+ENVIRONMENT_PREFIX = "IMAGESERVER_"
+ENVIRONMENT_HELP = (
+    "Every option can also be set in the environment as IMAGESERVER_<OPTION> "
+    "(IMAGESERVER_AWS_BUCKET=b), or IMAGESERVER_<OPTION>_FILE naming a file "
+    "that holds the value (for secrets); an option on the command line wins. "
+    "Flags take 1/true/yes/on or 0/false/no/off."
+)
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+
+
+def from_environment(
+    fields: list[dataclasses.Field[Any]], environ: Mapping[str, str]
+) -> dict[str, Any]:
+    """The values ``environ`` sets, by field name, parsed as on the command
+    line. Raises `usage.UsageError` naming a bad variable."""
+    found: dict[str, Any] = {}
+    for f in fields:
+        variable = ENVIRONMENT_PREFIX + f.name.upper()
+        if variable + "_FILE" in environ:
+            if variable in environ:
+                raise usage.UsageError(f"both {variable} and {variable}_FILE are set")
+            path = environ[variable + "_FILE"]
+            try:
+                with open(path, encoding="utf-8") as file:
+                    text = file.read().rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as e:
+                raise usage.UsageError(
+                    f"{variable}_FILE: cannot read {path}: {e}"
+                ) from None
+        elif variable in environ:
+            text = environ[variable]
+        else:
+            continue
+        if config.is_flag(f):
+            if text.strip().lower() not in _TRUE | _FALSE:
+                raise usage.UsageError(
+                    f"{variable} must be 1/true/yes/on or 0/false/no/off, not {text!r}"
+                )
+            found[f.name] = text.strip().lower() in _TRUE
+        else:
+            try:
+                found[f.name] = config.parse(f, text)
+            except ValueError:
+                raise usage.UsageError(
+                    f"{variable}: {text!r} is not a valid value"
+                ) from None
+    return found
+
+
 class ConfigOptions(usage.Options):
     """Options for some of Config's fields (subclasses list them in
     ``optFlags`` and ``optParameters``); the others keep their defaults.
 
-    ``--name-with-dashes`` works as ``--name_with_dashes``.
+    ``--name-with-dashes`` works as ``--name_with_dashes``. Values set in the
+    environment (`ENVIRONMENT_HELP`) replace the defaults before the command
+    line is read, so an option given there wins.
     """
 
     fields: ClassVar[list[dataclasses.Field[Any]]] = []
+    #: Where IMAGESERVER_* variables are read (tests give their own).
+    environ: Mapping[str, str] = os.environ
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         if options is None:
             options = sys.argv[1:]
+        self.update(from_environment(self.fields, self.environ))
         super().parseOptions([_underscored(arg) for arg in options])
 
     def opt_version(self) -> None:
@@ -87,7 +145,7 @@ class ServerOptions(ConfigOptions):
     longdesc = (
         "On-demand image processing server. Upload originals with "
         "POST /{namespace}; get variants such as w200.jpg, x200.webp, "
-        "300x200-q60.jpg or full_size.avif from their folders."
+        "300x200-q60.jpg or full_size.avif from their folders. " + ENVIRONMENT_HELP
     )
     fields = server_fields()
     optFlags: ClassVar[list[list[Any]]] = flags(fields)

@@ -217,12 +217,28 @@ class ProcessTests(TestCase):
 class CommandTests(SynchronousTestCase):
     """``python -m imageserver`` as users run it."""
 
-    def run_command(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def run_command(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "imageserver", *args],
             capture_output=True, text=True, cwd=self.root,
-            env={**os.environ, "PYTHONPATH": CHECKOUT}, timeout=60,
+            env={**os.environ, "PYTHONPATH": CHECKOUT, **(env or {})}, timeout=60,
         )  # fmt: skip
+
+    def test_options_from_the_environment(self) -> None:
+        env = {"IMAGESERVER_OUTPUTS": "w10.png", "IMAGESERVER_LOCAL_BASE_PATH": "st"}
+        done = self.run_command("process", "photo.jpg", env=env)
+        self.assertEqual((done.returncode, done.stderr), (0, ""))
+        stored = folder(os.path.join(self.root, "st"), PHOTO_HASH)
+        self.assertTrue(os.path.exists(os.path.join(stored, "w10.png")))
+        wins = self.run_command("process", "--outputs", "w12.png", "photo.jpg", env=env)
+        self.assertEqual(wins.returncode, 0)
+        self.assertTrue(os.path.exists(os.path.join(stored, "w12.png")))
+        bad = self.run_command("process", "photo.jpg",
+                               env={"IMAGESERVER_MAXIMUM_WIDTH": "wide"})  # fmt: skip
+        self.assertEqual(bad.returncode, 2)
+        self.assertIn("IMAGESERVER_MAXIMUM_WIDTH", bad.stderr)
 
     def setUp(self) -> None:
         self.root = os.path.abspath(self.mktemp())

@@ -7,8 +7,9 @@ from imageserver.options import ServerOptions as Options
 from imageserver.tap import makeService
 
 
-def parse(*args: str) -> Config:
+def parse(*args: str, environ: dict[str, str] | None = None) -> Config:
     options = Options()
+    options.environ = environ or {}
     options.parseOptions(list(args))
     return options.config
 
@@ -189,3 +190,53 @@ class MakeServiceTests(SynchronousTestCase):
         options.parseOptions(["--admin_port", "none"])
         names = [type(s).__name__ for s in IServiceCollection(makeService(options))]
         self.assertEqual(names.count("Listening"), 1)
+
+
+class EnvironmentTests(SynchronousTestCase):
+    """IMAGESERVER_<OPTION> and IMAGESERVER_<OPTION>_FILE; the command line wins."""
+
+    def test_every_kind_of_option(self) -> None:
+        config = parse(environ={
+            "IMAGESERVER_AWS_BUCKET": "b", "IMAGESERVER_MAXIMUM_WIDTH": "2000",
+            "IMAGESERVER_EXTENSIONS": "jpg,webp", "IMAGESERVER_HTTP_TIMEOUT": "2.5",
+            "IMAGESERVER_ENABLE_STATSD": "yes", "IMAGESERVER_OUTPUTS": "x64.webp",
+        })  # fmt: skip
+        self.assertEqual(
+            (config.aws_bucket, config.maximum_width, config.extensions,
+             config.http_timeout, config.enable_statsd, config.outputs),
+            ("b", 2000, ("jpg", "webp"), 2.5, True, ("x64.webp",)),
+        )  # fmt: skip
+        off = parse(environ={"IMAGESERVER_ENABLE_STATSD": "off"})
+        self.assertFalse(off.enable_statsd)
+
+    def test_the_command_line_wins(self) -> None:
+        environ = {"IMAGESERVER_MAXIMUM_WIDTH": "2000", "IMAGESERVER_PORT": "8001"}
+        config = parse("--maximum-width", "300", environ=environ)
+        self.assertEqual(config.maximum_width, 300)
+        self.assertTrue(config.endpoint.startswith("tcp:8001:"))
+        self.assertTrue(parse("--enable_statsd", environ={
+            "IMAGESERVER_ENABLE_STATSD": "0"}).enable_statsd)  # fmt: skip
+
+    def test_secrets_from_a_file(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("s3cr=t\n")
+        config = parse(environ={"IMAGESERVER_SECRET_FILE": path,
+                                "IMAGESERVER_AWS_SECRET_KEY_FILE": path})  # fmt: skip
+        self.assertEqual((config.secret, config.aws_secret_key), ("s3cr=t", "s3cr=t"))
+
+    def test_bad_variables_are_usage_errors_that_name_them(self) -> None:
+        missing = self.mktemp()
+        for environ, named in (
+            ({"IMAGESERVER_MAXIMUM_WIDTH": "wide"}, "IMAGESERVER_MAXIMUM_WIDTH"),
+            ({"IMAGESERVER_ENABLE_STATSD": "maybe"}, "IMAGESERVER_ENABLE_STATSD"),
+            ({"IMAGESERVER_SECRET_FILE": missing}, "IMAGESERVER_SECRET_FILE"),
+            ({"IMAGESERVER_SECRET": "a", "IMAGESERVER_SECRET_FILE": missing},
+             "IMAGESERVER_SECRET_FILE"),
+        ):  # fmt: skip
+            with self.assertRaises(UsageError, msg=environ) as caught:
+                parse(environ=environ)
+            self.assertIn(named, str(caught.exception))
+
+    def test_the_help_says_so(self) -> None:
+        self.assertIn("IMAGESERVER_<OPTION>", str(Options()))

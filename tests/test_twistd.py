@@ -25,6 +25,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from imageserver import __version__
+from imageserver.signing import sign
 from tests import s3server
 from tests.support import RED, YELLOW, TestCaseMixin, encode, quadrants
 from tests.test_manhole import client_key, ssh_into
@@ -186,6 +187,26 @@ class TwistdTests(TwistdCase):
         process.transport.signalProcess("TERM")  # type: ignore[union-attr]
         self.assertEqual(await process.ended, 0)
         self.assertIn(b"Server Shut Down.", process.output)
+
+    async def test_options_from_the_environment(self) -> None:
+        secret = self.mktemp()
+        with open(secret, "w") as f:
+            f.write("env-secret\n")
+        env = {"IMAGESERVER_SECRET_FILE": secret, "IMAGESERVER_MAXIMUM_WIDTH": "50",
+               "IMAGESERVER_OUTPUTS": "w20.png"}  # fmt: skip
+        await self.start_server("--maximum_width", "80", env=env)
+        response, _ = await self.call("POST", "/p", data=encode(quadrants((100, 80))))
+        self.assertEqual(response.code, 403)  # the secret came from the file
+        key = b"env-secret"
+        response, body = await self.call("POST", sign(key, "/p"),
+                                         data=encode(quadrants((100, 80))))  # fmt: skip
+        self.assertEqual(response.code, 200)
+        digest = json.loads(body)["hash"]
+        folder = f"/p/{digest[:3]}/{digest[3:6]}/{digest[6:9]}/{digest[9:]}"
+        response, _ = await self.call("GET", sign(key, f"{folder}/w20.png"))
+        self.assertEqual(response.code, 200)  # made at upload: IMAGESERVER_OUTPUTS
+        response, body = await self.call("GET", sign(key, f"{folder}/w70.png"))
+        self.assertEqual(response.code, 200)  # the command line's 80 wins over 50
 
     async def test_two_servers_share_one_bucket(self) -> None:
         moto = s3server.shared()
