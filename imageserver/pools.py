@@ -80,8 +80,8 @@ class ThreadPoolService(Service):
             self.name or "pool",
             size=lambda: pool.max,
             busy=lambda: len(pool.working),
-            # ThreadPool has no public queue length; _queue is its work queue.
-            queued=lambda: pool._queue.qsize(),
+            # Jobs beyond the threads wait: the count admission is made by.
+            queued=lambda: max(0, self.outstanding - self._size),
         )
 
     def startService(self) -> None:

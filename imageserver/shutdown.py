@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -13,9 +13,17 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from imageserver.waiting import drained
-from imageserver.web.site import BoundedSite
 
 log = Logger()
+
+
+class Drainable(Protocol):
+    """What a drain needs of a site (web.site.BoundedSite is one)."""
+
+    @property
+    def in_flight(self) -> int: ...
+
+    def wait_idle(self) -> Deferred[None]: ...
 
 
 class Deadline:
@@ -66,7 +74,7 @@ class RequestDrain(Service):
     listening.
     """
 
-    def __init__(self, site: BoundedSite, clock: IReactorTime, deadline: Deadline):
+    def __init__(self, site: Drainable, clock: IReactorTime, deadline: Deadline):
         self._site = site
         self._clock = clock
         self._deadline = deadline

@@ -47,3 +47,13 @@ class ThreadPoolServiceTests(TestCase):
         later.startService()
         self.addCleanup(later.stopService)
         self.assertEqual(await job, 7)
+
+    async def test_stats_count_the_jobs_waiting_for_a_thread(self) -> None:
+        release = threading.Event()
+        jobs = [self.pool.run(release.wait, 10) for _ in range(3)]
+        stats = self.pool.stats()
+        self.assertEqual((stats.size(), stats.queued()), (1, 2))
+        release.set()
+        for job in jobs:
+            await job
+        self.assertEqual(stats.queued(), 0)
