@@ -5,9 +5,8 @@
 Six photographs (as benchmarks/fidelity.py makes them: scikit-image's data
 upscaled to 12 MP, JPEG q95) are resized by
 
-  imageserver  its own pipeline (imaging.render_many), at its default quality
-               and at a ladder of qualities (for the curve), and for jpg also
-               its pixels encoded by jpegli (pyjpegli) on the same ladder;
+  imageserver  its own pipeline (imaging.render), at each format's default
+               quality and at a ladder of qualities (for the curve);
   thumbor      the real server from benchmarks/.thumbor-venv, as its docs
                deploy it (file loader, defaults: QUALITY 80, progressive JPEG,
                WEBP_QUALITY and AVIF_QUALITY unset, so 80);
@@ -48,8 +47,8 @@ from benchmarks.versus_thumbor import thumbor_command
 from imageserver import imaging
 from imageserver.naming import VariantRules
 
-LADDER = range(54, 91, 3)
-RULES = VariantRules(frozenset({"jpg", "webp", "avif", "jxl", "png"}), 75, 4000)
+LADDER = range(30, 97, 3)
+RULES = VariantRules(frozenset({"jpg", "webp", "avif", "jxl", "png"}), 0, 4000)
 LIMITS = imaging.Limits(100_000_000, 0, 4000)
 #: imgproxy's default encoder settings (its config.go), as libvips options.
 IMGPROXY = {
@@ -70,13 +69,6 @@ def ours(data: bytes, name: str, fmt: str, quality: int | None) -> bytes:
     variant = RULES.parse(f"{name}{q}.{fmt}")
     assert variant is not None
     return imaging.render(data, variant, LIMITS)
-
-
-def jpegli(data: bytes, name: str, quality: int) -> bytes:
-    import pyjpegli
-
-    pixels = Image.open(io.BytesIO(ours(data, name, "png", None))).convert("RGB")
-    return pyjpegli.encode(pixels.tobytes(), *pixels.size, quality=quality)
 
 
 def imgproxy(data: bytes, name: str, fmt: str) -> bytes:
@@ -120,8 +112,6 @@ def compare(
 ) -> None:
     """Add one photograph's figures for ``name`` in ``fmt`` to ``rows``."""
     ladders = {"imageserver": [rate(ours(data, name, fmt, q)) for q in LADDER]}
-    if fmt == "jpg":
-        ladders["jpegli"] = [rate(jpegli(data, name, q)) for q in LADDER]
     mine = rate(ours(data, name, fmt, None))
     peers = {"imgproxy": rate(imgproxy(data, name, fmt))}
     if thumbor is not None:

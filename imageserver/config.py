@@ -107,6 +107,13 @@ class Config:
         "Pixels each byte of an original may stand for, for originals over 4 "
         "megapixels (a 7000x7000 image in 140 bytes is refused); 0: no limit.",
     )
+    workers: int = setting(
+        1,
+        "Processes serving the main port; 0: one per CPU this process may use. "
+        "Above 1, the twistd process binds the ports, keeps the admin port and "
+        "supervises the workers; --processor_concurrency is shared among them.",
+        server_only=True,
+    )
     processor_concurrency: int = setting(
         0, "Threads decoding and encoding images; 0 means one per CPU."
     )
@@ -276,6 +283,8 @@ class Config:
     )
 
     def __post_init__(self) -> None:
+        if self.workers == 0:
+            object.__setattr__(self, "workers", _cpu_count())
         if self.processor_concurrency == 0:
             object.__setattr__(self, "processor_concurrency", _cpu_count())
         if self.uploader not in ("", "s3", "aws", "noop"):
@@ -284,6 +293,9 @@ class Config:
             raise ValueError("--uploader s3 needs --aws_bucket")
         if self.s3_acl and self.s3_acl not in CANNED_ACLS:
             raise ValueError(f"--s3_acl must be one of {', '.join(CANNED_ACLS)}")
+        if self.workers > 1 and (self.manhole or self.profile):
+            raise ValueError("--manhole and --profile work with one process only, "
+                             "not yet with --workers")  # fmt: skip
         if self.log_format not in ("text", "json"):
             raise ValueError("--log_format must be text or json")
         if not 0 < self.statsd_port < 65536:
@@ -357,6 +369,7 @@ class Config:
             "max_connections",
             "listen_backlog",
             "max_animation_frames",
+            "workers",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1")

@@ -141,7 +141,7 @@ OUTPUTS: dict[str, OutputFormat] = {
         16383,
         _webp_whole,
         animation=True,
-        quality=80,
+        quality=79,
         # method 6: 3-5 % fewer bytes at equal fidelity for 1.6x the encode
         # time (benchmarks/encoders.py); the encode is a small part of a render.
         options=MappingProxyType({"method": 6}),
@@ -155,7 +155,7 @@ OUTPUTS: dict[str, OutputFormat] = {
         65536,
         _bmff_whole,
         animation=True,
-        quality=70,
+        quality=61,
         # 4:4:4 keeps colour edges: 2 % fewer bytes at equal fidelity for
         # about the same encode time (benchmarks/encoders.py).
         options=MappingProxyType({"subsampling": "4:4:4"}),
@@ -169,7 +169,7 @@ OUTPUTS: dict[str, OutputFormat] = {
         True,
         2**30,
         _jxl_whole,
-        quality=80,
+        quality=78,
         options=MappingProxyType({"use_container": True}),
     ),
 }

@@ -40,3 +40,14 @@ class JSONLines:
             record["traceback"] = failure.getTraceback()
         self._out.write(json.dumps(record, default=repr) + "\n")
         self._out.flush()
+
+
+def tagged(observer: ILogObserver, worker: int) -> ILogObserver:
+    """``observer``, with every event marked as worker ``worker``'s: its
+    system in text logs (``[worker 2]``), a ``worker`` field in JSON ones."""
+
+    @implementer(ILogObserver)
+    def observe(event: LogEvent) -> None:
+        observer({**event, "log_system": f"worker {worker}", "worker": worker})
+
+    return observe  # type: ignore[return-value]

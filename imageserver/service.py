@@ -13,7 +13,8 @@ from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
-from twisted.logger import ILogObserver, Logger
+from twisted.internet.protocol import Factory
+from twisted.logger import ILogObserver, Logger, textFileLogObserver
 from twisted.python.components import Componentized
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import IResource
@@ -24,7 +25,7 @@ from imageserver.config import Config
 from imageserver.events import Events
 from imageserver.images import Images
 from imageserver.listening import Listening, StartupFailed
-from imageserver.logs import JSONLines
+from imageserver.logs import JSONLines, tagged
 from imageserver.naming import is_generated
 from imageserver.pools import ThreadPoolService
 from imageserver.shutdown import Deadline, OrderedMultiService, RequestDrain, Signals
@@ -43,6 +44,7 @@ from imageserver.web.admin import AdminApp, Readiness
 from imageserver.web.app import UNSIGNED_ROUTES, ImageServerApp, route_name
 from imageserver.web.debug import DebugApp, HeapTracing
 from imageserver.web.site import BodyBudget, BoundedSite, SignatureGuard
+from imageserver.workers import LISTENING_FD, AdoptedPort, Ready, Workers
 
 log = Logger()
 
@@ -65,15 +67,27 @@ class ImageServer(OrderedMultiService):
     application provides, if any.
     """
 
-    def __init__(self, config: Config, deadline: Deadline) -> None:
+    def __init__(
+        self, config: Config, deadline: Deadline, worker: int | None = None
+    ) -> None:
         super().__init__(deadline)
         self.setName("imageserver")
         self.config = config
+        self.worker = worker
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
-        if self.config.log_format == "json" and isinstance(parent, Componentized):
-            parent.setComponent(ILogObserver, JSONLines(sys.stdout))
+        if not isinstance(parent, Componentized):
+            return
+        observer: ILogObserver | None = None
+        if self.config.log_format == "json":
+            observer = JSONLines(sys.stdout)
+        elif self.worker is not None:
+            observer = textFileLogObserver(sys.stdout)
+        if observer is not None and self.worker is not None:
+            observer = tagged(observer, self.worker)
+        if observer is not None:
+            parent.setComponent(ILogObserver, observer)
 
     def privilegedStartService(self) -> None:
         """Check what can be checked, then open the ports.
@@ -111,6 +125,15 @@ class ImageServer(OrderedMultiService):
         if config.remote is not None:
             endpoint = config.s3_endpoint_url or "AWS"
             storage = f"bucket {config.aws_bucket} at {endpoint}, cached in {storage}"
+        if config.workers > 1:
+            log.info(
+                "imageserver {version} started: storage {storage}; {workers} "
+                "worker processes",
+                version=__version__,
+                storage=storage,
+                workers=config.workers,
+            )
+            return
         log.info(
             "imageserver {version} started: storage {storage}; {processing} "
             "processing threads, {io} I/O threads",
@@ -139,12 +162,19 @@ def raise_open_files_limit() -> int:
     return soft
 
 
-def make_service(config: Config, reactor: Any = None) -> MultiService:
+def make_service(
+    config: Config, reactor: Any = None, worker: int | None = None
+) -> MultiService:
+    """The server's service tree: a whole server; with ``--workers`` above 1,
+    the supervisor of that many; as ``worker`` N, one of them."""
     if reactor is None:
         from twisted.internet import reactor
     deadline = Deadline(reactor, config.shutdown_timeout)
-    top = ImageServer(config, deadline)
-    Signals(reactor).setServiceParent(top)
+    top = ImageServer(config, deadline, worker)
+    signals = Signals(reactor)
+    signals.setServiceParent(top)
+    if config.workers > 1:
+        return _supervisor(config, reactor, top, deadline, signals)
 
     statsd = None
     if config.enable_statsd:
@@ -161,7 +191,7 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
     if config.profile:
         HeapTracing().setServiceParent(top)
         debug = DebugApp(reactor)
-    if config.admin_endpoint is not None:
+    if config.admin_endpoint is not None and worker is None:
         admin = BoundedSite(
             AdminApp(readiness, events, debug).app.resource(), max_body_bytes=1024
         )
@@ -182,7 +212,7 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
         max_connections=config.max_connections,
         body_budget=BodyBudget(config.max_receiving_bytes),
     )
-    if config.manhole_endpoint is not None:
+    if config.manhole_endpoint is not None and worker is None:
         from imageserver.manhole import ManholeService  # conch: only when asked
 
         ManholeService(
@@ -202,8 +232,36 @@ def make_service(config: Config, reactor: Any = None) -> MultiService:
             passwords=config.manhole_passwords or None,
         ).setServiceParent(top)
     RequestDrain(site, reactor, deadline).setServiceParent(top)
-    Listening(reactor, config.endpoint, site, "main").setServiceParent(top)
+    if worker is None:
+        Listening(reactor, config.endpoint, site, "main").setServiceParent(top)
+    else:
+        AdoptedPort(reactor, LISTENING_FD, site).setServiceParent(top)
+        Ready(reactor).setServiceParent(top)
     # Last in, first out: readiness turns 503 before anything else stops.
+    readiness.setServiceParent(top)
+    return top
+
+
+def _supervisor(
+    config: Config,
+    reactor: Any,
+    top: ImageServer,
+    deadline: Deadline,
+    signals: Signals,
+) -> MultiService:
+    """Binds the ports and runs the workers; the admin port answers for all."""
+    main = Listening(reactor, config.endpoint, Factory(), "main")
+    workers = Workers(reactor, config, main, deadline)
+    signals.before_exit.append(workers.kill)
+    readiness = Readiness([workers])
+    if config.admin_endpoint is not None:  # stopped after the workers drain
+        admin = BoundedSite(
+            AdminApp(readiness, Events(), None).app.resource(), max_body_bytes=1024
+        )
+        Listening(reactor, config.admin_endpoint, admin, "admin").setServiceParent(top)
+    workers.setServiceParent(top)
+    # Stopped before the workers drain: the socket closes with their copies.
+    main.setServiceParent(top)
     readiness.setServiceParent(top)
     return top
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from types import FrameType
 from typing import Any, Protocol
 
@@ -104,6 +105,8 @@ class Signals(Service):
     def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
         self._stopping = False
+        #: Called just before exiting at once (a supervisor kills its workers).
+        self.before_exit: list[Callable[[], object]] = []
 
     def startService(self) -> None:
         super().startService()
@@ -118,6 +121,8 @@ class Signals(Service):
         name = signal.Signals(number).name
         if self._stopping:
             log.warn("received {signal} again: exiting now", signal=name)
+            for call in self.before_exit:
+                call()
             os._exit(0)
         self._stopping = True
         log.info("received {signal}: stopping (send it again to exit now)", signal=name)

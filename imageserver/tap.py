@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 from twisted.application.service import IService
 
 from imageserver.options import ServerOptions, exit_on_usage_error
 from imageserver.service import make_service
+from imageserver.workers import WORKER_ID, config_of_worker
 
 
 class Options(ServerOptions):
@@ -16,4 +19,9 @@ class Options(ServerOptions):
 
 
 def makeService(options: Options) -> IService:
+    """The server; in a worker process (started by a supervisor, see
+    imageserver.workers), the supervisor's configuration and number."""
+    worker = config_of_worker(os.environ)
+    if worker is not None:
+        return make_service(worker, worker=int(os.environ[WORKER_ID]))
     return make_service(options.config)

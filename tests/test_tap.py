@@ -87,6 +87,8 @@ class OptionsTests(SynchronousTestCase):
     def test_bad_values_are_usage_errors(self) -> None:
         for args in (
             ["--default_quality", "-1"],
+            ["--workers", "2", "--profile"],
+            ["--workers", "2", "--manhole", "tcp:0:interface=127.0.0.1"],
             ["--default_quality", "101"],
             ["--default_quality", "high"],
             ["--maximum_width", "0"],

@@ -1,0 +1,294 @@
+"""Worker processes: one port, several processes, each a whole server.
+
+With ``--workers`` above 1 the twistd process is a supervisor: it binds the
+main port (so privileges and port errors stay where they are today) but
+never accepts on it; it starts the workers, each a twistd process that adopts
+the listening socket (inherited as file descriptor `LISTENING_FD`) and runs
+the same service tree as a single server, minus the admin port, which the
+supervisor keeps. The kernel spreads connections over the processes
+accepting on the socket. A worker that dies is started again after a
+backoff; on stop, each worker is asked to drain (SIGTERM) and waited for
+within the shutdown deadline. A worker whose supervisor is gone (its
+standard input closes) stops by itself, so no orphan keeps the port.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.internet.main import CONNECTION_DONE
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from imageserver import config as configuration
+from imageserver.config import Config
+from imageserver.shutdown import Deadline
+from imageserver.waiting import drained
+
+log = Logger()
+
+#: The environment a worker is started with: its Config (JSON) and its number.
+WORKER_CONFIG = "IMAGESERVER_WORKER_CONFIG"
+WORKER_ID = "IMAGESERVER_WORKER_ID"
+#: The inherited listening socket, and the pipe a worker says it is ready on.
+LISTENING_FD = 3
+CONTROL_FD = 4
+#: Restart delays: doubled after each quick death, back to the first after a
+#: worker has lived `STABLE_SECONDS`.
+FIRST_BACKOFF, MAX_BACKOFF, STABLE_SECONDS = 0.5, 30.0, 60.0
+_TWISTD = "from twisted.scripts.twistd import run; run()"
+_TWISTD_ARGS = ("-n", "--pidfile=", "--logfile=-", "imageserver")
+
+
+def worker_config(config: Config) -> str:
+    """The Config a worker runs with, as JSON: the supervisor's, as one
+    process with its share of the processing threads."""
+    threads = threads_per_worker(config.processor_concurrency, config.workers)
+    one = dataclasses.replace(config, workers=1, processor_concurrency=threads)
+    return json.dumps(dataclasses.asdict(one))
+
+
+def config_of_worker(environ: Mapping[str, str]) -> Config | None:
+    """The Config of this process when it is a worker, else None."""
+    text = environ.get(WORKER_CONFIG)
+    if text is None:
+        return None
+    values: dict[str, Any] = json.loads(text)
+    for f in configuration.fields():
+        if isinstance(values.get(f.name), list):
+            values[f.name] = tuple(values[f.name])
+    return Config(**values)
+
+
+def threads_per_worker(processing: int, workers: int) -> int:
+    """Processing threads each worker gets: the cores shared out, at least
+    one, so workers x threads never oversubscribes them."""
+    return max(1, processing // workers)
+
+
+class _Worker(ProcessProtocol):
+    def __init__(self, supervisor: Workers, number: int) -> None:
+        self.supervisor = supervisor
+        self.number = number
+        self.ready = False
+        self.done = False
+        self._waiting: list[Deferred[None]] = []
+
+    def wait_ended(self) -> Deferred[None]:
+        """Fires once the process has ended (at once if it has)."""
+        d: Deferred[None] = Deferred()
+        if self.done:
+            d.callback(None)
+        else:
+            self._waiting.append(d)
+        return d
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == CONTROL_FD and b"ready" in data and not self.ready:
+            self.ready = True
+            log.info("worker {number} is ready", number=self.number)
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ready = False
+        self.done = True
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+        self.supervisor.ended(self, reason)
+
+
+class Workers(Service):
+    """Starts ``count`` workers on ``port``'s socket and keeps them running.
+
+    ``problem`` is None when every worker is ready (for the admin port's
+    readiness); ``restarts`` counts workers started again after dying.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        config: Config,
+        port: Any,
+        deadline: Deadline,
+    ) -> None:
+        self.setName("workers")
+        self._reactor = reactor
+        self._config = config
+        self._port = port
+        self._deadline = deadline
+        self._workers: dict[int, _Worker] = {}
+        self._backoff: dict[int, float] = {}
+        self._started: dict[int, float] = {}
+        self._pending: dict[int, Any] = {}
+        self.restarts = 0
+
+    @property
+    def problem(self) -> str | None:
+        ready = sum(1 for w in self._workers.values() if w.ready)
+        if ready < self._config.workers:
+            return f"{ready} of {self._config.workers} workers ready"
+        return None
+
+    def startService(self) -> None:
+        super().startService()
+        listening: IListeningPort = self._port.port
+        # The supervisor holds the socket for the workers; it never accepts.
+        listening.stopReading()  # type: ignore[attr-defined]
+        self._fd = listening.fileno()  # type: ignore[attr-defined]
+        for number in range(1, self._config.workers + 1):
+            self._spawn(number)
+
+    def _spawn(self, number: int) -> None:
+        self._pending.pop(number, None)
+        worker = _Worker(self, number)
+        env = {
+            **os.environ,
+            WORKER_CONFIG: worker_config(self._config),
+            WORKER_ID: str(number),
+        }
+        self._reactor.spawnProcess(
+            worker,
+            sys.executable,
+            [sys.executable, "-c", _TWISTD, *_TWISTD_ARGS],
+            env=env,
+            childFDs={0: "w", 1: 1, 2: 2, LISTENING_FD: self._fd, CONTROL_FD: "r"},
+        )
+        self._workers[number] = worker
+        self._started[number] = self._reactor.seconds()
+
+    def ended(self, worker: _Worker, reason: Failure) -> None:
+        number = worker.number
+        if self._workers.get(number) is not worker:
+            return
+        del self._workers[number]
+        if not self.running:
+            return
+        status = reason.value
+        how = (
+            f"signal {status.signal}"
+            if isinstance(status, ProcessTerminated) and status.signal
+            else f"exit status {getattr(status, 'exitCode', '?')}"
+        )
+        lived = self._reactor.seconds() - self._started[number]
+        delay = self._backoff.get(number, FIRST_BACKOFF)
+        if lived >= STABLE_SECONDS:
+            delay = FIRST_BACKOFF
+        self._backoff[number] = min(delay * 2, MAX_BACKOFF)
+        self.restarts += 1
+        log.warn(
+            "worker {number} ended ({how}) after {lived:.1f} s; starting it "
+            "again in {delay:.1f} s",
+            number=number,
+            how=how,
+            lived=lived,
+            delay=delay,
+        )
+        self._pending[number] = self._reactor.callLater(delay, self._spawn, number)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        for call in self._pending.values():
+            call.cancel()
+        self._pending.clear()
+        return Deferred.fromCoroutine(self._drain())
+
+    def kill(self) -> None:
+        """Ends every worker at once (SIGKILL), for an exit that cannot wait."""
+        for worker in self._workers.values():
+            _signal(worker, "KILL")
+
+    async def _drain(self) -> None:
+        workers = list(self._workers.values())
+        for worker in workers:
+            _signal(worker, "TERM")
+        for worker in workers:
+            if not await drained(
+                worker.wait_ended,
+                self._deadline.remaining,
+                self._reactor,
+                f"worker {worker.number}",
+            ):
+                log.warn("worker {number} did not stop: killed", number=worker.number)
+                _signal(worker, "KILL")
+                await worker.wait_ended()
+
+
+def _signal(worker: _Worker, name: str) -> None:
+    try:
+        worker.transport.signalProcess(name)  # type: ignore[union-attr]
+    except (ProcessDone, OSError, AttributeError):
+        pass  # already gone
+    except Exception as e:  # ProcessExitedAlready and the like
+        log.debug("signal {name} to worker: {e}", name=name, e=e)
+
+
+class AdoptedPort(Service):
+    """A worker's main port: the supervisor's listening socket, adopted."""
+
+    def __init__(self, reactor: Any, fd: int, factory: IProtocolFactory) -> None:
+        self._reactor = reactor
+        self._fd = fd
+        self._factory = factory
+        self.port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        family = socket.socket(fileno=os.dup(self._fd)).family
+        self.port = self._reactor.adoptStreamPort(self._fd, family, self._factory)
+        os.close(self._fd)  # the reactor holds its own copy
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        if self.port is None:
+            return None
+        port, self.port = self.port, None
+        return port.stopListening()  # type: ignore[no-any-return]
+
+
+class Ready(Service):
+    """Tells the supervisor this worker is ready, once every service started;
+    stops the worker when the supervisor is gone (standard input closes)."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        self._reactor.addReader(_Orphaned(self._reactor))
+        try:
+            os.write(CONTROL_FD, b"ready\n")
+        except OSError:
+            self._reactor.stop()
+
+
+class _Orphaned:
+    """Reads standard input; its end means the supervisor is gone."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def fileno(self) -> int:
+        return 0
+
+    def doRead(self) -> Any:
+        if not os.read(0, 512):
+            return CONNECTION_DONE  # the reactor calls connectionLost
+        return None
+
+    def connectionLost(self, reason: Failure) -> None:
+        log.warn("the supervisor is gone: stopping")
+        self._reactor.stop()
+
+    def logPrefix(self) -> str:
+        return "supervisor"

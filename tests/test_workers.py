@@ -1,0 +1,124 @@
+"""``--workers``: real twistd processes sharing one port on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from imageserver import workers
+from imageserver.config import Config
+from tests.support import encode, quadrants
+from tests.test_twistd import OperationsTests, TwistdCase
+
+
+def children(pid: int) -> set[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return {int(p) for p in f.read().split()}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+class WorkerConfigTests(TwistdCase):
+    def test_a_worker_runs_the_supervisor_s_config_as_one_process(self) -> None:
+        config = Config(workers=2, processor_concurrency=5, outputs=("x64.webp",))
+        env = {workers.WORKER_CONFIG: workers.worker_config(config)}
+        worker = workers.config_of_worker(env)
+        assert worker is not None
+        self.assertEqual((worker.workers, worker.processor_concurrency), (1, 2))
+        self.assertEqual(worker.outputs, ("x64.webp",))
+        self.assertIsNone(workers.config_of_worker({}))
+        self.assertEqual(workers.threads_per_worker(1, 4), 1)
+
+
+class WorkersTests(TwistdCase):
+    timeout = 90
+
+    async def start_workers(self, *extra: str) -> tuple[object, set[int]]:
+        process = await self.start_server("--workers", "2", *extra)
+        await process.wait_for(rb"worker 1 is ready")
+        await process.wait_for(rb"worker 2 is ready")
+        pid = process.transport.pid  # type: ignore[attr-defined]
+        pids = children(pid)
+        self.assertEqual(len(pids), 2)
+        for child in pids:
+            self.addCleanup(lambda c=child: alive(c) and os.kill(c, signal.SIGKILL))
+        return process, pids
+
+    async def ready(self) -> tuple[int, dict[str, str]]:
+        response, body = await self.call("GET", "/probe/ready", port=self.admin_port)
+        return response.code, json.loads(body)
+
+    async def test_two_workers_serve_one_port_and_one_dies(self) -> None:
+        process, pids = await self.start_workers()
+        self.assertEqual(await self.ready(), (200, {"message": "OK"}))
+        photo = encode(quadrants((320, 240)))
+        response, body = await self.call("POST", "/p?outputs=w64.png", data=photo)
+        self.assertEqual(response.code, 200)
+        digest = json.loads(body)["hash"]
+        folder = f"/p/{digest[:3]}/{digest[3:6]}/{digest[6:9]}/{digest[9:]}"
+
+        victim = min(pids)
+        os.kill(victim, signal.SIGKILL)
+        await process.wait_for(rb"worker \d ended \(signal 9\)")  # type: ignore[attr-defined]
+        self.assertEqual((await self.ready())[0], 503)  # one of two is starting
+        for _ in range(10):  # the other worker answers meanwhile
+            response, _ = await self.call("GET", f"{folder}/w64.png")
+            self.assertEqual(response.code, 200)
+        while len(children(process.transport.pid)) < 2:  # type: ignore[attr-defined]
+            await deferLater(reactor, 0.1)
+        await process.wait_for(rb"(?s)ended \(signal 9\).*is ready")  # type: ignore[attr-defined]
+        self.assertEqual(await self.ready(), (200, {"message": "OK"}))
+        self.assertNotIn(victim, children(process.transport.pid))  # type: ignore[attr-defined]
+        response, _ = await self.call("GET", f"{folder}/w32.png")
+        self.assertEqual(response.code, 200)
+
+        process.transport.signalProcess("TERM")  # type: ignore[attr-defined]
+        self.assertEqual(await process.ended, 0)  # type: ignore[attr-defined]
+        self.assertFalse(any(alive(p) for p in pids - {victim}))
+
+    async def test_a_worker_outlives_no_supervisor(self) -> None:
+        process, pids = await self.start_workers()
+        process.transport.signalProcess("KILL")  # type: ignore[attr-defined]
+        await process.ended  # type: ignore[attr-defined]
+        for _ in range(100):
+            if not any(alive(p) for p in pids):
+                break
+            await deferLater(reactor, 0.1)
+        self.assertFalse(any(alive(p) for p in pids))
+
+    async def test_logs_name_the_worker(self) -> None:
+        process, _ = await self.start_workers("--log_format", "json")
+        await self.call("GET", "/status_check")
+        process.transport.signalProcess("TERM")  # type: ignore[attr-defined]
+        self.assertEqual(await process.ended, 0)  # type: ignore[attr-defined]
+        records = [json.loads(line) for line in process.output.splitlines()]  # type: ignore[attr-defined]
+        access = [r for r in records if r["namespace"] == "imageserver.access"]
+        self.assertEqual(len(access), 1)
+        self.assertIn(access[0]["worker"], (1, 2))
+
+
+class WorkerDrainTests(TwistdCase):
+    """SIGTERM drains the workers' requests in flight, as one process does;
+    a second signal exits at once."""
+
+    held_upload = OperationsTests.held_upload
+    test_sigterm_drains = (
+        OperationsTests.test_sigterm_finishes_requests_in_flight_then_exits_0
+    )
+    test_second_signal = OperationsTests.test_second_signal_exits_at_once
+
+    async def start_server(self, *extra: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+        process = await super().start_server("--workers", "2", *extra, env=env)
+        await process.wait_for(rb"worker 1 is ready")
+        await process.wait_for(rb"worker 2 is ready")
+        return process
