@@ -90,6 +90,7 @@ class Events:
         self.in_flight = Gauge(
             "imageserver_http_requests_in_flight",
             "Requests received and not yet answered.",
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.variants = Counter(
@@ -144,6 +145,7 @@ class Events:
         self.uploads_pending = Gauge(
             "imageserver_background_uploads_pending",
             "Background uploads not yet in the remote store.",
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.writes = Counter(
@@ -156,6 +158,7 @@ class Events:
         self.writes_pending = Gauge(
             "imageserver_background_writes_pending",
             "Generated variants served but not yet written to storage.",
+            multiprocess_mode="livesum",
             registry=r,
         )
         self._pools = _PoolCollector()

@@ -11,6 +11,7 @@ import resource
 import sys
 from typing import Any
 
+from prometheus_client import CollectorRegistry, ProcessCollector
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
@@ -193,7 +194,8 @@ def make_service(
         debug = DebugApp(reactor)
     if config.admin_endpoint is not None and worker is None:
         admin = BoundedSite(
-            AdminApp(readiness, events, debug).app.resource(), max_body_bytes=1024
+            AdminApp(readiness, events.registry, debug).app.resource(),
+            max_body_bytes=1024,
         )
         Listening(reactor, config.admin_endpoint, admin, "admin").setServiceParent(top)
 
@@ -255,8 +257,11 @@ def _supervisor(
     signals.before_exit.append(workers.kill)
     readiness = Readiness([workers])
     if config.admin_endpoint is not None:  # stopped after the workers drain
+        registry = CollectorRegistry()
+        registry.register(workers.metrics)
+        ProcessCollector(registry=registry)
         admin = BoundedSite(
-            AdminApp(readiness, Events(), None).app.resource(), max_body_bytes=1024
+            AdminApp(readiness, registry, None).app.resource(), max_body_bytes=1024
         )
         Listening(reactor, config.admin_endpoint, admin, "admin").setServiceParent(top)
     workers.setServiceParent(top)

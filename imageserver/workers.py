@@ -15,13 +15,18 @@ standard input closes) stops by itself, so no orphan keeps the port.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
+import shutil
 import socket
 import sys
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
@@ -77,12 +82,32 @@ def threads_per_worker(processing: int, workers: int) -> int:
     return max(1, processing // workers)
 
 
+#: Where prometheus_client keeps a process's metrics in files, to be summed.
+METRICS_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class WorkerMetrics(Collector):
+    """Every worker's counters, histograms and gauges, summed over workers
+    (prometheus_client's multiprocess mode: each worker writes its values to
+    files in `path`; the dead's counters still count, their gauges not)."""
+
+    def __init__(self) -> None:
+        self.path: str | None = None
+
+    def collect(self) -> Iterator[Any]:
+        if self.path is None:
+            return iter(())
+        files = glob.glob(os.path.join(self.path, "*.db"))
+        return iter(MultiProcessCollector.merge(files, accumulate=True))
+
+
 class _Worker(ProcessProtocol):
     def __init__(self, supervisor: Workers, number: int) -> None:
         self.supervisor = supervisor
         self.number = number
         self.ready = False
         self.done = False
+        self.pid: int | None = None
         self._waiting: list[Deferred[None]] = []
 
     def wait_ended(self) -> Deferred[None]:
@@ -132,6 +157,7 @@ class Workers(Service):
         self._started: dict[int, float] = {}
         self._pending: dict[int, Any] = {}
         self.restarts = 0
+        self.metrics = WorkerMetrics()
 
     @property
     def problem(self) -> str | None:
@@ -146,6 +172,7 @@ class Workers(Service):
         # The supervisor holds the socket for the workers; it never accepts.
         listening.stopReading()  # type: ignore[attr-defined]
         self._fd = listening.fileno()  # type: ignore[attr-defined]
+        self.metrics.path = tempfile.mkdtemp(prefix="imageserver-metrics-")
         for number in range(1, self._config.workers + 1):
             self._spawn(number)
 
@@ -156,6 +183,7 @@ class Workers(Service):
             **os.environ,
             WORKER_CONFIG: worker_config(self._config),
             WORKER_ID: str(number),
+            METRICS_DIRECTORY: self.metrics.path or "",
         }
         self._reactor.spawnProcess(
             worker,
@@ -166,9 +194,12 @@ class Workers(Service):
         )
         self._workers[number] = worker
         self._started[number] = self._reactor.seconds()
+        worker.pid = worker.transport.pid  # type: ignore[union-attr]
 
     def ended(self, worker: _Worker, reason: Failure) -> None:
         number = worker.number
+        if self.metrics.path is not None and worker.pid is not None:
+            mark_process_dead(worker.pid, self.metrics.path)  # its gauges go
         if self._workers.get(number) is not worker:
             return
         del self._workers[number]
@@ -222,6 +253,9 @@ class Workers(Service):
                 log.warn("worker {number} did not stop: killed", number=worker.number)
                 _signal(worker, "KILL")
                 await worker.wait_ended()
+        if self.metrics.path is not None:
+            shutil.rmtree(self.metrics.path, ignore_errors=True)
+            self.metrics.path = None
 
 
 def _signal(worker: _Worker, name: str) -> None:

@@ -11,7 +11,9 @@ class ProbeTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.readiness = Readiness()
         self.events = Events()
-        self.client = StubTreq(AdminApp(self.readiness, self.events).app.resource())
+        self.client = StubTreq(
+            AdminApp(self.readiness, self.events.registry).app.resource()
+        )
 
     def get(self, path: str) -> tuple[int, object]:
         response = self.successResultOf(self.client.get("http://admin" + path))

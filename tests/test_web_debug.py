@@ -21,7 +21,7 @@ def busy_worker_function() -> int:
 class DebugTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        app = AdminApp(Readiness(), Events(), DebugApp(self.clock))
+        app = AdminApp(Readiness(), Events().registry, DebugApp(self.clock))
         self.client = StubTreq(app.app.resource())
 
     def get(self, path: str) -> tuple[int, bytes, object]:
@@ -99,6 +99,6 @@ class DebugTests(SynchronousTestCase):
         self.assertIn(b"test_thread_stacks", body)
 
     def test_off_without_profile(self) -> None:
-        client = StubTreq(AdminApp(Readiness(), Events()).app.resource())
+        client = StubTreq(AdminApp(Readiness(), Events().registry).app.resource())
         response = self.successResultOf(client.get("http://admin/debug/threads"))
         self.assertEqual(response.code, 404)

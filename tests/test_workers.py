@@ -6,6 +6,7 @@ import json
 import os
 import signal
 
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
@@ -85,6 +86,23 @@ class WorkersTests(TwistdCase):
         process.transport.signalProcess("TERM")  # type: ignore[attr-defined]
         self.assertEqual(await process.ended, 0)  # type: ignore[attr-defined]
         self.assertFalse(any(alive(p) for p in pids - {victim}))
+
+    async def test_metrics_are_summed_over_workers(self) -> None:
+        await self.start_workers()
+        for _ in range(20):
+            response, _ = await self.call("GET", "/status_check")
+            self.assertEqual(response.code, 200)
+        response, body = await self.call("GET", "/metrics", port=self.admin_port)
+        self.assertEqual(response.code, 200)
+        served = {
+            sample.labels.get("pid", "all"): sample.value
+            for family in text_string_to_metric_families(body.decode())
+            for sample in family.samples
+            if sample.name == "imageserver_http_requests_total"
+            and sample.labels.get("route") == "status_check"
+        }
+        self.assertEqual(served, {"all": 20.0})
+        self.assertIn(b"imageserver_http_requests_in_flight 0.0", body)
 
     async def test_a_worker_outlives_no_supervisor(self) -> None:
         process, pids = await self.start_workers()

@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from klein import Klein, Response
+from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from twisted.application.service import Service
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 
-from imageserver.events import Events
 from imageserver.web.debug import DebugApp
 from imageserver.web.responses import json_response, routing_error, server_error
 
@@ -53,10 +53,13 @@ class AdminApp:
     app = Klein()
 
     def __init__(
-        self, readiness: Readiness, events: Events, debug: DebugApp | None = None
+        self,
+        readiness: Readiness,
+        registry: CollectorRegistry,
+        debug: DebugApp | None = None,
     ) -> None:
         self._readiness = readiness
-        self._events = events
+        self._registry = registry
         self._debug = debug
 
     @app.route("/probe/live", methods=["GET"])
@@ -74,7 +77,7 @@ class AdminApp:
     def metrics(self, request: IRequest) -> Response:
         """Prometheus text format, or OpenMetrics when the scraper asks for it."""
         encode, content_type = choose_encoder(request.getHeader("Accept") or "")
-        body = encode(self._events.registry)
+        body = encode(self._registry)
         return Response(
             200,
             {"Content-Type": content_type, "Content-Length": str(len(body))},
