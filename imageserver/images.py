@@ -29,6 +29,7 @@ from imageserver.errors import (
 )
 from imageserver.events import Events
 from imageserver.flights import Flights
+from imageserver.hostlocks import HostLocks
 from imageserver.naming import (
     AUTO,
     INFO,
@@ -82,8 +83,12 @@ class Images:
         events: Events | None = None,
         clock: IReactorTime | None = None,
         processing_timeout: float | None = None,
+        host_locks: HostLocks | None = None,
     ) -> None:
         self._clock = clock
+        #: With several workers on this host: locks that make one of them
+        #: render a new variant or store a new upload (see hostlocks).
+        self._host_locks = host_locks
         self._processing_timeout = processing_timeout
         self._storage = storage
         self._events = events or Events()
@@ -336,6 +341,14 @@ class Images:
         info.json is the mark of a complete upload: an original whose upload
         died half-way is stored again by the next upload of the same bytes.
         """
+        if self._host_locks is None:
+            return await self._ingest_now(image, data, variants)
+        async with self._host_locks.holding([image.key(INFO)]):
+            return await self._ingest_now(image, data, variants)
+
+    async def _ingest_now(
+        self, image: ImageId, data: bytes, variants: Sequence[Variant]
+    ) -> dict[ImageId, bytes]:
         existing = await self._storage.get(image.key(INFO))
         if existing is not None:
             return {image: existing.data}
@@ -391,6 +404,30 @@ class Images:
         return {by_key[k].name: await d for k, d in waiting.items()}
 
     async def _render(
+        self,
+        image: ImageId,
+        variants: list[Variant],
+        original: bytes | None,
+        durable: bool,
+    ) -> dict[str, StoredObject]:
+        if self._host_locks is None:
+            return await self._render_now(image, variants, original, durable)
+        # Another worker of this host may be making the same variants: one
+        # renders and stores them (durably, before letting go), the others
+        # find them stored.
+        keys = [image.key(v.name) for v in variants]
+        async with self._host_locks.holding(keys):
+            done: dict[str, StoredObject] = {}
+            for key in keys:
+                stored = await self._storage.get(key)
+                if stored is not None:
+                    done[key] = stored
+            todo = [v for k, v in zip(keys, variants, strict=True) if k not in done]
+            if todo:
+                done.update(await self._render_now(image, todo, original, True))
+            return done
+
+    async def _render_now(
         self,
         image: ImageId,
         variants: list[Variant],

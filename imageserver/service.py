@@ -24,6 +24,7 @@ from imageserver import __version__
 from imageserver.batches import Batches
 from imageserver.config import Config
 from imageserver.events import Events
+from imageserver.hostlocks import HostLocks
 from imageserver.images import Images
 from imageserver.listening import Listening, StartupFailed
 from imageserver.logs import JSONLines, tagged
@@ -182,7 +183,9 @@ def make_service(
         statsd = StatsdClient(reactor, config.statsd_host, config.statsd_port)
         statsd.setServiceParent(top)
     events = Events(statsd=statsd, statsd_prefix=config.statsd_prefix)
-    images, storage, pools = make_images(config, reactor, top, events, deadline)
+    images, storage, pools = make_images(
+        config, reactor, top, events, deadline, shared_host=worker is not None
+    )
 
     _, io_pool = pools
     writable = WritableCheck(config.local_base_path, reactor, io_pool.run)
@@ -278,6 +281,7 @@ def make_images(
     events: Events,
     deadline: Deadline,
     persistent_connections: bool = True,
+    shared_host: bool = False,
 ) -> tuple[Images, Storage, list[ThreadPoolService]]:
     """The use cases with their pools, storage and source fetcher, as services.
 
@@ -328,6 +332,9 @@ def make_images(
         events=events,
         clock=reactor,
         processing_timeout=config.processing_timeout,
+        host_locks=(
+            HostLocks(config.local_base_path, io.run, reactor) if shared_host else None
+        ),
     )
     return images, storage, [processing, io]
 

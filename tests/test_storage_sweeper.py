@@ -63,6 +63,11 @@ class CacheSweeperTests(SynchronousTestCase):
         self.assertTrue(os.path.exists(writing))
         self.assertFalse(os.path.exists(crashed))
 
+    def test_the_workers_lock_files_are_not_the_store_s(self) -> None:
+        lock = self.file(".locks/0a1f", STALE_TEMPORARY + 1)
+        self.assertEqual(self.successResultOf(self.sweeper.sweep()), 0)
+        self.assertTrue(os.path.exists(lock))
+
     def test_missing_root_is_not_an_error(self) -> None:
         self.assertEqual(self.successResultOf(self.sweeper.sweep()), 0)
 

@@ -8,6 +8,7 @@ import signal
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 
 from imageserver import workers
@@ -103,6 +104,38 @@ class WorkersTests(TwistdCase):
         }
         self.assertEqual(served, {"all": 20.0})
         self.assertIn(b"imageserver_http_requests_in_flight 0.0", body)
+
+    async def metric(self, name: str) -> float:
+        _, body = await self.call("GET", "/metrics", port=self.admin_port)
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(body.decode())
+            for sample in family.samples
+            if sample.name == name
+        )
+
+    async def test_one_render_for_concurrent_requests_over_workers(self) -> None:
+        await self.start_workers()
+        photo = encode(quadrants((1200, 900)))
+        _, body = await self.call("POST", "/p", data=photo)
+        digest = json.loads(body)["hash"]
+        folder = f"/p/{digest[:3]}/{digest[3:6]}/{digest[6:9]}/{digest[9:]}"
+        self.assertEqual(
+            await self.metric("imageserver_processing_duration_seconds_count"), 1
+        )
+        for name in ("w77.png", "x50.webp"):
+            requests = [
+                Deferred.fromCoroutine(self.call("GET", f"{folder}/{name}"))
+                for _ in range(20)
+            ]
+            bodies = {body for response, body in await gatherResults(requests)}
+            self.assertEqual(len(bodies), 1)
+        # The upload, and one render per name, whichever worker answered.
+        self.assertEqual(
+            await self.metric("imageserver_processing_duration_seconds_count"), 3
+        )
+        served = await self.metric("imageserver_http_requests_total")
+        self.assertGreaterEqual(served, 41)
 
     async def test_a_worker_outlives_no_supervisor(self) -> None:
         process, pids = await self.start_workers()

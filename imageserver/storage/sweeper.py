@@ -86,6 +86,8 @@ def sweep(root: str, cutoff: float | None, stale_cutoff: float) -> int:
     """
     removed = 0
     for folder, _, files in os.walk(root, topdown=False):
+        if folder != root and os.path.relpath(folder, root).startswith("."):
+            continue  # not the store's: the workers' lock files (hostlocks)
         orphan = (
             cutoff is None
             and ORIGINAL in files
