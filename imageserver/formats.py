@@ -142,8 +142,9 @@ OUTPUTS: dict[str, OutputFormat] = {
         _webp_whole,
         animation=True,
         quality=79,
-        # method 6: 3-5 % fewer bytes at equal fidelity for 1.6x the encode
-        # time (benchmarks/encoders.py); the encode is a small part of a render.
+        # method 6: 3 % fewer bytes at equal fidelity, which puts WebP 6-8 %
+        # under the peers'; for 1.0x (w200) to 1.65x (w800) the CPU of a
+        # render from a 12 MP JPEG (docs/performance.md).
         options=MappingProxyType({"method": 6}),
     ),
     # libavif's limit.
@@ -155,7 +156,7 @@ OUTPUTS: dict[str, OutputFormat] = {
         65536,
         _bmff_whole,
         animation=True,
-        quality=61,
+        quality=62,
         # 4:4:4 keeps colour edges: 2 % fewer bytes at equal fidelity for
         # about the same encode time (benchmarks/encoders.py).
         options=MappingProxyType({"subsampling": "4:4:4"}),
