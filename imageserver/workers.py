@@ -14,6 +14,7 @@ standard input closes) stops by itself, so no orphan keeps the port.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import json
@@ -29,7 +30,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.error import ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.protocol import ProcessProtocol
@@ -38,6 +39,7 @@ from twisted.python.failure import Failure
 
 from imageserver import config as configuration
 from imageserver.config import Config
+from imageserver.listening import Listening
 from imageserver.shutdown import Deadline
 from imageserver.waiting import drained
 
@@ -259,35 +261,23 @@ class Workers(Service):
 
 
 def _signal(worker: _Worker, name: str) -> None:
-    try:
+    with contextlib.suppress(ProcessExitedAlready, OSError):  # already gone
         worker.transport.signalProcess(name)  # type: ignore[union-attr]
-    except (ProcessDone, OSError, AttributeError):
-        pass  # already gone
-    except Exception as e:  # ProcessExitedAlready and the like
-        log.debug("signal {name} to worker: {e}", name=name, e=e)
 
 
-class AdoptedPort(Service):
+class AdoptedPort(Listening):
     """A worker's main port: the supervisor's listening socket, adopted."""
 
     def __init__(self, reactor: Any, fd: int, factory: IProtocolFactory) -> None:
-        self._reactor = reactor
+        super().__init__(reactor, f"inherited file descriptor {fd}", factory, "main")
         self._fd = fd
-        self._factory = factory
-        self.port: IListeningPort | None = None
 
-    def startService(self) -> None:
-        super().startService()
-        family = socket.socket(fileno=os.dup(self._fd)).family
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
+        with socket.socket(fileno=os.dup(self._fd)) as inherited:
+            family = inherited.family
         self.port = self._reactor.adoptStreamPort(self._fd, family, self._factory)
         os.close(self._fd)  # the reactor holds its own copy
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        if self.port is None:
-            return None
-        port, self.port = self.port, None
-        return port.stopListening()  # type: ignore[no-any-return]
 
 
 class Ready(Service):
