@@ -3,31 +3,33 @@
     python3 benchmarks/versus_thumbor.py [--rounds 3] [--seconds 4]
 
 Installs thumbor into benchmarks/.thumbor-venv the first time (from PyPI),
-starts both servers on loopback (one process each; thumbor reads the images
-with its file loader and keeps results in its file result storage), and runs,
-alternating A/B, ``--rounds`` runs of ``--seconds`` each:
+starts four servers on loopback: imageserver as one process and with
+``--workers`` = cores, thumbor as one process and with ``--processes`` =
+cores (as its docs deploy it; it reads the images with its file loader and
+keeps results in its file result storage, one per server), and runs, each
+server in turn, ``--rounds`` runs of ``--seconds`` each:
 
-  CPU          first, one thread: our processing function and bare Pillow
-               (draft, LANCZOS, encode) over the cold runs' widths; the
-               bare-Pillow limit is cores / that cost
+  CPU          first, one thread: our processing function and the bare
+               work (draft with the same headroom, LANCZOS, jpegli) over the
+               cold runs' widths; the bare-Pillow limit is cores / that cost
   cold 12 MP   never-seen widths, exact (height a whole number: 100..496
-               step 4) and arbitrary (180..220), at 2, 8 and 32 connections,
-               each also as a share of the bare-Pillow limit
+               step 4) and arbitrary (180..220), at 2, 8 and 32 connections
   cold 800x600 never-seen widths, at 2, 8 and 32 connections
   cold PNG     a 2000x2000 PNG with alpha to never-seen widths, 8 connections
-  cached       one URL repeated, 8 connections
-  upload       a new 800x600 JPEG with two outputs (imageserver only)
+  cached       one URL repeated, 8 and 32 connections
 
-Never-seen means never seen in the whole run: no cold request is a cache hit.
-The load comes from wrk when installed (``apt-get install wrk``), else from a
-Python client (benchmarks/common.py). Prints medians (requests/s, p50 and p99
-latency, the client's CPU per request), each server's peak RSS and the ratio
-imageserver/thumbor, and writes them to benchmarks/results/.
+Never-seen means never seen by that server in the whole run: no cold request
+is a cache hit. The load comes from wrk when installed (``apt-get install
+wrk``), else from a Python client (benchmarks/common.py). Prints medians
+(requests/s, p50 and p99 latency, the server's CPU per request, children
+included, and the share of the bare-Pillow limit), each server's peak RSS,
+and writes them to benchmarks/results/.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import hashlib
 import io
@@ -39,10 +41,8 @@ import random
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Sequence
-from itertools import count
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -107,14 +107,17 @@ ARBITRARY_WIDTHS = list(range(180, 221))
 
 
 def bare_pillow(data: bytes, width: int, quality: int = 75) -> bytes:
-    """The least work for a width variant of a JPEG: draft, LANCZOS, encode."""
+    """The least work for a width variant of a JPEG, done as the server does
+    it: a draft keeping `imaging.DRAFT_HEADROOM` times the output's pixels,
+    LANCZOS, and the jpg row's encoder (jpegli)."""
+    import pyjpegli
+
     image = Image.open(io.BytesIO(data))
     height = round(width * image.height / image.width)
-    image.draft("RGB", (width, height))
+    headroom = imaging.DRAFT_HEADROOM
+    image.draft("RGB", (width * headroom, height * headroom))
     image = image.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=quality)
-    return out.getvalue()
+    return pyjpegli.encode(image.tobytes(), width, height, quality=quality)
 
 
 def cpu_section(data: bytes) -> dict[str, float]:
@@ -164,7 +167,6 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     args = parser.parse_args()
     thumbor = thumbor_command()
-    seeds = count(300)
     print(f"load client: {CLIENT}", flush=True)
     big = photo()
     # Measured first, on a quiet machine: the limit the cold runs are held to.
@@ -187,160 +189,51 @@ def main() -> None:
         for name, (data, _) in images.items():
             with open(os.path.join(root, name), "wb") as f:
                 f.write(data)
-        with open(os.path.join(root, "thumbor.conf"), "w") as f:
-            f.write(
-                "LOADER = 'thumbor.loaders.file_loader'\n"
-                f"FILE_LOADER_ROOT_PATH = {root!r}\n"
-                "ALLOW_UNSAFE_URL = True\n"
-                "STORAGE = 'thumbor.storages.no_storage'\n"
-                "RESULT_STORAGE = 'thumbor.result_storages.file_storage'\n"
-                "RESULT_STORAGE_STORES_UNSAFE = True\n"
-                f"RESULT_STORAGE_FILE_STORAGE_ROOT_PATH = {root + '/results'!r}\n"
-                "MAX_WIDTH = 0\nMAX_HEIGHT = 0\n"
-            )
-        ours_port, theirs_port = free_port(), free_port()
-        ours_cmd = twistd(
-            "imageserver",
-            "--port",
-            str(ours_port),
-            "--admin_port",
-            "none",
-            "--local_base_path",
-            "store",
-            "--maximum_width",
-            "4000",
-            "--max_pending",
-            "1000",
-        )
-        theirs_cmd = [
-            thumbor,
-            "-i",
-            "127.0.0.1",
-            "-p",
-            str(theirs_port),
-            "-c",
-            os.path.join(root, "thumbor.conf"),
-            "-l",
-            "error",
-        ]
+        servers: dict[str, tuple[list[str], str]] = {}
+        for label, n in (("ours", 1), (f"ours --workers {cores}", cores)):
+            servers[label] = (twistd(
+                "imageserver", "--port", "{port}", "--admin_port", "none",
+                "--local_base_path", f"store-{n}", "--maximum_width", "4000",
+                "--max_pending", "1000", "--workers", str(n),
+            ), "/status_check")  # fmt: skip
+        for label, n in (("thumbor", 1), (f"thumbor --processes {cores}", cores)):
+            conf = os.path.join(root, f"thumbor-{n}.conf")
+            with open(conf, "w") as f:
+                f.write(
+                    "LOADER = 'thumbor.loaders.file_loader'\n"
+                    f"FILE_LOADER_ROOT_PATH = {root!r}\n"
+                    "ALLOW_UNSAFE_URL = True\n"
+                    "STORAGE = 'thumbor.storages.no_storage'\n"
+                    "RESULT_STORAGE = 'thumbor.result_storages.file_storage'\n"
+                    "RESULT_STORAGE_STORES_UNSAFE = True\n"
+                    "RESULT_STORAGE_FILE_STORAGE_ROOT_PATH = "
+                    f"{os.path.join(root, f'results-{n}')!r}\n"
+                    "MAX_WIDTH = 0\nMAX_HEIGHT = 0\n"
+                )
+            command = [thumbor, "-i", "127.0.0.1", "-p", "{port}", "-c", conf,
+                       "-l", "error", "--processes", str(n)]  # fmt: skip
+            servers[label] = (command, "/healthcheck")
         env = {"PYTHONPATH": CHECKOUT}
-        with (
-            Server(ours_cmd, ours_port, root, env) as ours,
-            Server(theirs_cmd, theirs_port, root) as theirs,
-        ):
-            ours.wait("/status_check")
-            theirs.wait("/healthcheck")
-            for data, _ in images.values():
-                upload = urllib.request.Request(
-                    ours.url("/p"), data=data, method="POST"
-                )
-                urllib.request.urlopen(upload).read()
-            pair = Pair(images)
-            table: dict[str, dict[str, Any]] = {}
-
-            never_seen = NeverSeen()
-
-            def compare(label: str, paths_for: Any, connections: int) -> None:
-                """A/B for each round, ``args.seconds`` each, paths from
-                ``paths_for(server)`` (a list, and what to do with the count
-                of requests sent)."""
-                runs: dict[str, list[Any]] = {"ours": [], "thumbor": []}
-                for _ in range(args.rounds):
-                    for name, server in (("ours", ours), ("thumbor", theirs)):
-                        paths, spent = paths_for(name)
-                        result = load(
-                            server, paths, connections, args.seconds, bool(spent)
+        with contextlib.ExitStack() as stack:
+            running: dict[str, Server] = {}
+            for label, (command, health) in servers.items():
+                port = free_port()
+                command = [a.replace("{port}", str(port)) for a in command]
+                running[label] = stack.enter_context(Server(command, port, root, env))
+                running[label].wait(health)
+            for label, server in running.items():
+                if label.startswith("ours"):
+                    for data, _ in images.values():
+                        upload = urllib.request.Request(
+                            server.url("/p"), data=data, method="POST"
                         )
-                        if spent:
-                            spent(result["sent"])
-                        runs[name].append(result)
-                table[label] = {n: median_of(r) for n, r in runs.items()}
-                a, b = table[label]["ours"], table[label]["thumbor"]
-                table[label]["ratio"] = a["per_second"] / b["per_second"]
-                print(
-                    f"{label:34} ours {a['per_second']:7.1f}/s"
-                    f" p50 {a['p50_ms']:7.1f} ms p99 {a['p99_ms']:7.1f} |"
-                    f" thumbor {b['per_second']:7.1f}/s p50 {b['p50_ms']:7.1f}"
-                    f" p99 {b['p99_ms']:7.1f} | ratio {table[label]['ratio']:.2f}",
-                    flush=True,
-                )
-
-            def cold(image: str, widths: Sequence[int], ext: str = "jpg") -> Any:
-                def paths_for(server: str) -> tuple[list[str], Any]:
-                    pairs = never_seen.take(server, image, widths)
-                    url = pair.ours if server == "ours" else pair.theirs
-                    paths = [url(image, w, q, ext) for w, q in pairs]
-
-                    def spent(sent: int) -> None:
-                        never_seen.spend(server, image, pairs[:sent])
-
-                    return paths, spent
-
-                return paths_for
-
-            big_rows = []
-            for connections in (2, 8, 32):
-                for kind, widths in (
-                    ("exact", EXACT_WIDTHS),
-                    ("arbitrary", ARBITRARY_WIDTHS),
-                ):
-                    label = f"cold 12MP {kind} widths, c={connections}"
-                    compare(label, cold("big.jpg", widths), connections)
-                    big_rows.append(label)
-            for label in big_rows:
-                row = table[label]
-                row["of_limit"] = {
-                    n: row[n]["per_second"] / limit for n in ("ours", "thumbor")
-                }
-                print(
-                    f"{label:34} of the bare-Pillow limit ({limit:.0f}/s):"
-                    f" ours {row['of_limit']['ours']:.2f},"
-                    f" thumbor {row['of_limit']['thumbor']:.2f}"
-                )
-            for connections in (2, 8, 32):
-                compare(
-                    f"cold 800x600, c={connections}",
-                    cold("small.jpg", range(100, 400)),
-                    connections,
-                )
-            compare(
-                "cold PNG alpha -> png, c=8",
-                cold("alpha.png", range(100, 400), "png"),
-                8,
-            )
-            cached_ours = pair.ours("small.jpg", 300, 80)
-            cached_theirs = pair.theirs("small.jpg", 300, 80)
-            compare(
-                "cached, c=8",
-                lambda s: ([cached_ours if s == "ours" else cached_theirs], None),
-                8,
-            )
-
-            uploads = []
-            for _ in range(args.rounds):
-                bodies = [photo((800, 600), seed=next(seeds)) for _ in range(12)]
-                start = time.perf_counter()
-                for body in bodies:
-                    request = urllib.request.Request(
-                        ours.url("/p?outputs=x300.jpg,x300.webp"),
-                        data=body,
-                        method="POST",
-                    )
-                    urllib.request.urlopen(request).read()
-                uploads.append(len(bodies) / (time.perf_counter() - start))
-            rate = sorted(uploads)[len(uploads) // 2]
-            table["upload 800x600 + 2 outputs (ours, c=1)"] = {"per_second": rate}
-            print(f"{'upload 800x600 + 2 outputs, c=1':34} ours {rate:7.1f}/s")
-            peak = {
-                "ours_mb": ours.peak_rss / 2**20,
-                "thumbor_mb": theirs.peak_rss / 2**20,
-            }
+                        urllib.request.urlopen(upload).read()
+            table = measure(running, Pair(images), limit, args)
+            peak = {label: s.peak_rss / 2**20 for label, s in running.items()}
 
     table["cpu, width variants of 12MP, one thread"] = cpu
-    print(
-        f"peak RSS: imageserver {peak['ours_mb']:.0f} MB,"
-        f" thumbor {peak['thumbor_mb']:.0f} MB"
-    )
+    print("peak RSS (MB, children included):",
+          ", ".join(f"{k} {v:.0f}" for k, v in peak.items()))  # fmt: skip
     result = {
         "when": datetime.datetime.now(datetime.UTC).isoformat(),
         "machine": {
@@ -359,13 +252,68 @@ def main() -> None:
         "load_client": CLIENT,
         "bare_pillow_limit_per_second": limit,
         "results": table,
-        "peak_rss": peak,
+        "peak_rss_mb": peak,
     }
     os.makedirs(RESULTS, exist_ok=True)
     path = os.path.join(RESULTS, f"versus-thumbor-{datetime.date.today()}.json")
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
+    with open(path, "w") as out:
+        json.dump(result, out, indent=2)
     print("written to", path)
+
+
+def measure(
+    running: dict[str, Server], pair: Pair, limit: float, args: Any
+) -> dict[str, dict[str, Any]]:
+    """Every load, A/B/C/D in turn per round; medians per server."""
+    table: dict[str, dict[str, Any]] = {}
+    never_seen = NeverSeen()
+
+    def url(label: str) -> Any:
+        return pair.ours if label.startswith("ours") else pair.theirs
+
+    def compare(label: str, paths_for: Any, connections: int) -> None:
+        runs: dict[str, list[Any]] = {name: [] for name in running}
+        for _ in range(args.rounds):
+            for name, server in running.items():
+                paths, spent = paths_for(name)
+                result = load(server, paths, connections, args.seconds, bool(spent))
+                if spent:
+                    spent(result["sent"])
+                runs[name].append(result)
+        table[label] = {n: median_of(r) for n, r in runs.items()}
+        print(f"{label}:", flush=True)
+        for name, row in table[label].items():
+            print(f"  {name:28} {row['per_second']:7.1f}/s p50 {row['p50_ms']:7.1f}"
+                  f" ms p99 {row['p99_ms']:7.1f} ms  server CPU"
+                  f" {row['server_cpu_ms']:6.1f} ms/request"
+                  f"  {row['per_second'] / limit:.2f} of the limit",
+                  flush=True)  # fmt: skip
+
+    def cold(image: str, widths: Sequence[int], ext: str = "jpg") -> Any:
+        def paths_for(server: str) -> tuple[list[str], Any]:
+            pairs = never_seen.take(server, image, widths)
+            paths = [url(server)(image, w, q, ext) for w, q in pairs]
+
+            def spent(sent: int) -> None:
+                never_seen.spend(server, image, pairs[:sent])
+
+            return paths, spent
+
+        return paths_for
+
+    print(f"the bare-Pillow limit: {limit:.0f}/s", flush=True)
+    for connections in (2, 8, 32):
+        for kind, widths in (("exact", EXACT_WIDTHS), ("arbitrary", ARBITRARY_WIDTHS)):
+            compare(f"cold 12MP {kind} widths, c={connections}",
+                    cold("big.jpg", widths), connections)  # fmt: skip
+    for connections in (2, 8, 32):
+        compare(f"cold 800x600, c={connections}", cold("small.jpg", range(100, 400)),
+                connections)  # fmt: skip
+    compare("cold PNG alpha -> png, c=8", cold("alpha.png", range(100, 400), "png"), 8)
+    for connections in (8, 32):
+        cached = lambda s: ([url(s)("small.jpg", 300, 80)], None)  # noqa: E731
+        compare(f"cached, c={connections}", cached, connections)
+    return table
 
 
 if __name__ == "__main__":

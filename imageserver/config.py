@@ -111,7 +111,7 @@ class Config:
         1,
         "Processes serving the main port; 0: one per CPU this process may use. "
         "Above 1, the twistd process binds the ports, keeps the admin port and "
-        "supervises the workers; --processor_concurrency is shared among them.",
+        "supervises the workers, each with --processor_concurrency threads.",
         server_only=True,
     )
     processor_concurrency: int = setting(

@@ -36,10 +36,9 @@ class WorkerConfigTests(TwistdCase):
         env = {workers.WORKER_CONFIG: workers.worker_config(config)}
         worker = workers.config_of_worker(env)
         assert worker is not None
-        self.assertEqual((worker.workers, worker.processor_concurrency), (1, 2))
+        self.assertEqual((worker.workers, worker.processor_concurrency), (1, 5))
         self.assertEqual(worker.outputs, ("x64.webp",))
         self.assertIsNone(workers.config_of_worker({}))
-        self.assertEqual(workers.threads_per_worker(1, 4), 1)
 
 
 class WorkersTests(TwistdCase):
