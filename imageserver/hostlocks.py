@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 
 from imageserver.pools import Runner
+from imageserver.storage.local import translate_errors
 
 #: The folder of lock files, under --local_base_path (never a storage key:
 #: keys start with a namespace, which cannot start with a dot).
@@ -56,7 +57,8 @@ class HostLocks:
     async def _take(self, stripe: int) -> int:
         delay = RETRY
         while True:
-            fd = await self._run(self._try, stripe)
+            # A lock folder that cannot be used is storage trouble (503/507).
+            fd = await self._run(translate_errors, self._try, stripe)
             if fd is not None:
                 return fd
             await deferLater(self._clock, delay)

@@ -10,6 +10,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from imageserver import hostlocks
+from imageserver.errors import StorageUnavailable
 from imageserver.hostlocks import HostLocks
 from tests.support import synchronous
 
@@ -58,3 +59,10 @@ class HostLocksTests(SynchronousTestCase):
         self.assertEqual(
             len(files), len({hostlocks._stripe(k) for k in [*free, "p/a/w1.jpg"]})
         )
+
+    def test_a_lock_folder_that_cannot_be_used_is_storage_trouble(self) -> None:
+        os.makedirs(self.root)
+        with open(os.path.join(self.root, hostlocks.FOLDER), "w") as f:
+            f.write("not a folder")
+        held, _ = self.hold(self.first, ["p/a/w1.jpg"])
+        self.failureResultOf(held, StorageUnavailable)

@@ -194,6 +194,14 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(names.count("Listening"), 1)
 
 
+class WorkersOptionTests(SynchronousTestCase):
+    def test_the_manhole_and_profiling_need_one_process(self) -> None:
+        for extra in (["--profile"], ["--manhole", "tcp:0:interface=127.0.0.1"]):
+            with self.assertRaisesRegex(UsageError, "not yet with --workers"):
+                parse("--workers", "2", *extra)
+            self.assertEqual(parse("--workers", "1", "--profile").workers, 1)
+
+
 class EnvironmentTests(SynchronousTestCase):
     """IMAGESERVER_<OPTION> and IMAGESERVER_<OPTION>_FILE; the command line wins."""
 

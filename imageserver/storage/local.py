@@ -50,7 +50,7 @@ class LocalStorage:
         return path
 
     async def _call(self, f: Callable[..., T], *args: Any) -> T:
-        return await self._run(_translate_errors, f, *args)
+        return await self._run(translate_errors, f, *args)
 
     async def get(self, key: str) -> StoredObject | None:
         return await self._call(_read, self.path(key), key)
@@ -78,7 +78,7 @@ class LocalStorage:
         await self._call(_delete, self.path(key))
 
 
-def _translate_errors(f: Callable[..., T], *args: Any) -> T:
+def translate_errors(f: Callable[..., T], *args: Any) -> T:
     """The file system's failures as the two a client is told about.
 
     A full disk (or quota) is 507; a disk that cannot be written (read-only,
