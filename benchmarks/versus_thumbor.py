@@ -9,26 +9,34 @@ cores (as its docs deploy it; it reads the images with its file loader and
 keeps results in its file result storage, one per server), and runs, each
 server in turn, ``--rounds`` runs of ``--seconds`` each:
 
-  CPU          first, one thread: our processing function and the bare
-               work (draft with the same headroom, LANCZOS, jpegli) over the
-               cold runs' widths; the bare-Pillow limit is cores / that cost
+  CPU          first: our processing function and the bare work (draft
+               with the same headroom, LANCZOS, jpegli) on one thread over
+               the cold runs' widths; then the bare-Pillow limit: the bare
+               work run by one process per core at once, images per second
+               (cores / one thread's cost overstates it: cores running at
+               once share caches and memory bandwidth)
   cold 12 MP   never-seen widths, exact (height a whole number: 100..496
                step 4) and arbitrary (180..220), at 2, 8 and 32 connections
   cold 800x600 never-seen widths, at 2, 8 and 32 connections
   cold PNG     a 2000x2000 PNG with alpha to never-seen widths, 8 connections
   cached       one URL repeated, 8 and 32 connections
+  fairness     8 connections of cold 12 MP variants and, at the same time,
+               8 connections of cached requests: the cached p99
 
 Never-seen means never seen by that server in the whole run: no cold request
 is a cache hit. The load comes from wrk when installed (``apt-get install
 wrk``), else from a Python client (benchmarks/common.py). Prints medians
 (requests/s, p50 and p99 latency, the server's CPU per request, children
 included, and the share of the bare-Pillow limit), each server's peak RSS,
-and writes them to benchmarks/results/.
+and writes them to benchmarks/results/. ``--servers`` and ``--sections``
+take substrings separated by semicolons to run part of it (the JSON is then not
+written).
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import datetime
 import hashlib
@@ -38,9 +46,11 @@ import json
 import os
 import platform
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from collections.abc import Sequence
 from typing import Any
@@ -139,6 +149,36 @@ def cpu_section(data: bytes) -> dict[str, float]:
     return {"imageserver_ms": ours, "bare_pillow_ms": bare, "ratio": bare / ours}
 
 
+def _bare_process(data: bytes, widths: list[int], start: Any) -> None:
+    start.wait()
+    for width in widths:
+        bare_pillow(data, width)
+
+
+def parallel_limit(data: bytes, cores: int, rounds: int = 3) -> float:
+    """Images per second of the bare work, one process per core at once."""
+    import multiprocessing
+
+    widths = [*EXACT_WIDTHS[::4], *ARBITRARY_WIDTHS[::4]] * 2
+    context = multiprocessing.get_context("fork")
+    rates = []
+    for _ in range(rounds):
+        start = context.Event()
+        workers = [
+            context.Process(target=_bare_process, args=(data, widths, start))
+            for _ in range(cores)
+        ]
+        for worker in workers:
+            worker.start()
+        time.sleep(0.5)
+        began = time.perf_counter()
+        start.set()
+        for worker in workers:
+            worker.join()
+        rates.append(cores * len(widths) / (time.perf_counter() - began))
+    return statistics.median(rates)
+
+
 class NeverSeen:
     """Variant names not yet asked of a server in this run, image by image.
 
@@ -165,6 +205,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--servers", default="", help="substrings, separated by ;")
+    parser.add_argument("--sections", default="", help="substrings, separated by ;")
     args = parser.parse_args()
     thumbor = thumbor_command()
     print(f"load client: {CLIENT}", flush=True)
@@ -172,11 +214,14 @@ def main() -> None:
     # Measured first, on a quiet machine: the limit the cold runs are held to.
     cpu = cpu_section(big)
     cores = len(os.sched_getaffinity(0))
-    limit = cores * 1000 / cpu["bare_pillow_ms"]
+    limit = parallel_limit(big, cores)
+    cpu["limit_per_second"] = limit
+    cpu["cores_times_one_thread_per_second"] = cores * 1000 / cpu["bare_pillow_ms"]
     print(
         f"cpu, one thread: imageserver {cpu['imageserver_ms']:.1f} ms,"
-        f" bare Pillow {cpu['bare_pillow_ms']:.1f} ms;"
-        f" limit on {cores} cores {limit:.0f}/s",
+        f" bare Pillow {cpu['bare_pillow_ms']:.1f} ms; bare Pillow on"
+        f" {cores} cores at once {limit:.1f}/s (cores / one thread's cost:"
+        f" {cpu['cores_times_one_thread_per_second']:.1f}/s)",
         flush=True,
     )
 
@@ -213,6 +258,12 @@ def main() -> None:
             command = [thumbor, "-i", "127.0.0.1", "-p", "{port}", "-c", conf,
                        "-l", "error", "--processes", str(n)]  # fmt: skip
             servers[label] = (command, "/healthcheck")
+        wanted = [w for w in args.servers.split(";") if w]
+        servers = {
+            label: server
+            for label, server in servers.items()
+            if not wanted or any(w in label for w in wanted)
+        }
         env = {"PYTHONPATH": CHECKOUT}
         with contextlib.ExitStack() as stack:
             running: dict[str, Server] = {}
@@ -231,9 +282,11 @@ def main() -> None:
             table = measure(running, Pair(images), limit, args)
             peak = {label: s.peak_rss / 2**20 for label, s in running.items()}
 
-    table["cpu, width variants of 12MP, one thread"] = cpu
+    table["cpu, width variants of 12MP"] = cpu
     print("peak RSS (MB, children included):",
           ", ".join(f"{k} {v:.0f}" for k, v in peak.items()))  # fmt: skip
+    if args.servers or args.sections:
+        return
     result = {
         "when": datetime.datetime.now(datetime.UTC).isoformat(),
         "machine": {
@@ -271,7 +324,13 @@ def measure(
     def url(label: str) -> Any:
         return pair.ours if label.startswith("ours") else pair.theirs
 
+    def chosen(label: str) -> bool:
+        wanted = [w for w in args.sections.split(";") if w]
+        return not wanted or any(w in label for w in wanted)
+
     def compare(label: str, paths_for: Any, connections: int) -> None:
+        if not chosen(label):
+            return
         runs: dict[str, list[Any]] = {name: [] for name in running}
         for _ in range(args.rounds):
             for name, server in running.items():
@@ -313,7 +372,42 @@ def measure(
     for connections in (8, 32):
         cached = lambda s: ([url(s)("small.jpg", 300, 80)], None)  # noqa: E731
         compare(f"cached, c={connections}", cached, connections)
+    if chosen("fairness"):
+        fairness(running, pair, never_seen, url, args, table)
     return table
+
+
+def fairness(
+    running: dict[str, Server],
+    pair: Pair,
+    never_seen: NeverSeen,
+    url: Any,
+    args: Any,
+    table: dict[str, dict[str, Any]],
+) -> None:
+    """Cached requests while cold renders keep every core busy: the cached
+    connections' p99 (cache hits must not wait behind renders)."""
+    runs: dict[str, list[Any]] = {name: [] for name in running}
+    for _ in range(args.rounds):
+        for name, server in running.items():
+            pairs = never_seen.take(name, "big.jpg", EXACT_WIDTHS)
+            cold_paths = [url(name)("big.jpg", w, q) for w, q in pairs]
+            cached = [url(name)("small.jpg", 300, 80)]
+            load(server, cached, 1, 1)  # stored and in the cache
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                cold = pool.submit(load, server, cold_paths, 8, args.seconds + 1, True)
+                time.sleep(0.5)  # the renders are under way
+                result = load(server, cached, 8, args.seconds)
+                background = cold.result()
+            never_seen.spend(name, "big.jpg", pairs[: background["sent"]])
+            result["cold_per_second"] = background["per_second"]
+            runs[name].append(result)
+    table["fairness"] = {n: median_of(r) for n, r in runs.items()}
+    print("fairness: cached c=8 while cold 12 MP c=8 runs:", flush=True)
+    for name, row in table["fairness"].items():
+        print(f"  {name:28} cached {row['per_second']:7.1f}/s p50"
+              f" {row['p50_ms']:6.1f} ms p99 {row['p99_ms']:6.1f} ms;"
+              f" cold {row['cold_per_second']:5.1f}/s", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

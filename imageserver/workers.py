@@ -3,11 +3,13 @@
 With ``--workers`` above 1 the twistd process is a supervisor: it binds the
 main port (so privileges and port errors stay where they are today) but
 never accepts on it; it starts the workers, each a twistd process that adopts
-the listening socket (inherited as file descriptor `LISTENING_FD`) and runs
+a listening socket (inherited as file descriptor `LISTENING_FD`) and runs
 the same service tree as a single server, minus the admin port, which the
-supervisor keeps. The kernel spreads connections over the processes
-accepting on the socket. A worker that dies is started again after a
-backoff; on stop, each worker is asked to drain (SIGTERM) and waited for
+supervisor keeps. On TCP each worker has a socket of its own on the same
+port (``SO_REUSEPORT``, `sockets_for`), so the kernel spreads connections
+evenly over the workers; the supervisor holds every socket, so connections
+arriving while a worker restarts wait in its backlog. A worker that dies is
+started again after a backoff; on stop, each worker is asked to drain (SIGTERM) and waited for
 within the shutdown deadline. A worker whose supervisor is gone (its
 standard input closes) stops by itself, so no orphan keeps the port.
 """
@@ -62,13 +64,47 @@ def worker_config(config: Config) -> str:
     """The Config a worker runs with, as JSON: the supervisor's, as one process.
 
     Each worker keeps all the processing threads, not a share: connections
-    are not spread evenly over the workers (whichever accepts first gets a
-    connection, and a keep-alive connection stays), so a worker with a share
-    leaves cores idle while it holds most of the load (on 2 cores, one thread
-    each made cold variants 0.6x one process). Threads beyond the cores only
-    wait: decoding and encoding release the GIL, and the OS shares the cores.
+    are spread at random (a keep-alive connection stays with its worker), so
+    a worker with a share would leave cores idle whenever it holds most of
+    the load. Threads beyond the cores only wait: decoding and encoding
+    release the GIL, and the OS shares the cores.
     """
     return json.dumps(dataclasses.asdict(dataclasses.replace(config, workers=1)))
+
+
+def sockets_for(
+    listening: socket.socket, count: int, backlog: int
+) -> list[socket.socket]:
+    """One listening socket per worker, all on ``listening``'s address.
+
+    On Linux a TCP socket gets ``count - 1`` siblings bound with
+    ``SO_REUSEPORT``, and the kernel hashes each new connection to one of
+    them: every worker gets its share. A worker accepting on a shared socket
+    instead takes whatever is waiting when it wakes (Twisted accepts up to a
+    hundred at a time), so a burst of connections lands on one worker. Where
+    that is not available (UNIX sockets, other systems) every worker shares
+    ``listening``.
+    """
+    if (
+        count == 1
+        or not sys.platform.startswith("linux")
+        or listening.family not in (socket.AF_INET, socket.AF_INET6)
+    ):
+        return [listening] * count
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sockets = [listening]
+    for _ in range(count - 1):
+        sibling = socket.socket(listening.family, socket.SOCK_STREAM)
+        sibling.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sibling.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if listening.family == socket.AF_INET6:
+            v6only = listening.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+            sibling.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+        sibling.bind(listening.getsockname())
+        sibling.listen(backlog)
+        sibling.setblocking(False)  # as the reactor's own are
+        sockets.append(sibling)
+    return sockets
 
 
 def config_of_worker(environ: Mapping[str, str]) -> Config | None:
@@ -157,6 +193,7 @@ class Workers(Service):
         self._backoff: dict[int, float] = {}
         self._started: dict[int, float] = {}
         self._pending: dict[int, Any] = {}
+        self._sockets: list[socket.socket] = []
         self.restarts = 0
         self.metrics = WorkerMetrics()
 
@@ -170,9 +207,13 @@ class Workers(Service):
     def startService(self) -> None:
         super().startService()
         listening: IListeningPort = self._port.port
-        # The supervisor holds the socket for the workers; it never accepts.
+        # The supervisor holds the sockets for the workers; it never accepts.
         listening.stopReading()  # type: ignore[attr-defined]
-        self._fd = listening.fileno()  # type: ignore[attr-defined]
+        self._sockets = sockets_for(
+            listening.socket,  # type: ignore[attr-defined]
+            self._config.workers,
+            getattr(listening, "backlog", socket.SOMAXCONN),
+        )
         self.metrics.path = tempfile.mkdtemp(prefix="imageserver-metrics-")
         for number in range(1, self._config.workers + 1):
             self._spawn(number)
@@ -191,7 +232,13 @@ class Workers(Service):
             sys.executable,
             [sys.executable, "-c", _TWISTD, *_TWISTD_ARGS],
             env=env,
-            childFDs={0: "w", 1: 1, 2: 2, LISTENING_FD: self._fd, CONTROL_FD: "r"},
+            childFDs={
+                0: "w",
+                1: 1,
+                2: 2,
+                LISTENING_FD: self._sockets[number - 1].fileno(),
+                CONTROL_FD: "r",
+            },
         )
         self._workers[number] = worker
         self._started[number] = self._reactor.seconds()
@@ -230,6 +277,11 @@ class Workers(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        # The main port (stopped just before) closes the first socket; with
+        # the supervisor's copies gone, each closes with its worker's.
+        for sibling in self._sockets[1:]:
+            if sibling is not self._sockets[0]:
+                sibling.close()
         for call in self._pending.values():
             call.cancel()
         self._pending.clear()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
@@ -86,6 +88,40 @@ class WorkersTests(TwistdCase):
         process.transport.signalProcess("TERM")  # type: ignore[attr-defined]
         self.assertEqual(await process.ended, 0)  # type: ignore[attr-defined]
         self.assertFalse(any(alive(p) for p in pids - {victim}))
+
+    async def test_the_kernel_spreads_connections_over_the_workers(self) -> None:
+        # Each worker has a socket of its own on the port, and the kernel
+        # gives each new connection to one of them. (On one shared socket,
+        # whichever worker woke first took every connection waiting, so a
+        # burst landed on one worker.) Seen with worker 1 paused: its share of
+        # 32 connections waits for it, and is served once it runs again.
+        _, pids = await self.start_workers()
+        paused = min(pids)
+        os.kill(paused, signal.SIGSTOP)
+        self.addCleanup(lambda: alive(paused) and os.kill(paused, signal.SIGCONT))
+        clients = []
+        for _ in range(32):
+            client = socket.create_connection(("127.0.0.1", self.port))
+            self.addCleanup(client.close)
+            client.sendall(b"GET /status_check HTTP/1.1\r\nHost: x\r\n\r\n")
+            client.setblocking(False)
+            clients.append(client)
+
+        def answered() -> int:
+            count = 0
+            for client in clients:
+                with contextlib.suppress(BlockingIOError):
+                    count += bool(client.recv(4096, socket.MSG_PEEK))
+            return count
+
+        await deferLater(reactor, 1.0)
+        self.assertTrue(0 < answered() < 32, answered())
+        os.kill(paused, signal.SIGCONT)
+        for _ in range(100):
+            if answered() == 32:
+                break
+            await deferLater(reactor, 0.05)
+        self.assertEqual(answered(), 32)
 
     async def test_metrics_are_summed_over_workers(self) -> None:
         await self.start_workers()
