@@ -50,6 +50,11 @@ from imageserver.workers import LISTENING_FD, AdoptedPort, Ready, Workers
 
 log = Logger()
 
+#: How much nicer than the reactor the processing threads run: a render takes
+#: the CPU time that serving stored variants and accepting requests leave, so
+#: cache hits do not wait behind renders for a core (docs/performance.md).
+RENDER_NICENESS = 10
+
 
 class ConnectionPoolService(Service):
     """Owns the source fetcher's persistent connections; closes them at stop."""
@@ -293,6 +298,7 @@ def make_images(
         config.processor_concurrency,
         "imageserver-processing",
         max_pending=config.max_pending,
+        niceness=RENDER_NICENESS,
     )
     processing.setServiceParent(parent)
     io = ThreadPoolService(reactor, config.io_concurrency, "imageserver-io")

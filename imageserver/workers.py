@@ -9,9 +9,10 @@ supervisor keeps. On TCP each worker has a socket of its own on the same
 port (``SO_REUSEPORT``, `sockets_for`), so the kernel spreads connections
 evenly over the workers; the supervisor holds every socket, so connections
 arriving while a worker restarts wait in its backlog. A worker that dies is
-started again after a backoff; on stop, each worker is asked to drain (SIGTERM) and waited for
-within the shutdown deadline. A worker whose supervisor is gone (its
-standard input closes) stops by itself, so no orphan keeps the port.
+started again after a backoff; on stop, each worker is asked to drain
+(SIGTERM) and waited for within the shutdown deadline. A worker whose
+supervisor is gone (its standard input closes) stops by itself, so no
+orphan keeps the port.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """ThreadPoolService: results, failures and the busy count, with real threads."""
 
+import os
 import threading
 
 from twisted.internet import reactor
@@ -57,3 +58,15 @@ class ThreadPoolServiceTests(TestCase):
         for job in jobs:
             await job
         self.assertEqual(stats.queued(), 0)
+
+    async def test_threads_run_nicer_than_the_reactor_by_the_niceness(self) -> None:
+        def nice() -> int:
+            return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+        niced = ThreadPoolService(reactor, 1, "niced", niceness=10)
+        niced.startService()
+        self.addCleanup(niced.stopService)
+        ours = nice()
+        self.assertEqual(await niced.run(nice), min(ours + 10, 19))
+        self.assertEqual(await self.pool.run(nice), ours)
+        self.assertEqual(nice(), ours)  # the reactor's thread is as it was
