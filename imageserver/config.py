@@ -114,6 +114,12 @@ class Config:
         "supervises the workers, each with --processor_concurrency threads.",
         server_only=True,
     )
+    debug_worker: int = setting(
+        1,
+        "With --workers above 1: the worker that runs the manhole and whose "
+        "/debug/* the admin port serves (--profile), 1 to --workers.",
+        server_only=True,
+    )
     processor_concurrency: int = setting(
         0, "Threads decoding and encoding images; 0 means one per CPU."
     )
@@ -293,9 +299,8 @@ class Config:
             raise ValueError("--uploader s3 needs --aws_bucket")
         if self.s3_acl and self.s3_acl not in CANNED_ACLS:
             raise ValueError(f"--s3_acl must be one of {', '.join(CANNED_ACLS)}")
-        if self.workers > 1 and (self.manhole or self.profile):
-            raise ValueError("--manhole and --profile work with one process only, "
-                             "not yet with --workers")  # fmt: skip
+        if self.workers > 1 and not 1 <= self.debug_worker <= self.workers:
+            raise ValueError(f"--debug_worker must be 1 to {self.workers}")
         if self.log_format not in ("text", "json"):
             raise ValueError("--log_format must be text or json")
         if not 0 < self.statsd_port < 65536:

@@ -199,13 +199,15 @@ def make_service(
     debug = None
     if config.profile:
         HeapTracing().setServiceParent(top)
-        debug = DebugApp(reactor)
-    if config.admin_endpoint is not None and worker is None:
+        debug = DebugApp(reactor).app.resource
+    admin_port = None
+    if config.admin_endpoint is not None:
         admin = BoundedSite(
             AdminApp(readiness, events.registry, debug).app.resource(),
             max_body_bytes=1024,
         )
-        Listening(reactor, config.admin_endpoint, admin, "admin").setServiceParent(top)
+        admin_port = Listening(reactor, config.admin_endpoint, admin, "admin")
+        admin_port.setServiceParent(top)
 
     batches = Batches(images, storage, config.batch_concurrency)
     api: IResource = ImageServerApp(images, batches).app.resource()
@@ -222,7 +224,7 @@ def make_service(
         max_connections=config.max_connections,
         body_budget=BodyBudget(config.max_receiving_bytes),
     )
-    if config.manhole_endpoint is not None and worker is None:
+    if config.manhole_endpoint is not None:
         from imageserver.manhole import ManholeService  # conch: only when asked
 
         ManholeService(
@@ -246,7 +248,7 @@ def make_service(
         Listening(reactor, config.endpoint, site, "main").setServiceParent(top)
     else:
         AdoptedPort(reactor, LISTENING_FD, site).setServiceParent(top)
-        Ready(reactor).setServiceParent(top)
+        Ready(reactor, admin_port).setServiceParent(top)
     # Last in, first out: readiness turns 503 before anything else stops.
     readiness.setServiceParent(top)
     return top
@@ -269,7 +271,10 @@ def _supervisor(
         registry.register(workers.metrics)
         ProcessCollector(registry=registry)
         admin = BoundedSite(
-            AdminApp(readiness, registry, None).app.resource(), max_body_bytes=1024
+            AdminApp(
+                readiness, registry, workers.debug if config.profile else None
+            ).app.resource(),
+            max_body_bytes=1024,
         )
         Listening(reactor, config.admin_endpoint, admin, "admin").setServiceParent(top)
     workers.setServiceParent(top)

@@ -29,6 +29,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import treq
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 from twisted.application.service import Service
@@ -39,6 +40,9 @@ from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
 
 from imageserver import config as configuration
 from imageserver.config import Config
@@ -57,12 +61,18 @@ CONTROL_FD = 4
 #: Restart delays: doubled after each quick death, back to the first after a
 #: worker has lived `STABLE_SECONDS`.
 FIRST_BACKOFF, MAX_BACKOFF, STABLE_SECONDS = 0.5, 30.0, 60.0
+#: Where the debug worker serves /debug/* for the supervisor to forward to.
+DEBUG_ADMIN_PORT = "tcp:0:interface=127.0.0.1"
 _TWISTD = "from twisted.scripts.twistd import run; run()"
 _TWISTD_ARGS = ("-n", "--pidfile=", "--logfile=-", "imageserver")
 
 
-def worker_config(config: Config) -> str:
-    """The Config a worker runs with, as JSON: the supervisor's, as one process.
+def worker_config(config: Config, number: int) -> str:
+    """The Config worker ``number`` runs with, as JSON: the supervisor's, as
+    one process, with a share of the memory cache (``--memory_cache_bytes``
+    is the host's); only `Config.debug_worker` keeps the manhole and
+    ``--profile``, the latter with an admin port of its own on loopback,
+    which the supervisor's admin port forwards ``/debug/*`` to.
 
     Each worker keeps all the processing threads, not a share: connections
     are spread at random (a keep-alive connection stays with its worker), so
@@ -70,7 +80,16 @@ def worker_config(config: Config) -> str:
     the load. Threads beyond the cores only wait: decoding and encoding
     release the GIL, and the OS shares the cores.
     """
-    return json.dumps(dataclasses.asdict(dataclasses.replace(config, workers=1)))
+    debug = number == config.debug_worker
+    worker = dataclasses.replace(
+        config,
+        workers=1,
+        memory_cache_bytes=config.memory_cache_bytes // config.workers,
+        manhole=config.manhole if debug else "",
+        profile=config.profile and debug,
+        admin_port=DEBUG_ADMIN_PORT if config.profile and debug else "none",
+    )
+    return json.dumps(dataclasses.asdict(worker))
 
 
 def sockets_for(
@@ -144,6 +163,8 @@ class _Worker(ProcessProtocol):
         self.supervisor = supervisor
         self.number = number
         self.ready = False
+        #: The port of the worker's own admin site (the debug worker's).
+        self.admin_port: int | None = None
         self.done = False
         self.pid: int | None = None
         self._waiting: list[Deferred[None]] = []
@@ -158,8 +179,10 @@ class _Worker(ProcessProtocol):
         return d
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
-        if childFD == CONTROL_FD and b"ready" in data and not self.ready:
+        if childFD == CONTROL_FD and data.startswith(b"ready") and not self.ready:
             self.ready = True
+            _, _, port = data.strip().partition(b" ")
+            self.admin_port = int(port) if port else None
             log.info("worker {number} is ready", number=self.number)
 
     def processEnded(self, reason: Failure) -> None:
@@ -205,6 +228,13 @@ class Workers(Service):
             return f"{ready} of {self._config.workers} workers ready"
         return None
 
+    def debug(self) -> IResource | None:
+        """``/debug/`` of the debug worker, forwarded; None while it starts."""
+        worker = self._workers.get(self._config.debug_worker)
+        if worker is None or not worker.ready or worker.admin_port is None:
+            return None
+        return _Forward(f"http://127.0.0.1:{worker.admin_port}")
+
     def startService(self) -> None:
         super().startService()
         listening: IListeningPort = self._port.port
@@ -224,7 +254,7 @@ class Workers(Service):
         worker = _Worker(self, number)
         env = {
             **os.environ,
-            WORKER_CONFIG: worker_config(self._config),
+            WORKER_CONFIG: worker_config(self._config, number),
             WORKER_ID: str(number),
             METRICS_DIRECTORY: self.metrics.path or "",
         }
@@ -317,6 +347,49 @@ def _signal(worker: _Worker, name: str) -> None:
         worker.transport.signalProcess(name)  # type: ignore[union-attr]
 
 
+class _Forward(Resource):
+    """Answers a GET with what ``base`` answers to the same path and query."""
+
+    isLeaf = True
+
+    def __init__(self, base: str) -> None:
+        super().__init__()
+        self._base = base
+
+    def render_GET(self, request: IRequest) -> object:
+        Deferred.fromCoroutine(self._forward(request))
+        return NOT_DONE_YET
+
+    async def _forward(self, request: IRequest) -> None:
+        gone: list[object] = []
+        request.notifyFinish().addErrback(gone.append)  # type: ignore[attr-defined]
+        try:
+            response = await treq.get(
+                self._base + request.uri.decode(), persistent=False
+            )
+            body = await response.content()
+        except Exception as e:  # the worker went away meanwhile
+            code, headers = 502, {b"Content-Type": [b"application/json"]}
+            error = {"error": f"the debug worker did not answer: {e}"}
+            body = json.dumps(error).encode()
+        else:
+            code, headers = (
+                response.code,
+                {
+                    name: response.headers.getRawHeaders(name, [])
+                    for name in (b"Content-Type", b"Content-Disposition")
+                },
+            )
+        if gone:  # the client left
+            return
+        request.setResponseCode(code)
+        for name, values in headers.items():
+            for value in values:
+                request.setHeader(name, value)
+        request.write(body)
+        request.finish()
+
+
 class AdoptedPort(Listening):
     """A worker's main port: the supervisor's listening socket, adopted."""
 
@@ -333,17 +406,22 @@ class AdoptedPort(Listening):
 
 
 class Ready(Service):
-    """Tells the supervisor this worker is ready, once every service started;
-    stops the worker when the supervisor is gone (standard input closes)."""
+    """Tells the supervisor this worker is ready, once every service started
+    (with the port of its admin site, if it has one); stops the worker when
+    the supervisor is gone (standard input closes)."""
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, admin: Listening | None = None) -> None:
         self._reactor = reactor
+        self._admin = admin
 
     def startService(self) -> None:
         super().startService()
         self._reactor.addReader(_Orphaned(self._reactor))
+        message = b"ready"
+        if self._admin is not None and self._admin.port is not None:
+            message += b" %d" % self._admin.port.getHost().port  # type: ignore[attr-defined]
         try:
-            os.write(CONTROL_FD, b"ready\n")
+            os.write(CONTROL_FD, message + b"\n")
         except OSError:
             self._reactor.stop()
 

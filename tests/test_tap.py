@@ -87,8 +87,8 @@ class OptionsTests(SynchronousTestCase):
     def test_bad_values_are_usage_errors(self) -> None:
         for args in (
             ["--default_quality", "-1"],
-            ["--workers", "2", "--profile"],
-            ["--workers", "2", "--manhole", "tcp:0:interface=127.0.0.1"],
+            ["--workers", "2", "--debug_worker", "3"],
+            ["--workers", "2", "--debug_worker", "0"],
             ["--default_quality", "101"],
             ["--default_quality", "high"],
             ["--maximum_width", "0"],
@@ -195,11 +195,11 @@ class MakeServiceTests(SynchronousTestCase):
 
 
 class WorkersOptionTests(SynchronousTestCase):
-    def test_the_manhole_and_profiling_need_one_process(self) -> None:
-        for extra in (["--profile"], ["--manhole", "tcp:0:interface=127.0.0.1"]):
-            with self.assertRaisesRegex(UsageError, "not yet with --workers"):
-                parse("--workers", "2", *extra)
-            self.assertEqual(parse("--workers", "1", "--profile").workers, 1)
+    def test_the_debug_worker_is_one_of_the_workers(self) -> None:
+        with self.assertRaisesRegex(UsageError, "--debug_worker must be 1 to 2"):
+            parse("--workers", "2", "--debug_worker", "3")
+        config = parse("--workers", "3", "--debug_worker", "3", "--profile")
+        self.assertEqual((config.workers, config.debug_worker), (3, 3))
 
 
 class EnvironmentTests(SynchronousTestCase):

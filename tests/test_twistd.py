@@ -438,7 +438,8 @@ class OperationsTests(TwistdCase):
 
 
 class ManholeProcessTests(TwistdCase):
-    async def test_manhole_reaches_the_running_service(self) -> None:
+    async def manhole(self, commands: list[bytes], *extra: str) -> str:
+        """What a session of ``commands`` in the manhole of a real server prints."""
         if shutil.which("ssh") is None:
             self.skipTest("the OpenSSH client is not installed")
         folder = os.path.abspath(self.mktemp())
@@ -450,15 +451,26 @@ class ManholeProcessTests(TwistdCase):
         process = await self.start_server(
             "--manhole", str(port), "--manhole_keys", f"{folder}/keys",
             "--manhole_host_keys", f"{folder}/host", "--maximum_width", "1234",
+            *extra,
         )  # fmt: skip
         await process.wait_for(rb"ConchFactory starting on %d\b" % port)
-        session = await ssh_into(port, folder, key, [
+        session = await ssh_into(port, folder, key, commands)
+        return session.output.decode(errors="replace")
+
+    async def test_manhole_in_the_chosen_worker(self) -> None:
+        output = await self.manhole(
+            [b"__import__('os').environ['IMAGESERVER_WORKER_ID']"],
+            "--workers", "2", "--debug_worker", "2",
+        )  # fmt: skip
+        self.assertIn("'2'", output)
+
+    async def test_manhole_reaches_the_running_service(self) -> None:
+        output = await self.manhole([
             b"config.maximum_width",
             b"sorted(pools)",
             b"type(storage).__name__, type(images).__name__",
             b"events.registry.get_sample_value('imageserver_http_requests_in_flight')",
         ])  # fmt: skip
-        output = session.output.decode(errors="replace")
         self.assertIn("1234", output)
         self.assertIn("['imageserver-io', 'imageserver-processing']", output)
         self.assertIn("('MemoryCache', 'Images')", output)

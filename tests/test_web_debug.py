@@ -21,7 +21,8 @@ def busy_worker_function() -> int:
 class DebugTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        app = AdminApp(Readiness(), Events().registry, DebugApp(self.clock))
+        debug = DebugApp(self.clock).app.resource
+        app = AdminApp(Readiness(), Events().registry, debug)
         self.client = StubTreq(app.app.resource())
 
     def get(self, path: str) -> tuple[int, bytes, object]:

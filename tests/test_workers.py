@@ -24,6 +24,13 @@ def children(pid: int) -> set[int]:
         return {int(p) for p in f.read().split()}
 
 
+def worker_number(pid: int) -> int:
+    """The number the supervisor gave worker process ``pid``."""
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        env = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+    return int(env[workers.WORKER_ID.encode()])
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -34,12 +41,35 @@ def alive(pid: int) -> bool:
 
 class WorkerConfigTests(TwistdCase):
     def test_a_worker_runs_the_supervisor_s_config_as_one_process(self) -> None:
-        config = Config(workers=2, processor_concurrency=5, outputs=("x64.webp",))
-        env = {workers.WORKER_CONFIG: workers.worker_config(config)}
-        worker = workers.config_of_worker(env)
-        assert worker is not None
-        self.assertEqual((worker.workers, worker.processor_concurrency), (1, 5))
-        self.assertEqual(worker.outputs, ("x64.webp",))
+        config = Config(
+            workers=2,
+            processor_concurrency=5,
+            outputs=("x64.webp",),
+            memory_cache_bytes=1000,
+            profile=True,
+            manhole="tcp:0:interface=127.0.0.1",
+            manhole_keys="keys",
+            debug_worker=2,
+        )
+
+        def of(number: int) -> Config:
+            env = {workers.WORKER_CONFIG: workers.worker_config(config, number)}
+            worker = workers.config_of_worker(env)
+            assert worker is not None
+            return worker
+
+        first, second = of(1), of(2)
+        for worker in (first, second):
+            self.assertEqual((worker.workers, worker.processor_concurrency), (1, 5))
+            self.assertEqual(worker.outputs, ("x64.webp",))
+            self.assertEqual(worker.memory_cache_bytes, 500)  # the host's, shared
+        # The debug worker alone runs the manhole and the profiler, whose
+        # /debug/* the supervisor's admin port forwards to a loopback port.
+        self.assertEqual((first.manhole_endpoint, first.profile), (None, False))
+        self.assertIsNone(first.admin_endpoint)
+        self.assertEqual(second.manhole_endpoint, config.manhole_endpoint)
+        self.assertTrue(second.profile)
+        self.assertEqual(second.admin_endpoint, workers.DEBUG_ADMIN_PORT)
         self.assertIsNone(workers.config_of_worker({}))
 
 
@@ -181,6 +211,26 @@ class WorkersTests(TwistdCase):
                 break
             await deferLater(reactor, 0.1)
         self.assertFalse(any(alive(p) for p in pids))
+
+    async def test_the_admin_port_forwards_debug_to_the_debug_worker(self) -> None:
+        process, pids = await self.start_workers("--profile", "--debug_worker", "2")
+        number = {pid: worker_number(pid) for pid in pids}
+        response, body = await self.call("GET", "/debug/threads", port=self.admin_port)
+        self.assertEqual(response.code, 200)
+        pid = int(body.split()[1])
+        self.assertEqual(number[pid], 2)
+        response, body = await self.call("GET", "/debug/heap", port=self.admin_port)
+        self.assertEqual(response.code, 200)
+        self.assertIn(b"traced Python memory", body)
+        # While the debug worker is gone, /debug/ says so; then it is back.
+        os.kill(pid, signal.SIGKILL)
+        response, body = await self.call("GET", "/debug/threads", port=self.admin_port)
+        self.assertIn(response.code, (502, 503))
+        self.assertIn("debug worker", json.loads(body)["error"])
+        await process.wait_for(rb"(?s)ended \(signal 9\).*worker 2 is ready")  # type: ignore[attr-defined]
+        response, body = await self.call("GET", "/debug/threads", port=self.admin_port)
+        self.assertEqual(response.code, 200)
+        self.assertNotEqual(int(body.split()[1]), pid)
 
     async def test_logs_name_the_worker(self) -> None:
         process, _ = await self.start_workers("--log_format", "json")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from klein import Klein, Response
@@ -10,9 +10,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from twisted.application.service import Service
 from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException
 
-from imageserver.web.debug import DebugApp
 from imageserver.web.responses import json_response, routing_error, server_error
 
 
@@ -56,7 +56,7 @@ class AdminApp:
         self,
         readiness: Readiness,
         registry: CollectorRegistry,
-        debug: DebugApp | None = None,
+        debug: Callable[[], IResource | None] | None = None,
     ) -> None:
         self._readiness = readiness
         self._registry = registry
@@ -88,7 +88,10 @@ class AdminApp:
     def debug(self, request: IRequest) -> Any:
         if self._debug is None:
             return json_response(404, {"error": "profiling is off (--profile)"})
-        return self._debug.app.resource()
+        resource = self._debug()
+        if resource is None:
+            return json_response(503, {"error": "the debug worker is starting"})
+        return resource
 
     app.handle_errors(HTTPException)(routing_error)
     app.handle_errors(Exception)(server_error)

@@ -124,7 +124,7 @@ class DebugApp:
     def threads(self, request: IRequest) -> Response:
         """Where every thread is right now: the reactor and each worker."""
         names = {t.ident: t.name for t in threading.enumerate()}
-        parts = []
+        parts = [f"process {os.getpid()}\n\n"]
         for ident, frame in sys._current_frames().items():
             parts.append(f"Thread {names.get(ident, '?')} ({ident}):\n")
             parts.extend(traceback.format_stack(frame))
