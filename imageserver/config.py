@@ -108,7 +108,7 @@ class Config:
         "megapixels (a 7000x7000 image in 140 bytes is refused); 0: no limit.",
     )
     workers: int = setting(
-        1,
+        0,
         "Processes serving the main port; 0: one per CPU this process may use. "
         "Above 1, the twistd process binds the ports, keeps the admin port and "
         "supervises the workers, each with --processor_concurrency threads.",

@@ -1,3 +1,5 @@
+import os
+
 from twisted.application.service import IServiceCollection
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
@@ -160,7 +162,7 @@ class RemoteOptionsTests(SynchronousTestCase):
 class MakeServiceTests(SynchronousTestCase):
     def test_builds_without_opening_anything(self) -> None:
         options = Options()
-        options.parseOptions(["--local_base_path", self.mktemp()])
+        options.parseOptions(["--workers", "1", "--local_base_path", self.mktemp()])
         service = makeService(options)
         self.assertFalse(service.running)
         names = [type(s).__name__ for s in IServiceCollection(service)]
@@ -172,7 +174,9 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_s3_adds_its_pool_uploader_and_sweeper(self) -> None:
         options = Options()
-        options.parseOptions(["--aws_bucket", "b", "--local_base_path", self.mktemp()])
+        options.parseOptions(
+            ["--workers", "1", "--aws_bucket", "b", "--local_base_path", self.mktemp()]
+        )
         names = [type(s).__name__ for s in IServiceCollection(makeService(options))]
         self.assertEqual(names, [
             "Signals", "ThreadPoolService", "ThreadPoolService", "ThreadPoolService",
@@ -183,9 +187,19 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_statsd_is_a_service_when_enabled(self) -> None:
         options = Options()
-        options.parseOptions(["--enable_statsd", "--statsd_port", "9125"])
+        options.parseOptions(
+            ["--workers", "1", "--enable_statsd", "--statsd_port", "9125"]
+        )
         names = [type(s).__name__ for s in IServiceCollection(makeService(options))]
         self.assertIn("StatsdClient", names)
+
+    def test_with_workers_the_process_supervises(self) -> None:
+        options = Options()
+        options.parseOptions(["--workers", "2", "--enable_statsd"])
+        names = [type(s).__name__ for s in IServiceCollection(makeService(options))]
+        self.assertEqual(
+            names, ["Signals", "Listening", "Workers", "Listening", "Readiness"]
+        )
 
     def test_admin_port_can_be_disabled(self) -> None:
         options = Options()
@@ -195,6 +209,10 @@ class MakeServiceTests(SynchronousTestCase):
 
 
 class WorkersOptionTests(SynchronousTestCase):
+    def test_the_default_is_one_worker_per_usable_cpu(self) -> None:
+        self.assertEqual(parse().workers, len(os.sched_getaffinity(0)))
+        self.assertEqual(parse("--workers", "1").workers, 1)
+
     def test_the_debug_worker_is_one_of_the_workers(self) -> None:
         with self.assertRaisesRegex(UsageError, "--debug_worker must be 1 to 2"):
             parse("--workers", "2", "--debug_worker", "3")

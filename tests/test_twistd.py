@@ -93,12 +93,17 @@ class TwistdCase(TestCaseMixin, TestCase):
     timeout = 60
 
     async def start_server(
-        self, *extra: str, env: dict[str, str] | None = None
+        self,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        workers: tuple[str, ...] = ("--workers", "1"),
     ) -> Twistd:
+        """A server on its own ports; one process unless ``extra`` or
+        ``workers`` says otherwise (``workers=()``: the default)."""
         self.port, self.admin_port = free_port(), free_port()
         process = Twistd([self.port, self.admin_port])
         process.start([
-            "imageserver", "--port", str(self.port),
+            "imageserver", *workers, "--port", str(self.port),
             "--admin-port", str(self.admin_port),
             "--local_base_path", os.path.abspath(self.mktemp()), *extra,
         ], env)  # fmt: skip

@@ -119,6 +119,17 @@ class WorkersTests(TwistdCase):
         self.assertEqual(await process.ended, 0)  # type: ignore[attr-defined]
         self.assertFalse(any(alive(p) for p in pids - {victim}))
 
+    async def test_by_default_one_worker_per_cpu(self) -> None:
+        cpus = len(os.sched_getaffinity(0))
+        if cpus == 1:
+            self.skipTest("one CPU: the default is one process, no workers")
+        process = await self.start_server(workers=())
+        await process.wait_for(rb"%d worker processes" % cpus)
+        for number in range(1, cpus + 1):
+            await process.wait_for(rb"worker %d is ready" % number)
+        response, _ = await self.call("GET", "/status_check")
+        self.assertEqual(response.code, 200)
+
     async def test_the_kernel_spreads_connections_over_the_workers(self) -> None:
         # Each worker has a socket of its own on the port, and the kernel
         # gives each new connection to one of them. (On one shared socket,
