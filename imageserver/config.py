@@ -28,6 +28,18 @@ CANNED_ACLS = (
 )
 
 
+def _threads(cpus: int, workers: int) -> int:
+    """Processing threads per process when not given: one per CPU for one
+    process; with workers, twice each one's share of the CPUs and at least
+    2. Connections are spread at random, so a worker may hold more than its
+    share of the load and needs threads to spare; yet all workers together
+    never decode more than 2 x CPUs images at once (memory, caches).
+    """
+    if workers <= 1:
+        return cpus
+    return max(2, -(-2 * cpus // workers))
+
+
 def _cpu_count() -> int:
     """CPUs this process may run on (a container's share, not the host's)."""
     try:
@@ -121,7 +133,9 @@ class Config:
         server_only=True,
     )
     processor_concurrency: int = setting(
-        0, "Threads decoding and encoding images; 0 means one per CPU."
+        0,
+        "Threads decoding and encoding images (in each worker); 0: one per "
+        "CPU, with --workers 2 x CPUs / workers (at least 2).",
     )
     io_concurrency: int = setting(8, "Threads reading and writing storage.")
     memory_cache_bytes: int = setting(
@@ -292,7 +306,9 @@ class Config:
         if self.workers == 0:
             object.__setattr__(self, "workers", _cpu_count())
         if self.processor_concurrency == 0:
-            object.__setattr__(self, "processor_concurrency", _cpu_count())
+            object.__setattr__(
+                self, "processor_concurrency", _threads(_cpu_count(), self.workers)
+            )
         if self.uploader not in ("", "s3", "aws", "noop"):
             raise ValueError("--uploader must be s3 or noop")
         if self.remote == "s3" and not self.aws_bucket:

@@ -74,11 +74,8 @@ def worker_config(config: Config, number: int) -> str:
     ``--profile``, the latter with an admin port of its own on loopback,
     which the supervisor's admin port forwards ``/debug/*`` to.
 
-    Each worker keeps all the processing threads, not a share: connections
-    are spread at random (a keep-alive connection stays with its worker), so
-    a worker with a share would leave cores idle whenever it holds most of
-    the load. Threads beyond the cores only wait: decoding and encoding
-    release the GIL, and the OS shares the cores.
+    Its processing threads are the supervisor's `Config.processor_concurrency`,
+    sized for one worker of many (config._threads).
     """
     debug = number == config.debug_worker
     worker = dataclasses.replace(

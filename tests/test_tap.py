@@ -213,6 +213,16 @@ class WorkersOptionTests(SynchronousTestCase):
         self.assertEqual(parse().workers, len(os.sched_getaffinity(0)))
         self.assertEqual(parse("--workers", "1").workers, 1)
 
+    def test_threads_per_worker_never_pass_twice_the_cpus(self) -> None:
+        cpus = len(os.sched_getaffinity(0))
+        self.assertEqual(parse("--workers", "1").processor_concurrency, cpus)
+        for workers in (2, 3, 8, 64):
+            threads = parse("--workers", str(workers)).processor_concurrency
+            self.assertEqual(threads, max(2, -(-2 * cpus // workers)))
+            self.assertLessEqual(threads * workers, max(2 * cpus, 2 * workers))
+        given = parse("--workers", "8", "--processor_concurrency", "5")
+        self.assertEqual(given.processor_concurrency, 5)
+
     def test_the_debug_worker_is_one_of_the_workers(self) -> None:
         with self.assertRaisesRegex(UsageError, "--debug_worker must be 1 to 2"):
             parse("--workers", "2", "--debug_worker", "3")
