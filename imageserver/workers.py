@@ -307,9 +307,8 @@ class Workers(Service):
         super().stopService()
         # The main port (stopped just before) closes the first socket; with
         # the supervisor's copies gone, each closes with its worker's.
-        for sibling in self._sockets[1:]:
-            if sibling is not self._sockets[0]:
-                sibling.close()
+        for sibling in set(self._sockets[1:]) - set(self._sockets[:1]):
+            sibling.close()
         for call in self._pending.values():
             call.cancel()
         self._pending.clear()

@@ -1,10 +1,12 @@
 import os
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.application.service import IServiceCollection
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from imageserver.config import Config
+from imageserver.config import Config, _threads
 from imageserver.options import ServerOptions as Options
 from imageserver.tap import makeService
 
@@ -213,15 +215,26 @@ class WorkersOptionTests(SynchronousTestCase):
         self.assertEqual(parse().workers, len(os.sched_getaffinity(0)))
         self.assertEqual(parse("--workers", "1").workers, 1)
 
-    def test_threads_per_worker_never_pass_twice_the_cpus(self) -> None:
+    def test_threads_per_worker_default_to_this_machine_s_share(self) -> None:
         cpus = len(os.sched_getaffinity(0))
         self.assertEqual(parse("--workers", "1").processor_concurrency, cpus)
-        for workers in (2, 3, 8, 64):
-            threads = parse("--workers", str(workers)).processor_concurrency
-            self.assertEqual(threads, max(2, -(-2 * cpus // workers)))
-            self.assertLessEqual(threads * workers, max(2 * cpus, 2 * workers))
+        threads = parse("--workers", "3").processor_concurrency
+        self.assertEqual(threads, _threads(cpus, 3))
         given = parse("--workers", "8", "--processor_concurrency", "5")
         self.assertEqual(given.processor_concurrency, 5)
+
+    @given(st.integers(1, 512), st.integers(2, 512))
+    def test_threads_per_worker_cover_the_cores_twice_at_most(
+        self, cpus: int, workers: int
+    ) -> None:
+        threads = _threads(cpus, workers)
+        self.assertGreaterEqual(threads, 2)  # a worker never has one thread
+        # Together the workers can use every core twice over, and no more
+        # (unless each already has the minimum).
+        self.assertGreaterEqual(threads * workers, 2 * cpus)
+        if threads > 2:
+            self.assertLess((threads - 1) * workers, 2 * cpus)
+        self.assertEqual(_threads(cpus, 1), cpus)
 
     def test_the_debug_worker_is_one_of_the_workers(self) -> None:
         with self.assertRaisesRegex(UsageError, "--debug_worker must be 1 to 2"):
