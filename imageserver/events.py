@@ -136,28 +136,19 @@ class Events:
             buckets=_BUCKETS,
             registry=r,
         )
-        self.uploads = Counter(
-            "imageserver_background_uploads",
-            "Background uploads to the remote store: uploaded, failed_attempt.",
-            ["outcome"],
-            registry=r,
-        )
-        self.uploads_pending = Gauge(
-            "imageserver_background_uploads_pending",
-            "Background uploads not yet in the remote store.",
-            multiprocess_mode="livesum",
-            registry=r,
-        )
-        self.writes = Counter(
+        self.background = Counter(
             "imageserver_background_writes",
-            "Generated variants written to storage after the response: "
-            "written, failed.",
-            ["outcome"],
+            "Writes landing after their response, by queue (behind: variants "
+            "served before they were stored; bucket: uploads of the local "
+            "cache to the remote store) and outcome (written, retried, "
+            "failed, cancelled).",
+            ["queue", "outcome"],
             registry=r,
         )
-        self.writes_pending = Gauge(
+        self.background_pending = Gauge(
             "imageserver_background_writes_pending",
-            "Generated variants served but not yet written to storage.",
+            "Writes on their way, by queue.",
+            ["queue"],
             multiprocess_mode="livesum",
             registry=r,
         )
@@ -215,19 +206,13 @@ class Events:
         self.storage.labels(backend, operation, "ok" if ok else "error").inc()
         self.storage_seconds.labels(backend, operation).observe(seconds)
 
-    def upload_finished(self, ok: bool, pending: int) -> None:
-        self.uploads.labels("uploaded" if ok else "failed_attempt").inc()
-        self.uploads_pending.set(pending)
+    def background_queued(self, queue: str, pending: int) -> None:
+        self.background_pending.labels(queue).set(pending)
 
-    def upload_queued(self, pending: int) -> None:
-        self.uploads_pending.set(pending)
-
-    def write_finished(self, ok: bool, pending: int) -> None:
-        self.writes.labels("written" if ok else "failed").inc()
-        self.writes_pending.set(pending)
-
-    def write_queued(self, pending: int) -> None:
-        self.writes_pending.set(pending)
+    def background_done(self, queue: str, outcome: str, pending: int) -> None:
+        """A background write ``written``, ``retried``, ``failed`` or ``cancelled``."""
+        self.background.labels(queue, outcome).inc()
+        self.background_pending.labels(queue).set(pending)
 
     # -- statsd --------------------------------------------------------------
 

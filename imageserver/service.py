@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
+from twisted.application.internet import backoffPolicy
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
@@ -38,10 +39,10 @@ from imageserver.storage.behind import WriteBehind
 from imageserver.storage.local import LocalStorage, WritableCheck, check_writable
 from imageserver.storage.memory import MemoryCache
 from imageserver.storage.metered import MeteredStorage
+from imageserver.storage.queue import WriteQueue
 from imageserver.storage.s3 import LazyClient, S3Settings, S3Storage
 from imageserver.storage.sweeper import STALE_TEMPORARY, CacheSweeper
 from imageserver.storage.tiered import TieredStorage
-from imageserver.storage.uploads import Uploader
 from imageserver.web.admin import AdminApp, Readiness
 from imageserver.web.app import UNSIGNED_ROUTES, ImageServerApp, route_name
 from imageserver.web.debug import DebugApp, HeapTracing
@@ -54,6 +55,10 @@ log = Logger()
 #: the CPU time that serving stored variants and accepting requests leave, so
 #: cache hits do not wait behind renders for a core (docs/performance.md).
 RENDER_NICENESS = 10
+#: Seconds between attempts to upload a variant to the bucket: 1 s, doubling
+#: to a minute, each plus up to a second at random so that many retries do
+#: not arrive together.
+UPLOAD_RETRY = backoffPolicy(initialDelay=1.0, maxDelay=60.0, factor=2.0)
 
 
 class ConnectionPoolService(Service):
@@ -313,9 +318,11 @@ def make_images(
     storage = make_storage(config, reactor, io, parent, events, deadline)
     # Added after the uploader, so stopped before it: what lands here at
     # shutdown is still handed over to the bucket.
-    behind = WriteBehind(storage, reactor, deadline.remaining, events)
+    behind = WriteQueue(
+        storage, reactor, deadline.remaining, name="behind", events=events
+    )
     behind.setServiceParent(parent)
-    storage = behind
+    storage = WriteBehind(storage, behind)
     if config.memory_cache_bytes:
         storage = MemoryCache(storage, config.memory_cache_bytes, is_generated)
 
@@ -384,10 +391,17 @@ def make_storage(
     remote = MeteredStorage(
         S3Storage(settings, LazyClient(settings), s3_pool.run), "s3", events
     )
-    uploader = Uploader(remote, reactor, deadline.remaining, events=events)
-    uploader.setServiceParent(parent)
+    uploads = WriteQueue(
+        remote,
+        reactor,
+        deadline.remaining,
+        name="bucket",
+        retry=UPLOAD_RETRY,
+        events=events,
+    )
+    uploads.setServiceParent(parent)
     sweeper = CacheSweeper(
         config.local_base_path, config.max_file_age * 60, reactor, io.run
     )
     sweeper.setServiceParent(parent)
-    return TieredStorage(local, remote, uploader)
+    return TieredStorage(local, remote, uploads)

@@ -9,9 +9,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from imageserver.storage import Storage
+from imageserver.storage.queue import WriteQueue
 from imageserver.storage.s3 import LazyClient, S3Settings, S3Storage
 from imageserver.storage.tiered import TieredStorage
-from imageserver.storage.uploads import Uploader
 from tests.s3server import CREDENTIALS, MotoServer, shared
 from tests.support import AppHarness, decode, encode, quadrants, synchronous
 
@@ -36,7 +36,7 @@ class Bucket:
             max_attempts=1,
         )
         s3 = S3Storage(settings, LazyClient(settings), synchronous)
-        self.uploader = Uploader(s3, self.clock, shutdown_timeout=30)
+        self.uploader = WriteQueue(s3, self.clock, 30, name="bucket")
         return TieredStorage(local, s3, self.uploader)
 
     def objects(self, prefix: str = "") -> dict[str, str]:
@@ -103,7 +103,7 @@ class RemoteStorageTests(SynchronousTestCase):
         self.assertEqual(sorted(os.listdir(local)), ["original", "w123.png"])
         # The GET answered first; the upload followed, here at once.
         self.assertEqual(self.bucket.read(f"images{folder}/w123.png"), body)
-        self.assertEqual(self.bucket.uploader.uploaded, 1)
+        self.assertEqual(self.bucket.uploader.pending, 0)
 
     def test_info_json_from_another_instance(self) -> None:
         folder = self.app.upload(PHOTO)

@@ -11,8 +11,9 @@ from imageserver.events import Events
 from imageserver.storage import Storage, etag_of
 from imageserver.storage.behind import WriteBehind
 from imageserver.storage.local import LocalStorage
+from imageserver.storage.queue import WriteQueue
+from tests.storage_contract import FOLDER, KEY, StorageContract
 from tests.support import Gate, sample, synchronous
-from tests.test_storage_local import FOLDER, KEY, StorageContract
 
 DATA = b"rendered jpeg bytes"
 
@@ -21,7 +22,8 @@ class WriteBehindContractTests(StorageContract, SynchronousTestCase):
     """With writes that land at once, it is a Storage like any other."""
 
     def make_storage(self) -> Storage:
-        return WriteBehind(LocalStorage(self.mktemp(), synchronous), Clock(), 30)
+        disk = LocalStorage(self.mktemp(), synchronous)
+        return WriteBehind(disk, WriteQueue(disk, Clock(), 30, name="behind"))
 
 
 class WriteBehindTests(SynchronousTestCase):
@@ -30,7 +32,10 @@ class WriteBehindTests(SynchronousTestCase):
         self.disk = LocalStorage(self.mktemp(), self.gate)
         self.clock = Clock()
         self.events = Events()
-        self.storage = WriteBehind(self.disk, self.clock, 30, self.events)
+        self.queue = WriteQueue(
+            self.disk, self.clock, 30, name="behind", events=self.events
+        )
+        self.storage = WriteBehind(self.disk, self.queue)
 
     def run_(self, coroutine: Any) -> Deferred[Any]:
         return Deferred.fromCoroutine(coroutine)
@@ -48,9 +53,12 @@ class WriteBehindTests(SynchronousTestCase):
         stored = self.successResultOf(put)
         self.assertEqual((stored.data, stored.etag), (DATA, etag_of(DATA)))
         self.assertIsNone(self.on_disk(KEY))
-        self.assertEqual(self.storage.pending, 1)
+        self.assertEqual(self.queue.pending, 1)
         self.assertEqual(
-            sample(self.events, "imageserver_background_writes_pending"), 1
+            sample(
+                self.events, "imageserver_background_writes_pending", queue="behind"
+            ),
+            1,
         )
         # Readable meanwhile, from memory: no disk work is asked for.
         self.assertIs(self.successResultOf(self.run_(self.storage.get(KEY))), stored)
@@ -59,15 +67,21 @@ class WriteBehindTests(SynchronousTestCase):
 
         self.gate.release()
         self.assertEqual(self.on_disk(KEY), DATA)
-        self.assertEqual(self.storage.pending, 0)
+        self.assertEqual(self.queue.pending, 0)
         self.assertEqual(
             sample(
-                self.events, "imageserver_background_writes_total", outcome="written"
+                self.events,
+                "imageserver_background_writes_total",
+                queue="behind",
+                outcome="written",
             ),
             1,
         )
         self.assertEqual(
-            sample(self.events, "imageserver_background_writes_pending"), 0
+            sample(
+                self.events, "imageserver_background_writes_pending", queue="behind"
+            ),
+            0,
         )
 
     def test_a_pending_write_is_listed_with_its_folder(self) -> None:
@@ -96,7 +110,7 @@ class WriteBehindTests(SynchronousTestCase):
             self.assertNoResult(put)
             self.gate.release()
             self.assertEqual(self.successResultOf(put).data, DATA)
-        self.assertEqual(self.storage.pending, 0)
+        self.assertEqual(self.queue.pending, 0)
 
     def test_a_durable_write_lands_after_the_pending_one_of_its_key(self) -> None:
         self.run_(self.storage.put(KEY, b"old", "image/jpeg", durable=False, etag="e"))
@@ -119,7 +133,7 @@ class WriteBehindTests(SynchronousTestCase):
         )
         self.gate.release()
         self.assertEqual(self.on_disk(KEY), b"second")
-        self.assertEqual(self.storage.pending, 0)
+        self.assertEqual(self.queue.pending, 0)
 
     def test_delete_waits_for_the_write_on_its_way(self) -> None:
         self.run_(self.storage.put(KEY, DATA, "image/jpeg", durable=False, etag="e"))
@@ -142,36 +156,39 @@ class WriteBehindTests(SynchronousTestCase):
             self.gate.release()
         self.assertEqual(
             [e["log_format"] for e in logged if e.get("key") == KEY],
-            ["writing {key} failed ({error}); it will be generated again "
-             "when requested"],
+            ["{queue}: writing {key} failed ({error}); it will be generated "
+             "again when requested"],
         )  # fmt: skip
-        self.assertEqual(self.storage.pending, 0)
+        self.assertEqual(self.queue.pending, 0)
         got = self.run_(self.storage.get(KEY))  # from the disk again
         self.gate.release()
         self.assertIsNone(self.successResultOf(got))
         self.assertEqual(
             sample(
-                self.events, "imageserver_background_writes_total", outcome="failed"
+                self.events,
+                "imageserver_background_writes_total",
+                queue="behind",
+                outcome="failed",
             ),
             1,
         )
 
     def test_stopping_waits_for_pending_writes(self) -> None:
-        self.storage.startService()
+        self.queue.startService()
         self.run_(self.storage.put(KEY, DATA, "image/jpeg", durable=False, etag="e"))
-        stopped = self.storage.stopService()
+        stopped = self.queue.stopService()
         self.assertNoResult(stopped)
         self.gate.release()
         self.successResultOf(stopped)
         self.assertEqual(self.on_disk(KEY), DATA)
 
     def test_stopping_gives_up_after_the_timeout_and_names_what_is_lost(self) -> None:
-        self.storage.startService()
+        self.queue.startService()
         self.run_(self.storage.put(KEY, DATA, "image/jpeg", durable=False, etag="e"))
         logged: list[dict[str, object]] = []
         globalLogPublisher.addObserver(logged.append)
         self.addCleanup(globalLogPublisher.removeObserver, logged.append)
-        stopped = self.storage.stopService()
+        stopped = self.queue.stopService()
         self.clock.advance(30)
         self.successResultOf(stopped)
         self.assertIn(KEY, [event.get("key") for event in logged])

@@ -6,8 +6,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from imageserver.naming import is_generated
 from imageserver.storage.local import LocalStorage
 from imageserver.storage.memory import MemoryCache
+from tests.storage_contract import FOLDER, StorageContract
 from tests.support import synchronous
-from tests.test_storage_local import FOLDER, StorageContract
 
 VARIANT = f"{FOLDER}/w200.jpg"
 

@@ -6,8 +6,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from imageserver.errors import StorageFailed, StorageUnavailable
 from imageserver.storage.s3 import LazyClient, S3Settings, S3Storage
 from tests.s3server import CREDENTIALS, free_port, shared
+from tests.storage_contract import FOLDER, KEY, StorageContract
 from tests.support import synchronous
-from tests.test_storage_local import FOLDER, KEY, StorageContract
 
 
 def s3_storage(endpoint: str, bucket: str, **settings: Any) -> S3Storage:
@@ -57,13 +57,19 @@ class S3StorageTests(StorageContract, SynchronousTestCase):
         uris = {g["Grantee"].get("URI", "") for g in grants["Grants"]}
         self.assertIn("http://acs.amazonaws.com/groups/global/AllUsers", uris)
 
-    def test_list_pages_through_large_folders(self) -> None:
-        storage = self.make_storage()
+    def test_list_and_delete_page_through_large_folders(self) -> None:
+        storage = self.make_storage(base_path="images")
         client = self.server.client()
         names = sorted(f"w{n}.jpg" for n in range(1, 1006))
         for name in names:
-            client.put_object(Bucket=self.bucket, Key=f"{FOLDER}/{name}", Body=b"x")
+            client.put_object(
+                Bucket=self.bucket, Key=f"images/{FOLDER}/{name}", Body=b"x"
+            )
+        client.put_object(Bucket=self.bucket, Key=f"images/{FOLDER}0/x", Body=b"x")
         self.assertEqual(self.result(storage.list(FOLDER)), names)
+        self.result(storage.delete_prefix(FOLDER))
+        left = client.list_objects_v2(Bucket=self.bucket)["Contents"]
+        self.assertEqual([o["Key"] for o in left], [f"images/{FOLDER}0/x"])
 
     def test_missing_bucket_is_refused(self) -> None:
         storage = s3_storage(shared().url, "no-such-bucket-here")
@@ -80,6 +86,7 @@ class S3StorageTests(StorageContract, SynchronousTestCase):
             lambda: storage.put(KEY, b"x", "image/jpeg"),
             lambda: storage.list(FOLDER),
             lambda: storage.exists(KEY),
+            lambda: storage.delete_prefix(FOLDER),
         )
         for call in calls:
             failure = self.failureResultOf(self.wrap(call()), StorageUnavailable)

@@ -1,17 +1,19 @@
 from typing import Any
 
+from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
+from imageserver.events import Events
 from imageserver.storage.local import LocalStorage
+from imageserver.storage.queue import WriteQueue
 from imageserver.storage.s3 import LazyClient, S3Settings, S3Storage
 from imageserver.storage.tiered import TieredStorage
-from imageserver.storage.uploads import Uploader
 from tests.s3server import CREDENTIALS, free_port, shared
-from tests.support import Gate, synchronous
-from tests.test_storage_local import FOLDER, KEY, StorageContract
+from tests.storage_contract import FOLDER, KEY, StorageContract
+from tests.support import Gate, sample, synchronous
 
 
 class Network:
@@ -45,9 +47,25 @@ class TieredStorageTests(StorageContract, SynchronousTestCase):
         self.clock = Clock()
         self.s3_runner = s3_runner
         self.remote = S3Storage(settings, self.network, s3_runner)
-        self.uploader = Uploader(self.remote, self.clock, shutdown_timeout=30)
+        self.events = Events()
+        self.uploader = WriteQueue(
+            self.remote,
+            self.clock,
+            shutdown_timeout=30,
+            name="bucket",
+            retry=backoffPolicy(1.0, 60.0, 2.0, jitter=lambda: 0.0),
+            events=self.events,
+        )
         self.local = LocalStorage(self.mktemp(), synchronous)
         return TieredStorage(self.local, self.remote, self.uploader)
+
+    def count(self, outcome: str) -> float:
+        return sample(
+            self.events,
+            "imageserver_background_writes_total",
+            queue="bucket",
+            outcome=outcome,
+        )
 
     def in_bucket(self, key: str) -> bytes | None:
         try:
@@ -95,19 +113,19 @@ class TieredStorageTests(StorageContract, SynchronousTestCase):
         self.assertEqual((self.uploader.pending, self.in_bucket(KEY)), (1, None))
         gate.release()
         self.assertEqual((self.uploader.pending, self.in_bucket(KEY)), (0, b"later"))
-        self.assertEqual(self.uploader.uploaded, 1)
+        self.assertEqual(self.count("written"), 1)
 
     def test_failed_uploads_are_retried_with_backoff_until_they_land(self) -> None:
         storage = self.make_storage()
         self.network.current = self.network.down
         self.result(storage.put(KEY, b"v", "image/jpeg", durable=False))
-        self.assertEqual((self.uploader.pending, self.uploader.failed_attempts), (1, 1))
+        self.assertEqual((self.uploader.pending, self.count("retried")), (1, 1))
         self.clock.advance(0.9)
-        self.assertEqual(self.uploader.failed_attempts, 1)
+        self.assertEqual(self.count("retried"), 1)
         self.clock.advance(0.1)  # first retry after 1 s
-        self.assertEqual(self.uploader.failed_attempts, 2)
+        self.assertEqual(self.count("retried"), 2)
         self.clock.advance(1.9)
-        self.assertEqual(self.uploader.failed_attempts, 2)
+        self.assertEqual(self.count("retried"), 2)
         self.network.current = self.network.up
         self.clock.advance(0.1)  # second retry 2 s later
         self.assertEqual((self.uploader.pending, self.in_bucket(KEY)), (0, b"v"))

@@ -170,7 +170,7 @@ class MakeServiceTests(SynchronousTestCase):
         names = [type(s).__name__ for s in IServiceCollection(service)]
         self.assertEqual(names, [
             "Signals", "ThreadPoolService", "ThreadPoolService", "CacheSweeper",
-            "WriteBehind", "ConnectionPoolService", "WritableCheck", "Listening",
+            "WriteQueue", "ConnectionPoolService", "WritableCheck", "Listening",
             "RequestDrain", "Listening", "Readiness",
         ])  # fmt: skip
 
@@ -182,7 +182,7 @@ class MakeServiceTests(SynchronousTestCase):
         names = [type(s).__name__ for s in IServiceCollection(makeService(options))]
         self.assertEqual(names, [
             "Signals", "ThreadPoolService", "ThreadPoolService", "ThreadPoolService",
-            "Uploader", "CacheSweeper", "WriteBehind", "ConnectionPoolService",
+            "WriteQueue", "CacheSweeper", "WriteQueue", "ConnectionPoolService",
             "WritableCheck", "Listening", "RequestDrain",
             "Listening", "Readiness",
         ])  # fmt: skip

@@ -36,6 +36,12 @@ class Storage(Protocol):
 
     Writes are atomic: a reader sees the old object, the new one, or none,
     never part of one. Missing objects are ``None`` or ``False``, not errors.
+
+    Every method may raise, and only raises, what a client is told as
+    storage trouble (`imageserver.errors`): `StorageUnavailable` (503: cannot
+    be reached or written now, try again), `StorageFull` (507: no room left)
+    or `StorageFailed` (502: the backend refused, e.g. credentials or
+    policy). A key outside the layout is a bug, `ValueError`.
     """
 
     async def get(self, key: str) -> StoredObject | None:
@@ -60,15 +66,33 @@ class Storage(Protocol):
         """
         ...
 
-    async def exists(self, key: str) -> bool: ...
+    async def exists(self, key: str) -> bool:
+        """Whether an object is at ``key``."""
+        ...
 
     async def list(self, folder: str) -> list[str]:
         """The names of the objects directly under ``folder``, sorted."""
         ...
 
     async def delete(self, key: str) -> None:
-        """Remove ``key``; removing a missing object is not an error."""
+        """Remove ``key``, and any write of it still on its way; removing a
+        missing object is not an error."""
         ...
+
+    async def delete_prefix(self, folder: str) -> None:
+        """Remove every object under ``folder``, at any depth, and every
+        write under it still on its way (an image's purge).
+
+        Nothing under ``folder`` is left once it returns, except what is
+        written after it started. An empty or missing folder is not an error.
+        """
+        ...
+
+
+def under(key: str, prefix: str) -> bool:
+    """Whether ``key`` is ``prefix`` itself or inside the folder ``prefix``."""
+    prefix = prefix.rstrip("/")
+    return key == prefix or key.startswith(prefix + "/")
 
 
 def cache_control(key: str) -> str:

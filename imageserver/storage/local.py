@@ -77,6 +77,9 @@ class LocalStorage:
     async def delete(self, key: str) -> None:
         await self._call(_delete, self.path(key))
 
+    async def delete_prefix(self, folder: str) -> None:
+        await self._call(_delete_tree, self.path(folder), self.root)
+
 
 def translate_errors(f: Callable[..., T], *args: Any) -> T:
     """The file system's failures as the two a client is told about.
@@ -246,3 +249,31 @@ def _list(folder: str) -> list[str]:
 def _delete(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+def _delete_tree(folder: str, root: str) -> None:
+    """Remove ``folder`` with everything in it (temporary files included),
+    then its parents up to ``root`` while they are empty.
+
+    A write that lands meanwhile makes a folder not empty: it is removed on
+    the next pass.
+    """
+    for _ in range(3):
+        try:
+            for parent, folders, files in os.walk(folder, topdown=False):
+                for name in files:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(parent, name))
+                for name in folders:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.rmdir(os.path.join(parent, name))
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(folder)
+        except OSError as e:
+            if e.errno != errno.ENOTEMPTY:
+                raise
+            continue
+        break
+    else:
+        raise OSError(errno.ENOTEMPTY, "writes keep landing in the folder", folder)
+    _prune(os.path.dirname(folder), root)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 
-from imageserver.storage import Storage, StoredObject
+from imageserver.storage import Storage, StoredObject, under
 
 
 class MemoryCache:
@@ -30,14 +30,17 @@ class MemoryCache:
         self._cacheable = cacheable
         self._objects: OrderedDict[str, StoredObject] = OrderedDict()
         self.size = 0
+        #: Deletes begun or ended so far.
+        self._deletes = 0
 
     async def get(self, key: str) -> StoredObject | None:
         stored = self._objects.get(key)
         if stored is not None:
             self._objects.move_to_end(key)
             return stored
+        deletes = self._deletes
         stored = await self._backend.get(key)
-        if stored is not None:
+        if stored is not None and deletes == self._deletes:
             self._keep(key, stored)
         return stored
 
@@ -64,8 +67,25 @@ class MemoryCache:
         return await self._backend.list(folder)
 
     async def delete(self, key: str) -> None:
+        self._deletes += 1
         self._drop(key)
-        await self._backend.delete(key)
+        try:
+            await self._backend.delete(key)
+        finally:
+            self._deletes += 1
+
+    async def delete_prefix(self, folder: str) -> None:
+        self._deletes += 1
+        self.drop_prefix(folder)
+        try:
+            await self._backend.delete_prefix(folder)
+        finally:
+            self._deletes += 1
+
+    def drop_prefix(self, folder: str) -> None:
+        """Forget what is kept of ``folder`` (another process deleted it)."""
+        for key in [k for k in self._objects if under(k, folder)]:
+            self._drop(key)
 
     def _keep(self, key: str, stored: StoredObject) -> None:
         size = len(stored.data)

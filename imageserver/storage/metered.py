@@ -55,3 +55,6 @@ class MeteredStorage:
 
     async def delete(self, key: str) -> None:
         await self._timed("delete", self._backend.delete(key))
+
+    async def delete_prefix(self, folder: str) -> None:
+        await self._timed("delete_prefix", self._backend.delete_prefix(folder))

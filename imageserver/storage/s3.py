@@ -134,6 +134,9 @@ class S3Storage:
     async def delete(self, key: str) -> None:
         await self._call(self._delete, self.object_key(key))
 
+    async def delete_prefix(self, folder: str) -> None:
+        await self._call(self._delete_prefix, self.object_key(folder) + "/")
+
     async def _call(self, f: Callable[..., T], *args: Any) -> T:
         return await self._run(_translate_errors, f, *args)
 
@@ -190,6 +193,27 @@ class S3Storage:
 
     def _delete(self, key: str) -> None:
         self._client().delete_object(Bucket=self._settings.bucket, Key=key)
+
+    def _delete_prefix(self, prefix: str) -> None:
+        """Every key under ``prefix``, a page (at most 1000) per request."""
+        client = self._client()
+        pages = client.get_paginator("list_objects_v2").paginate(
+            Bucket=self._settings.bucket, Prefix=prefix
+        )
+        for page in pages:
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", ())]
+            if not keys:
+                continue
+            response = client.delete_objects(
+                Bucket=self._settings.bucket,
+                Delete={"Objects": keys, "Quiet": True},
+            )
+            errors = response.get("Errors") or ()
+            if errors:
+                raise ClientError(
+                    {"Error": {"Code": errors[0].get("Code", ""), "Message": ""}},
+                    "DeleteObjects",
+                )
 
 
 def _code(error: ClientError) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from imageserver.storage import Storage, StoredObject
-from imageserver.storage.uploads import Uploader
+from imageserver.storage.queue import WriteQueue
 
 
 class TieredStorage:
@@ -11,14 +11,17 @@ class TieredStorage:
 
     A durable write goes to the remote store first, then to the cache, so an
     acknowledged write is in the bucket. A non-durable write lands in the
-    cache and is handed to the uploader, so a GET that generated a variant is
-    not held back by the upload.
+    cache and is handed to ``uploads`` (a queue writing to ``remote``, with
+    retries), so a GET that generated a variant is not held back by the
+    upload. Deletes cancel uploads on their way, then delete remotely, then
+    locally.
     """
 
-    def __init__(self, local: Storage, remote: Storage, uploader: Uploader) -> None:
+    def __init__(self, local: Storage, remote: Storage, uploads: WriteQueue) -> None:
+        assert uploads.target is remote, "the queue must write to the remote store"
         self.local = local
         self.remote = remote
-        self._uploader = uploader
+        self._uploads = uploads
 
     async def get(self, key: str) -> StoredObject | None:
         stored = await self.local.get(key)
@@ -38,11 +41,12 @@ class TieredStorage:
         etag: str | None = None,
     ) -> StoredObject:
         if durable:
+            await self._uploads.settle(key)
             stored = await self.remote.put(key, data, content_type)
             await self.local.put(key, data, content_type)
             return stored
         stored = await self.local.put(key, data, content_type, durable=False, etag=etag)
-        self._uploader.submit(key, data, content_type)
+        self._uploads.submit(key, stored)
         return stored
 
     async def exists(self, key: str) -> bool:
@@ -55,5 +59,11 @@ class TieredStorage:
         return sorted(set(remote) | set(local))
 
     async def delete(self, key: str) -> None:
+        await self._uploads.cancel(key)
         await self.remote.delete(key)
         await self.local.delete(key)
+
+    async def delete_prefix(self, folder: str) -> None:
+        await self._uploads.cancel(folder)
+        await self.remote.delete_prefix(folder)
+        await self.local.delete_prefix(folder)
