@@ -136,6 +136,13 @@ class Events:
             buckets=_BUCKETS,
             registry=r,
         )
+        self.deletes = Counter(
+            "imageserver_deletes",
+            "Deletes done, by what went: image (a purge of everything in its "
+            "folder), variant or file.",
+            ["what"],
+            registry=r,
+        )
         self.background = Counter(
             "imageserver_background_writes",
             "Writes landing after their response, by queue (behind: variants "
@@ -205,6 +212,10 @@ class Events:
     ) -> None:
         self.storage.labels(backend, operation, "ok" if ok else "error").inc()
         self.storage_seconds.labels(backend, operation).observe(seconds)
+
+    def deleted(self, what: str) -> None:
+        """An ``image`` purged, or one ``variant`` or ``file`` deleted."""
+        self.deletes.labels(what).inc()
 
     def background_queued(self, queue: str, pending: int) -> None:
         self.background_pending.labels(queue).set(pending)

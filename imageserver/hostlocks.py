@@ -48,29 +48,45 @@ class HostLocks:
         fds: list[int] = []
         try:
             for stripe in sorted({_stripe(key) for key in keys}):
-                fds.append(await self._take(stripe))
+                fds.append(await self._take(f"{stripe:04x}", fcntl.LOCK_EX))
             yield
         finally:
             for fd in fds:
                 os.close(fd)  # closing releases the lock
 
-    async def _take(self, stripe: int) -> int:
+    @asynccontextmanager
+    async def folder(self, folder: str, *, exclusive: bool) -> AsyncIterator[None]:
+        """Hold an image folder's lock: shared by work that stores into it,
+        exclusive for its purge.
+
+        Folder locks are stripes of their own (``f`` and four hex digits), so
+        a holder of a folder's lock may take its keys' locks without waiting
+        on itself.
+        """
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        fd = await self._take(f"f{_stripe(folder):04x}", mode)
+        try:
+            yield
+        finally:
+            os.close(fd)
+
+    async def _take(self, name: str, mode: int) -> int:
         delay = RETRY
         while True:
             # A lock folder that cannot be used is storage trouble (503/507).
-            fd = await self._run(translate_errors, self._try, stripe)
+            fd = await self._run(translate_errors, self._try, name, mode)
             if fd is not None:
                 return fd
             await deferLater(self._clock, delay)
             delay = min(delay * 2, MAX_RETRY)
 
-    def _try(self, stripe: int) -> int | None:
+    def _try(self, name: str, mode: int) -> int | None:
         """The open, locked stripe file, or None when another holds it."""
         os.makedirs(self._folder, exist_ok=True)
-        path = os.path.join(self._folder, f"{stripe:04x}")
+        path = os.path.join(self._folder, name)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             return None

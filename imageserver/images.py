@@ -23,13 +23,16 @@ from imageserver import containers, imaging, negotiation
 from imageserver.errors import (
     Forbidden,
     InvalidRequest,
+    NotCanonical,
     NotFound,
     Overloaded,
     UnsupportedImage,
 )
 from imageserver.events import Events
 from imageserver.flights import Flights
+from imageserver.gates import FolderGate
 from imageserver.hostlocks import HostLocks
+from imageserver.lifecycle import Lifecycle, NoLifecycle
 from imageserver.naming import (
     AUTO,
     INFO,
@@ -42,6 +45,7 @@ from imageserver.naming import (
     check_file_name,
     check_namespace,
     is_file_name,
+    is_generated,
     variant_format,
 )
 from imageserver.pools import Runner
@@ -84,11 +88,19 @@ class Images:
         clock: IReactorTime | None = None,
         processing_timeout: float | None = None,
         host_locks: HostLocks | None = None,
+        lifecycle: Lifecycle | None = None,
+        resweep_after: float | None = None,
     ) -> None:
         self._clock = clock
         #: With several workers on this host: locks that make one of them
         #: render a new variant or store a new upload (see hostlocks).
         self._host_locks = host_locks
+        #: Stores into a folder and its purge never overlap (see gates).
+        self._gate = FolderGate(host_locks)
+        self._lifecycle = lifecycle or NoLifecycle()
+        #: With other instances on the same store: seconds after a purge to
+        #: remove what their renders, under way at the time, stored after it.
+        self._resweep_after = resweep_after
         self._processing_timeout = processing_timeout
         self._storage = storage
         self._events = events or Events()
@@ -129,10 +141,11 @@ class Images:
         # carries after its end.
         data, digest = await self._process(_identified, data)
         image = ImageId(namespace, digest)
-        info = await self._ingests.run(
-            [image], lambda _: self._ingest(image, data, variants)
-        )[image]
-        await self._ensure(image, variants, data)
+        async with self._gate.storing(image.folder):
+            info = await self._ingests.run(
+                [image], lambda _: self._ingest(image, data, variants)
+            )[image]
+            await self._ensure(image, variants, data)
         return info
 
     async def resolve(self, image: ImageId, name: str, accept: str | None) -> Resolved:
@@ -209,7 +222,8 @@ class Images:
         try:
             # What a GET generates can be made again: it is answered before
             # it is written.
-            generated = await self._generate(image, [variant], durable=False)
+            async with self._gate.storing(image.folder):
+                generated = await self._generate(image, [variant], durable=False)
         except Exception:
             self._events.variant(variant.format, "failed")
             raise
@@ -252,17 +266,110 @@ class Images:
         variants = self._outputs(image.namespace, outputs)
         if not variants:
             raise InvalidRequest("give the variants to generate in ?outputs=")
-        await self._ensure(image, variants)
+        async with self._gate.storing(image.folder):
+            await self._ensure(image, variants)
 
     async def put_file(self, image: ImageId, name: str, body: BinaryIO) -> None:
         """Keep a client's file in the image's folder, replacing any previous one."""
         check_file_name(name)
         if self.presets.is_preset(image.namespace, name):
             raise InvalidRequest(f"the name {name!r} is a preset's")
-        if not await self._storage.exists(image.key(ORIGINAL)):
-            raise NotFound("image not found")
         data = await self.read(body)
-        await self._storage.put(image.key(name), data, content_type_for(name))
+        async with self._gate.storing(image.folder):
+            if not await self._storage.exists(image.key(ORIGINAL)):
+                raise NotFound("image not found")
+            await self._storage.put(image.key(name), data, content_type_for(name))
+
+    async def delete(self, image: ImageId, name: str) -> None:
+        """Remove one variant (made again when next asked for) or client file.
+
+        The original and info.json go only with the whole image (`purge`).
+        """
+        stored_name = self._stored_name(image.namespace, name)
+        key = image.key(stored_name)
+        async with self._gate.purging(image.folder):
+            if not await self._storage.exists(image.key(INFO)):
+                raise NotFound("image not found")
+            if not await self._storage.exists(key):
+                raise NotFound(f"{name!r} is not stored")
+            await self._storage.delete(key)
+        self._events.deleted("variant" if is_generated(key) else "file")
+        log.info("deleted {key}", key=key)
+        self._lifecycle.deleted(image, [key])
+
+    def _stored_name(self, namespace: str, name: str) -> str:
+        """The name ``name`` is stored under, for a delete."""
+        if name in (ORIGINAL, INFO):
+            raise InvalidRequest(
+                f"{name} goes only with the whole image: DELETE the image's folder"
+            )
+        preset = self.presets.resolve(namespace, name)
+        try:
+            variant = self.rules.parse(preset or name)
+        except NotCanonical as e:
+            return e.canonical
+        if variant is None:
+            if not is_file_name(name):
+                raise NotFound("file not found")
+            return name
+        if variant.format == AUTO:
+            raise InvalidRequest(
+                f"{name!r} is chosen by Accept, not stored: delete the name "
+                "it was served as (its Content-Location)"
+            )
+        return variant.name
+
+    async def purge(self, image: ImageId) -> list[str]:
+        """Remove everything of an image: original, info.json, every variant and
+        file, here and in every layer of storage; the keys that were there.
+
+        Work storing into the image's folder finishes first and is removed
+        with the rest; work that arrives meanwhile waits, then finds nothing.
+        """
+        check_namespace(image.namespace)
+        async with self._gate.purging(image.folder):
+            names = await self._storage.list(image.folder)
+            if not names and not await self._storage.exists(image.key(INFO)):
+                # Nothing to tell, but clear what a crash may have left deeper.
+                await self._storage.delete_prefix(image.folder)
+                raise NotFound("image not found")
+            await self._storage.delete_prefix(image.folder)
+        self._alpha.pop(image, None)
+        keys = [image.key(name) for name in names]
+        self._events.deleted("image")
+        log.info(
+            "purged {namespace}/{hash} ({count} objects)",
+            namespace=image.namespace,
+            hash=image.hash,
+            count=len(keys),
+        )
+        self._lifecycle.purged(image, keys)
+        if self._clock is not None and self._resweep_after is not None:
+            self._clock.callLater(self._resweep_after, self._resweep, image)
+        return keys
+
+    def _resweep(self, image: ImageId) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._sweep_again(image)).addErrback(
+            lambda f: log.failure(
+                "sweeping {folder} again failed", f, folder=image.folder
+            )
+        )
+
+    async def _sweep_again(self, image: ImageId) -> None:
+        """Remove variants that another instance's render, under way during a
+        purge, stored after it; unless the image was uploaded again since."""
+        async with self._gate.purging(image.folder):
+            if await self._storage.exists(image.key(INFO)):
+                return
+            late = [n for n in await self._storage.list(image.folder) if n != ORIGINAL]
+            for name in late:
+                await self._storage.delete(image.key(name))
+        if late:
+            log.info(
+                "removed {count} objects of purged {folder} stored after the purge",
+                count=len(late),
+                folder=image.folder,
+            )
 
     async def read(self, body: BinaryIO) -> bytes:
         """A request body's bytes, read off the reactor thread."""
@@ -358,6 +465,14 @@ class Images:
         await self._put_all(image, variants, outputs)
         await self._storage.put(image.key(INFO), info_json, "application/json")
         self._events.original_stored()
+        self._lifecycle.stored(
+            image,
+            [
+                image.key(ORIGINAL),
+                image.key(INFO),
+                *(image.key(v.name) for v in variants),
+            ],
+        )
         log.info(
             "stored {namespace}/{hash} ({width}x{height} {content_type})",
             namespace=image.namespace,
@@ -440,7 +555,9 @@ class Images:
                 raise NotFound("image not found")
             original = stored.data
         _, outputs = await self._render_many(original, variants)
-        return await self._put_all(image, variants, outputs, durable)
+        made = await self._put_all(image, variants, outputs, durable)
+        self._lifecycle.generated(image, list(made))
+        return made
 
     async def _put_all(
         self,
@@ -493,7 +610,10 @@ class Images:
         fresh = json.loads(info_json_of(image.hash, info))
         fields.update((k, v) for k, v in fresh.items() if k not in fields)
         data = json.dumps(fields).encode()
-        return await self._storage.put(image.key(INFO), data, "application/json")
+        async with self._gate.storing(image.folder):
+            if not await self._storage.exists(image.key(ORIGINAL)):
+                raise NotFound("image not found")
+            return await self._storage.put(image.key(INFO), data, "application/json")
 
 
 def _rendered(

@@ -107,7 +107,11 @@ class Gate:
 
     def release_first(self) -> None:
         """Run only the job held longest."""
-        d, f, args = self.held.pop(0)
+        self.release_at(0)
+
+    def release_at(self, index: int) -> None:
+        """Run only the job at ``index`` of those held (-1: the newest)."""
+        d, f, args = self.held.pop(index)
         maybeDeferred(f, *args).chainDeferred(d)
 
     def release(self) -> None:

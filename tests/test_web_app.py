@@ -363,7 +363,7 @@ class VariantTests(TestCaseMixin, SynchronousTestCase):
         )
 
     def test_wrong_method_is_405_json(self) -> None:
-        response, body = self.app.request("DELETE", f"{self.folder}/w200.jpg")
+        response, body = self.app.request("PUT", f"{self.folder}/w200.jpg")
         self.assertEqual(response.code, 405)
         self.assertEqual(json.loads(body), {"error": "method not allowed"})
         self.assertIn("GET", response.headers.getRawHeaders("Allow")[0])
@@ -530,6 +530,8 @@ class RouteNameTests(SynchronousTestCase):
             ("GET", f"{folder}/original", "original"),
             ("GET", f"{folder}/notes.txt", "file"),
             ("POST", f"{folder}/notes.txt", "store_file"),
+            ("DELETE", folder, "purge"),
+            ("DELETE", f"{folder}/w200.jpg", "delete"),
             ("GET", "/a/b/c", "other"),
             ("GET", "/", "other"),
             ("GET", "/p", "other"),

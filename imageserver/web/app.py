@@ -104,6 +104,16 @@ class ImageServerApp:
         stored = await self._images.get(image, served.name)
         return _serve(request, stored, image, served)
 
+    @app.route(_IMAGE, methods=["DELETE"])
+    async def purge(self, request: IRequest, image: ImageId) -> Response:
+        await self._images.purge(image)
+        return Response(204, {}, b"")
+
+    @app.route(_IMAGE + "/<name>", methods=["DELETE"], endpoint="delete")
+    async def delete(self, request: IRequest, image: ImageId, name: str) -> Response:
+        await self._images.delete(image, name)
+        return Response(204, {}, b"")
+
     @app.route(_IMAGE + "/<name>", methods=["POST"], endpoint="put_file")
     async def put_file(self, request: IRequest, image: ImageId, name: str) -> Response:
         await self._images.put_file(image, name, request.content)
@@ -122,6 +132,8 @@ def route_name(request: IRequest) -> str:
         return "upload"
     if len(parts) in (2, 3) and parts[1] == b"batch":
         return "batch"
+    if request.method == b"DELETE" and len(parts) in (5, 6):
+        return "purge" if len(parts) == 5 else "delete"
     if len(parts) != 6:
         return "other"
     name = parts[5].decode("ascii", "replace")
