@@ -16,6 +16,7 @@ from imageserver import endpoints
 from imageserver.addresses import SourcePolicy
 from imageserver.imaging import DECODER_MAX_PIXELS, Limits
 from imageserver.naming import OUTPUT_FORMATS, Presets, VariantRules
+from imageserver.signing import secrets_of
 
 CANNED_ACLS = (
     "private",
@@ -236,9 +237,50 @@ class Config:
     )
     secret: str = setting(
         "",
-        "Serve only URLs signed with this secret (HMAC-SHA256, see docs/security.md);"
-        " empty: no signatures.",
+        "Serve only URLs signed with one of these secrets (HMAC-SHA256, see "
+        "docs/security.md), comma-separated (or one per line of "
+        "IMAGESERVER_SECRET_FILE): the first signs, any verifies; empty: no "
+        "signatures.",
         repr=False,
+        server_only=True,
+    )
+    write_tokens: str = setting(
+        "",
+        "File of the tokens that may write (upload, process, store files, "
+        "batches, delete) with Authorization: Bearer; one per line, or "
+        "sha256:<hex>; read again when it changes and on SIGHUP. Empty: writes "
+        "are open (or signed, with --secret).",
+        server_only=True,
+    )
+    webhook: tuple[str, ...] = setting(
+        (),
+        "URLs (comma-separated) told of every image stored, variant first "
+        "generated, name deleted and image purged, by a signed JSON POST.",
+        server_only=True,
+    )
+    webhook_secret: str = setting(
+        "",
+        "Key of the X-Imageserver-Signature (HMAC-SHA256 of the body) on "
+        "webhook events; needed with --webhook.",
+        repr=False,
+        server_only=True,
+    )
+    webhook_queue: int = setting(
+        10000,
+        "Webhook events held for delivery at once; more are dropped and counted.",
+        server_only=True,
+    )
+    webhook_retry_seconds: float = setting(
+        3600.0,
+        "Seconds an event is retried (backoff from 1 s to 5 minutes) while its "
+        "receiver fails, before it is dropped and counted.",
+        server_only=True,
+    )
+    purge_check_interval: float = setting(
+        5.0,
+        "Seconds between checks for purges made by other processes (workers, "
+        "other instances on the bucket), whose copies this one then forgets; "
+        "0: never (one process alone).",
         server_only=True,
     )
     presets: tuple[str, ...] = setting(
@@ -346,6 +388,18 @@ class Config:
                     "--manhole must listen on loopback "
                     "(tcp:PORT:interface=127.0.0.1) unless --manhole_allow_remote"
                 )
+        if self.webhook and not self.webhook_secret:
+            raise ValueError("--webhook needs --webhook_secret")
+        for url in self.webhook:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"--webhook: {url!r} is not an http(s) URL")
+        if self.webhook_queue < 1 or self.webhook_retry_seconds < 0:
+            raise ValueError(
+                "--webhook_queue must be at least 1, --webhook_retry_seconds "
+                "not negative"
+            )
+        if self.purge_check_interval < 0:
+            raise ValueError("--purge_check_interval must not be negative")
         if self.presets_only and not (self.outputs or self.presets):
             raise ValueError("--presets_only needs --presets or --outputs")
         for name in ("processing_timeout", "idle_timeout", "request_head_timeout"):
@@ -420,6 +474,11 @@ class Config:
         if self.uploader in ("s3", "aws") or (not self.uploader and self.aws_bucket):
             return "s3"
         return None
+
+    @property
+    def secrets(self) -> tuple[bytes, ...]:
+        """The URL-signing secrets, the one that signs first."""
+        return secrets_of(self.secret)
 
     @property
     def endpoint(self) -> str:

@@ -21,7 +21,7 @@ from twisted.python.components import Componentized
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import IResource
 
-from imageserver import __version__
+from imageserver import __version__, endpoints
 from imageserver.batches import Batches
 from imageserver.config import Config
 from imageserver.events import Events
@@ -31,6 +31,7 @@ from imageserver.listening import Listening, StartupFailed
 from imageserver.logs import JSONLines, tagged
 from imageserver.naming import is_generated
 from imageserver.pools import ThreadPoolService
+from imageserver.reloading import Hangup, Reloading
 from imageserver.shutdown import Deadline, OrderedMultiService, RequestDrain, Signals
 from imageserver.sources import SourceFetcher, source_agent
 from imageserver.statsd import StatsdClient
@@ -43,10 +44,12 @@ from imageserver.storage.queue import WriteQueue
 from imageserver.storage.s3 import LazyClient, S3Settings, S3Storage
 from imageserver.storage.sweeper import STALE_TEMPORARY, CacheSweeper
 from imageserver.storage.tiered import TieredStorage
+from imageserver.tokens import WriteTokens
+from imageserver.web.access import AccessGuard
 from imageserver.web.admin import AdminApp, Readiness
 from imageserver.web.app import UNSIGNED_ROUTES, ImageServerApp, route_name
 from imageserver.web.debug import DebugApp, HeapTracing
-from imageserver.web.site import BodyBudget, BoundedSite, SignatureGuard
+from imageserver.web.site import BodyBudget, BoundedSite
 from imageserver.workers import LISTENING_FD, AdoptedPort, Ready, Workers
 
 log = Logger()
@@ -86,6 +89,9 @@ class ImageServer(OrderedMultiService):
         self.setName("imageserver")
         self.config = config
         self.worker = worker
+        #: Loaded before the ports open: a file that cannot be used stops
+        #: the start.
+        self.write_tokens: WriteTokens | None = None
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
@@ -125,6 +131,13 @@ class ImageServer(OrderedMultiService):
                     f"--local_base_path {os.path.abspath(config.local_base_path)} "
                     f"cannot be written: {e.strerror}"
                 ) from None
+            if self.write_tokens is not None:
+                try:
+                    self.write_tokens.load()
+                except (OSError, ValueError) as e:
+                    raise StartupFailed(
+                        f"--write_tokens {self.write_tokens.path}: {e}"
+                    ) from None
             super().privilegedStartService()
         except StartupFailed as e:
             log.critical("{message}", message=str(e))
@@ -133,6 +146,12 @@ class ImageServer(OrderedMultiService):
     def startService(self) -> None:
         super().startService()
         config = self.config
+        if self.worker is None and writes_are_open(config):
+            log.warn(
+                "anyone who can reach {endpoint} may upload and delete: "
+                "give --write_tokens (docs/security.md)",
+                endpoint=config.endpoint,
+            )
         storage = os.path.abspath(config.local_base_path)
         if config.remote is not None:
             endpoint = config.s3_endpoint_url or "AWS"
@@ -154,6 +173,14 @@ class ImageServer(OrderedMultiService):
             processing=config.processor_concurrency,
             io=config.io_concurrency,
         )
+
+
+def writes_are_open(config: Config) -> bool:
+    """Whether anyone beyond this host may write: no tokens, no signatures,
+    and the main port listens beyond loopback."""
+    return not (
+        config.write_tokens or config.secret or endpoints.is_loopback(config.endpoint)
+    )
 
 
 def raise_open_files_limit() -> int:
@@ -216,8 +243,18 @@ def make_service(
 
     batches = Batches(images, storage, config.batch_concurrency)
     api: IResource = ImageServerApp(images, batches).app.resource()
-    if config.secret:
-        api = SignatureGuard(api, config.secret.encode(), UNSIGNED_ROUTES)
+    tokens = None
+    if config.write_tokens:
+        tokens = top.write_tokens = WriteTokens(config.write_tokens)
+        Reloading(reactor, tokens.refresh, io_pool.run).setServiceParent(top)
+    if config.secrets or tokens is not None:
+        api = AccessGuard(
+            api,
+            reactor,
+            secrets=config.secrets,
+            tokens=tokens,
+            unsigned=UNSIGNED_ROUTES,
+        )
     site = BoundedSite(
         api,
         max_body_bytes=config.max_source_bytes,
@@ -270,6 +307,9 @@ def _supervisor(
     main = Listening(reactor, config.endpoint, Factory(), "main")
     workers = Workers(reactor, config, main, deadline)
     signals.before_exit.append(workers.kill)
+    Hangup(reactor, lambda: workers.signal_all("HUP")).setServiceParent(top)
+    if config.write_tokens:  # checked here too: a bad file stops the start
+        top.write_tokens = WriteTokens(config.write_tokens)
     readiness = Readiness([workers])
     if config.admin_endpoint is not None:  # stopped after the workers drain
         registry = CollectorRegistry()

@@ -314,6 +314,11 @@ class Workers(Service):
         self._pending.clear()
         return Deferred.fromCoroutine(self._drain())
 
+    def signal_all(self, name: str) -> None:
+        """Passes a signal on to every worker (SIGHUP: read files again)."""
+        for worker in self._workers.values():
+            _signal(worker, name)
+
     def kill(self) -> None:
         """Ends every worker at once (SIGKILL), for an exit that cannot wait."""
         for worker in self._workers.values():

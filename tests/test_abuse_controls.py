@@ -1,15 +1,9 @@
 """Limits that keep one client from taking the server: queues, time, presets, URLs."""
 
-import contextlib
-import io
 import json
 import os
-import re
 import threading
-import uuid
-from typing import Any
 
-from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.defer import fail
 from twisted.internet.task import Clock
@@ -20,9 +14,7 @@ from twisted.web.resource import Resource
 from imageserver.config import Config
 from imageserver.errors import Overloaded
 from imageserver.pools import ThreadPoolService
-from imageserver.signing import main, sign, signature, verify
-from imageserver.web.app import UNSIGNED_ROUTES, ImageServerApp
-from imageserver.web.site import BoundedSite, SignatureGuard
+from imageserver.web.site import BoundedSite
 from tests.support import AppHarness, Gate, decode, encode, quadrants
 
 PHOTO = encode(quadrants((200, 100)))
@@ -98,108 +90,6 @@ class PresetTests(SynchronousTestCase):
     def test_outputs_must_be_presets(self) -> None:
         code, _ = self.app.json("POST", f"{self.folder}/process?outputs=x10.jpg")
         self.assertEqual(code, 400)
-
-
-class SigningTests(SynchronousTestCase):
-    def test_round_trip(self) -> None:
-        signed = sign(SECRET, "/p/6e0/072/682/e66287b662827da75b244a3/w200.jpg")
-        _, _, query = signed.partition("?")
-        self.assertTrue(query.startswith("sig="))
-        self.assertTrue(verify(SECRET, signed))
-        with_query = sign(SECRET, "http://img.example/p?source=http%3A%2F%2Fa%2Fb.jpg")
-        self.assertTrue(verify(SECRET, with_query.removeprefix("http://img.example")))
-
-    def test_anything_changed_fails(self) -> None:
-        signed = sign(SECRET, "/p/6e0/072/682/e66287b662827da75b244a3/w200.jpg")
-        self.assertFalse(verify(SECRET, signed.replace("w200", "w900")))
-        self.assertFalse(verify(b"other secret", signed))
-        self.assertFalse(verify(SECRET, signed.split("?")[0]))
-        self.assertFalse(verify(SECRET, signed + "&outputs=x1.jpg"))
-        self.assertFalse(verify(SECRET, signed[:-1]))
-
-    def test_known_value(self) -> None:
-        # printf /p | openssl dgst -sha256 -hmac key -binary | base64url
-        self.assertEqual(
-            signature(b"key", "/p"), "AYiH1gM3x-4XmQu6uTnPNwYjFoUQ-5WN2mvCmETtsqI"
-        )
-
-    def test_helper(self) -> None:
-        self.patch(os, "environ", {"IMAGESERVER_SECRET": "key"})
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            self.assertEqual(main(["/p"]), 0)
-        self.assertEqual(
-            out.getvalue(), "/p?sig=AYiH1gM3x-4XmQu6uTnPNwYjFoUQ-5WN2mvCmETtsqI\n"
-        )
-
-
-class SignatureGuardTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.app = AppHarness(self)
-        self.folder = self.app.upload(PHOTO)
-        self.client = StubTreq(
-            SignatureGuard(self.app.resource, SECRET, UNSIGNED_ROUTES)
-        )
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        return self.request("GET", path)
-
-    def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:
-        response = self.successResultOf(
-            self.client.request(method, "http://img" + path, **kwargs)
-        )
-        return response.code, self.successResultOf(self.client.content(response))
-
-    def example_paths(self) -> list[str]:
-        """A path for every route of the app, open paths used as namespaces too."""
-        values = {
-            "namespace": ["p", "status_check"],
-            "image": [self.folder.lstrip("/")],
-            "name": ["w20.png", "notes.txt", "process", "info.json"],
-            "job_id": [str(uuid.uuid4())],
-        }
-        paths = {"/status_check", "/openapi.json", "/status_check/batch"}
-        for rule in ImageServerApp.app.url_map.iter_rules():
-            candidates = [""]
-            for part in re.split(r"(<[^>]+>)", rule.rule):
-                variable = re.fullmatch(r"<(?:\w+:)?(\w+)>", part)
-                options = values[variable[1]] if variable else [part]
-                candidates = [c + o for c in candidates for o in options]
-            paths.update(candidates)
-        return sorted(paths)
-
-    def test_every_route_and_method_needs_a_signature(self) -> None:
-        methods = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
-        before = sorted(os.listdir(self.app.root))
-        open_routes = {(m.decode(), p.decode()) for m, p in UNSIGNED_ROUTES}
-        for path in self.example_paths():
-            for method in methods:
-                for query in ("", "?outputs=x10.jpg&source=http://127.0.0.1/a.jpg"):
-                    code, _ = self.request(method, path + query, data=PHOTO)
-                    opened = (method.replace("HEAD", "GET"), path) in open_routes
-                    self.assertEqual(code, 200 if opened else 403, (method, path))
-        # Nothing was stored: no namespace appeared, no source was fetched.
-        self.assertEqual(sorted(os.listdir(self.app.root)), before)
-
-    def test_signed_urls_are_served(self) -> None:
-        code, body = self.get(sign(SECRET, f"{self.folder}/w20.png"))
-        self.assertEqual((code, decode(body).size), (200, (20, 10)))
-
-    def test_unsigned_or_wrongly_signed_is_403(self) -> None:
-        unsigned = f"{self.folder}/w20.png"
-        for path in (
-            unsigned,
-            sign(b"nope", unsigned),
-            sign(SECRET, unsigned).replace("w20", "w21"),
-        ):
-            code, body = self.get(path)
-            self.assertEqual(code, 403, path)
-            self.assertEqual(
-                json.loads(body), {"error": "this URL needs a valid signature (sig)"}
-            )
-
-    def test_status_check_stays_open(self) -> None:
-        self.assertEqual(self.get("/status_check")[0], 200)
 
 
 class IdleTimeoutTests(SynchronousTestCase):

@@ -200,7 +200,8 @@ class MakeServiceTests(SynchronousTestCase):
         options.parseOptions(["--workers", "2", "--enable_statsd"])
         names = [type(s).__name__ for s in IServiceCollection(makeService(options))]
         self.assertEqual(
-            names, ["Signals", "Listening", "Workers", "Listening", "Readiness"]
+            names,
+            ["Signals", "Hangup", "Listening", "Workers", "Listening", "Readiness"],
         )
 
     def test_admin_port_can_be_disabled(self) -> None:

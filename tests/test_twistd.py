@@ -613,3 +613,48 @@ class BatchProcessTests(TwistdCase):
         )
         # a.jpg was fetched once: the resumed job did not do it again.
         self.assertEqual(source.fetches, [b"/a.jpg", b"/b.png", b"/b.png"])
+
+
+class WriteTokensTwistdTests(TwistdCase):
+    """Write tokens in real processes: supervisor and workers, SIGHUP."""
+
+    async def test_tokens_reach_every_worker_and_sighup_reloads_them(self) -> None:
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write("first-token-0123456789\n")
+        process = await self.start_server(
+            "--write_tokens", path, workers=("--workers", "2")
+        )
+        photo = encode(quadrants((64, 48)))
+
+        async def upload(token: str | None) -> int:
+            headers = {} if token is None else {"Authorization": [f"Bearer {token}"]}
+            response, _ = await self.call("POST", "/p", data=photo, headers=headers)
+            return int(response.code)
+
+        self.assertEqual(await upload(None), 401)
+        for _ in range(4):  # connections land on either worker
+            self.assertEqual(await upload("first-token-0123456789"), 200)
+        with open(path, "w") as f:
+            f.write("second-token-0123456789\n")
+        process.transport.signalProcess("HUP")  # type: ignore[union-attr]
+        await process.wait_for(rb"SIGHUP: reading files again[\s\S]*SIGHUP")
+        deadline = reactor.seconds() + 10
+        while reactor.seconds() < deadline:
+            codes = {await upload("second-token-0123456789") for _ in range(4)}
+            if codes == {200}:
+                break
+        self.assertEqual(codes, {200})
+        self.assertEqual(await upload("first-token-0123456789"), 403)
+
+    async def test_an_unusable_token_file_stops_the_start(self) -> None:
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write("short\n")
+        process = Twistd([])
+        root = os.path.abspath(self.mktemp())
+        process.start(["imageserver", "--workers", "1", "--port", str(free_port()),
+                       "--admin_port", "none", "--write_tokens", path,
+                       "--local_base_path", root])  # fmt: skip
+        self.assertEqual(await process.ended, 1)
+        self.assertIn(b"line 1: a token is at least 16 characters", process.output)

@@ -17,10 +17,8 @@ from twisted.web import http
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
-from zope.interface import implementer
 
 from imageserver.events import Events
-from imageserver.signing import verify
 from imageserver.waiting import WhenIdle
 
 access = Logger(namespace="imageserver.access")
@@ -312,45 +310,3 @@ class BoundedSite(Site):
 
     def log(self, request: http.Request) -> None:
         """The access log is written in ``_finished``, with structured fields."""
-
-
-@implementer(IResource)
-class SignatureGuard:
-    """Lets through only requests whose URL is signed with the secret.
-
-    ``unsigned`` lists the (method, path) pairs that stay open, such as the
-    health check for load balancers; HEAD goes with GET. Anything else,
-    including another method on an open path (``POST /status_check`` is an
-    upload into a namespace of that name), needs a signature. A refusal is the
-    same JSON 403 for a missing and a wrong signature.
-    """
-
-    isLeaf = True
-
-    def __init__(
-        self,
-        wrapped: IResource,
-        secret: bytes,
-        unsigned: frozenset[tuple[bytes, bytes]] = frozenset(),
-    ) -> None:
-        self._wrapped = wrapped
-        self._secret = secret
-        self._unsigned = unsigned
-
-    def getChildWithDefault(self, name: bytes, request: Request) -> IResource:
-        return self
-
-    def putChild(self, path: bytes, child: IResource) -> None:
-        raise NotImplementedError
-
-    def render(self, request: Request) -> bytes | int:
-        method = b"GET" if request.method == b"HEAD" else request.method
-        if (method, request.path) not in self._unsigned and not verify(
-            self._secret, request.uri.decode("latin-1")
-        ):
-            body = b'{"error": "this URL needs a valid signature (sig)"}'
-            request.setResponseCode(403)
-            request.setHeader(b"Content-Type", b"application/json")
-            request.setHeader(b"Content-Length", str(len(body)).encode())
-            return body
-        return self._wrapped.render(request)  # type: ignore[no-any-return]

@@ -1,0 +1,369 @@
+"""Who may do what: signed URLs (several secrets, expiry) and write tokens."""
+
+import contextlib
+import io
+import json
+import os
+import re
+import uuid
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from imageserver.config import Config
+from imageserver.service import writes_are_open
+from imageserver.signing import main, refusal, secrets_of, sign, signature, verify
+from imageserver.tokens import WriteTokens, digest_of, parse
+from imageserver.tokens import main as tokens_main
+from imageserver.web.access import AccessGuard
+from imageserver.web.app import UNSIGNED_ROUTES, ImageServerApp
+from tests.support import AppHarness, decode, encode, quadrants
+
+PHOTO = encode(quadrants((200, 100)))
+SECRET = b"correct horse battery staple"
+NOW = 1_800_000_000
+
+
+class SigningTests(SynchronousTestCase):
+    def test_round_trip(self) -> None:
+        signed = sign(SECRET, "/p/6e0/072/682/e66287b662827da75b244a3/w200.jpg")
+        _, _, query = signed.partition("?")
+        self.assertTrue(query.startswith("sig="))
+        self.assertTrue(verify(SECRET, signed))
+        with_query = sign(SECRET, "http://img.example/p?source=http%3A%2F%2Fa%2Fb.jpg")
+        self.assertTrue(verify(SECRET, with_query.removeprefix("http://img.example")))
+
+    def test_anything_changed_fails(self) -> None:
+        signed = sign(SECRET, "/p/6e0/072/682/e66287b662827da75b244a3/w200.jpg")
+        self.assertFalse(verify(SECRET, signed.replace("w200", "w900")))
+        self.assertFalse(verify(b"other secret", signed))
+        self.assertFalse(verify(SECRET, signed.split("?")[0]))
+        self.assertFalse(verify(SECRET, signed + "&outputs=x1.jpg"))
+        self.assertFalse(verify(SECRET, signed[:-1]))
+
+    def test_known_value(self) -> None:
+        # printf /p | openssl dgst -sha256 -hmac key -binary | base64url
+        self.assertEqual(
+            signature(b"key", "/p"), "AYiH1gM3x-4XmQu6uTnPNwYjFoUQ-5WN2mvCmETtsqI"
+        )
+
+    def test_helper(self) -> None:
+        self.patch(os, "environ", {"IMAGESERVER_SECRET": "key"})
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            self.assertEqual(main(["/p"]), 0)
+        self.assertEqual(
+            out.getvalue(), "/p?sig=AYiH1gM3x-4XmQu6uTnPNwYjFoUQ-5WN2mvCmETtsqI\n"
+        )
+
+
+class SignedReadsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.app = AppHarness(self)
+        self.folder = self.app.upload(PHOTO)
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.client = StubTreq(
+            AccessGuard(
+                self.app.resource,
+                self.clock,
+                secrets=[SECRET],
+                unsigned=UNSIGNED_ROUTES,
+            )
+        )
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        return self.request("GET", path)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:
+        response = self.successResultOf(
+            self.client.request(method, "http://img" + path, **kwargs)
+        )
+        return response.code, self.successResultOf(self.client.content(response))
+
+    def example_paths(self) -> list[str]:
+        """A path for every route of the app, open paths used as namespaces too."""
+        values = {
+            "namespace": ["p", "status_check"],
+            "image": [self.folder.lstrip("/")],
+            "name": ["w20.png", "notes.txt", "process", "info.json"],
+            "job_id": [str(uuid.uuid4())],
+        }
+        paths = {"/status_check", "/openapi.json", "/status_check/batch"}
+        for rule in ImageServerApp.app.url_map.iter_rules():
+            candidates = [""]
+            for part in re.split(r"(<[^>]+>)", rule.rule):
+                variable = re.fullmatch(r"<(?:\w+:)?(\w+)>", part)
+                options = values[variable[1]] if variable else [part]
+                candidates = [c + o for c in candidates for o in options]
+            paths.update(candidates)
+        return sorted(paths)
+
+    def test_every_route_and_method_needs_a_signature(self) -> None:
+        methods = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
+        before = sorted(os.listdir(self.app.root))
+        open_routes = {(m.decode(), p.decode()) for m, p in UNSIGNED_ROUTES}
+        for path in self.example_paths():
+            for method in methods:
+                for query in ("", "?outputs=x10.jpg&source=http://127.0.0.1/a.jpg"):
+                    code, _ = self.request(method, path + query, data=PHOTO)
+                    opened = (method.replace("HEAD", "GET"), path) in open_routes
+                    self.assertEqual(code, 200 if opened else 403, (method, path))
+        # Nothing was stored: no namespace appeared, no source was fetched.
+        self.assertEqual(sorted(os.listdir(self.app.root)), before)
+
+    def test_signed_urls_are_served(self) -> None:
+        code, body = self.get(sign(SECRET, f"{self.folder}/w20.png"))
+        self.assertEqual((code, decode(body).size), (200, (20, 10)))
+
+    def test_unsigned_or_wrongly_signed_is_403(self) -> None:
+        unsigned = f"{self.folder}/w20.png"
+        for path in (
+            unsigned,
+            sign(b"nope", unsigned),
+            sign(SECRET, unsigned).replace("w20", "w21"),
+        ):
+            code, body = self.get(path)
+            self.assertEqual(code, 403, path)
+            self.assertEqual(
+                json.loads(body), {"error": "this URL needs a valid signature (sig)"}
+            )
+
+    def test_status_check_stays_open(self) -> None:
+        self.assertEqual(self.get("/status_check")[0], 200)
+
+
+class RotationAndExpiryTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.app = AppHarness(self)
+        self.folder = self.app.upload(PHOTO)
+        self.clock = Clock()
+        self.clock.advance(NOW)
+
+    def get(self, secrets: list[bytes], path: str) -> tuple[int, Any]:
+        client = StubTreq(AccessGuard(self.app.resource, self.clock, secrets=secrets))
+        response = self.successResultOf(client.get("http://img" + path))
+        body = self.successResultOf(client.content(response))
+        return response.code, body
+
+    def test_any_secret_verifies_while_both_are_held(self) -> None:
+        old, new = b"old secret", b"new secret"
+        path = f"{self.folder}/w20.png"
+        for held in ([old], [new, old]):
+            self.assertEqual(self.get(held, sign(old, path))[0], 200)
+        self.assertEqual(self.get([new, old], sign(new, path))[0], 200)
+        # Rolled out: the old secret's URLs stop working.
+        self.assertEqual(self.get([new], sign(old, path))[0], 403)
+
+    def test_an_expiring_url_works_until_its_time(self) -> None:
+        path = sign(SECRET, f"{self.folder}/w20.png", expires=NOW + 60)
+        self.assertIn("&exp=", path.replace("?exp=", "&exp="))
+        self.assertLess(path.index("exp="), path.index("sig="))
+        self.assertEqual(self.get([SECRET], path)[0], 200)
+        self.clock.advance(60)
+        self.assertEqual(self.get([SECRET], path)[0], 200)
+        self.clock.advance(1)
+        code, body = self.get([SECRET], path)
+        self.assertEqual(code, 403)
+        self.assertEqual(
+            json.loads(body),
+            {"error": f"this URL expired at {NOW + 60} (Unix seconds)"},
+        )
+
+    def test_the_expiry_is_signed(self) -> None:
+        path = sign(SECRET, f"{self.folder}/w20.png", expires=NOW + 60)
+        later = path.replace(f"exp={NOW + 60}", f"exp={NOW + 6000}")
+        code, body = self.get([SECRET], later)
+        self.assertEqual(code, 403)
+        self.assertIn("signature", json.loads(body)["error"])
+
+    def test_an_expiry_that_is_not_a_time_is_refused(self) -> None:
+        path = sign(SECRET, f"{self.folder}/w20.png?exp=soon")
+        self.assertEqual(refusal([SECRET], path, NOW), "exp must be Unix seconds")
+
+    def test_urls_without_expiry_stay_valid(self) -> None:
+        path = sign(SECRET, f"{self.folder}/w20.png")
+        self.clock.advance(10**9)
+        self.assertEqual(self.get([SECRET], path)[0], 200)
+
+    def test_the_helper_signs_with_the_first_secret_and_an_expiry(self) -> None:
+        self.patch(os, "environ", {"IMAGESERVER_SECRET": "first,second"})
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            self.assertEqual(main(["--expires-in", "300", "/p"]), 0)
+        signed = out.getvalue().strip()
+        self.assertRegex(signed, r"^/p\?exp=\d+&sig=[\w-]{43}$")
+        self.assertTrue(verify(b"first", signed))
+        self.assertFalse(verify(b"second", signed))
+
+    def test_secrets_are_separated_by_commas_or_lines(self) -> None:
+        self.assertEqual(secrets_of(" a, b\nc\n\n"), (b"a", b"b", b"c"))
+        self.assertEqual(secrets_of(""), ())
+
+
+TOKEN = "write-token-0123456789"
+HASHED = "another-token-abcdefghij"
+
+
+class WriteTokenTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.app = AppHarness(self)
+        self.folder = self.app.upload(PHOTO)
+        self.path = self.mktemp()
+        self.write_file(f"# writers\n{TOKEN}\n\nsha256:{digest_of(HASHED).hex()}\n")
+        self.tokens = WriteTokens(self.path)
+        self.tokens.load()
+        self.clock = Clock()
+        self.clock.advance(NOW)
+
+    def write_file(self, text: str) -> None:
+        with open(self.path, "w") as f:
+            f.write(text)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        secrets: tuple[bytes, ...] = (),
+        **kwargs: Any,
+    ) -> tuple[Any, Any]:
+        guard = AccessGuard(
+            self.app.resource,
+            self.clock,
+            secrets=secrets,
+            tokens=self.tokens,
+            unsigned=UNSIGNED_ROUTES,
+        )
+        client = StubTreq(guard)
+        headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        response = self.successResultOf(
+            client.request(method, "http://img" + path, headers=headers, **kwargs)
+        )
+        body = self.successResultOf(client.content(response))
+        return response, body
+
+    def test_every_write_needs_a_token_and_nothing_is_stored_without(self) -> None:
+        before = sorted(os.walk(self.app.root))
+        writes = [
+            ("POST", "/p"),
+            ("POST", "/p?source=http://127.0.0.1/a.jpg"),
+            ("POST", "/p/batch"),
+            ("POST", f"{self.folder}/process?outputs=x10.jpg"),
+            ("POST", f"{self.folder}/notes.txt"),
+            ("DELETE", f"{self.folder}/info.json"),
+            ("DELETE", self.folder),
+            ("PUT", self.folder),
+        ]
+        for method, path in writes:
+            response, body = self.request(method, path, data=PHOTO)
+            self.assertEqual(response.code, 401, (method, path))
+            self.assertEqual(
+                response.headers.getRawHeaders("WWW-Authenticate"),
+                ['Bearer realm="imageserver"'],
+            )
+            self.assertIn("Bearer", json.loads(body)["error"])
+            for wrong in ("not-the-token-at-all", TOKEN + "x", f"sha256:{HASHED}"):
+                response, body = self.request(method, path, wrong, data=PHOTO)
+                self.assertEqual(response.code, 403, (method, path, wrong))
+                self.assertEqual(
+                    json.loads(body), {"error": "this token may not write"}
+                )
+        self.assertEqual(sorted(os.walk(self.app.root)), before)
+
+    def test_a_listed_token_or_one_whose_hash_is_listed_writes(self) -> None:
+        for token in (TOKEN, HASHED):
+            response, _ = self.request(
+                "POST", "/p", token, data=encode(quadrants((64, 32)))
+            )
+            self.assertEqual(response.code, 200, token)
+        response, _ = self.request("DELETE", self.folder, TOKEN)
+        self.assertEqual(response.code, 204)
+
+    def test_malformed_authorization_is_401(self) -> None:
+        client = StubTreq(
+            AccessGuard(self.app.resource, self.clock, tokens=self.tokens)
+        )
+        for header in ("Basic dXNlcjpwYXNz", "Bearer", "Bearer   ", TOKEN):
+            response = self.successResultOf(
+                client.post(
+                    "http://img/p", data=PHOTO, headers={"Authorization": header}
+                )
+            )
+            self.assertEqual(response.code, 401, header)
+
+    def test_reads_stay_open_without_secret(self) -> None:
+        response, _ = self.request("GET", f"{self.folder}/w20.png")
+        self.assertEqual(response.code, 200)
+
+    def test_with_a_secret_writes_need_a_token_not_a_signature(self) -> None:
+        secrets = (SECRET,)
+        response, _ = self.request(
+            "POST", "/p", TOKEN, secrets, data=encode(quadrants((64, 32)))
+        )
+        self.assertEqual(response.code, 200)
+        # A signature is no token.
+        response, _ = self.request(
+            "POST", sign(SECRET, "/p"), None, secrets, data=PHOTO
+        )
+        self.assertEqual(response.code, 401)
+        # Reads still need their signature.
+        path = f"{self.folder}/w20.png"
+        self.assertEqual(self.request("GET", path, TOKEN, secrets)[0].code, 403)
+        self.assertEqual(
+            self.request("GET", sign(SECRET, path), None, secrets)[0].code, 200
+        )
+
+    def test_a_changed_file_is_read_again(self) -> None:
+        new = "the-new-token-9876543210"
+        self.write_file(f"{new}\n")
+        self.tokens.refresh()
+        self.assertEqual(self.request("DELETE", self.folder, TOKEN)[0].code, 403)
+        self.assertEqual(self.request("DELETE", self.folder, new)[0].code, 204)
+
+    def test_an_unusable_file_keeps_the_tokens_in_force(self) -> None:
+        for text in ("", "short\n", "sha256:abc\n"):
+            self.write_file(text)
+            self.tokens.refresh(force=True)
+            self.assertTrue(self.tokens.allows(TOKEN), text)
+        os.unlink(self.path)
+        self.tokens.refresh()
+        self.assertTrue(self.tokens.allows(TOKEN))
+        self.flushLoggedErrors()
+
+
+class TokenFileTests(SynchronousTestCase):
+    def test_lines_are_tokens_or_their_hashes(self) -> None:
+        digests = parse(f"{TOKEN}\n  # comment\nsha256:{'ab' * 32}\n")
+        self.assertEqual(digests, {digest_of(TOKEN), bytes.fromhex("ab" * 32)})
+
+    def test_bad_lines_are_named(self) -> None:
+        for text, message in (
+            ("", "no tokens"),
+            ("# only a comment\n", "no tokens"),
+            (f"{TOKEN}\nshort\n", "line 2: a token is at least 16 characters"),
+            ("sha256:xyz\n", "line 1: sha256: must be followed by 64 hex digits"),
+            ("has a space in it!!\n", "line 1: a token is at least 16"),
+        ):
+            with self.assertRaises(ValueError, msg=text) as caught:
+                parse(text)
+            self.assertIn(message, str(caught.exception))
+
+    def test_the_helper_makes_a_token_and_its_line(self) -> None:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            self.assertEqual(tokens_main(["new"]), 0)
+        token_line, file_line = out.getvalue().splitlines()
+        token = token_line.removeprefix("token: ")
+        self.assertEqual(parse(file_line.removeprefix("line for the file: ")), {
+            digest_of(token)})  # fmt: skip
+
+
+class OpenWritesWarningTests(SynchronousTestCase):
+    def test_only_a_port_beyond_loopback_without_protection(self) -> None:
+        self.assertFalse(writes_are_open(Config()))
+        self.assertTrue(writes_are_open(Config(listen="0.0.0.0")))
+        self.assertFalse(writes_are_open(Config(listen="0.0.0.0", secret="s")))
+        self.assertFalse(writes_are_open(Config(listen="0.0.0.0", write_tokens="f")))
