@@ -143,6 +143,20 @@ class Events:
             ["what"],
             registry=r,
         )
+        self.webhooks = Counter(
+            "imageserver_webhook_events",
+            "Webhook event deliveries by outcome: delivered, retried, dropped "
+            "(the receiver's queue was full), expired (failed for longer than "
+            "--webhook_retry_seconds).",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhooks_pending = Gauge(
+            "imageserver_webhook_events_pending",
+            "Webhook events queued or in flight, over all receivers.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
         self.background = Counter(
             "imageserver_background_writes",
             "Writes landing after their response, by queue (behind: variants "
@@ -216,6 +230,13 @@ class Events:
     def deleted(self, what: str) -> None:
         """An ``image`` purged, or one ``variant`` or ``file`` deleted."""
         self.deletes.labels(what).inc()
+
+    def webhook_done(self, outcome: str, pending: int) -> None:
+        self.webhooks.labels(outcome).inc()
+        self.webhooks_pending.set(pending)
+
+    def webhook_pending(self, pending: int) -> None:
+        self.webhooks_pending.set(pending)
 
     def background_queued(self, queue: str, pending: int) -> None:
         self.background_pending.labels(queue).set(pending)

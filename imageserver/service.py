@@ -27,6 +27,7 @@ from imageserver.config import Config
 from imageserver.events import Events
 from imageserver.hostlocks import HostLocks
 from imageserver.images import Images
+from imageserver.lifecycle import Lifecycle, Listeners
 from imageserver.listening import Listening, StartupFailed
 from imageserver.logs import JSONLines, tagged
 from imageserver.naming import is_generated
@@ -50,6 +51,7 @@ from imageserver.web.admin import AdminApp, Readiness
 from imageserver.web.app import UNSIGNED_ROUTES, ImageServerApp, route_name
 from imageserver.web.debug import DebugApp, HeapTracing
 from imageserver.web.site import BodyBudget, BoundedSite
+from imageserver.webhooks import Webhooks
 from imageserver.workers import LISTENING_FD, AdoptedPort, Ready, Workers
 
 log = Logger()
@@ -370,6 +372,19 @@ def make_images(
         HTTPConnectionPool(reactor, persistent=persistent_connections)
     )
     connections.setServiceParent(parent)
+    listeners: list[Lifecycle] = []
+    if config.webhook:
+        webhooks = Webhooks(
+            reactor,
+            config.webhook,
+            config.webhook_secret.encode(),
+            max_queued=config.webhook_queue,
+            retry_seconds=config.webhook_retry_seconds,
+            shutdown_timeout=deadline.remaining,
+            events=events,
+        )
+        webhooks.setServiceParent(parent)
+        listeners.append(webhooks)
     images = Images(
         storage=storage,
         sources=SourceFetcher(
@@ -393,6 +408,7 @@ def make_images(
         host_locks=(
             HostLocks(config.local_base_path, io.run, reactor) if shared_host else None
         ),
+        lifecycle=Listeners(listeners),
     )
     return images, storage, [processing, io]
 

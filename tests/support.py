@@ -19,6 +19,7 @@ from imageserver.batches import Batches
 from imageserver.config import Config
 from imageserver.events import Events
 from imageserver.images import Images
+from imageserver.lifecycle import Lifecycle
 from imageserver.sources import SourceFetcher
 from imageserver.storage import Storage
 from imageserver.storage.local import LocalStorage
@@ -158,6 +159,7 @@ class AppHarness:
         clock: Clock | None = None,
         runner: Callable[..., Deferred[Any]] = synchronous,
         remote: Callable[[Storage], Storage] | None = None,
+        lifecycle: Lifecycle | None = None,
         **settings: Any,
     ) -> None:
         self.case = case
@@ -182,6 +184,7 @@ class AppHarness:
             limits=self.config.decode_limits,
             presets=self.config.catalogue,
             events=self.events,
+            lifecycle=lifecycle,
         )
         self.batches = Batches(self.images, self.storage)
         self.resource = ImageServerApp(self.images, self.batches).app.resource()

@@ -658,3 +658,24 @@ class WriteTokensTwistdTests(TwistdCase):
                        "--local_base_path", root])  # fmt: skip
         self.assertEqual(await process.ended, 1)
         self.assertIn(b"line 1: a token is at least 16 characters", process.output)
+
+
+class WebhookTwistdTests(TwistdCase):
+    async def test_a_real_server_posts_signed_events(self) -> None:
+        from tests.test_webhooks import SECRET, Receiver
+
+        receiver = Receiver()
+        port = reactor.listenTCP(0, Site(receiver), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        url = f"http://127.0.0.1:{port.getHost().port}/events"
+        await self.start_server("--webhook", url, "--webhook_secret", SECRET.decode())
+        arrived: Deferred[None] = Deferred()
+        receiver.arrived.append(arrived)
+        response, body = await self.call("POST", "/p", data=encode(quadrants((64, 48))))
+        self.assertEqual(response.code, 200)
+        await arrived
+        (event,) = receiver.events
+        self.assertEqual(
+            (event["type"], event["hash"], event["signed"]),
+            ("stored", json.loads(body)["hash"], True),
+        )
