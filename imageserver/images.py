@@ -11,7 +11,7 @@ import hashlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
 
@@ -347,6 +347,15 @@ class Images:
         if self._clock is not None and self._resweep_after is not None:
             self._clock.callLater(self._resweep_after, self._resweep, image)
         return keys
+
+    async def forget(
+        self, image: ImageId, drop: Callable[[str], Awaitable[None]]
+    ) -> None:
+        """Another process purged ``image``: ``drop`` this process's copies of
+        its folder, once the work storing into it here is done."""
+        async with self._gate.purging(image.folder):
+            await drop(image.folder)
+        self._alpha.pop(image, None)
 
     def _resweep(self, image: ImageId) -> Deferred[None]:
         return Deferred.fromCoroutine(self._sweep_again(image)).addErrback(

@@ -30,8 +30,9 @@ from imageserver.images import Images
 from imageserver.lifecycle import Lifecycle, Listeners
 from imageserver.listening import Listening, StartupFailed
 from imageserver.logs import JSONLines, tagged
-from imageserver.naming import is_generated
+from imageserver.naming import ImageId, is_generated
 from imageserver.pools import ThreadPoolService
+from imageserver.purges import PurgeLog
 from imageserver.reloading import Hangup, Reloading
 from imageserver.shutdown import Deadline, OrderedMultiService, RequestDrain, Signals
 from imageserver.sources import SourceFetcher, source_agent
@@ -358,6 +359,10 @@ def make_images(
     for pool in (processing, io):
         events.watch_pool(pool.stats())
     storage = make_storage(config, reactor, io, parent, events, deadline)
+    # What every process sharing this store sees, and this one's own copies.
+    shared, local_cache = storage, None
+    if isinstance(storage, TieredStorage):
+        shared, local_cache = storage.remote, storage.local
     # Added after the uploader, so stopped before it: what lands here at
     # shutdown is still handed over to the bucket.
     behind = WriteQueue(
@@ -365,14 +370,48 @@ def make_images(
     )
     behind.setServiceParent(parent)
     storage = WriteBehind(storage, behind)
+    memory = None
     if config.memory_cache_bytes:
-        storage = MemoryCache(storage, config.memory_cache_bytes, is_generated)
+        storage = memory = MemoryCache(storage, config.memory_cache_bytes, is_generated)
 
     connections = ConnectionPoolService(
         HTTPConnectionPool(reactor, persistent=persistent_connections)
     )
     connections.setServiceParent(parent)
     listeners: list[Lifecycle] = []
+    # Other processes share the store: workers of this host, or instances on
+    # the bucket. Each tells the others of its purges (see purges).
+    shared_store = config.remote is not None or shared_host
+    purge_log = None
+    if shared_store and config.purge_check_interval:
+        markers = WriteQueue(
+            shared,
+            reactor,
+            deadline.remaining,
+            name="purges",
+            retry=UPLOAD_RETRY,
+            events=events,
+        )
+        markers.setServiceParent(parent)
+
+        async def forget(image: ImageId) -> None:
+            async def drop(folder: str) -> None:
+                if memory is not None:
+                    memory.drop_prefix(folder)
+                if local_cache is not None:
+                    await local_cache.delete_prefix(folder)
+
+            await images.forget(image, drop)
+
+        purge_log = PurgeLog(
+            reactor,
+            shared,
+            markers,
+            forget,
+            config.purge_check_interval,
+            lookback=config.max_file_age if config.remote is not None else 0,
+        )
+        listeners.append(purge_log)
     if config.webhook:
         webhooks = Webhooks(
             reactor,
@@ -409,7 +448,16 @@ def make_images(
             HostLocks(config.local_base_path, io.run, reactor) if shared_host else None
         ),
         lifecycle=Listeners(listeners),
+        # A render elsewhere, under way during a purge, may store after it:
+        # looked for once such renders are over and the purge is known.
+        resweep_after=(
+            config.processing_timeout + 2 * config.purge_check_interval + 5
+            if config.remote is not None and purge_log is not None
+            else None
+        ),
     )
+    if purge_log is not None:  # started once Images exists
+        purge_log.setServiceParent(parent)
     return images, storage, [processing, io]
 
 

@@ -149,7 +149,12 @@ class Stack:
     the bucket's (with a bucket): work is then released in any order.
     """
 
-    def __init__(self, case: SynchronousTestCase, bucket: str | None) -> None:
+    def __init__(
+        self,
+        case: SynchronousTestCase,
+        bucket: str | None,
+        resweep_after: float | None = None,
+    ) -> None:
         self.case = case
         self.clock = Clock()
         self.processing, self.disk, self.s3 = Gate(), Gate(), Gate()
@@ -175,7 +180,9 @@ class Stack:
             limits=config.decode_limits,
             events=None,
             clock=self.clock,
+            resweep_after=resweep_after,
         )
+        self.storage = storage
 
     def gates(self) -> list[Gate]:
         return [self.processing, self.disk, self.s3]
@@ -318,3 +325,41 @@ class PurgeRaceTests(SynchronousTestCase):
         got = Deferred.fromCoroutine(stack.images.get(IMAGE, INFO))
         stack.settle()
         self.failureResultOf(got, NotFound)
+
+
+class ResweepTests(SynchronousTestCase):
+    """What another instance's render stores after a purge is swept later."""
+
+    def stack(self) -> Stack:
+        stack = Stack(self, bucket=None, resweep_after=90)
+        stack.upload()
+        purged = Deferred.fromCoroutine(stack.images.purge(IMAGE))
+        stack.settle()
+        self.successResultOf(purged)
+        return stack
+
+    def put(self, stack: Stack, name: str) -> None:
+        put = Deferred.fromCoroutine(
+            stack.storage.put(IMAGE.key(name), b"late", "image/jpeg")
+        )
+        stack.settle()
+        self.successResultOf(put)
+
+    def test_a_late_variant_is_removed(self) -> None:
+        stack = self.stack()
+        self.put(stack, "w10.jpg")  # as another instance's render would
+        stack.clock.advance(89)
+        self.assertEqual(len(stack.left()), 1)
+        stack.clock.advance(1)
+        stack.settle()
+        self.assertEqual(stack.left(), [])
+
+    def test_an_image_uploaded_again_is_left_alone(self) -> None:
+        stack = self.stack()
+        stack.upload()
+        stack.clock.advance(90)
+        stack.settle()
+        self.assertEqual(
+            [name.rpartition("/")[2] for name in stack.left()],
+            ["info.json", "original"],
+        )

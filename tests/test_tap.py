@@ -174,7 +174,7 @@ class MakeServiceTests(SynchronousTestCase):
             "RequestDrain", "Listening", "Readiness",
         ])  # fmt: skip
 
-    def test_s3_adds_its_pool_uploader_and_sweeper(self) -> None:
+    def test_s3_adds_its_pool_uploads_sweeper_and_purge_markers(self) -> None:
         options = Options()
         options.parseOptions(
             ["--workers", "1", "--aws_bucket", "b", "--local_base_path", self.mktemp()]
@@ -183,7 +183,7 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(names, [
             "Signals", "ThreadPoolService", "ThreadPoolService", "ThreadPoolService",
             "WriteQueue", "CacheSweeper", "WriteQueue", "ConnectionPoolService",
-            "WritableCheck", "Listening", "RequestDrain",
+            "WriteQueue", "PurgeLog", "WritableCheck", "Listening", "RequestDrain",
             "Listening", "Readiness",
         ])  # fmt: skip
 

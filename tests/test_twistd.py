@@ -18,6 +18,7 @@ from twisted.internet import error, reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.protocol import DatagramProtocol, ProcessProtocol
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
@@ -679,3 +680,69 @@ class WebhookTwistdTests(TwistdCase):
             (event["type"], event["hash"], event["signed"]),
             ("stored", json.loads(body)["hash"], True),
         )
+
+
+class PurgeTwistdTests(TwistdCase):
+    """A purge on one process reaches the copies the others keep."""
+
+    timeout = 90
+    INTERVAL = 0.5
+
+    async def folder_of(self, port: int) -> str:
+        photo = encode(quadrants((320, 240)))
+        response, body = await self.call("POST", "/p?outputs=x50.jpg", port=port,
+                                         data=photo)  # fmt: skip
+        self.assertEqual(response.code, 200)
+        digest = json.loads(body)["hash"]
+        return f"/p/{digest[:3]}/{digest[3:6]}/{digest[6:9]}/{digest[9:]}"
+
+    async def gone_after(self, path: str, port: int, tries: int = 1) -> float:
+        """Seconds until every one of ``tries`` GETs of ``path`` is a 404."""
+        start = reactor.seconds()
+        while reactor.seconds() - start < 30:
+            codes = set()
+            for _ in range(tries):
+                response, _ = await self.call("GET", path, port=port)
+                codes.add(response.code)
+            if codes == {404}:
+                return reactor.seconds() - start
+            self.assertEqual(codes - {200, 404}, set())
+            await deferLater(reactor, 0.05)
+        self.fail(f"{path} still served 30 s after its purge")
+
+    async def test_another_instance_on_the_bucket_stops_serving_it(self) -> None:
+        moto = s3server.shared()
+        bucket = moto.new_bucket()
+        options = ("--aws_bucket", bucket, "--s3_endpoint_url", moto.url,
+                   "--purge_check_interval", str(self.INTERVAL))  # fmt: skip
+        env = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret"}
+        await self.start_server(*options, env=env)
+        first = self.port
+        await self.start_server(*options, env=env)
+        second = self.port
+        folder = await self.folder_of(first)
+        for name in ("x50.jpg", "w30.png", "info.json"):  # in its caches now
+            response, _ = await self.call("GET", f"{folder}/{name}", port=second)
+            self.assertEqual(response.code, 200)
+        response, _ = await self.call("DELETE", folder, port=first)
+        self.assertEqual(response.code, 204)
+        seconds = await self.gone_after(f"{folder}/x50.jpg", second)
+        self.assertLess(seconds, self.INTERVAL + 2)
+        for name in ("w30.png", "info.json", "original"):
+            response, _ = await self.call("GET", f"{folder}/{name}", port=second)
+            self.assertEqual(response.code, 404, name)
+        listing = moto.client().list_objects_v2(Bucket=bucket, Prefix="p/")
+        self.assertNotIn("Contents", listing)
+
+    async def test_every_worker_stops_serving_it(self) -> None:
+        await self.start_server(
+            "--purge_check_interval", str(self.INTERVAL), workers=("--workers", "2")
+        )
+        folder = await self.folder_of(self.port)
+        for _ in range(8):  # each worker keeps it in memory
+            response, _ = await self.call("GET", f"{folder}/x50.jpg")
+            self.assertEqual(response.code, 200)
+        response, _ = await self.call("DELETE", folder)
+        self.assertEqual(response.code, 204)
+        seconds = await self.gone_after(f"{folder}/x50.jpg", self.port, tries=8)
+        self.assertLess(seconds, self.INTERVAL + 2)
