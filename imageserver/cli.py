@@ -129,7 +129,7 @@ async def process(
     services = OrderedMultiService()
     deadline = Deadline(reactor, config.shutdown_timeout)
     images, _, _ = make_images(
-        config, reactor, services, Events(), deadline, persistent_connections=False
+        config, reactor, services, Events(), deadline, long_running=False
     )
     services.startService()
     progress = _progress(len(items), stderr)

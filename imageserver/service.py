@@ -338,13 +338,14 @@ def make_images(
     parent: MultiService,
     events: Events,
     deadline: Deadline,
-    persistent_connections: bool = True,
+    long_running: bool = True,
     shared_host: bool = False,
 ) -> tuple[Images, Storage, list[ThreadPoolService]]:
     """The use cases with their pools, storage and source fetcher, as services.
 
     The server and the command line both run on this. A run that ends when its
-    work does (the command line) wants no connections kept open for later.
+    work does (the command line) wants no connections kept open for later,
+    and keeps no copies long enough to watch for purges.
     """
     processing = ThreadPoolService(
         reactor,
@@ -375,7 +376,7 @@ def make_images(
         storage = memory = MemoryCache(storage, config.memory_cache_bytes, is_generated)
 
     connections = ConnectionPoolService(
-        HTTPConnectionPool(reactor, persistent=persistent_connections)
+        HTTPConnectionPool(reactor, persistent=long_running)
     )
     connections.setServiceParent(parent)
     listeners: list[Lifecycle] = []
@@ -383,7 +384,7 @@ def make_images(
     # the bucket. Each tells the others of its purges (see purges).
     shared_store = config.remote is not None or shared_host
     purge_log = None
-    if shared_store and config.purge_check_interval:
+    if long_running and shared_store and config.purge_check_interval:
         markers = WriteQueue(
             shared,
             reactor,

@@ -134,6 +134,30 @@ class RemoteStorageTests(SynchronousTestCase):
         self.assertEqual(self.bucket.read(key), b"kept")
         self.assertIn(f"images{folder}/x10.jpg", self.bucket.objects())
 
+    def test_purge_and_delete_over_the_bucket(self) -> None:
+        folder = self.app.upload(PHOTO, query="?outputs=x300.jpg")
+        other = self.instance()
+        self.assertEqual(other.request("GET", f"{folder}/w64.png")[0].code, 200)
+        self.app.request("POST", f"{folder}/notes.txt", data=b"hello")
+        prefix = "images" + folder
+        self.assertEqual(
+            sorted(self.bucket.objects(prefix)),
+            [f"{prefix}/{n}" for n in
+             ("info.json", "notes.txt", "original", "w64.png", "x300.jpg")],
+        )  # fmt: skip
+        response, _ = self.app.request("DELETE", f"{folder}/w64.png")
+        self.assertEqual(response.code, 204)
+        self.assertNotIn(f"{prefix}/w64.png", self.bucket.objects(prefix))
+        response, _ = self.app.request("DELETE", folder)
+        self.assertEqual(response.code, 204)
+        self.assertEqual(self.bucket.objects(prefix), {})
+        self.assertEqual([f for _, _, f in os.walk(self.app.root) if f], [])
+        # Another instance with nothing cached finds nothing either.
+        fresh = self.instance()
+        self.assertEqual(fresh.request("GET", f"{folder}/x300.jpg")[0].code, 404)
+        self.assertEqual(self.app.upload(PHOTO), folder)
+        self.assertIn(f"{prefix}/original", self.bucket.objects(prefix))
+
 
 class BucketDownTests(SynchronousTestCase):
     def test_bucket_down_is_503_and_the_server_recovers(self) -> None:
@@ -172,3 +196,44 @@ class BucketDownTests(SynchronousTestCase):
             (code, error),
             (502, {"error": "storage refused the request (NoSuchBucket)"}),
         )
+
+    def test_a_purge_while_the_bucket_is_down_is_503_and_can_be_retried(
+        self,
+    ) -> None:
+        server = MotoServer().start()
+        self.addCleanup(server.stop)
+        bucket = Bucket(server)
+        app = AppHarness(self, remote=bucket.remote)
+        folder = app.upload(PHOTO, query="?outputs=x30.jpg")
+        server.stop()
+        code, body = app.json("DELETE", folder)
+        self.assertEqual(
+            (code, body), (503, {"error": "storage is unavailable, try again later"})
+        )
+        restarted = MotoServer(server.port).start()
+        self.addCleanup(restarted.stop)
+        restarted.client().create_bucket(Bucket=bucket.name)
+        response, _ = app.request("DELETE", folder)
+        self.assertEqual(response.code, 204)
+        self.assertEqual([f for _, _, f in os.walk(app.root) if f], [])
+
+
+class PurgeFailureTests(SynchronousTestCase):
+    def test_an_unexpected_error_is_a_500_and_the_folder_is_free_after(
+        self,
+    ) -> None:
+        app = AppHarness(self)
+        folder = app.upload(PHOTO)
+        delete_prefix = app.local.delete_prefix
+
+        async def boom(prefix: str) -> None:
+            raise RuntimeError("a bug in the storage")
+
+        self.patch(app.local, "delete_prefix", boom)
+        code, body = app.json("DELETE", folder)
+        self.assertEqual((code, body), (500, {"error": "internal server error"}))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        # Nothing is held: the image is still whole and can be purged.
+        self.assertEqual(app.request("GET", f"{folder}/w20.jpg")[0].code, 200)
+        self.patch(app.local, "delete_prefix", delete_prefix)
+        self.assertEqual(app.request("DELETE", folder)[0].code, 204)
