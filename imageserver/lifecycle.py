@@ -27,7 +27,8 @@ class Lifecycle(Protocol):
 
 
 class NoLifecycle:
-    """Nobody listens."""
+    """Nobody listens; a listener that cares for some events only overrides
+    those."""
 
     def stored(self, image: ImageId, keys: Sequence[str]) -> None:
         pass

@@ -31,6 +31,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from imageserver.errors import StorageFailed, StorageFull, StorageUnavailable
+from imageserver.lifecycle import NoLifecycle
 from imageserver.naming import ImageId
 from imageserver.storage import Storage, StoredObject
 from imageserver.storage.queue import WriteQueue
@@ -55,7 +56,7 @@ def image_of(name: str) -> tuple[str, ImageId] | None:
     return process, ImageId(namespace, digest)
 
 
-class PurgeLog(Service):
+class PurgeLog(NoLifecycle, Service):
     """Writes a marker for each purge here; forgets images purged elsewhere.
 
     ``shared`` is the storage all processes share (the bucket, or the local
@@ -93,18 +94,8 @@ class PurgeLog(Service):
     def _now(self) -> float:
         return self._clock.seconds()
 
-    # -- Lifecycle: only purges matter here -----------------------------------
-
-    def stored(self, image: ImageId, keys: Sequence[str]) -> None:
-        pass
-
-    def generated(self, image: ImageId, keys: Sequence[str]) -> None:
-        pass
-
-    def deleted(self, image: ImageId, keys: Sequence[str]) -> None:
-        # One name: a variant is made again the same, a file is the client's;
-        # copies elsewhere age out of their caches.
-        pass
+    # -- Lifecycle: only purges matter here. One deleted name is a variant
+    # made again the same, or a client's file: copies elsewhere age out.
 
     def purged(self, image: ImageId, keys: Sequence[str]) -> None:
         now = self._now()

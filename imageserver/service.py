@@ -385,15 +385,7 @@ def make_images(
     shared_store = config.remote is not None or shared_host
     purge_log = None
     if long_running and shared_store and config.purge_check_interval:
-        markers = WriteQueue(
-            shared,
-            reactor,
-            deadline.remaining,
-            name="purges",
-            retry=UPLOAD_RETRY,
-            events=events,
-        )
-        markers.setServiceParent(parent)
+        markers = retrying_queue(shared, "purges", reactor, parent, events, deadline)
 
         async def forget(image: ImageId) -> None:
             async def drop(folder: str) -> None:
@@ -462,6 +454,28 @@ def make_images(
     return images, storage, [processing, io]
 
 
+def retrying_queue(
+    target: Storage,
+    name: str,
+    reactor: Any,
+    parent: MultiService,
+    events: Events,
+    deadline: Deadline,
+) -> WriteQueue:
+    """A write queue to ``target`` that retries until its writes land, as a
+    service of ``parent`` (drained at shutdown)."""
+    queue = WriteQueue(
+        target,
+        reactor,
+        deadline.remaining,
+        name=name,
+        retry=UPLOAD_RETRY,
+        events=events,
+    )
+    queue.setServiceParent(parent)
+    return queue
+
+
 def make_storage(
     config: Config,
     reactor: Any,
@@ -496,15 +510,7 @@ def make_storage(
     remote = MeteredStorage(
         S3Storage(settings, LazyClient(settings), s3_pool.run), "s3", events
     )
-    uploads = WriteQueue(
-        remote,
-        reactor,
-        deadline.remaining,
-        name="bucket",
-        retry=UPLOAD_RETRY,
-        events=events,
-    )
-    uploads.setServiceParent(parent)
+    uploads = retrying_queue(remote, "bucket", reactor, parent, events, deadline)
     sweeper = CacheSweeper(
         config.local_base_path, config.max_file_age * 60, reactor, io.run
     )
