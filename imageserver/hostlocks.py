@@ -30,6 +30,8 @@ from imageserver.storage.local import translate_errors
 #: keys start with a namespace, which cannot start with a dot).
 FOLDER = ".locks"
 STRIPES = 4096
+#: Stripes of image folders' locks: few, so each process keeps them open.
+FOLDER_STRIPES = 64
 #: Seconds between attempts on a busy stripe: first, and at most.
 RETRY, MAX_RETRY = 0.005, 0.1
 
@@ -41,6 +43,10 @@ class HostLocks:
         self._folder = os.path.join(base_path, FOLDER)
         self._run = run
         self._clock = clock
+        #: Open folder stripe files, and how many of this process's works
+        #: hold each one's shared lock.
+        self._shared_files: dict[str, int] = {}
+        self._sharing: dict[str, int] = {}
 
     @asynccontextmanager
     async def holding(self, keys: Sequence[str]) -> AsyncIterator[None]:
@@ -59,16 +65,56 @@ class HostLocks:
         """Hold an image folder's lock: shared by work that stores into it,
         exclusive for its purge.
 
-        Folder locks are stripes of their own (``f`` and four hex digits), so
-        a holder of a folder's lock may take its keys' locks without waiting
-        on itself.
+        Folder locks are stripes of their own (``f`` and two hex digits, of
+        `FOLDER_STRIPES`), so a holder of a folder's lock may take its keys'
+        locks without waiting on itself. Every render takes one shared, so
+        it costs no thread: this process keeps one open file per stripe and
+        holds its shared lock while any of its work needs it (counted here),
+        taken and dropped with non-blocking calls on the calling thread. A
+        purge takes the exclusive lock on a file of its own, once no process
+        (this one included) holds the stripe shared.
         """
-        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-        fd = await self._take(f"f{_stripe(folder):04x}", mode)
+        name = f"f{_stripe(folder) % FOLDER_STRIPES:02x}"
+        if exclusive:
+            fd = await self._take(name, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                os.close(fd)
+            return
+        await self._share(name)
         try:
             yield
         finally:
-            os.close(fd)
+            self._unshare(name)
+
+    async def _share(self, name: str) -> None:
+        fd = self._shared_files.get(name)
+        if fd is None:
+            opened = await self._run(translate_errors, self._open, name)
+            fd = self._shared_files.setdefault(name, opened)
+            if fd != opened:  # another work opened it meanwhile
+                os.close(opened)
+        delay = RETRY
+        while not self._sharing.get(name):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:  # a purge holds it
+                await deferLater(self._clock, delay)
+                delay = min(delay * 2, MAX_RETRY)
+                continue
+            break
+        self._sharing[name] = self._sharing.get(name, 0) + 1
+
+    def _unshare(self, name: str) -> None:
+        self._sharing[name] -= 1
+        if not self._sharing[name]:
+            del self._sharing[name]
+            fcntl.flock(self._shared_files[name], fcntl.LOCK_UN)
+
+    def _open(self, name: str) -> int:
+        os.makedirs(self._folder, exist_ok=True)
+        return os.open(os.path.join(self._folder, name), os.O_RDWR | os.O_CREAT, 0o600)
 
     async def _take(self, name: str, mode: int) -> int:
         delay = RETRY
@@ -82,9 +128,7 @@ class HostLocks:
 
     def _try(self, name: str, mode: int) -> int | None:
         """The open, locked stripe file, or None when another holds it."""
-        os.makedirs(self._folder, exist_ok=True)
-        path = os.path.join(self._folder, name)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = self._open(name)
         try:
             fcntl.flock(fd, mode | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -66,3 +66,45 @@ class HostLocksTests(SynchronousTestCase):
             f.write("not a folder")
         held, _ = self.hold(self.first, ["p/a/w1.jpg"])
         self.failureResultOf(held, StorageUnavailable)
+
+
+class FolderLockTests(SynchronousTestCase):
+    """Shared by work in any process, exclusive for a purge."""
+
+    def setUp(self) -> None:
+        self.root = os.path.abspath(self.mktemp())
+        self.clock = Clock()
+        self.first = HostLocks(self.root, synchronous, self.clock)
+        self.second = HostLocks(self.root, synchronous, self.clock)
+
+    def enter(self, locks: HostLocks, exclusive: bool) -> tuple[Deferred[Any], Any]:
+        manager = locks.folder("p/a", exclusive=exclusive)
+        return Deferred.fromCoroutine(manager.__aenter__()), manager
+
+    def leave(self, manager: Any) -> None:
+        self.successResultOf(
+            Deferred.fromCoroutine(manager.__aexit__(None, None, None))
+        )
+
+    def test_work_shares_and_a_purge_waits_for_all_of_it(self) -> None:
+        a, in_a = self.enter(self.first, exclusive=False)
+        b, in_a_too = self.enter(self.first, exclusive=False)
+        c, in_b = self.enter(self.second, exclusive=False)
+        for d in (a, b, c):
+            self.successResultOf(d)
+        purge, purging = self.enter(self.second, exclusive=True)
+        for manager in (in_a, in_b):
+            self.leave(manager)
+            self.clock.advance(1)
+            self.assertNoResult(purge)  # this process still shares it
+        self.leave(in_a_too)
+        self.clock.advance(1)
+        self.successResultOf(purge)
+        # While the purge holds it, work in any process waits.
+        work, working = self.enter(self.first, exclusive=False)
+        self.clock.advance(1)
+        self.assertNoResult(work)
+        self.leave(purging)
+        self.clock.advance(1)
+        self.successResultOf(work)
+        self.leave(working)
