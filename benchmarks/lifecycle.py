@@ -124,7 +124,7 @@ def propagation(first: Server, second: Server, seed: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--images", type=int, default=30)
+    parser.add_argument("--images", type=int, default=60)
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--against", metavar="REV")
     parser.add_argument("--seconds", type=float, default=4.0)
@@ -141,10 +141,11 @@ def main() -> None:
     results: dict[str, list[dict[str, float]]] = {"tokens": [], "open": []}
     seed = 0
     for _ in range(args.rounds):
+        # The same images for both: each server has a store of its own.
+        images = [jpeg(seed + i) for i in range(args.images)]
+        seed += args.images
         for name, extra in (("tokens", ("--write_tokens", tokens)), ("open", ())):
             with start(root, "--workers", "1", *extra) as server:
-                images = [jpeg(seed + i) for i in range(args.images)]
-                seed += args.images
                 results[name].append(uploads(server, images))
     for key in ("per_s", "cpu_ms"):
         a = statistics.median(r[key] for r in results["tokens"])
