@@ -4,7 +4,7 @@ A purge removes an image from the storage every process shares (the bucket,
 or a host's disk) and from the purging process's own copies. The other
 processes (a host's workers, other instances on the bucket) keep copies of
 their own: the memory cache, and with a bucket the local disk cache. So each
-purge also leaves a marker in the shared storage, under
+purge (and each delete of one name) also leaves a marker in the shared storage, under
 ``PURGES/{minute}/{time}.{process}.{namespace}.{hash}`` (``PURGES`` cannot be
 a namespace: those are lower case), and every process lists the markers of
 the current and the previous minute every ``--purge_check_interval``
@@ -94,8 +94,12 @@ class PurgeLog(NoLifecycle, Service):
     def _now(self) -> float:
         return self._clock.seconds()
 
-    # -- Lifecycle: only purges matter here. One deleted name is a variant
-    # made again the same, or a client's file: copies elsewhere age out.
+    # -- Lifecycle: purges and deletes. For one deleted name the others
+    # forget their copies of the whole folder: a client's deleted file must
+    # not stay served from another instance's disk cache.
+
+    def deleted(self, image: ImageId, keys: Sequence[str]) -> None:
+        self.purged(image, keys)
 
     def purged(self, image: ImageId, keys: Sequence[str]) -> None:
         now = self._now()

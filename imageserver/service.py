@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import resource
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -382,29 +383,14 @@ def make_images(
     listeners: list[Lifecycle] = []
     # Other processes share the store: workers of this host, or instances on
     # the bucket. Each tells the others of its purges (see purges).
-    shared_store = config.remote is not None or shared_host
     purge_log = None
-    if long_running and shared_store and config.purge_check_interval:
-        markers = retrying_queue(shared, "purges", reactor, parent, events, deadline)
-
-        async def forget(image: ImageId) -> None:
-            async def drop(folder: str) -> None:
-                if memory is not None:
-                    memory.drop_prefix(folder)
-                if local_cache is not None:
-                    await local_cache.delete_prefix(folder)
-
-            await images.forget(image, drop)
-
-        purge_log = PurgeLog(
-            reactor,
-            shared,
-            markers,
-            forget,
-            config.purge_check_interval,
-            lookback=config.max_file_age if config.remote is not None else 0,
-        )
-        listeners.append(purge_log)
+    if long_running and (config.remote is not None or shared_host):
+        purge_log = _purge_log(
+            config, reactor, parent, events, deadline, shared,
+            memory, local_cache, lambda image, drop: images.forget(image, drop),
+        )  # fmt: skip
+        if purge_log is not None:
+            listeners.append(purge_log)
     if config.webhook:
         webhooks = Webhooks(
             reactor,
@@ -452,6 +438,39 @@ def make_images(
     if purge_log is not None:  # started once Images exists
         purge_log.setServiceParent(parent)
     return images, storage, [processing, io]
+
+
+def _purge_log(
+    config: Config,
+    reactor: Any,
+    parent: MultiService,
+    events: Events,
+    deadline: Deadline,
+    shared: Storage,
+    memory: MemoryCache | None,
+    local_cache: Storage | None,
+    forget: Callable[[ImageId, Callable[[str], Awaitable[None]]], Awaitable[None]],
+) -> PurgeLog | None:
+    """The purge markers of this process, when it is to watch for others'."""
+    if not config.purge_check_interval:
+        return None
+    markers = retrying_queue(shared, "purges", reactor, parent, events, deadline)
+
+    async def drop(folder: str) -> None:
+        """This process's copies of a folder: memory, and the disk cache."""
+        if memory is not None:
+            memory.drop_prefix(folder)
+        if local_cache is not None:
+            await local_cache.delete_prefix(folder)
+
+    return PurgeLog(
+        reactor,
+        shared,
+        markers,
+        lambda image: forget(image, drop),
+        config.purge_check_interval,
+        lookback=config.max_file_age if config.remote is not None else 0,
+    )
 
 
 def retrying_queue(

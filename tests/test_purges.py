@@ -78,3 +78,8 @@ class PurgeLogTests(SynchronousTestCase):
     def test_other_names_are_ignored(self) -> None:
         self.assertIsNone(image_of("notes.txt"))
         self.assertIsNone(image_of("a.b.c"))
+
+    def test_a_deleted_name_is_forgotten_with_its_folder(self) -> None:
+        self.a.deleted(IMAGE, [IMAGE.key("notes.txt")])
+        self.clock.advance(5)
+        self.assertEqual(self.forgotten["b"], [IMAGE])
