@@ -59,8 +59,11 @@ class FolderGate:
         try:
             while state.purging or state.storing:
                 await self._changed(state)
-        finally:
+        except BaseException:  # cancelled: the work held back goes on
             state.purges_waiting -= 1
+            self._notify(folder, state)
+            raise
+        state.purges_waiting -= 1
         state.purging = True
         try:
             async with self._host(folder, exclusive=True):

@@ -92,3 +92,17 @@ class WriteQueueCancelTests(SynchronousTestCase):
 
     def test_cancel_of_nothing_returns_at_once(self) -> None:
         self.successResultOf(self.cancel(FOLDER))
+
+    def test_a_write_that_fails_after_its_cancel_ends_quietly(self) -> None:
+        queue = WriteQueue(self.disk, self.clock, 30, name="behind", events=self.events)
+        blocker = LocalStorage(self.disk.root, synchronous)
+        self.successResultOf(
+            Deferred.fromCoroutine(blocker.put("p/6e0", b"in the way", "text/plain"))
+        )
+        queue.submit(KEY, stored(b"x"))
+        cancelled = Deferred.fromCoroutine(queue.cancel(FOLDER))
+        self.gate.release()  # the write fails after it was cancelled
+        self.successResultOf(cancelled)
+        self.successResultOf(queue.wait_idle())
+        self.assertEqual(queue.pending, 0)
+        self.flushLoggedErrors()

@@ -172,8 +172,9 @@ class WriteQueue(Service):
         return True
 
     def _drop(self, key: str, outcome: str) -> None:
-        del self._pending[key]
-        self._events.background_done(self.label, outcome, self.pending)
+        # A key cancelled while its write was on its way is counted already.
+        if self._pending.pop(key, None) is not None:
+            self._events.background_done(self.label, outcome, self.pending)
 
     def wait_idle(self) -> Deferred[None]:
         """Fires once no write is on its way."""
