@@ -251,6 +251,10 @@ def make_service(
     if config.write_tokens:
         tokens = top.write_tokens = WriteTokens(config.write_tokens)
         Reloading(reactor, tokens.refresh, io_pool.run).setServiceParent(top)
+    else:  # SIGHUP (passed on by a supervisor) must not end the process
+        Hangup(
+            reactor, lambda: log.info("SIGHUP: no file to read again")
+        ).setServiceParent(top)
     if config.secrets or tokens is not None:
         api = AccessGuard(
             api,

@@ -171,7 +171,7 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(names, [
             "Signals", "ThreadPoolService", "ThreadPoolService", "CacheSweeper",
             "WriteQueue", "ConnectionPoolService", "WritableCheck", "Listening",
-            "RequestDrain", "Listening", "Readiness",
+            "Hangup", "RequestDrain", "Listening", "Readiness",
         ])  # fmt: skip
 
     def test_s3_adds_its_pool_uploads_sweeper_and_purge_markers(self) -> None:
@@ -183,7 +183,8 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(names, [
             "Signals", "ThreadPoolService", "ThreadPoolService", "ThreadPoolService",
             "WriteQueue", "CacheSweeper", "WriteQueue", "ConnectionPoolService",
-            "WriteQueue", "PurgeLog", "WritableCheck", "Listening", "RequestDrain",
+            "WriteQueue", "PurgeLog", "WritableCheck", "Listening", "Hangup",
+            "RequestDrain",
             "Listening", "Readiness",
         ])  # fmt: skip
 

@@ -121,6 +121,11 @@ class TwistdCase(TestCaseMixin, TestCase):
             process.transport.signalProcess("KILL")  # type: ignore[union-attr]
             await process.ended
 
+    async def ready(self) -> None:
+        """Wait until the admin port says every worker has started."""
+        while (await self.call("GET", "/probe/ready", self.admin_port))[0].code != 200:
+            await deferLater(reactor, 0.05)
+
     async def call(self, method: str, path: str, port: int | None = None,
                    **kwargs: Any) -> tuple[Any, bytes]:  # fmt: skip
         url = f"http://127.0.0.1:{port or self.port}{path}"
@@ -626,6 +631,7 @@ class WriteTokensTwistdTests(TwistdCase):
         process = await self.start_server(
             "--write_tokens", path, workers=("--workers", "2")
         )
+        await self.ready()
         photo = encode(quadrants((64, 48)))
 
         async def upload(token: str | None) -> int:
@@ -746,3 +752,13 @@ class PurgeTwistdTests(TwistdCase):
         self.assertEqual(response.code, 204)
         seconds = await self.gone_after(f"{folder}/x50.jpg", self.port, tries=8)
         self.assertLess(seconds, self.INTERVAL + 2)
+
+    async def test_sighup_without_tokens_ends_no_worker(self) -> None:
+        process = await self.start_server(workers=("--workers", "2"))
+        await self.ready()
+        process.transport.signalProcess("HUP")  # type: ignore[union-attr]
+        await process.wait_for(rb"no file to read again[\s\S]*no file to read again")
+        await deferLater(reactor, 0.5)
+        self.assertNotIn(b"starting it again", process.output)
+        response, _ = await self.call("GET", "/status_check")
+        self.assertEqual(response.code, 200)
