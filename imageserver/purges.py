@@ -146,18 +146,25 @@ class PurgeLog(NoLifecycle, Service):
         for name in names:
             if name in seen:
                 continue
-            seen.add(name)
             found = image_of(name)
-            if found is None or found[0] == self.process:
-                continue
-            process, image = found
-            await self._forget(image)
-            self.forgotten += 1
-            log.info(
-                "forgot {folder}: purged by {process}",
-                folder=image.folder,
-                process=process,
-            )
+            if found is not None and found[0] != self.process:
+                process, image = found
+                # Storage trouble leaves the marker unseen: tried again at the
+                # next check. A bug is logged once.
+                try:
+                    await self._forget(image)
+                except (StorageUnavailable, StorageFailed, StorageFull):
+                    raise
+                except Exception:
+                    log.failure("forgetting {folder} failed", folder=image.folder)
+                else:
+                    self.forgotten += 1
+                    log.info(
+                        "forgot {folder}: purged by {process}",
+                        folder=image.folder,
+                        process=process,
+                    )
+            seen.add(name)
 
     async def _clean(self, minute: int) -> None:
         """Delete the marker folder that just passed out of every lookback."""

@@ -7,6 +7,7 @@ import os
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from imageserver.errors import StorageUnavailable
 from imageserver.naming import ImageId
 from imageserver.purges import FOLDER, PurgeLog, image_of
 from imageserver.storage.local import LocalStorage
@@ -74,6 +75,56 @@ class PurgeLogTests(SynchronousTestCase):
         for _ in range(3 * 12):
             self.clock.advance(5)
         self.assertEqual(self.markers(), [])
+
+    def test_a_failing_check_is_logged_and_the_next_one_runs(self) -> None:
+        calls = []
+
+        async def broken(image: ImageId) -> None:
+            calls.append(image)
+            raise RuntimeError("a bug in forgetting")
+
+        markers = WriteQueue(self.shared, self.clock, 30, name="purges")
+        log = PurgeLog(self.clock, self.shared, markers, broken, 5)
+        log.startService()
+        self.addCleanup(log.stopService)
+        listing = self.shared.list
+
+        async def unavailable(folder: str) -> list[str]:
+            raise StorageUnavailable("the storage cannot be used right now")
+
+        self.patch(self.shared, "list", unavailable)
+        self.a.purged(IMAGE, [])
+        self.clock.advance(5)  # the storage fails: a warning
+        self.assertEqual(calls, [])
+        self.patch(self.shared, "list", listing)
+        self.clock.advance(5)  # the forgetting fails: logged, once
+        self.assertEqual(calls, [IMAGE])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.clock.advance(5)
+        self.assertEqual(calls, [IMAGE])
+        other = ImageId("p", "0" * 32)
+        self.a.purged(other, [])
+        self.clock.advance(5)  # and the checks go on
+        self.assertEqual(calls, [IMAGE, other])
+        self.flushLoggedErrors(RuntimeError)
+
+    def test_storage_trouble_while_forgetting_is_tried_again(self) -> None:
+        attempts = []
+
+        async def flaky(image: ImageId) -> None:
+            attempts.append(image)
+            if len(attempts) == 1:
+                raise StorageUnavailable("the disk cache cannot be used right now")
+
+        markers = WriteQueue(self.shared, self.clock, 30, name="purges")
+        log = PurgeLog(self.clock, self.shared, markers, flaky, 5)
+        log.startService()
+        self.addCleanup(log.stopService)
+        self.a.purged(IMAGE, [])
+        self.clock.advance(5)
+        self.clock.advance(5)
+        self.assertEqual(attempts, [IMAGE, IMAGE])
+        self.assertEqual(log.forgotten, 1)
 
     def test_other_names_are_ignored(self) -> None:
         self.assertIsNone(image_of("notes.txt"))
