@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 from collections.abc import Callable
 from typing import Any
@@ -120,6 +121,14 @@ class Gate:
         while self.held:
             d, f, args = self.held.pop(0)
             maybeDeferred(f, *args).chainDeferred(d)
+
+
+def block_writes(root: str) -> None:
+    """Put a file where the test images' folders go (``p/6e0``), so that no
+    write under them can land: a disk that refuses, for real."""
+    os.makedirs(os.path.join(root, "p"), exist_ok=True)
+    with open(os.path.join(root, "p", "6e0"), "wb") as f:
+        f.write(b"in the way")
 
 
 def sample(events: Events, name: str, **labels: str) -> float:

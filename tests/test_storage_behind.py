@@ -13,7 +13,7 @@ from imageserver.storage.behind import WriteBehind
 from imageserver.storage.local import LocalStorage
 from imageserver.storage.queue import WriteQueue
 from tests.storage_contract import FOLDER, KEY, StorageContract
-from tests.support import Gate, sample, synchronous
+from tests.support import Gate, block_writes, sample, synchronous
 
 DATA = b"rendered jpeg bytes"
 
@@ -144,11 +144,7 @@ class WriteBehindTests(SynchronousTestCase):
         self.assertIsNone(self.on_disk(KEY))
 
     def test_a_failed_write_is_logged_and_forgotten(self) -> None:
-        # A file where the image's folder should be: the write cannot land.
-        blocker = LocalStorage(self.disk.root, synchronous)
-        self.successResultOf(
-            self.run_(blocker.put("p/6e0", b"in the way", "text/plain"))
-        )
+        block_writes(self.disk.root)  # every attempt fails
         with capturedLogs() as logged:
             self.run_(
                 self.storage.put(KEY, DATA, "image/jpeg", durable=False, etag="e")

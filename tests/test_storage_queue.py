@@ -12,7 +12,7 @@ from imageserver.storage import StoredObject
 from imageserver.storage.local import LocalStorage
 from imageserver.storage.queue import WriteQueue
 from tests.storage_contract import FOLDER, KEY
-from tests.support import Gate, sample, synchronous
+from tests.support import Gate, block_writes, sample, synchronous
 
 
 def stored(data: bytes) -> StoredObject:
@@ -67,11 +67,7 @@ class WriteQueueCancelTests(SynchronousTestCase):
         )
 
     def test_cancel_ends_a_write_waiting_to_retry(self) -> None:
-        # A file where the folder should be: every attempt fails.
-        blocker = LocalStorage(self.disk.root, synchronous)
-        self.successResultOf(
-            Deferred.fromCoroutine(blocker.put("p/6e0", b"in the way", "text/plain"))
-        )
+        block_writes(self.disk.root)  # every attempt fails
         self.queue.submit(KEY, stored(b"x"))
         self.gate.release()  # the first attempt fails; a retry waits 1 s
         self.assertEqual(self.queue.pending, 1)
@@ -95,10 +91,7 @@ class WriteQueueCancelTests(SynchronousTestCase):
 
     def test_a_write_that_fails_after_its_cancel_ends_quietly(self) -> None:
         queue = WriteQueue(self.disk, self.clock, 30, name="behind", events=self.events)
-        blocker = LocalStorage(self.disk.root, synchronous)
-        self.successResultOf(
-            Deferred.fromCoroutine(blocker.put("p/6e0", b"in the way", "text/plain"))
-        )
+        block_writes(self.disk.root)  # every attempt fails
         queue.submit(KEY, stored(b"x"))
         cancelled = Deferred.fromCoroutine(queue.cancel(FOLDER))
         self.gate.release()  # the write fails after it was cancelled
