@@ -19,7 +19,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from imageserver.config import Config
-from imageserver.errors import NotFound
+from imageserver.errors import InvalidRequest, NotCanonical, NotFound
 from imageserver.images import Images
 from imageserver.naming import INFO, ImageId, is_generated
 from imageserver.sources import SourceFetcher
@@ -363,3 +363,58 @@ class ResweepTests(SynchronousTestCase):
             [name.rpartition("/")[2] for name in stack.left()],
             ["info.json", "original"],
         )
+
+
+SIZES = st.one_of(
+    st.integers(1, 500).map(lambda n: f"w{n}"),
+    st.integers(1, 500).map(lambda n: f"x{n}"),
+    st.tuples(st.integers(1, 500), st.integers(1, 500)).map(lambda s: f"{s[0]}x{s[1]}"),
+)
+OPTIONS = st.lists(
+    st.sampled_from(["fit", "gray", "flip", "flop", "q50", "r90", "trim", "noup"]),
+    unique=True,
+    max_size=4,
+).flatmap(st.permutations)
+
+
+class DeleteNameSweepTests(SynchronousTestCase):
+    """Any spelling of any variant deletes its canonical file and no other."""
+
+    def setUp(self) -> None:
+        self.app = AppHarness(self)
+        self.app.upload(PHOTO)
+
+    def on_disk(self, name: str) -> bool:
+        return os.path.exists(os.path.join(self.app.root, *FOLDER.split("/"), name))
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        size=SIZES,
+        options=OPTIONS,
+        dpr=st.sampled_from(["", "@1x", "@2x"]),
+        ext=st.sampled_from(["jpg", "png", "webp"]),
+    )
+    def test_any_spelling(
+        self, size: str, options: list[str], dpr: str, ext: str
+    ) -> None:
+        name = "-".join([size, *options]) + f"{dpr}.{ext}"
+        try:
+            variant = self.app.images.rules.parse(name)
+        except NotCanonical as e:
+            canonical = e.canonical
+        except (InvalidRequest, NotFound):
+            code, _ = self.app.json("DELETE", f"{FOLDER}/{name}")
+            self.assertIn(code, (400, 404), name)
+            return
+        else:
+            assert variant is not None
+            canonical = variant.name
+        neighbour = "w1.gif"
+        for stored in (canonical, neighbour):
+            put = self.app.local.put(IMAGE.key(stored), b"x", "image/jpeg")
+            self.successResultOf(Deferred.fromCoroutine(put))
+        response, _ = self.app.request("DELETE", f"{FOLDER}/{name}")
+        self.assertEqual(response.code, 204, name)
+        self.assertFalse(self.on_disk(canonical), name)
+        self.assertTrue(self.on_disk(neighbour), name)
+        self.assertEqual(self.app.json("DELETE", f"{FOLDER}/{name}")[0], 404)
