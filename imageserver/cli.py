@@ -29,10 +29,11 @@ from twisted.python import usage
 
 from imageserver import __version__, imaging
 from imageserver.batches import Item, parse_line
+from imageserver.bulk import Outcome, outcome_of, unique
 from imageserver.config import Config
 from imageserver.errors import ImageServerError
 from imageserver.events import Events
-from imageserver.images import Images, info_json_of
+from imageserver.images import info_json_of
 from imageserver.options import (
     ENVIRONMENT_HELP,
     ConfigOptions,
@@ -58,7 +59,15 @@ class ProcessOptions(ConfigOptions):
         ["concurrency", None, "0", "Images processed at once; 0: one per CPU.", int],
         *parameters(fields),
     ]
-    optFlags: ClassVar[list[list[Any]]] = flags(fields)
+    optFlags: ClassVar[list[list[Any]]] = [
+        [
+            "progress_json",
+            None,
+            "Report progress as JSON lines on standard error "
+            '({"done": 10, "total": 100, "failed": 1}), for machines.',
+        ],
+        *flags(fields),
+    ]
 
     def parseArgs(self, *sources: str) -> None:  # type: ignore[override]
         if not sources:
@@ -119,12 +128,12 @@ async def process(
     stdout: IO[str],
     stderr: IO[str],
 ) -> int:
-    """Run ``process``; the exit status is 1 if any item failed."""
+    """Run ``process`` here; the exit status is 1 if any item failed."""
     config: Config = dataclasses.replace(options.config, outputs=())
     outputs = ",".join(options.config.outputs)
     namespace = options["namespace"]
     errors: list[str] = []
-    items = items_from(options.sources, stdin, errors)
+    items, repeats = unique(items_from(options.sources, stdin, errors))
 
     services = OrderedMultiService()
     deadline = Deadline(reactor, config.shutdown_timeout)
@@ -132,83 +141,79 @@ async def process(
         config, reactor, services, Events(), deadline, long_running=False
     )
     services.startService()
-    progress = _progress(len(items), stderr)
+    progress = Progress(len(items) + repeats, stdout, stderr, options["progress_json"])
     for error in errors:
-        progress.write(error, file=stderr)
-    seen: set[tuple[str | None, str | None, str | None]] = set()
-    failed = len(errors)
+        progress.error(error)
+    progress.done(repeats)
 
     async def one(item: Item) -> None:
-        nonlocal failed
-        where = f"line {item.line}" if item.path is None else item.path
-        try:
-            info = await _process_item(images, namespace, outputs, item)
-        except ImageServerError as e:
-            failed += 1
-            progress.write(f"{where}: {e}", file=stderr)
-        except Exception as e:
-            # A bug, met by this item alone: said in its one line, and the
-            # run goes on with the others.
-            failed += 1
-            progress.write(
-                f"{where}: internal error ({type(e).__name__}: {e})", file=stderr
-            )
-        else:
-            line = f"{info['hash']}\t{item.label}\t{info['width']}\t{info['height']}"
-            progress.write(line, file=stdout)
-        finally:
-            progress.update(1)
+        progress.report(await outcome_of(images, namespace, outputs, item))
 
     def start(item: Item) -> Deferred[None]:
         return Deferred.fromCoroutine(one(item))
 
     slots = DeferredSemaphore(config.processor_concurrency)
     try:
-        todo = []
-        for item in items:
-            key = (item.path, item.url, item.digest)
-            if key in seen:  # a duplicate line: done once
-                progress.update(1)
-                continue
-            seen.add(key)
-            todo.append(slots.run(start, item))
-        await gatherResults(todo)
+        await gatherResults([slots.run(start, item) for item in items])
     finally:
         progress.close()
         await services.stopService()
-    return 1 if failed else 0
+    return 1 if progress.failed else 0
 
 
-async def _process_item(
-    images: Images, namespace: str, outputs: str, item: Item
-) -> dict[str, Any]:
-    if item.path is not None:
-        try:
-            body = open(item.path, "rb")  # noqa: SIM115 (read in the pool)
-        except OSError as e:
-            raise UnreadableFile(f"cannot read: {e.strerror}") from None
-        with body:
-            return json.loads(
-                await images.upload(namespace, body=body, outputs=outputs or None)
-            )  # type: ignore[no-any-return]
-    return await images.process_item(
-        namespace, url=item.url, digest=item.digest, outputs=outputs or None
-    )
+class Progress:
+    """Result lines to stdout, error lines to stderr, and how far the run is:
+    a bar on a terminal, JSON lines on stderr with ``--progress-json``.
 
-
-class UnreadableFile(ImageServerError):
-    """A file named on the command line that cannot be opened."""
-
-
-def _progress(total: int, stderr: IO[str]) -> Any:
-    """A progress bar on a terminal; nothing when stderr is a file or a pipe.
-
-    Result and error lines go through its ``write``, which clears the bar,
+    Result and error lines go through the bar's ``write``, which clears it,
     writes the line whole and draws the bar again below it.
     """
-    from tqdm import tqdm  # type: ignore[import-untyped]
 
-    return tqdm(total=total, file=stderr, unit="image", disable=not stderr.isatty())
+    def __init__(
+        self, total: int, stdout: IO[str], stderr: IO[str], as_json: bool = False
+    ) -> None:
+        from tqdm import tqdm  # type: ignore[import-untyped]
+
+        self.total = total
+        self.finished = self.failed = 0
+        self._stdout, self._stderr = stdout, stderr
+        self._json = as_json
+        self._bar = tqdm(
+            total=total,
+            file=stderr,
+            unit="image",
+            disable=as_json or not stderr.isatty(),
+        )
+
+    def report(self, outcome: Outcome) -> None:
+        if outcome.ok:
+            self._bar.write(outcome.line, file=self._stdout)
+            self.done(1)
+        else:
+            self.error(outcome.line)
+            self.done(1)
+
+    def error(self, line: str) -> None:
+        """A failure outside any item's count (a malformed input line), or of one."""
+        self.failed += 1
+        self._bar.write(line, file=self._stderr)
+
+    def done(self, count: int) -> None:
+        if not count:
+            return
+        self.finished += count
+        self._bar.update(count)
+        if self._json:
+            progress = {
+                "done": self.finished,
+                "total": self.total,
+                "failed": self.failed,
+            }
+            self._stderr.write(json.dumps(progress) + "\n")
+            self._stderr.flush()
+
+    def close(self) -> None:
+        self._bar.close()
 
 
 def info(options: InfoOptions, stdout: IO[str], stderr: IO[str]) -> int:
@@ -236,6 +241,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     _log_warnings_to(sys.stderr)
     if options.subCommand == "info":
         sys.exit(info(options.subOptions, sys.stdout, sys.stderr))
+
+    if options.subOptions.config.scheduler:
+        from imageserver import cluster  # dask: only when asked
+
+        sys.exit(cluster.process(options.subOptions, sys.stdin, sys.stdout, sys.stderr))
 
     async def run(reactor: Any) -> None:
         status = await process(

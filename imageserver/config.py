@@ -41,6 +41,14 @@ def _threads(cpus: int, workers: int) -> int:
     return max(2, -(-2 * cpus // workers))
 
 
+def _local_workers(scheduler: str) -> int | None:
+    """N of ``local:N``, or None for another value."""
+    prefix, _, count = scheduler.partition(":")
+    if prefix == "local" and count.isdigit() and int(count) >= 1:
+        return int(count)
+    return None
+
+
 def _cpu_count() -> int:
     """CPUs this process may run on (a container's share, not the host's)."""
     try:
@@ -50,11 +58,17 @@ def _cpu_count() -> int:
 
 
 def setting(
-    default: Any, help: str, *, server_only: bool = False, **kwargs: Any
+    default: Any,
+    help: str,
+    *,
+    server_only: bool = False,
+    command_only: bool = False,
+    **kwargs: Any,
 ) -> Any:
     """A Config field: its default, its one-line help, and whether only the
-    server uses it (the command line leaves such options out)."""
-    metadata = {"help": help, "server_only": server_only}
+    server uses it (the command line leaves such options out), or only the
+    command line (the server leaves it out)."""
+    metadata = {"help": help, "server_only": server_only, "command_only": command_only}
     return field(default=default, metadata=metadata, **kwargs)
 
 
@@ -338,6 +352,24 @@ class Config:
     http_timeout: float = setting(
         5.0, "Seconds allowed to download a source URL, body included."
     )
+    scheduler: str = setting(
+        "",
+        "Dask scheduler that runs imageserver process's items, e.g. "
+        "tcp://10.0.0.5:8786, or local:N for N worker processes here; empty: "
+        "this process alone (docs/batch.md).",
+        command_only=True,
+    )
+    shard_size: int = setting(
+        500,
+        "Items in each task sent to the --scheduler (retried and, if a worker "
+        "dies, redone as a whole).",
+        command_only=True,
+    )
+    shard_retries: int = setting(
+        2,
+        "Times a shard that failed is tried again on the --scheduler.",
+        command_only=True,
+    )
     max_file_age: int = setting(
         30,
         "Minutes a file stays in the local cache when a remote store is used.",
@@ -398,6 +430,15 @@ class Config:
                 "--webhook_queue must be at least 1, --webhook_retry_seconds "
                 "not negative"
             )
+        if self.shard_retries < 0:
+            raise ValueError("--shard_retries must not be negative")
+        if self.scheduler and not (
+            self.scheduler.startswith(("tcp://", "tls://", "ucx://", "ws://", "wss://"))
+            or _local_workers(self.scheduler) is not None
+        ):
+            raise ValueError(
+                "--scheduler must be a scheduler address (tcp://host:8786) or local:N"
+            )
         if self.purge_check_interval < 0:
             raise ValueError("--purge_check_interval must not be negative")
         if self.presets_only and not (self.outputs or self.presets):
@@ -445,6 +486,7 @@ class Config:
             "listen_backlog",
             "max_animation_frames",
             "workers",
+            "shard_size",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1")
@@ -474,6 +516,11 @@ class Config:
         if self.uploader in ("s3", "aws") or (not self.uploader and self.aws_bucket):
             return "s3"
         return None
+
+    @property
+    def local_workers(self) -> int | None:
+        """With ``--scheduler local:N``, N: the workers to start here."""
+        return _local_workers(self.scheduler)
 
     @property
     def secrets(self) -> tuple[bytes, ...]:
@@ -571,14 +618,19 @@ def show(value: Any) -> str:
 def options_table() -> str:
     """The table of options in docs/configuration.md (a test keeps them equal)."""
     rows = [
-        "| option | default | `imageserver process` | meaning |",
+        "| option | default | where | meaning |",
         "|---|---|---|---|",
     ]
     for f in fields():
         default = show(f.default)
+        where = "both"
+        if f.metadata["server_only"]:
+            where = "server"
+        elif f.metadata["command_only"]:
+            where = "`imageserver process`"
         rows.append(
             f"| `--{f.name}` | {f'`{default}`' if default else '(none)'} "
-            f"| {'' if f.metadata['server_only'] else 'yes'} | {f.metadata['help']} |"
+            f"| {where} | {f.metadata['help']} |"
         )
     return "\n".join(rows) + "\n"
 

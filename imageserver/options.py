@@ -40,7 +40,7 @@ def parameters(fields: list[dataclasses.Field[Any]]) -> list[list[Any]]:
 
 
 def server_fields() -> list[dataclasses.Field[Any]]:
-    return list(config.fields())
+    return [f for f in config.fields() if not f.metadata["command_only"]]
 
 
 def command_line_fields() -> list[dataclasses.Field[Any]]:

@@ -1,0 +1,171 @@
+"""``imageserver process`` on a Dask cluster: shards of items, run by workers.
+
+The items are split into shards of ``--shard_size``; each shard is one Dask
+task. A worker process runs its shards with the server's own use cases
+(`imageserver.bulk`), on a Twisted reactor in a thread of its own, started on
+the first shard and kept for the next ones (a reactor cannot be started
+twice in a process), with its pools and storage. So a shard costs one task
+round trip, not a process start. A shard whose task fails is retried
+``--shard_retries`` times; a worker that dies has its shards redone
+elsewhere by the scheduler. Items are idempotent (stored under their md5,
+outputs made when missing), so a shard done twice stores the same files.
+
+Lines are printed as shards finish: in the order of completion, as local runs
+print them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from collections.abc import Sequence
+from typing import IO, Any, cast
+
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+
+from imageserver.batches import Item
+from imageserver.bulk import Outcome, outcome_of, unique
+from imageserver.config import Config
+from imageserver.events import Events
+from imageserver.images import Images
+from imageserver.shutdown import Deadline, OrderedMultiService
+
+
+def shards(items: Sequence[Item], size: int) -> list[list[Item]]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def run_shard(
+    config: Config, namespace: str, outputs: str, items: list[Item]
+) -> list[Outcome]:
+    """The task a worker runs: every item of a shard, each to its outcome."""
+    return _Runtime.of(config).run(namespace, outputs, items)
+
+
+class _Runtime:
+    """One worker process's use cases, pools and storage, on its reactor."""
+
+    _lock = threading.Lock()
+    _runtimes: dict[Config, _Runtime] = {}  # noqa: RUF012 (one per process)
+
+    @classmethod
+    def of(cls, config: Config) -> _Runtime:
+        with cls._lock:
+            runtime = cls._runtimes.get(config)
+            if runtime is None:
+                runtime = cls._runtimes[config] = cls(config)
+            return runtime
+
+    def __init__(self, config: Config) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.threads import blockingCallFromThread
+
+        self._reactor = cast(Any, reactor)
+        self._call = blockingCallFromThread
+        if not reactor.running:
+            threading.Thread(
+                target=reactor.run,
+                kwargs={"installSignalHandlers": False},
+                name="imageserver-reactor",
+                daemon=True,
+            ).start()
+        self._images: Images = self._call(self._reactor, self._start, config)
+        self._slots = DeferredSemaphore(config.processor_concurrency)
+
+    def _start(self, config: Config) -> Images:
+        from imageserver.service import make_images
+
+        services = OrderedMultiService()
+        deadline = Deadline(self._reactor, config.shutdown_timeout)
+        images, _, _ = make_images(
+            config, self._reactor, services, Events(), deadline, long_running=False
+        )
+        services.startService()
+        return images
+
+    def run(self, namespace: str, outputs: str, items: list[Item]) -> list[Outcome]:
+        def shard() -> Deferred[list[Outcome]]:
+            return gatherResults(
+                [
+                    self._slots.run(
+                        lambda i: Deferred.fromCoroutine(
+                            outcome_of(self._images, namespace, outputs, i)
+                        ),
+                        item,
+                    )
+                    for item in items
+                ]
+            )
+
+        return self._call(self._reactor, shard)  # type: ignore[no-any-return]
+
+
+def process(options: Any, stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> int:
+    """``imageserver process`` with ``--scheduler``; the exit status as local."""
+    from distributed import Client, LocalCluster, as_completed
+
+    from imageserver.cli import Progress, items_from
+
+    config: Config = dataclasses.replace(options.config, outputs=())
+    outputs = ",".join(options.config.outputs)
+    namespace = options["namespace"]
+    errors: list[str] = []
+    items, repeats = unique(items_from(options.sources, stdin, errors))
+    progress = Progress(len(items) + repeats, stdout, stderr, options["progress_json"])
+    for error in errors:
+        progress.error(error)
+    progress.done(repeats)
+
+    cluster = None
+    local = config.local_workers
+    if local is not None:
+        cores = len(os.sched_getaffinity(0))
+        if not int(options["concurrency"]):
+            # Each worker takes its share of the cores.
+            config = dataclasses.replace(
+                config, processor_concurrency=max(1, cores // local)
+            )
+        cluster = LocalCluster(
+            n_workers=local,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        )
+        address = cluster.scheduler_address
+    else:
+        address = config.scheduler
+    try:
+        with Client(address) as client:
+            parts = shards(items, config.shard_size)
+            futures = client.map(
+                run_shard,
+                [config] * len(parts),
+                [namespace] * len(parts),
+                [outputs] * len(parts),
+                parts,
+                retries=config.shard_retries,
+                pure=False,
+            )
+            index = {f.key: part for f, part in zip(futures, parts, strict=True)}
+            for future in as_completed(futures):
+                try:
+                    outcomes = future.result()
+                except Exception as e:
+                    for item in index[future.key]:
+                        where = item.path or f"line {item.line}"
+                        progress.report(
+                            Outcome(
+                                False,
+                                f"{where}: shard failed ({type(e).__name__}: {e})",
+                            )
+                        )
+                    continue
+                for outcome in outcomes:
+                    progress.report(outcome)
+    finally:
+        progress.close()
+        if cluster is not None:
+            cluster.close()
+    return 1 if progress.failed else 0
