@@ -1,0 +1,215 @@
+"""``imageserver process --scheduler``: real processes on loopback.
+
+A `distributed.LocalCluster` of two worker processes, the command line as a
+process of its own, and the moto S3 server the suite already runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from tests.s3server import CREDENTIALS, MotoServer, shared
+
+pytest.importorskip("distributed")
+
+from distributed import Client, LocalCluster
+
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUTPUTS = "w20.png,x16.jpg"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    """Two worker processes with the bucket's credentials the standard AWS way,
+    as workers on other hosts would have them."""
+    saved = dict(os.environ)
+    os.environ.update(
+        AWS_ACCESS_KEY_ID=CREDENTIALS["aws_access_key_id"],
+        AWS_SECRET_ACCESS_KEY=CREDENTIALS["aws_secret_access_key"],
+        PYTHONPATH=CHECKOUT,
+    )
+    try:
+        yield from _cluster()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _cluster() -> Iterator[LocalCluster]:
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+    ) as cluster:
+        yield cluster
+
+
+def images(count: int) -> list[bytes]:
+    out = []
+    for n in range(count):
+        image = Image.new("RGB", (40 + n % 17, 30 + n % 13), (n % 256, 80, 160))
+        image.putpixel((0, 0), (n // 256, 0, 0))
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        out.append(buffer.getvalue())
+    return out
+
+
+#: Where the command line keeps its local cache and the test its files.
+WORK = os.path.join(tempfile.gettempdir(), f"imageserver-cluster-{os.getpid()}")
+
+
+def command(bucket: str, moto: MotoServer, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "imageserver", "process",
+            "--aws_bucket", bucket, "--s3_endpoint_url", moto.url,
+            "--local_base_path", os.path.join(WORK, bucket),
+            *extra, "-"]  # fmt: skip
+
+
+def run(
+    args: list[str], stdin: str, on_line: Any = None
+) -> tuple[int, list[str], list[str]]:
+    """Run the command line; ``on_line`` sees each stderr line as it comes."""
+    env = {**os.environ, "PYTHONPATH": CHECKOUT,
+           "AWS_ACCESS_KEY_ID": CREDENTIALS["aws_access_key_id"],
+           "AWS_SECRET_ACCESS_KEY": CREDENTIALS["aws_secret_access_key"]}  # fmt: skip
+    process = subprocess.Popen(
+        args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=env,
+    )  # fmt: skip
+    errors: list[str] = []
+
+    def read_errors() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            errors.append(line.rstrip("\n"))
+            if on_line is not None:
+                on_line(line)
+
+    reader = threading.Thread(target=read_errors)
+    reader.start()
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(stdin)
+    process.stdin.close()
+    out = process.stdout.read()
+    process.wait(300)
+    reader.join()
+    return process.returncode, out.splitlines(), errors
+
+
+def objects(moto: MotoServer, bucket: str) -> dict[str, bytes]:
+    client = moto.client()
+    found = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for item in page.get("Contents", ()):
+            body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"]
+            found[item["Key"]] = body.read()
+    return found
+
+
+@pytest.fixture(scope="module")
+def stored() -> Iterator[dict[str, Any]]:
+    """Two buckets holding the same 200 originals, uploaded by their hashes."""
+    moto = shared()
+    originals = images(200)
+    buckets = [moto.new_bucket(), moto.new_bucket()]
+    hashes = [hashlib.md5(data).hexdigest() for data in originals]
+    # Stored the server's way, by the command line in local mode.
+    folder = os.path.join(WORK, "originals")
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for digest, data in zip(hashes, originals, strict=True):
+        path = os.path.join(folder, f"{digest}.png")
+        with open(path, "wb") as f:
+            f.write(data)
+        paths.append(path)
+    for bucket in buckets:
+        args = command(bucket, moto)[:-1] + paths
+        code, out, err = run(args, "")
+        assert code == 0, err
+        assert len(out) == 200
+    yield {"moto": moto, "buckets": buckets, "hashes": hashes}
+    shutil.rmtree(WORK, ignore_errors=True)
+
+
+def test_a_backfill_on_the_cluster_stores_what_local_mode_stores(
+    cluster: LocalCluster, stored: dict[str, Any]
+) -> None:
+    moto, (local_bucket, cluster_bucket) = stored["moto"], stored["buckets"]
+    lines = "\n".join(stored["hashes"]) + "\n"
+    code, local_out, err = run(command(local_bucket, moto, "--outputs", OUTPUTS), lines)
+    assert code == 0, err
+    code, cluster_out, err = run(
+        command(cluster_bucket, moto, "--outputs", OUTPUTS,
+                "--scheduler", cluster.scheduler_address, "--shard_size", "25"),
+        lines,
+    )  # fmt: skip
+    assert code == 0, err
+    assert sorted(cluster_out) == sorted(local_out)
+    local, remote = objects(moto, local_bucket), objects(moto, cluster_bucket)
+    assert len(remote) == 200 * 4
+    assert remote == local  # byte for byte
+
+
+def test_a_worker_killed_mid_run_has_its_shard_redone(
+    cluster: LocalCluster, stored: dict[str, Any]
+) -> None:
+    moto = stored["moto"]
+    bucket = stored["buckets"][1]
+    with Client(cluster.scheduler_address) as client:
+        pids = list(client.run(os.getpid).values())
+    killed: list[int] = []
+
+    def kill_once(line: str) -> None:
+        if not killed and line.startswith("{"):
+            killed.append(pids[0])
+            os.kill(pids[0], signal.SIGKILL)
+
+    code, out, err = run(
+        command(bucket, moto, "--outputs", "w24.png",
+                "--scheduler", cluster.scheduler_address, "--shard_size", "10",
+                "--progress_json"),
+        "\n".join(stored["hashes"]) + "\n",
+        on_line=kill_once,
+    )  # fmt: skip
+    assert killed, "the run ended before a worker could be killed"
+    assert code == 0, err
+    assert len(out) == 200
+    assert json.loads(err[-1]) == {"done": 200, "total": 200, "failed": 0}
+    keys = objects(moto, bucket)
+    assert sum(key.endswith("/w24.png") for key in keys) == 200
+
+
+def test_a_bad_item_is_its_own_error_line(
+    cluster: LocalCluster, stored: dict[str, Any]
+) -> None:
+    moto = stored["moto"]
+    bucket = stored["buckets"][1]
+    lines = [stored["hashes"][0], "0" * 32, "not-a-hash", stored["hashes"][1]]
+    code, out, err = run(
+        command(bucket, moto, "--outputs", "w12.png",
+                "--scheduler", cluster.scheduler_address),
+        "\n".join(lines) + "\n",
+    )  # fmt: skip
+    assert code == 1
+    assert len(out) == 2
+    assert sorted(err) == [
+        f"line 2: {'0' * 32} is not in the store",
+        "line 3: not a URL or a 32-hex hash: 'not-a-hash'",
+    ]
