@@ -36,10 +36,29 @@ def shards(items: Sequence[Item], size: int) -> list[list[Item]]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
+def shard_size(items: int, largest: int, threads: int) -> int:
+    """``largest``, or less, so that every worker thread gets at least four
+    shards: the last shards of a run then leave little of the cluster idle."""
+    return max(1, min(largest, -(-items // (4 * max(1, threads)))))
+
+
 def run_shard(
-    config: Config, namespace: str, outputs: str, items: list[Item]
+    config: Config,
+    namespace: str,
+    outputs: str,
+    items: list[Item],
+    concurrency: int = 0,
 ) -> list[Outcome]:
-    """The task a worker runs: every item of a shard, each to its outcome."""
+    """The task a worker runs: every item of a shard, each to its outcome.
+
+    ``concurrency`` items at once; 0: the worker's threads and one more (an
+    item read, fetched or stored while the others are decoded).
+    """
+    if not concurrency:
+        from distributed import get_worker
+
+        concurrency = get_worker().state.nthreads + 1
+    config = dataclasses.replace(config, processor_concurrency=concurrency)
     return _Runtime.of(config).run(namespace, outputs, items)
 
 
@@ -101,9 +120,32 @@ class _Runtime:
         return self._call(self._reactor, shard)  # type: ignore[no-any-return]
 
 
+def local_cluster(workers: int) -> Any:
+    """``workers`` Dask worker processes here, on loopback.
+
+    Dask starts its workers with ``MALLOC_TRIM_THRESHOLD_`` set, which turns
+    off glibc's adaptive mmap threshold: every decoded image's buffer is then
+    mapped and faulted in afresh, and the same renders took 40 % longer
+    (docs/batch.md). Workers here run without it, as local mode does.
+    """
+    import dask
+    from distributed import LocalCluster
+
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
+    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        return LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        )
+
+
 def process(options: Any, stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> int:
     """``imageserver process`` with ``--scheduler``; the exit status as local."""
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import Client, as_completed
 
     from imageserver.cli import Progress, items_from
 
@@ -118,33 +160,29 @@ def process(options: Any, stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> i
     progress.done(repeats)
 
     cluster = None
+    concurrency = int(options["concurrency"])
     local = config.local_workers
     if local is not None:
-        cores = len(os.sched_getaffinity(0))
-        if not int(options["concurrency"]):
-            # Each worker takes its share of the cores.
-            config = dataclasses.replace(
-                config, processor_concurrency=max(1, cores // local)
-            )
-        cluster = LocalCluster(
-            n_workers=local,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        )
+        if not concurrency:
+            # Each worker its share of the cores, and an item more on its way.
+            concurrency = max(1, len(os.sched_getaffinity(0)) // local) + 1
+        cluster = local_cluster(local)
         address = cluster.scheduler_address
     else:
         address = config.scheduler
     try:
         with Client(address) as client:
-            parts = shards(items, config.shard_size)
+            threads = sum(
+                w["nthreads"] for w in client.scheduler_info()["workers"].values()
+            )
+            parts = shards(items, shard_size(len(items), config.shard_size, threads))
             futures = client.map(
                 run_shard,
                 [config] * len(parts),
                 [namespace] * len(parts),
                 [outputs] * len(parts),
                 parts,
+                [concurrency] * len(parts),
                 retries=config.shard_retries,
                 pure=False,
             )

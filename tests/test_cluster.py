@@ -213,3 +213,36 @@ def test_a_bad_item_is_its_own_error_line(
         f"line 2: {'0' * 32} is not in the store",
         "line 3: not a URL or a 32-hex hash: 'not-a-hash'",
     ]
+
+
+def test_local_workers_of_its_own(tmp_path: Any) -> None:
+    """``--scheduler local:2``: the command line starts two workers here."""
+    paths = []
+    for n, data in enumerate(images(6)):
+        path = tmp_path / f"{n}.png"
+        path.write_bytes(data)
+        paths.append(str(path))
+    lines = {}
+    for mode in ((), ("--scheduler", "local:2")):
+        store = tmp_path / f"store{len(mode)}"
+        code, out, err = run(
+            [sys.executable, "-m", "imageserver", "process", "--local_base_path",
+             str(store), "--outputs", "w10.png", *mode, *paths, paths[0]],
+            "",
+        )  # fmt: skip
+        assert code == 0, err
+        lines[mode] = sorted(out)
+        files = sorted(p.name for p in store.rglob("*") if p.is_file())
+        assert files.count("w10.png") == 6
+    assert lines[()] == lines[("--scheduler", "local:2")]
+    assert len(lines[()]) == 6  # the repeated file once
+
+
+def test_scheduler_values() -> None:
+    from imageserver.config import Config
+
+    assert Config(scheduler="local:3").local_workers == 3
+    assert Config(scheduler="tcp://10.0.0.5:8786").local_workers is None
+    for bad in ("local:0", "local:x", "10.0.0.5:8786", "http://x"):
+        with pytest.raises(ValueError, match="--scheduler"):
+            Config(scheduler=bad)
