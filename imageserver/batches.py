@@ -12,9 +12,16 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
-from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.internet.defer import (
+    Deferred,
+    DeferredLock,
+    DeferredSemaphore,
+    gatherResults,
+)
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -79,6 +86,43 @@ def check_job_id(job_id: str) -> str:
         raise NotFound("unknown batch") from None
 
 
+async def item_result(
+    images: Images, namespace: str, outputs: str, item: dict[str, Any]
+) -> dict[str, Any]:
+    """One item of a batch (``{"url": ..., "hash": ...}``), done: its result
+    as the job's report lists it. Here or on a cluster worker alike."""
+    result = {"hash": item["hash"], "url": item["url"], "width": None,
+              "height": None, "error": None}  # fmt: skip
+    try:
+        info = await images.process_item(
+            namespace, url=item["url"], digest=item["hash"], outputs=outputs or None
+        )
+    except ImageServerError as e:
+        result["error"] = str(e)
+    except Exception:
+        # A bug, met by this item alone: logged in full here, recorded as the
+        # item's failure, and the job goes on (re-running it on every poll
+        # would meet it again).
+        log.failure("batch item {item} failed unexpectedly", item=item)
+        result["error"] = "internal error while processing this item"
+    else:
+        result.update(hash=info["hash"], width=info["width"], height=info["height"])
+    return result
+
+
+class Shards(Protocol):
+    """Where a batch's items run when not in this process: a cluster."""
+
+    def run(
+        self, namespace: str, outputs: str, items: list[dict[str, Any]]
+    ) -> Deferred[list[dict[str, Any]]]:
+        """Fires with `item_result` of each item, in order; fails when the
+        cluster cannot be reached (the items are then submitted again)."""
+        ...
+
+    def shard_size(self, items: int) -> int: ...
+
+
 class Batches:
     """Creates, runs and reports batch jobs.
 
@@ -86,11 +130,22 @@ class Batches:
     big batch never takes the processing pool from interactive requests.
     """
 
-    def __init__(self, images: Images, storage: Storage, concurrency: int = 1) -> None:
+    def __init__(
+        self,
+        images: Images,
+        storage: Storage,
+        concurrency: int = 1,
+        *,
+        shards: Shards | None = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
         self._images = images
         self._storage = storage
         self._slots = DeferredSemaphore(concurrency)
         self._running: dict[str, Deferred[None]] = {}
+        #: With --scheduler: the cluster the items run on, in shards.
+        self._shards = shards
+        self._clock = clock
 
     async def create(self, namespace: str, body: BinaryIO, outputs: str | None) -> str:
         """Store a new job from newline-separated items and start it; its id."""
@@ -161,38 +216,68 @@ class Batches:
         d.addBoth(finished)
 
     async def _run(self, job: dict[str, Any], state: dict[str, Any]) -> None:
+        if self._shards is not None:
+            await self._run_on_cluster(job, state, self._shards)
+            return
         namespace, job_id = job["namespace"], job["id"]
         results: dict[str, Any] = state["results"]
         for index, item in enumerate(job["items"]):
             if str(index) in results:
                 continue  # finished before a restart: not redone
             async with self._slots:
-                results[str(index)] = await self._one(namespace, job["outputs"], item)
+                results[str(index)] = await item_result(
+                    self._images, namespace, job["outputs"], item
+                )
             await self._put(namespace, job_id, "state.json", state)
         state["state"] = "done"
         await self._put(namespace, job_id, "state.json", state)
         log.info("batch {job_id} finished", job_id=job_id)
 
-    async def _one(
-        self, namespace: str, outputs: str, item: dict[str, Any]
-    ) -> dict[str, Any]:
-        result = {"hash": item["hash"], "url": item["url"], "width": None,
-                  "height": None, "error": None}  # fmt: skip
-        try:
-            info = await self._images.process_item(
-                namespace, url=item["url"], digest=item["hash"], outputs=outputs or None
-            )
-        except ImageServerError as e:
-            result["error"] = str(e)
-        except Exception:
-            # A bug, met by this item alone: logged in full here, recorded as
-            # the item's failure, and the job goes on (re-running it on every
-            # poll would meet it again).
-            log.failure("batch item {item} failed unexpectedly", item=item)
-            result["error"] = "internal error while processing this item"
-        else:
-            result.update(hash=info["hash"], width=info["width"], height=info["height"])
-        return result
+    async def _run_on_cluster(
+        self, job: dict[str, Any], state: dict[str, Any], shards: Shards
+    ) -> None:
+        """The unfinished items, in shards, on the cluster; the state written
+        as each shard finishes. A shard the cluster could not run (it is
+        down, or restarting) is submitted again after a while, so a job
+        outlives a scheduler's restart as it outlives the server's."""
+        namespace, job_id = job["namespace"], job["id"]
+        results: dict[str, Any] = state["results"]
+        todo = [i for i in range(len(job["items"])) if str(i) not in results]
+        size = shards.shard_size(len(todo))
+        writing = DeferredLock()
+
+        async def shard(indices: list[int]) -> None:
+            items = [job["items"][i] for i in indices]
+            delay = 1.0
+            while True:
+                try:
+                    done = await shards.run(namespace, job["outputs"], items)
+                    break
+                except Exception as e:
+                    log.warn(
+                        "batch {job_id}: a shard could not run on the cluster "
+                        "({error}); submitting it again in {delay:g}s",
+                        job_id=job_id,
+                        error=e,
+                        delay=delay,
+                    )
+                    assert self._clock is not None
+                    await deferLater(self._clock, delay)
+                    delay = min(delay * 2, 60.0)
+            for index, result in zip(indices, done, strict=True):
+                results[str(index)] = result
+            async with writing:
+                await self._put(namespace, job_id, "state.json", state)
+
+        await gatherResults(
+            [
+                Deferred.fromCoroutine(shard(todo[i : i + size]))
+                for i in range(0, len(todo), size)
+            ]
+        )
+        state["state"] = "done"
+        await self._put(namespace, job_id, "state.json", state)
+        log.info("batch {job_id} finished on the cluster", job_id=job_id)
 
     async def _put(self, namespace: str, job_id: str, name: str, value: Any) -> None:
         data = json.dumps(value).encode()

@@ -19,17 +19,21 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from collections.abc import Sequence
-from typing import IO, Any, cast
+from collections.abc import Callable, Coroutine, Sequence
+from typing import IO, Any, TypeVar, cast
 
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 
-from imageserver.batches import Item
+from imageserver.batches import Item, item_result
 from imageserver.bulk import Outcome, outcome_of, unique
 from imageserver.config import Config
 from imageserver.events import Events
 from imageserver.images import Images
+from imageserver.pools import Runner
 from imageserver.shutdown import Deadline, OrderedMultiService
+
+T = TypeVar("T")
 
 
 def shards(items: Sequence[Item], size: int) -> list[list[Item]]:
@@ -59,7 +63,120 @@ def run_shard(
 
         concurrency = get_worker().state.nthreads + 1
     config = dataclasses.replace(config, processor_concurrency=concurrency)
-    return _Runtime.of(config).run(namespace, outputs, items)
+    return _Runtime.of(config).each(
+        lambda images, item: outcome_of(images, namespace, outputs, item), items
+    )
+
+
+def run_batch_shard(
+    config: Config, namespace: str, outputs: str, items: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The task of a server batch's shard: each item's `item_result`."""
+    from distributed import get_worker
+
+    concurrency = get_worker().state.nthreads + 1
+    config = dataclasses.replace(config, processor_concurrency=concurrency)
+    return _Runtime.of(config).each(
+        lambda images, item: item_result(images, namespace, outputs, item), items
+    )
+
+
+def worker_config(config: Config) -> Config:
+    """What a worker needs of the server's Config: its secrets of access,
+    webhooks and debugging stay home."""
+    return dataclasses.replace(
+        config,
+        secret="",
+        write_tokens="",
+        webhook=(),
+        webhook_secret="",
+        manhole="",
+        profile=False,
+        scheduler="",
+    )
+
+
+class ClusterShards(Service):
+    """A server's batch shards (`imageserver.batches.Shards`) on a cluster.
+
+    Connecting, submitting and waiting block, so each runs in ``run`` (a
+    thread pool of the service's own); the client connects on first use, and
+    again after losing the scheduler. ``local:N`` starts N workers here.
+    """
+
+    def __init__(self, config: Config, run: Runner) -> None:
+        self._config = worker_config(config)
+        self._address = config.scheduler
+        self._local = config.local_workers
+        self._largest = config.shard_size
+        self._retries = config.shard_retries
+        self._run = run
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self._cluster: Any = None
+
+    def shard_size(self, items: int) -> int:
+        # At least 8 shards a job, so that a few workers share even a small one.
+        return shard_size(items, self._largest, 2)
+
+    def run(
+        self, namespace: str, outputs: str, items: list[dict[str, Any]]
+    ) -> Deferred[list[dict[str, Any]]]:
+        return self._run(self._submit, namespace, outputs, items)
+
+    def _submit(
+        self, namespace: str, outputs: str, items: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        client = self._connected()
+        future = client.submit(
+            run_batch_shard,
+            self._config,
+            namespace,
+            outputs,
+            items,
+            pure=False,
+            retries=self._retries,
+        )
+        try:
+            return future.result()  # type: ignore[no-any-return]
+        except OSError:
+            self._forget(client)  # the scheduler went: connect again next time
+            raise
+
+    def _connected(self) -> Any:
+        from distributed import Client
+
+        with self._lock:
+            if self._client is None or self._client.status != "running":
+                address = self._address
+                if self._local is not None:
+                    if self._cluster is None:
+                        self._cluster = local_cluster(self._local)
+                    address = self._cluster.scheduler_address
+                self._client = Client(address, timeout=10, set_as_default=False)
+            return self._client
+
+    def _forget(self, client: Any) -> None:
+        with self._lock:
+            if self._client is client:
+                self._client = None
+        client.close()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        # Not in ``run``: its threads may all be waiting on shards, which
+        # closing the client ends.
+        from twisted.internet.threads import deferToThread
+
+        return deferToThread(self._close)
+
+    def _close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+            if self._cluster is not None:
+                self._cluster.close()
+            self._client = self._cluster = None
 
 
 class _Runtime:
@@ -103,15 +220,17 @@ class _Runtime:
         services.startService()
         return images
 
-    def run(self, namespace: str, outputs: str, items: list[Item]) -> list[Outcome]:
-        def shard() -> Deferred[list[Outcome]]:
+    def each(
+        self, job: Callable[[Images, Any], Coroutine[Any, Any, T]], items: list[Any]
+    ) -> list[T]:
+        """``job(images, item)`` for every item, at most the concurrency at
+        once, on the reactor; their results in order."""
+
+        def shard() -> Deferred[list[T]]:
             return gatherResults(
                 [
                     self._slots.run(
-                        lambda i: Deferred.fromCoroutine(
-                            outcome_of(self._images, namespace, outputs, i)
-                        ),
-                        item,
+                        lambda i: Deferred.fromCoroutine(job(self._images, i)), item
                     )
                     for item in items
                 ]

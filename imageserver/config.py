@@ -354,21 +354,17 @@ class Config:
     )
     scheduler: str = setting(
         "",
-        "Dask scheduler that runs imageserver process's items, e.g. "
-        "tcp://10.0.0.5:8786, or local:N for N worker processes here; empty: "
-        "this process alone (docs/batch.md).",
-        command_only=True,
+        "Dask scheduler that runs batches and imageserver process's items, "
+        "e.g. tcp://10.0.0.5:8786, or local:N for N worker processes here; "
+        "empty: this process alone (docs/batch.md).",
     )
     shard_size: int = setting(
         500,
-        "Items in each task sent to the --scheduler (retried and, if a worker "
-        "dies, redone as a whole).",
-        command_only=True,
+        "Most items in each task sent to the --scheduler (retried and, if a "
+        "worker dies, redone as a whole).",
     )
     shard_retries: int = setting(
-        2,
-        "Times a shard that failed is tried again on the --scheduler.",
-        command_only=True,
+        2, "Times a shard that failed is tried again on the --scheduler."
     )
     max_file_age: int = setting(
         30,

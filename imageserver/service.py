@@ -245,7 +245,17 @@ def make_service(
         admin_port = Listening(reactor, config.admin_endpoint, admin, "admin")
         admin_port.setServiceParent(top)
 
-    batches = Batches(images, storage, config.batch_concurrency)
+    shards = None
+    if config.scheduler:
+        from imageserver.cluster import ClusterShards  # dask: only when asked
+
+        waiting = ThreadPoolService(reactor, 32, "imageserver-cluster")
+        waiting.setServiceParent(top)
+        shards = ClusterShards(config, waiting.run)
+        shards.setServiceParent(top)
+    batches = Batches(
+        images, storage, config.batch_concurrency, shards=shards, clock=reactor
+    )
     api: IResource = ImageServerApp(images, batches).app.resource()
     tokens = None
     if config.write_tokens:

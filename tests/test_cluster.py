@@ -16,13 +16,15 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from PIL import Image
 
-from tests.s3server import CREDENTIALS, MotoServer, shared
+from tests.s3server import CREDENTIALS, MotoServer, free_port, shared
 
 pytest.importorskip("distributed")
 
@@ -246,3 +248,78 @@ def test_scheduler_values() -> None:
     for bad in ("local:0", "local:x", "10.0.0.5:8786", "http://x"):
         with pytest.raises(ValueError, match="--scheduler"):
             Config(scheduler=bad)
+
+
+def serve(root: str, port: int, bucket: str, moto: MotoServer, scheduler: str) -> Any:
+    env = {**os.environ, "PYTHONPATH": CHECKOUT,
+           "AWS_ACCESS_KEY_ID": CREDENTIALS["aws_access_key_id"],
+           "AWS_SECRET_ACCESS_KEY": CREDENTIALS["aws_secret_access_key"]}  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+         "-n", "--pidfile=", "--logfile=-", "imageserver", "--workers", "1",
+         "--port", str(port), "--admin_port", "none", "--local_base_path", root,
+         "--aws_bucket", bucket, "--s3_endpoint_url", moto.url,
+         "--scheduler", scheduler, "--shard_size", "5"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/status_check").read()
+            return process
+        except OSError:
+            time.sleep(0.05)  # a process starting: nothing to wait on but time
+    process.kill()
+    raise RuntimeError("the server did not start")
+
+
+def status(port: int, path: str) -> tuple[int, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}") as response:
+        return response.status, json.loads(response.read())
+
+
+def test_server_batches_run_on_the_cluster_and_outlive_a_restart(
+    cluster: LocalCluster, stored: dict[str, Any], tmp_path: Any
+) -> None:
+    moto, bucket = stored["moto"], stored["buckets"][0]
+    hashes = stored["hashes"][:60]
+    port = free_port()
+    server = serve(str(tmp_path / "a"), port, bucket, moto, cluster.scheduler_address)
+    try:
+        body = ("\n".join(hashes) + "\n" + "0" * 32 + "\n").encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/p/batch?outputs=w9.png", data=body
+        )
+        with urllib.request.urlopen(request) as response:
+            job = json.loads(response.read())["job_id"]
+        while status(port, f"/p/batch/{job}")[1]["done"] < 5:
+            time.sleep(0.05)
+        server.kill()  # mid-job, without a word
+        server.wait()
+        server = serve(
+            str(tmp_path / "b"), port, bucket, moto, cluster.scheduler_address
+        )
+        for _ in range(1200):
+            code, report = status(port, f"/p/batch/{job}")  # resumes it
+            if code == 200:
+                break
+            time.sleep(0.05)
+        assert code == 200, report
+        assert (report["done"], report["failed"]) == (60, 1)
+        assert report["items"][-1]["error"] == f"{'0' * 32} is not in the store"
+        assert [i["hash"] for i in report["items"][:60]] == hashes
+        keys = objects(moto, bucket)
+        assert sum(key.endswith("/w9.png") for key in keys) == 60
+        # The cluster's workers did them: the server's bucket is in their use.
+        with Client(cluster.scheduler_address) as client:
+            used = client.run(_buckets_in_use)
+        assert any(bucket in buckets for buckets in used.values()), used
+    finally:
+        server.kill()
+        server.wait()
+
+
+def _buckets_in_use() -> list[str]:
+    """On a worker: the buckets its runtimes work on."""
+    from imageserver.cluster import _Runtime
+
+    return [config.aws_bucket for config in _Runtime._runtimes]
