@@ -323,3 +323,56 @@ def _buckets_in_use() -> list[str]:
     from imageserver.cluster import _Runtime
 
     return [config.aws_bucket for config in _Runtime._runtimes]
+
+
+def test_a_server_batch_outlives_a_restart_of_the_scheduler(
+    cluster: LocalCluster, stored: dict[str, Any], tmp_path: Any
+) -> None:
+    """The scheduler and its workers go away mid-job and come back on the
+    same address: the server submits the unfinished shards again."""
+    moto, bucket = stored["moto"], stored["buckets"][1]
+    hashes = stored["hashes"][60:120]
+    scheduler_port = free_port()
+    own = _cluster_on(scheduler_port)
+    port = free_port()
+    server = serve(str(tmp_path), port, bucket, moto, own.scheduler_address)
+    try:
+        body = ("\n".join(hashes) + "\n").encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/p/batch?outputs={SLOW}", data=body
+        )
+        with urllib.request.urlopen(request) as response:
+            job = json.loads(response.read())["job_id"]
+        while (done := status(port, f"/p/batch/{job}")[1]["done"]) < 5:
+            time.sleep(0.05)
+        own.close()  # the whole cluster, mid-job
+        assert done < 60, "the job ended before the cluster could go"
+        own = _cluster_on(scheduler_port)
+        for _ in range(1200):
+            code, report = status(port, f"/p/batch/{job}")
+            if code == 200:
+                break
+            time.sleep(0.05)
+        assert code == 200, report
+        assert (report["done"], report["failed"]) == (60, 0)
+        keys = objects(moto, bucket)
+        assert sum(key.endswith("/w11.png") for key in keys) == 60
+    finally:
+        server.kill()
+        server.wait()
+        own.close()
+
+
+#: Outputs enough to make a job outlast the time taken to stop its cluster.
+SLOW = "w11.png,w13.png,w15.webp,x14.jpg,w17.avif"
+
+
+def _cluster_on(port: int) -> LocalCluster:
+    return LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        scheduler_port=port,
+        dashboard_address=None,
+    )
