@@ -53,17 +53,8 @@ def run_shard(
     items: list[Item],
     concurrency: int = 0,
 ) -> list[Outcome]:
-    """The task a worker runs: every item of a shard, each to its outcome.
-
-    ``concurrency`` items at once; 0: the worker's threads and one more (an
-    item read, fetched or stored while the others are decoded).
-    """
-    if not concurrency:
-        from distributed import get_worker
-
-        concurrency = get_worker().state.nthreads + 1
-    config = dataclasses.replace(config, processor_concurrency=concurrency)
-    return _Runtime.of(config).each(
+    """The task a worker runs: every item of a shard, each to its outcome."""
+    return _runtime(config, concurrency).each(
         lambda images, item: outcome_of(images, namespace, outputs, item), items
     )
 
@@ -72,13 +63,20 @@ def run_batch_shard(
     config: Config, namespace: str, outputs: str, items: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """The task of a server batch's shard: each item's `item_result`."""
-    from distributed import get_worker
-
-    concurrency = get_worker().state.nthreads + 1
-    config = dataclasses.replace(config, processor_concurrency=concurrency)
-    return _Runtime.of(config).each(
+    return _runtime(config, 0).each(
         lambda images, item: item_result(images, namespace, outputs, item), items
     )
+
+
+def _runtime(config: Config, concurrency: int) -> _Runtime:
+    """This worker's runtime for ``config``, doing ``concurrency`` items at
+    once; 0: the worker's threads and one more (an item read, fetched or
+    stored while the others are decoded)."""
+    if not concurrency:
+        from distributed import get_worker
+
+        concurrency = get_worker().state.nthreads + 1
+    return _Runtime.of(dataclasses.replace(config, processor_concurrency=concurrency))
 
 
 def worker_config(config: Config) -> Config:
