@@ -43,7 +43,7 @@ def shards(items: Sequence[Item], size: int) -> list[list[Item]]:
 def shard_size(items: int, largest: int, threads: int) -> int:
     """``largest``, or less, so that every worker thread gets at least four
     shards: the last shards of a run then leave little of the cluster idle."""
-    return max(1, min(largest, -(-items // (4 * max(1, threads)))))
+    return max(1, min(largest, items // (4 * max(1, threads))))
 
 
 def run_shard(

@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
 from tests.s3server import CREDENTIALS, MotoServer, free_port, shared
@@ -29,6 +31,8 @@ from tests.s3server import CREDENTIALS, MotoServer, free_port, shared
 pytest.importorskip("distributed")
 
 from distributed import Client, LocalCluster
+
+from imageserver.cluster import shard_size
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUTPUTS = "w20.png,x16.jpg"
@@ -376,3 +380,20 @@ def _cluster_on(port: int) -> LocalCluster:
         scheduler_port=port,
         dashboard_address=None,
     )
+
+
+@given(
+    items=st.integers(1, 2_000_000),
+    largest=st.integers(1, 5000),
+    threads=st.integers(1, 512),
+)
+def test_shard_sizes(items: int, largest: int, threads: int) -> None:
+    """Never above --shard_size; and while that allows, at least four shards
+    per worker thread (or one item each)."""
+    size = shard_size(items, largest, threads)
+    assert 1 <= size <= largest
+    count = -(-items // size)
+    if size < largest:
+        assert count >= min(items, 4 * threads)
+    # ...and not many more than that asks for.
+    assert count <= max(-(-items // largest), 8 * threads)
