@@ -288,7 +288,13 @@ def process(options: Any, stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> i
     else:
         address = config.scheduler
     try:
-        with Client(address) as client:
+        try:
+            client = Client(address)
+        except OSError as e:
+            # Nothing ran: every item failed, said once.
+            progress.error(f"cannot reach the scheduler at {address}: {e}")
+            return 1
+        with client:
             threads = sum(
                 w["nthreads"] for w in client.scheduler_info()["workers"].values()
             )

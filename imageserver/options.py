@@ -8,6 +8,7 @@ same way and build the same Config.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import sys
 from collections.abc import Mapping
@@ -136,6 +137,10 @@ class ConfigOptions(usage.Options):
             self.config = Config(**values)
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+        if self.config.scheduler and importlib.util.find_spec("distributed") is None:
+            raise usage.UsageError(
+                "--scheduler needs Dask: pip install 'imageserver[cluster]'"
+            )
 
 
 class ServerOptions(ConfigOptions):

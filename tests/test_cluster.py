@@ -397,3 +397,44 @@ def test_shard_sizes(items: int, largest: int, threads: int) -> None:
         assert count >= min(items, 4 * threads)
     # ...and not many more than that asks for.
     assert count <= max(-(-items // largest), 8 * threads)
+
+
+def test_an_unreachable_scheduler_is_one_error_line(tmp_path: Any) -> None:
+    path = tmp_path / "a.png"
+    path.write_bytes(images(1)[0])
+    address = f"tcp://127.0.0.1:{free_port()}"
+    env_before = dict(os.environ)
+    os.environ["DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT"] = "1s"
+    try:
+        code, out, err = run(
+            [sys.executable, "-m", "imageserver", "process", "--local_base_path",
+             str(tmp_path / "store"), "--scheduler", address, str(path)],
+            "",
+        )  # fmt: skip
+    finally:
+        os.environ.clear()
+        os.environ.update(env_before)
+    assert (code, out) == (1, [])
+    assert len(err) == 1 and err[0].startswith(
+        f"cannot reach the scheduler at {address}: "
+    ), err
+
+
+def test_without_dask_the_option_is_a_usage_error(monkeypatch: Any) -> None:
+    # Dask is installed here: its absence is the one thing faked.
+    import importlib.util
+
+    from twisted.python.usage import UsageError
+
+    from imageserver.options import ServerOptions
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "distributed" else real(name, *a),
+    )
+    options = ServerOptions()
+    options.environ = {}
+    with pytest.raises(UsageError, match=r"pip install 'imageserver\[cluster\]'"):
+        options.parseOptions(["--scheduler", "tcp://10.0.0.5:8786"])
