@@ -62,9 +62,9 @@ class PurgeLog(NoLifecycle, Service):
     ``shared`` is the storage all processes share (the bucket, or the local
     disk when it is the only store); ``markers`` a write queue to it, so a
     marker that cannot be written now is retried. ``forget`` drops this
-    process's copies of an image's folder. ``clock`` gives wall-clock time:
-    markers are filed by minute, and the processes' clocks must agree to a
-    few seconds (NTP).
+    process's copies of an image's folder. The clock's time is wall time (a
+    reactor's is): markers are filed by minute, so the processes' clocks must
+    agree to well within a minute (NTP).
     """
 
     def __init__(

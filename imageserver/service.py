@@ -471,11 +471,12 @@ def _purge_log(
     markers = retrying_queue(shared, "purges", reactor, parent, events, deadline)
 
     async def drop(folder: str) -> None:
-        """This process's copies of a folder: memory, and the disk cache."""
-        if memory is not None:
-            memory.drop_prefix(folder)
+        """This process's copies of a folder: the disk cache, then memory (a
+        read of the disk on its way meanwhile is then not kept)."""
         if local_cache is not None:
             await local_cache.delete_prefix(folder)
+        if memory is not None:
+            memory.drop_prefix(folder)
 
     return PurgeLog(
         reactor,

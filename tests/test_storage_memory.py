@@ -7,7 +7,7 @@ from imageserver.naming import is_generated
 from imageserver.storage.local import LocalStorage
 from imageserver.storage.memory import MemoryCache
 from tests.storage_contract import FOLDER, StorageContract
-from tests.support import synchronous
+from tests.support import Gate, synchronous
 
 VARIANT = f"{FOLDER}/w200.jpg"
 
@@ -77,3 +77,31 @@ class MemoryCacheTests(StorageContract, SynchronousTestCase):
         self.failureResultOf(d, TypeError)
         self.assertEqual(cache.size, 0)
         self.assertEqual(self.result(cache.get(VARIANT)).data, b"old")
+
+
+class ReadsDuringDeletesTests(SynchronousTestCase):
+    """A read on its way to the backend while its folder is forgotten or
+    deleted may hold the deleted bytes: it is answered, not kept."""
+
+    def test_a_read_in_flight_is_not_kept(self) -> None:
+        root = self.mktemp()
+        disk = LocalStorage(root, synchronous)
+        Deferred.fromCoroutine(disk.put(VARIANT, b"old", "image/jpeg"))
+        gate = Gate()
+        cache = MemoryCache(LocalStorage(root, gate), 1000, is_generated)
+        for forget in (
+            lambda: cache.drop_prefix(FOLDER),
+            lambda: Deferred.fromCoroutine(cache.delete_prefix(FOLDER)),
+        ):
+            read = Deferred.fromCoroutine(cache.get(VARIANT))
+            forget()
+            gate.release_first()  # the read ends after the forgetting began
+            self.assertEqual(self.successResultOf(read).data, b"old")
+            self.assertEqual(cache.size, 0)
+            gate.release()
+        # With nothing deleted meanwhile, a read is kept as before.
+        Deferred.fromCoroutine(disk.put(VARIANT, b"new", "image/jpeg"))
+        read = Deferred.fromCoroutine(cache.get(VARIANT))
+        gate.release()
+        self.assertEqual(self.successResultOf(read).data, b"new")
+        self.assertEqual(cache.size, 3)

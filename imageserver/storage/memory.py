@@ -9,7 +9,7 @@ backend has replaced; writes and deletes through this object keep it current.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from imageserver.storage import Storage, StoredObject, under
 
@@ -67,23 +67,24 @@ class MemoryCache:
         return await self._backend.list(folder)
 
     async def delete(self, key: str) -> None:
-        self._deletes += 1
-        self._drop(key)
-        try:
-            await self._backend.delete(key)
-        finally:
-            self._deletes += 1
+        await self._deleting(key, self._backend.delete(key))
 
     async def delete_prefix(self, folder: str) -> None:
-        self._deletes += 1
-        self.drop_prefix(folder)
+        await self._deleting(folder, self._backend.delete_prefix(folder))
+
+    async def _deleting(self, prefix: str, deleted: Awaitable[None]) -> None:
+        """Forget ``prefix`` here while ``deleted`` removes it behind: reads on
+        their way meanwhile are not kept either."""
+        self.drop_prefix(prefix)
         try:
-            await self._backend.delete_prefix(folder)
+            await deleted
         finally:
             self._deletes += 1
 
     def drop_prefix(self, folder: str) -> None:
-        """Forget what is kept of ``folder`` (another process deleted it)."""
+        """Forget what is kept of ``folder`` (another process deleted it); a
+        read on its way to the backend now is not kept."""
+        self._deletes += 1
         for key in [k for k in self._objects if under(k, folder)]:
             self._drop(key)
 
