@@ -266,6 +266,10 @@ class TwistdTests(TwistdCase):
             (["--port=70000"], b"70000 is not a port number"),
             (["--admin_port=tcp:7002:interfac=127.0.0.1"], b"--admin_port: "),
             (["--listen=0.0.0.0.1"], b"'0.0.0.0.1' is not an IP address"),
+            (
+                ["--profile", "--admin_port", "tcp:0:interface=0.0.0.0"],
+                b"with --profile, --admin_port must listen on loopback",
+            ),
         ):
             process = Twistd([])
             process.start(["imageserver", *args])
