@@ -148,9 +148,10 @@ def _framing_refusal(
     """Why the framing headers of a request so far (name in lower case,
     value) leave its body's length in doubt, or None.
 
-    One Content-Length of ASCII digits, or one Transfer-Encoding of exactly
-    chunked on HTTP/1.1, and nothing else: a proxy in front may read any other
-    mix differently from us, and a body read two ways lets one request hide
+    One Content-Length of ASCII digits, or one Transfer-Encoding naming
+    chunked alone (coding names are case-insensitive, RFC 9112 section 7) on
+    HTTP/1.1, and nothing else: a proxy in front may read any other mix
+    differently from us, and a body read two ways lets one request hide
     inside another (RFC 9112 section 6.3).
     """
     (name, value), earlier = framing[-1], framing[:-1]
