@@ -210,7 +210,7 @@ class TwistdTests(TwistdCase):
         response, _ = await self.call("POST", "/p", data=encode(quadrants((100, 80))))
         self.assertEqual(response.code, 403)  # the secret came from the file
         key = b"env-secret"
-        response, body = await self.call("POST", sign(key, "/p"),
+        response, body = await self.call("POST", sign(key, "/p", method="POST"),
                                          data=encode(quadrants((100, 80))))  # fmt: skip
         self.assertEqual(response.code, 200)
         digest = json.loads(body)["hash"]
