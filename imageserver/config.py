@@ -237,6 +237,11 @@ class Config:
         "Let --manhole listen on an interface other than loopback.",
         server_only=True,
     )
+    profile_allow_remote: bool = setting(
+        False,
+        "Let --profile serve /debug/* on an admin port beyond loopback.",
+        server_only=True,
+    )
     max_redirects: int = setting(3, "Redirects a source URL may take.")
     allow_private_sources: bool = setting(
         False,
@@ -403,19 +408,24 @@ class Config:
                     endpoints.bindings(endpoint)
                 except ValueError as e:
                     raise ValueError(f"--{name}: {e}") from None
-        if self.manhole_endpoint is not None:
-            if not (self.manhole_keys or self.manhole_passwords):
-                raise ValueError(
-                    "--manhole needs --manhole_keys or --manhole_passwords"
-                )
-            if not (
-                self.manhole_allow_remote
-                or endpoints.is_loopback(self.manhole_endpoint)
-            ):
-                raise ValueError(
-                    "--manhole must listen on loopback "
-                    "(tcp:PORT:interface=127.0.0.1) unless --manhole_allow_remote"
-                )
+        if self.manhole_endpoint is not None and not (
+            self.manhole_keys or self.manhole_passwords
+        ):
+            raise ValueError("--manhole needs --manhole_keys or --manhole_passwords")
+        # What runs code or shows the process's insides stays on this host.
+        endpoints.require_loopback(
+            "--manhole",
+            self.manhole_endpoint,
+            self.manhole_allow_remote,
+            "--manhole_allow_remote",
+        )
+        if self.profile:
+            endpoints.require_loopback(
+                "with --profile, --admin_port",
+                self.admin_endpoint,
+                self.profile_allow_remote,
+                "--profile_allow_remote",
+            )
         if self.webhook and not self.webhook_secret:
             raise ValueError("--webhook needs --webhook_secret")
         for url in self.webhook:

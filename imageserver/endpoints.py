@@ -75,3 +75,16 @@ def bindings(description: str) -> list[Binding]:
 def is_loopback(description: str) -> bool:
     """Whether all that ``description`` listens on is reachable from this host only."""
     return all(binding.is_loopback for binding in bindings(description))
+
+
+def require_loopback(
+    what: str, description: str | None, allowed: bool, flag: str
+) -> None:
+    """ValueError, in one line, if ``description`` listens beyond this host
+    and ``allowed`` (the option ``flag``) does not say it may: for what runs
+    code or shows the process's insides (the manhole, ``/debug/*``)."""
+    if description is None or allowed or is_loopback(description):
+        return
+    raise ValueError(
+        f"{what} must listen on loopback (tcp:PORT:interface=127.0.0.1) unless {flag}"
+    )

@@ -2,6 +2,9 @@
 
 Off unless ``--manhole`` is given; always authenticated (authorized keys, or
 bcrypt password hashes); on loopback unless ``--manhole_allow_remote``.
+A session is a prompt on a terminal: a command (``ssh host 'command'``) or a
+session without a terminal (input piped to ``ssh`` without ``-tt``) is
+refused with a line on the client's standard error and exit status 1.
 """
 
 from __future__ import annotations
@@ -21,11 +24,15 @@ from twisted.conch.checkers import (
     readAuthorizedKeyFile,
 )
 from twisted.conch.insults import insults
+from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh.keys import Key
+from twisted.conch.ssh.session import SSHSessionProcessProtocol
 from twisted.cred import credentials, error, portal
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
@@ -95,6 +102,79 @@ def host_keys(folder: str) -> dict[bytes, Key]:
     return found
 
 
+#: What a client that asked for something other than a prompt reads.
+NO_COMMANDS = (
+    "the manhole is an interactive Python prompt: it runs no commands; "
+    "log in with ssh -t and no command (ssh -tt to pipe lines into the prompt)"
+)
+NO_TERMINAL = (
+    "the manhole is an interactive Python prompt and needs a terminal: "
+    "log in with ssh -t (ssh -tt to pipe lines into the prompt)"
+)
+
+
+class _Sink:
+    """The transport of a refused session: what the client still sends is dropped."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def loseConnection(self) -> None:
+        pass
+
+
+class PromptSession(manhole_ssh.TerminalSession):
+    """conch's terminal session, finished: commands and sessions without a
+    terminal are refused in words the client sees, the end of the client's
+    input ends the session, and a resized window resizes the prompt."""
+
+    _transport: manhole_ssh.TerminalSessionTransport | None = None
+
+    def __init__(self, original: Any, reactor: Any) -> None:
+        super().__init__(original)
+        self._reactor = reactor
+        self._process: SSHSessionProcessProtocol | None = None
+
+    def openShell(self, proto: SSHSessionProcessProtocol) -> None:
+        if not hasattr(self, "width"):  # no pty-req came first
+            self._refuse(proto, NO_TERMINAL)
+            return
+        self._process = proto
+        self._transport = self.transportFactory(
+            proto,
+            self.chainedProtocolFactory(),
+            IConchUser(self.original),
+            self.width,
+            self.height,
+        )
+
+    def execCommand(self, proto: SSHSessionProcessProtocol, cmd: bytes) -> None:
+        self._refuse(proto, NO_COMMANDS)
+
+    def _refuse(self, proto: SSHSessionProcessProtocol, message: str) -> None:
+        proto.makeConnection(_Sink())
+
+        def answer() -> None:
+            # After conch has acknowledged the request this answers.
+            proto.errReceived((message + "\r\n").encode())
+            proto.processEnded(Failure(ProcessTerminated(exitCode=1)))
+
+        self._reactor.callLater(0, answer)
+
+    def windowChanged(self, newWindowSize: tuple[int, int, int, int]) -> None:
+        self.height, self.width = newWindowSize[:2]
+        if self._transport is not None:
+            prompt = self._transport.chainedProtocol.terminalProtocol
+            prompt.terminalSize(self.width, self.height)
+
+    def eofReceived(self) -> None:
+        # The client's input ended (a pipe ran dry): every line of it has
+        # been run, so the session ends as after Ctrl-D, with status 0.
+        if self._process is not None:
+            self._process.processEnded(Failure(ProcessDone(0)))
+            self._process = None
+
+
 class ManholeService(MultiService):
     """Listens on ``endpoint``; each login gets a Python prompt on ``namespace``.
 
@@ -126,6 +206,7 @@ class ManholeService(MultiService):
 
         realm = manhole_ssh.TerminalRealm()
         realm.chainedProtocolFactory = prompt  # type: ignore[assignment]
+        realm.sessionFactory = lambda original: PromptSession(original, reactor)  # type: ignore[assignment]
         self._factory = manhole_ssh.ConchFactory(
             portal.Portal(realm, checkers)  # type: ignore[arg-type]
         )

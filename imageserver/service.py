@@ -52,7 +52,7 @@ from imageserver.web.access import AccessGuard
 from imageserver.web.admin import AdminApp, Readiness
 from imageserver.web.app import UNSIGNED_ROUTES, ImageServerApp, route_name
 from imageserver.web.debug import DebugApp, HeapTracing
-from imageserver.web.site import BodyBudget, BoundedSite
+from imageserver.web.site import BodyBudget, BoundedSite, methods_of
 from imageserver.webhooks import Webhooks
 from imageserver.workers import LISTENING_FD, AdoptedPort, Ready, Workers
 
@@ -283,6 +283,7 @@ def make_service(
         head_timeout=config.request_head_timeout,
         max_connections=config.max_connections,
         body_budget=BodyBudget(config.max_receiving_bytes),
+        methods=methods_of(ImageServerApp.app),
     )
     if config.manhole_endpoint is not None:
         from imageserver.manhole import ManholeService  # conch: only when asked

@@ -7,12 +7,18 @@ base64url-encoded without padding, in that parameter:
     /p/6e0/072/682/e66287b662827da75b244a3/w200.jpg?sig=Yk9...
     /p?source=https%3A%2F%2Fexample.com%2Fa.jpg&outputs=x300.jpg&sig=3Tq...
 
+A signature for a read (GET, or HEAD) signs just that; one for any other
+method signs the method, a space and the path and query, so a URL signed to
+be read cannot store over or delete what it names (a request target never
+holds a space, so no read's signature is a write's). URLs signed before
+methods were signed are read signatures and stay valid.
+
 A URL may carry an expiry, ``exp`` (Unix seconds), placed before ``sig`` and
 signed like any other parameter; past it the URL is refused. The server may
 hold several secrets: the first signs, any verifies, so a secret can be
 rolled in, then the old one out.
 
-Sign with ``python -m imageserver.signing [--expires-in SECONDS] URL``
+Sign with ``python -m imageserver.signing [--method M] [--expires-in SECONDS] URL``
 (secrets from ``IMAGESERVER_SECRET``) or `sign` in code.
 """
 
@@ -30,6 +36,8 @@ from urllib.parse import urlsplit
 
 PARAMETER = "sig"
 EXPIRY = "exp"
+#: Methods whose signature is the URL's alone: they only read.
+READS = ("GET", "HEAD")
 
 
 def secrets_of(value: str) -> tuple[bytes, ...]:
@@ -44,20 +52,35 @@ def signature(secret: bytes, path_and_query: str) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def sign(secret: bytes, url: str, expires: int | None = None) -> str:
-    """``url`` (absolute, or a path with its query) with its signature added,
-    and before it, with ``expires`` (Unix seconds), its expiry."""
+def signed_text(method: str, target: str) -> str:
+    """What a request ``target`` (path and query) is signed as for ``method``."""
+    return target if method in READS else f"{method} {target}"
+
+
+def sign(
+    secret: bytes, url: str, expires: int | None = None, method: str = "GET"
+) -> str:
+    """``url`` (absolute, or a path with its query) with its signature for
+    ``method`` added, and before it, with ``expires`` (Unix seconds), its
+    expiry. ValueError if the URL's path does not start with ``/`` (no request
+    has such a target, and its text could pass for a write's)."""
     if expires is not None:
         url = f"{url}{'&' if urlsplit(url).query else '?'}{EXPIRY}={expires}"
     parts = urlsplit(url)
+    if not parts.path.startswith("/") or " " in parts.path:
+        raise ValueError(f"{url!r}: a URL to sign is a path from / or absolute")
     target = parts.path + (f"?{parts.query}" if parts.query else "")
     joiner = "&" if parts.query else "?"
-    return f"{url}{joiner}{PARAMETER}={signature(secret, target)}"
+    mac = signature(secret, signed_text(method, target))
+    return f"{url}{joiner}{PARAMETER}={mac}"
 
 
-def refusal(secrets: Sequence[bytes], uri: str, now: float) -> str | None:
-    """Why a request target (path and query as sent) may not be served, or
-    None when it carries a good signature by one of ``secrets``, not expired."""
+def refusal(
+    secrets: Sequence[bytes], uri: str, now: float, method: str = "GET"
+) -> str | None:
+    """Why a request target (path and query as sent) may not be served to
+    ``method``, or None when it carries a good signature for that method by
+    one of ``secrets``, not expired."""
     path, _, query = uri.partition("?")
     given = None
     kept = []
@@ -70,11 +93,13 @@ def refusal(secrets: Sequence[bytes], uri: str, now: float) -> str | None:
     if given is None:
         return "this URL needs a valid signature (sig)"
     target = path + ("?" + "&".join(kept) if kept else "")
-    # Every secret is tried, so the time taken does not say which matched.
-    good = False
-    for secret in secrets:
-        good |= hmac.compare_digest(given, signature(secret, target))
-    if not good:
+    if not _matches(secrets, given, signed_text(method, target)):
+        if method not in READS and _matches(secrets, given, target):
+            return (
+                f"this URL is signed for reading only: a {method} needs a URL "
+                f"signed for {method} (python -m imageserver.signing --method "
+                f"{method})"
+            )
         return "this URL needs a valid signature (sig)"
     for item in kept:
         name, _, value = item.partition("=")
@@ -86,9 +111,18 @@ def refusal(secrets: Sequence[bytes], uri: str, now: float) -> str | None:
     return None
 
 
-def verify(secret: bytes, uri: str) -> bool:
-    """Whether a request target carries a good, unexpired signature by ``secret``."""
-    return refusal([secret], uri, time.time()) is None
+def _matches(secrets: Sequence[bytes], given: str, text: str) -> bool:
+    # Every secret is tried, so the time taken does not say which matched.
+    good = False
+    for secret in secrets:
+        good |= hmac.compare_digest(given, signature(secret, text))
+    return good
+
+
+def verify(secret: bytes, uri: str, method: str = "GET") -> bool:
+    """Whether a request target carries a good, unexpired signature by
+    ``secret`` for ``method``."""
+    return refusal([secret], uri, time.time(), method) is None
 
 
 def main(argv: list[str]) -> int:
@@ -97,6 +131,14 @@ def main(argv: list[str]) -> int:
         description="Sign a URL with the first of IMAGESERVER_SECRET's secrets.",
     )
     parser.add_argument("url")
+    parser.add_argument(
+        "--method",
+        choices=("GET", "HEAD", "POST", "DELETE"),
+        default="GET",
+        help="what the URL may be used for (default GET, which also allows "
+        "HEAD; methods are case-sensitive): a URL signed for reading cannot "
+        "store or delete",
+    )
     parser.add_argument(
         "--expires-in",
         type=int,
@@ -111,7 +153,11 @@ def main(argv: list[str]) -> int:
     expires = None
     if args.expires_in is not None:
         expires = int(time.time()) + args.expires_in
-    print(sign(secrets[0], args.url, expires))
+    try:
+        print(sign(secrets[0], args.url, expires, args.method))
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
     return 0
 
 

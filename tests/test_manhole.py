@@ -1,7 +1,11 @@
 """The SSH manhole, reached with the system's OpenSSH client over loopback."""
 
+import fcntl
 import os
 import shutil
+import struct
+import termios
+from typing import Any
 
 import bcrypt
 from cryptography.hazmat.primitives import serialization
@@ -9,11 +13,12 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from imageserver.config import Config
-from imageserver.manhole import ManholeService, host_keys
+from imageserver.manhole import NO_COMMANDS, NO_TERMINAL, ManholeService, host_keys
 from tests.s3server import free_port
 
 
@@ -86,6 +91,27 @@ async def ssh_into(port: int, folder: str, key: str, lines: list[bytes]) -> SSH:
     return session
 
 
+class Client(ProcessProtocol):
+    """An ``ssh`` process: what it printed, on each stream, and its status."""
+
+    def __init__(self) -> None:
+        self.out = b""
+        self.err = b""
+        self.ended: Deferred[int] = Deferred()
+        self.prompted: Deferred[None] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+        if b">>> " in self.out and not self.prompted.called:
+            self.prompted.callback(None)
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(reason.value.exitCode)
+
+
 class ManholeTests(TestCase):
     timeout = 60
 
@@ -114,6 +140,72 @@ class ManholeTests(TestCase):
 
     async def ssh(self, key: str, lines: list[bytes]) -> SSH:
         return await ssh_into(self.port, self.folder, key, lines)
+
+    def client(self, *options: str, command: str = "", **spawn: Any) -> Client:
+        """``ssh`` with ``options`` (and ``command``) and the good key."""
+        client = Client()
+        config = os.path.join(self.folder, "ssh_config")
+        open(config, "w").close()
+        args = ["ssh", "-F", config, *options, "-i", self.good, "-p", str(self.port),
+                "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+                "-o", "StrictHostKeyChecking=no", "-o", "LogLevel=ERROR",
+                "-o", f"UserKnownHostsFile={self.folder}/known_hosts",
+                "admin@127.0.0.1"] + ([command] if command else [])  # fmt: skip
+        env = {"PATH": os.environ.get("PATH", ""), "TERM": "xterm"}
+        reactor.spawnProcess(client, "ssh", args, env=env, **spawn)
+        return client
+
+    def failures_logged(self) -> list[Any]:
+        failures: list[Any] = []
+
+        def observe(event: Any) -> None:
+            if event.get("log_failure") is not None:
+                failures.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        return failures
+
+    async def test_a_command_is_refused_in_words_on_stderr(self) -> None:
+        failures = self.failures_logged()
+        for options in ((), ("-t",), ("-tt",)):
+            client = self.client(*options, command="answer")
+            client.transport.closeStdin()  # type: ignore[union-attr]
+            self.assertEqual(await client.ended, 1, options)
+            self.assertIn(NO_COMMANDS.encode(), client.err, options)
+            self.assertNotIn(b"42", client.out, options)
+        self.assertEqual(failures, [])
+
+    async def test_a_session_without_a_terminal_is_refused_in_words(self) -> None:
+        failures = self.failures_logged()
+        client = self.client("-T")
+        client.transport.write(b"answer\n")  # type: ignore[union-attr]
+        client.transport.closeStdin()  # type: ignore[union-attr]
+        self.assertEqual(await client.ended, 1)
+        self.assertIn(NO_TERMINAL.encode(), client.err)
+        self.assertEqual(failures, [])
+
+    async def test_piped_lines_run_and_their_end_ends_the_session(self) -> None:
+        failures = self.failures_logged()
+        client = self.client("-tt")
+        client.transport.write(b"answer + 1\r")  # type: ignore[union-attr]
+        client.transport.closeStdin()  # type: ignore[union-attr]
+        self.assertEqual(await client.ended, 0)
+        self.assertIn(b"43", client.out)
+        self.assertEqual(failures, [])
+
+    async def test_a_resized_terminal_keeps_the_prompt(self) -> None:
+        failures = self.failures_logged()
+        client = self.client("-t", usePTY=True)
+        await client.prompted
+        master = client.transport.fileno()  # type: ignore[union-attr]
+        # The kernel tells ssh (SIGWINCH), which tells the server.
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 132, 0, 0))
+        client.transport.write(b"answer * 2\r")  # type: ignore[union-attr]
+        client.transport.write(b"\x04")  # type: ignore[union-attr]
+        await client.ended
+        self.assertIn(b"84", client.out)
+        self.assertEqual(failures, [])
 
     async def test_the_right_key_gets_a_prompt_on_the_running_objects(self) -> None:
         session = await self.ssh(self.good, [b"answer + 1", b"config.port"])

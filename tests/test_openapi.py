@@ -129,6 +129,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 )
 def test_no_request_gets_a_server_error(case: schemathesis.Case, server: str) -> None:
     response = case.call(base_url=server)
+    if response.status_code == 501:  # a method no route implements: not a fault
+        assert case.method not in ("GET", "HEAD", "POST", "DELETE"), case.method
+        return
     assert response.status_code < 500, (case.method, case.path, response.text)
     if response.status_code >= 400 and case.method != "HEAD":
         assert isinstance(response.json()["error"], str)

@@ -293,3 +293,54 @@ class EnvironmentTests(SynchronousTestCase):
 
     def test_the_help_says_so(self) -> None:
         self.assertIn("IMAGESERVER_<OPTION>", str(Options()))
+
+
+class LoopbackOnlyTests(SynchronousTestCase):
+    """What runs code (the manhole) or shows the process's insides (/debug/*
+    with --profile) listens on this host only, unless the operator says so;
+    both by one check."""
+
+    BEYOND = (
+        "tcp:7009",
+        "tcp:7009:interface=0.0.0.0",
+        # Twisted's parser binds the last of a repeated argument.
+        "tcp:7009:interface=127.0.0.1:interface=0.0.0.0",
+        r"tcp6:7009:interface=\:\:1:interface=\:\:",
+    )
+    HERE = (
+        "7009",
+        "tcp:7009:interface=127.0.0.1",
+        r"tcp6:7009:interface=\:\:1",
+        "unix:/run/imageserver-admin.sock",
+    )
+
+    def test_profile_needs_a_loopback_admin_port(self) -> None:
+        for endpoint in self.HERE:
+            parse("--profile", "--admin_port", endpoint)
+            parse("--admin_port", endpoint)
+        for endpoint in self.BEYOND:
+            parse("--admin_port", endpoint)  # probes and metrics may go further
+            with self.assertRaises(UsageError, msg=endpoint) as caught:
+                parse("--profile", "--admin_port", endpoint)
+            self.assertEqual(str(caught.exception),
+                "with --profile, --admin_port must listen on loopback "
+                "(tcp:PORT:interface=127.0.0.1) unless --profile_allow_remote",
+            )  # fmt: skip
+            parse("--profile", "--admin_port", endpoint, "--profile_allow_remote")
+        # A port number binds to --listen; the default stays on loopback.
+        with self.assertRaises(UsageError):
+            parse("--profile", "--listen", "0.0.0.0", "--admin_port", "7002")
+        parse("--profile", "--listen", "0.0.0.0")
+
+    def test_the_manhole_by_the_same_rule(self) -> None:
+        keys = ("--manhole_keys", "authorized_keys")
+        for endpoint in self.HERE:
+            parse("--manhole", endpoint, *keys)
+        for endpoint in self.BEYOND:
+            with self.assertRaises(UsageError, msg=endpoint) as caught:
+                parse("--manhole", endpoint, *keys)
+            self.assertEqual(str(caught.exception),
+                "--manhole must listen on loopback "
+                "(tcp:PORT:interface=127.0.0.1) unless --manhole_allow_remote",
+            )  # fmt: skip
+            parse("--manhole", endpoint, *keys, "--manhole_allow_remote")

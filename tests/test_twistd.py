@@ -28,6 +28,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 from imageserver import __version__
 from imageserver.signing import sign
 from tests import s3server
+from tests.rawhttp import exchange, request_bytes, status_of
 from tests.support import RED, YELLOW, TestCaseMixin, encode, quadrants
 from tests.test_manhole import client_key, ssh_into
 
@@ -209,7 +210,7 @@ class TwistdTests(TwistdCase):
         response, _ = await self.call("POST", "/p", data=encode(quadrants((100, 80))))
         self.assertEqual(response.code, 403)  # the secret came from the file
         key = b"env-secret"
-        response, body = await self.call("POST", sign(key, "/p"),
+        response, body = await self.call("POST", sign(key, "/p", method="POST"),
                                          data=encode(quadrants((100, 80))))  # fmt: skip
         self.assertEqual(response.code, 200)
         digest = json.loads(body)["hash"]
@@ -266,6 +267,10 @@ class TwistdTests(TwistdCase):
             (["--port=70000"], b"70000 is not a port number"),
             (["--admin_port=tcp:7002:interfac=127.0.0.1"], b"--admin_port: "),
             (["--listen=0.0.0.0.1"], b"'0.0.0.0.1' is not an IP address"),
+            (
+                ["--profile", "--admin_port", "tcp:0:interface=0.0.0.0"],
+                b"with --profile, --admin_port must listen on loopback",
+            ),
         ):
             process = Twistd([])
             process.start(["imageserver", *args])
@@ -642,6 +647,16 @@ class WriteTokensTwistdTests(TwistdCase):
         self.assertEqual(await upload(None), 401)
         for _ in range(4):  # connections land on either worker
             self.assertEqual(await upload("first-token-0123456789"), 200)
+        # A method is what it is spelt, on every worker and the admin port.
+        digest = hashlib.md5(photo).hexdigest()
+        folder = f"/p/{digest[:3]}/{digest[3:6]}/{digest[6:9]}/{digest[9:]}"
+        refused = [(self.port, m, folder) for m in ("delete", "Delete", "PUT")] * 2
+        refused += [(self.port, "post", "/p"), (self.admin_port, "get", "/metrics")]
+        for port, method, target in refused:
+            answer = await exchange(port, request_bytes(method, target, body=photo))
+            self.assertEqual(status_of(answer), 501, (method, target))
+        response, _ = await self.call("GET", folder + "/info.json")
+        self.assertEqual(response.code, 200)
         with open(path, "w") as f:
             f.write("second-token-0123456789\n")
         process.transport.signalProcess("HUP")  # type: ignore[union-attr]

@@ -9,8 +9,9 @@ import uuid
 from typing import Any
 
 from treq.testing import StubTreq
+from twisted.internet import reactor
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from imageserver.config import Config
 from imageserver.service import writes_are_open
@@ -19,6 +20,8 @@ from imageserver.tokens import WriteTokens, digest_of, parse
 from imageserver.tokens import main as tokens_main
 from imageserver.web.access import AccessGuard
 from imageserver.web.app import UNSIGNED_ROUTES, ImageServerApp
+from imageserver.web.site import BoundedSite, methods_of
+from tests.rawhttp import exchange, json_of, request_bytes, status_of
 from tests.support import AppHarness, decode, encode, quadrants
 
 PHOTO = encode(quadrants((200, 100)))
@@ -54,9 +57,180 @@ class SigningTests(SynchronousTestCase):
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             self.assertEqual(main(["/p"]), 0)
-        self.assertEqual(
-            out.getvalue(), "/p?sig=AYiH1gM3x-4XmQu6uTnPNwYjFoUQ-5WN2mvCmETtsqI\n"
+            self.assertEqual(main(["--method", "HEAD", "/p"]), 0)
+            self.assertEqual(main(["--method", "POST", "/p"]), 0)
+        self.assertEqual(out.getvalue().splitlines(), [
+            "/p?sig=AYiH1gM3x-4XmQu6uTnPNwYjFoUQ-5WN2mvCmETtsqI",
+            "/p?sig=AYiH1gM3x-4XmQu6uTnPNwYjFoUQ-5WN2mvCmETtsqI",
+            # printf 'POST /p' | openssl dgst -sha256 -hmac key -binary | base64url
+            f"/p?sig={signature(b'key', 'POST /p')}",
+        ])  # fmt: skip
+        self.assertEqual(signature(b"key", "POST /p"),
+                         "PmMudnVhS6NI97ihYdXmgtu6fB6z5QmSCsTnrpcURZQ")  # fmt: skip
+
+    def test_a_signature_is_for_its_method(self) -> None:
+        path = "/p/6e0/072/682/e66287b662827da75b244a3/notes.txt?exp=9999999999"
+        for method in ("GET", "HEAD", "POST", "DELETE"):
+            signed = sign(SECRET, path, method=method)
+            for other in ("GET", "HEAD", "POST", "DELETE"):
+                reads = {method, other} <= {"GET", "HEAD"}
+                self.assertEqual(verify(SECRET, signed, other),
+                                 reads or method == other, (method, other))  # fmt: skip
+
+    def test_only_request_targets_are_signed(self) -> None:
+        # "POST /p" signed as a read would be POST's signature of /p.
+        for url in ("POST /p", "p", "http://img.example"):
+            with self.assertRaises(ValueError, msg=url):
+                sign(SECRET, url)
+
+
+def example_paths(folder: str) -> list[str]:
+    """A path for every route of the app, open paths used as namespaces too."""
+    values = {
+        "namespace": ["p", "status_check"],
+        "image": [folder.lstrip("/")],
+        "name": ["w20.png", "notes.txt", "process", "info.json"],
+        "job_id": [str(uuid.uuid4())],
+    }
+    paths = {"/status_check", "/openapi.json", "/status_check/batch"}
+    for rule in ImageServerApp.app.url_map.iter_rules():
+        candidates = [""]
+        for part in re.split(r"(<[^>]+>)", rule.rule):
+            variable = re.fullmatch(r"<(?:\w+:)?(\w+)>", part)
+            options = values[variable[1]] if variable else [part]
+            candidates = [c + o for c in candidates for o in options]
+        paths.update(candidates)
+    return sorted(paths)
+
+
+def stored(root: str) -> dict[str, bytes]:
+    """Every file under ``root`` with its bytes."""
+    found = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, root)] = f.read()
+    return found
+
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def spellings(method: str) -> list[str]:
+    """``method`` as sent by a careful client, in lower case, in mixed case."""
+    mixed = "".join(c.lower() if i % 2 else c for i, c in enumerate(method))
+    return [method, method.lower(), mixed]
+
+
+class MethodSpellingTests(TestCase):
+    """Every route x method x spelling x credential, over a real socket to the
+    site as the server builds it: a method is what it is spelt, and only the
+    spellings the routes implement get past the site."""
+
+    def setUp(self) -> None:
+        self.app = AppHarness(self)
+        self.folder = self.app.upload(PHOTO)
+        self.app.request("POST", f"{self.folder}/notes.txt", data=b"notes")
+        self.app.request("GET", f"{self.folder}/w20.png")
+        self.clock = Clock()
+        self.clock.advance(NOW)
+
+    def listen(self, resource: Any) -> int:
+        site = BoundedSite(
+            resource, max_body_bytes=10**6, methods=methods_of(ImageServerApp.app)
         )
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return int(port.getHost().port)
+
+    async def send(
+        self, port: int, method: str, path: str, headers: dict[str, str]
+    ) -> bytes:
+        return await exchange(port, request_bytes(method, path, headers, PHOTO))
+
+    async def test_write_tokens(self) -> None:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(f"{TOKEN}\n")
+        tokens = WriteTokens(path)
+        tokens.load()
+        port = self.listen(AccessGuard(self.app.resource, self.clock, tokens=tokens))
+        credentials = {
+            "none": {},
+            "wrong": {"Authorization": "Bearer not-the-token-at-all"},
+            "right": {"Authorization": f"Bearer {TOKEN}"},
+        }
+        before = stored(self.app.root)
+        served = []
+        for path in example_paths(self.folder):
+            for method in METHODS:
+                for spelt in spellings(method):
+                    for credential, headers in credentials.items():
+                        if spelt in ("GET", "HEAD") or (
+                            spelt in ("POST", "DELETE") and credential == "right"
+                        ):
+                            served.append((spelt, path, headers))
+                            continue
+                        answer = await self.send(port, spelt, path, headers)
+                        if spelt in ("POST", "DELETE"):
+                            expected = 401 if credential == "none" else 403
+                        else:
+                            expected = 501
+                        self.assertEqual(
+                            status_of(answer), expected, (spelt, path, credential)
+                        )
+        # Nothing refused changed what is stored.
+        self.assertEqual(stored(self.app.root), before)
+        # What the routes implement, spelt as they spell it, reaches them.
+        for spelt, path, headers in served:
+            answer = await self.send(port, spelt, path, headers)
+            self.assertNotIn(status_of(answer), (401, 403, 501), (spelt, path))
+
+    async def test_signatures(self) -> None:
+        port = self.listen(
+            AccessGuard(
+                self.app.resource,
+                self.clock,
+                secrets=[SECRET],
+                unsigned=UNSIGNED_ROUTES,
+            )
+        )
+        before = stored(self.app.root)
+        open_routes = {(m.decode(), p.decode()) for m, p in UNSIGNED_ROUTES}
+        served = []
+        for path in example_paths(self.folder):
+            for method in METHODS:
+                signatures = {
+                    "none": path,
+                    "wrong": sign(b"not the secret", path, method=method),
+                    "for reading": sign(SECRET, path),
+                    "for the method": sign(SECRET, path, method=method),
+                }
+                for spelt in spellings(method):
+                    for signed, target in signatures.items():
+                        opened = (spelt.replace("HEAD", "GET"), path) in open_routes
+                        if spelt in ("GET", "HEAD", "POST", "DELETE") and (
+                            opened
+                            or signed == "for the method"
+                            or (spelt in ("GET", "HEAD") and signed == "for reading")
+                        ):
+                            served.append((spelt, target))
+                            continue
+                        answer = await self.send(port, spelt, target, {})
+                        expected = 403
+                        if spelt not in ("GET", "HEAD", "POST", "DELETE"):
+                            expected = 501
+                        self.assertEqual(
+                            status_of(answer), expected, (spelt, path, signed)
+                        )
+                        if expected == 403 and signed == "for reading":
+                            self.assertIn("signed for reading only",
+                                          json_of(answer)["error"])  # fmt: skip
+        self.assertEqual(stored(self.app.root), before)
+        for spelt, target in served:
+            answer = await self.send(port, spelt, target, {})
+            self.assertNotIn(status_of(answer), (401, 403, 501), (spelt, target))
 
 
 class SignedReadsTests(SynchronousTestCase):
@@ -84,22 +258,7 @@ class SignedReadsTests(SynchronousTestCase):
         return response.code, self.successResultOf(self.client.content(response))
 
     def example_paths(self) -> list[str]:
-        """A path for every route of the app, open paths used as namespaces too."""
-        values = {
-            "namespace": ["p", "status_check"],
-            "image": [self.folder.lstrip("/")],
-            "name": ["w20.png", "notes.txt", "process", "info.json"],
-            "job_id": [str(uuid.uuid4())],
-        }
-        paths = {"/status_check", "/openapi.json", "/status_check/batch"}
-        for rule in ImageServerApp.app.url_map.iter_rules():
-            candidates = [""]
-            for part in re.split(r"(<[^>]+>)", rule.rule):
-                variable = re.fullmatch(r"<(?:\w+:)?(\w+)>", part)
-                options = values[variable[1]] if variable else [part]
-                candidates = [c + o for c in candidates for o in options]
-            paths.update(candidates)
-        return sorted(paths)
+        return example_paths(self.folder)
 
     def test_every_route_and_method_needs_a_signature(self) -> None:
         methods = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
@@ -133,6 +292,37 @@ class SignedReadsTests(SynchronousTestCase):
 
     def test_status_check_stays_open(self) -> None:
         self.assertEqual(self.get("/status_check")[0], 200)
+
+    def test_a_url_signed_for_reading_neither_stores_nor_deletes(self) -> None:
+        self.app.request("POST", f"{self.folder}/notes.txt", data=b"the notes")
+        self.assertEqual(self.get(sign(SECRET, f"{self.folder}/w20.png"))[0], 200)
+        before = stored(self.app.root)
+        for method, path in (
+            ("POST", f"{self.folder}/notes.txt"),
+            ("DELETE", f"{self.folder}/notes.txt"),
+            ("DELETE", f"{self.folder}/w20.png"),
+            ("DELETE", self.folder),
+            ("POST", f"{self.folder}/process?outputs=w30.png"),
+        ):
+            code, body = self.request(
+                method, sign(SECRET, path), data=b"<script>tampered</script>"
+            )
+            self.assertEqual(code, 403, (method, path))
+            self.assertEqual(json.loads(body), {"error": (
+                f"this URL is signed for reading only: a {method} needs a URL "
+                f"signed for {method} (python -m imageserver.signing --method "
+                f"{method})")})  # fmt: skip
+        self.assertEqual(stored(self.app.root), before)
+        # Signed for the method, it is done.
+        notes = f"{self.folder}/notes.txt"
+        code, _ = self.request("POST", sign(SECRET, notes, method="POST"), data=b"v2")
+        self.assertEqual(code, 200)
+        self.assertEqual(self.get(sign(SECRET, notes)), (200, b"v2"))
+        code, _ = self.request("DELETE", sign(SECRET, notes, method="DELETE"))
+        self.assertEqual(code, 204)
+        # ... and that signature is for DELETE alone.
+        code, _ = self.request("POST", sign(SECRET, notes, method="DELETE"), data=b"x")
+        self.assertEqual(code, 403)
 
 
 class RotationAndExpiryTests(SynchronousTestCase):

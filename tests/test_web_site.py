@@ -17,11 +17,15 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
-from imageserver.web.app import route_name
-from imageserver.web.site import BodyBudget, BoundedSite
+from imageserver.events import Events
+from imageserver.web.admin import AdminApp, Readiness
+from imageserver.web.app import ImageServerApp, route_name
+from imageserver.web.site import BodyBudget, BoundedSite, methods_of
+from tests.rawhttp import exchange, json_of, request_bytes, status_of
 from tests.support import AppHarness, encode, quadrants, sample
 
 LIMIT = 20_000
+METHODS = methods_of(ImageServerApp.app)
 
 
 @implementer(IBodyProducer)
@@ -50,7 +54,11 @@ class BoundedSiteTests(TestCase):
         app = AppHarness(self)
         self.events = app.events
         site = BoundedSite(
-            app.resource, max_body_bytes=LIMIT, events=app.events, route_of=route_name
+            app.resource,
+            max_body_bytes=LIMIT,
+            events=app.events,
+            route_of=route_name,
+            methods=METHODS,
         )
         self.port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
@@ -138,6 +146,7 @@ class ConnectionLimitTests(SynchronousTestCase):
             head_timeout=10,
             max_connections=10,
             body_budget=self.budget,
+            methods=METHODS,
         )
 
     def connect(self) -> tuple[Any, StringTransport]:
@@ -270,3 +279,103 @@ class ConnectionLimitTests(SynchronousTestCase):
                 self.assertEqual(self.answer(transport)[0], code, path)
                 protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual([e for e in logged if e.get("log_failure")], [])
+
+
+class FramingTests(TestCase):
+    """Request smuggling hygiene, over a real socket: a body whose length two
+    HTTP parsers could read differently is refused before any of it is read,
+    so a request hidden in it never runs."""
+
+    def setUp(self) -> None:
+        self.app = AppHarness(self)
+        self.folder = self.app.upload(encode(quadrants((40, 30))))
+        site = BoundedSite(self.app.resource, max_body_bytes=LIMIT, methods=METHODS)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.port = port.getHost().port
+
+    def smuggling(self, framing: bytes, version: bytes = b"HTTP/1.1") -> bytes:
+        """A chunked-looking empty upload with a DELETE of the image after it."""
+        hidden = f"DELETE {self.folder} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        return (
+            b"POST /p " + version + b"\r\nHost: x\r\n" + framing + b"\r\n"
+            b"0\r\n\r\n" + hidden
+        )
+
+    async def test_ambiguous_framing_is_400_and_nothing_hidden_runs(self) -> None:
+        te, cl = b"Transfer-Encoding: ", b"Content-Length: "
+        ambiguous = {
+            te + b"chunked\r\n" + te + b"identity\r\n": "ambiguous",
+            te + b"identity\r\n" + te + b"chunked\r\n": "only",
+            te + b"chunked\r\n" + te + b"chunked\r\n": "ambiguous",
+            te + b"chunked\r\n" + cl + b"5\r\n": "ambiguous",
+            cl + b"5\r\n" + te + b"chunked\r\n": "ambiguous",
+            cl.lower() + b"5\r\n" + te.lower() + b"chunked\r\n": "ambiguous",
+            cl + b"5\r\n" + cl + b"6\r\n": "ambiguous",
+            cl + b"5\r\n" + cl + b"5\r\n": "ambiguous",
+            te + b"gzip, chunked\r\n": "only",
+            te + b"chunked, chunked\r\n": "only",
+            te + b"identity\r\n": "only",
+            te + b"xchunked\r\n": "only",
+            te + b"chunked\r\n identity\r\n": "only",  # folded onto the line
+            te + b"\r\n": "only",
+            cl + b"+5\r\n": "number",
+            cl + b"0x5\r\n": "number",
+            cl + b"5, 5\r\n": "number",
+            cl + "\uff15\r\n".encode(): "number",
+        }
+        with capturedLogs() as logged:
+            for framing, says in ambiguous.items():
+                answer = await exchange(self.port, self.smuggling(framing))
+                self.assertEqual(answer.count(b"HTTP/1.1 "), 1, framing)
+                self.assertEqual(status_of(answer), 400, framing)
+                self.assertIn(says, json_of(answer)["error"], framing)
+            answer = await exchange(
+                self.port,
+                self.smuggling(b"Transfer-Encoding: chunked\r\n", b"HTTP/1.0"),
+            )
+            self.assertEqual(
+                json_of(answer),
+                {"error": "Transfer-Encoding is not allowed in HTTP/1.0"},
+            )
+        self.assertEqual([e for e in logged if e.get("log_failure")], [])
+        # The hidden DELETE never ran.
+        info, _ = self.app.request("GET", self.folder + "/info.json")
+        self.assertEqual(info.code, 200)
+
+    async def test_one_length_or_chunked_is_read_as_before(self) -> None:
+        photo = encode(quadrants((20, 10)))
+        chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(photo), photo)
+        for framing, body in (
+            (b"Content-Length: %d\r\n" % len(photo), photo),
+            (b"Transfer-Encoding: chunked\r\n", chunked),
+            (b"transfer-encoding: Chunked\r\n", chunked),  # names and codings: any case
+        ):
+            answer = await exchange(
+                self.port,
+                b"POST /p HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                + framing + b"\r\n" + body,
+            )  # fmt: skip
+            self.assertEqual((status_of(answer), json_of(answer)["width"]),
+                             (200, 20), framing)  # fmt: skip
+
+
+class AdminMethodTests(TestCase):
+    """The admin port's site (probes, metrics, /debug/*) reads only."""
+
+    async def test_only_get_and_head_spelt_so(self) -> None:
+        site = BoundedSite(
+            AdminApp(Readiness(), Events().registry).app.resource(),
+            max_body_bytes=1024,
+        )
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+        for path in ("/probe/live", "/metrics", "/debug/threads"):
+            for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
+                for spelt in (method, method.lower(), method.capitalize()):
+                    answer = await exchange(number, request_bytes(spelt, path))
+                    expected = {"GET": 200, "HEAD": 200}.get(spelt, 501)
+                    if path == "/debug/threads" and expected == 200:
+                        expected = 404  # --profile is off
+                    self.assertEqual(status_of(answer), expected, (spelt, path))

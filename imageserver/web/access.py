@@ -12,9 +12,8 @@ from zope.interface import implementer
 
 from imageserver.signing import refusal
 from imageserver.tokens import WriteTokens
+from imageserver.web.site import READS
 
-#: Methods that change what is stored: uploads, process, files, batches, deletes.
-WRITES = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
 CHALLENGE = 'Bearer realm="imageserver"'
 
 
@@ -22,11 +21,15 @@ CHALLENGE = 'Bearer realm="imageserver"'
 class AccessGuard:
     """Lets a request through to ``wrapped`` only if it may be served.
 
-    With ``tokens``, a write needs ``Authorization: Bearer <token>`` with one
-    of them (401 without, 403 with a wrong one) and no URL signature. With
-    ``secrets``, every other request needs a URL signed by one of them, not
-    past its ``exp``, except the (method, path) pairs in ``unsigned`` (HEAD
-    goes with GET), such as the health check. Refusals are JSON.
+    Every method but GET and HEAD writes (the site in front lets only the
+    methods it implements through, spelt exactly, so this decides from the
+    same value as the routes). With ``tokens``, a write needs
+    ``Authorization: Bearer <token>`` with one of them (401 without, 403 with
+    a wrong one) and no URL signature. With ``secrets``, every other request
+    needs a URL signed by one of them for its method (a read's signature does
+    not write), not past its ``exp``, except the (method, path) pairs in
+    ``unsigned`` (HEAD goes with GET), such as the health check. Refusals are
+    JSON.
     """
 
     isLeaf = True
@@ -54,11 +57,14 @@ class AccessGuard:
 
     def render(self, request: Request) -> bytes | int:
         method = b"GET" if request.method == b"HEAD" else request.method
-        if self._tokens is not None and method in WRITES:
+        if self._tokens is not None and method not in READS:
             refused = self._token_refusal(request)
         elif self._secrets and (method, request.path) not in self._unsigned:
             why = refusal(
-                self._secrets, request.uri.decode("latin-1"), self._clock.seconds()
+                self._secrets,
+                request.uri.decode("latin-1"),
+                self._clock.seconds(),
+                method.decode("latin-1"),
             )
             refused = None if why is None else (403, why)
         else:

@@ -24,6 +24,19 @@ from imageserver.waiting import WhenIdle
 access = Logger(namespace="imageserver.access")
 refused = Logger(namespace="imageserver.refused")
 
+#: The methods that only read; a site answers these unless told more.
+READS = frozenset({b"GET", b"HEAD"})
+
+
+def methods_of(app: Any) -> frozenset[bytes]:
+    """The methods a Klein ``app``'s routes answer (werkzeug gives every GET
+    route HEAD), exactly as they must be spelt."""
+    return frozenset(
+        method.encode("ascii")
+        for rule in app.url_map.iter_rules()
+        for method in rule.methods or ()
+    )
+
 
 class BodyBudget:
     """Bytes of request bodies held at once, across every connection.
@@ -129,6 +142,34 @@ def _path_refusal(path: bytes) -> tuple[int, str] | None:
     return None
 
 
+def _framing_refusal(
+    framing: tuple[tuple[bytes, bytes], ...], version: bytes
+) -> str | None:
+    """Why the framing headers of a request so far (name in lower case,
+    value) leave its body's length in doubt, or None.
+
+    One Content-Length of ASCII digits, or one Transfer-Encoding naming
+    chunked alone (coding names are case-insensitive, RFC 9112 section 7) on
+    HTTP/1.1, and nothing else: a proxy in front may read any other mix
+    differently from us, and a body read two ways lets one request hide
+    inside another (RFC 9112 section 6.3).
+    """
+    (name, value), earlier = framing[-1], framing[:-1]
+    if earlier:
+        return (
+            "the body's length is ambiguous: send one Content-Length or one "
+            "Transfer-Encoding: chunked, not several, not both"
+        )
+    if name == b"content-length" and not (value.isascii() and value.isdigit()):
+        return "Content-Length must be a number of bytes"
+    if name == b"transfer-encoding":
+        if version != b"HTTP/1.1":
+            return f"Transfer-Encoding is not allowed in {version.decode('latin-1')}"
+        if value.lower() != b"chunked":
+            return "the only Transfer-Encoding accepted is chunked"
+    return None
+
+
 class BoundedChannel(HTTPChannel):
     """An HTTP connection that answers what it refuses, in JSON, and closes.
 
@@ -136,11 +177,16 @@ class BoundedChannel(HTTPChannel):
     site's ``head_timeout`` from its first byte, however slowly it trickles;
     a body declared over the limit is refused before a byte of it is read
     (no ``100 Continue``); a line over 16 KiB gets a 400, not a silent close.
+    A method the site does not implement, in any spelling, is a 501 and a
+    body whose length is ambiguous a 400, both before any of it is read.
     """
 
     site: BoundedSite
     _head_deadline: IDelayedCall | None = None
     _awaiting_head = True
+    _refused = False
+    #: The framing headers of the request being read: (name, value).
+    _framing: tuple[tuple[bytes, bytes], ...] = ()
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -169,8 +215,31 @@ class BoundedChannel(HTTPChannel):
             400, f"the request line or a header is over {self.MAX_LENGTH} bytes"
         )
 
+    def headerReceived(self, line: bytes) -> bool:
+        name, colon, value = line.partition(b":")
+        name = name.lower()
+        if colon and name in (b"content-length", b"transfer-encoding"):
+            self._framing += ((name, value.strip(b" \t")),)
+            problem = _framing_refusal(self._framing, self._version)
+            if problem is not None:
+                self.refuse(400, problem)
+                return False
+        return super().headerReceived(line)  # type: ignore[no-any-return]
+
     def allHeadersReceived(self) -> None:
         self._head_received()
+        self._framing = ()
+        if self._command not in self.site.methods:
+            # Methods are case-sensitive (RFC 9110 section 9.1): "post" is
+            # not POST, and is refused before a route or a guard sees it.
+            allowed = ", ".join(sorted(m.decode() for m in self.site.methods))
+            self.refuse(
+                501,
+                f"the method {self._command.decode('latin-1')!r} is not "
+                f"implemented here (methods are case-sensitive): use one of "
+                f"{allowed}",
+            )
+            return
         limit = self.site.max_body_bytes
         if self.length is not None and self.length > limit:
             self.refuse(413, _too_large(limit))
@@ -191,6 +260,7 @@ class BoundedChannel(HTTPChannel):
         written to the connection.
         """
         self._head_received()
+        self._refused = True
         if self.transport is None or getattr(self.transport, "disconnecting", False):
             return
         body = json.dumps({"error": message}).encode()
@@ -214,6 +284,12 @@ class BoundedChannel(HTTPChannel):
         self.dataReceived = self.lineReceived = self.rawDataReceived = _ignore  # type: ignore[method-assign]
         self.loseConnection()
 
+    def allContentReceived(self) -> None:
+        # Twisted goes on to a request without a body once the headers end,
+        # also after one of them was refused.
+        if not self._refused:
+            super().allContentReceived()
+
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self._head_received()
         self.site.connection_closed()
@@ -226,6 +302,10 @@ class BoundedSite(Site):
 
     ``route_of`` names a request's route for metrics and logs (a small fixed
     set, never the raw path); ``events`` receives the counts and timings.
+    ``methods`` are all the site answers, spelt exactly (`methods_of` an app):
+    every request crosses the site, so this is the one place a method is
+    checked, and what is behind it (routes, the access guard, metrics) sees
+    only these.
     """
 
     requestFactory = BoundedRequest
@@ -245,6 +325,7 @@ class BoundedSite(Site):
         head_timeout: float = 10,
         max_connections: int = 1000,
         body_budget: BodyBudget | None = None,
+        methods: frozenset[bytes] = READS,
     ) -> None:
         # Bodies are images and files, never forms: twisted.web must not parse
         # them into request.args (nor answer a bare 400 to a bad multipart one).
@@ -260,6 +341,7 @@ class BoundedSite(Site):
         self.max_body_bytes = max_body_bytes
         self.head_timeout = head_timeout
         self.max_connections = max_connections
+        self.methods = methods
         self.body_budget = body_budget or BodyBudget(4 * max_body_bytes)
         self.connections = 0
         self._events = events
