@@ -203,7 +203,7 @@ class HostileCostTests(SynchronousTestCase):
              "a 7000x7000 image in 138 bytes is more than 1000 pixels per byte: "
              "no real image of that size is so small"),
             (hostile.png_claiming(100_000, 100_000), 422,
-             "the image is over the limit of 50000000 pixels"),
+             "the image is 100000x100000, over the limit of 50000000 pixels"),
             (hostile.png_claiming(8000, 7000), 422,
              "the image is 8000x7000, over the limit of 50000000 pixels"),
         ):  # fmt: skip
