@@ -15,8 +15,10 @@ import resource
 import struct
 import subprocess
 import sys
+import tempfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from PIL import Image
 
@@ -262,18 +264,45 @@ class Cost:
     outcome: str
 
 
+@dataclass(frozen=True)
+class Job:
+    """One measurement: probe (``upload``) and render ``variants`` (a
+    comma-separated ``?outputs=`` list) of ``data`` under ``limits``
+    (imaging.Limits' fields; the server's defaults otherwise)."""
+
+    data: bytes
+    variants: str = ""
+    upload: bool = True
+    limits: dict[str, int] | None = None
+
+
 def cost(data: bytes, variants: str = "", upload: bool = True, **limits: int) -> Cost:
-    """What probing (``upload``) and rendering ``variants`` (a comma-separated
-    ``?outputs=`` list) of ``data`` cost, with ``limits`` (imaging.Limits'
-    fields), measured in a fresh process so nothing else is counted."""
+    """What one job costs, measured in a fresh process."""
+    return costs([Job(data, variants, upload, limits)])[0]
+
+
+def costs(jobs: list[Job], code: str | None = None) -> list[Cost]:
+    """What each job costs, in one fresh process (so nothing of the test's own
+    is counted), one after the other, the peak reset before each; ``code``:
+    a folder whose ``imageserver`` to measure instead (an older one)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    job = json.dumps({"variants": variants, "upload": upload, "limits": limits})
-    env = {**os.environ, "PYTHONPATH": root}
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.hostile", job],
-        input=data, capture_output=True, env=env, check=True, timeout=600,
-    )  # fmt: skip
-    return Cost(**json.loads(done.stdout.decode().splitlines()[-1]))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (code, root)))}
+    with tempfile.TemporaryDirectory() as folder:
+        described = []
+        for index, job in enumerate(jobs):
+            path = os.path.join(folder, str(index))
+            with open(path, "wb") as f:
+                f.write(job.data)
+            described.append(
+                {"path": path, "variants": job.variants, "upload": job.upload,
+                 "limits": job.limits or {}}
+            )  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "tests.hostile"],
+            input=json.dumps(described).encode(), capture_output=True, env=env,
+            check=True, timeout=600, cwd=code or root,
+        )  # fmt: skip
+    return [Cost(**json.loads(line)) for line in done.stdout.decode().splitlines()]
 
 
 def _status(field: str) -> int:
@@ -284,24 +313,43 @@ def _status(field: str) -> int:
     raise LookupError(field)
 
 
-def _measure(job: dict, data: bytes) -> dict:
+def _measure(jobs: list[dict[str, Any]]) -> None:
     from imageserver import formats, imaging
-    from imageserver.errors import ImageServerError
     from imageserver.naming import VariantRules
 
-    rules = VariantRules(frozenset(formats.OUTPUTS), 75, 100_000)
-    limits = imaging.Limits(pixels=50_000_000, pixels_per_byte=1000, side=100_000)
-    limits = imaging.Limits(**{**{"pixels": limits.pixels,
-                                  "pixels_per_byte": limits.pixels_per_byte,
-                                  "side": limits.side}, **job["limits"]})  # fmt: skip
-    variants = rules.parse_outputs(job["variants"]) if job["variants"] else ()
+    rules = VariantRules(frozenset(formats.OUTPUTS), 0, 100_000)
     formats.register_plugins()
     warm = rules.parse_outputs(",".join(f"w4.{ext}" for ext in formats.OUTPUTS))
+    default = imaging.Limits(pixels=50_000_000, pixels_per_byte=1000, side=100_000)
     for fmt in formats.INPUTS:
         tiny = io.BytesIO()
         image = Image.new("RGB", (8, 8), "red")
         image.save(tiny, fmt, **({"quality": 50} if fmt in ("HEIF", "JXL") else {}))
-        imaging.render_many(tiny.getvalue(), warm, limits, with_placeholders=True)
+        imaging.render_many(tiny.getvalue(), warm, default, with_placeholders=True)
+    for job in jobs:
+        # Each job in a fork of the warmed-up process: it starts from the
+        # same state whatever the jobs before it left behind.
+        reader, writer = os.pipe()
+        child = os.fork()
+        if child == 0:
+            os.close(reader)
+            os.write(writer, json.dumps(_one(job, default, rules)).encode())
+            os._exit(0)
+        os.close(writer)
+        with os.fdopen(reader) as answer:
+            result = answer.read()
+        os.waitpid(child, 0)
+        print(result, flush=True)
+
+
+def _one(job: dict[str, Any], default: Any, rules: Any) -> dict[str, Any]:
+    from imageserver import imaging
+    from imageserver.errors import ImageServerError
+
+    with open(job["path"], "rb") as f:
+        data = f.read()
+    limits = replace(default, **job["limits"])
+    variants = rules.parse_outputs(job["variants"]) if job["variants"] else ()
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")  # the peak restarts from what is resident now
     before = _status("VmRSS")
@@ -313,10 +361,9 @@ def _measure(job: dict, data: bytes) -> dict:
         outcome = f"{type(e).__name__}: {e}"
     end = resource.getrusage(resource.RUSAGE_SELF)
     cpu = end.ru_utime + end.ru_stime - start.ru_utime - start.ru_stime
-    peak = _status("VmHWM")
-    return {"rss_mb": round((peak - before) / 1024, 1), "cpu_s": round(cpu, 2),
-            "outcome": outcome}  # fmt: skip
+    growth = (_status("VmHWM") - before) / 1024
+    return {"rss_mb": round(growth, 1), "cpu_s": round(cpu, 2), "outcome": outcome}
 
 
 if __name__ == "__main__":
-    print(json.dumps(_measure(json.loads(sys.argv[1]), sys.stdin.buffer.read())))
+    _measure(json.loads(sys.stdin.buffer.read()))
