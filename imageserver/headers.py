@@ -8,11 +8,14 @@ from the bytes, for every format the server accepts (the format table names
 each row's reader), and checked against the limits before Pillow opens the
 file; Pillow's own idea of the size is then held to it (imaging). Every walk
 stops after a fixed number of steps; None means the header could not be read.
+Plain Python on bytes, no Pillow.
 """
 
 from __future__ import annotations
 
 import struct
+
+from imageserver.errors import UnsupportedImage
 
 Size = tuple[int, int]
 
@@ -224,15 +227,45 @@ def jxl(data: bytes) -> Size | None:
     if not data.startswith(b"\xff\x0a") or len(data) < 4:
         return None
     bits = _Bits(data[2:18])
+    width, height = _jxl_size(bits)
+    if _jxl_animated(bits):
+        raise UnsupportedImage(
+            "animated JPEG XL is not accepted: its frames are all decoded at "
+            "once and it declares no frame count to bound them by"
+        )
+    return width, height
+
+
+def _jxl_size(bits: _Bits) -> Size:
+    """A SizeHeader."""
     small = bits.read(1)
-    height = (bits.read(5) + 1) * 8 if small else bits.u32()
+    height = (bits.read(5) + 1) * 8 if small else bits.u32(_JXL_SIZES)
     ratio = bits.read(3)
     if ratio:
         numerator, denominator = _JXL_RATIOS[ratio]
-        width = height * numerator // denominator
-    else:
-        width = (bits.read(5) + 1) * 8 if small else bits.u32()
+        return height * numerator // denominator, height
+    width = (bits.read(5) + 1) * 8 if small else bits.u32(_JXL_SIZES)
     return width, height
+
+
+def _jxl_animated(bits: _Bits) -> bool:
+    """Whether the ImageMetadata after the SizeHeader says ``have_animation``.
+
+    pillow-jxl decodes every frame of an animation in ``Image.open`` (into
+    one picture), and JPEG XL declares no frame count: the frames' cost
+    cannot be bounded from the header, so such a file is refused."""
+    if bits.read(1) or not bits.read(1):  # all_default, extra_fields
+        return False
+    bits.read(3)  # orientation
+    if bits.read(1):  # have_intr_size
+        _jxl_size(bits)
+    if bits.read(1):  # have_preview: a PreviewHeader
+        div8 = bits.read(1)
+        sizes = _JXL_PREVIEW_DIV8 if div8 else _JXL_PREVIEW
+        bits.u32(sizes)
+        if not bits.read(3):
+            bits.u32(sizes)
+    return bool(bits.read(1))
 
 
 class _Bits:
@@ -247,6 +280,13 @@ class _Bits:
         self.pos += count
         return value
 
-    def u32(self) -> int:
-        """The size distribution: 1 + 9, 13, 18 or 30 bits."""
-        return 1 + self.read((9, 13, 18, 30)[self.read(2)])
+    def u32(self, choices: tuple[tuple[int, int], ...]) -> int:
+        """A U32 field: a 2-bit selector of (offset, bits)."""
+        offset, count = choices[self.read(2)]
+        return offset + self.read(count)
+
+
+#: U32 distributions as (offset, bits): SizeHeader's, PreviewHeader's.
+_JXL_SIZES = ((1, 9), (1, 13), (1, 18), (1, 30))
+_JXL_PREVIEW_DIV8 = ((16, 0), (32, 0), (1, 5), (33, 9))
+_JXL_PREVIEW = ((1, 6), (65, 8), (321, 10), (1345, 12))
