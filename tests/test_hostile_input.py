@@ -462,13 +462,26 @@ class QualityTests(SynchronousTestCase):
     def test_every_quality_encodes_in_every_format(self) -> None:
         """-q1 to -q100 in every output format, with and without alpha (libjxl
         refused 100, a 500 for every .jxl with --default_quality 100)."""
+        limits = imaging.Limits(PIXELS)
         for mode in ("RGB", "RGBA", "L"):
-            image = quadrants((6, 4), "RGB").convert(mode)
+            original = encode(quadrants((6, 4), "RGB").convert(mode), "PNG")
             for extension, output in formats.OUTPUTS.items():
                 for quality in range(1, 101):
-                    variant = Variant(f"x.{extension}", Fit.FULL, 0, 0, quality,
-                                      extension)  # fmt: skip
-                    data = imaging._encode(image.copy(), variant)
-                    decoded = decode(data)
-                    self.assertEqual(decoded.size, (6, 4), (extension, quality))
-                    self.assertTrue(output.whole(data), (extension, quality))
+                    variant = Variant(
+                        f"full_size-q{quality}.{extension}", Fit.FULL, 0, 0, quality,
+                        extension,
+                    )  # fmt: skip
+                    data = imaging.render(original, variant, limits)
+                    self.assertEqual(decode(data).size, (6, 4), variant.name)
+                    self.assertTrue(output.whole(data), variant.name)
+
+    def test_jpeg_xl_at_the_default_quality_100(self) -> None:
+        """With --default_quality 100 every .jxl (and .auto for a JPEG XL
+        client) was a 500."""
+        app = AppHarness(self, default_quality=100, extensions=("jpg", "png", "jxl"))
+        folder = app.upload(encode(quadrants((40, 30))))
+        for name, headers in (("w20.jxl", {}), ("w20-q100.jxl", {}),
+                              ("w20.auto", {"Accept": ["image/jxl"]})):  # fmt: skip
+            response, body = app.request("GET", f"{folder}/{name}", headers=headers)
+            self.assertEqual(response.code, 200, (name, body[:200]))
+            self.assertEqual(decode(body).size, (20, 15), name)
