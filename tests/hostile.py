@@ -238,7 +238,8 @@ def heif_images(count: int, side: int) -> bytes:
         Image.new("RGB", (side, side), (i * 20 % 256, 90, 0)) for i in range(count)
     ]
     out = io.BytesIO()
-    images[0].save(out, "HEIF", save_all=True, append_images=images[1:], quality=10)
+    images[0].save(out, "HEIF", save_all=True, append_images=images[1:],
+                   quality=10, enc_params={"preset": "ultrafast"})  # fmt: skip
     return out.getvalue()
 
 

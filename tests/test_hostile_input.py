@@ -372,20 +372,20 @@ class DecoderCostTests(SynchronousTestCase):
         decoded in Image.open, before the check."""
         self.assertEqual(set(formats.INPUTS), set(imaging.INPUT_FORMATS))
         names = sorted(formats.INPUTS)
-        jobs = [hostile.Job(hostile.flat(name, 2000, 2000), limits={
+        jobs = [hostile.Job(hostile.flat(name, 1500, 1500), limits={
             "pixels": PIXELS, "pixels_per_byte": 0}) for name in names]  # fmt: skip
         for name, cost in zip(names, hostile.costs(jobs), strict=True):
             self.assertEqual(
                 cost.outcome,
-                "ImageTooLarge: the image is 2000x2000, over the limit of "
+                "ImageTooLarge: the image is 1500x1500, over the limit of "
                 f"{PIXELS} pixels",
                 name,
             )
-            # Decoding it would be 16 MB of RGBA.
+            # Decoding it would be 9 MB of RGBA (JPEG XL before: 20 MB).
             self.assertLess(cost.rss_mb, 4, name)
 
     def test_an_animation_costs_what_its_frames_do(self) -> None:
-        """Every animated input x animated output: 10 frames of 1000x1000 are
+        """Every animated input x animated output: 6 frames of 1000x1000 are
         within the decode budget (10 x the limit), but full-size outputs of
         all of them (which Pillow's encoders hold at once) are refused before
         any frame is made; a small output is made; both within the memory
@@ -398,7 +398,7 @@ class DecoderCostTests(SynchronousTestCase):
         )
         pairs = [(i, o, v) for i in ANIMATIONS for o in outputs
                  for v in (f"full_size.{o}", f"w200.{o}")]  # fmt: skip
-        files = {name: make(1000, 1000, 10) for name, make in ANIMATIONS.items()}
+        files = {name: make(1000, 1000, 6) for name, make in ANIMATIONS.items()}
         jobs = [hostile.Job(files[i], v, False, {"pixels": PIXELS})
                 for i, _, v in pairs]  # fmt: skip
         for (source, output, variant), cost in zip(
@@ -407,7 +407,7 @@ class DecoderCostTests(SynchronousTestCase):
             what = f"{source} -> {variant}: {cost}"
             if variant.startswith("full_size"):
                 self.assertEqual(cost.outcome, (
-                    f"ImageTooLarge: {variant} would be 10 frames of 1000x1000, over "
+                    f"ImageTooLarge: {variant} would be 6 frames of 1000x1000, over "
                     f"the limit of {PIXELS} pixels for all frames together: ask for "
                     "a smaller size, or a still format (jpg)"), what)  # fmt: skip
             else:
