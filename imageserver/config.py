@@ -121,7 +121,10 @@ class Config:
         50 * 1024 * 1024, "Largest upload body or source download, in bytes."
     )
     max_source_pixels: int = setting(
-        50_000_000, "Largest original, in pixels (width x height)."
+        50_000_000,
+        "Largest original, in pixels (width x height, read from its header "
+        "before decoding); also the largest output, all the frames of an "
+        "animated one together.",
     )
     max_animation_frames: int = setting(
         300,

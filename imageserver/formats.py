@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
+from imageserver import headers
+
 
 def _jpeg_whole(data: bytes) -> bool:
     return data[:3] == b"\xff\xd8\xff" and data[-2:] == b"\xff\xd9"
@@ -96,12 +98,18 @@ class OutputFormat:
     #: Who encodes still images: ``pillow``, or ``jpegli`` (RGB JPEG only;
     #: greyscale still goes through Pillow).
     encoder: str = "pillow"
+    #: What ``-q100`` asks of an encoder that refuses 100 as a quality
+    #: (libjxl takes it as distance 0, which only its lossless mode encodes).
+    full_quality: Mapping[str, Any] | None = None
 
     def save_options(self, quality: int | None) -> dict[str, Any]:
         """Pillow's save options for a variant's quality (None: the default)."""
         if not self.lossy:
             return dict(self.options)
-        return {**self.options, "quality": quality or self.quality}
+        quality = quality or self.quality
+        if quality == 100 and self.full_quality is not None:
+            return {**self.options, **self.full_quality}
+        return {**self.options, "quality": quality}
 
 
 _JPEG = OutputFormat(
@@ -172,22 +180,50 @@ OUTPUTS: dict[str, OutputFormat] = {
         _jxl_whole,
         quality=78,
         options=MappingProxyType({"use_container": True}),
+        full_quality=MappingProxyType({"lossless": True}),
     ),
 }
 
-#: Input formats decoded, by Pillow's name, with what info.json reports.
+
+@dataclass(frozen=True)
+class InputFormat:
+    """A format originals may come in.
+
+    A format whose width and height cannot be read from its header, cheaply
+    and without its decoder, is not accepted: some of Pillow's plug-ins
+    decode every pixel when the file is opened (JPEG XL's does), so the
+    limits must be applied before that (docs/security.md).
+    """
+
+    #: Pillow's name for it.
+    pillow: str
+    #: What info.json reports.
+    content_type: str
+    #: Width and height from the header, by a bounded walk in plain Python
+    #: (`headers`); None when it cannot be read.
+    size: Callable[[bytes], tuple[int, int] | None]
+    #: Whether its frames are an animation. Otherwise only the first (or the
+    #: primary) image is read: a TIFF's other pages, a HEIF's other top-level
+    #: images and an MPO's other pictures are never decoded.
+    animated: bool = False
+
+
+#: Input formats decoded, by Pillow's name, in the order Pillow tries them.
 #: Everything else (EPS, which runs Ghostscript; SVG; PSD; ...) is refused
 #: before a decoder runs.
-INPUTS: dict[str, str] = {
-    "JPEG": "image/jpeg",
-    "PNG": "image/png",
-    "GIF": "image/gif",
-    "WEBP": "image/webp",
-    "AVIF": "image/avif",
-    "TIFF": "image/tiff",
-    "BMP": "image/bmp",
-    "HEIF": "image/heif",
-    "JXL": "image/jxl",
+INPUTS: dict[str, InputFormat] = {
+    row.pillow: row
+    for row in (
+        InputFormat("JPEG", "image/jpeg", headers.jpeg),
+        InputFormat("PNG", "image/png", headers.png, animated=True),
+        InputFormat("GIF", "image/gif", headers.gif, animated=True),
+        InputFormat("WEBP", "image/webp", headers.webp, animated=True),
+        InputFormat("AVIF", "image/avif", headers.bmff, animated=True),
+        InputFormat("TIFF", "image/tiff", headers.tiff),
+        InputFormat("BMP", "image/bmp", headers.bmp),
+        InputFormat("HEIF", "image/heif", headers.bmff),
+        InputFormat("JXL", "image/jxl", headers.jxl),
+    )
 }
 #: Formats whose decoder applies the file's own orientation (HEIF's irot and
 #: imir, JPEG XL's codestream field): EXIF's is not applied again.
@@ -203,7 +239,8 @@ def content_type_of(pillow: str, data: bytes) -> str:
     """What info.json reports for an original Pillow opened as ``pillow``."""
     if pillow == "HEIF" and data[8:12] in HEIC_BRANDS:
         return "image/heic"
-    return INPUTS.get(pillow, "application/octet-stream")
+    row = INPUTS.get(pillow)
+    return "application/octet-stream" if row is None else row.content_type
 
 
 def output(extension: str) -> OutputFormat:

@@ -139,7 +139,7 @@ def render_many(
     if orientation in _SWAPPING_ORIENTATIONS:
         need = (need[1], need[0])
     icc = image.info.get("icc_profile")
-    opened = image
+    opened, opened_size = image, image.size
     with _decode_errors():
         animation, still_because = None, None
         if with_placeholders or any(
@@ -155,6 +155,11 @@ def render_many(
         info = replace(
             info, frames=len(animation.durations), duration_ms=animation.duration
         )
+        for variant, plan in zip(variants, plans, strict=True):
+            if formats.output(variant.format).animation:
+                _check_animated_output(
+                    variant, plan.output_size, len(animation.durations), limits
+                )
         has_alpha = True  # frames may uncover the background
     info = replace(info, still_because=still_because)
     source = _Source(base, width, height, has_alpha, icc)
@@ -167,7 +172,9 @@ def render_many(
     for variant in variants:
         if animation is not None and formats.output(variant.format).animation:
             with _decode_errors():
-                frames = _frames(opened, source, variant, orientation, animation)
+                frames = _frames(
+                    opened, opened_size, source, variant, orientation, animation
+                )
                 outputs.append(_encode_animation(frames, variant, animation))
         else:
             outputs.append(_encode(source.render(variant), variant))
@@ -194,7 +201,8 @@ def _animation(
     and no further, so a file of 100,000 frames costs no more than the limit;
     AVIF declares its frame count, and each frame's duration comes with it.
     """
-    if not getattr(image, "is_animated", False):
+    row = formats.INPUTS.get(image.format or "")
+    if row is None or not row.animated or not getattr(image, "is_animated", False):
         return None, None
     budget = min(
         limits.frames, limits.pixels * ANIMATION_PIXEL_FACTOR // (width * height)
@@ -210,7 +218,7 @@ def _animation(
     if durations is None:
         durations = []
         for index in range(count):
-            image.seek(index)
+            _seek(image, index, (width, height))
             image.load()  # an AVIF frame's duration comes with its pixels
             durations.append(int(image.info.get("duration") or 0))
         image.seek(0)
@@ -219,18 +227,33 @@ def _animation(
     return _Animation([d or 100 for d in durations], loop), None
 
 
+def _seek(image: Image.Image, index: int, size: geometry.Size) -> None:
+    """Go to frame ``index``, refusing one larger than the checked size before
+    its pixels are decoded (Pillow grows a GIF's canvas to a later frame's
+    extent)."""
+    image.seek(index)
+    width, height = image.size
+    if width * height > size[0] * size[1]:
+        raise UnsupportedImage(
+            f"frame {index + 1} of the animation is {width}x{height}, larger "
+            f"than the image's {size[0]}x{size[1]}"
+        )
+
+
 def _frames(
     image: Image.Image,
+    size: geometry.Size,
     first: _Source,
     variant: Variant,
     orientation: int,
     animation: _Animation,
 ) -> Iterator[Image.Image]:
     """The variant of every frame, one decoded frame at a time, all with the
-    first frame's trim box and smart crop, so the picture does not jump."""
+    first frame's trim box and smart crop, so the picture does not jump.
+    ``size`` is the one checked from the header."""
     focus = first.focus(variant)
     for index in range(len(animation.durations)):
-        image.seek(index)
+        _seek(image, index, size)
         frame = image.convert("RGBA")
         if orientation != 1:
             frame = _oriented(frame, orientation)
@@ -465,6 +488,22 @@ def is_whole(fmt: str, data: bytes) -> bool:
     return formats.output(fmt).whole(data)
 
 
+def _check_animated_output(
+    variant: Variant, size: geometry.Size, frames: int, limits: Limits
+) -> None:
+    """Refuse, before any frame is made, an animated variant whose frames
+    together have more pixels than --max_source_pixels: Pillow's animation
+    encoders (GIF, APNG, WebP, AVIF) are handed every frame at once and hold
+    them all, so an animation costs what a still of all its frames would."""
+    out_w, out_h = size
+    if frames * out_w * out_h > limits.pixels:
+        raise ImageTooLarge(
+            f"{variant.name} would be {frames} frames of {out_w}x{out_h}, over "
+            f"the limit of {limits.pixels} pixels for all frames together: ask "
+            "for a smaller size, or a still format (jpg)"
+        )
+
+
 def _check_output(
     variant: Variant, size: geometry.Size, width: int, height: int, limits: Limits
 ) -> None:
@@ -489,40 +528,47 @@ def _check_output(
 def _open(data: bytes, limits: Limits) -> Image.Image:
     """Read the header, and refuse what would cost more than the limits allow.
 
-    Nothing is decoded yet: the structure is walked (`containers`), the
-    pixels are counted from the header, and decoders that run in Python
-    (Pillow's BMP RLE: seconds per megapixel) are refused.
+    Nothing is decoded before the limits are checked: the structure is walked
+    (`containers`), the size is read from the header by the format table's
+    own reader (`headers`; some plug-ins decode in ``Image.open``), and only
+    then is Pillow given the file, with its size held to the header's.
+    Decoders that run in Python (Pillow's BMP RLE: seconds per megapixel)
+    are refused.
     """
     layout = containers.layout(data)
-    formats.register_plugins()
+    rows = _candidates(data)
+    if not rows:
+        raise UnsupportedImage(
+            "the body is not an image in a supported format "
+            f"({', '.join(INPUT_FORMATS)})"
+        )
+    sizes = [size for row in rows if (size := row.size(data)) is not None]
+    if not sizes:
+        raise UnsupportedImage(
+            "the image header could not be read (as "
+            f"{', '.join(r.pillow for r in rows)})"
+        )
+    width, height = max(sizes, key=lambda s: s[0] * s[1])
+    if width < 1 or height < 1:
+        raise UnsupportedImage("the image has no pixels")
+    _check_pixels(width, height, len(data), limits, layout.too_short)
     try:
-        image = Image.open(BytesIO(data), formats=INPUT_FORMATS)
+        image = Image.open(BytesIO(data), formats=[row.pillow for row in rows])
     except Image.DecompressionBombError:
         raise ImageTooLarge(_too_many_pixels("the image is", limits)) from None
     except UnidentifiedImageError:
         raise UnsupportedImage(
-            "the body is not an image in a supported format "
-            f"({', '.join(INPUT_FORMATS)})"
+            f"the image could not be read as {' or '.join(row.pillow for row in rows)}"
         ) from None
     except _DECODE_ERRORS as e:
         raise UnsupportedImage(f"the image header could not be read: {e}") from None
-    width, height = image.size
-    if width < 1 or height < 1:
+    opened_w, opened_h = image.size
+    if opened_w < 1 or opened_h < 1:
         raise UnsupportedImage("the image has no pixels")
-    pixels = width * height
-    if pixels > limits.pixels:
-        raise ImageTooLarge(_too_many_pixels(f"the image is {width}x{height},", limits))
-    if layout.too_short is not None:
-        raise UnsupportedImage(layout.too_short)
-    if (
-        limits.pixels_per_byte
-        and pixels > FREE_PIXELS
-        and pixels > len(data) * limits.pixels_per_byte
-    ):
-        raise ImageTooLarge(
-            f"a {width}x{height} image in {len(data)} bytes is more than "
-            f"{limits.pixels_per_byte} pixels per byte: no real image of that "
-            "size is so small"
+    if opened_w * opened_h > width * height:
+        raise UnsupportedImage(
+            f"the image's header declares {width}x{height} but its decoder "
+            f"reads {opened_w}x{opened_h}"
         )
     slow = {codec for codec, *_ in image.tile if codec in Image.DECODERS}
     if slow:
@@ -531,6 +577,42 @@ def _open(data: bytes, limits: Limits) -> Image.Image:
             "accepted (their decoder is too slow)"
         )
     return image
+
+
+def _candidates(data: bytes) -> list[formats.InputFormat]:
+    """The accepted formats whose Pillow plug-in takes ``data`` (by its own
+    test of the first bytes, which reads nothing more), in Pillow's order."""
+    formats.register_plugins()
+    Image.init()
+    prefix = data[:16]
+    rows = []
+    for name, row in formats.INPUTS.items():
+        accept = Image.OPEN[name][1]
+        result = True if accept is None else accept(prefix)
+        if result and not isinstance(result, str):  # a str: a reason not to
+            rows.append(row)
+    return rows
+
+
+def _check_pixels(
+    width: int, height: int, size: int, limits: Limits, too_short: str | None
+) -> None:
+    """The limits on an original's pixels, and on what its bytes can hold."""
+    pixels = width * height
+    if pixels > limits.pixels:
+        raise ImageTooLarge(_too_many_pixels(f"the image is {width}x{height},", limits))
+    if too_short is not None:
+        raise UnsupportedImage(too_short)
+    if (
+        limits.pixels_per_byte
+        and pixels > FREE_PIXELS
+        and pixels > size * limits.pixels_per_byte
+    ):
+        raise ImageTooLarge(
+            f"a {width}x{height} image in {size} bytes is more than "
+            f"{limits.pixels_per_byte} pixels per byte: no real image of that "
+            "size is so small"
+        )
 
 
 def _too_many_pixels(what: str, limits: Limits) -> str:

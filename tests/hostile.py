@@ -1,10 +1,24 @@
-"""Hostile files, made on the fly: cheap bytes that would cost a decoder dearly."""
+"""Hostile files, made on the fly: cheap bytes that would cost a decoder dearly;
+and `cost`, which measures what one costs in a fresh process.
+
+``python -m tests.hostile`` is that process: it reads a job (JSON on its
+command line, the file on stdin), warms every codec up on a tiny image,
+renders, and prints the peak RSS growth and the CPU time.
+"""
 
 from __future__ import annotations
 
 import io
+import json
+import os
+import resource
 import struct
+import subprocess
+import sys
+import tempfile
 import zlib
+from dataclasses import dataclass, replace
+from typing import Any
 
 from PIL import Image
 
@@ -106,3 +120,251 @@ def webp_with_canvas(width: int, height: int) -> bytes:
         height - 1
     ).to_bytes(3, "little")
     return bytes(webp)
+
+
+def flat(fmt: str, width: int, height: int, mode: str = "RGBA") -> bytes:
+    """A real ``fmt`` file of one colour: many pixels in few bytes."""
+    from imageserver import formats
+
+    formats.register_plugins()
+    image = Image.new(mode, (width, height), 128)
+    if fmt in ("JPEG", "BMP") and mode == "RGBA":
+        image = image.convert("RGB")
+    options = {
+        "GIF": {}, "PNG": {}, "BMP": {}, "TIFF": {"compression": "tiff_adobe_deflate"},
+        "JXL": {"quality": 50, "effort": 1},
+        "HEIF": {"quality": 10, "enc_params": {"preset": "ultrafast"}},
+    }  # fmt: skip
+    out = io.BytesIO()
+    image.save(out, fmt, **options.get(fmt, {"quality": 50}))
+    return out.getvalue()
+
+
+def apng(width: int, height: int, frames: int) -> bytes:
+    """An APNG of a flat ``width`` x ``height`` first frame and ``frames`` - 1
+    more frames of one changed pixel each: the canvas x frames in a few KB."""
+    row = b"\0" + b"\0" * (width * 4)
+    body = zlib.compress(row * height, 9)
+    chunks = [
+        png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)),
+        png_chunk(b"acTL", struct.pack(">II", frames, 0)),
+    ]
+    sequence = 0
+    for index in range(frames):
+        w, h = (width, height) if index == 0 else (1, 1)
+        control = struct.pack(">IIIIIHHBB", sequence, w, h, 0, 0, 10, 100, 0, 0)
+        chunks.append(png_chunk(b"fcTL", control))
+        sequence += 1
+        if index == 0:
+            chunks.append(png_chunk(b"IDAT", body))
+        else:
+            pixel = zlib.compress(b"\0" + bytes((index % 256, 0, 0, 255)))
+            chunks.append(png_chunk(b"fdAT", struct.pack(">I", sequence) + pixel))
+            sequence += 1
+    chunks.append(png_chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + b"".join(chunks)
+
+
+def gif_animation(width: int, height: int, frames: int) -> bytes:
+    """A GIF of a flat ``width`` x ``height`` first frame and ``frames`` - 1
+    frames of one pixel."""
+    first = encode(Image.new("P", (width, height), 0), "GIF")
+    pixel = (
+        b"\x21\xf9\x04\x04\x0a\x00\x00\x00"  # graphic control: 100 ms
+        + b"\x2c\x00\x00\x00\x00\x01\x00\x01\x00\x00"  # 1x1 at 0,0
+        + b"\x02\x02\x44\x01\x00"  # LZW: one pixel of colour 0
+    )
+    loop = b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"
+    header = 13 + (3 << ((first[10] & 7) + 1) if first[10] & 0x80 else 0)
+    return first[:header] + loop + first[header:-1] + pixel * (frames - 1) + b";"
+
+
+def webp_animation(width: int, height: int, frames: int) -> bytes:
+    """An animated WebP of ``frames`` 1x1 frames on a ``width`` x ``height``
+    canvas."""
+    images = [Image.new("RGBA", (1, 1), (i % 256, 0, 0, 255)) for i in range(frames)]
+    out = io.BytesIO()
+    images[0].save(out, "WEBP", save_all=True, append_images=images[1:],
+                   lossless=True, duration=100)  # fmt: skip
+    webp = bytearray(out.getvalue())
+    vp8x = webp.index(b"VP8X")
+    webp[vp8x + 12 : vp8x + 18] = (width - 1).to_bytes(3, "little") + (
+        height - 1
+    ).to_bytes(3, "little")
+    return bytes(webp)
+
+
+def avif_animation(width: int, height: int, frames: int) -> bytes:
+    """A real animated AVIF of ``frames`` flat frames (AVIF frames have the
+    canvas' size)."""
+    images = [
+        Image.new("RGB", (width, height), (i * 40 % 256, 0, 0)) for i in range(frames)
+    ]
+    out = io.BytesIO()
+    images[0].save(out, "AVIF", save_all=True, append_images=images[1:],
+                   duration=100, speed=10, quality=10)  # fmt: skip
+    return out.getvalue()
+
+
+def tiff_pages(
+    pages: int, width: int = 1, height: int = 1, data: bytes = b"\0"
+) -> bytes:
+    """A greyscale TIFF of ``pages`` pages: the first 1x1, the others
+    ``width`` x ``height`` with ``data`` (deflated) as their one strip."""
+    out = bytearray(b"II*\x00\x08\x00\x00\x00")
+    for index in range(pages):
+        w, h, strip = (1, 1, b"\0") if index == 0 else (width, height, data)
+        compression = 1 if index == 0 else 8
+        entries = [(256, 4, w), (257, 4, h), (258, 3, 8), (259, 3, compression),
+                   (262, 3, 1), (273, 4, 0), (278, 4, h),
+                   (279, 4, len(strip))]  # fmt: skip
+        ifd_size = 2 + 12 * len(entries) + 4
+        strip_at = len(out) + ifd_size
+        following = strip_at + len(strip) + (len(strip) & 1)
+        out += struct.pack("<H", len(entries))
+        for tag, kind, value in entries:
+            out += struct.pack("<HHII", tag, kind, 1, strip_at if tag == 273 else value)
+        out += struct.pack("<I", following if index < pages - 1 else 0)
+        out += strip + b"\0" * (len(strip) & 1)
+    return bytes(out)
+
+
+def heif_images(count: int, side: int) -> bytes:
+    """A HEIF with ``count`` top-level images (not an animation)."""
+    from imageserver import formats
+
+    formats.register_plugins()
+    images = [
+        Image.new("RGB", (side, side), (i * 20 % 256, 90, 0)) for i in range(count)
+    ]
+    out = io.BytesIO()
+    images[0].save(out, "HEIF", save_all=True, append_images=images[1:],
+                   quality=10, enc_params={"preset": "ultrafast"})  # fmt: skip
+    return out.getvalue()
+
+
+def mpo(width: int, height: int) -> bytes:
+    """An MPO (a JPEG with more pictures appended) of a 16x16 picture and a
+    ``width`` x ``height`` one."""
+    images = [
+        Image.new("RGB", (16, 16), "red"),
+        Image.new("RGB", (width, height), "blue"),
+    ]
+    out = io.BytesIO()
+    images[0].save(out, "MPO", save_all=True, append_images=images[1:])
+    return out.getvalue()
+
+
+@dataclass(frozen=True)
+class Cost:
+    #: Growth of the peak resident set (VmHWM) over the warmed-up process, MB.
+    rss_mb: float
+    #: CPU time of the work, all threads, seconds.
+    cpu_s: float
+    #: "ok", or the error's class and message.
+    outcome: str
+
+
+@dataclass(frozen=True)
+class Job:
+    """One measurement: probe (``upload``) and render ``variants`` (a
+    comma-separated ``?outputs=`` list) of ``data`` under ``limits``
+    (imaging.Limits' fields; the server's defaults otherwise)."""
+
+    data: bytes
+    variants: str = ""
+    upload: bool = True
+    limits: dict[str, int] | None = None
+
+
+def cost(data: bytes, variants: str = "", upload: bool = True, **limits: int) -> Cost:
+    """What one job costs, measured in a fresh process."""
+    return costs([Job(data, variants, upload, limits)])[0]
+
+
+def costs(jobs: list[Job], code: str | None = None) -> list[Cost]:
+    """What each job costs, in one fresh process (so nothing of the test's own
+    is counted), one after the other, the peak reset before each; ``code``:
+    a folder whose ``imageserver`` to measure instead (an older one)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (code, root)))}
+    with tempfile.TemporaryDirectory() as folder:
+        described = []
+        for index, job in enumerate(jobs):
+            path = os.path.join(folder, str(index))
+            with open(path, "wb") as f:
+                f.write(job.data)
+            described.append(
+                {"path": path, "variants": job.variants, "upload": job.upload,
+                 "limits": job.limits or {}}
+            )  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "tests.hostile"],
+            input=json.dumps(described).encode(), capture_output=True, env=env,
+            check=True, timeout=600, cwd=code or root,
+        )  # fmt: skip
+    return [Cost(**json.loads(line)) for line in done.stdout.decode().splitlines()]
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise LookupError(field)
+
+
+def _measure(jobs: list[dict[str, Any]]) -> None:
+    from imageserver import formats, imaging
+    from imageserver.naming import VariantRules
+
+    rules = VariantRules(frozenset(formats.OUTPUTS), 0, 100_000)
+    formats.register_plugins()
+    warm = rules.parse_outputs(",".join(f"w4.{ext}" for ext in formats.OUTPUTS))
+    default = imaging.Limits(pixels=50_000_000, pixels_per_byte=1000, side=100_000)
+    for fmt in formats.INPUTS:
+        tiny = io.BytesIO()
+        image = Image.new("RGB", (8, 8), "red")
+        image.save(tiny, fmt, **({"quality": 50} if fmt in ("HEIF", "JXL") else {}))
+        imaging.render_many(tiny.getvalue(), warm, default, with_placeholders=True)
+    for job in jobs:
+        # Each job in a fork of the warmed-up process: it starts from the
+        # same state whatever the jobs before it left behind.
+        reader, writer = os.pipe()
+        child = os.fork()
+        if child == 0:
+            os.close(reader)
+            os.write(writer, json.dumps(_one(job, default, rules)).encode())
+            os._exit(0)
+        os.close(writer)
+        with os.fdopen(reader) as answer:
+            result = answer.read()
+        os.waitpid(child, 0)
+        print(result, flush=True)
+
+
+def _one(job: dict[str, Any], default: Any, rules: Any) -> dict[str, Any]:
+    from imageserver import imaging
+    from imageserver.errors import ImageServerError
+
+    with open(job["path"], "rb") as f:
+        data = f.read()
+    limits = replace(default, **job["limits"])
+    variants = rules.parse_outputs(job["variants"]) if job["variants"] else ()
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # the peak restarts from what is resident now
+    before = _status("VmRSS")
+    start = resource.getrusage(resource.RUSAGE_SELF)
+    try:
+        imaging.render_many(data, variants, limits, with_placeholders=job["upload"])
+        outcome = "ok"
+    except ImageServerError as e:
+        outcome = f"{type(e).__name__}: {e}"
+    end = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = end.ru_utime + end.ru_stime - start.ru_utime - start.ru_stime
+    growth = (_status("VmHWM") - before) / 1024
+    return {"rss_mb": round(growth, 1), "cpu_s": round(cpu, 2), "outcome": outcome}
+
+
+if __name__ == "__main__":
+    _measure(json.loads(sys.stdin.buffer.read()))

@@ -15,8 +15,8 @@ from PIL import Image, ImageCms
 from twisted.trial.unittest import SynchronousTestCase
 
 from imageserver import formats, imaging
-from imageserver.errors import ImageServerError
-from imageserver.naming import VariantRules
+from imageserver.errors import ImageServerError, UnsupportedImage
+from imageserver.naming import Fit, Variant, VariantRules
 from tests import hostile
 from tests.support import AppHarness, decode, encode, noise, quadrants
 from tests.test_imaging import swapped_rgb_profile, with_orientation
@@ -203,7 +203,7 @@ class HostileCostTests(SynchronousTestCase):
              "a 7000x7000 image in 138 bytes is more than 1000 pixels per byte: "
              "no real image of that size is so small"),
             (hostile.png_claiming(100_000, 100_000), 422,
-             "the image is over the limit of 50000000 pixels"),
+             "the image is 100000x100000, over the limit of 50000000 pixels"),
             (hostile.png_claiming(8000, 7000), 422,
              "the image is 8000x7000, over the limit of 50000000 pixels"),
         ):  # fmt: skip
@@ -341,3 +341,147 @@ class MutatedImageTests(SynchronousTestCase):
         variants = RULES.parse_outputs("x20.jpg,w30.png")
         with contextlib.suppress(ImageServerError):
             imaging.render_many(bytes(data), variants, limits)
+
+
+#: What a job may grow the process by, per pixel of --max_source_pixels, by
+#: output format (docs/security.md: a full-size output of the largest
+#: original; GIF as PNG).
+PROMISED_BYTES_PER_PIXEL = {"png": 9, "gif": 9, "webp": 20, "avif": 30}
+#: What an animation's job adds: one decoded frame of the canvas and the
+#: first frame kept (RGBA), per pixel of --max_source_pixels.
+FRAME_BYTES_PER_PIXEL = 10
+#: The codecs' own state whatever the size (dav1d's and aom's threads and
+#: pools: 16 MB for an 8x8 AVIF).
+CODEC_STATE_MB = 16
+#: The limit these tests set, so that hostile files stay small and fast.
+PIXELS = 2_000_000
+ANIMATIONS = {
+    "GIF": hostile.gif_animation,
+    "PNG": hostile.apng,
+    "WEBP": hostile.webp_animation,
+    "AVIF": hostile.avif_animation,
+}
+
+
+class DecoderCostTests(SynchronousTestCase):
+    """Hostile files measured in a fresh process: peak RSS growth and CPU."""
+
+    def test_every_input_format_is_refused_from_its_header(self) -> None:
+        """A small file declaring more than --max_source_pixels is refused
+        before any pixel is decoded, whatever the format: JPEG XL's plug-in
+        decoded in Image.open, before the check."""
+        self.assertEqual(set(formats.INPUTS), set(imaging.INPUT_FORMATS))
+        names = sorted(formats.INPUTS)
+        jobs = [hostile.Job(hostile.flat(name, 1500, 1500), limits={
+            "pixels": PIXELS, "pixels_per_byte": 0}) for name in names]  # fmt: skip
+        for name, cost in zip(names, hostile.costs(jobs), strict=True):
+            self.assertEqual(
+                cost.outcome,
+                "ImageTooLarge: the image is 1500x1500, over the limit of "
+                f"{PIXELS} pixels",
+                name,
+            )
+            # Decoding it would be 9 MB of RGBA (JPEG XL before: 20 MB).
+            self.assertLess(cost.rss_mb, 4, name)
+
+    def test_an_animation_costs_what_its_frames_do(self) -> None:
+        """Every animated input x animated output: 6 frames of 1000x1000 are
+        within the decode budget (10 x the limit), but full-size outputs of
+        all of them (which Pillow's encoders hold at once) are refused before
+        any frame is made; a small output is made; both within the memory
+        promised for a still of --max_source_pixels and one decoded frame."""
+        outputs = sorted(f.extension for f in formats.OUTPUTS.values() if f.animation)
+        self.assertEqual(outputs, sorted(PROMISED_BYTES_PER_PIXEL))
+        self.assertEqual(
+            {name for name, row in formats.INPUTS.items() if row.animated},
+            set(ANIMATIONS),
+        )
+        pairs = [(i, o, v) for i in ANIMATIONS for o in outputs
+                 for v in (f"full_size.{o}", f"w200.{o}")]  # fmt: skip
+        files = {name: make(1000, 1000, 6) for name, make in ANIMATIONS.items()}
+        jobs = [hostile.Job(files[i], v, False, {"pixels": PIXELS})
+                for i, _, v in pairs]  # fmt: skip
+        for (source, output, variant), cost in zip(
+            pairs, hostile.costs(jobs), strict=True
+        ):
+            what = f"{source} -> {variant}: {cost}"
+            if variant.startswith("full_size"):
+                self.assertEqual(cost.outcome, (
+                    f"ImageTooLarge: {variant} would be 6 frames of 1000x1000, over "
+                    f"the limit of {PIXELS} pixels for all frames together: ask for "
+                    "a smaller size, or a still format (jpg)"), what)  # fmt: skip
+            else:
+                self.assertEqual(cost.outcome, "ok", what)
+            per_pixel = PROMISED_BYTES_PER_PIXEL[output] + FRAME_BYTES_PER_PIXEL
+            self.assertLess(
+                cost.rss_mb, per_pixel * PIXELS / 2**20 + CODEC_STATE_MB, what
+            )
+
+    def test_only_the_first_page_or_primary_image_is_read(self) -> None:
+        """A TIFF's later pages, a HEIF's other top-level images and an MPO's
+        other pictures are not frames: never counted, seeked or decoded (the
+        page walk was quadratic, and later pages skipped the pixel limit)."""
+        limits = {"pixels": PIXELS}
+        big_page = zlib.compress(b"\0" * 9_000_000)
+        files = [
+            hostile.Job(hostile.tiff_pages(20_000)),
+            hostile.Job(hostile.tiff_pages(4, 3000, 3000, big_page), "", True, limits),
+            hostile.Job(
+                hostile.tiff_pages(4, 3000, 3000, big_page), "w100.gif", False, limits
+            ),
+            hostile.Job(hostile.heif_images(30, 512)),
+            hostile.Job(hostile.mpo(3000, 3000), "", True, limits),
+        ]
+        # Before: 3.4 s of CPU; 18, 79, 25 and 33 MB (the first page or
+        # picture decoded alone: under 7 MB).
+        for cost in hostile.costs(files):
+            self.assertEqual(cost.outcome, "ok")
+            self.assertLess(cost.rss_mb, 12, cost)
+            self.assertLess(cost.cpu_s, 0.5, cost)
+        for data in (hostile.tiff_pages(3), hostile.heif_images(3, 64),
+                     hostile.mpo(40, 40)):  # fmt: skip
+            info = imaging.probe(data, imaging.Limits(PIXELS))
+            self.assertEqual((info.frames, info.duration_ms), (1, None))
+
+    def test_a_later_frame_larger_than_the_first_is_refused(self) -> None:
+        """Pillow grows a GIF's canvas to a later frame's extent: that frame
+        is held to the size checked from the header."""
+        gif = bytearray(hostile.gif_animation(10, 10, 3))
+        last = gif.rindex(b"\x2c")
+        gif[last + 5 : last + 9] = struct.pack("<HH", 5000, 5000)
+        variants = RULES.parse_outputs("w8.png")
+        with self.assertRaises(UnsupportedImage) as caught:
+            imaging.render_many(bytes(gif), variants, imaging.Limits(PIXELS))
+        self.assertEqual(
+            str(caught.exception),
+            "frame 3 of the animation is 5000x5000, larger than the image's 10x10",
+        )
+
+
+class QualityTests(SynchronousTestCase):
+    def test_every_quality_encodes_in_every_format(self) -> None:
+        """-q1 to -q100 in every output format, with and without alpha (libjxl
+        refused 100, a 500 for every .jxl with --default_quality 100)."""
+        limits = imaging.Limits(PIXELS)
+        for mode in ("RGB", "RGBA", "L"):
+            original = encode(quadrants((6, 4), "RGB").convert(mode), "PNG")
+            for extension, output in formats.OUTPUTS.items():
+                for quality in range(1, 101):
+                    variant = Variant(
+                        f"full_size-q{quality}.{extension}", Fit.FULL, 0, 0, quality,
+                        extension,
+                    )  # fmt: skip
+                    data = imaging.render(original, variant, limits)
+                    self.assertEqual(decode(data).size, (6, 4), variant.name)
+                    self.assertTrue(output.whole(data), variant.name)
+
+    def test_jpeg_xl_at_the_default_quality_100(self) -> None:
+        """With --default_quality 100 every .jxl (and .auto for a JPEG XL
+        client) was a 500."""
+        app = AppHarness(self, default_quality=100, extensions=("jpg", "png", "jxl"))
+        folder = app.upload(encode(quadrants((40, 30))))
+        for name, headers in (("w20.jxl", {}), ("w20-q100.jxl", {}),
+                              ("w20.auto", {"Accept": ["image/jxl"]})):  # fmt: skip
+            response, body = app.request("GET", f"{folder}/{name}", headers=headers)
+            self.assertEqual(response.code, 200, (name, body[:200]))
+            self.assertEqual(decode(body).size, (20, 15), name)
