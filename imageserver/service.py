@@ -22,7 +22,7 @@ from twisted.python.components import Componentized
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import IResource
 
-from imageserver import __version__, endpoints
+from imageserver import __version__, endpoints, hostlocks
 from imageserver.batches import Batches
 from imageserver.config import Config
 from imageserver.events import Events
@@ -41,7 +41,7 @@ from imageserver.statsd import StatsdClient
 from imageserver.storage import Storage
 from imageserver.storage.behind import WriteBehind
 from imageserver.storage.local import LocalStorage, WritableCheck, check_writable
-from imageserver.storage.memory import MemoryCache
+from imageserver.storage.memory import Generations, MemoryCache
 from imageserver.storage.metered import MeteredStorage
 from imageserver.storage.queue import WriteQueue
 from imageserver.storage.s3 import LazyClient, S3Settings, S3Storage
@@ -388,7 +388,17 @@ def make_images(
     storage = WriteBehind(storage, behind)
     memory = None
     if config.memory_cache_bytes:
-        storage = memory = MemoryCache(storage, config.memory_cache_bytes, is_generated)
+        # A host's workers share the folders' generations: a purge by one is
+        # the others' next cache miss (see storage.memory).
+        generations = Generations(
+            os.path.join(config.local_base_path, hostlocks.FOLDER, "generations")
+            if shared_host
+            else None
+        )
+        generations.setServiceParent(parent)
+        storage = memory = MemoryCache(
+            storage, config.memory_cache_bytes, is_generated, generations=generations
+        )
 
     connections = ConnectionPoolService(
         HTTPConnectionPool(reactor, persistent=long_running)
