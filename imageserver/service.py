@@ -25,7 +25,7 @@ from twisted.web.resource import IResource
 from imageserver import __version__, endpoints, hostlocks
 from imageserver.batches import Batches
 from imageserver.config import Config
-from imageserver.events import Events
+from imageserver.events import Events, host_metrics
 from imageserver.hostlocks import HostLocks
 from imageserver.images import Images
 from imageserver.lifecycle import Lifecycle, Listeners
@@ -54,7 +54,7 @@ from imageserver.web.app import UNSIGNED_ROUTES, ImageServerApp, route_name
 from imageserver.web.debug import DebugApp, HeapTracing
 from imageserver.web.site import BodyBudget, BoundedSite
 from imageserver.webhooks import Webhooks
-from imageserver.workers import LISTENING_FD, AdoptedPort, Ready, Workers
+from imageserver.workers import LISTENING_FD, AdoptedPort, Ready, Report, Workers
 
 log = Logger()
 
@@ -308,7 +308,11 @@ def make_service(
         Listening(reactor, config.endpoint, site, "main").setServiceParent(top)
     else:
         AdoptedPort(reactor, LISTENING_FD, site).setServiceParent(top)
-        Ready(reactor, admin_port).setServiceParent(top)
+        Ready(
+            reactor,
+            admin_port,
+            lambda: Report(readiness.problem(), tuple(events.pool_readings())),
+        ).setServiceParent(top)
     # Last in, first out: readiness turns 503 before anything else stops.
     readiness.setServiceParent(top)
     return top
@@ -332,6 +336,7 @@ def _supervisor(
     if config.admin_endpoint is not None:  # stopped after the workers drain
         registry = CollectorRegistry()
         registry.register(workers.metrics)
+        host_metrics(registry, workers.pool_readings)
         ProcessCollector(registry=registry)
         admin = BoundedSite(
             AdminApp(
