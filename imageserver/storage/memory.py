@@ -54,7 +54,7 @@ class Generations(Service):
     def open(self) -> None:
         """Map the host's file (made if missing); OSError if that fails.
 
-        What was kept before counts as changed: read again once.
+        Nothing is kept before (the service starts before the ports open).
         """
         if self.path is None:
             return
@@ -107,7 +107,7 @@ class MemoryCache:
             max_bytes // 16 if max_object_bytes is None else max_object_bytes
         )
         self._cacheable = cacheable
-        self._generations = generations or Generations()
+        self._generations = Generations() if generations is None else generations
         self._objects: OrderedDict[str, _Kept] = OrderedDict()
         self.size = 0
 
