@@ -7,7 +7,7 @@ tests (and two servers in one process) never share counters.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,22 +42,46 @@ class PoolStats:
     queued: Callable[[], int]
 
 
-class _PoolCollector(Collector):
-    """Reads the thread pools at scrape time, so nothing is updated per job."""
+#: A pool's name, threads, busy threads and queued jobs, read at one time.
+PoolReading = tuple[str, int, int, int]
 
-    def __init__(self) -> None:
-        self.pools: list[PoolStats] = []
+
+class PoolCollector(Collector):
+    """Reads the thread pools at scrape time, so nothing is updated per job.
+
+    ``readings`` gives each pool's; a supervisor's sums its workers' (see
+    `host_metrics`).
+    """
+
+    def __init__(self, readings: Callable[[], Iterable[PoolReading]]) -> None:
+        self._readings = readings
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        for name, doc, read in (
-            ("imageserver_pool_workers", "Threads in the pool.", "size"),
-            ("imageserver_pool_busy_workers", "Threads running a job.", "busy"),
-            ("imageserver_pool_queued_jobs", "Jobs waiting for a thread.", "queued"),
+        readings = list(self._readings())
+        for column, (name, doc) in enumerate(
+            (
+                ("imageserver_pool_workers", "Threads in the pool."),
+                ("imageserver_pool_busy_workers", "Threads running a job."),
+                ("imageserver_pool_queued_jobs", "Jobs waiting for a thread."),
+            ),
+            start=1,
         ):
             family = GaugeMetricFamily(name, doc, labels=["pool"])
-            for pool in self.pools:
-                family.add_metric([pool.name], getattr(pool, read)())
+            for pool, *values in readings:
+                family.add_metric([pool], values[column - 1])
             yield family
+
+
+def host_metrics(
+    registry: CollectorRegistry, pools: Callable[[], Iterable[PoolReading]]
+) -> None:
+    """What a process reports beyond the values each worker writes to files
+    (which `workers.WorkerMetrics` sums): its version and its pools. A single
+    process and a supervisor both report them through this."""
+    Info("imageserver_build", "Version of the server.", registry=registry).info(
+        {"version": __version__}
+    )
+    registry.register(PoolCollector(pools))
 
 
 class Events:
@@ -71,9 +95,8 @@ class Events:
         self._statsd = statsd
         self._prefix = statsd_prefix
         r = self.registry
-        Info("imageserver_build", "Version of the server.", registry=r).info(
-            {"version": __version__}
-        )
+        self._pools: list[PoolStats] = []
+        host_metrics(r, self.pool_readings)
         self.requests = Counter(
             "imageserver_http_requests",
             "HTTP requests answered, by route, method and status.",
@@ -173,14 +196,15 @@ class Events:
             multiprocess_mode="livesum",
             registry=r,
         )
-        self._pools = _PoolCollector()
-        r.register(self._pools)
         # process_resident_memory_bytes, process_cpu_seconds_total,
         # process_open_fds, ...: read from /proc at scrape time.
         ProcessCollector(registry=r)
 
     def watch_pool(self, stats: PoolStats) -> None:
-        self._pools.pools.append(stats)
+        self._pools.append(stats)
+
+    def pool_readings(self) -> list[PoolReading]:
+        return [(p.name, p.size(), p.busy(), p.queued()) for p in self._pools]
 
     # -- events --------------------------------------------------------------
 

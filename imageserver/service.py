@@ -22,10 +22,10 @@ from twisted.python.components import Componentized
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import IResource
 
-from imageserver import __version__, endpoints
+from imageserver import __version__, endpoints, hostlocks
 from imageserver.batches import Batches
 from imageserver.config import Config
-from imageserver.events import Events
+from imageserver.events import Events, host_metrics
 from imageserver.hostlocks import HostLocks
 from imageserver.images import Images
 from imageserver.lifecycle import Lifecycle, Listeners
@@ -41,7 +41,7 @@ from imageserver.statsd import StatsdClient
 from imageserver.storage import Storage
 from imageserver.storage.behind import WriteBehind
 from imageserver.storage.local import LocalStorage, WritableCheck, check_writable
-from imageserver.storage.memory import MemoryCache
+from imageserver.storage.memory import Generations, MemoryCache
 from imageserver.storage.metered import MeteredStorage
 from imageserver.storage.queue import WriteQueue
 from imageserver.storage.s3 import LazyClient, S3Settings, S3Storage
@@ -54,7 +54,7 @@ from imageserver.web.app import UNSIGNED_ROUTES, ImageServerApp, route_name
 from imageserver.web.debug import DebugApp, HeapTracing
 from imageserver.web.site import BodyBudget, BoundedSite, methods_of
 from imageserver.webhooks import Webhooks
-from imageserver.workers import LISTENING_FD, AdoptedPort, Ready, Workers
+from imageserver.workers import LISTENING_FD, AdoptedPort, Ready, Report, Workers
 
 log = Logger()
 
@@ -309,7 +309,11 @@ def make_service(
         Listening(reactor, config.endpoint, site, "main").setServiceParent(top)
     else:
         AdoptedPort(reactor, LISTENING_FD, site).setServiceParent(top)
-        Ready(reactor, admin_port).setServiceParent(top)
+        Ready(
+            reactor,
+            admin_port,
+            lambda: Report(readiness.problem(), tuple(events.pool_readings())),
+        ).setServiceParent(top)
     # Last in, first out: readiness turns 503 before anything else stops.
     readiness.setServiceParent(top)
     return top
@@ -333,6 +337,7 @@ def _supervisor(
     if config.admin_endpoint is not None:  # stopped after the workers drain
         registry = CollectorRegistry()
         registry.register(workers.metrics)
+        host_metrics(registry, workers.pool_readings)
         ProcessCollector(registry=registry)
         admin = BoundedSite(
             AdminApp(
@@ -389,7 +394,17 @@ def make_images(
     storage = WriteBehind(storage, behind)
     memory = None
     if config.memory_cache_bytes:
-        storage = memory = MemoryCache(storage, config.memory_cache_bytes, is_generated)
+        # A host's workers share the folders' generations: a purge by one is
+        # the others' next cache miss (see storage.memory).
+        generations = Generations(
+            os.path.join(config.local_base_path, hostlocks.FOLDER, "generations")
+            if shared_host
+            else None
+        )
+        generations.setServiceParent(parent)
+        storage = memory = MemoryCache(
+            storage, config.memory_cache_bytes, is_generated, generations=generations
+        )
 
     connections = ConnectionPoolService(
         HTTPConnectionPool(reactor, persistent=long_running)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from typing import Any, Protocol
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -126,4 +128,11 @@ class Signals(Service):
             os._exit(0)
         self._stopping = True
         log.info("received {signal}: stopping (send it again to exit now)", signal=name)
-        self._reactor.callFromThread(self._reactor.stop)
+        self._reactor.callFromThread(stop_reactor, self._reactor)
+
+
+def stop_reactor(reactor: Any) -> None:
+    """Stop ``reactor``, unless it is stopping already (a worker asked by its
+    supervisor first, then signalled by systemd)."""
+    with contextlib.suppress(ReactorNotRunning):
+        reactor.stop()

@@ -13,6 +13,11 @@ started again after a backoff; on stop, each worker is asked to drain
 (SIGTERM) and waited for within the shutdown deadline. A worker whose
 supervisor is gone (its standard input closes) stops by itself, so no
 orphan keeps the port.
+
+The supervisor's admin port answers for the host: each worker sends it,
+every `REPORT_SECONDS` over its control pipe, what only the process itself
+knows (its readiness with the reason, its thread pools); counters and
+histograms come through prometheus_client's files (`WorkerMetrics`).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import treq
@@ -34,10 +39,15 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessExitedAlready, ProcessTerminated
+from twisted.internet.error import (
+    ConnectionDone,
+    ProcessExitedAlready,
+    ProcessTerminated,
+)
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -46,8 +56,9 @@ from twisted.web.server import NOT_DONE_YET
 
 from imageserver import config as configuration
 from imageserver.config import Config
+from imageserver.events import PoolReading
 from imageserver.listening import Listening
-from imageserver.shutdown import Deadline
+from imageserver.shutdown import Deadline, stop_reactor
 from imageserver.waiting import drained
 
 log = Logger()
@@ -63,6 +74,10 @@ CONTROL_FD = 4
 FIRST_BACKOFF, MAX_BACKOFF, STABLE_SECONDS = 0.5, 30.0, 60.0
 #: Where the debug worker serves /debug/* for the supervisor to forward to.
 DEBUG_ADMIN_PORT = "tcp:0:interface=127.0.0.1"
+#: What the supervisor writes to a worker's standard input to have it drain.
+STOP = b"stop\n"
+#: Seconds between a worker's reports (readiness, pools) to the supervisor.
+REPORT_SECONDS = 1.0
 _TWISTD = "from twisted.scripts.twistd import run; run()"
 _TWISTD_ARGS = ("-n", "--pidfile=", "--logfile=-", "imageserver")
 
@@ -140,6 +155,39 @@ def config_of_worker(environ: Mapping[str, str]) -> Config | None:
 METRICS_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR"
 
 
+#: A supervisor's metrics folder is ``{METRICS_PREFIX}{its pid}-{random}``
+#: in the temporary folder.
+METRICS_PREFIX = "imageserver-metrics-"
+
+
+def remove_stale_metrics(directory: str) -> list[str]:
+    """Remove the metrics folders in ``directory`` whose supervisor is gone
+    (killed before it could remove its own); the paths removed.
+
+    A folder is stale only when its name carries a process id and no process
+    has that id: a live process, whoever's, keeps its folder.
+    """
+    removed = []
+    for path in glob.glob(os.path.join(directory, METRICS_PREFIX + "*")):
+        owner, _, _ = os.path.basename(path)[len(METRICS_PREFIX) :].partition("-")
+        if not owner.isdigit() or _alive(int(owner)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        log.info("removed {path}, left by a supervisor that is gone", path=path)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
 class WorkerMetrics(Collector):
     """Every worker's counters, histograms and gauges, summed over workers
     (prometheus_client's multiprocess mode: each worker writes its values to
@@ -155,6 +203,23 @@ class WorkerMetrics(Collector):
         return iter(MultiProcessCollector.merge(files, accumulate=True))
 
 
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """What a worker tells the supervisor of itself (one line of JSON)."""
+
+    #: Why the worker is not ready (`web.admin.Readiness`), or None.
+    problem: str | None
+    pools: tuple[PoolReading, ...]
+
+    def encode(self) -> bytes:
+        return b"report " + json.dumps(dataclasses.asdict(self)).encode() + b"\n"
+
+    @classmethod
+    def decode(cls, text: bytes) -> Report:
+        fields = json.loads(text)
+        return cls(fields["problem"], tuple(tuple(p) for p in fields["pools"]))
+
+
 class _Worker(ProcessProtocol):
     def __init__(self, supervisor: Workers, number: int) -> None:
         self.supervisor = supervisor
@@ -164,6 +229,9 @@ class _Worker(ProcessProtocol):
         self.admin_port: int | None = None
         self.done = False
         self.pid: int | None = None
+        #: The worker's last report; None until the first.
+        self.report: Report | None = None
+        self._control = b""
         self._waiting: list[Deferred[None]] = []
 
     def wait_ended(self) -> Deferred[None]:
@@ -176,14 +244,22 @@ class _Worker(ProcessProtocol):
         return d
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
-        if childFD == CONTROL_FD and data.startswith(b"ready") and not self.ready:
-            self.ready = True
-            _, _, port = data.strip().partition(b" ")
-            self.admin_port = int(port) if port else None
-            log.info("worker {number} is ready", number=self.number)
+        if childFD != CONTROL_FD:
+            return
+        self._control += data
+        *lines, self._control = self._control.split(b"\n")
+        for line in lines:
+            kind, _, rest = line.partition(b" ")
+            if kind == b"ready" and not self.ready:
+                self.ready = True
+                self.admin_port = int(rest) if rest else None
+                log.info("worker {number} is ready", number=self.number)
+            elif kind == b"report":
+                self.report = Report.decode(rest)
 
     def processEnded(self, reason: Failure) -> None:
         self.ready = False
+        self.report = None
         self.done = True
         waiting, self._waiting = self._waiting, []
         for d in waiting:
@@ -220,10 +296,26 @@ class Workers(Service):
 
     @property
     def problem(self) -> str | None:
+        """Why the host is not ready: a worker starting, or one's own reason
+        (its storage cannot be written, say)."""
         ready = sum(1 for w in self._workers.values() if w.ready)
         if ready < self._config.workers:
             return f"{ready} of {self._config.workers} workers ready"
+        for number, worker in sorted(self._workers.items()):
+            if worker.report is not None and worker.report.problem is not None:
+                return f"worker {number}: {worker.report.problem}"
         return None
+
+    def pool_readings(self) -> list[PoolReading]:
+        """Each pool's threads, busy threads and queued jobs, summed over the
+        workers' last reports."""
+        sums: dict[str, list[int]] = {}
+        for worker in self._workers.values():
+            for name, *values in worker.report.pools if worker.report else ():
+                total = sums.setdefault(name, [0, 0, 0])
+                for i, value in enumerate(values):
+                    total[i] += value
+        return [(name, *values) for name, values in sums.items()]  # type: ignore[misc]
 
     def debug(self) -> IResource | None:
         """``/debug/`` of the debug worker, forwarded; None while it starts."""
@@ -242,7 +334,8 @@ class Workers(Service):
             self._config.workers,
             getattr(listening, "backlog", socket.SOMAXCONN),
         )
-        self.metrics.path = tempfile.mkdtemp(prefix="imageserver-metrics-")
+        remove_stale_metrics(tempfile.gettempdir())
+        self.metrics.path = tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-")
         for number in range(1, self._config.workers + 1):
             self._spawn(number)
 
@@ -327,7 +420,7 @@ class Workers(Service):
     async def _drain(self) -> None:
         workers = list(self._workers.values())
         for worker in workers:
-            _signal(worker, "TERM")
+            _ask_to_stop(worker)
         for worker in workers:
             if not await drained(
                 worker.wait_ended,
@@ -341,6 +434,16 @@ class Workers(Service):
         if self.metrics.path is not None:
             shutil.rmtree(self.metrics.path, ignore_errors=True)
             self.metrics.path = None
+
+
+def _ask_to_stop(worker: _Worker) -> None:
+    """Ask a worker to drain and stop, on its standard input, not by SIGTERM:
+    under systemd (and a kill of the process group) each worker gets a
+    SIGTERM of its own too, and two signals would end it at once."""
+    try:
+        worker.transport.writeToChild(0, STOP)  # type: ignore[union-attr]
+    except (KeyError, OSError):  # its input is closed: a signal, then
+        _signal(worker, "TERM")
 
 
 def _signal(worker: _Worker, name: str) -> None:
@@ -408,12 +511,21 @@ class AdoptedPort(Listening):
 
 class Ready(Service):
     """Tells the supervisor this worker is ready, once every service started
-    (with the port of its admin site, if it has one); stops the worker when
-    the supervisor is gone (standard input closes)."""
+    (with the port of its admin site, if it has one), then `report`s every
+    `REPORT_SECONDS`; stops the worker when the supervisor is gone (standard
+    input closes)."""
 
-    def __init__(self, reactor: Any, admin: Listening | None = None) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        admin: Listening | None = None,
+        report: Callable[[], Report] | None = None,
+    ) -> None:
         self._reactor = reactor
         self._admin = admin
+        self._report = report
+        self._loop = LoopingCall(self._send_report)
+        self._loop.clock = reactor
 
     def startService(self) -> None:
         super().startService()
@@ -424,26 +536,57 @@ class Ready(Service):
         try:
             os.write(CONTROL_FD, message + b"\n")
         except OSError:
-            self._reactor.stop()
+            stop_reactor(self._reactor)
+            return
+        # A supervisor that stops reading must never block this worker: a
+        # report that does not fit in the pipe now is dropped.
+        os.set_blocking(CONTROL_FD, False)
+        if self._report is not None:
+            # The first once the services after this one (readiness) started.
+            self._loop.start(REPORT_SECONDS, now=False)
+            self._reactor.callLater(0, self._send_report)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+
+    def _send_report(self) -> None:
+        if self._report is None:
+            return
+        with contextlib.suppress(OSError):  # full (dropped), or supervisor gone
+            os.write(CONTROL_FD, self._report().encode())
 
 
 class _Orphaned:
-    """Reads standard input; its end means the supervisor is gone."""
+    """Reads standard input: `STOP` asks this worker to drain and stop; its
+    end means the supervisor is gone."""
 
     def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
+        self._read = b""
 
     def fileno(self) -> int:
         return 0
 
     def doRead(self) -> Any:
-        if not os.read(0, 512):
+        data = os.read(0, 512)
+        if not data:
             return CONNECTION_DONE  # the reactor calls connectionLost
+        self._read += data
+        if STOP in self._read:
+            log.info("the supervisor asks this worker to stop")
+            stop_reactor(self._reactor)
+        self._read = self._read[-len(STOP) :]
         return None
 
     def connectionLost(self, reason: Failure) -> None:
-        log.warn("the supervisor is gone: stopping")
-        self._reactor.stop()
+        # The end of the input is ConnectionDone (read, or a hang-up). The
+        # reactor also calls this at its own stop, for every reader, with
+        # ConnectionLost: the supervisor may well be there.
+        if reason.check(ConnectionDone):
+            log.warn("the supervisor is gone: stopping")
+            stop_reactor(self._reactor)
 
     def logPrefix(self) -> str:
         return "supervisor"

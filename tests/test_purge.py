@@ -20,18 +20,19 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from imageserver.config import Config
 from imageserver.errors import InvalidRequest, NotCanonical, NotFound
+from imageserver.hostlocks import HostLocks
 from imageserver.images import Images
 from imageserver.naming import INFO, ImageId, is_generated
 from imageserver.sources import SourceFetcher
 from imageserver.storage import Storage
 from imageserver.storage.behind import WriteBehind
 from imageserver.storage.local import LocalStorage
-from imageserver.storage.memory import MemoryCache
+from imageserver.storage.memory import Generations, MemoryCache
 from imageserver.storage.queue import WriteQueue
 from imageserver.storage.s3 import LazyClient, S3Settings, S3Storage
 from imageserver.storage.tiered import TieredStorage
 from tests.s3server import CREDENTIALS, shared
-from tests.support import AppHarness, Gate, encode, quadrants, sample
+from tests.support import AppHarness, Gate, encode, quadrants, sample, synchronous
 
 PHOTO = encode(quadrants((400, 300)))
 PHOTO_HASH = hashlib.md5(PHOTO).hexdigest()
@@ -418,3 +419,65 @@ class DeleteNameSweepTests(SynchronousTestCase):
         self.assertFalse(self.on_disk(canonical), name)
         self.assertTrue(self.on_disk(neighbour), name)
         self.assertEqual(self.app.json("DELETE", f"{FOLDER}/{name}")[0], 404)
+
+
+class HostWorkerTests(SynchronousTestCase):
+    """Two workers of one host, as the server builds them (one store, host
+    locks, shared purge generations), in one process with held renders: a
+    render that began on one worker before the other's purge, and finished
+    after the purge was asked for, neither stays on disk nor in memory."""
+
+    def worker(self, root: str, clock: Clock) -> tuple[Images, Gate]:
+        processing = Gate()
+        generations = Generations(os.path.join(root, ".locks", "generations"))
+        generations.open()
+        config = Config(local_base_path=root)
+        images = Images(
+            storage=MemoryCache(
+                LocalStorage(root, synchronous), 1 << 20, is_generated,
+                generations=generations,
+            ),
+            sources=SourceFetcher(None, clock, 5, 1 << 20),  # type: ignore[arg-type]
+            process=processing,
+            rules=config.rules,
+            limits=config.decode_limits,
+            clock=clock,
+            host_locks=HostLocks(root, synchronous, clock),
+        )  # fmt: skip
+        return images, processing
+
+    def test_a_render_under_way_on_the_other_worker(self) -> None:
+        root, clock = self.mktemp(), Clock()
+        a, a_processing = self.worker(root, clock)
+        b, b_processing = self.worker(root, clock)
+
+        def run(coroutine: Any) -> Deferred[Any]:
+            d = Deferred.fromCoroutine(coroutine)
+            for _ in range(50):  # renders and lock retries, until it is done
+                a_processing.release()
+                b_processing.release()
+                clock.advance(0.1)
+            return d
+
+        run(a.upload("p", body=_Body(PHOTO)))  # type: ignore[arg-type]
+        for name in ("original", INFO, "w64.jpg"):  # kept in b's memory
+            self.successResultOf(run(b.get(IMAGE, name)))
+        render = Deferred.fromCoroutine(b.get(IMAGE, "w10.jpg"))  # held
+        self.assertEqual(len(b_processing.held), 1)
+        purge = Deferred.fromCoroutine(a.purge(IMAGE))
+        clock.advance(1)
+        self.assertNoResult(purge)  # waits for b's render to store
+        b_processing.release()
+        self.successResultOf(render)
+        for _ in range(20):
+            clock.advance(0.1)
+        self.successResultOf(purge)
+        self.assertEqual(files_under(os.path.join(root, "p")), [])
+        # b remembers nothing of it, and stores nothing into it.
+        for name in ("original", INFO, "w64.jpg", "w10.jpg", "w20.png"):
+            self.failureResultOf(run(b.get(IMAGE, name)), NotFound)
+        self.failureResultOf(
+            run(b.put_file(IMAGE, "notes.txt", _Body(b"hi"))),  # type: ignore[arg-type]
+            NotFound,
+        )
+        self.assertEqual(files_under(os.path.join(root, "p")), [])

@@ -1,11 +1,12 @@
 import os
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from imageserver.naming import is_generated
 from imageserver.storage.local import LocalStorage
-from imageserver.storage.memory import MemoryCache
+from imageserver.storage.memory import Generations, MemoryCache
 from tests.storage_contract import FOLDER, StorageContract
 from tests.support import Gate, synchronous
 
@@ -105,3 +106,68 @@ class ReadsDuringDeletesTests(SynchronousTestCase):
         gate.release()
         self.assertEqual(self.successResultOf(read).data, b"new")
         self.assertEqual(cache.size, 3)
+
+
+class HostGenerationsTests(SynchronousTestCase):
+    """Two processes' caches (here two caches mapping one generations file,
+    as a host's workers do): a delete through one is the other's next miss,
+    and a read the other had on its way meanwhile is not kept."""
+
+    def caches(self) -> tuple[MemoryCache, MemoryCache, Gate]:
+        root = self.root = self.mktemp()
+        path = os.path.join(root, ".locks", "generations")
+        gate = Gate()
+        first, second = Generations(path), Generations(path)
+        first.open()
+        second.open()
+        return (
+            MemoryCache(LocalStorage(root, synchronous), 1000, is_generated,
+                        generations=first),
+            MemoryCache(LocalStorage(root, gate), 1000, is_generated,
+                        generations=second),
+            gate,
+        )  # fmt: skip
+
+    def read(self, cache: MemoryCache, gate: Gate, key: str) -> bytes | None:
+        d = Deferred.fromCoroutine(cache.get(key))
+        gate.release()  # a disk read, if it is one
+        stored = self.successResultOf(d)
+        return None if stored is None else stored.data
+
+    def test_a_delete_by_one_is_a_miss_for_the_other(self) -> None:
+        one, other, gate = self.caches()
+        other_name = f"{FOLDER}/w300.jpg"
+        for purge in (True, False):
+            for key in (VARIANT, other_name):
+                self.result(one.put(key, b"v", "image/jpeg"))
+                self.assertEqual(self.read(other, gate, key), b"v")  # kept
+            if purge:
+                self.result(one.delete_prefix(FOLDER))
+            else:
+                self.result(one.delete(VARIANT))
+            self.assertIsNone(self.read(other, gate, VARIANT))
+            d = Deferred.fromCoroutine(other.exists(VARIANT))
+            gate.release()
+            self.assertFalse(self.successResultOf(d))
+            # The rest of the folder is read again, and kept if still there.
+            self.assertEqual(
+                self.read(other, gate, other_name), None if purge else b"v"
+            )
+            self.assertEqual(other.size, 0 if purge else 1)
+
+    def test_a_read_on_its_way_during_a_delete_elsewhere_is_not_kept(self) -> None:
+        one, other, gate = self.caches()
+        self.result(one.put(VARIANT, b"old", "image/jpeg"))
+        read = Deferred.fromCoroutine(other.get(VARIANT))  # on its way
+        self.result(one.delete_prefix(FOLDER))  # by another process
+        # The read found the bytes before they went: here, put back behind
+        # both caches' backs.
+        self.result(
+            LocalStorage(self.root, synchronous).put(VARIANT, b"old", "image/jpeg")
+        )
+        gate.release()
+        self.assertEqual(self.successResultOf(read).data, b"old")
+        self.assertEqual(other.size, 0)  # answered, not kept
+
+    def result(self, coroutine: Any) -> Any:
+        return self.successResultOf(Deferred.fromCoroutine(coroutine))

@@ -170,7 +170,8 @@ class MakeServiceTests(SynchronousTestCase):
         names = [type(s).__name__ for s in IServiceCollection(service)]
         self.assertEqual(names, [
             "Signals", "ThreadPoolService", "ThreadPoolService", "CacheSweeper",
-            "WriteQueue", "ConnectionPoolService", "WritableCheck", "Listening",
+            "WriteQueue", "Generations", "ConnectionPoolService", "WritableCheck",
+            "Listening",
             "Hangup", "RequestDrain", "Listening", "Readiness",
         ])  # fmt: skip
 
@@ -182,7 +183,8 @@ class MakeServiceTests(SynchronousTestCase):
         names = [type(s).__name__ for s in IServiceCollection(makeService(options))]
         self.assertEqual(names, [
             "Signals", "ThreadPoolService", "ThreadPoolService", "ThreadPoolService",
-            "WriteQueue", "CacheSweeper", "WriteQueue", "ConnectionPoolService",
+            "WriteQueue", "CacheSweeper", "WriteQueue", "Generations",
+            "ConnectionPoolService",
             "WriteQueue", "PurgeLog", "WritableCheck", "Listening", "Hangup",
             "RequestDrain",
             "Listening", "Readiness",

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import signal
 import socket
+import subprocess
+import tempfile
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
@@ -71,6 +74,28 @@ class WorkerConfigTests(TwistdCase):
         self.assertTrue(second.profile)
         self.assertEqual(second.admin_endpoint, workers.DEBUG_ADMIN_PORT)
         self.assertIsNone(workers.config_of_worker({}))
+
+
+class StaleMetricsTests(TwistdCase):
+    def test_only_folders_of_supervisors_gone_are_removed(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        names = {
+            "gone": f"{workers.METRICS_PREFIX}{gone.pid}-abc",
+            "alive": f"{workers.METRICS_PREFIX}{os.getpid()}-def",
+            "no owner": f"{workers.METRICS_PREFIX}x1y2z3",  # an older version's
+            "other": "imageserver-other-1",
+        }
+        for name in names.values():
+            os.makedirs(os.path.join(directory, name))
+            with open(os.path.join(directory, name, "counter_1.db"), "wb"):
+                pass
+        removed = workers.remove_stale_metrics(directory)
+        self.assertEqual(removed, [os.path.join(directory, names["gone"])])
+        left = {n for n, name in names.items() if os.path.isdir(f"{directory}/{name}")}
+        self.assertEqual(left, {"alive", "no owner", "other"})
 
 
 class WorkersTests(TwistdCase):
@@ -215,6 +240,7 @@ class WorkersTests(TwistdCase):
 
     async def test_a_worker_outlives_no_supervisor(self) -> None:
         process, pids = await self.start_workers()
+        supervisor = process.transport.pid  # type: ignore[attr-defined]
         process.transport.signalProcess("KILL")  # type: ignore[attr-defined]
         await process.ended  # type: ignore[attr-defined]
         for _ in range(100):
@@ -222,6 +248,11 @@ class WorkersTests(TwistdCase):
                 break
             await deferLater(reactor, 0.1)
         self.assertFalse(any(alive(p) for p in pids))
+        # Its metrics folder is left; the next supervisor removes it.
+        pattern = f"{tempfile.gettempdir()}/{workers.METRICS_PREFIX}{supervisor}-*"
+        self.assertEqual(len(glob.glob(pattern)), 1)
+        await self.start_workers()
+        self.assertEqual(glob.glob(pattern), [])
 
     async def test_the_admin_port_forwards_debug_to_the_debug_worker(self) -> None:
         process, pids = await self.start_workers("--profile", "--debug_worker", "2")
@@ -269,3 +300,131 @@ class WorkerDrainTests(TwistdCase):
         await process.wait_for(rb"worker 1 is ready")
         await process.wait_for(rb"worker 2 is ready")
         return process
+
+    async def test_sigterm_to_every_process_at_once_drains(self) -> None:
+        # What systemd does by default (KillMode=control-group), and a kill of
+        # the process group: each worker gets SIGTERM from it and is asked to
+        # stop by the supervisor too, which is still one request to drain.
+        process = await self.start_server("--allow_private_sources")
+        source, upload = await self.held_upload()
+        supervisor = process.transport.pid  # type: ignore[attr-defined]
+        for pid in (supervisor, *children(supervisor)):
+            os.kill(pid, signal.SIGTERM)
+        await process.wait_for(rb"waiting up to [0-9.]+s for 1 requests in flight")
+        source.answer(encode(quadrants((64, 48))))
+        response, _ = await upload
+        self.assertEqual(response.code, 200)
+        self.assertEqual(await process.ended, 0)
+        for error in (b"Unhandled Error", b"Traceback", b"exiting now"):
+            self.assertNotIn(error, process.output)
+
+    async def test_sigterm_to_the_supervisor_stops_workers_without_errors(
+        self,
+    ) -> None:
+        process = await self.start_server()
+        process.transport.signalProcess("TERM")  # type: ignore[attr-defined]
+        self.assertEqual(await process.ended, 0)
+        self.assertEqual(process.output.count(b"Server Shut Down."), 3)
+        for error in (b"Unhandled Error", b"Traceback", b"ReactorNotRunning"):
+            self.assertNotIn(error, process.output)
+
+
+#: Families one process reports after `HostReportsTests.families`'s traffic
+#: and workers do not, because nothing happens to count: a worker stores what
+#: it renders before answering (the host's single-flight locks), so nothing
+#: goes behind. (And ``*_created`` series: prometheus_client's multiprocess
+#: mode keeps no creation times.)
+ONLY_ALONE = {"imageserver_background_writes", "imageserver_background_writes_pending"}
+
+
+class HostReportsTests(TwistdCase):
+    """What one process reports on its admin port, the supervisor reports for
+    the host with ``--workers``: every probe, every metric family, and
+    readiness with its reasons (the storage's included)."""
+
+    timeout = 90
+
+    async def server(self, workers: str) -> tuple[int, int, str]:
+        """(main port, admin port, store) of a server with ``workers``."""
+        store = os.path.abspath(self.mktemp())
+        process = await self.start_server(
+            "--local_base_path", store, workers=("--workers", workers)
+        )
+        if workers != "1":
+            await process.wait_for(rb"worker 1 is ready")
+            await process.wait_for(rb"worker 2 is ready")
+            for child in children(process.transport.pid):  # type: ignore[attr-defined]
+                self.addCleanup(lambda c=child: alive(c) and os.kill(c, 9))
+        return self.port, self.admin_port, store
+
+    async def families(self, port: int, admin_port: int) -> dict[str, int]:
+        """Metric families with samples, and how many, after the same traffic."""
+        photo = encode(quadrants((64, 48)))
+        _, body = await self.call("POST", "/p?outputs=w32.jpg", port, data=photo)
+        digest = json.loads(body)["hash"]
+        folder = f"/p/{digest[:3]}/{digest[3:6]}/{digest[6:9]}/{digest[9:]}"
+        await self.call("GET", f"{folder}/w16.png", port)
+        await self.call("GET", "/status_check", port)
+        await deferLater(reactor, 1.5)  # a worker's gauges come every second
+        _, body = await self.call("GET", "/metrics", admin_port)
+        return {
+            family.name: len(family.samples)
+            for family in text_string_to_metric_families(body.decode())
+            if family.samples
+        }
+
+    async def probes(self, admin_port: int) -> dict[str, tuple[int, str]]:
+        found = {}
+        for probe in ("/probe/live", "/probe/ready"):
+            response, body = await self.call("GET", probe, admin_port)
+            found[probe] = (response.code, json.loads(body)["message"])
+        return found
+
+    async def test_every_metric_family_of_one_process(self) -> None:
+        one = await self.server("1")
+        host = await self.server("2")
+        single, supervised = await gatherResults([
+            Deferred.fromCoroutine(self.families(*one[:2])),
+            Deferred.fromCoroutine(self.families(*host[:2])),
+        ])  # fmt: skip
+        for family in sorted(single):
+            if family.endswith("_created") or family in ONLY_ALONE:
+                continue
+            self.assertIn(family, supervised)
+        self.assertEqual(supervised["imageserver_build_info"], 1)
+        for pool in ("workers", "busy_workers", "queued_jobs"):  # summed by pool
+            self.assertEqual(
+                supervised[f"imageserver_pool_{pool}"],
+                single[f"imageserver_pool_{pool}"],
+            )
+        _, body = await self.call("GET", "/metrics", host[1])
+        threads = {
+            sample.labels["pool"]: sample.value
+            for family in text_string_to_metric_families(body.decode())
+            for sample in family.samples
+            if sample.name == "imageserver_pool_workers"
+        }
+        self.assertEqual(threads["imageserver-processing"] % 2, 0)  # both workers
+
+    async def test_readiness_is_every_worker_s_with_its_reasons(self) -> None:
+        one = await self.server("1")
+        host = await self.server("2")
+        for probe, answer in (await self.probes(one[1])).items():
+            self.assertEqual((await self.probes(host[1]))[probe], answer, probe)
+        # A store that cannot be written (tried every 10 s): both turn 503
+        # and say why.
+        for _, _, store in (one, host):
+            os.rename(store, store + ".away")
+            with open(store, "w") as f:
+                f.write("not a folder")
+        for _ in range(150):
+            answers = [await self.probes(admin) for _, admin, _ in (one, host)]
+            if all(a["/probe/ready"][0] == 503 for a in answers):
+                break
+            await deferLater(reactor, 0.1)
+        alone, hosted = (a["/probe/ready"] for a in answers)
+        self.assertEqual(alone[0], 503)
+        self.assertIn("the storage cannot be written", alone[1])
+        self.assertEqual(hosted[0], 503)
+        self.assertRegex(hosted[1], r"^worker [12]: ")
+        self.assertTrue(hosted[1].endswith(alone[1]), hosted)
