@@ -28,6 +28,8 @@ import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+from imageserver.naming import ascii_digits
+
 PARAMETER = "sig"
 EXPIRY = "exp"
 
@@ -79,7 +81,7 @@ def refusal(secrets: Sequence[bytes], uri: str, now: float) -> str | None:
     for item in kept:
         name, _, value = item.partition("=")
         if name == EXPIRY:
-            if not value.isascii() or not value.isdigit():
+            if not ascii_digits(value):
                 return f"{EXPIRY} must be Unix seconds"
             if now > int(value):
                 return f"this URL expired at {value} (Unix seconds)"
