@@ -406,7 +406,7 @@ class Images:
         requested: list[Variant] = []
         for name in names:
             preset = self.presets.resolve(namespace, name)
-            (variant,) = self.rules.parse_outputs(preset or name)
+            variant = self.rules.output(name, preset)
             if preset is None and not self.presets.allows(namespace, variant.name):
                 raise InvalidRequest(
                     f"output {name!r} is not one of this server's presets"

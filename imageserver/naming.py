@@ -278,25 +278,28 @@ class VariantRules:
         names.pop("", None)
         if len(names) > MAX_OUTPUTS:
             raise InvalidRequest(f"at most {MAX_OUTPUTS} outputs per request")
-        variants = []
-        for name in names:
-            try:
-                variant = self.parse(name)
-            except NotCanonical as e:
-                raise InvalidRequest(
-                    f"output {name!r} is spelled {e.canonical!r}"
-                ) from None
-            except (NotFound, InvalidRequest, Forbidden) as e:
-                raise InvalidRequest(f"output {name!r}: {e}") from None
-            if variant is None:
-                raise InvalidRequest(f"output {name!r} is not a variant name")
-            if variant.format == AUTO:
-                raise InvalidRequest(
-                    f"output {name!r}: .auto is chosen from a request's Accept "
-                    "header; name the format to make ahead"
-                )
-            variants.append(variant)
-        return tuple(variants)
+        return tuple(self.output(name) for name in names)
+
+    def output(self, name: str, preset: str | None = None) -> Variant:
+        """One item of ``?outputs=``: a canonical variant name, or a preset's
+        (``preset`` its variant, in any spelling: the preset's name is its
+        name); `InvalidRequest` says what is wrong."""
+        try:
+            variant = self.canonical(preset) if preset else self.parse(name)
+        except NotCanonical as e:
+            raise InvalidRequest(
+                f"output {name!r} is spelled {e.canonical!r}"
+            ) from None
+        except (NotFound, InvalidRequest, Forbidden) as e:
+            raise InvalidRequest(f"output {name!r}: {e}") from None
+        if variant is None:
+            raise InvalidRequest(f"output {name!r} is not a variant name")
+        if variant.format == AUTO:
+            raise InvalidRequest(
+                f"output {name!r}: .auto is chosen from a request's Accept "
+                "header; name the format to make ahead"
+            )
+        return variant
 
 
 def variant_format(name: str) -> str | None:
@@ -424,8 +427,9 @@ def _canonical(v: Variant) -> Variant:
     under its one name.
 
     What cannot change the output goes: a density (its pixels are the
-    multiplied size's: ``x100@2x`` is ``x200``), ``noup`` on ``full_size``, a
-    quality for a lossless format, a pad colour that is the format's own.
+    multiplied size's: ``x100@2x`` is ``x200``), ``noup`` where nothing is
+    ever enlarged (``full_size``, ``w1``), a quality for a lossless format, a
+    pad colour that is the format's own.
     What has two spellings gets one: ``200x200`` is ``x200``; ``flip-flop``
     is ``r180`` (of the 16 turns and mirrors, 8 differ); a focal point on an
     edge or a corner is that gravity, and the centre is no option.
@@ -449,7 +453,7 @@ def _canonical(v: Variant) -> Variant:
         quality=quality,
         named_quality=named,
         pad=pad,
-        noup=v.noup and v.fit is not Fit.FULL,
+        noup=v.noup and _can_enlarge(v),
         gravity=gravity,
         focus=focus,
         rotate=rotate,
@@ -457,6 +461,21 @@ def _canonical(v: Variant) -> Variant:
         flop=flop,
     )
     return replace(variant, name=_spelling(variant))
+
+
+def _can_enlarge(v: Variant) -> bool:
+    """Whether some source comes out larger than it is (what ``noup``
+    prevents): never at full size, nor where a side of 1 pixel decides (a
+    source has at least one)."""
+    if v.fit is Fit.FULL:
+        return False
+    if v.fit is Fit.WIDTH:
+        return v.width > 1
+    if v.fit is Fit.HEIGHT:
+        return v.height > 1
+    if v.fit is Fit.FILL:
+        return max(v.width, v.height) > 1
+    return min(v.width, v.height) > 1  # fit or pad: the smaller scale decides
 
 
 def _spelling(v: Variant) -> str:

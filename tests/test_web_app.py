@@ -5,6 +5,7 @@ import os
 import tempfile
 import time
 from typing import Any
+from urllib.parse import quote
 
 from PIL import Image
 from twisted.logger import capturedLogs
@@ -690,6 +691,33 @@ class AutoFormatTests(SynchronousTestCase):
         self.assertEqual(other.code, 200)
         self.assertEqual(decode(body).format, "JPEG")
 
+    def test_every_answer_to_auto_varies_by_accept(self) -> None:
+        """Issue 22: x200-pad00000000.auto answered a webp client with a
+        year-long immutable 301 to x200-pad.webp, without Vary."""
+        response, body = self.get("x20-pad00000000.auto", "image/webp")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(decode(body).format, "WEBP")
+        self.assertEqual(
+            response.headers.getRawHeaders("Content-Location"),
+            [f"{self.folder}/x20-pad.webp"],
+        )
+        self.assertEqual(response.headers.getRawHeaders("Vary"), ["Accept"])
+        for name, code in (
+            ("x20-q40-gn.auto", 301),  # another spelling
+            ("x10@2x.auto", 301),
+            ("x20-foo.auto", 400),
+            ("w0.auto", 400),
+            ("x20-fp" + "1" * 5000 + "_5.auto", 400),
+        ):
+            response, _ = self.app.request(
+                "GET", f"{self.folder}/{name}", headers={"Accept": "image/webp"},
+                allow_redirects=False,
+            )  # fmt: skip
+            self.assertEqual(response.code, code, name[:30])
+            self.assertEqual(response.headers.getRawHeaders("Vary"), ["Accept"], name)
+            for value in response.headers.getRawHeaders("Cache-Control", []):
+                self.assertNotIn("immutable", value, name)
+
     def test_auto_cannot_be_made_ahead(self) -> None:
         code, error = self.app.json("POST", f"{self.folder}/process?outputs=w100.auto")
         self.assertEqual(code, 400)
@@ -707,6 +735,15 @@ class CanonicalNameTests(SynchronousTestCase):
             ("x200-fp50_50.webp", "x200.webp"),
             ("x200-padFF0000.jpg", "x200-padff0000.jpg"),
             ("x200-q40-gn.auto", "x200-gn-q40.auto"),
+            # Issue 22: each of these was rendered and stored on its own.
+            ("x100@2x.jpg", "x200.jpg"),
+            ("x50@4x.jpg", "x200.jpg"),
+            ("200x200.jpg", "x200.jpg"),
+            ("full_size@2x.jpg", "full_size.jpg"),
+            ("full_size-noup.jpg", "full_size.jpg"),
+            ("w200-q40.png", "w200.png"),
+            ("w200-q100.gif", "w200.gif"),
+            ("x200-flip-flop.jpg", "x200-r180.jpg"),
         ):
             response, body = app.request(
                 "GET", f"{folder}/{name}", allow_redirects=False
@@ -716,6 +753,41 @@ class CanonicalNameTests(SynchronousTestCase):
                 response.headers.getRawHeaders("Location"), [f"{folder}/{canonical}"]
             )
             self.assertEqual(json.loads(body)["location"], f"{folder}/{canonical}")
+            self.assertEqual(
+                response.headers.getRawHeaders("Cache-Control"),
+                ["public, max-age=31536000, immutable"] if ".auto" not in name
+                else ["public, max-age=3600"],
+            )  # fmt: skip
         self.assertEqual(sorted(os.listdir(app.root + folder)), before)
         response, _ = app.request("GET", f"{folder}/x200-fit-gray.jpg")
         self.assertEqual(response.code, 200)
+
+    def test_numbers_in_other_scripts_are_no_variants(self) -> None:
+        """Issue 22: w\u0662\u0660\u0660.jpg, w\uff12\uff10\uff10.jpg and
+        w\u0660200.jpg were each rendered and stored, the bytes of w200.jpg."""
+        app = AppHarness(self)
+        folder = app.upload(PHOTO)
+        before = sorted(os.listdir(app.root + folder))
+        for name in ("w\u0662\u0660\u0660.jpg", "w\uff12\uff10\uff10.jpg",
+                     "w\u0660200.jpg", "x20-fp\u0665_5.jpg"):  # fmt: skip
+            path = quote(f"{folder}/{name}")
+            response, body = app.request("GET", path, allow_redirects=False)
+            self.assertEqual(response.code, 404, name)
+            self.assertEqual(json.loads(body), {"error": "file not found"})
+        self.assertEqual(sorted(os.listdir(app.root + folder)), before)
+
+    def test_long_numbers_are_400_on_every_route(self) -> None:
+        """Issue 22: fp with over 4,300 digits was a 500 (int()'s limit) on
+        GET, process, ?outputs= and DELETE."""
+        app = AppHarness(self)
+        folder = app.upload(PHOTO)
+        name = "x20-fp" + "1" * 4301 + "_5.jpg"
+        for method, url in (
+            ("GET", f"{folder}/{name}"),
+            ("DELETE", f"{folder}/{name}"),
+            ("POST", f"{folder}/process?outputs={name}"),
+            ("POST", f"/p?outputs={name}"),
+        ):
+            code, error = app.json(method, url, data=PHOTO if url == "/p" else b"")
+            self.assertEqual(code, 400, (method, url[:40]))
+            self.assertIn("digits 0-9", error["error"])
