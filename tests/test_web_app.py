@@ -7,6 +7,9 @@ import time
 from typing import Any
 from urllib.parse import quote
 
+import pytest
+from hypothesis import assume, example, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
@@ -18,7 +21,7 @@ from twisted.web.static import Data
 from twisted.web.test.requesthelper import DummyRequest
 
 from imageserver import imaging
-from imageserver.naming import OUTPUT_FORMATS
+from imageserver.naming import GRAVITIES, OUTPUT_FORMATS
 from imageserver.web.app import route_name
 from tests.support import (
     BLUE,
@@ -791,3 +794,93 @@ class CanonicalNameTests(SynchronousTestCase):
             code, error = app.json(method, url, data=PHOTO if url == "/p" else b"")
             self.assertEqual(code, 400, (method, url[:40]))
             self.assertIn("digits 0-9", error["error"])
+
+
+def _number() -> st.SearchStrategy[str]:
+    """Numbers as a client may write them: plain, zero, padded, huge, other
+    scripts' digits."""
+    return st.one_of(
+        st.integers(1, 70).map(str),
+        st.sampled_from(
+            ["0", "01", "100", "101", "4", "5", "9" * 7, "1" * 4301, "2" * 5000]
+        ),
+        st.text(st.characters(categories=["Nd"]), min_size=1, max_size=4),
+    )
+
+
+@st.composite
+def _variant_names(draw: st.DrawFn) -> str:
+    n = _number()
+    size = draw(st.one_of(
+        st.just("full_size"),
+        st.builds(lambda k, v: k + v, st.sampled_from(["w", "h", "x"]), n),
+        st.builds(lambda a, b: f"{a}x{b}", n, n),
+    ))  # fmt: skip
+    option = st.one_of(
+        st.sampled_from(["fit", "pad", "noup", "smart", "trim", "r90", "r180",
+                         "r270", "flip", "flop", "sharp", "gray", "foo", "",
+                         *GRAVITIES]),
+        st.builds(lambda h: f"pad{h}", st.sampled_from(
+            ["ffffff", "FFFFFF", "00000000", "336699", "33669980", "fff"])),
+        st.builds(lambda x, y: f"fp{x}_{y}", n, n),
+        st.builds(lambda s: f"blur{s}", n),
+        st.builds(lambda q: f"q{q}", n),
+    )  # fmt: skip
+    options = "".join(f"-{o}" for o in draw(st.lists(option, max_size=4)))
+    density = draw(st.one_of(st.just(""), st.builds(lambda d: f"@{d}x", n)))
+    ext = draw(st.sampled_from([*OUTPUT_FORMATS, "auto", "bmp", "JPG"]))
+    return f"{size}{options}{density}.{ext}"
+
+
+class WholeGrammarTests(SynchronousTestCase):
+    """Issue 22: no name of the grammar, in any output format, is a 500."""
+
+    def setUp(self) -> None:
+        self.app = AppHarness(self, extensions=tuple(OUTPUT_FORMATS), maximum_width=40)
+        # With transparency and a ratio that makes every crop and pad work.
+        self.folder = self.app.upload(encode(quadrants((24, 15), "RGBA"), "PNG"))
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        _variant_names(),
+        st.sampled_from([CHROMIUM, SAFARI, CURL, "image/jxl", "image/webp"]),
+        st.sampled_from(["GET", "DELETE", "process"]),
+    )
+    @example("x20-fp" + "1" * 4301 + "_5.jpg", CURL, "GET")
+    @example("x20-fp5_" + "1" * 4301 + ".webp", CURL, "DELETE")
+    @example("x20-fp" + "1" * 4301 + "_5.png", CURL, "process")
+    def test_no_name_is_a_server_error(self, name: str, accept: str, how: str) -> None:
+        # The JPEG XL encoder refuses -q100: fixed in formats.py by another
+        # change of issue 22 (see test_jxl_at_quality_100_encodes).
+        assume("-q100" not in name or not name.endswith((".jxl", ".auto")))
+        # Past 16 KiB, Twisted's HTTP parser drops the request line itself.
+        assume(len(name) < 16_000)
+        path = f"{self.folder}/{quote(name)}"
+        if how == "process":
+            method, path = "POST", f"{self.folder}/process?outputs={quote(name)}"
+        else:
+            method = how
+        response, body = self.app.request(
+            method, path, headers={"Accept": accept}, allow_redirects=False
+        )
+        self.assertIn(response.code, (200, 204, 301, 400, 404), (name, body[:200]))
+        if response.code == 200 and method == "GET":
+            self.assertEqual(
+                response.headers.getRawHeaders("Content-Type"),
+                [Image.MIME[decode(body).format]],
+            )
+        elif response.code not in (200, 204):
+            self.assertIn(
+                "error" if response.code != 301 else "location", json.loads(body)
+            )
+        for value in response.headers.getRawHeaders("Location", []):
+            self.assertTrue(value.isascii(), value)
+
+    @pytest.mark.xfail(
+        reason="the JPEG XL encoder refuses quality 100: fixed in formats.py "
+        "by the decoders change of issue 22",
+        strict=False,
+    )
+    def test_jxl_at_quality_100_encodes(self) -> None:
+        response, body = self.app.request("GET", f"{self.folder}/w20-q100.jxl")
+        self.assertEqual(response.code, 200, body)
