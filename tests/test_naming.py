@@ -1,3 +1,5 @@
+import os
+import re
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -6,7 +8,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from twisted.trial.unittest import SynchronousTestCase
 
-from imageserver import formats, geometry
+from imageserver import config, formats, geometry, signing
+from imageserver.config import Config
 from imageserver.errors import InvalidRequest, NotCanonical, NotFound
 from imageserver.naming import (
     AUTO,
@@ -15,11 +18,13 @@ from imageserver.naming import (
     ImageId,
     Variant,
     VariantRules,
+    ascii_digits,
     check_file_name,
     check_namespace,
     is_file_name,
     original_digest,
 )
+from imageserver.negotiation import accepted_types
 
 RULES = VariantRules(frozenset({"jpg", "png", "webp"}), 75, 1000)
 HASH = "6e0072682e66287b662827da75b244a3"
@@ -563,3 +568,73 @@ class AsciiNumberTests(SynchronousTestCase):
                 self.assertLess(len(str(caught.exception)), 200)
         with self.assertRaises(InvalidRequest):
             V2.parse_outputs("x2-fp" + "1" * 5000 + "_5.jpg")
+
+
+class NumberReadersTests(SynchronousTestCase):
+    """Every reader of a number a client or an operator writes takes ASCII
+    digits of a bounded length (issue 22): ``str.isdigit`` and ``int`` take
+    other scripts' digits (``\\u00b2`` passes isdigit and fails int), and
+    ``int`` raises past 4,300 digits."""
+
+    BAD = ("\u00b2", "\u0662", "\uff12", "1_0", "1" * 5000, "nan", "inf", "")
+
+    def test_ascii_digits(self) -> None:
+        self.assertTrue(ascii_digits("7000"))
+        for text in (*self.BAD, " 1", "-1"):
+            self.assertFalse(ascii_digits(text), text[:10])
+
+    def test_settings(self) -> None:
+        by_name = {f.name: f for f in config.fields()}
+        self.assertEqual(config.parse(by_name["maximum_width"], "2000"), 2000)
+        self.assertEqual(config.parse(by_name["http_timeout"], "2.5"), 2.5)
+        for name in ("maximum_width", "http_timeout"):
+            for text in self.BAD:
+                with self.assertRaises(ValueError, msg=(name, text[:10])):
+                    config.parse(by_name[name], text)
+
+    def test_ports_and_schedulers(self) -> None:
+        self.assertEqual(config._local_workers("local:\u00b2"), None)
+        self.assertEqual(config._local_workers("local:2"), 2)
+        self.assertTrue(Config(admin_port="7003").admin_endpoint.startswith("tcp:7003"))
+        # Not a port number: Twisted's endpoint parser refuses it at start-up
+        # (it was read as 7003).
+        with self.assertRaises(ValueError):
+            Config(admin_port="\u0667\u0660\u0660\u0663")
+
+    def test_signed_urls_expiry(self) -> None:
+        secret = b"s" * 32
+        for exp in ("\u0661\u0662", "1" * 5000):
+            uri = signing.sign(secret, f"/p/x?exp={exp}", None)
+            self.assertEqual(
+                signing.refusal([secret], uri, 0), "exp must be Unix seconds"
+            )
+
+    def test_accept_q_values(self) -> None:
+        self.assertEqual(
+            accepted_types(
+                "image/webp;q=0.8,image/avif;q=\u0661,image/jxl;q=nan,"
+                "image/png;q=inf,image/gif;q=1"
+            ),
+            frozenset({"image/webp", "image/gif"}),
+        )
+
+    def test_no_unicode_classes_in_the_source(self) -> None:
+        """The class of the bug, closed at the source: no ``\\d``/``\\w`` in a
+        pattern, no ``isdigit``/``isdecimal``/``isnumeric`` but in
+        ascii_digits."""
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        found = []
+        for folder, _, files in os.walk(os.path.join(root, "imageserver")):
+            for file_name in files:
+                if not file_name.endswith(".py"):
+                    continue
+                path = os.path.join(folder, file_name)
+                with open(path) as f:
+                    for number, line in enumerate(f, 1):
+                        if line.lstrip().startswith("#"):
+                            continue
+                        if re.search(r"\\[dwDW]|\.is(digit|decimal|numeric)\(", line):
+                            found.append(f"{path}:{number}: {line.strip()}")
+        self.assertEqual(
+            [f for f in found if "text.isdigit()" not in f or "naming.py" not in f], []
+        )

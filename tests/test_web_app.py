@@ -88,10 +88,10 @@ class UploadTests(SynchronousTestCase):
             self.assertEqual(f.read(), PHOTO)
 
     def test_upload_generates_outputs_before_answering(self) -> None:
-        self.app.upload(PHOTO, query="?outputs=x300.jpg,x300.webp,w100-q30.png")
+        self.app.upload(PHOTO, query="?outputs=x300.jpg,x300.webp,w100-q30.webp")
         self.assertEqual(
             sorted(os.listdir(self.stored())),
-            ["info.json", "original", "w100-q30.png", "x300.jpg", "x300.webp"],
+            ["info.json", "original", "w100-q30.webp", "x300.jpg", "x300.webp"],
         )
         with open(self.stored("x300.webp"), "rb") as f:
             out = decode(f.read())
