@@ -9,13 +9,14 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from imageserver import endpoints
 from imageserver.addresses import SourcePolicy
 from imageserver.imaging import DECODER_MAX_PIXELS, Limits
-from imageserver.naming import OUTPUT_FORMATS, Presets, VariantRules
+from imageserver.naming import OUTPUT_FORMATS, Presets, VariantRules, ascii_digits
 from imageserver.signing import secrets_of
 
 CANNED_ACLS = (
@@ -44,7 +45,7 @@ def _threads(cpus: int, workers: int) -> int:
 def _local_workers(scheduler: str) -> int | None:
     """N of ``local:N``, or None for another value."""
     prefix, _, count = scheduler.partition(":")
-    if prefix == "local" and count.isdigit() and int(count) >= 1:
+    if prefix == "local" and ascii_digits(count) and int(count) >= 1:
         return int(count)
     return None
 
@@ -545,7 +546,7 @@ class Config:
     def manhole_endpoint(self) -> str | None:
         if not self.manhole:
             return None
-        if self.manhole.isdigit():
+        if ascii_digits(self.manhole):
             return f"tcp:{self.manhole}:interface=127.0.0.1"
         return self.manhole
 
@@ -556,7 +557,7 @@ class Config:
         return self._endpoint(self.admin_port)
 
     def _endpoint(self, port: str) -> str:
-        if port.isdigit():
+        if ascii_digits(port):
             interface = self.listen.replace(":", chr(92) + ":")
             return f"tcp:{port}:interface={interface}:backlog={self.listen_backlog}"
         return port
@@ -599,11 +600,21 @@ def fields() -> tuple[dataclasses.Field[Any], ...]:
     return dataclasses.fields(Config)
 
 
+_INT = re.compile(r"-?[0-9]{1,18}")
+_FLOAT = re.compile(r"-?(?:[0-9]{1,18}(?:\.[0-9]{0,18})?|\.[0-9]{1,18})")
+
+
 def parse(field: dataclasses.Field[Any], text: str) -> Any:
     """Turn a command-line string into the field's type."""
+    # int() and float() also read other scripts' digits, "_", "nan" and
+    # "inf": a setting is written in ASCII digits, or refused (ValueError).
     if field.type in ("int", int):
+        if not _INT.fullmatch(text.strip()):
+            raise ValueError(f"{text!r} is not a whole number")
         return int(text)
     if field.type in ("float", float):
+        if not _FLOAT.fullmatch(text.strip()):
+            raise ValueError(f"{text!r} is not a number")
         return float(text)
     if field.type in ("tuple[str, ...]", tuple[str, ...]):
         return tuple(item.strip() for item in text.split(",") if item.strip())

@@ -152,7 +152,9 @@ class Images:
         """What to serve for ``name``: a preset's variant, and for ``.auto`` the
         concrete variant the client's ``Accept`` header allows best."""
         preset = self.presets.resolve(image.namespace, name)
-        variant = self._parse(preset or name)
+        # A preset's URL is its name: it is served, not redirected, however
+        # the operator spelled its variant (the start-up check agrees).
+        variant = self._parse(preset, lenient=True) if preset else self._parse(name)
         if variant is None:
             return Resolved(name)
         if preset is None and not self.presets.allows(image.namespace, variant.name):
@@ -187,10 +189,11 @@ class Images:
             self._alpha.popitem(last=False)
         return alpha
 
-    def _parse(self, name: str) -> Variant | None:
-        """Parse a requested name; a refused variant name is counted as failed."""
+    def _parse(self, name: str, lenient: bool = False) -> Variant | None:
+        """Parse a requested name (``lenient``: any spelling, no `NotCanonical`);
+        a refused variant name is counted as failed."""
         try:
-            return self.rules.parse(name)
+            return self.rules.canonical(name) if lenient else self.rules.parse(name)
         except (InvalidRequest, NotFound, Forbidden):
             # A variant request all the same (a bad number, an extension not
             # served): counted as a failed one.
@@ -305,7 +308,10 @@ class Images:
             )
         preset = self.presets.resolve(namespace, name)
         try:
-            variant = self.rules.parse(preset or name)
+            if preset is None:
+                variant = self.rules.parse(name)
+            else:
+                variant = self.rules.canonical(preset)
         except NotCanonical as e:
             return e.canonical
         if variant is None:
@@ -400,7 +406,7 @@ class Images:
         requested: list[Variant] = []
         for name in names:
             preset = self.presets.resolve(namespace, name)
-            (variant,) = self.rules.parse_outputs(preset or name)
+            variant = self.rules.output(name, preset)
             if preset is None and not self.presets.allows(namespace, variant.name):
                 raise InvalidRequest(
                     f"output {name!r} is not one of this server's presets"

@@ -40,21 +40,28 @@ FOLDER_PATTERN = (
 _NAMESPACE = re.compile(NAMESPACE_PATTERN + r"\Z")
 _FOLDER = re.compile(FOLDER_PATTERN + r"\Z")
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+#: A number in a name: ASCII digits only (``\d`` takes every script's digits,
+#: so ``w\u0662\u0660\u0660`` would be one more spelling of ``w200``). Lengths
+#: are checked after the match (`_number`), so a long number is a 400 that
+#: says so rather than a name that is not variant-shaped.
+_N = "[0-9]+"
 #: Anything shaped like a variant name: a size, options, a density, an
 #: extension. Such names are the server's: never a client file's.
 _VARIANT = re.compile(
-    r"(?P<size>full_size|w\d+|h\d+|x\d+|\d+x\d+)"
+    rf"(?P<size>full_size|w{_N}|h{_N}|x{_N}|{_N}x{_N})"
     r"(?P<options>(?:-[A-Za-z0-9_]+)*)"
-    r"(?:@(?P<dpr>\d+)x)?\.(?P<ext>[A-Za-z0-9]{1,10})\Z"
+    rf"(?:@(?P<dpr>{_N})x)?\.(?P<ext>[A-Za-z0-9]{{1,10}})\Z"
 )
 _SIZE = re.compile(
-    r"(?:(?P<full>full_size)|w(?P<w>\d+)|h(?P<h>\d+)|x(?P<s>\d+)"
-    r"|(?P<bw>\d+)x(?P<bh>\d+))\Z"
+    rf"(?:(?P<full>full_size)|w(?P<w>{_N})|h(?P<h>{_N})|x(?P<s>{_N})"
+    rf"|(?P<bw>{_N})x(?P<bh>{_N}))\Z"
 )
 _PAD = re.compile(r"pad(?P<hex>[0-9A-Fa-f]{6}(?:[0-9A-Fa-f]{2})?)?\Z")
-_FOCUS = re.compile(r"fp(?P<x>\d+)_(?P<y>\d+)\Z")
-_BLUR = re.compile(r"blur(?P<sigma>\d+)\Z")
-_QUALITY = re.compile(r"q(?P<q>\d+)\Z")
+_FOCUS = re.compile(rf"fp(?P<x>{_N})_(?P<y>{_N})\Z")
+_BLUR = re.compile(rf"blur(?P<sigma>{_N})\Z")
+_QUALITY = re.compile(rf"q(?P<q>{_N})\Z")
+#: The most digits of a number in a name (sizes up to 999999).
+MAX_DIGITS = 6
 #: Gravity options and the corner or edge they keep, as fractions of the
 #: free space left of and above the crop.
 GRAVITIES: dict[str, tuple[float, float]] = {
@@ -68,6 +75,13 @@ GRAVITIES: dict[str, tuple[float, float]] = {
     "gnw": (0.0, 0.0),
 }
 ROTATIONS = {"r90": 90, "r180": 180, "r270": 270}
+
+
+def ascii_digits(text: str, most: int = 18) -> bool:
+    """Whether ``text`` is 1 to ``most`` digits 0-9: what ``str.isdigit`` is
+    not (it takes ``\u00b2``, which ``int`` refuses, and ``\u0662``, which it
+    reads as 2), and short enough for ``int`` (over 4,300 digits it raises)."""
+    return 0 < len(text) <= most and text.isascii() and text.isdigit()
 
 
 def check_namespace(namespace: str) -> str:
@@ -128,17 +142,17 @@ class Variant:
     """A parsed variant name: one typed description of an output.
 
     ``name`` is the canonical spelling, also its storage name. Pixel numbers
-    (``width``, ``height``) are already multiplied by ``dpr``.
+    (``width``, ``height``) are already multiplied by the name's density.
     """
 
     name: str
     fit: Fit
     width: int
     height: int
-    #: 1-100, or 0 for the format's own default (formats.OutputFormat.quality).
+    #: 1-100, or 0 for the format's own default (formats.OutputFormat.quality);
+    #: always 0 for a lossless format.
     quality: int
     format: str
-    dpr: int = 1
     #: The pad colour as RGBA, or None for the format's default.
     pad: tuple[int, int, int, int] | None = None
     noup: bool = False
@@ -154,6 +168,10 @@ class Variant:
     blur: int = 0
     sharp: bool = False
     gray: bool = False
+    #: Whether the name gives ``-qN``: without it, ``quality`` is
+    #: --default_quality's, which an operator may change, so ``w200.jpg`` and
+    #: ``w200-q81.jpg`` are two names even where their pixels agree today.
+    named_quality: bool = False
 
     @property
     def content_type(self) -> str:
@@ -167,15 +185,26 @@ class Variant:
         return (0, 0, 0, 0) if has_alpha else (255, 255, 255, 255)
 
     def as_format(self, fmt: str) -> Variant:
-        """This variant in another format (``.auto`` made concrete)."""
-        stem = self.name.rpartition(".")[0]
-        return replace(self, name=f"{stem}.{fmt}", format=fmt)
+        """This variant in another format (``.auto`` made concrete), under
+        that format's canonical name (a pad colour that is its default, a
+        quality it has no use for, are dropped)."""
+        return _canonical(replace(self, format=fmt))
+
+
+def _digits(text: str, what: str, most: int = MAX_DIGITS) -> int:
+    """A number as names spell it: ASCII digits (the pattern saw to that), at
+    most ``most`` of them, no leading zero. The length is checked before
+    ``int`` runs: it refuses more than 4,300 digits with a ValueError."""
+    if len(text) > most or (len(text) > 1 and text[0] == "0"):
+        raise InvalidRequest(
+            f"{what} {text[: most + 1]!r}{'...' if len(text) > most + 1 else ''} "
+            f"is not a plain number: 1 to {most} digits 0-9, no leading zero"
+        )
+    return int(text)
 
 
 def _number(text: str, what: str) -> int:
-    if len(text) > 6 or (len(text) > 1 and text[0] == "0"):
-        raise InvalidRequest(f"{what} {text!r} is not a plain positive number")
-    value = int(text)
+    value = _digits(text, what)
     if value < 1:
         raise InvalidRequest(f"{what} must be at least 1")
     return value
@@ -207,13 +236,15 @@ class VariantRules:
                 return variant.as_format(fmt)
         raise NotFound("no served extension for .auto")  # extensions is never empty
 
-    def parse(self, name: str) -> Variant | None:
-        """Parse a variant name; ``None`` when ``name`` is not variant-shaped.
+    def canonical(self, name: str) -> Variant | None:
+        """The variant ``name`` describes, under its canonical name, however it
+        is spelled; ``None`` when ``name`` is not variant-shaped.
 
-        Raises `InvalidRequest` for a variant-shaped name that is wrong (bad
-        numbers, unknown or clashing options, each named), `NotFound` for an
-        extension the server does not serve, and `NotCanonical` for a valid
-        name spelled otherwise than its one canonical spelling.
+        The one canonicalisation: requests (`parse`), presets and the
+        start-up check of presets all go through it. Raises `InvalidRequest`
+        for a variant-shaped name that is wrong (bad numbers, unknown or
+        clashing options, each named) and `NotFound` for an extension the
+        server does not serve.
         """
         m = _VARIANT.match(name)
         if m is None:
@@ -221,13 +252,24 @@ class VariantRules:
         fmt = m["ext"]
         if fmt not in self.extensions and fmt != AUTO:
             raise NotFound(f"extension {fmt!r} is not served")
-        variant, canonical = _parse(name, m, self.default_quality)
+        variant = _canonical(_parse(name, m, self.default_quality))
         if max(variant.width, variant.height) > self.maximum_width:
             raise InvalidRequest(
                 f"{name!r} is larger than the maximum of {self.maximum_width} pixels"
             )
-        if canonical != name:
-            raise NotCanonical(name, canonical)
+        return variant
+
+    def parse(self, name: str) -> Variant | None:
+        """Parse a variant name; ``None`` when ``name`` is not variant-shaped.
+
+        Raises as `canonical` does, and `NotCanonical` for a valid name
+        spelled otherwise than its one canonical spelling: every name whose
+        output is the same by construction has that one spelling (and is
+        stored once, under it).
+        """
+        variant = self.canonical(name)
+        if variant is not None and variant.name != name:
+            raise NotCanonical(name, variant.name)
         return variant
 
     def parse_outputs(self, value: str | None) -> tuple[Variant, ...]:
@@ -236,25 +278,28 @@ class VariantRules:
         names.pop("", None)
         if len(names) > MAX_OUTPUTS:
             raise InvalidRequest(f"at most {MAX_OUTPUTS} outputs per request")
-        variants = []
-        for name in names:
-            try:
-                variant = self.parse(name)
-            except NotCanonical as e:
-                raise InvalidRequest(
-                    f"output {name!r} is spelled {e.canonical!r}"
-                ) from None
-            except (NotFound, InvalidRequest, Forbidden) as e:
-                raise InvalidRequest(f"output {name!r}: {e}") from None
-            if variant is None:
-                raise InvalidRequest(f"output {name!r} is not a variant name")
-            if variant.format == AUTO:
-                raise InvalidRequest(
-                    f"output {name!r}: .auto is chosen from a request's Accept "
-                    "header; name the format to make ahead"
-                )
-            variants.append(variant)
-        return tuple(variants)
+        return tuple(self.output(name) for name in names)
+
+    def output(self, name: str, preset: str | None = None) -> Variant:
+        """One item of ``?outputs=``: a canonical variant name, or a preset's
+        (``preset`` its variant, in any spelling: the preset's name is its
+        name); `InvalidRequest` says what is wrong."""
+        try:
+            variant = self.canonical(preset) if preset else self.parse(name)
+        except NotCanonical as e:
+            raise InvalidRequest(
+                f"output {name!r} is spelled {e.canonical!r}"
+            ) from None
+        except (NotFound, InvalidRequest, Forbidden) as e:
+            raise InvalidRequest(f"output {name!r}: {e}") from None
+        if variant is None:
+            raise InvalidRequest(f"output {name!r} is not a variant name")
+        if variant.format == AUTO:
+            raise InvalidRequest(
+                f"output {name!r}: .auto is chosen from a request's Accept "
+                "header; name the format to make ahead"
+            )
+        return variant
 
 
 def variant_format(name: str) -> str | None:
@@ -266,8 +311,9 @@ def variant_format(name: str) -> str | None:
     return m["ext"] if m["ext"] in OUTPUT_FORMATS else "other"
 
 
-def _parse(name: str, m: re.Match[str], default_quality: int) -> tuple[Variant, str]:
-    """The variant a variant-shaped name describes, and its canonical name."""
+def _parse(name: str, m: re.Match[str], default_quality: int) -> Variant:
+    """The variant a variant-shaped name describes, as spelled (no name yet:
+    see `_canonical`)."""
     size = _SIZE.match(m["size"])
     assert size is not None
     if size["full"]:
@@ -289,11 +335,10 @@ def _parse(name: str, m: re.Match[str], default_quality: int) -> tuple[Variant, 
             raise InvalidRequest(f"{name!r}: the density must be 1x to 4x")
     fmt = m["ext"]
     fields: dict[str, Any] = {}
-    #: Canonical tokens by their row in the option table.
-    tokens: dict[int, str] = {}
     #: The groups of options already given (each may be given once).
     seen: set[str] = set()
-    quality_token = ""
+    #: The option of the gravity group as given, for messages.
+    placed = ""
     quality = default_quality
 
     def once(group: str) -> None:
@@ -307,7 +352,7 @@ def _parse(name: str, m: re.Match[str], default_quality: int) -> tuple[Variant, 
             quality = _number(q["q"], "quality")
             if quality > 100:
                 raise InvalidRequest("quality must be between 1 and 100")
-            quality_token = f"-q{quality}"
+            fields["named_quality"] = True
         elif token == "fit" or (pad := _PAD.match(token)) is not None:
             if "fit or pad" in seen:
                 raise InvalidRequest(f"{name!r}: fit and pad cannot be used together")
@@ -317,25 +362,21 @@ def _parse(name: str, m: re.Match[str], default_quality: int) -> tuple[Variant, 
                     f"{name!r}: {_label(token)} applies only to xN and WxH sizes"
                 )
             if token == "fit":
-                fit, tokens[0] = Fit.FIT, "fit"
+                fit = Fit.FIT
             else:
                 assert pad is not None
                 fit = Fit.PAD
-                colour: tuple[int, int, int, int] | None = _colour(pad["hex"])
-                if pad["hex"] is None or colour == _default_pad(fmt):
-                    colour = None
-                fields["pad"] = colour
-                tokens[0] = "pad" + ("" if colour is None else _hex(colour))
+                fields["pad"] = None if pad["hex"] is None else _colour(pad["hex"])
         elif token == "noup":
             once("noup")
-            fields["noup"], tokens[1] = True, token
+            fields["noup"] = True
         elif token in GRAVITIES or token == "smart" or _FOCUS.match(token):
             if "a gravity, fp or smart" in seen:
                 raise InvalidRequest(
                     f"{name!r}: only one of a gravity, fp and smart may be given"
                 )
             once("a gravity, fp or smart")
-            tokens[2] = token
+            placed = token
             if token in GRAVITIES:
                 fields["gravity"] = token
             elif token == "smart":
@@ -345,52 +386,126 @@ def _parse(name: str, m: re.Match[str], default_quality: int) -> tuple[Variant, 
                 assert focus is not None
                 x, y = _percent(focus["x"], name), _percent(focus["y"], name)
                 fields["focus"] = (x, y)
-                tokens[2] = f"fp{x}_{y}"
         elif token == "trim":
             once("trim")
-            fields["trim"], tokens[3] = True, token
+            fields["trim"] = True
         elif token in ROTATIONS:
             once("a rotation")
-            fields["rotate"], tokens[4] = ROTATIONS[token], token
+            fields["rotate"] = ROTATIONS[token]
         elif token in ("flip", "flop"):
             once(token)
-            fields[token], tokens[5 if token == "flip" else 6] = True, token
+            fields[token] = True
         elif (blur := _BLUR.match(token)) is not None:
             once("blur")
             sigma = _number(blur["sigma"], "blur")
             if sigma > 100:
                 raise InvalidRequest(f"{name!r}: blur must be between 1 and 100")
-            fields["blur"], tokens[7] = sigma, f"blur{sigma}"
+            fields["blur"] = sigma
         elif token in ("sharp", "gray"):
             once(token)
-            fields[token], tokens[8 if token == "sharp" else 9] = True, token
+            fields[token] = True
         else:
             raise InvalidRequest(f"{name!r}: unknown option {token!r}")
-    if 2 in tokens and fit is not Fit.FILL:
+    if placed and fit is not Fit.FILL:
         raise InvalidRequest(
-            f"{name!r}: {tokens[2]} applies only to cover crops (xN or WxH without "
+            f"{name!r}: {placed} applies only to cover crops (xN or WxH without "
             "fit or pad)"
         )
-    if fields.get("focus") == (50, 50):  # the centre: the default, unspelled
-        del fields["focus"], tokens[2]
-    canonical = (
-        m["size"]
-        + "".join(f"-{tokens[slot]}" for slot in sorted(tokens))
-        + quality_token
-        + (f"@{dpr}x" if dpr > 1 else "")
-        + f".{fmt}"
+    return Variant("", fit, width * dpr, height * dpr, quality, fmt, **fields)
+
+
+#: Focal points that are a gravity's edge or corner: the crop they give is
+#: the gravity's, by the arithmetic of geometry's cover box.
+_FOCUS_GRAVITIES: dict[tuple[int, int], str] = {
+    (round(x * 100), round(y * 100)): g for g, (x, y) in GRAVITIES.items()
+}
+_CENTRE = (50, 50)
+
+
+def _canonical(v: Variant) -> Variant:
+    """The one variant of all those whose output is the same by construction,
+    under its one name.
+
+    What cannot change the output goes: a density (its pixels are the
+    multiplied size's: ``x100@2x`` is ``x200``), ``noup`` where nothing is
+    ever enlarged (``full_size``, ``w1``), a quality for a lossless format, a
+    pad colour that is the format's own.
+    What has two spellings gets one: ``200x200`` is ``x200``; ``flip-flop``
+    is ``r180`` (of the 16 turns and mirrors, 8 differ); a focal point on an
+    edge or a corner is that gravity, and the centre is no option.
+    """
+    pad = v.pad if v.fit is Fit.PAD and v.pad != _default_pad(v.format) else None
+    quality, named = v.quality, v.named_quality
+    if v.format != AUTO and not formats.output(v.format).lossy:
+        quality, named = 0, False
+    gravity, focus = v.gravity, v.focus
+    if focus is not None and focus in _FOCUS_GRAVITIES:
+        gravity, focus = _FOCUS_GRAVITIES[focus], None
+    elif focus == _CENTRE:
+        focus = None
+    rotate, flip, flop = v.rotate, v.flip, v.flop
+    if flip and flop:  # mirrored both ways: turned half a turn
+        rotate, flip, flop = (rotate + 180) % 360, False, False
+    if (flip or flop) and rotate >= 180:  # half a turn and a mirror: the other mirror
+        rotate, flip, flop = rotate - 180, flop, flip
+    variant = replace(
+        v,
+        quality=quality,
+        named_quality=named,
+        pad=pad,
+        noup=v.noup and _can_enlarge(v),
+        gravity=gravity,
+        focus=focus,
+        rotate=rotate,
+        flip=flip,
+        flop=flop,
     )
-    variant = Variant(
-        canonical,
-        fit,
-        width * dpr,
-        height * dpr,
-        quality,
-        fmt,
-        dpr=dpr,
-        **fields,
-    )
-    return variant, canonical
+    return replace(variant, name=_spelling(variant))
+
+
+def _can_enlarge(v: Variant) -> bool:
+    """Whether some source comes out larger than it is (what ``noup``
+    prevents): never at full size, nor where a side of 1 pixel decides (a
+    source has at least one)."""
+    if v.fit is Fit.FULL:
+        return False
+    if v.fit is Fit.WIDTH:
+        return v.width > 1
+    if v.fit is Fit.HEIGHT:
+        return v.height > 1
+    if v.fit is Fit.FILL:
+        return max(v.width, v.height) > 1
+    return min(v.width, v.height) > 1  # fit or pad: the smaller scale decides
+
+
+def _spelling(v: Variant) -> str:
+    """The name of a canonical variant: its options in the order of the table
+    in docs/api.md."""
+    if v.fit is Fit.FULL:
+        size = "full_size"
+    elif v.fit is Fit.WIDTH:
+        size = f"w{v.width}"
+    elif v.fit is Fit.HEIGHT:
+        size = f"h{v.height}"
+    else:
+        size = f"x{v.width}" if v.width == v.height else f"{v.width}x{v.height}"
+    tokens = [
+        "fit" if v.fit is Fit.FIT else "",
+        "pad" + ("" if v.pad is None else _hex(v.pad)) if v.fit is Fit.PAD else "",
+        "noup" if v.noup else "",
+        v.gravity or "",
+        "" if v.focus is None else f"fp{v.focus[0]}_{v.focus[1]}",
+        "smart" if v.smart else "",
+        "trim" if v.trim else "",
+        f"r{v.rotate}" if v.rotate else "",
+        "flip" if v.flip else "",
+        "flop" if v.flop else "",
+        f"blur{v.blur}" if v.blur else "",
+        "sharp" if v.sharp else "",
+        "gray" if v.gray else "",
+        f"q{v.quality}" if v.named_quality else "",
+    ]
+    return size + "".join(f"-{t}" for t in tokens if t) + f".{v.format}"
 
 
 def _default_pad(fmt: str) -> tuple[int, int, int, int] | None:
@@ -404,9 +519,7 @@ def _label(token: str) -> str:
     return "pad" if token.startswith("pad") else token
 
 
-def _colour(text: str | None) -> tuple[int, int, int, int]:
-    if text is None:
-        return (0, 0, 0, 0)  # unused: a bare pad is the default colour
+def _colour(text: str) -> tuple[int, int, int, int]:
     value = bytes.fromhex(text)
     return (value[0], value[1], value[2], value[3] if len(value) == 4 else 255)
 
@@ -417,9 +530,7 @@ def _hex(colour: tuple[int, int, int, int]) -> str:
 
 
 def _percent(text: str, name: str) -> int:
-    if len(text) > 1 and text[0] == "0":
-        raise InvalidRequest(f"{name!r}: {text!r} is not a plain number")
-    value = int(text)
+    value = _digits(text, "a focal point", most=3)
     if value > 100:
         raise InvalidRequest(f"{name!r}: a focal point is 0 to 100 per cent")
     return value
@@ -460,16 +571,19 @@ class Presets:
             if (where, name) in named:
                 raise ValueError(f"preset {entry!r} is given twice")
             try:
-                variant = rules.parse(f"{spec}.{AUTO}")
-            except NotCanonical as e:
-                raise ValueError(
-                    f"preset {entry!r}: {spec!r} is spelled "
-                    f"{e.canonical.removesuffix('.' + AUTO)!r}"
-                ) from None
+                # What requests do with it (Images.resolve): one function.
+                variant = rules.canonical(f"{spec}.{AUTO}")
+                for ext in rules.extensions:
+                    rules.canonical(f"{spec}.{ext}")
             except ImageServerError as e:
                 raise ValueError(f"preset {entry!r}: {e}") from None
             if variant is None:
                 raise ValueError(f"preset {entry!r}: {spec!r} is not a variant")
+            if variant.name != f"{spec}.{AUTO}":
+                raise ValueError(
+                    f"preset {entry!r}: {spec!r} is spelled "
+                    f"{variant.name.removesuffix('.' + AUTO)!r}"
+                )
             named[where, name] = spec
         made: dict[str | None, list[Variant]] = {}
         for entry in outputs:

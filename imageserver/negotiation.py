@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
+#: A q value (RFC 9110 section 12.4.2), read a little more loosely: ASCII
+#: digits, a few decimals. Anything else counts as q=0.
+_QVALUE = re.compile(r"[0-9]{1,3}(?:\.[0-9]{0,6})?")
+
 
 def accepted_types(accept: str | None) -> frozenset[str]:
     """The media types an ``Accept`` header names outright, with a q above 0.
@@ -19,10 +25,9 @@ def accepted_types(accept: str | None) -> frozenset[str]:
         for parameter in parameters:
             key, _, value = parameter.partition("=")
             if key.strip().lower() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
+                # float() also reads other scripts' digits, "nan" and "inf".
+                number = value.strip()
+                quality = float(number) if _QVALUE.fullmatch(number) else 0.0
         if quality > 0:
             named.add(media)
     return frozenset(named)

@@ -34,6 +34,8 @@ import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+from imageserver.naming import ascii_digits
+
 PARAMETER = "sig"
 EXPIRY = "exp"
 #: Methods whose signature is the URL's alone: they only read.
@@ -104,7 +106,7 @@ def refusal(
     for item in kept:
         name, _, value = item.partition("=")
         if name == EXPIRY:
-            if not value.isascii() or not value.isdigit():
+            if not ascii_digits(value):
                 return f"{EXPIRY} must be Unix seconds"
             if now > int(value):
                 return f"this URL expired at {value} (Unix seconds)"

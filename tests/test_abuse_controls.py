@@ -177,6 +177,32 @@ class NamedPresetTests(SynchronousTestCase):
         response, _ = app.request("POST", f"{folder}/process?outputs=thumb.png")
         self.assertEqual(response.code, 200)
 
+    def test_a_preset_is_served_in_every_format_not_redirected(self) -> None:
+        """Issue 22: thumb=x20-padffffff passed the start-up check, then
+        thumb.jpg was a 301 to x20-pad.jpg (a 403 with --presets_only)."""
+        app = AppHarness(self, presets=("thumb=x20-padffffff", "two=x20"),
+                         presets_only=True)  # fmt: skip
+        folder = app.upload(PHOTO)
+        for name, accept, stored in (
+            ("thumb.jpg", None, "x20-pad.jpg"),
+            ("thumb.png", None, "x20-padffffff.png"),
+            ("thumb.webp", None, "x20-padffffff.webp"),
+            ("thumb.auto", "image/webp", "x20-padffffff.webp"),
+            ("thumb.auto", None, "x20-pad.jpg"),
+            ("two.jpg", None, "x20.jpg"),
+        ):
+            response, body = app.request(
+                "GET", f"{folder}/{name}", headers={"Accept": accept} if accept else {},
+                allow_redirects=False,
+            )  # fmt: skip
+            self.assertEqual(response.code, 200, name)
+            self.assertEqual(decode(body).size, (20, 20), name)
+            self.assertEqual(
+                response.headers.getRawHeaders("Content-Location"),
+                [f"{folder}/{stored}"],
+                name,
+            )
+
     def test_preset_options_are_checked_at_start(self) -> None:
         for presets, words in (
             (("thumb",), "is not name=variant"),
@@ -185,6 +211,9 @@ class NamedPresetTests(SynchronousTestCase):
             (("original=x30",), "'original' is reserved"),
             (("thumb=x30-gray-fit",), "'x30-gray-fit' is spelled 'x30-fit-gray'"),
             (("thumb=x30-foo",), "unknown option 'foo'"),
+            (("thumb=x15@2x",), "'x15@2x' is spelled 'x30'"),
+            (("thumb=30x30-flip-flop",), "'30x30-flip-flop' is spelled 'x30-r180'"),
+            (("thumb=x30-fp" + "9" * 5000 + "_1",), "digits 0-9"),
             (("thumb=x30", "thumb=x40"), "is given twice"),
             (("Bad:thumb=x30",), "'Bad' is not a namespace"),
         ):

@@ -30,7 +30,8 @@ LIMIT = imaging.Limits(50_000_000, side=4000)
 
 
 def render(data: bytes, name: str, limits: imaging.Limits = LIMIT) -> Image.Image:
-    variant = RULES.parse(name)
+    """``name`` in any spelling: the pixels of what it means."""
+    variant = RULES.canonical(name)
     assert variant is not None
     return decode(imaging.render(data, variant, limits))
 
@@ -175,7 +176,7 @@ class GeometrySweepTests(TestCaseMixin, SynchronousTestCase):
     def test_every_render_has_the_planned_size_and_pixels(
         self, w: int, h: int, name: str, fmt: str
     ) -> None:
-        variant = RULES.parse(name)
+        variant = RULES.canonical(name)
         assert variant is not None
         data = encode(quadrants((w, h)), fmt)
         plan = geometry.plan(variant, w, h)

@@ -1,18 +1,30 @@
-from hypothesis import given
+import os
+import re
+from dataclasses import dataclass, replace
+from typing import Any
+
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 from twisted.trial.unittest import SynchronousTestCase
 
+from imageserver import config, formats, geometry, signing
+from imageserver.config import Config
 from imageserver.errors import InvalidRequest, NotCanonical, NotFound
 from imageserver.naming import (
+    AUTO,
+    GRAVITIES,
     Fit,
     ImageId,
     Variant,
     VariantRules,
+    ascii_digits,
     check_file_name,
     check_namespace,
     is_file_name,
     original_digest,
 )
+from imageserver.negotiation import accepted_types
 
 RULES = VariantRules(frozenset({"jpg", "png", "webp"}), 75, 1000)
 HASH = "6e0072682e66287b662827da75b244a3"
@@ -41,7 +53,7 @@ class VariantNameTests(SynchronousTestCase):
 
     def test_square(self) -> None:
         self.assertEqual(
-            RULES.parse("x200.png"), Variant("x200.png", Fit.FILL, 200, 200, 75, "png")
+            RULES.parse("x200.png"), Variant("x200.png", Fit.FILL, 200, 200, 0, "png")
         )
 
     def test_rectangle(self) -> None:
@@ -108,7 +120,8 @@ class VariantNameTests(SynchronousTestCase):
                 RULES.parse(name)
 
     def test_maximum_width_is_allowed(self) -> None:
-        self.assertEqual(RULES.parse("1000x1000.jpg").width, 1000)  # type: ignore[union-attr]
+        self.assertEqual(RULES.parse("x1000.jpg").width, 1000)  # type: ignore[union-attr]
+        self.assertEqual(RULES.parse("1000x999.jpg").width, 1000)  # type: ignore[union-attr]
 
     def test_extension_not_served_is_404(self) -> None:
         for name in ("w200.gif", "w200.bmp", "w200.JPG", "full_size.exe"):
@@ -206,17 +219,15 @@ def canonical_of(name: str) -> str:
 
 class GrammarV2Tests(SynchronousTestCase):
     def test_every_option(self) -> None:
-        v = V2.parse(
-            "x200-pad00ff00-noup-trim-r90-flip-flop-blur4-sharp-gray-q60@2x.png"
-        )
+        v = V2.parse("x400-pad00ff00-noup-trim-r90-flip-blur4-sharp-gray-q60.webp")
         assert v is not None
         self.assertEqual(
-            (v.fit, v.width, v.height, v.dpr, v.quality, v.pad, v.noup, v.trim),
-            (Fit.PAD, 400, 400, 2, 60, (0, 255, 0, 255), True, True),
+            (v.fit, v.width, v.height, v.quality, v.pad, v.noup, v.trim),
+            (Fit.PAD, 400, 400, 60, (0, 255, 0, 255), True, True),
         )
         self.assertEqual(
             (v.rotate, v.flip, v.flop, v.blur, v.sharp, v.gray),
-            (90, True, True, 4, True, True),
+            (90, True, False, 4, True, True),
         )
         for name, field, value in (
             ("h200.jpg", "fit", Fit.HEIGHT),
@@ -224,7 +235,6 @@ class GrammarV2Tests(SynchronousTestCase):
             ("x200-gse.jpg", "gravity", "gse"),
             ("x200-fp10_90.jpg", "focus", (10, 90)),
             ("x200-smart.jpg", "smart", True),
-            ("w200@3x.jpg", "width", 600),
             ("300x200-pad.jpg", "pad", None),
             ("300x200-pad80808080.png", "pad", (128, 128, 128, 128)),
         ):
@@ -253,7 +263,27 @@ class GrammarV2Tests(SynchronousTestCase):
             ("x200-padffffffff.jpg", "x200-pad.jpg"),
             ("x200-pad00000000.png", "x200-pad.png"),
             ("x200-padff0000ff.png", "x200-padff0000.png"),
-            ("x200-flop-flip.jpg", "x200-flip-flop.jpg"),
+            ("x200-flop-flip.jpg", "x200-r180.jpg"),
+            # Issue 22: spellings of one output, each stored apart before.
+            ("w200@3x.jpg", "w600.jpg"),
+            ("x100@2x.jpg", "x200.jpg"),
+            ("x50@4x.jpg", "x200.jpg"),
+            ("200x200.jpg", "x200.jpg"),
+            ("100x100-fit@2x.jpg", "x200-fit.jpg"),
+            ("full_size@2x.jpg", "full_size.jpg"),
+            ("full_size@4x.png", "full_size.png"),
+            ("full_size-noup.jpg", "full_size.jpg"),
+            ("w200-q40.png", "w200.png"),
+            ("w200-gray-q40.png", "w200-gray.png"),
+            ("full_size-q100.png", "full_size.png"),
+            ("x200-flip-flop.jpg", "x200-r180.jpg"),
+            ("x200-r90-flip-flop.jpg", "x200-r270.jpg"),
+            ("x200-r180-flip.jpg", "x200-flop.jpg"),
+            ("x200-r270-flop.jpg", "x200-r90-flip.jpg"),
+            ("x200-fp50_0.jpg", "x200-gn.jpg"),
+            ("x200-fp0_100.jpg", "x200-gsw.jpg"),
+            ("x200-fp100_50.jpg", "x200-ge.jpg"),
+            ("x200-pad-gray-q30.png", "x200-pad-gray.png"),
             ("w200-r90-trim.jpg", "w200-trim-r90.jpg"),
         ):
             with self.assertRaises(NotCanonical, msg=name) as caught:
@@ -297,15 +327,15 @@ class GrammarV2Tests(SynchronousTestCase):
         for name, double in (("w100@2x.jpg", "w200.jpg"), ("h50@2x.jpg", "h100.jpg"),
                              ("x25-pad@4x.png", "x100-pad.png"),
                              ("30x20-gn@3x.jpg", "90x60-gn.jpg")):  # fmt: skip
-            a, b = V2.parse(name), V2.parse(double)
-            assert a is not None and b is not None
-            self.assertEqual((a.width, a.height, a.fit), (b.width, b.height, b.fit))
+            self.assertEqual(canonical_of(name), double)
 
     def test_outputs_take_v2_names_and_refuse_other_spellings(self) -> None:
         self.assertEqual(
-            [v.name for v in V2.parse_outputs("x300-smart.jpg,w200@2x.webp")],
-            ["x300-smart.jpg", "w200@2x.webp"],
+            [v.name for v in V2.parse_outputs("x300-smart.jpg,w400.webp")],
+            ["x300-smart.jpg", "w400.webp"],
         )
+        with self.assertRaises(InvalidRequest):
+            V2.parse_outputs("w200@2x.webp")
         with self.assertRaises(InvalidRequest) as caught:
             V2.parse_outputs("x300-gray-fit.jpg")
         self.assertEqual(
@@ -345,3 +375,266 @@ class GrammarV2Tests(SynchronousTestCase):
             self.assertEqual(e.canonical, canonical)
         else:
             self.assertEqual(again, variant)
+
+
+# Issue 22: names that are one output. The model below says what a name means
+# from the parts it was built from, without the canonicaliser: the pixels of
+# its turns and mirrors (Pillow on a 3x2 grid), its geometry on sources of
+# several shapes (geometry.plan), what its encoder is given, its other options.
+SIZES = {  # spelling -> (fit, width, height), before the density
+    "w2": (Fit.WIDTH, 2, 0), "w4": (Fit.WIDTH, 4, 0), "h4": (Fit.HEIGHT, 0, 4),
+    "x2": (Fit.FILL, 2, 2), "2x2": (Fit.FILL, 2, 2), "x4": (Fit.FILL, 4, 4),
+    "4x4": (Fit.FILL, 4, 4), "4x2": (Fit.FILL, 4, 2), "2x1": (Fit.FILL, 2, 1),
+    "w1": (Fit.WIDTH, 1, 0), "x1": (Fit.FILL, 1, 1), "1x1": (Fit.FILL, 1, 1),
+    "1x4": (Fit.FILL, 1, 4), "full_size": (Fit.FULL, 0, 0),
+}  # fmt: skip
+BOX = ["", "fit", "pad", "pad00000000", "padffffff", "pad336699"]
+PLACES = ["", "gn", "gse", "gw", "fp50_0", "fp0_100", "fp100_50", "fp50_50",
+          "fp20_70", "smart"]  # fmt: skip
+TURNS = [(r, i, o) for r in (0, 90, 180, 270) for i in (0, 1) for o in (0, 1)]
+QUALITIES = ["", "q40", "q100"]
+EXTS = ["png", "jpg", "webp", "gif", "auto"]
+DENSITIES = ["", "@1x", "@2x", "@4x"]
+SOURCES = [(9, 4), (4, 9), (5, 5), (1, 1), (2, 1), (1, 2), (300, 200), (7, 300),
+           (300, 7), (1, 50), (50, 1)]  # fmt: skip
+EQ_RULES = VariantRules(frozenset(EXTS), 0, 1000)
+
+
+@dataclass(frozen=True)
+class Parts:
+    size: str
+    box: str
+    noup: bool
+    place: str
+    turn: tuple[int, int, int]
+    gray: bool
+    quality: str
+    density: str
+    ext: str
+
+    @property
+    def name(self) -> str:
+        r, flip, flop = self.turn
+        options = [self.box, "noup" if self.noup else "", self.place,
+                   f"r{r}" if r else "", "flip" if flip else "", "flop" if flop else "",
+                   "gray" if self.gray else "", self.quality]  # fmt: skip
+        return (self.size + "".join(f"-{o}" for o in options if o) + self.density
+                + f".{self.ext}")  # fmt: skip
+
+
+def _turned(r: int, flip: int, flop: int) -> bytes:
+    grid = Image.frombytes("L", (3, 2), bytes(range(6)))
+    for _ in range(r // 90):
+        grid = grid.transpose(Image.Transpose.ROTATE_270)  # a quarter clockwise
+    if flip:
+        grid = grid.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    if flop:
+        grid = grid.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return grid.size[0].to_bytes() + grid.tobytes()
+
+
+def effect(p: Parts) -> object:
+    """What the output of ``p.name`` is made of, from its parts."""
+    fit, width, height = SIZES[p.size]
+    dpr = int(p.density[1:-1]) if p.density else 1
+    pad: tuple[int, int, int, int] | None = None
+    if p.box == "fit":
+        fit = Fit.FIT
+    elif p.box:
+        fit = Fit.PAD
+        if p.box != "pad":
+            pad = bytes.fromhex(p.box[3:]).ljust(4, b"\xff")  # type: ignore[assignment]
+            pad = tuple(pad)  # type: ignore[arg-type,assignment]
+    place: dict[str, Any] = {}
+    if p.place in GRAVITIES:
+        place["gravity"] = p.place
+    elif p.place == "smart":
+        place["smart"] = True
+    elif p.place and p.place != "fp50_50":  # the centre, as docs/api.md says
+        x, y = p.place[2:].split("_")
+        place["focus"] = (int(x), int(y))
+    r, flip, flop = p.turn
+    model = Variant("", fit, width * dpr, height * dpr, 0, p.ext, pad=pad,
+                    noup=p.noup, rotate=r, flip=bool(flip), flop=bool(flop),
+                    **place)  # fmt: skip
+    plans = []
+    for w, h in SOURCES:
+        plan = geometry.plan(model, w, h)
+        plans.append((plan.region, plan.box, plan.size, plan.canvas, plan.offset))
+    if p.ext == AUTO:
+        encoder: object = (p.quality, pad)
+    else:
+        row = formats.output(p.ext)
+        # What the encoder is given (None: --default_quality decides).
+        options = row.save_options(int(p.quality[1:]) if p.quality else None)
+        given = tuple(sorted(options.items()))
+        default = tuple(sorted(row.save_options(None).items()))
+        quality = None if given == default or not p.quality else given
+        canvas = model.pad_colour(row.alpha) if fit is Fit.PAD else None
+        encoder = (row.content_type, row.pillow, row.encoder, quality, canvas)
+    turned = _turned(r, flip, flop)
+    return (encoder, turned, tuple(plans), p.gray, p.place == "smart")
+
+
+def outcome(name: str) -> str:
+    """The canonical name of ``name``, or the refusal's kind."""
+    try:
+        variant = EQ_RULES.parse(name)
+    except NotCanonical as e:
+        return e.canonical
+    except InvalidRequest:
+        return "400"
+    assert variant is not None
+    return variant.name
+
+
+@st.composite
+def parts(draw: st.DrawFn) -> Parts:
+    return Parts(
+        draw(st.sampled_from(sorted(SIZES))), draw(st.sampled_from(BOX)),
+        draw(st.booleans()), draw(st.sampled_from(PLACES)),
+        draw(st.sampled_from(TURNS)), draw(st.booleans()),
+        draw(st.sampled_from(QUALITIES)), draw(st.sampled_from(DENSITIES)),
+        draw(st.sampled_from(EXTS)),
+    )  # fmt: skip
+
+
+class OneNamePerOutputTests(SynchronousTestCase):
+    """Two names whose outputs are the same by construction have one
+    canonical name; two names with different outputs never share one."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(parts())
+    def test_names_of_one_output_have_one_canonical_name(self, base: Parts) -> None:
+        # Every spelling that differs from ``base`` in one part, so that
+        # names of one output are drawn together often.
+        family = {base}
+        for field_name, values in (
+            ("size", sorted(SIZES)), ("box", BOX), ("noup", [False, True]),
+            ("place", PLACES), ("turn", TURNS), ("quality", QUALITIES),
+            ("density", DENSITIES), ("ext", EXTS),
+        ):  # fmt: skip
+            family.update(replace(base, **{field_name: v}) for v in values)
+        groups: dict[str, set[object]] = {}
+        by_effect: dict[object, set[str]] = {}
+        for member in family:
+            canonical = outcome(member.name)
+            if canonical == "400":
+                continue
+            self.assertTrue(canonical.isascii(), canonical)
+            self.assertEqual(outcome(canonical), canonical)
+            groups.setdefault(canonical, set()).add(effect(member))
+            by_effect.setdefault(effect(member), set()).add(canonical)
+        for canonical, effects in groups.items():
+            self.assertEqual(len(effects), 1, f"{canonical} names different outputs")
+        for names in by_effect.values():
+            self.assertEqual(len(names), 1, f"one output has names {sorted(names)}")
+
+
+DIGITS = st.characters(categories=["Nd"])
+
+
+class AsciiNumberTests(SynchronousTestCase):
+    @given(
+        st.sampled_from(["w{}.jpg", "x{}.png", "{}x20.jpg", "w20-q{}.jpg",
+                         "x20-fp{}_5.jpg", "w20-blur{}.jpg", "w20@{}x.jpg"]),
+        st.text(DIGITS, min_size=1, max_size=8),
+    )  # fmt: skip
+    def test_numbers_are_ascii_digits(self, pattern: str, digits: str) -> None:
+        """``w\u0662\u0660\u0660.jpg`` is no name of the server's (it was one
+        more spelling of ``w200.jpg``); an accepted name is ASCII throughout."""
+        name = pattern.format(digits)
+        try:
+            variant = V2.canonical(name)
+        except InvalidRequest:
+            self.assertTrue(digits.isascii(), name)
+            return
+        if variant is None:
+            self.assertFalse(digits.isascii(), name)
+            self.assertFalse(is_file_name(name), name)
+        else:
+            self.assertTrue(digits.isascii(), name)
+            self.assertTrue(variant.name.isascii(), variant.name)
+
+    def test_every_number_has_a_bounded_length(self) -> None:
+        """Over 4,300 digits ``int`` raises ValueError: a 400 first, saying why."""
+        for pattern in ("w{}.jpg", "{}x2.jpg", "x2-fp{}_5.jpg", "x2-fp5_{}.jpg",
+                        "w2-q{}.jpg", "w2-blur{}.jpg", "w2@{}x.jpg"):  # fmt: skip
+            for digits in ("1" * 7, "1" * 4301, "9" * 100_000):
+                name = pattern.format(digits)
+                with self.assertRaises(InvalidRequest, msg=name[:40]) as caught:
+                    V2.parse(name)
+                self.assertIn("digits 0-9", str(caught.exception))
+                self.assertLess(len(str(caught.exception)), 200)
+        with self.assertRaises(InvalidRequest):
+            V2.parse_outputs("x2-fp" + "1" * 5000 + "_5.jpg")
+
+
+class NumberReadersTests(SynchronousTestCase):
+    """Every reader of a number a client or an operator writes takes ASCII
+    digits of a bounded length (issue 22): ``str.isdigit`` and ``int`` take
+    other scripts' digits (``\\u00b2`` passes isdigit and fails int), and
+    ``int`` raises past 4,300 digits."""
+
+    BAD = ("\u00b2", "\u0662", "\uff12", "1_0", "1" * 5000, "nan", "inf", "")
+
+    def test_ascii_digits(self) -> None:
+        self.assertTrue(ascii_digits("7000"))
+        for text in (*self.BAD, " 1", "-1"):
+            self.assertFalse(ascii_digits(text), text[:10])
+
+    def test_settings(self) -> None:
+        by_name = {f.name: f for f in config.fields()}
+        self.assertEqual(config.parse(by_name["maximum_width"], "2000"), 2000)
+        self.assertEqual(config.parse(by_name["http_timeout"], "2.5"), 2.5)
+        for name in ("maximum_width", "http_timeout"):
+            for text in self.BAD:
+                with self.assertRaises(ValueError, msg=(name, text[:10])):
+                    config.parse(by_name[name], text)
+
+    def test_ports_and_schedulers(self) -> None:
+        self.assertEqual(config._local_workers("local:\u00b2"), None)
+        self.assertEqual(config._local_workers("local:2"), 2)
+        self.assertTrue(Config(admin_port="7003").admin_endpoint.startswith("tcp:7003"))
+        # Not a port number: Twisted's endpoint parser refuses it at start-up
+        # (it was read as 7003).
+        with self.assertRaises(ValueError):
+            Config(admin_port="\u0667\u0660\u0660\u0663")
+
+    def test_signed_urls_expiry(self) -> None:
+        secret = b"s" * 32
+        for exp in ("\u0661\u0662", "1" * 5000):
+            uri = signing.sign(secret, f"/p/x?exp={exp}", None)
+            self.assertEqual(
+                signing.refusal([secret], uri, 0), "exp must be Unix seconds"
+            )
+
+    def test_accept_q_values(self) -> None:
+        self.assertEqual(
+            accepted_types(
+                "image/webp;q=0.8,image/avif;q=\u0661,image/jxl;q=nan,"
+                "image/png;q=inf,image/gif;q=1"
+            ),
+            frozenset({"image/webp", "image/gif"}),
+        )
+
+    def test_no_unicode_classes_in_the_source(self) -> None:
+        """The class of the bug, closed at the source: no ``\\d``/``\\w`` in a
+        pattern, no ``isdigit``/``isdecimal``/``isnumeric`` but in
+        ascii_digits."""
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        found = []
+        for folder, _, files in os.walk(os.path.join(root, "imageserver")):
+            for file_name in files:
+                if not file_name.endswith(".py"):
+                    continue
+                path = os.path.join(folder, file_name)
+                with open(path) as f:
+                    for number, line in enumerate(f, 1):
+                        if line.lstrip().startswith("#"):
+                            continue
+                        if re.search(r"\\[dwDW]|\.is(digit|decimal|numeric)\(", line):
+                            found.append(f"{path}:{number}: {line.strip()}")
+        self.assertEqual(
+            [f for f in found if "text.isdigit()" not in f or "naming.py" not in f], []
+        )

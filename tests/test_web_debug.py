@@ -73,7 +73,11 @@ class DebugTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(first).code, 200)
 
     def test_bad_profile_arguments(self) -> None:
-        for query in ("seconds=0", "seconds=301", "seconds=x", "format=svg"):
+        # Issue 22: str.isdigit() took the last three, then int() raised (a
+        # 500) or read another script's digits.
+        long = "seconds=" + "1" * 5000
+        for query in ("seconds=0", "seconds=301", "seconds=x", "format=svg",
+                      "seconds=%C2%B2", "seconds=%D9%A2", long):  # fmt: skip
             code, _, _ = self.get(f"/debug/profile?{query}")
             self.assertEqual(code, 400, query)
 

@@ -14,6 +14,7 @@ from imageserver.batches import Batches
 from imageserver.errors import InvalidRequest
 from imageserver.images import Images, Resolved
 from imageserver.naming import (
+    AUTO,
     FOLDER_PATTERN,
     INFO,
     ORIGINAL,
@@ -100,6 +101,10 @@ class ImageServerApp:
 
     @app.route(_IMAGE + "/<name>", methods=["GET"])
     async def get(self, request: IRequest, image: ImageId, name: str) -> Response:
+        if name.endswith("." + AUTO):
+            # Every answer to a .auto name (redirects and errors too) is
+            # chosen for this Accept header: no cache may give it to another.
+            request.setHeader("Vary", "Accept")
         served = await self._images.resolve(image, name, request.getHeader("Accept"))
         stored = await self._images.get(image, served.name)
         return _serve(request, stored, image, served)

@@ -23,6 +23,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 
 from imageserver.errors import InvalidRequest
+from imageserver.naming import ascii_digits
 from imageserver.web.responses import json_response, routing_error, server_error
 
 MAX_PROFILE_SECONDS = 300
@@ -168,6 +169,6 @@ def _int_arg(request: IRequest, name: str, default: int, low: int, high: int) ->
     text = _arg(request, name)
     if text is None:
         return default
-    if not text.isdigit() or not low <= int(text) <= high:
+    if not ascii_digits(text) or not low <= int(text) <= high:
         raise InvalidRequest(f"{name} is a whole number from {low} to {high}")
     return int(text)

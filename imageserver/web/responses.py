@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote
 
 from klein import Response
 from twisted.logger import Logger
@@ -19,6 +20,10 @@ log = Logger()
 Headers = dict[str | bytes, str | bytes | Sequence[str | bytes]]
 #: Seconds a client is asked to wait after a 503.
 RETRY_AFTER = "5"
+#: How long a redirect to a canonical name is kept: one from a concrete name
+#: for ever; one from a ``.auto`` name (whose answers vary) for an hour.
+IMMUTABLE_REDIRECT = "public, max-age=31536000, immutable"
+REDIRECT_CACHE = "public, max-age=3600"
 
 STATUS_FOR: dict[type[errors.ImageServerError], int] = {
     errors.InvalidRequest: 400,
@@ -78,13 +83,20 @@ def server_error(self: Any, request: IRequest, failure: Failure) -> Response:
 
 def _to_canonical(request: IRequest, error: errors.NotCanonical) -> Response:
     """301 to the one spelling of a variant name; the grammar never changes, so
-    neither does the redirect."""
+    neither does the redirect, except from a ``.auto`` name: what such a name
+    answers depends on Accept (the route says ``Vary: Accept``), so its
+    redirect is kept for a while, not for ever."""
     folder = request.path.decode("utf-8", "replace").rpartition("/")[0]
-    location = f"{folder}/{error.canonical}"
+    # A header is ASCII: anything else in the path is sent percent-encoded.
+    location = quote(f"{folder}/{error.canonical}", safe="/%")
+    negotiated = error.canonical.endswith(".auto")
     return json_response(
         301,
         {"message": str(error), "location": location},
-        {"Location": location, "Cache-Control": "public, max-age=31536000, immutable"},
+        {
+            "Location": location,
+            "Cache-Control": REDIRECT_CACHE if negotiated else IMMUTABLE_REDIRECT,
+        },
     )
 
 
