@@ -265,12 +265,20 @@ class VariantRules:
         Raises as `canonical` does, and `NotCanonical` for a valid name
         spelled otherwise than its one canonical spelling: every name whose
         output is the same by construction has that one spelling (and is
-        stored once, under it).
+        stored once, under it). A density is the exception that is served,
+        not redirected: ``x100@2x.jpg`` is what a ``srcset`` asks for (and
+        what a client that follows no redirect saves), so it answers with
+        ``x200.jpg``'s stored bytes, provided the rest of it is canonical.
         """
         variant = self.canonical(name)
-        if variant is not None and variant.name != name:
-            raise NotCanonical(name, variant.name)
-        return variant
+        if variant is None or variant.name == name:
+            return variant
+        m = _VARIANT.match(name)
+        assert m is not None  # canonical() matched it
+        dense = _density_spelling(variant, int(m["dpr"] or 1))
+        if dense == name:
+            return variant
+        raise NotCanonical(name, dense or variant.name)
 
     def parse_outputs(self, value: str | None) -> tuple[Variant, ...]:
         """Parse a comma-separated ``outputs`` list; every item must be a variant."""
@@ -476,6 +484,18 @@ def _can_enlarge(v: Variant) -> bool:
     if v.fit is Fit.FILL:
         return max(v.width, v.height) > 1
     return min(v.width, v.height) > 1  # fit or pad: the smaller scale decides
+
+
+def _density_spelling(v: Variant, density: int) -> str | None:
+    """The canonical variant ``v`` spelled at ``density`` (``x100@2x.jpg`` for
+    ``x200.jpg`` at 2), or None where no such spelling says more than ``v``'s
+    own name: a density of 1, full size (which a density cannot change), or a
+    size the density does not divide."""
+    if density <= 1 or v.fit is Fit.FULL or v.width % density or v.height % density:
+        return None
+    base = _spelling(replace(v, width=v.width // density, height=v.height // density))
+    stem, _, fmt = base.rpartition(".")
+    return f"{stem}@{density}x.{fmt}"
 
 
 def _spelling(v: Variant) -> str:

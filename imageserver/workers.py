@@ -27,6 +27,7 @@ import dataclasses
 import glob
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -170,7 +171,7 @@ def remove_stale_metrics(directory: str) -> list[str]:
     removed = []
     for path in glob.glob(os.path.join(directory, METRICS_PREFIX + "*")):
         owner, _, _ = os.path.basename(path)[len(METRICS_PREFIX) :].partition("-")
-        if not owner.isdigit() or _alive(int(owner)):
+        if not re.fullmatch("[0-9]{1,10}", owner) or _alive(int(owner)):
             continue
         shutil.rmtree(path, ignore_errors=True)
         log.info("removed {path}, left by a supervisor that is gone", path=path)

@@ -107,7 +107,7 @@ class ImageServerApp:
             request.setHeader("Vary", "Accept")
         served = await self._images.resolve(image, name, request.getHeader("Accept"))
         stored = await self._images.get(image, served.name)
-        return _serve(request, stored, image, served)
+        return _serve(request, stored, image, served, name)
 
     @app.route(_IMAGE, methods=["DELETE"])
     async def purge(self, request: IRequest, image: ImageId) -> Response:
@@ -162,9 +162,13 @@ def _query(request: IRequest, name: str) -> str | None:
 
 
 def _serve(
-    request: IRequest, stored: StoredObject, image: ImageId, served: Resolved
+    request: IRequest,
+    stored: StoredObject,
+    image: ImageId,
+    served: Resolved,
+    requested: str,
 ) -> Response:
-    """``stored``, found as ``served`` says."""
+    """``stored``, found as ``served`` says for the ``requested`` name."""
     # Date is the time of the answer, not of the request's arrival (a first
     # render can take seconds), and Last-Modified is never later than it.
     now = int(time.time())
@@ -180,7 +184,8 @@ def _serve(
     if served.negotiated:
         # What is served depends on Accept; this is its own URL.
         headers["Vary"] = "Accept"
-    if served.negotiated or served.preset:
+    if served.name != requested:
+        # A preset, a .auto choice or a density spelling: the stored name.
         headers["Content-Location"] = f"/{image.folder}/{served.name}"
     if client_file:
         # A stored file is the client's bytes: never let a browser run them

@@ -88,7 +88,7 @@ def _to_canonical(request: IRequest, error: errors.NotCanonical) -> Response:
     redirect is kept for a while, not for ever."""
     folder = request.path.decode("utf-8", "replace").rpartition("/")[0]
     # A header is ASCII: anything else in the path is sent percent-encoded.
-    location = quote(f"{folder}/{error.canonical}", safe="/%")
+    location = quote(f"{folder}/{error.canonical}", safe="/%@")
     negotiated = error.canonical.endswith(".auto")
     return json_response(
         301,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from io import BytesIO
@@ -160,7 +161,7 @@ def _framing_refusal(
             "the body's length is ambiguous: send one Content-Length or one "
             "Transfer-Encoding: chunked, not several, not both"
         )
-    if name == b"content-length" and not (value.isascii() and value.isdigit()):
+    if name == b"content-length" and not re.fullmatch(rb"[0-9]{1,18}", value):
         return "Content-Length must be a number of bytes"
     if name == b"transfer-encoding":
         if version != b"HTTP/1.1":
