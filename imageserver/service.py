@@ -254,7 +254,12 @@ def make_service(
         shards = ClusterShards(config, waiting.run)
         shards.setServiceParent(top)
     batches = Batches(
-        images, storage, config.batch_concurrency, shards=shards, clock=reactor
+        images,
+        storage,
+        config.batch_concurrency,
+        shards=shards,
+        clock=reactor,
+        run=io_pool.run,
     )
     api: IResource = ImageServerApp(images, batches).app.resource()
     tokens = None
