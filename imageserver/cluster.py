@@ -79,19 +79,53 @@ def _runtime(config: Config, concurrency: int) -> _Runtime:
     return _Runtime.of(dataclasses.replace(config, processor_concurrency=concurrency))
 
 
+#: The options a Dask task carries to its worker: what doing items needs.
+#: An allow-list: every other option (credentials and access secrets,
+#: ports, webhooks, debugging, and any option added later until it is
+#: named here) stays home and is its default on the worker. Workers take
+#: credentials from their own environment, the standard AWS way.
+TRAVELS = frozenset(
+    {
+        "local_base_path",
+        "outputs",
+        "extensions",
+        "auto_formats",
+        "default_quality",
+        "maximum_width",
+        "max_source_bytes",
+        "max_source_pixels",
+        "max_animation_frames",
+        "max_pixels_per_byte",
+        "processor_concurrency",
+        "io_concurrency",
+        "memory_cache_bytes",
+        "uploader",
+        "aws_bucket",
+        "aws_region",
+        "s3_endpoint_url",
+        "s3_acl",
+        "remote_base_path",
+        "remote_base_url",
+        "uploader_concurrency",
+        "shutdown_timeout",
+        "max_redirects",
+        "allow_private_sources",
+        "allow_networks",
+        "source_allowlist",
+        "presets",
+        "presets_only",
+        "max_pending",
+        "processing_timeout",
+        "http_timeout",
+        "max_file_age",
+    }
+)
+
+
 def worker_config(config: Config) -> Config:
-    """What a worker needs of the server's Config: its secrets of access,
-    webhooks and debugging stay home."""
-    return dataclasses.replace(
-        config,
-        secret="",
-        write_tokens="",
-        webhook=(),
-        webhook_secret="",
-        manhole="",
-        profile=False,
-        scheduler="",
-    )
+    """What a task carries of ``config``: the options in `TRAVELS`, and
+    nothing else (no option marked secret is ever among them)."""
+    return Config(**{name: getattr(config, name) for name in TRAVELS})
 
 
 class ClusterShards(Service):
@@ -299,9 +333,10 @@ def process(options: Any, stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> i
                 w["nthreads"] for w in client.scheduler_info()["workers"].values()
             )
             parts = shards(items, shard_size(len(items), config.shard_size, threads))
+            task_config = worker_config(config)
             futures = client.map(
                 run_shard,
-                [config] * len(parts),
+                [task_config] * len(parts),
                 [namespace] * len(parts),
                 [outputs] * len(parts),
                 parts,

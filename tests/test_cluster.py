@@ -438,3 +438,100 @@ def test_without_dask_the_option_is_a_usage_error(monkeypatch: Any) -> None:
     options.environ = {}
     with pytest.raises(UsageError, match=r"pip install 'imageserver\[cluster\]'"):
         options.parseOptions(["--scheduler", "tcp://10.0.0.5:8786"])
+
+
+#: Options that stay home, each for a reason; with `cluster.TRAVELS`, every
+#: option: one added later must be put on one side or the other.
+STAYS_HOME = {
+    # credentials and access: workers have their own (environment, role)
+    "aws_access_key_id", "aws_secret_key", "secret", "write_tokens",
+    "webhook", "webhook_secret", "webhook_queue", "webhook_retry_seconds",
+    "manhole", "manhole_keys", "manhole_passwords", "manhole_host_keys",
+    "manhole_allow_remote",
+    # the server's ports, processes and connections
+    "port", "listen", "admin_port", "workers", "debug_worker", "idle_timeout",
+    "request_head_timeout", "max_connections", "max_receiving_bytes",
+    "listen_backlog", "batch_concurrency", "purge_check_interval",
+    # reporting and debugging
+    "enable_statsd", "statsd_host", "statsd_port", "statsd_prefix",
+    "log_format", "profile",
+    # the cluster itself
+    "scheduler", "shard_size", "shard_retries",
+}  # fmt: skip
+
+
+def test_every_option_is_either_sent_to_workers_or_kept_home() -> None:
+    from imageserver.cluster import TRAVELS
+    from imageserver.config import fields
+
+    names = {f.name for f in fields()}
+    assert names == TRAVELS | STAYS_HOME
+    assert not TRAVELS & STAYS_HOME
+    secret = {f.name for f in fields() if f.metadata["secret"]}
+    assert secret >= {"aws_access_key_id", "aws_secret_key", "manhole_passwords",
+                      "secret", "webhook_secret"}  # fmt: skip
+    assert not TRAVELS & secret
+
+
+def test_no_secret_option_is_in_a_pickled_task(tmp_path: Any) -> None:
+    """Every option marked secret set to a value of its own: none of those
+    values is in the bytes of a task, of either kind (server batch shard or
+    command-line shard), pickled as Dask pickles it."""
+    import cloudpickle
+
+    from imageserver.batches import Item
+    from imageserver.cluster import run_batch_shard, run_shard, worker_config
+    from imageserver.config import Config, fields
+
+    values = {
+        f.name: f"secret-value-of-{f.name}" for f in fields() if f.metadata["secret"]
+    }
+    config = Config(
+        local_base_path=str(tmp_path),
+        aws_bucket="photos",
+        webhook=("http://127.0.0.1:9/hook",),
+        manhole="7003",
+        **values,
+    )
+    tasks = [
+        (run_shard, worker_config(config), "p", "", [Item(1, url="http://x/")], 2),
+        (run_batch_shard, worker_config(config), "p", "", [{"url": None}]),
+    ]
+    for task in tasks:
+        data = cloudpickle.dumps(task)
+        found = [name for name, value in values.items() if value.encode() in data]
+        assert found == []
+    # What does travel arrives whole.
+    assert worker_config(config).aws_bucket == "photos"
+    assert worker_config(config).local_base_path == str(tmp_path)
+
+
+def test_credentials_given_on_the_command_line_stay_in_its_process(
+    cluster: LocalCluster, stored: dict[str, Any]
+) -> None:
+    """The workers use their own credentials (the fixture's environment):
+    those of the command line are not in the runtimes the workers built."""
+    moto, bucket = stored["moto"], stored["buckets"][1]
+    code, _, err = run(
+        command(bucket, moto, "--outputs", "w11.png",
+                "--scheduler", cluster.scheduler_address,
+                "--aws_access_key_id", CREDENTIALS["aws_access_key_id"],
+                "--aws_secret_key", CREDENTIALS["aws_secret_access_key"]),
+        stored["hashes"][0] + "\n",
+    )  # fmt: skip
+    assert code == 0, err
+    with Client(cluster.scheduler_address) as client:
+        seen = client.run(_credentials_in_use)
+    assert seen and all(keys == [] for keys in seen.values()), seen
+
+
+def _credentials_in_use() -> list[str]:
+    """On a worker: credentials its runtimes were given by tasks."""
+    from imageserver.cluster import _Runtime
+
+    return [
+        value
+        for config in _Runtime._runtimes
+        for value in (config.aws_access_key_id, config.aws_secret_key)
+        if value
+    ]
