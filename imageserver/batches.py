@@ -306,8 +306,9 @@ class Batches:
 
     def _start(self, job: dict[str, Any], state: dict[str, Any]) -> None:
         job_id = job["id"]
+        # The first item finished is written at once (a small state), so a
+        # job killed early resumes without redoing it; later ones at the rate.
         running = self._jobs[job_id] = _Job(job, state)
-        running.next_write = self._clock.seconds() + CHECKPOINT_SECONDS
         d = Deferred.fromCoroutine(self._run(running))
         self._running[job_id] = d
 
