@@ -453,6 +453,18 @@ class Config:
             raise ValueError(
                 "--scheduler must be a scheduler address (tcp://host:8786) or local:N"
             )
+        if (
+            self.scheduler
+            and self.local_workers is None
+            and self.remote is None
+            and not os.path.isabs(self.local_base_path)
+        ):
+            raise ValueError(
+                f"--scheduler {self.scheduler} with the relative --local_base_path "
+                f"{self.local_base_path}: each Dask worker would store under its "
+                "own working directory; give --aws_bucket, or an absolute path "
+                "that every worker mounts at the same place"
+            )
         if self.purge_check_interval < 0:
             raise ValueError("--purge_check_interval must not be negative")
         if self.presets_only and not (self.outputs or self.presets):
