@@ -138,9 +138,12 @@ class S3Storage:
     async def delete_prefix(self, folder: str) -> None:
         await self._call(self._delete_prefix, self.object_key(folder) + "/")
 
-    async def _call(self, f: Callable[..., T], key: str, *args: Any) -> T:
-        what = f"{_DOING[f.__name__]} {key} in bucket {self._settings.bucket}"
-        return await self._run(_translate_errors, what, f, key, *args)
+    async def _call(self, f: Callable[..., T], *args: Any) -> T:
+        return await self._run(_translate_errors, f, *args)
+
+    def doing(self, f: Callable[..., Any], key: str) -> str:
+        """A call said in words, for the log: "listing p/ in bucket photos"."""
+        return f"{_DOING[f.__name__]} {key} in bucket {self._settings.bucket}"
 
     # The methods below run in the S3 thread pool.
 
@@ -234,25 +237,42 @@ _DOING = {
 }
 
 
-def _translate_errors(what: str, f: Callable[..., T], *args: Any) -> T:
-    """Turn boto's errors into the two a client is told about (502 and 503);
-    ``what`` is the call said in words, for the log."""
+def _translate_errors(f: Callable[..., T], *args: Any) -> T:
+    """Turn boto's errors into the two a client is told about (502 and 503).
+
+    ``f`` is a method of `S3Storage` and ``args[0]`` its object key."""
     try:
         return f(*args)
     except ClientError as e:
         code = _code(e)
-        log.warn("storage refused {operation}: {code}", operation=what, code=code)
+        log.warn(
+            "storage refused {operation}: {code}", operation=_doing(f, args), code=code
+        )
         if code in _TRANSIENT:
             raise StorageUnavailable(
                 "storage is unavailable, try again later"
             ) from None
         raise StorageFailed(f"storage refused the request ({code})") from None
     except (BotoConnectionError, HTTPClientError) as e:
-        log.warn("storage unreachable {operation}: {error}", operation=what, error=e)
+        log.warn(
+            "storage unreachable {operation}: {error}",
+            operation=_doing(f, args),
+            error=e,
+        )
         raise StorageUnavailable("storage is unavailable, try again later") from None
     except BotoCoreError as e:
-        log.warn("storage failed {operation}: {error}", operation=what, error=e)
+        log.warn(
+            "storage failed {operation}: {error}", operation=_doing(f, args), error=e
+        )
         raise StorageFailed(f"storage failed ({type(e).__name__})") from None
+
+
+def _doing(f: Callable[..., Any], args: tuple[Any, ...]) -> str:
+    """The call said in words (its method names are this module's business)."""
+    storage = getattr(f, "__self__", None)
+    if isinstance(storage, S3Storage) and args:
+        return storage.doing(f, args[0])
+    return _DOING.get(f.__name__, "working")
 
 
 def check_bucket(settings: S3Settings) -> None:
