@@ -3,6 +3,12 @@
 A job's state lives in the storage (``{ns}/batch/{id}/job.json`` and
 ``state.json``), so it survives a restart, any instance sharing the bucket can
 answer for it, and a job found unfinished resumes where it stopped.
+
+The state is a checkpoint, not a journal: written at a bounded rate (every
+`CHECKPOINT_SECONDS`, slower for a large state) and when the job ends, made
+into JSON off the reactor. Rewriting it after every item cost a 10,000-item
+batch of fast failures 3 GB of writes; a restart now redoes at most the
+items of the last interval, which are idempotent.
 """
 
 from __future__ import annotations
@@ -12,28 +18,45 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 
 from twisted.internet.defer import (
     Deferred,
     DeferredLock,
     DeferredSemaphore,
     gatherResults,
+    maybeDeferred,
 )
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from imageserver.errors import ImageServerError, InvalidRequest, NotFound
+from imageserver.errors import (
+    ContentTooLarge,
+    ImageServerError,
+    InvalidRequest,
+    NotFound,
+    TooMany,
+)
 from imageserver.images import Images
 from imageserver.naming import check_namespace
+from imageserver.pools import Runner
 from imageserver.storage import Storage
 
 log = Logger()
 
 #: The most items one batch may hold.
 MAX_ITEMS = 10_000
+#: The largest body of a batch: 10,000 items of URLs of about 400 bytes.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+#: Jobs running at once in one server process, per namespace and in all.
+MAX_RUNNING_PER_NAMESPACE = 4
+MAX_RUNNING = 16
+#: A running job's state is written at most this often, ...
+CHECKPOINT_SECONDS = 5.0
+#: ... and a large state no faster than this (8 MB: every 32 s).
+CHECKPOINT_BYTES_PER_SECOND = 256 * 1024
 
 _HASH = re.compile(r"[0-9a-f]{32}\Z")
 
@@ -123,11 +146,48 @@ class Shards(Protocol):
     def shard_size(self, items: int) -> int: ...
 
 
+def _encode(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+def _at_once(f: Any, *args: Any) -> Deferred[Any]:
+    return maybeDeferred(f, *args)
+
+
+class _Job:
+    """A job running in this process: its items, its results so far, and
+    when its state may next be written."""
+
+    def __init__(self, job: dict[str, Any], state: dict[str, Any]) -> None:
+        self.job = job
+        self.results: dict[str, Any] = state["results"]
+        self.failed = sum(1 for r in self.results.values() if r.get("error"))
+        self.next_write = 0.0
+
+    @property
+    def namespace(self) -> str:
+        return str(self.job["namespace"])
+
+    def record(self, index: int, result: dict[str, Any]) -> None:
+        self.results[str(index)] = result
+        if result.get("error"):
+            self.failed += 1
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "state": "running",
+            "total": len(self.job["items"]),
+            "done": len(self.results) - self.failed,
+            "failed": self.failed,
+        }
+
+
 class Batches:
     """Creates, runs and reports batch jobs.
 
     At most ``concurrency`` items of all batches are processed at once, so a
     big batch never takes the processing pool from interactive requests.
+    ``run`` makes a job's JSON off the reactor (the I/O pool).
     """
 
     def __init__(
@@ -138,20 +198,34 @@ class Batches:
         *,
         shards: Shards | None = None,
         clock: IReactorTime | None = None,
+        run: Runner = _at_once,
     ) -> None:
         self._images = images
         self._storage = storage
         self._slots = DeferredSemaphore(concurrency)
         self._running: dict[str, Deferred[None]] = {}
+        self._jobs: dict[str, _Job] = {}
         #: With --scheduler: the cluster the items run on, in shards.
         self._shards = shards
+        if clock is None:
+            from twisted.internet import reactor as default
+
+            clock = cast(IReactorTime, default)
         self._clock = clock
+        self._run_off = run
 
     async def create(self, namespace: str, body: BinaryIO, outputs: str | None) -> str:
         """Store a new job from newline-separated items and start it; its id."""
         check_namespace(namespace)
         self._images.check_outputs(namespace, outputs)  # refuse bad ones now
-        text = (await self._images.read(body)).decode("utf-8", "replace")
+        self._check_room(namespace)
+        data = await self._images.read(body)
+        if len(data) > MAX_BODY_BYTES:
+            raise ContentTooLarge(
+                f"a batch body may have at most {MAX_BODY_BYTES} bytes; "
+                "split the list into several batches"
+            )
+        text = data.decode("utf-8", "replace")
         items = []
         for number, line in enumerate(text.splitlines(), 1):
             try:
@@ -163,7 +237,11 @@ class Batches:
         if not items:
             raise InvalidRequest("the body lists no hashes or URLs")
         if len(items) > MAX_ITEMS:
-            raise InvalidRequest(f"at most {MAX_ITEMS} items per batch")
+            raise InvalidRequest(
+                f"at most {MAX_ITEMS} items per batch; split the list into "
+                "several batches"
+            )
+        self._check_room(namespace)  # again: others may have started meanwhile
         job_id = str(uuid.uuid4())
         job = {
             "id": job_id,
@@ -172,19 +250,37 @@ class Batches:
             "created": time.time(),
             "items": [{"url": i.url, "hash": i.digest} for i in items],
         }
+        state: dict[str, Any] = {"state": "running", "results": {}}
         await self._put(namespace, job_id, "job.json", job)
-        await self._put(
-            namespace, job_id, "state.json", {"state": "running", "results": {}}
-        )
-        self._start(job, {"state": "running", "results": {}})
+        await self._put(namespace, job_id, "state.json", state)
+        self._start(job, state)
         log.info(
             "batch {job_id} of {count} items started", job_id=job_id, count=len(items)
         )
         return job_id
 
+    def _check_room(self, namespace: str) -> None:
+        """Refuse a job beyond the running jobs' caps (429), saying which."""
+        here = sum(1 for j in self._jobs.values() if j.namespace == namespace)
+        if here >= MAX_RUNNING_PER_NAMESPACE:
+            raise TooMany(
+                f"{here} batches are running in namespace {namespace!r}, the most "
+                "at once; wait for one to finish (GET its /batch/{job_id} until "
+                "it answers 200) and try again"
+            )
+        if len(self._jobs) >= MAX_RUNNING:
+            raise TooMany(
+                f"{len(self._jobs)} batches are running on this server, the most "
+                "at once; try again when one has finished"
+            )
+
     async def status(self, namespace: str, job_id: str) -> tuple[bool, dict[str, Any]]:
-        """(finished, report). An unfinished job not running here is resumed."""
+        """(finished, report). An unfinished job not running here is resumed,
+        when the caps on running jobs leave room for it."""
         job_id = check_job_id(job_id)
+        running = self._jobs.get(job_id)
+        if running is not None and running.namespace == namespace:
+            return False, running.report()  # from memory: nothing read
         job = await self._get(namespace, job_id, "job.json")
         state = await self._get(namespace, job_id, "state.json")
         results = state["results"]
@@ -197,52 +293,59 @@ class Batches:
         }
         if state["state"] != "done":
             if job_id not in self._running:
-                log.info("batch {job_id} resumed", job_id=job_id)
-                self._start(job, state)
+                try:
+                    self._check_room(namespace)
+                except TooMany:
+                    pass  # resumed when asked again, once there is room
+                else:
+                    log.info("batch {job_id} resumed", job_id=job_id)
+                    self._start(job, state)
             return False, report
         report["items"] = [results[str(i)] for i in range(len(job["items"]))]
         return True, report
 
     def _start(self, job: dict[str, Any], state: dict[str, Any]) -> None:
         job_id = job["id"]
-        d = Deferred.fromCoroutine(self._run(job, state))
+        # The first item finished is written at once (a small state), so a
+        # job killed early resumes without redoing it; later ones at the rate.
+        running = self._jobs[job_id] = _Job(job, state)
+        d = Deferred.fromCoroutine(self._run(running))
         self._running[job_id] = d
 
         def finished(result: object) -> None:
             del self._running[job_id]
+            del self._jobs[job_id]
             if isinstance(result, Failure):
                 log.failure("batch {job_id} stopped", result, job_id=job_id)
 
         d.addBoth(finished)
 
-    async def _run(self, job: dict[str, Any], state: dict[str, Any]) -> None:
+    async def _run(self, running: _Job) -> None:
         if self._shards is not None:
-            await self._run_on_cluster(job, state, self._shards)
+            await self._run_on_cluster(running, self._shards)
             return
+        job = running.job
         namespace, job_id = job["namespace"], job["id"]
-        results: dict[str, Any] = state["results"]
         for index, item in enumerate(job["items"]):
-            if str(index) in results:
+            if str(index) in running.results:
                 continue  # finished before a restart: not redone
             async with self._slots:
-                results[str(index)] = await item_result(
+                result = await item_result(
                     self._images, namespace, job["outputs"], item
                 )
-            await self._put(namespace, job_id, "state.json", state)
-        state["state"] = "done"
-        await self._put(namespace, job_id, "state.json", state)
+            running.record(index, result)
+            await self._checkpoint(running)
+        await self._checkpoint(running, final=True)
         log.info("batch {job_id} finished", job_id=job_id)
 
-    async def _run_on_cluster(
-        self, job: dict[str, Any], state: dict[str, Any], shards: Shards
-    ) -> None:
+    async def _run_on_cluster(self, running: _Job, shards: Shards) -> None:
         """The unfinished items, in shards, on the cluster; the state written
-        as each shard finishes. A shard the cluster could not run (it is
+        as shards finish. A shard the cluster could not run (it is
         down, or restarting) is submitted again after a while, so a job
         outlives a scheduler's restart as it outlives the server's."""
+        job = running.job
         namespace, job_id = job["namespace"], job["id"]
-        results: dict[str, Any] = state["results"]
-        todo = [i for i in range(len(job["items"])) if str(i) not in results]
+        todo = [i for i in range(len(job["items"])) if str(i) not in running.results]
         size = shards.shard_size(len(todo))
         writing = DeferredLock()
 
@@ -261,13 +364,12 @@ class Batches:
                         error=e,
                         delay=delay,
                     )
-                    assert self._clock is not None
                     await deferLater(self._clock, delay)
                     delay = min(delay * 2, 60.0)
             for index, result in zip(indices, done, strict=True):
-                results[str(index)] = result
+                running.record(index, result)
             async with writing:
-                await self._put(namespace, job_id, "state.json", state)
+                await self._checkpoint(running)
 
         await gatherResults(
             [
@@ -275,18 +377,36 @@ class Batches:
                 for i in range(0, len(todo), size)
             ]
         )
-        state["state"] = "done"
-        await self._put(namespace, job_id, "state.json", state)
+        await self._checkpoint(running, final=True)
         log.info("batch {job_id} finished on the cluster", job_id=job_id)
 
-    async def _put(self, namespace: str, job_id: str, name: str, value: Any) -> None:
-        data = json.dumps(value).encode()
+    async def _checkpoint(self, running: _Job, final: bool = False) -> None:
+        """Write the job's state when its interval has passed, or it is done.
+
+        The results are copied here (each result is never changed once
+        made) and made into JSON off the reactor."""
+        now = self._clock.seconds()
+        if not final and now < running.next_write:
+            return
+        state = {"state": "done" if final else "running",
+                 "results": dict(running.results)}  # fmt: skip
+        size = await self._put(
+            running.namespace, running.job["id"], "state.json", state
+        )
+        running.next_write = self._clock.seconds() + max(
+            CHECKPOINT_SECONDS, size / CHECKPOINT_BYTES_PER_SECOND
+        )
+
+    async def _put(self, namespace: str, job_id: str, name: str, value: Any) -> int:
+        """Store ``value`` as JSON; its size in bytes."""
+        data = await self._run_off(_encode, value)
         await self._storage.put(
             batch_key(namespace, job_id, name), data, "application/json"
         )
+        return len(data)
 
     async def _get(self, namespace: str, job_id: str, name: str) -> Any:
         stored = await self._storage.get(batch_key(namespace, job_id, name))
         if stored is None:
             raise NotFound("unknown batch")
-        return json.loads(stored.data)
+        return await self._run_off(json.loads, stored.data)

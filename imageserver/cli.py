@@ -34,6 +34,7 @@ from imageserver.config import Config
 from imageserver.errors import ImageServerError
 from imageserver.events import Events
 from imageserver.images import info_json_of
+from imageserver.listening import StartupFailed
 from imageserver.options import (
     ENVIRONMENT_HELP,
     ConfigOptions,
@@ -42,7 +43,7 @@ from imageserver.options import (
     flags,
     parameters,
 )
-from imageserver.service import make_images
+from imageserver.service import check_store, make_images
 from imageserver.shutdown import Deadline, OrderedMultiService
 
 
@@ -241,6 +242,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     _log_warnings_to(sys.stderr)
     if options.subCommand == "info":
         sys.exit(info(options.subOptions, sys.stdout, sys.stderr))
+    try:
+        config = options.subOptions.config
+        check_store(config, local=not config.scheduler)
+    except StartupFailed as e:  # nothing can be stored: said once, not per item
+        sys.stderr.write(f"{e}\n")
+        sys.exit(1)
 
     if options.subOptions.config.scheduler:
         from imageserver import cluster  # dask: only when asked

@@ -16,22 +16,35 @@ print them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import socket
 import threading
+import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from typing import IO, Any, TypeVar, cast
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+from twisted.internet.defer import (
+    Deferred,
+    DeferredSemaphore,
+    gatherResults,
+    maybeDeferred,
+)
+from twisted.python.failure import Failure
 
-from imageserver.batches import Item, item_result
+from imageserver.batches import Item, batch_key, item_result
 from imageserver.bulk import Outcome, outcome_of, unique
 from imageserver.config import Config
+from imageserver.errors import ImageServerError
 from imageserver.events import Events
 from imageserver.images import Images
 from imageserver.pools import Runner
 from imageserver.shutdown import Deadline, OrderedMultiService
+from imageserver.storage import Storage
+from imageserver.storage.local import LocalStorage
+from imageserver.storage.s3 import LazyClient, S3Storage
 
 T = TypeVar("T")
 
@@ -52,20 +65,132 @@ def run_shard(
     outputs: str,
     items: list[Item],
     concurrency: int = 0,
+    probe: str = "",
 ) -> list[Outcome]:
-    """The task a worker runs: every item of a shard, each to its outcome."""
+    """The task a worker runs: every item of a shard, each to its outcome;
+    first, the worker's check that it sees its client's store (`check_probe`)."""
+    check_probe(config, namespace, probe)
     return _runtime(config, concurrency).each(
         lambda images, item: outcome_of(images, namespace, outputs, item), items
     )
 
 
 def run_batch_shard(
-    config: Config, namespace: str, outputs: str, items: list[dict[str, Any]]
+    config: Config,
+    namespace: str,
+    outputs: str,
+    items: list[dict[str, Any]],
+    probe: str = "",
 ) -> list[dict[str, Any]]:
     """The task of a server batch's shard: each item's `item_result`."""
+    check_probe(config, namespace, probe)
     return _runtime(config, 0).each(
         lambda images, item: item_result(images, namespace, outputs, item), items
     )
+
+
+class StoreNotShared(ImageServerError):
+    """A worker cannot use the store its client writes to, or sees another
+    one: its shard fails rather than store where nobody will look."""
+
+
+def probe_key(namespace: str, token: str) -> str:
+    return batch_key(namespace, token, "store-probe")
+
+
+def write_probe(config: Config, namespace: str) -> str:
+    """As a cluster's client: a new probe object in the store ``config``
+    names, for each worker to find before its first shard; its token."""
+    token = str(uuid.uuid4())
+    key = probe_key(namespace, token)
+    _blocking(_shared_store(config).put(key, token.encode(), "text/plain"))
+    return token
+
+
+def remove_probe(config: Config, namespace: str, token: str) -> None:
+    """The probe, gone once the run is over (a failure here is harmless)."""
+    with contextlib.suppress(ImageServerError):
+        _blocking(_shared_store(config).delete(probe_key(namespace, token)))
+
+
+_checked: set[tuple[Config, str, str]] = set()
+_checking = threading.Lock()
+
+
+def check_probe(config: Config, namespace: str, token: str) -> None:
+    """On a worker, once per run: the store ``config`` names can be used
+    here (the start-up check of every process) and holds the probe its
+    client wrote; `StoreNotShared` saying why and what to do otherwise.
+
+    A relative path is refused before anything runs; an absolute one is
+    known to be shared only once the worker reads there what its client
+    wrote (the same host, or the same network file system mounted at the
+    same place). A bucket reached with other credentials or endpoint may
+    be another store, caught the same way.
+    """
+    if not token:
+        return
+    with _checking:
+        if (config, namespace, token) in _checked:
+            return
+        from imageserver.listening import StartupFailed
+        from imageserver.service import check_store
+
+        host = socket.gethostname()
+        key = probe_key(namespace, token)
+        try:
+            if config.remote is not None:
+                check_store(config)  # the bucket's own error says most
+            try:
+                stored = _blocking(_shared_store(config).get(key))
+            except ImageServerError as e:
+                raise StoreNotShared(
+                    f"the worker on {host} cannot read the store: {e}"
+                ) from None
+            if stored is None or stored.data != token.encode():
+                if config.remote is None:
+                    raise StoreNotShared(
+                        f"the worker on {host} does not see its client's store: "
+                        f"--local_base_path {config.local_base_path} there lacks "
+                        f"{key}, which the client wrote; mount the same storage "
+                        "at that path on every worker, or use --aws_bucket"
+                    )
+                raise StoreNotShared(
+                    f"the worker on {host} does not see its client's store: "
+                    f"bucket {config.aws_bucket} lacks {key}, which the client "
+                    "wrote; give every worker the same --s3_endpoint_url and "
+                    "credentials for that bucket"
+                )
+            if config.remote is None:
+                check_store(config)
+        except StartupFailed as e:
+            raise StoreNotShared(f"the worker on {host}: {e}") from None
+        _checked.add((config, namespace, token))
+
+
+def _shared_store(config: Config) -> Storage:
+    """The store every process of a run shares (the bucket, not the local
+    cache; or the local path), called here in this thread, blocking."""
+    if config.remote is None:
+        return LocalStorage(config.local_base_path, _at_once)
+    from imageserver.service import s3_settings
+
+    settings = s3_settings(config)
+    return S3Storage(settings, LazyClient(settings), _at_once)
+
+
+def _at_once(f: Callable[..., T], /, *args: Any) -> Deferred[T]:
+    return maybeDeferred(f, *args)
+
+
+def _blocking(coroutine: Coroutine[Any, Any, T]) -> T:
+    """The result of a storage call whose runner ran it at once."""
+    outcome: list[Any] = []
+    Deferred.fromCoroutine(coroutine).addBoth(outcome.append)
+    (result,) = outcome
+    if isinstance(result, Failure):
+        result.raiseException()
+    return cast(T, result)
 
 
 def _runtime(config: Config, concurrency: int) -> _Runtime:
@@ -79,19 +204,57 @@ def _runtime(config: Config, concurrency: int) -> _Runtime:
     return _Runtime.of(dataclasses.replace(config, processor_concurrency=concurrency))
 
 
+#: The options a Dask task carries to its worker: what doing items needs.
+#: An allow-list: every other option (credentials and access secrets,
+#: ports, webhooks, debugging, and any option added later until it is
+#: named here) stays home and is its default on the worker. Workers take
+#: credentials from their own environment, the standard AWS way.
+TRAVELS = frozenset(
+    {
+        "local_base_path",
+        "outputs",
+        "extensions",
+        "auto_formats",
+        "default_quality",
+        "maximum_width",
+        "max_source_bytes",
+        "max_source_pixels",
+        "max_animation_frames",
+        "max_pixels_per_byte",
+        "processor_concurrency",
+        "io_concurrency",
+        "memory_cache_bytes",
+        "uploader",
+        "aws_bucket",
+        "aws_region",
+        "s3_endpoint_url",
+        "s3_acl",
+        "remote_base_path",
+        "remote_base_url",
+        "uploader_concurrency",
+        "shutdown_timeout",
+        "max_redirects",
+        "allow_private_sources",
+        "allow_networks",
+        "source_allowlist",
+        "presets",
+        "presets_only",
+        "max_pending",
+        "processing_timeout",
+        "http_timeout",
+        "max_file_age",
+    }
+)
+
+
 def worker_config(config: Config) -> Config:
-    """What a worker needs of the server's Config: its secrets of access,
-    webhooks and debugging stay home."""
-    return dataclasses.replace(
-        config,
-        secret="",
-        write_tokens="",
-        webhook=(),
-        webhook_secret="",
-        manhole="",
-        profile=False,
-        scheduler="",
-    )
+    """What a task carries of ``config``: the options in `TRAVELS`, and
+    nothing else (no option marked secret is ever among them). ``local:N``
+    workers are on this host: a relative path is made this process's."""
+    values = {name: getattr(config, name) for name in TRAVELS}
+    if config.local_workers is not None:
+        values["local_base_path"] = os.path.abspath(config.local_base_path)
+    return Config(**values)
 
 
 class ClusterShards(Service):
@@ -104,6 +267,10 @@ class ClusterShards(Service):
 
     def __init__(self, config: Config, run: Runner) -> None:
         self._config = worker_config(config)
+        #: The server's own, credentials included: it writes the probes.
+        self._own = config
+        #: Each namespace's probe (`check_probe`), written on first use.
+        self._probes: dict[str, str] = {}
         self._address = config.scheduler
         self._local = config.local_workers
         self._largest = config.shard_size
@@ -132,6 +299,7 @@ class ClusterShards(Service):
             namespace,
             outputs,
             items,
+            self._probe(namespace),
             pure=False,
             retries=self._retries,
         )
@@ -140,6 +308,20 @@ class ClusterShards(Service):
         except OSError:
             self._forget(client)  # the scheduler went: connect again next time
             raise
+        except StoreNotShared as e:
+            # Not a passing trouble: its items fail, saying so, and the job ends.
+            return [
+                {"hash": item["hash"], "url": item["url"], "width": None,
+                 "height": None, "error": str(e)}
+                for item in items
+            ]  # fmt: skip
+
+    def _probe(self, namespace: str) -> str:
+        with self._lock:
+            token = self._probes.get(namespace)
+            if token is None:
+                token = self._probes[namespace] = write_probe(self._own, namespace)
+            return token
 
     def _connected(self) -> Any:
         from distributed import Client
@@ -175,6 +357,9 @@ class ClusterShards(Service):
             if self._cluster is not None:
                 self._cluster.close()
             self._client = self._cluster = None
+            for namespace, token in self._probes.items():
+                remove_probe(self._own, namespace, token)
+            self._probes.clear()
 
 
 class _Runtime:
@@ -287,12 +472,20 @@ def process(options: Any, stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> i
         address = cluster.scheduler_address
     else:
         address = config.scheduler
+    probe = ""
     try:
         try:
             client = Client(address)
         except OSError as e:
             # Nothing ran: every item failed, said once.
             progress.error(f"cannot reach the scheduler at {address}: {e}")
+            return 1
+        task_config = worker_config(config)
+        try:
+            probe = write_probe(config, namespace)
+        except ImageServerError as e:
+            progress.error(f"cannot write to the store: {e}")
+            client.close()
             return 1
         with client:
             threads = sum(
@@ -301,11 +494,12 @@ def process(options: Any, stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> i
             parts = shards(items, shard_size(len(items), config.shard_size, threads))
             futures = client.map(
                 run_shard,
-                [config] * len(parts),
+                [task_config] * len(parts),
                 [namespace] * len(parts),
                 [outputs] * len(parts),
                 parts,
                 [concurrency] * len(parts),
+                [probe] * len(parts),
                 retries=config.shard_retries,
                 pure=False,
             )
@@ -327,6 +521,8 @@ def process(options: Any, stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> i
                     progress.report(outcome)
     finally:
         progress.close()
+        if probe:
+            remove_probe(config, namespace, probe)
         if cluster is not None:
             cluster.close()
     return 1 if progress.failed else 0

@@ -64,12 +64,20 @@ def setting(
     *,
     server_only: bool = False,
     command_only: bool = False,
+    secret: bool = False,
     **kwargs: Any,
 ) -> Any:
     """A Config field: its default, its one-line help, and whether only the
     server uses it (the command line leaves such options out), or only the
-    command line (the server leaves it out)."""
-    metadata = {"help": help, "server_only": server_only, "command_only": command_only}
+    command line (the server leaves it out). A ``secret`` one (a credential,
+    or where one is read from) never leaves the process: not in a Dask task,
+    not in a log line."""
+    metadata = {
+        "help": help,
+        "server_only": server_only,
+        "command_only": command_only,
+        "secret": secret,
+    }
     return field(default=default, metadata=metadata, **kwargs)
 
 
@@ -172,13 +180,16 @@ class Config:
         "", "S3 region; default: AWS_DEFAULT_REGION, ~/.aws/config, or us-east-1."
     )
     aws_access_key_id: str = setting(
-        "", "S3 access key; default: AWS_ACCESS_KEY_ID or the AWS config files."
+        "",
+        "S3 access key; default: AWS_ACCESS_KEY_ID or the AWS config files.",
+        secret=True,
     )
     aws_secret_key: str = setting(
         "",
         "S3 secret key; default: AWS_SECRET_ACCESS_KEY or the AWS config files "
         "(prefer those: a flag shows in the process list).",
         repr=False,
+        secret=True,
     )
     s3_endpoint_url: str = setting(
         "", "Endpoint of an S3-compatible store (MinIO, Ceph, R2, ...); empty: AWS."
@@ -227,9 +238,13 @@ class Config:
         "",
         "authorized_keys file of the public keys allowed into the manhole.",
         server_only=True,
+        secret=True,
     )
     manhole_passwords: str = setting(
-        "", "File of user:bcrypt-hash lines allowed into the manhole.", server_only=True
+        "",
+        "File of user:bcrypt-hash lines allowed into the manhole.",
+        server_only=True,
+        secret=True,
     )
     manhole_host_keys: str = setting(
         "manhole-host-keys",
@@ -266,6 +281,7 @@ class Config:
         "signatures.",
         repr=False,
         server_only=True,
+        secret=True,
     )
     write_tokens: str = setting(
         "",
@@ -274,6 +290,7 @@ class Config:
         "sha256:<hex>; read again when it changes and on SIGHUP. Empty: writes "
         "are open (or signed, with --secret).",
         server_only=True,
+        secret=True,
     )
     webhook: tuple[str, ...] = setting(
         (),
@@ -287,6 +304,7 @@ class Config:
         "webhook events; needed with --webhook.",
         repr=False,
         server_only=True,
+        secret=True,
     )
     webhook_queue: int = setting(
         10000,
@@ -448,6 +466,18 @@ class Config:
         ):
             raise ValueError(
                 "--scheduler must be a scheduler address (tcp://host:8786) or local:N"
+            )
+        if (
+            self.scheduler
+            and self.local_workers is None
+            and self.remote is None
+            and not os.path.isabs(self.local_base_path)
+        ):
+            raise ValueError(
+                f"--scheduler {self.scheduler} with the relative --local_base_path "
+                f"{self.local_base_path}: each Dask worker would store under its "
+                "own working directory; give --aws_bucket, or an absolute path "
+                "that every worker mounts at the same place"
             )
         if self.purge_check_interval < 0:
             raise ValueError("--purge_check_interval must not be negative")

@@ -63,3 +63,8 @@ class StorageFull(ImageServerError):
 
 class Overloaded(ImageServerError):
     """Too much work is waiting already; come back shortly (503)."""
+
+
+class TooMany(ImageServerError):
+    """This client already has as many of something running as it may, such
+    as batch jobs (429): wait for one to finish."""

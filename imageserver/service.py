@@ -25,6 +25,7 @@ from twisted.web.resource import IResource
 from imageserver import __version__, endpoints, hostlocks
 from imageserver.batches import Batches
 from imageserver.config import Config
+from imageserver.errors import StorageFailed, StorageUnavailable
 from imageserver.events import Events, host_metrics
 from imageserver.hostlocks import HostLocks
 from imageserver.images import Images
@@ -44,7 +45,7 @@ from imageserver.storage.local import LocalStorage, WritableCheck, check_writabl
 from imageserver.storage.memory import Generations, MemoryCache
 from imageserver.storage.metered import MeteredStorage
 from imageserver.storage.queue import WriteQueue
-from imageserver.storage.s3 import LazyClient, S3Settings, S3Storage
+from imageserver.storage.s3 import LazyClient, S3Settings, S3Storage, check_bucket
 from imageserver.storage.sweeper import STALE_TEMPORARY, CacheSweeper
 from imageserver.storage.tiered import TieredStorage
 from imageserver.tokens import WriteTokens
@@ -128,13 +129,7 @@ class ImageServer(OrderedMultiService):
                 limit=limit,
             )
         try:
-            try:
-                check_writable(config.local_base_path)
-            except OSError as e:
-                raise StartupFailed(
-                    f"--local_base_path {os.path.abspath(config.local_base_path)} "
-                    f"cannot be written: {e.strerror}"
-                ) from None
+            check_store(config)
             if self.write_tokens is not None:
                 try:
                     self.write_tokens.load()
@@ -254,7 +249,12 @@ def make_service(
         shards = ClusterShards(config, waiting.run)
         shards.setServiceParent(top)
     batches = Batches(
-        images, storage, config.batch_concurrency, shards=shards, clock=reactor
+        images,
+        storage,
+        config.batch_concurrency,
+        shards=shards,
+        clock=reactor,
+        run=io_pool.run,
     )
     api: IResource = ImageServerApp(images, batches).app.resource()
     tokens = None
@@ -526,6 +526,46 @@ def retrying_queue(
     return queue
 
 
+def s3_settings(config: Config) -> S3Settings:
+    """The bucket ``config`` names, and how to reach it."""
+    return S3Settings(
+        bucket=config.aws_bucket,
+        region=config.aws_region or None,
+        endpoint_url=config.s3_endpoint_url or None,
+        access_key_id=config.aws_access_key_id or None,
+        secret_access_key=config.aws_secret_key or None,
+        base_path=config.remote_base_path,
+        acl=config.s3_acl or None,
+        max_connections=config.uploader_concurrency,
+    )
+
+
+def check_store(config: Config, local: bool = True) -> None:
+    """Refuse, before anything starts, a store that cannot be used: a local
+    path that cannot be written, a bucket that does not exist or refuses
+    (access denied, no credentials): `StartupFailed`, one line. A bucket
+    that cannot be reached now is a warning: it may come back, and readiness
+    says so meanwhile. The server, the command line and each cluster worker
+    check alike; ``local=False``: a process that writes only to the bucket
+    (a cluster's client)."""
+    try:
+        if local or config.remote is None:
+            check_writable(config.local_base_path)
+    except OSError as e:
+        raise StartupFailed(
+            f"--local_base_path {os.path.abspath(config.local_base_path)} "
+            f"cannot be written: {e.strerror}"
+        ) from None
+    if config.remote is None:
+        return
+    try:
+        check_bucket(s3_settings(config))
+    except StorageFailed as e:
+        raise StartupFailed(str(e)) from None
+    except StorageUnavailable as e:
+        log.warn("{problem}; starting anyway", problem=str(e))
+
+
 def make_storage(
     config: Config,
     reactor: Any,
@@ -544,16 +584,7 @@ def make_storage(
             config.local_base_path, None, reactor, io.run, interval=STALE_TEMPORARY
         ).setServiceParent(parent)
         return local
-    settings = S3Settings(
-        bucket=config.aws_bucket,
-        region=config.aws_region or None,
-        endpoint_url=config.s3_endpoint_url or None,
-        access_key_id=config.aws_access_key_id or None,
-        secret_access_key=config.aws_secret_key or None,
-        base_path=config.remote_base_path,
-        acl=config.s3_acl or None,
-        max_connections=config.uploader_concurrency,
-    )
+    settings = s3_settings(config)
     s3_pool = ThreadPoolService(reactor, config.uploader_concurrency, "imageserver-s3")
     s3_pool.setServiceParent(parent)
     events.watch_pool(s3_pool.stats())

@@ -195,7 +195,7 @@ class AppHarness:
             events=self.events,
             lifecycle=lifecycle,
         )
-        self.batches = Batches(self.images, self.storage)
+        self.batches = Batches(self.images, self.storage, clock=self.clock)
         self.resource = ImageServerApp(self.images, self.batches).app.resource()
         self.client = StubTreq(self.resource)
 

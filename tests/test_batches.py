@@ -1,18 +1,21 @@
 """The batch API: create, progress, results, and resuming after a restart."""
 
 import hashlib
+import io
 import json
 import os
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.static import Data
 
-from imageserver import imaging
-from imageserver.batches import batch_key
-from tests.support import AppHarness, Gate, encode, quadrants
+from imageserver import batches, imaging
+from imageserver.batches import Batches, batch_key
+from imageserver.errors import NotFound
+from tests.support import AppHarness, Gate, encode, quadrants, synchronous
 
 PHOTO = encode(quadrants((400, 300)))
 PHOTO_HASH = hashlib.md5(PHOTO).hexdigest()
@@ -171,3 +174,171 @@ class BatchTests(SynchronousTestCase):
             self.assertEqual(
                 self.app.json("GET", path), (404, {"error": "unknown batch"})
             )
+
+
+def missing(n: int) -> bytes:
+    """``n`` hashes the store does not hold: items that fail at once."""
+    return b"".join(b"%032x\n" % i for i in range(1, n + 1))
+
+
+class BatchCostTests(SynchronousTestCase):
+    """A batch's own cost: how often its state is written, and where its
+    JSON is made; the caps on what one client may start."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.app = AppHarness(self, clock=self.clock)
+        self.writes: list[int] = []
+        put = self.app.local.put
+
+        async def counting(key: str, data: bytes, *args: Any, **kw: Any) -> Any:
+            if key.endswith("/state.json"):
+                self.writes.append(len(data))
+            return await put(key, data, *args, **kw)
+
+        self.patch(self.app.local, "put", counting)
+        self.pending: list[Deferred[Any]] = []
+        self.addCleanup(self.release)
+
+    def held(self, *args: Any, **kw: Any) -> Deferred[Any]:
+        """An item that waits until `release`."""
+        self.pending.append(Deferred())
+        return self.pending[-1]
+
+    def release(self) -> None:
+        while self.pending:
+            self.pending.pop(0).callback({"hash": "0" * 32, "width": 1, "height": 1})
+        self.app.flush()
+
+    def test_state_is_not_rewritten_after_every_item(self) -> None:
+        """300 items that fail at once: the state is written when the job
+        starts, after its first item and when it ends, not 300 times
+        (before: 302 writes, each of the whole state)."""
+        code, job = self.app.json("POST", "/p/batch", data=missing(300))
+        self.assertEqual(code, 202)
+        code, report = self.app.json("GET", f"/p/batch/{job['job_id']}")
+        self.assertEqual((code, report["failed"]), (200, 300))
+        self.assertEqual(len(self.writes), 3)
+
+    def test_a_long_job_checkpoints_at_a_bounded_rate(self) -> None:
+        """Items of one second each: one checkpoint per CHECKPOINT_SECONDS,
+        and what a restart would find is every item up to the last one."""
+
+        async def one_second(namespace: str, **kw: Any) -> Any:
+            self.clock.advance(1)
+            raise NotFound("not in the store")
+
+        self.patch(self.app.images, "process_item", one_second)
+        code, job = self.app.json("POST", "/p/batch", data=missing(60))
+        self.assertEqual(code, 202)
+        # Started, the first item, every CHECKPOINT_SECONDS of the 60 s, done.
+        expected = 1 + 1 + 60 // int(batches.CHECKPOINT_SECONDS) + 1
+        self.assertIn(len(self.writes), (expected - 1, expected))
+        stored = self.app.local.path(batch_key("p", job["job_id"], "state.json"))
+        with open(stored) as f:
+            self.assertEqual(len(json.load(f)["results"]), 60)
+
+    def test_a_large_state_is_written_less_often(self) -> None:
+        self.patch(batches, "CHECKPOINT_BYTES_PER_SECOND", 1000)
+
+        async def one_second(namespace: str, **kw: Any) -> Any:
+            self.clock.advance(1)
+            raise NotFound("x" * 990)  # each result about 1 kB of state
+
+        self.patch(self.app.images, "process_item", one_second)
+        self.app.json("POST", "/p/batch", data=missing(100))
+        checkpoints, final = self.writes[1:-1], self.writes[-1]
+        # A state of n kB waits n seconds for the next write, while it grows
+        # by 1 kB a second: each checkpoint about twice the last, so all of
+        # them together about the final state's size, not 20 of 5 s each.
+        self.assertEqual(len(checkpoints), 5)
+        self.assertLess(sum(checkpoints), 1.1 * final)
+
+    def test_json_is_made_off_the_reactor(self) -> None:
+        inside: list[bool] = [False]
+        encoded: list[bool] = []
+
+        def runner(f: Any, *args: Any) -> Deferred[Any]:
+            inside[0] = True
+            try:
+                return synchronous(f, *args)
+            finally:
+                inside[0] = False
+
+        dumps = json.dumps
+
+        def watched(*args: Any, **kw: Any) -> str:
+            encoded.append(inside[0])
+            return dumps(*args, **kw)
+
+        self.app.batches = Batches(
+            self.app.images, self.app.storage, clock=self.clock, run=runner
+        )
+        self.patch(batches.json, "dumps", watched)
+        job_id = self.successResultOf(
+            Deferred.fromCoroutine(
+                self.app.batches.create("p", io.BytesIO(missing(3)), None)
+            )
+        )
+        self.patch(batches.json, "dumps", dumps)
+        # The job, its first state, after its first item, its final state.
+        self.assertEqual(encoded, [True, True, True, True])
+        finished, _ = self.successResultOf(
+            Deferred.fromCoroutine(self.app.batches.status("p", job_id))
+        )
+        self.assertTrue(finished)
+
+    def test_a_running_job_is_reported_from_memory(self) -> None:
+        self.patch(self.app.images, "process_item", self.held)
+        reads: list[str] = []
+        get = self.app.local.get
+
+        async def counting(key: str) -> Any:
+            reads.append(key)
+            return await get(key)
+
+        self.patch(self.app.local, "get", counting)
+        _, job = self.app.json("POST", "/p/batch", data=missing(2))
+        for _ in range(3):
+            code, report = self.app.json("GET", f"/p/batch/{job['job_id']}")
+            self.assertEqual((code, report["total"], report["done"]), (202, 2, 0))
+        self.assertEqual(reads, [])
+        self.assertEqual(
+            self.app.json("GET", f"/q/batch/{job['job_id']}"),
+            (404, {"error": "unknown batch"}),
+        )
+
+    def test_caps(self) -> None:
+        self.patch(batches, "MAX_ITEMS", 3)
+        self.patch(batches, "MAX_BODY_BYTES", 200)
+        self.patch(batches, "MAX_RUNNING_PER_NAMESPACE", 2)
+        self.patch(batches, "MAX_RUNNING", 3)
+        self.assertEqual(
+            self.app.json("POST", "/p/batch", data=missing(4)),
+            (400, {"error": "at most 3 items per batch; split the list into "
+                            "several batches"}),
+        )  # fmt: skip
+        self.assertEqual(
+            self.app.json("POST", "/p/batch", data=b"\n" * 150 + missing(2)),
+            (413, {"error": "a batch body may have at most 200 bytes; split the "
+                            "list into several batches"}),
+        )  # fmt: skip
+        self.patch(self.app.images, "process_item", self.held)
+        for namespace in ("p", "p", "q"):
+            code, _ = self.app.json("POST", f"/{namespace}/batch", data=missing(1))
+            self.assertEqual(code, 202)
+        self.assertEqual(
+            self.app.json("POST", "/p/batch", data=missing(1)),
+            (429, {"error": "2 batches are running in namespace 'p', the most at "
+                            "once; wait for one to finish (GET its "
+                            "/batch/{job_id} until it answers 200) and try again"}),
+        )  # fmt: skip
+        self.assertEqual(
+            self.app.json("POST", "/r/batch", data=missing(1)),
+            (429, {"error": "3 batches are running on this server, the most at "
+                            "once; try again when one has finished"}),
+        )  # fmt: skip
+        self.release()
+        self.app.flush()
+        code, _ = self.app.json("POST", "/p/batch", data=missing(1))
+        self.assertEqual(code, 202)

@@ -352,6 +352,29 @@ class CommandTests(SynchronousTestCase):
         )
         self.assertIn('"dominant_color": "#', result.stdout)
 
+    def test_a_store_that_cannot_be_used_is_one_line_before_any_item(self) -> None:
+        """A missing bucket or an unwritable path: exit 1 with one line saying
+        why, not one 502 per item."""
+        moto = shared()
+        a_file = os.path.join(self.root, "photo.jpg")
+        keys = {
+            "AWS_ACCESS_KEY_ID": CREDENTIALS["aws_access_key_id"],
+            "AWS_SECRET_ACCESS_KEY": CREDENTIALS["aws_secret_access_key"],
+        }
+        for args, line in (
+            (("--aws_bucket", "nosuchbucket", "--s3_endpoint_url", moto.url),
+             f"--aws_bucket nosuchbucket: no such bucket at {moto.url}; create "
+             "it, or name one that exists"),
+            (("--local_base_path", f"{a_file}/store"),
+             f"--local_base_path {a_file}/store cannot be written: Not a "
+             "directory"),
+        ):  # fmt: skip
+            done = self.run_command("process", *args, "photo.jpg", "photo.jpg",
+                                    env=keys)  # fmt: skip
+            self.assertEqual(
+                (done.returncode, done.stdout, done.stderr), (1, "", line + "\n")
+            )
+
 
 def render_terminal(text: str) -> list[str]:
     """The lines a terminal shows for ``text``: carriage returns overwrite."""

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -240,6 +241,7 @@ def test_local_workers_of_its_own(tmp_path: Any) -> None:
         lines[mode] = sorted(out)
         files = sorted(p.name for p in store.rglob("*") if p.is_file())
         assert files.count("w10.png") == 6
+        assert "store-probe" not in files  # found by the workers, then removed
     assert lines[()] == lines[("--scheduler", "local:2")]
     assert len(lines[()]) == 6  # the repeated file once
 
@@ -248,7 +250,11 @@ def test_scheduler_values() -> None:
     from imageserver.config import Config
 
     assert Config(scheduler="local:3").local_workers == 3
-    assert Config(scheduler="tcp://10.0.0.5:8786").local_workers is None
+    shared = "/srv/images"  # a relative path cannot be shared: refused
+    assert (
+        Config(scheduler="tcp://10.0.0.5:8786", local_base_path=shared).local_workers
+        is None
+    )
     for bad in ("local:0", "local:x", "10.0.0.5:8786", "http://x"):
         with pytest.raises(ValueError, match="--scheduler"):
             Config(scheduler=bad)
@@ -437,4 +443,235 @@ def test_without_dask_the_option_is_a_usage_error(monkeypatch: Any) -> None:
     options = ServerOptions()
     options.environ = {}
     with pytest.raises(UsageError, match=r"pip install 'imageserver\[cluster\]'"):
-        options.parseOptions(["--scheduler", "tcp://10.0.0.5:8786"])
+        options.parseOptions(
+            ["--scheduler", "tcp://10.0.0.5:8786", "--local_base_path", "/srv/images"]
+        )
+
+
+#: Options that stay home, each for a reason; with `cluster.TRAVELS`, every
+#: option: one added later must be put on one side or the other.
+STAYS_HOME = {
+    # credentials and access: workers have their own (environment, role)
+    "aws_access_key_id", "aws_secret_key", "secret", "write_tokens",
+    "webhook", "webhook_secret", "webhook_queue", "webhook_retry_seconds",
+    "manhole", "manhole_keys", "manhole_passwords", "manhole_host_keys",
+    "manhole_allow_remote",
+    # the server's ports, processes and connections
+    "port", "listen", "admin_port", "workers", "debug_worker", "idle_timeout",
+    "request_head_timeout", "max_connections", "max_receiving_bytes",
+    "listen_backlog", "batch_concurrency", "purge_check_interval",
+    # reporting and debugging
+    "enable_statsd", "statsd_host", "statsd_port", "statsd_prefix",
+    "log_format", "profile",
+    # the cluster itself
+    "scheduler", "shard_size", "shard_retries",
+}  # fmt: skip
+
+
+def test_every_option_is_either_sent_to_workers_or_kept_home() -> None:
+    from imageserver.cluster import TRAVELS
+    from imageserver.config import fields
+
+    names = {f.name for f in fields()}
+    assert names == TRAVELS | STAYS_HOME
+    assert not TRAVELS & STAYS_HOME
+    secret = {f.name for f in fields() if f.metadata["secret"]}
+    assert secret >= {"aws_access_key_id", "aws_secret_key", "manhole_passwords",
+                      "secret", "webhook_secret"}  # fmt: skip
+    assert not TRAVELS & secret
+
+
+def test_no_secret_option_is_in_a_pickled_task(tmp_path: Any) -> None:
+    """Every option marked secret set to a value of its own: none of those
+    values is in the bytes of a task, of either kind (server batch shard or
+    command-line shard), pickled as Dask pickles it."""
+    import cloudpickle
+
+    from imageserver.batches import Item
+    from imageserver.cluster import run_batch_shard, run_shard, worker_config
+    from imageserver.config import Config, fields
+
+    values = {
+        f.name: f"secret-value-of-{f.name}" for f in fields() if f.metadata["secret"]
+    }
+    config = Config(
+        local_base_path=str(tmp_path),
+        aws_bucket="photos",
+        webhook=("http://127.0.0.1:9/hook",),
+        manhole="7003",
+        **values,
+    )
+    tasks = [
+        (run_shard, worker_config(config), "p", "", [Item(1, url="http://x/")], 2),
+        (run_batch_shard, worker_config(config), "p", "", [{"url": None}]),
+    ]
+    for task in tasks:
+        data = cloudpickle.dumps(task)
+        found = [name for name, value in values.items() if value.encode() in data]
+        assert found == []
+    # What does travel arrives whole.
+    assert worker_config(config).aws_bucket == "photos"
+    assert worker_config(config).local_base_path == str(tmp_path)
+
+
+def test_credentials_given_on_the_command_line_stay_in_its_process(
+    cluster: LocalCluster, stored: dict[str, Any]
+) -> None:
+    """The workers use their own credentials (the fixture's environment):
+    those of the command line are not in the runtimes the workers built."""
+    moto, bucket = stored["moto"], stored["buckets"][1]
+    code, _, err = run(
+        command(bucket, moto, "--outputs", "w11.png",
+                "--scheduler", cluster.scheduler_address,
+                "--aws_access_key_id", CREDENTIALS["aws_access_key_id"],
+                "--aws_secret_key", CREDENTIALS["aws_secret_access_key"]),
+        stored["hashes"][0] + "\n",
+    )  # fmt: skip
+    assert code == 0, err
+    with Client(cluster.scheduler_address) as client:
+        seen = client.run(_credentials_in_use)
+    assert seen and all(keys == [] for keys in seen.values()), seen
+
+
+def _credentials_in_use() -> list[str]:
+    """On a worker: credentials its runtimes were given by tasks."""
+    from imageserver.cluster import _Runtime
+
+    return [
+        value
+        for config in _Runtime._runtimes
+        for value in (config.aws_access_key_id, config.aws_secret_key)
+        if value
+    ]
+
+
+def test_a_relative_local_path_cannot_be_shared_by_remote_workers() -> None:
+    """Refused before anything runs, saying why and what to do; a bucket,
+    an absolute path or workers on this host (local:N) are fine."""
+    from imageserver.cluster import worker_config
+    from imageserver.config import Config
+
+    with pytest.raises(ValueError) as refused:
+        Config(scheduler="tcp://10.0.0.5:8786")
+    assert str(refused.value) == (
+        "--scheduler tcp://10.0.0.5:8786 with the relative --local_base_path "
+        "public: each Dask worker would store under its own working directory; "
+        "give --aws_bucket, or an absolute path that every worker mounts at the "
+        "same place"
+    )
+    Config(scheduler="tcp://10.0.0.5:8786", aws_bucket="photos")
+    Config(scheduler="tcp://10.0.0.5:8786", local_base_path="/srv/images")
+    local = worker_config(Config(scheduler="local:2"))
+    assert local.local_base_path == os.path.abspath("public")
+
+
+@pytest.mark.parametrize(
+    ("command", "tail"),
+    [
+        ([sys.executable, "-m", "imageserver", "process"], ["-"]),
+        ([sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+          "-n", "--pidfile=", "imageserver"], []),
+    ],
+)  # fmt: skip
+def test_the_server_and_the_command_line_refuse_it(
+    command: list[str], tail: list[str], tmp_path: Any
+) -> None:
+    done = subprocess.run(
+        [*command, "--scheduler", "tcp://127.0.0.1:1", *tail],
+        capture_output=True, text=True, cwd=tmp_path, timeout=60,
+        env={**os.environ, "PYTHONPATH": CHECKOUT},
+    )  # fmt: skip
+    assert done.returncode in (1, 2)  # a usage error: exit 2, twistd's is 1
+    assert "each Dask worker would store under its own working directory" in (
+        done.stderr + done.stdout
+    )
+    assert not (tmp_path / "public").exists()
+
+
+def test_a_worker_that_does_not_see_the_store_fails_its_shard(
+    cluster: LocalCluster, tmp_path: Any
+) -> None:
+    """A shard whose worker cannot read the probe its client wrote (another
+    host's disk at that path, another store behind the bucket's name) fails
+    with the reason, and stores nothing anywhere."""
+    from imageserver.batches import Item
+    from imageserver.cluster import StoreNotShared, run_shard, worker_config
+    from imageserver.config import Config
+
+    store = tmp_path / "store"
+    config = worker_config(Config(local_base_path=str(store)))
+    with Client(cluster.scheduler_address) as client:
+        future = client.submit(
+            run_shard, config, "p", "w8.png", [Item(1, url="http://x/a.png")], 1,
+            "4d1c6b5e-0000-4000-8000-000000000000", pure=False,
+        )  # fmt: skip
+        with pytest.raises(StoreNotShared) as failed:
+            future.result()
+    assert str(failed.value) == (
+        f"the worker on {socket.gethostname()} does not see its client's store: "
+        f"--local_base_path {store} there lacks "
+        "p/batch/4d1c6b5e-0000-4000-8000-000000000000/store-probe, which the "
+        "client wrote; mount the same storage at that path on every worker, or "
+        "use --aws_bucket"
+    )
+    assert not store.exists()  # nothing written elsewhere, not even a folder
+
+
+def test_the_probe_is_checked_in_the_store_the_worker_uses(tmp_path: Any) -> None:
+    """Written by the client, found by the worker: for a local path and a
+    bucket; a bucket that does not exist is the start-up check's line."""
+    from imageserver.cluster import StoreNotShared, check_probe, write_probe
+    from imageserver.config import Config
+
+    moto = shared()
+    env = {"AWS_ACCESS_KEY_ID": CREDENTIALS["aws_access_key_id"],
+           "AWS_SECRET_ACCESS_KEY": CREDENTIALS["aws_secret_access_key"]}  # fmt: skip
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        for config in (
+            Config(local_base_path=str(tmp_path / "local")),
+            Config(local_base_path=str(tmp_path / "cache"),
+                   aws_bucket=moto.new_bucket(), s3_endpoint_url=moto.url),
+        ):  # fmt: skip
+            token = write_probe(config, "p")
+            check_probe(config, "p", token)  # found: no error
+            with pytest.raises(StoreNotShared, match="does not see its client's"):
+                check_probe(config, "p", "00000000-0000-4000-8000-000000000000")
+        missing = Config(
+            local_base_path=str(tmp_path / "c2"),
+            aws_bucket="nosuchbucket",
+            s3_endpoint_url=moto.url,
+        )
+        with pytest.raises(StoreNotShared) as failed:
+            check_probe(missing, "p", token)
+        assert str(failed.value) == (
+            f"the worker on {socket.gethostname()}: --aws_bucket nosuchbucket: no "
+            f"such bucket at {moto.url}; create it, or name one that exists"
+        )
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def test_a_server_batch_whose_workers_do_not_see_the_store_fails_its_items(
+    cluster: LocalCluster, tmp_path: Any
+) -> None:
+    """Its items fail with the reason (the job ends), not resubmitted forever."""
+    from imageserver.cluster import ClusterShards
+    from imageserver.config import Config
+
+    config = Config(
+        local_base_path=str(tmp_path / "store"), scheduler=cluster.scheduler_address
+    )
+    shards = ClusterShards(config, lambda f, *a: f(*a))
+    # What a worker on another host would find: no probe at that path.
+    shards._probes["p"] = "00000000-0000-4000-8000-000000000000"
+    try:
+        results = shards._submit("p", "", [{"url": None, "hash": "0" * 32}])
+    finally:
+        shards._close()
+    assert len(results) == 1
+    assert results[0]["error"].startswith(
+        f"the worker on {socket.gethostname()} does not see its client's store"
+    )

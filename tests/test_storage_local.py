@@ -5,6 +5,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from imageserver.errors import StorageFull, StorageUnavailable
@@ -110,6 +111,15 @@ class DiskTroubleTests(SynchronousTestCase):
             failure.trap(StorageUnavailable)
             self.assertIn(os.strerror(error), str(failure.value))
             self.assertEqual(os.listdir(self.root), [])
+
+    def test_log_lines_say_what_was_being_done(self) -> None:
+        """Words a reader knows, never a function name such as _write."""
+        self.patch(tempfile, "mkstemp", failing(errno.EROFS))
+        with capturedLogs() as events:
+            self.put()
+        texts = [e["log_format"].format(**e) for e in events]
+        self.assertEqual(len(texts), 1)
+        self.assertTrue(texts[0].startswith("local storage failed writing: "), texts[0])
 
     def test_a_write_failing_half_way_leaves_nothing(self) -> None:
         def replace(source: str, target: str) -> None:

@@ -1,17 +1,23 @@
+import os
+import subprocess
+import sys
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from imageserver.errors import StorageFailed, StorageUnavailable
-from imageserver.storage.s3 import LazyClient, S3Settings, S3Storage
+from imageserver.storage.s3 import LazyClient, S3Settings, S3Storage, check_bucket
 from tests.s3server import CREDENTIALS, free_port, shared
 from tests.storage_contract import FOLDER, KEY, StorageContract
 from tests.support import synchronous
 
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-def s3_storage(endpoint: str, bucket: str, **settings: Any) -> S3Storage:
-    config = S3Settings(
+
+def settings_of(endpoint: str, bucket: str, **settings: Any) -> S3Settings:
+    return S3Settings(
         bucket=bucket,
         endpoint_url=endpoint,
         access_key_id=CREDENTIALS["aws_access_key_id"],
@@ -20,6 +26,10 @@ def s3_storage(endpoint: str, bucket: str, **settings: Any) -> S3Storage:
         timeout=5,
         **settings,
     )
+
+
+def s3_storage(endpoint: str, bucket: str, **settings: Any) -> S3Storage:
+    config = settings_of(endpoint, bucket, **settings)
     return S3Storage(config, LazyClient(config), synchronous)
 
 
@@ -96,3 +106,67 @@ class S3StorageTests(StorageContract, SynchronousTestCase):
 
     def wrap(self, coroutine: Any) -> Deferred[Any]:
         return Deferred.fromCoroutine(coroutine)
+
+    def test_log_lines_say_what_was_being_done(self) -> None:
+        """Operations a reader knows, the key and the bucket; never a method
+        name such as _list."""
+        storage = s3_storage(shared().url, "no-such-bucket-here", base_path="i")
+        for call, doing in (
+            (lambda: storage.get(KEY), f"reading i/{KEY}"),
+            (lambda: storage.put(KEY, b"x", "image/png"), f"writing i/{KEY}"),
+            (lambda: storage.list("PURGES/0000000001"), "listing i/PURGES/0000000001/"),
+            (lambda: storage.delete(KEY), f"deleting i/{KEY}"),
+            (lambda: storage.delete_prefix(FOLDER),
+             f"deleting everything under i/{FOLDER}/"),
+        ):  # fmt: skip
+            with capturedLogs() as events:
+                self.failureResultOf(self.wrap(call()))
+            texts = [e["log_format"].format(**e) for e in events]
+            refused = f"storage refused {doing} in bucket no-such-bucket-here"
+            self.assertEqual(texts, [f"{refused}: NoSuchBucket"])
+
+
+class BucketCheckTests(SynchronousTestCase):
+    """The bucket is checked when a process starts, as the local path is."""
+
+    def test_check_bucket(self) -> None:
+        moto = shared()
+        check_bucket(settings_of(moto.url, moto.new_bucket()))  # fine: no error
+        with self.assertRaises(StorageFailed) as missing:
+            check_bucket(settings_of(moto.url, "nosuchbucket"))
+        self.assertEqual(
+            str(missing.exception),
+            f"--aws_bucket nosuchbucket: no such bucket at {moto.url}; create it, "
+            "or name one that exists",
+        )
+        gone = f"http://127.0.0.1:{free_port()}"
+        with self.assertRaises(StorageUnavailable) as unreachable:
+            check_bucket(settings_of(gone, "photos"))
+        self.assertIn(
+            f"--aws_bucket photos: {gone} cannot be reached", str(unreachable.exception)
+        )
+
+    def test_a_server_with_a_missing_bucket_does_not_start(self) -> None:
+        """One line, exit status 1; with one process and with workers (the
+        supervisor checks before it starts any)."""
+        moto = shared()
+        for workers in ("1", "2"):
+            done = subprocess.run(
+                [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                 "-n", "--pidfile=", "--logfile=-", "imageserver", "--port", "0",
+                 "--admin_port", "0", "--workers", workers,
+                 "--local_base_path", self.mktemp(), "--aws_bucket", "nosuchbucket",
+                 "--s3_endpoint_url", moto.url],
+                capture_output=True, text=True, timeout=60,
+                env={**os.environ, "PYTHONPATH": CHECKOUT,
+                     "AWS_ACCESS_KEY_ID": CREDENTIALS["aws_access_key_id"],
+                     "AWS_SECRET_ACCESS_KEY": CREDENTIALS["aws_secret_access_key"]},
+            )  # fmt: skip
+            self.assertEqual(done.returncode, 1, done.stdout + done.stderr)
+            self.assertIn(
+                f"--aws_bucket nosuchbucket: no such bucket at {moto.url}; create "
+                "it, or name one that exists",
+                done.stdout,
+            )
+            self.assertNotIn("Traceback", done.stdout + done.stderr)
+            self.assertNotIn("listening", done.stdout)

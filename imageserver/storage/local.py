@@ -81,6 +81,20 @@ class LocalStorage:
         await self._call(_delete_tree, self.path(folder), self.root)
 
 
+#: What each call does, as its log lines say it (the error names the path):
+#: words a reader knows, not this module's function names.
+_DOING = {
+    "_read": "reading",
+    "_write": "writing",
+    "isfile": "looking for a file",
+    "_list": "listing",
+    "_delete": "deleting",
+    "_delete_tree": "deleting a folder",
+    "_open": "opening a lock file",  # imageserver.hostlocks
+    "_try": "taking a lock",
+}
+
+
 def translate_errors(f: Callable[..., T], *args: Any) -> T:
     """The file system's failures as the two a client is told about.
 
@@ -91,8 +105,8 @@ def translate_errors(f: Callable[..., T], *args: Any) -> T:
         return f(*args)
     except OSError as e:
         log.warn(
-            "local storage failed in {operation}: {error}",
-            operation=f.__name__,
+            "local storage failed {operation}: {error}",
+            operation=_DOING.get(f.__name__, "working"),
             error=e,
         )
         if e.errno in _FULL:

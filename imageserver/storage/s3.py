@@ -8,6 +8,7 @@ never waits on the network.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -140,6 +141,10 @@ class S3Storage:
     async def _call(self, f: Callable[..., T], *args: Any) -> T:
         return await self._run(_translate_errors, f, *args)
 
+    def doing(self, f: Callable[..., Any], key: str) -> str:
+        """A call said in words, for the log: "listing p/ in bucket photos"."""
+        return f"{_DOING[f.__name__]} {key} in bucket {self._settings.bucket}"
+
     # The methods below run in the S3 thread pool.
 
     def _get(self, key: str) -> StoredObject | None:
@@ -220,13 +225,29 @@ def _code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
 
 
+#: What each call does, as its log lines say it ("listing PURGES/... in
+#: bucket photos"): words a reader knows, not this module's method names.
+_DOING = {
+    "_get": "reading",
+    "_put": "writing",
+    "_exists": "looking for",
+    "_list": "listing",
+    "_delete": "deleting",
+    "_delete_prefix": "deleting everything under",
+}
+
+
 def _translate_errors(f: Callable[..., T], *args: Any) -> T:
-    """Turn boto's errors into the two a client is told about (502 and 503)."""
+    """Turn boto's errors into the two a client is told about (502 and 503).
+
+    ``f`` is a method of `S3Storage` and ``args[0]`` its object key."""
     try:
         return f(*args)
     except ClientError as e:
         code = _code(e)
-        log.warn("storage refused {operation}: {code}", operation=f.__name__, code=code)
+        log.warn(
+            "storage refused {operation}: {code}", operation=_doing(f, args), code=code
+        )
         if code in _TRANSIENT:
             raise StorageUnavailable(
                 "storage is unavailable, try again later"
@@ -234,11 +255,59 @@ def _translate_errors(f: Callable[..., T], *args: Any) -> T:
         raise StorageFailed(f"storage refused the request ({code})") from None
     except (BotoConnectionError, HTTPClientError) as e:
         log.warn(
-            "storage unreachable in {operation}: {error}", operation=f.__name__, error=e
+            "storage unreachable {operation}: {error}",
+            operation=_doing(f, args),
+            error=e,
         )
         raise StorageUnavailable("storage is unavailable, try again later") from None
     except BotoCoreError as e:
         log.warn(
-            "storage failed in {operation}: {error}", operation=f.__name__, error=e
+            "storage failed {operation}: {error}", operation=_doing(f, args), error=e
         )
         raise StorageFailed(f"storage failed ({type(e).__name__})") from None
+
+
+def _doing(f: Callable[..., Any], args: tuple[Any, ...]) -> str:
+    """The call said in words (its method names are this module's business)."""
+    storage = getattr(f, "__self__", None)
+    if isinstance(storage, S3Storage) and args:
+        return storage.doing(f, args[0])
+    return _DOING.get(f.__name__, "working")
+
+
+def check_bucket(settings: S3Settings) -> None:
+    """Refuse, at start-up, a bucket that cannot be used, as the local path
+    is refused: `StorageFailed` with one line saying why and what to do.
+
+    One HEAD of the bucket, one attempt. A store that cannot be reached now
+    is `StorageUnavailable`: the caller may warn and start anyway (readiness
+    reports it), since it may come back.
+    """
+    checking = dataclasses.replace(
+        settings, max_attempts=1, timeout=min(settings.timeout, 5.0)
+    )
+    where = settings.endpoint_url or "AWS"
+    name = f"--aws_bucket {settings.bucket}"
+    try:
+        make_client(checking).head_bucket(Bucket=settings.bucket)
+    except ClientError as e:
+        code = _code(e)
+        if code in ("404", "NoSuchBucket"):
+            raise StorageFailed(
+                f"{name}: no such bucket at {where}; create it, or name one that exists"
+            ) from None
+        if code in ("403", "AccessDenied"):
+            raise StorageFailed(
+                f"{name}: access denied at {where}; check the credentials "
+                "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, an instance role, "
+                "~/.aws) and that the bucket's policy lets them list it"
+            ) from None
+        if code in _TRANSIENT:
+            raise StorageUnavailable(
+                f"{name}: {where} is unavailable ({code})"
+            ) from None
+        raise StorageFailed(f"{name}: {where} refused it ({code})") from None
+    except (BotoConnectionError, HTTPClientError) as e:
+        raise StorageUnavailable(f"{name}: {where} cannot be reached ({e})") from None
+    except BotoCoreError as e:  # no credentials found, a bad endpoint URL, ...
+        raise StorageFailed(f"{name}: {e}") from None

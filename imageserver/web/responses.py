@@ -37,6 +37,7 @@ STATUS_FOR: dict[type[errors.ImageServerError], int] = {
     errors.StorageUnavailable: 503,
     errors.Overloaded: 503,
     errors.StorageFull: 507,
+    errors.TooMany: 429,
     errors.SourceTimeout: 504,
 }
 
