@@ -16,7 +16,12 @@ import pyjpegli
 from PIL import Image, ImageCms, ImageFilter, ImageOps, UnidentifiedImageError
 
 from imageserver import analysis, containers, formats, geometry, placeholders
-from imageserver.errors import ImageTooLarge, InvalidRequest, UnsupportedImage
+from imageserver.errors import (
+    ImageTooLarge,
+    InvalidRequest,
+    NotAnImage,
+    UnsupportedImage,
+)
 from imageserver.naming import Fit, Variant
 
 #: Input formats we decode (Pillow's names); nothing else reaches a decoder.
@@ -500,10 +505,7 @@ def _open(data: bytes, limits: Limits) -> Image.Image:
     except Image.DecompressionBombError:
         raise ImageTooLarge(_too_many_pixels("the image is", limits)) from None
     except UnidentifiedImageError:
-        raise UnsupportedImage(
-            "the body is not an image in a supported format "
-            f"({', '.join(INPUT_FORMATS)})"
-        ) from None
+        raise NotAnImage(tuple(INPUT_FORMATS)) from None
     except _DECODE_ERRORS as e:
         raise UnsupportedImage(f"the image header could not be read: {e}") from None
     width, height = image.size

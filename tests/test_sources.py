@@ -1,6 +1,8 @@
+import json
 import socket
 from ipaddress import ip_address
 from typing import Any
+from urllib.parse import quote
 
 from treq.testing import RequestTraversalAgent
 from twisted.internet import reactor
@@ -24,6 +26,7 @@ from imageserver.errors import (
     SourceUnavailable,
 )
 from imageserver.sources import GuardedEndpoints, SourceFetcher, source_agent
+from tests.test_twistd import TwistdCase
 
 HINT = (
     "; such sources are fetched only when the server runs with "
@@ -396,3 +399,69 @@ class GuardTests(TestCase):
         with self.assertRaises(Forbidden):
             await self.fetcher(policy, resolve=resolve).fetch("http://evil.test/a.jpg")
         self.assertEqual(asked, [])
+
+
+class MessagesTwistdTests(TwistdCase):
+    """What a client is told when a source fails, by a real server process:
+    each failure named, with the host, and what to do where there is something."""
+
+    async def test_each_failure_says_what_happened(self) -> None:
+        await self.start_server(
+            "--allow_networks", "127.0.0.2/32", "--http_timeout", "0.5"
+        )
+
+        def serve(factory: Any) -> int:
+            port = reactor.listenTCP(0, factory, interface="127.0.0.2")
+            self.addCleanup(port.stopListening)
+            return port.getHost().port  # type: ignore[no-any-return]
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.2", 0))
+            closed = s.getsockname()[1]
+        full = socket.socket()
+        self.addCleanup(full.close)
+        full.bind(("127.0.0.2", 0))
+        full.listen(0)
+        filler = socket.create_connection(full.getsockname())
+        self.addCleanup(filler.close)
+        hung = full.getsockname()[1]
+        silent = serve(Factory.forProtocol(Silent))
+        trickling = serve(Factory.forProtocol(Trickling))
+        text = Resource()
+        text.putChild(b"a.jpg", Data(b"not an image", "image/jpeg"))
+        not_image = serve(Site(text))
+        formats = "JPEG, PNG, GIF, WEBP, AVIF, TIFF, BMP, HEIF, JXL"
+        for url, status, message in (
+            ("http://127.0.0.1:1/a.jpg", 403,
+             "source host 127.0.0.1 resolves to 127.0.0.1, which is loopback" + HINT),
+            ("http://exa mple/a.jpg", 400,
+             "source host 'exa mple' is not a valid host name: ' ' (U+0020) is not "
+             "allowed; a host name is letters, digits and hyphens, in labels "
+             "separated by dots"),
+            (f"http://127.0.0.2:{closed}/a.jpg", 502,
+             f"source host 127.0.0.2 refused the connection on port {closed}"),
+            (f"http://127.0.0.2:{hung}/a.jpg", 504,
+             "source host 127.0.0.2 did not answer within 0.5 seconds"),
+            (f"http://127.0.0.2:{silent}/a.jpg", 504,
+             "source host 127.0.0.2 did not answer within 0.5 seconds"),
+            (f"http://127.0.0.2:{trickling}/a.jpg", 504,
+             "source host 127.0.0.2 did not send the whole image within 0.5 "
+             "seconds"),
+            (f"http://127.0.0.2:{not_image}/a.jpg", 415,
+             f"the download from http://127.0.0.2:{not_image}/a.jpg is not an "
+             f"image in a supported format ({formats})"),
+        ):  # fmt: skip
+            response, body = await self.call("POST", f"/p?source={quote(url)}")
+            self.assertEqual(
+                (response.code, json.loads(body)), (status, {"error": message}), url
+            )
+
+    async def test_a_body_and_a_source_together_are_refused(self) -> None:
+        await self.start_server("--allow_private_sources")
+        response, body = await self.call(
+            "POST", f"/p?source={quote('http://127.0.0.1:1/a.jpg')}", data=b"x"
+        )
+        self.assertEqual(
+            (response.code, json.loads(body)),
+            (400, {"error": "give the image as the body or as ?source=URL, not both"}),
+        )
