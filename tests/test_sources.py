@@ -388,6 +388,18 @@ class GuardTests(TestCase):
             with self.assertRaises(InvalidRequest, msg=url):
                 await self.fetcher(SourcePolicy()).fetch(url)
 
+    async def test_a_name_that_does_not_resolve_is_said_so(self) -> None:
+        async def resolve(host: str, port: int) -> list[str]:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+        with self.assertRaises(SourceUnavailable) as caught:
+            await self.fetcher(SourcePolicy(), resolve=resolve).fetch(
+                "http://images.invalid/a.jpg"
+            )
+        self.assertEqual(
+            str(caught.exception), "source host images.invalid was not found (DNS)"
+        )
+
     async def test_allowlist_is_checked_before_resolving(self) -> None:
         asked: list[str] = []
 
