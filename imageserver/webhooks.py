@@ -9,6 +9,10 @@ doubling to 5 minutes), the others wait behind it; an event older than
 ``--webhook_retry_seconds``, or one that finds the queue full, is dropped and
 counted. Delivery is at least once (a retry after a lost answer repeats an
 event): receivers deduplicate by ``id``.
+
+A receiver's status alone decides: 2xx is delivered, anything else (a 3xx
+included: redirects are never followed, the signed event goes nowhere else)
+is retried. At most `ANSWER_BYTES` of its answer are read.
 """
 
 from __future__ import annotations
@@ -105,6 +109,9 @@ class _Receiver:
         hooks = self.hooks
         error = await hooks.post(self.url, event)
         self.in_flight -= 1
+        if self.closed and error is not None:  # given up at shutdown
+            self.queue.appendleft(event)
+            return
         if error is None:
             self.failures = 0
             hooks.done("delivered")
