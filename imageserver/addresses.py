@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote
+
+import idna
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -54,9 +57,27 @@ def source_host(raw: str) -> str:
         raise ValueError(f"source host {raw!r} is not a valid address")
     try:
         host.encode("idna")
-    except UnicodeError:
-        raise ValueError(f"source host {raw!r} is not a valid host name") from None
+        # What the request will carry (hyperlink encodes with this): a name
+        # it cannot encode is refused here, said in our words.
+        idna.encode(host, uts46=True)
+    except UnicodeError as e:
+        raise ValueError(
+            f"source host {raw!r} is not a valid host name: {_idna_reason(host, e)}"
+        ) from None
     return host.lower()
+
+
+def _idna_reason(host: str, e: UnicodeError) -> str:
+    """What is wrong with a host name, in words rather than a codec's."""
+    found = re.search(r"Codepoint U\+([0-9A-F]{4,6})", str(e))
+    if found and chr(int(found[1], 16)) in host:
+        return (
+            f"{chr(int(found[1], 16))!r} (U+{found[1]}) is not allowed; a host "
+            "name is letters, digits and hyphens, in labels separated by dots"
+        )
+    if isinstance(e, idna.IDNAError) and not found:
+        return str(e)[:1].lower() + str(e)[1:]
+    return "a label is empty, longer than 63 characters or not IDNA-encodable"
 
 
 def refusal(text: str) -> str | None:
@@ -111,4 +132,8 @@ class SourcePolicy:
         reason = refusal(address)
         if reason is None:
             return None
-        return f"source host {host} resolves to {address}, which is {reason}"
+        return (
+            f"source host {host} resolves to {address}, which is {reason}; "
+            "such sources are fetched only when the server runs with "
+            "--allow_private_sources or --allow_networks"
+        )

@@ -57,7 +57,9 @@ async def _process_item(
             raise UnreadableFile(f"cannot read: {e.strerror}") from None
         with body:
             return json.loads(
-                await images.upload(namespace, body=body, outputs=outputs or None)
+                await images.upload(
+                    namespace, body=body, outputs=outputs or None, body_is="the file"
+                )
             )  # type: ignore[no-any-return]
     return await images.process_item(
         namespace, url=item.url, digest=item.digest, outputs=outputs or None

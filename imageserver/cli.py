@@ -31,7 +31,7 @@ from imageserver import __version__, imaging
 from imageserver.batches import Item, parse_line
 from imageserver.bulk import Outcome, outcome_of, unique
 from imageserver.config import Config
-from imageserver.errors import ImageServerError
+from imageserver.errors import ImageServerError, NotAnImage
 from imageserver.events import Events
 from imageserver.images import info_json_of
 from imageserver.listening import StartupFailed
@@ -90,7 +90,12 @@ class InfoOptions(usage.Options):
 
 
 class Options(usage.Options):
-    synopsis = "process|info [options] ..."
+    def getSynopsis(self) -> str:
+        """The usage line, with the program's name; a command's own usage
+        (``imageserver process --help``) continues from ``imageserver``."""
+        if self.subCommand is not None:
+            return "Usage: imageserver"
+        return "Usage: imageserver process|info [options] ..."
 
     def opt_version(self) -> None:
         """Print the version and exit."""
@@ -224,6 +229,9 @@ def info(options: InfoOptions, stdout: IO[str], stderr: IO[str]) -> int:
         details = imaging.probe(data, Config().decode_limits)
     except OSError as e:
         stderr.write(f"{options.path}: {e.strerror}\n")
+        return 1
+    except NotAnImage as e:
+        stderr.write(f"{options.path}: {e.about('the file')}\n")
         return 1
     except ImageServerError as e:
         stderr.write(f"{options.path}: {e}\n")

@@ -4,6 +4,8 @@ They carry no HTTP: the web layer maps each class to one status in one place.
 Messages are shown to clients, so they never contain paths, secrets or tracebacks.
 """
 
+from __future__ import annotations
+
 
 class ImageServerError(Exception):
     """Base class; ``str(error)`` is the message sent to the client."""
@@ -35,6 +37,24 @@ class ContentTooLarge(ImageServerError):
 
 class UnsupportedImage(ImageServerError):
     """Bytes that are not a decodable image of an accepted format (415)."""
+
+
+class NotAnImage(UnsupportedImage):
+    """Bytes no accepted format recognises (415), said of whose bytes they
+    were: the body, a download, a file (`about` says it of another)."""
+
+    def __init__(self, formats: tuple[str, ...], subject: str = "the body") -> None:
+        super().__init__(
+            f"{subject} is not an image in a supported format ({', '.join(formats)})"
+        )
+        self.formats = formats
+        self.subject = subject
+
+    def __reduce__(self) -> tuple[type[NotAnImage], tuple[tuple[str, ...], str]]:
+        return NotAnImage, (self.formats, self.subject)
+
+    def about(self, subject: str) -> NotAnImage:
+        return NotAnImage(self.formats, subject)
 
 
 class ImageTooLarge(ImageServerError):

@@ -23,6 +23,7 @@ from imageserver import containers, imaging, negotiation
 from imageserver.errors import (
     Forbidden,
     InvalidRequest,
+    NotAnImage,
     NotCanonical,
     NotFound,
     Overloaded,
@@ -121,22 +122,39 @@ class Images:
         body: BinaryIO | None = None,
         source: str | None = None,
         outputs: str | None = None,
+        body_is: str = "the body",
     ) -> bytes:
         """Store an original (the body, or fetched from ``source``); return info.json.
 
         Returns once the original, its info.json and every output are stored.
+        ``body_is`` names the body in messages (the command line's is a file).
         """
         check_namespace(namespace)
         variants = self._outputs(namespace, outputs, defaults=True)
-        data = b""
+        data, subject = b"", body_is
         if source is not None:
+            if body is not None and body.read(1):
+                raise InvalidRequest(
+                    "give the image as the body or as ?source=URL, not both"
+                )
             data = await self._fetches.run([source], self._download)[source]
+            subject = f"the download from {source}"
         elif body is not None:
             data = await self.read(body)
-        if not data:
+        if not data and subject == "the body":
             raise UnsupportedImage(
                 "the body is empty: send the image as the body or give ?source=URL"
             )
+        if not data:
+            raise UnsupportedImage(f"{subject} is empty")
+        try:
+            return await self._store(namespace, data, variants)
+        except NotAnImage as e:
+            raise e.about(subject) from None
+
+    async def _store(
+        self, namespace: str, data: bytes, variants: tuple[Variant, ...]
+    ) -> bytes:
         # What is stored (and hashed) is the image, without anything a file
         # carries after its end.
         data, digest = await self._process(_identified, data)

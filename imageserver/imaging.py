@@ -16,7 +16,12 @@ import pyjpegli
 from PIL import Image, ImageCms, ImageFilter, ImageOps, UnidentifiedImageError
 
 from imageserver import analysis, containers, formats, geometry, placeholders
-from imageserver.errors import ImageTooLarge, InvalidRequest, UnsupportedImage
+from imageserver.errors import (
+    ImageTooLarge,
+    InvalidRequest,
+    NotAnImage,
+    UnsupportedImage,
+)
 from imageserver.naming import Fit, Variant
 
 #: Input formats we decode (Pillow's names); nothing else reaches a decoder.
@@ -538,10 +543,7 @@ def _open(data: bytes, limits: Limits) -> Image.Image:
     layout = containers.layout(data)
     rows = _candidates(data)
     if not rows:
-        raise UnsupportedImage(
-            "the body is not an image in a supported format "
-            f"({', '.join(INPUT_FORMATS)})"
-        )
+        raise NotAnImage(INPUT_FORMATS)
     sizes = [size for row in rows if (size := row.size(data)) is not None]
     if not sizes:
         raise UnsupportedImage(

@@ -255,7 +255,8 @@ class VariantRules:
         variant = _canonical(_parse(name, m, self.default_quality))
         if max(variant.width, variant.height) > self.maximum_width:
             raise InvalidRequest(
-                f"{name!r} is larger than the maximum of {self.maximum_width} pixels"
+                f"{name!r} is larger than the maximum of {self.maximum_width} "
+                "pixels (--maximum_width)"
             )
         return variant
 
@@ -596,7 +597,9 @@ class Presets:
                 for ext in rules.extensions:
                     rules.canonical(f"{spec}.{ext}")
             except ImageServerError as e:
-                raise ValueError(f"preset {entry!r}: {e}") from None
+                # Checked as a name; the error names what the operator wrote.
+                said = str(e).replace(repr(f"{spec}.{AUTO}"), repr(spec))
+                raise ValueError(f"preset {entry!r}: {said}") from None
             if variant is None:
                 raise ValueError(f"preset {entry!r}: {spec!r} is not a variant")
             if variant.name != f"{spec}.{AUTO}":

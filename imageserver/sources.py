@@ -5,10 +5,9 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-import treq
 from hyperlink import EncodedURL
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred
@@ -18,15 +17,18 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
+    PotentialDataLoss,
     RedirectAgent,
     RequestTransmissionFailed,
+    ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
 )
@@ -118,7 +120,9 @@ class GuardedEndpoints:
             try:
                 addresses = await self._resolve(host, port)
             except OSError as e:
-                raise SourceUnavailable(f"source host {host} was not found") from e
+                raise SourceUnavailable(
+                    f"source host {host} was not found (DNS)"
+                ) from e
         for address in addresses:
             refused = self._policy.address_refusal(host, address)
             if refused:
@@ -133,7 +137,15 @@ class GuardedEndpoints:
             endpoint = TCP4ClientEndpoint(self._reactor, address, port, self._timeout)
         if scheme == "https":
             endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
-        return await endpoint.connect(factory)
+        try:
+            return await endpoint.connect(factory)
+        except error.TimeoutError:
+            raise SourceTimeout(
+                f"source host {host} did not accept a connection within "
+                f"{self._timeout:g} seconds"
+            ) from None
+        except error.ConnectError as e:
+            raise _unreachable(host, port, e) from None
 
 
 @implementer(IStreamClientEndpoint)
@@ -213,37 +225,42 @@ class SourceFetcher:
     async def fetch(self, url: str) -> bytes:
         try:
             parts = urlsplit(url)
-            hostname, _ = parts.hostname, parts.port
+            hostname, port = parts.hostname, parts.port
         except ValueError as e:  # unbalanced brackets, a port out of range
             raise InvalidRequest(f"source is not a valid URL ({e})") from None
         if parts.scheme not in ("http", "https") or not hostname:
             raise InvalidRequest("source must be an absolute http or https URL")
         try:
             uri = request_uri(url)
+            host = source_host(hostname)
         except ValueError as e:
             raise InvalidRequest(str(e)) from None
-        download = defer.Deferred.fromCoroutine(self._download(uri))
-        download.addTimeout(self._timeout, self._clock)
+        port = port or (443 if parts.scheme == "https" else 80)
+        answered: list[bool] = []
+
+        def timed_out(result: object, timeout: float) -> NoReturn:
+            # Whatever the cancelled exchange failed with (a lost connection,
+            # a cancelled connect), running out of time is what happened.
+            if answered:
+                raise SourceTimeout(
+                    f"source host {host} did not send the whole image within "
+                    f"{timeout:g} seconds"
+                )
+            raise SourceTimeout(
+                f"source host {host} did not answer within {timeout:g} seconds"
+            )
+
+        download = defer.Deferred.fromCoroutine(self._download(uri, answered))
+        download.addTimeout(self._timeout, self._clock, onTimeoutCancel=timed_out)
         try:
             return await download
-        except defer.TimeoutError:
-            raise SourceTimeout(
-                f"source did not answer within {self._timeout:g} seconds"
-            ) from None
         except _TRANSPORT_ERRORS as e:
-            # A refusal or a redirect loop found on the way comes wrapped.
-            for reason in getattr(e, "reasons", ()):
-                if reason.check(ImageServerError):
-                    raise reason.value from None
-                if reason.check(InfiniteRedirection):
-                    raise SourceUnavailable(
-                        "source redirected too many times"
-                    ) from None
             log.info("source {url} failed: {error}", url=url, error=e)
-            raise SourceUnavailable("source could not be downloaded") from None
+            raise _explained(e, host, port) from None
 
-    async def _download(self, uri: bytes) -> bytes:
+    async def _download(self, uri: bytes, answered: list[bool]) -> bytes:
         response = await self._agent.request(b"GET", uri, _HEADERS)
+        answered.append(True)
         if response.code in (404, 410):
             _discard(response)
             raise NotFound(f"source answered {response.code}")
@@ -253,21 +270,96 @@ class SourceFetcher:
         if isinstance(response.length, int) and response.length > self._max_bytes:
             _discard(response)
             raise ContentTooLarge(self._too_large())
-        chunks: list[bytes] = []
-        received = 0
-
-        def collect(chunk: bytes) -> None:
-            nonlocal received
-            received += len(chunk)
-            if received > self._max_bytes:
-                raise ContentTooLarge(self._too_large())
-            chunks.append(chunk)
-
-        await treq.collect(response, collect)
-        return b"".join(chunks)
+        return await read_bounded(
+            response, self._max_bytes, ContentTooLarge(self._too_large())
+        )
 
     def _too_large(self) -> str:
         return f"source is larger than the limit of {self._max_bytes} bytes"
+
+
+def _unreachable(host: str, port: int, e: error.ConnectError) -> SourceUnavailable:
+    """A connection that failed, said as a user can act on it."""
+    if isinstance(e, error.ConnectionRefusedError):
+        return SourceUnavailable(
+            f"source host {host} refused the connection on port {port}"
+        )
+    reason = str(e).rstrip(".")
+    return SourceUnavailable(f"source host {host} could not be reached ({reason})")
+
+
+def _explained(e: Exception, host: str, port: int) -> ImageServerError:
+    """Why a download failed, for the client: the refusal or redirect loop
+    found on the way (they come wrapped), or what happened to the connection."""
+    for reason in getattr(e, "reasons", ()):
+        if reason.check(ImageServerError):
+            return reason.value  # type: ignore[no-any-return]
+        if reason.check(InfiniteRedirection):
+            return SourceUnavailable("source redirected too many times")
+    if isinstance(e, error.DNSLookupError):  # unguarded: the guard resolves
+        return SourceUnavailable(f"source host {host} was not found (DNS)")
+    if isinstance(e, error.TimeoutError):  # a connect timeout, unguarded
+        return SourceTimeout(f"source host {host} did not accept a connection")
+    if isinstance(e, error.ConnectError):
+        return _unreachable(host, port, e)
+    if isinstance(e, ResponseNeverReceived):
+        return SourceUnavailable(
+            f"source host {host} closed the connection without answering"
+        )
+    return SourceUnavailable(
+        f"the connection to source host {host} broke before the whole answer arrived"
+    )
+
+
+class _Bounded(Protocol):
+    def __init__(self, limit: int, too_large: Exception | None) -> None:
+        self.done: Deferred[bytes] = Deferred(self._cancel)
+        self._limit = limit
+        self._too_large = too_large
+        self._chunks: list[bytes] = []
+        self._received = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        room = self._limit - self._received
+        self._received += len(data)
+        if len(data) <= room:
+            self._chunks.append(data)
+            return
+        self.transport.stopProducing()  # type: ignore[union-attr]
+        if self._too_large is not None:
+            self.done.errback(self._too_large)
+        else:
+            self.done.callback(b"".join(self._chunks) + data[:room])
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self._chunks))
+        else:
+            self.done.errback(reason)
+
+    def _cancel(self, _: object) -> None:
+        # A deadline: nothing more is read, and the connection is closed.
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+
+def read_bounded(
+    response: IResponse, limit: int, too_large: Exception | None = None
+) -> Deferred[bytes]:
+    """At most ``limit`` bytes of ``response``'s body, never more in memory.
+
+    Past the limit the connection is closed and the Deferred fails with
+    ``too_large``, or (without one) fires with the first ``limit`` bytes.
+    Cancelling it (a deadline) closes the connection too, so a body that
+    keeps coming is never read on after its reader gave up.
+    """
+    body = _Bounded(limit, too_large)
+    response.deliverBody(body)
+    return body.done
 
 
 class _Discard(Protocol):

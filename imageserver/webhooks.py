@@ -9,6 +9,10 @@ doubling to 5 minutes), the others wait behind it; an event older than
 ``--webhook_retry_seconds``, or one that finds the queue full, is dropped and
 counted. Delivery is at least once (a retry after a lost answer repeats an
 event): receivers deduplicate by ``id``.
+
+A receiver's status alone decides: 2xx is delivered, anything else (a 3xx
+included: redirects are never followed, the signed event goes nowhere else)
+is retried. At most `ANSWER_BYTES` of its answer are read.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from imageserver import __version__
 from imageserver.events import Events
 from imageserver.naming import ImageId
+from imageserver.sources import read_bounded
 from imageserver.storage.queue import RetryPolicy
 from imageserver.waiting import WhenIdle, drained
 
@@ -44,6 +49,8 @@ SIGNATURE_HEADER = "X-Imageserver-Signature"
 IN_FLIGHT = 8
 #: Seconds a receiver has to answer an event.
 TIMEOUT = 10.0
+#: Bytes of a receiver's answer read; the rest is not (the connection is closed).
+ANSWER_BYTES = 4096
 RETRY = backoffPolicy(initialDelay=1.0, maxDelay=300.0, factor=2.0)
 
 
@@ -69,11 +76,18 @@ class _Receiver:
         self.in_flight = 0
         self.failures = 0
         self.paused: IDelayedCall | None = None
+        self.sending: set[Deferred[None]] = set()
+        self.closed = False
 
     def pump(self) -> None:
         hooks = self.hooks
         limit = 1 if self.failures else IN_FLIGHT
-        while self.queue and self.paused is None and self.in_flight < limit:
+        while (
+            self.queue
+            and self.paused is None
+            and self.in_flight < limit
+            and not self.closed
+        ):
             event = self.queue.popleft()
             if hooks.clock.seconds() - event.created > hooks.retry_seconds:
                 hooks.done("expired")
@@ -86,12 +100,18 @@ class _Receiver:
                 )
                 continue
             self.in_flight += 1
-            Deferred.fromCoroutine(self._send(event))
+            sending = Deferred.fromCoroutine(self._send(event))
+            if not sending.called:
+                self.sending.add(sending)
+                sending.addBoth(self._sent, sending)
 
     async def _send(self, event: _Event) -> None:
         hooks = self.hooks
         error = await hooks.post(self.url, event)
         self.in_flight -= 1
+        if self.closed and error is not None:  # given up at shutdown
+            self.queue.appendleft(event)
+            return
         if error is None:
             self.failures = 0
             hooks.done("delivered")
@@ -106,10 +126,13 @@ class _Receiver:
                 error=error,
                 delay=delay,
             )
-            if self.paused is None:
+            if self.paused is None and not self.closed:
                 self.paused = hooks.clock.callLater(delay, self._resume)
         self.pump()
         hooks.idle.check()
+
+    def _sent(self, result: object, sending: Deferred[None]) -> None:
+        self.sending.discard(sending)
 
     def _resume(self) -> None:
         self.paused = None
@@ -117,6 +140,15 @@ class _Receiver:
 
     def pending(self) -> int:
         return len(self.queue) + self.in_flight
+
+    def close(self) -> None:
+        """Shutting down: nothing more is sent or retried, and what is in
+        flight is given up (its event counts as not delivered)."""
+        self.closed = True
+        if self.paused is not None and self.paused.active():
+            self.paused.cancel()
+        for sending in list(self.sending):
+            sending.cancel()
 
 
 class Webhooks(Service):
@@ -202,14 +234,25 @@ class Webhooks(Service):
             SIGNATURE_HEADER: signature_of(self._secret, event.body),
         }
         try:
+            # A receiver is told, never followed: a redirect could send the
+            # signed event anywhere (and treq would repeat it as a GET).
             response = await self._client.post(
-                url, data=event.body, headers=headers, timeout=TIMEOUT
+                url,
+                data=event.body,
+                headers=headers,
+                timeout=TIMEOUT,
+                allow_redirects=False,
             )
-            await treq.content(response).addTimeout(TIMEOUT, self.clock)
+            # The answer is read only to keep the connection for the next
+            # event: a few KiB, then the connection is dropped, so a receiver
+            # streaming without end costs nothing.
+            await read_bounded(response, ANSWER_BYTES).addTimeout(TIMEOUT, self.clock)
         except Exception as e:
             # A receiver's failure is not ours: refused, reset, timed out,
             # TLS, DNS ... all mean try again later.
             return f"{type(e).__name__}: {e}"
+        if 300 <= response.code < 400:
+            return f"status {response.code} (redirects are not followed)"
         if not 200 <= response.code < 300:
             return f"status {response.code}"
         return None
@@ -233,6 +276,5 @@ class Webhooks(Service):
                 count=self.pending,
             )
         for receiver in self._receivers:
-            if receiver.paused is not None and receiver.paused.active():
-                receiver.paused.cancel()
+            receiver.close()
         await self._pool.closeCachedConnections()

@@ -1,3 +1,5 @@
+from ipaddress import ip_address
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from imageserver.addresses import SourcePolicy, refusal, source_host
@@ -44,7 +46,9 @@ class PolicyTests(SynchronousTestCase):
     def test_default_refuses_private(self) -> None:
         self.assertEqual(
             SourcePolicy().address_refusal("images.internal", "10.0.0.5"),
-            "source host images.internal resolves to 10.0.0.5, which is private",
+            "source host images.internal resolves to 10.0.0.5, which is private; "
+            "such sources are fetched only when the server runs with "
+            "--allow_private_sources or --allow_networks",
         )
 
     def test_allow_private(self) -> None:
@@ -69,16 +73,38 @@ class PolicyTests(SynchronousTestCase):
 
 class SourceHostTests(SynchronousTestCase):
     def test_addresses_and_names_as_the_policy_sees_them(self) -> None:
-        for raw, host in (
+        """Addresses are compared as addresses: Python 3.13 writes an
+        IPv4-mapped one ``::ffff:127.0.0.1`` where 3.11 wrote ``::ffff:7f00:1``."""
+        for raw, address in (
             ("::1", "::1"),
             ("[::1]", "::1"),
             ("[::ffff:127.0.0.1]", "::ffff:7f00:1"),
             ("[fe80::1%25eth0]", "fe80::1%eth0"),
             ("%31%32%37.0.0.1", "127.0.0.1"),
+        ):
+            host = source_host(raw)
+            self.assertEqual(ip_address(host), ip_address(address), raw)
+            self.assertEqual(host, str(ip_address(address)), raw)
+        for raw, name in (
             ("Images.Example.COM", "images.example.com"),
             ("b%C3%BCcher.example", "bücher.example"),
         ):
-            self.assertEqual(source_host(raw), host, raw)
+            self.assertEqual(source_host(raw), name, raw)
+
+    def test_a_bad_host_name_is_said_in_words(self) -> None:
+        rule = "a host name is letters, digits and hyphens, in labels separated by dots"
+        for raw, reason in (
+            ("exa mple", f"' ' (U+0020) is not allowed; {rule}"),
+            ("a_b.example", f"'_' (U+005F) is not allowed; {rule}"),
+            ("\u2603.net", f"'\u2603' (U+2603) is not allowed; {rule}"),
+            ("-a.example", "label must not start or end with a hyphen"),
+        ):
+            with self.assertRaises(ValueError, msg=raw) as caught:
+                source_host(raw)
+            self.assertEqual(
+                str(caught.exception),
+                f"source host {raw!r} is not a valid host name: {reason}",
+            )
 
     def test_malformed_hosts(self) -> None:
         for raw in ("[zz::1]", "a:b", "%ff", "a%25b", "x" * 64 + ".com", ""):

@@ -112,7 +112,11 @@ class ProcessTests(TestCase):
         )
         self.assertEqual(status, 1)
         self.assertEqual(len(out.splitlines()), 1)
-        self.assertIn(f"{self.files['bad.jpg']}: the body is not an image", err)
+        self.assertIn(
+            f"{self.files['bad.jpg']}: the file is not an image in a supported "
+            "format (JPEG, PNG, GIF, WEBP, AVIF, TIFF, BMP, HEIF, JXL)\n",
+            err,
+        )
         self.assertIn("missing.jpg: cannot read: No such file or directory", err)
 
     async def test_an_unexpected_failure_fails_its_item_alone(self) -> None:
@@ -339,6 +343,41 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(len(results), 4, screen)
         for line in results:
             self.assertRegex(line, r"\A[0-9a-f]{32}\tp[0-3]\.png\t4[0-3]\t30\Z")
+
+    def test_usage_lines_name_the_program(self) -> None:
+        for args, line in (
+            (["--help"], "Usage: imageserver process|info [options] ..."),
+            (["process", "--help"], "Usage: imageserver process [options] FILE... | -"),
+            (["info", "--help"], "Usage: imageserver info FILE"),
+        ):
+            shown = self.run_command(*args)
+            self.assertEqual(
+                (shown.returncode, shown.stdout.splitlines()[0]), (0, line), args
+            )
+
+    def test_a_file_that_is_no_image_is_called_a_file(self) -> None:
+        for name, data in (("bad.jpg", b"x"), ("empty.jpg", b"")):
+            with open(os.path.join(self.root, name), "wb") as f:
+                f.write(data)
+        formats = "JPEG, PNG, GIF, WEBP, AVIF, TIFF, BMP, HEIF, JXL"
+        done = self.run_command("process", "bad.jpg", "empty.jpg")
+        self.assertEqual(done.returncode, 1)
+        self.assertEqual(
+            sorted(done.stderr.splitlines()),
+            [
+                f"bad.jpg: the file is not an image in a supported format ({formats})",
+                "empty.jpg: the file is empty",
+            ],
+        )
+        info = self.run_command("info", "bad.jpg")
+        self.assertEqual(
+            (info.returncode, info.stderr),
+            (
+                1,
+                f"bad.jpg: the file is not an image in a supported format "
+                f"({formats})\n",
+            ),
+        )
 
     def test_info(self) -> None:
         result = self.run_command("info", "photo.jpg")

@@ -1,10 +1,14 @@
+import json
 import socket
+from ipaddress import ip_address
 from typing import Any
+from urllib.parse import quote
 
 from treq.testing import RequestTraversalAgent
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock, LoopingCall
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.pages import errorPage
@@ -21,7 +25,13 @@ from imageserver.errors import (
     SourceTimeout,
     SourceUnavailable,
 )
-from imageserver.sources import SourceFetcher, source_agent
+from imageserver.sources import GuardedEndpoints, SourceFetcher, source_agent
+from tests.test_twistd import TwistdCase
+
+HINT = (
+    "; such sources are fetched only when the server runs with "
+    "--allow_private_sources or --allow_networks"
+)
 
 
 class Hanging(Resource):
@@ -100,7 +110,10 @@ class SourceFetcherTests(SynchronousTestCase):
         self.assertNoResult(d)
         self.clock.advance(0.2)
         failure = self.failureResultOf(d, SourceTimeout)
-        self.assertEqual(str(failure.value), "source did not answer within 5 seconds")
+        self.assertEqual(
+            str(failure.value),
+            "source host source did not send the whole image within 5 seconds",
+        )
 
     def test_only_http_urls(self) -> None:
         for url in (
@@ -114,21 +127,104 @@ class SourceFetcherTests(SynchronousTestCase):
             self.failureResultOf(self.fetch(url), InvalidRequest)
 
 
-class RealConnectionTests(TestCase):
-    """Failures only a real socket produces."""
+class Silent(Protocol):
+    """Accepts the connection, reads the request, never answers."""
 
-    async def test_refused_connection_is_unavailable(self) -> None:
+
+class Trickling(Protocol):
+    """Answers headers at once, then a byte of body every 50 ms, for ever."""
+
+    def connectionMade(self) -> None:
+        self.transport.write(  # type: ignore[union-attr]
+            b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n"
+        )
+        self.call = LoopingCall(self.transport.write, b"x")  # type: ignore[union-attr]
+        self.call.start(0.05)
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.call.stop()
+
+
+class RealConnectionTests(TestCase):
+    """Failures only a real socket produces, through the guarded agent the
+    server uses and a plain one (each says what happened, to which host)."""
+
+    def fetchers(self, timeout: float = 5) -> dict[str, SourceFetcher]:
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        guarded = source_agent(reactor, pool, SourcePolicy(allow_private=True), 3)
+        return {
+            "guarded": SourceFetcher(guarded, reactor, timeout, max_bytes=100),
+            "plain": SourceFetcher(
+                Agent(reactor, pool=pool), reactor, timeout, max_bytes=100
+            ),
+        }
+
+    def serve(self, protocol: type[Protocol]) -> int:
+        port = reactor.listenTCP(
+            0, Factory.forProtocol(protocol), interface="127.0.0.1"
+        )
+        self.addCleanup(port.stopListening)
+        return port.getHost().port  # type: ignore[no-any-return]
+
+    async def test_refused_connection_names_host_and_port(self) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]  # closed again before the fetch
+        for kind, fetcher in self.fetchers().items():
+            with self.assertRaises(SourceUnavailable, msg=kind) as caught:
+                await fetcher.fetch(f"http://127.0.0.1:{port}/photo.jpg")
+            self.assertEqual(
+                str(caught.exception),
+                f"source host 127.0.0.1 refused the connection on port {port}",
+            )
+
+    async def test_every_kind_of_timeout_is_a_timeout(self) -> None:
+        """docs/api.md: 504 when the source does not answer in time, whether
+        it never accepts, accepts and stays silent, or trickles the body."""
+        # A listening socket whose one-place queue is full: the kernel drops
+        # further connection attempts, so connecting never completes.
+        full = socket.socket()
+        self.addCleanup(full.close)
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        filler = socket.create_connection(full.getsockname())
+        self.addCleanup(filler.close)
+        cases = (
+            (full.getsockname()[1], "did not answer within 0.5 seconds"),
+            (self.serve(Silent), "did not answer within 0.5 seconds"),
+            (self.serve(Trickling), "did not send the whole image within 0.5 seconds"),
+        )
+        for port, message in cases:
+            for kind, fetcher in self.fetchers(timeout=0.5).items():
+                with self.assertRaises(SourceTimeout, msg=(port, kind)) as caught:
+                    await fetcher.fetch(f"http://127.0.0.1:{port}/photo.jpg")
+                self.assertEqual(
+                    str(caught.exception), f"source host 127.0.0.1 {message}"
+                )
+
+    async def test_a_connect_timeout_shorter_than_the_deadline_is_a_timeout(
+        self,
+    ) -> None:
+        full = socket.socket()
+        self.addCleanup(full.close)
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        filler = socket.create_connection(full.getsockname())
+        self.addCleanup(filler.close)
+        endpoints = GuardedEndpoints(
+            reactor, SourcePolicy(allow_private=True), connect_timeout=0.3
+        )
         pool = HTTPConnectionPool(reactor, persistent=False)
         self.addCleanup(pool.closeCachedConnections)
-        fetcher = SourceFetcher(
-            Agent(reactor, pool=pool), reactor, timeout=5, max_bytes=100
+        agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
+        fetcher = SourceFetcher(agent, reactor, timeout=5, max_bytes=100)
+        with self.assertRaises(SourceTimeout) as caught:
+            await fetcher.fetch(f"http://127.0.0.1:{full.getsockname()[1]}/a.jpg")
+        self.assertEqual(
+            str(caught.exception),
+            "source host 127.0.0.1 did not accept a connection within 0.3 seconds",
         )
-        with self.assertRaises(SourceUnavailable) as caught:
-            await fetcher.fetch(f"http://127.0.0.1:{port}/photo.jpg")
-        self.assertEqual(str(caught.exception), "source could not be downloaded")
 
 
 class Recording(Resource):
@@ -172,7 +268,7 @@ class GuardTests(TestCase):
             await self.fetcher(SourcePolicy()).fetch(f"http://127.0.0.1:{port}/a.jpg")
         self.assertEqual(
             str(caught.exception),
-            "source host 127.0.0.1 resolves to 127.0.0.1, which is loopback",
+            "source host 127.0.0.1 resolves to 127.0.0.1, which is loopback" + HINT,
         )
         self.assertEqual(source.requests, [])
 
@@ -259,11 +355,14 @@ class GuardTests(TestCase):
             ("[fe80::1%25eth0]", "fe80::1%eth0", "link-local"),
             ("%31%32%37.0.0.1", "127.0.0.1", "loopback"),
         ):
+            # The address as this Python writes it (3.13 writes mapped
+            # IPv4 as dotted quads): what is compared is the address.
+            shown = str(ip_address(address))
             with self.assertRaises(Forbidden, msg=host) as caught:
                 await self.fetcher(SourcePolicy()).fetch(f"http://{host}:{port}/a.jpg")
             self.assertEqual(
                 str(caught.exception),
-                f"source host {address} resolves to {address}, which is {reason}",
+                f"source host {shown} resolves to {shown}, which is {reason}{HINT}",
             )
 
     async def test_ipv6_sources_are_fetched_when_allowed(self) -> None:
@@ -289,6 +388,18 @@ class GuardTests(TestCase):
             with self.assertRaises(InvalidRequest, msg=url):
                 await self.fetcher(SourcePolicy()).fetch(url)
 
+    async def test_a_name_that_does_not_resolve_is_said_so(self) -> None:
+        async def resolve(host: str, port: int) -> list[str]:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+        with self.assertRaises(SourceUnavailable) as caught:
+            await self.fetcher(SourcePolicy(), resolve=resolve).fetch(
+                "http://images.invalid/a.jpg"
+            )
+        self.assertEqual(
+            str(caught.exception), "source host images.invalid was not found (DNS)"
+        )
+
     async def test_allowlist_is_checked_before_resolving(self) -> None:
         asked: list[str] = []
 
@@ -300,3 +411,69 @@ class GuardTests(TestCase):
         with self.assertRaises(Forbidden):
             await self.fetcher(policy, resolve=resolve).fetch("http://evil.test/a.jpg")
         self.assertEqual(asked, [])
+
+
+class MessagesTwistdTests(TwistdCase):
+    """What a client is told when a source fails, by a real server process:
+    each failure named, with the host, and what to do where there is something."""
+
+    async def test_each_failure_says_what_happened(self) -> None:
+        await self.start_server(
+            "--allow_networks", "127.0.0.2/32", "--http_timeout", "0.5"
+        )
+
+        def serve(factory: Any) -> int:
+            port = reactor.listenTCP(0, factory, interface="127.0.0.2")
+            self.addCleanup(port.stopListening)
+            return port.getHost().port  # type: ignore[no-any-return]
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.2", 0))
+            closed = s.getsockname()[1]
+        full = socket.socket()
+        self.addCleanup(full.close)
+        full.bind(("127.0.0.2", 0))
+        full.listen(0)
+        filler = socket.create_connection(full.getsockname())
+        self.addCleanup(filler.close)
+        hung = full.getsockname()[1]
+        silent = serve(Factory.forProtocol(Silent))
+        trickling = serve(Factory.forProtocol(Trickling))
+        text = Resource()
+        text.putChild(b"a.jpg", Data(b"not an image", "image/jpeg"))
+        not_image = serve(Site(text))
+        formats = "JPEG, PNG, GIF, WEBP, AVIF, TIFF, BMP, HEIF, JXL"
+        for url, status, message in (
+            ("http://127.0.0.1:1/a.jpg", 403,
+             "source host 127.0.0.1 resolves to 127.0.0.1, which is loopback" + HINT),
+            ("http://exa mple/a.jpg", 400,
+             "source host 'exa mple' is not a valid host name: ' ' (U+0020) is not "
+             "allowed; a host name is letters, digits and hyphens, in labels "
+             "separated by dots"),
+            (f"http://127.0.0.2:{closed}/a.jpg", 502,
+             f"source host 127.0.0.2 refused the connection on port {closed}"),
+            (f"http://127.0.0.2:{hung}/a.jpg", 504,
+             "source host 127.0.0.2 did not answer within 0.5 seconds"),
+            (f"http://127.0.0.2:{silent}/a.jpg", 504,
+             "source host 127.0.0.2 did not answer within 0.5 seconds"),
+            (f"http://127.0.0.2:{trickling}/a.jpg", 504,
+             "source host 127.0.0.2 did not send the whole image within 0.5 "
+             "seconds"),
+            (f"http://127.0.0.2:{not_image}/a.jpg", 415,
+             f"the download from http://127.0.0.2:{not_image}/a.jpg is not an "
+             f"image in a supported format ({formats})"),
+        ):  # fmt: skip
+            response, body = await self.call("POST", f"/p?source={quote(url)}")
+            self.assertEqual(
+                (response.code, json.loads(body)), (status, {"error": message}), url
+            )
+
+    async def test_a_body_and_a_source_together_are_refused(self) -> None:
+        await self.start_server("--allow_private_sources")
+        response, body = await self.call(
+            "POST", f"/p?source={quote('http://127.0.0.1:1/a.jpg')}", data=b"x"
+        )
+        self.assertEqual(
+            (response.code, json.loads(body)),
+            (400, {"error": "give the image as the body or as ?source=URL, not both"}),
+        )

@@ -1,4 +1,5 @@
 import os
+import re
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -346,3 +347,29 @@ class LoopbackOnlyTests(SynchronousTestCase):
                 "(tcp:PORT:interface=127.0.0.1) unless --manhole_allow_remote",
             )  # fmt: skip
             parse("--manhole", endpoint, *keys, "--manhole_allow_remote")
+
+
+class DocumentedPresetsTests(SynchronousTestCase):
+    """docs/api.md's presets example starts a server as pasted; without the
+    wider --maximum_width it needs, the error names what the operator wrote."""
+
+    def example(self) -> list[str]:
+        docs = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs")
+        with open(os.path.join(docs, "api.md")) as f:
+            page = f.read()
+        found = re.search(r"^`(--maximum_width \d+) --presets '([^']+)'`", page, re.M)
+        assert found, "docs/api.md has no presets example"
+        return [*found[1].split(), "--presets", found[2]]
+
+    def test_the_example_as_pasted(self) -> None:
+        config = parse(*self.example())
+        self.assertEqual(config.maximum_width, 1200)
+
+    def test_without_the_wider_maximum(self) -> None:
+        with self.assertRaises(UsageError) as caught:
+            parse(*self.example()[2:])
+        self.assertEqual(
+            str(caught.exception),
+            "--presets: preset 'hero=1200x600-gn': '1200x600-gn' is larger than the "
+            "maximum of 1000 pixels (--maximum_width)",
+        )

@@ -54,6 +54,91 @@ class Receiver(Resource):
         return b"ok"
 
 
+class Endless:
+    """A pull producer of body bytes for as long as the client reads them.
+
+    It writes only when the connection asks for more, so bytes pile up in
+    the client alone; it gives up after ``SAFETY`` bytes, so that a client
+    that reads everything is caught without taking the machine down.
+    """
+
+    SAFETY = 64 * 2**20
+
+    def __init__(self, request: Any) -> None:
+        self.request = request
+        self.sent = 0
+        self.stopped = False
+
+    def resumeProducing(self) -> None:
+        if self.stopped:
+            return
+        if self.sent >= self.SAFETY:
+            self.stopProducing()
+            self.request.unregisterProducer()
+            self.request.finish()
+            return
+        self.request.write(b"x" * 2**16)
+        self.sent += 2**16
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+
+class Streaming(Receiver):
+    """Takes each event and answers with a body that does not end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.producers: list[Endless] = []
+
+    def render_POST(self, request: Any) -> bytes | int:
+        request.content.read()
+        producer = Endless(request)
+        self.producers.append(producer)
+        request.registerProducer(producer, False)
+        return NOT_DONE_YET
+
+
+class Redirecting(Receiver):
+    """Answers every event with a 303 to ``target`` (200 once it is None)."""
+
+    def __init__(self, target: bytes) -> None:
+        super().__init__()
+        self.target: bytes | None = target
+        self.posts = 0
+
+    def render_POST(self, request: Any) -> bytes | int:
+        self.posts += 1
+        if self.target is None:
+            return b"ok"
+        request.setResponseCode(303)
+        request.setHeader(b"Location", self.target)
+        return b"see other"
+
+
+class Recorder(Resource):
+    """Where a redirect points: records every request of any method."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[tuple[bytes, Any]] = []
+
+    def render(self, request: Any) -> bytes:
+        self.requests.append((request.method, request.getHeader(SIGNATURE_HEADER)))
+        return b"ok"
+
+
+def rss() -> int:
+    """This process's resident set size in bytes, now."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
 class WebhookTests(TestCase):
     timeout = 30
 
@@ -62,6 +147,11 @@ class WebhookTests(TestCase):
         self.port = reactor.listenTCP(0, Site(self.receiver), interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
         self.url = f"http://127.0.0.1:{self.port.getHost().port}/hook"
+
+    def listen(self, resource: Resource) -> str:
+        port = reactor.listenTCP(0, Site(resource), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return f"http://127.0.0.1:{port.getHost().port}/hook"
 
     def hooks(self, **kwargs: Any) -> Webhooks:
         self.events = Events()
@@ -73,7 +163,8 @@ class WebhookTests(TestCase):
             "retry": lambda attempt: 0.05,
         }
         settings.update(kwargs)
-        hooks = Webhooks(reactor, [self.url], SECRET, **settings)
+        urls = settings.pop("urls", [self.url])
+        hooks = Webhooks(reactor, urls, SECRET, **settings)
         hooks.startService()
         self.addCleanup(hooks.stopService)
         return hooks
@@ -116,7 +207,8 @@ class WebhookTests(TestCase):
         for event in events:
             self.assertEqual((event["namespace"], event["hash"]), ("p", digest))
         self.assertEqual(len({e["id"] for e in events}), 4)
-        self.assertEqual(self.count("delivered"), 4)
+        # Counted once the answer is back, a moment after the receiver has it.
+        await self.until(lambda: self.count("delivered") == 4)
 
     async def test_a_receiver_that_comes_back_gets_what_it_missed(self) -> None:
         hooks = self.hooks()
@@ -161,3 +253,37 @@ class WebhookTests(TestCase):
             request.setResponseCode(503)
             request.finish()
         await self.until(lambda: self.count("delivered") == 1)
+
+    async def test_an_endless_answer_is_not_read_on(self) -> None:
+        """A receiver answering 200 with a body without end: a few KiB are
+        read, the connection is dropped, memory stays flat."""
+        receiver = Streaming()
+        url = self.listen(receiver)
+        hooks = self.hooks(urls=[url])
+        app = AppHarness(self, lifecycle=hooks)
+        before = peak = rss()
+        for size in range(40, 48):  # as many as are sent at once
+            app.upload(encode(quadrants((size, 30))))
+        while self.count("delivered") + self.count("retried") < 8:
+            peak = max(peak, rss())
+            await deferLater(reactor, 0.01)
+        await self.until(lambda: all(p.stopped for p in receiver.producers))
+        sent = sum(p.sent for p in receiver.producers)
+        self.assertEqual(self.count("delivered"), 8)
+        self.assertLess(sent, 8 * 8 * 2**20, f"bytes the receiver sent: {sent}")
+        self.assertLess(peak - before, 64 * 2**20, f"RSS growth: {peak - before}")
+
+    async def test_a_redirect_is_not_followed_nor_delivered(self) -> None:
+        elsewhere = Recorder()
+        target = self.listen(elsewhere).encode()
+        receiver = Redirecting(target)
+        hooks = self.hooks(urls=[self.listen(receiver)])
+        AppHarness(self, lifecycle=hooks).upload(PHOTO)
+        await self.until(lambda: self.count("retried") >= 2)
+        self.assertEqual(self.count("delivered"), 0)
+        self.assertEqual(elsewhere.requests, [])
+        self.assertEqual(hooks.pending, 1)
+        self.assertGreaterEqual(receiver.posts, 2)
+        receiver.target = None  # it takes events again: the one retried arrives
+        await self.until(lambda: self.count("delivered") == 1)
+        self.assertEqual(elsewhere.requests, [])

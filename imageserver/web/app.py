@@ -76,7 +76,7 @@ class ImageServerApp:
         source = _query(request, "source")
         info = await self._images.upload(
             namespace,
-            body=request.content if source is None else None,
+            body=request.content,
             source=source,
             outputs=_query(request, "outputs"),
         )
