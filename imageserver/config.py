@@ -309,6 +309,14 @@ class Config:
         "Serve and generate only the --presets and the --outputs.",
         server_only=True,
     )
+    serve_originals: bool = setting(
+        True,
+        "Serve each image's original, byte for byte with its metadata (EXIF "
+        "with GPS, XMP, ICC, comments; docs/security.md), as .../original; "
+        "off: .../original is a 404 and only variants, which carry none, are "
+        "served.",
+        server_only=True,
+    )
     batch_concurrency: int = setting(
         1, "Batch items processed at once, across all batch jobs.", server_only=True
     )
@@ -586,8 +594,17 @@ def fields() -> tuple[dataclasses.Field[Any], ...]:
     return dataclasses.fields(Config)
 
 
+#: How a setting that is on by default is turned off (or on) in words.
+TRUE_WORDS, FALSE_WORDS = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
 def parse(field: dataclasses.Field[Any], text: str) -> Any:
     """Turn a command-line string into the field's type."""
+    if field.type in ("bool", bool):
+        word = text.strip().lower()
+        if word not in TRUE_WORDS | FALSE_WORDS:
+            raise ValueError(f"{text!r} is not on or off")
+        return word in TRUE_WORDS
     if field.type in ("int", int):
         return int(text)
     if field.type in ("float", float):
@@ -598,8 +615,12 @@ def parse(field: dataclasses.Field[Any], text: str) -> Any:
 
 
 def is_flag(field: dataclasses.Field[Any]) -> bool:
-    """A setting given by its presence alone, such as ``--enable_statsd``."""
-    return field.type in ("bool", bool)
+    """A setting given by its presence alone, such as ``--enable_statsd``.
+
+    A setting on by default is not a flag (its presence could not turn it
+    off): it takes a value, ``--serve_originals off``.
+    """
+    return field.type in ("bool", bool) and field.default is False
 
 
 def show(value: Any) -> str:

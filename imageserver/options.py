@@ -84,7 +84,7 @@ def from_environment(
             text = environ[variable]
         else:
             continue
-        if config.is_flag(f):
+        if f.type in ("bool", bool):
             if text.strip().lower() not in _TRUE | _FALSE:
                 raise usage.UsageError(
                     f"{variable} must be 1/true/yes/on or 0/false/no/off, not {text!r}"
