@@ -41,6 +41,8 @@ from imageserver.options import (
     exit_on_usage_error,
     flags,
     parameters,
+    unknown_variable_warning,
+    unknown_variables,
 )
 from imageserver.service import make_images
 from imageserver.shutdown import Deadline, OrderedMultiService
@@ -239,6 +241,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     arguments = list(sys.argv[1:] if argv is None else argv)
     exit_on_usage_error("imageserver", options.parseOptions, arguments)
     _log_warnings_to(sys.stderr)
+    if isinstance(options.subOptions, ConfigOptions):
+        for variable, nearest in unknown_variables(options.subOptions.environ):
+            sys.stderr.write(
+                f"imageserver: {unknown_variable_warning(variable, nearest)}\n"
+            )
     if options.subCommand == "info":
         sys.exit(info(options.subOptions, sys.stdout, sys.stderr))
 
