@@ -30,7 +30,7 @@ from twisted.python import usage
 from imageserver import __version__, imaging
 from imageserver.batches import Item, parse_line
 from imageserver.bulk import Outcome, outcome_of, unique
-from imageserver.config import Config
+from imageserver.config import Config, ignored_settings
 from imageserver.errors import ImageServerError
 from imageserver.events import Events
 from imageserver.images import info_json_of
@@ -245,6 +245,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         for variable, nearest in unknown_variables(options.subOptions.environ):
             sys.stderr.write(
                 f"imageserver: {unknown_variable_warning(variable, nearest)}\n"
+            )
+        for name, needed in ignored_settings(options.subOptions.config):
+            sys.stderr.write(
+                f"imageserver: --{name} is set but does nothing without {needed}\n"
             )
     if options.subCommand == "info":
         sys.exit(info(options.subOptions, sys.stdout, sys.stderr))

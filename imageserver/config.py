@@ -598,6 +598,35 @@ def fields() -> tuple[dataclasses.Field[Any], ...]:
 TRUE_WORDS, FALSE_WORDS = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
+def ignored_settings(config: Config) -> list[tuple[str, str]]:
+    """Settings given a value other than their default that ``config`` never
+    uses, each with what would use it: said at start-up, since otherwise a
+    forgotten --enable_statsd or --manhole looks like a broken setting."""
+    needs = [
+        (("statsd_host", "statsd_port", "statsd_prefix"), "--enable_statsd",
+         config.enable_statsd),
+        (("manhole_keys", "manhole_passwords", "manhole_host_keys",
+          "manhole_allow_remote"), "--manhole", bool(config.manhole)),
+        (("webhook_secret", "webhook_queue", "webhook_retry_seconds"),
+         "--webhook", bool(config.webhook)),
+        (("shard_size", "shard_retries"), "--scheduler", bool(config.scheduler)),
+        (("debug_worker",), "--workers above 1", config.workers > 1),
+        (("aws_bucket", "aws_region", "aws_access_key_id", "aws_secret_key",
+          "s3_endpoint_url", "s3_acl", "remote_base_path", "remote_base_url",
+          "uploader_concurrency", "max_file_age"),
+         "a remote store (--aws_bucket, without --uploader noop)",
+         config.remote is not None),
+    ]  # fmt: skip
+    defaults = {f.name: f.default for f in fields()}
+    return [
+        (name, needed)
+        for names, needed, used in needs
+        if not used
+        for name in names
+        if getattr(config, name) != defaults[name]
+    ]
+
+
 def parse(field: dataclasses.Field[Any], text: str) -> Any:
     """Turn a command-line string into the field's type."""
     if field.type in ("bool", bool):

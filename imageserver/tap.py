@@ -8,6 +8,7 @@ import os
 from twisted.application.service import IService
 from twisted.logger import Logger
 
+from imageserver.config import ignored_settings
 from imageserver.options import (
     ServerOptions,
     exit_on_usage_error,
@@ -52,5 +53,11 @@ def makeService(options: Options) -> IService:
             message=unknown_variable_warning(variable, nearest),
             variable=variable,
             nearest=nearest,
+        )
+    for name, needed in ignored_settings(options.config):
+        log.warn(
+            "--{option} is set but does nothing without {needed}",
+            option=name,
+            needed=needed,
         )
     return make_service(options.config)

@@ -17,7 +17,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from imageserver.config import fields
+from imageserver.config import Config, fields, ignored_settings
 from imageserver.options import (
     ENVIRONMENT_PREFIX,
     unknown_variable_warning,
@@ -64,6 +64,59 @@ class UnknownVariablesTests(SynchronousTestCase):
             "IMAGESERVER_MAXIMUM_WIDHT names no option and is ignored; "
             "did you mean IMAGESERVER_X?",
         )
+
+
+#: Every setting that needs another: a value of its own, and the settings
+#: that put it to use.
+NEEDING = {
+    "statsd_host": ("statsd.example", {"enable_statsd": True}),
+    "statsd_port": (9125, {"enable_statsd": True}),
+    "statsd_prefix": ("x.", {"enable_statsd": True}),
+    "manhole_keys": ("keys", {"manhole": "7003"}),
+    "manhole_passwords": ("passwords", {"manhole": "7003"}),
+    "manhole_host_keys": ("elsewhere", {"manhole": "7003", "manhole_keys": "k"}),
+    "manhole_allow_remote": (True, {"manhole": "7003", "manhole_keys": "k"}),
+    "webhook_secret": ("s", {"webhook": ("http://127.0.0.1:1/",)}),
+    "webhook_queue": (5, {"webhook": ("http://127.0.0.1:1/",), "webhook_secret": "s"}),
+    "webhook_retry_seconds": (
+        5.0,
+        {"webhook": ("http://127.0.0.1:1/",), "webhook_secret": "s"},
+    ),
+    "shard_size": (10, {"scheduler": "local:1"}),
+    "shard_retries": (0, {"scheduler": "local:1"}),
+    "debug_worker": (2, {"workers": 2}),
+    "aws_bucket": ("b", {"uploader": "s3"}),
+    "aws_region": ("eu-west-1", {"aws_bucket": "b", "uploader": "s3"}),
+    "aws_access_key_id": ("AKIA", {"aws_bucket": "b", "uploader": "s3"}),
+    "aws_secret_key": ("secret", {"aws_bucket": "b", "uploader": "s3"}),
+    "s3_endpoint_url": ("http://127.0.0.1:9000", {"aws_bucket": "b", "uploader": "s3"}),
+    "s3_acl": ("private", {"aws_bucket": "b", "uploader": "s3"}),
+    "remote_base_path": ("images", {"aws_bucket": "b", "uploader": "s3"}),
+    "remote_base_url": ("https://cdn.example", {"aws_bucket": "b", "uploader": "s3"}),
+    "uploader_concurrency": (3, {"aws_bucket": "b", "uploader": "s3"}),
+    "max_file_age": (5, {"aws_bucket": "b", "uploader": "s3"}),
+}
+
+
+class IgnoredSettingsTests(SynchronousTestCase):
+    def test_a_setting_that_needs_another_is_told_without_it(self) -> None:
+        for name, (value, users) in NEEDING.items():
+            # (--uploader noop: a bucket alone would be used.)
+            alone = Config(workers=1, uploader="noop", **{name: value})
+            (ignored,) = ignored_settings(alone)
+            self.assertEqual(ignored[0], name)
+            used = Config(**{"workers": 1, "uploader": "noop", **users, name: value})
+            self.assertEqual(ignored_settings(used), [], name)
+
+    def test_the_table_is_every_setting_that_needs_another(self) -> None:
+        values = {name: value for name, (value, _) in NEEDING.items()}
+        every = Config(workers=1, uploader="noop", **values)
+        self.assertEqual([name for name, _ in ignored_settings(every)], list(NEEDING))
+
+    def test_defaults_and_a_bucket_with_noop_uploader(self) -> None:
+        self.assertEqual(ignored_settings(Config(workers=1)), [])
+        noop = Config(workers=1, aws_bucket="b", uploader="noop")
+        self.assertEqual([n for n, _ in ignored_settings(noop)], ["aws_bucket"])
 
 
 class StatsdHostTests(TestCase):
@@ -130,15 +183,21 @@ class ServerTests(TwistdCase):
         response, body = await self.call("GET", f"{folder}/original")
         self.assertIn(b"--serve_originals off", body)
 
-    async def test_with_workers_the_variable_is_told_once(self) -> None:
+    async def test_with_workers_each_is_told_once(self) -> None:
         process = await self.start_server(
-            env={"IMAGESERVER_MAXIMUM_WIDHT": "2000"}, workers=("--workers", "2")
-        )
+            "--statsd_port", "9125",
+            env={"IMAGESERVER_MAXIMUM_WIDHT": "2000"}, workers=("--workers", "2"),
+        )  # fmt: skip
         await self.ready()
         await deferLater(reactor, 0.2)
-        told = process.output.count(b"IMAGESERVER_MAXIMUM_WIDHT names no option")
-        self.assertEqual(told, 1, process.output.decode(errors="replace"))
-        self.assertNotIn(b"IMAGESERVER_WORKER", process.output)
+        output = process.output.decode(errors="replace")
+        told = output.count("IMAGESERVER_MAXIMUM_WIDHT names no option")
+        self.assertEqual(told, 1, output)
+        told = output.count(
+            "--statsd_port is set but does nothing without --enable_statsd"
+        )
+        self.assertEqual(told, 1, output)
+        self.assertNotIn("IMAGESERVER_WORKER", output)
 
 
 class CommandTests(SynchronousTestCase):
@@ -151,11 +210,13 @@ class CommandTests(SynchronousTestCase):
             [sys.executable, "-m", "imageserver", "process", "photo.jpg"],
             capture_output=True, text=True, cwd=root, timeout=60,
             env={**os.environ, "PYTHONPATH": CHECKOUT,
-                 "IMAGESERVER_OUTPUT": "w10.png"},
+                 "IMAGESERVER_OUTPUT": "w10.png", "IMAGESERVER_SHARD_SIZE": "9"},
         )  # fmt: skip
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertEqual(
             done.stderr,
             "imageserver: IMAGESERVER_OUTPUT names no option and is ignored; "
-            "did you mean IMAGESERVER_OUTPUTS?\n",
+            "did you mean IMAGESERVER_OUTPUTS?\n"
+            "imageserver: --shard_size is set but does nothing without "
+            "--scheduler\n",
         )
