@@ -1,3 +1,4 @@
+import ast
 import glob
 import json
 import os
@@ -284,3 +285,51 @@ class FormatListsTests(SynchronousTestCase):
             self.assertEqual(
                 {INPUT_NAMES.get(n, n) for n in names}, set(formats.INPUTS), path
             )
+
+
+def message_templates() -> list[tuple[re.Pattern[str], str]]:
+    """Every string the server's code spells, as a pattern (an f-string's
+    fields match anything) and as a sample (its fields as ``X``)."""
+    found = []
+    for path in glob.glob("imageserver/**/*.py", root_dir=ROOT, recursive=True):
+        with open(os.path.join(ROOT, path)) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                found.append((re.compile(re.escape(node.value)), node.value))
+            elif isinstance(node, ast.JoinedStr):
+                texts = [v.value if isinstance(v, ast.Constant) else None
+                         for v in node.values]  # fmt: skip
+                pattern = "".join(".*" if t is None else re.escape(t) for t in texts)
+                sample = "".join("X" if t is None else t for t in texts)
+                if len(sample) - texts.count(None) < 8:
+                    continue  # mostly fields (f"{a}: {b}"): it spells anything
+                found.append((re.compile(pattern, re.DOTALL), sample))
+    return found
+
+
+def is_spelt_by(shown: str, templates: list[tuple[re.Pattern[str], str]]) -> bool:
+    """Whether the code makes the message ``shown`` (whose ``...`` stands for
+    what the docs leave out, and whose other words may fill a field)."""
+    elided = re.compile(".*".join(re.escape(p) for p in shown.split("...")))
+    return any(
+        pattern.fullmatch(shown) or elided.fullmatch(sample)
+        for pattern, sample in templates
+    )
+
+
+class MessagesTests(SynchronousTestCase):
+    def test_every_error_and_message_shown_is_one_the_server_makes(self) -> None:
+        templates = message_templates()
+        self.assertFalse(is_spelt_by("the storage is fine, really", templates))
+        shown = []
+        for path, page in pages().items():
+            for _kind, text in re.findall(
+                r'\{"(error|message)": "((?:[^"\\]|\\.)*?)"\}', page, re.DOTALL
+            ):
+                text = " ".join(text.split())
+                if text != "what was wrong":
+                    shown.append((path, text))
+        self.assertGreater(len(shown), 15)
+        for path, text in shown:
+            self.assertTrue(is_spelt_by(text, templates), f"{path}: {text!r}")
