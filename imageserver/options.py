@@ -59,7 +59,7 @@ ENVIRONMENT_HELP = (
     "that holds the value (for secrets); an option on the command line wins. "
     "Flags take 1/true/yes/on or 0/false/no/off."
 )
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+_TRUE, _FALSE = config.TRUE_WORDS, config.FALSE_WORDS | {""}
 
 
 def from_environment(

@@ -17,7 +17,6 @@ from imageserver.config import Config, fields, options_table
 from imageserver.events import Events
 from imageserver.naming import GRAVITIES, ROTATIONS, VariantRules
 from tests.support import AppHarness
-from tests.test_twistd import TWISTD
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 
@@ -89,6 +88,7 @@ class DocsTests(SynchronousTestCase):
 
 ROOT = os.path.dirname(DOCS)
 EXAMPLES = os.path.join(DOCS, "examples")
+TWISTD = "from twisted.scripts.twistd import run; run()"
 #: The uploads the README's and the docs' examples show, as files in the
 #: checkout (their bytes, and so their hashes, do not depend on an encoder).
 SAMPLES = ("photo.jpg", "other.png")
