@@ -183,3 +183,17 @@ class OptionTests(SynchronousTestCase):
             self.parse("--serve_originals", "maybe")
         with self.assertRaises(usage.UsageError):
             self.parse(IMAGESERVER_SERVE_ORIGINALS="maybe")
+
+
+class PresetsOnlyTests(SynchronousTestCase):
+    def test_presets_only_limits_variants_not_the_original(self) -> None:
+        for serve, status in ((True, 200), (False, 404)):
+            app = AppHarness(
+                self, presets=("thumb=x20",), presets_only=True, serve_originals=serve
+            )
+            folder = app.upload(PHOTO)
+            response, body = app.request("GET", f"{folder}/original")
+            self.assertEqual(response.code, status, serve)
+            self.assertEqual(body == PHOTO, serve)
+            response, _ = app.request("GET", f"{folder}/w20.jpg")
+            self.assertEqual(response.code, 403)
