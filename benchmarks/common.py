@@ -170,10 +170,10 @@ def twistd(*args: str) -> list[str]:
 
 # -- the load client (wrk if installed, else asyncio in its own process) -------
 
-#: ``IMAGESERVER_BENCH_CLIENT=python`` forces the Python client even with wrk.
+#: ``BENCH_CLIENT=python`` forces the Python client even with wrk.
 CLIENT = (
     "wrk"
-    if shutil.which("wrk") and os.environ.get("IMAGESERVER_BENCH_CLIENT") != "python"
+    if shutil.which("wrk") and os.environ.get("BENCH_CLIENT") != "python"
     else "python"
 )
 

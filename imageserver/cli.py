@@ -30,7 +30,7 @@ from twisted.python import usage
 from imageserver import __version__, imaging
 from imageserver.batches import Item, parse_line
 from imageserver.bulk import Outcome, outcome_of, unique
-from imageserver.config import Config
+from imageserver.config import Config, ignored_settings
 from imageserver.errors import ImageServerError, NotAnImage
 from imageserver.events import Events
 from imageserver.images import info_json_of
@@ -42,6 +42,8 @@ from imageserver.options import (
     exit_on_usage_error,
     flags,
     parameters,
+    unknown_variable_warning,
+    unknown_variables,
 )
 from imageserver.service import check_store, make_images
 from imageserver.shutdown import Deadline, OrderedMultiService
@@ -248,6 +250,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     arguments = list(sys.argv[1:] if argv is None else argv)
     exit_on_usage_error("imageserver", options.parseOptions, arguments)
     _log_warnings_to(sys.stderr)
+    if isinstance(options.subOptions, ConfigOptions):
+        for variable, nearest in unknown_variables(options.subOptions.environ):
+            sys.stderr.write(
+                f"imageserver: {unknown_variable_warning(variable, nearest)}\n"
+            )
+        for name, needed in ignored_settings(options.subOptions.config):
+            sys.stderr.write(
+                f"imageserver: --{name} is set but does nothing without {needed}\n"
+            )
     if options.subCommand == "info":
         sys.exit(info(options.subOptions, sys.stdout, sys.stderr))
     try:

@@ -336,6 +336,14 @@ class Config:
         "Serve and generate only the --presets and the --outputs.",
         server_only=True,
     )
+    serve_originals: bool = setting(
+        True,
+        "Serve each image's original, byte for byte with its metadata (EXIF "
+        "with GPS, XMP, ICC, comments; docs/security.md), as .../original; "
+        "off: .../original is a 404 and only variants, which carry none, are "
+        "served.",
+        server_only=True,
+    )
     batch_concurrency: int = setting(
         1, "Batch items processed at once, across all batch jobs.", server_only=True
     )
@@ -634,8 +642,47 @@ _INT = re.compile(r"-?[0-9]{1,18}")
 _FLOAT = re.compile(r"-?(?:[0-9]{1,18}(?:\.[0-9]{0,18})?|\.[0-9]{1,18})")
 
 
+#: How a setting that is on by default is turned off (or on) in words.
+TRUE_WORDS, FALSE_WORDS = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def ignored_settings(config: Config) -> list[tuple[str, str]]:
+    """Settings given a value other than their default that ``config`` never
+    uses, each with what would use it: said at start-up, since otherwise a
+    forgotten --enable_statsd or --manhole looks like a broken setting."""
+    needs = [
+        (("statsd_host", "statsd_port", "statsd_prefix"), "--enable_statsd",
+         config.enable_statsd),
+        (("manhole_keys", "manhole_passwords", "manhole_host_keys",
+          "manhole_allow_remote"), "--manhole", bool(config.manhole)),
+        (("webhook_secret", "webhook_queue", "webhook_retry_seconds"),
+         "--webhook", bool(config.webhook)),
+        (("shard_size", "shard_retries"), "--scheduler", bool(config.scheduler)),
+        (("debug_worker",), "--workers above 1", config.workers > 1),
+        (("profile_allow_remote",), "--profile", config.profile),
+        (("aws_bucket", "aws_region", "aws_access_key_id", "aws_secret_key",
+          "s3_endpoint_url", "s3_acl", "remote_base_path", "remote_base_url",
+          "uploader_concurrency", "max_file_age"),
+         "a remote store (--aws_bucket, without --uploader noop)",
+         config.remote is not None),
+    ]  # fmt: skip
+    defaults = {f.name: f.default for f in fields()}
+    return [
+        (name, needed)
+        for names, needed, used in needs
+        if not used
+        for name in names
+        if getattr(config, name) != defaults[name]
+    ]
+
+
 def parse(field: dataclasses.Field[Any], text: str) -> Any:
     """Turn a command-line string into the field's type."""
+    if field.type in ("bool", bool):
+        word = text.strip().lower()
+        if word not in TRUE_WORDS | FALSE_WORDS:
+            raise ValueError(f"{text!r} is not on or off")
+        return word in TRUE_WORDS
     # int() and float() also read other scripts' digits, "_", "nan" and
     # "inf": a setting is written in ASCII digits, or refused (ValueError).
     if field.type in ("int", int):
@@ -652,8 +699,12 @@ def parse(field: dataclasses.Field[Any], text: str) -> Any:
 
 
 def is_flag(field: dataclasses.Field[Any]) -> bool:
-    """A setting given by its presence alone, such as ``--enable_statsd``."""
-    return field.type in ("bool", bool)
+    """A setting given by its presence alone, such as ``--enable_statsd``.
+
+    A setting on by default is not a flag (its presence could not turn it
+    off): it takes a value, ``--serve_originals off``.
+    """
+    return field.type in ("bool", bool) and field.default is False
 
 
 def show(value: Any) -> str:

@@ -91,8 +91,11 @@ class Images:
         host_locks: HostLocks | None = None,
         lifecycle: Lifecycle | None = None,
         resweep_after: float | None = None,
+        serve_originals: bool = True,
     ) -> None:
         self._clock = clock
+        #: Whether `get` hands out originals, metadata and all (--serve_originals).
+        self._serve_originals = serve_originals
         #: With several workers on this host: locks that make one of them
         #: render a new variant or store a new upload (see hostlocks).
         self._host_locks = host_locks
@@ -613,6 +616,13 @@ class Images:
         return dict(zip(keys, stored, strict=True))
 
     async def _get_file(self, image: ImageId, name: str) -> StoredObject:
+        if name == ORIGINAL and not self._serve_originals:
+            # The one way a client reaches an original's bytes (a variant,
+            # full_size included, is decoded and encoded without metadata).
+            raise NotFound(
+                "originals are not served here (--serve_originals off): ask "
+                "for a variant, e.g. full_size.jpg, which carries no metadata"
+            )
         if name == ORIGINAL:
             original = await self._storage.get(image.key(ORIGINAL))
             info = await self._storage.get(image.key(INFO))

@@ -678,7 +678,8 @@ def is_file_name(name: str) -> bool:
     return (
         _FILE_NAME.match(name) is not None
         and ".." not in name
-        and name not in RESERVED_NAMES
+        # In any case: on a case-insensitive disk "Original" is the original.
+        and name.lower() not in RESERVED_NAMES
         and _VARIANT.match(name) is None
     )
 
@@ -690,7 +691,7 @@ def check_file_name(name: str) -> str:
             "file names are 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
-    if name in RESERVED_NAMES or _VARIANT.match(name):
+    if name.lower() in RESERVED_NAMES or _VARIANT.match(name):
         raise InvalidRequest(
             f"the name {name!r} is reserved for the server's own files"
         )

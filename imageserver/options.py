@@ -8,6 +8,7 @@ same way and build the same Config.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.util
 import os
 import sys
@@ -58,7 +59,7 @@ ENVIRONMENT_HELP = (
     "that holds the value (for secrets); an option on the command line wins. "
     "Flags take 1/true/yes/on or 0/false/no/off."
 )
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+_TRUE, _FALSE = config.TRUE_WORDS, config.FALSE_WORDS | {""}
 
 
 def from_environment(
@@ -84,7 +85,7 @@ def from_environment(
             text = environ[variable]
         else:
             continue
-        if config.is_flag(f):
+        if f.type in ("bool", bool):
             if text.strip().lower() not in _TRUE | _FALSE:
                 raise usage.UsageError(
                     f"{variable} must be 1/true/yes/on or 0/false/no/off, not {text!r}"
@@ -98,6 +99,41 @@ def from_environment(
                     f"{variable}: {text!r} is not a valid value"
                 ) from None
     return found
+
+
+def unknown_variables(
+    environ: Mapping[str, str], internal: frozenset[str] = frozenset()
+) -> list[tuple[str, str | None]]:
+    """Each ``IMAGESERVER_*`` variable in ``environ`` (in any case) that names
+    no option, of the server or of the command line, and is not one of
+    ``internal`` (set by imageserver itself), with the variable of the
+    nearest option, if one is close: a misspelt variable is otherwise
+    silently ignored."""
+    names = [f.name for f in config.fields()]
+    known = {ENVIRONMENT_PREFIX + n.upper() + s for n in names for s in ("", "_FILE")}
+    found: list[tuple[str, str | None]] = []
+    for variable in sorted(environ):
+        if (
+            not variable.upper().startswith(ENVIRONMENT_PREFIX)
+            or variable in known
+            or variable in internal
+        ):
+            continue
+        if variable.upper() in known:
+            found.append((variable, variable.upper()))
+            continue
+        name = variable.upper().removeprefix(ENVIRONMENT_PREFIX).lower()
+        suffix = "_FILE" if name.endswith("_file") else ""
+        close = difflib.get_close_matches(name.removesuffix("_file"), names, n=1)
+        nearest = ENVIRONMENT_PREFIX + close[0].upper() + suffix if close else None
+        found.append((variable, nearest))
+    return found
+
+
+def unknown_variable_warning(variable: str, nearest: str | None) -> str:
+    """What a user is told of a variable `unknown_variables` found."""
+    hint = f"; did you mean {nearest}?" if nearest else ""
+    return f"{variable} names no option and is ignored{hint}"
 
 
 class ConfigOptions(usage.Options):

@@ -450,6 +450,7 @@ def make_images(
         rules=config.rules,
         limits=config.decode_limits,
         presets=config.catalogue,
+        serve_originals=config.serve_originals,
         events=events,
         clock=reactor,
         processing_timeout=config.processing_timeout,

@@ -6,10 +6,19 @@ import gc
 import os
 
 from twisted.application.service import IService
+from twisted.logger import Logger
 
-from imageserver.options import ServerOptions, exit_on_usage_error
+from imageserver.config import ignored_settings
+from imageserver.options import (
+    ServerOptions,
+    exit_on_usage_error,
+    unknown_variable_warning,
+    unknown_variables,
+)
 from imageserver.service import make_service
-from imageserver.workers import WORKER_ID, config_of_worker
+from imageserver.workers import WORKER_CONFIG, WORKER_ID, config_of_worker
+
+log = Logger()
 
 
 class Options(ServerOptions):
@@ -35,4 +44,20 @@ def makeService(options: Options) -> IService:
     worker = config_of_worker(os.environ)
     if worker is not None:
         return make_service(worker, worker=int(os.environ[WORKER_ID]))
+    # Logged once the log starts (twistd keeps what comes before), by the
+    # process that read the variables, not by each worker again.
+    internal = frozenset({WORKER_CONFIG, WORKER_ID})
+    for variable, nearest in unknown_variables(options.environ, internal):
+        log.warn(
+            "{message}",
+            message=unknown_variable_warning(variable, nearest),
+            variable=variable,
+            nearest=nearest,
+        )
+    for name, needed in ignored_settings(options.config):
+        log.warn(
+            "--{option} is set but does nothing without {needed}",
+            option=name,
+            needed=needed,
+        )
     return make_service(options.config)

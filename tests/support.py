@@ -192,6 +192,7 @@ class AppHarness:
             rules=self.config.rules,
             limits=self.config.decode_limits,
             presets=self.config.catalogue,
+            serve_originals=self.config.serve_originals,
             events=self.events,
             lifecycle=lifecycle,
         )

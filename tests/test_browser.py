@@ -1,7 +1,7 @@
 """A real browser: headless Chromium loads a page of .auto, @2x and preset images.
 
 Needs Debian's ``chromium`` (``.ci/install-browser`` installs it). Without it
-the test is skipped, unless ``IMAGESERVER_REQUIRE_BROWSER`` is set (CI sets
+the test is skipped, unless ``REQUIRE_BROWSER_TEST`` is set (CI sets
 it), when that is a failure.
 """
 
@@ -53,7 +53,7 @@ class ChromiumTests(TwistdCase):
 
     async def test_chromium_loads_auto_dense_and_preset_images(self) -> None:
         if CHROMIUM is None:
-            if os.environ.get("IMAGESERVER_REQUIRE_BROWSER"):
+            if os.environ.get("REQUIRE_BROWSER_TEST"):
                 self.fail("chromium is not installed (run .ci/install-browser)")
             raise SkipTest("chromium is not installed (run .ci/install-browser)")
         await self.start_server("--presets", "thumb=x40-smart")

@@ -1,13 +1,22 @@
+import ast
+import glob
+import json
 import os
 import re
+import shlex
+import shutil
+import subprocess
+import sys
+from typing import Any
 
 from PIL import Image
 from twisted.trial.unittest import SynchronousTestCase
 
-from imageserver import geometry
-from imageserver.config import options_table
+from imageserver import formats, geometry
+from imageserver.config import Config, fields, options_table
 from imageserver.events import Events
 from imageserver.naming import GRAVITIES, ROTATIONS, VariantRules
+from tests.support import AppHarness
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 
@@ -73,3 +82,254 @@ class DocsTests(SynchronousTestCase):
             size = "w200" if word in {"noup", "trim", "flip", "flop", "sharp",
                                       "gray", *ROTATIONS} else "x200"  # fmt: skip
             self.assertIsNotNone(rules.parse(f"{size}-{word}.jpg"), word)
+
+
+# -- examples are what the server answers ------------------------------------
+
+ROOT = os.path.dirname(DOCS)
+EXAMPLES = os.path.join(DOCS, "examples")
+TWISTD = "from twisted.scripts.twistd import run; run()"
+#: The uploads the README's and the docs' examples show, as files in the
+#: checkout (their bytes, and so their hashes, do not depend on an encoder).
+SAMPLES = ("photo.jpg", "other.png")
+
+
+def pages() -> dict[str, str]:
+    """README.md and every docs page, by path from the checkout root."""
+    found = {}
+    for path in ["README.md", *sorted(glob.glob("docs/*.md", root_dir=ROOT))]:
+        with open(os.path.join(ROOT, path)) as f:
+            found[path] = f.read()
+    return found
+
+
+def console_blocks(page: str) -> list[list[tuple[str, list[str]]]]:
+    """Each ```console block: its commands (continued lines joined), each
+    with the output lines shown after it."""
+    blocks = []
+    for block in re.findall(r"```console\n(.*?)```", page, re.DOTALL):
+        commands: list[tuple[str, list[str]]] = []
+        lines = iter(block.splitlines())
+        for line in lines:
+            if line.startswith("$ "):
+                command = line[2:]
+                while command.endswith("\\"):
+                    command = command[:-1] + next(lines).strip()
+                commands.append((command, []))
+            elif commands:
+                commands[-1][1].append(line)
+        blocks.append(commands)
+    return blocks
+
+
+def sample_infos(case: SynchronousTestCase) -> dict[str, dict[str, Any]]:
+    """info.json of each sample, as the server answers its upload, by hash."""
+    app = AppHarness(case)
+    infos = {}
+    for name in SAMPLES:
+        with open(os.path.join(EXAMPLES, name), "rb") as f:
+            code, info = app.json("POST", "/p", data=f.read())
+        case.assertEqual(code, 200, info)
+        infos[info["hash"]] = info
+    return infos
+
+
+class ExamplesTests(SynchronousTestCase):
+    def test_every_info_json_example_is_what_an_upload_answers(self) -> None:
+        """Every one-line info.json in README.md and docs/ (a JSON object with
+        a hash and a content type) is, field for field and in order, what the
+        server answers for the sample of that hash."""
+        infos = sample_infos(self)
+        checked = 0
+        for path, page in pages().items():
+            for line in re.findall(r'^.*\{"hash": .*\}.*$', page, re.MULTILINE):
+                shown, _ = json.JSONDecoder().raw_decode(line, line.index('{"hash"'))
+                if "content_type" not in shown:
+                    continue  # not an info.json (a batch item, say)
+                self.assertIn(shown["hash"], infos, f"{path}: {line}")
+                self.assertEqual(
+                    list(shown.items()), list(infos[shown["hash"]].items()), path
+                )
+                checked += 1
+        self.assertGreaterEqual(checked, 4)  # README twice, api.md, cli.md
+
+    def test_the_readme_walkthrough_answers_as_shown(self) -> None:
+        """The README's curl commands on the main port, in order, against the
+        real app: each shown answer exactly, each other command a success."""
+        app = AppHarness(self)
+        ran = 0
+        for commands in console_blocks(pages()["README.md"]):
+            for command, shown in commands:
+                words = shlex.split(command, comments=True)
+                url = next(w for w in words if w.startswith("http"))
+                if words[0] != "curl" or ":7000/" not in url or "source=" in url:
+                    continue  # the admin port; a source on the Internet
+                method, headers, data, include = "GET", {}, None, False
+                for flag, value in zip(words, [*words[1:], ""], strict=True):
+                    if flag == "-X":
+                        method = value
+                    elif flag == "-H":
+                        name, _, text = value.partition(": ")
+                        headers[name] = [text]
+                    elif flag == "--data-binary":
+                        method = "POST" if method == "GET" else method
+                        with open(os.path.join(ROOT, value.lstrip("@")), "rb") as f:
+                            data = f.read()
+                    elif flag == "-i":
+                        include = True
+                path = url.split(":7000", 1)[1]
+                response, body = app.request(method, path, headers=headers, data=data)
+                ran += 1
+                if include:
+                    status = shown[0].split(" ", 2)
+                    self.assertEqual(response.code, int(status[1]), command)
+                    shown = shown[-1:]
+                else:
+                    self.assertLess(response.code, 300, (command, body))
+                if shown:
+                    self.assertEqual(json.loads(body), json.loads(shown[0]), command)
+        self.assertGreaterEqual(ran, 12)
+
+    def test_documented_commands_print_what_is_shown(self) -> None:
+        """Every `imageserver` or `twistd` command shown with its output, run
+        (in a folder holding the samples) as a user runs it."""
+        root = os.path.abspath(self.mktemp())
+        bin_ = os.path.join(root, "bin")
+        os.makedirs(bin_)
+        for name in SAMPLES:
+            shutil.copy(os.path.join(EXAMPLES, name), root)
+        for name, run in (("imageserver", "-m imageserver"),
+                          ("twistd", f"-c '{TWISTD}'")):  # fmt: skip
+            with open(os.path.join(bin_, name), "w") as f:
+                f.write(f'#!/bin/sh\nexec "{sys.executable}" {run} "$@"\n')
+            os.chmod(os.path.join(bin_, name), 0o755)
+        env = {**os.environ, "PYTHONPATH": ROOT}
+        env["PATH"] = bin_ + os.pathsep + env["PATH"]
+        ran = 0
+        for path, page in pages().items():
+            for commands in console_blocks(page):
+                for command, shown in commands:
+                    program = re.sub(r"^(\w+=\S+ )*", "", command).split()[0]
+                    if program not in ("imageserver", "twistd") or not shown:
+                        continue
+                    done = subprocess.run(
+                        command, shell=True, cwd=root, env=env, timeout=60,
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                    )  # fmt: skip
+                    # Lines in any order: images are reported as they finish.
+                    self.assertEqual(
+                        sorted(done.stdout.splitlines()), sorted(shown), (path, command)
+                    )
+                    ran += 1
+        self.assertGreaterEqual(ran, 4)
+
+
+def listed(text: str) -> set[str]:
+    """The names in a list such as "`jpg`, `png` (a note) and `avif`"."""
+    text = re.sub(r"\([^)]*\)", "", text).replace("`", "")
+    return {w.strip() for w in re.split(r",| and | or ", text) if w.strip()}
+
+
+#: What the docs call each input format of the format table.
+INPUT_NAMES = {"JPEG": "JPEG", "PNG": "PNG", "GIF": "GIF", "WebP": "WEBP",
+               "AVIF": "AVIF", "TIFF": "TIFF", "BMP": "BMP", "HEIC": "HEIF",
+               "HEIF/HEIC": "HEIF", "JPEG XL": "JXL"}  # fmt: skip
+
+
+class FormatListsTests(SynchronousTestCase):
+    """Every list of formats in the docs is the format table's."""
+
+    def test_output_formats(self) -> None:
+        outputs = formats.OUTPUTS
+        canonical = {e for e, f in outputs.items() if f.extension == e} - {"jpeg"}
+        animated = {e for e in canonical if outputs[e].animation}
+        cases = [
+            ("docs/configuration.md",
+             r"picks from the formats the server can encode: (.*?)\.\n",
+             set(outputs)),
+            ("docs/operations.md", r"the same, by format: (.*?), or `other`",
+             set(outputs)),
+            ("docs/api.md", r"Transparency is kept in (.*?), and flattened",
+             {e for e in canonical if outputs[e].alpha}),
+            ("docs/api.md", r"Quality applies to\s+(.*?)\.",
+             {e for e in canonical if outputs[e].lossy}),
+            ("docs/api.md", r"stay animated in (.*?)\s+variants", animated),
+            ("docs/security.md", r"keep their frames in (.*?) variants", animated),
+        ]  # fmt: skip
+        texts = pages()
+        for path, pattern, expected in cases:
+            match = re.search(pattern, texts[path], re.DOTALL)
+            assert match is not None, (path, pattern)
+            self.assertEqual(listed(match[1]), expected, (path, match[1]))
+        help_ = {f.name: f.metadata["help"] for f in fields()}
+        known = help_["extensions"].split("Known: ")[1].rstrip(".")
+        self.assertEqual(known.split(","), list(outputs))
+        api = texts["docs/api.md"]
+        default = re.search(r"\(default ([a-z,]+); (.*?) are also", api)
+        assert default is not None
+        self.assertEqual(default[1].split(","), list(Config.extensions))
+        self.assertEqual(listed(default[2]), set(outputs) - set(Config.extensions))
+
+    def test_input_formats(self) -> None:
+        cases = [
+            ("README.md", r"Originals may be (.*?);"),
+            ("docs/api.md", r"Originals may be (.*?);"),
+            ("docs/api.md", r"Accepted originals: (.*?)\. "),
+            ("docs/security.md", r"- Only (.*?) are decoded"),
+        ]
+        texts = pages()
+        for path, pattern in cases:
+            match = re.search(pattern, texts[path], re.DOTALL)
+            assert match is not None, (path, pattern)
+            names = listed(" ".join(match[1].split()))
+            self.assertEqual(
+                {INPUT_NAMES.get(n, n) for n in names}, set(formats.INPUTS), path
+            )
+
+
+def message_templates() -> list[tuple[re.Pattern[str], str]]:
+    """Every string the server's code spells, as a pattern (an f-string's
+    fields match anything) and as a sample (its fields as ``X``)."""
+    found = []
+    for path in glob.glob("imageserver/**/*.py", root_dir=ROOT, recursive=True):
+        with open(os.path.join(ROOT, path)) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                found.append((re.compile(re.escape(node.value)), node.value))
+            elif isinstance(node, ast.JoinedStr):
+                texts = [v.value if isinstance(v, ast.Constant) else None
+                         for v in node.values]  # fmt: skip
+                pattern = "".join(".*" if t is None else re.escape(t) for t in texts)
+                sample = "".join("X" if t is None else t for t in texts)
+                if len(sample) - texts.count(None) < 8:
+                    continue  # mostly fields (f"{a}: {b}"): it spells anything
+                found.append((re.compile(pattern, re.DOTALL), sample))
+    return found
+
+
+def is_spelt_by(shown: str, templates: list[tuple[re.Pattern[str], str]]) -> bool:
+    """Whether the code makes the message ``shown`` (whose ``...`` stands for
+    what the docs leave out, and whose other words may fill a field)."""
+    elided = re.compile(".*".join(re.escape(p) for p in shown.split("...")))
+    return any(
+        pattern.fullmatch(shown) or elided.fullmatch(sample)
+        for pattern, sample in templates
+    )
+
+
+class MessagesTests(SynchronousTestCase):
+    def test_every_error_and_message_shown_is_one_the_server_makes(self) -> None:
+        templates = message_templates()
+        self.assertFalse(is_spelt_by("the storage is fine, really", templates))
+        shown = []
+        for path, page in pages().items():
+            for _kind, text in re.findall(
+                r'\{"(error|message)": "((?:[^"\\]|\\.)*?)"\}', page, re.DOTALL
+            ):
+                text = " ".join(text.split())
+                if text != "what was wrong":
+                    shown.append((path, text))
+        self.assertGreater(len(shown), 15)
+        for path, text in shown:
+            self.assertTrue(is_spelt_by(text, templates), f"{path}: {text!r}")

@@ -3,6 +3,12 @@
 Each example name in the table of docs/api.md is rendered by the server's own
 imaging from one drawn source picture and written here as ``{name}.png``
 (.auto as the jpg a client without AVIF or WebP gets).
+
+``photo.jpg`` (this scene as a JPEG) and ``other.png`` (a blue ellipse on
+transparency) are the uploads the README's and the docs' examples show;
+tests/test_docs.py checks every example against what the server answers for
+them. They are kept as files: another encoder's bytes would change their
+hashes.
 """
 
 from __future__ import annotations
