@@ -111,15 +111,7 @@ def avif_claiming(width: int, height: int) -> bytes:
 
 def webp_with_canvas(width: int, height: int) -> bytes:
     """An animation of two 1x1 frames on a ``width`` x ``height`` canvas."""
-    frames = [Image.new("RGBA", (1, 1), (255, 0, 0, 255)), Image.new("RGBA", (1, 1))]
-    out = io.BytesIO()
-    frames[0].save(out, "WEBP", save_all=True, append_images=frames[1:], lossless=True)
-    webp = bytearray(out.getvalue())
-    vp8x = webp.index(b"VP8X")
-    webp[vp8x + 12 : vp8x + 18] = (width - 1).to_bytes(3, "little") + (
-        height - 1
-    ).to_bytes(3, "little")
-    return bytes(webp)
+    return webp_animation(width, height, 2)
 
 
 def flat(fmt: str, width: int, height: int, mode: str = "RGBA") -> bytes:

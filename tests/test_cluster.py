@@ -460,9 +460,10 @@ STAYS_HOME = {
     "port", "listen", "admin_port", "workers", "debug_worker", "idle_timeout",
     "request_head_timeout", "max_connections", "max_receiving_bytes",
     "listen_backlog", "batch_concurrency", "purge_check_interval",
+    "serve_originals",
     # reporting and debugging
     "enable_statsd", "statsd_host", "statsd_port", "statsd_prefix",
-    "log_format", "profile",
+    "log_format", "profile", "profile_allow_remote",
     # the cluster itself
     "scheduler", "shard_size", "shard_retries",
 }  # fmt: skip

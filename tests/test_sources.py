@@ -127,6 +127,18 @@ class SourceFetcherTests(SynchronousTestCase):
             self.failureResultOf(self.fetch(url), InvalidRequest)
 
 
+def unconnectable(case: Any, host: str = "127.0.0.1") -> socket.socket:
+    """A listening socket whose one-place queue is full: the kernel drops
+    further connection attempts, so connecting to it never completes."""
+    full = socket.socket()
+    case.addCleanup(full.close)
+    full.bind((host, 0))
+    full.listen(0)
+    filler = socket.create_connection(full.getsockname())
+    case.addCleanup(filler.close)
+    return full
+
+
 class Silent(Protocol):
     """Accepts the connection, reads the request, never answers."""
 
@@ -182,14 +194,7 @@ class RealConnectionTests(TestCase):
     async def test_every_kind_of_timeout_is_a_timeout(self) -> None:
         """docs/api.md: 504 when the source does not answer in time, whether
         it never accepts, accepts and stays silent, or trickles the body."""
-        # A listening socket whose one-place queue is full: the kernel drops
-        # further connection attempts, so connecting never completes.
-        full = socket.socket()
-        self.addCleanup(full.close)
-        full.bind(("127.0.0.1", 0))
-        full.listen(0)
-        filler = socket.create_connection(full.getsockname())
-        self.addCleanup(filler.close)
+        full = unconnectable(self)
         cases = (
             (full.getsockname()[1], "did not answer within 0.5 seconds"),
             (self.serve(Silent), "did not answer within 0.5 seconds"),
@@ -206,12 +211,7 @@ class RealConnectionTests(TestCase):
     async def test_a_connect_timeout_shorter_than_the_deadline_is_a_timeout(
         self,
     ) -> None:
-        full = socket.socket()
-        self.addCleanup(full.close)
-        full.bind(("127.0.0.1", 0))
-        full.listen(0)
-        filler = socket.create_connection(full.getsockname())
-        self.addCleanup(filler.close)
+        full = unconnectable(self)
         endpoints = GuardedEndpoints(
             reactor, SourcePolicy(allow_private=True), connect_timeout=0.3
         )
@@ -430,13 +430,7 @@ class MessagesTwistdTests(TwistdCase):
         with socket.socket() as s:
             s.bind(("127.0.0.2", 0))
             closed = s.getsockname()[1]
-        full = socket.socket()
-        self.addCleanup(full.close)
-        full.bind(("127.0.0.2", 0))
-        full.listen(0)
-        filler = socket.create_connection(full.getsockname())
-        self.addCleanup(filler.close)
-        hung = full.getsockname()[1]
+        hung = unconnectable(self, "127.0.0.2").getsockname()[1]
         silent = serve(Factory.forProtocol(Silent))
         trickling = serve(Factory.forProtocol(Trickling))
         text = Resource()
