@@ -111,7 +111,21 @@ def avif_claiming(width: int, height: int) -> bytes:
 
 def webp_with_canvas(width: int, height: int) -> bytes:
     """An animation of two 1x1 frames on a ``width`` x ``height`` canvas."""
-    return webp_animation(width, height, 2)
+    frames = [Image.new("RGBA", (1, 1), (255, 0, 0, 255)), Image.new("RGBA", (1, 1))]
+    out = io.BytesIO()
+    frames[0].save(out, "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    return _on_canvas(out.getvalue(), width, height)
+
+
+def _on_canvas(webp: bytes, width: int, height: int) -> bytes:
+    """An animated WebP's bytes with its canvas (VP8X) said to be ``width`` x
+    ``height``."""
+    patched = bytearray(webp)
+    vp8x = patched.index(b"VP8X")
+    patched[vp8x + 12 : vp8x + 18] = (width - 1).to_bytes(3, "little") + (
+        height - 1
+    ).to_bytes(3, "little")
+    return bytes(patched)
 
 
 def flat(fmt: str, width: int, height: int, mode: str = "RGBA") -> bytes:
@@ -178,12 +192,7 @@ def webp_animation(width: int, height: int, frames: int) -> bytes:
     out = io.BytesIO()
     images[0].save(out, "WEBP", save_all=True, append_images=images[1:],
                    lossless=True, duration=100)  # fmt: skip
-    webp = bytearray(out.getvalue())
-    vp8x = webp.index(b"VP8X")
-    webp[vp8x + 12 : vp8x + 18] = (width - 1).to_bytes(3, "little") + (
-        height - 1
-    ).to_bytes(3, "little")
-    return bytes(webp)
+    return _on_canvas(out.getvalue(), width, height)
 
 
 def avif_animation(width: int, height: int, frames: int) -> bytes:
