@@ -384,8 +384,16 @@ class _Source:
             image = _to_srgb(image, self.icc, _mode(has_alpha, grey))
             fill = colour[:1] if grey else colour[: len(image.mode)]
             canvas = Image.new(image.mode, plan.canvas, fill)
-            canvas.paste(image, plan.offset, image if image.mode == "RGBA" else None)
-            image = canvas
+            if image.mode == "RGBA":
+                # Composited over the canvas (a masked paste would blend the
+                # picture's alpha into itself: half-transparent red on a
+                # transparent canvas came out quarter-transparent dark red).
+                layer = Image.new("RGBA", plan.canvas)
+                layer.paste(image, plan.offset)
+                image = Image.alpha_composite(canvas, layer)
+            else:
+                canvas.paste(image, plan.offset)
+                image = canvas
         else:
             image = _to_srgb(image, self.icc, _mode(has_alpha, grey))
         return _effects(image, variant)

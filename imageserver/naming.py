@@ -444,6 +444,10 @@ def _canonical(v: Variant) -> Variant:
     edge or a corner is that gravity, and the centre is no option.
     """
     pad = v.pad if v.fit is Fit.PAD and v.pad != _default_pad(v.format) else None
+    if pad is not None and pad[3] == 0 and not _keeps_alpha(v.format):
+        # A transparent canvas in a format without alpha is flattened on
+        # white: the default canvas.
+        pad = None
     quality, named = v.quality, v.named_quality
     if v.format != AUTO and not formats.output(v.format).lossy:
         quality, named = 0, False
@@ -527,6 +531,11 @@ def _spelling(v: Variant) -> str:
         f"q{v.quality}" if v.named_quality else "",
     ]
     return size + "".join(f"-{t}" for t in tokens if t) + f".{v.format}"
+
+
+def _keeps_alpha(fmt: str) -> bool:
+    """Whether ``fmt``'s output keeps transparency (``auto`` may)."""
+    return fmt == AUTO or formats.has_alpha(fmt)
 
 
 def _default_pad(fmt: str) -> tuple[int, int, int, int] | None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image, ImageDraw, ImageStat
+from PIL import Image, ImageChops, ImageDraw, ImageStat
 from twisted.trial.unittest import SynchronousTestCase
 
 from imageserver import geometry, imaging
@@ -250,3 +251,60 @@ class EncodingTests(TestCaseMixin, SynchronousTestCase):
         plain = io.BytesIO()
         decode(ours).save(plain, "JPEG", quality=75)
         self.assertLess(len(ours), len(plain.getvalue()) * 0.98)
+
+
+class PadCompositingTests(SynchronousTestCase):
+    """A padded picture is composited over its canvas (issue 22's review): its
+    own pixels keep their colour and transparency; only the canvas shows
+    where it is transparent."""
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        st.tuples(*[st.integers(0, 255)] * 3),
+        st.integers(8, 255),
+        st.sampled_from([None, (255, 255, 255), (20, 200, 90)]),
+    )
+    def test_pad_composites_over_the_canvas(
+        self,
+        rgb: tuple[int, int, int],
+        alpha: int,
+        canvas: tuple[int, int, int] | None,
+    ) -> None:
+        source = Image.new("RGBA", (40, 20), (*rgb, alpha))
+        data = encode(source, "PNG")
+        pad = "pad" if canvas is None else "pad{:02x}{:02x}{:02x}".format(*canvas)
+        out = render(data, f"x20-{pad}.png").convert("RGBA")
+        self.assertEqual(out.size, (20, 20))
+        inside, outside = out.getpixel((10, 10)), out.getpixel((10, 1))
+        if canvas is None:
+            self.assertEqual(outside[3], 0)
+            self.assertLessEqual(abs(inside[3] - alpha), 1, inside)
+            # Colour, as far as it shows: premultiplied, within rounding.
+            for got, want in zip(inside[:3], rgb, strict=True):
+                self.assertLessEqual(abs(got * inside[3] - want * alpha) / 255, 2)
+        else:
+            self.assertEqual(outside, (*canvas, 255))
+            over = tuple(
+                (c * alpha + b * (255 - alpha)) / 255
+                for c, b in zip(rgb, canvas, strict=True)
+            )
+            self.assertEqual(inside[3], 255)
+            for got, want in zip(inside[:3], over, strict=True):
+                self.assertLessEqual(abs(got - want), 1.5, (inside, over))
+
+    def test_a_transparent_canvas_in_jpeg_is_the_white_one(self) -> None:
+        """Why x20-pad00000000.jpg folds into x20-pad.jpg: rendered apart, the
+        two give the same pixels (a format without alpha is flattened on
+        white)."""
+        source = Image.new("RGBA", (40, 20), (255, 0, 0, 128))
+        ImageDraw.Draw(source).ellipse((5, 2, 30, 18), fill=(0, 90, 255, 200))
+        data = encode(source, "PNG")
+        white = RULES.canonical("x20-pad.jpg")
+        assert white is not None
+        for spelling in ("x20-pad00000000.jpg", "x20-pad00ff0000.jpg"):
+            self.assertEqual(RULES.canonical(spelling), white)
+        clear = dataclasses.replace(white, pad=(0, 0, 0, 0))
+        a = decode(imaging.render(data, white, LIMITS))
+        b = decode(imaging.render(data, clear, LIMITS))
+        bands = ImageChops.difference(a, b).getextrema()
+        self.assertLessEqual(max(high for _, high in bands), 2)  # type: ignore[union-attr]

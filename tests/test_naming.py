@@ -481,6 +481,8 @@ def effect(p: Parts) -> object:
         default = tuple(sorted(row.save_options(None).items()))
         quality = None if given == default or not p.quality else given
         canvas = model.pad_colour(row.alpha) if fit is Fit.PAD else None
+        if canvas is not None and not row.alpha and canvas[3] == 0:
+            canvas = (255, 255, 255, 255)  # flattened on white: nothing shows
         encoder = (row.content_type, row.pillow, row.encoder, quality, canvas)
     turned = _turned(r, flip, flop)
     return (encoder, turned, tuple(plans), p.gray, p.place == "smart")
