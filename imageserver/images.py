@@ -616,9 +616,10 @@ class Images:
         return dict(zip(keys, stored, strict=True))
 
     async def _get_file(self, image: ImageId, name: str) -> StoredObject:
-        if name == ORIGINAL and not self._serve_originals:
+        if name.casefold() == ORIGINAL and not self._serve_originals:
             # The one way a client reaches an original's bytes (a variant,
-            # full_size included, is decoded and encoded without metadata).
+            # full_size included, is decoded and encoded without metadata);
+            # any case, since on a case-insensitive disk that is the file.
             raise NotFound(
                 "originals are not served here (--serve_originals off): ask "
                 "for a variant, e.g. full_size.jpg, which carries no metadata"

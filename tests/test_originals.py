@@ -129,9 +129,10 @@ class UnservedOriginalsTests(SynchronousTestCase):
             self.assertEqual(response.code, status, (method, path, body))
             self.assertNotIn(PLACE.encode(), body, (method, path))
             self.assertNotIn(PHOTO[:200], body, (method, path))
-        code, error = self.app.json("GET", f"{self.folder}/original")
-        self.assertEqual(code, 404)
-        self.assertIn("--serve_originals", error["error"])
+        for name in ("original", "Original", "ORIGINAL", "origina%6C"):
+            code, error = self.app.json("GET", f"{self.folder}/{name}")
+            self.assertEqual(code, 404)
+            self.assertIn("--serve_originals", error["error"], name)
 
     def test_an_upload_asking_for_the_original_is_refused(self) -> None:
         for outputs in ("original", "Original", "thumb.jpg,original"):
