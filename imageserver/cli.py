@@ -37,6 +37,7 @@ from imageserver.images import info_json_of
 from imageserver.listening import StartupFailed
 from imageserver.options import (
     ENVIRONMENT_HELP,
+    ENVIRONMENT_PREFIX,
     ConfigOptions,
     command_line_fields,
     exit_on_usage_error,
@@ -251,10 +252,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     exit_on_usage_error("imageserver", options.parseOptions, arguments)
     _log_warnings_to(sys.stderr)
     if isinstance(options.subOptions, ConfigOptions):
+        own = _command_line_only(options.subOptions)
         for variable, nearest in unknown_variables(options.subOptions.environ):
-            sys.stderr.write(
-                f"imageserver: {unknown_variable_warning(variable, nearest)}\n"
-            )
+            if variable.upper() in own:
+                warning = (
+                    f"{variable} is not read: give --{own[variable.upper()]} "
+                    "on the command line (only settings come from the environment)"
+                )
+            else:
+                warning = unknown_variable_warning(variable, nearest)
+            sys.stderr.write(f"imageserver: {warning}\n")
         for name, needed in ignored_settings(options.subOptions.config):
             sys.stderr.write(
                 f"imageserver: --{name} is set but does nothing without {needed}\n"
@@ -281,6 +288,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit(status)
 
     task.react(lambda reactor: Deferred.fromCoroutine(run(reactor)))
+
+
+def _command_line_only(options: ConfigOptions) -> dict[str, str]:
+    """The variables that would name a subcommand's own options (not
+    settings, so not read from the environment), to the option."""
+    settings = {f.name for f in options.fields}
+    declared = (getattr(options, kind, []) for kind in ("optParameters", "optFlags"))
+    own = [o[0] for kind in declared for o in kind]
+    return {ENVIRONMENT_PREFIX + o.upper(): o for o in own if o not in settings}
 
 
 def _log_warnings_to(stream: IO[str]) -> None:

@@ -210,11 +210,14 @@ class CommandTests(SynchronousTestCase):
             [sys.executable, "-m", "imageserver", "process", "photo.jpg"],
             capture_output=True, text=True, cwd=root, timeout=60,
             env={**os.environ, "PYTHONPATH": CHECKOUT,
-                 "IMAGESERVER_OUTPUT": "w10.png", "IMAGESERVER_SHARD_SIZE": "9"},
+                 "IMAGESERVER_OUTPUT": "w10.png", "IMAGESERVER_SHARD_SIZE": "9",
+                 "IMAGESERVER_NAMESPACE": "q"},
         )  # fmt: skip
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertEqual(
             done.stderr,
+            "imageserver: IMAGESERVER_NAMESPACE is not read: give --namespace on "
+            "the command line (only settings come from the environment)\n"
             "imageserver: IMAGESERVER_OUTPUT names no option and is ignored; "
             "did you mean IMAGESERVER_OUTPUTS?\n"
             "imageserver: --shard_size is set but does nothing without "
