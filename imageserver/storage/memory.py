@@ -61,8 +61,9 @@ class Generations(Service):
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            if os.fstat(fd).st_size < _SIZE:
-                os.ftruncate(fd, _SIZE)
+            # Blocks reserved, not a sparse file: a page of a sparse map
+            # written when the disk is full kills the process (SIGBUS).
+            os.posix_fallocate(fd, 0, _SIZE)
             shared = mmap.mmap(fd, _SIZE)
         finally:
             os.close(fd)  # the map keeps the file
