@@ -365,13 +365,19 @@ class HostReportsTests(TwistdCase):
         folder = f"/p/{digest[:3]}/{digest[3:6]}/{digest[6:9]}/{digest[9:]}"
         await self.call("GET", f"{folder}/w16.png", port)
         await self.call("GET", "/status_check", port)
-        await deferLater(reactor, 1.5)  # a worker's gauges come every second
-        _, body = await self.call("GET", "/metrics", admin_port)
-        return {
-            family.name: len(family.samples)
-            for family in text_string_to_metric_families(body.decode())
-            if family.samples
-        }
+        # A worker's gauges reach the supervisor with its next report (every
+        # second): read until they have, within a bound.
+        for _ in range(100):
+            _, body = await self.call("GET", "/metrics", admin_port)
+            found = {
+                family.name: len(family.samples)
+                for family in text_string_to_metric_families(body.decode())
+                if family.samples
+            }
+            if any(name.startswith("imageserver_pool") for name in found):
+                return found
+            await deferLater(reactor, 0.1)
+        return found
 
     async def probes(self, admin_port: int) -> dict[str, tuple[int, str]]:
         found = {}
