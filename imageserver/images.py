@@ -334,7 +334,8 @@ class Images:
             else:
                 variant = self.rules.canonical(preset)
         except NotCanonical as e:
-            return e.canonical
+            variant = self.rules.parse(e.canonical)
+            assert variant is not None  # a canonical name is a variant's
         if variant is None:
             if not is_file_name(name):
                 raise NotFound("file not found")

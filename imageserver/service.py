@@ -49,9 +49,14 @@ from imageserver.storage.s3 import LazyClient, S3Settings, S3Storage, check_buck
 from imageserver.storage.sweeper import STALE_TEMPORARY, CacheSweeper
 from imageserver.storage.tiered import TieredStorage
 from imageserver.tokens import WriteTokens
-from imageserver.web.access import AccessGuard
+from imageserver.web.access import AccessPolicy
 from imageserver.web.admin import AdminApp, Readiness
-from imageserver.web.app import UNSIGNED_ROUTES, ImageServerApp, route_name
+from imageserver.web.app import (
+    UNSIGNED_ROUTES,
+    ImageServerApp,
+    answer_headers,
+    route_name,
+)
 from imageserver.web.debug import DebugApp, HeapTracing
 from imageserver.web.site import BodyBudget, BoundedSite, methods_of
 from imageserver.webhooks import Webhooks
@@ -265,13 +270,10 @@ def make_service(
         Hangup(
             reactor, lambda: log.info("SIGHUP: no file to read again")
         ).setServiceParent(top)
+    admit = None
     if config.secrets or tokens is not None:
-        api = AccessGuard(
-            api,
-            reactor,
-            secrets=config.secrets,
-            tokens=tokens,
-            unsigned=UNSIGNED_ROUTES,
+        admit = AccessPolicy(
+            reactor, secrets=config.secrets, tokens=tokens, unsigned=UNSIGNED_ROUTES
         )
     site = BoundedSite(
         api,
@@ -284,6 +286,8 @@ def make_service(
         max_connections=config.max_connections,
         body_budget=BodyBudget(config.max_receiving_bytes),
         methods=methods_of(ImageServerApp.app),
+        admit=admit,
+        answer_headers=answer_headers,
     )
     if config.manhole_endpoint is not None:
         from imageserver.manhole import ManholeService  # conch: only when asked

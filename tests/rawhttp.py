@@ -59,3 +59,18 @@ def status_of(answer: bytes) -> int:
 def json_of(answer: bytes) -> Any:
     """The JSON body of the (only) response in ``answer``."""
     return json.loads(answer.partition(b"\r\n\r\n")[2])
+
+
+def headers_of(answer: bytes) -> dict[str, list[str]]:
+    """The headers of the (only) response in ``answer``, by lower-case name."""
+    head = answer.partition(b"\r\n\r\n")[0].decode("latin-1")
+    found: dict[str, list[str]] = {}
+    for line in head.split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        found.setdefault(name.strip().lower(), []).append(value.strip())
+    return found
+
+
+def body_of(answer: bytes) -> bytes:
+    """The body of the (only) response in ``answer``."""
+    return answer.partition(b"\r\n\r\n")[2]

@@ -11,9 +11,10 @@ from typing import Any
 
 from PIL import Image
 from treq.testing import RequestTraversalAgent, StubTreq
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 
 from imageserver.batches import Batches
@@ -25,7 +26,9 @@ from imageserver.sources import SourceFetcher
 from imageserver.storage import Storage
 from imageserver.storage.local import LocalStorage
 from imageserver.storage.metered import MeteredStorage
-from imageserver.web.app import ImageServerApp
+from imageserver.web.app import ImageServerApp, answer_headers
+from imageserver.web.site import Admission, BoundedSite, methods_of
+from tests.rawhttp import body_of, exchange, headers_of, request_bytes, status_of
 
 RED = (255, 0, 0)
 GREEN = (0, 255, 0)
@@ -230,3 +233,35 @@ class AppHarness:
         self.case.assertEqual(code, 200, info)
         h = info["hash"]
         return f"/{namespace}/{h[0:3]}/{h[3:6]}/{h[6:9]}/{h[9:]}"
+
+
+class LoopbackSite:
+    """``resource`` (an `AppHarness`'s, say) behind the site as the server
+    builds it, with ``admit`` deciding access, on a loopback port. The
+    in-memory client skips the site; requests here are sent byte for byte."""
+
+    def __init__(
+        self, case: TestCase, resource: Any, admit: Admission | None = None
+    ) -> None:
+        site = BoundedSite(
+            resource,
+            max_body_bytes=10**6,
+            methods=methods_of(ImageServerApp.app),
+            admit=admit,
+            answer_headers=answer_headers,
+        )
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        case.addCleanup(port.stopListening)
+        self.site = site
+        self.port = int(port.getHost().port)
+
+    async def request(
+        self,
+        method: str,
+        target: str,
+        headers: dict[str, str] | None = None,
+        data: bytes = b"",
+    ) -> tuple[int, dict[str, list[str]], bytes]:
+        """Status, headers (by lower-case name) and body of the answer."""
+        answer = await exchange(self.port, request_bytes(method, target, headers, data))
+        return status_of(answer), headers_of(answer), body_of(answer)

@@ -10,8 +10,9 @@ from urllib.parse import quote
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import http
 from twisted.web.http import datetimeToString, stringToDatetime
 from twisted.web.resource import Resource
@@ -21,6 +22,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from imageserver import imaging
 from imageserver.naming import GRAVITIES, OUTPUT_FORMATS
+from imageserver.web.access import AccessPolicy
 from imageserver.web.app import route_name
 from tests.support import (
     BLUE,
@@ -29,6 +31,7 @@ from tests.support import (
     YELLOW,
     AppHarness,
     Gate,
+    LoopbackSite,
     TestCaseMixin,
     decode,
     encode,
@@ -693,40 +696,71 @@ class AutoFormatTests(SynchronousTestCase):
         self.assertEqual(other.code, 200)
         self.assertEqual(decode(body).format, "JPEG")
 
-    def test_every_answer_to_auto_varies_by_accept(self) -> None:
-        """Issue 22: x200-pad00000000.auto answered a webp client with a
-        year-long immutable 301 to x200-pad.webp, without Vary."""
-        response, body = self.get("x20-pad00000000.auto", "image/webp")
-        self.assertEqual(response.code, 200)
-        self.assertEqual(decode(body).format, "WEBP")
-        self.assertEqual(
-            response.headers.getRawHeaders("Content-Location"),
-            [f"{self.folder}/x20-pad.webp"],
-        )
-        self.assertEqual(response.headers.getRawHeaders("Vary"), ["Accept"])
-        for name, code in (
-            ("x20-q40-gn.auto", 301),  # another spelling
-            ("x10@2x.auto", 200),  # a density: served as x20.auto
-            ("x10-q40-gn@2x.auto", 301),
-            ("x20-foo.auto", 400),
-            ("w0.auto", 400),
-            ("x20-fp" + "1" * 5000 + "_5.auto", 400),
-        ):
-            response, _ = self.app.request(
-                "GET", f"{self.folder}/{name}", headers={"Accept": "image/webp"},
-                allow_redirects=False,
-            )  # fmt: skip
-            self.assertEqual(response.code, code, name[:30])
-            self.assertEqual(response.headers.getRawHeaders("Vary"), ["Accept"], name)
-            if code == 200:
-                continue  # a negotiated answer, kept per Accept by Vary
-            for value in response.headers.getRawHeaders("Cache-Control", []):
-                self.assertNotIn("immutable", value, name)
-
     def test_auto_cannot_be_made_ahead(self) -> None:
         code, error = self.app.json("POST", f"{self.folder}/process?outputs=w100.auto")
         self.assertEqual(code, 400)
         self.assertIn(".auto is chosen from a request's Accept header", error["error"])
+
+
+class AutoVaryTests(TestCase):
+    """Every answer to a .auto name, whoever gives it (a route, an error, the
+    site's refusals, the access policy), carries Vary: Accept: a cache must
+    never give one client's answer to another."""
+
+    def setUp(self) -> None:
+        self.app = AppHarness(self)
+        self.folder = self.app.upload(PHOTO)
+        self.site = LoopbackSite(self, self.app.resource)
+
+    async def test_every_answer_to_auto_varies_by_accept(self) -> None:
+        """Issue 22: x200-pad00000000.auto answered a webp client with a
+        year-long immutable 301 to x200-pad.webp, without Vary."""
+        code, headers, body = await self.site.request(
+            "GET", f"{self.folder}/x20-pad00000000.auto", {"Accept": "image/webp"}
+        )
+        self.assertEqual(code, 200)
+        self.assertEqual(decode(body).format, "WEBP")
+        self.assertEqual(headers["content-location"], [f"{self.folder}/x20-pad.webp"])
+        self.assertEqual(headers["vary"], ["Accept"])
+        for method, name, code in (
+            ("GET", "x20-q40-gn.auto", 301),  # another spelling
+            ("GET", "x10@2x.auto", 200),  # a density: served as x20.auto
+            ("HEAD", "x10@2x.auto", 200),
+            ("GET", "x10-q40-gn@2x.auto", 301),
+            ("GET", "x20-foo.auto", 400),
+            ("GET", "w0.auto", 400),
+            ("GET", "x20-fp" + "1" * 5000 + "_5.auto", 400),
+            ("GET", "x20.aut%6F", 200),  # an escape is the same name
+            # Refused by the site before any route: still for this Accept.
+            ("OPTIONS", "x20.auto", 501),
+            ("get", "x20.auto", 501),
+            ("GET", "%ff.auto", 400),
+            # Never stored, never cached, but no answer says otherwise.
+            ("DELETE", "x20.auto", 400),
+            ("DELETE", "x20-q40-gn.auto", 400),
+            ("DELETE", "x10@2x.auto", 400),
+        ):
+            code_, headers, body = await self.site.request(
+                method, f"{self.folder}/{name}", {"Accept": "image/webp"}
+            )
+            self.assertEqual(code_, code, (method, name[:30]))
+            self.assertEqual(headers.get("vary"), ["Accept"], (method, name[:30]))
+            if code == 200:
+                continue  # a negotiated answer, kept per Accept by Vary
+            self.assertIn("error" if code != 301 else "", body.decode())
+            for value in headers.get("cache-control", []):
+                self.assertNotIn("immutable", value, name)
+        # What is not .auto does not vary.
+        code, headers, _ = await self.site.request("GET", f"{self.folder}/x20.webp")
+        self.assertEqual((code, headers.get("vary")), (200, None))
+
+    async def test_a_refused_signature_varies_too(self) -> None:
+        site = LoopbackSite(
+            self, self.app.resource, AccessPolicy(Clock(), secrets=[b"secret"])
+        )
+        for method in ("GET", "HEAD", "DELETE"):
+            code, headers, _ = await site.request(method, f"{self.folder}/x20.auto")
+            self.assertEqual((code, headers.get("vary")), (403, ["Accept"]), method)
 
 
 class CanonicalNameTests(SynchronousTestCase):

@@ -343,6 +343,30 @@ class FramingTests(TestCase):
         info, _ = self.app.request("GET", self.folder + "/info.json")
         self.assertEqual(info.code, 200)
 
+    async def test_malformed_http_is_a_json_400(self) -> None:
+        """What Twisted refuses on its own (it answered a bare 400 without a
+        body) is answered as every other refusal."""
+        head = b"POST /p HTTP/1.1\r\nHost: x\r\n"
+        many = b"".join(b"X-%d: 1\r\n" % i for i in range(600))
+        for request in (
+            b"GET\r\n\r\n",  # no target, no version
+            b"GET / HTTP/1.1 extra\r\n\r\n",
+            b"GET / HTTP/1.1\r\nno colon here\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Name: 1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n",
+            b"GET / HTTP/1.1\r\n" + many + b"\r\n",
+            b"GET / HTTP/1.1\r\n" + b"X-Long: " + b"a" * 9000 + b"\r\n"
+            + b"X-Longer: " + b"a" * 9000 + b"\r\n\r\n",
+            head + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
+            head + b"Transfer-Encoding: chunked\r\n\r\n2\r\nabXY0\r\n\r\n",
+        ):  # fmt: skip
+            answer = await exchange(self.port, request)
+            self.assertEqual(status_of(answer), 400, request[:60])
+            self.assertIn(b"Content-Type: application/json", answer, request[:60])
+            self.assertIn("HTTP", json_of(answer)["error"])
+        info, _ = self.app.request("GET", self.folder + "/info.json")
+        self.assertEqual(info.code, 200)
+
     async def test_one_length_or_chunked_is_read_as_before(self) -> None:
         photo = encode(quadrants((20, 10)))
         chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(photo), photo)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from urllib.parse import unquote_to_bytes
 
 from klein import Klein, Response
 from twisted.web.http import datetimeToString, stringToDatetime
@@ -101,10 +102,6 @@ class ImageServerApp:
 
     @app.route(_IMAGE + "/<name>", methods=["GET"])
     async def get(self, request: IRequest, image: ImageId, name: str) -> Response:
-        if name.endswith("." + AUTO):
-            # Every answer to a .auto name (redirects and errors too) is
-            # chosen for this Accept header: no cache may give it to another.
-            request.setHeader("Vary", "Accept")
         served = await self._images.resolve(image, name, request.getHeader("Accept"))
         stored = await self._images.get(image, served.name)
         return _serve(request, stored, image, served, name)
@@ -126,6 +123,16 @@ class ImageServerApp:
 
     app.handle_errors(HTTPException)(routing_error)
     app.handle_errors(Exception)(server_error)
+
+
+def answer_headers(path: bytes) -> tuple[tuple[bytes, bytes], ...]:
+    """Headers every answer to ``path`` carries, whoever gives it: every answer
+    to a .auto name (redirects, refusals and errors too) is chosen for the
+    request's Accept header, and no cache may give it to another."""
+    name = unquote_to_bytes(path.rpartition(b"/")[2])
+    if name.endswith(b"." + AUTO.encode()):
+        return ((b"Vary", b"Accept"),)
+    return ()
 
 
 def route_name(request: IRequest) -> str:

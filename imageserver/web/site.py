@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, cast
 from urllib.parse import unquote_to_bytes
@@ -16,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
@@ -27,6 +29,26 @@ refused = Logger(namespace="imageserver.refused")
 
 #: The methods that only read; a site answers these unless told more.
 READS = frozenset({b"GET", b"HEAD"})
+
+
+#: Header lines (name, value).
+HeaderLines = Sequence[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An answer given instead of a request's route: ``code``, a JSON error
+    saying ``message``, and ``headers`` (such as a 401's challenge)."""
+
+    code: int
+    message: str
+    headers: HeaderLines = ()
+
+
+#: Decides from a request's method, target (path and query, as sent) and
+#: headers, once its head has arrived and before any of its body is read,
+#: whether it is refused.
+Admission = Callable[[bytes, bytes, Headers], "Refusal | None"]
 
 
 def methods_of(app: Any) -> frozenset[bytes]:
@@ -70,6 +92,9 @@ class BoundedRequest(Request):
 
     _started = 0.0
     _held = 0
+    #: Set by the channel when the request is refused but has no body to
+    #: leave unread: it is answered here, and the connection kept.
+    refusal: Refusal | None = None
 
     @property
     def bounded_site(self) -> BoundedSite:
@@ -110,11 +135,13 @@ class BoundedRequest(Request):
         site = self.bounded_site
         self._started = time.perf_counter()
         site.request_started(self)
-        refusal = _path_refusal(self.path)
-        if refusal is not None:
-            code, message = refusal
-            body = json.dumps({"error": message}).encode()
-            self.setResponseCode(code)
+        for name, value in site.answer_headers(self.path):
+            self.setHeader(name, value)
+        if self.refusal is not None:
+            body = json.dumps({"error": self.refusal.message}).encode()
+            self.setResponseCode(self.refusal.code)
+            for name, value in self.refusal.headers:
+                self.setHeader(name, value)
             self.setHeader(b"Content-Type", b"application/json")
             self.setHeader(b"Content-Length", str(len(body)).encode())
             self.write(body)
@@ -131,16 +158,24 @@ def _too_large(limit: int) -> str:
     return f"the body is larger than the limit of {limit} bytes"
 
 
-def _path_refusal(path: bytes) -> tuple[int, str] | None:
+def _path_refusal(path: bytes) -> Refusal | None:
     """Paths no route may see: encoded slashes (a name never holds one) and
     percent-escapes that are not UTF-8."""
     if b"%2f" in path.lower():
-        return 404, "unknown path: encoded slashes are not part of any name"
+        return Refusal(404, "unknown path: encoded slashes are not part of any name")
     try:
         unquote_to_bytes(path).decode("utf-8")
     except UnicodeDecodeError:
-        return 400, "the path is not UTF-8"
+        return Refusal(400, "the path is not UTF-8")
     return None
+
+
+#: What Twisted refuses on its own (it answered a bare 400).
+MALFORMED = (
+    "the request is not well-formed HTTP/1.1: check the request line, the "
+    "headers (name: value, no NUL, CR or LF in a value, at most {headers} of "
+    "them in {size} bytes) and the chunk sizes of a chunked body"
+)
 
 
 def _framing_refusal(
@@ -241,21 +276,34 @@ class BoundedChannel(HTTPChannel):
                 f"{allowed}",
             )
             return
+        request = self.requests[-1]
+        refusal = self.site.admission(self._command, self._path, request.requestHeaders)
+        if refusal is not None:
+            if self.length != 0:  # a body follows (None: chunked): leave it unread
+                self.refuse(refusal.code, refusal.message, refusal.headers)
+                return
+            request.refusal = refusal
         limit = self.site.max_body_bytes
         if self.length is not None and self.length > limit:
             self.refuse(413, _too_large(limit))
             return
-        request = self.requests[-1]
         if self.length and not request.hold(self.length):
             return
         super().allHeadersReceived()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self.refuse(
+            400,
+            MALFORMED.format(headers=self.maxHeaders, size=self.totalHeadersSize),
+        )
 
     def requestDone(self, request: Request) -> None:
         super().requestDone(request)
         self._awaiting_head = True
 
-    def refuse(self, code: int, message: str) -> None:
-        """Answer ``code`` with a JSON error at once and close the connection.
+    def refuse(self, code: int, message: str, extra: HeaderLines = ()) -> None:
+        """Answer ``code`` with a JSON error (and ``extra`` headers) at once and
+        close the connection.
 
         Only for requests not yet handed to a resource: nothing else has
         written to the connection.
@@ -273,6 +321,10 @@ class BoundedChannel(HTTPChannel):
         ]
         if code == 503:
             headers.append("Retry-After: 5")
+        target = getattr(self, "_path", None)  # once the request line is read
+        if target is not None:
+            extra = (*self.site.answer_headers(target.partition(b"?")[0]), *extra)
+        headers += [f"{n.decode('latin-1')}: {v.decode('latin-1')}" for n, v in extra]
         self.transport.write("\r\n".join(headers).encode() + b"\r\n\r\n" + body)
         refused.info(
             "refused {peer}: {status} {message}",
@@ -305,8 +357,12 @@ class BoundedSite(Site):
     set, never the raw path); ``events`` receives the counts and timings.
     ``methods`` are all the site answers, spelt exactly (`methods_of` an app):
     every request crosses the site, so this is the one place a method is
-    checked, and what is behind it (routes, the access guard, metrics) sees
-    only these.
+    checked, and what is behind it (routes, metrics) sees only these.
+    ``admit`` decides who may do what (`imageserver.web.access`), also here
+    and for the same reason, when a request's head has arrived: a refused
+    request's body is never read (nor a ``100 Continue`` sent for it).
+    ``answer_headers`` are those every answer to a path carries, whoever
+    gives it (a route, a refusal).
     """
 
     requestFactory = BoundedRequest
@@ -327,6 +383,8 @@ class BoundedSite(Site):
         max_connections: int = 1000,
         body_budget: BodyBudget | None = None,
         methods: frozenset[bytes] = READS,
+        admit: Admission | None = None,
+        answer_headers: Callable[[bytes], HeaderLines] = lambda path: (),
     ) -> None:
         # Bodies are images and files, never forms: twisted.web must not parse
         # them into request.args (nor answer a bare 400 to a bad multipart one).
@@ -343,12 +401,23 @@ class BoundedSite(Site):
         self.head_timeout = head_timeout
         self.max_connections = max_connections
         self.methods = methods
+        self._admit = admit
+        self.answer_headers = answer_headers
         self.body_budget = body_budget or BodyBudget(4 * max_body_bytes)
         self.connections = 0
         self._events = events
         self._route_of = route_of
         self.in_flight = 0
         self._idle = WhenIdle(lambda: self.in_flight > 0)
+
+    def admission(
+        self, method: bytes, target: bytes, headers: Headers
+    ) -> Refusal | None:
+        """Whether a request whose head has arrived is refused, and how."""
+        refusal = _path_refusal(target.partition(b"?")[0])
+        if refusal is None and self._admit is not None:
+            refusal = self._admit(method, target, headers)
+        return refusal
 
     def connection_opened(self) -> bool:
         """Count a new connection; False when it is one too many."""
