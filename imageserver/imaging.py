@@ -13,7 +13,14 @@ from dataclasses import dataclass, replace
 from io import BytesIO
 
 import pyjpegli
-from PIL import Image, ImageCms, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import (
+    Image,
+    ImageCms,
+    ImageFile,
+    ImageFilter,
+    ImageOps,
+    UnidentifiedImageError,
+)
 
 from imageserver import analysis, containers, formats, geometry, placeholders
 from imageserver.errors import (
@@ -701,6 +708,11 @@ def _execute(image: Image.Image, plan: geometry.Plan) -> Image.Image:
 def _encode(image: Image.Image, variant: Variant) -> bytes:
     """Encode sRGB pixels (RGB, or RGBA with alpha) in the variant's format."""
     output = formats.output(variant.format)
+    if isinstance(image, ImageFile.ImageFile):
+        # A still is one frame. Given the opened file itself (full size, no
+        # change needed), an encoder may walk its other pages: Pillow's AVIF
+        # encoder does, even without save_all, decoding every TIFF page.
+        image = image.copy()
     if image.mode == "RGBA" and not output.alpha:
         flat = Image.new("RGB", image.size, (255, 255, 255))
         flat.paste(image, mask=image.getchannel("A"))

@@ -423,6 +423,13 @@ class DecoderCostTests(SynchronousTestCase):
         page walk was quadratic, and later pages skipped the pixel limit)."""
         limits = {"pixels": PIXELS}
         big_page = zlib.compress(b"\0" * 9_000_000)
+        # Every still output, also of the opened file itself (full_size):
+        # Pillow's AVIF encoder walks every frame of what it is given.
+        stills = ",".join(
+            f"{size}.{ext}"
+            for size in ("full_size", "w1")
+            for ext in ("jpg", "png", "webp", "avif", "jxl", "gif")
+        )
         files = [
             hostile.Job(hostile.tiff_pages(20_000)),
             hostile.Job(hostile.tiff_pages(4, 3000, 3000, big_page), "", True, limits),
@@ -431,13 +438,27 @@ class DecoderCostTests(SynchronousTestCase):
             ),
             hostile.Job(hostile.heif_images(30, 512)),
             hostile.Job(hostile.mpo(3000, 3000), "", True, limits),
+            # Encoders' own state (JPEG XL's is 10 MB) measured by one page.
+            hostile.Job(hostile.tiff_pages(1), stills, False, limits),
+            hostile.Job(hostile.tiff_pages(20_000), stills, False, limits),
+            hostile.Job(
+                hostile.tiff_pages(4, 3000, 3000, big_page), stills, False, limits
+            ),
         ]
         # Before: 3.4 s of CPU; 18, 79, 25 and 33 MB (the first page or
-        # picture decoded alone: under 7 MB).
-        for cost in hostile.costs(files):
-            self.assertEqual(cost.outcome, "ok")
+        # picture decoded alone: under 7 MB); then every still of a TIFF
+        # whose later pages differ in size: 500 ("Image sequence dimensions
+        # mismatch"), full_size.avif of 20,000 pages 3.55 s.
+        *alone, one_page, many, large = hostile.costs(files)
+        for cost in alone:
+            self.assertEqual(cost.outcome, "ok", cost)
             self.assertLess(cost.rss_mb, 12, cost)
             self.assertLess(cost.cpu_s, 0.5, cost)
+        for cost in (many, large):
+            self.assertEqual(cost.outcome, "ok", cost)
+            # A 3000x3000 page decoded is 9 MB, 27 MB in RGB.
+            self.assertLess(cost.rss_mb, one_page.rss_mb + 6, cost)
+            self.assertLess(cost.cpu_s, one_page.cpu_s + 0.5, cost)
         for data in (hostile.tiff_pages(3), hostile.heif_images(3, 64),
                      hostile.mpo(40, 40)):  # fmt: skip
             info = imaging.probe(data, imaging.Limits(PIXELS))
