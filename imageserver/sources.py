@@ -48,6 +48,7 @@ from imageserver.errors import (
     SourceTimeout,
     SourceUnavailable,
 )
+from imageserver.outbound import connect_bounded
 
 log = Logger()
 
@@ -138,7 +139,7 @@ class GuardedEndpoints:
         if scheme == "https":
             endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
         try:
-            return await endpoint.connect(factory)
+            return await connect_bounded(endpoint, factory)
         except error.TimeoutError:
             raise SourceTimeout(
                 f"source host {host} did not accept a connection within "

@@ -38,6 +38,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from imageserver import __version__
 from imageserver.events import Events
 from imageserver.naming import ImageId
+from imageserver.outbound import BoundedEndpoints
 from imageserver.sources import read_bounded
 from imageserver.storage.queue import RetryPolicy
 from imageserver.waiting import WhenIdle, drained
@@ -175,7 +176,11 @@ class Webhooks(Service):
         self._events = events or Events()
         self._receivers = [_Receiver(self, url) for url in urls]
         self._pool = HTTPConnectionPool(reactor, persistent=True)
-        self._client = treq.client.HTTPClient(Agent(reactor, pool=self._pool))
+        self._client = treq.client.HTTPClient(
+            Agent.usingEndpointFactory(
+                reactor, BoundedEndpoints(reactor), pool=self._pool
+            )
+        )
         self.idle = WhenIdle(lambda: self.pending > 0)
 
     @property
