@@ -138,8 +138,9 @@ class Config:
     max_animation_frames: int = setting(
         300,
         "Frames an animation keeps in gif, webp, png and avif variants (all "
-        "frames together at most 10 x --max_source_pixels); a longer one is "
-        "served as its first frame.",
+        "frames together at most 2 x --max_source_pixels, and at most "
+        "--max_pixels_per_byte per byte of the file above 4 megapixels); a "
+        "longer one is served as its first frame.",
     )
     max_pixels_per_byte: int = setting(
         1000,

@@ -61,8 +61,9 @@ _EXIF_ORIENTATION = 0x0112
 
 
 #: All frames of an animation together may have this many times
-#: --max_source_pixels (frames x width x height).
-ANIMATION_PIXEL_FACTOR = 10
+#: --max_source_pixels (frames x width x height): decoding them costs about
+#: 25 ms of CPU a megapixel, so at the default at most 2.5 s.
+ANIMATION_PIXEL_FACTOR = 2
 
 #: Pixels any original may have, however few bytes it takes: the
 #: pixels-per-byte limit applies above this.
@@ -216,17 +217,18 @@ def _animation(
     row = formats.INPUTS.get(image.format or "")
     if row is None or not row.animated or not getattr(image, "is_animated", False):
         return None, None
-    budget = min(
-        limits.frames, limits.pixels * ANIMATION_PIXEL_FACTOR // (width * height)
-    )
+    pixels, why = _animation_pixels(len(data), limits)
+    budget = min(limits.frames, pixels // (width * height))
     durations = containers.frame_durations(data, budget)
     count = len(durations) if durations is not None else int(image.n_frames)  # type: ignore[attr-defined]
     if count > budget:
-        return None, (
-            f"more than {budget} frames of {width}x{height} (at most "
-            f"{limits.frames} frames and {ANIMATION_PIXEL_FACTOR} x "
-            f"{limits.pixels} pixels in all)"
+        limit = (
+            f"at most {limits.frames} frames"
+            if budget == limits.frames
+            else f"at most {pixels} pixels in all frames: {why}"
         )
+        frames = f"{budget} frame{'' if budget == 1 else 's'}"
+        return None, f"more than {frames} of {width}x{height} ({limit})"
     if durations is None:
         durations = []
         for index in range(count):
@@ -237,6 +239,21 @@ def _animation(
     loop = int(image.info.get("loop", 0) or 0)
     # A zero delay is shown as 100 ms by browsers.
     return _Animation([d or 100 for d in durations], loop), None
+
+
+def _animation_pixels(size: int, limits: Limits) -> tuple[int, str]:
+    """The pixels all decoded frames of a ``size``-byte animation may have
+    together, and what sets that: the pixel limit, or (as for a still,
+    `_check_pixels`) what its bytes can stand for, so a few KB cannot ask
+    for seconds of decoding."""
+    most = limits.pixels * ANIMATION_PIXEL_FACTOR
+    if limits.pixels_per_byte:
+        justified = max(FREE_PIXELS, size * limits.pixels_per_byte)
+        if justified < most:
+            return justified, (
+                f"{limits.pixels_per_byte} pixels per byte of its {size} bytes"
+            )
+    return most, f"{ANIMATION_PIXEL_FACTOR} x {limits.pixels}"
 
 
 def _seek(image: Image.Image, index: int, size: geometry.Size) -> None:
