@@ -1,5 +1,10 @@
+import errno
 import os
+import signal
+import subprocess
+import sys
 from typing import Any
+from unittest import SkipTest
 
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
@@ -171,3 +176,70 @@ class HostGenerationsTests(SynchronousTestCase):
 
     def result(self, coroutine: Any) -> Any:
         return self.successResultOf(Deferred.fromCoroutine(coroutine))
+
+
+#: Run in a child process: a SIGBUS must end it, not the test run.
+_FULL_DISK = """
+import mmap, os, sys
+from imageserver.storage.memory import Generations, SLOTS
+root, sparse = sys.argv[1], sys.argv[2] == "sparse"
+path = os.path.join(root, "generations")
+generations = Generations(path)
+if sparse:  # what the file was before: sized, its blocks not reserved
+    with open(path, "w+b") as f:
+        f.truncate(SLOTS * 8)
+        generations._slots = memoryview(mmap.mmap(f.fileno(), SLOTS * 8)).cast("Q")
+else:
+    generations.open()
+with open(os.path.join(root, "filler"), "wb") as f:  # the disk fills up
+    try:
+        while True:
+            f.write(b"x" * 65536)
+            f.flush()
+    except OSError:
+        pass
+for slot in range(SLOTS):
+    generations.change(slot)
+print("changed")
+"""
+
+
+class FullDiskTests(SynchronousTestCase):
+    """The host's generations file on a disk that fills up (a small tmpfs,
+    so root only): changing any slot must not kill the process."""
+
+    def mount(self, size: str) -> str:
+        if os.geteuid() != 0:
+            raise SkipTest("mounting a small tmpfs needs root")
+        root = self.mktemp()
+        os.makedirs(root)
+        try:
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", root],
+                check=True,
+                capture_output=True,
+            )
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise SkipTest(f"no tmpfs here: {e}") from None
+        self.addCleanup(subprocess.run, ["umount", root], check=False)
+        return root
+
+    def run_child(self, root: str, mode: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", _FULL_DISK, root, mode],
+            capture_output=True, text=True, timeout=60,
+            env={**os.environ, "PYTHONPATH": os.getcwd()},
+        )  # fmt: skip
+
+    def test_a_full_disk_never_kills_a_worker(self) -> None:
+        # What the file was: a sparse map's page written on a full disk.
+        before = self.run_child(self.mount("1m"), "sparse")
+        self.assertEqual(before.returncode, -signal.SIGBUS, before.stderr)
+        done = self.run_child(self.mount("1m"), "reserved")
+        self.assertEqual((done.returncode, done.stdout), (0, "changed\n"), done.stderr)
+
+    def test_no_room_for_the_file_fails_at_start(self) -> None:
+        root = self.mount("64k")
+        with self.assertRaises(OSError) as caught:
+            Generations(os.path.join(root, "generations")).open()
+        self.assertEqual(caught.exception.errno, errno.ENOSPC)
