@@ -19,6 +19,7 @@ from twisted.python import usage
 
 from imageserver import __version__, config
 from imageserver.config import Config
+from imageserver.environment import value_of
 
 
 def _coerce(field: dataclasses.Field[Any]) -> Any:
@@ -70,20 +71,11 @@ def from_environment(
     found: dict[str, Any] = {}
     for f in fields:
         variable = ENVIRONMENT_PREFIX + f.name.upper()
-        if variable + "_FILE" in environ:
-            if variable in environ:
-                raise usage.UsageError(f"both {variable} and {variable}_FILE are set")
-            path = environ[variable + "_FILE"]
-            try:
-                with open(path, encoding="utf-8") as file:
-                    text = file.read().rstrip("\r\n")
-            except (OSError, UnicodeDecodeError) as e:
-                raise usage.UsageError(
-                    f"{variable}_FILE: cannot read {path}: {e}"
-                ) from None
-        elif variable in environ:
-            text = environ[variable]
-        else:
+        try:
+            text = value_of(variable, environ)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        if text is None:
             continue
         if f.type in ("bool", bool):
             if text.strip().lower() not in _TRUE | _FALSE:

@@ -34,6 +34,7 @@ import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+from imageserver.environment import value_of
 from imageserver.naming import ascii_digits
 
 PARAMETER = "sig"
@@ -130,7 +131,8 @@ def verify(secret: bytes, uri: str, method: str = "GET") -> bool:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m imageserver.signing",
-        description="Sign a URL with the first of IMAGESERVER_SECRET's secrets.",
+        description="Sign a URL with the first of the server's secrets "
+        "(IMAGESERVER_SECRET, or the file IMAGESERVER_SECRET_FILE names).",
     )
     parser.add_argument("url")
     parser.add_argument(
@@ -148,9 +150,14 @@ def main(argv: list[str]) -> int:
         help="the URL is refused that many seconds from now",
     )
     args = parser.parse_args(argv)
-    secrets = secrets_of(os.environ.get("IMAGESERVER_SECRET", ""))
+    try:
+        secrets = secrets_of(value_of("IMAGESERVER_SECRET", os.environ) or "")
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
     if not secrets:
-        print("IMAGESERVER_SECRET is not set", file=sys.stderr)
+        print("neither IMAGESERVER_SECRET nor IMAGESERVER_SECRET_FILE is set",
+              file=sys.stderr)  # fmt: skip
         return 2
     expires = None
     if args.expires_in is not None:

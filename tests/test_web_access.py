@@ -71,6 +71,29 @@ class SigningTests(SynchronousTestCase):
         self.assertEqual(signature(b"key", "POST /p"),
                          "PmMudnVhS6NI97ihYdXmgtu6fB6z5QmSCsTnrpcURZQ")  # fmt: skip
 
+    def test_the_helper_reads_the_secret_from_a_file_too(self) -> None:
+        """Newcomer: IMAGESERVER_SECRET_FILE, which the server reads, was
+        ignored by the helper ("IMAGESERVER_SECRET is not set")."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("key\n")
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(os, "environ", {"IMAGESERVER_SECRET_FILE": path})
+        with contextlib.redirect_stdout(out):
+            self.assertEqual(main(["/p"]), 0)
+        signed = "/p?sig=AYiH1gM3x-4XmQu6uTnPNwYjFoUQ-5WN2mvCmETtsqI"
+        self.assertEqual(out.getvalue(), signed + "\n")
+        for environ, message in (
+            ({}, "neither IMAGESERVER_SECRET nor IMAGESERVER_SECRET_FILE is set"),
+            ({"IMAGESERVER_SECRET": "k", "IMAGESERVER_SECRET_FILE": path},
+             "both IMAGESERVER_SECRET and IMAGESERVER_SECRET_FILE are set"),
+            ({"IMAGESERVER_SECRET_FILE": path + ".missing"}, "cannot read"),
+        ):  # fmt: skip
+            self.patch(os, "environ", environ)
+            with contextlib.redirect_stderr(err):
+                self.assertEqual(main(["/p"]), 2)
+            self.assertIn(message, err.getvalue())
+
     def test_a_signature_is_for_its_method(self) -> None:
         path = "/p/6e0/072/682/e66287b662827da75b244a3/notes.txt?exp=9999999999"
         for method in ("GET", "HEAD", "POST", "DELETE"):
@@ -562,6 +585,15 @@ class RefusedBeforeTheBodyTests(TestCase):
                     self.assertNotIn(b"100 Continue", answer)
                     self.assertEqual(self.guarded.site.body_budget.held, 0)
         self.assertEqual(stored(self.app.root), before)
+
+    async def test_a_refused_request_without_a_body_gets_no_100_continue(
+        self,
+    ) -> None:
+        for method, target in (("DELETE", self.folder), ("POST", "/p")):
+            head = request_bytes(method, target, {"Expect": "100-continue"})
+            answer = await exchange(self.guarded.port, head)
+            self.assertEqual(status_of(answer), 401, method)
+            self.assertNotIn(b"100 Continue", answer, method)
 
     async def test_a_refused_read_keeps_the_connection(self) -> None:
         target = f"{self.folder}/w20.png"

@@ -283,6 +283,8 @@ class BoundedChannel(HTTPChannel):
                 self.refuse(refusal.code, refusal.message, refusal.headers)
                 return
             request.refusal = refusal
+            # Answered at once: nothing is to be sent, so no 100 Continue.
+            request.requestHeaders.removeHeader(b"Expect")
         limit = self.site.max_body_bytes
         if self.length is not None and self.length > limit:
             self.refuse(413, _too_large(limit))
