@@ -4,7 +4,7 @@
 
 Six photographs from scikit-image's data, upscaled to 12 megapixels and
 stored as JPEG q95, are rendered by imageserver with each draft headroom
-(``imaging.DRAFT_HEADROOM``: the decode keeps at least that many times the
+(``renderer.DRAFT_HEADROOM``: the decode keeps at least that many times the
 output's pixels a side), and by libvips' thumbnail (imgproxy's and imagor's
 engine, when pyvips is installed) to lossless PNG, and scored with SSIMULACRA2 against
 the reference: a full decode of the same JPEG, the same box, resized with
@@ -27,13 +27,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from PIL import Image
 
 from benchmarks.common import cpu_ms
-from imageserver import geometry, imaging
+from imageserver.imaging import geometry, renderer
 from imageserver.naming import VariantRules
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry",
           "hubble_deep_field")  # fmt: skip
 RULES = VariantRules(frozenset({"png"}), 75, 4000)
-LIMITS = imaging.Limits(100_000_000, 0, 4000)
+LIMITS = renderer.Limits(100_000_000, 0, 4000)
 
 
 def sources() -> dict[str, bytes]:
@@ -93,7 +93,7 @@ def main() -> None:
     headrooms = [int(h) for h in args.headroom.split(",")]
     names = args.names.split(",")
     photos = sources()
-    default = imaging.DRAFT_HEADROOM
+    default = renderer.DRAFT_HEADROOM
     scores: dict[tuple[str, int], list[float]] = {}
     times: dict[tuple[str, int], list[float]] = {}
     with tempfile.TemporaryDirectory() as folder:
@@ -109,19 +109,19 @@ def main() -> None:
                 if peer is not None:
                     scores.setdefault((name, 0), []).append(score(truth, peer, folder))
                 for headroom in headrooms:
-                    imaging.DRAFT_HEADROOM = headroom
-                    out = imaging.render(data, variant, LIMITS)
+                    renderer.DRAFT_HEADROOM = headroom
+                    out = renderer.render(data, variant, LIMITS)
                     ours = Image.open(io.BytesIO(out)).convert("RGB")
                     scores.setdefault((name, headroom), []).append(
                         score(truth, ours, folder)
                     )
                     times.setdefault((name, headroom), []).append(
                         cpu_ms(
-                            lambda d=data, v=variant: imaging.render(d, v, LIMITS),  # type: ignore[misc]
+                            lambda d=data, v=variant: renderer.render(d, v, LIMITS),  # type: ignore[misc]
                             5,
                         )
                     )
-    imaging.DRAFT_HEADROOM = default
+    renderer.DRAFT_HEADROOM = default
     print(
         f"{len(photos)} photographs at 12 MP, JPEG q95; SSIMULACRA2 against a "
         "full decode + float LANCZOS (median); CPU ms per render (median)"

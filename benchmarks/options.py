@@ -80,13 +80,13 @@ BARE: dict[str, Callable[[bytes], bytes]] = {
 
 def measure(names: list[str], repeat: int) -> dict[str, float]:
     """CPU ms per render of each name with the imageserver on sys.path."""
-    from imageserver import imaging
+    from imageserver.imaging import renderer
     from imageserver.naming import VariantRules
 
     rules = VariantRules(frozenset({"jpg", "webp", "png", "avif"}), 75, 4000)
     data = photo()
     try:
-        limits: object = imaging.Limits(100_000_000, 1000, 4000)
+        limits: object = renderer.Limits(100_000_000, 1000, 4000)
         args: tuple[object, ...] = (limits,)
     except AttributeError:  # revisions before Limits took (max_pixels, max_side)
         args = (100_000_000, 4000)
@@ -94,7 +94,7 @@ def measure(names: list[str], repeat: int) -> dict[str, float]:
     for name in names:
         variant = rules.parse(name)
         result[name] = cpu_ms(
-            lambda v=variant: imaging.render(data, v, *args),
+            lambda v=variant: renderer.render(data, v, *args),
             repeat,  # type: ignore[misc]
         )
     return result

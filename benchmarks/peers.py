@@ -5,7 +5,7 @@
 Six photographs (as benchmarks/fidelity.py makes them: scikit-image's data
 upscaled to 12 MP, JPEG q95) are resized by
 
-  imageserver  its own pipeline (imaging.render), at each format's default
+  imageserver  its own pipeline (renderer.render), at each format's default
                quality and at a ladder of qualities (for the curve);
   thumbor      the real server from benchmarks/.thumbor-venv, as its docs
                deploy it (file loader, defaults: QUALITY 80, progressive JPEG,
@@ -44,12 +44,12 @@ from benchmarks.common import Server, free_port
 from benchmarks.encoders import bytes_at
 from benchmarks.fidelity import score, sources
 from benchmarks.versus_thumbor import thumbor_command
-from imageserver import imaging
+from imageserver.imaging import renderer
 from imageserver.naming import VariantRules
 
 LADDER = range(30, 97, 3)
 RULES = VariantRules(frozenset({"jpg", "webp", "avif", "jxl", "png"}), 0, 4000)
-LIMITS = imaging.Limits(100_000_000, 0, 4000)
+LIMITS = renderer.Limits(100_000_000, 0, 4000)
 #: imgproxy's default encoder settings (its config.go), as libvips options.
 IMGPROXY = {
     "jpg": (".jpg", {"Q": 80, "optimize_coding": True, "strip": True}),
@@ -68,7 +68,7 @@ def ours(data: bytes, name: str, fmt: str, quality: int | None) -> bytes:
     q = "" if quality is None else f"-q{quality}"
     variant = RULES.parse(f"{name}{q}.{fmt}")
     assert variant is not None
-    return imaging.render(data, variant, LIMITS)
+    return renderer.render(data, variant, LIMITS)
 
 
 def imgproxy(data: bytes, name: str, fmt: str) -> bytes:

@@ -40,11 +40,11 @@ from benchmarks.common import (
     photo,
     twistd,
 )
-from imageserver import containers, imaging
+from imageserver.imaging import containers, renderer
 from imageserver.naming import VariantRules
 
 RULES = VariantRules(frozenset({"jpg"}), 75, 4000)
-LIMIT = imaging.Limits(100_000_000, 1000, 4000)
+LIMIT = renderer.Limits(100_000_000, 1000, 4000)
 
 
 # -- 1. CPU per variant ------------------------------------------------------
@@ -62,7 +62,7 @@ def imaging_per_second(data: bytes, threads: int, count: int) -> float:
     variants = [RULES.parse(f"w{100 + 4 * i}.jpg") for i in range(count)]
     start = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda v: imaging.render(data, v, LIMIT), variants))
+        list(pool.map(lambda v: renderer.render(data, v, LIMIT), variants))
     return count / (time.perf_counter() - start)
 
 
@@ -87,7 +87,7 @@ def static_file(root: str, path: str) -> Server:
 def cpu_section(data: bytes) -> None:
     w200 = RULES.parse("w200.jpg")
     assert w200 is not None
-    ours = cpu_ms(lambda: imaging.render(data, w200, LIMIT), 15)
+    ours = cpu_ms(lambda: renderer.render(data, w200, LIMIT), 15)
     naive = cpu_ms(lambda: naive_w200(data), 5)
     walk = cpu_ms(lambda: containers.layout(data), 15)
     print("\n1. CPU per never-seen w200.jpg from 12 MP (median, one thread)")

@@ -71,7 +71,7 @@ from benchmarks.common import (
     photo,
     twistd,
 )
-from imageserver import imaging
+from imageserver.imaging import renderer
 from imageserver.naming import VariantRules
 
 VENV = os.path.join(CHECKOUT, "benchmarks", ".thumbor-venv")
@@ -118,13 +118,13 @@ ARBITRARY_WIDTHS = list(range(180, 221))
 
 def bare_pillow(data: bytes, width: int, quality: int = 75) -> bytes:
     """The least work for a width variant of a JPEG, done as the server does
-    it: a draft keeping `imaging.DRAFT_HEADROOM` times the output's pixels,
+    it: a draft keeping `renderer.DRAFT_HEADROOM` times the output's pixels,
     LANCZOS, and the jpg row's encoder (jpegli)."""
     import pyjpegli
 
     image = Image.open(io.BytesIO(data))
     height = round(width * image.height / image.width)
-    headroom = imaging.DRAFT_HEADROOM
+    headroom = renderer.DRAFT_HEADROOM
     image.draft("RGB", (width * headroom, height * headroom))
     image = image.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0)
     return pyjpegli.encode(image.tobytes(), width, height, quality=quality)
@@ -143,7 +143,7 @@ def cpu_section(data: bytes) -> dict[str, float]:
          if (v := rules.parse(f"w{w}.jpg")) is not None]
     )  # fmt: skip
     ours = cpu_ms(
-        lambda: imaging.render(data, next(variants), imaging.Limits(10**9)), 31
+        lambda: renderer.render(data, next(variants), renderer.Limits(10**9)), 31
     )
     bare = cpu_ms(lambda: bare_pillow(data, next(widths)), 31)
     return {"imageserver_ms": ours, "bare_pillow_ms": bare, "ratio": bare / ours}

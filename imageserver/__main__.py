@@ -1,3 +1,3 @@
-from imageserver.cli import main
+from imageserver.bulk.cli import main
 
 main()

@@ -13,11 +13,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from imageserver import endpoints
-from imageserver.addresses import SourcePolicy
-from imageserver.imaging import DECODER_MAX_PIXELS, Limits
+from imageserver.access.signing import secrets_of
+from imageserver.images import RenderPolicy
+from imageserver.imaging.renderer import DECODER_MAX_PIXELS, Limits
 from imageserver.naming import OUTPUT_FORMATS, Presets, VariantRules, ascii_digits
-from imageserver.signing import secrets_of
+from imageserver.runtime import endpoints
+from imageserver.sources.addresses import SourcePolicy
 
 CANNED_ACLS = (
     "private",
@@ -632,6 +633,17 @@ class Config:
         """The presets, the outputs made at upload, and --presets_only."""
         return Presets.from_options(
             self.presets, self.outputs, self.presets_only, self.rules
+        )
+
+    @property
+    def render_policy(self) -> RenderPolicy:
+        """What the use cases may make and serve, and what it may cost."""
+        return RenderPolicy(
+            rules=self.rules,
+            limits=self.decode_limits,
+            presets=self.catalogue,
+            serve_originals=self.serve_originals,
+            processing_timeout=self.processing_timeout,
         )
 
 

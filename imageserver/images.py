@@ -2,7 +2,7 @@
 
 This layer owns the rules (what is stored where, in which order, what runs
 once) and nothing else: HTTP lives in `imageserver.web`, pixels in
-`imageserver.imaging`, bytes at rest behind `imageserver.storage.Storage`.
+`imageserver.imaging.renderer`, bytes at rest behind `imageserver.storage.Storage`.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
 
 from twisted.internet.defer import Deferred, FirstError, TimeoutError, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from imageserver import containers, imaging, negotiation
+from imageserver import negotiation
 from imageserver.errors import (
     Forbidden,
     InvalidRequest,
@@ -29,11 +29,9 @@ from imageserver.errors import (
     Overloaded,
     UnsupportedImage,
 )
-from imageserver.events import Events
-from imageserver.flights import Flights
-from imageserver.gates import FolderGate
-from imageserver.hostlocks import HostLocks
-from imageserver.lifecycle import Lifecycle, NoLifecycle
+from imageserver.imaging import containers, renderer
+from imageserver.lifecycle.listeners import Lifecycle, NoLifecycle
+from imageserver.metrics.events import Events
 from imageserver.naming import (
     AUTO,
     INFO,
@@ -49,9 +47,12 @@ from imageserver.naming import (
     is_generated,
     variant_format,
 )
-from imageserver.pools import Runner
-from imageserver.sources import SourceFetcher
+from imageserver.runtime.pools import Runner
+from imageserver.sources.fetcher import SourceFetcher
 from imageserver.storage import Storage, StoredObject, content_type_for, etag_of
+from imageserver.storage.flights import Flights
+from imageserver.storage.gates import FolderGate
+from imageserver.storage.hostlocks import HostLocks
 
 log = Logger()
 
@@ -73,6 +74,39 @@ class Resolved:
     negotiated: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class RenderPolicy:
+    """What may be made and served, and what making it may cost: one value
+    from the configuration (`imageserver.config.Config.render_policy`)."""
+
+    #: How variant names are read and spelled.
+    rules: VariantRules
+    #: What decoding one original may cost.
+    limits: renderer.Limits
+    #: Names the operator gave to variants (--presets).
+    presets: Presets = field(default_factory=Presets)
+    #: Whether `Images.get` hands out originals, metadata and all
+    #: (--serve_originals).
+    serve_originals: bool = True
+    #: Seconds a render may take before its request is answered 503.
+    processing_timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Coordination:
+    """How this process works with others on its host and its store; the
+    defaults: alone."""
+
+    #: With several workers on this host: locks that make one of them render
+    #: a new variant or store a new upload (see storage.hostlocks).
+    host_locks: HostLocks | None = None
+    #: Told of every change (webhooks, other instances' purge logs).
+    lifecycle: Lifecycle = field(default_factory=NoLifecycle)
+    #: With other instances on the same store: seconds after a purge to
+    #: remove what their renders, under way at the time, stored after it.
+    resweep_after: float | None = None
+
+
 class Images:
     """Upload, look up and generate images, with collaborators given, not found."""
 
@@ -82,37 +116,27 @@ class Images:
         storage: Storage,
         sources: SourceFetcher,
         process: Runner,
-        rules: VariantRules,
-        limits: imaging.Limits,
-        presets: Presets | None = None,
+        policy: RenderPolicy,
+        coordination: Coordination | None = None,
         events: Events | None = None,
         clock: IReactorTime | None = None,
-        processing_timeout: float | None = None,
-        host_locks: HostLocks | None = None,
-        lifecycle: Lifecycle | None = None,
-        resweep_after: float | None = None,
-        serve_originals: bool = True,
     ) -> None:
+        coordination = coordination or Coordination()
         self._clock = clock
-        #: Whether `get` hands out originals, metadata and all (--serve_originals).
-        self._serve_originals = serve_originals
-        #: With several workers on this host: locks that make one of them
-        #: render a new variant or store a new upload (see hostlocks).
-        self._host_locks = host_locks
+        self._serve_originals = policy.serve_originals
+        self._host_locks = coordination.host_locks
         #: Stores into a folder and its purge never overlap (see gates).
-        self._gate = FolderGate(host_locks)
-        self._lifecycle = lifecycle or NoLifecycle()
-        #: With other instances on the same store: seconds after a purge to
-        #: remove what their renders, under way at the time, stored after it.
-        self._resweep_after = resweep_after
-        self._processing_timeout = processing_timeout
+        self._gate = FolderGate(coordination.host_locks)
+        self._lifecycle = coordination.lifecycle
+        self._resweep_after = coordination.resweep_after
+        self._processing_timeout = policy.processing_timeout
         self._storage = storage
         self._events = events or Events()
         self._sources = sources
         self._process = process
-        self.rules = rules
-        self._limits = limits
-        self.presets = presets or Presets()
+        self.rules = policy.rules
+        self._limits = policy.limits
+        self.presets = policy.presets
         self._fetches: Flights[str, bytes] = Flights()
         self._ingests: Flights[ImageId, bytes] = Flights()
         self._renders: Flights[tuple[str, bool], StoredObject] = Flights()
@@ -204,7 +228,7 @@ class Images:
             original = await self._storage.get(image.key(ORIGINAL))
             if original is None:
                 raise NotFound("image not found")
-            alpha = await self._process(imaging.has_alpha, original.data, self._limits)
+            alpha = await self._process(renderer.has_alpha, original.data, self._limits)
         self._alpha[image] = alpha
         while len(self._alpha) > _KNOWN_ALPHA:
             self._alpha.popitem(last=False)
@@ -232,7 +256,7 @@ class Images:
         if variant.format == AUTO:
             raise InvalidRequest(f"{name!r}: negotiate .auto before getting it")
         stored = await self._storage.get(image.key(name))
-        if stored is not None and imaging.is_whole(variant.format, stored.data):
+        if stored is not None and renderer.is_whole(variant.format, stored.data):
             self._events.variant(variant.format, "cached")
             return stored
         if stored is not None:
@@ -453,7 +477,7 @@ class Images:
         original: bytes,
         variants: Sequence[Variant],
         with_placeholders: bool = False,
-    ) -> tuple[imaging.ImageInfo, list[tuple[bytes, str]]]:
+    ) -> tuple[renderer.ImageInfo, list[tuple[bytes, str]]]:
         """Decode once, encode each variant: in the processing pool, timed.
 
         Each output comes with its ETag, hashed in the pool too.
@@ -664,11 +688,11 @@ class Images:
 def _rendered(
     original: bytes,
     variants: Sequence[Variant],
-    limits: imaging.Limits,
+    limits: renderer.Limits,
     with_placeholders: bool,
-) -> tuple[imaging.ImageInfo, list[tuple[bytes, str]], float]:
+) -> tuple[renderer.ImageInfo, list[tuple[bytes, str]], float]:
     start = time.perf_counter()
-    info, outputs = imaging.render_many(original, variants, limits, with_placeholders)
+    info, outputs = renderer.render_many(original, variants, limits, with_placeholders)
     seconds = time.perf_counter() - start
     return info, [(data, etag_of(data)) for data in outputs], seconds
 
@@ -684,7 +708,7 @@ def _read(body: BinaryIO) -> bytes:
     return body.read()
 
 
-def info_json_of(digest: str, info: imaging.ImageInfo) -> bytes:
+def info_json_of(digest: str, info: renderer.ImageInfo) -> bytes:
     """The bytes of an original's info.json: the Go image-server's four fields,
     then the placeholders."""
     return json.dumps(

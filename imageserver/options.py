@@ -19,7 +19,7 @@ from twisted.python import usage
 
 from imageserver import __version__, config
 from imageserver.config import Config
-from imageserver.environment import value_of
+from imageserver.runtime.environment import value_of
 
 
 def _coerce(field: dataclasses.Field[Any]) -> Any:

@@ -57,10 +57,10 @@ from twisted.web.server import NOT_DONE_YET
 
 from imageserver import config as configuration
 from imageserver.config import Config
-from imageserver.events import PoolReading
-from imageserver.listening import Listening
-from imageserver.shutdown import Deadline, stop_reactor
-from imageserver.waiting import drained
+from imageserver.metrics.events import PoolReading
+from imageserver.runtime.listening import Listening
+from imageserver.runtime.shutdown import Deadline, stop_reactor
+from imageserver.runtime.waiting import drained
 
 log = Logger()
 

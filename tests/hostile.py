@@ -22,6 +22,7 @@ from typing import Any
 
 from PIL import Image
 
+from tests import CHECKOUT_DIR
 from tests.support import encode, noise, quadrants
 
 
@@ -270,7 +271,7 @@ class Cost:
 class Job:
     """One measurement: probe (``upload``) and render ``variants`` (a
     comma-separated ``?outputs=`` list) of ``data`` under ``limits``
-    (imaging.Limits' fields; the server's defaults otherwise)."""
+    (renderer.Limits' fields; the server's defaults otherwise)."""
 
     data: bytes
     variants: str = ""
@@ -287,7 +288,7 @@ def costs(jobs: list[Job], code: str | None = None) -> list[Cost]:
     """What each job costs, in one fresh process (so nothing of the test's own
     is counted), one after the other, the peak reset before each; ``code``:
     a folder whose ``imageserver`` to measure instead (an older one)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = CHECKOUT_DIR
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (code, root)))}
     with tempfile.TemporaryDirectory() as folder:
         described = []
@@ -316,18 +317,19 @@ def _status(field: str) -> int:
 
 
 def _measure(jobs: list[dict[str, Any]]) -> None:
-    from imageserver import formats, imaging
+    from imageserver import formats
+    from imageserver.imaging import renderer
     from imageserver.naming import VariantRules
 
     rules = VariantRules(frozenset(formats.OUTPUTS), 0, 100_000)
     formats.register_plugins()
     warm = rules.parse_outputs(",".join(f"w4.{ext}" for ext in formats.OUTPUTS))
-    default = imaging.Limits(pixels=50_000_000, pixels_per_byte=1000, side=100_000)
+    default = renderer.Limits(pixels=50_000_000, pixels_per_byte=1000, side=100_000)
     for fmt in formats.INPUTS:
         tiny = io.BytesIO()
         image = Image.new("RGB", (8, 8), "red")
         image.save(tiny, fmt, **({"quality": 50} if fmt in ("HEIF", "JXL") else {}))
-        imaging.render_many(tiny.getvalue(), warm, default, with_placeholders=True)
+        renderer.render_many(tiny.getvalue(), warm, default, with_placeholders=True)
     for job in jobs:
         # Each job in a fork of the warmed-up process: it starts from the
         # same state whatever the jobs before it left behind.
@@ -345,8 +347,8 @@ def _measure(jobs: list[dict[str, Any]]) -> None:
 
 
 def _one(job: dict[str, Any], default: Any, rules: Any) -> dict[str, Any]:
-    from imageserver import imaging
     from imageserver.errors import ImageServerError
+    from imageserver.imaging import renderer
 
     with open(job["path"], "rb") as f:
         data = f.read()
@@ -357,7 +359,7 @@ def _one(job: dict[str, Any], default: Any, rules: Any) -> dict[str, Any]:
     before = _status("VmRSS")
     start = resource.getrusage(resource.RUSAGE_SELF)
     try:
-        imaging.render_many(data, variants, limits, with_placeholders=job["upload"])
+        renderer.render_many(data, variants, limits, with_placeholders=job["upload"])
         outcome = "ok"
     except ImageServerError as e:
         outcome = f"{type(e).__name__}: {e}"

@@ -17,12 +17,12 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 
-from imageserver.batches import Batches
+from imageserver.bulk.batches import Batches
 from imageserver.config import Config
-from imageserver.events import Events
-from imageserver.images import Images
-from imageserver.lifecycle import Lifecycle
-from imageserver.sources import SourceFetcher
+from imageserver.images import Coordination, Images, RenderPolicy
+from imageserver.lifecycle.listeners import Lifecycle, NoLifecycle
+from imageserver.metrics.events import Events
+from imageserver.sources.fetcher import SourceFetcher
 from imageserver.storage import Storage
 from imageserver.storage.local import LocalStorage
 from imageserver.storage.metered import MeteredStorage
@@ -192,12 +192,14 @@ class AppHarness:
                 max_bytes=self.config.max_source_bytes,
             ),
             process=runner,
-            rules=self.config.rules,
-            limits=self.config.decode_limits,
-            presets=self.config.catalogue,
-            serve_originals=self.config.serve_originals,
+            policy=RenderPolicy(
+                rules=self.config.rules,
+                limits=self.config.decode_limits,
+                presets=self.config.catalogue,
+                serve_originals=self.config.serve_originals,
+            ),
+            coordination=Coordination(lifecycle=lifecycle or NoLifecycle()),
             events=self.events,
-            lifecycle=lifecycle,
         )
         self.batches = Batches(self.images, self.storage, clock=self.clock)
         self.resource = ImageServerApp(self.images, self.batches).app.resource()

@@ -13,7 +13,7 @@ from twisted.web.resource import Resource
 
 from imageserver.config import Config
 from imageserver.errors import Overloaded
-from imageserver.pools import ThreadPoolService
+from imageserver.runtime.pools import ThreadPoolService
 from imageserver.web.site import BoundedSite
 from tests.support import AppHarness, Gate, decode, encode, quadrants
 

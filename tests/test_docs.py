@@ -12,13 +12,15 @@ from typing import Any
 from PIL import Image
 from twisted.trial.unittest import SynchronousTestCase
 
-from imageserver import formats, geometry
+from imageserver import formats
 from imageserver.config import Config, fields, options_table
-from imageserver.events import Events
+from imageserver.imaging import geometry
+from imageserver.metrics.events import Events
 from imageserver.naming import GRAVITIES, ROTATIONS, VariantRules
+from tests import CHECKOUT_DIR
 from tests.support import AppHarness
 
-DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
+DOCS = os.path.join(CHECKOUT_DIR, "docs")
 
 
 class DocsTests(SynchronousTestCase):

@@ -7,9 +7,11 @@ import io
 from PIL import Image
 from twisted.trial.unittest import SynchronousTestCase
 
-from imageserver import formats, imaging
+from imageserver import formats
 from imageserver.errors import ImageTooLarge, UnsupportedImage
+from imageserver.imaging import renderer
 from imageserver.naming import VariantRules
+from tests.imaging.test_renderer import corners, swapped_rgb_profile
 from tests.support import (
     BLUE,
     GREEN,
@@ -21,10 +23,9 @@ from tests.support import (
     noise,
     quadrants,
 )
-from tests.test_imaging import corners, swapped_rgb_profile
 
 RULES = VariantRules(frozenset({"jpg", "png", "webp", "avif", "jxl"}), 75, 2000)
-LIMITS = imaging.Limits(50_000_000, 1000, 2000)
+LIMITS = renderer.Limits(50_000_000, 1000, 2000)
 
 
 def save(image: Image.Image, fmt: str, **options: object) -> bytes:
@@ -50,10 +51,10 @@ class HeicTests(TestCaseMixin, SynchronousTestCase):
         # and reads it back applied: the server must not turn it again.
         data = rotated("HEIF", 6)
         self.assertEqual(data[8:12], b"heic")
-        info = imaging.probe(data, LIMITS)
+        info = renderer.probe(data, LIMITS)
         self.assertEqual((info.width, info.height, info.content_type),
                          (300, 600, "image/heic"))  # fmt: skip
-        out = decode(imaging.render(data, RULES.parse("w100.png"), LIMITS))  # type: ignore[arg-type]
+        out = decode(renderer.render(data, RULES.parse("w100.png"), LIMITS))  # type: ignore[arg-type]
         self.assertEqual(out.size, (100, 200))
         for got, want in zip(corners(out), (BLUE, RED, YELLOW, GREEN), strict=True):
             self.assertTrue(close(got, want), corners(out))
@@ -63,7 +64,7 @@ class HeicTests(TestCaseMixin, SynchronousTestCase):
         data = save(
             Image.new("RGB", (64, 48), RED), "HEIF", icc_profile=swapped_rgb_profile()
         )
-        out = decode(imaging.render(data, RULES.parse("w32.png"), LIMITS))  # type: ignore[arg-type]
+        out = decode(renderer.render(data, RULES.parse("w32.png"), LIMITS))  # type: ignore[arg-type]
         self.assertColour(out, (16, 12), BLUE, tolerance=40)
 
     def test_uploads_report_heic_and_make_variants(self) -> None:
@@ -80,10 +81,10 @@ class HeicTests(TestCaseMixin, SynchronousTestCase):
 class JxlTests(TestCaseMixin, SynchronousTestCase):
     def test_jxl_in(self) -> None:
         data = save(quadrants((300, 200)), "JXL", quality=90)
-        info = imaging.probe(data, LIMITS)
+        info = renderer.probe(data, LIMITS)
         self.assertEqual((info.width, info.height, info.content_type),
                          (300, 200, "image/jxl"))  # fmt: skip
-        out = decode(imaging.render(data, RULES.parse("w150.png"), LIMITS))  # type: ignore[arg-type]
+        out = decode(renderer.render(data, RULES.parse("w150.png"), LIMITS))  # type: ignore[arg-type]
         self.assertEqual(out.size, (150, 100))
         for got, want in zip(corners(out), (RED, GREEN, BLUE, YELLOW), strict=True):
             self.assertTrue(close(got, want), corners(out))
@@ -91,12 +92,12 @@ class JxlTests(TestCaseMixin, SynchronousTestCase):
     def test_exif_orientation_is_not_jxl_s(self) -> None:
         # JPEG XL keeps its orientation in the codestream, which the decoder
         # applies; the Exif field is ignored, as the format says.
-        self.assertEqual(imaging.probe(rotated("JXL", 6), LIMITS).width, 600)
+        self.assertEqual(renderer.probe(rotated("JXL", 6), LIMITS).width, 600)
 
     def test_jxl_out(self) -> None:
         data = save(quadrants((300, 200)), "PNG")
-        out_bytes = imaging.render(data, RULES.parse("x50.jxl"), LIMITS)  # type: ignore[arg-type]
-        self.assertTrue(imaging.is_whole("jxl", out_bytes))
+        out_bytes = renderer.render(data, RULES.parse("x50.jxl"), LIMITS)  # type: ignore[arg-type]
+        self.assertTrue(renderer.is_whole("jxl", out_bytes))
         out = decode(out_bytes)
         self.assertEqual((out.format, out.size), ("JXL", (50, 50)))
         self.assertColour(out, (5, 5), RED, tolerance=40)
@@ -122,14 +123,14 @@ class BrokenTests(SynchronousTestCase):
             data = save(noise((200, 150)), fmt, quality=90)
             for broken in (data[: len(data) // 2], data[:40] + bytes(200) + data[240:]):
                 with self.assertRaises(UnsupportedImage, msg=fmt):
-                    imaging.probe(broken, LIMITS)
+                    renderer.probe(broken, LIMITS)
 
     def test_pixel_limits_from_the_header(self) -> None:
         for fmt in ("HEIF", "JXL"):
             data = save(noise((300, 200)), fmt, quality=50)
             with self.assertRaises(ImageTooLarge, msg=fmt):
-                imaging.probe(data, imaging.Limits(59_999))
-            self.assertEqual(imaging.probe(data, imaging.Limits(60_000)).width, 300)
+                renderer.probe(data, renderer.Limits(59_999))
+            self.assertEqual(renderer.probe(data, renderer.Limits(60_000)).width, 300)
 
 
 class QualityTests(SynchronousTestCase):
@@ -143,18 +144,18 @@ class QualityTests(SynchronousTestCase):
             if not output.lossy:
                 continue
             self.assertTrue(1 <= output.quality <= 100, fmt)
-            plain = imaging.render(data, rules.parse(f"w90.{fmt}"), LIMITS)  # type: ignore[arg-type]
+            plain = renderer.render(data, rules.parse(f"w90.{fmt}"), LIMITS)  # type: ignore[arg-type]
             named = rules.parse(f"w90-q{output.quality}.{fmt}")
-            self.assertEqual(plain, imaging.render(data, named, LIMITS), fmt)  # type: ignore[arg-type]
+            self.assertEqual(plain, renderer.render(data, named, LIMITS), fmt)  # type: ignore[arg-type]
             other = rules.parse(f"w90-q{output.quality - 20}.{fmt}")
-            self.assertNotEqual(plain, imaging.render(data, other, LIMITS), fmt)  # type: ignore[arg-type]
+            self.assertNotEqual(plain, renderer.render(data, other, LIMITS), fmt)  # type: ignore[arg-type]
 
     def test_default_quality_applies_to_every_format(self) -> None:
         data = save(noise((300, 200)), "PNG")
         rules = VariantRules(frozenset(formats.OUTPUTS), 55, 2000)
         for fmt in ("jpg", "webp", "avif", "jxl"):
-            plain = imaging.render(data, rules.parse(f"w90.{fmt}"), LIMITS)  # type: ignore[arg-type]
-            named = imaging.render(data, rules.parse(f"w90-q55.{fmt}"), LIMITS)  # type: ignore[arg-type]
+            plain = renderer.render(data, rules.parse(f"w90.{fmt}"), LIMITS)  # type: ignore[arg-type]
+            named = renderer.render(data, rules.parse(f"w90-q55.{fmt}"), LIMITS)  # type: ignore[arg-type]
             self.assertEqual(plain, named, fmt)
 
     def test_rgb_jpeg_is_jpegli_s_and_greyscale_stays_one_channel(self) -> None:
@@ -164,9 +165,9 @@ class QualityTests(SynchronousTestCase):
         rules = VariantRules(frozenset({"jpg"}), 0, 2000)
         full, small = rules.parse("full_size.jpg"), rules.parse("w90.jpg")
         assert full is not None and small is not None
-        out = imaging.render(save(picture, "PNG"), full, LIMITS)
+        out = renderer.render(save(picture, "PNG"), full, LIMITS)
         quality = formats.output("jpg").quality
         made = pyjpegli.encode(picture.tobytes(), 300, 200, quality=quality)
         self.assertEqual(out, made)
-        grey = imaging.render(save(picture.convert("L"), "PNG"), small, LIMITS)
+        grey = renderer.render(save(picture.convert("L"), "PNG"), small, LIMITS)
         self.assertEqual(decode(grey).mode, "L")

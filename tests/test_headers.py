@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 from PIL import Image
 from twisted.trial.unittest import SynchronousTestCase
 
-from imageserver import formats, headers, imaging
+from imageserver import formats, headers
 from imageserver.errors import UnsupportedImage
+from imageserver.imaging import renderer
 from tests import hostile
 
 #: Modes each format can be written in here.
@@ -89,7 +90,7 @@ class HeaderSizeTests(SynchronousTestCase):
         value = int(bits[::-1], 2)  # the first bit is the least significant
         stream = b"\xff\x0a" + value.to_bytes(16, "little")
         with self.assertRaises(UnsupportedImage) as caught:
-            imaging.probe(stream, imaging.Limits(50_000_000))
+            renderer.probe(stream, renderer.Limits(50_000_000))
         self.assertEqual(
             str(caught.exception),
             "animated JPEG XL is not accepted: its frames are all decoded at once "

@@ -14,12 +14,13 @@ from hypothesis import strategies as st
 from PIL import Image, ImageCms
 from twisted.trial.unittest import SynchronousTestCase
 
-from imageserver import formats, imaging
+from imageserver import formats
 from imageserver.errors import ImageServerError, UnsupportedImage
+from imageserver.imaging import renderer
 from imageserver.naming import Fit, Variant, VariantRules
 from tests import hostile
+from tests.imaging.test_renderer import swapped_rgb_profile, with_orientation
 from tests.support import AppHarness, decode, encode, noise, quadrants
-from tests.test_imaging import swapped_rgb_profile, with_orientation
 
 RULES = VariantRules(frozenset({"jpg", "png"}), 75, 1000)
 VARIANTS = {"w50.jpg": None, "x40.png": (40, 40), "30x20.webp": (30, 20),
@@ -337,10 +338,10 @@ class MutatedImageTests(SynchronousTestCase):
             data[int(where * len(data))] = value
         if cut is not None:
             data = data[: int(cut * len(data))]
-        limits = imaging.Limits(50_000_000, 1000, 1000)
+        limits = renderer.Limits(50_000_000, 1000, 1000)
         variants = RULES.parse_outputs("x20.jpg,w30.png")
         with contextlib.suppress(ImageServerError):
-            imaging.render_many(bytes(data), variants, limits)
+            renderer.render_many(bytes(data), variants, limits)
 
 
 #: What a job may grow the process by, per pixel of --max_source_pixels, by
@@ -370,7 +371,7 @@ class DecoderCostTests(SynchronousTestCase):
         """A small file declaring more than --max_source_pixels is refused
         before any pixel is decoded, whatever the format: JPEG XL's plug-in
         decoded in Image.open, before the check."""
-        self.assertEqual(set(formats.INPUTS), set(imaging.INPUT_FORMATS))
+        self.assertEqual(set(formats.INPUTS), set(renderer.INPUT_FORMATS))
         names = sorted(formats.INPUTS)
         jobs = [hostile.Job(hostile.flat(name, 1500, 1500), limits={
             "pixels": PIXELS, "pixels_per_byte": 0}) for name in names]  # fmt: skip
@@ -440,7 +441,7 @@ class DecoderCostTests(SynchronousTestCase):
         self.assertLess(tiny.rss_mb, 40, tiny)
         self.assertEqual(justified.outcome, "ok")
         self.assertLess(justified.cpu_s, 4, justified)
-        info = imaging.probe(data, imaging.Limits(50_000_000, 1000))
+        info = renderer.probe(data, renderer.Limits(50_000_000, 1000))
         self.assertEqual(info.still_because, (
             "more than 1 frame of 2000x2000 (at most 6697000 pixels in all "
             "frames: 1000 pixels per byte of its 6697 bytes)"))  # fmt: skip
@@ -489,7 +490,7 @@ class DecoderCostTests(SynchronousTestCase):
             self.assertLess(cost.cpu_s, one_page.cpu_s + 0.5, cost)
         for data in (hostile.tiff_pages(3), hostile.heif_images(3, 64),
                      hostile.mpo(40, 40)):  # fmt: skip
-            info = imaging.probe(data, imaging.Limits(PIXELS))
+            info = renderer.probe(data, renderer.Limits(PIXELS))
             self.assertEqual((info.frames, info.duration_ms), (1, None))
 
     def test_a_later_frame_larger_than_the_first_is_refused(self) -> None:
@@ -500,7 +501,7 @@ class DecoderCostTests(SynchronousTestCase):
         gif[last + 5 : last + 9] = struct.pack("<HH", 5000, 5000)
         variants = RULES.parse_outputs("w8.png")
         with self.assertRaises(UnsupportedImage) as caught:
-            imaging.render_many(bytes(gif), variants, imaging.Limits(PIXELS))
+            renderer.render_many(bytes(gif), variants, renderer.Limits(PIXELS))
         self.assertEqual(
             str(caught.exception),
             "frame 3 of the animation is 5000x5000, larger than the image's 10x10",
@@ -511,7 +512,7 @@ class QualityTests(SynchronousTestCase):
     def test_every_quality_encodes_in_every_format(self) -> None:
         """-q1 to -q100 in every output format, with and without alpha (libjxl
         refused 100, a 500 for every .jxl with --default_quality 100)."""
-        limits = imaging.Limits(PIXELS)
+        limits = renderer.Limits(PIXELS)
         for mode in ("RGB", "RGBA", "L"):
             original = encode(quadrants((6, 4), "RGB").convert(mode), "PNG")
             for extension, output in formats.OUTPUTS.items():
@@ -520,7 +521,7 @@ class QualityTests(SynchronousTestCase):
                         f"full_size-q{quality}.{extension}", Fit.FULL, 0, 0, quality,
                         extension,
                     )  # fmt: skip
-                    data = imaging.render(original, variant, limits)
+                    data = renderer.render(original, variant, limits)
                     self.assertEqual(decode(data).size, (6, 4), variant.name)
                     self.assertTrue(output.whole(data), variant.name)
 

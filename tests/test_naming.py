@@ -8,9 +8,11 @@ from hypothesis import strategies as st
 from PIL import Image
 from twisted.trial.unittest import SynchronousTestCase
 
-from imageserver import config, formats, geometry, signing
+from imageserver import config, formats
+from imageserver.access import signing
 from imageserver.config import Config
 from imageserver.errors import InvalidRequest, NotCanonical, NotFound
+from imageserver.imaging import geometry
 from imageserver.naming import (
     AUTO,
     GRAVITIES,
@@ -25,6 +27,7 @@ from imageserver.naming import (
     original_digest,
 )
 from imageserver.negotiation import accepted_types
+from tests import CHECKOUT_DIR
 
 RULES = VariantRules(frozenset({"jpg", "png", "webp"}), 75, 1000)
 HASH = "6e0072682e66287b662827da75b244a3"
@@ -639,7 +642,7 @@ class NumberReadersTests(SynchronousTestCase):
         """The class of the bug, closed at the source: no ``\\d``/``\\w`` in a
         pattern, no ``isdigit``/``isdecimal``/``isnumeric`` but in
         ascii_digits."""
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = CHECKOUT_DIR
         found = []
         for folder, _, files in os.walk(os.path.join(root, "imageserver")):
             for file_name in files:

@@ -20,12 +20,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from imageserver.config import Config
 from imageserver.errors import InvalidRequest, NotCanonical, NotFound
-from imageserver.hostlocks import HostLocks
-from imageserver.images import Images
+from imageserver.images import Coordination, Images, RenderPolicy
 from imageserver.naming import INFO, ImageId, is_generated
-from imageserver.sources import SourceFetcher
+from imageserver.sources.fetcher import SourceFetcher
 from imageserver.storage import Storage
 from imageserver.storage.behind import WriteBehind
+from imageserver.storage.hostlocks import HostLocks
 from imageserver.storage.local import LocalStorage
 from imageserver.storage.memory import Generations, MemoryCache
 from imageserver.storage.queue import WriteQueue
@@ -177,11 +177,10 @@ class Stack:
             storage=storage,
             sources=SourceFetcher(None, self.clock, 5, 1 << 20),  # type: ignore[arg-type]
             process=self.processing,
-            rules=config.rules,
-            limits=config.decode_limits,
+            policy=RenderPolicy(config.rules, config.decode_limits),
+            coordination=Coordination(resweep_after=resweep_after),
             events=None,
             clock=self.clock,
-            resweep_after=resweep_after,
         )
         self.storage = storage
 
@@ -442,10 +441,9 @@ class HostWorkerTests(SynchronousTestCase):
             ),
             sources=SourceFetcher(None, clock, 5, 1 << 20),  # type: ignore[arg-type]
             process=processing,
-            rules=config.rules,
-            limits=config.decode_limits,
+            policy=RenderPolicy(config.rules, config.decode_limits),
+            coordination=Coordination(host_locks=HostLocks(root, synchronous, clock)),
             clock=clock,
-            host_locks=HostLocks(root, synchronous, clock),
         )  # fmt: skip
         return images, processing
 

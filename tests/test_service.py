@@ -7,8 +7,9 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from imageserver.service import OrderedMultiService
+from tests import CHECKOUT_DIR
 
-CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHECKOUT = CHECKOUT_DIR
 
 
 class Recording(Service):

@@ -18,12 +18,12 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from imageserver.config import Config, fields, ignored_settings
+from imageserver.metrics.statsd import StatsdClient
 from imageserver.options import (
     ENVIRONMENT_PREFIX,
     unknown_variable_warning,
     unknown_variables,
 )
-from imageserver.statsd import StatsdClient
 from imageserver.workers import WORKER_CONFIG, WORKER_ID
 from tests.support import encode, quadrants
 from tests.test_twistd import CHECKOUT, TwistdCase
@@ -130,7 +130,7 @@ class StatsdHostTests(TestCase):
         tries = []
 
         def observe(event: dict) -> None:
-            if event.get("log_namespace") == "imageserver.statsd":
+            if event.get("log_namespace") == "imageserver.metrics.statsd":
                 warnings.append(event)
 
         globalLogPublisher.addObserver(observe)

@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from imageserver.config import Config, _threads
 from imageserver.options import ServerOptions as Options
 from imageserver.tap import makeService
+from tests import CHECKOUT_DIR
 
 
 def parse(*args: str, environ: dict[str, str] | None = None) -> Config:
@@ -354,7 +355,7 @@ class DocumentedPresetsTests(SynchronousTestCase):
     wider --maximum_width it needs, the error names what the operator wrote."""
 
     def example(self) -> list[str]:
-        docs = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs")
+        docs = os.path.join(CHECKOUT_DIR, "docs")
         with open(os.path.join(docs, "api.md")) as f:
             page = f.read()
         found = re.search(r"^`(--maximum_width \d+) --presets '([^']+)'`", page, re.M)

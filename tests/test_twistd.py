@@ -26,13 +26,13 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from imageserver import __version__
-from imageserver.signing import sign
-from tests import s3server
+from imageserver.access.signing import sign
+from tests import CHECKOUT_DIR, s3server
 from tests.rawhttp import exchange, request_bytes, status_of
+from tests.runtime.test_manhole import client_key, ssh_into
 from tests.support import RED, YELLOW, TestCaseMixin, encode, quadrants
-from tests.test_manhole import client_key, ssh_into
 
-CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHECKOUT = CHECKOUT_DIR
 TWISTD = "from twisted.scripts.twistd import run; run()"
 
 
@@ -684,7 +684,7 @@ class WriteTokensTwistdTests(TwistdCase):
 
 class WebhookTwistdTests(TwistdCase):
     async def test_a_real_server_posts_signed_events(self) -> None:
-        from tests.test_webhooks import SECRET, Receiver
+        from tests.lifecycle.test_webhooks import SECRET, Receiver
 
         receiver = Receiver()
         port = reactor.listenTCP(0, Site(receiver), interface="127.0.0.1")

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
 from PIL import Image, ImageDraw  # noqa: E402
 
-from imageserver import imaging  # noqa: E402
+from imageserver.imaging import renderer  # noqa: E402
 from imageserver.naming import VariantRules  # noqa: E402
 
 RULES = VariantRules(frozenset({"jpg", "png", "webp"}), 80, 2000)
@@ -60,12 +60,12 @@ def main() -> None:
     out = io.BytesIO()
     source().save(out, "PNG")
     data = out.getvalue()
-    limits = imaging.Limits(50_000_000, 1000, 2000)
+    limits = renderer.Limits(50_000_000, 1000, 2000)
     for name in names():
         concrete = name.replace(".auto", ".jpg")
         variant = RULES.parse(concrete)
         assert variant is not None, name
-        picture = Image.open(io.BytesIO(imaging.render(data, variant, limits)))
+        picture = Image.open(io.BytesIO(renderer.render(data, variant, limits)))
         picture.save(os.path.join(HERE, f"{name}.png"), optimize=True)
 
 

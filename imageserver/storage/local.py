@@ -16,7 +16,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from imageserver.errors import StorageFull, StorageUnavailable
-from imageserver.pools import Runner
+from imageserver.runtime.pools import Runner
 from imageserver.storage import StoredObject, content_type_for, etag_of
 
 log = Logger()
@@ -90,7 +90,7 @@ _DOING = {
     "_list": "listing",
     "_delete": "deleting",
     "_delete_tree": "deleting a folder",
-    "_open": "opening a lock file",  # imageserver.hostlocks
+    "_open": "opening a lock file",  # imageserver.storage.hostlocks
     "_try": "taking a lock",
 }
 

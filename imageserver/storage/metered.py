@@ -6,7 +6,7 @@ import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
-from imageserver.events import Events
+from imageserver.metrics.events import Events
 from imageserver.storage import Storage, StoredObject
 
 T = TypeVar("T")

@@ -18,9 +18,9 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from imageserver.errors import StorageFailed, StorageFull, StorageUnavailable
-from imageserver.events import Events
+from imageserver.metrics.events import Events
+from imageserver.runtime.waiting import WhenIdle, drained
 from imageserver.storage import Storage, StoredObject, under
-from imageserver.waiting import WhenIdle, drained
 
 log = Logger()
 

@@ -24,7 +24,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from twisted.logger import Logger
 
 from imageserver.errors import StorageFailed, StorageUnavailable
-from imageserver.pools import Runner
+from imageserver.runtime.pools import Runner
 from imageserver.storage import StoredObject, cache_control
 
 log = Logger()

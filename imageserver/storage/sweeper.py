@@ -13,7 +13,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from imageserver.naming import INFO, ORIGINAL
-from imageserver.pools import Runner
+from imageserver.runtime.pools import Runner
 
 log = Logger()
 

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.http_headers import Headers
 
-from imageserver.signing import refusal
-from imageserver.tokens import WriteTokens
+from imageserver.access.signing import refusal
+from imageserver.access.tokens import WriteTokens
 from imageserver.web.site import READS, Refusal
 
 CHALLENGE = 'Bearer realm="imageserver"'

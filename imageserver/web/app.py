@@ -11,7 +11,7 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
-from imageserver.batches import Batches
+from imageserver.bulk.batches import Batches
 from imageserver.errors import InvalidRequest
 from imageserver.images import Images, Resolved
 from imageserver.naming import (

@@ -21,8 +21,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-from imageserver.events import Events
-from imageserver.waiting import WhenIdle
+from imageserver.metrics.events import Events
+from imageserver.runtime.waiting import WhenIdle
 
 access = Logger(namespace="imageserver.access")
 refused = Logger(namespace="imageserver.refused")
@@ -370,7 +370,7 @@ class BoundedSite(Site):
     requestFactory = BoundedRequest
     protocol = BoundedChannel  # type: ignore[assignment]
     displayTracebacks = False
-    #: The listening port says where it listens (`imageserver.listening`).
+    #: The listening port says where it listens (`imageserver.runtime.listening`).
     noisy = False
 
     def __init__(

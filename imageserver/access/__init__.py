@@ -1,0 +1,1 @@
+"""Who may do what: write tokens and signed URLs."""

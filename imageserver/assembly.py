@@ -1,0 +1,313 @@
+"""Assembly: the use cases with what they run on (pools, storage, the source
+fetcher, lifecycle listeners), built from a Config for the server, the
+command line and each cluster worker alike.
+
+What is built here that must start or stop (pools, queues, sweepers) becomes
+a service of the parent given; the lifetimes of the whole server (ports,
+probes, workers) are `imageserver.service`'s.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from twisted.application.internet import backoffPolicy
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web.client import HTTPConnectionPool
+
+from imageserver.config import Config
+from imageserver.errors import StorageFailed, StorageUnavailable
+from imageserver.images import Coordination, Images
+from imageserver.lifecycle.listeners import Lifecycle, Listeners
+from imageserver.lifecycle.purges import PurgeLog
+from imageserver.lifecycle.webhooks import Webhooks
+from imageserver.metrics.events import Events
+from imageserver.naming import ImageId, is_generated
+from imageserver.runtime.listening import StartupFailed
+from imageserver.runtime.pools import ThreadPoolService
+from imageserver.runtime.shutdown import Deadline
+from imageserver.sources.fetcher import SourceFetcher, source_agent
+from imageserver.storage import Storage, hostlocks
+from imageserver.storage.behind import WriteBehind
+from imageserver.storage.hostlocks import HostLocks
+from imageserver.storage.local import LocalStorage, check_writable
+from imageserver.storage.memory import Generations, MemoryCache
+from imageserver.storage.metered import MeteredStorage
+from imageserver.storage.queue import WriteQueue
+from imageserver.storage.s3 import LazyClient, S3Settings, S3Storage, check_bucket
+from imageserver.storage.sweeper import STALE_TEMPORARY, CacheSweeper
+from imageserver.storage.tiered import TieredStorage
+
+log = Logger()
+
+#: How much nicer than the reactor the processing threads run: a render takes
+#: the CPU time that serving stored variants and accepting requests leave, so
+#: cache hits do not wait behind renders for a core (docs/performance.md).
+RENDER_NICENESS = 10
+#: Seconds between attempts to upload a variant to the bucket: 1 s, doubling
+#: to a minute, each plus up to a second at random so that many retries do
+#: not arrive together.
+UPLOAD_RETRY = backoffPolicy(initialDelay=1.0, maxDelay=60.0, factor=2.0)
+
+
+class ConnectionPoolService(Service):
+    """Owns the source fetcher's persistent connections; closes them at stop."""
+
+    def __init__(self, pool: HTTPConnectionPool) -> None:
+        self.pool = pool
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.pool.closeCachedConnections()
+
+
+def make_images(
+    config: Config,
+    reactor: Any,
+    parent: MultiService,
+    events: Events,
+    deadline: Deadline,
+    long_running: bool = True,
+    shared_host: bool = False,
+) -> tuple[Images, Storage, list[ThreadPoolService]]:
+    """The use cases with their pools, storage and source fetcher, as services.
+
+    The server and the command line both run on this. A run that ends when its
+    work does (the command line) wants no connections kept open for later,
+    and keeps no copies long enough to watch for purges.
+    """
+    processing = ThreadPoolService(
+        reactor,
+        config.processor_concurrency,
+        "imageserver-processing",
+        max_pending=config.max_pending,
+        niceness=RENDER_NICENESS,
+    )
+    processing.setServiceParent(parent)
+    io = ThreadPoolService(reactor, config.io_concurrency, "imageserver-io")
+    io.setServiceParent(parent)
+    for pool in (processing, io):
+        events.watch_pool(pool.stats())
+    storage = make_storage(config, reactor, io, parent, events, deadline)
+    # What every process sharing this store sees, and this one's own copies.
+    shared, local_cache = storage, None
+    if isinstance(storage, TieredStorage):
+        shared, local_cache = storage.remote, storage.local
+    # Added after the uploader, so stopped before it: what lands here at
+    # shutdown is still handed over to the bucket.
+    behind = WriteQueue(
+        storage, reactor, deadline.remaining, name="behind", events=events
+    )
+    behind.setServiceParent(parent)
+    storage = WriteBehind(storage, behind)
+    memory = None
+    if config.memory_cache_bytes:
+        # A host's workers share the folders' generations: a purge by one is
+        # the others' next cache miss (see storage.memory).
+        generations = Generations(
+            os.path.join(config.local_base_path, hostlocks.FOLDER, "generations")
+            if shared_host
+            else None
+        )
+        generations.setServiceParent(parent)
+        storage = memory = MemoryCache(
+            storage, config.memory_cache_bytes, is_generated, generations=generations
+        )
+
+    connections = ConnectionPoolService(
+        HTTPConnectionPool(reactor, persistent=long_running)
+    )
+    connections.setServiceParent(parent)
+    listeners: list[Lifecycle] = []
+    # Other processes share the store: workers of this host, or instances on
+    # the bucket. Each tells the others of its purges (see purges).
+    purge_log = None
+    if long_running and (config.remote is not None or shared_host):
+        purge_log = _purge_log(
+            config, reactor, parent, events, deadline, shared,
+            memory, local_cache, lambda image, drop: images.forget(image, drop),
+        )  # fmt: skip
+        if purge_log is not None:
+            listeners.append(purge_log)
+    if config.webhook:
+        webhooks = Webhooks(
+            reactor,
+            config.webhook,
+            config.webhook_secret.encode(),
+            max_queued=config.webhook_queue,
+            retry_seconds=config.webhook_retry_seconds,
+            shutdown_timeout=deadline.remaining,
+            events=events,
+        )
+        webhooks.setServiceParent(parent)
+        listeners.append(webhooks)
+    images = Images(
+        storage=storage,
+        sources=SourceFetcher(
+            source_agent(
+                reactor,
+                connections.pool,
+                config.source_policy,
+                config.max_redirects,
+            ),
+            reactor,
+            timeout=config.http_timeout,
+            max_bytes=config.max_source_bytes,
+        ),
+        process=processing.run,
+        policy=config.render_policy,
+        coordination=Coordination(
+            host_locks=(
+                HostLocks(config.local_base_path, io.run, reactor)
+                if shared_host
+                else None
+            ),
+            lifecycle=Listeners(listeners),
+            # A render elsewhere, under way during a purge, may store after
+            # it: looked for once such renders are over and the purge is
+            # known.
+            resweep_after=(
+                config.processing_timeout + 2 * config.purge_check_interval + 5
+                if config.remote is not None and purge_log is not None
+                else None
+            ),
+        ),
+        events=events,
+        clock=reactor,
+    )
+    if purge_log is not None:  # started once Images exists
+        purge_log.setServiceParent(parent)
+    return images, storage, [processing, io]
+
+
+def _purge_log(
+    config: Config,
+    reactor: Any,
+    parent: MultiService,
+    events: Events,
+    deadline: Deadline,
+    shared: Storage,
+    memory: MemoryCache | None,
+    local_cache: Storage | None,
+    forget: Callable[[ImageId, Callable[[str], Awaitable[None]]], Awaitable[None]],
+) -> PurgeLog | None:
+    """The purge markers of this process, when it is to watch for others'."""
+    if not config.purge_check_interval:
+        return None
+    markers = retrying_queue(shared, "purges", reactor, parent, events, deadline)
+
+    async def drop(folder: str) -> None:
+        """This process's copies of a folder: the disk cache, then memory (a
+        read of the disk on its way meanwhile is then not kept)."""
+        if local_cache is not None:
+            await local_cache.delete_prefix(folder)
+        if memory is not None:
+            memory.drop_prefix(folder)
+
+    return PurgeLog(
+        reactor,
+        shared,
+        markers,
+        lambda image: forget(image, drop),
+        config.purge_check_interval,
+        lookback=config.max_file_age if config.remote is not None else 0,
+    )
+
+
+def retrying_queue(
+    target: Storage,
+    name: str,
+    reactor: Any,
+    parent: MultiService,
+    events: Events,
+    deadline: Deadline,
+) -> WriteQueue:
+    """A write queue to ``target`` that retries until its writes land, as a
+    service of ``parent`` (drained at shutdown)."""
+    queue = WriteQueue(
+        target,
+        reactor,
+        deadline.remaining,
+        name=name,
+        retry=UPLOAD_RETRY,
+        events=events,
+    )
+    queue.setServiceParent(parent)
+    return queue
+
+
+def s3_settings(config: Config) -> S3Settings:
+    """The bucket ``config`` names, and how to reach it."""
+    return S3Settings(
+        bucket=config.aws_bucket,
+        region=config.aws_region or None,
+        endpoint_url=config.s3_endpoint_url or None,
+        access_key_id=config.aws_access_key_id or None,
+        secret_access_key=config.aws_secret_key or None,
+        base_path=config.remote_base_path,
+        acl=config.s3_acl or None,
+        max_connections=config.uploader_concurrency,
+    )
+
+
+def check_store(config: Config, local: bool = True) -> None:
+    """Refuse, before anything starts, a store that cannot be used: a local
+    path that cannot be written, a bucket that does not exist or refuses
+    (access denied, no credentials): `StartupFailed`, one line. A bucket
+    that cannot be reached now is a warning: it may come back, and readiness
+    says so meanwhile. The server, the command line and each cluster worker
+    check alike; ``local=False``: a process that writes only to the bucket
+    (a cluster's client)."""
+    try:
+        if local or config.remote is None:
+            check_writable(config.local_base_path)
+    except OSError as e:
+        raise StartupFailed(
+            f"--local_base_path {os.path.abspath(config.local_base_path)} "
+            f"cannot be written: {e.strerror}"
+        ) from None
+    if config.remote is None:
+        return
+    try:
+        check_bucket(s3_settings(config))
+    except StorageFailed as e:
+        raise StartupFailed(str(e)) from None
+    except StorageUnavailable as e:
+        log.warn("{problem}; starting anyway", problem=str(e))
+
+
+def make_storage(
+    config: Config,
+    reactor: Any,
+    io: ThreadPoolService,
+    parent: MultiService,
+    events: Events,
+    deadline: Deadline,
+) -> Storage:
+    """The local disk alone, or a remote store with the local disk as its cache."""
+    local = MeteredStorage(
+        LocalStorage(config.local_base_path, io.run), "local", events
+    )
+    if config.remote is None:
+        # The local disk is the truth: only crash leftovers are swept, hourly.
+        CacheSweeper(
+            config.local_base_path, None, reactor, io.run, interval=STALE_TEMPORARY
+        ).setServiceParent(parent)
+        return local
+    settings = s3_settings(config)
+    s3_pool = ThreadPoolService(reactor, config.uploader_concurrency, "imageserver-s3")
+    s3_pool.setServiceParent(parent)
+    events.watch_pool(s3_pool.stats())
+    remote = MeteredStorage(
+        S3Storage(settings, LazyClient(settings), s3_pool.run), "s3", events
+    )
+    uploads = retrying_queue(remote, "bucket", reactor, parent, events, deadline)
+    sweeper = CacheSweeper(
+        config.local_base_path, config.max_file_age * 60, reactor, io.run
+    )
+    sweeper.setServiceParent(parent)
+    return TieredStorage(local, remote, uploads)

@@ -1,0 +1,1 @@
+"""Work in bulk: the command line, batches, a Dask cluster."""

@@ -1,0 +1,151 @@
+"""One item of bulk work (a file, a URL, a hash): read, done the one way,
+reported.
+
+The command line runs items here in its own process, or sends shards of them
+to a Dask cluster (`imageserver.bulk.cluster`), whose workers run them here too:
+the same use cases, the same result and error lines either way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+from imageserver.bulk.batches import Item, parse_line
+from imageserver.errors import ImageServerError
+from imageserver.images import Images
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """An item's line: a result for standard output, or an error for standard
+    error, as ``imageserver process`` prints them."""
+
+    ok: bool
+    line: str
+
+
+class UnreadableFile(ImageServerError):
+    """A file named on the command line that cannot be opened."""
+
+
+async def outcome_of(
+    images: Images, namespace: str, outputs: str, item: Item
+) -> Outcome:
+    """Do ``item``; whatever makes it fail, a bug included, is its one line."""
+    where = f"line {item.line}" if item.path is None else item.path
+    try:
+        info = await _process_item(images, namespace, outputs, item)
+    except ImageServerError as e:
+        return Outcome(False, f"{where}: {e}")
+    except Exception as e:
+        # A bug, met by this item alone: said in its one line, and the run
+        # goes on with the others.
+        return Outcome(False, f"{where}: internal error ({type(e).__name__}: {e})")
+    return Outcome(
+        True, f"{info['hash']}\t{item.label}\t{info['width']}\t{info['height']}"
+    )
+
+
+async def _process_item(
+    images: Images, namespace: str, outputs: str, item: Item
+) -> dict[str, Any]:
+    if item.path is not None:
+        try:
+            body = open(item.path, "rb")  # noqa: SIM115 (read in the pool)
+        except OSError as e:
+            raise UnreadableFile(f"cannot read: {e.strerror}") from None
+        with body:
+            return json.loads(
+                await images.upload(
+                    namespace, body=body, outputs=outputs or None, body_is="the file"
+                )
+            )  # type: ignore[no-any-return]
+    return await images.process_item(
+        namespace, url=item.url, digest=item.digest, outputs=outputs or None
+    )
+
+
+def unique(items: list[Item]) -> tuple[list[Item], int]:
+    """``items`` without repeats (a duplicate line is done once), and how many
+    repeats there were."""
+    seen: set[tuple[str | None, str | None, str | None]] = set()
+    kept = []
+    for item in items:
+        key = (item.path, item.url, item.digest)
+        if key not in seen:
+            seen.add(key)
+            kept.append(item)
+    return kept, len(items) - len(kept)
+
+
+def items_from(sources: Sequence[str], stdin: IO[str], errors: list[str]) -> list[Item]:
+    if list(sources) != ["-"]:
+        return [Item(n, path=path) for n, path in enumerate(sources, 1)]
+    items = []
+    for number, line in enumerate(stdin, 1):
+        try:
+            item = parse_line(number, line)
+        except ValueError as e:
+            errors.append(f"line {number}: {e}")
+            continue
+        if item is not None:
+            items.append(item)
+    return items
+
+
+class Progress:
+    """Result lines to stdout, error lines to stderr, and how far the run is:
+    a bar on a terminal, JSON lines on stderr with ``--progress-json``.
+
+    Result and error lines go through the bar's ``write``, which clears it,
+    writes the line whole and draws the bar again below it.
+    """
+
+    def __init__(
+        self, total: int, stdout: IO[str], stderr: IO[str], as_json: bool = False
+    ) -> None:
+        from tqdm import tqdm  # type: ignore[import-untyped]
+
+        self.total = total
+        self.finished = self.failed = 0
+        self._stdout, self._stderr = stdout, stderr
+        self._json = as_json
+        self._bar = tqdm(
+            total=total,
+            file=stderr,
+            unit="image",
+            disable=as_json or not stderr.isatty(),
+        )
+
+    def report(self, outcome: Outcome) -> None:
+        if outcome.ok:
+            self._bar.write(outcome.line, file=self._stdout)
+            self.done(1)
+        else:
+            self.error(outcome.line)
+            self.done(1)
+
+    def error(self, line: str) -> None:
+        """A failure outside any item's count (a malformed input line), or of one."""
+        self.failed += 1
+        self._bar.write(line, file=self._stderr)
+
+    def done(self, count: int) -> None:
+        if not count:
+            return
+        self.finished += count
+        self._bar.update(count)
+        if self._json:
+            progress = {
+                "done": self.finished,
+                "total": self.total,
+                "failed": self.failed,
+            }
+            self._stderr.write(json.dumps(progress) + "\n")
+            self._stderr.flush()
+
+    def close(self) -> None:
+        self._bar.close()

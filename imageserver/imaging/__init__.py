@@ -1,0 +1,1 @@
+"""Pixels, in plain functions: no Twisted, no I/O."""

@@ -1,0 +1,766 @@
+"""Pillow work: plain blocking functions, no Twisted.
+
+Callers run these in a worker thread. Pillow releases the GIL while it decodes,
+resizes and encodes, so a pool of N threads uses N cores.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from io import BytesIO
+
+import pyjpegli
+from PIL import (
+    Image,
+    ImageCms,
+    ImageFile,
+    ImageFilter,
+    ImageOps,
+    UnidentifiedImageError,
+)
+
+from imageserver import formats
+from imageserver.errors import (
+    ImageTooLarge,
+    InvalidRequest,
+    NotAnImage,
+    UnsupportedImage,
+)
+from imageserver.imaging import analysis, containers, geometry, placeholders
+from imageserver.naming import Fit, Variant
+
+#: Input formats we decode (Pillow's names); nothing else reaches a decoder.
+INPUT_FORMATS = tuple(formats.INPUTS)
+
+#: How many times the output's pixels (per side) a drafted decode keeps at
+#: least, so that the resize has detail to keep. At 1 a JPEG decoded at a
+#: reduced scale is soft (SSIMULACRA2 61 for x300 of a 12 MP photo); at 2 it
+#: matches libvips' thumbnail, imgproxy's engine (89 vs 88; w800: 91 vs 91),
+#: for 1.5x the CPU of x300 and 1.9x of w800 (benchmarks/fidelity.py).
+DRAFT_HEADROOM = 2
+
+#: LANCZOS after a box reduction to 3x the target: indistinguishable from a
+#: full LANCZOS and several times faster on big sources.
+_REDUCING_GAP = 3.0
+
+#: What Pillow's decoders raise for a broken file (its AVIF plugin raises
+#: RuntimeError); caught only around Pillow's own calls.
+_DECODE_ERRORS = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    struct.error,
+    RuntimeError,
+)
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+_EXIF_ORIENTATION = 0x0112
+
+
+#: All frames of an animation together may have this many times
+#: --max_source_pixels (frames x width x height): decoding them costs about
+#: 25 ms of CPU a megapixel, so at the default at most 2.5 s.
+ANIMATION_PIXEL_FACTOR = 2
+
+#: Pixels any original may have, however few bytes it takes: the
+#: pixels-per-byte limit applies above this.
+FREE_PIXELS = 4_000_000
+#: Pillow refuses more than this whatever it is told (twice its warning
+#: threshold), so --max_source_pixels can be no larger.
+DECODER_MAX_PIXELS = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What decoding one original may cost (docs/security.md lists them)."""
+
+    #: Pixels of an original, read from its header (--max_source_pixels).
+    pixels: int
+    #: Pixels each byte of the file may stand for, above `FREE_PIXELS`
+    #: (--max_pixels_per_byte); 0: no such limit.
+    pixels_per_byte: int = 0
+    #: The tallest a width-only variant may be (--maximum_width); None: any.
+    side: int | None = None
+    #: Frames of an animation kept (--max_animation_frames); more, and the
+    #: first frame is served alone.
+    frames: int = 300
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    """What ``info.json`` reports: the size as displayed (EXIF orientation applied)."""
+
+    width: int
+    height: int
+    content_type: str
+    #: BlurHash, ThumbHash and dominant colour, when asked for.
+    placeholders: dict[str, str] | None = None
+    #: Frames, and for an animation its length; 1 and None for a still.
+    frames: int = 1
+    duration_ms: int | None = None
+    #: Why an animation is served as its first frame alone, or None.
+    still_because: str | None = None
+
+
+def probe(data: bytes, limits: Limits) -> ImageInfo:
+    """Check that ``data`` is a whole, decodable image and describe it, with
+    its placeholders.
+
+    The image is fully decoded (at 1/8 scale for JPEG, which still reads every
+    byte), so a truncated or corrupt file is refused here, not on first use.
+    """
+    info, _ = render_many(data, (), limits, with_placeholders=True)
+    return info
+
+
+def render(data: bytes, variant: Variant, limits: Limits) -> bytes:
+    """Encode one variant of the original ``data``."""
+    return render_many(data, (variant,), limits)[1][0]
+
+
+def render_many(
+    data: bytes,
+    variants: Sequence[Variant],
+    limits: Limits,
+    with_placeholders: bool = False,
+) -> tuple[ImageInfo, list[bytes]]:
+    """Decode ``data`` once and encode every variant from it, in order; with
+    ``with_placeholders``, the info carries them, made from the same decode."""
+    image = _open(data, limits)
+    orientation = _orientation(image)
+    width, height = image.size
+    if orientation in _SWAPPING_ORIENTATIONS:
+        width, height = height, width
+    info = ImageInfo(width, height, formats.content_type_of(image.format or "", data))
+    # Plans before looking at the pixels (trim and smart refine them later):
+    # the limits, and how far a decoder may shrink while it decodes.
+    plans = [geometry.plan(v, width, height) for v in variants]
+    for variant, plan in zip(variants, plans, strict=True):
+        _check_output(variant, plan.output_size, width, height, limits)
+
+    # Decode only as many pixels as the largest variant needs: JPEG can decode
+    # straight to 1/2, 1/4 or 1/8 scale, which is most of the speed. What trim
+    # keeps is not known yet: it gets twice the pixels.
+    needs = [
+        _times(p.decode_size(width, height), DRAFT_HEADROOM * (2 if v.trim else 1))
+        for v, p in zip(variants, plans, strict=True)
+    ] or [(8, 8)]
+    need = (max(w for w, _ in needs), max(h for _, h in needs))
+    if orientation in _SWAPPING_ORIENTATIONS:
+        need = (need[1], need[0])
+    icc = image.info.get("icc_profile")
+    opened, opened_size = image, image.size
+    with _decode_errors():
+        animation, still_because = None, None
+        if with_placeholders or any(
+            formats.output(v.format).animation for v in variants
+        ):
+            animation, still_because = _animation(image, data, width, height, limits)
+        image.draft(image.mode, need)
+        image.load()
+        if orientation != 1:
+            image = ImageOps.exif_transpose(image)
+        base, has_alpha = _normalise_mode(image)
+    if animation is not None:
+        info = replace(
+            info, frames=len(animation.durations), duration_ms=animation.duration
+        )
+        for variant, plan in zip(variants, plans, strict=True):
+            if formats.output(variant.format).animation:
+                _check_animated_output(
+                    variant, plan.output_size, len(animation.durations), limits
+                )
+        has_alpha = True  # frames may uncover the background
+    info = replace(info, still_because=still_because)
+    source = _Source(base, width, height, has_alpha, icc)
+    if with_placeholders:
+        small = base.copy()
+        small.thumbnail((placeholders.SIDE, placeholders.SIDE), Image.Resampling.BOX)
+        small = _to_srgb(small, icc, "RGBA" if has_alpha else "RGB")
+        info = replace(info, placeholders=placeholders.placeholders(small))
+    outputs = []
+    for variant in variants:
+        if animation is not None and formats.output(variant.format).animation:
+            with _decode_errors():
+                frames = _frames(
+                    opened, opened_size, source, variant, orientation, animation
+                )
+                outputs.append(_encode_animation(frames, variant, animation))
+        else:
+            outputs.append(_encode(source.render(variant), variant))
+    return info, outputs
+
+
+@dataclass(frozen=True, slots=True)
+class _Animation:
+    durations: list[int]
+    loop: int
+
+    @property
+    def duration(self) -> int:
+        return sum(self.durations)
+
+
+def _animation(
+    image: Image.Image, data: bytes, width: int, height: int, limits: Limits
+) -> tuple[_Animation | None, str | None]:
+    """The animation's frames and timing, when it is kept; else why not.
+
+    Frames and durations are read from the file's structure (GIF graphic
+    controls, WebP and APNG frame chunks), reading one frame past the limit
+    and no further, so a file of 100,000 frames costs no more than the limit;
+    AVIF declares its frame count, and each frame's duration comes with it.
+    """
+    row = formats.INPUTS.get(image.format or "")
+    if row is None or not row.animated or not getattr(image, "is_animated", False):
+        return None, None
+    pixels, why = _animation_pixels(len(data), limits)
+    budget = min(limits.frames, pixels // (width * height))
+    durations = containers.frame_durations(data, budget)
+    count = len(durations) if durations is not None else int(image.n_frames)  # type: ignore[attr-defined]
+    if count > budget:
+        limit = (
+            f"at most {limits.frames} frames"
+            if budget == limits.frames
+            else f"at most {pixels} pixels in all frames: {why}"
+        )
+        frames = f"{budget} frame{'' if budget == 1 else 's'}"
+        return None, f"more than {frames} of {width}x{height} ({limit})"
+    if durations is None:
+        durations = []
+        for index in range(count):
+            _seek(image, index, (width, height))
+            image.load()  # an AVIF frame's duration comes with its pixels
+            durations.append(int(image.info.get("duration") or 0))
+        image.seek(0)
+    loop = int(image.info.get("loop", 0) or 0)
+    # A zero delay is shown as 100 ms by browsers.
+    return _Animation([d or 100 for d in durations], loop), None
+
+
+def _animation_pixels(size: int, limits: Limits) -> tuple[int, str]:
+    """The pixels all decoded frames of a ``size``-byte animation may have
+    together, and what sets that: the pixel limit, or (as for a still,
+    `_check_pixels`) what its bytes can stand for, so a few KB cannot ask
+    for seconds of decoding."""
+    most = limits.pixels * ANIMATION_PIXEL_FACTOR
+    if limits.pixels_per_byte:
+        justified = max(FREE_PIXELS, size * limits.pixels_per_byte)
+        if justified < most:
+            return justified, (
+                f"{limits.pixels_per_byte} pixels per byte of its {size} bytes"
+            )
+    return most, f"{ANIMATION_PIXEL_FACTOR} x {limits.pixels}"
+
+
+def _seek(image: Image.Image, index: int, size: geometry.Size) -> None:
+    """Go to frame ``index``, refusing one larger than the checked size before
+    its pixels are decoded (Pillow grows a GIF's canvas to a later frame's
+    extent)."""
+    image.seek(index)
+    width, height = image.size
+    if width * height > size[0] * size[1]:
+        raise UnsupportedImage(
+            f"frame {index + 1} of the animation is {width}x{height}, larger "
+            f"than the image's {size[0]}x{size[1]}"
+        )
+
+
+def _frames(
+    image: Image.Image,
+    size: geometry.Size,
+    first: _Source,
+    variant: Variant,
+    orientation: int,
+    animation: _Animation,
+) -> Iterator[Image.Image]:
+    """The variant of every frame, one decoded frame at a time, all with the
+    first frame's trim box and smart crop, so the picture does not jump.
+    ``size`` is the one checked from the header."""
+    focus = first.focus(variant)
+    for index in range(len(animation.durations)):
+        _seek(image, index, size)
+        frame = image.convert("RGBA")
+        if orientation != 1:
+            frame = _oriented(frame, orientation)
+        source = _Source(frame, first.width, first.height, True, first.icc)
+        source.adopt(first)
+        yield source.render(variant, focus)
+    image.seek(0)
+
+
+_ORIENTATIONS = {
+    2: [Image.Transpose.FLIP_LEFT_RIGHT],
+    3: [Image.Transpose.ROTATE_180],
+    4: [Image.Transpose.FLIP_TOP_BOTTOM],
+    5: [Image.Transpose.TRANSPOSE],
+    6: [Image.Transpose.ROTATE_270],
+    7: [Image.Transpose.TRANSVERSE],
+    8: [Image.Transpose.ROTATE_90],
+}
+
+
+def _oriented(frame: Image.Image, orientation: int) -> Image.Image:
+    for step in _ORIENTATIONS.get(orientation, []):
+        frame = frame.transpose(step)
+    return frame
+
+
+def _encode_animation(
+    frames: Iterator[Image.Image], variant: Variant, animation: _Animation
+) -> bytes:
+    output = formats.output(variant.format)
+    first = next(frames)
+    # Frames are made as the encoder takes them, so the decoded frames are
+    # never all in memory; Pillow's APNG encoder alone wants a list.
+    rest: Iterable[Image.Image] = list(frames) if output.pillow == "PNG" else frames
+    out = BytesIO()
+    first.save(
+        out,
+        output.pillow,
+        save_all=True,
+        append_images=rest,
+        duration=animation.durations,
+        loop=animation.loop,
+        **output.save_options(variant.quality),
+    )
+    return out.getvalue()
+
+
+class _Source:
+    """The decoded original, and what each variant needs of it.
+
+    ``width`` x ``height`` is the original's (oriented) size, which plans are
+    made for; the decoded image may be smaller (drafted).
+    """
+
+    def __init__(
+        self,
+        image: Image.Image,
+        width: int,
+        height: int,
+        has_alpha: bool,
+        icc: bytes | None,
+    ) -> None:
+        self.image = image
+        self.width = width
+        self.height = height
+        self.has_alpha = has_alpha
+        self.icc = icc
+        self._content: geometry.Box | None = None
+        self._trimmed = False
+
+    def content(self) -> geometry.Box | None:
+        """What trim keeps, in the original's pixels (found once)."""
+        if not self._trimmed:
+            self._trimmed = True
+            box = analysis.content_box(self.image)
+            if box is not None:
+                self._content = _outward(
+                    box, self.image.size, (self.width, self.height)
+                )
+        return self._content
+
+    def adopt(self, other: _Source) -> None:
+        """Use ``other``'s trim box (a later frame of the same animation)."""
+        self._content, self._trimmed = other._content, other._trimmed
+
+    def focus(self, variant: Variant) -> tuple[float, float] | None:
+        """Where ``smart`` centres the crop (None for other variants)."""
+        if not variant.smart:
+            return None
+        content = self.content() if variant.trim else None
+        region = content or (0, 0, self.width, self.height)
+        turned = _turn(self._region(region), variant)
+        # The crop's size does not depend on where it goes.
+        left, top, right, bottom = geometry.plan(
+            variant, self.width, self.height, content
+        ).box
+        region_w, region_h = _turned_size(region, variant)
+        crop = ((right - left) / region_w, (bottom - top) / region_h)
+        return analysis.attention(turned, crop)
+
+    def render(
+        self, variant: Variant, focus: tuple[float, float] | None = None
+    ) -> Image.Image:
+        """The variant's pixels: geometry, then canvas and effects, in sRGB.
+
+        ``focus`` is smart's point when already found (an animation's frames
+        share the first frame's).
+        """
+        content = self.content() if variant.trim else None
+        region = content or (0, 0, self.width, self.height)
+        turned = _turn(self._region(region), variant)
+        if variant.smart and focus is None:
+            focus = self.focus(variant)
+        plan = geometry.plan(variant, self.width, self.height, content, focus)
+        image = _execute(turned, plan)
+        has_alpha = self.has_alpha
+        grey = self.image.mode == "L" and not has_alpha
+        if plan.canvas is not None:
+            colour = variant.pad_colour(formats.output(variant.format).alpha)
+            has_alpha = has_alpha or colour[3] < 255
+            # A grey picture stays grey on a grey canvas only.
+            grey = grey and colour[3] == 255 and colour[0] == colour[1] == colour[2]
+            image = _to_srgb(image, self.icc, _mode(has_alpha, grey))
+            fill = colour[:1] if grey else colour[: len(image.mode)]
+            canvas = Image.new(image.mode, plan.canvas, fill)
+            if image.mode == "RGBA":
+                # Composited over the canvas (a masked paste would blend the
+                # picture's alpha into itself: half-transparent red on a
+                # transparent canvas came out quarter-transparent dark red).
+                layer = Image.new("RGBA", plan.canvas)
+                layer.paste(image, plan.offset)
+                image = Image.alpha_composite(canvas, layer)
+            else:
+                canvas.paste(image, plan.offset)
+                image = canvas
+        else:
+            image = _to_srgb(image, self.icc, _mode(has_alpha, grey))
+        return _effects(image, variant)
+
+    def _region(self, region: geometry.Box) -> Image.Image:
+        """``region`` (in the original's pixels) of the decoded image."""
+        if region == (0, 0, self.width, self.height):
+            return self.image
+        box = _outward(region, (self.width, self.height), self.image.size)
+        return self.image.crop(box)
+
+
+def _mode(has_alpha: bool, grey: bool) -> str:
+    """The mode an output is encoded from."""
+    if has_alpha:
+        return "RGBA"
+    return "L" if grey else "RGB"
+
+
+def _outward(
+    box: geometry.Box, scale: geometry.Size, to: geometry.Size
+) -> geometry.Box:
+    """``box`` in an image of size ``scale``, taken to one of size ``to``:
+    edges rounded outward, never empty."""
+    (left, top, right, bottom), (from_w, from_h), (to_w, to_h) = box, scale, to
+    new_left, new_top = left * to_w // from_w, top * to_h // from_h
+    return (
+        new_left,
+        new_top,
+        max(new_left + 1, -(-right * to_w // from_w)),
+        max(new_top + 1, -(-bottom * to_h // from_h)),
+    )
+
+
+def _times(size: geometry.Size, factor: int) -> geometry.Size:
+    return size[0] * factor, size[1] * factor
+
+
+def _turned_size(region: geometry.Box, variant: Variant) -> geometry.Size:
+    width, height = region[2] - region[0], region[3] - region[1]
+    return (height, width) if variant.rotate in (90, 270) else (width, height)
+
+
+_ROTATIONS = {
+    90: Image.Transpose.ROTATE_270,  # Pillow turns counter-clockwise
+    180: Image.Transpose.ROTATE_180,
+    270: Image.Transpose.ROTATE_90,
+}
+
+
+def _turn(image: Image.Image, variant: Variant) -> Image.Image:
+    """Rotate clockwise, then mirror: top-bottom (flip), left-right (flop)."""
+    if variant.rotate:
+        image = image.transpose(_ROTATIONS[variant.rotate])
+    if variant.flip:
+        image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    if variant.flop:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return image
+
+
+def _effects(image: Image.Image, variant: Variant) -> Image.Image:
+    """Blur, sharpen and greyscale, on the output's own pixels."""
+    if variant.blur:
+        image = image.filter(ImageFilter.GaussianBlur(variant.blur))
+    if variant.sharp:
+        # Light, for thumbnails: a small radius, no halo on flat areas.
+        image = image.filter(
+            ImageFilter.UnsharpMask(radius=0.8, percent=80, threshold=2)
+        )
+    if variant.gray and image.mode != "L":
+        grey = ImageOps.grayscale(image)
+        if image.mode == "RGBA":
+            grey = Image.merge("RGBA", (grey, grey, grey, image.getchannel("A")))
+        image = grey  # one channel where there is no alpha
+    return image
+
+
+@contextmanager
+def _decode_errors() -> Iterator[None]:
+    """Turn a decoder's failure into the error a client is told about."""
+    try:
+        yield
+    except Image.DecompressionBombError:
+        # Pillow's message names its own limit, not the server's.
+        raise ImageTooLarge("the image has more pixels than can be decoded") from None
+    except _DECODE_ERRORS as e:
+        raise UnsupportedImage(f"the image could not be decoded: {e}") from None
+
+
+def has_alpha(data: bytes, limits: Limits) -> bool:
+    """Whether the original ``data`` has transparency, from its header."""
+    image = _open(data, limits)
+    return image.mode in _ALPHA_MODES or "transparency" in image.info
+
+
+def is_whole(fmt: str, data: bytes) -> bool:
+    """Whether ``data`` looks like a complete ``fmt`` file, from its ends alone.
+
+    Variants are written without fsync (they can be made again); after a power
+    loss such a file may be empty, zero-filled or cut short. Each format's
+    signature and end marker (or declared sizes) catch that for the cost of a
+    few byte comparisons; the check is the format table's.
+    """
+    return formats.output(fmt).whole(data)
+
+
+def _check_animated_output(
+    variant: Variant, size: geometry.Size, frames: int, limits: Limits
+) -> None:
+    """Refuse, before any frame is made, an animated variant whose frames
+    together have more pixels than --max_source_pixels: Pillow's animation
+    encoders (GIF, APNG, WebP, AVIF) are handed every frame at once and hold
+    them all, so an animation costs what a still of all its frames would."""
+    out_w, out_h = size
+    if frames * out_w * out_h > limits.pixels:
+        raise ImageTooLarge(
+            f"{variant.name} would be {frames} frames of {out_w}x{out_h}, over "
+            f"the limit of {limits.pixels} pixels for all frames together: ask "
+            "for a smaller size, or a still format (jpg)"
+        )
+
+
+def _check_output(
+    variant: Variant, size: geometry.Size, width: int, height: int, limits: Limits
+) -> None:
+    """Refuse, before any decoding, outputs too big to make or to encode."""
+    out_w, out_h = size
+    what = f"{variant.name} of this {width}x{height} image would be {out_w}x{out_h}"
+    if limits.side is not None:
+        # A name bounds the side it names; the other follows the source.
+        if variant.fit is Fit.WIDTH and out_h > limits.side:
+            raise InvalidRequest(f"{what}, taller than the maximum of {limits.side}")
+        if variant.fit is Fit.HEIGHT and out_w > limits.side:
+            raise InvalidRequest(f"{what}, wider than the maximum of {limits.side}")
+    if out_w * out_h > limits.pixels:
+        raise ImageTooLarge(f"{what}, over the limit of {limits.pixels} pixels")
+    output = formats.output(variant.format)
+    if max(out_w, out_h) > output.max_side:
+        raise ImageTooLarge(
+            f"{what}; {output.pillow} holds at most {output.max_side} a side"
+        )
+
+
+def _open(data: bytes, limits: Limits) -> Image.Image:
+    """Read the header, and refuse what would cost more than the limits allow.
+
+    Nothing is decoded before the limits are checked: the structure is walked
+    (`containers`), the size is read from the header by the format table's
+    own reader (`headers`; some plug-ins decode in ``Image.open``), and only
+    then is Pillow given the file, with its size held to the header's.
+    Decoders that run in Python (Pillow's BMP RLE: seconds per megapixel)
+    are refused.
+    """
+    layout = containers.layout(data)
+    rows = _candidates(data)
+    if not rows:
+        raise NotAnImage(INPUT_FORMATS)
+    sizes = [size for row in rows if (size := row.size(data)) is not None]
+    if not sizes:
+        raise UnsupportedImage(
+            "the image header could not be read (as "
+            f"{', '.join(r.pillow for r in rows)})"
+        )
+    width, height = max(sizes, key=lambda s: s[0] * s[1])
+    if width < 1 or height < 1:
+        raise UnsupportedImage("the image has no pixels")
+    _check_pixels(width, height, len(data), limits, layout.too_short)
+    try:
+        image = Image.open(BytesIO(data), formats=[row.pillow for row in rows])
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(_too_many_pixels("the image is", limits)) from None
+    except UnidentifiedImageError:
+        raise UnsupportedImage(
+            f"the image could not be read as {' or '.join(row.pillow for row in rows)}"
+        ) from None
+    except _DECODE_ERRORS as e:
+        raise UnsupportedImage(f"the image header could not be read: {e}") from None
+    opened_w, opened_h = image.size
+    if opened_w < 1 or opened_h < 1:
+        raise UnsupportedImage("the image has no pixels")
+    if opened_w * opened_h > width * height:
+        raise UnsupportedImage(
+            f"the image's header declares {width}x{height} but its decoder "
+            f"reads {opened_w}x{opened_h}"
+        )
+    slow = {codec for codec, *_ in image.tile if codec in Image.DECODERS}
+    if slow:
+        raise UnsupportedImage(
+            f"{image.format} images encoded as {', '.join(sorted(slow))} are not "
+            "accepted (their decoder is too slow)"
+        )
+    return image
+
+
+def _candidates(data: bytes) -> list[formats.InputFormat]:
+    """The accepted formats whose Pillow plug-in takes ``data`` (by its own
+    test of the first bytes, which reads nothing more), in Pillow's order."""
+    formats.register_plugins()
+    Image.init()
+    prefix = data[:16]
+    rows = []
+    for name, row in formats.INPUTS.items():
+        accept = Image.OPEN[name][1]
+        result = True if accept is None else accept(prefix)
+        if result and not isinstance(result, str):  # a str: a reason not to
+            rows.append(row)
+    return rows
+
+
+def _check_pixels(
+    width: int, height: int, size: int, limits: Limits, too_short: str | None
+) -> None:
+    """The limits on an original's pixels, and on what its bytes can hold."""
+    pixels = width * height
+    if pixels > limits.pixels:
+        raise ImageTooLarge(_too_many_pixels(f"the image is {width}x{height},", limits))
+    if too_short is not None:
+        raise UnsupportedImage(too_short)
+    if (
+        limits.pixels_per_byte
+        and pixels > FREE_PIXELS
+        and pixels > size * limits.pixels_per_byte
+    ):
+        raise ImageTooLarge(
+            f"a {width}x{height} image in {size} bytes is more than "
+            f"{limits.pixels_per_byte} pixels per byte: no real image of that "
+            "size is so small"
+        )
+
+
+def _too_many_pixels(what: str, limits: Limits) -> str:
+    return f"{what} over the limit of {limits.pixels} pixels"
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation, 1 (as stored) when absent or unreadable.
+
+    Only JPEG (and MPO, JPEG with more pictures appended) keeps its EXIF
+    ahead of the pixels; other formats (PNG's eXIf chunk may follow the image
+    data) decode their pixels to read it, so they are decoded here, where a
+    failure is an error, not a missing EXIF.
+    """
+    if image.format in formats.ORIENTED_BY_DECODER:
+        return 1
+    if image.format not in formats.EXIF_FIRST:
+        with _decode_errors():
+            image.load()
+    # EXIF is optional metadata from untrusted files, parsed by code that
+    # raises many kinds of errors: whatever makes it unreadable, the image is
+    # shown as stored. The pixels are not read here (see above).
+    try:
+        value = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:
+        return 1
+    return value if value in range(1, 9) else 1
+
+
+def _normalise_mode(image: Image.Image) -> tuple[Image.Image, bool]:
+    """Bring any decoded mode to RGB, RGBA or L (greyscale stays one channel:
+    a third of the pixels to resize, and smaller files); CMYK stays for its
+    ICC profile."""
+    has_alpha = image.mode in _ALPHA_MODES or "transparency" in image.info
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        # Scale 16-bit samples down; a plain convert would clip them at 255.
+        image = image.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+    if image.mode == "CMYK" and not has_alpha:
+        return image, False
+    if image.mode in ("L", "1") and not has_alpha:
+        return image.convert("L") if image.mode == "1" else image, False
+    target = "RGBA" if has_alpha else "RGB"
+    if image.mode != target:
+        image = image.convert(target)
+    return image, has_alpha
+
+
+def _execute(image: Image.Image, plan: geometry.Plan) -> Image.Image:
+    """Scale ``plan.box`` of the turned region (``image``) to ``plan.size``.
+
+    A drafted decode is smaller than the source: the box is scaled to it.
+    Each coordinate is multiplied before it is divided, so a box edge on the
+    region's edge lands exactly on the image's edge.
+    """
+    image_w, image_h = image.size
+    region_w, region_h = (
+        plan.region[2] - plan.region[0],
+        plan.region[3] - plan.region[1],
+    )
+    if plan.turned:
+        region_w, region_h = region_h, region_w
+    left, top, right, bottom = plan.box
+    if plan.box == (0, 0, region_w, region_h) and plan.size == image.size:
+        return image
+    box = (
+        left * image_w / region_w,
+        top * image_h / region_h,
+        right * image_w / region_w,
+        bottom * image_h / region_h,
+    )
+    return image.resize(
+        plan.size, Image.Resampling.LANCZOS, box=box, reducing_gap=_REDUCING_GAP
+    )
+
+
+def _encode(image: Image.Image, variant: Variant) -> bytes:
+    """Encode sRGB pixels (RGB, or RGBA with alpha) in the variant's format."""
+    output = formats.output(variant.format)
+    if isinstance(image, ImageFile.ImageFile):
+        # A still is one frame. Given the opened file itself (full size, no
+        # change needed), an encoder may walk its other pages: Pillow's AVIF
+        # encoder does, even without save_all, decoding every TIFF page.
+        image = image.copy()
+    if image.mode == "RGBA" and not output.alpha:
+        flat = Image.new("RGB", image.size, (255, 255, 255))
+        flat.paste(image, mask=image.getchannel("A"))
+        image = flat
+    if output.encoder == "jpegli" and image.mode == "RGB":
+        quality = output.save_options(variant.quality)["quality"]
+        return pyjpegli.encode(image.tobytes(), *image.size, quality=quality)
+    # Nothing from the source's metadata reaches the output.
+    image.info = {}
+    out = BytesIO()
+    image.save(out, output.pillow, **output.save_options(variant.quality))
+    return out.getvalue()
+
+
+def _to_srgb(image: Image.Image, icc: bytes | None, mode: str) -> Image.Image:
+    """Convert colours to sRGB, so stripping the profile does not shift them.
+
+    Greyscale stays greyscale (a grey profile's tone curve is left as is).
+    """
+    if mode == "L":
+        return image if image.mode == "L" else image.convert("L")
+    if icc:
+        try:
+            source = ImageCms.ImageCmsProfile(BytesIO(icc))
+            converted = ImageCms.profileToProfile(
+                image, source, ImageCms.createProfile("sRGB"), outputMode=mode
+            )
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            pass  # an unusable profile: keep the pixel values as they are
+        else:
+            if converted is not None:
+                return converted
+    return image if image.mode == mode else image.convert(mode)

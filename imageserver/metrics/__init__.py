@@ -1,0 +1,1 @@
+"""Counts and timings, for Prometheus and statsd."""

@@ -1,0 +1,1 @@
+"""The process: thread pools, ports, shutdown, logs, the manhole."""

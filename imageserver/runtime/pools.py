@@ -1,0 +1,129 @@
+"""Worker thread pools as services, and the runner that hands work to them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.threads import deferToThread
+from twisted.python.threadpool import ThreadPool
+
+from imageserver.errors import Overloaded
+from imageserver.metrics.events import PoolStats
+
+T = TypeVar("T")
+
+
+class Runner(Protocol):
+    """Runs a blocking function somewhere off the reactor thread."""
+
+    def __call__(self, f: Callable[..., T], /, *args: Any) -> Deferred[T]: ...
+
+
+class _NicedThreadPool(ThreadPool):
+    """A thread pool whose threads run at a lower priority (a higher nice
+    value) than the rest of the process."""
+
+    def __init__(self, niceness: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._niceness = niceness
+
+    def threadFactory(self, *args: Any, **kwargs: Any) -> threading.Thread:  # type: ignore[override]
+        target = kwargs.pop("target")
+        niceness = self._niceness
+
+        def niced() -> None:
+            _lower_priority(niceness)
+            target()
+
+        kwargs["target"] = niced
+        return threading.Thread(*args, **kwargs)
+
+
+def _lower_priority(niceness: int) -> None:
+    """Adds ``niceness`` to this thread's nice value (Linux: per thread)."""
+    if niceness and hasattr(os, "setpriority"):
+        tid = threading.get_native_id()
+        with contextlib.suppress(OSError):  # not allowed: it runs as it is
+            nice = os.getpriority(os.PRIO_PROCESS, tid)
+            os.setpriority(os.PRIO_PROCESS, tid, nice + niceness)
+
+
+class ThreadPoolService(Service):
+    """A bounded thread pool started and stopped with the application.
+
+    Work submitted before the service starts waits in the pool's queue. With
+    ``max_pending``, at most that many jobs wait for a thread: one more is
+    refused at once with `Overloaded`, so memory never grows without bound.
+    With ``niceness``, the threads run that much nicer than the reactor (on
+    Linux), so they take only the CPU time it leaves.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorFromThreads,
+        size: int,
+        name: str,
+        max_pending: int | None = None,
+        niceness: int = 0,
+    ) -> None:
+        self.setName(name)
+        self._reactor = reactor
+        self._size = size
+        self._max_pending = max_pending
+        self.outstanding = 0
+        self.pool = _NicedThreadPool(niceness, minthreads=0, maxthreads=size, name=name)
+
+    def run(self, f: Callable[..., T], /, *args: Any) -> Deferred[T]:
+        if (
+            self._max_pending is not None
+            and self.outstanding - self._size >= self._max_pending
+        ):
+            return fail(
+                Overloaded("the server is busy processing images, try again shortly")
+            )
+        self.outstanding += 1
+        result: Deferred[T] = Deferred()
+
+        def done(succeeded: bool, value: Any) -> None:
+            # One trip back to the reactor per job (each one wakes it up).
+            self._reactor.callFromThread(self._finished, result, succeeded, value)
+
+        self.pool.callInThreadWithCallback(done, f, *args)
+        return result
+
+    def _finished(self, result: Deferred[Any], succeeded: bool, value: Any) -> None:
+        # Counted down when the thread is done, even if the caller gave up
+        # waiting (a timeout): the thread was busy until then. A cancelled
+        # Deferred ignores the late result.
+        self.outstanding -= 1
+        if succeeded:
+            result.callback(value)
+        else:
+            result.errback(value)
+
+    def stats(self) -> PoolStats:
+        """How to read this pool's load, for the metrics."""
+        pool = self.pool
+        return PoolStats(
+            self.name or "pool",
+            size=lambda: pool.max,
+            busy=lambda: len(pool.working),
+            # Jobs beyond the threads wait: the count admission is made by.
+            queued=lambda: max(0, self.outstanding - self._size),
+        )
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        # stop() joins the workers: wait for the running jobs off the reactor.
+        return deferToThread(self.pool.stop)

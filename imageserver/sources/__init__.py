@@ -1,0 +1,1 @@
+"""What brings originals in: the fetcher and who it may reach."""

@@ -1,0 +1,72 @@
+"""ThreadPoolService: results, failures and the busy count, with real threads."""
+
+import os
+import threading
+
+from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.trial.unittest import TestCase
+
+from imageserver.runtime.pools import ThreadPoolService
+
+
+class ThreadPoolServiceTests(TestCase):
+    def setUp(self) -> None:
+        self.pool = ThreadPoolService(reactor, 1, "test-pool")
+        self.pool.startService()
+        self.addCleanup(self.pool.stopService)
+
+    async def test_result_and_thread(self) -> None:
+        name = await self.pool.run(lambda: threading.current_thread().name)
+        self.assertIn("test-pool", name)
+        self.assertNotEqual(name, threading.current_thread().name)
+        self.assertEqual(self.pool.outstanding, 0)
+
+    async def test_exception_becomes_the_failure(self) -> None:
+        def boom() -> None:
+            raise ValueError("bad pixels")
+
+        with self.assertRaisesRegex(ValueError, "bad pixels"):
+            await self.pool.run(boom)
+        self.assertEqual(self.pool.outstanding, 0)
+
+    async def test_a_cancelled_job_counts_until_its_thread_is_done(self) -> None:
+        release = threading.Event()
+        job = self.pool.run(release.wait, 10)
+        job.cancel()
+        self.failureResultOf(job, CancelledError)
+        self.assertEqual(self.pool.outstanding, 1)
+        release.set()
+        # The late result is dropped quietly; the next job runs after it.
+        self.assertEqual(await self.pool.run(lambda: "next"), "next")
+        self.assertEqual(self.pool.outstanding, 0)
+
+    async def test_jobs_submitted_before_start_wait_for_it(self) -> None:
+        later = ThreadPoolService(reactor, 1, "later-pool")
+        job: Deferred[int] = later.run(lambda: 7)
+        self.assertNoResult(job)
+        later.startService()
+        self.addCleanup(later.stopService)
+        self.assertEqual(await job, 7)
+
+    async def test_stats_count_the_jobs_waiting_for_a_thread(self) -> None:
+        release = threading.Event()
+        jobs = [self.pool.run(release.wait, 10) for _ in range(3)]
+        stats = self.pool.stats()
+        self.assertEqual((stats.size(), stats.queued()), (1, 2))
+        release.set()
+        for job in jobs:
+            await job
+        self.assertEqual(stats.queued(), 0)
+
+    async def test_threads_run_nicer_than_the_reactor_by_the_niceness(self) -> None:
+        def nice() -> int:
+            return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+        niced = ThreadPoolService(reactor, 1, "niced", niceness=10)
+        niced.startService()
+        self.addCleanup(niced.stopService)
+        ours = nice()
+        self.assertEqual(await niced.run(nice), min(ours + 10, 19))
+        self.assertEqual(await self.pool.run(nice), ours)
+        self.assertEqual(nice(), ours)  # the reactor's thread is as it was
