@@ -34,8 +34,8 @@ import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from imageserver.runtime.environment import value_of
 from imageserver.naming import ascii_digits
+from imageserver.runtime.environment import value_of
 
 PARAMETER = "sig"
 EXPIRY = "exp"
