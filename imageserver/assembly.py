@@ -97,13 +97,17 @@ def make_images(
     shared, local_cache = storage, None
     if isinstance(storage, TieredStorage):
         shared, local_cache = storage.remote, storage.local
-    # Added after the uploader, so stopped before it: what lands here at
-    # shutdown is still handed over to the bucket.
-    behind = WriteQueue(
-        storage, reactor, deadline.remaining, name="behind", events=events
-    )
-    behind.setServiceParent(parent)
-    storage = WriteBehind(storage, behind)
+    if not shared_host:
+        # Added after the uploader, so stopped before it: what lands here at
+        # shutdown is still handed over to the bucket. Not with a host's
+        # workers: there a variant is written, without fsync, under its
+        # folder's and its key's host locks, so that the other workers find
+        # it and a purge comes after it (Images._render).
+        behind = WriteQueue(
+            storage, reactor, deadline.remaining, name="behind", events=events
+        )
+        behind.setServiceParent(parent)
+        storage = WriteBehind(storage, behind)
     memory = None
     if config.memory_cache_bytes:
         # A host's workers share the folders' generations: a purge by one is

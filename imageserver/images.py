@@ -589,18 +589,22 @@ class Images:
         if self._host_locks is None:
             return await self._render_now(image, variants, original, durable)
         # Another worker of this host may be making the same variants: one
-        # renders and stores them (durably, before letting go), the others
-        # find them stored.
+        # renders and stores them before letting go (the storage of a host's
+        # workers writes through: see assembly.make_images), the others find
+        # them stored. Stored, not flushed: a variant can be made again.
         keys = [image.key(v.name) for v in variants]
-        async with self._host_locks.holding(keys):
+        async with self._host_locks.holding(keys) as waited:
+            # Looked for again only after waiting for another worker: one
+            # that made a variant between our miss and a free lock is rare,
+            # and costs a render, not a wrong answer.
             done: dict[str, StoredObject] = {}
-            for key in keys:
+            for key in keys if waited else ():
                 stored = await self._storage.get(key)
                 if stored is not None:
                     done[key] = stored
             todo = [v for k, v in zip(keys, variants, strict=True) if k not in done]
             if todo:
-                done.update(await self._render_now(image, todo, original, True))
+                done.update(await self._render_now(image, todo, original, durable))
             return done
 
     async def _render_now(

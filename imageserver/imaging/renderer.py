@@ -6,6 +6,7 @@ resizes and encodes, so a pool of N threads uses N cores.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -37,13 +38,18 @@ INPUT_FORMATS = tuple(formats.INPUTS)
 
 #: How many times the output's pixels (per side) a drafted decode keeps at
 #: least, so that the resize has detail to keep. At 1 a JPEG decoded at a
-#: reduced scale is soft (SSIMULACRA2 61 for x300 of a 12 MP photo); at 2 it
-#: matches libvips' thumbnail, imgproxy's engine (89 vs 88; w800: 91 vs 91),
-#: for 1.5x the CPU of x300 and 1.9x of w800 (benchmarks/fidelity.py).
-DRAFT_HEADROOM = 2
+#: reduced scale is soft (SSIMULACRA2 61 for x300 of a 12 MP photo); at 1.5
+#: the output scores above thumbor's and libvips' (sharp's, imgproxy's) at
+#: fewer bytes, where 2 cost up to 1.7x the CPU on small originals for
+#: +1 point (benchmarks/fidelity.py, benchmarks/peers_live.py).
+DRAFT_HEADROOM = 1.5
 
-#: LANCZOS after a box reduction to 3x the target: indistinguishable from a
-#: full LANCZOS and several times faster on big sources.
+#: A reduction resamples with BICUBIC after a box reduction to 3x the target:
+#: after a drafted decode it scores within half a point of LANCZOS
+#: (SSIMULACRA2) for two thirds of the taps, the resize being the largest
+#: cost of a small original's variant. Enlarging keeps LANCZOS.
+_REDUCING = Image.Resampling.BICUBIC
+_ENLARGING = Image.Resampling.LANCZOS
 _REDUCING_GAP = 3.0
 
 #: What Pillow's decoders raise for a broken file (its AVIF plugin raises
@@ -453,8 +459,8 @@ def _outward(
     )
 
 
-def _times(size: geometry.Size, factor: int) -> geometry.Size:
-    return size[0] * factor, size[1] * factor
+def _times(size: geometry.Size, factor: float) -> geometry.Size:
+    return math.ceil(size[0] * factor), math.ceil(size[1] * factor)
 
 
 def _turned_size(region: geometry.Box, variant: Variant) -> geometry.Size:
@@ -718,8 +724,12 @@ def _execute(image: Image.Image, plan: geometry.Plan) -> Image.Image:
         right * image_w / region_w,
         bottom * image_h / region_h,
     )
+    reducing = plan.size[0] < box[2] - box[0] and plan.size[1] < box[3] - box[1]
     return image.resize(
-        plan.size, Image.Resampling.LANCZOS, box=box, reducing_gap=_REDUCING_GAP
+        plan.size,
+        _REDUCING if reducing else _ENLARGING,
+        box=box,
+        reducing_gap=_REDUCING_GAP,
     )
 
 

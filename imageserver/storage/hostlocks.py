@@ -2,21 +2,24 @@
 
 Within a process, `flights.Flights` makes concurrent requests for the same
 new variant (or upload) wait for one render. Across the workers of a host,
-the leader of each process's flight also takes an exclusive ``flock`` on the
-file of the key's stripe (one of `STRIPES` files in a folder of the local
-store, so their number is bounded), and keeps it until the result is stored;
-whoever gets it second finds the result stored and renders nothing. ``flock``
-locks go with the process that holds them: a worker that dies never leaves a
-key locked. Attempts do not block (``LOCK_NB``): a busy stripe is tried again
-a little later, so no thread waits, and a holder always finds a thread free
-to store its result.
+the leader of each process's flight also locks the key's stripe (one of
+`STRIPES` bytes of one file in a folder of the local store, with an
+open-file-description lock, so their number is bounded and each process
+keeps one file open), and keeps it until the result is stored; whoever gets
+it second finds the result stored and renders nothing. Such locks go with the
+open file: a worker that dies never leaves a key locked. Attempts do not
+block (non-blocking calls on the calling thread, a few microseconds): a busy
+stripe is tried again a little later, so no thread waits, and taking a free
+one costs no hand-off to a thread.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
+import struct
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -29,6 +32,8 @@ from imageserver.storage.local import translate_errors
 #: The folder of lock files, under --local_base_path (never a storage key:
 #: keys start with a namespace, which cannot start with a dot).
 FOLDER = ".locks"
+#: The file whose bytes are the keys' stripes.
+KEYS = "keys"
 STRIPES = 4096
 #: Stripes of image folders' locks: few, so each process keeps them open.
 FOLDER_STRIPES = 64
@@ -47,18 +52,55 @@ class HostLocks:
         #: hold each one's shared lock.
         self._shared_files: dict[str, int] = {}
         self._sharing: dict[str, int] = {}
+        #: The open file of the keys' stripes, and how many of this
+        #: process's works hold each stripe.
+        self._keys_fd: int | None = None
+        self._holders: dict[int, int] = {}
 
     @asynccontextmanager
-    async def holding(self, keys: Sequence[str]) -> AsyncIterator[None]:
-        """Hold the locks of every key (stripes taken in order: no deadlock)."""
-        fds: list[int] = []
+    async def holding(self, keys: Sequence[str]) -> AsyncIterator[bool]:
+        """Hold the locks of every key (stripes taken in order: no deadlock).
+
+        Yields whether another process held one of them first: what it was
+        making may be stored now.
+        """
+        fd = await self._keys_file()
+        taken: list[int] = []
+        waited = False
         try:
             for stripe in sorted({_stripe(key) for key in keys}):
-                fds.append(await self._take(f"{stripe:04x}", fcntl.LOCK_EX))
-            yield
+                waited = await self._take_stripe(fd, stripe) or waited
+                taken.append(stripe)
+            yield waited
         finally:
-            for fd in fds:
-                os.close(fd)  # closing releases the lock
+            for stripe in taken:
+                self._holders[stripe] -= 1
+                if not self._holders[stripe]:
+                    del self._holders[stripe]
+                    _lock_byte(fd, stripe, fcntl.F_UNLCK)
+
+    async def _keys_file(self) -> int:
+        if self._keys_fd is None:
+            opened = await self._run(translate_errors, self._open, KEYS)
+            if self._keys_fd is None:
+                self._keys_fd = opened
+            else:  # another work opened it meanwhile
+                os.close(opened)
+        return self._keys_fd
+
+    async def _take_stripe(self, fd: int, stripe: int) -> bool:
+        """Lock ``stripe`` for this process's work (shared by its works, which
+        `Flights` keep to distinct keys); whether another process had it."""
+        waited = False
+        delay = RETRY
+        while not self._holders.get(stripe):
+            if translate_errors(_lock_byte, fd, stripe, fcntl.F_WRLCK):
+                break
+            waited = True
+            await deferLater(self._clock, delay)
+            delay = min(delay * 2, MAX_RETRY)
+        self._holders[stripe] = self._holders.get(stripe, 0) + 1
+        return waited
 
     @asynccontextmanager
     async def folder(self, folder: str, *, exclusive: bool) -> AsyncIterator[None]:
@@ -138,6 +180,25 @@ class HostLocks:
             os.close(fd)
             raise
         return fd
+
+
+#: ``struct flock`` of Linux (64-bit ``off_t``): type, whence, start, length, pid.
+_FLOCK = struct.Struct("hhqqi4x")
+#: Open-file-description locks (Linux): two opens of the file exclude each
+#: other even in one process. Elsewhere POSIX locks, held per process.
+_SETLK = getattr(fcntl, "F_OFD_SETLK", fcntl.F_SETLK)
+
+
+def _lock_byte(fd: int, offset: int, kind: int) -> bool:
+    """Lock (``F_WRLCK``) or unlock (``F_UNLCK``) one byte without waiting;
+    False when another holds it."""
+    try:
+        fcntl.fcntl(fd, _SETLK, _FLOCK.pack(kind, os.SEEK_SET, offset, 1, 0))
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EAGAIN):
+            return False
+        raise
+    return True
 
 
 def _stripe(key: str) -> int:
