@@ -7,6 +7,7 @@ ever builds a storage key from text that was not validated.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -246,19 +247,7 @@ class VariantRules:
         clashing options, each named) and `NotFound` for an extension the
         server does not serve.
         """
-        m = _VARIANT.match(name)
-        if m is None:
-            return None
-        fmt = m["ext"]
-        if fmt not in self.extensions and fmt != AUTO:
-            raise NotFound(f"extension {fmt!r} is not served")
-        variant = _canonical(_parse(name, m, self.default_quality))
-        if max(variant.width, variant.height) > self.maximum_width:
-            raise InvalidRequest(
-                f"{name!r} is larger than the maximum of {self.maximum_width} "
-                "pixels (--maximum_width)"
-            )
-        return variant
+        return _canonical_under(self, name)
 
     def parse(self, name: str) -> Variant | None:
         """Parse a variant name; ``None`` when ``name`` is not variant-shaped.
@@ -705,3 +694,23 @@ def check_file_name(name: str) -> str:
             f"the name {name!r} is reserved for the server's own files"
         )
     return name
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_under(rules: VariantRules, name: str) -> Variant | None:
+    """`VariantRules.canonical`, remembered for the names asked for lately (a
+    request parses its name twice, to resolve and to get); names that raise
+    are parsed each time."""
+    m = _VARIANT.match(name)
+    if m is None:
+        return None
+    fmt = m["ext"]
+    if fmt not in rules.extensions and fmt != AUTO:
+        raise NotFound(f"extension {fmt!r} is not served")
+    variant = _canonical(_parse(name, m, rules.default_quality))
+    if max(variant.width, variant.height) > rules.maximum_width:
+        raise InvalidRequest(
+            f"{name!r} is larger than the maximum of {rules.maximum_width} "
+            "pixels (--maximum_width)"
+        )
+    return variant

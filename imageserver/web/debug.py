@@ -66,6 +66,9 @@ class DebugApp:
         kind = (_arg(request, "format") or "pstat").lower()
         if kind not in ("pstat", "callgrind"):
             raise InvalidRequest("format is pstat or callgrind")
+        threads = (_arg(request, "threads") or "all").lower()
+        if threads not in ("all", "reactor"):
+            raise InvalidRequest("threads is all or reactor")
         if self._profiling:
             return json_response(409, {"error": "a profile is already running"})
         self._profiling = True
@@ -77,7 +80,18 @@ class DebugApp:
                 await deferLater(self._clock, seconds)
             finally:
                 yappi.stop()
-            data = _saved(yappi.get_func_stats(), kind)
+            if threads == "reactor":  # the thread that runs the reactor
+                reactor = threading.main_thread().ident
+                stats = yappi.get_func_stats(
+                    filter={
+                        "ctx_id": next(
+                            t.id for t in yappi.get_thread_stats() if t.tid == reactor
+                        )
+                    }
+                )
+            else:
+                stats = yappi.get_func_stats()
+            data = _saved(stats, kind)
         finally:
             yappi.clear_stats()
             self._profiling = False

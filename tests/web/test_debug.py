@@ -13,6 +13,10 @@ from imageserver.web.admin import AdminApp, Readiness
 from imageserver.web.debug import DebugApp, HeapTracing
 
 
+def busy_reactor_function() -> int:
+    return sum(i * i for i in range(200_000))
+
+
 def busy_worker_function() -> int:
     """CPU work in a thread of its own, as the processing pool does it."""
     return sum(i * i for i in range(300_000))
@@ -57,6 +61,23 @@ class DebugTests(SynchronousTestCase):
         self.assertIn("busy_worker_function", functions)
         self.assertIsInstance(marshal.loads(body), dict)
 
+    def test_a_profile_of_the_reactor_thread_alone(self) -> None:
+        d = self.client.get("http://admin/debug/profile?seconds=2&threads=reactor")
+        worker = threading.Thread(target=busy_worker_function, name="worker")
+        worker.start()
+        worker.join()
+        busy_reactor_function()
+        self.clock.advance(2)
+        self.client.flush()
+        body = self.successResultOf(self.client.content(self.successResultOf(d)))
+        with tempfile.NamedTemporaryFile() as f:
+            f.write(body)
+            f.flush()
+            stats = pstats.Stats(f.name)
+        functions = {name for (_, _, name) in stats.stats}  # type: ignore[attr-defined]
+        self.assertIn("busy_reactor_function", functions)
+        self.assertNotIn("busy_worker_function", functions)
+
     def test_callgrind_format(self) -> None:
         d = self.client.get("http://admin/debug/profile?seconds=1&format=callgrind")
         self.clock.advance(1)
@@ -77,7 +98,8 @@ class DebugTests(SynchronousTestCase):
         # 500) or read another script's digits.
         long = "seconds=" + "1" * 5000
         for query in ("seconds=0", "seconds=301", "seconds=x", "format=svg",
-                      "seconds=%C2%B2", "seconds=%D9%A2", long):  # fmt: skip
+                      "seconds=%C2%B2", "seconds=%D9%A2", "threads=pool",
+                      long):  # fmt: skip
             code, _, _ = self.get(f"/debug/profile?{query}")
             self.assertEqual(code, 400, query)
 
