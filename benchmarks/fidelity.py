@@ -1,6 +1,6 @@
 """How much detail the drafted decode keeps, by SSIMULACRA2, and what it costs.
 
-    python3 benchmarks/fidelity.py [--headroom 1,2] [--names x300.png,w800.png]
+    python3 benchmarks/fidelity.py [--headroom 1,1.5,2] [--names x300.png,w800.png]
 
 Six photographs from scikit-image's data, upscaled to 12 megapixels and
 stored as JPEG q95, are rendered by imageserver with each draft headroom
@@ -87,15 +87,15 @@ def score(reference: Image.Image, candidate: Image.Image, folder: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--headroom", default="1,2")
+    parser.add_argument("--headroom", default="1,1.5,2")
     parser.add_argument("--names", default="x300.png,w800.png")
     args = parser.parse_args()
-    headrooms = [int(h) for h in args.headroom.split(",")]
+    headrooms = [float(h) for h in args.headroom.split(",")]
     names = args.names.split(",")
     photos = sources()
     default = renderer.DRAFT_HEADROOM
-    scores: dict[tuple[str, int], list[float]] = {}
-    times: dict[tuple[str, int], list[float]] = {}
+    scores: dict[tuple[str, float], list[float]] = {}
+    times: dict[tuple[str, float], list[float]] = {}
     with tempfile.TemporaryDirectory() as folder:
         for data in photos.values():
             for name in names:

@@ -10,7 +10,7 @@ keeps results in its file result storage, one per server), and runs, each
 server in turn, ``--rounds`` runs of ``--seconds`` each:
 
   CPU          first: our processing function and the bare work (draft
-               with the same headroom, LANCZOS, jpegli) on one thread over
+               with the same headroom and filter, jpegli) on one thread over
                the cold runs' widths; then the bare-Pillow limit: the bare
                work run by one process per core at once, images per second
                (cores / one thread's cost overstates it: cores running at
@@ -119,14 +119,14 @@ ARBITRARY_WIDTHS = list(range(180, 221))
 def bare_pillow(data: bytes, width: int, quality: int = 75) -> bytes:
     """The least work for a width variant of a JPEG, done as the server does
     it: a draft keeping `renderer.DRAFT_HEADROOM` times the output's pixels,
-    LANCZOS, and the jpg row's encoder (jpegli)."""
+    the server's reducing filter, and the jpg row's encoder (jpegli)."""
     import pyjpegli
 
     image = Image.open(io.BytesIO(data))
     height = round(width * image.height / image.width)
     headroom = renderer.DRAFT_HEADROOM
-    image.draft("RGB", (width * headroom, height * headroom))
-    image = image.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    image.draft("RGB", (round(width * headroom), round(height * headroom)))
+    image = image.resize((width, height), renderer.REDUCING_FILTER, reducing_gap=3.0)
     return pyjpegli.encode(image.tobytes(), width, height, quality=quality)
 
 

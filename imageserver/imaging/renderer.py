@@ -48,8 +48,8 @@ DRAFT_HEADROOM = 1.5
 #: after a drafted decode it scores within half a point of LANCZOS
 #: (SSIMULACRA2) for two thirds of the taps, the resize being the largest
 #: cost of a small original's variant. Enlarging keeps LANCZOS.
-_REDUCING = Image.Resampling.BICUBIC
-_ENLARGING = Image.Resampling.LANCZOS
+REDUCING_FILTER = Image.Resampling.BICUBIC
+ENLARGING_FILTER = Image.Resampling.LANCZOS
 _REDUCING_GAP = 3.0
 
 #: What Pillow's decoders raise for a broken file (its AVIF plugin raises
@@ -727,7 +727,7 @@ def _execute(image: Image.Image, plan: geometry.Plan) -> Image.Image:
     reducing = plan.size[0] < box[2] - box[0] and plan.size[1] < box[3] - box[1]
     return image.resize(
         plan.size,
-        _REDUCING if reducing else _ENLARGING,
+        REDUCING_FILTER if reducing else ENLARGING_FILTER,
         box=box,
         reducing_gap=_REDUCING_GAP,
     )
