@@ -110,6 +110,18 @@ def avif_claiming(width: int, height: int) -> bytes:
     return bytes(avif)
 
 
+def avif_coded(width: int, height: int, declared: int) -> bytes:
+    """A flat ``width`` x ``height`` AVIF whose ``ispe`` boxes declare
+    ``declared`` x ``declared``: the decoder allocates the coded size."""
+    flat = Image.new("RGB", (width, height), (10, 200, 30))
+    avif = bytearray(encode(flat, "AVIF"))
+    ispe = avif.find(b"ispe")
+    while ispe > 0:
+        avif[ispe + 8 : ispe + 16] = struct.pack(">II", declared, declared)
+        ispe = avif.find(b"ispe", ispe + 4)
+    return bytes(avif)
+
+
 def webp_with_canvas(width: int, height: int) -> bytes:
     """An animation of two 1x1 frames on a ``width`` x ``height`` canvas."""
     frames = [Image.new("RGBA", (1, 1), (255, 0, 0, 255)), Image.new("RGBA", (1, 1))]
@@ -229,6 +241,38 @@ def tiff_pages(
         out += struct.pack("<I", following if index < pages - 1 else 0)
         out += strip + b"\0" * (len(strip) & 1)
     return bytes(out)
+
+
+def tiled_tiff(width: int, height: int, tile_width: int, tile_length: int) -> bytes:
+    """A greyscale TIFF of ``width`` x ``height`` in deflated tiles of
+    ``tile_width`` x ``tile_length`` (Pillow writes strips only)."""
+    across, down = -(-width // tile_width), -(-height // tile_length)
+    tile = zlib.compress(b"\x80" * (tile_width * tile_length), 9)
+    count = across * down
+    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8),
+               (259, 3, 1, 8), (262, 3, 1, 1), (322, 4, 1, tile_width),
+               (323, 4, 1, tile_length), (324, 4, count, 0),
+               (325, 4, count, 0)]  # fmt: skip
+    ifd_size = 2 + 12 * len(entries) + 4
+    arrays_at = 8 + ifd_size
+    tiles_at = arrays_at + 8 * count
+    offsets = [tiles_at + i * len(tile) for i in range(count)]
+    out = bytearray(b"II*\x00\x08\x00\x00\x00")
+    out += struct.pack("<H", len(entries))
+    for tag, kind, n, value in entries:
+        if tag in (324, 325):
+            value = arrays_at if tag == 324 and n > 1 else value
+            value = arrays_at + 4 * count if tag == 325 and n > 1 else value
+            if n == 1:
+                value = offsets[0] if tag == 324 else len(tile)
+        out += struct.pack("<HHII", tag, kind, n, value)
+    out += struct.pack("<I", 0)
+    if count > 1:
+        out += struct.pack(f"<{count}I", *offsets)
+        out += struct.pack(f"<{count}I", *[len(tile)] * count)
+    else:
+        out += b"\0" * 8
+    return bytes(out + tile * count)
 
 
 def heif_images(count: int, side: int) -> bytes:

@@ -385,6 +385,27 @@ class DecoderCostTests(SynchronousTestCase):
             # Decoding it would be 9 MB of RGBA (JPEG XL before: 20 MB).
             self.assertLess(cost.rss_mb, 4, name)
 
+    def test_what_the_decoder_allocates_is_what_is_checked(self) -> None:
+        """A decoder's working size, where the header's image size
+        understates it: a TIFF's tiles (a 16x16 image of one 16384x16384
+        tile: 769 MB before), an AV1 sequence header (a 3.4 KB AVIF coded
+        16000x16000 under an ``ispe`` of 1000x1000: 530 MB before)."""
+        files = {
+            "tiled TIFF": hostile.tiled_tiff(16, 16, 8192, 8192),
+            "AVIF coded larger than its ispe": hostile.avif_coded(8000, 8000, 1000),
+        }
+        limits = {"pixels": PIXELS, "pixels_per_byte": 0}
+        jobs = [hostile.Job(data, limits=limits) for data in files.values()]
+        for name, cost in zip(files, hostile.costs(jobs), strict=True):
+            self.assertIn("ImageTooLarge: the image is ", cost.outcome, name)
+            self.assertLess(cost.rss_mb, 4, f"{name}: {cost}")
+            self.assertLess(cost.cpu_s, 0.2, f"{name}: {cost}")
+        # Real tiled files, tiles overhanging the image included, are read.
+        for size, tile in (((100, 70), 64), ((64, 64), 64), ((300, 20), 16)):
+            data = hostile.tiled_tiff(*size, tile, tile)
+            info = renderer.probe(data, renderer.Limits(PIXELS))
+            self.assertEqual((info.width, info.height), size)
+
     def test_an_animation_costs_what_its_frames_do(self) -> None:
         """Every animated input x animated output: 4 frames of 1000x1000 are
         within the decode budget (2 x the limit), but full-size outputs of
