@@ -370,13 +370,15 @@ class Config:
     )
     max_connections: int = setting(
         1000,
-        "Client connections open at once on the main port; more get a 503 and "
+        "Client connections open at once on the main port, per worker process "
+        "(with --workers N a host holds N times as many); more get a 503 and "
         "are closed.",
         server_only=True,
     )
     max_receiving_bytes: int = setting(
         256 * 1024 * 1024,
-        "Bytes of request bodies held in memory at once, across connections; "
+        "Bytes of request bodies held in memory at once, across connections, "
+        "per worker process (with --workers N a host holds N times as much); "
         "a body that would pass it gets a 503.",
         server_only=True,
     )

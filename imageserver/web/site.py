@@ -150,6 +150,11 @@ class BoundedRequest(Request):
         super().process()
 
 
+#: The methods whose requests may carry a body (uploads, client files,
+#: batches): any other request with one is refused before it is read.
+BODY_METHODS = frozenset({b"POST"})
+
+
 def _ignore(data: bytes) -> None:
     pass
 
@@ -213,8 +218,9 @@ class BoundedChannel(HTTPChannel):
     site's ``head_timeout`` from its first byte, however slowly it trickles;
     a body declared over the limit is refused before a byte of it is read
     (no ``100 Continue``); a line over 16 KiB gets a 400, not a silent close.
-    A method the site does not implement, in any spelling, is a 501 and a
-    body whose length is ambiguous a 400, both before any of it is read.
+    A method the site does not implement, in any spelling, is a 501, a body
+    whose length is ambiguous or on a method that takes none a 400, all
+    before any of it is read.
     """
 
     site: BoundedSite
@@ -285,6 +291,15 @@ class BoundedChannel(HTTPChannel):
             request.refusal = refusal
             # Answered at once: nothing is to be sent, so no 100 Continue.
             request.requestHeaders.removeHeader(b"Expect")
+        if self.length != 0 and self._command not in BODY_METHODS:
+            # Never read, buffered nor counted against the bodies' budget
+            # (no 100 Continue): no route of these methods reads a body.
+            self.refuse(
+                400,
+                f"a {self._command.decode()} request takes no body here: send it "
+                "without one (only POST carries a body)",
+            )
+            return
         limit = self.site.max_body_bytes
         if self.length is not None and self.length > limit:
             self.refuse(413, _too_large(limit))

@@ -176,6 +176,34 @@ class ConnectionLimitTests(SynchronousTestCase):
         )
         self.assertTrue(transport.disconnecting)
 
+    def test_a_body_on_a_method_that_takes_none_is_refused_unread(self) -> None:
+        """GET, HEAD and DELETE with a body, declared or chunked: a 400 before
+        a byte of it is read or a 100 Continue sent (such bodies were read
+        and counted against the bodies' budget); none, or an empty one, as
+        before."""
+        for method in sorted(m.decode() for m in METHODS - {b"POST"}):
+            for framing in (b"Content-Length: 5000", b"Transfer-Encoding: chunked"):
+                protocol, transport = self.connect()
+                protocol.dataReceived(
+                    f"{method} /p/abc HTTP/1.1\r\nHost: x\r\n".encode()
+                    + b"Expect: 100-continue\r\n"
+                    + framing
+                    + b"\r\n\r\n"
+                )
+                self.assertNotIn(b"100 Continue", transport.value())
+                self.assertEqual(self.answer(transport), (400, {"error": (
+                    f"a {method} request takes no body here: send it without "
+                    "one (only POST carries a body)")}), (method, framing))  # fmt: skip
+                self.assertTrue(transport.disconnecting)
+            for framing in (b"Content-Length: 0\r\n", b""):
+                protocol, transport = self.connect()
+                protocol.dataReceived(
+                    f"{method} /p/abc HTTP/1.1\r\nHost: x\r\n".encode()
+                    + framing
+                    + b"\r\n"
+                )
+                self.assertNotIn(b" 400 ", transport.value(), (method, framing))
+
     def test_an_endless_chunked_body_is_cut_at_the_limit(self) -> None:
         protocol, transport = self.connect()
         protocol.dataReceived(
