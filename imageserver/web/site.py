@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any, cast
+from typing import Any, AnyStr, cast
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred
@@ -95,6 +95,20 @@ class BoundedRequest(Request):
     #: Set by the channel when the request is refused but has no body to
     #: leave unread: it is answered here, and the connection kept.
     refusal: Refusal | None = None
+
+    def getHeader(self, key: AnyStr) -> AnyStr | None:
+        """The last value of a header; as text, decoded as ISO-8859-1.
+
+        Twisted decodes text values as UTF-8, so one byte that is not (in an
+        Accept, an If-None-Match, a User-Agent) raised where a route or the
+        access log read it: a 500. Every read of a header by name crosses
+        this method; octets that are not ASCII are opaque (RFC 9110 section
+        5.5) and match nothing.
+        """
+        if isinstance(key, bytes):
+            return super().getHeader(key)
+        values = self.requestHeaders.getRawHeaders(key.encode("latin-1"))
+        return None if not values else values[-1].decode("latin-1")
 
     @property
     def bounded_site(self) -> BoundedSite:

@@ -431,3 +431,55 @@ class AdminMethodTests(TestCase):
                     if path == "/debug/threads" and expected == 200:
                         expected = 404  # --profile is off
                     self.assertEqual(status_of(answer), expected, (spelt, path))
+
+
+class HeaderBytesTests(TestCase):
+    """Header values that are not UTF-8 (one 0xFF byte) in every header a
+    route or the log reads, on every route: answered as without them, never
+    a 500 (Accept, If-None-Match and If-Modified-Since raised in Twisted's
+    UTF-8 decoding)."""
+
+    async def test_every_route_x_header_with_a_byte_that_is_not_utf8(self) -> None:
+        app = AppHarness(self)
+        folder = app.upload(encode(quadrants((40, 30))))
+        main = BoundedSite(app.resource, max_body_bytes=LIMIT, methods=METHODS)
+        admin = BoundedSite(
+            AdminApp(Readiness(), Events().registry).app.resource(),
+            max_body_bytes=1024,
+        )
+        ports = {}
+        for name, site in (("main", main), ("admin", admin)):
+            port = reactor.listenTCP(0, site, interface="127.0.0.1")
+            self.addCleanup(port.stopListening)
+            ports[name] = port.getHost().port
+        photo = encode(quadrants((20, 10)))
+        requests = [
+            ("main", "GET", f"{folder}/w20.jpg", b""),
+            ("main", "GET", f"{folder}/w20.auto", b""),
+            ("main", "HEAD", f"{folder}/w10.png", b""),
+            ("main", "GET", f"{folder}/info.json", b""),
+            ("main", "GET", f"{folder}/original", b""),
+            ("main", "GET", f"{folder}/nosuch.txt", b""),
+            ("main", "POST", "/p", photo),
+            ("main", "DELETE", f"{folder}/w20.jpg", b""),
+            ("main", "GET", "/openapi.json", b""),
+            ("admin", "GET", "/metrics", b""),
+            ("admin", "GET", "/probe/ready", b""),
+        ]
+        headers = ("Accept", "If-None-Match", "If-Modified-Since", "User-Agent",
+                   "Authorization", "Referer", "Accept-Encoding", "Expect")  # fmt: skip
+        with capturedLogs() as logged:
+            for port, method, path, body in requests:
+                plain = await exchange(
+                    ports[port], request_bytes(method, path, {}, body)
+                )
+                for header in headers:
+                    value = "caf\xe9 \xff\xfe" + ("" if header != "Accept" else ",*/*")
+                    answer = await exchange(
+                        ports[port], request_bytes(method, path, {header: value}, body)
+                    )
+                    what = (method, path, header)
+                    self.assertNotEqual(status_of(answer), 500, what)
+                    if header not in ("Authorization", "Expect") and method != "DELETE":
+                        self.assertEqual(status_of(answer), status_of(plain), what)
+        self.assertEqual([e for e in logged if e.get("log_failure")], [])
