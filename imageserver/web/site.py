@@ -180,6 +180,10 @@ def _too_large(limit: int) -> str:
 def _path_refusal(path: bytes) -> Refusal | None:
     """Paths no route may see: encoded slashes (a name never holds one) and
     percent-escapes that are not UTF-8."""
+    if path == b"*":
+        return Refusal(
+            400, "the request target * is for OPTIONS, not served here: ask for a path"
+        )
     if b"%2f" in path.lower():
         return Refusal(404, "unknown path: encoded slashes are not part of any name")
     try:
@@ -243,6 +247,8 @@ class BoundedChannel(HTTPChannel):
     _refused = False
     #: The framing headers of the request being read: (name, value).
     _framing: tuple[tuple[bytes, bytes], ...] = ()
+    #: Lines of the request head read so far.
+    _head_lines = 0
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -271,6 +277,19 @@ class BoundedChannel(HTTPChannel):
             400, f"the request line or a header is over {self.MAX_LENGTH} bytes"
         )
 
+    def lineReceived(self, line: bytes) -> None:
+        if self._head_lines and line[:1] in (b" ", b"\t"):
+            # A header folded onto the next line (obs-fold, RFC 9112 section
+            # 5.2): a proxy in front may read it otherwise.
+            self.refuse(
+                400,
+                "a header folded onto a following line is not accepted: send "
+                "each header on one line",
+            )
+            return
+        self._head_lines += 1
+        super().lineReceived(line)
+
     def headerReceived(self, line: bytes) -> bool:
         name, colon, value = line.partition(b":")
         name = name.lower()
@@ -285,6 +304,12 @@ class BoundedChannel(HTTPChannel):
     def allHeadersReceived(self) -> None:
         self._head_received()
         self._framing = ()
+        self._head_lines = 0
+        hosts = self.requests[-1].requestHeaders.getRawHeaders(b"host", [])
+        if len(hosts) > 1 or (not hosts and self._version == b"HTTP/1.1"):
+            # RFC 9112 section 3.2: which host is meant must not be in doubt.
+            self.refuse(400, "an HTTP/1.1 request carries exactly one Host header")
+            return
         if self._command not in self.site.methods:
             # Methods are case-sensitive (RFC 9110 section 9.1): "post" is
             # not POST, and is refused before a route or a guard sees it.
@@ -365,7 +390,7 @@ class BoundedChannel(HTTPChannel):
         )
         # Whatever else the client sends is dropped unread, also what is
         # still buffered.
-        self.dataReceived = self.lineReceived = self.rawDataReceived = _ignore  # type: ignore[method-assign]
+        self.dataReceived = self.lineReceived = self.rawDataReceived = _ignore  # type: ignore[method-assign,assignment]
         self.loseConnection()
 
     def allContentReceived(self) -> None:

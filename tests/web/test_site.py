@@ -345,7 +345,7 @@ class FramingTests(TestCase):
             te + b"chunked, chunked\r\n": "only",
             te + b"identity\r\n": "only",
             te + b"xchunked\r\n": "only",
-            te + b"chunked\r\n identity\r\n": "only",  # folded onto the line
+            te + b"chunked\r\n identity\r\n": "folded",  # obs-fold
             te + b"\r\n": "only",
             cl + b"+5\r\n": "number",
             cl + b"0x5\r\n": "number",
@@ -370,6 +370,31 @@ class FramingTests(TestCase):
         # The hidden DELETE never ran.
         info, _ = self.app.request("GET", self.folder + "/info.json")
         self.assertEqual(info.code, 200)
+
+    async def test_the_head_names_one_host_on_unfolded_lines(self) -> None:
+        """RFC 9112: no Host or two on HTTP/1.1, a header folded onto the
+        next line (obs-fold), and the asterisk target are a JSON 400 before
+        anything runs (all were answered, the fold joined, ``*`` a bare 405)."""
+        refused = {
+            b"GET /p HTTP/1.1\r\n": "exactly one Host",
+            b"GET /p HTTP/1.1\r\nHost: a\r\nHost: b\r\n": "exactly one Host",
+            b"GET /p HTTP/1.0\r\nHost: a\r\nhost: a\r\n": "exactly one Host",
+            b"GET /p HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n 2\r\n": "folded",
+            b"GET /p HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n\t2\r\n": "folded",
+            b"GET /p HTTP/1.1\r\nHost:\r\n a\r\n": "folded",
+            b"GET * HTTP/1.1\r\nHost: a\r\n": "target *",
+            b"DELETE * HTTP/1.1\r\nHost: a\r\n": "target *",
+        }
+        with capturedLogs() as logged:
+            for head, says in refused.items():
+                answer = await exchange(self.port, head + b"Connection: close\r\n\r\n")
+                self.assertEqual(status_of(answer), 400, head)
+                self.assertIn(says, json_of(answer)["error"], head)
+            for head in (b"GET /p/x HTTP/1.1\r\nHost: a\r\n",
+                         b"GET /p/x HTTP/1.0\r\n"):  # fmt: skip
+                answer = await exchange(self.port, head + b"Connection: close\r\n\r\n")
+                self.assertEqual(status_of(answer), 404, head)
+        self.assertEqual([e for e in logged if e.get("log_failure")], [])
 
     async def test_malformed_http_is_a_json_400(self) -> None:
         """What Twisted refuses on its own (it answered a bare 400 without a
