@@ -40,6 +40,8 @@ def digest_of(token: str) -> bytes:
 def parse(text: str) -> frozenset[bytes]:
     """The digests of a token file's lines; ValueError naming a bad line."""
     digests = set()
+    # A byte order mark (editors on Windows write one) is not part of a token.
+    text = text.removeprefix("\ufeff")
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -51,10 +53,14 @@ def parse(text: str) -> frozenset[bytes]:
             raise ValueError(
                 f"line {number}: sha256: must be followed by 64 hex digits"
             )
-        elif len(line) < MIN_LENGTH or any(c.isspace() for c in line):
+        elif (
+            len(line) < MIN_LENGTH
+            or any(c.isspace() for c in line)
+            or not line.isprintable()
+        ):
             raise ValueError(
-                f"line {number}: a token is at least {MIN_LENGTH} characters "
-                "without spaces"
+                f"line {number}: a token is at least {MIN_LENGTH} printable "
+                "characters without spaces"
             )
         else:
             digests.add(digest_of(line))

@@ -616,13 +616,21 @@ class TokenFileTests(SynchronousTestCase):
         digests = parse(f"{TOKEN}\n  # comment\nsha256:{'ab' * 32}\n")
         self.assertEqual(digests, {digest_of(TOKEN), bytes.fromhex("ab" * 32)})
 
+    def test_a_byte_order_mark_is_not_part_of_the_first_token(self) -> None:
+        """An editor's BOM was kept in the first token, which then matched no
+        Authorization header; a file read as UTF-8 keeps it in the text."""
+        self.assertEqual(parse(f"\ufeff{TOKEN}\n"), {digest_of(TOKEN)})
+        self.assertEqual(parse(f"\ufeff# tokens\n{TOKEN}\n"), {digest_of(TOKEN)})
+
     def test_bad_lines_are_named(self) -> None:
         for text, message in (
             ("", "no tokens"),
             ("# only a comment\n", "no tokens"),
-            (f"{TOKEN}\nshort\n", "line 2: a token is at least 16 characters"),
+            (f"{TOKEN}\nshort\n", "line 2: a token is at least 16 printable"),
             ("sha256:xyz\n", "line 1: sha256: must be followed by 64 hex digits"),
             ("has a space in it!!\n", "line 1: a token is at least 16"),
+            (f"{TOKEN}\u200b\n", "line 1: a token is at least 16 printable"),
+            (f"{TOKEN}\n{TOKEN}\x07\n", "line 2: a token is at least 16 printable"),
         ):
             with self.assertRaises(ValueError, msg=text) as caught:
                 parse(text)
