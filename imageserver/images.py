@@ -199,7 +199,14 @@ class Images:
         preset = self.presets.resolve(image.namespace, name)
         # A preset's URL is its name: it is served, not redirected, however
         # the operator spelled its variant (the start-up check agrees).
-        variant = self._parse(preset, lenient=True) if preset else self._parse(name)
+        try:
+            variant = self._parse(preset, lenient=True) if preset else self._parse(name)
+        except NotCanonical as e:
+            # Under --presets_only, a spelling of a name that is not served
+            # is refused, not sent to its canonical spelling to be refused.
+            variant = self.rules.parse(e.canonical)
+            if variant is None or self.presets.allows(image.namespace, variant.name):
+                raise
         if variant is None:
             return Resolved(name)
         if preset is None and not self.presets.allows(image.namespace, variant.name):

@@ -87,6 +87,17 @@ class PresetTests(SynchronousTestCase):
             self.assertEqual(code, 403, name)
             self.assertIn("presets", error["error"])
 
+    def test_another_spelling_of_a_name_not_served_is_403_not_301(self) -> None:
+        """100x100.jpg is a 301 to x100.jpg, which is served; one to a name
+        that is not served (x100-q80-smart.jpg, full_size@2x.jpg) was a 301
+        and then a 403: it is a 403 at once."""
+        for name, code in (("100x100.jpg", 301), ("x100-q80-smart.jpg", 403),
+                           ("full_size@2x.jpg", 403), ("w50.webp", 200)):  # fmt: skip
+            response, _ = self.app.request(
+                "GET", f"{self.folder}/{name}", allow_redirects=False
+            )
+            self.assertEqual(response.code, code, name)
+
     def test_outputs_must_be_presets(self) -> None:
         code, _ = self.app.json("POST", f"{self.folder}/process?outputs=x10.jpg")
         self.assertEqual(code, 400)
