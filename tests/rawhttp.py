@@ -17,7 +17,10 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 
-class _Collect(Protocol):
+class Exchange(Protocol):
+    """A connection that sends ``data``, then whatever `send` is given, and
+    collects all the server sends until it closes (``done``)."""
+
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.received: list[bytes] = []
@@ -26,6 +29,10 @@ class _Collect(Protocol):
     def connectionMade(self) -> None:
         assert self.transport is not None
         self.transport.write(self.data)
+
+    def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
 
     def dataReceived(self, data: bytes) -> None:
         self.received.append(data)
@@ -36,9 +43,14 @@ class _Collect(Protocol):
 
 async def exchange(port: int, data: bytes) -> bytes:
     """Send ``data`` to 127.0.0.1:``port``; all the server sent until it closed."""
-    protocol = _Collect(data)
+    return await (await connected(port, data)).done
+
+
+async def connected(port: int, data: bytes) -> Exchange:
+    """A connection to 127.0.0.1:``port`` that has sent ``data``."""
+    protocol = Exchange(data)
     await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), protocol)
-    return await protocol.done
+    return protocol
 
 
 def request_bytes(

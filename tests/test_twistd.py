@@ -28,7 +28,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 from imageserver import __version__
 from imageserver.access.signing import sign
 from tests import CHECKOUT_DIR, s3server
-from tests.rawhttp import exchange, request_bytes, status_of
+from tests.rawhttp import connected, exchange, json_of, request_bytes, status_of
 from tests.runtime.test_manhole import client_key, ssh_into
 from tests.support import RED, YELLOW, TestCaseMixin, encode, quadrants
 
@@ -183,7 +183,8 @@ class TwistdTests(TwistdCase):
             ("GET", "/p/000/000/000/00000000000000000000000/w200.jpg", 404),
             ("POST", "/p", 415),
         ):
-            response, body = await self.call(method, path, data=b"<html>no</html>")
+            data = b"<html>no</html>" if method == "POST" else None
+            response, body = await self.call(method, path, data=data)
             self.assertEqual(response.code, status, path)
             self.assertIsInstance(json.loads(body)["error"], str)
             self.assertNotIn(b"Traceback", body)
@@ -389,6 +390,30 @@ class OperationsTests(TwistdCase):
         source.answer(photo)
         response, body = await upload
         self.assertEqual((response.code, json.loads(body)["width"]), (200, 64))
+        self.assertEqual(await process.ended, 0)
+
+    async def test_sigterm_waits_for_a_body_still_arriving(self) -> None:
+        """An upload whose head has arrived is in flight: a stop waits for the
+        rest of its body and answers it (it was cut off)."""
+        process = await self.start_server()
+        photo = encode(quadrants((64, 48)))
+        half = len(photo) // 2
+        upload = await connected(
+            self.port, request_bytes("POST", "/p", body=photo)[:-half]
+        )
+        in_flight = b"imageserver_http_requests_in_flight 1.0"
+        for _ in range(100):  # until the head has arrived
+            _, body = await self.call("GET", "/metrics", port=self.admin_port)
+            if in_flight in body:
+                break
+            await deferLater(reactor, 0.05)
+        self.assertIn(in_flight, body)
+        process.transport.signalProcess("TERM")  # type: ignore[union-attr]
+        await process.wait_for(rb"waiting up to [0-9.]+s for 1 requests in flight")
+        upload.send(photo[-half:])
+        answer = await upload.done
+        self.assertEqual(status_of(answer), 200)
+        self.assertEqual(json_of(answer)["width"], 64)
         self.assertEqual(await process.ended, 0)
 
     async def test_second_signal_exits_at_once(self) -> None:
@@ -679,7 +704,9 @@ class WriteTokensTwistdTests(TwistdCase):
                        "--admin_port", "none", "--write_tokens", path,
                        "--local_base_path", root])  # fmt: skip
         self.assertEqual(await process.ended, 1)
-        self.assertIn(b"line 1: a token is at least 16 characters", process.output)
+        self.assertIn(
+            b"line 1: a token is at least 16 printable characters", process.output
+        )
 
 
 class WebhookTwistdTests(TwistdCase):

@@ -147,8 +147,6 @@ class BoundedRequest(Request):
 
     def process(self) -> None:
         site = self.bounded_site
-        self._started = time.perf_counter()
-        site.request_started(self)
         for name, value in site.answer_headers(self.path):
             self.setHeader(name, value)
         if self.refusal is not None:
@@ -345,6 +343,12 @@ class BoundedChannel(HTTPChannel):
             return
         if self.length and not request.hold(self.length):
             return
+        # In flight from here: a shutdown waits for a body still arriving
+        # (named already for the log, should the client give up sending it).
+        request.method, request.uri = self._command, self._path
+        request.path = self._path.partition(b"?")[0]
+        request._started = time.perf_counter()
+        self.site.request_started(request)
         super().allHeadersReceived()
 
     def _respondToBadRequestAndDisconnect(self) -> None:
