@@ -10,6 +10,7 @@ includes the client's own CPU per request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import itertools
 import json
@@ -22,9 +23,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from PIL import Image, ImageFilter
@@ -32,10 +34,16 @@ from PIL import Image, ImageFilter
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(within: range | None = None) -> int:
+    """A loopback port nothing listens on: any, or the first free ``within``."""
+    for port in within or [0]:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError(f"no free port in {within}")
 
 
 def photo(size: tuple[int, int] = (4000, 3000), seed: int = 0) -> bytes:
@@ -136,8 +144,31 @@ class Server:
                 time.sleep(0.1)  # a benchmark, not a test: polling is fine
         raise RuntimeError(f"server on {self.port} did not start")
 
-    def sample_rss(self) -> None:
-        self.peak_rss = max(self.peak_rss, rss(self.process.pid))
+    def sample_rss(self) -> int:
+        now = rss(self.process.pid)
+        self.peak_rss = max(self.peak_rss, now)
+        return now
+
+    @contextlib.contextmanager
+    def sampling(self, interval: float = 0.2) -> Iterator[Peak]:
+        """Polls the tree's RSS every ``interval`` seconds on a thread while
+        in use (a peak between the end-of-run samples would go unseen)."""
+        peak = Peak()
+        stop = threading.Event()
+
+        def poll() -> None:
+            while True:
+                peak.bytes = max(peak.bytes, self.sample_rss())
+                if stop.wait(interval):
+                    return
+
+        thread = threading.Thread(target=poll, daemon=True)
+        thread.start()
+        try:
+            yield peak
+        finally:
+            stop.set()
+            thread.join()
 
     def settle(self, timeout: float = 120) -> None:
         """Wait until the server is idle: work queued by a run's last requests
@@ -155,11 +186,31 @@ class Server:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        # The whole tree: thumbor's forked processes outlive a SIGTERM to
+        # their parent (which then waits for them).
+        tree = _children(self.process.pid)
         self.process.send_signal(signal.SIGTERM)
+        for pid in tree:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
         try:
             self.process.wait(20)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait()
+        deadline = time.monotonic() + 10
+        for pid in tree:  # not our children: gone once /proc/PID is
+            while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if os.path.exists(f"/proc/{pid}"):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+class Peak:
+    """The largest RSS seen by one `Server.sampling`, in bytes."""
+
+    bytes = 0
 
 
 def twistd(*args: str) -> list[str]:
@@ -180,6 +231,14 @@ CLIENT = (
 
 class Exhausted(RuntimeError):
     """A run asked for more never-seen paths than it was given."""
+
+
+class Failed(RuntimeError):
+    """Some requests of a run failed; ``result`` holds the run's figures."""
+
+    def __init__(self, message: str, result: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 async def _client(
@@ -286,10 +345,10 @@ def load(
     # Until settled: the work queued by the run's last requests counts too.
     server_cpu = cpu_seconds(server.process.pid) - server_before
     result["server_cpu_ms"] = 1000 * server_cpu / max(result["requests"], 1)
-    if result["errors"]:
-        raise RuntimeError(f"{result['errors']} requests failed on {server.port}")
     # wrk counts answered requests; up to one more per connection was sent.
     result["sent"] = result["requests"] + connections
+    if result["errors"]:
+        raise Failed(f"{result['errors']} requests failed on {server.port}", result)
     if unique and result["sent"] > len(paths):
         raise Exhausted(
             f"{result['requests']} requests but only {len(paths)} never-seen paths:"
