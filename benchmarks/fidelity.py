@@ -1,8 +1,10 @@
 """How much detail the drafted decode keeps, by SSIMULACRA2, and what it costs.
 
     python3 benchmarks/fidelity.py [--headroom 1,1.5,2] [--names x300.png,w800.png]
+        [--megapixels 12]
 
-Six photographs from scikit-image's data, upscaled to 12 megapixels and
+Six photographs from scikit-image's data, resized to 12 megapixels (or
+``--megapixels``: 0.48 is a CMS's 800x600) and
 stored as JPEG q95, are rendered by imageserver with each draft headroom
 (``renderer.DRAFT_HEADROOM``: the decode keeps at least that many times the
 output's pixels a side), and by libvips' thumbnail (imgproxy's and imagor's
@@ -36,13 +38,13 @@ RULES = VariantRules(frozenset({"png"}), 75, 4000)
 LIMITS = renderer.Limits(100_000_000, 0, 4000)
 
 
-def sources() -> dict[str, bytes]:
+def sources(megapixels: float = 12) -> dict[str, bytes]:
     import skimage.data
 
     found = {}
     for name in PHOTOS:
         image = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
-        scale = (12_000_000 / (image.width * image.height)) ** 0.5
+        scale = (megapixels * 1e6 / (image.width * image.height)) ** 0.5
         size = (round(image.width * scale), round(image.height * scale))
         big = image.resize(size, Image.Resampling.LANCZOS)
         out = io.BytesIO()
@@ -89,10 +91,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--headroom", default="1,1.5,2")
     parser.add_argument("--names", default="x300.png,w800.png")
+    parser.add_argument("--megapixels", type=float, default=12)
     args = parser.parse_args()
     headrooms = [float(h) for h in args.headroom.split(",")]
     names = args.names.split(",")
-    photos = sources()
+    photos = sources(args.megapixels)
     default = renderer.DRAFT_HEADROOM
     scores: dict[tuple[str, float], list[float]] = {}
     times: dict[tuple[str, float], list[float]] = {}
@@ -123,7 +126,8 @@ def main() -> None:
                     )
     renderer.DRAFT_HEADROOM = default
     print(
-        f"{len(photos)} photographs at 12 MP, JPEG q95; SSIMULACRA2 against a "
+        f"{len(photos)} photographs at {args.megapixels:g} MP, JPEG q95; "
+        "SSIMULACRA2 against a "
         "full decode + float LANCZOS (median); CPU ms per render (median)"
     )
     for name in names:
