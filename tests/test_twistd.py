@@ -704,9 +704,7 @@ class WriteTokensTwistdTests(TwistdCase):
                        "--admin_port", "none", "--write_tokens", path,
                        "--local_base_path", root])  # fmt: skip
         self.assertEqual(await process.ended, 1)
-        self.assertIn(
-            b"line 1: a token is at least 16 printable characters", process.output
-        )
+        self.assertIn(b"line 1: a token is at least 16 visible ASCII", process.output)
 
 
 class WebhookTwistdTests(TwistdCase):

@@ -31,6 +31,10 @@ log = Logger()
 #: Shorter tokens can be guessed; such a line is refused.
 MIN_LENGTH = 16
 _HASHED = re.compile(r"sha256:([0-9a-f]{64})\Z")
+_TOKEN = re.compile(r"[\x21-\x7e]+")
+#: The largest token file read (about 50,000 hashed lines): it is read
+#: again every few seconds to see whether it changed.
+MAX_FILE_BYTES = 4 * 1024 * 1024
 
 
 def digest_of(token: str) -> bytes:
@@ -42,7 +46,9 @@ def parse(text: str) -> frozenset[bytes]:
     digests = set()
     # A byte order mark (editors on Windows write one) is not part of a token.
     text = text.removeprefix("\ufeff")
-    for number, raw in enumerate(text.splitlines(), 1):
+    # Lines end at a line feed only: U+2028 or NEL inside a line is refused
+    # with it, not read as a line break.
+    for number, raw in enumerate(text.split("\n"), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -53,14 +59,12 @@ def parse(text: str) -> frozenset[bytes]:
             raise ValueError(
                 f"line {number}: sha256: must be followed by 64 hex digits"
             )
-        elif (
-            len(line) < MIN_LENGTH
-            or any(c.isspace() for c in line)
-            or not line.isprintable()
-        ):
+        elif len(line) < MIN_LENGTH or not _TOKEN.fullmatch(line):
+            # A header carries ASCII: a token with any other character
+            # could never be presented.
             raise ValueError(
-                f"line {number}: a token is at least {MIN_LENGTH} printable "
-                "characters without spaces"
+                f"line {number}: a token is at least {MIN_LENGTH} visible ASCII "
+                "characters (no spaces)"
             )
         else:
             digests.add(digest_of(line))
@@ -75,14 +79,21 @@ class WriteTokens:
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
         self._digests: frozenset[bytes] = frozenset()
-        self._stamp: tuple[int, int, int] | None = None
+        #: The SHA-256 of the file's bytes last read: a rewrite is noticed
+        #: even when its size and modification time are the same, and one
+        #: that is refused is logged once.
+        self._seen: bytes | None = None
 
-    def load(self) -> None:
+    def load(self, data: bytes | None = None) -> None:
         """Read the file; OSError or ValueError (with the reason) if it is unusable."""
-        stamp = self._stat()
-        with open(self.path, encoding="utf-8") as f:
-            digests = parse(f.read())
-        self._digests, self._stamp = digests, stamp
+        if data is None:
+            data = self._read()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"the file is not UTF-8 ({e.reason})") from None
+        digests = parse(text)
+        self._digests, self._seen = digests, hashlib.sha256(data).digest()
         log.info(
             "{count} write tokens loaded from {path}",
             count=len(digests),
@@ -93,9 +104,12 @@ class WriteTokens:
         """Read the file again if it changed (or ``force``); keep the tokens
         in force when it cannot be used. Runs in a thread: it reads a file."""
         try:
-            if not force and self._stat() == self._stamp:
-                return
-            self.load()
+            data = self._read()
+            seen = hashlib.sha256(data).digest()
+            if not force and seen == self._seen:
+                return  # unchanged since last read, loaded or refused
+            self._seen = seen
+            self.load(data)
         except (OSError, ValueError) as e:
             log.error(
                 "--write_tokens {path} not reloaded, the tokens loaded before "
@@ -111,9 +125,12 @@ class WriteTokens:
             allowed |= hmac.compare_digest(presented, digest)
         return allowed
 
-    def _stat(self) -> tuple[int, int, int]:
-        s = os.stat(self.path)
-        return s.st_mtime_ns, s.st_size, s.st_ino
+    def _read(self) -> bytes:
+        with open(self.path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise ValueError(f"the file is larger than {MAX_FILE_BYTES} bytes")
+        return data
 
 
 def main(argv: list[str]) -> int:

@@ -541,6 +541,18 @@ class WriteTokenTests(TestCase):
         self.assertEqual((await self.request("DELETE", self.folder, TOKEN))[0], 403)
         self.assertEqual((await self.request("DELETE", self.folder, new))[0], 204)
 
+    async def test_a_rewrite_of_the_same_size_and_time_is_noticed(self) -> None:
+        """Reloading went by size and modification time: a token replaced by
+        another of the same length within one timestamp stayed in force."""
+        other = "write-token-9876543210"
+        self.assertEqual(len(other), len(TOKEN))
+        stat = os.stat(self.path)
+        self.write_file(f"{other}\n")
+        os.utime(self.path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        self.tokens.refresh()
+        self.assertTrue(self.tokens.allows(other))
+        self.assertFalse(self.tokens.allows(TOKEN))
+
     async def test_an_unusable_file_keeps_the_tokens_in_force(self) -> None:
         for text in ("", "short\n", "sha256:abc\n"):
             self.write_file(text)
@@ -626,11 +638,16 @@ class TokenFileTests(SynchronousTestCase):
         for text, message in (
             ("", "no tokens"),
             ("# only a comment\n", "no tokens"),
-            (f"{TOKEN}\nshort\n", "line 2: a token is at least 16 printable"),
+            (f"{TOKEN}\nshort\n", "line 2: a token is at least 16 visible ASCII"),
             ("sha256:xyz\n", "line 1: sha256: must be followed by 64 hex digits"),
             ("has a space in it!!\n", "line 1: a token is at least 16"),
-            (f"{TOKEN}\u200b\n", "line 1: a token is at least 16 printable"),
-            (f"{TOKEN}\n{TOKEN}\x07\n", "line 2: a token is at least 16 printable"),
+            (f"{TOKEN}\u200b\n", "line 1: a token is at least 16 visible ASCII"),
+            (f"{TOKEN}\n{TOKEN}\x07\n", "line 2: a token is at least 16 visible ASCII"),
+            # Printable, but no client could send it in a header as written.
+            (f"{TOKEN}\u0301\n", "line 1: a token is at least 16 visible ASCII"),
+            # A line break only for str.splitlines: one line, refused.
+            (f"{TOKEN}\u2028{TOKEN}\n", "line 1: a token is at least 16 visible"),
+            (f"{TOKEN}\x85{TOKEN}\n", "line 1: a token is at least 16 visible"),
         ):
             with self.assertRaises(ValueError, msg=text) as caught:
                 parse(text)
