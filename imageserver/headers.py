@@ -130,6 +130,9 @@ def tiff(data: bytes) -> Size | None:
     A decoder works tile by tile, each of TileWidth x TileLength whatever the
     image's size: a 16x16 image of one 16384x16384 tile cost 769 MB. So a
     tiled page counts as its tiles cover (its size rounded up to whole tiles).
+    Each of these four tags is read in any integer type a decoder takes
+    (signed, 8 bytes, stored out of line), and a page that gives one twice,
+    or not as one integer, is refused: a decoder may read it otherwise.
     """
     order = {b"II": "<", b"MM": ">"}.get(data[:2])
     if order is None or len(data) < 16:
@@ -137,27 +140,35 @@ def tiff(data: bytes) -> Size | None:
     magic = struct.unpack_from(order + "H", data, 2)[0]
     if magic == 42:
         offset = struct.unpack_from(order + "I", data, 4)[0]
-        count_fmt, entry, value_at, long_fmt = "H", 12, 8, "I"
+        count_fmt, entry, inline, pointer = "H", 12, 4, "I"
     elif magic == 43:
         offset = struct.unpack_from(order + "Q", data, 8)[0]
-        count_fmt, entry, value_at, long_fmt = "Q", 20, 12, "Q"
+        count_fmt, entry, inline, pointer = "Q", 20, 8, "Q"
     else:
         return None
     count_size = struct.calcsize(count_fmt)
     if offset + count_size > len(data):
         return None
     count = struct.unpack_from(order + count_fmt, data, offset)[0]
-    formats = {3: "H", 4: "I", 16: long_fmt}
     found: dict[int, int] = {}
     pos = offset + count_size
     for _ in range(min(count, MAX_TIFF_ENTRIES)):
         if pos + entry > len(data):
             break
         tag, kind = struct.unpack_from(order + "HH", data, pos)
-        if tag in _TIFF_SIZES and kind in formats:
-            found[tag] = struct.unpack_from(
-                order + formats[kind], data, pos + value_at
-            )[0]
+        if tag in _TIFF_SIZES:
+            values = struct.unpack_from(order + pointer, data, pos + 4)[0]
+            value_fmt = _TIFF_INTEGERS.get(kind)
+            if tag in found or value_fmt is None or values != 1:
+                raise UnsupportedImage(
+                    f"the TIFF gives its tag {tag} twice or not as one integer"
+                )
+            at = pos + 4 + inline
+            if struct.calcsize(value_fmt) > inline:
+                at = struct.unpack_from(order + pointer, data, at)[0]
+            if at + struct.calcsize(value_fmt) > len(data):
+                return None
+            found[tag] = struct.unpack_from(order + value_fmt, data, at)[0]
         pos += entry
     if _WIDTH not in found or _LENGTH not in found:
         return None
@@ -170,6 +181,10 @@ def tiff(data: bytes) -> Size | None:
     return width, height
 
 
+#: TIFF field types that are integers, and their struct formats: BYTE,
+#: SHORT, LONG, SBYTE, SSHORT, SLONG, LONG8, SLONG8, IFD8.
+_TIFF_INTEGERS = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 13: "I",
+                  16: "Q", 17: "q", 18: "Q"}  # fmt: skip
 #: TIFF tags: ImageWidth, ImageLength, TileWidth, TileLength.
 _WIDTH, _LENGTH, _TILE_WIDTH, _TILE_LENGTH = 256, 257, 322, 323
 _TIFF_SIZES = frozenset({_WIDTH, _LENGTH, _TILE_WIDTH, _TILE_LENGTH})
@@ -393,6 +408,9 @@ class _Reader:
         return value
 
 
+#: OBUs walked before a frame (real streams: a temporal delimiter, a
+#: sequence header, perhaps metadata).
+MAX_OBUS = 64
 #: AV1 OBU types: sequence header; frame header, frame (the first frame
 #: ends the search: a sequence header comes before it).
 _OBU_SEQUENCE_HEADER, _OBU_FRAME_HEADER, _OBU_FRAME = 1, 3, 6
@@ -403,7 +421,7 @@ def _av1_sizes(data: bytes) -> list[Size]:
     ``data`` (OBUs with size fields) allows."""
     sizes: list[Size] = []
     pos = 0
-    for _ in range(64):
+    for _ in range(MAX_OBUS):
         if pos >= len(data):
             break
         header = data[pos]
@@ -428,6 +446,12 @@ def _av1_sizes(data: bytes) -> list[Size]:
         elif kind in (_OBU_FRAME_HEADER, _OBU_FRAME):
             break
         pos += length
+    else:
+        # A sequence header could hide behind more: not walked, refused.
+        raise UnsupportedImage(
+            f"an AV1 stream in the file has more than {MAX_OBUS} OBUs before "
+            "its first frame"
+        )
     return sizes
 
 

@@ -275,6 +275,37 @@ def tiled_tiff(width: int, height: int, tile_width: int, tile_length: int) -> by
     return bytes(out + tile * count)
 
 
+def retiled(tiff: bytes, kind: int, repeat: bool = False) -> bytes:
+    """A classic little-endian TIFF's TileWidth and TileLength given as
+    field type ``kind`` (8 SSHORT and 9 SLONG inline; 16 LONG8, eight bytes,
+    out of line), or with ``repeat``, TileWidth given again as 16 after it."""
+    out = bytearray(tiff)
+    (count,) = struct.unpack_from("<H", out, 8)
+    entries = [out[10 + 12 * i : 22 + 12 * i] for i in range(count)]
+    tail = bytearray()
+    for index, entry in enumerate(entries):
+        tag, _, number, value = struct.unpack("<HHII", entry)
+        if tag in (322, 323):
+            if kind == 16:
+                value = len(out) + 12 * repeat + len(tail)
+                tail += struct.pack("<Q", struct.unpack_from("<I", entry, 8)[0])
+            entries[index] = bytearray(struct.pack("<HHII", tag, kind, number, value))
+    if repeat:
+        entries.insert(
+            next(i for i, e in enumerate(entries) if e[:2] == b"\x42\x01") + 1,
+            bytearray(struct.pack("<HHII", 322, 3, 1, 16)),
+        )
+    shift = 12 * repeat
+    ifd = bytearray(struct.pack("<H", len(entries)))
+    for entry in entries:
+        tag, kind_, number, value = struct.unpack("<HHII", entry)
+        if tag in (273, 279, 324, 325) or (tag in (322, 323) and kind_ == 16):
+            value += shift if value >= 10 + 12 * count else 0
+        ifd += struct.pack("<HHII", tag, kind_, number, value)
+    rest = out[10 + 12 * count :]
+    return bytes(out[:8] + ifd + rest + tail)
+
+
 def heif_images(count: int, side: int) -> bytes:
     """A HEIF with ``count`` top-level images (not an animation)."""
     from imageserver import formats

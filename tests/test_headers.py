@@ -99,3 +99,31 @@ class HeaderSizeTests(SynchronousTestCase):
         # The same header without have_animation is an 8x8 still.
         still = int(bits[:-1][::-1], 2).to_bytes(16, "little")
         self.assertEqual(headers.jxl(b"\xff\x0a" + still), (8, 8))
+
+
+def sequence_header(width: int, height: int) -> bytes:
+    """An AV1 sequence header OBU (reduced still-picture header)."""
+    bits = "000" + "1" + "1" + "00000" + "1111" + "1111"
+    bits += f"{width - 1:016b}{height - 1:016b}"
+    bits += "0" * (-len(bits) % 8)
+    payload = int(bits, 2).to_bytes(len(bits) // 8, "big")
+    return bytes([1 << 3 | 2, len(payload)]) + payload
+
+
+class Av1SequenceHeaderTests(SynchronousTestCase):
+    PADDING = bytes([15 << 3 | 2, 0])  # an empty padding OBU
+    FRAME = bytes([6 << 3 | 2, 1, 0])
+
+    def test_the_largest_frame_before_the_first_frame(self) -> None:
+        stream = self.PADDING * 3 + sequence_header(9000, 700) + self.FRAME
+        self.assertEqual(headers._av1_sizes(stream), [(9000, 700)])
+        # After the first frame it would be a new sequence: another sample's.
+        late = self.FRAME + sequence_header(9000, 700)
+        self.assertEqual(headers._av1_sizes(late), [])
+
+    def test_a_header_behind_more_obus_than_walked_is_refused(self) -> None:
+        """It was not counted: behind 64 OBUs a sequence header went unseen."""
+        stream = self.PADDING * headers.MAX_OBUS + sequence_header(9000, 9000)
+        with self.assertRaises(UnsupportedImage) as caught:
+            headers._av1_sizes(stream)
+        self.assertIn("more than 64 OBUs before its first frame", str(caught.exception))

@@ -390,13 +390,26 @@ class DecoderCostTests(SynchronousTestCase):
         understates it: a TIFF's tiles (a 16x16 image of one 16384x16384
         tile: 769 MB before), an AV1 sequence header (a 3.4 KB AVIF coded
         16000x16000 under an ``ispe`` of 1000x1000: 530 MB before)."""
+        tiled = hostile.tiled_tiff(16, 16, 8192, 8192)
         files = {
-            "tiled TIFF": hostile.tiled_tiff(16, 16, 8192, 8192),
+            "tiled TIFF": tiled,
+            # The tile sizes in every integer type a decoder reads (they
+            # were skipped, or an out-of-line value's offset read instead).
+            **{
+                f"tiles as type {kind}": hostile.retiled(tiled, kind)
+                for kind in (8, 9, 16)
+            },
             "AVIF coded larger than its ispe": hostile.avif_coded(8000, 8000, 1000),
         }
         limits = {"pixels": PIXELS, "pixels_per_byte": 0}
         jobs = [hostile.Job(data, limits=limits) for data in files.values()]
-        for name, cost in zip(files, hostile.costs(jobs), strict=True):
+        jobs.append(hostile.Job(hostile.retiled(tiled, 4, repeat=True), limits=limits))
+        *costs, repeated = hostile.costs(jobs)
+        self.assertEqual(repeated.outcome, (
+            "UnsupportedImage: the TIFF gives its tag 322 twice or not as one "
+            "integer"))  # fmt: skip
+        self.assertLess(repeated.rss_mb, 4, repeated)
+        for name, cost in zip(files, costs, strict=True):
             self.assertIn("ImageTooLarge: the image is ", cost.outcome, name)
             self.assertLess(cost.rss_mb, 4, f"{name}: {cost}")
             self.assertLess(cost.cpu_s, 0.2, f"{name}: {cost}")
