@@ -175,13 +175,23 @@ def _too_large(limit: int) -> str:
     return f"the body is larger than the limit of {limit} bytes"
 
 
+#: A Host header's value (RFC 9110 section 7.2): a registered name, an
+#: IPv4 address or a bracketed IP literal, then an optional port.
+_HOST = re.compile(rb"(\[[0-9A-Za-z:.]+\]|[0-9A-Za-z._~!$&'()*+,;=%-]*)(:[0-9]*)?")
+#: A request target in absolute form (RFC 9112 section 3.2.2).
+_ABSOLUTE = re.compile(rb"https?://", re.IGNORECASE)
+
+
 def _path_refusal(path: bytes) -> Refusal | None:
-    """Paths no route may see: encoded slashes (a name never holds one) and
-    percent-escapes that are not UTF-8."""
+    """Targets no route may see: the asterisk and anything else that is not
+    a path (or an absolute URL), encoded slashes (a name never holds one)
+    and percent-escapes that are not UTF-8."""
     if path == b"*":
         return Refusal(
             400, "the request target * is for OPTIONS, not served here: ask for a path"
         )
+    if not path.startswith(b"/") and not _ABSOLUTE.match(path):
+        return Refusal(400, "the request target is not a path: start it with /")
     if b"%2f" in path.lower():
         return Refusal(404, "unknown path: encoded slashes are not part of any name")
     try:
@@ -308,6 +318,9 @@ class BoundedChannel(HTTPChannel):
             # RFC 9112 section 3.2: which host is meant must not be in doubt.
             self.refuse(400, "an HTTP/1.1 request carries exactly one Host header")
             return
+        if hosts and not _HOST.fullmatch(hosts[0]):
+            self.refuse(400, "the Host header is not a host name or address")
+            return
         if self._command not in self.site.methods:
             # Methods are case-sensitive (RFC 9110 section 9.1): "post" is
             # not POST, and is refused before a route or a guard sees it.
@@ -331,10 +344,15 @@ class BoundedChannel(HTTPChannel):
         if self.length != 0 and self._command not in BODY_METHODS:
             # Never read, buffered nor counted against the bodies' budget
             # (no 100 Continue): no route of these methods reads a body.
+            takes = (
+                "only POST carries a body"
+                if BODY_METHODS & self.site.methods
+                else "this port takes no bodies"
+            )
             self.refuse(
                 400,
                 f"a {self._command.decode()} request takes no body here: send it "
-                "without one (only POST carries a body)",
+                f"without one ({takes})",
             )
             return
         limit = self.site.max_body_bytes

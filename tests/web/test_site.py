@@ -384,6 +384,14 @@ class FramingTests(TestCase):
             b"GET /p HTTP/1.1\r\nHost:\r\n a\r\n": "folded",
             b"GET * HTTP/1.1\r\nHost: a\r\n": "target *",
             b"DELETE * HTTP/1.1\r\nHost: a\r\n": "target *",
+            # Routed as if the * were not there: a 200.
+            b"GET */status_check HTTP/1.1\r\nHost: a\r\n": "not a path",
+            b"GET status_check HTTP/1.1\r\nHost: a\r\n": "not a path",
+            b"GET %2A HTTP/1.1\r\nHost: a\r\n": "not a path",
+            # Klein's own text 400, and a traceback in the log.
+            b"GET /status_check HTTP/1.1\r\nHost: \xff\r\n": "not a host",
+            b"GET /status_check HTTP/1.1\r\nHost: a b\r\n": "not a host",
+            b"GET /status_check HTTP/1.1\r\nHost: a/b\r\n": "not a host",
         }
         with capturedLogs() as logged:
             for head, says in refused.items():
@@ -391,7 +399,10 @@ class FramingTests(TestCase):
                 self.assertEqual(status_of(answer), 400, head)
                 self.assertIn(says, json_of(answer)["error"], head)
             for head in (b"GET /p/x HTTP/1.1\r\nHost: a\r\n",
-                         b"GET /p/x HTTP/1.0\r\n"):  # fmt: skip
+                         b"GET /p/x HTTP/1.0\r\n",
+                         b"GET /p/x HTTP/1.1\r\nHost: [::1]:80\r\n",
+                         b"GET /p/x HTTP/1.1\r\nHost: 127.0.0.1:7000\r\n",
+                         b"GET http://a/p/x HTTP/1.1\r\nHost: a\r\n"):  # fmt: skip
                 answer = await exchange(self.port, head + b"Connection: close\r\n\r\n")
                 self.assertEqual(status_of(answer), 404, head)
         self.assertEqual([e for e in logged if e.get("log_failure")], [])
