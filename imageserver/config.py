@@ -764,7 +764,12 @@ def update_table(path: str) -> None:
 if __name__ == "__main__":
     import sys
 
-    if len(sys.argv) > 1:
+    if sys.argv[1:2] in (["-h"], ["--help"]):
+        print(
+            "usage: python -m imageserver.config [PAGE]\n\nPrints the options "
+            "table, or rewrites the one in PAGE (docs/configuration.md)."
+        )
+    elif len(sys.argv) > 1:
         update_table(sys.argv[1])
     else:
         print(options_table(), end="")

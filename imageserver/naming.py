@@ -6,6 +6,7 @@ ever builds a storage key from text that was not validated.
 
 from __future__ import annotations
 
+import difflib
 import enum
 import functools
 import re
@@ -403,7 +404,7 @@ def _parse(name: str, m: re.Match[str], default_quality: int) -> Variant:
             once(token)
             fields[token] = True
         else:
-            raise InvalidRequest(f"{name!r}: unknown option {token!r}")
+            raise InvalidRequest(f"{name!r}: unknown option {token!r}{_nearest(token)}")
     if placed and fit is not Fit.FILL:
         raise InvalidRequest(
             f"{name!r}: {placed} applies only to cover crops (xN or WxH without "
@@ -414,6 +415,19 @@ def _parse(name: str, m: re.Match[str], default_quality: int) -> Variant:
 
 #: Focal points that are a gravity's edge or corner: the crop they give is
 #: the gravity's, by the arithmetic of geometry's cover box.
+#: The option words (docs/api.md's table must name each), and what a
+#: misspelt one is matched against for a suggestion.
+OPTION_WORDS = ("fit", "pad", "noup", "smart", "trim", "flip", "flop", "sharp",
+                 "gray", "blur", "q", "fp", *GRAVITIES, *ROTATIONS)  # fmt: skip
+
+
+def _nearest(token: str) -> str:
+    """``" (did you mean 'gray'?)"`` for ``grey``; empty when nothing is near."""
+    stem = token.rstrip("0123456789_")
+    near = difflib.get_close_matches(stem or token, OPTION_WORDS, n=1, cutoff=0.6)
+    return f" (did you mean {near[0]!r}?)" if near and near[0] != stem else ""
+
+
 _FOCUS_GRAVITIES: dict[tuple[int, int], str] = {
     (round(x * 100), round(y * 100)): g for g, (x, y) in GRAVITIES.items()
 }

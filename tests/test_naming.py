@@ -307,6 +307,8 @@ class GrammarV2Tests(SynchronousTestCase):
             ("x200-r90-r180.jpg", "a rotation is given twice"),
             ("x200-q10-q20.jpg", "the quality is given twice"),
             ("x200-foo.jpg", "unknown option 'foo'"),
+            ("w200-grey.jpg", "unknown option 'grey' (did you mean 'gray'?)"),
+            ("x200-shrap.jpg", "unknown option 'shrap' (did you mean 'sharp'?)"),
             ("x200-r45.jpg", "unknown option 'r45'"),
             ("x200-padfff.jpg", "unknown option 'padfff'"),
             ("x200-fp101_5.jpg", "a focal point is 0 to 100 per cent"),
