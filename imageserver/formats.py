@@ -119,7 +119,7 @@ _JPEG = OutputFormat(
     False,
     65500,
     _jpeg_whole,
-    quality=81,
+    quality=84,
     # jpegli encodes RGB; Pillow (greyscale) writes optimised Huffman tables:
     # 5 % smaller at 200 px for 0.2 ms (every peer writes them).
     options=MappingProxyType({"optimize": True}),
@@ -149,7 +149,7 @@ OUTPUTS: dict[str, OutputFormat] = {
         16383,
         _webp_whole,
         animation=True,
-        quality=79,
+        quality=81,
         # method 6: 3 % fewer bytes at equal fidelity, which puts WebP 6-8 %
         # under the peers'; for 1.0x (w200) to 1.65x (w800) the CPU of a
         # render from a 12 MP JPEG (docs/performance.md).
@@ -164,7 +164,7 @@ OUTPUTS: dict[str, OutputFormat] = {
         65536,
         _bmff_whole,
         animation=True,
-        quality=62,
+        quality=63,
         # 4:4:4 keeps colour edges: 2 % fewer bytes at equal fidelity for
         # about the same encode time (benchmarks/encoders.py).
         options=MappingProxyType({"subsampling": "4:4:4"}),

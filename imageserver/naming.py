@@ -172,7 +172,7 @@ class Variant:
     gray: bool = False
     #: Whether the name gives ``-qN``: without it, ``quality`` is
     #: --default_quality's, which an operator may change, so ``w200.jpg`` and
-    #: ``w200-q81.jpg`` are two names even where their pixels agree today.
+    #: ``w200-q84.jpg`` are two names even where their pixels agree today.
     named_quality: bool = False
 
     @property
