@@ -178,7 +178,7 @@ OUTPUTS: dict[str, OutputFormat] = {
         True,
         2**30,
         _jxl_whole,
-        quality=78,
+        quality=81,
         options=MappingProxyType({"use_container": True}),
         full_quality=MappingProxyType({"lossless": True}),
     ),
