@@ -14,8 +14,10 @@ from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from imageserver.bulk.batches import Batches
 from imageserver.config import Config
@@ -138,6 +140,45 @@ def sample(events: Events, name: str, **labels: str) -> float:
     """The current value of one metric sample (0 when never recorded)."""
     value = events.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
+
+
+class ClosingSite(Site):
+    """A site whose connections a test closes and waits for: the server at the
+    other end may have exited without this reactor having read the close yet,
+    which trial would report as an unclean reactor."""
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource)
+        self.open: list[tuple[Any, Deferred[None]]] = []
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = super().buildProtocol(addr)
+        closed: Deferred[None] = Deferred()
+        self.open.append((protocol, closed))
+        lost = protocol.connectionLost
+
+        def connection_lost(reason: Failure) -> None:
+            lost(reason)
+            closed.callback(None)
+
+        protocol.connectionLost = connection_lost
+        return protocol
+
+    async def close(self) -> None:
+        for protocol, closed in self.open:
+            if not closed.called:
+                protocol.transport.abortConnection()
+            await closed
+
+
+def serve(case: Any, resource: Resource) -> str:
+    """The base URL of ``resource`` served on loopback for the length of
+    ``case``, its connections closed and waited for at the end."""
+    site = ClosingSite(resource)
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    case.addCleanup(site.close)
+    case.addCleanup(port.stopListening)
+    return f"http://127.0.0.1:{port.getHost().port}"
 
 
 class TestCaseMixin:

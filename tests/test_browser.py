@@ -13,14 +13,12 @@ import re
 import shutil
 import tempfile
 
-from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest
 from twisted.web.resource import Resource
-from twisted.web.server import Site
 from twisted.web.static import Data
 
-from tests.support import encode, noise
+from tests.support import encode, noise, serve
 from tests.test_twistd import TwistdCase
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -67,8 +65,7 @@ class ChromiumTests(TwistdCase):
         pages.putChild(
             b"page.html", Data(PAGE.format(folder=folder).encode(), "text/html")
         )
-        port = reactor.listenTCP(0, Site(pages), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
+        pages_url = serve(self, pages)
         profile = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, profile, True)
         out, err, code = await getProcessOutputAndValue(
@@ -79,7 +76,7 @@ class ChromiumTests(TwistdCase):
                 "--disable-component-update", "--disable-sync",
                 f"--user-data-dir={profile}", "--force-device-scale-factor=2",
                 "--virtual-time-budget=20000", "--dump-dom",
-                f"http://127.0.0.1:{port.getHost().port}/page.html",
+                f"{pages_url}/page.html",
             ],
             env={**os.environ},
         )  # fmt: skip

@@ -23,14 +23,14 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import NOT_DONE_YET
 
 from imageserver import __version__
 from imageserver.access.signing import sign
 from tests import CHECKOUT_DIR, s3server
 from tests.rawhttp import connected, exchange, json_of, request_bytes, status_of
 from tests.runtime.test_manhole import client_key, ssh_into
-from tests.support import RED, YELLOW, TestCaseMixin, encode, quadrants
+from tests.support import RED, YELLOW, TestCaseMixin, encode, quadrants, serve
 
 CHECKOUT = CHECKOUT_DIR
 TWISTD = "from twisted.scripts.twistd import run; run()"
@@ -359,9 +359,7 @@ class OperationsTests(TwistdCase):
     async def held_upload(self) -> tuple[HeldSource, Deferred[Any]]:
         """An upload in flight: the server waits on a source the test holds."""
         source = HeldSource()
-        port = reactor.listenTCP(0, Site(source), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        url = f"http://127.0.0.1:{port.getHost().port}/photo.jpg"
+        url = f"{serve(self, source)}/photo.jpg"
         upload = Deferred.fromCoroutine(self.call("POST", f"/p?source={url}"))
 
         def too_soon(result: object) -> object:
@@ -615,9 +613,7 @@ class BatchProcessTests(TwistdCase):
     async def test_a_batch_survives_a_kill_and_resumes_where_it_stopped(self) -> None:
         a, b = encode(quadrants((64, 48))), encode(quadrants((30, 20)), "PNG")
         source = BatchSource(a, b)
-        port = reactor.listenTCP(0, Site(source), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        base = f"http://127.0.0.1:{port.getHost().port}"
+        base = serve(self, source)
         store = os.path.abspath(self.mktemp())
         options = ("--local_base_path", store, "--allow_private_sources")
 
@@ -712,9 +708,7 @@ class WebhookTwistdTests(TwistdCase):
         from tests.lifecycle.test_webhooks import SECRET, Receiver
 
         receiver = Receiver()
-        port = reactor.listenTCP(0, Site(receiver), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        url = f"http://127.0.0.1:{port.getHost().port}/events"
+        url = f"{serve(self, receiver)}/events"
         await self.start_server("--webhook", url, "--webhook_secret", SECRET.decode())
         arrived: Deferred[None] = Deferred()
         receiver.arrived.append(arrived)

@@ -15,7 +15,6 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
-from twisted.web.server import Site
 from twisted.web.static import Data
 
 from imageserver.bulk.batches import Item, parse_line
@@ -25,7 +24,7 @@ from imageserver.sources.fetcher import SourceFetcher
 from imageserver.storage.local import LocalStorage
 from tests import CHECKOUT_DIR
 from tests.s3server import CREDENTIALS, shared
-from tests.support import decode, encode, quadrants
+from tests.support import decode, encode, quadrants, serve
 
 CHECKOUT = CHECKOUT_DIR
 PHOTO = encode(quadrants((400, 300)))
@@ -75,9 +74,7 @@ class ProcessTests(TestCase):
         sources = Resource()
         sources.putChild(b"photo.jpg", Data(PHOTO, "image/jpeg"))
         sources.putChild(b"other.png", Data(OTHER, "image/png"))
-        port = reactor.listenTCP(0, Site(sources), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.source = f"http://127.0.0.1:{port.getHost().port}"
+        self.source = serve(self, sources)
 
     async def run_cli(self, *args: str, stdin: str = "") -> tuple[int, str, str]:
         options = Options()
