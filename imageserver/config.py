@@ -168,7 +168,7 @@ class Config:
     )
     io_concurrency: int = setting(8, "Threads reading and writing storage.")
     memory_cache_bytes: int = setting(
-        64 * 1024 * 1024,
+        32 * 1024 * 1024,
         "Bytes of recently served variants kept in memory; 0 turns it off.",
         server_only=True,
     )

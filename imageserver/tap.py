@@ -15,7 +15,7 @@ from imageserver.options import (
     unknown_variable_warning,
     unknown_variables,
 )
-from imageserver.runtime.allocator import limit_arenas
+from imageserver.runtime.allocator import hold_allocator
 from imageserver.service import make_service
 from imageserver.workers import WORKER_CONFIG, WORKER_ID, config_of_worker
 
@@ -41,7 +41,7 @@ def makeService(options: Options) -> IService:
     """
     from twisted.internet import reactor
 
-    limit_arenas()  # before any thread of ours allocates
+    hold_allocator()  # before any thread of ours allocates
     reactor.callWhenRunning(gc.freeze)  # type: ignore[attr-defined]
     worker = config_of_worker(os.environ)
     if worker is not None:
