@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from glob import escape as glob_escape
 from typing import Any
+from urllib.parse import urlsplit
 
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import MultiService, Service
@@ -27,10 +30,13 @@ from imageserver.lifecycle.purges import PurgeLog
 from imageserver.lifecycle.webhooks import Webhooks
 from imageserver.metrics.events import Events
 from imageserver.naming import ImageId, is_generated
+from imageserver.origin_paths import OriginPaths
 from imageserver.runtime.listening import StartupFailed
 from imageserver.runtime.pools import ThreadPoolService
 from imageserver.runtime.shutdown import Deadline
+from imageserver.sources.addresses import source_host
 from imageserver.sources.fetcher import SourceFetcher, source_agent
+from imageserver.sources.origins import FileOrigin, HttpOrigin, Origin
 from imageserver.storage import Storage, hostlocks
 from imageserver.storage.behind import WriteBehind
 from imageserver.storage.hostlocks import HostLocks
@@ -315,3 +321,53 @@ def make_storage(
     )
     sweeper.setServiceParent(parent)
     return TieredStorage(local, remote, uploads)
+
+
+def make_origin_paths(
+    config: Config,
+    reactor: Any,
+    parent: MultiService,
+    images: Images,
+    storage: Storage,
+    io: ThreadPoolService,
+    events: Events,
+    shared_host: bool = False,
+) -> OriginPaths | None:
+    """The origins' paths (--origin), or None without origins.
+
+    An HTTP origin's fetcher connects to that origin's host alone, every
+    redirect included, under the server's address policy (an origin on a
+    private network needs --allow_networks like a source URL).
+    """
+    specs = config.origin_specs
+    if not specs:
+        return None
+    connections = ConnectionPoolService(HTTPConnectionPool(reactor, persistent=True))
+    connections.setServiceParent(parent)
+    origins: dict[str, Origin] = {}
+    for namespace, spec in specs.items():
+        if spec.scheme == "file":
+            origins[namespace] = FileOrigin(spec.url, io.run, config.max_source_bytes)
+            continue
+        host = source_host(urlsplit(spec.url).hostname or "")
+        policy = replace(config.source_policy, allowlist=(glob_escape(host),))
+        agent = source_agent(reactor, connections.pool, policy, config.max_redirects)
+        fetcher = SourceFetcher(
+            agent,
+            reactor,
+            timeout=config.http_timeout,
+            max_bytes=config.max_source_bytes,
+        )
+        origins[namespace] = HttpOrigin(spec.url, fetcher)
+    return OriginPaths(
+        images=images,
+        storage=storage,
+        origins=origins,
+        clock=reactor,
+        ttl=config.origin_ttl,
+        negative_ttl=config.origin_missing_ttl,
+        events=events,
+        host_locks=(
+            HostLocks(config.local_base_path, io.run, reactor) if shared_host else None
+        ),
+    )

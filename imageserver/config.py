@@ -16,9 +16,16 @@ from typing import Any
 from imageserver.access.signing import secrets_of
 from imageserver.images import RenderPolicy
 from imageserver.imaging.renderer import DECODER_MAX_PIXELS, Limits
-from imageserver.naming import OUTPUT_FORMATS, Presets, VariantRules, ascii_digits
+from imageserver.naming import (
+    OUTPUT_FORMATS,
+    Presets,
+    VariantRules,
+    ascii_digits,
+    check_namespace_option,
+)
 from imageserver.runtime import endpoints
 from imageserver.sources.addresses import SourcePolicy
+from imageserver.sources.origins import OriginSpec, parse_origins
 
 CANNED_ACLS = (
     "private",
@@ -275,6 +282,24 @@ class Config:
     source_allowlist: tuple[str, ...] = setting(
         (), "Host name patterns source URLs must match, e.g. '*.example.com'."
     )
+    origin: tuple[str, ...] = setting(
+        (),
+        "Namespaces served from where their images already live: NAME=URL "
+        "pairs (comma-separated); URL file:///dir/ or http(s)://host/prefix/ "
+        "(docs/origins.md).",
+        server_only=True,
+    )
+    origin_ttl: float = setting(
+        3600.0,
+        "Seconds a path of an origin is served as stored before the origin is "
+        "asked again (in the background: what is stored is served meanwhile).",
+        server_only=True,
+    )
+    origin_missing_ttl: float = setting(
+        60.0,
+        "Seconds an origin's 'no such object' is remembered.",
+        server_only=True,
+    )
     secret: str = setting(
         "",
         "Serve only URLs signed with one of these secrets (HMAC-SHA256, see "
@@ -511,6 +536,15 @@ class Config:
                 ) from None
         if self.shutdown_timeout < 0:
             raise ValueError("--shutdown_timeout must not be negative")
+        for namespace, spec in self.origin_specs.items():
+            check_namespace_option(namespace)
+            if spec.scheme == "s3":
+                raise ValueError(
+                    f"--origin {namespace}={spec.url}: bucket origins are not "
+                    "served yet; use a file:// or http(s):// origin"
+                )
+        if self.origin_ttl <= 0 or self.origin_missing_ttl <= 0:
+            raise ValueError("--origin_ttl and --origin_missing_ttl must be positive")
         if self.memory_cache_bytes < 0:
             raise ValueError("--memory_cache_bytes must not be negative")
         if self.max_source_pixels > DECODER_MAX_PIXELS:
@@ -638,6 +672,11 @@ class Config:
         )
 
     @property
+    def origin_specs(self) -> dict[str, OriginSpec]:
+        """Each origin namespace's origin (ValueError for a malformed one)."""
+        return parse_origins(self.origin)
+
+    @property
     def render_policy(self) -> RenderPolicy:
         """What the use cases may make and serve, and what it may cost."""
         return RenderPolicy(
@@ -646,6 +685,7 @@ class Config:
             presets=self.catalogue,
             serve_originals=self.serve_originals,
             processing_timeout=self.processing_timeout,
+            origins=frozenset(self.origin_specs),
         )
 
 

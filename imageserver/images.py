@@ -90,6 +90,9 @@ class RenderPolicy:
     serve_originals: bool = True
     #: Seconds a render may take before its request is answered 503.
     processing_timeout: float | None = None
+    #: Namespaces whose originals come from an origin (--origin): nothing is
+    #: uploaded into them.
+    origins: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +127,7 @@ class Images:
         coordination = coordination or Coordination()
         self._clock = clock
         self._serve_originals = policy.serve_originals
+        self._origins = policy.origins
         self._host_locks = coordination.host_locks
         #: Stores into a folder and its purge never overlap (see gates).
         self._gate = FolderGate(coordination.host_locks)
@@ -157,6 +161,11 @@ class Images:
         ``body_is`` names the body in messages (the command line's is a file).
         """
         check_namespace(namespace)
+        if namespace in self._origins:
+            raise Forbidden(
+                f"namespace {namespace!r} is served from its origin (--origin): "
+                "its images come from there; upload into another namespace"
+            )
         variants = self._outputs(namespace, outputs, defaults=True)
         data, subject = b"", body_is
         if source is not None:
@@ -178,6 +187,21 @@ class Images:
             return await self._store(namespace, data, variants)
         except NotAnImage as e:
             raise e.about(subject) from None
+
+    async def store_original(
+        self, namespace: str, data: bytes, subject: str
+    ) -> ImageId:
+        """Store ``data`` as an upload would (checked, once, with the default
+        outputs): an origin's object, fetched. ``subject`` names it in
+        messages."""
+        if not data:
+            raise UnsupportedImage(f"{subject} is empty")
+        variants = self._outputs(namespace, None, defaults=True)
+        try:
+            info = await self._store(namespace, data, variants)
+        except NotAnImage as e:
+            raise e.about(subject) from None
+        return ImageId(namespace, json.loads(info)["hash"])
 
     async def _store(
         self, namespace: str, data: bytes, variants: tuple[Variant, ...]

@@ -20,7 +20,7 @@ from twisted.web.resource import IResource
 
 from imageserver import __version__
 from imageserver.access.tokens import WriteTokens
-from imageserver.assembly import check_store, make_images
+from imageserver.assembly import check_store, make_images, make_origin_paths
 from imageserver.bulk.batches import Batches
 from imageserver.config import Config
 from imageserver.metrics.events import Events, host_metrics
@@ -228,7 +228,10 @@ def make_service(
         clock=reactor,
         run=io_pool.run,
     )
-    api: IResource = ImageServerApp(images, batches).app.resource()
+    origin_paths = make_origin_paths(
+        config, reactor, top, images, storage, io_pool, events, worker is not None
+    )
+    api: IResource = ImageServerApp(images, batches, origin_paths).app.resource()
     tokens = None
     if config.write_tokens:
         tokens = top.write_tokens = WriteTokens(config.write_tokens)

@@ -21,10 +21,12 @@ from twisted.web.server import Site
 
 from imageserver.bulk.batches import Batches
 from imageserver.config import Config
-from imageserver.images import Coordination, Images, RenderPolicy
+from imageserver.images import Coordination, Images
 from imageserver.lifecycle.listeners import Lifecycle, NoLifecycle
 from imageserver.metrics.events import Events
+from imageserver.origin_paths import OriginPaths
 from imageserver.sources.fetcher import SourceFetcher
+from imageserver.sources.origins import FileOrigin, HttpOrigin, Origin
 from imageserver.storage import Storage
 from imageserver.storage.local import LocalStorage
 from imageserver.storage.metered import MeteredStorage
@@ -233,17 +235,41 @@ class AppHarness:
                 max_bytes=self.config.max_source_bytes,
             ),
             process=runner,
-            policy=RenderPolicy(
-                rules=self.config.rules,
-                limits=self.config.decode_limits,
-                presets=self.config.catalogue,
-                serve_originals=self.config.serve_originals,
-            ),
+            policy=self.config.render_policy,
             coordination=Coordination(lifecycle=lifecycle or NoLifecycle()),
             events=self.events,
         )
         self.batches = Batches(self.images, self.storage, clock=self.clock)
-        self.resource = ImageServerApp(self.images, self.batches).app.resource()
+        fetcher = SourceFetcher(
+            self.sources,
+            self.clock,
+            timeout=self.config.http_timeout,
+            max_bytes=self.config.max_source_bytes,
+        )
+        origins: dict[str, Origin] = {
+            namespace: (
+                FileOrigin(spec.url, synchronous, self.config.max_source_bytes)
+                if spec.scheme == "file"
+                else HttpOrigin(spec.url, fetcher)
+            )
+            for namespace, spec in self.config.origin_specs.items()
+        }
+        self.origin_paths = (
+            OriginPaths(
+                images=self.images,
+                storage=self.storage,
+                origins=origins,
+                clock=self.clock,
+                ttl=self.config.origin_ttl,
+                negative_ttl=self.config.origin_missing_ttl,
+                events=self.events,
+            )
+            if origins
+            else None
+        )
+        self.resource = ImageServerApp(
+            self.images, self.batches, self.origin_paths
+        ).app.resource()
         self.client = StubTreq(self.resource)
 
     def start(self, method: str, url: str, **kwargs: Any) -> Deferred[Any]:

@@ -166,6 +166,15 @@ class Events:
             ["what"],
             registry=r,
         )
+        self.origins = Counter(
+            "imageserver_origin_checks",
+            "Paths asked of an origin (--origin), by namespace and outcome: "
+            "fetched (new bytes stored), not_modified (the stored bytes "
+            "stand), missing (no such object), error (the origin failed; "
+            "what was stored is served).",
+            ["namespace", "outcome"],
+            registry=r,
+        )
         self.webhooks = Counter(
             "imageserver_webhook_events",
             "Webhook event deliveries by outcome: delivered, retried, dropped "
@@ -250,6 +259,10 @@ class Events:
     ) -> None:
         self.storage.labels(backend, operation, "ok" if ok else "error").inc()
         self.storage_seconds.labels(backend, operation).observe(seconds)
+
+    def origin(self, namespace: str, outcome: str) -> None:
+        """An origin asked about a path: see `origins`' outcomes."""
+        self.origins.labels(namespace, outcome).inc()
 
     def deleted(self, what: str) -> None:
         """An ``image`` purged, or one ``variant`` or ``file`` deleted."""

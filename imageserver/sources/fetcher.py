@@ -48,6 +48,7 @@ from imageserver.errors import (
     SourceUnavailable,
 )
 from imageserver.sources.addresses import SourcePolicy, source_host
+from imageserver.sources.origins import Fetched
 from imageserver.sources.outbound import connect_bounded
 
 log = Logger()
@@ -224,6 +225,13 @@ class SourceFetcher:
         self._max_bytes = max_bytes
 
     async def fetch(self, url: str) -> bytes:
+        fetched = await self.fetch_object(url, None)
+        assert fetched is not None  # nothing known: never "not modified"
+        return fetched.data
+
+    async def fetch_object(self, url: str, known: str | None) -> Fetched | None:
+        """The object at ``url`` with its validator, or None when the server
+        says it is still the one ``known`` names (a conditional request)."""
         try:
             parts = urlsplit(url)
             hostname, port = parts.hostname, parts.port
@@ -251,7 +259,7 @@ class SourceFetcher:
                 f"source host {host} did not answer within {timeout:g} seconds"
             )
 
-        download = defer.Deferred.fromCoroutine(self._download(uri, answered))
+        download = defer.Deferred.fromCoroutine(self._download(uri, answered, known))
         download.addTimeout(self._timeout, self._clock, onTimeoutCancel=timed_out)
         try:
             return await download
@@ -259,9 +267,19 @@ class SourceFetcher:
             log.info("source {url} failed: {error}", url=url, error=e)
             raise _explained(e, host, port) from None
 
-    async def _download(self, uri: bytes, answered: list[bool]) -> bytes:
-        response = await self._agent.request(b"GET", uri, _HEADERS)
+    async def _download(
+        self, uri: bytes, answered: list[bool], known: str | None
+    ) -> Fetched | None:
+        headers = _HEADERS.copy()
+        if known is not None:
+            kind, _, value = known.partition(":")
+            name = b"If-None-Match" if kind == "etag" else b"If-Modified-Since"
+            headers.setRawHeaders(name, [value.encode("latin-1")])
+        response = await self._agent.request(b"GET", uri, headers)
         answered.append(True)
+        if response.code == 304 and known is not None:
+            _discard(response)
+            return None
         if response.code in (404, 410):
             _discard(response)
             raise NotFound(f"source answered {response.code}")
@@ -271,12 +289,23 @@ class SourceFetcher:
         if isinstance(response.length, int) and response.length > self._max_bytes:
             _discard(response)
             raise ContentTooLarge(self._too_large())
-        return await read_bounded(
+        data = await read_bounded(
             response, self._max_bytes, ContentTooLarge(self._too_large())
         )
+        return Fetched(data, _validator(response.headers))
 
     def _too_large(self) -> str:
         return f"source is larger than the limit of {self._max_bytes} bytes"
+
+
+def _validator(headers: Headers) -> str | None:
+    """What names this answer's bytes for a conditional request: its strong
+    or weak ETag, else its Last-Modified (latin-1, as HTTP carries them)."""
+    for name, kind in ((b"ETag", "etag"), (b"Last-Modified", "modified")):
+        values = headers.getRawHeaders(name)
+        if values and values[-1].strip() and len(values[-1]) <= 1024:
+            return f"{kind}:{values[-1].strip().decode('latin-1')}"
+    return None
 
 
 def _unreachable(host: str, port: int, e: error.ConnectError) -> SourceUnavailable:

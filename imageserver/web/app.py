@@ -9,10 +9,10 @@ from klein import Klein, Response
 from twisted.web.http import datetimeToString, stringToDatetime
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
-from werkzeug.routing import BaseConverter
+from werkzeug.routing import BaseConverter, PathConverter
 
 from imageserver.bulk.batches import Batches
-from imageserver.errors import InvalidRequest
+from imageserver.errors import InvalidRequest, NotFound
 from imageserver.images import Images, Resolved
 from imageserver.naming import (
     AUTO,
@@ -22,6 +22,7 @@ from imageserver.naming import (
     ImageId,
     is_generated,
 )
+from imageserver.origin_paths import OriginPaths
 from imageserver.storage import StoredObject, cache_control
 from imageserver.web.openapi import spec_json
 from imageserver.web.responses import (
@@ -53,16 +54,34 @@ class ImageFolderConverter(BaseConverter):
         return value.folder
 
 
+class OriginPathConverter(PathConverter):
+    """``<origin_path:...>``: the rest of a path, unless it is an image folder
+    (and maybe a name in it): those URLs are the image routes', in origin
+    namespaces too, so a hash folder's URL means one thing everywhere."""
+
+    regex = (
+        r"(?![0-9a-f]{3}/[0-9a-f]{3}/[0-9a-f]{3}/[0-9a-f]{23}(?:/[^/]*)?$)"
+        + PathConverter.regex
+    )
+
+
 class ImageServerApp:
     app = Klein()
     app.url_map.converters["image"] = ImageFolderConverter
+    app.url_map.converters["origin_path"] = OriginPathConverter
     # "a//b" is not "a/b": a path that does not match is a 404, never a
     # redirect (werkzeug's would point %2F names back at themselves).
     app.url_map.merge_slashes = False
 
-    def __init__(self, images: Images, batches: Batches) -> None:
+    def __init__(
+        self,
+        images: Images,
+        batches: Batches,
+        origin_paths: OriginPaths | None = None,
+    ) -> None:
         self._images = images
         self._batches = batches
+        self._origin_paths = origin_paths
 
     @app.route("/status_check", methods=["GET"])
     def status_check(self, request: IRequest) -> Response:
@@ -121,6 +140,39 @@ class ImageServerApp:
         await self._images.put_file(image, name, request.content)
         return Response(200, {"Content-Length": "0"}, b"")
 
+    # An origin's paths: anything under an origin namespace that is not one
+    # of the routes above (a hash folder's URL stays the hash folder's).
+    @app.route("/<namespace>/<origin_path:path>", methods=["GET"], endpoint="origin_get")
+    async def origin_get(
+        self, request: IRequest, namespace: str, path: str
+    ) -> Response:
+        paths = self._origin(namespace)
+        path, _, name = path.rpartition("/")
+        if not path:
+            raise NotFound(
+                f"name a variant of the origin's object: /{namespace}/{name}/w200.jpg"
+            )
+        image = await paths.image(namespace, path)
+        served = await self._images.resolve(image, name, request.getHeader("Accept"))
+        stored = await self._images.get(image, served.name)
+        return _serve(
+            request, stored, image, served, name, by_path=paths.cache_control()
+        )
+
+    @app.route("/<namespace>/<origin_path:path>", methods=["DELETE"], endpoint="origin_forget")
+    async def origin_forget(
+        self, request: IRequest, namespace: str, path: str
+    ) -> Response:
+        image = await self._origin(namespace).forget(namespace, path)
+        if image is not None:
+            await self._images.purge(image)
+        return Response(204, {}, b"")
+
+    def _origin(self, namespace: str) -> OriginPaths:
+        if self._origin_paths is None or not self._origin_paths.serves(namespace):
+            raise NotFound("no such image path")
+        return self._origin_paths
+
     app.handle_errors(HTTPException)(routing_error)
     app.handle_errors(Exception)(server_error)
 
@@ -174,8 +226,14 @@ def _serve(
     image: ImageId,
     served: Resolved,
     requested: str,
+    by_path: str | None = None,
 ) -> Response:
-    """``stored``, found as ``served`` says for the ``requested`` name."""
+    """``stored``, found as ``served`` says for the ``requested`` name.
+
+    ``by_path``: asked for by an origin's path, which may come to stand for
+    other bytes: cached that long (a Cache-Control), and located at its
+    hash folder's URL, which is cached for ever.
+    """
     # Date is the time of the answer, not of the request's arrival (a first
     # render can take seconds), and Last-Modified is never later than it.
     now = int(time.time())
@@ -185,13 +243,14 @@ def _serve(
         "ETag": stored.etag,
         "Last-Modified": datetimeToString(min(int(stored.modified), now)).decode(),
         # A preset may be edited: its URL is kept for a while, not for ever.
-        "Cache-Control": PRESET_CACHE if served.preset else cache_control(served.name),
+        "Cache-Control": by_path
+        or (PRESET_CACHE if served.preset else cache_control(served.name)),
         "X-Content-Type-Options": "nosniff",
     }
     if served.negotiated:
         # What is served depends on Accept; this is its own URL.
         headers["Vary"] = "Accept"
-    if served.name != requested:
+    if served.name != requested or by_path:
         # A preset, a .auto choice or a density spelling: the stored name.
         headers["Content-Location"] = f"/{image.folder}/{served.name}"
     if client_file:

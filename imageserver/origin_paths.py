@@ -1,0 +1,195 @@
+"""Paths in an origin's namespace, and the stored images they stand for.
+
+A namespace backed by an origin (``--origin NAME=URL``) is addressed by the
+origin's own paths. The first request for a path fetches its object (once,
+however many ask, across the workers of a host), stores it as an upload
+would (checked, under its md5) and keeps a record in the storage: the path's
+hash, the origin's validator, when it was last checked. Every instance on
+the same store shares the records. After ``ttl`` a path is served from what
+is stored while it is checked again in the background; an origin that is
+down or failing leaves what is stored being served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from imageserver.errors import NotFound
+from imageserver.images import Images
+from imageserver.metrics.events import Events
+from imageserver.naming import ImageId
+from imageserver.sources.origins import Origin, object_path
+from imageserver.storage import Storage
+from imageserver.storage.flights import Flights
+from imageserver.storage.hostlocks import HostLocks
+
+log = Logger()
+
+#: The folder of a namespace's path records: never a hash folder's first
+#: part (three hex digits), never a variant or file name.
+RECORDS = "paths"
+
+
+@dataclass(frozen=True)
+class Record:
+    """What a path stood for when it was last checked at the origin."""
+
+    path: str
+    #: The md5 of its object, or None: the origin had no such object.
+    hash: str | None
+    #: The origin's validator of those bytes (ETag, Last-Modified, ...).
+    validator: str | None
+    #: When the origin was last asked (seconds since the epoch).
+    checked: float
+
+
+def record_key(namespace: str, segments: tuple[str, ...]) -> str:
+    """The storage key of a path's record: its SHA-256, so every path has a
+    key of the same shape, whatever it spells."""
+    digest = hashlib.sha256("/".join(segments).encode("utf-8")).hexdigest()
+    return f"{namespace}/{RECORDS}/{digest[:2]}/{digest[2:]}.json"
+
+
+class OriginPaths:
+    """Each origin namespace's paths, resolved to stored images."""
+
+    def __init__(
+        self,
+        *,
+        images: Images,
+        storage: Storage,
+        origins: Mapping[str, Origin],
+        clock: IReactorTime,
+        ttl: float,
+        negative_ttl: float,
+        events: Events,
+        host_locks: HostLocks | None = None,
+    ) -> None:
+        self._images = images
+        self._storage = storage
+        self._origins = dict(origins)
+        self._clock = clock
+        self._ttl = ttl
+        self._negative_ttl = negative_ttl
+        self._events = events
+        self._host_locks = host_locks
+        self._checks: Flights[str, Record] = Flights()
+        #: Background checks under way (stopping waits for none: a check
+        #: cut short leaves the record as it was).
+        self.checking: set[Deferred[Record]] = set()
+
+    def serves(self, namespace: str) -> bool:
+        return namespace in self._origins
+
+    def cache_control(self) -> str:
+        """Answers for a path may change after a check: kept `ttl`."""
+        return f"public, max-age={int(self._ttl)}"
+
+    async def image(self, namespace: str, path: str) -> ImageId:
+        """The stored image ``path`` stands for, fetched when new or gone
+        stale past use; `NotFound` when the origin has no such object."""
+        segments = object_path(path)
+        key = record_key(namespace, segments)
+        record = await self._read(key)
+        now = self._clock.seconds()
+        if record is not None and record.hash is not None:
+            if now - record.checked >= self._ttl:
+                self._check_in_background(namespace, segments, key)
+            return ImageId(namespace, record.hash)
+        if record is not None and now - record.checked < self._negative_ttl:
+            raise NotFound(f"no object {path!r} at the origin of {namespace!r}")
+        record = await self._checks.run([key], self._checker(namespace, segments))[key]
+        if record.hash is None:
+            raise NotFound(f"no object {path!r} at the origin of {namespace!r}")
+        return ImageId(namespace, record.hash)
+
+    async def forget(self, namespace: str, path: str) -> ImageId | None:
+        """Forget ``path`` (the next request fetches it again); the image it
+        stood for, if any, for the caller to purge."""
+        segments = object_path(path)
+        key = record_key(namespace, segments)
+        record = await self._read(key)
+        if record is None:
+            raise NotFound(f"{path!r} was never fetched from the origin")
+        await self._storage.delete(key)
+        return None if record.hash is None else ImageId(namespace, record.hash)
+
+    def _check_in_background(
+        self, namespace: str, segments: tuple[str, ...], key: str
+    ) -> None:
+        checking = self._checks.run([key], self._checker(namespace, segments))[key]
+        self.checking.add(checking)
+        checking.addErrback(self._check_failed, namespace, key)
+        checking.addBoth(lambda _: self.checking.discard(checking))
+
+    def _check_failed(self, failure: object, namespace: str, key: str) -> None:
+        # Stale-if-error: what is stored goes on being served (the error
+        # was counted by the check).
+        log.warn(
+            "checking {key} at its origin failed, serving what is stored: {why}",
+            key=key,
+            why=getattr(failure, "value", failure),
+        )
+
+    def _checker(self, namespace: str, segments: tuple[str, ...]):  # type: ignore[no-untyped-def]
+        async def check(keys: list[str]) -> dict[str, Record]:
+            (key,) = keys
+            if self._host_locks is None:
+                return {key: await self._check(namespace, segments, key)}
+            async with self._host_locks.holding([key]):
+                return {key: await self._check(namespace, segments, key)}
+
+        return check
+
+    async def _check(
+        self, namespace: str, segments: tuple[str, ...], key: str
+    ) -> Record:
+        """Ask the origin about a path and record the answer."""
+        record = await self._read(key)
+        now = self._clock.seconds()
+        if record is not None and now - record.checked < (
+            self._ttl if record.hash is not None else self._negative_ttl
+        ):
+            return record  # checked meanwhile (another worker, instance)
+        path = "/".join(segments)
+        known = record.validator if record is not None and record.hash else None
+        origin = self._origins[namespace]
+        try:
+            fetched = await origin.fetch(segments, known)
+        except NotFound:
+            self._events.origin(namespace, "missing")
+            return await self._write(key, Record(path, None, None, now))
+        except Exception:
+            self._events.origin(namespace, "error")
+            raise
+        if fetched is None:
+            assert record is not None and record.hash is not None
+            self._events.origin(namespace, "not_modified")
+            return await self._write(key, Record(path, record.hash, known, now))
+        self._events.origin(namespace, "fetched")
+        image = await self._images.store_original(
+            namespace, fetched.data, f"the origin's object {path!r}"
+        )
+        return await self._write(key, Record(path, image.hash, fetched.validator, now))
+
+    async def _read(self, key: str) -> Record | None:
+        stored = await self._storage.get(key)
+        if stored is None:
+            return None
+        try:
+            return Record(**json.loads(stored.data))
+        except (ValueError, TypeError):
+            log.warn("{key} is not a path record; fetching again", key=key)
+            return None
+
+    async def _write(self, key: str, record: Record) -> Record:
+        data = json.dumps(asdict(record)).encode()
+        await self._storage.put(key, data, "application/json")
+        return record

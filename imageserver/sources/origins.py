@@ -1,0 +1,226 @@
+"""Origins: where the originals of a namespace already live.
+
+An origin answers one question, "the bytes at this path, unless they are
+still the ones I have", for a directory (`FileOrigin`), a web server or a
+bucket. Paths come from URLs: `object_path` is the one grammar every kind
+reads them by, so no spelling reaches past an origin's root.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import quote, urlsplit
+
+from imageserver.errors import ContentTooLarge, InvalidRequest, NotFound
+from imageserver.runtime.pools import Runner
+
+#: The longest path accepted, in bytes of UTF-8, and the longest segment.
+MAX_PATH_BYTES = 1024
+MAX_SEGMENT_BYTES = 255
+#: Origin URL schemes, by kind.
+SCHEMES = ("file", "http", "https", "s3")
+#: Unicode categories refused in a path: controls (NUL among them), lone
+#: surrogates, line and paragraph separators. The same in every Python.
+_REFUSED = frozenset({"Cc", "Cs", "Zl", "Zp"})
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """An origin's object: its bytes and the validator that names them."""
+
+    data: bytes
+    #: What the origin says identifies these bytes (an ETag, or for a file
+    #: its inode, size and modification time); None when it says nothing.
+    validator: str | None
+
+
+def object_path(path: str) -> tuple[str, ...]:
+    """The segments of an origin path, or `InvalidRequest` saying what is
+    wrong: no empty, ``.`` or ``..`` segment, no backslash, NUL or control
+    character, NFC-normal, at most `MAX_PATH_BYTES`. Whatever an origin does
+    with the segments, they name one object under its root."""
+    if not path:
+        raise InvalidRequest("an origin path is empty: name an object, e.g. a/b.jpg")
+    if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        raise InvalidRequest(f"an origin path is at most {MAX_PATH_BYTES} bytes")
+    if unicodedata.normalize("NFC", path) != path:
+        raise InvalidRequest("an origin path must be NFC-normalised Unicode")
+    segments = tuple(path.split("/"))
+    for segment in segments:
+        if segment in ("", ".", ".."):
+            raise InvalidRequest(
+                f"{path[:200]!r}: empty, '.' and '..' segments are not origin paths"
+            )
+        if len(segment.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES:
+            raise InvalidRequest(
+                f"a segment of an origin path is at most {MAX_SEGMENT_BYTES} bytes"
+            )
+        if any(c == "\\" or unicodedata.category(c) in _REFUSED for c in segment):
+            raise InvalidRequest(
+                f"{path[:200]!r}: backslashes, control and separator characters "
+                "are not allowed in origin paths"
+            )
+    return segments
+
+
+@dataclass(frozen=True)
+class OriginSpec:
+    """``NAME=URL`` from the configuration, checked."""
+
+    namespace: str
+    url: str
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.url).scheme
+
+    @classmethod
+    def parse(cls, text: str) -> OriginSpec:
+        """Read ``NAME=URL``; ValueError saying what is wrong."""
+        name, sep, url = text.partition("=")
+        if not sep or not name or not url:
+            raise ValueError(
+                f"--origin {text!r}: give NAME=URL, e.g. shop=file:///srv/images/"
+            )
+        parts = urlsplit(url)
+        if parts.scheme not in SCHEMES:
+            raise ValueError(
+                f"--origin {text!r}: the URL's scheme must be one of "
+                f"{', '.join(SCHEMES)}"
+            )
+        if parts.query or parts.fragment:
+            raise ValueError(
+                f"--origin {text!r}: an origin URL has no query or fragment"
+            )
+        if parts.scheme == "file":
+            if parts.netloc not in ("", "localhost"):
+                raise ValueError(
+                    f"--origin {text!r}: a file URL names no host: file:///dir/"
+                )
+            if not os.path.isdir(parts.path):
+                raise ValueError(
+                    f"--origin {text!r}: {parts.path!r} is not a directory"
+                )
+        elif not parts.netloc:
+            raise ValueError(f"--origin {text!r}: the URL names no host or bucket")
+        return cls(name, url if url.endswith("/") else url + "/")
+
+
+def parse_origins(texts: Sequence[str]) -> dict[str, OriginSpec]:
+    """Each namespace's origin; ValueError for a namespace given twice."""
+    found: dict[str, OriginSpec] = {}
+    for text in texts:
+        spec = OriginSpec.parse(text)
+        if spec.namespace in found:
+            raise ValueError(f"--origin: namespace {spec.namespace!r} is given twice")
+        found[spec.namespace] = spec
+    return found
+
+
+def read_file(
+    root: str, segments: Sequence[str], max_bytes: int, known: str | None
+) -> Fetched | None:
+    """The file at ``segments`` under ``root``, or None when its validator is
+    still ``known``. Blocking: run it in the storage pool.
+
+    Walked one directory at a time with ``O_NOFOLLOW``, so a symbolic link
+    anywhere on the way (or the file itself) is not followed: an origin's
+    tree is what it holds, and nothing a link points to. Anything but a
+    regular file (a FIFO, a device) is not found.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    opened: list[int] = []
+    try:
+        try:
+            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            opened.append(fd)
+            for segment in segments[:-1]:
+                fd = os.open(segment, flags | os.O_DIRECTORY, dir_fd=fd)
+                opened.append(fd)
+            fd = os.open(segments[-1], flags | os.O_NONBLOCK, dir_fd=fd)
+            opened.append(fd)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EACCES,
+                           errno.ENAMETOOLONG, errno.ENXIO):  # fmt: skip
+                raise NotFound("no such object at the origin") from None
+            raise
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotFound("no such object at the origin")
+        validator = f"{info.st_ino:x}-{info.st_size:x}-{info.st_mtime_ns:x}"
+        if validator == known:
+            return None
+        if info.st_size > max_bytes:
+            raise ContentTooLarge(
+                f"the origin's object is {info.st_size} bytes, over the "
+                f"{max_bytes} allowed (--max_source_bytes)"
+            )
+        chunks, size = [], 0
+        while size <= max_bytes:
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > max_bytes:  # it grew while read
+            raise ContentTooLarge(
+                f"the origin's object is over the {max_bytes} bytes allowed "
+                "(--max_source_bytes)"
+            )
+        return Fetched(b"".join(chunks), validator)
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
+class Origin(Protocol):
+    """Where a namespace's originals live."""
+
+    #: What the origin is, for messages and metrics: its URL.
+    url: str
+
+    async def fetch(self, segments: Sequence[str], known: str | None) -> Fetched | None:
+        """The object at ``segments``, or None when it is still what ``known``
+        (a validator this origin gave) names. `NotFound` when there is none;
+        `ContentTooLarge`, `SourceUnavailable`, `SourceTimeout` as for a
+        source URL."""
+        ...
+
+
+class FileOrigin:
+    """A directory: `read_file` in the storage pool."""
+
+    def __init__(self, url: str, run: Runner, max_bytes: int) -> None:
+        self.url = url
+        self._root = urlsplit(url).path
+        self._run = run
+        self._max_bytes = max_bytes
+
+    async def fetch(self, segments: Sequence[str], known: str | None) -> Fetched | None:
+        return await self._run(read_file, self._root, segments, self._max_bytes, known)
+
+
+class ObjectFetcher(Protocol):
+    async def fetch_object(self, url: str, known: str | None) -> Fetched | None: ...
+
+
+class HttpOrigin:
+    """A web server: the path's segments, percent-encoded, under the URL,
+    fetched by a fetcher whose agent connects to the origin's host alone
+    (every redirect included), under the server's address policy."""
+
+    def __init__(self, url: str, fetcher: ObjectFetcher) -> None:
+        self.url = url
+        self._fetcher = fetcher
+
+    def object_url(self, segments: Sequence[str]) -> str:
+        return self.url + "/".join(quote(s, safe="") for s in segments)
+
+    async def fetch(self, segments: Sequence[str], known: str | None) -> Fetched | None:
+        return await self._fetcher.fetch_object(self.object_url(segments), known)

@@ -1,0 +1,121 @@
+"""Origin paths and the directory origin: one grammar, no way out of a root."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import unittest
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from imageserver.errors import ContentTooLarge, InvalidRequest, NotFound
+from imageserver.sources.origins import (
+    MAX_PATH_BYTES,
+    OriginSpec,
+    object_path,
+    parse_origins,
+    read_file,
+)
+
+#: Spellings that must never name anything outside a root, or be a path.
+REFUSED = [
+    "", "/", "a//b", "/a", "a/", ".", "..", "../x", "a/../../x", "a/./b",
+    "a\\..\\b", "..\\x", "a\x00b", "a\nb", "a\rb", "\x7f", "a\u2028b",
+    "a\u2029b", "\ud800", "a" * (MAX_PATH_BYTES + 1),
+    "e\u0301.jpg",  # not NFC
+    "x" * 256,
+]  # fmt: skip
+
+
+class ObjectPathTests(unittest.TestCase):
+    def test_every_refused_spelling(self) -> None:
+        for path in REFUSED:
+            with self.subTest(path=path[:40]), self.assertRaises(InvalidRequest):
+                object_path(path)
+
+    def test_ordinary_paths(self) -> None:
+        for path, segments in [
+            ("a.jpg", ("a.jpg",)),
+            ("products/2024/red shoe.jpg", ("products", "2024", "red shoe.jpg")),
+            ("%2e%2e/x", ("%2e%2e", "x")),  # decoded once, by the web layer
+            ("é/ü.png", ("é", "ü.png")),
+            ("...", ("...",)),
+        ]:
+            with self.subTest(path=path):
+                self.assertEqual(object_path(path), segments)
+
+    @given(st.text(max_size=60))
+    def test_an_accepted_path_stays_under_its_root(self, path: str) -> None:
+        try:
+            segments = object_path(path)
+        except InvalidRequest:
+            return
+        root = "/srv/root"
+        joined = os.path.normpath(os.path.join(root, *segments))
+        self.assertTrue(joined.startswith(root + "/"), joined)
+        self.assertEqual(joined, root + "/" + path)
+
+
+class SpecTests(unittest.TestCase):
+    def test_each_kind(self) -> None:
+        with tempfile.TemporaryDirectory() as root:
+            spec = OriginSpec.parse(f"shop=file://{root}")
+            self.assertEqual((spec.namespace, spec.url), ("shop", f"file://{root}/"))
+        self.assertEqual(OriginSpec.parse("b=s3://bucket/pre").url, "s3://bucket/pre/")
+        self.assertEqual(OriginSpec.parse("w=https://h/x/").scheme, "https")
+
+    def test_mistakes_say_what_is_wrong(self) -> None:
+        for text, words in [
+            ("shop", "NAME=URL"),
+            ("=file:///tmp", "NAME=URL"),
+            ("a=ftp://h/", "scheme"),
+            ("a=file:///no/such/dir", "not a directory"),
+            ("a=file://host/tmp", "no host"),
+            ("a=https:///x", "no host"),
+            ("a=https://h/?q=1", "no query"),
+        ]:
+            with self.subTest(text=text), self.assertRaisesRegex(ValueError, words):
+                OriginSpec.parse(text)
+        with self.assertRaisesRegex(ValueError, "twice"):
+            parse_origins(["a=https://h/", "a=https://i/"])
+
+
+class ReadFileTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.outside = tempfile.mkdtemp()
+        self.root = tempfile.mkdtemp()
+        with open(os.path.join(self.outside, "secret.jpg"), "wb") as f:
+            f.write(b"secret")
+        os.mkdir(os.path.join(self.root, "d"))
+        with open(os.path.join(self.root, "d", "a.jpg"), "wb") as f:
+            f.write(b"image")
+        os.symlink(self.outside, os.path.join(self.root, "out"))
+        os.symlink(
+            os.path.join(self.outside, "secret.jpg"), os.path.join(self.root, "s.jpg")
+        )
+        os.symlink("d/a.jpg", os.path.join(self.root, "inside.jpg"))
+        os.mkfifo(os.path.join(self.root, "fifo"))
+
+    def test_a_file(self) -> None:
+        fetched = read_file(self.root, ("d", "a.jpg"), 100, None)
+        assert fetched is not None
+        self.assertEqual(fetched.data, b"image")
+        # Unchanged: nothing is read.
+        self.assertIsNone(read_file(self.root, ("d", "a.jpg"), 100, fetched.validator))
+        with open(os.path.join(self.root, "d", "a.jpg"), "wb") as f:
+            f.write(b"changed!")
+        again = read_file(self.root, ("d", "a.jpg"), 100, fetched.validator)
+        assert again is not None
+        self.assertEqual(again.data, b"changed!")
+
+    def test_no_link_is_followed_and_nothing_but_files_is_read(self) -> None:
+        refused = [("out", "secret.jpg"), ("s.jpg",), ("inside.jpg",), ("fifo",),
+                   ("d",), ("missing.jpg",), ("d", "a.jpg", "x")]  # fmt: skip
+        for segments in refused:
+            with self.subTest(segments=segments), self.assertRaises(NotFound):
+                read_file(self.root, segments, 100, None)
+
+    def test_over_the_limit_is_refused_before_reading(self) -> None:
+        with self.assertRaisesRegex(ContentTooLarge, "--max_source_bytes"):
+            read_file(self.root, ("d", "a.jpg"), 4, None)
