@@ -33,6 +33,7 @@ from imageserver.web.responses import (
 )
 
 _IMAGE = "/<image:image>"
+_ORIGIN_PATH = "/<namespace>/<origin_path:path>"
 #: How long a preset's URL may be used before asking again: an operator may
 #: change what the preset means.
 PRESET_CACHE = "public, max-age=3600"
@@ -142,7 +143,7 @@ class ImageServerApp:
 
     # An origin's paths: anything under an origin namespace that is not one
     # of the routes above (a hash folder's URL stays the hash folder's).
-    @app.route("/<namespace>/<origin_path:path>", methods=["GET"], endpoint="origin_get")
+    @app.route(_ORIGIN_PATH, methods=["GET"], endpoint="origin_get")
     async def origin_get(
         self, request: IRequest, namespace: str, path: str
     ) -> Response:
@@ -159,7 +160,7 @@ class ImageServerApp:
             request, stored, image, served, name, by_path=paths.cache_control()
         )
 
-    @app.route("/<namespace>/<origin_path:path>", methods=["DELETE"], endpoint="origin_forget")
+    @app.route(_ORIGIN_PATH, methods=["DELETE"], endpoint="origin_forget")
     async def origin_forget(
         self, request: IRequest, namespace: str, path: str
     ) -> Response:
