@@ -609,6 +609,32 @@ class BatchSource(Resource):
         return self.bodies[request.path]
 
 
+class OriginTwistdTests(TwistdCase):
+    async def test_a_web_origin_is_fetched_from_its_host_alone(self) -> None:
+        from tests.web.test_origins import Served
+
+        web = Served()
+        photo = encode(quadrants((64, 48)))
+        web.objects[b"/img/a.jpg"] = photo
+        base = serve(self, web)
+        port = base.rsplit(":", 1)[1]
+        web.redirects[b"/img/here.jpg"] = b"/img/a.jpg"
+        web.redirects[b"/img/away.jpg"] = f"http://localhost:{port}/img/a.jpg".encode()
+        await self.start_server(
+            "--origin", f"web={base}/img/", "--allow_private_sources"
+        )
+        response, body = await self.call("GET", "/web/here.jpg/w32.png")
+        self.assertEqual(response.code, 200, body)
+        response, body = await self.call("GET", "/web/away.jpg/w32.png")
+        self.assertEqual(response.code, 403, body)
+        self.assertIn(b"localhost", body)
+        # A source URL may still go there: the pin is the origin's alone.
+        response, body = await self.call(
+            "POST", f"/p?source=http://localhost:{port}/img/a.jpg"
+        )
+        self.assertEqual(response.code, 200, body)
+
+
 class BatchProcessTests(TwistdCase):
     async def test_a_batch_survives_a_kill_and_resumes_where_it_stopped(self) -> None:
         a, b = encode(quadrants((64, 48))), encode(quadrants((30, 20)), "PNG")

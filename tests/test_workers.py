@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import os
 import signal
@@ -18,8 +19,9 @@ from twisted.internet.task import deferLater
 
 from imageserver import workers
 from imageserver.config import Config
-from tests.support import encode, quadrants
+from tests.support import encode, quadrants, serve
 from tests.test_twistd import OperationsTests, TwistdCase
+from tests.web.test_origins import Served
 
 
 def children(pid: int) -> set[int]:
@@ -237,6 +239,41 @@ class WorkersTests(TwistdCase):
         )
         served = await self.metric("imageserver_http_requests_total")
         self.assertGreaterEqual(served, 41)
+
+    async def test_one_fetch_for_concurrent_requests_of_a_new_origin_path(
+        self,
+    ) -> None:
+        web = Served()
+        photo = encode(quadrants((640, 480)))
+        web.objects[b"/img/a/b.jpg"] = photo
+        base = serve(self, web)
+        root = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(root, "d"))
+        with open(os.path.join(root, "d", "c.jpg"), "wb") as f:
+            f.write(photo)
+        await self.start_workers(
+            "--origin", f"files=file://{root},web={base}/img/",
+            "--allow_private_sources",
+        )  # fmt: skip
+        for path in ("/files/d/c.jpg", "/web/a/b.jpg"):
+            requests = [
+                Deferred.fromCoroutine(self.call("GET", f"{path}/w{w}.png"))
+                for w in (60, 80) * 10
+            ]
+            answers = await gatherResults(requests)
+            self.assertEqual({r.code for r, _ in answers}, {200}, path)
+            self.assertEqual(
+                {r.headers.getRawHeaders("Content-Location")[0].split("/")[2]
+                 for r, _ in answers},
+                {hashlib.md5(photo).hexdigest()[:3]},
+            )  # fmt: skip
+        self.assertEqual(len(web.asked), 1)
+        self.assertEqual(await self.metric("imageserver_origin_checks_total"), 2)
+        # In each namespace one original stored and each variant made once.
+        self.assertEqual(await self.metric("imageserver_originals_total"), 2)
+        self.assertEqual(
+            await self.metric("imageserver_processing_duration_seconds_count"), 6
+        )
 
     async def test_a_worker_outlives_no_supervisor(self) -> None:
         process, pids = await self.start_workers()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from urllib.parse import unquote_to_bytes
 
@@ -34,6 +35,8 @@ from imageserver.web.responses import (
 
 _IMAGE = "/<image:image>"
 _ORIGIN_PATH = "/<namespace>/<origin_path:path>"
+#: An image folder's path, and maybe one name in it.
+_FOLDER_PATH = re.compile(rb"/" + FOLDER_PATTERN.encode() + rb"(?:/[^/]+)?\Z")
 #: How long a preset's URL may be used before asking again: an operator may
 #: change what the preset means.
 PRESET_CACHE = "public, max-age=3600"
@@ -197,6 +200,14 @@ def route_name(request: IRequest) -> str:
         return "upload"
     if len(parts) in (2, 3) and parts[1] == b"batch":
         return "batch"
+    folder = _FOLDER_PATH.match(request.path)
+    if folder is None:
+        # Under a namespace and no image folder: an origin's path (or none).
+        if len(parts) >= 3 and all(parts) and request.method in (b"GET", b"HEAD"):
+            return "origin"
+        if len(parts) >= 2 and all(parts) and request.method == b"DELETE":
+            return "origin_forget"
+        return "other"
     if request.method == b"DELETE" and len(parts) in (5, 6):
         return "purge" if len(parts) == 5 else "delete"
     if len(parts) != 6:

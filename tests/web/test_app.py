@@ -538,7 +538,11 @@ class RouteNameTests(SynchronousTestCase):
             ("POST", f"{folder}/notes.txt", "store_file"),
             ("DELETE", folder, "purge"),
             ("DELETE", f"{folder}/w200.jpg", "delete"),
-            ("GET", "/a/b/c", "other"),
+            ("GET", "/a/b/c", "origin"),
+            ("GET", "/shop/products/red/shoe.jpg/w200.jpg", "origin"),
+            ("HEAD", "/shop/shoe.jpg/info.json", "origin"),
+            ("DELETE", "/shop/products/shoe.jpg", "origin_forget"),
+            ("GET", "/a//c", "other"),
             ("GET", "/", "other"),
             ("GET", "/p", "other"),
         ]

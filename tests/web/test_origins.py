@@ -24,6 +24,7 @@ class Served(Resource):
     def __init__(self) -> None:
         super().__init__()
         self.objects: dict[bytes, bytes] = {}
+        self.redirects: dict[bytes, bytes] = {}
         self.asked: list[tuple[bytes, bytes | None]] = []
         self.failing = False
 
@@ -33,6 +34,10 @@ class Served(Resource):
         if self.failing:
             request.setResponseCode(500)
             return b"down"
+        if request.path in self.redirects:
+            request.setResponseCode(302)
+            request.setHeader(b"Location", self.redirects[request.path])
+            return b""
         data = self.objects.get(request.path)
         if data is None:
             request.setResponseCode(404)
@@ -99,6 +104,16 @@ class FileOriginTests(TestCaseMixin, SynchronousTestCase):
         self.assertEqual(size_of(stale), (32, 24))
         _, new = self.app.request("GET", "/shop/products/red/shoe.jpg/w32.png")
         self.assertEqual(size_of(new), (32, 32))
+
+    def test_two_paths_with_the_same_bytes_share_one_folder(self) -> None:
+        self.write("copy.jpg", self.photo)
+        first, _ = self.app.request("GET", "/shop/products/red/shoe.jpg/w32.png")
+        second, _ = self.app.request("GET", "/shop/copy.jpg/w32.png")
+        self.assertEqual(
+            first.headers.getRawHeaders("Content-Location"),
+            second.headers.getRawHeaders("Content-Location"),
+        )
+        self.assertEqual(self.app.events.originals.labels("stored")._value.get(), 1)
 
     def test_missing_and_refused_paths(self) -> None:
         for path, code in [
