@@ -36,7 +36,7 @@ from imageserver.runtime.pools import ThreadPoolService
 from imageserver.runtime.shutdown import Deadline
 from imageserver.sources.addresses import source_host
 from imageserver.sources.fetcher import SourceFetcher, source_agent
-from imageserver.sources.origins import FileOrigin, HttpOrigin, Origin
+from imageserver.sources.origins import FileOrigin, HttpOrigin, Origin, S3Origin
 from imageserver.storage import Storage, hostlocks
 from imageserver.storage.behind import WriteBehind
 from imageserver.storage.hostlocks import HostLocks
@@ -337,7 +337,8 @@ def make_origin_paths(
 
     An HTTP origin's fetcher connects to that origin's host alone, every
     redirect included, under the server's address policy (an origin on a
-    private network needs --allow_networks like a source URL).
+    private network needs --allow_networks like a source URL). A bucket is
+    read with the storage's credentials and endpoint.
     """
     specs = config.origin_specs
     if not specs:
@@ -345,9 +346,29 @@ def make_origin_paths(
     connections = ConnectionPoolService(HTTPConnectionPool(reactor, persistent=True))
     connections.setServiceParent(parent)
     origins: dict[str, Origin] = {}
+    buckets = None
     for namespace, spec in specs.items():
         if spec.scheme == "file":
             origins[namespace] = FileOrigin(spec.url, io.run, config.max_source_bytes)
+            continue
+        if spec.scheme == "s3":
+            if buckets is None:
+                # Their own threads: a slow bucket never holds up storage.
+                buckets = ThreadPoolService(
+                    reactor, config.io_concurrency, "imageserver-origins"
+                )
+                buckets.setServiceParent(parent)
+                events.watch_pool(buckets.stats())
+            settings = replace(
+                s3_settings(config),
+                bucket=urlsplit(spec.url).netloc,
+                base_path="",
+                acl=None,
+                timeout=config.http_timeout,
+            )
+            origins[namespace] = S3Origin(
+                spec.url, LazyClient(settings), buckets.run, config.max_source_bytes
+            )
             continue
         host = source_host(urlsplit(spec.url).hostname or "")
         policy = replace(config.source_policy, allowlist=(glob_escape(host),))

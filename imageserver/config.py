@@ -285,8 +285,8 @@ class Config:
     origin: tuple[str, ...] = setting(
         (),
         "Namespaces served from where their images already live: NAME=URL "
-        "pairs (comma-separated); URL file:///dir/ or http(s)://host/prefix/ "
-        "(docs/origins.md).",
+        "pairs (comma-separated); URL file:///dir/, http(s)://host/prefix/ "
+        "or s3://bucket/prefix/ (docs/origins.md).",
         server_only=True,
     )
     origin_ttl: float = setting(
@@ -536,13 +536,8 @@ class Config:
                 ) from None
         if self.shutdown_timeout < 0:
             raise ValueError("--shutdown_timeout must not be negative")
-        for namespace, spec in self.origin_specs.items():
+        for namespace in self.origin_specs:
             check_namespace_option(namespace)
-            if spec.scheme == "s3":
-                raise ValueError(
-                    f"--origin {namespace}={spec.url}: bucket origins are not "
-                    "served yet; use a file:// or http(s):// origin"
-                )
         if self.origin_ttl <= 0 or self.origin_missing_ttl <= 0:
             raise ValueError("--origin_ttl and --origin_missing_ttl must be positive")
         if self.memory_cache_bytes < 0:
@@ -715,11 +710,17 @@ def ignored_settings(config: Config) -> list[tuple[str, str]]:
         (("shard_size", "shard_retries"), "--scheduler", bool(config.scheduler)),
         (("debug_worker",), "--workers above 1", config.workers > 1),
         (("profile_allow_remote",), "--profile", config.profile),
-        (("aws_bucket", "aws_region", "aws_access_key_id", "aws_secret_key",
-          "s3_endpoint_url", "s3_acl", "remote_base_path", "remote_base_url",
+        (("aws_region", "aws_access_key_id", "aws_secret_key",
+          "s3_endpoint_url"),
+         "a remote store (--aws_bucket, without --uploader noop) or a bucket "
+         "origin (--origin NAME=s3://...)",
+         config.remote is not None or any(
+             spec.scheme == "s3" for spec in config.origin_specs.values())),
+        (("aws_bucket", "s3_acl", "remote_base_path", "remote_base_url",
           "uploader_concurrency", "max_file_age"),
          "a remote store (--aws_bucket, without --uploader noop)",
          config.remote is not None),
+        (("origin_ttl", "origin_missing_ttl"), "--origin", bool(config.origin)),
     ]  # fmt: skip
     defaults = {f.name: f.default for f in fields()}
     return [

@@ -161,11 +161,7 @@ class Images:
         ``body_is`` names the body in messages (the command line's is a file).
         """
         check_namespace(namespace)
-        if namespace in self._origins:
-            raise Forbidden(
-                f"namespace {namespace!r} is served from its origin (--origin): "
-                "its images come from there; upload into another namespace"
-            )
+        self.check_uploads(namespace)
         variants = self._outputs(namespace, outputs, defaults=True)
         data, subject = b"", body_is
         if source is not None:
@@ -187,6 +183,15 @@ class Images:
             return await self._store(namespace, data, variants)
         except NotAnImage as e:
             raise e.about(subject) from None
+
+    def check_uploads(self, namespace: str) -> None:
+        """Refuse uploads into a namespace served from an origin: its
+        images come from there (every way in: the API, batches, the CLI)."""
+        if namespace in self._origins:
+            raise Forbidden(
+                f"namespace {namespace!r} is served from its origin (--origin): "
+                "its images come from there; upload into another namespace"
+            )
 
     async def store_original(
         self, namespace: str, data: bytes, subject: str

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import resource
 import sys
+from functools import partial
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -249,7 +250,7 @@ def make_service(
         api,
         max_body_bytes=config.max_source_bytes,
         events=events,
-        route_of=route_name,
+        route_of=partial(route_name, origins=frozenset(config.origin_specs)),
         idle_timeout=config.idle_timeout,
         clock=reactor,
         head_timeout=config.request_head_timeout,

@@ -7,7 +7,9 @@ import json
 import os
 import random
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from PIL import Image
 from treq.testing import RequestTraversalAgent, StubTreq
@@ -19,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from imageserver.assembly import s3_settings
 from imageserver.bulk.batches import Batches
 from imageserver.config import Config
 from imageserver.images import Coordination, Images
@@ -26,10 +29,11 @@ from imageserver.lifecycle.listeners import Lifecycle, NoLifecycle
 from imageserver.metrics.events import Events
 from imageserver.origin_paths import OriginPaths
 from imageserver.sources.fetcher import SourceFetcher
-from imageserver.sources.origins import FileOrigin, HttpOrigin, Origin
+from imageserver.sources.origins import FileOrigin, HttpOrigin, Origin, S3Origin
 from imageserver.storage import Storage
 from imageserver.storage.local import LocalStorage
 from imageserver.storage.metered import MeteredStorage
+from imageserver.storage.s3 import LazyClient
 from imageserver.web.app import ImageServerApp, answer_headers
 from imageserver.web.site import Admission, BoundedSite, methods_of
 from tests.rawhttp import body_of, exchange, headers_of, request_bytes, status_of
@@ -246,14 +250,18 @@ class AppHarness:
             timeout=self.config.http_timeout,
             max_bytes=self.config.max_source_bytes,
         )
-        origins: dict[str, Origin] = {
-            namespace: (
-                FileOrigin(spec.url, synchronous, self.config.max_source_bytes)
-                if spec.scheme == "file"
-                else HttpOrigin(spec.url, fetcher)
-            )
-            for namespace, spec in self.config.origin_specs.items()
-        }
+        origins: dict[str, Origin] = {}
+        most = self.config.max_source_bytes
+        for namespace, spec in self.config.origin_specs.items():
+            if spec.scheme == "file":
+                origins[namespace] = FileOrigin(spec.url, synchronous, most)
+            elif spec.scheme == "s3":
+                bucket = urlsplit(spec.url).netloc
+                settings = replace(s3_settings(self.config), bucket=bucket)
+                client = LazyClient(settings)
+                origins[namespace] = S3Origin(spec.url, client, synchronous, most)
+            else:
+                origins[namespace] = HttpOrigin(spec.url, fetcher)
         self.origin_paths = (
             OriginPaths(
                 images=self.images,

@@ -236,6 +236,8 @@ class Batches:
                 items.append(item)
         if not items:
             raise InvalidRequest("the body lists no hashes or URLs")
+        if any(item.digest is None for item in items):
+            self._images.check_uploads(namespace)
         if len(items) > MAX_ITEMS:
             raise InvalidRequest(
                 f"at most {MAX_ITEMS} items per batch; split the list into "

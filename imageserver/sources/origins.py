@@ -12,12 +12,17 @@ import errno
 import os
 import stat
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
-from imageserver.errors import ContentTooLarge, InvalidRequest, NotFound
+from imageserver.errors import (
+    ContentTooLarge,
+    InvalidRequest,
+    NotFound,
+    SourceUnavailable,
+)
 from imageserver.runtime.pools import Runner
 
 #: The longest path accepted, in bytes of UTF-8, and the longest segment.
@@ -224,3 +229,78 @@ class HttpOrigin:
 
     async def fetch(self, segments: Sequence[str], known: str | None) -> Fetched | None:
         return await self._fetcher.fetch_object(self.object_url(segments), known)
+
+
+def read_object(
+    client: Any,
+    bucket: str,
+    key: str,
+    max_bytes: int,
+    known: str | None,
+) -> Fetched | None:
+    """The object at ``key`` in ``bucket``, or None when its ETag is still
+    ``known``. Blocking (boto3): run it in a pool. At most ``max_bytes`` are
+    read, the size checked from the answer's head first."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    request = {"Bucket": bucket, "Key": key}
+    if known is not None:
+        request["IfNoneMatch"] = known
+    try:
+        answer = client.get_object(**request)
+    except ClientError as e:
+        error = e.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if status == 304 or code in ("304", "NotModified"):
+            return None
+        if code in ("NoSuchKey", "404", "NotFound"):
+            raise NotFound("no such object at the origin") from None
+        raise SourceUnavailable(f"the origin bucket {bucket} answered {code}") from None
+    except BotoCoreError as e:
+        raise SourceUnavailable(f"the origin bucket {bucket} failed ({e})") from None
+    body = answer["Body"]
+    try:
+        if answer.get("ContentLength", 0) > max_bytes:
+            raise ContentTooLarge(
+                f"the origin's object is {answer['ContentLength']} bytes, over "
+                f"the {max_bytes} allowed (--max_source_bytes)"
+            )
+        data = body.read(max_bytes + 1)
+    except BotoCoreError as e:
+        raise SourceUnavailable(f"the origin bucket {bucket} failed ({e})") from None
+    finally:
+        body.close()
+    if len(data) > max_bytes:
+        raise ContentTooLarge(
+            f"the origin's object is over the {max_bytes} bytes allowed "
+            "(--max_source_bytes)"
+        )
+    return Fetched(data, answer.get("ETag"))
+
+
+class S3Origin:
+    """A bucket and a prefix, read with the storage's credentials and
+    endpoint (a boto3 client made on first use), in a pool."""
+
+    def __init__(
+        self, url: str, client: Callable[[], Any], run: Runner, max_bytes: int
+    ) -> None:
+        self.url = url
+        parts = urlsplit(url)
+        self.bucket = parts.netloc
+        self.prefix = parts.path.lstrip("/")
+        self._client = client
+        self._run = run
+        self._max_bytes = max_bytes
+
+    def key(self, segments: Sequence[str]) -> str:
+        return self.prefix + "/".join(segments)
+
+    async def fetch(self, segments: Sequence[str], known: str | None) -> Fetched | None:
+        def read() -> Fetched | None:
+            return read_object(
+                self._client(), self.bucket, self.key(segments), self._max_bytes, known
+            )
+
+        return await self._run(read)

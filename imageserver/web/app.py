@@ -191,8 +191,9 @@ def answer_headers(path: bytes) -> tuple[tuple[bytes, bytes], ...]:
     return ()
 
 
-def route_name(request: IRequest) -> str:
-    """The route a request took, for metrics and logs: one of a fixed few."""
+def route_name(request: IRequest, origins: frozenset[str] = frozenset()) -> str:
+    """The route a request took, for metrics and logs: one of a fixed few.
+    ``origins``: the namespaces served from an origin."""
     parts = request.path.split(b"/")[1:]
     if parts in ([b"status_check"], [b"openapi.json"]):
         return parts[0].decode().replace(".", "_")
@@ -202,10 +203,12 @@ def route_name(request: IRequest) -> str:
         return "batch"
     folder = _FOLDER_PATH.match(request.path)
     if folder is None:
-        # Under a namespace and no image folder: an origin's path (or none).
-        if len(parts) >= 3 and all(parts) and request.method in (b"GET", b"HEAD"):
+        # Under an origin's namespace and no image folder: one of its paths.
+        if parts[0].decode("ascii", "replace") not in origins or not all(parts):
+            return "other"
+        if len(parts) >= 3 and request.method in (b"GET", b"HEAD"):
             return "origin"
-        if len(parts) >= 2 and all(parts) and request.method == b"DELETE":
+        if len(parts) >= 2 and request.method == b"DELETE":
             return "origin_forget"
         return "other"
     if request.method == b"DELETE" and len(parts) in (5, 6):

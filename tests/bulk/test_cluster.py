@@ -462,6 +462,8 @@ STAYS_HOME = {
     "request_head_timeout", "max_connections", "max_receiving_bytes",
     "listen_backlog", "batch_concurrency", "purge_check_interval",
     "serve_originals",
+    # origins are the server's: what comes from them is checked there
+    "origin", "origin_ttl", "origin_missing_ttl",
     # reporting and debugging
     "enable_statsd", "statsd_host", "statsd_port", "statsd_prefix",
     "log_format", "profile", "profile_allow_remote",

@@ -12,6 +12,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
+from tests import s3server
 from tests.support import RED, AppHarness, TestCaseMixin, encode, quadrants
 
 
@@ -143,6 +144,11 @@ class FileOriginTests(TestCaseMixin, SynchronousTestCase):
         status, body = self.app.json("POST", "/shop", data=self.photo)
         self.assertEqual(status, 403)
         self.assertIn("--origin", body["error"])
+        status, body = self.app.json(
+            "POST", "/shop/batch", data=b"http://127.0.0.1/a.jpg\n"
+        )
+        self.assertEqual(status, 403)
+        self.assertIn("--origin", body["error"])
 
     def test_delete_forgets_the_path_and_purges_its_image(self) -> None:
         response, _ = self.app.request("GET", "/shop/products/red/shoe.jpg/w32.png")
@@ -199,3 +205,54 @@ class HttpOriginTests(TestCaseMixin, SynchronousTestCase):
         status, body = self.app.json("GET", "/cms/page.jpg/w32.png")
         self.assertEqual(status, 415, body)
         self.assertIn("page.jpg", body["error"])
+
+
+class BucketOriginTests(TestCaseMixin, SynchronousTestCase):
+    """A bucket on moto_server, apart from where images are stored."""
+
+    def setUp(self) -> None:
+        self.moto = s3server.shared()
+        self.bucket = self.moto.new_bucket()
+        self.s3 = self.moto.client()
+        self.photo = encode(quadrants((64, 48)))
+        self.put("pre/a/b.jpg", self.photo)
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.app = AppHarness(
+            self,
+            clock=self.clock,
+            origin=(f"b=s3://{self.bucket}/pre/",),
+            s3_endpoint_url=self.moto.url,
+            aws_region="us-east-1",
+            aws_access_key_id=s3server.CREDENTIALS["aws_access_key_id"],
+            aws_secret_key=s3server.CREDENTIALS["aws_secret_access_key"],
+            max_source_bytes=100_000,
+        )
+
+    def put(self, key: str, data: bytes) -> None:
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)
+
+    def checks(self, outcome: str) -> float:
+        return self.app.events.origins.labels("b", outcome)._value.get()  # type: ignore[no-any-return]
+
+    def test_fetched_once_then_checked_by_its_etag(self) -> None:
+        for _ in range(2):
+            response, body = self.app.request("GET", "/b/a/b.jpg/w32.png")
+            self.assertEqual((response.code, size_of(body)), (200, (32, 24)))
+        self.assertEqual(self.checks("fetched"), 1)
+        self.clock.advance(3601)
+        self.app.request("GET", "/b/a/b.jpg/w32.png")
+        self.assertEqual(self.checks("not_modified"), 1)
+        self.put("pre/a/b.jpg", encode(quadrants((40, 40))))
+        self.clock.advance(3601)
+        self.app.request("GET", "/b/a/b.jpg/w32.png")  # stale, checked
+        _, new = self.app.request("GET", "/b/a/b.jpg/w32.png")
+        self.assertEqual(size_of(new), (32, 32))
+
+    def test_missing_and_too_large(self) -> None:
+        status, body = self.app.json("GET", "/b/a/none.jpg/w32.png")
+        self.assertEqual(status, 404, body)
+        self.put("pre/big.jpg", b"\xff\xd8" + bytes(100_000))
+        status, body = self.app.json("GET", "/b/big.jpg/w32.png")
+        self.assertEqual(status, 413, body)
+        self.assertIn("--max_source_bytes", body["error"])
