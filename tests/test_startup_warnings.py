@@ -85,16 +85,19 @@ NEEDING = {
     "shard_size": (10, {"scheduler": "local:1"}),
     "shard_retries": (0, {"scheduler": "local:1"}),
     "debug_worker": (2, {"workers": 2}),
-    "aws_bucket": ("b", {"uploader": "s3"}),
+    # Used by a bucket store or a bucket origin.
     "aws_region": ("eu-west-1", {"aws_bucket": "b", "uploader": "s3"}),
-    "aws_access_key_id": ("AKIA", {"aws_bucket": "b", "uploader": "s3"}),
+    "aws_access_key_id": ("AKIA", {"origin": ("o=s3://photos/",)}),
     "aws_secret_key": ("secret", {"aws_bucket": "b", "uploader": "s3"}),
-    "s3_endpoint_url": ("http://127.0.0.1:9000", {"aws_bucket": "b", "uploader": "s3"}),
+    "s3_endpoint_url": ("http://127.0.0.1:9000", {"origin": ("o=s3://photos/",)}),
+    "aws_bucket": ("b", {"uploader": "s3"}),
     "s3_acl": ("private", {"aws_bucket": "b", "uploader": "s3"}),
     "remote_base_path": ("images", {"aws_bucket": "b", "uploader": "s3"}),
     "remote_base_url": ("https://cdn.example", {"aws_bucket": "b", "uploader": "s3"}),
     "uploader_concurrency": (3, {"aws_bucket": "b", "uploader": "s3"}),
     "max_file_age": (5, {"aws_bucket": "b", "uploader": "s3"}),
+    "origin_ttl": (60.0, {"origin": ("o=https://images.example/",)}),
+    "origin_missing_ttl": (5.0, {"origin": ("o=https://images.example/",)}),
 }
 
 
