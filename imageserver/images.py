@@ -184,6 +184,10 @@ class Images:
         except NotAnImage as e:
             raise e.about(subject) from None
 
+    async def stored(self, image: ImageId) -> bool:
+        """Whether ``image`` is stored (its info.json is)."""
+        return await self._storage.exists(image.key(INFO))
+
     def check_uploads(self, namespace: str) -> None:
         """Refuse uploads into a namespace served from an origin: its
         images come from there (every way in: the API, batches, the CLI)."""

@@ -156,9 +156,18 @@ class ImageServerApp:
             raise NotFound(
                 f"name a variant of the origin's object: /{namespace}/{name}/w200.jpg"
             )
+        accept = request.getHeader("Accept")
         image = await paths.image(namespace, path)
-        served = await self._images.resolve(image, name, request.getHeader("Accept"))
-        stored = await self._images.get(image, served.name)
+        try:
+            served = await self._images.resolve(image, name, accept)
+            stored = await self._images.get(image, served.name)
+        except NotFound:
+            if await self._images.stored(image):
+                raise
+            # Purged by its hash since the path was recorded: fetched again.
+            image = await paths.image(namespace, path, gone=image)
+            served = await self._images.resolve(image, name, accept)
+            stored = await self._images.get(image, served.name)
         return _serve(
             request, stored, image, served, name, by_path=paths.cache_control()
         )

@@ -72,6 +72,23 @@ class FileOriginTests(TestCaseMixin, SynchronousTestCase):
         with open(os.path.join(self.root, path), "wb") as f:
             f.write(data)
 
+    def checks(self, outcome: str) -> float:
+        return self.app.events.origins.labels("shop", outcome)._value.get()  # type: ignore[no-any-return]
+
+    def gets(self) -> float:
+        return self.app.events.storage.labels("local", "get", "ok")._value.get()  # type: ignore[no-any-return]
+
+    def test_a_record_read_is_used_again_for_a_second(self) -> None:
+        url = "/shop/products/red/shoe.jpg/w32.png"
+        self.app.request("GET", url)
+        before = self.gets()
+        self.app.request("GET", url)
+        self.assertEqual(self.gets() - before, 1)  # the variant alone
+        self.clock.advance(1)
+        before = self.gets()
+        self.app.request("GET", url)
+        self.assertEqual(self.gets() - before, 2)  # the record read again
+
     def test_a_variant_of_a_path(self) -> None:
         response, body = self.app.request("GET", "/shop/products/red/shoe.jpg/w32.png")
         self.assertEqual(response.code, 200, body)
@@ -105,6 +122,22 @@ class FileOriginTests(TestCaseMixin, SynchronousTestCase):
         self.assertEqual(size_of(stale), (32, 24))
         _, new = self.app.request("GET", "/shop/products/red/shoe.jpg/w32.png")
         self.assertEqual(size_of(new), (32, 32))
+
+    def test_a_purge_by_hash_is_fetched_again_by_path(self) -> None:
+        response, _ = self.app.request("GET", "/shop/products/red/shoe.jpg/w32.png")
+        folder = response.headers.getRawHeaders("Content-Location")[0].rsplit("/", 1)[0]
+        self.assertEqual(self.app.request("DELETE", folder)[0].code, 204)
+        response, body = self.app.request("GET", "/shop/products/red/shoe.jpg/w32.png")
+        self.assertEqual((response.code, size_of(body)), (200, (32, 24)))
+        self.assertEqual(
+            self.app.events.origins.labels("shop", "fetched")._value.get(), 2
+        )
+        # A name that is not there is a 404 that asks the origin nothing.
+        status, _ = self.app.json("GET", "/shop/products/red/shoe.jpg/notes.txt")
+        self.assertEqual(status, 404)
+        self.assertEqual(
+            self.app.events.origins.labels("shop", "fetched")._value.get(), 2
+        )
 
     def test_two_paths_with_the_same_bytes_share_one_folder(self) -> None:
         self.write("copy.jpg", self.photo)
