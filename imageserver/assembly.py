@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from glob import escape as glob_escape
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -371,7 +370,7 @@ def make_origin_paths(
             )
             continue
         host = source_host(urlsplit(spec.url).hostname or "")
-        policy = replace(config.source_policy, allowlist=(glob_escape(host),))
+        policy = replace(config.source_policy, allowlist=(), origin_host=host)
         agent = source_agent(reactor, connections.pool, policy, config.max_redirects)
         fetcher = SourceFetcher(
             agent,

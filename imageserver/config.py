@@ -176,7 +176,8 @@ class Config:
     io_concurrency: int = setting(8, "Threads reading and writing storage.")
     memory_cache_bytes: int = setting(
         32 * 1024 * 1024,
-        "Bytes of recently served variants kept in memory; 0 turns it off.",
+        "Bytes of recently used variants, originals and info.json kept in "
+        "memory, for the host (each of --workers keeps its share); 0: none.",
         server_only=True,
     )
     uploader: str = setting(
@@ -538,8 +539,11 @@ class Config:
             raise ValueError("--shutdown_timeout must not be negative")
         for namespace in self.origin_specs:
             check_namespace_option(namespace)
-        if self.origin_ttl <= 0 or self.origin_missing_ttl <= 0:
-            raise ValueError("--origin_ttl and --origin_missing_ttl must be positive")
+        if self.origin_ttl < 0 or self.origin_missing_ttl < 0:
+            raise ValueError(
+                "--origin_ttl and --origin_missing_ttl must not be negative "
+                "(0: ask the origin again on every request, in the background)"
+            )
         if self.memory_cache_bytes < 0:
             raise ValueError("--memory_cache_bytes must not be negative")
         if self.max_source_pixels > DECODER_MAX_PIXELS:

@@ -184,6 +184,14 @@ class Images:
         except NotAnImage as e:
             raise e.about(subject) from None
 
+    def names_an_output(self, namespace: str, name: str) -> bool:
+        """Whether ``name`` is something an image yields (a variant, a
+        preset, info.json, its original), not a client's file: raises as
+        `VariantRules.canonical` does for a malformed variant name."""
+        if name in (INFO, ORIGINAL) or self.presets.resolve(namespace, name):
+            return True
+        return self.rules.canonical(name) is not None
+
     async def stored(self, image: ImageId) -> bool:
         """Whether ``image`` is stored (its info.json is)."""
         return await self._storage.exists(image.key(INFO))

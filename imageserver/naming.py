@@ -671,7 +671,9 @@ def _preset_entry(entry: str) -> tuple[str | None, str, str]:
 def check_namespace_option(namespace: str) -> str:
     """A namespace named in an option; ValueError when it cannot be one."""
     if not _NAMESPACE.match(namespace):
-        raise ValueError(f"{namespace!r} is not a namespace")
+        raise ValueError(
+            f"{namespace!r} is not a namespace: 1 to 128 of a-z, 0-9, _ and -"
+        )
     return namespace
 
 

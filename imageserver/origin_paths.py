@@ -57,6 +57,13 @@ class Record:
     validator: str | None
     #: When the origin was last asked (seconds since the epoch).
     checked: float
+    #: For a path the origin no longer has: the image it stood for, which a
+    #: forget of the path still purges.
+    was: str | None = None
+
+
+def _missing_here(namespace: str, path: str) -> NotFound:
+    return NotFound(f"no object {path!r} at the origin of {namespace!r}")
 
 
 def record_key(namespace: str, segments: tuple[str, ...]) -> str:
@@ -92,6 +99,10 @@ class OriginPaths:
         self._checks: Flights[str, Record] = Flights()
         #: Records lately read or written: (record, when it was read).
         self._remembered: OrderedDict[str, tuple[Record, float]] = OrderedDict()
+        #: Paths never fetched that the origin does not have, with when it
+        #: said so: kept here alone, so paths a client makes up (a scanner's)
+        #: write nothing to the storage.
+        self._missing: OrderedDict[str, float] = OrderedDict()
         #: Background checks under way (stopping waits for none: a check
         #: cut short leaves the record as it was).
         self.checking: set[Deferred[Record]] = set()
@@ -125,11 +136,15 @@ class OriginPaths:
             if now - record.checked >= self._ttl:
                 self._check_in_background(namespace, segments, key)
             return ImageId(namespace, record.hash)
+        missing = _missing_here(namespace, path)
         if record is not None and now - record.checked < self._negative_ttl:
-            raise NotFound(f"no object {path!r} at the origin of {namespace!r}")
+            raise missing
+        said = self._missing.get(key)
+        if record is None and said is not None and now - said < self._negative_ttl:
+            raise missing
         record = await self._checks.run([key], self._checker(namespace, segments))[key]
         if record.hash is None:
-            raise NotFound(f"no object {path!r} at the origin of {namespace!r}")
+            raise missing
         return ImageId(namespace, record.hash)
 
     async def forget(self, namespace: str, path: str) -> ImageId | None:
@@ -138,28 +153,24 @@ class OriginPaths:
         segments = object_path(path)
         key = record_key(namespace, segments)
         record = await self._read(key)
-        if record is None:
-            raise NotFound(f"{path!r} was never fetched from the origin")
         self._remembered.pop(key, None)
+        if record is None:
+            if self._missing.pop(key, None) is None:
+                raise NotFound(f"{path!r} was never fetched from the origin")
+            return None
         await self._storage.delete(key)
-        return None if record.hash is None else ImageId(namespace, record.hash)
+        stood_for = record.hash or record.was
+        return None if stood_for is None else ImageId(namespace, stood_for)
 
     def _check_in_background(
         self, namespace: str, segments: tuple[str, ...], key: str
     ) -> None:
         checking = self._checks.run([key], self._checker(namespace, segments))[key]
         self.checking.add(checking)
-        checking.addErrback(self._check_failed, namespace, key)
+        # Stale-if-error: what is stored goes on being served (the check
+        # counted and logged the error).
+        checking.addErrback(lambda _: None)
         checking.addBoth(lambda _: self.checking.discard(checking))
-
-    def _check_failed(self, failure: object, namespace: str, key: str) -> None:
-        # Stale-if-error: what is stored goes on being served (the error
-        # was counted by the check).
-        log.warn(
-            "checking {key} at its origin failed, serving what is stored: {why}",
-            key=key,
-            why=getattr(failure, "value", failure),
-        )
 
     def _checker(
         self, namespace: str, segments: tuple[str, ...], gone: str | None = None
@@ -202,9 +213,20 @@ class OriginPaths:
             fetched = await origin.fetch(segments, known)
         except NotFound:
             self._events.origin(namespace, "missing")
-            return await self._write(key, Record(path, None, None, now))
-        except Exception:
+            was = None if record is None else record.hash or record.was
+            if was is None:
+                self._remember_missing(key, now)
+                return Record(path, None, None, now)
+            return await self._write(key, Record(path, None, None, now, was))
+        except Exception as e:
             self._events.origin(namespace, "error")
+            log.warn(
+                "asking the origin of {namespace} for {path} failed{stale}: {why}",
+                namespace=namespace,
+                path=path,
+                stale=", serving what is stored" if known else "",
+                why=e,
+            )
             raise
         if fetched is None:
             assert record is not None and record.hash is not None
@@ -245,6 +267,12 @@ class OriginPaths:
         await self._storage.put(key, data, "application/json")
         self._remember(key, record)
         return record
+
+    def _remember_missing(self, key: str, now: float) -> None:
+        self._missing[key] = now
+        self._missing.move_to_end(key)
+        while len(self._missing) > REMEMBERED:
+            self._missing.popitem(last=False)
 
     def _remember(self, key: str, record: Record) -> None:
         self._remembered[key] = (record, self._clock.seconds())

@@ -128,6 +128,12 @@ class ImageServer(OrderedMultiService):
         if config.remote is not None:
             endpoint = config.s3_endpoint_url or "AWS"
             storage = f"bucket {config.aws_bucket} at {endpoint}, cached in {storage}"
+        for namespace, spec in config.origin_specs.items():
+            log.info(
+                "namespace {namespace} is served from its origin {url}",
+                namespace=namespace,
+                url=spec.url,
+            )
         if config.workers > 1:
             log.info(
                 "imageserver {version} started: storage {storage}; {workers} "

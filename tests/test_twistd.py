@@ -626,8 +626,8 @@ class OriginTwistdTests(TwistdCase):
         response, body = await self.call("GET", "/web/here.jpg/w32.png")
         self.assertEqual(response.code, 200, body)
         response, body = await self.call("GET", "/web/away.jpg/w32.png")
-        self.assertEqual(response.code, 403, body)
-        self.assertIn(b"localhost", body)
+        self.assertEqual(response.code, 502, body)
+        self.assertIn(b"redirected to localhost", body)
         # A source URL may still go there: the pin is the origin's alone.
         response, body = await self.call(
             "POST", f"/p?source=http://localhost:{port}/img/a.jpg"

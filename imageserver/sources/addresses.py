@@ -112,8 +112,15 @@ class SourcePolicy:
     allow_private: bool = False
     allowlist: Sequence[str] = ()
     allowed_networks: Sequence[str] = ()
+    #: An origin's host: the one host its fetches (redirects included) reach.
+    origin_host: str | None = None
 
     def host_refusal(self, host: str) -> str | None:
+        if self.origin_host is not None and host.lower() != self.origin_host.lower():
+            return (
+                f"the origin at {self.origin_host} redirected to {host}: an "
+                "origin's objects are fetched from its own host alone"
+            )
         if self.allowlist and not any(
             fnmatch.fnmatchcase(host.lower(), pattern.lower())
             for pattern in self.allowlist

@@ -19,8 +19,10 @@ from urllib.parse import quote, urlsplit
 
 from imageserver.errors import (
     ContentTooLarge,
+    Forbidden,
     InvalidRequest,
     NotFound,
+    SourceTimeout,
     SourceUnavailable,
 )
 from imageserver.runtime.pools import Runner
@@ -228,7 +230,14 @@ class HttpOrigin:
         return self.url + "/".join(quote(s, safe="") for s in segments)
 
     async def fetch(self, segments: Sequence[str], known: str | None) -> Fetched | None:
-        return await self._fetcher.fetch_object(self.object_url(segments), known)
+        try:
+            return await self._fetcher.fetch_object(self.object_url(segments), known)
+        except Forbidden as e:
+            # The server's own configuration refused it, not the client's
+            # request: a gateway's failure.
+            raise SourceUnavailable(f"origin {self.url}: {e}") from None
+        except (SourceUnavailable, SourceTimeout) as e:
+            raise type(e)(f"origin {self.url}: {e}") from None
 
 
 def read_object(

@@ -152,9 +152,13 @@ class ImageServerApp:
     ) -> Response:
         paths = self._origin(namespace)
         path, _, name = path.rpartition("/")
-        if not path:
+        # Before the origin is asked: /shop/a/b.jpg is the object, not its
+        # variant "b.jpg" of an object "a".
+        if not path or not self._images.names_an_output(namespace, name):
+            whole = f"{path}/{name}".lstrip("/")
             raise NotFound(
-                f"name a variant of the origin's object: /{namespace}/{name}/w200.jpg"
+                f"name a variant, info.json or original of the origin's object, "
+                f"e.g. /{namespace}/{whole}/w200.jpg"
             )
         accept = request.getHeader("Accept")
         image = await paths.image(namespace, path)

@@ -151,17 +151,26 @@ class FileOriginTests(TestCaseMixin, SynchronousTestCase):
 
     def test_missing_and_refused_paths(self) -> None:
         for path, code in [
-            ("/shop/products/red/none.jpg/w32.png", 404),
+            ("/shop/products/red/none.jpg/w32.png", 404),  # asks the origin
             ("/shop/products/../red/shoe.jpg/w32.png", 400),
             ("/shop/products/%2e%2e/red/shoe.jpg/w32.png", 400),
             ("/shop/products//red/shoe.jpg/w32.png", 400),
             ("/shop/shoe.jpg", 404),
+            ("/shop/products/red/shoe.jpg", 404),
+            ("/shop/products/red/shoe.jpg/", 404),
+            ("/shop/products/red/shoe.jpg/bogus", 404),
+            ("/shop/products/red/shoe.jpg/w0.png", 400),
             ("/elsewhere/products/red/shoe.jpg/w32.png", 404),
         ]:
             with self.subTest(path=path):
                 status, body = self.app.json("GET", path)
                 self.assertEqual(status, code, body)
                 self.assertIn("error", body)
+        # Only the first asked the origin; nothing was written for it.
+        self.assertEqual(self.checks("missing"), 1)
+        self.assertFalse(os.path.exists(os.path.join(self.app.root, "shop", "paths")))
+        status, body = self.app.json("GET", "/shop/products/red/shoe.jpg")
+        self.assertIn("/shop/products/red/shoe.jpg/w200.jpg", body["error"])
 
     def test_the_missing_answer_is_remembered_then_asked_again(self) -> None:
         status, _ = self.app.json("GET", "/shop/later.jpg/w32.png")
@@ -182,6 +191,21 @@ class FileOriginTests(TestCaseMixin, SynchronousTestCase):
         )
         self.assertEqual(status, 403)
         self.assertIn("--origin", body["error"])
+
+    def test_a_path_gone_from_the_origin_is_still_purged_by_its_delete(
+        self,
+    ) -> None:
+        response, _ = self.app.request("GET", "/shop/products/red/shoe.jpg/w32.png")
+        folder = response.headers.getRawHeaders("Content-Location")[0].rsplit("/", 1)[0]
+        os.remove(os.path.join(self.root, "products", "red", "shoe.jpg"))
+        self.clock.advance(3601)
+        self.app.request("GET", "/shop/products/red/shoe.jpg/w32.png")  # stale
+        status, _ = self.app.json("GET", "/shop/products/red/shoe.jpg/w32.png")
+        self.assertEqual(status, 404)
+        self.assertEqual(self.app.request("GET", f"{folder}/w32.png")[0].code, 200)
+        response, _ = self.app.request("DELETE", "/shop/products/red/shoe.jpg")
+        self.assertEqual(response.code, 204)
+        self.assertEqual(self.app.request("GET", f"{folder}/original")[0].code, 404)
 
     def test_delete_forgets_the_path_and_purges_its_image(self) -> None:
         response, _ = self.app.request("GET", "/shop/products/red/shoe.jpg/w32.png")
