@@ -369,8 +369,12 @@ def make_origin_paths(
                 spec.url, LazyClient(settings), buckets.run, config.max_source_bytes
             )
             continue
-        host = source_host(urlsplit(spec.url).hostname or "")
-        policy = replace(config.source_policy, allowlist=(), origin_host=host)
+        parts = urlsplit(spec.url)
+        host = source_host(parts.hostname or "")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        policy = replace(
+            config.source_policy, allowlist=(), origin=(parts.scheme, host, port)
+        )
         agent = source_agent(reactor, connections.pool, policy, config.max_redirects)
         fetcher = SourceFetcher(
             agent,
@@ -390,4 +394,7 @@ def make_origin_paths(
         host_locks=(
             HostLocks(config.local_base_path, io.run, reactor) if shared_host else None
         ),
+        # What fetching holds in memory at once: what bodies being received
+        # may (each object up to --max_source_bytes).
+        max_fetches=config.max_receiving_bytes // config.max_source_bytes,
     )

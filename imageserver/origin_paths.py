@@ -19,11 +19,19 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from imageserver.errors import NotFound
+from imageserver.errors import (
+    ContentTooLarge,
+    ImageServerError,
+    ImageTooLarge,
+    NotFound,
+    SourceTimeout,
+    SourceUnavailable,
+    UnsupportedImage,
+)
 from imageserver.images import Images
 from imageserver.metrics.events import Events
 from imageserver.naming import ImageId
@@ -44,6 +52,10 @@ RECORDS = "paths"
 REMEMBER_SECONDS = 1.0
 #: Records remembered at most (the least recently used go first).
 REMEMBERED = 10_000
+#: Seconds at least between two attempts on a path whose origin failed (or
+#: `--origin_ttl`, if longer): a failing origin is not asked at the rate
+#: clients ask, and the log says so once per attempt.
+FAILURE_PAUSE = 5.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,23 @@ class Record:
     #: For a path the origin no longer has: the image it stood for, which a
     #: forget of the path still purges.
     was: str | None = None
+
+
+def _told(e: Exception, namespace: str, path: str) -> ImageServerError:
+    """What a client is told of an origin's failure: its kind, no address."""
+    if isinstance(e, (ContentTooLarge, UnsupportedImage, ImageTooLarge)):
+        return e  # about the object, not the origin
+    kind = SourceTimeout if isinstance(e, SourceTimeout) else SourceUnavailable
+    what = "did not answer in time" if kind is SourceTimeout else "failed"
+    return kind(
+        f"the origin of {namespace!r} {what} for {path!r}; it is asked again "
+        "shortly (the server's log says why)"
+    )
+
+
+def _again(answer: ImageServerError) -> ImageServerError:
+    """The answer of a recent failure, as a new exception to raise."""
+    return type(answer)(str(answer))
 
 
 def _missing_here(namespace: str, path: str) -> NotFound:
@@ -87,6 +116,7 @@ class OriginPaths:
         negative_ttl: float,
         events: Events,
         host_locks: HostLocks | None = None,
+        max_fetches: int = 4,
     ) -> None:
         self._images = images
         self._storage = storage
@@ -97,6 +127,11 @@ class OriginPaths:
         self._events = events
         self._host_locks = host_locks
         self._checks: Flights[str, Record] = Flights()
+        #: Objects being fetched and stored at once, each up to
+        #: --max_source_bytes in memory: the others wait their turn.
+        self._fetching = DeferredSemaphore(max(1, max_fetches))
+        #: Paths whose origin failed lately: when, and the client's answer.
+        self._failed: OrderedDict[str, tuple[float, ImageServerError]] = OrderedDict()
         #: Records lately read or written: (record, when it was read).
         self._remembered: OrderedDict[str, tuple[Record, float]] = OrderedDict()
         #: Paths never fetched that the origin does not have, with when it
@@ -132,10 +167,14 @@ class OriginPaths:
             record = await self._checks.run(
                 [key], self._checker(namespace, segments, gone.hash)
             )[key]
+        failed = self._failed.get(key)
+        pausing = failed is not None and now - failed[0] < self._pause
         if record is not None and record.hash is not None:
-            if now - record.checked >= self._ttl:
+            if now - record.checked >= self._ttl and not pausing:
                 self._check_in_background(namespace, segments, key)
             return ImageId(namespace, record.hash)
+        if pausing and failed is not None:
+            raise _again(failed[1])
         missing = _missing_here(namespace, path)
         if record is not None and now - record.checked < self._negative_ttl:
             raise missing
@@ -147,6 +186,10 @@ class OriginPaths:
             raise missing
         return ImageId(namespace, record.hash)
 
+    @property
+    def _pause(self) -> float:
+        return max(self._ttl, FAILURE_PAUSE)
+
     async def forget(self, namespace: str, path: str) -> ImageId | None:
         """Forget ``path`` (the next request fetches it again); the image it
         stood for, if any, for the caller to purge."""
@@ -154,6 +197,7 @@ class OriginPaths:
         key = record_key(namespace, segments)
         record = await self._read(key)
         self._remembered.pop(key, None)
+        self._failed.pop(key, None)
         if record is None:
             if self._missing.pop(key, None) is None:
                 raise NotFound(f"{path!r} was never fetched from the origin")
@@ -208,9 +252,31 @@ class OriginPaths:
             if record is not None and record.hash and record.hash != gone
             else None
         )
+        await self._fetching.acquire()
+        try:
+            return await self._ask(namespace, path, segments, key, record, known)
+        finally:
+            self._fetching.release()
+
+    async def _ask(
+        self,
+        namespace: str,
+        path: str,
+        segments: tuple[str, ...],
+        key: str,
+        record: Record | None,
+        known: str | None,
+    ) -> Record:
+        now = self._clock.seconds()
         origin = self._origins[namespace]
         try:
             fetched = await origin.fetch(segments, known)
+            if fetched is None:
+                assert record is not None and record.hash is not None
+                if not await self._images.stored(ImageId(namespace, record.hash)):
+                    # Unchanged at the origin, but its image was purged since.
+                    known = None
+                    fetched = await origin.fetch(segments, None)
         except NotFound:
             self._events.origin(namespace, "missing")
             was = None if record is None else record.hash or record.was
@@ -227,7 +293,15 @@ class OriginPaths:
                 stale=", serving what is stored" if known else "",
                 why=e,
             )
-            raise
+            # The client is told what failed, not where: the origin's
+            # address and what it said stay in the log.
+            answer = _told(e, namespace, path)
+            self._failed[key] = (now, answer)
+            self._failed.move_to_end(key)
+            while len(self._failed) > REMEMBERED:
+                self._failed.popitem(last=False)
+            raise answer from None
+        self._failed.pop(key, None)
         if fetched is None:
             assert record is not None and record.hash is not None
             self._events.origin(namespace, "not_modified")

@@ -271,6 +271,9 @@ class AppHarness:
                 ttl=self.config.origin_ttl,
                 negative_ttl=self.config.origin_missing_ttl,
                 events=self.events,
+                max_fetches=(
+                    self.config.max_receiving_bytes // self.config.max_source_bytes
+                ),
             )
             if origins
             else None

@@ -112,15 +112,25 @@ class SourcePolicy:
     allow_private: bool = False
     allowlist: Sequence[str] = ()
     allowed_networks: Sequence[str] = ()
-    #: An origin's host: the one host its fetches (redirects included) reach.
-    origin_host: str | None = None
+    #: An origin's scheme, host and port: the one place its fetches
+    #: (redirects included) reach.
+    origin: tuple[str, str, int] | None = None
+
+    def endpoint_refusal(self, scheme: str, host: str, port: int) -> str | None:
+        """Why a connection to ``scheme://host:port`` is refused, if it is:
+        anywhere but an origin's own place."""
+        if self.origin is None:
+            return None
+        pinned = self.origin[0], self.origin[1].lower(), self.origin[2]
+        if (scheme, host.lower(), port) != pinned:
+            return (
+                f"the origin at {pinned[1]} redirected to {scheme}://{host}:{port}:"
+                " an origin's objects are fetched from its own scheme, host and "
+                "port alone"
+            )
+        return None
 
     def host_refusal(self, host: str) -> str | None:
-        if self.origin_host is not None and host.lower() != self.origin_host.lower():
-            return (
-                f"the origin at {self.origin_host} redirected to {host}: an "
-                "origin's objects are fetched from its own host alone"
-            )
         if self.allowlist and not any(
             fnmatch.fnmatchcase(host.lower(), pattern.lower())
             for pattern in self.allowlist

@@ -113,7 +113,9 @@ class GuardedEndpoints:
         return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
     async def connect(self, scheme: str, host: str, port: int, factory: Any) -> Any:
-        refused = self._policy.host_refusal(host)
+        refused = self._policy.endpoint_refusal(
+            scheme, host, port
+        ) or self._policy.host_refusal(host)
         if refused:
             raise Forbidden(refused)
         try:

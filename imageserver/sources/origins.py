@@ -35,6 +35,10 @@ SCHEMES = ("file", "http", "https", "s3")
 #: Unicode categories refused in a path: controls (NUL among them), lone
 #: surrogates, line and paragraph separators. The same in every Python.
 _REFUSED = frozenset({"Cc", "Cs", "Zl", "Zp"})
+#: Bidirectional controls: they make a path read otherwise than it is
+#: (in logs, in error messages).
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                  "\u2066\u2067\u2068\u2069")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +72,13 @@ def object_path(path: str) -> tuple[str, ...]:
             raise InvalidRequest(
                 f"a segment of an origin path is at most {MAX_SEGMENT_BYTES} bytes"
             )
-        if any(c == "\\" or unicodedata.category(c) in _REFUSED for c in segment):
+        if any(
+            c == "\\" or c in _BIDI or unicodedata.category(c) in _REFUSED
+            for c in segment
+        ):
             raise InvalidRequest(
-                f"{path[:200]!r}: backslashes, control and separator characters "
-                "are not allowed in origin paths"
+                f"{path[:200]!r}: backslashes, control, bidirectional and "
+                "separator characters are not allowed in origin paths"
             )
     return segments
 
@@ -100,6 +107,12 @@ class OriginSpec:
             raise ValueError(
                 f"--origin {text!r}: the URL's scheme must be one of "
                 f"{', '.join(SCHEMES)}"
+            )
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(
+                f"--origin {name}=...: an origin URL carries no user or "
+                "password (they would show in logs); put the origin behind "
+                "a proxy that adds them, or use a bucket with credentials"
             )
         if parts.query or parts.fragment:
             raise ValueError(

@@ -24,6 +24,7 @@ REFUSED = [
     "a\\..\\b", "..\\x", "a\x00b", "a\nb", "a\rb", "\x7f", "a\u2028b",
     "a\u2029b", "\ud800", "a" * (MAX_PATH_BYTES + 1),
     "e\u0301.jpg",  # not NFC
+    "gpj.\u202eexe", "a\u2066b",  # bidirectional controls
     "x" * 256,
 ]  # fmt: skip
 
@@ -74,6 +75,7 @@ class SpecTests(unittest.TestCase):
             ("a=file://host/tmp", "no host"),
             ("a=https:///x", "no host"),
             ("a=https://h/?q=1", "no query"),
+            ("a=https://user:secret@h/", "no user or password"),
         ]:
             with self.subTest(text=text), self.assertRaisesRegex(ValueError, words):
                 OriginSpec.parse(text)

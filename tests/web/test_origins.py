@@ -11,6 +11,7 @@ from PIL import Image
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from tests import s3server
 from tests.support import RED, AppHarness, TestCaseMixin, encode, quadrants
@@ -257,6 +258,26 @@ class HttpOriginTests(TestCaseMixin, SynchronousTestCase):
         status, answer = self.app.json("GET", "/cms/other.jpg/w32.png")
         self.assertEqual(status, 502, answer)
 
+    def test_a_failing_origin_is_asked_once_a_pause(self) -> None:
+        self.app.request("GET", "/cms/a%20b.jpg/w32.png")
+        self.web.failing = True
+        self.clock.advance(3601)
+        for _ in range(5):
+            response, _ = self.app.request("GET", "/cms/a%20b.jpg/w32.png")
+            self.assertEqual(response.code, 200)
+        self.assertEqual(len(self.web.asked), 2)  # the fetch, one failed check
+        self.clock.advance(3601)
+        self.app.request("GET", "/cms/a%20b.jpg/w32.png")
+        self.assertEqual(len(self.web.asked), 3)
+        # Never fetched: the failure is the answer, for the pause too, and
+        # it names no address.
+        for _ in range(3):
+            status, answer = self.app.json("GET", "/cms/new.jpg/w32.png")
+            self.assertEqual(status, 502)
+            self.assertNotIn("origin.example", answer["error"])
+            self.assertIn("'cms'", answer["error"])
+        self.assertEqual(len(self.web.asked), 4)
+
     def test_html_served_as_an_image_is_refused_like_an_upload(self) -> None:
         self.web.objects[b"/img/page.jpg"] = b"<html>not an image</html>"
         status, body = self.app.json("GET", "/cms/page.jpg/w32.png")
@@ -313,3 +334,47 @@ class BucketOriginTests(TestCaseMixin, SynchronousTestCase):
         status, body = self.app.json("GET", "/b/big.jpg/w32.png")
         self.assertEqual(status, 413, body)
         self.assertIn("--max_source_bytes", body["error"])
+
+
+class Held(Served):
+    """A web origin that answers only when told."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[Any] = []
+
+    def render_GET(self, request: Any) -> Any:
+        self.asked.append((request.path, None))
+        self.held.append(request)
+        return NOT_DONE_YET
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for request in held:
+            request.setHeader(b"Content-Type", b"image/jpeg")
+            request.write(self.objects[request.path])
+            request.finish()
+
+
+class FetchLimitTests(TestCaseMixin, SynchronousTestCase):
+    def test_fetches_wait_their_turn(self) -> None:
+        web = Held()
+        photo = encode(quadrants((64, 48)))
+        for i in range(5):
+            web.objects[f"/img/{i}.jpg".encode()] = photo
+        app = AppHarness(
+            self,
+            sources=web,
+            origin=("cms=http://origin.example/img/",),
+            max_source_bytes=1000,
+            max_receiving_bytes=2000,
+        )
+        pending = [app.start("GET", f"/cms/{i}.jpg/w32.png") for i in range(5)]
+        app.flush()
+        self.assertEqual(len(web.asked), 2)  # 2000 // 1000 at once
+        while web.held:
+            web.release()
+            app.flush()
+        self.assertEqual(len(web.asked), 5)
+        for d in pending:
+            self.assertEqual(self.successResultOf(d).code, 200)
