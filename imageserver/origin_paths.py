@@ -12,12 +12,13 @@ down or failing leaves what is stored being served.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
@@ -88,7 +89,7 @@ def _told(e: Exception, namespace: str, path: str) -> ImageServerError:
 
 def _again(answer: ImageServerError) -> ImageServerError:
     """The answer of a recent failure, as a new exception to raise."""
-    return type(answer)(str(answer))
+    return copy.copy(answer)
 
 
 def _missing_here(namespace: str, path: str) -> NotFound:
@@ -271,46 +272,74 @@ class OriginPaths:
         origin = self._origins[namespace]
         try:
             fetched = await origin.fetch(segments, known)
-            if fetched is None:
-                assert record is not None and record.hash is not None
-                if not await self._images.stored(ImageId(namespace, record.hash)):
-                    # Unchanged at the origin, but its image was purged since.
-                    known = None
-                    fetched = await origin.fetch(segments, None)
         except NotFound:
-            self._events.origin(namespace, "missing")
-            was = None if record is None else record.hash or record.was
-            if was is None:
-                self._remember_missing(key, now)
-                return Record(path, None, None, now)
-            return await self._write(key, Record(path, None, None, now, was))
+            return await self._missing_now(namespace, path, key, record, now)
         except Exception as e:
-            self._events.origin(namespace, "error")
-            log.warn(
-                "asking the origin of {namespace} for {path} failed{stale}: {why}",
-                namespace=namespace,
-                path=path,
-                stale=", serving what is stored" if known else "",
-                why=e,
-            )
-            # The client is told what failed, not where: the origin's
-            # address and what it said stay in the log.
-            answer = _told(e, namespace, path)
-            self._failed[key] = (now, answer)
-            self._failed.move_to_end(key)
-            while len(self._failed) > REMEMBERED:
-                self._failed.popitem(last=False)
-            raise answer from None
-        self._failed.pop(key, None)
+            self._failing(namespace, path, key, known, e, now)
         if fetched is None:
             assert record is not None and record.hash is not None
-            self._events.origin(namespace, "not_modified")
-            return await self._write(key, Record(path, record.hash, known, now))
+            if await self._images.stored(ImageId(namespace, record.hash)):
+                self._failed.pop(key, None)
+                self._events.origin(namespace, "not_modified")
+                return await self._write(key, Record(path, record.hash, known, now))
+            # Unchanged at the origin, but its image was purged since.
+            known = None
+            try:
+                fetched = await origin.fetch(segments, None)
+            except NotFound:
+                return await self._missing_now(namespace, path, key, record, now)
+            except Exception as e:
+                self._failing(namespace, path, key, known, e, now)
+            assert fetched is not None
         self._events.origin(namespace, "fetched")
-        image = await self._images.store_original(
-            namespace, fetched.data, f"the origin's object {path!r}"
-        )
+        try:
+            image = await self._images.store_original(
+                namespace, fetched.data, f"the origin's object {path!r}"
+            )
+        except (ContentTooLarge, UnsupportedImage, ImageTooLarge) as e:
+            # The object itself: fetched again only after the pause.
+            self._failing(namespace, path, key, known, e, now)
+        self._failed.pop(key, None)
         return await self._write(key, Record(path, image.hash, fetched.validator, now))
+
+    async def _missing_now(
+        self, namespace: str, path: str, key: str, record: Record | None, now: float
+    ) -> Record:
+        self._failed.pop(key, None)
+        self._events.origin(namespace, "missing")
+        was = None if record is None else record.hash or record.was
+        if was is None:
+            self._remember_missing(key, now)
+            return Record(path, None, None, now)
+        return await self._write(key, Record(path, None, None, now, was))
+
+    def _failing(
+        self,
+        namespace: str,
+        path: str,
+        key: str,
+        known: str | None,
+        e: Exception,
+        now: float,
+    ) -> NoReturn:
+        """Count, log and remember a failure of the origin (or of its
+        object), and raise what the client is told."""
+        self._events.origin(namespace, "error")
+        log.warn(
+            "asking the origin of {namespace} for {path} failed{stale}: {why}",
+            namespace=namespace,
+            path=path,
+            stale=", serving what is stored" if known else "",
+            why=e,
+        )
+        # The client is told what failed, not where: the origin's address
+        # and what it said stay in the log.
+        answer = _told(e, namespace, path)
+        self._failed[key] = (now, answer)
+        self._failed.move_to_end(key)
+        while len(self._failed) > REMEMBERED:
+            self._failed.popitem(last=False)
+        raise copy.copy(answer) from None
 
     async def _recall(self, key: str) -> Record | None:
         """The record of ``key``, remembered if read within
