@@ -36,9 +36,9 @@ MAX_OUTPUTS = 32
 
 NAMESPACE_PATTERN = r"[a-z0-9_-]{1,128}"
 #: An image folder in a URL: ``{ns}/{h[0:3]}/{h[3:6]}/{h[6:9]}/{h[9:32]}``.
-FOLDER_PATTERN = (
-    NAMESPACE_PATTERN + r"/[0-9a-f]{3}/[0-9a-f]{3}/[0-9a-f]{3}/[0-9a-f]{23}"
-)
+#: An md5 as a folder path below its namespace, partitioned 3/3/3/23.
+HASH_PATH_PATTERN = r"[0-9a-f]{3}/[0-9a-f]{3}/[0-9a-f]{3}/[0-9a-f]{23}"
+FOLDER_PATTERN = NAMESPACE_PATTERN + "/" + HASH_PATH_PATTERN
 _NAMESPACE = re.compile(NAMESPACE_PATTERN + r"\Z")
 _FOLDER = re.compile(FOLDER_PATTERN + r"\Z")
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")

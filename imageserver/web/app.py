@@ -18,6 +18,7 @@ from imageserver.images import Images, Resolved
 from imageserver.naming import (
     AUTO,
     FOLDER_PATTERN,
+    HASH_PATH_PATTERN,
     INFO,
     ORIGINAL,
     ImageId,
@@ -63,10 +64,7 @@ class OriginPathConverter(PathConverter):
     (and maybe a name in it): those URLs are the image routes', in origin
     namespaces too, so a hash folder's URL means one thing everywhere."""
 
-    regex = (
-        r"(?![0-9a-f]{3}/[0-9a-f]{3}/[0-9a-f]{3}/[0-9a-f]{23}(?:/[^/]*)?$)"
-        + PathConverter.regex
-    )
+    regex = rf"(?!{HASH_PATH_PATTERN}(?:/[^/]*)?$)" + PathConverter.regex
 
 
 class ImageServerApp:
