@@ -13,6 +13,7 @@ down or failing leaves what is stored being served.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 from collections import OrderedDict
@@ -103,6 +104,14 @@ def record_key(namespace: str, segments: tuple[str, ...]) -> str:
     return f"{namespace}/{RECORDS}/{digest[:2]}/{digest[2:]}.json"
 
 
+@functools.lru_cache(maxsize=4096)
+def _located(namespace: str, path: str) -> tuple[tuple[str, ...], str]:
+    """A path's segments and its record's key (remembered: a cached variant
+    by path asks for them on every request)."""
+    segments = object_path(path)
+    return segments, record_key(namespace, segments)
+
+
 class OriginPaths:
     """Each origin namespace's paths, resolved to stored images."""
 
@@ -159,8 +168,7 @@ class OriginPaths:
         ``gone``: the image this path was found to stand for is no longer
         stored (purged by its hash): the origin is asked again at once.
         """
-        segments = object_path(path)
-        key = record_key(namespace, segments)
+        segments, key = _located(namespace, path)
         record = await self._recall(key)
         now = self._clock.seconds()
         if gone is not None and record is not None and record.hash == gone.hash:
@@ -194,8 +202,7 @@ class OriginPaths:
     async def forget(self, namespace: str, path: str) -> ImageId | None:
         """Forget ``path`` (the next request fetches it again); the image it
         stood for, if any, for the caller to purge."""
-        segments = object_path(path)
-        key = record_key(namespace, segments)
+        _, key = _located(namespace, path)
         record = await self._read(key)
         self._remembered.pop(key, None)
         self._failed.pop(key, None)
