@@ -15,7 +15,7 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from imageserver.errors import (
     ContentTooLarge,
@@ -102,7 +102,11 @@ class OriginSpec:
             raise ValueError(
                 f"--origin {text!r}: give NAME=URL, e.g. shop=file:///srv/images/"
             )
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 (a port out of range raises here)
+        except ValueError as e:
+            raise ValueError(f"--origin {name}=...: not a URL ({e})") from None
         if parts.scheme not in SCHEMES:
             raise ValueError(
                 f"--origin {text!r}: the URL's scheme must be one of "
@@ -123,13 +127,18 @@ class OriginSpec:
                 raise ValueError(
                     f"--origin {text!r}: a file URL names no host: file:///dir/"
                 )
-            if not os.path.isdir(parts.path):
+            if not os.path.isdir(file_root(url)):
                 raise ValueError(
-                    f"--origin {text!r}: {parts.path!r} is not a directory"
+                    f"--origin {text!r}: {file_root(url)!r} is not a directory"
                 )
         elif not parts.netloc:
             raise ValueError(f"--origin {text!r}: the URL names no host or bucket")
         return cls(name, url if url.endswith("/") else url + "/")
+
+
+def file_root(url: str) -> str:
+    """The directory a ``file://`` URL names (percent-escapes decoded)."""
+    return unquote(urlsplit(url).path)
 
 
 def parse_origins(texts: Sequence[str]) -> dict[str, OriginSpec]:
@@ -218,7 +227,7 @@ class FileOrigin:
 
     def __init__(self, url: str, run: Runner, max_bytes: int) -> None:
         self.url = url
-        self._root = urlsplit(url).path
+        self._root = file_root(url)
         self._run = run
         self._max_bytes = max_bytes
 
@@ -311,7 +320,7 @@ class S3Origin:
         self.url = url
         parts = urlsplit(url)
         self.bucket = parts.netloc
-        self.prefix = parts.path.lstrip("/")
+        self.prefix = unquote(parts.path).lstrip("/")
         self._client = client
         self._run = run
         self._max_bytes = max_bytes

@@ -13,6 +13,7 @@ from imageserver.errors import ContentTooLarge, InvalidRequest, NotFound
 from imageserver.sources.origins import (
     MAX_PATH_BYTES,
     OriginSpec,
+    file_root,
     object_path,
     parse_origins,
     read_file,
@@ -63,6 +64,9 @@ class SpecTests(unittest.TestCase):
         with tempfile.TemporaryDirectory() as root:
             spec = OriginSpec.parse(f"shop=file://{root}")
             self.assertEqual((spec.namespace, spec.url), ("shop", f"file://{root}/"))
+            os.mkdir(os.path.join(root, "my images"))
+            spaced = OriginSpec.parse(f"s=file://{root}/my%20images/")
+            self.assertEqual(file_root(spaced.url), f"{root}/my images/")
         self.assertEqual(OriginSpec.parse("b=s3://bucket/pre").url, "s3://bucket/pre/")
         self.assertEqual(OriginSpec.parse("w=https://h/x/").scheme, "https")
 
@@ -76,6 +80,7 @@ class SpecTests(unittest.TestCase):
             ("a=https:///x", "no host"),
             ("a=https://h/?q=1", "no query"),
             ("a=https://user:secret@h/", "no user or password"),
+            ("a=http://h:99999/", "not a URL"),
         ]:
             with self.subTest(text=text), self.assertRaisesRegex(ValueError, words):
                 OriginSpec.parse(text)
