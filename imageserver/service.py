@@ -227,6 +227,9 @@ def make_service(
         waiting.setServiceParent(top)
         shards = ClusterShards(config, waiting.run)
         shards.setServiceParent(top)
+    origin_paths = make_origin_paths(
+        config, reactor, top, images, storage, io_pool, events, worker is not None
+    )
     batches = Batches(
         images,
         storage,
@@ -234,9 +237,7 @@ def make_service(
         shards=shards,
         clock=reactor,
         run=io_pool.run,
-    )
-    origin_paths = make_origin_paths(
-        config, reactor, top, images, storage, io_pool, events, worker is not None
+        origin_paths=origin_paths,
     )
     api: IResource = ImageServerApp(images, batches, origin_paths).app.resource()
     tokens = None

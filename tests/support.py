@@ -243,7 +243,6 @@ class AppHarness:
             coordination=Coordination(lifecycle=lifecycle or NoLifecycle()),
             events=self.events,
         )
-        self.batches = Batches(self.images, self.storage, clock=self.clock)
         fetcher = SourceFetcher(
             self.sources,
             self.clock,
@@ -277,6 +276,9 @@ class AppHarness:
             )
             if origins
             else None
+        )
+        self.batches = Batches(
+            self.images, self.storage, clock=self.clock, origin_paths=self.origin_paths
         )
         self.resource = ImageServerApp(
             self.images, self.batches, self.origin_paths

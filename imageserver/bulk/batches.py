@@ -40,8 +40,10 @@ from imageserver.errors import (
     TooMany,
 )
 from imageserver.images import Images
-from imageserver.naming import check_namespace
+from imageserver.naming import INFO, check_namespace
+from imageserver.origin_paths import OriginPaths
 from imageserver.runtime.pools import Runner
+from imageserver.sources.origins import object_path
 from imageserver.storage import Storage
 
 log = Logger()
@@ -107,6 +109,33 @@ def check_job_id(job_id: str) -> str:
         return str(uuid.UUID(job_id))
     except ValueError:
         raise NotFound("unknown batch") from None
+
+
+async def path_result(
+    paths: OriginPaths,
+    images: Images,
+    namespace: str,
+    outputs: str,
+    item: dict[str, Any],
+) -> dict[str, Any]:
+    """One item of a batch in an origin's namespace (``{"path": ...}``): the
+    path fetched if it is new, its outputs made; its result for the report.
+    Run by the server, which has the origins."""
+    result = {"path": item["path"], "hash": None, "width": None, "height": None,
+              "error": None}  # fmt: skip
+    try:
+        image = await paths.image(namespace, item["path"])
+        if outputs:
+            await images.process(image, outputs)
+        info = json.loads((await images.get(image, INFO)).data)
+    except ImageServerError as e:
+        result["error"] = str(e)
+    except Exception:
+        log.failure("batch item {item} failed unexpectedly", item=item)
+        result["error"] = "internal error while processing this item"
+    else:
+        result.update(hash=info["hash"], width=info["width"], height=info["height"])
+    return result
 
 
 async def item_result(
@@ -199,8 +228,12 @@ class Batches:
         shards: Shards | None = None,
         clock: IReactorTime | None = None,
         run: Runner = _at_once,
+        origin_paths: OriginPaths | None = None,
     ) -> None:
         self._images = images
+        #: Origin namespaces' batches list paths, run here (a cluster's
+        #: workers have no origins).
+        self._paths = origin_paths
         self._storage = storage
         self._slots = DeferredSemaphore(concurrency)
         self._running: dict[str, Deferred[None]] = {}
@@ -226,6 +259,35 @@ class Batches:
                 "split the list into several batches"
             )
         text = data.decode("utf-8", "replace")
+        if self._paths is not None and self._paths.serves(namespace):
+            listed = self._origin_items(text)
+        else:
+            listed = self._items(namespace, text)
+        if len(listed) > MAX_ITEMS:
+            raise InvalidRequest(
+                f"at most {MAX_ITEMS} items per batch; split the list into "
+                "several batches"
+            )
+        self._check_room(namespace)  # again: others may have started meanwhile
+        job_id = str(uuid.uuid4())
+        job = {
+            "id": job_id,
+            "namespace": namespace,
+            "outputs": outputs or "",
+            "created": time.time(),
+            "items": listed,
+        }
+        state: dict[str, Any] = {"state": "running", "results": {}}
+        await self._put(namespace, job_id, "job.json", job)
+        await self._put(namespace, job_id, "state.json", state)
+        self._start(job, state)
+        log.info(
+            "batch {job_id} of {count} items started", job_id=job_id, count=len(listed)
+        )
+        return job_id
+
+    def _items(self, namespace: str, text: str) -> list[dict[str, Any]]:
+        """A batch's lines: URLs and/or hashes."""
         items = []
         for number, line in enumerate(text.splitlines(), 1):
             try:
@@ -238,28 +300,26 @@ class Batches:
             raise InvalidRequest("the body lists no hashes or URLs")
         if any(item.digest is None for item in items):
             self._images.check_uploads(namespace)
-        if len(items) > MAX_ITEMS:
+        return [{"url": i.url, "hash": i.digest} for i in items]
+
+    @staticmethod
+    def _origin_items(text: str) -> list[dict[str, Any]]:
+        """An origin namespace's batch lines: one path of the origin each."""
+        items = []
+        for number, line in enumerate(text.splitlines(), 1):
+            path = line.strip()
+            if not path:
+                continue
+            try:
+                object_path(path)
+            except InvalidRequest as e:
+                raise InvalidRequest(f"line {number}: {e}") from None
+            items.append({"path": path})
+        if not items:
             raise InvalidRequest(
-                f"at most {MAX_ITEMS} items per batch; split the list into "
-                "several batches"
+                "the body lists no paths (one path of the origin per line)"
             )
-        self._check_room(namespace)  # again: others may have started meanwhile
-        job_id = str(uuid.uuid4())
-        job = {
-            "id": job_id,
-            "namespace": namespace,
-            "outputs": outputs or "",
-            "created": time.time(),
-            "items": [{"url": i.url, "hash": i.digest} for i in items],
-        }
-        state: dict[str, Any] = {"state": "running", "results": {}}
-        await self._put(namespace, job_id, "job.json", job)
-        await self._put(namespace, job_id, "state.json", state)
-        self._start(job, state)
-        log.info(
-            "batch {job_id} of {count} items started", job_id=job_id, count=len(items)
-        )
-        return job_id
+        return items
 
     def _check_room(self, namespace: str) -> None:
         """Refuse a job beyond the running jobs' caps (429), saying which."""
@@ -323,18 +383,29 @@ class Batches:
         d.addBoth(finished)
 
     async def _run(self, running: _Job) -> None:
-        if self._shards is not None:
+        job = running.job
+        by_path = any("path" in item for item in job["items"])
+        if self._shards is not None and not by_path:
             await self._run_on_cluster(running, self._shards)
             return
-        job = running.job
         namespace, job_id = job["namespace"], job["id"]
         for index, item in enumerate(job["items"]):
             if str(index) in running.results:
                 continue  # finished before a restart: not redone
             async with self._slots:
-                result = await item_result(
-                    self._images, namespace, job["outputs"], item
-                )
+                if "path" not in item:
+                    result = await item_result(
+                        self._images, namespace, job["outputs"], item
+                    )
+                elif self._paths is None or not self._paths.serves(namespace):
+                    result = {"path": item["path"], "hash": None, "width": None,
+                              "height": None,
+                              "error": f"namespace {namespace!r} has no origin "
+                                       "(--origin) here any more"}  # fmt: skip
+                else:
+                    result = await path_result(
+                        self._paths, self._images, namespace, job["outputs"], item
+                    )
             running.record(index, result)
             await self._checkpoint(running)
         await self._checkpoint(running, final=True)

@@ -183,15 +183,37 @@ class FileOriginTests(TestCaseMixin, SynchronousTestCase):
         response, _ = self.app.request("GET", "/shop/later.jpg/w32.png")
         self.assertEqual(response.code, 200)
 
+    def test_a_batch_of_paths_fetches_them_and_makes_the_outputs(self) -> None:
+        self.write("copy.jpg", encode(quadrants((40, 40))))
+        body = b"products/red/shoe.jpg\n\ncopy.jpg\nnone.jpg\n"
+        status, answer = self.app.json("POST", "/shop/batch?outputs=w20.png", data=body)
+        self.assertEqual(status, 202, answer)
+        status, report = self.app.json("GET", f"/shop/batch/{answer['job_id']}")
+        self.assertEqual((status, report["total"], report["failed"]), (200, 3, 1))
+        self.assertEqual(
+            [(i["path"], i["width"], i["error"] is None) for i in report["items"]],
+            [("products/red/shoe.jpg", 64, True), ("copy.jpg", 40, True),
+             ("none.jpg", None, False)],
+        )  # fmt: skip
+        gets = self.gets()
+        response, _ = self.app.request("GET", "/shop/copy.jpg/w20.png")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.checks("fetched"), 2)  # made by the batch
+        self.assertEqual(self.gets() - gets, 1)  # stored: read, not rendered
+        for bad in (b"../x.jpg\n", b"\n\n"):
+            status, answer = self.app.json("POST", "/shop/batch", data=bad)
+            self.assertEqual(status, 400, answer)
+
     def test_uploads_into_an_origin_namespace_are_refused(self) -> None:
         status, body = self.app.json("POST", "/shop", data=self.photo)
         self.assertEqual(status, 403)
         self.assertIn("--origin", body["error"])
+        # A batch lists the origin's paths: a URL is no path of it.
         status, body = self.app.json(
             "POST", "/shop/batch", data=b"http://127.0.0.1/a.jpg\n"
         )
-        self.assertEqual(status, 403)
-        self.assertIn("--origin", body["error"])
+        self.assertEqual(status, 400)
+        self.assertIn("line 1", body["error"])
 
     def test_a_path_gone_from_the_origin_is_still_purged_by_its_delete(
         self,
