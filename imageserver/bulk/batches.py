@@ -17,6 +17,7 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol, cast
 
@@ -121,21 +122,16 @@ async def path_result(
     """One item of a batch in an origin's namespace (``{"path": ...}``): the
     path fetched if it is new, its outputs made; its result for the report.
     Run by the server, which has the origins."""
-    result = {"path": item["path"], "hash": None, "width": None, "height": None,
-              "error": None}  # fmt: skip
-    try:
+
+    async def work() -> dict[str, Any]:
         image = await paths.image(namespace, item["path"])
         if outputs:
             await images.process(image, outputs)
-        info = json.loads((await images.get(image, INFO)).data)
-    except ImageServerError as e:
-        result["error"] = str(e)
-    except Exception:
-        log.failure("batch item {item} failed unexpectedly", item=item)
-        result["error"] = "internal error while processing this item"
-    else:
-        result.update(hash=info["hash"], width=info["width"], height=info["height"])
-    return result
+        return json.loads((await images.get(image, INFO)).data)  # type: ignore[no-any-return]
+
+    result = {"path": item["path"], "hash": None, "width": None, "height": None,
+              "error": None}  # fmt: skip
+    return await _reported(result, item, work())
 
 
 async def item_result(
@@ -145,10 +141,20 @@ async def item_result(
     as the job's report lists it. Here or on a cluster worker alike."""
     result = {"hash": item["hash"], "url": item["url"], "width": None,
               "height": None, "error": None}  # fmt: skip
+    work = images.process_item(
+        namespace, url=item["url"], digest=item["hash"], outputs=outputs or None
+    )
+    return await _reported(result, item, work)
+
+
+async def _reported(
+    result: dict[str, Any],
+    item: dict[str, Any],
+    work: Coroutine[Any, Any, dict[str, Any]],
+) -> dict[str, Any]:
+    """``result`` completed by ``work``'s info.json, or by its failure."""
     try:
-        info = await images.process_item(
-            namespace, url=item["url"], digest=item["hash"], outputs=outputs or None
-        )
+        info = await work
     except ImageServerError as e:
         result["error"] = str(e)
     except Exception:
