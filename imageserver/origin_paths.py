@@ -277,6 +277,10 @@ class OriginPaths:
     ) -> Record:
         now = self._clock.seconds()
         origin = self._origins[namespace]
+        if known is not None:
+            assert record is not None and record.hash is not None
+            if not await self._images.stored(ImageId(namespace, record.hash)):
+                known = None  # its image was purged since: fetched whole
         try:
             fetched = await origin.fetch(segments, known)
         except NotFound:
@@ -285,19 +289,9 @@ class OriginPaths:
             self._failing(namespace, path, key, known, e, now)
         if fetched is None:
             assert record is not None and record.hash is not None
-            if await self._images.stored(ImageId(namespace, record.hash)):
-                self._failed.pop(key, None)
-                self._events.origin(namespace, "not_modified")
-                return await self._write(key, Record(path, record.hash, known, now))
-            # Unchanged at the origin, but its image was purged since.
-            known = None
-            try:
-                fetched = await origin.fetch(segments, None)
-            except NotFound:
-                return await self._missing_now(namespace, path, key, record, now)
-            except Exception as e:
-                self._failing(namespace, path, key, known, e, now)
-            assert fetched is not None
+            self._failed.pop(key, None)
+            self._events.origin(namespace, "not_modified")
+            return await self._write(key, Record(path, record.hash, known, now))
         self._events.origin(namespace, "fetched")
         try:
             image = await self._images.store_original(
