@@ -35,7 +35,17 @@ from imageserver.runtime.pools import ThreadPoolService
 from imageserver.runtime.shutdown import Deadline
 from imageserver.sources.addresses import source_host
 from imageserver.sources.fetcher import SourceFetcher, source_agent
-from imageserver.sources.origins import FileOrigin, HttpOrigin, Origin, S3Origin
+from imageserver.sources.origins import (
+    FileOrigin,
+    HttpOrigin,
+    Origin,
+    OriginRefused,
+    OriginSpec,
+    OriginUnconfirmed,
+    S3Origin,
+    bucket_and_prefix,
+    check_bucket_origin,
+)
 from imageserver.storage import Storage, hostlocks
 from imageserver.storage.behind import WriteBehind
 from imageserver.storage.hostlocks import HostLocks
@@ -43,7 +53,12 @@ from imageserver.storage.local import LocalStorage, check_writable
 from imageserver.storage.memory import Generations, MemoryCache
 from imageserver.storage.metered import MeteredStorage
 from imageserver.storage.queue import WriteQueue
-from imageserver.storage.s3 import LazyClient, S3Settings, S3Storage, check_bucket
+from imageserver.storage.s3 import (
+    LazyClient,
+    S3Settings,
+    S3Storage,
+    check_bucket,
+)
 from imageserver.storage.sweeper import STALE_TEMPORARY, CacheSweeper
 from imageserver.storage.tiered import TieredStorage
 
@@ -263,6 +278,45 @@ def s3_settings(config: Config) -> S3Settings:
     )
 
 
+def origin_bucket_settings(config: Config, spec: OriginSpec) -> S3Settings:
+    """How a bucket origin is reached: with its own profile, region and
+    endpoint where its URL names them, else the storage's."""
+    own = spec.profile is not None
+    return replace(
+        s3_settings(config),
+        bucket=bucket_and_prefix(spec.url)[0],
+        base_path="",
+        acl=None,
+        timeout=config.http_timeout,
+        profile=spec.profile,
+        region=spec.region or (None if own else config.aws_region or None),
+        endpoint_url=spec.endpoint or (None if own else config.s3_endpoint_url or None),
+        access_key_id=None if own else config.aws_access_key_id or None,
+        secret_access_key=None if own else config.aws_secret_key or None,
+    )
+
+
+def check_origins(config: Config) -> None:
+    """Refuse, before anything starts, a bucket origin that cannot be used
+    (no such bucket, credentials refused, no such profile): `StartupFailed`
+    naming the option; one that cannot be confirmed now is a warning."""
+    for namespace, spec in config.origin_specs.items():
+        if spec.scheme != "s3":
+            continue
+        settings = replace(
+            origin_bucket_settings(config, spec),
+            max_attempts=1,
+            timeout=min(config.http_timeout, 5.0),
+        )
+        try:
+            check_bucket_origin(LazyClient(settings), spec.url)
+        except OriginRefused as e:
+            raise StartupFailed(f"--origin {namespace}={e}") from None
+        except OriginUnconfirmed as e:
+            log.warn("--origin {namespace}={problem}; starting anyway",
+                     namespace=namespace, problem=str(e))  # fmt: skip
+
+
 def check_store(config: Config, local: bool = True) -> None:
     """Refuse, before anything starts, a store that cannot be used: a local
     path that cannot be written, a bucket that does not exist or refuses
@@ -270,7 +324,8 @@ def check_store(config: Config, local: bool = True) -> None:
     that cannot be reached now is a warning: it may come back, and readiness
     says so meanwhile. The server, the command line and each cluster worker
     check alike; ``local=False``: a process that writes only to the bucket
-    (a cluster's client)."""
+    (a cluster's client). Bucket origins are checked too (`check_origins`)."""
+    check_origins(config)
     try:
         if local or config.remote is None:
             check_writable(config.local_base_path)
@@ -358,13 +413,7 @@ def make_origin_paths(
                 )
                 buckets.setServiceParent(parent)
                 events.watch_pool(buckets.stats())
-            settings = replace(
-                s3_settings(config),
-                bucket=urlsplit(spec.url).netloc,
-                base_path="",
-                acl=None,
-                timeout=config.http_timeout,
-            )
+            settings = origin_bucket_settings(config, spec)
             origins[namespace] = S3Origin(
                 spec.url, LazyClient(settings), buckets.run, config.max_source_bytes
             )

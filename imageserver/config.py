@@ -719,7 +719,7 @@ def ignored_settings(config: Config) -> list[tuple[str, str]]:
          "a remote store (--aws_bucket, without --uploader noop) or a bucket "
          "origin (--origin NAME=s3://...)",
          config.remote is not None or any(
-             spec.scheme == "s3" for spec in config.origin_specs.values())),
+             spec.uses_storage_settings for spec in config.origin_specs.values())),
         (("aws_bucket", "s3_acl", "remote_base_path", "remote_base_url",
           "uploader_concurrency", "max_file_age"),
          "a remote store (--aws_bucket, without --uploader noop)",

@@ -7,9 +7,7 @@ import json
 import os
 import random
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
-from urllib.parse import urlsplit
 
 from PIL import Image
 from treq.testing import RequestTraversalAgent, StubTreq
@@ -21,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from imageserver.assembly import s3_settings
+from imageserver.assembly import origin_bucket_settings
 from imageserver.bulk.batches import Batches
 from imageserver.config import Config
 from imageserver.images import Coordination, Images
@@ -255,9 +253,7 @@ class AppHarness:
             if spec.scheme == "file":
                 origins[namespace] = FileOrigin(spec.url, synchronous, most)
             elif spec.scheme == "s3":
-                bucket = urlsplit(spec.url).netloc
-                settings = replace(s3_settings(self.config), bucket=bucket)
-                client = LazyClient(settings)
+                client = LazyClient(origin_bucket_settings(self.config, spec))
                 origins[namespace] = S3Origin(spec.url, client, synchronous, most)
             else:
                 origins[namespace] = HttpOrigin(spec.url, fetcher)

@@ -15,7 +15,7 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from imageserver.errors import (
     ContentTooLarge,
@@ -83,16 +83,33 @@ def object_path(path: str) -> tuple[str, ...]:
     return segments
 
 
+#: What a bucket origin's URL may say after ``?``: how that bucket is
+#: reached, when not as the storage's bucket is (docs/origins.md).
+BUCKET_SETTINGS = ("profile", "region", "endpoint")
+
+
 @dataclass(frozen=True)
 class OriginSpec:
     """``NAME=URL`` from the configuration, checked."""
 
     namespace: str
+    #: The origin's URL, ending in ``/``, without a bucket's settings.
     url: str
+    #: A bucket's own settings (`BUCKET_SETTINGS`): a named AWS profile
+    #: (credentials, region, endpoint from the AWS files), a region, an
+    #: endpoint URL. None: as the storage's bucket.
+    profile: str | None = None
+    region: str | None = None
+    endpoint: str | None = None
 
     @property
     def scheme(self) -> str:
         return urlsplit(self.url).scheme
+
+    @property
+    def uses_storage_settings(self) -> bool:
+        """A bucket read with the storage's credentials (no profile of its own)."""
+        return self.scheme == "s3" and self.profile is None
 
     @classmethod
     def parse(cls, text: str) -> OriginSpec:
@@ -116,11 +133,13 @@ class OriginSpec:
             raise ValueError(
                 f"--origin {name}=...: an origin URL carries no user or "
                 "password (they would show in logs); put the origin behind "
-                "a proxy that adds them, or use a bucket with credentials"
+                "a proxy that adds them, or give a bucket an AWS profile "
+                "(?profile=NAME)"
             )
-        if parts.query or parts.fragment:
+        if parts.fragment or (parts.query and parts.scheme != "s3"):
             raise ValueError(
-                f"--origin {text!r}: an origin URL has no query or fragment"
+                f"--origin {text!r}: only a bucket's URL has a query "
+                f"({', '.join(BUCKET_SETTINGS)}), and none has a fragment"
             )
         if parts.scheme == "file":
             if parts.netloc not in ("", "localhost"):
@@ -133,7 +152,46 @@ class OriginSpec:
                 )
         elif not parts.netloc:
             raise ValueError(f"--origin {text!r}: the URL names no host or bucket")
-        return cls(name, url if url.endswith("/") else url + "/")
+        settings = _bucket_settings(name, parts.query)
+        if parts.query:
+            url = parts._replace(query="").geturl()
+        return cls(name, url if url.endswith("/") else url + "/", **settings)
+
+
+def _bucket_settings(name: str, query: str) -> dict[str, str]:
+    """A bucket origin's ``?profile=...&region=...&endpoint=...``."""
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        pairs = [("", "")]
+    settings: dict[str, str] = {}
+    for key, value in pairs:
+        if key not in BUCKET_SETTINGS or key in settings or not value.strip():
+            raise ValueError(
+                f"--origin {name}=s3://...?{query}: a bucket's URL may name "
+                f"each of {', '.join(BUCKET_SETTINGS)} once, with a value, "
+                "e.g. ?profile=shop&region=eu-west-1"
+            )
+        settings[key] = value
+    endpoint = settings.get("endpoint")
+    if endpoint is not None:
+        try:
+            parts = urlsplit(endpoint)
+            parts.port  # noqa: B018
+        except ValueError:
+            parts = urlsplit("")
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.username is not None
+            or parts.password is not None
+        ):
+            raise ValueError(
+                f"--origin {name}=...?endpoint={endpoint}: the endpoint is an "
+                "http(s) URL with a host and no user or password, e.g. "
+                "https://minio.internal:9000"
+            )
+    return settings
 
 
 def file_root(url: str) -> str:
@@ -310,6 +368,82 @@ def read_object(
     return Fetched(data, answer.get("ETag"))
 
 
+#: Error codes of a bucket that says the credentials themselves are wrong.
+_BAD_CREDENTIALS = frozenset(
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+     "InvalidToken", "InvalidClientTokenId"}
+)  # fmt: skip
+#: ... and that it is not there, or cannot answer now.
+_NO_BUCKET = frozenset({"NoSuchBucket"})
+_TRANSIENT = frozenset(
+    {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown"}
+)
+
+
+class OriginRefused(Exception):
+    """A bucket origin that cannot be used at all (no such bucket, refused
+    credentials): a start-up error."""
+
+
+class OriginUnconfirmed(Exception):
+    """A bucket origin that could not be confirmed now (unreachable, access
+    to a missing key denied): a start-up warning."""
+
+
+def bucket_and_prefix(url: str) -> tuple[str, str]:
+    """A bucket origin's bucket and key prefix (percent-escapes decoded)."""
+    parts = urlsplit(url)
+    return parts.netloc, unquote(parts.path).lstrip("/")
+
+
+def check_bucket_origin(client: Callable[[], Any], url: str) -> None:
+    """At start-up: read one key under the origin's prefix, which need not
+    exist. "No such key" or an object means the bucket is there and the
+    credentials read it. Blocking (boto3).
+
+    A GET, not a HEAD of the bucket: an origin's credentials often may only
+    read objects (``s3:GetObject``), and a GET's error names its cause
+    where a HEAD's is a bare 403. Without ``s3:ListBucket`` a missing key
+    is "access denied", so that is `OriginUnconfirmed`, not refused.
+    """
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectionError,
+        HTTPClientError,
+    )
+
+    bucket, prefix = bucket_and_prefix(url)
+    where = f"s3://{bucket}/{prefix}"
+    try:
+        client().get_object(Bucket=bucket, Key=prefix + ".imageserver-check")[
+            "Body"
+        ].close()
+    except ClientError as e:
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        if code in ("NoSuchKey", "404"):
+            return
+        if code in _NO_BUCKET:
+            raise OriginRefused(f"{where}: no such bucket") from None
+        if code in _BAD_CREDENTIALS:
+            raise OriginRefused(
+                f"{where}: the credentials are refused ({code}); check the "
+                "origin's profile (?profile=) or the AWS credentials"
+            ) from None
+        if code in ("AccessDenied", "403"):
+            raise OriginUnconfirmed(
+                f"{where}: reading a key that may not exist was denied (as "
+                "it is without s3:ListBucket); reads of objects may still work"
+            ) from None
+        if code in _TRANSIENT:
+            raise OriginUnconfirmed(f"{where}: unavailable ({code})") from None
+        raise OriginRefused(f"{where}: refused ({code})") from None
+    except (ConnectionError, HTTPClientError) as e:
+        raise OriginUnconfirmed(f"{where}: cannot be reached ({e})") from None
+    except BotoCoreError as e:  # no credentials, no such profile, a bad endpoint
+        raise OriginRefused(f"{where}: {e}") from None
+
+
 class S3Origin:
     """A bucket and a prefix, read with the storage's credentials and
     endpoint (a boto3 client made on first use), in a pool."""
@@ -318,9 +452,7 @@ class S3Origin:
         self, url: str, client: Callable[[], Any], run: Runner, max_bytes: int
     ) -> None:
         self.url = url
-        parts = urlsplit(url)
-        self.bucket = parts.netloc
-        self.prefix = unquote(parts.path).lstrip("/")
+        self.bucket, self.prefix = bucket_and_prefix(url)
         self._client = client
         self._run = run
         self._max_bytes = max_bytes

@@ -49,6 +49,9 @@ class S3Settings:
     max_connections: int = 10
     timeout: float = 10.0
     max_attempts: int = 3
+    #: A named AWS profile: its credentials, region and endpoint (from the
+    #: AWS files) unless given here.
+    profile: str | None = None
 
 
 class LazyClient:
@@ -71,7 +74,8 @@ class LazyClient:
 
 
 def make_client(settings: S3Settings) -> Any:
-    """A boto3 S3 client; credentials not given come from the standard AWS chain."""
+    """A boto3 S3 client; what is not given comes from the standard AWS chain
+    (of the settings' profile, if named)."""
     import boto3
     from botocore.config import Config
 
@@ -80,10 +84,11 @@ def make_client(settings: S3Settings) -> Any:
         connect_timeout=settings.timeout,
         read_timeout=settings.timeout,
         max_pool_connections=settings.max_connections,
-        # S3-compatible stores (MinIO, Ceph, R2 ...) want bucket-in-path URLs.
-        s3={"addressing_style": "path" if settings.endpoint_url else "auto"},
+        # S3-compatible stores (MinIO, Ceph, R2 ...) want bucket-in-path URLs;
+        # otherwise what the profile says (the default: auto).
+        s3={"addressing_style": "path"} if settings.endpoint_url else None,
     )
-    session = boto3.session.Session()
+    session = boto3.session.Session(profile_name=settings.profile)
     return session.client(
         "s3",
         region_name=settings.region or session.region_name or "us-east-1",

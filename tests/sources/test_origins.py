@@ -12,7 +12,10 @@ from hypothesis import strategies as st
 from imageserver.errors import ContentTooLarge, InvalidRequest, NotFound
 from imageserver.sources.origins import (
     MAX_PATH_BYTES,
+    OriginRefused,
     OriginSpec,
+    OriginUnconfirmed,
+    check_bucket_origin,
     file_root,
     object_path,
     parse_origins,
@@ -69,6 +72,17 @@ class SpecTests(unittest.TestCase):
             self.assertEqual(file_root(spaced.url), f"{root}/my images/")
         self.assertEqual(OriginSpec.parse("b=s3://bucket/pre").url, "s3://bucket/pre/")
         self.assertEqual(OriginSpec.parse("w=https://h/x/").scheme, "https")
+        own = OriginSpec.parse(
+            "b=s3://bucket/pre?profile=shop&region=eu-west-1&endpoint=http://m:9000"
+        )
+        self.assertEqual(
+            (own.url, own.profile, own.region, own.endpoint),
+            ("s3://bucket/pre/", "shop", "eu-west-1", "http://m:9000"),
+        )
+        self.assertFalse(own.uses_storage_settings)
+        self.assertTrue(
+            OriginSpec.parse("b=s3://bucket/?region=x").uses_storage_settings
+        )
 
     def test_mistakes_say_what_is_wrong(self) -> None:
         for text, words in [
@@ -78,7 +92,16 @@ class SpecTests(unittest.TestCase):
             ("a=file:///no/such/dir", "not a directory"),
             ("a=file://host/tmp", "no host"),
             ("a=https:///x", "no host"),
-            ("a=https://h/?q=1", "no query"),
+            ("a=https://h/?q=1", "only a bucket's URL has a query"),
+            ("a=https://h/#f", "none has a fragment"),
+            ("a=s3://b/?q=1", "each of profile, region, endpoint once"),
+            ("a=s3://b/?profile=x&profile=y", "once"),
+            ("a=s3://b/?profile=", "with a value"),
+            ("a=s3://b/?profile", "with a value"),
+            ("a=s3://b/?endpoint=ftp://h/", "http"),
+            ("a=s3://b/?endpoint=http://u:p@h/", "no user"),
+            ("a=s3://b/?endpoint=http:///x", "with a host"),
+            ("a=s3://b/?endpoint=http://h:99999/", "endpoint"),
             ("a=https://user:secret@h/", "no user or password"),
             ("a=http://h:99999/", "not a URL"),
         ]:
@@ -86,6 +109,39 @@ class SpecTests(unittest.TestCase):
                 OriginSpec.parse(text)
         with self.assertRaisesRegex(ValueError, "twice"):
             parse_origins(["a=https://h/", "a=https://i/"])
+
+
+class BucketCheckTests(unittest.TestCase):
+    """What a bucket's answer to the start-up check means. moto answers
+    every key pair and policy alike, so the refusals it cannot make are
+    given here as the bucket would (the rest run against moto, in
+    tests/web/test_origins.py)."""
+
+    def test_each_answer(self) -> None:
+        from botocore.exceptions import ClientError
+
+        for code, expected in [
+            ("NoSuchKey", None),
+            ("NoSuchBucket", OriginRefused),
+            ("InvalidAccessKeyId", OriginRefused),
+            ("SignatureDoesNotMatch", OriginRefused),
+            ("ExpiredToken", OriginRefused),
+            ("AccessDenied", OriginUnconfirmed),
+            ("503", OriginUnconfirmed),
+            ("SlowDown", OriginUnconfirmed),
+            ("InvalidBucketName", OriginRefused),
+        ]:
+
+            class Answers:
+                def get_object(self, **_: object) -> None:
+                    raise ClientError({"Error": {"Code": code}}, "GetObject")  # noqa: B023
+
+            with self.subTest(code=code):
+                if expected is None:
+                    check_bucket_origin(Answers, "s3://b/pre/")
+                    continue
+                with self.assertRaisesRegex(expected, "s3://b/pre/"):
+                    check_bucket_origin(Answers, "s3://b/pre/")
 
 
 class ReadFileTests(unittest.TestCase):

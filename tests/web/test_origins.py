@@ -9,6 +9,7 @@ from typing import Any
 
 from PIL import Image
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -360,6 +361,106 @@ class BucketOriginTests(TestCaseMixin, SynchronousTestCase):
         status, body = self.app.json("GET", "/b/big.jpg/w32.png")
         self.assertEqual(status, 413, body)
         self.assertIn("--max_source_bytes", body["error"])
+
+
+def aws_files(case: SynchronousTestCase, profiles: dict[str, dict[str, str]]) -> None:
+    """AWS configuration and credentials files naming ``profiles`` (each its
+    keys, region, endpoint), and no credentials anywhere else, for the test."""
+    folder = case.mktemp()
+    os.makedirs(folder)
+    config, credentials = [], []
+    for name, values in profiles.items():
+        config += [f"[profile {name}]", f"region = {values['region']}"]
+        if "endpoint" in values:
+            config += [f"endpoint_url = {values['endpoint']}", "s3 =",
+                       "  addressing_style = path"]  # fmt: skip
+        credentials += [f"[{name}]", f"aws_access_key_id = {values['key']}",
+                        f"aws_secret_access_key = {values['secret']}"]  # fmt: skip
+    for variable, lines in [("AWS_CONFIG_FILE", config),
+                            ("AWS_SHARED_CREDENTIALS_FILE", credentials)]:  # fmt: skip
+        path = os.path.join(folder, variable.lower())
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        _set(case, variable, path)
+    for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE",
+                     "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"):  # fmt: skip
+        _set(case, variable, None)
+
+
+def _set(case: SynchronousTestCase, variable: str, value: str | None) -> None:
+    """An environment variable set (None: removed) for the test's time."""
+    before = os.environ.pop(variable, None)
+    if value is not None:
+        os.environ[variable] = value
+    case.addCleanup(
+        lambda: os.environ.pop(variable, None)
+        if before is None
+        else os.environ.__setitem__(variable, before)
+    )
+
+
+class BucketOriginSettingsTests(TestCaseMixin, SynchronousTestCase):
+    """A bucket origin reached its own way (?profile=, ?endpoint=), while the
+    images are stored on the local disk with no AWS settings at all."""
+
+    def setUp(self) -> None:
+        self.moto = s3server.shared()
+        self.bucket = self.moto.new_bucket()
+        self.moto.client().put_object(
+            Bucket=self.bucket, Key="pre/a.jpg", Body=encode(quadrants((64, 48)))
+        )
+        aws_files(self, {"shop": {"region": "eu-west-1", "endpoint": self.moto.url,
+                                  **_keys()}})  # fmt: skip
+
+    def test_a_profile_gives_credentials_region_and_endpoint(self) -> None:
+        """Nothing else names credentials or the endpoint: the fetch works
+        only with the profile's."""
+        app = AppHarness(self, origin=(f"b=s3://{self.bucket}/pre/?profile=shop",))
+        response, body = app.request("GET", "/b/a.jpg/w32.png")
+        self.assertEqual((response.code, size_of(body)), (200, (32, 24)))
+
+    def test_an_endpoint_of_its_own_with_the_storages_credentials(self) -> None:
+        app = AppHarness(
+            self,
+            origin=(f"b=s3://{self.bucket}/pre/?endpoint={self.moto.url}",),
+            s3_endpoint_url="http://127.0.0.1:9",  # the storage's: not used
+            aws_access_key_id="k",
+            aws_secret_key="s",
+        )
+        response, body = app.request("GET", "/b/a.jpg/w32.png")
+        self.assertEqual((response.code, size_of(body)), (200, (32, 24)))
+
+    def test_the_start_up_check(self) -> None:
+        """A bucket origin that cannot be used stops the start in one line
+        naming the option; one that cannot be reached now is a warning."""
+        from imageserver.assembly import check_origins
+        from imageserver.config import Config
+        from imageserver.runtime.listening import StartupFailed
+
+        def check(url: str) -> None:
+            check_origins(Config(origin=(f"b={url}",), http_timeout=2.0))
+
+        check(f"s3://{self.bucket}/pre/?profile=shop")  # fine: no error
+        check(f"s3://{self.bucket}/?profile=shop")
+        for url, words in [
+            ("s3://no-such-bucket/?profile=shop", "no such bucket"),
+            (f"s3://{self.bucket}/?profile=nobody", "nobody"),
+            (f"s3://{self.bucket}/", "credentials"),
+        ]:
+            with self.subTest(url=url), self.assertRaises(StartupFailed) as raised:
+                check(url)
+            self.assertIn("--origin b=s3://", str(raised.exception))
+            self.assertIn(words, str(raised.exception))
+            self.assertNotIn("\n", str(raised.exception))
+        with capturedLogs() as logged:
+            check(f"s3://{self.bucket}/?profile=shop&endpoint=http://127.0.0.1:9")
+        warned = [formatEvent(e) for e in logged]
+        self.assertTrue(any("cannot be reached" in w for w in warned), warned)
+
+
+def _keys() -> dict[str, str]:
+    return {"key": s3server.CREDENTIALS["aws_access_key_id"],
+            "secret": s3server.CREDENTIALS["aws_secret_access_key"]}  # fmt: skip
 
 
 class Held(Served):
