@@ -288,18 +288,15 @@ class Config:
         "Namespaces served from where their images already live: NAME=URL "
         "pairs (comma-separated); URL file:///dir/, http(s)://host/prefix/ "
         "or s3://bucket/prefix/ (docs/origins.md).",
-        server_only=True,
     )
     origin_ttl: float = setting(
         3600.0,
         "Seconds a path of an origin is served as stored before the origin is "
         "asked again (in the background: what is stored is served meanwhile).",
-        server_only=True,
     )
     origin_missing_ttl: float = setting(
         60.0,
         "Seconds an origin's 'no such object' is remembered.",
-        server_only=True,
     )
     secret: str = setting(
         "",

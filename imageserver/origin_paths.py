@@ -12,6 +12,7 @@ down or failing leaves what is stored being served.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
@@ -36,7 +37,7 @@ from imageserver.errors import (
 )
 from imageserver.images import Images
 from imageserver.metrics.events import Events
-from imageserver.naming import ImageId
+from imageserver.naming import INFO, ImageId
 from imageserver.sources.origins import Origin, object_path
 from imageserver.storage import Storage
 from imageserver.storage.flights import Flights
@@ -160,13 +161,20 @@ class OriginPaths:
         return f"public, max-age={int(self._ttl)}"
 
     async def image(
-        self, namespace: str, path: str, gone: ImageId | None = None
+        self,
+        namespace: str,
+        path: str,
+        gone: ImageId | None = None,
+        wait: bool = False,
     ) -> ImageId:
         """The stored image ``path`` stands for, fetched when new or gone
         stale past use; `NotFound` when the origin has no such object.
 
         ``gone``: the image this path was found to stand for is no longer
         stored (purged by its hash): the origin is asked again at once.
+        ``wait``: a stale path is checked before the answer, not in the
+        background (bulk work, which warms what the origin has now); an
+        origin failing then leaves what is stored.
         """
         segments, key = _located(namespace, path)
         record = await self._recall(key)
@@ -179,9 +187,21 @@ class OriginPaths:
         failed = self._failed.get(key)
         pausing = failed is not None and now - failed[0] < self._pause
         if record is not None and record.hash is not None:
+            stored = record.hash
             if now - record.checked >= self._ttl and not pausing:
-                self._check_in_background(namespace, segments, key)
-            return ImageId(namespace, record.hash)
+                if not wait:
+                    self._check_in_background(namespace, segments, key)
+                    return ImageId(namespace, stored)
+                checking = self._checks.run([key], self._checker(namespace, segments))
+                checked = None
+                # Stale-if-error: the check logged and counted a failure.
+                with contextlib.suppress(ImageServerError):
+                    checked = await checking[key]
+                if checked is not None:
+                    if checked.hash is None:
+                        raise _missing_here(namespace, path)
+                    stored = checked.hash
+            return ImageId(namespace, stored)
         if pausing and failed is not None:
             raise _again(failed[1])
         missing = _missing_here(namespace, path)
@@ -194,6 +214,18 @@ class OriginPaths:
         if record.hash is None:
             raise missing
         return ImageId(namespace, record.hash)
+
+    async def process_item(
+        self, namespace: str, path: str, outputs: str | None = None
+    ) -> dict[str, Any]:
+        """One item of bulk work in an origin's namespace (a batch's, the
+        command line's): the path fetched if new, its ``outputs`` made;
+        its info.json."""
+        image = await self.image(namespace, path, wait=True)
+        if outputs:
+            await self._images.process(image, outputs)
+        info = await self._images.get(image, INFO)
+        return json.loads(info.data)  # type: ignore[no-any-return]
 
     @property
     def _pause(self) -> float:

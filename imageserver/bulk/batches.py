@@ -41,7 +41,7 @@ from imageserver.errors import (
     TooMany,
 )
 from imageserver.images import Images
-from imageserver.naming import INFO, check_namespace
+from imageserver.naming import check_namespace
 from imageserver.origin_paths import OriginPaths
 from imageserver.runtime.pools import Runner
 from imageserver.sources.origins import object_path
@@ -69,13 +69,16 @@ class Item:
     """One thing to process: a file, or a line of a stream."""
 
     line: int
+    #: A file to upload.
     path: str | None = None
     url: str | None = None
     digest: str | None = None
+    #: A path of the namespace's origin.
+    origin_path: str | None = None
 
     @property
     def label(self) -> str:
-        return self.path or self.url or ""
+        return self.path or self.url or self.origin_path or ""
 
 
 def parse_line(number: int, line: str) -> Item | None:
@@ -112,39 +115,38 @@ def check_job_id(job_id: str) -> str:
         raise NotFound("unknown batch") from None
 
 
-async def path_result(
-    paths: OriginPaths,
+def failed_result(item: dict[str, Any], error: str | None) -> dict[str, Any]:
+    """An item's line in a job's report with no image (yet): what it named,
+    and ``error``."""
+    if "path" in item:
+        return {"path": item["path"], "hash": None, "width": None, "height": None,
+                "error": error}  # fmt: skip
+    return {"hash": item["hash"], "url": item["url"], "width": None,
+            "height": None, "error": error}  # fmt: skip
+
+
+async def item_result(
     images: Images,
+    paths: OriginPaths | None,
     namespace: str,
     outputs: str,
     item: dict[str, Any],
 ) -> dict[str, Any]:
-    """One item of a batch in an origin's namespace (``{"path": ...}``): the
-    path fetched if it is new, its outputs made; its result for the report.
-    Run by the server, which has the origins."""
-
-    async def work() -> dict[str, Any]:
-        image = await paths.image(namespace, item["path"])
-        if outputs:
-            await images.process(image, outputs)
-        return json.loads((await images.get(image, INFO)).data)  # type: ignore[no-any-return]
-
-    result = {"path": item["path"], "hash": None, "width": None, "height": None,
-              "error": None}  # fmt: skip
-    return await _reported(result, item, work())
-
-
-async def item_result(
-    images: Images, namespace: str, outputs: str, item: dict[str, Any]
-) -> dict[str, Any]:
-    """One item of a batch (``{"url": ..., "hash": ...}``), done: its result
-    as the job's report lists it. Here or on a cluster worker alike."""
-    result = {"hash": item["hash"], "url": item["url"], "width": None,
-              "height": None, "error": None}  # fmt: skip
-    work = images.process_item(
-        namespace, url=item["url"], digest=item["hash"], outputs=outputs or None
-    )
-    return await _reported(result, item, work)
+    """One item of a batch, done: its result as the job's report lists it.
+    Here or on a cluster worker alike. An item is ``{"url": ..., "hash":
+    ...}``, or ``{"path": ...}`` in an origin's namespace (``paths``: the
+    origins here), whose path is fetched if new."""
+    if "path" in item:
+        if paths is None or not paths.serves(namespace):
+            return failed_result(
+                item, f"namespace {namespace!r} has no origin (--origin) here"
+            )
+        work = paths.process_item(namespace, item["path"], outputs or None)
+    else:
+        work = images.process_item(
+            namespace, url=item["url"], digest=item["hash"], outputs=outputs or None
+        )
+    return await _reported(failed_result(item, None), item, work)
 
 
 async def _reported(
@@ -390,8 +392,7 @@ class Batches:
 
     async def _run(self, running: _Job) -> None:
         job = running.job
-        by_path = any("path" in item for item in job["items"])
-        if self._shards is not None and not by_path:
+        if self._shards is not None:
             await self._run_on_cluster(running, self._shards)
             return
         namespace, job_id = job["namespace"], job["id"]
@@ -399,19 +400,9 @@ class Batches:
             if str(index) in running.results:
                 continue  # finished before a restart: not redone
             async with self._slots:
-                if "path" not in item:
-                    result = await item_result(
-                        self._images, namespace, job["outputs"], item
-                    )
-                elif self._paths is None or not self._paths.serves(namespace):
-                    result = {"path": item["path"], "hash": None, "width": None,
-                              "height": None,
-                              "error": f"namespace {namespace!r} has no origin "
-                                       "(--origin) here any more"}  # fmt: skip
-                else:
-                    result = await path_result(
-                        self._paths, self._images, namespace, job["outputs"], item
-                    )
+                result = await item_result(
+                    self._images, self._paths, namespace, job["outputs"], item
+                )
             running.record(index, result)
             await self._checkpoint(running)
         await self._checkpoint(running, final=True)

@@ -27,7 +27,7 @@ from twisted.logger import (
 from twisted.python import usage
 
 from imageserver import __version__
-from imageserver.assembly import check_store, make_images
+from imageserver.assembly import check_store, make_images, make_origin_paths
 from imageserver.bulk.batches import Item
 from imageserver.bulk.item import Progress, items_from, outcome_of, unique
 from imageserver.config import Config, ignored_settings
@@ -54,12 +54,19 @@ class ProcessOptions(ConfigOptions):
     synopsis = "[options] FILE... | -"
     longdesc = (
         "Store each FILE (or each line of standard input with '-': a URL "
-        "and/or an md5 hash, tab-separated) and make its --outputs. Prints "
-        "hash, source, width and height, tab-separated, per image. " + ENVIRONMENT_HELP
+        "and/or an md5 hash, tab-separated) and make its --outputs. In a "
+        "namespace with an --origin, each argument (or line) is a PATH of "
+        "the origin instead, fetched if new. Prints hash, source, width and "
+        "height, tab-separated, per image. " + ENVIRONMENT_HELP
     )
     fields = command_line_fields()
     optParameters: ClassVar[list[list[Any]]] = [
-        ["namespace", None, "p", "Namespace the images go into."],
+        [
+            "namespace",
+            None,
+            None,
+            "Namespace the images go into [default: p, or the one --origin's].",
+        ],
         ["concurrency", None, "0", "Images processed at once; 0: one per CPU.", int],
         *parameters(fields),
     ]
@@ -83,6 +90,14 @@ class ProcessOptions(ConfigOptions):
         if concurrency:
             self["processor_concurrency"] = concurrency
         super().postOptions()
+        origins = self.config.origin_specs
+        if self["namespace"] is None:
+            self["namespace"] = next(iter(origins)) if len(origins) == 1 else "p"
+
+    @property
+    def by_path(self) -> bool:
+        """The items are paths of the namespace's origin."""
+        return self["namespace"] in self.config.origin_specs
 
 
 class InfoOptions(usage.Options):
@@ -127,13 +142,15 @@ async def process(
     outputs = ",".join(options.config.outputs)
     namespace = options["namespace"]
     errors: list[str] = []
-    items, repeats = unique(items_from(options.sources, stdin, errors))
+    items, repeats = unique(items_from(options.sources, stdin, errors, options.by_path))
 
     services = OrderedMultiService()
     deadline = Deadline(reactor, config.shutdown_timeout)
-    images, _, _ = make_images(
-        config, reactor, services, Events(), deadline, long_running=False
+    events = Events()
+    images, storage, (_, io) = make_images(
+        config, reactor, services, events, deadline, long_running=False
     )
+    paths = make_origin_paths(config, reactor, services, images, storage, io, events)
     services.startService()
     progress = Progress(len(items) + repeats, stdout, stderr, options["progress_json"])
     for error in errors:
@@ -141,7 +158,7 @@ async def process(
     progress.done(repeats)
 
     async def one(item: Item) -> None:
-        progress.report(await outcome_of(images, namespace, outputs, item))
+        progress.report(await outcome_of(images, namespace, outputs, item, paths))
 
     def start(item: Item) -> Deferred[None]:
         return Deferred.fromCoroutine(one(item))

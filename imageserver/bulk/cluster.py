@@ -34,13 +34,19 @@ from twisted.internet.defer import (
 )
 from twisted.python.failure import Failure
 
-from imageserver.assembly import check_store, make_images, s3_settings
-from imageserver.bulk.batches import Item, batch_key, item_result
+from imageserver.assembly import (
+    check_store,
+    make_images,
+    make_origin_paths,
+    s3_settings,
+)
+from imageserver.bulk.batches import Item, batch_key, failed_result, item_result
 from imageserver.bulk.item import Outcome, Progress, items_from, outcome_of, unique
 from imageserver.config import Config
 from imageserver.errors import ImageServerError
 from imageserver.images import Images
 from imageserver.metrics.events import Events
+from imageserver.origin_paths import OriginPaths
 from imageserver.runtime.pools import Runner
 from imageserver.runtime.shutdown import Deadline, OrderedMultiService
 from imageserver.storage import Storage
@@ -72,7 +78,10 @@ def run_shard(
     first, the worker's check that it sees its client's store (`check_probe`)."""
     check_probe(config, namespace, probe)
     return _runtime(config, concurrency).each(
-        lambda images, item: outcome_of(images, namespace, outputs, item), items
+        lambda here, item: outcome_of(
+            here.images, namespace, outputs, item, here.paths
+        ),
+        items,
     )
 
 
@@ -86,7 +95,10 @@ def run_batch_shard(
     """The task of a server batch's shard: each item's `item_result`."""
     check_probe(config, namespace, probe)
     return _runtime(config, 0).each(
-        lambda images, item: item_result(images, namespace, outputs, item), items
+        lambda here, item: item_result(
+            here.images, here.paths, namespace, outputs, item
+        ),
+        items,
     )
 
 
@@ -242,6 +254,11 @@ TRAVELS = frozenset(
         "processing_timeout",
         "http_timeout",
         "max_file_age",
+        # A worker fetches an origin's new paths itself (its files, bucket or
+        # web server must be reachable there): no secret is in an origin.
+        "origin",
+        "origin_ttl",
+        "origin_missing_ttl",
     }
 )
 
@@ -309,11 +326,7 @@ class ClusterShards(Service):
             raise
         except StoreNotShared as e:
             # Not a passing trouble: its items fail, saying so, and the job ends.
-            return [
-                {"hash": item["hash"], "url": item["url"], "width": None,
-                 "height": None, "error": str(e)}
-                for item in items
-            ]  # fmt: skip
+            return [failed_result(item, str(e)) for item in items]
 
     def _probe(self, namespace: str) -> str:
         with self._lock:
@@ -388,30 +401,34 @@ class _Runtime:
                 name="imageserver-reactor",
                 daemon=True,
             ).start()
-        self._images: Images = self._call(self._reactor, self._start, config)
+        self.images: Images
+        self.paths: OriginPaths | None
+        self._call(self._reactor, self._start, config)
         self._slots = DeferredSemaphore(config.processor_concurrency)
 
-    def _start(self, config: Config) -> Images:
-
+    def _start(self, config: Config) -> None:
         services = OrderedMultiService()
         deadline = Deadline(self._reactor, config.shutdown_timeout)
-        images, _, _ = make_images(
-            config, self._reactor, services, Events(), deadline, long_running=False
+        events = Events()
+        self.images, storage, (_, io) = make_images(
+            config, self._reactor, services, events, deadline, long_running=False
+        )
+        self.paths = make_origin_paths(
+            config, self._reactor, services, self.images, storage, io, events
         )
         services.startService()
-        return images
 
     def each(
-        self, job: Callable[[Images, Any], Coroutine[Any, Any, T]], items: list[Any]
+        self, job: Callable[[_Runtime, Any], Coroutine[Any, Any, T]], items: list[Any]
     ) -> list[T]:
-        """``job(images, item)`` for every item, at most the concurrency at
+        """``job(self, item)`` for every item, at most the concurrency at
         once, on the reactor; their results in order."""
 
         def shard() -> Deferred[list[T]]:
             return gatherResults(
                 [
                     self._slots.run(
-                        lambda i: Deferred.fromCoroutine(job(self._images, i)), item
+                        lambda i: Deferred.fromCoroutine(job(self, i)), item
                     )
                     for item in items
                 ]
@@ -451,7 +468,7 @@ def process(options: Any, stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> i
     outputs = ",".join(options.config.outputs)
     namespace = options["namespace"]
     errors: list[str] = []
-    items, repeats = unique(items_from(options.sources, stdin, errors))
+    items, repeats = unique(items_from(options.sources, stdin, errors, options.by_path))
     progress = Progress(len(items) + repeats, stdout, stderr, options["progress_json"])
     for error in errors:
         progress.error(error)
@@ -505,7 +522,7 @@ def process(options: Any, stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> i
                     outcomes = future.result()
                 except Exception as e:
                     for item in index[future.key]:
-                        where = item.path or f"line {item.line}"
+                        where = item.path or item.origin_path or f"line {item.line}"
                         progress.report(
                             Outcome(
                                 False,

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from imageserver.bulk.batches import Item, parse_line
-from imageserver.errors import ImageServerError
+from imageserver.errors import ImageServerError, InvalidRequest
 from imageserver.images import Images
+from imageserver.origin_paths import OriginPaths
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,12 +33,19 @@ class UnreadableFile(ImageServerError):
 
 
 async def outcome_of(
-    images: Images, namespace: str, outputs: str, item: Item
+    images: Images,
+    namespace: str,
+    outputs: str,
+    item: Item,
+    paths: OriginPaths | None = None,
 ) -> Outcome:
-    """Do ``item``; whatever makes it fail, a bug included, is its one line."""
+    """Do ``item``; whatever makes it fail, a bug included, is its one line.
+    ``paths``: the origins' paths, for items that are paths of an origin."""
     where = f"line {item.line}" if item.path is None else item.path
+    if item.origin_path is not None:
+        where = item.origin_path
     try:
-        info = await _process_item(images, namespace, outputs, item)
+        info = await _process_item(images, namespace, outputs, item, paths)
     except ImageServerError as e:
         return Outcome(False, f"{where}: {e}")
     except Exception as e:
@@ -50,8 +58,16 @@ async def outcome_of(
 
 
 async def _process_item(
-    images: Images, namespace: str, outputs: str, item: Item
+    images: Images,
+    namespace: str,
+    outputs: str,
+    item: Item,
+    paths: OriginPaths | None,
 ) -> dict[str, Any]:
+    if item.origin_path is not None:
+        if paths is None or not paths.serves(namespace):
+            raise InvalidRequest(f"namespace {namespace!r} has no origin here")
+        return await paths.process_item(namespace, item.origin_path, outputs or None)
     if item.path is not None:
         try:
             body = open(item.path, "rb")  # noqa: SIM115 (read in the pool)
@@ -71,17 +87,31 @@ async def _process_item(
 def unique(items: list[Item]) -> tuple[list[Item], int]:
     """``items`` without repeats (a duplicate line is done once), and how many
     repeats there were."""
-    seen: set[tuple[str | None, str | None, str | None]] = set()
+    seen: set[tuple[str | None, ...]] = set()
     kept = []
     for item in items:
-        key = (item.path, item.url, item.digest)
+        key = (item.path, item.url, item.digest, item.origin_path)
         if key not in seen:
             seen.add(key)
             kept.append(item)
     return kept, len(items) - len(kept)
 
 
-def items_from(sources: Sequence[str], stdin: IO[str], errors: list[str]) -> list[Item]:
+def items_from(
+    sources: Sequence[str], stdin: IO[str], errors: list[str], by_path: bool = False
+) -> list[Item]:
+    """The items named on the command line, or read from ``stdin`` with
+    ``-``. ``by_path``: they are paths of the namespace's origin (one a
+    line), not files, URLs or hashes."""
+    if by_path:
+        names = sources if list(sources) != ["-"] else (
+            line.rstrip("\r\n") for line in stdin
+        )  # fmt: skip
+        return [
+            Item(number, origin_path=name)
+            for number, name in enumerate(names, 1)
+            if name.strip()
+        ]
     if list(sources) != ["-"]:
         return [Item(n, path=path) for n, path in enumerate(sources, 1)]
     items = []

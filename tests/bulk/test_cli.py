@@ -217,6 +217,94 @@ class ProcessTests(TestCase):
         )
 
 
+class OriginPathsTests(TestCase):
+    """``imageserver process`` in an origin's namespace: its arguments (or
+    lines) are paths of the origin, fetched when new, as the server does."""
+
+    def setUp(self) -> None:
+        self.root = os.path.abspath(self.mktemp())
+        self.origin = os.path.join(self.root, "origin")
+        os.makedirs(os.path.join(self.origin, "sku"))
+        self.write("sku/photo.jpg", PHOTO)
+        self.write("other.png", OTHER)
+
+    def write(self, path: str, data: bytes) -> None:
+        with open(os.path.join(self.origin, path), "wb") as f:
+            f.write(data)
+
+    async def run_cli(self, *args: str, stdin: str = "") -> tuple[int, str, str]:
+        return await ProcessTests.run_cli(
+            self,  # type: ignore[arg-type]
+            "--origin", f"shop=file://{self.origin}/", *args, stdin=stdin,
+        )  # fmt: skip
+
+    async def test_paths_as_arguments_and_lines(self) -> None:
+        """The one origin's namespace is the default; each path once."""
+        status, out, err = await self.run_cli(
+            "--outputs", "x50.jpg", "sku/photo.jpg", "other.png", "sku/photo.jpg"
+        )
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(sorted(out.splitlines()), sorted([
+            f"{PHOTO_HASH}\tsku/photo.jpg\t400\t300",
+            f"{OTHER_HASH}\tother.png\t120\t90",
+        ]))  # fmt: skip
+        stored = folder(f"{self.root}/store", PHOTO_HASH, "shop")
+        self.assertEqual(
+            sorted(os.listdir(stored)), ["info.json", "original", "x50.jpg"]
+        )
+        stream = "sku/photo.jpg\n\nother.png\n"
+        status, out, err = await self.run_cli("--outputs", "w20.webp", "-",
+                                              stdin=stream)  # fmt: skip
+        self.assertEqual((status, err, len(out.splitlines())), (0, "", 2))
+        self.assertIn("w20.webp", os.listdir(stored))
+
+    async def test_refused_and_missing_paths_are_their_own_lines(self) -> None:
+        os.symlink(os.path.join(self.origin, "other.png"),
+                   os.path.join(self.origin, "link.png"))  # fmt: skip
+        status, out, err = await self.run_cli(
+            "sku/photo.jpg", "../origin/other.png", "/sku/photo.jpg", "none.jpg",
+            "link.png",
+        )  # fmt: skip
+        self.assertEqual(status, 1)
+        self.assertEqual(out, f"{PHOTO_HASH}\tsku/photo.jpg\t400\t300\n")
+        self.assertEqual(sorted(err.splitlines()), sorted([
+            "../origin/other.png: '../origin/other.png': empty, '.' and '..' "
+            "segments are not origin paths",
+            "/sku/photo.jpg: '/sku/photo.jpg': empty, '.' and '..' segments are "
+            "not origin paths",
+            "none.jpg: no object 'none.jpg' at the origin of 'shop'",
+            "link.png: no object 'link.png' at the origin of 'shop'",
+        ]))  # fmt: skip
+
+    async def test_a_stale_path_is_checked_before_its_outputs(self) -> None:
+        """Bulk work warms what the origin has now: past --origin_ttl a
+        changed object is fetched and its outputs made, not the old one's."""
+        await self.run_cli("--origin_ttl", "0", "sku/photo.jpg")
+        self.write("sku/photo.jpg", OTHER)
+        status, out, err = await self.run_cli(
+            "--origin_ttl", "0", "--outputs", "x40.png", "sku/photo.jpg"
+        )
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(out, f"{OTHER_HASH}\tsku/photo.jpg\t120\t90\n")
+        self.assertIn(
+            "x40.png", os.listdir(folder(f"{self.root}/store", OTHER_HASH, "shop"))
+        )
+        os.remove(os.path.join(self.origin, "sku/photo.jpg"))
+        status, out, err = await self.run_cli("--origin_ttl", "0", "sku/photo.jpg")
+        self.assertEqual((status, out), (1, ""))
+        self.assertIn("no object 'sku/photo.jpg'", err)
+
+    async def test_files_go_to_another_namespace(self) -> None:
+        """--namespace names which: files into a plain one, paths into the
+        origin's."""
+        photo = os.path.join(self.root, "photo.jpg")
+        with open(photo, "wb") as f:
+            f.write(PHOTO)
+        status, _, err = await self.run_cli("--namespace", "p", photo)
+        self.assertEqual((status, err), (0, ""))
+        self.assertTrue(os.path.isdir(folder(f"{self.root}/store", PHOTO_HASH)))
+
+
 class CommandTests(SynchronousTestCase):
     """``python -m imageserver`` as users run it."""
 

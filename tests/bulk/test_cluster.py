@@ -223,6 +223,43 @@ def test_a_bad_item_is_its_own_error_line(
     ]
 
 
+def test_origin_paths_on_the_cluster_as_in_local_mode(
+    cluster: LocalCluster, tmp_path: Any
+) -> None:
+    """Paths of a directory origin warmed by the cluster's workers (which
+    fetch them, as the origin travels with the task) and in local mode: the
+    same lines, the same files; a bad path is its own line."""
+    origin = tmp_path / "origin"
+    (origin / "sku").mkdir(parents=True)
+    for n, data in enumerate(images(12)):
+        (origin / "sku" / f"{n}.png").write_bytes(data)
+    paths = "\n".join([f"sku/{n}.png" for n in range(12)] + ["../x", "no.png"])
+    lines, files = {}, {}
+    for mode in ((), ("--scheduler", cluster.scheduler_address, "--shard_size", "3")):
+        store = tmp_path / f"store{len(mode)}"
+        code, out, err = run(
+            [sys.executable, "-m", "imageserver", "process", "--local_base_path",
+             str(store), "--origin", f"shop=file://{origin}/", "--outputs",
+             "w10.png", *mode, "-"],
+            paths + "\n",
+        )  # fmt: skip
+        assert code == 1
+        assert sorted(err) == [
+            "../x: '../x': empty, '.' and '..' segments are not origin paths",
+            "no.png: no object 'no.png' at the origin of 'shop'",
+        ]
+        lines[mode] = sorted(out)
+        files[mode] = sorted(
+            str(p.relative_to(store)) for p in store.rglob("*") if p.is_file()
+        )
+    local, remote = lines.values()
+    assert local == remote and len(local) == 12
+    local_files, remote_files = files.values()
+    assert local_files == remote_files
+    assert sum(f.endswith("/w10.png") for f in local_files) == 12
+    assert sum(f.startswith("shop/paths/") for f in local_files) == 12
+
+
 def test_local_workers_of_its_own(tmp_path: Any) -> None:
     """``--scheduler local:2``: the command line starts two workers here."""
     paths = []
@@ -462,8 +499,6 @@ STAYS_HOME = {
     "request_head_timeout", "max_connections", "max_receiving_bytes",
     "listen_backlog", "batch_concurrency", "purge_check_interval",
     "serve_originals",
-    # origins are the server's: what comes from them is checked there
-    "origin", "origin_ttl", "origin_missing_ttl",
     # reporting and debugging
     "enable_statsd", "statsd_host", "statsd_port", "statsd_prefix",
     "log_format", "profile", "profile_allow_remote",

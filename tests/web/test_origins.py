@@ -393,9 +393,11 @@ def _set(case: SynchronousTestCase, variable: str, value: str | None) -> None:
     if value is not None:
         os.environ[variable] = value
     case.addCleanup(
-        lambda: os.environ.pop(variable, None)
-        if before is None
-        else os.environ.__setitem__(variable, before)
+        lambda: (
+            os.environ.pop(variable, None)
+            if before is None
+            else os.environ.__setitem__(variable, before)
+        )
     )
 
 
