@@ -298,7 +298,9 @@ def test_scheduler_values() -> None:
             Config(scheduler=bad)
 
 
-def serve(root: str, port: int, bucket: str, moto: MotoServer, scheduler: str) -> Any:
+def serve(
+    root: str, port: int, bucket: str, moto: MotoServer, scheduler: str, *more: str
+) -> Any:
     env = {**os.environ, "PYTHONPATH": CHECKOUT,
            "AWS_ACCESS_KEY_ID": CREDENTIALS["aws_access_key_id"],
            "AWS_SECRET_ACCESS_KEY": CREDENTIALS["aws_secret_access_key"]}  # fmt: skip
@@ -307,7 +309,7 @@ def serve(root: str, port: int, bucket: str, moto: MotoServer, scheduler: str) -
          "-n", "--pidfile=", "--logfile=-", "imageserver", "--workers", "1",
          "--port", str(port), "--admin_port", "none", "--local_base_path", root,
          "--aws_bucket", bucket, "--s3_endpoint_url", moto.url,
-         "--scheduler", scheduler, "--shard_size", "5"],
+         "--scheduler", scheduler, "--shard_size", "5", *more],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     for _ in range(300):
@@ -364,6 +366,56 @@ def test_server_batches_run_on_the_cluster_and_outlive_a_restart(
     finally:
         server.kill()
         server.wait()
+
+
+def test_a_server_batch_of_origin_paths_runs_on_the_cluster(
+    cluster: LocalCluster, stored: dict[str, Any], tmp_path: Any
+) -> None:
+    moto, bucket = stored["moto"], stored["buckets"][0]
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    originals = images(8)
+    for n, data in enumerate(originals):
+        (origin / f"{n}.png").write_bytes(data)
+    port = free_port()
+    server = serve(
+        str(tmp_path / "a"), port, bucket, moto, cluster.scheduler_address,
+        "--origin", f"shop=file://{origin}/",
+    )  # fmt: skip
+    try:
+        body = "".join(f"{n}.png\n" for n in range(8)) + "none.png\n"
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/shop/batch?outputs=w9.png", data=body.encode()
+        )
+        with urllib.request.urlopen(request) as response:
+            job = json.loads(response.read())["job_id"]
+        for _ in range(1200):
+            code, report = status(port, f"/shop/batch/{job}")
+            if code == 200:
+                break
+            time.sleep(0.05)
+        assert code == 200, report
+        assert (report["done"], report["failed"]) == (8, 1)
+        assert [i["hash"] for i in report["items"][:8]] == [
+            hashlib.md5(data).hexdigest() for data in originals
+        ]
+        assert report["items"][8] == {
+            "path": "none.png", "hash": None, "width": None, "height": None,
+            "error": "no object 'none.png' at the origin of 'shop'",
+        }  # fmt: skip
+        with Client(cluster.scheduler_address) as client:
+            used = client.run(_origins_in_use)
+        assert any(f"shop=file://{origin}/" in o for o in used.values()), used
+    finally:
+        server.kill()
+        server.wait()
+
+
+def _origins_in_use() -> list[str]:
+    """On a worker: the origins its runtimes fetch from."""
+    from imageserver.bulk.cluster import _Runtime
+
+    return [o for config in _Runtime._runtimes for o in config.origin]
 
 
 def _buckets_in_use() -> list[str]:
