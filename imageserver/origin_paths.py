@@ -188,19 +188,26 @@ class OriginPaths:
         pausing = failed is not None and now - failed[0] < self._pause
         if record is not None and record.hash is not None:
             stored = record.hash
-            if now - record.checked >= self._ttl and not pausing:
-                if not wait:
-                    self._check_in_background(namespace, segments, key)
-                    return ImageId(namespace, stored)
-                checking = self._checks.run([key], self._checker(namespace, segments))
-                checked = None
-                # Stale-if-error: the check logged and counted a failure.
-                with contextlib.suppress(ImageServerError):
-                    checked = await checking[key]
-                if checked is not None:
-                    if checked.hash is None:
-                        raise _missing_here(namespace, path)
-                    stored = checked.hash
+            if now - record.checked < self._ttl:
+                return ImageId(namespace, stored)
+            if pausing:
+                self._events.origin_stale_served(namespace, "origin_failing")
+                return ImageId(namespace, stored)
+            if not wait:
+                self._check_in_background(namespace, segments, key)
+                self._events.origin_stale_served(namespace, "revalidating")
+                return ImageId(namespace, stored)
+            checking = self._checks.run([key], self._checker(namespace, segments))
+            checked = None
+            # Stale-if-error: the check logged and counted a failure.
+            with contextlib.suppress(ImageServerError):
+                checked = await checking[key]
+            if checked is None:
+                self._events.origin_stale_served(namespace, "origin_failing")
+            elif checked.hash is None:
+                raise _missing_here(namespace, path)
+            else:
+                stored = checked.hash
             return ImageId(namespace, stored)
         if pausing and failed is not None:
             raise _again(failed[1])
@@ -324,7 +331,7 @@ class OriginPaths:
             self._failed.pop(key, None)
             self._events.origin(namespace, "not_modified")
             return await self._write(key, Record(path, record.hash, known, now))
-        self._events.origin(namespace, "fetched")
+        self._events.origin(namespace, "fetched" if known is None else "changed")
         try:
             image = await self._images.store_original(
                 namespace, fetched.data, f"the origin's object {path!r}"

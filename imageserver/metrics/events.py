@@ -169,10 +169,20 @@ class Events:
         self.origins = Counter(
             "imageserver_origin_checks",
             "Paths asked of an origin (--origin), by namespace and outcome: "
-            "fetched (new bytes stored), not_modified (the stored bytes "
-            "stand), missing (no such object), error (the origin failed; "
-            "what was stored is served).",
+            "fetched (a new path's bytes stored), changed (a stored path's "
+            "new bytes stored), not_modified (the stored bytes stand), "
+            "missing (no such object), error (the origin failed; what was "
+            "stored is served).",
             ["namespace", "outcome"],
+            registry=r,
+        )
+        self.origin_stale = Counter(
+            "imageserver_origin_stale_serves",
+            "Requests for a path of an origin answered from what is stored "
+            "although it is past --origin_ttl, by namespace and why: "
+            "revalidating (the origin is being asked, in the background), "
+            "origin_failing (the origin failed lately: stale-if-error).",
+            ["namespace", "why"],
             registry=r,
         )
         self.webhooks = Counter(
@@ -263,6 +273,12 @@ class Events:
     def origin(self, namespace: str, outcome: str) -> None:
         """An origin asked about a path: see `origins`' outcomes."""
         self.origins.labels(namespace, outcome).inc()
+        self._count(f"origin_{outcome}")
+
+    def origin_stale_served(self, namespace: str, why: str) -> None:
+        """A path past its TTL served as stored: see `origin_stale`."""
+        self.origin_stale.labels(namespace, why).inc()
+        self._count(f"origin_stale_{why}")
 
     def deleted(self, what: str) -> None:
         """An ``image`` purged, or one ``variant`` or ``file`` deleted."""

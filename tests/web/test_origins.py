@@ -124,6 +124,9 @@ class FileOriginTests(TestCaseMixin, SynchronousTestCase):
         self.assertEqual(size_of(stale), (32, 24))
         _, new = self.app.request("GET", "/shop/products/red/shoe.jpg/w32.png")
         self.assertEqual(size_of(new), (32, 32))
+        self.assertEqual((self.checks("fetched"), self.checks("changed")), (1, 1))
+        stale = self.app.events.origin_stale.labels("shop", "revalidating")
+        self.assertEqual(stale._value.get(), 1)
 
     def test_a_purge_by_hash_is_fetched_again_by_path(self) -> None:
         response, _ = self.app.request("GET", "/shop/products/red/shoe.jpg/w32.png")
@@ -289,6 +292,12 @@ class HttpOriginTests(TestCaseMixin, SynchronousTestCase):
             response, _ = self.app.request("GET", "/cms/a%20b.jpg/w32.png")
             self.assertEqual(response.code, 200)
         self.assertEqual(len(self.web.asked), 2)  # the fetch, one failed check
+        stale = self.app.events.origin_stale
+        self.assertEqual(
+            [stale.labels("cms", why)._value.get()
+             for why in ("revalidating", "origin_failing")],
+            [1, 4],
+        )  # fmt: skip
         self.clock.advance(3601)
         self.app.request("GET", "/cms/a%20b.jpg/w32.png")
         self.assertEqual(len(self.web.asked), 3)
