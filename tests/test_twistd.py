@@ -19,7 +19,7 @@ from treq.client import HTTPClient
 from twisted.internet import error, reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import ProcessTerminated
-from twisted.internet.protocol import DatagramProtocol, ProcessProtocol
+from twisted.internet.protocol import DatagramProtocol, Factory, ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -646,6 +646,79 @@ class OriginTwistdTests(TwistdCase):
             "POST", f"/p?source=http://localhost:{port}/img/a.jpg"
         )
         self.assertEqual(response.code, 200, body)
+
+
+class Endless(Resource):
+    """A chunked body that never ends (no Content-Length to refuse early)."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Any) -> object:
+        def more() -> None:
+            if not request.finished and not request._disconnected:
+                request.write(b"\xff" * 65536)
+                reactor.callLater(0.001, more)  # type: ignore[attr-defined]
+
+        more()
+        return NOT_DONE_YET
+
+
+class HostileOriginTests(TwistdCase):
+    async def test_a_hostile_origin_gets_the_answers_a_source_url_gets(self) -> None:
+        """Every way a web origin can misbehave, each a namespace of one
+        server: the statuses ?source= uploads get, no address told, and
+        nothing stored."""
+        from tests.sources.test_fetcher import Silent, Trickling
+        from tests.web.test_origins import Served
+
+        def listen(factory: Any) -> str:
+            port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+            self.addCleanup(port.stopListening)
+            return f"http://127.0.0.1:{port.getHost().port}"
+
+        web = Served()
+        web.objects[b"/big.jpg"] = b"\xff\xd8" + bytes(200_000)
+        web.objects[b"/page.jpg"] = b"<html>a page</html>"
+        web.redirects[b"/loop.jpg"] = b"/loop.jpg"
+        web.redirects[b"/metadata.jpg"] = b"http://169.254.169.254/latest/meta-data"
+        web.redirects[b"/private.jpg"] = b"http://10.0.0.1/a.jpg"
+        web.redirects[b"/ftp.jpg"] = b"ftp://127.0.0.1/a.jpg"
+        base = serve(self, web)
+        endless = Resource()
+        endless.putChild(b"a.jpg", Endless())
+        origins = {
+            "silent": listen(Factory.forProtocol(Silent)),
+            "trickling": listen(Factory.forProtocol(Trickling)),
+            "endless": serve(self, endless),
+            "web": base,
+        }
+        root = os.path.abspath(self.mktemp())
+        await self.start_server(
+            "--origin", ",".join(f"{ns}={url}/" for ns, url in origins.items()),
+            "--local_base_path", root,
+            "--allow_private_sources", "--http_timeout", "0.5",
+            "--max_source_bytes", "100000", "--max_redirects", "3",
+        )  # fmt: skip
+        for path, status in [
+            ("/silent/a.jpg", 504),
+            ("/trickling/a.jpg", 504),
+            ("/endless/a.jpg", 413),
+            ("/web/big.jpg", 413),
+            ("/web/page.jpg", 415),
+            ("/web/loop.jpg", 502),
+            ("/web/metadata.jpg", 502),
+            ("/web/private.jpg", 502),
+            ("/web/ftp.jpg", 502),
+            ("/web/none.jpg", 404),
+        ]:
+            response, body = await self.call("GET", f"{path}/w32.png")
+            self.assertEqual(response.code, status, (path, body))
+            self.assertNotIn(b"127.0.0.1", body, path)
+            self.assertNotIn(b"169.254", body, path)
+            self.assertEqual(set(json.loads(body)), {"error"})
+        stored = [n for _, _, names in os.walk(root) for n in names
+                  if n == "original"]  # fmt: skip
+        self.assertEqual(stored, [])
 
 
 def peak_kib(pid: int) -> int:
