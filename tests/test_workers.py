@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import tempfile
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
@@ -103,8 +102,10 @@ class StaleMetricsTests(TwistdCase):
 class WorkersTests(TwistdCase):
     timeout = 90
 
-    async def start_workers(self, *extra: str) -> tuple[object, set[int]]:
-        process = await self.start_server("--workers", "2", *extra)
+    async def start_workers(
+        self, *extra: str, env: dict[str, str] | None = None
+    ) -> tuple[object, set[int]]:
+        process = await self.start_server("--workers", "2", *extra, env=env)
         await process.wait_for(rb"worker 1 is ready")
         await process.wait_for(rb"worker 2 is ready")
         pid = process.transport.pid  # type: ignore[attr-defined]
@@ -276,7 +277,13 @@ class WorkersTests(TwistdCase):
         )
 
     async def test_a_worker_outlives_no_supervisor(self) -> None:
-        process, pids = await self.start_workers()
+        # A temporary folder of its own: a supervisor started meanwhile by
+        # anything else on the host (another test run) would remove the
+        # dead supervisor's folder before the one this test starts.
+        tmp = os.path.abspath(self.mktemp())
+        os.makedirs(tmp)
+        env = {"TMPDIR": tmp}
+        process, pids = await self.start_workers(env=env)
         supervisor = process.transport.pid  # type: ignore[attr-defined]
         process.transport.signalProcess("KILL")  # type: ignore[attr-defined]
         await process.ended  # type: ignore[attr-defined]
@@ -286,9 +293,9 @@ class WorkersTests(TwistdCase):
             await deferLater(reactor, 0.1)
         self.assertFalse(any(alive(p) for p in pids))
         # Its metrics folder is left; the next supervisor removes it.
-        pattern = f"{tempfile.gettempdir()}/{workers.METRICS_PREFIX}{supervisor}-*"
+        pattern = f"{tmp}/{workers.METRICS_PREFIX}{supervisor}-*"
         self.assertEqual(len(glob.glob(pattern)), 1)
-        await self.start_workers()
+        await self.start_workers(env=env)
         self.assertEqual(glob.glob(pattern), [])
 
     async def test_the_admin_port_forwards_debug_to_the_debug_worker(self) -> None:
