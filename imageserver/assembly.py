@@ -10,6 +10,7 @@ probes, workers) are `imageserver.service`'s.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -301,6 +302,8 @@ def check_origins(config: Config) -> None:
     (no such bucket, credentials refused, no such profile): `StartupFailed`
     naming the option; one that cannot be confirmed now is a warning."""
     for namespace, spec in config.origin_specs.items():
+        if spec.scheme in ("http", "https"):
+            _check_web_origin(config, namespace, spec)
         if spec.scheme != "s3":
             continue
         settings = replace(
@@ -311,10 +314,39 @@ def check_origins(config: Config) -> None:
         try:
             check_bucket_origin(LazyClient(settings), spec.url)
         except OriginRefused as e:
-            raise StartupFailed(f"--origin {namespace}={e}") from None
+            raise StartupFailed(f"--origin {namespace}={spec.described}: {e}") from None
         except OriginUnconfirmed as e:
-            log.warn("--origin {namespace}={problem}; starting anyway",
-                     namespace=namespace, problem=str(e))  # fmt: skip
+            log.warn(
+                "--origin {namespace}={url}: {problem}; starting anyway",
+                namespace=namespace,
+                url=spec.described,
+                problem=str(e),
+            )
+
+
+def _check_web_origin(config: Config, namespace: str, spec: OriginSpec) -> None:
+    """A web origin whose host is an address the server may not reach (a
+    loopback or private one, without --allow_networks) is refused at start,
+    not on every request; a name that does not resolve now is a warning."""
+    parts = urlsplit(spec.url)
+    try:
+        host = source_host(parts.hostname or "")
+    except ValueError as e:
+        raise StartupFailed(f"--origin {namespace}={spec.described}: {e}") from None
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        answers = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        log.warn(
+            "--origin {namespace}={url}: {host} does not resolve now ({why}); "
+            "starting anyway",
+            namespace=namespace, url=spec.described, host=host, why=e,
+        )  # fmt: skip
+        return
+    for *_, address in answers:
+        refused = config.source_policy.address_refusal(host, str(address[0]))
+        if refused is not None:
+            raise StartupFailed(f"--origin {namespace}={spec.described}: {refused}")
 
 
 def check_store(config: Config, local: bool = True) -> None:

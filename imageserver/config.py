@@ -173,7 +173,9 @@ class Config:
         "Threads decoding and encoding images (in each worker); 0: one per "
         "CPU, with --workers 2 x CPUs / workers (at least 2).",
     )
-    io_concurrency: int = setting(8, "Threads reading and writing storage.")
+    io_concurrency: int = setting(
+        8, "Threads reading and writing storage (and reading bucket origins)."
+    )
     memory_cache_bytes: int = setting(
         32 * 1024 * 1024,
         "Bytes of recently used variants, originals and info.json kept in "
@@ -202,7 +204,9 @@ class Config:
         secret=True,
     )
     s3_endpoint_url: str = setting(
-        "", "Endpoint of an S3-compatible store (MinIO, Ceph, R2, ...); empty: AWS."
+        "",
+        "Endpoint of an S3-compatible store (MinIO, Ceph, R2, ...), also of "
+        "bucket origins without their own; empty: AWS.",
     )
     s3_acl: str = setting(
         "", "Canned ACL for stored objects, e.g. public-read; empty sends none."
@@ -271,14 +275,19 @@ class Config:
         "Let --profile serve /debug/* on an admin port beyond loopback.",
         server_only=True,
     )
-    max_redirects: int = setting(3, "Redirects a source URL may take.")
+    max_redirects: int = setting(
+        3, "Redirects a source URL (or a web origin's object) may take."
+    )
     allow_private_sources: bool = setting(
         False,
-        "Let source URLs reach loopback, private, link-local and metadata "
-        "addresses (off: those are refused with 403).",
+        "Let source URLs and web origins reach loopback, private, link-local "
+        "and metadata addresses (off: a source URL there is a 403, a web "
+        "origin there a start-up error).",
     )
     allow_networks: tuple[str, ...] = setting(
-        (), "Networks source URLs may reach despite being private, e.g. 10.1.2.0/24."
+        (),
+        "Networks source URLs and web origins may reach despite being private, "
+        "e.g. 10.1.2.0/24.",
     )
     source_allowlist: tuple[str, ...] = setting(
         (), "Host name patterns source URLs must match, e.g. '*.example.com'."
@@ -412,7 +421,9 @@ class Config:
         server_only=True,
     )
     http_timeout: float = setting(
-        5.0, "Seconds allowed to download a source URL, body included."
+        5.0,
+        "Seconds allowed to download a source URL or an origin's object, body "
+        "included.",
     )
     scheduler: str = setting(
         "",
@@ -535,7 +546,10 @@ class Config:
         if self.shutdown_timeout < 0:
             raise ValueError("--shutdown_timeout must not be negative")
         for namespace in self.origin_specs:
-            check_namespace_option(namespace)
+            try:
+                check_namespace_option(namespace)
+            except ValueError as e:
+                raise ValueError(f"--origin {namespace}=...: {e}") from None
         if self.origin_ttl < 0 or self.origin_missing_ttl < 0:
             raise ValueError(
                 "--origin_ttl and --origin_missing_ttl must not be negative "
@@ -714,7 +728,7 @@ def ignored_settings(config: Config) -> list[tuple[str, str]]:
         (("aws_region", "aws_access_key_id", "aws_secret_key",
           "s3_endpoint_url"),
          "a remote store (--aws_bucket, without --uploader noop) or a bucket "
-         "origin (--origin NAME=s3://...)",
+         "origin without a profile of its own (--origin NAME=s3://...)",
          config.remote is not None or any(
              spec.uses_storage_settings for spec in config.origin_specs.values())),
         (("aws_bucket", "s3_acl", "remote_base_path", "remote_base_url",

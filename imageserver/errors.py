@@ -10,6 +10,10 @@ from __future__ import annotations
 class ImageServerError(Exception):
     """Base class; ``str(error)`` is the message sent to the client."""
 
+    #: What the operator may be told beyond that (the command line's item
+    #: lines): the cause a client is not told, such as an origin's address.
+    detail: str | None = None
+
 
 class InvalidRequest(ImageServerError):
     """A malformed variant name, parameter or option (400)."""

@@ -55,9 +55,10 @@ RECORDS = "paths"
 REMEMBER_SECONDS = 1.0
 #: Records remembered at most (the least recently used go first).
 REMEMBERED = 10_000
-#: Seconds at least between two attempts on a path whose origin failed (or
-#: `--origin_ttl`, if longer): a failing origin is not asked at the rate
-#: clients ask, and the log says so once per attempt.
+#: Seconds at least between two attempts on a path whose origin failed (for
+#: a path with an image stored, which is served meanwhile, `--origin_ttl`
+#: if longer): a failing origin is not asked at the rate clients ask, and
+#: the log says so once per attempt.
 FAILURE_PAUSE = 5.0
 
 
@@ -83,10 +84,13 @@ def _told(e: Exception, namespace: str, path: str) -> ImageServerError:
         return e  # about the object, not the origin
     kind = SourceTimeout if isinstance(e, SourceTimeout) else SourceUnavailable
     what = "did not answer in time" if kind is SourceTimeout else "failed"
-    return kind(
+    answer: ImageServerError = kind(
         f"the origin of {namespace!r} {what} for {path!r}; it is asked again "
-        "shortly (the server's log says why)"
+        f"in {FAILURE_PAUSE:g} seconds (the server's log says why)"
     )
+    #: What the operator is told (the command line's item lines): why.
+    answer.detail = f"the origin of {namespace!r} {what} for {path!r}: {e}"
+    return answer
 
 
 def _again(answer: ImageServerError) -> ImageServerError:
@@ -185,7 +189,11 @@ class OriginPaths:
                 [key], self._checker(namespace, segments, gone.hash)
             )[key]
         failed = self._failed.get(key)
-        pausing = failed is not None and now - failed[0] < self._pause
+        # A path with an image stored is served meanwhile, and asked again
+        # after the TTL; one with nothing to serve fails until asked again.
+        serving = record is not None and record.hash is not None
+        pause = max(self._ttl, FAILURE_PAUSE) if serving else FAILURE_PAUSE
+        pausing = failed is not None and now - failed[0] < pause
         if record is not None and record.hash is not None:
             stored = record.hash
             if now - record.checked < self._ttl:
@@ -223,20 +231,26 @@ class OriginPaths:
         return ImageId(namespace, record.hash)
 
     async def process_item(
-        self, namespace: str, path: str, outputs: str | None = None
+        self,
+        namespace: str,
+        path: str,
+        outputs: str | None = None,
+        tell_why: bool = False,
     ) -> dict[str, Any]:
         """One item of bulk work in an origin's namespace (a batch's, the
         command line's): the path fetched if new, its ``outputs`` made;
-        its info.json."""
-        image = await self.image(namespace, path, wait=True)
+        its info.json. ``tell_why``: an origin's failure says why (to the
+        operator running the command line, not to an HTTP client)."""
+        try:
+            image = await self.image(namespace, path, wait=True)
+        except ImageServerError as e:
+            if tell_why and e.detail is not None:
+                raise type(e)(e.detail) from None
+            raise
         if outputs:
             await self._images.process(image, outputs)
         info = await self._images.get(image, INFO)
         return json.loads(info.data)  # type: ignore[no-any-return]
-
-    @property
-    def _pause(self) -> float:
-        return max(self._ttl, FAILURE_PAUSE)
 
     async def forget(self, namespace: str, path: str) -> ImageId | None:
         """Forget ``path`` (the next request fetches it again); the image it
@@ -294,14 +308,14 @@ class OriginPaths:
         ):
             return record  # checked meanwhile (another worker, instance)
         path = "/".join(segments)
-        known = (
-            record.validator
+        had = (
+            record.hash
             if record is not None and record.hash and record.hash != gone
             else None
         )
         await self._fetching.acquire()
         try:
-            return await self._ask(namespace, path, segments, key, record, known)
+            return await self._ask(namespace, path, segments, key, record, had)
         finally:
             self._fetching.release()
 
@@ -312,34 +326,41 @@ class OriginPaths:
         segments: tuple[str, ...],
         key: str,
         record: Record | None,
-        known: str | None,
+        had: str | None,
     ) -> Record:
+        """Ask the origin for ``path``; ``had``: the hash it stood for, still
+        to be checked as stored (if it was purged since, it is fetched whole)."""
         now = self._clock.seconds()
         origin = self._origins[namespace]
-        if known is not None:
-            assert record is not None and record.hash is not None
-            if not await self._images.stored(ImageId(namespace, record.hash)):
-                known = None  # its image was purged since: fetched whole
+        if had is not None and not await self._images.stored(ImageId(namespace, had)):
+            had = None
+        known = record.validator if had is not None and record is not None else None
         try:
             fetched = await origin.fetch(segments, known)
         except NotFound:
             return await self._missing_now(namespace, path, key, record, now)
         except Exception as e:
-            self._failing(namespace, path, key, known, e, now)
+            self._failing(namespace, path, key, had, e, now)
         if fetched is None:
-            assert record is not None and record.hash is not None
+            assert had is not None
             self._failed.pop(key, None)
             self._events.origin(namespace, "not_modified")
-            return await self._write(key, Record(path, record.hash, known, now))
-        self._events.origin(namespace, "fetched" if known is None else "changed")
+            return await self._write(key, Record(path, had, known, now))
         try:
             image = await self._images.store_original(
                 namespace, fetched.data, f"the origin's object {path!r}"
             )
         except (ContentTooLarge, UnsupportedImage, ImageTooLarge) as e:
             # The object itself: fetched again only after the pause.
-            self._failing(namespace, path, key, known, e, now)
+            self._failing(namespace, path, key, had, e, now)
         self._failed.pop(key, None)
+        # An origin that gives no validator is fetched whole at each check:
+        # the same bytes again are "not modified" all the same.
+        self._events.origin(
+            namespace,
+            "fetched" if had is None else "not_modified" if image.hash == had
+            else "changed",
+        )  # fmt: skip
         return await self._write(key, Record(path, image.hash, fetched.validator, now))
 
     async def _missing_now(

@@ -132,7 +132,7 @@ class ImageServer(OrderedMultiService):
             log.info(
                 "namespace {namespace} is served from its origin {url}",
                 namespace=namespace,
-                url=spec.url,
+                url=spec.described,
             )
         if config.workers > 1:
             log.info(

@@ -44,7 +44,7 @@ from imageserver.images import Images
 from imageserver.naming import check_namespace
 from imageserver.origin_paths import OriginPaths
 from imageserver.runtime.pools import Runner
-from imageserver.sources.origins import object_path
+from imageserver.sources.origins import is_url, object_path
 from imageserver.storage import Storage
 
 log = Logger()
@@ -268,7 +268,7 @@ class Batches:
             )
         text = data.decode("utf-8", "replace")
         if self._paths is not None and self._paths.serves(namespace):
-            listed = self._origin_items(text)
+            listed = self._origin_items(namespace, text)
         else:
             listed = self._items(namespace, text)
         if len(listed) > MAX_ITEMS:
@@ -310,14 +310,16 @@ class Batches:
             self._images.check_uploads(namespace)
         return [{"url": i.url, "hash": i.digest} for i in items]
 
-    @staticmethod
-    def _origin_items(text: str) -> list[dict[str, Any]]:
-        """An origin namespace's batch lines: one path of the origin each."""
+    def _origin_items(self, namespace: str, text: str) -> list[dict[str, Any]]:
+        """An origin namespace's batch lines: one path of the origin each (a
+        URL is an upload, refused there)."""
         items = []
         for number, line in enumerate(text.splitlines(), 1):
             path = line.strip()
             if not path:
                 continue
+            if is_url(path):
+                self._images.check_uploads(namespace)
             try:
                 object_path(path)
             except InvalidRequest as e:

@@ -17,6 +17,7 @@ from imageserver.bulk.batches import Item, parse_line
 from imageserver.errors import ImageServerError, InvalidRequest
 from imageserver.images import Images
 from imageserver.origin_paths import OriginPaths
+from imageserver.sources.origins import is_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +68,11 @@ async def _process_item(
     if item.origin_path is not None:
         if paths is None or not paths.serves(namespace):
             raise InvalidRequest(f"namespace {namespace!r} has no origin here")
-        return await paths.process_item(namespace, item.origin_path, outputs or None)
+        if is_url(item.origin_path):
+            images.check_uploads(namespace)  # a URL is an upload: refused here
+        return await paths.process_item(
+            namespace, item.origin_path, outputs or None, tell_why=True
+        )
     if item.path is not None:
         try:
             body = open(item.path, "rb")  # noqa: SIM115 (read in the pool)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -51,6 +52,14 @@ class Fetched:
     validator: str | None
 
 
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(text: str) -> bool:
+    """Whether ``text`` is a URL (what uploads name), not an origin path."""
+    return _URL.match(text) is not None
+
+
 def object_path(path: str) -> tuple[str, ...]:
     """The segments of an origin path, or `InvalidRequest` saying what is
     wrong: no empty, ``.`` or ``..`` segment, no backslash, NUL or control
@@ -58,6 +67,11 @@ def object_path(path: str) -> tuple[str, ...]:
     with the segments, they name one object under its root."""
     if not path:
         raise InvalidRequest("an origin path is empty: name an object, e.g. a/b.jpg")
+    if is_url(path):
+        raise InvalidRequest(
+            f"{path[:200]!r} is a URL: an origin path names an object under "
+            "the origin, e.g. a/b.jpg"
+        )
     if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
         raise InvalidRequest(f"an origin path is at most {MAX_PATH_BYTES} bytes")
     if unicodedata.normalize("NFC", path) != path:
@@ -105,6 +119,16 @@ class OriginSpec:
     @property
     def scheme(self) -> str:
         return urlsplit(self.url).scheme
+
+    @property
+    def described(self) -> str:
+        """The URL as given, its bucket settings included (none is secret)."""
+        settings = [
+            f"{name}={value}"
+            for name in BUCKET_SETTINGS
+            if (value := getattr(self, name)) is not None
+        ]
+        return self.url + ("?" + "&".join(settings) if settings else "")
 
     @property
     def uses_storage_settings(self) -> bool:
@@ -414,7 +438,6 @@ def check_bucket_origin(client: Callable[[], Any], url: str) -> None:
     )
 
     bucket, prefix = bucket_and_prefix(url)
-    where = f"s3://{bucket}/{prefix}"
     try:
         client().get_object(Bucket=bucket, Key=prefix + ".imageserver-check")[
             "Body"
@@ -424,24 +447,24 @@ def check_bucket_origin(client: Callable[[], Any], url: str) -> None:
         if code in ("NoSuchKey", "404"):
             return
         if code in _NO_BUCKET:
-            raise OriginRefused(f"{where}: no such bucket") from None
+            raise OriginRefused(f"no such bucket {bucket!r}") from None
         if code in _BAD_CREDENTIALS:
             raise OriginRefused(
-                f"{where}: the credentials are refused ({code}); check the "
+                f"the credentials are refused ({code}); check the "
                 "origin's profile (?profile=) or the AWS credentials"
             ) from None
         if code in ("AccessDenied", "403"):
             raise OriginUnconfirmed(
-                f"{where}: reading a key that may not exist was denied (as "
+                "reading a key that may not exist was denied (as "
                 "it is without s3:ListBucket); reads of objects may still work"
             ) from None
         if code in _TRANSIENT:
-            raise OriginUnconfirmed(f"{where}: unavailable ({code})") from None
-        raise OriginRefused(f"{where}: refused ({code})") from None
+            raise OriginUnconfirmed(f"unavailable ({code})") from None
+        raise OriginRefused(f"refused ({code})") from None
     except (ConnectionError, HTTPClientError) as e:
-        raise OriginUnconfirmed(f"{where}: cannot be reached ({e})") from None
+        raise OriginUnconfirmed(f"cannot be reached ({e})") from None
     except BotoCoreError as e:  # no credentials, no such profile, a bad endpoint
-        raise OriginRefused(f"{where}: {e}") from None
+        raise OriginRefused(str(e)) from None
 
 
 class S3Origin:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from urllib.parse import unquote_to_bytes
@@ -153,7 +154,7 @@ class ImageServerApp:
         # Before the origin is asked: /shop/a/b.jpg is the object, not its
         # variant "b.jpg" of an object "a".
         if not path or not self._images.names_an_output(namespace, name):
-            whole = f"{path}/{name}".lstrip("/")
+            whole = "/".join(part for part in (path, name) if part)
             raise NotFound(
                 f"name a variant, info.json or original of the origin's object, "
                 f"e.g. /{namespace}/{whole}/w200.jpg"
@@ -180,7 +181,9 @@ class ImageServerApp:
     ) -> Response:
         image = await self._origin(namespace).forget(namespace, path)
         if image is not None:
-            await self._images.purge(image)
+            # Purged already (by its hash, or another path's DELETE): gone.
+            with contextlib.suppress(NotFound):
+                await self._images.purge(image)
         return Response(204, {}, b"")
 
     def _origin(self, namespace: str) -> OriginPaths:

@@ -6,6 +6,7 @@ import io
 import os
 import pty
 import re
+import socket
 import struct
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import termios
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.static import Data
@@ -293,6 +295,35 @@ class OriginPathsTests(TestCase):
         status, out, err = await self.run_cli("--origin_ttl", "0", "sku/photo.jpg")
         self.assertEqual((status, out), (1, ""))
         self.assertIn("no object 'sku/photo.jpg'", err)
+
+    async def test_the_operator_is_told_why_an_origin_failed(self) -> None:
+        """The command line's user runs the origin too: an item line says
+        what the origin did (a client of the server is told less); a URL is
+        an upload, refused in an origin's namespace."""
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            closed = s.getsockname()[1]
+        options = Options()
+        options.parseOptions(["process", "--local_base_path", f"{self.root}/store",
+                              "--allow_private_sources", "--origin",
+                              f"web=http://127.0.0.1:{closed}/", "-"])  # fmt: skip
+        out, err = io.StringIO(), io.StringIO()
+        stdin = io.StringIO("a.jpg\nhttps://example.com/b.jpg\n")
+        status = await process(reactor, options.subOptions, stdin, out, err)
+        self.assertEqual((status, out.getvalue()), (1, ""))
+        self.assertEqual(sorted(err.getvalue().splitlines()), [
+            f"a.jpg: the origin of 'web' failed for 'a.jpg': origin "
+            f"http://127.0.0.1:{closed}/: source host 127.0.0.1 refused the "
+            f"connection on port {closed}",
+            "https://example.com/b.jpg: namespace 'web' is served from its "
+            "origin (--origin): its images come from there; upload into "
+            "another namespace",
+        ])  # fmt: skip
+
+    def test_a_namespace_that_cannot_be_is_named_with_its_option(self) -> None:
+        options = Options()
+        with self.assertRaisesRegex(UsageError, "--origin Shop=...: 'Shop' is not"):
+            options.parseOptions(["process", "--origin", "Shop=file:///tmp/", "x"])
 
     async def test_files_go_to_another_namespace(self) -> None:
         """--namespace names which: files into a plain one, paths into the

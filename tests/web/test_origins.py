@@ -30,6 +30,8 @@ class Served(Resource):
         self.redirects: dict[bytes, bytes] = {}
         self.asked: list[tuple[bytes, bytes | None]] = []
         self.failing = False
+        #: Whether answers carry an ETag (and 304s are given).
+        self.validators = True
 
     def render_GET(self, request: Any) -> bytes:
         conditional = request.getHeader(b"If-None-Match")
@@ -46,8 +48,9 @@ class Served(Resource):
             request.setResponseCode(404)
             return b"no"
         etag = b'"' + hashlib.sha1(data).hexdigest().encode() + b'"'
-        request.setHeader(b"ETag", etag)
-        if conditional == etag:
+        if self.validators:
+            request.setHeader(b"ETag", etag)
+        if self.validators and conditional == etag:
             request.setResponseCode(304)
             return b""
         request.setHeader(b"Content-Type", b"image/jpeg")
@@ -212,12 +215,12 @@ class FileOriginTests(TestCaseMixin, SynchronousTestCase):
         status, body = self.app.json("POST", "/shop", data=self.photo)
         self.assertEqual(status, 403)
         self.assertIn("--origin", body["error"])
-        # A batch lists the origin's paths: a URL is no path of it.
+        # A batch lists the origin's paths: a URL is an upload, refused.
         status, body = self.app.json(
-            "POST", "/shop/batch", data=b"http://127.0.0.1/a.jpg\n"
+            "POST", "/shop/batch", data=b"a.jpg\nhttp://127.0.0.1/a.jpg\n"
         )
-        self.assertEqual(status, 400)
-        self.assertIn("line 1", body["error"])
+        self.assertEqual(status, 403)
+        self.assertIn("--origin", body["error"])
 
     def test_a_path_gone_from_the_origin_is_still_purged_by_its_delete(
         self,
@@ -245,6 +248,25 @@ class FileOriginTests(TestCaseMixin, SynchronousTestCase):
         self.assertEqual(size_of(new), (32, 32))  # fetched again at once
         status, _ = self.app.json("DELETE", "/shop/never/fetched.jpg")
         self.assertEqual(status, 404)
+
+    def test_a_delete_of_a_path_whose_image_is_gone_already_is_done(self) -> None:
+        """Two paths, one image: the second path's DELETE forgets it (204)
+        although the first one's purged the image."""
+        self.write("copy.jpg", self.photo)
+        for path in ("/shop/products/red/shoe.jpg", "/shop/copy.jpg"):
+            self.app.request("GET", f"{path}/w32.png")
+        for path in ("/shop/products/red/shoe.jpg", "/shop/copy.jpg"):
+            response, _ = self.app.request("DELETE", path)
+            self.assertEqual(response.code, 204, path)
+        status, answer = self.app.json("DELETE", "/shop/copy.jpg")
+        self.assertEqual(status, 404)
+        self.assertIn("never fetched", answer["error"])
+
+    def test_the_object_without_a_name_is_told_how_to_name_one(self) -> None:
+        for url in ("/shop/products/red/shoe.jpg", "/shop/products/red/shoe.jpg/"):
+            status, answer = self.app.json("GET", url)
+            self.assertEqual(status, 404, url)
+            self.assertIn("e.g. /shop/products/red/shoe.jpg/w200.jpg", answer["error"])
 
 
 class HttpOriginTests(TestCaseMixin, SynchronousTestCase):
@@ -301,14 +323,40 @@ class HttpOriginTests(TestCaseMixin, SynchronousTestCase):
         self.clock.advance(3601)
         self.app.request("GET", "/cms/a%20b.jpg/w32.png")
         self.assertEqual(len(self.web.asked), 3)
-        # Never fetched: the failure is the answer, for the pause too, and
-        # it names no address.
+        # Never fetched: the failure is the answer, for the pause too (5 s,
+        # not the TTL: nothing is served meanwhile), and it names no address.
         for _ in range(3):
             status, answer = self.app.json("GET", "/cms/new.jpg/w32.png")
             self.assertEqual(status, 502)
             self.assertNotIn("origin.example", answer["error"])
             self.assertIn("'cms'", answer["error"])
+            self.assertIn("asked again in 5 seconds", answer["error"])
         self.assertEqual(len(self.web.asked), 4)
+        self.clock.advance(5)
+        self.web.failing = False
+        self.web.objects[b"/img/new.jpg"] = self.photo
+        response, _ = self.app.request("GET", "/cms/new.jpg/w32.png")
+        self.assertEqual((response.code, len(self.web.asked)), (200, 5))
+
+    def test_an_origin_without_validators_is_fetched_whole_at_each_check(
+        self,
+    ) -> None:
+        """No ETag, no Last-Modified: nothing to ask conditionally; the same
+        bytes again count as not modified, other bytes as changed."""
+        self.web.validators = False
+        self.app.request("GET", "/cms/a%20b.jpg/w32.png")
+        self.clock.advance(3601)
+        self.app.request("GET", "/cms/a%20b.jpg/w32.png")
+        self.web.objects[b"/img/a%20b.jpg"] = encode(quadrants((40, 40)))
+        self.clock.advance(3601)
+        self.app.request("GET", "/cms/a%20b.jpg/w32.png")
+        self.assertEqual([c for _, c in self.web.asked], [None, None, None])
+        counts = self.app.events.origins
+        self.assertEqual(
+            [counts.labels("cms", o)._value.get()
+             for o in ("fetched", "not_modified", "changed")],
+            [1, 1, 1],
+        )  # fmt: skip
 
     def test_html_served_as_an_image_is_refused_like_an_upload(self) -> None:
         self.web.objects[b"/img/page.jpg"] = b"<html>not an image</html>"
@@ -467,6 +515,29 @@ class BucketOriginSettingsTests(TestCaseMixin, SynchronousTestCase):
             check(f"s3://{self.bucket}/?profile=shop&endpoint=http://127.0.0.1:9")
         warned = [formatEvent(e) for e in logged]
         self.assertTrue(any("cannot be reached" in w for w in warned), warned)
+
+
+class WebOriginStartTests(SynchronousTestCase):
+    def test_an_origin_the_policy_refuses_is_refused_at_start(self) -> None:
+        """Not a 502 on every request: one line at start naming the policy's
+        options; allowed, or a name that does not resolve now, it starts."""
+        from imageserver.assembly import check_origins
+        from imageserver.config import Config
+        from imageserver.runtime.listening import StartupFailed
+
+        for url in ("http://127.0.0.1:9/", "http://localhost/img/",
+                    "https://10.1.2.3/", "http://[::1]:8080/"):  # fmt: skip
+            with self.subTest(url=url), self.assertRaises(StartupFailed) as raised:
+                check_origins(Config(origin=(f"cms={url}",)))
+            self.assertIn(f"--origin cms={url}: source host", str(raised.exception))
+            self.assertIn("--allow_networks", str(raised.exception))
+        check_origins(Config(origin=("cms=http://127.0.0.1:9/",),
+                             allow_networks=("127.0.0.0/8",)))  # fmt: skip
+        check_origins(Config(origin=("cms=http://10.1.2.3/",),
+                             allow_private_sources=True))  # fmt: skip
+        with capturedLogs() as logged:
+            check_origins(Config(origin=("cms=http://no-such-host.invalid/",)))
+        self.assertIn("does not resolve now", formatEvent(logged[0]))
 
 
 def _keys() -> dict[str, str]:
