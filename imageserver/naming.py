@@ -62,6 +62,18 @@ _PAD = re.compile(r"pad(?P<hex>[0-9A-Fa-f]{6}(?:[0-9A-Fa-f]{2})?)?\Z")
 _FOCUS = re.compile(rf"fp(?P<x>{_N})_(?P<y>{_N})\Z")
 _BLUR = re.compile(rf"blur(?P<sigma>{_N})\Z")
 _QUALITY = re.compile(rf"q(?P<q>{_N})\Z")
+_CROP = re.compile(
+    rf"crop(?P<fraction>f?)(?P<l>{_N})_(?P<t>{_N})_(?P<r>{_N})_(?P<b>{_N})\Z"
+)
+#: Signed amounts: ``m`` spells minus (``-`` separates options).
+_ADJUST = re.compile(rf"(?P<what>brightness|contrast|saturation)(?P<m>m?)(?P<n>{_N})\Z")
+_ROUND = re.compile(rf"round(?P<r>{_N})\Z")
+_PIXELATE = re.compile(rf"pixelate(?P<n>{_N})\Z")
+_BACKGROUND = re.compile(r"bg(?P<hex>[0-9A-Fa-f]{6})\Z")
+#: A crop box in fractions of the original counts ten-thousandths.
+CROP_FRACTION = 10_000
+#: The largest pixelation block, in output pixels.
+MAX_PIXELATE = 1000
 #: The most digits of a number in a name (sizes up to 999999).
 MAX_DIGITS = 6
 #: Gravity options and the corner or edge they keep, as fractions of the
@@ -174,6 +186,24 @@ class Variant:
     #: --default_quality's, which an operator may change, so ``w200.jpg`` and
     #: ``w200-q84.jpg`` are two names even where their pixels agree today.
     named_quality: bool = False
+    #: A box of the original (as displayed) kept before anything else, left,
+    #: top, right, bottom: pixels, or ten-thousandths of its width and
+    #: height with ``crop_fraction``.
+    crop: tuple[int, int, int, int] | None = None
+    crop_fraction: bool = False
+    #: Signed per cent, -100 to 100; 0 leaves the output as it is.
+    brightness: int = 0
+    contrast: int = 0
+    saturation: int = 0
+    #: Rounded corners' radius in output pixels, or a ``circle`` (an ellipse
+    #: where the output is not square); outside is transparent.
+    corner_radius: int = 0
+    circle: bool = False
+    #: Blocks of this many output pixels a side (0: none).
+    pixelate: int = 0
+    #: The colour transparency is flattened on (None: white where the format
+    #: has no alpha, kept where it has).
+    background: tuple[int, int, int] | None = None
 
     @property
     def content_type(self) -> str:
@@ -403,6 +433,37 @@ def _parse(name: str, m: re.Match[str], default_quality: int) -> Variant:
         elif token in ("sharp", "gray"):
             once(token)
             fields[token] = True
+        elif (crop := _CROP.match(token)) is not None:
+            once("a crop box")
+            fields.update(_crop(crop, name))
+        elif (adjust := _ADJUST.match(token)) is not None:
+            what = adjust["what"]
+            once(what)
+            amount = _digits(adjust["n"], what)
+            if amount > 100:
+                raise InvalidRequest(f"{name!r}: {what} must be between m100 and 100")
+            fields[what] = -amount if adjust["m"] else amount
+        elif (corners := _ROUND.match(token)) is not None or token == "circle":
+            if "round or circle" in seen:
+                raise InvalidRequest(
+                    f"{name!r}: only one of round and circle may be given"
+                )
+            once("round or circle")
+            if corners is None:
+                fields["circle"] = True
+            else:
+                fields["corner_radius"] = _number(corners["r"], "round")
+        elif (pixelate := _PIXELATE.match(token)) is not None:
+            once("pixelate")
+            block = _digits(pixelate["n"], "pixelate")
+            if not 2 <= block <= MAX_PIXELATE:
+                raise InvalidRequest(
+                    f"{name!r}: pixelate must be between 2 and {MAX_PIXELATE}"
+                )
+            fields["pixelate"] = block
+        elif (background := _BACKGROUND.match(token)) is not None:
+            once("bg")
+            fields["background"] = _colour(background["hex"])[:3]
         else:
             raise InvalidRequest(f"{name!r}: unknown option {token!r}{_nearest(token)}")
     if placed and fit is not Fit.FILL:
@@ -410,7 +471,31 @@ def _parse(name: str, m: re.Match[str], default_quality: int) -> Variant:
             f"{name!r}: {placed} applies only to cover crops (xN or WxH without "
             "fit or pad)"
         )
+    # Numbers of output pixels are the density's multiple, as the size is.
+    for scaled in ("corner_radius", "pixelate"):
+        if scaled in fields:
+            fields[scaled] *= dpr
     return Variant("", fit, width * dpr, height * dpr, quality, fmt, **fields)
+
+
+def _crop(m: re.Match[str], name: str) -> dict[str, Any]:
+    """A crop box's fields; `InvalidRequest` for a box with no pixels, or a
+    fraction over the whole."""
+    fraction = bool(m["fraction"])
+    left, top, right, bottom = (
+        _digits(m[side], "a crop box's edge") for side in ("l", "t", "r", "b")
+    )
+    if right <= left or bottom <= top:
+        raise InvalidRequest(
+            f"{name!r}: a crop box is left_top_right_bottom, with right above "
+            "left and bottom above top"
+        )
+    if fraction and max(right, bottom) > CROP_FRACTION:
+        raise InvalidRequest(
+            f"{name!r}: cropf's edges are ten-thousandths of the original, "
+            f"0 to {CROP_FRACTION}"
+        )
+    return {"crop": (left, top, right, bottom), "crop_fraction": fraction}
 
 
 #: Focal points that are a gravity's edge or corner: the crop they give is
@@ -418,7 +503,9 @@ def _parse(name: str, m: re.Match[str], default_quality: int) -> Variant:
 #: The option words (docs/api.md's table must name each), and what a
 #: misspelt one is matched against for a suggestion.
 OPTION_WORDS = ("fit", "pad", "noup", "smart", "trim", "flip", "flop", "sharp",
-                 "gray", "blur", "q", "fp", *GRAVITIES, *ROTATIONS)  # fmt: skip
+                 "gray", "blur", "q", "fp", "crop", "cropf", "brightness",
+                 "contrast", "saturation", "round", "circle", "pixelate", "bg",
+                 *GRAVITIES, *ROTATIONS)  # fmt: skip
 
 
 def _nearest(token: str) -> str:
@@ -459,6 +546,12 @@ def _canonical(v: Variant) -> Variant:
         gravity, focus = _FOCUS_GRAVITIES[focus], None
     elif focus == _CENTRE:
         focus = None
+    crop, crop_fraction = v.crop, v.crop_fraction
+    if crop_fraction and crop == (0, 0, CROP_FRACTION, CROP_FRACTION):
+        crop, crop_fraction = None, False  # the whole original
+    background = v.background
+    if background == (255, 255, 255) and not _keeps_alpha(v.format):
+        background = None  # what a format without alpha is flattened on
     rotate, flip, flop = v.rotate, v.flip, v.flop
     if flip and flop:  # mirrored both ways: turned half a turn
         rotate, flip, flop = (rotate + 180) % 360, False, False
@@ -475,6 +568,9 @@ def _canonical(v: Variant) -> Variant:
         rotate=rotate,
         flip=flip,
         flop=flop,
+        crop=crop,
+        crop_fraction=crop_fraction,
+        background=background,
     )
     return replace(variant, name=_spelling(variant))
 
@@ -499,9 +595,18 @@ def _density_spelling(v: Variant, density: int) -> str | None:
     ``x200.jpg`` at 2), or None where no such spelling says more than ``v``'s
     own name: a density of 1, full size (which a density cannot change), or a
     size the density does not divide."""
-    if density <= 1 or v.fit is Fit.FULL or v.width % density or v.height % density:
+    scaled = (v.width, v.height, v.corner_radius, v.pixelate)
+    if density <= 1 or v.fit is Fit.FULL or any(n % density for n in scaled):
         return None
-    base = _spelling(replace(v, width=v.width // density, height=v.height // density))
+    base = _spelling(
+        replace(
+            v,
+            width=v.width // density,
+            height=v.height // density,
+            corner_radius=v.corner_radius // density,
+            pixelate=v.pixelate // density,
+        )
+    )
     stem, _, fmt = base.rpartition(".")
     return f"{stem}@{density}x.{fmt}"
 
@@ -517,7 +622,11 @@ def _spelling(v: Variant) -> str:
         size = f"h{v.height}"
     else:
         size = f"x{v.width}" if v.width == v.height else f"{v.width}x{v.height}"
+    crop = ""
+    if v.crop is not None:
+        crop = ("cropf" if v.crop_fraction else "crop") + "_".join(map(str, v.crop))
     tokens = [
+        crop,
         "fit" if v.fit is Fit.FIT else "",
         "pad" + ("" if v.pad is None else _hex(v.pad)) if v.fit is Fit.PAD else "",
         "noup" if v.noup else "",
@@ -528,12 +637,26 @@ def _spelling(v: Variant) -> str:
         f"r{v.rotate}" if v.rotate else "",
         "flip" if v.flip else "",
         "flop" if v.flop else "",
+        _signed("brightness", v.brightness),
+        _signed("contrast", v.contrast),
+        _signed("saturation", v.saturation),
         f"blur{v.blur}" if v.blur else "",
         "sharp" if v.sharp else "",
         "gray" if v.gray else "",
+        f"round{v.corner_radius}" if v.corner_radius else "",
+        "circle" if v.circle else "",
+        f"pixelate{v.pixelate}" if v.pixelate else "",
+        "" if v.background is None else "bg" + bytes(v.background).hex(),
         f"q{v.quality}" if v.named_quality else "",
     ]
     return size + "".join(f"-{t}" for t in tokens if t) + f".{v.format}"
+
+
+def _signed(word: str, amount: int) -> str:
+    """``brightness20``, ``brightnessm20`` (minus), or nothing for 0."""
+    if not amount:
+        return ""
+    return f"{word}{'m' if amount < 0 else ''}{abs(amount)}"
 
 
 def _keeps_alpha(fmt: str) -> bool:

@@ -79,7 +79,11 @@ class DocsTests(SynchronousTestCase):
         # Every option word of the grammar (its one list), quality aside.
         self.assertLessEqual(set(OPTION_WORDS) - {"q"}, words)
         rules = VariantRules(frozenset({"jpg"}), 80, 2000)
-        for word in words - {"fp", "blur", "rrggbb", "rrggbbaa", "jpg", "w200"}:
+        # Words that take a number or a colour stand for a family of options.
+        taking = {"fp", "blur", "rrggbb", "rrggbbaa", "crop", "cropf", "round",
+                  "pixelate", "bg", "brightness", "brightnessm", "contrast",
+                  "contrastm", "saturation", "saturationm"}  # fmt: skip
+        for word in words - taking - {"jpg", "w200"}:
             size = "w200" if word in {"noup", "trim", "flip", "flop", "sharp",
                                       "gray", *ROTATIONS} else "x200"  # fmt: skip
             self.assertIsNotNone(rules.parse(f"{size}-{word}.jpg"), word)

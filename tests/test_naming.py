@@ -284,6 +284,17 @@ class GrammarV2Tests(SynchronousTestCase):
             ("x200-fp100_50.jpg", "x200-ge.jpg"),
             ("x200-pad-gray-q30.png", "x200-pad-gray.png"),
             ("w200-r90-trim.jpg", "w200-trim-r90.jpg"),
+            # Issue 26: what leaves the output as it is goes, one order.
+            ("w200-brightness0.jpg", "w200.jpg"),
+            ("w200-contrastm0.jpg", "w200.jpg"),
+            ("w200-cropf0_0_10000_10000.jpg", "w200.jpg"),
+            ("w200-bgffffff.jpg", "w200.jpg"),
+            ("w200-bgFF8800.png", "w200-bgff8800.png"),
+            ("w200-trim-crop0_0_10_10.jpg", "w200-crop0_0_10_10-trim.jpg"),
+            ("w200-circle-gray.png", "w200-gray-circle.png"),
+            ("w200-gray-saturation10.jpg", "w200-saturation10-gray.jpg"),
+            ("w200-bg000000-pixelate4.png", "w200-pixelate4-bg000000.png"),
+            ("x100-round10@1x.png", "x100-round10.png"),
         ):
             with self.assertRaises(NotCanonical, msg=name) as caught:
                 V2.parse(name)
@@ -319,6 +330,21 @@ class GrammarV2Tests(SynchronousTestCase):
             ("w200@0x.jpg", "density must be at least 1"),
             ("w600@2x.jpg", "larger than the maximum of 1000 pixels"),
             ("h0.jpg", "height must be at least 1"),
+            ("w200-crop10_0_10_5.jpg", "right above left and bottom above top"),
+            ("w200-crop0_9_10_5.jpg", "right above left and bottom above top"),
+            ("w200-cropf0_0_10001_5.jpg", "0 to 10000"),
+            ("w200-crop01_0_10_5.jpg", "'01' is not a plain number"),
+            ("w200-crop0_0_10_5-cropf0_0_5_5.jpg", "a crop box is given twice"),
+            ("w200-brightness101.jpg", "brightness must be between m100 and 100"),
+            ("w200-contrastm101.jpg", "contrast must be between m100 and 100"),
+            ("w200-saturation5-saturationm5.jpg", "saturation is given twice"),
+            ("w200-round4-circle.jpg", "only one of round and circle"),
+            ("w200-round0.jpg", "round must be at least 1"),
+            ("w200-pixelate1.jpg", "pixelate must be between 2 and 1000"),
+            ("w200-pixelate1001.jpg", "pixelate must be between 2 and 1000"),
+            ("w200-bgfff.jpg", "unknown option 'bgfff'"),
+            ("w200-bg00000000.jpg", "unknown option 'bg00000000'"),
+            ("w200-brightnes20.jpg", "(did you mean 'brightness'?)"),
         ):
             with self.assertRaises(InvalidRequest, msg=name) as caught:
                 V2.parse(name)
@@ -332,6 +358,9 @@ class GrammarV2Tests(SynchronousTestCase):
             ("w1-noup@2x.png", "w2-noup.png"),
             ("x100-gn-q50@2x.jpg", "x200-gn-q50.jpg"),
             ("30x20-pad@3x.auto", "90x60-pad.auto"),
+            ("x100-round10@2x.png", "x200-round20.png"),
+            ("w50-circle-pixelate4@2x.png", "w100-circle-pixelate8.png"),
+            ("x50-crop0_0_20_20@2x.png", "x100-crop0_0_20_20.png"),
         ):  # fmt: skip
             variant = V2.parse(name)  # no NotCanonical: served, not redirected
             self.assertEqual(variant, V2.parse(stored), name)
@@ -363,7 +392,10 @@ class GrammarV2Tests(SynchronousTestCase):
             st.sampled_from([
                 "fit", "pad", "pad10ff2080", "padFFEEDD", "noup", "gn", "gse", "smart",
                 "fp20_70", "fp50_50", "trim", "r90", "r180", "flip", "flop", "blur3",
-                "sharp", "gray", "q40",
+                "sharp", "gray", "q40", "crop2_4_40_30", "cropf0_0_10000_10000",
+                "cropf100_0_9000_10000", "brightness20", "brightnessm20",
+                "brightness0", "contrastm100", "saturation5", "round6", "circle",
+                "pixelate4", "bgffffff", "bgFF8800",
             ]),
             max_size=6,
             unique=True,

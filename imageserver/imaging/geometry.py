@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from imageserver.naming import GRAVITIES, Fit, Variant
+from imageserver.errors import InvalidRequest
+from imageserver.naming import CROP_FRACTION, GRAVITIES, Fit, Variant
 
 Box = tuple[int, int, int, int]
 Size = tuple[int, int]
@@ -21,7 +22,8 @@ Size = tuple[int, int]
 class Plan:
     """How an output is made from a ``width`` x ``height`` source.
 
-    1. take ``region`` of the source (all of it, or what ``trim`` keeps);
+    1. take ``region`` of the source (all of it, its crop box, or what
+       ``trim`` keeps of that);
     2. turn it ``rotate`` degrees clockwise, then mirror it: ``flip``
        top-bottom, ``flop`` left-right;
     3. take ``box`` of that (in its pixels) and scale it to ``size``;
@@ -78,7 +80,7 @@ def plan(
     """
     if width < 1 or height < 1:
         raise ValueError(f"a source of {width}x{height} has no pixels")
-    region = content or (0, 0, width, height)
+    region = content or crop_region(variant, width, height)
     src_w, src_h = region[2] - region[0], region[3] - region[1]
     if variant.rotate in (90, 270):
         src_w, src_h = src_h, src_w
@@ -108,6 +110,35 @@ def plan(
     canvas = (variant.width, variant.height)
     offset = ((canvas[0] - size[0]) // 2, (canvas[1] - size[1]) // 2)
     return replace(turned, size=size, canvas=canvas, offset=offset)
+
+
+def crop_region(variant: Variant, width: int, height: int) -> Box:
+    """The part of a ``width`` x ``height`` source the variant keeps before
+    anything else: its crop box (fractions taken to pixels, edges rounded
+    outward), or all of it. `InvalidRequest` for a box past the source."""
+    if variant.crop is None:
+        return (0, 0, width, height)
+    left, top, right, bottom = variant.crop
+    if variant.crop_fraction:
+        return (
+            left * width // CROP_FRACTION,
+            top * height // CROP_FRACTION,
+            max(
+                left * width // CROP_FRACTION + 1,
+                _ceil_div(right * width, CROP_FRACTION),
+            ),
+            max(
+                top * height // CROP_FRACTION + 1,
+                _ceil_div(bottom * height, CROP_FRACTION),
+            ),
+        )
+    if right > width or bottom > height:
+        raise InvalidRequest(
+            f"the crop box {left}_{top}_{right}_{bottom} reaches past the "
+            f"{width}x{height} original; give one inside it, or cropf in "
+            "ten-thousandths of it"
+        )
+    return variant.crop
 
 
 def output_size(variant: Variant, width: int, height: int) -> Size:

@@ -18,7 +18,6 @@ from PIL import (
     Image,
     ImageCms,
     ImageFile,
-    ImageFilter,
     ImageOps,
     UnidentifiedImageError,
 )
@@ -30,7 +29,7 @@ from imageserver.errors import (
     NotAnImage,
     UnsupportedImage,
 )
-from imageserver.imaging import analysis, containers, geometry, placeholders
+from imageserver.imaging import analysis, containers, effects, geometry, placeholders
 from imageserver.naming import Fit, Variant
 
 #: Input formats we decode (Pillow's names); nothing else reaches a decoder.
@@ -357,30 +356,41 @@ class _Source:
         self.height = height
         self.has_alpha = has_alpha
         self.icc = icc
-        self._content: geometry.Box | None = None
-        self._trimmed = False
+        #: What trim keeps of each region (found once a region).
+        self._contents: dict[geometry.Box, geometry.Box | None] = {}
 
-    def content(self) -> geometry.Box | None:
-        """What trim keeps, in the original's pixels (found once)."""
-        if not self._trimmed:
-            self._trimmed = True
-            box = analysis.content_box(self.image)
+    def content(self, variant: Variant) -> geometry.Box | None:
+        """What trim keeps of the variant's region (its crop box, or all),
+        in the original's pixels; None without trim."""
+        if not variant.trim:
+            return None
+        region = geometry.crop_region(variant, self.width, self.height)
+        if region not in self._contents:
+            box = analysis.content_box(self._region(region))
             if box is not None:
-                self._content = _outward(
-                    box, self.image.size, (self.width, self.height)
+                decoded = self._region(region).size
+                left, top, right, bottom = _outward(
+                    box, decoded, (region[2] - region[0], region[3] - region[1])
                 )
-        return self._content
+                box = (
+                    region[0] + left,
+                    region[1] + top,
+                    region[0] + right,
+                    region[1] + bottom,
+                )
+            self._contents[region] = box
+        return self._contents[region]
 
     def adopt(self, other: _Source) -> None:
-        """Use ``other``'s trim box (a later frame of the same animation)."""
-        self._content, self._trimmed = other._content, other._trimmed
+        """Use ``other``'s trim boxes (a later frame of the same animation)."""
+        self._contents = other._contents
 
     def focus(self, variant: Variant) -> tuple[float, float] | None:
         """Where ``smart`` centres the crop (None for other variants)."""
         if not variant.smart:
             return None
-        content = self.content() if variant.trim else None
-        region = content or (0, 0, self.width, self.height)
+        content = self.content(variant)
+        region = content or geometry.crop_region(variant, self.width, self.height)
         turned = _turn(self._region(region), variant)
         # The crop's size does not depend on where it goes.
         left, top, right, bottom = geometry.plan(
@@ -398,8 +408,8 @@ class _Source:
         ``focus`` is smart's point when already found (an animation's frames
         share the first frame's).
         """
-        content = self.content() if variant.trim else None
-        region = content or (0, 0, self.width, self.height)
+        content = self.content(variant)
+        region = content or geometry.crop_region(variant, self.width, self.height)
         turned = _turn(self._region(region), variant)
         if variant.smart and focus is None:
             focus = self.focus(variant)
@@ -427,7 +437,10 @@ class _Source:
                 image = canvas
         else:
             image = _to_srgb(image, self.icc, _mode(has_alpha, grey))
-        return _effects(image, variant)
+        # The order of docs/api.md: adjust, mask, pixelate (then flatten on
+        # the background, as the encoder is given it).
+        image = effects.masked(effects.adjusted(image, variant), variant)
+        return effects.pixelated(image, variant.pixelate)
 
     def _region(self, region: geometry.Box) -> Image.Image:
         """``region`` (in the original's pixels) of the decoded image."""
@@ -483,23 +496,6 @@ def _turn(image: Image.Image, variant: Variant) -> Image.Image:
         image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
     if variant.flop:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return image
-
-
-def _effects(image: Image.Image, variant: Variant) -> Image.Image:
-    """Blur, sharpen and greyscale, on the output's own pixels."""
-    if variant.blur:
-        image = image.filter(ImageFilter.GaussianBlur(variant.blur))
-    if variant.sharp:
-        # Light, for thumbnails: a small radius, no halo on flat areas.
-        image = image.filter(
-            ImageFilter.UnsharpMask(radius=0.8, percent=80, threshold=2)
-        )
-    if variant.gray and image.mode != "L":
-        grey = ImageOps.grayscale(image)
-        if image.mode == "RGBA":
-            grey = Image.merge("RGBA", (grey, grey, grey, image.getchannel("A")))
-        image = grey  # one channel where there is no alpha
     return image
 
 
@@ -741,10 +737,8 @@ def _encode(image: Image.Image, variant: Variant) -> bytes:
         # change needed), an encoder may walk its other pages: Pillow's AVIF
         # encoder does, even without save_all, decoding every TIFF page.
         image = image.copy()
-    if image.mode == "RGBA" and not output.alpha:
-        flat = Image.new("RGB", image.size, (255, 255, 255))
-        flat.paste(image, mask=image.getchannel("A"))
-        image = flat
+    if variant.background is not None or not output.alpha:
+        image = effects.flattened(image, variant.background or (255, 255, 255))
     if output.encoder == "jpegli" and image.mode == "RGB":
         quality = output.save_options(variant.quality)["quality"]
         return pyjpegli.encode(image.tobytes(), *image.size, quality=quality)

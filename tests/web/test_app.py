@@ -890,6 +890,18 @@ def _variant_names(draw: st.DrawFn) -> str:
         st.builds(lambda x, y: f"fp{x}_{y}", n, n),
         st.builds(lambda s: f"blur{s}", n),
         st.builds(lambda q: f"q{q}", n),
+        # Issue 26's options: boxes past the 24x15 original, signed amounts,
+        # masks, blocks and colours.
+        st.builds(lambda f, a, b, c, d: f"crop{f}{a}_{b}_{c}_{d}",
+                  st.sampled_from(["", "f"]), n, n, n, n),
+        st.builds(lambda w, m, a: f"{w}{m}{a}",
+                  st.sampled_from(["brightness", "contrast", "saturation"]),
+                  st.sampled_from(["", "m"]), n),
+        st.builds(lambda r: f"round{r}", n),
+        st.just("circle"),
+        st.builds(lambda b: f"pixelate{b}", n),
+        st.builds(lambda h: f"bg{h}", st.sampled_from(
+            ["ffffff", "FF0000", "00000000", "fff"])),
     )  # fmt: skip
     options = "".join(f"-{o}" for o in draw(st.lists(option, max_size=4)))
     density = draw(st.one_of(st.just(""), st.builds(lambda d: f"@{d}x", n)))

@@ -1,0 +1,133 @@
+"""What a variant does to its output's own pixels after the resize:
+adjustments, masks, pixelation, the background transparency is flattened on.
+
+Plain functions of a Pillow image in sRGB (``RGB``, ``RGBA`` or ``L``), no
+Twisted. Each costs a few passes over the output's pixels (never the
+original's), so its cost is bounded by the output's size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from PIL import Image, ImageChops, ImageDraw, ImageEnhance, ImageFilter, ImageOps
+
+from imageserver.naming import Variant
+
+#: A mask is drawn up to this many times larger a side, then reduced:
+#: antialiased edges (1/16 steps of coverage) ...
+MASK_SUPERSAMPLING = 4
+#: ... within this many bytes (one a pixel): a large output's mask is drawn
+#: at a smaller scale (at 1, its edges are not antialiased), so a mask never
+#: holds more than 16 MB whatever the output's size.
+MASK_BYTES = 16 * 1024 * 1024
+
+
+def adjusted(image: Image.Image, variant: Variant) -> Image.Image:
+    """Brightness, contrast and saturation, then blur, sharpening and grey,
+    as the variant asks. Alpha is left as it is."""
+    if variant.brightness or variant.contrast:
+        image = _colour_curve(image, variant.brightness, variant.contrast)
+    if variant.saturation and image.mode != "L":
+        image = _with_alpha_kept(
+            image,
+            lambda rgb: ImageEnhance.Color(rgb).enhance(1 + variant.saturation / 100),
+        )
+    if variant.blur:
+        image = image.filter(ImageFilter.GaussianBlur(variant.blur))
+    if variant.sharp:
+        # Light, for thumbnails: a small radius, no halo on flat areas.
+        image = image.filter(
+            ImageFilter.UnsharpMask(radius=0.8, percent=80, threshold=2)
+        )
+    if variant.gray and image.mode != "L":
+        grey = ImageOps.grayscale(image)
+        if image.mode == "RGBA":
+            grey = Image.merge("RGBA", (grey, grey, grey, image.getchannel("A")))
+        image = grey  # one channel where there is no alpha
+    return image
+
+
+def brightness_table(amount: int) -> list[int]:
+    """Each level plus ``amount`` per cent of the full range (255), held
+    within 0-255: -100 is black, 100 white."""
+    shift = round(255 * amount / 100)
+    return [min(255, max(0, level + shift)) for level in range(256)]
+
+
+def contrast_table(amount: int) -> list[int]:
+    """Each level's distance from mid-grey (128) times ((100 + amount) /
+    100) squared, held within 0-255: -100 is flat grey, 100 four times the
+    contrast."""
+    factor = ((100 + amount) / 100) ** 2
+    return [
+        min(255, max(0, round(128 + (level - 128) * factor))) for level in range(256)
+    ]
+
+
+def _colour_curve(image: Image.Image, brightness: int, contrast: int) -> Image.Image:
+    """Brightness, then contrast, as one table per colour channel."""
+    shifted = brightness_table(brightness)
+    stretched = contrast_table(contrast)
+    table = [stretched[shifted[level]] for level in range(256)]
+    if image.mode == "RGBA":
+        return image.point(table * 3 + list(range(256)))
+    return image.point(table * len(image.getbands()))
+
+
+def _with_alpha_kept(
+    image: Image.Image, change: Callable[[Image.Image], Image.Image]
+) -> Image.Image:
+    """``change`` (of an RGB image) applied to ``image``'s colours alone."""
+    if image.mode != "RGBA":
+        return change(image)
+    rgb = change(image.convert("RGB"))
+    rgb.putalpha(image.getchannel("A"))
+    return rgb
+
+
+def masked(image: Image.Image, variant: Variant) -> Image.Image:
+    """The output with its corners rounded (``round``) or cut to the
+    ellipse it holds (``circle``, a circle when square): outside is
+    transparent (flattened on the background where the format has no
+    alpha)."""
+    if not variant.corner_radius and not variant.circle:
+        return image
+    width, height = image.size
+    scale = max(1, min(MASK_SUPERSAMPLING, math.isqrt(MASK_BYTES // (width * height))))
+    mask = Image.new("L", (width * scale, height * scale), 0)
+    draw = ImageDraw.Draw(mask)
+    box = (0, 0, width * scale - 1, height * scale - 1)
+    if variant.circle:
+        draw.ellipse(box, fill=255)
+    else:
+        radius = min(variant.corner_radius, width // 2, height // 2) * scale
+        draw.rounded_rectangle(box, radius=radius, fill=255)
+    mask = mask.reduce(scale)
+    if image.mode != "RGBA":
+        image = image.convert("RGBA")
+    # The picture's own transparency, times the mask's coverage.
+    image.putalpha(ImageChops.multiply(image.getchannel("A"), mask))
+    return image
+
+
+def pixelated(image: Image.Image, block: int) -> Image.Image:
+    """Blocks of ``block`` x ``block`` output pixels, each its average colour
+    (the last row and column of blocks may be smaller)."""
+    if block < 2:
+        return image
+    width, height = image.size
+    small = image.reduce(block)  # each block's mean, partial ones included
+    return small.resize(
+        (small.width * block, small.height * block), Image.Resampling.NEAREST
+    ).crop((0, 0, width, height))
+
+
+def flattened(image: Image.Image, colour: tuple[int, int, int]) -> Image.Image:
+    """``image`` composited over an opaque ``colour``: no transparency left."""
+    if image.mode != "RGBA":
+        return image
+    flat = Image.new("RGB", image.size, colour)
+    flat.paste(image, mask=image.getchannel("A"))
+    return flat

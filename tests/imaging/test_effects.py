@@ -1,0 +1,235 @@
+"""Issue 26's options, pixel by pixel, against references computed here from
+their definitions in docs/api.md (not from the code under test)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from twisted.trial.unittest import SynchronousTestCase
+
+from imageserver.config import Config
+from imageserver.errors import InvalidRequest
+from imageserver.imaging import effects, renderer
+from imageserver.naming import VariantRules
+from tests.support import encode, quadrants
+
+RULES = VariantRules(frozenset({"png", "jpg", "webp", "gif", "auto"}), 0, 4000)
+LIMITS = Config().decode_limits
+
+
+def render(data: bytes, name: str) -> Image.Image:
+    variant = RULES.canonical(name)
+    assert variant is not None
+    return Image.open(io.BytesIO(renderer.render(data, variant, LIMITS)))
+
+
+def flat(colour: tuple[int, ...], size: tuple[int, int] = (40, 30)) -> bytes:
+    mode = "RGBA" if len(colour) == 4 else "RGB"
+    return encode(Image.new(mode, size, colour), "PNG")
+
+
+def clamp(value: float) -> int:
+    return min(255, max(0, round(value)))
+
+
+LEVELS = st.integers(0, 255)
+AMOUNTS = st.integers(-100, 100).filter(bool)
+
+
+def signed(word: str, amount: int) -> str:
+    return f"{word}{'m' if amount < 0 else ''}{abs(amount)}"
+
+
+class AdjustmentTests(SynchronousTestCase):
+    @settings(max_examples=40, deadline=None)
+    @given(st.tuples(LEVELS, LEVELS, LEVELS), AMOUNTS)
+    def test_brightness_adds_a_share_of_white(
+        self, colour: tuple[int, int, int], amount: int
+    ) -> None:
+        out = render(flat(colour), f"w20-{signed('brightness', amount)}.png")
+        expected = tuple(clamp(c + 255 * amount / 100) for c in colour)
+        self.assertEqual(out.getpixel((5, 5)), expected)
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.tuples(LEVELS, LEVELS, LEVELS), AMOUNTS)
+    def test_contrast_stretches_around_mid_grey(
+        self, colour: tuple[int, int, int], amount: int
+    ) -> None:
+        out = render(flat(colour), f"w20-{signed('contrast', amount)}.png")
+        factor = ((100 + amount) / 100) ** 2
+        expected = tuple(clamp(128 + (c - 128) * factor) for c in colour)
+        self.assertEqual(out.getpixel((5, 5)), expected)
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.tuples(LEVELS, LEVELS, LEVELS), AMOUNTS)
+    def test_saturation_moves_colour_around_its_grey(
+        self, colour: tuple[int, int, int], amount: int
+    ) -> None:
+        out = render(flat(colour), f"w20-{signed('saturation', amount)}.png")
+        r, g, b = colour
+        grey = (r * 299 + g * 587 + b * 114) / 1000  # ITU-R 601 luma
+        expected = [clamp(grey + (c - grey) * (1 + amount / 100)) for c in colour]
+        got = out.getpixel((5, 5))
+        for have, want in zip(got, expected, strict=True):
+            self.assertLessEqual(abs(have - want), 1, (got, expected))
+
+    def test_the_extremes(self) -> None:
+        colour = (200, 40, 90)
+        for name, expected in [
+            ("w20-brightnessm100.png", (0, 0, 0)),
+            ("w20-brightness100.png", (255, 255, 255)),
+            ("w20-contrastm100.png", (128, 128, 128)),
+        ]:
+            self.assertEqual(render(flat(colour), name).getpixel((3, 3)), expected)
+        grey = render(flat(colour), "w20-saturationm100.png").getpixel((3, 3))
+        self.assertEqual(len(set(grey)), 1)  # no colour left
+
+    def test_alpha_is_left_as_it_is(self) -> None:
+        for option in ("brightness40", "contrastm30", "saturation80"):
+            out = render(flat((10, 200, 30, 77)), f"w20-{option}.png")
+            self.assertEqual(out.mode, "RGBA")
+            self.assertEqual(out.getpixel((4, 4))[3], 77, option)
+
+    def test_a_grey_original_stays_grey(self) -> None:
+        data = encode(Image.new("L", (30, 20), 100), "PNG")
+        out = render(data, "w20-brightness20-saturation50.png")
+        self.assertEqual((out.mode, out.getpixel((2, 2))), ("L", 151))
+
+
+class MaskTests(SynchronousTestCase):
+    def test_a_circle_is_transparent_outside_and_opaque_inside(self) -> None:
+        out = render(flat((30, 60, 90)), "x64-circle.png")
+        self.assertEqual((out.size, out.mode), ((64, 64), "RGBA"))
+        for corner in ((0, 0), (63, 0), (0, 63), (63, 63), (8, 8)):
+            self.assertEqual(out.getpixel(corner)[3], 0, corner)
+        for inside in ((32, 32), (32, 2), (2, 32), (61, 32), (32, 61)):
+            self.assertEqual(out.getpixel(inside), (30, 60, 90, 255), inside)
+        # On the edge, partly covered: antialiased, not a staircase.
+        alphas = set(out.getchannel("A").tobytes())
+        self.assertGreater(len(alphas - {0, 255}), 8, sorted(alphas))
+
+    def test_a_wide_output_holds_an_ellipse(self) -> None:
+        out = render(flat((30, 60, 90)), "80x40-circle.png")
+        self.assertEqual(out.getpixel((40, 1))[3], 255)  # top middle
+        self.assertEqual(out.getpixel((2, 20))[3], 255)  # left middle
+        self.assertEqual(out.getpixel((8, 3))[3], 0)  # near a corner
+
+    def test_rounded_corners_of_the_radius_asked(self) -> None:
+        out = render(flat((30, 60, 90)), "60x40-round10.png")
+        self.assertEqual(out.getpixel((0, 0))[3], 0)
+        self.assertEqual(out.getpixel((2, 2))[3], 0)  # inside the corner's square,
+        self.assertEqual(out.getpixel((10, 10))[3], 255)  # its centre's in
+        self.assertEqual(out.getpixel((30, 0))[3], 255)  # edges are straight
+        self.assertEqual(out.getpixel((0, 20))[3], 255)
+        self.assertEqual(out.getpixel((10, 0))[3], 255)  # the arc ends there
+        # A radius over half the shorter side is that half: a stadium.
+        stadium = render(flat((30, 60, 90)), "60x40-round500.png")
+        self.assertEqual(stadium.getpixel((30, 20))[3], 255)
+        self.assertEqual(stadium.getpixel((3, 3))[3], 0)
+
+    def test_without_alpha_outside_is_the_background(self) -> None:
+        for name, outside in [
+            ("x40-circle.jpg", (255, 255, 255)),
+            ("x40-circle-bg00ff00.jpg", (0, 255, 0)),
+            ("x40-circle-bg00ff00.png", (0, 255, 0)),
+        ]:
+            out = render(flat((200, 0, 0)), name)
+            self.assertEqual(out.mode, "RGB", name)
+            corner = out.getpixel((0, 0))
+            self.assertTrue(  # within what JPEG's quantisation moves
+                all(abs(a - b) <= 10 for a, b in zip(corner, outside, strict=True)),
+                (name, corner),
+            )
+
+    def test_a_transparent_original_keeps_its_transparency_inside(self) -> None:
+        out = render(flat((0, 0, 255, 100)), "x40-circle.png")
+        self.assertEqual(out.getpixel((20, 20)), (0, 0, 255, 100))
+        self.assertEqual(out.getpixel((0, 0))[3], 0)
+
+    def test_a_huge_mask_is_drawn_within_its_bound(self) -> None:
+        image = Image.new("RGB", (4000, 3000), (1, 2, 3))
+        variant = RULES.canonical("full_size-circle.png")
+        assert variant is not None
+        out = effects.masked(image, variant)
+        self.assertEqual(out.getpixel((0, 0))[3], 0)
+        self.assertEqual(out.getpixel((2000, 1500))[3], 255)
+
+
+class PixelateTests(SynchronousTestCase):
+    @settings(max_examples=25, deadline=None)
+    @given(st.integers(2, 12), st.integers(13, 60), st.integers(13, 60))
+    def test_each_block_is_its_average(
+        self, block: int, width: int, height: int
+    ) -> None:
+        gradient = Image.linear_gradient("L").resize((width, height)).convert("RGB")
+        variant = RULES.canonical(f"full_size-pixelate{block}.png")
+        assert variant is not None
+        out = effects.pixelated(gradient, variant.pixelate)
+        self.assertEqual(out.size, (width, height))
+        for top in range(0, height, block):
+            for left in range(0, width, block):
+                box = (left, top, min(width, left + block), min(height, top + block))
+                colours = out.crop(box).getcolors()
+                self.assertEqual(len(colours), 1, box)  # uniform
+                values = list(gradient.crop(box).getchannel(0).tobytes())
+                average = sum(values) / len(values)
+                self.assertLessEqual(abs(colours[0][1][0] - average), 1, box)
+
+
+class BackgroundTests(SynchronousTestCase):
+    def test_transparency_is_flattened_on_the_colour_in_every_format(self) -> None:
+        data = flat((0, 0, 0, 0))
+        for ext in ("png", "webp", "gif", "jpg"):
+            out = render(data, f"w20-bgff8000.{ext}").convert("RGBA")
+            self.assertEqual(out.getpixel((3, 3))[3], 255, ext)
+            r, g, b, _ = out.getpixel((3, 3))
+            self.assertTrue(abs(r - 255) <= 4 and abs(g - 128) <= 4 and b <= 4, ext)
+
+    def test_a_pad_canvas_takes_it(self) -> None:
+        out = render(flat((0, 0, 255), (40, 20)), "x40-pad-bg00ff00.png")
+        self.assertEqual((out.mode, out.getpixel((20, 2))), ("RGB", (0, 255, 0)))
+        self.assertEqual(out.getpixel((20, 20)), (0, 0, 255))
+
+
+class CropTests(SynchronousTestCase):
+    """A 64x48 picture of four colours (quadrants): each crop is known."""
+
+    data = encode(quadrants((64, 48)), "PNG")
+
+    def colours(self, out: Image.Image) -> set[Any]:
+        return {colour for _, colour in out.getcolors(1 << 16)}
+
+    def test_a_pixel_box_and_its_fractions(self) -> None:
+        top_left = render(self.data, "full_size-crop0_0_32_24.png")
+        self.assertEqual(top_left.size, (32, 24))
+        self.assertEqual(len(self.colours(top_left)), 1)
+        same = render(self.data, "full_size-cropf0_0_5000_5000.png")
+        self.assertEqual(same.tobytes(), top_left.tobytes())
+        right = render(self.data, "w16-crop32_0_64_48.png")
+        self.assertEqual(right.size, (16, 24))
+        self.assertEqual(right.getpixel((8, 4)), quadrants((64, 48)).getpixel((48, 4)))
+
+    def test_before_every_other_option(self) -> None:
+        """A crop, then a cover crop of it: x10 of the right half is square
+        and from that half alone."""
+        out = render(self.data, "x10-crop32_0_64_48-gn.png")
+        self.assertEqual(out.size, (10, 10))
+        self.assertEqual(out.getpixel((5, 2)), quadrants((64, 48)).getpixel((48, 4)))
+
+    def test_trim_works_inside_the_crop(self) -> None:
+        picture = Image.new("RGB", (60, 60), (255, 255, 255))
+        picture.paste((200, 0, 0), (5, 5, 15, 15))  # inside the crop
+        picture.paste((0, 0, 200), (45, 45, 55, 55))  # outside it
+        out = render(encode(picture, "PNG"), "full_size-crop0_0_30_30-trim.png")
+        self.assertEqual(out.size, (10, 10))
+        self.assertEqual(self.colours(out), {(200, 0, 0)})
+
+    def test_a_box_past_the_original_is_refused(self) -> None:
+        variant = RULES.canonical("w10-crop0_0_65_48.png")
+        assert variant is not None
+        with self.assertRaisesRegex(InvalidRequest, "reaches past the 64x48"):
+            renderer.render(self.data, variant, LIMITS)
