@@ -68,6 +68,11 @@ _CROP = re.compile(
 #: Signed amounts: ``m`` spells minus (``-`` separates options).
 _ADJUST = re.compile(rf"(?P<what>brightness|contrast|saturation)(?P<m>m?)(?P<n>{_N})\Z")
 _ROUND = re.compile(rf"round(?P<r>{_N})\Z")
+_REDACT = re.compile(
+    rf"(?P<how>pixelbox|blurbox)(?P<l>{_N})_(?P<t>{_N})_(?P<r>{_N})_(?P<b>{_N})\Z"
+)
+#: Regions a name may redact at most.
+MAX_REDACTIONS = 8
 _PIXELATE = re.compile(rf"pixelate(?P<n>{_N})\Z")
 _BACKGROUND = re.compile(r"bg(?P<hex>[0-9A-Fa-f]{6})\Z")
 #: A crop box in fractions of the original counts ten-thousandths.
@@ -199,6 +204,10 @@ class Variant:
     #: where the output is not square); outside is transparent.
     corner_radius: int = 0
     circle: bool = False
+    #: Boxes of the original (as displayed, in its pixels) pixelated or
+    #: blurred past recognition, where they land in the output; sorted.
+    pixelboxes: tuple[tuple[int, int, int, int], ...] = ()
+    blurboxes: tuple[tuple[int, int, int, int], ...] = ()
     #: Blocks of this many output pixels a side (0: none).
     pixelate: int = 0
     #: The colour transparency is flattened on (None: white where the format
@@ -433,6 +442,24 @@ def _parse(name: str, m: re.Match[str], default_quality: int) -> Variant:
         elif token in ("sharp", "gray"):
             once(token)
             fields[token] = True
+        elif (redact := _REDACT.match(token)) is not None:
+            boxes = fields.setdefault(redact["how"] + "es", [])
+            redactions = len(fields.get("pixelboxes", ())) + len(
+                fields.get("blurboxes", ())
+            )
+            if redactions >= MAX_REDACTIONS:
+                raise InvalidRequest(
+                    f"{name!r}: at most {MAX_REDACTIONS} pixelbox and blurbox regions"
+                )
+            box = tuple(_digits(redact[e], "a box's edge") for e in "ltrb")
+            if box[2] <= box[0] or box[3] <= box[1]:
+                raise InvalidRequest(
+                    f"{name!r}: a {redact['how']} is left_top_right_bottom, with "
+                    "right above left and bottom above top"
+                )
+            if box in boxes:
+                raise InvalidRequest(f"{name!r}: {token} is given twice")
+            boxes.append(box)
         elif (crop := _CROP.match(token)) is not None:
             once("a crop box")
             fields.update(_crop(crop, name))
@@ -471,6 +498,9 @@ def _parse(name: str, m: re.Match[str], default_quality: int) -> Variant:
             f"{name!r}: {placed} applies only to cover crops (xN or WxH without "
             "fit or pad)"
         )
+    for boxes in ("pixelboxes", "blurboxes"):
+        if boxes in fields:
+            fields[boxes] = tuple(fields[boxes])
     # Numbers of output pixels are the density's multiple, as the size is.
     for scaled in ("corner_radius", "pixelate"):
         if scaled in fields:
@@ -505,6 +535,7 @@ def _crop(m: re.Match[str], name: str) -> dict[str, Any]:
 OPTION_WORDS = ("fit", "pad", "noup", "smart", "trim", "flip", "flop", "sharp",
                  "gray", "blur", "q", "fp", "crop", "cropf", "brightness",
                  "contrast", "saturation", "round", "circle", "pixelate", "bg",
+                 "pixelbox", "blurbox",
                  *GRAVITIES, *ROTATIONS)  # fmt: skip
 
 
@@ -571,6 +602,8 @@ def _canonical(v: Variant) -> Variant:
         crop=crop,
         crop_fraction=crop_fraction,
         background=background,
+        pixelboxes=tuple(sorted(v.pixelboxes)),
+        blurboxes=tuple(sorted(v.blurboxes)),
     )
     return replace(variant, name=_spelling(variant))
 
@@ -643,6 +676,8 @@ def _spelling(v: Variant) -> str:
         f"blur{v.blur}" if v.blur else "",
         "sharp" if v.sharp else "",
         "gray" if v.gray else "",
+        *(f"pixelbox{'_'.join(map(str, box))}" for box in v.pixelboxes),
+        *(f"blurbox{'_'.join(map(str, box))}" for box in v.blurboxes),
         f"round{v.corner_radius}" if v.corner_radius else "",
         "circle" if v.circle else "",
         f"pixelate{v.pixelate}" if v.pixelate else "",

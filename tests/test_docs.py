@@ -82,7 +82,8 @@ class DocsTests(SynchronousTestCase):
         # Words that take a number or a colour stand for a family of options.
         taking = {"fp", "blur", "rrggbb", "rrggbbaa", "crop", "cropf", "round",
                   "pixelate", "bg", "brightness", "brightnessm", "contrast",
-                  "contrastm", "saturation", "saturationm"}  # fmt: skip
+                  "contrastm", "saturation", "saturationm", "pixelbox",
+                  "blurbox"}  # fmt: skip
         for word in words - taking - {"jpg", "w200"}:
             size = "w200" if word in {"noup", "trim", "flip", "flop", "sharp",
                                       "gray", *ROTATIONS} else "x200"  # fmt: skip

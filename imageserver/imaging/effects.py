@@ -9,11 +9,13 @@ original's), so its cost is bounded by the output's size.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from PIL import Image, ImageChops, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 from imageserver.naming import Variant
+
+Box = tuple[int, int, int, int]
 
 #: A mask is drawn up to this many times larger a side, then reduced:
 #: antialiased edges (1/16 steps of coverage) ...
@@ -87,6 +89,40 @@ def _with_alpha_kept(
     return rgb
 
 
+#: A pixelated region has at least this many blocks across its shorter
+#: side... no more: blocks of at least 4 pixels.
+REDACTION_BLOCKS = 6
+#: A blurred region's sigma is its shorter side over this.
+REDACTION_BLUR = 4
+
+
+def redacted(
+    image: Image.Image,
+    pixel_boxes: Sequence[Box],
+    blur_boxes: Sequence[Box],
+) -> Image.Image:
+    """Each box (in the output's pixels) pixelated or blurred past
+    recognition: at most 6 blocks across its shorter side, each of 4 pixels
+    or more (the whole box one block under 8), or a Gaussian blur of sigma
+    a quarter of that side, made from the box's own pixels alone (nothing
+    of the picture around it bleeds in or out)."""
+    image = image.copy()  # it may be the decoded original, used again
+    for box in pixel_boxes:
+        part = image.crop(box)
+        # Blocks of equal share, none a remnant of a pixel or two that would
+        # keep its own colour: the box in at most REDACTION_BLOCKS blocks
+        # a side, each of 4 pixels or more (one, for a box under 8).
+        block = max(4, -(-min(part.size) // REDACTION_BLOCKS))
+        cells = (max(1, part.width // block), max(1, part.height // block))
+        coarse = part.resize(cells, Image.Resampling.BOX)
+        image.paste(coarse.resize(part.size, Image.Resampling.NEAREST), box[:2])
+    for box in blur_boxes:
+        part = image.crop(box)
+        sigma = max(2.0, min(part.size) / REDACTION_BLUR)
+        image.paste(part.filter(ImageFilter.GaussianBlur(sigma)), box[:2])
+    return image
+
+
 def masked(image: Image.Image, variant: Variant) -> Image.Image:
     """The output with its corners rounded (``round``) or cut to the
     ellipse it holds (``circle``, a circle when square): outside is
@@ -105,8 +141,8 @@ def masked(image: Image.Image, variant: Variant) -> Image.Image:
         radius = min(variant.corner_radius, width // 2, height // 2) * scale
         draw.rounded_rectangle(box, radius=radius, fill=255)
     mask = mask.reduce(scale)
-    if image.mode != "RGBA":
-        image = image.convert("RGBA")
+    # A copy: it may be the decoded original, used again for other outputs.
+    image = image.convert("RGBA") if image.mode != "RGBA" else image.copy()
     # The picture's own transparency, times the mask's coverage.
     image.putalpha(ImageChops.multiply(image.getchannel("A"), mask))
     return image

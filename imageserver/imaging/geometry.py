@@ -9,6 +9,7 @@ finds) is found first and handed in.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from imageserver.errors import InvalidRequest
@@ -139,6 +140,60 @@ def crop_region(variant: Variant, width: int, height: int) -> Box:
             "ten-thousandths of it"
         )
     return variant.crop
+
+
+def output_box(plan: Plan, box: Box) -> Box | None:
+    """Where ``box`` of the source (in its pixels) lands in the output made
+    by ``plan``, its edges rounded outward and clipped to the picture; None
+    when none of it is there (cropped away)."""
+    region = plan.region
+    left = max(box[0], region[0]) - region[0]
+    top = max(box[1], region[1]) - region[1]
+    right = min(box[2], region[2]) - region[0]
+    bottom = min(box[3], region[3]) - region[1]
+    if right <= left or bottom <= top:
+        return None
+    width, height = region[2] - region[0], region[3] - region[1]
+    corners = [_turned(x, y, width, height, plan) for x in (left, right)
+               for y in (top, bottom)]  # fmt: skip
+    xs, ys = [x for x, _ in corners], [y for _, y in corners]
+    crop = plan.box
+    out_w, out_h = plan.size
+    scale_x = out_w / (crop[2] - crop[0])
+    scale_y = out_h / (crop[3] - crop[1])
+    placed = (
+        math.floor((min(xs) - crop[0]) * scale_x),
+        math.floor((min(ys) - crop[1]) * scale_y),
+        math.ceil((max(xs) - crop[0]) * scale_x),
+        math.ceil((max(ys) - crop[1]) * scale_y),
+    )
+    clipped = (
+        max(0, placed[0]),
+        max(0, placed[1]),
+        min(out_w, placed[2]),
+        min(out_h, placed[3]),
+    )
+    if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+        return None
+    dx, dy = plan.offset if plan.canvas is not None else (0, 0)
+    return (clipped[0] + dx, clipped[1] + dy, clipped[2] + dx, clipped[3] + dy)
+
+
+def _turned(x: int, y: int, width: int, height: int, plan: Plan) -> tuple[int, int]:
+    """A point of a ``width`` x ``height`` region, turned clockwise by
+    ``plan.rotate`` and then mirrored as ``plan`` says (edges, not pixel
+    centres: a box's corners map to the turned box's corners)."""
+    if plan.rotate == 90:
+        x, y, width, height = height - y, x, height, width
+    elif plan.rotate == 180:
+        x, y = width - x, height - y
+    elif plan.rotate == 270:
+        x, y, width, height = y, width - x, height, width
+    if plan.flip:
+        y = height - y
+    if plan.flop:
+        x = width - x
+    return x, y
 
 
 def output_size(variant: Variant, width: int, height: int) -> Size:

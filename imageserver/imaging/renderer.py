@@ -437,9 +437,16 @@ class _Source:
                 image = canvas
         else:
             image = _to_srgb(image, self.icc, _mode(has_alpha, grey))
-        # The order of docs/api.md: adjust, mask, pixelate (then flatten on
-        # the background, as the encoder is given it).
-        image = effects.masked(effects.adjusted(image, variant), variant)
+        # The order of docs/api.md: adjust, redact, mask, pixelate (then
+        # flatten on the background, as the encoder is given it).
+        image = effects.adjusted(image, variant)
+        if variant.pixelboxes or variant.blurboxes:
+            image = effects.redacted(
+                image,
+                _placed(plan, variant.pixelboxes),
+                _placed(plan, variant.blurboxes),
+            )
+        image = effects.masked(image, variant)
         return effects.pixelated(image, variant.pixelate)
 
     def _region(self, region: geometry.Box) -> Image.Image:
@@ -448,6 +455,13 @@ class _Source:
             return self.image
         box = _outward(region, (self.width, self.height), self.image.size)
         return self.image.crop(box)
+
+
+def _placed(plan: geometry.Plan, boxes: Sequence[geometry.Box]) -> list[geometry.Box]:
+    """Where ``boxes`` of the original land in the output (those cropped
+    away are gone)."""
+    placed = (geometry.output_box(plan, box) for box in boxes)
+    return [box for box in placed if box is not None]
 
 
 def _mode(has_alpha: bool, grey: bool) -> str:

@@ -233,3 +233,87 @@ class CropTests(SynchronousTestCase):
         assert variant is not None
         with self.assertRaisesRegex(InvalidRequest, "reaches past the 64x48"):
             renderer.render(self.data, variant, LIMITS)
+
+
+BACKGROUND = (10, 200, 10)
+
+
+def checkered(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
+    """A flat picture with a one-pixel black-and-white checkerboard in
+    ``box``: what a redaction must leave unreadable."""
+    picture = Image.new("RGB", size, BACKGROUND)
+    left, top, right, bottom = box
+    for y in range(top, bottom):
+        for x in range(left, right):
+            picture.putpixel((x, y), (0, 0, 0) if (x + y) % 2 else (255, 255, 255))
+    return picture
+
+
+TURNS = ["", "-r90", "-r180", "-r270", "-flip", "-flop", "-r90-flip", "-r90-flop"]
+
+
+class RedactionTests(SynchronousTestCase):
+    @settings(max_examples=30, deadline=None)
+    @given(
+        st.sampled_from(["pixelbox", "blurbox"]),
+        st.integers(0, 40), st.integers(0, 25), st.integers(8, 20), st.integers(8, 15),
+        st.sampled_from(TURNS),
+        st.sampled_from(["", "crop0_0_60_40", "crop10_5_50_35", "crop20_0_60_40"]),
+    )  # fmt: skip
+    def test_the_box_is_unreadable_wherever_it_lands_and_nothing_else_changes(
+        self,
+        how: str,
+        left: int,
+        top: int,
+        width: int,
+        height: int,
+        turn: str,
+        crop: str,
+    ) -> None:
+        box = (left, top, left + width, top + height)
+        data = encode(checkered((60, 40), box), "PNG")
+        base = "full_size" + (f"-{crop}" if crop else "") + turn
+        plain = render(data, f"{base}.png")
+        name = RULES.canonical(f"{base}-{how}{'_'.join(map(str, box))}.png")
+        assert name is not None
+        redacted = render(data, name.name)
+        self.assertEqual(redacted.size, plain.size)
+        for y in range(plain.height):
+            for x in range(plain.width):
+                before, after = plain.getpixel((x, y)), redacted.getpixel((x, y))
+                if before == BACKGROUND:
+                    self.assertEqual(after, BACKGROUND, (x, y))  # nothing bleeds
+                else:  # a checker pixel: not its black or white any more
+                    self.assertNotIn(after, ((0, 0, 0), (255, 255, 255)), (x, y))
+
+    def test_where_a_box_lands_in_a_scaled_turned_output(self) -> None:
+        from imageserver.imaging import geometry
+
+        variant = RULES.canonical("w20-r90-pixelbox0_0_10_10.png")
+        assert variant is not None
+        plan = geometry.plan(variant, 80, 40)  # turned: 40x80, then 20x40
+        # The top-left 10x10 of the original is its top right once turned.
+        self.assertEqual(geometry.output_box(plan, (0, 0, 10, 10)), (15, 0, 20, 5))
+        self.assertIsNone(geometry.output_box(plan, (80, 0, 90, 5)))  # outside
+        cropped = RULES.canonical("w40-crop40_0_80_40.png")
+        assert cropped is not None
+        plan = geometry.plan(cropped, 80, 40)
+        self.assertIsNone(geometry.output_box(plan, (0, 0, 40, 40)))  # cropped away
+        self.assertEqual(geometry.output_box(plan, (30, 10, 50, 20)), (0, 10, 10, 20))
+
+    def test_the_names(self) -> None:
+        self.assertEqual(
+            canonical("w20-blurbox5_5_9_9-pixelbox9_9_20_20-pixelbox0_0_4_4.png"),
+            "w20-pixelbox0_0_4_4-pixelbox9_9_20_20-blurbox5_5_9_9.png",
+        )
+        many = "".join(f"-pixelbox0_0_{n}_{n}" for n in range(1, 10))
+        with self.assertRaisesRegex(InvalidRequest, "at most 8 pixelbox and blurbox"):
+            RULES.canonical(f"w20{many}.png")
+        with self.assertRaisesRegex(InvalidRequest, "given twice"):
+            RULES.canonical("w20-pixelbox0_0_4_4-pixelbox0_0_4_4.png")
+
+
+def canonical(name: str) -> str:
+    variant = RULES.canonical(name)
+    assert variant is not None
+    return variant.name
