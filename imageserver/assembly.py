@@ -289,6 +289,9 @@ def origin_bucket_settings(config: Config, spec: OriginSpec) -> S3Settings:
         base_path="",
         acl=None,
         timeout=config.http_timeout,
+        # One attempt: a failing origin is asked again after a pause, and a
+        # fetch must end within --http_timeout.
+        max_attempts=1,
         profile=spec.profile,
         region=spec.region or (None if own else config.aws_region or None),
         endpoint_url=spec.endpoint or (None if own else config.s3_endpoint_url or None),
@@ -418,6 +421,7 @@ def make_origin_paths(
     io: ThreadPoolService,
     events: Events,
     shared_host: bool = False,
+    log_failures: bool = True,
 ) -> OriginPaths | None:
     """The origins' paths (--origin), or None without origins.
 
@@ -447,7 +451,11 @@ def make_origin_paths(
                 events.watch_pool(buckets.stats())
             settings = origin_bucket_settings(config, spec)
             origins[namespace] = S3Origin(
-                spec.url, LazyClient(settings), buckets.run, config.max_source_bytes
+                spec.url,
+                LazyClient(settings),
+                buckets.run,
+                config.max_source_bytes,
+                config.http_timeout,
             )
             continue
         parts = urlsplit(spec.url)
@@ -478,4 +486,5 @@ def make_origin_paths(
         # What fetching holds in memory at once: what bodies being received
         # may (each object up to --max_source_bytes).
         max_fetches=config.max_receiving_bytes // config.max_source_bytes,
+        log_failures=log_failures,
     )

@@ -198,7 +198,8 @@ class Images:
 
     def check_uploads(self, namespace: str) -> None:
         """Refuse uploads into a namespace served from an origin: its
-        images come from there (every way in: the API, batches, the CLI)."""
+        images come from there (every way in: the API, batches, the CLI,
+        client files)."""
         if namespace in self._origins:
             raise Forbidden(
                 f"namespace {namespace!r} is served from its origin (--origin): "
@@ -366,7 +367,9 @@ class Images:
             await self._ensure(image, variants)
 
     async def put_file(self, image: ImageId, name: str, body: BinaryIO) -> None:
-        """Keep a client's file in the image's folder, replacing any previous one."""
+        """Keep a client's file in the image's folder, replacing any previous one
+        (not in an origin's namespace: what is there comes from the origin)."""
+        self.check_uploads(image.namespace)
         check_file_name(name)
         if self.presets.is_preset(image.namespace, name):
             raise InvalidRequest(f"the name {name!r} is a preset's")

@@ -132,6 +132,7 @@ class OriginPaths:
         events: Events,
         host_locks: HostLocks | None = None,
         max_fetches: int = 4,
+        log_failures: bool = True,
     ) -> None:
         self._images = images
         self._storage = storage
@@ -141,6 +142,9 @@ class OriginPaths:
         self._negative_ttl = negative_ttl
         self._events = events
         self._host_locks = host_locks
+        #: Whether an origin's failures are logged (the command line says
+        #: them in each item's line instead).
+        self._log_failures = log_failures
         self._checks: Flights[str, Record] = Flights()
         #: Objects being fetched and stored at once, each up to
         #: --max_source_bytes in memory: the others wait their turn.
@@ -386,13 +390,14 @@ class OriginPaths:
         """Count, log and remember a failure of the origin (or of its
         object), and raise what the client is told."""
         self._events.origin(namespace, "error")
-        log.warn(
-            "asking the origin of {namespace} for {path} failed{stale}: {why}",
-            namespace=namespace,
-            path=path,
-            stale=", serving what is stored" if known else "",
-            why=e,
-        )
+        if self._log_failures:
+            log.warn(
+                "asking the origin of {namespace} for {path} failed{stale}: {why}",
+                namespace=namespace,
+                path=path,
+                stale=", serving what is stored" if known else "",
+                why=e,
+            )
         # The client is told what failed, not where: the origin's address
         # and what it said stay in the log.
         answer = _told(e, namespace, path)

@@ -100,6 +100,19 @@ def parse_line(number: int, line: str) -> Item | None:
     return Item(number, url=url, digest=digest)
 
 
+def _text(data: bytes) -> str:
+    """A batch body as text: UTF-8 (a byte order mark at its start is not
+    part of the first line); `InvalidRequest` naming the line otherwise, as
+    a path or URL that is not UTF-8 would be read as another one."""
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise InvalidRequest(
+            f"line {line}: the body is not UTF-8 text (one item a line)"
+        ) from None
+
+
 def batch_key(namespace: str, job_id: str, name: str) -> str:
     """Where a job's files live: beside the namespace's images, never among them.
 
@@ -159,6 +172,8 @@ async def _reported(
         info = await work
     except ImageServerError as e:
         result["error"] = str(e)
+        if e.detail is not None:
+            result["detail"] = e.detail  # for the server's log, not the report
     except Exception:
         # A bug, met by this item alone: logged in full here, recorded as the
         # item's failure, and the job goes on (re-running it on every poll
@@ -266,7 +281,7 @@ class Batches:
                 f"a batch body may have at most {MAX_BODY_BYTES} bytes; "
                 "split the list into several batches"
             )
-        text = data.decode("utf-8", "replace")
+        text = _text(data)
         if self._paths is not None and self._paths.serves(namespace):
             listed = self._origin_items(namespace, text)
         else:
@@ -405,6 +420,7 @@ class Batches:
                 result = await item_result(
                     self._images, self._paths, namespace, job["outputs"], item
                 )
+                result.pop("detail", None)  # logged here already
             running.record(index, result)
             await self._checkpoint(running)
         await self._checkpoint(running, final=True)
@@ -439,6 +455,16 @@ class Batches:
                     await deferLater(self._clock, delay)
                     delay = min(delay * 2, 60.0)
             for index, result in zip(indices, done, strict=True):
+                detail = result.pop("detail", None)
+                if detail is not None:
+                    # Said in the worker's log, which the operator may not
+                    # read: said here too (the report tells the client less).
+                    log.warn(
+                        "batch {job_id}: {item} failed on the cluster: {detail}",
+                        job_id=job_id,
+                        item=result.get("path") or result.get("url"),
+                        detail=detail,
+                    )
                 running.record(index, result)
             async with writing:
                 await self._checkpoint(running)

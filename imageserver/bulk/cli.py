@@ -150,7 +150,10 @@ async def process(
     images, storage, (_, io) = make_images(
         config, reactor, services, events, deadline, long_running=False
     )
-    paths = make_origin_paths(config, reactor, services, images, storage, io, events)
+    # An origin's failures are said in each item's line, not logged too.
+    paths = make_origin_paths(
+        config, reactor, services, images, storage, io, events, log_failures=False
+    )
     services.startService()
     progress = Progress(len(items) + repeats, stdout, stderr, options["progress_json"])
     for error in errors:

@@ -9,7 +9,7 @@ the same use cases, the same result and error lines either way.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -42,9 +42,9 @@ async def outcome_of(
 ) -> Outcome:
     """Do ``item``; whatever makes it fail, a bug included, is its one line.
     ``paths``: the origins' paths, for items that are paths of an origin."""
-    where = f"line {item.line}" if item.path is None else item.path
+    where = f"line {item.line}" if item.path is None else shown(item.path)
     if item.origin_path is not None:
-        where = item.origin_path
+        where = shown(item.origin_path)
     try:
         info = await _process_item(images, namespace, outputs, item, paths)
     except ImageServerError as e:
@@ -54,8 +54,22 @@ async def outcome_of(
         # goes on with the others.
         return Outcome(False, f"{where}: internal error ({type(e).__name__}: {e})")
     return Outcome(
-        True, f"{info['hash']}\t{item.label}\t{info['width']}\t{info['height']}"
+        True,
+        f"{info['hash']}\t{shown(item.label)}\t{info['width']}\t{info['height']}",
     )
+
+
+#: The most characters of a file or path an item's line shows.
+SHOWN = 300
+
+
+def shown(text: str) -> str:
+    """``text`` as an item's line shows it: as it is when printable (a
+    terminal does nothing with it), else quoted with its escapes, so no
+    line break or escape sequence reaches the terminal; long ones cut."""
+    if text.isprintable() and len(text) <= SHOWN:
+        return text
+    return repr(text[:SHOWN]) + ("..." if len(text) > SHOWN else "")
 
 
 async def _process_item(
@@ -108,19 +122,19 @@ def items_from(
     """The items named on the command line, or read from ``stdin`` with
     ``-``. ``by_path``: they are paths of the namespace's origin (one a
     line), not files, URLs or hashes."""
-    if by_path:
-        names = sources if list(sources) != ["-"] else (
-            line.rstrip("\r\n") for line in stdin
-        )  # fmt: skip
-        return [
-            Item(number, origin_path=name)
-            for number, name in enumerate(names, 1)
-            if name.strip()
-        ]
     if list(sources) != ["-"]:
+        if by_path:
+            return [Item(n, origin_path=p) for n, p in enumerate(sources, 1)]
         return [Item(n, path=path) for n, path in enumerate(sources, 1)]
     items = []
-    for number, line in enumerate(stdin, 1):
+    for number, line in enumerate(_lines(stdin), 1):
+        if line is None:
+            errors.append(f"line {number}: longer than {MAX_LINE} characters")
+            continue
+        if by_path:
+            if line.strip("\r\n").strip():
+                items.append(Item(number, origin_path=line.rstrip("\r\n")))
+            continue
         try:
             item = parse_line(number, line)
         except ValueError as e:
@@ -129,6 +143,26 @@ def items_from(
         if item is not None:
             items.append(item)
     return items
+
+
+#: The longest line of standard input an item may take (a path is at
+#: most 1024 bytes, a URL far less).
+MAX_LINE = 64 * 1024
+
+
+def _lines(stdin: IO[str]) -> Iterator[str | None]:
+    """Each line of ``stdin``, or None for one longer than `MAX_LINE`
+    (skipped to its end, never held whole)."""
+    while True:
+        line = stdin.readline(MAX_LINE + 1)
+        if not line:
+            return
+        if len(line) > MAX_LINE and not line.endswith("\n"):
+            while (rest := stdin.readline(MAX_LINE)) and not rest.endswith("\n"):
+                pass
+            yield None
+            continue
+        yield line
 
 
 class Progress:

@@ -12,6 +12,7 @@ import errno
 import os
 import re
 import stat
+import time
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from imageserver.errors import (
     SourceUnavailable,
 )
 from imageserver.runtime.pools import Runner
+from imageserver.sources.addresses import source_host
 
 #: The longest path accepted, in bytes of UTF-8, and the longest segment.
 MAX_PATH_BYTES = 1024
@@ -176,6 +178,12 @@ class OriginSpec:
                 )
         elif not parts.netloc:
             raise ValueError(f"--origin {text!r}: the URL names no host or bucket")
+        elif parts.scheme in ("http", "https"):
+            try:
+                source_host(parts.hostname or "")
+            except ValueError as e:
+                why = str(e).replace("source host", "the host", 1)
+                raise ValueError(f"--origin {name}=...: {why}") from None
         settings = _bucket_settings(name, parts.query)
         if parts.query:
             url = parts._replace(query="").geturl()
@@ -344,17 +352,34 @@ class HttpOrigin:
             raise type(e)(f"origin {self.url}: {e}") from None
 
 
+#: A bucket object is read this many bytes at a time, the deadline checked
+#: between reads.
+READ_CHUNK = 64 * 1024
+
+
 def read_object(
     client: Any,
     bucket: str,
     key: str,
     max_bytes: int,
     known: str | None,
+    deadline: float | None = None,
 ) -> Fetched | None:
     """The object at ``key`` in ``bucket``, or None when its ETag is still
     ``known``. Blocking (boto3): run it in a pool. At most ``max_bytes`` are
-    read, the size checked from the answer's head first."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    read, the size checked from the answer's head first; past ``deadline``
+    (`time.monotonic`), `SourceTimeout` (each read also times out by the
+    client's own read timeout, so a silent bucket ends too)."""
+    import urllib3
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectTimeoutError,
+        ReadTimeoutError,
+    )
+
+    def late() -> SourceTimeout:
+        return SourceTimeout(f"the origin bucket {bucket} did not answer in time")
 
     request = {"Bucket": bucket, "Key": key}
     if known is not None:
@@ -370,6 +395,8 @@ def read_object(
         if code in ("NoSuchKey", "404", "NotFound"):
             raise NotFound("no such object at the origin") from None
         raise SourceUnavailable(f"the origin bucket {bucket} answered {code}") from None
+    except (ConnectTimeoutError, ReadTimeoutError):
+        raise late() from None
     except BotoCoreError as e:
         raise SourceUnavailable(f"the origin bucket {bucket} failed ({e})") from None
     body = answer["Body"]
@@ -379,8 +406,24 @@ def read_object(
                 f"the origin's object is {answer['ContentLength']} bytes, over "
                 f"the {max_bytes} allowed (--max_source_bytes)"
             )
-        data = body.read(max_bytes + 1)
-    except BotoCoreError as e:
+        # What has arrived, a read at a time (``read1``): a read for a fixed
+        # count would wait for all of it however slowly it trickles in.
+        raw: Any = getattr(body, "_raw_stream", None)
+        read = raw.read1 if hasattr(raw, "read1") else body.read
+        chunks, size = [], 0
+        while size <= max_bytes:
+            if deadline is not None and time.monotonic() > deadline:
+                raise late()
+            chunk = read(min(READ_CHUNK, max_bytes + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
+    except (ConnectTimeoutError, ReadTimeoutError, urllib3.exceptions.TimeoutError):
+        raise late() from None
+    except (BotoCoreError, urllib3.exceptions.HTTPError, OSError) as e:
+        # A body cut short, a connection reset: no object, whole or not.
         raise SourceUnavailable(f"the origin bucket {bucket} failed ({e})") from None
     finally:
         body.close()
@@ -444,8 +487,13 @@ def check_bucket_origin(client: Callable[[], Any], url: str) -> None:
         ].close()
     except ClientError as e:
         code = str(e.response.get("Error", {}).get("Code", ""))
-        if code in ("NoSuchKey", "404"):
+        if code == "NoSuchKey":
             return
+        if code in ("404", "NotFound"):
+            raise OriginUnconfirmed(
+                "a missing key answered 404 without S3's NoSuchKey: is the "
+                "endpoint an S3-compatible server?"
+            ) from None
         if code in _NO_BUCKET:
             raise OriginRefused(f"no such bucket {bucket!r}") from None
         if code in _BAD_CREDENTIALS:
@@ -472,9 +520,16 @@ class S3Origin:
     endpoint (a boto3 client made on first use), in a pool."""
 
     def __init__(
-        self, url: str, client: Callable[[], Any], run: Runner, max_bytes: int
+        self,
+        url: str,
+        client: Callable[[], Any],
+        run: Runner,
+        max_bytes: int,
+        timeout: float | None = None,
     ) -> None:
         self.url = url
+        #: Seconds a whole fetch may take (--http_timeout), from its start.
+        self._timeout = timeout
         self.bucket, self.prefix = bucket_and_prefix(url)
         self._client = client
         self._run = run
@@ -484,9 +539,16 @@ class S3Origin:
         return self.prefix + "/".join(segments)
 
     async def fetch(self, segments: Sequence[str], known: str | None) -> Fetched | None:
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+
         def read() -> Fetched | None:
             return read_object(
-                self._client(), self.bucket, self.key(segments), self._max_bytes, known
+                self._client(),
+                self.bucket,
+                self.key(segments),
+                self._max_bytes,
+                known,
+                deadline,
             )
 
         return await self._run(read)

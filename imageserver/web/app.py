@@ -65,7 +65,9 @@ class OriginPathConverter(PathConverter):
     (and maybe a name in it): those URLs are the image routes', in origin
     namespaces too, so a hash folder's URL means one thing everywhere."""
 
-    regex = rf"(?!{HASH_PATH_PATTERN}(?:/[^/]*)?$)" + PathConverter.regex
+    # Empty segments too ("a//b"): the path grammar refuses them with a 400
+    # that says so, rather than no route's 404.
+    regex = rf"(?!{HASH_PATH_PATTERN}(?:/[^/]*)?$).+?"
 
 
 class ImageServerApp:

@@ -320,6 +320,21 @@ class OriginPathsTests(TestCase):
             "another namespace",
         ])  # fmt: skip
 
+    async def test_an_item_line_is_one_line_whatever_its_path_holds(self) -> None:
+        """A path with a line break or an escape sequence is shown quoted; a
+        line of standard input past 64 KiB is refused without being held."""
+        stdin = "x\nfake.jpg: ok\n\x1b[2Jclear.jpg\n" + "y" * 70_000 + "\nz.jpg\n"
+        status, out, err = await self.run_cli("-", stdin=stdin)
+        self.assertEqual((status, out), (1, ""))
+        lines = err.splitlines()
+        self.assertEqual(len(lines), 5, lines)
+        self.assertIn("'\\x1b[2Jclear.jpg': '", err)
+        self.assertIn("line 4: longer than 65536 characters", err)
+        self.assertNotIn("\x1b", err)
+        status, out, err = await self.run_cli("x\nfake.jpg: ok")
+        self.assertEqual(len(err.splitlines()), 1, err)
+        self.assertTrue(err.startswith("'x\\nfake.jpg: ok': "), err)
+
     def test_a_namespace_that_cannot_be_is_named_with_its_option(self) -> None:
         options = Options()
         with self.assertRaisesRegex(UsageError, "--origin Shop=...: 'Shop' is not"):

@@ -51,7 +51,8 @@ class AdjustmentTests(SynchronousTestCase):
         self, colour: tuple[int, int, int], amount: int
     ) -> None:
         out = render(flat(colour), f"w20-{signed('brightness', amount)}.png")
-        expected = tuple(clamp(c + 255 * amount / 100) for c in colour)
+        shift = round(255 * amount / 100)  # N % of white, in whole levels
+        expected = tuple(clamp(c + shift) for c in colour)
         self.assertEqual(out.getpixel((5, 5)), expected)
 
     @settings(max_examples=40, deadline=None)

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import os
+import socketserver
 import tempfile
+import threading
+import time
 import unittest
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imageserver.errors import ContentTooLarge, InvalidRequest, NotFound
+from imageserver.errors import (
+    ContentTooLarge,
+    InvalidRequest,
+    NotFound,
+    SourceTimeout,
+    SourceUnavailable,
+)
 from imageserver.sources.origins import (
     MAX_PATH_BYTES,
     OriginRefused,
@@ -20,6 +29,7 @@ from imageserver.sources.origins import (
     object_path,
     parse_origins,
     read_file,
+    read_object,
 )
 
 #: Spellings that must never name anything outside a root, or be a path.
@@ -108,6 +118,9 @@ class SpecTests(unittest.TestCase):
             ("a=s3://b/?endpoint=http://h:99999/", "endpoint"),
             ("a=https://user:secret@h/", "no user or password"),
             ("a=http://h:99999/", "not a URL"),
+            ("a=http://exa_mple.com/", "the host 'exa_mple.com' is not a valid"),
+            ("a=https://-bad-.com/", "not a valid host name"),
+            ("a=http://a..b/", "not a valid host name"),
         ]:
             with self.subTest(text=text), self.assertRaisesRegex(ValueError, words):
                 OriginSpec.parse(text)
@@ -126,6 +139,7 @@ class BucketCheckTests(unittest.TestCase):
 
         for code, expected in [
             ("NoSuchKey", None),
+            ("404", OriginUnconfirmed),  # a web server, not S3
             ("NoSuchBucket", OriginRefused),
             ("InvalidAccessKeyId", OriginRefused),
             ("SignatureDoesNotMatch", OriginRefused),
@@ -186,3 +200,62 @@ class ReadFileTests(unittest.TestCase):
     def test_over_the_limit_is_refused_before_reading(self) -> None:
         with self.assertRaisesRegex(ContentTooLarge, "--max_source_bytes"):
             read_file(self.root, ("d", "a.jpg"), 4, None)
+
+
+class _Bucket(socketserver.BaseRequestHandler):
+    """A loopback server that answers S3 GETs badly, by the key asked."""
+
+    def handle(self) -> None:
+        request = self.request.recv(65536)
+        key = request.split(b" ")[1].rsplit(b"/", 1)[-1]
+        if key == b"silent":
+            time.sleep(3)
+            return
+        self.request.sendall(
+            b'HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nETag: "e"\r\n\r\n'
+        )
+        if key == b"short":
+            self.request.sendall(b"x" * 10)
+            return
+        for _ in range(100):  # trickle: a byte every 50 ms
+            try:
+                self.request.sendall(b"x")
+            except OSError:
+                return
+            time.sleep(0.05)
+
+
+class BucketReadTests(unittest.TestCase):
+    """read_object against a bucket that stalls, trickles or cuts off: each
+    ends by the deadline, as a timeout, or fails; none is taken as whole."""
+
+    def setUp(self) -> None:
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Bucket)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        from imageserver.storage.s3 import S3Settings, make_client
+
+        self.client = make_client(
+            S3Settings(
+                bucket="b",
+                endpoint_url=f"http://127.0.0.1:{server.server_address[1]}",
+                access_key_id="k",
+                secret_access_key="s",
+                region="us-east-1",
+                timeout=0.5,
+                max_attempts=1,
+            )
+        )
+
+    def test_each_ends_in_time(self) -> None:
+        for key, error in [
+            ("trickle", SourceTimeout),
+            ("silent", SourceTimeout),
+            ("short", SourceUnavailable),
+        ]:
+            start = time.monotonic()
+            with self.subTest(key=key), self.assertRaises(error):
+                read_object(self.client, "b", key, 10_000, None, start + 0.5)
+            self.assertLess(time.monotonic() - start, 1.5, key)

@@ -215,6 +215,11 @@ class FileOriginTests(TestCaseMixin, SynchronousTestCase):
         status, body = self.app.json("POST", "/shop", data=self.photo)
         self.assertEqual(status, 403)
         self.assertIn("--origin", body["error"])
+        # Nor a client file into one of its images' folders.
+        response, _ = self.app.request("GET", "/shop/products/red/shoe.jpg/w32.png")
+        folder = response.headers.getRawHeaders("Content-Location")[0].rsplit("/", 1)[0]
+        status, body = self.app.json("POST", f"{folder}/notes.txt", data=b"hi")
+        self.assertEqual(status, 403, body)
         # A batch lists the origin's paths: a URL is an upload, refused.
         status, body = self.app.json(
             "POST", "/shop/batch", data=b"a.jpg\nhttp://127.0.0.1/a.jpg\n"
@@ -261,6 +266,26 @@ class FileOriginTests(TestCaseMixin, SynchronousTestCase):
         status, answer = self.app.json("DELETE", "/shop/copy.jpg")
         self.assertEqual(status, 404)
         self.assertIn("never fetched", answer["error"])
+
+    def test_a_batch_body_is_utf8_its_byte_order_mark_no_part_of_a_path(
+        self,
+    ) -> None:
+        status, body = self.app.json("POST", "/shop/batch", data=b"a.jpg\n\xff.jpg\n")
+        self.assertEqual(status, 400, body)
+        self.assertIn("line 2: the body is not UTF-8", body["error"])
+        status, body = self.app.json(
+            "POST", "/shop/batch", data="\ufeffproducts/red/shoe.jpg\n".encode()
+        )
+        self.assertEqual(status, 202, body)
+        status, report = self.app.json("GET", f"/shop/batch/{body['job_id']}")
+        self.assertEqual(report["items"][0]["path"], "products/red/shoe.jpg")
+        self.assertIsNone(report["items"][0]["error"])
+        self.assertNotIn("detail", report["items"][0])
+
+    def test_an_empty_segment_is_a_400_that_says_so(self) -> None:
+        status, body = self.app.json("GET", "/shop//products/red/shoe.jpg/w32.png")
+        self.assertEqual(status, 400, body)
+        self.assertIn("empty", body["error"])
 
     def test_the_object_without_a_name_is_told_how_to_name_one(self) -> None:
         for url in ("/shop/products/red/shoe.jpg", "/shop/products/red/shoe.jpg/"):
