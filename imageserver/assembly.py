@@ -11,25 +11,27 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 
 from imageserver.config import Config
-from imageserver.errors import StorageFailed, StorageUnavailable
+from imageserver.errors import ImageServerError, StorageFailed, StorageUnavailable
 from imageserver.images import Coordination, Images
+from imageserver.imaging import renderer
 from imageserver.lifecycle.listeners import Lifecycle, Listeners
 from imageserver.lifecycle.purges import PurgeLog
 from imageserver.lifecycle.webhooks import Webhooks
 from imageserver.metrics.events import Events
-from imageserver.naming import ImageId, is_generated
+from imageserver.naming import ORIGINAL, ImageId, is_generated
 from imageserver.origin_paths import OriginPaths
 from imageserver.runtime.listening import StartupFailed
 from imageserver.runtime.pools import ThreadPoolService
@@ -64,6 +66,7 @@ from imageserver.storage.sweeper import STALE_TEMPORARY, CacheSweeper
 from imageserver.storage.tiered import TieredStorage
 
 log = Logger()
+T = TypeVar("T")
 
 #: How much nicer than the reactor the processing threads run: a render takes
 #: the CPU time that serving stored variants and accepting requests leave, so
@@ -352,6 +355,59 @@ def _check_web_origin(config: Config, namespace: str, spec: OriginSpec) -> None:
             raise StartupFailed(f"--origin {namespace}={spec.described}: {refused}")
 
 
+def shared_store(config: Config) -> Storage:
+    """The store every process on it shares (the bucket, not the local
+    cache; or the local path), its calls run at once in the caller's
+    thread: for checks before anything starts, and a cluster's probes."""
+    if config.remote is None:
+        return LocalStorage(config.local_base_path, _at_once)
+    settings = s3_settings(config)
+    return S3Storage(settings, LazyClient(settings), _at_once)
+
+
+def _at_once(f: Callable[..., T], /, *args: Any) -> Deferred[T]:
+    return maybeDeferred(f, *args)
+
+
+def blocking(coroutine: Coroutine[Any, Any, T]) -> T:
+    """The result of a `shared_store` call (its runner ran it at once)."""
+    outcome: list[Any] = []
+    Deferred.fromCoroutine(coroutine).addBoth(outcome.append)
+    (result,) = outcome
+    if isinstance(result, Failure):
+        result.raiseException()
+    return cast(T, result)
+
+
+def check_watermarks(config: Config) -> None:
+    """Refuse, before anything starts, a watermark whose original is not
+    stored or cannot be used as one: `StartupFailed` naming it."""
+    images = config.watermark_images
+    if not images:
+        return
+    store = shared_store(config)
+    for name, image in images.items():
+        where = f"--watermarks {name}={image.folder}"
+        try:
+            stored = blocking(store.get(image.key(ORIGINAL)))
+        except ImageServerError as e:
+            raise StartupFailed(f"{where}: cannot be read: {e}") from None
+        if stored is None:
+            raise StartupFailed(
+                f"{where}: no original is stored there; upload the watermark "
+                "first and name the folder its upload answered"
+            )
+        try:
+            info = renderer.probe(stored.data, config.decode_limits)
+        except ImageServerError as e:
+            raise StartupFailed(f"{where}: {e}") from None
+        if info.width * info.height > renderer.MAX_WATERMARK_PIXELS:
+            raise StartupFailed(
+                f"{where}: {info.width}x{info.height} is over the "
+                f"{renderer.MAX_WATERMARK_PIXELS} pixels a watermark may have"
+            )
+
+
 def check_store(config: Config, local: bool = True) -> None:
     """Refuse, before anything starts, a store that cannot be used: a local
     path that cannot be written, a bucket that does not exist or refuses
@@ -361,6 +417,7 @@ def check_store(config: Config, local: bool = True) -> None:
     check alike; ``local=False``: a process that writes only to the bucket
     (a cluster's client). Bucket origins are checked too (`check_origins`)."""
     check_origins(config)
+    check_watermarks(config)
     try:
         if local or config.remote is None:
             check_writable(config.local_base_path)

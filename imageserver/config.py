@@ -18,10 +18,12 @@ from imageserver.images import RenderPolicy
 from imageserver.imaging.renderer import DECODER_MAX_PIXELS, Limits
 from imageserver.naming import (
     OUTPUT_FORMATS,
+    ImageId,
     Presets,
     VariantRules,
     ascii_digits,
     check_namespace_option,
+    parse_watermarks,
 )
 from imageserver.runtime import endpoints
 from imageserver.sources.addresses import SourcePolicy
@@ -358,6 +360,12 @@ class Config:
         "0: never (one process alone).",
         server_only=True,
     )
+    watermarks: tuple[str, ...] = setting(
+        (),
+        "Watermarks variants may lay over the output by name (wmNAME): "
+        "NAME=FOLDER pairs, the folder of an uploaded original, e.g. "
+        "'logo=p/6e0/072/682/e66287b662827da75b244a3' (docs/api.md).",
+    )
     presets: tuple[str, ...] = setting(
         (),
         "Named variants: name=variant for every namespace, namespace:name="
@@ -545,6 +553,7 @@ class Config:
                 ) from None
         if self.shutdown_timeout < 0:
             raise ValueError("--shutdown_timeout must not be negative")
+        self.watermark_images  # noqa: B018 (a malformed one raises here)
         for namespace in self.origin_specs:
             try:
                 check_namespace_option(namespace)
@@ -663,7 +672,15 @@ class Config:
             self.default_quality,
             self.maximum_width,
             auto_formats=self.auto_formats,
+            watermarks=tuple(
+                (name, image.hash) for name, image in self.watermark_images.items()
+            ),
         )
+
+    @property
+    def watermark_images(self) -> dict[str, ImageId]:
+        """Each watermark's original (ValueError for a malformed entry)."""
+        return parse_watermarks(self.watermarks)
 
     @property
     def decode_limits(self) -> Limits:
@@ -696,6 +713,7 @@ class Config:
             serve_originals=self.serve_originals,
             processing_timeout=self.processing_timeout,
             origins=frozenset(self.origin_specs),
+            watermarks={image.hash: image for image in self.watermark_images.values()},
         )
 
 

@@ -11,7 +11,7 @@ import hashlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
 
@@ -93,6 +93,8 @@ class RenderPolicy:
     #: Namespaces whose originals come from an origin (--origin): nothing is
     #: uploaded into them.
     origins: frozenset[str] = frozenset()
+    #: The originals watermarks are made from (--watermarks), by md5.
+    watermarks: Mapping[str, ImageId] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +142,9 @@ class Images:
         self._process = process
         self.rules = policy.rules
         self._limits = policy.limits
+        self._watermarks = policy.watermarks
+        #: The watermarks' originals, read once each.
+        self._marks: dict[str, bytes] = {}
         self.presets = policy.presets
         self._fetches: Flights[str, bytes] = Flights()
         self._ingests: Flights[ImageId, bytes] = Flights()
@@ -254,15 +259,18 @@ class Images:
         if preset is None and not self.presets.allows(image.namespace, variant.name):
             self._events.variant(variant.format, "failed")
             raise Forbidden(f"{name!r} is not one of this server's presets")
+        # A watermark by its name means what the operator points it at: as
+        # a preset's name does.
+        mutable = preset is not None or self.rules.watermark_named(name)
         if variant.format != AUTO:
-            return Resolved(variant.name, preset=preset is not None)
+            return Resolved(variant.name, preset=mutable)
         accepted = negotiation.accepted_types(accept)
         choice = self.rules.negotiated(variant, accepted, has_alpha=False)
         if choice.format not in self.rules.auto_formats:
             # The fallback depends on transparency: jpg, or png for alpha.
             alpha = await self._has_alpha(image)
             choice = self.rules.negotiated(variant, accepted, alpha)
-        return Resolved(choice.name, preset=preset is not None, negotiated=True)
+        return Resolved(choice.name, preset=mutable, negotiated=True)
 
     async def _has_alpha(self, image: ImageId) -> bool:
         """Whether the original has transparency; known once per image."""
@@ -533,8 +541,13 @@ class Images:
 
         Each output comes with its ETag, hashed in the pool too.
         """
+        marks = {
+            v.watermark.hash: await self._mark(v.watermark.hash)
+            for v in variants
+            if v.watermark is not None
+        }
         job = self._process(
-            _rendered, original, variants, self._limits, with_placeholders
+            _rendered, original, variants, self._limits, with_placeholders, marks
         )
         if self._clock is not None and self._processing_timeout is not None:
             job.addTimeout(self._processing_timeout, self._clock)
@@ -551,6 +564,18 @@ class Images:
                 reason=info.still_because,
             )
         return info, outputs
+
+    async def _mark(self, digest: str) -> bytes:
+        """A watermark's original (checked at start-up; gone since: 404)."""
+        known = self._marks.get(digest)
+        if known is None:
+            stored = await self._storage.get(self._watermarks[digest].key(ORIGINAL))
+            if stored is None:
+                raise NotFound(
+                    f"the watermark {digest} is no longer stored; upload it again"
+                )
+            known = self._marks[digest] = stored.data
+        return known
 
     async def _ingest(
         self, image: ImageId, data: bytes, variants: Sequence[Variant]
@@ -744,9 +769,12 @@ def _rendered(
     variants: Sequence[Variant],
     limits: renderer.Limits,
     with_placeholders: bool,
+    marks: Mapping[str, bytes],
 ) -> tuple[renderer.ImageInfo, list[tuple[bytes, str]], float]:
     start = time.perf_counter()
-    info, outputs = renderer.render_many(original, variants, limits, with_placeholders)
+    info, outputs = renderer.render_many(
+        original, variants, limits, with_placeholders, marks
+    )
     seconds = time.perf_counter() - start
     return info, [(data, etag_of(data)) for data in outputs], seconds
 

@@ -73,6 +73,16 @@ _REDACT = re.compile(
 )
 #: Regions a name may redact at most.
 MAX_REDACTIONS = 8
+#: A watermark: by its name (--watermarks) or, canonically, the md5 of its
+#: image; where (a gravity, the centre or tiles, each with a margin in
+#: output pixels), its opacity and its width in per cent of the output's.
+WATERMARK_NAME_PATTERN = r"[a-z][a-z0-9]{0,31}"
+_WATERMARK = re.compile(
+    rf"wm(?P<id>[0-9a-f]{{32}}|{WATERMARK_NAME_PATTERN})"
+    rf"(?:_(?P<place>c|n|ne|e|se|s|sw|w|nw|tile)(?P<margin>{_N})?)?"
+    rf"(?:_(?P<opacity>{_N}))?(?:_(?P<scale>{_N}))?\Z"
+)
+_HASH = re.compile(r"[0-9a-f]{32}\Z")
 _PIXELATE = re.compile(rf"pixelate(?P<n>{_N})\Z")
 _BACKGROUND = re.compile(r"bg(?P<hex>[0-9A-Fa-f]{6})\Z")
 #: A crop box in fractions of the original counts ten-thousandths.
@@ -94,6 +104,12 @@ GRAVITIES: dict[str, tuple[float, float]] = {
     "gnw": (0.0, 0.0),
 }
 ROTATIONS = {"r90": 90, "r180": 180, "r270": 270}
+#: Where a watermark goes: the fractions of the free space left of and
+#: above it (`GRAVITIES`' corners and edges, and the centre).
+WATERMARK_PLACES: dict[str, tuple[float, float]] = {
+    "c": (0.5, 0.5),
+    **{g[1:]: xy for g, xy in GRAVITIES.items()},
+}
 
 
 def ascii_digits(text: str, most: int = 18) -> bool:
@@ -157,6 +173,31 @@ _BOX_FITS = frozenset({Fit.FILL, Fit.FIT, Fit.PAD})
 
 
 @dataclass(frozen=True, slots=True)
+class Watermark:
+    """An image laid over the output: one of --watermarks, by its md5."""
+
+    hash: str
+    #: One of `WATERMARK_PLACES`, or ``tile`` (repeated across the output).
+    place: str = "se"
+    #: Output pixels from the edges it is placed by (between tiles).
+    margin: int = 0
+    #: Per cent of its own opacity kept.
+    opacity: int = 100
+    #: Its width in per cent of the output's (its height follows).
+    scale: int = 25
+
+    def spelled(self, name: str | None = None) -> str:
+        """Its option: ``wm`` + its md5 (or ``name``), then the fields up
+        to the last that is not its default."""
+        place = self.place + (str(self.margin) if self.margin else "")
+        fields = [place, str(self.opacity), str(self.scale)]
+        defaults = ["se", "100", "25"]
+        while fields and fields[-1] == defaults[len(fields) - 1]:
+            fields.pop()
+        return "_".join([f"wm{name or self.hash}", *fields])
+
+
+@dataclass(frozen=True, slots=True)
 class Variant:
     """A parsed variant name: one typed description of an output.
 
@@ -213,6 +254,7 @@ class Variant:
     #: The colour transparency is flattened on (None: white where the format
     #: has no alpha, kept where it has).
     background: tuple[int, int, int] | None = None
+    watermark: Watermark | None = None
 
     @property
     def content_type(self) -> str:
@@ -261,6 +303,19 @@ class VariantRules:
     maximum_width: int
     #: The formats ``.auto`` prefers, best first (--auto_formats).
     auto_formats: tuple[str, ...] = ("avif", "webp", "jxl")
+    #: The watermarks names may use (--watermarks): name and md5.
+    watermarks: tuple[tuple[str, str], ...] = ()
+
+    def watermark_named(self, name: str) -> bool:
+        """Whether ``name`` names a watermark by its name (not its md5): the
+        meaning of such a name changes when the operator points the
+        watermark elsewhere, as a preset's does."""
+        names = {n for n, _ in self.watermarks}
+        variant = _VARIANT.match(name)
+        return variant is not None and any(
+            (m := _WATERMARK.match(token)) is not None and m["id"] in names
+            for token in variant["options"].split("-")
+        )
 
     def negotiated(
         self, variant: Variant, accepted: frozenset[str], has_alpha: bool
@@ -305,9 +360,20 @@ class VariantRules:
             return variant
         m = _VARIANT.match(name)
         assert m is not None  # canonical() matched it
-        dense = _density_spelling(variant, int(m["dpr"] or 1))
+        density = int(m["dpr"] or 1)
+        dense = _density_spelling(variant, density)
         if dense == name:
             return variant
+        if variant.watermark is not None and self.watermark_named(name):
+            # By the watermark's name: served as a preset is, not redirected;
+            # other spellings go to that spelling, not to the md5's.
+            names = {h: n for n, h in self.watermarks}
+            mark = names.get(variant.watermark.hash)
+            named = _spelling(variant, mark)
+            dense_named = _density_spelling(variant, density, mark)
+            if name in (named, dense_named):
+                return variant
+            raise NotCanonical(name, dense_named or named)
         raise NotCanonical(name, dense or variant.name)
 
     def parse_outputs(self, value: str | None) -> tuple[Variant, ...]:
@@ -349,7 +415,12 @@ def variant_format(name: str) -> str | None:
     return m["ext"] if m["ext"] in OUTPUT_FORMATS else "other"
 
 
-def _parse(name: str, m: re.Match[str], default_quality: int) -> Variant:
+def _parse(
+    name: str,
+    m: re.Match[str],
+    default_quality: int,
+    watermarks: tuple[tuple[str, str], ...] = (),
+) -> Variant:
     """The variant a variant-shaped name describes, as spelled (no name yet:
     see `_canonical`)."""
     size = _SIZE.match(m["size"])
@@ -442,6 +513,9 @@ def _parse(name: str, m: re.Match[str], default_quality: int) -> Variant:
         elif token in ("sharp", "gray"):
             once(token)
             fields[token] = True
+        elif (mark := _WATERMARK.match(token)) is not None:
+            once("a watermark")
+            fields["watermark"] = _watermark(mark, name, watermarks)
         elif (redact := _REDACT.match(token)) is not None:
             boxes = fields.setdefault(redact["how"] + "es", [])
             redactions = len(fields.get("pixelboxes", ())) + len(
@@ -508,6 +582,38 @@ def _parse(name: str, m: re.Match[str], default_quality: int) -> Variant:
     return Variant("", fit, width * dpr, height * dpr, quality, fmt, **fields)
 
 
+def _watermark(
+    m: re.Match[str], name: str, watermarks: tuple[tuple[str, str], ...]
+) -> Watermark:
+    """A watermark option's fields; `InvalidRequest` for a watermark this
+    server does not have, or a number out of its range."""
+    known = dict(watermarks)
+    mark = m["id"]
+    if _HASH.match(mark):
+        if mark not in known.values():
+            raise InvalidRequest(
+                f"{name!r}: no watermark of this server has md5 {mark}"
+            )
+    elif mark in known:
+        mark = known[mark]
+    else:
+        have = ", ".join(sorted(known)) or "none"
+        raise InvalidRequest(
+            f"{name!r}: unknown watermark {mark!r} (--watermarks names: {have})"
+        )
+    place = m["place"] or "se"
+    margin = 0 if m["margin"] is None else _digits(m["margin"], "a watermark's margin")
+    opacity = 100 if m["opacity"] is None else _number(m["opacity"], "opacity")
+    scale = 25 if m["scale"] is None else _number(m["scale"], "a watermark's scale")
+    if opacity > 100 or scale > 100:
+        raise InvalidRequest(
+            f"{name!r}: a watermark's opacity and scale are 1 to 100 (per cent)"
+        )
+    if place == "c":
+        margin = 0  # the centre is no edge to keep a margin from
+    return Watermark(mark, place, margin, opacity, scale)
+
+
 def _crop(m: re.Match[str], name: str) -> dict[str, Any]:
     """A crop box's fields; `InvalidRequest` for a box with no pixels, or a
     fraction over the whole."""
@@ -535,7 +641,7 @@ def _crop(m: re.Match[str], name: str) -> dict[str, Any]:
 OPTION_WORDS = ("fit", "pad", "noup", "smart", "trim", "flip", "flop", "sharp",
                  "gray", "blur", "q", "fp", "crop", "cropf", "brightness",
                  "contrast", "saturation", "round", "circle", "pixelate", "bg",
-                 "pixelbox", "blurbox",
+                 "pixelbox", "blurbox", "wm",
                  *GRAVITIES, *ROTATIONS)  # fmt: skip
 
 
@@ -623,7 +729,7 @@ def _can_enlarge(v: Variant) -> bool:
     return min(v.width, v.height) > 1  # fit or pad: the smaller scale decides
 
 
-def _density_spelling(v: Variant, density: int) -> str | None:
+def _density_spelling(v: Variant, density: int, mark: str | None = None) -> str | None:
     """The canonical variant ``v`` spelled at ``density`` (``x100@2x.jpg`` for
     ``x200.jpg`` at 2), or None where no such spelling says more than ``v``'s
     own name: a density of 1, full size (which a density cannot change), or a
@@ -638,15 +744,16 @@ def _density_spelling(v: Variant, density: int) -> str | None:
             height=v.height // density,
             corner_radius=v.corner_radius // density,
             pixelate=v.pixelate // density,
-        )
+        ),
+        mark,
     )
     stem, _, fmt = base.rpartition(".")
     return f"{stem}@{density}x.{fmt}"
 
 
-def _spelling(v: Variant) -> str:
+def _spelling(v: Variant, mark: str | None = None) -> str:
     """The name of a canonical variant: its options in the order of the table
-    in docs/api.md."""
+    in docs/api.md (``mark``: its watermark by that name, not its md5)."""
     if v.fit is Fit.FULL:
         size = "full_size"
     elif v.fit is Fit.WIDTH:
@@ -680,6 +787,7 @@ def _spelling(v: Variant) -> str:
         *(f"blurbox{'_'.join(map(str, box))}" for box in v.blurboxes),
         f"round{v.corner_radius}" if v.corner_radius else "",
         "circle" if v.circle else "",
+        "" if v.watermark is None else v.watermark.spelled(mark),
         f"pixelate{v.pixelate}" if v.pixelate else "",
         "" if v.background is None else "bg" + bytes(v.background).hex(),
         f"q{v.quality}" if v.named_quality else "",
@@ -826,6 +934,35 @@ def _preset_entry(entry: str) -> tuple[str | None, str, str]:
     return namespace, name, spec
 
 
+_WATERMARK_NAME = re.compile(WATERMARK_NAME_PATTERN + r"\Z")
+
+
+def parse_watermarks(entries: Sequence[str]) -> dict[str, ImageId]:
+    """``--watermarks NAME=FOLDER``: each name and the uploaded original it
+    stands for; ValueError saying what is wrong."""
+    found: dict[str, ImageId] = {}
+    for entry in entries:
+        name, sep, folder = entry.partition("=")
+        if not sep or not _WATERMARK_NAME.match(name) or _HASH.match(name):
+            raise ValueError(
+                f"--watermarks {entry!r}: give NAME=FOLDER, a name of 1 to 32 "
+                "of a-z and 0-9 starting with a letter (not 32 hex digits), "
+                "e.g. logo=p/6e0/072/682/e66287b662827da75b244a3"
+            )
+        try:
+            image = ImageId.from_folder(folder.strip("/"))
+        except NotFound:
+            raise ValueError(
+                f"--watermarks {entry!r}: {folder!r} is not an image's folder "
+                "({ns}/{h[0:3]}/{h[3:6]}/{h[6:9]}/{h[9:32]} of an uploaded "
+                "original, as its upload answered)"
+            ) from None
+        if name in found:
+            raise ValueError(f"--watermarks: {name!r} is given twice")
+        found[name] = image
+    return found
+
+
 def check_namespace_option(namespace: str) -> str:
     """A namespace named in an option; ValueError when it cannot be one."""
     if not _NAMESPACE.match(namespace):
@@ -881,7 +1018,7 @@ def _canonical_under(rules: VariantRules, name: str) -> Variant | None:
     fmt = m["ext"]
     if fmt not in rules.extensions and fmt != AUTO:
         raise NotFound(f"extension {fmt!r} is not served")
-    variant = _canonical(_parse(name, m, rules.default_quality))
+    variant = _canonical(_parse(name, m, rules.default_quality, rules.watermarks))
     if max(variant.width, variant.height) > rules.maximum_width:
         raise InvalidRequest(
             f"{name!r} is larger than the maximum of {rules.maximum_width} "

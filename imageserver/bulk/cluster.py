@@ -30,15 +30,14 @@ from twisted.internet.defer import (
     Deferred,
     DeferredSemaphore,
     gatherResults,
-    maybeDeferred,
 )
-from twisted.python.failure import Failure
 
 from imageserver.assembly import (
+    blocking,
     check_store,
     make_images,
     make_origin_paths,
-    s3_settings,
+    shared_store,
 )
 from imageserver.bulk.batches import Item, batch_key, failed_result, item_result
 from imageserver.bulk.item import Outcome, Progress, items_from, outcome_of, unique
@@ -49,9 +48,6 @@ from imageserver.metrics.events import Events
 from imageserver.origin_paths import OriginPaths
 from imageserver.runtime.pools import Runner
 from imageserver.runtime.shutdown import Deadline, OrderedMultiService
-from imageserver.storage import Storage
-from imageserver.storage.local import LocalStorage
-from imageserver.storage.s3 import LazyClient, S3Storage
 
 T = TypeVar("T")
 
@@ -116,14 +112,14 @@ def write_probe(config: Config, namespace: str) -> str:
     names, for each worker to find before its first shard; its token."""
     token = str(uuid.uuid4())
     key = probe_key(namespace, token)
-    _blocking(_shared_store(config).put(key, token.encode(), "text/plain"))
+    blocking(shared_store(config).put(key, token.encode(), "text/plain"))
     return token
 
 
 def remove_probe(config: Config, namespace: str, token: str) -> None:
     """The probe, gone once the run is over (a failure here is harmless)."""
     with contextlib.suppress(ImageServerError):
-        _blocking(_shared_store(config).delete(probe_key(namespace, token)))
+        blocking(shared_store(config).delete(probe_key(namespace, token)))
 
 
 _checked: set[tuple[Config, str, str]] = set()
@@ -154,7 +150,7 @@ def check_probe(config: Config, namespace: str, token: str) -> None:
             if config.remote is not None:
                 check_store(config)  # the bucket's own error says most
             try:
-                stored = _blocking(_shared_store(config).get(key))
+                stored = blocking(shared_store(config).get(key))
             except ImageServerError as e:
                 raise StoreNotShared(
                     f"the worker on {host} cannot read the store: {e}"
@@ -178,30 +174,6 @@ def check_probe(config: Config, namespace: str, token: str) -> None:
         except StartupFailed as e:
             raise StoreNotShared(f"the worker on {host}: {e}") from None
         _checked.add((config, namespace, token))
-
-
-def _shared_store(config: Config) -> Storage:
-    """The store every process of a run shares (the bucket, not the local
-    cache; or the local path), called here in this thread, blocking."""
-    if config.remote is None:
-        return LocalStorage(config.local_base_path, _at_once)
-
-    settings = s3_settings(config)
-    return S3Storage(settings, LazyClient(settings), _at_once)
-
-
-def _at_once(f: Callable[..., T], /, *args: Any) -> Deferred[T]:
-    return maybeDeferred(f, *args)
-
-
-def _blocking(coroutine: Coroutine[Any, Any, T]) -> T:
-    """The result of a storage call whose runner ran it at once."""
-    outcome: list[Any] = []
-    Deferred.fromCoroutine(coroutine).addBoth(outcome.append)
-    (result,) = outcome
-    if isinstance(result, Failure):
-        result.raiseException()
-    return cast(T, result)
 
 
 def _runtime(config: Config, concurrency: int) -> _Runtime:
@@ -249,6 +221,7 @@ TRAVELS = frozenset(
         "allow_networks",
         "source_allowlist",
         "presets",
+        "watermarks",
         "presets_only",
         "max_pending",
         "processing_timeout",

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from PIL import Image, ImageChops, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
-from imageserver.naming import Variant
+from imageserver.naming import WATERMARK_PLACES, Variant, Watermark
 
 Box = tuple[int, int, int, int]
 
@@ -146,6 +146,57 @@ def masked(image: Image.Image, variant: Variant) -> Image.Image:
     # The picture's own transparency, times the mask's coverage.
     image.putalpha(ImageChops.multiply(image.getchannel("A"), mask))
     return image
+
+
+def watermarked(image: Image.Image, mark: Image.Image, how: Watermark) -> Image.Image:
+    """``mark`` (RGBA) laid over ``image``: ``how.scale`` per cent of its
+    width (and no larger than it), ``how.opacity`` per cent as opaque, at
+    ``how.place`` ``how.margin`` pixels in from the edges, or tiled with
+    that gap. The output keeps the mode's alpha or its lack."""
+    width, height = image.size
+    mark_w = max(1, round(width * how.scale / 100))
+    mark_h = max(1, round(mark.height * mark_w / mark.width))
+    if mark_h > height:  # a tall mark fits the height instead
+        mark_w, mark_h = max(1, round(mark.width * height / mark.height)), height
+    sized = mark.resize((mark_w, mark_h), Image.Resampling.LANCZOS)
+    if how.opacity < 100:
+        alpha = sized.getchannel("A").point(
+            [round(level * how.opacity / 100) for level in range(256)]
+        )
+        sized.putalpha(alpha)
+    layer = Image.new("RGBA", image.size)
+    if how.place == "tile":
+        _tile(layer, sized, how.margin)
+    else:
+        ax, ay = WATERMARK_PLACES[how.place]
+        free_w = max(0, width - mark_w - 2 * how.margin)
+        free_h = max(0, height - mark_h - 2 * how.margin)
+        # Half up, not to even: the centre of an odd space is the same side
+        # whatever the margin.
+        left = min(how.margin, width - mark_w) + math.floor(free_w * ax + 0.5)
+        top = min(how.margin, height - mark_h) + math.floor(free_h * ay + 0.5)
+        layer.paste(sized, (max(0, left), max(0, top)))
+    opaque = image.mode != "RGBA"
+    out = Image.alpha_composite(image.convert("RGBA"), layer)
+    return out.convert("RGB") if opaque else out
+
+
+def _tile(layer: Image.Image, tile: Image.Image, gap: int) -> None:
+    """``tile`` repeated over ``layer`` from its top-left corner, ``gap``
+    pixels apart: one row made by doubling, then the rows by doubling, so
+    the pastes are logarithmic in the count of tiles."""
+    step_w, step_h = tile.width + gap, tile.height + gap
+    row = Image.new("RGBA", (layer.width, tile.height))
+    row.paste(tile, (0, 0))
+    filled = step_w
+    while filled < layer.width:
+        row.paste(row.crop((0, 0, filled, tile.height)), (filled, 0))
+        filled *= 2
+    layer.paste(row, (0, 0))
+    filled = step_h
+    while filled < layer.height:
+        layer.paste(layer.crop((0, 0, layer.width, filled)), (0, filled))
+        filled *= 2
 
 
 def pixelated(image: Image.Image, block: int) -> Image.Image:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from io import BytesIO
@@ -132,9 +132,16 @@ def render_many(
     variants: Sequence[Variant],
     limits: Limits,
     with_placeholders: bool = False,
+    marks: Mapping[str, bytes] | None = None,
 ) -> tuple[ImageInfo, list[bytes]]:
     """Decode ``data`` once and encode every variant from it, in order; with
-    ``with_placeholders``, the info carries them, made from the same decode."""
+    ``with_placeholders``, the info carries them, made from the same decode.
+    ``marks``: the originals of the variants' watermarks, by md5."""
+    decoded_marks = {
+        v.watermark.hash: _mark(marks or {}, v.watermark.hash, limits)
+        for v in variants
+        if v.watermark is not None
+    }
     image = _open(data, limits)
     orientation = _orientation(image)
     width, height = image.size
@@ -182,6 +189,7 @@ def render_many(
         has_alpha = True  # frames may uncover the background
     info = replace(info, still_because=still_because)
     source = _Source(base, width, height, has_alpha, icc)
+    source.marks = decoded_marks
     if with_placeholders:
         small = base.copy()
         small.thumbnail((placeholders.SIDE, placeholders.SIDE), Image.Resampling.BOX)
@@ -358,6 +366,8 @@ class _Source:
         self.icc = icc
         #: What trim keeps of each region (found once a region).
         self._contents: dict[geometry.Box, geometry.Box | None] = {}
+        #: The watermarks' pictures (RGBA), by md5.
+        self.marks: dict[str, Image.Image] = {}
 
     def content(self, variant: Variant) -> geometry.Box | None:
         """What trim keeps of the variant's region (its crop box, or all),
@@ -382,8 +392,10 @@ class _Source:
         return self._contents[region]
 
     def adopt(self, other: _Source) -> None:
-        """Use ``other``'s trim boxes (a later frame of the same animation)."""
+        """Use ``other``'s trim boxes and watermarks (a later frame of the
+        same animation)."""
         self._contents = other._contents
+        self.marks = other.marks
 
     def focus(self, variant: Variant) -> tuple[float, float] | None:
         """Where ``smart`` centres the crop (None for other variants)."""
@@ -447,6 +459,10 @@ class _Source:
                 _placed(plan, variant.blurboxes),
             )
         image = effects.masked(image, variant)
+        if variant.watermark is not None:
+            image = effects.watermarked(
+                image, self.marks[variant.watermark.hash], variant.watermark
+            )
         return effects.pixelated(image, variant.pixelate)
 
     def _region(self, region: geometry.Box) -> Image.Image:
@@ -455,6 +471,25 @@ class _Source:
             return self.image
         box = _outward(region, (self.width, self.height), self.image.size)
         return self.image.crop(box)
+
+
+#: The most pixels a watermark's picture may have (it is decoded for each
+#: render that lays it): checked at start-up, refused here too.
+MAX_WATERMARK_PIXELS = 4_000_000
+
+
+def _mark(marks: Mapping[str, bytes], digest: str, limits: Limits) -> Image.Image:
+    """A watermark's picture, decoded (oriented, RGBA); `ImageTooLarge` past
+    `MAX_WATERMARK_PIXELS`."""
+    data = marks[digest]
+    with _decode_errors():
+        image = _open(data, limits)
+        if image.width * image.height > MAX_WATERMARK_PIXELS:
+            raise ImageTooLarge(
+                f"a watermark has at most {MAX_WATERMARK_PIXELS} pixels"
+            )
+        image = ImageOps.exif_transpose(image)
+        return image.convert("RGBA")
 
 
 def _placed(plan: geometry.Plan, boxes: Sequence[geometry.Box]) -> list[geometry.Box]:

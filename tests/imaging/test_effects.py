@@ -3,7 +3,9 @@ their definitions in docs/api.md (not from the code under test)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import re
 from typing import Any
 
 from hypothesis import given, settings
@@ -12,7 +14,7 @@ from PIL import Image
 from twisted.trial.unittest import SynchronousTestCase
 
 from imageserver.config import Config
-from imageserver.errors import InvalidRequest
+from imageserver.errors import InvalidRequest, NotCanonical
 from imageserver.imaging import effects, renderer
 from imageserver.naming import VariantRules
 from tests.support import encode, quadrants
@@ -318,3 +320,99 @@ def canonical(name: str) -> str:
     variant = RULES.canonical(name)
     assert variant is not None
     return variant.name
+
+
+class WatermarkTests(SynchronousTestCase):
+    """A solid red 40x20 mark over a blue picture: where it lands, how
+    opaque, how large, is known exactly."""
+
+    mark = encode(Image.new("RGBA", (40, 20), (255, 0, 0, 255)), "PNG")
+    digest = hashlib.md5(mark).hexdigest()
+    rules = VariantRules(frozenset({"png"}), 0, 4000, watermarks=(("logo", digest),))
+
+    def render(self, name: str, size: tuple[int, int] = (200, 100)) -> Image.Image:
+        variant = self.rules.canonical(name)
+        assert variant is not None
+        picture = encode(Image.new("RGB", size, (0, 0, 255)), "PNG")
+        _, (out,) = renderer.render_many(
+            picture, [variant], LIMITS, marks={self.digest: self.mark}
+        )
+        return Image.open(io.BytesIO(out))
+
+    def red_box(self, image: Image.Image) -> tuple[int, int, int, int] | None:
+        red = image.convert("RGB").point(lambda v: 255 if v > 200 else 0)
+        return red.getchannel("R").getbbox()
+
+    def test_each_place_with_its_margin(self) -> None:
+        # 25 % of 200 is 50 wide, so 25 high.
+        for place, box in [
+            ("se", (150, 75, 200, 100)), ("nw", (0, 0, 50, 25)),
+            ("c", (75, 38, 125, 63)), ("n", (75, 0, 125, 25)),
+            ("se10", (140, 65, 190, 90)), ("nw10", (10, 10, 60, 35)),
+            ("e5", (145, 38, 195, 63)), ("sw3", (3, 72, 53, 97)),
+        ]:  # fmt: skip
+            self.assertEqual(self.red_box(self.render(f"w200-wmlogo_{place}.png")),
+                             box, place)  # fmt: skip
+
+    def test_opacity_blends_exactly(self) -> None:
+        out = self.render("w200-wmlogo_se_40.png").convert("RGB")
+        # 40 % red over blue: 255 * 0.4 and 255 * 0.6 (alpha 102 of 255).
+        r, g, b = out.getpixel((180, 90))
+        self.assertLessEqual(abs(r - 102), 1)
+        self.assertEqual(g, 0)
+        self.assertLessEqual(abs(b - 153), 1)
+        self.assertEqual(out.getpixel((10, 10)), (0, 0, 255))  # elsewhere
+
+    def test_scale_and_a_tall_output(self) -> None:
+        self.assertEqual(self.red_box(self.render("w200-wmlogo_nw_100_50.png")),
+                         (0, 0, 100, 50))  # fmt: skip
+        # 100 % of a 200x40 output would be 200x100: fitted to the height.
+        self.assertEqual(
+            self.red_box(self.render("w200-wmlogo_nw_100_100.png", (200, 40))),
+            (0, 0, 80, 40),
+        )
+
+    def test_tiles_cover_the_output_with_their_gap(self) -> None:
+        out = self.render("w200-wmlogo_tile10_100_10.png").convert("RGB")
+        # Tiles of 20x10, every 30 pixels across and 20 down.
+        for x in range(200):
+            for y in range(100):
+                inside = x % 30 < 20 and y % 20 < 10
+                self.assertEqual(
+                    out.getpixel((x, y)),
+                    (255, 0, 0) if inside else (0, 0, 255),
+                    (x, y),
+                )
+
+    def test_names(self) -> None:
+        rules = self.rules
+        variant = rules.parse("w200-wmlogo_nw.png")  # served by its name
+        assert variant is not None and variant.watermark is not None
+        self.assertEqual(variant.name, f"w200-wm{self.digest}_nw.png")
+        self.assertEqual(rules.parse(variant.name), variant)  # and by its md5
+        for spelled, canonical in [
+            ("w200-wmlogo_se_100_25.png", "w200-wmlogo.png"),
+            ("w200-wmlogo_c7.png", "w200-wmlogo_c.png"),
+            (f"w200-wm{self.digest}_se.png", f"w200-wm{self.digest}.png"),
+        ]:
+            with self.assertRaises(NotCanonical, msg=spelled) as caught:
+                rules.parse(spelled)
+            self.assertEqual(caught.exception.canonical, canonical)
+        for name, words in [
+            (
+                "w200-wmother.png",
+                "unknown watermark 'other' (--watermarks names: logo)",
+            ),
+            (f"w200-wm{'0' * 32}.png", "no watermark of this server has md5"),
+            ("w200-wmlogo_se_0.png", "opacity must be at least 1"),
+            ("w200-wmlogo_se_100_101.png", "opacity and scale are 1 to 100"),
+            ("w200-wmlogo-wmlogo_nw.png", "a watermark is given twice"),
+        ]:
+            with self.assertRaisesRegex(InvalidRequest, re.escape(words)):
+                rules.parse(name)
+        # Another image under the same name: other canonical names.
+        other = VariantRules(frozenset({"png"}), 0, 4000,
+                             watermarks=(("logo", "f" * 32),))  # fmt: skip
+        moved = other.canonical("w200-wmlogo.png")
+        assert moved is not None
+        self.assertNotEqual(moved.name, variant.name.replace("_nw", ""))

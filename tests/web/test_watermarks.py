@@ -1,0 +1,81 @@
+"""Watermarks through the real app: named by the operator, served like
+presets, stored under the md5 of their image, checked at start-up."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+from PIL import Image
+from twisted.trial.unittest import SynchronousTestCase
+
+from imageserver.assembly import check_watermarks
+from imageserver.config import Config
+from imageserver.runtime.listening import StartupFailed
+from tests.support import AppHarness, encode
+
+LOGO = encode(Image.new("RGBA", (40, 20), (255, 0, 0, 255)), "PNG")
+PHOTO = encode(Image.new("RGB", (200, 100), (0, 0, 255)), "PNG")
+
+
+def folder_of(data: bytes, namespace: str = "p") -> str:
+    h = hashlib.md5(data).hexdigest()
+    return f"{namespace}/{h[:3]}/{h[3:6]}/{h[6:9]}/{h[9:]}"
+
+
+class WatermarkAppTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.app = AppHarness(
+            self, watermarks=(f"logo={folder_of(LOGO, 'brand')}",), extensions=("png",)
+        )
+        self.app.upload(LOGO, "brand")
+        self.photo = self.app.upload(PHOTO)
+
+    def test_served_by_its_name_like_a_preset(self) -> None:
+        response, body = self.app.request("GET", f"{self.photo}/w100-wmlogo.png")
+        self.assertEqual(response.code, 200, body)
+        digest = hashlib.md5(LOGO).hexdigest()
+        [location] = response.headers.getRawHeaders("Content-Location")
+        self.assertTrue(location.endswith(f"/w100-wm{digest}.png"), location)
+        self.assertEqual(
+            response.headers.getRawHeaders("Cache-Control"), ["public, max-age=3600"]
+        )
+        picture = Image.open(io.BytesIO(body)).convert("RGB")
+        self.assertEqual(picture.getpixel((99, 49)), (255, 0, 0))  # bottom right
+        self.assertEqual(picture.getpixel((5, 5)), (0, 0, 255))
+        # By its md5: the stored bytes, immutable.
+        response, same = self.app.request("GET", location)
+        self.assertEqual((response.code, same), (200, body))
+        self.assertIn("immutable", response.headers.getRawHeaders("Cache-Control")[0])
+
+    def test_unknown_watermarks_are_400s(self) -> None:
+        status, body = self.app.json("GET", f"{self.photo}/w100-wmother.png")
+        self.assertEqual(status, 400)
+        self.assertIn("unknown watermark 'other'", body["error"])
+
+
+class WatermarkStartTests(SynchronousTestCase):
+    def test_a_watermark_that_cannot_be_used_stops_the_start(self) -> None:
+        app = AppHarness(self)
+        big = encode(Image.new("RGBA", (2100, 2000), (1, 2, 3, 4)), "PNG")
+        app.upload(big)
+        config = Config(
+            local_base_path=app.root, watermarks=(f"logo={folder_of(LOGO)}",)
+        )
+        with self.assertRaisesRegex(StartupFailed, "no original is stored there"):
+            check_watermarks(config)
+        app.upload(LOGO)
+        check_watermarks(config)  # now there
+        config = Config(local_base_path=app.root, watermarks=(f"big={folder_of(big)}",))
+        with self.assertRaisesRegex(StartupFailed, "over the 4000000 pixels"):
+            check_watermarks(config)
+
+    def test_malformed_entries_are_option_errors(self) -> None:
+        for entry, words in [
+            ("logo", "give NAME=FOLDER"),
+            ("Logo=p/6e0/072/682/e66287b662827da75b244a3", "give NAME=FOLDER"),
+            ("logo=p/6e0/072", "is not an image's folder"),
+            (f"{'a' * 32}=p/6e0/072/682/e66287b662827da75b244a3", "not 32 hex"),
+        ]:
+            with self.subTest(entry=entry), self.assertRaisesRegex(ValueError, words):
+                Config(watermarks=(entry,))
