@@ -37,10 +37,12 @@ from imageserver.naming import (
     INFO,
     MAX_OUTPUTS,
     ORIGINAL,
+    QUALITY_SUFFIX,
     ImageId,
     Presets,
     Variant,
     VariantRules,
+    ascii_digits,
     check_file_name,
     check_namespace,
     is_file_name,
@@ -565,6 +567,19 @@ class Images:
             )
         return info, outputs
 
+    async def chosen_quality(self, image: ImageId, name: str) -> int | None:
+        """The quality a byte budget chose for the variant ``name`` (its
+        canonical name), or None for a variant without one."""
+        variant = self.rules.canonical(name)
+        if variant is None or not variant.max_bytes:
+            return None
+        stored = await self._storage.get(image.key(name + QUALITY_SUFFIX))
+        if stored is None or not ascii_digits(
+            stored.data.decode("ascii", "replace"), 3
+        ):
+            return None
+        return int(stored.data)
+
     async def _mark(self, digest: str) -> bytes:
         """A watermark's original (checked at start-up; gone since: 404)."""
         known = self._marks.get(digest)
@@ -599,7 +614,7 @@ class Images:
         info, outputs = await self._render_many(data, variants, True)
         info_json = info_json_of(image.hash, info)
         await self._storage.put(image.key(ORIGINAL), data, info.content_type)
-        await self._put_all(image, variants, outputs)
+        await self._put_all(image, variants, outputs, qualities=info.chosen_qualities)
         await self._storage.put(image.key(INFO), info_json, "application/json")
         self._events.original_stored()
         self._lifecycle.stored(
@@ -694,8 +709,10 @@ class Images:
             if stored is None:
                 raise NotFound("image not found")
             original = stored.data
-        _, outputs = await self._render_many(original, variants)
-        made = await self._put_all(image, variants, outputs, durable)
+        info, outputs = await self._render_many(original, variants)
+        made = await self._put_all(
+            image, variants, outputs, durable, info.chosen_qualities
+        )
         self._lifecycle.generated(image, list(made))
         return made
 
@@ -705,7 +722,16 @@ class Images:
         variants: Sequence[Variant],
         outputs: Sequence[tuple[bytes, str]],
         durable: bool = True,
+        qualities: Mapping[str, int] | None = None,
     ) -> dict[str, StoredObject]:
+        # A byte budget's quality first: whoever finds a variant finds it too.
+        for name, quality in (qualities or {}).items():
+            await self._storage.put(
+                image.key(name + QUALITY_SUFFIX),
+                str(quality).encode(),
+                "text/plain",
+                durable=durable,
+            )
         keys = [image.key(v.name) for v in variants]
         puts = [
             Deferred.fromCoroutine(

@@ -84,6 +84,9 @@ _WATERMARK = re.compile(
 )
 _HASH = re.compile(r"[0-9a-f]{32}\Z")
 _PIXELATE = re.compile(rf"pixelate(?P<n>{_N})\Z")
+_MAX_BYTES = re.compile(rf"maxbytes(?P<n>{_N})\Z")
+#: The most digits of a byte budget (up to 99,999,999 bytes).
+MAX_BYTES_DIGITS = 8
 _BACKGROUND = re.compile(r"bg(?P<hex>[0-9A-Fa-f]{6})\Z")
 #: A crop box in fractions of the original counts ten-thousandths.
 CROP_FRACTION = 10_000
@@ -255,6 +258,9 @@ class Variant:
     #: has no alpha, kept where it has).
     background: tuple[int, int, int] | None = None
     watermark: Watermark | None = None
+    #: A byte budget: the highest quality (up to ``quality``) whose output
+    #: is at most this many bytes; 0: none. Lossy formats only.
+    max_bytes: int = 0
 
     @property
     def content_type(self) -> str:
@@ -562,6 +568,16 @@ def _parse(
                     f"{name!r}: pixelate must be between 2 and {MAX_PIXELATE}"
                 )
             fields["pixelate"] = block
+        elif (budget := _MAX_BYTES.match(token)) is not None:
+            once("maxbytes")
+            fields["max_bytes"] = _digits(budget["n"], "maxbytes", MAX_BYTES_DIGITS)
+            if fields["max_bytes"] < 1:
+                raise InvalidRequest(f"{name!r}: maxbytes must be at least 1")
+            if fmt != AUTO and fmt in OUTPUT_FORMATS and not formats.output(fmt).lossy:
+                raise InvalidRequest(
+                    f"{name!r}: maxbytes applies to lossy formats (jpg, webp, "
+                    "avif, jxl): a lossless one has no quality to lower"
+                )
         elif (background := _BACKGROUND.match(token)) is not None:
             once("bg")
             fields["background"] = _colour(background["hex"])[:3]
@@ -641,7 +657,7 @@ def _crop(m: re.Match[str], name: str) -> dict[str, Any]:
 OPTION_WORDS = ("fit", "pad", "noup", "smart", "trim", "flip", "flop", "sharp",
                  "gray", "blur", "q", "fp", "crop", "cropf", "brightness",
                  "contrast", "saturation", "round", "circle", "pixelate", "bg",
-                 "pixelbox", "blurbox", "wm",
+                 "pixelbox", "blurbox", "wm", "maxbytes",
                  *GRAVITIES, *ROTATIONS)  # fmt: skip
 
 
@@ -675,9 +691,10 @@ def _canonical(v: Variant) -> Variant:
         # A transparent canvas in a format without alpha is flattened on
         # white: the default canvas.
         pad = None
-    quality, named = v.quality, v.named_quality
+    quality, named, max_bytes = v.quality, v.named_quality, v.max_bytes
     if v.format != AUTO and not formats.output(v.format).lossy:
-        quality, named = 0, False
+        # No quality to lower (a lossless format .auto chose).
+        quality, named, max_bytes = 0, False, 0
     gravity, focus = v.gravity, v.focus
     if focus is not None and focus in _FOCUS_GRAVITIES:
         gravity, focus = _FOCUS_GRAVITIES[focus], None
@@ -698,6 +715,7 @@ def _canonical(v: Variant) -> Variant:
         v,
         quality=quality,
         named_quality=named,
+        max_bytes=max_bytes,
         pad=pad,
         noup=v.noup and _can_enlarge(v),
         gravity=gravity,
@@ -790,6 +808,7 @@ def _spelling(v: Variant, mark: str | None = None) -> str:
         "" if v.watermark is None else v.watermark.spelled(mark),
         f"pixelate{v.pixelate}" if v.pixelate else "",
         "" if v.background is None else "bg" + bytes(v.background).hex(),
+        f"maxbytes{v.max_bytes}" if v.max_bytes else "",
         f"q{v.quality}" if v.named_quality else "",
     ]
     return size + "".join(f"-{t}" for t in tokens if t) + f".{v.format}"
@@ -972,6 +991,16 @@ def check_namespace_option(namespace: str) -> str:
     return namespace
 
 
+#: Beside a variant made within a byte budget (``maxbytes``), the quality
+#: its encoder was given, as text: ``w200-maxbytes9000.jpg.quality``.
+QUALITY_SUFFIX = ".quality"
+
+
+def _server_name(name: str) -> bool:
+    """Whether ``name`` is a variant's, or a variant's chosen quality's."""
+    return _VARIANT.match(name.removesuffix(QUALITY_SUFFIX)) is not None
+
+
 def is_generated(key: str) -> bool:
     """Whether the object at ``key`` is the server's own, never rewritten once stored.
 
@@ -979,7 +1008,7 @@ def is_generated(key: str) -> bool:
     clients store by name may be replaced.
     """
     name = key.rpartition("/")[2]
-    return name in (ORIGINAL, INFO) or _VARIANT.match(name) is not None
+    return name in (ORIGINAL, INFO) or _server_name(name)
 
 
 def is_file_name(name: str) -> bool:
@@ -989,7 +1018,7 @@ def is_file_name(name: str) -> bool:
         and ".." not in name
         # In any case: on a case-insensitive disk "Original" is the original.
         and name.lower() not in RESERVED_NAMES
-        and _VARIANT.match(name) is None
+        and not _server_name(name)
     )
 
 
@@ -1000,7 +1029,7 @@ def check_file_name(name: str) -> str:
             "file names are 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
-    if name.lower() in RESERVED_NAMES or _VARIANT.match(name):
+    if name.lower() in RESERVED_NAMES or _server_name(name):
         raise InvalidRequest(
             f"the name {name!r} is reserved for the server's own files"
         )

@@ -128,7 +128,8 @@ class ImageServerApp:
     async def get(self, request: IRequest, image: ImageId, name: str) -> Response:
         served = await self._images.resolve(image, name, request.getHeader("Accept"))
         stored = await self._images.get(image, served.name)
-        return _serve(request, stored, image, served, name)
+        quality = await self._images.chosen_quality(image, served.name)
+        return _serve(request, stored, image, served, name, quality=quality)
 
     @app.route(_IMAGE, methods=["DELETE"])
     async def purge(self, request: IRequest, image: ImageId) -> Response:
@@ -173,8 +174,15 @@ class ImageServerApp:
             image = await paths.image(namespace, path, gone=image)
             served = await self._images.resolve(image, name, accept)
             stored = await self._images.get(image, served.name)
+        quality = await self._images.chosen_quality(image, served.name)
         return _serve(
-            request, stored, image, served, name, by_path=paths.cache_control()
+            request,
+            stored,
+            image,
+            served,
+            name,
+            by_path=paths.cache_control(),
+            quality=quality,
         )
 
     @app.route(_ORIGIN_PATH, methods=["DELETE"], endpoint="origin_forget")
@@ -258,12 +266,14 @@ def _serve(
     served: Resolved,
     requested: str,
     by_path: str | None = None,
+    quality: int | None = None,
 ) -> Response:
     """``stored``, found as ``served`` says for the ``requested`` name.
 
     ``by_path``: asked for by an origin's path, which may come to stand for
     other bytes: cached that long (a Cache-Control), and located at its
-    hash folder's URL, which is cached for ever.
+    hash folder's URL, which is cached for ever. ``quality``: what a byte
+    budget chose.
     """
     # Date is the time of the answer, not of the request's arrival (a first
     # render can take seconds), and Last-Modified is never later than it.
@@ -281,6 +291,9 @@ def _serve(
     if served.negotiated:
         # What is served depends on Accept; this is its own URL.
         headers["Vary"] = "Accept"
+    if quality is not None:
+        # The quality a byte budget (maxbytes) chose.
+        headers["X-Image-Quality"] = str(quality)
     if served.name != requested or by_path:
         # A preset, a .auto choice or a density spelling: the stored name.
         headers["Content-Location"] = f"/{image.folder}/{served.name}"

@@ -900,6 +900,8 @@ def _variant_names(draw: st.DrawFn) -> str:
         st.builds(lambda r: f"round{r}", n),
         st.just("circle"),
         st.builds(lambda b: f"pixelate{b}", n),
+        st.builds(lambda b: f"maxbytes{b}", n),
+        st.sampled_from(["wmlogo", "wmlogo_tile3_50_10", "wm" + "0" * 32]),
         st.builds(lambda w, a, b, c, d: f"{w}{a}_{b}_{c}_{d}",
                   st.sampled_from(["pixelbox", "blurbox"]), n, n, n, n),
         st.builds(lambda h: f"bg{h}", st.sampled_from(

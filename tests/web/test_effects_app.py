@@ -1,5 +1,6 @@
-"""Watermarks through the real app: named by the operator, served like
-presets, stored under the md5 of their image, checked at start-up."""
+"""Watermarks and byte budgets through the real app: watermarks named by the
+operator, served like presets, stored under the md5 of their image, checked
+at start-up; budgets told in a header."""
 
 from __future__ import annotations
 
@@ -79,3 +80,57 @@ class WatermarkStartTests(SynchronousTestCase):
         ]:
             with self.subTest(entry=entry), self.assertRaisesRegex(ValueError, words):
                 Config(watermarks=(entry,))
+
+
+class ByteBudgetTests(SynchronousTestCase):
+    """maxbytes: the highest quality whose output fits, told in a header on
+    every answer (the first, which renders, and later ones from storage)."""
+
+    def setUp(self) -> None:
+        from tests.support import quadrants
+
+        self.app = AppHarness(self, extensions=("jpg", "webp", "png", "avif"))
+        noise = Image.effect_noise((300, 200), 60).convert("RGB")
+        self.folder = self.app.upload(
+            encode(Image.blend(quadrants((300, 200)), noise, 0.5), "PNG")
+        )
+
+    def test_the_best_quality_under_the_budget(self) -> None:
+        from imageserver.imaging import renderer
+
+        for ext in ("jpg", "webp", "avif"):
+            full = self.app.request("GET", f"{self.folder}/w300.{ext}")[1]
+            budget = len(full) // 2
+            name = f"w300-maxbytes{budget}.{ext}"
+            for _ in range(2):  # rendered, then from storage
+                response, body = self.app.request("GET", f"{self.folder}/{name}")
+                self.assertEqual(response.code, 200, body)
+                self.assertLessEqual(len(body), budget, ext)
+                [quality] = response.headers.getRawHeaders("X-Image-Quality")
+                self.assertLess(int(quality), 100, ext)
+            # No quality two higher fits (the bisection's precision).
+            higher = self.app.request(
+                "GET", f"{self.folder}/w300-q{min(100, int(quality) + 2)}.{ext}"
+            )[1]
+            self.assertGreater(len(higher), budget, (ext, quality))
+            self.assertIsNone(
+                self.app.request("GET", f"{self.folder}/w300.{ext}")[
+                    0
+                ].headers.getRawHeaders("X-Image-Quality")
+            )
+        self.assertLessEqual(renderer.MAX_BUDGET_ENCODES, 8)
+
+    def test_a_budget_nothing_fits_gets_quality_1(self) -> None:
+        response, _ = self.app.request("GET", f"{self.folder}/w300-maxbytes10.jpg")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders("X-Image-Quality"), ["1"])
+
+    def test_lossless_formats_have_no_budget(self) -> None:
+        status, body = self.app.json("GET", f"{self.folder}/w300-maxbytes9000.png")
+        self.assertEqual(status, 400)
+        self.assertIn("maxbytes applies to lossy formats", body["error"])
+        # A quality file beside a variant is the server's: no client takes it.
+        status, body = self.app.json(
+            "POST", f"{self.folder}/w300-maxbytes9000.jpg.quality", data=b"99"
+        )
+        self.assertEqual(status, 400, body)
