@@ -6,10 +6,13 @@ ever builds a storage key from text that was not validated.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import enum
 import functools
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -83,6 +86,16 @@ _WATERMARK = re.compile(
     rf"(?:_(?P<opacity>{_N}))?(?:_(?P<scale>{_N}))?\Z"
 )
 _HASH = re.compile(r"[0-9a-f]{32}\Z")
+#: Text drawn over the output: its UTF-8 in base32 (lower case, no
+#: padding: one safe path segment whatever it says), then where, how large
+#: (per cent of the output's height) and what colour.
+_TEXT = re.compile(
+    r"text(?P<b32>[A-Za-z2-7]{1,1000})"
+    rf"(?:_(?P<place>c|n|ne|e|se|s|sw|w|nw)(?P<margin>{_N})?)?"
+    rf"(?:_(?P<size>{_N}))?(?:_(?P<colour>[0-9A-Fa-f]{{6}}))?\Z"
+)
+#: The most characters of a text.
+MAX_TEXT = 100
 _PIXELATE = re.compile(rf"pixelate(?P<n>{_N})\Z")
 _MAX_BYTES = re.compile(rf"maxbytes(?P<n>{_N})\Z")
 #: The most digits of a byte budget (up to 99,999,999 bytes).
@@ -201,6 +214,31 @@ class Watermark:
 
 
 @dataclass(frozen=True, slots=True)
+class Caption:
+    """A short text drawn over the output, outlined for legibility."""
+
+    text: str
+    #: One of `WATERMARK_PLACES`.
+    place: str = "s"
+    #: Output pixels from the edges it is placed by.
+    margin: int = 0
+    #: The text's height in per cent of the output's.
+    size: int = 10
+    colour: tuple[int, int, int] = (255, 255, 255)
+
+    def spelled(self) -> str:
+        """Its option: ``text`` + base32, then the fields up to the last
+        that is not its default."""
+        encoded = base64.b32encode(self.text.encode()).decode().rstrip("=").lower()
+        place = self.place + (str(self.margin) if self.margin else "")
+        fields = [place, str(self.size), bytes(self.colour).hex()]
+        defaults = ["s", "10", "ffffff"]
+        while fields and fields[-1] == defaults[len(fields) - 1]:
+            fields.pop()
+        return "_".join([f"text{encoded}", *fields])
+
+
+@dataclass(frozen=True, slots=True)
 class Variant:
     """A parsed variant name: one typed description of an output.
 
@@ -258,6 +296,7 @@ class Variant:
     #: has no alpha, kept where it has).
     background: tuple[int, int, int] | None = None
     watermark: Watermark | None = None
+    text: Caption | None = None
     #: A byte budget: the highest quality (up to ``quality``) whose output
     #: is at most this many bytes; 0: none. Lossy formats only.
     max_bytes: int = 0
@@ -522,6 +561,9 @@ def _parse(
         elif (mark := _WATERMARK.match(token)) is not None:
             once("a watermark")
             fields["watermark"] = _watermark(mark, name, watermarks)
+        elif (caption := _TEXT.match(token)) is not None:
+            once("text")
+            fields["text"] = _caption(caption, name)
         elif (redact := _REDACT.match(token)) is not None:
             boxes = fields.setdefault(redact["how"] + "es", [])
             redactions = len(fields.get("pixelboxes", ())) + len(
@@ -630,6 +672,32 @@ def _watermark(
     return Watermark(mark, place, margin, opacity, scale)
 
 
+def _caption(m: re.Match[str], name: str) -> Caption:
+    """A text option's fields; `InvalidRequest` for base32 that is not UTF-8
+    text of at most `MAX_TEXT` printable characters, or a size out of range.
+    (Whether the font draws each character is the renderer's to say.)"""
+    encoded = m["b32"].upper()
+    try:
+        text = base64.b32decode(encoded + "=" * (-len(encoded) % 8)).decode()
+    except (ValueError, binascii.Error):
+        raise InvalidRequest(
+            f"{name!r}: text is its UTF-8 in base32 (RFC 4648, without "
+            "padding), e.g. text{base64.b32encode(b'SALE').decode().lower()}"
+        ) from None
+    text = unicodedata.normalize("NFC", text)
+    if not text or len(text) > MAX_TEXT or not text.isprintable():
+        raise InvalidRequest(
+            f"{name!r}: a text is 1 to {MAX_TEXT} printable characters on one line"
+        )
+    margin = 0 if m["margin"] is None else _digits(m["margin"], "a text's margin")
+    size = 10 if m["size"] is None else _number(m["size"], "a text's size")
+    if size > 100:
+        raise InvalidRequest(f"{name!r}: a text's size is 1 to 100 (per cent)")
+    place = m["place"] or "s"
+    colour = (255, 255, 255) if m["colour"] is None else _colour(m["colour"])[:3]
+    return Caption(text, place, 0 if place == "c" else margin, size, colour)
+
+
 def _crop(m: re.Match[str], name: str) -> dict[str, Any]:
     """A crop box's fields; `InvalidRequest` for a box with no pixels, or a
     fraction over the whole."""
@@ -657,7 +725,7 @@ def _crop(m: re.Match[str], name: str) -> dict[str, Any]:
 OPTION_WORDS = ("fit", "pad", "noup", "smart", "trim", "flip", "flop", "sharp",
                  "gray", "blur", "q", "fp", "crop", "cropf", "brightness",
                  "contrast", "saturation", "round", "circle", "pixelate", "bg",
-                 "pixelbox", "blurbox", "wm", "maxbytes",
+                 "pixelbox", "blurbox", "wm", "text", "maxbytes",
                  *GRAVITIES, *ROTATIONS)  # fmt: skip
 
 
@@ -806,6 +874,7 @@ def _spelling(v: Variant, mark: str | None = None) -> str:
         f"round{v.corner_radius}" if v.corner_radius else "",
         "circle" if v.circle else "",
         "" if v.watermark is None else v.watermark.spelled(mark),
+        "" if v.text is None else v.text.spelled(),
         f"pixelate{v.pixelate}" if v.pixelate else "",
         "" if v.background is None else "bg" + bytes(v.background).hex(),
         f"maxbytes{v.max_bytes}" if v.max_bytes else "",

@@ -83,7 +83,7 @@ class DocsTests(SynchronousTestCase):
         taking = {"fp", "blur", "rrggbb", "rrggbbaa", "crop", "cropf", "round",
                   "pixelate", "bg", "brightness", "brightnessm", "contrast",
                   "contrastm", "saturation", "saturationm", "pixelbox",
-                  "blurbox", "wm", "maxbytes"}  # fmt: skip
+                  "blurbox", "wm", "maxbytes", "text", "textknauyri"}  # fmt: skip
         for word in words - taking - {"jpg", "w200"}:
             size = "w200" if word in {"noup", "trim", "flip", "flop", "sharp",
                                       "gray", *ROTATIONS} else "x200"  # fmt: skip

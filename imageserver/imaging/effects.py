@@ -8,12 +8,24 @@ original's), so its cost is bounded by the output's size.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+import unicodedata
 from collections.abc import Callable, Sequence
 
-from PIL import Image, ImageChops, ImageDraw, ImageEnhance, ImageFilter, ImageOps
+from PIL import (
+    Image,
+    ImageChops,
+    ImageDraw,
+    ImageEnhance,
+    ImageFilter,
+    ImageFont,
+    ImageOps,
+)
 
-from imageserver.naming import WATERMARK_PLACES, Variant, Watermark
+from imageserver.errors import InvalidRequest
+from imageserver.naming import WATERMARK_PLACES, Caption, Variant, Watermark
 
 Box = tuple[int, int, int, int]
 
@@ -197,6 +209,97 @@ def _tile(layer: Image.Image, tile: Image.Image, gap: int) -> None:
     while filled < layer.height:
         layer.paste(layer.crop((0, 0, layer.width, filled)), (0, filled))
         filled *= 2
+
+
+#: The font text is drawn with: DejaVu Sans Bold, shipped with the project
+#: (its licence beside it: Bitstream Vera's, changes in the public domain).
+FONT = os.path.join(os.path.dirname(__file__), "fonts", "DejaVuSans-Bold.ttf")
+#: Bidirectional classes of right-to-left scripts: such text is refused,
+#: as its shaping and order depend on libraries a host may lack.
+_RIGHT_TO_LEFT = frozenset({"R", "AL", "AN"})
+
+
+@functools.lru_cache(maxsize=64)
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(FONT, size)
+
+
+@functools.lru_cache(maxsize=4096)
+def _drawn(character: str) -> bool:
+    """Whether the font has a glyph for ``character`` (not its .notdef box)."""
+    if character == " ":
+        return True
+    return _glyph(character) != _glyph("\ue000")  # a private use: no glyph
+
+
+@functools.lru_cache(maxsize=4096)
+def _glyph(character: str) -> bytes:
+    picture = Image.new("L", (40, 40))
+    ImageDraw.Draw(picture).text((4, 4), character, font=_font(24), fill=255)
+    return picture.tobytes()
+
+
+def check_text(text: str) -> None:
+    """`InvalidRequest` naming the first character the font cannot draw,
+    or a right-to-left one."""
+    for character in text:
+        if unicodedata.bidirectional(character) in _RIGHT_TO_LEFT:
+            raise InvalidRequest(
+                f"right-to-left text ({character!r}, U+{ord(character):04X}) is "
+                "not drawn here; give left-to-right text"
+            )
+        if not _drawn(character):
+            raise InvalidRequest(
+                f"the font (DejaVu Sans) has no glyph for {character!r} "
+                f"(U+{ord(character):04X}): Latin, Greek, Cyrillic and many "
+                "symbols are drawn, CJK text is not"
+            )
+
+
+def _bbox(font: ImageFont.FreeTypeFont, text: str, stroke: int) -> Box:
+    """The box ``text`` covers when drawn at the origin, in whole pixels."""
+    left, top, right, bottom = font.getbbox(text, stroke_width=stroke)
+    return (math.floor(left), math.floor(top), math.ceil(right), math.ceil(bottom))
+
+
+def captioned(image: Image.Image, caption: Caption) -> Image.Image:
+    """``caption`` drawn over ``image``: ``size`` per cent of its height, at
+    ``place`` ``margin`` pixels in from the edges (shrunk to fit the width),
+    in its colour with an outline of black or white (whichever stands out)
+    a fifteenth of the size wide."""
+    check_text(caption.text)
+    width, height = image.size
+    size = max(1, round(height * caption.size / 100))
+    font = _font(size)
+    stroke = max(1, round(size / 15))
+    left, top, right, bottom = _bbox(font, caption.text, stroke)
+    if right - left > width - 2 * caption.margin and right > left:
+        size = max(1, size * max(1, width - 2 * caption.margin) // (right - left))
+        font = _font(size)
+        stroke = max(1, round(size / 15))
+        left, top, right, bottom = _bbox(font, caption.text, stroke)
+    text_w, text_h = right - left, bottom - top
+    ax, ay = WATERMARK_PLACES[caption.place]
+    x = caption.margin + math.floor(
+        max(0, width - text_w - 2 * caption.margin) * ax + 0.5
+    )
+    y = caption.margin + math.floor(
+        max(0, height - text_h - 2 * caption.margin) * ay + 0.5
+    )
+    r, g, b = caption.colour
+    light = r * 299 + g * 587 + b * 114 >= 128_000
+    layer = Image.new("RGBA", image.size)
+    ImageDraw.Draw(layer).text(
+        (x - left, y - top),
+        caption.text,
+        font=font,
+        fill=(r, g, b, 255),
+        stroke_width=stroke,
+        stroke_fill=(0, 0, 0, 255) if light else (255, 255, 255, 255),
+    )
+    opaque = image.mode != "RGBA"
+    out = Image.alpha_composite(image.convert("RGBA"), layer)
+    return out.convert("RGB") if opaque else out
 
 
 def pixelated(image: Image.Image, block: int) -> Image.Image:

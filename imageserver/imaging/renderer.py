@@ -139,6 +139,9 @@ def render_many(
     """Decode ``data`` once and encode every variant from it, in order; with
     ``with_placeholders``, the info carries them, made from the same decode.
     ``marks``: the originals of the variants' watermarks, by md5."""
+    for variant in variants:  # a text the font cannot draw: before decoding
+        if variant.text is not None:
+            effects.check_text(variant.text.text)
     decoded_marks = {
         v.watermark.hash: _mark(marks or {}, v.watermark.hash, limits)
         for v in variants
@@ -474,6 +477,8 @@ class _Source:
             image = effects.watermarked(
                 image, self.marks[variant.watermark.hash], variant.watermark
             )
+        if variant.text is not None:
+            image = effects.captioned(image, variant.text)
         return effects.pixelated(image, variant.pixelate)
 
     def _region(self, region: geometry.Box) -> Image.Image:

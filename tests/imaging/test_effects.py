@@ -3,6 +3,7 @@ their definitions in docs/api.md (not from the code under test)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import re
@@ -10,7 +11,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageChops
 from twisted.trial.unittest import SynchronousTestCase
 
 from imageserver.config import Config
@@ -416,3 +417,67 @@ class WatermarkTests(SynchronousTestCase):
         moved = other.canonical("w200-wmlogo.png")
         assert moved is not None
         self.assertNotEqual(moved.name, variant.name.replace("_nw", ""))
+
+
+def b32(text: str) -> str:
+    return base64.b32encode(text.encode()).decode().rstrip("=").lower()
+
+
+class TextTests(SynchronousTestCase):
+    photo = encode(Image.new("RGB", (300, 200), (0, 0, 120)), "PNG")
+
+    def drawn(self, name: str) -> tuple[int, int, int, int] | None:
+        out = render(self.photo, name).convert("RGB")
+        background = Image.new("RGB", out.size, (0, 0, 120))
+        return ImageChops.difference(out, background).getbbox()
+
+    def test_the_text_lies_in_its_box(self) -> None:
+        # 10 % of 200 high: at most 20 pixels and its outline, at the bottom
+        # centre by default; other places and margins move it.
+        for option, inside in [
+            ("", (0, 170, 300, 200)),
+            ("_nw", (0, 0, 150, 30)),
+            ("_se12", (150, 158, 288, 188)),
+            ("_c_30", (0, 60, 300, 140)),
+        ]:
+            box = self.drawn(f"w300-text{b32('SALE 50%')}{option}.png")
+            assert box is not None, option
+            self.assertTrue(
+                inside[0] <= box[0] and inside[1] <= box[1]
+                and box[2] <= inside[2] and box[3] <= inside[3],
+                (option, box),
+            )  # fmt: skip
+
+    def test_a_long_text_shrinks_to_the_width(self) -> None:
+        box = self.drawn(f"w300-text{b32('W' * 60)}_c_50.png")
+        assert box is not None
+        self.assertLessEqual(box[2] - box[0], 300)
+        self.assertLess(box[3] - box[1], 40)  # far below 50 % of the height
+
+    def test_its_colour_and_outline(self) -> None:
+        out = render(self.photo, f"w300-text{b32('I')}_c_80_ff0000.png").convert("RGB")
+        colours = {c for _, c in out.getcolors(1 << 16)}
+        self.assertIn((255, 0, 0), colours)  # the letter
+        self.assertIn((255, 255, 255), colours)  # a dark red's outline is white
+
+    def test_what_the_font_cannot_draw_is_a_400(self) -> None:
+        for text, words in [("日本", "no glyph for '日'"), ("שלום", "right-to-left")]:
+            variant = RULES.canonical(f"w300-text{b32(text)}.png")
+            assert variant is not None
+            with self.assertRaisesRegex(InvalidRequest, words):
+                renderer.render(self.photo, variant, LIMITS)
+
+    def test_names(self) -> None:
+        sale = b32("SALE")
+        self.assertEqual(canonical(f"w300-text{sale.upper()}_s_10_ffffff.png"),
+                         f"w300-text{sale}.png")  # fmt: skip
+        self.assertEqual(canonical(f"w300-text{b32('e' + chr(0x301))}.png"),
+                         f"w300-text{b32(chr(0xE9))}.png")  # NFC  # fmt: skip
+        for token, words in [
+            ("texta", "base32"),
+            (f"text{b32('a' * 101)}", "1 to 100 printable characters"),
+            (f"text{b32('a' + chr(10) + 'b')}", "printable characters on one line"),
+            (f"text{sale}_s_101", "size is 1 to 100"),
+        ]:
+            with self.assertRaisesRegex(InvalidRequest, words):
+                RULES.canonical(f"w300-{token}.png")

@@ -901,6 +901,8 @@ def _variant_names(draw: st.DrawFn) -> str:
         st.just("circle"),
         st.builds(lambda b: f"pixelate{b}", n),
         st.builds(lambda b: f"maxbytes{b}", n),
+        st.sampled_from(["textknauyri", "textknauyri_c_50_ff0000", "textaaaa",
+                         "text4s4kxjfi", "text2cp5dagqxdilfufv2gba_nw3"]),
         st.sampled_from(["wmlogo", "wmlogo_tile3_50_10", "wm" + "0" * 32]),
         st.builds(lambda w, a, b, c, d: f"{w}{a}_{b}_{c}_{d}",
                   st.sampled_from(["pixelbox", "blurbox"]), n, n, n, n),
