@@ -1,4 +1,5 @@
-"""A real browser: headless Chromium loads a page of .auto, @2x and preset images.
+"""A real browser: headless Chromium loads a page of .auto, @2x and preset
+images, and of a watermarked, a round and a text variant.
 
 Needs Debian's ``chromium`` (``.ci/install-browser`` installs it). Without it
 the test is skipped, unless ``REQUIRE_BROWSER_TEST`` is set (CI sets
@@ -7,12 +8,14 @@ it), when that is a failure.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
 
+from PIL import Image
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest
 from twisted.web.resource import Resource
@@ -30,6 +33,9 @@ PAGE = """<!doctype html>
 <picture><source type="image/avif" srcset="{folder}/x60-smart.avif">
   <img id="picture" src="{folder}/x60-smart.jpg"></picture>
 <img id="preset" src="{folder}/thumb.auto">
+<img id="watermark" src="{folder}/w100-wmlogo_tile4_60_20.png">
+<img id="round" src="{folder}/x60-round12.auto">
+<img id="text" src="{folder}/w100-textknauyri_c_30.auto">
 <script>
 window.addEventListener("load", () => {{
   const found = {{}};
@@ -54,7 +60,19 @@ class ChromiumTests(TwistdCase):
             if os.environ.get("REQUIRE_BROWSER_TEST"):
                 self.fail("chromium is not installed (run .ci/install-browser)")
             raise SkipTest("chromium is not installed (run .ci/install-browser)")
-        await self.start_server("--presets", "thumb=x40-smart")
+        # Issue 26's overlays: a watermark (its original put in the store
+        # before the start, which checks it), a mask and a text.
+        root = os.path.abspath(self.mktemp())
+        logo = encode(Image.new("RGBA", (40, 20), (255, 0, 0, 200)), "PNG")
+        h = hashlib.md5(logo).hexdigest()
+        mark = f"p/{h[:3]}/{h[3:6]}/{h[6:9]}/{h[9:]}"
+        os.makedirs(os.path.join(root, mark))
+        with open(os.path.join(root, mark, "original"), "wb") as f:
+            f.write(logo)
+        await self.start_server(
+            "--presets", "thumb=x40-smart", "--local_base_path", root,
+            "--watermarks", f"logo={mark}",
+        )  # fmt: skip
         _, body = await self.call("POST", "/p", data=encode(noise((640, 480))))
         digest = json.loads(body)["hash"]
         folder = (
@@ -91,6 +109,9 @@ class ChromiumTests(TwistdCase):
                 "dense": (50, 37),  # 100x75 pixels at 2x: 50x37.5 CSS pixels
                 "picture": (60, 60),
                 "preset": (40, 40),
+                "watermark": (100, 75),
+                "round": (60, 60),
+                "text": (100, 75),
             },
         )
         self.assertTrue(images["dense"]["src"].endswith("/w50@2x.auto"))
@@ -105,4 +126,5 @@ class ChromiumTests(TwistdCase):
             )
         }
         self.assertEqual(counts.get(("jpg", "generated"), 0), 0)
-        self.assertEqual(counts.get(("avif", "generated"), 0), 4)
+        self.assertEqual(counts.get(("avif", "generated"), 0), 6)
+        self.assertEqual(counts.get(("png", "generated"), 0), 1)
