@@ -8,6 +8,7 @@ renders, and prints the peak RSS growth and the CPU time.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -352,6 +353,8 @@ class Job:
     variants: str = ""
     upload: bool = True
     limits: dict[str, int] | None = None
+    #: Watermarks the variants may name, and their originals' bytes.
+    marks: dict[str, bytes] | None = None
 
 
 def cost(data: bytes, variants: str = "", upload: bool = True, **limits: int) -> Cost:
@@ -371,9 +374,14 @@ def costs(jobs: list[Job], code: str | None = None) -> list[Cost]:
             path = os.path.join(folder, str(index))
             with open(path, "wb") as f:
                 f.write(job.data)
+            marks = {}
+            for name, mark in (job.marks or {}).items():
+                marks[name] = f"{path}.{name}"
+                with open(marks[name], "wb") as f:
+                    f.write(mark)
             described.append(
                 {"path": path, "variants": job.variants, "upload": job.upload,
-                 "limits": job.limits or {}}
+                 "limits": job.limits or {}, "marks": marks}
             )  # fmt: skip
         done = subprocess.run(
             [sys.executable, "-m", "tests.hostile"],
@@ -428,13 +436,26 @@ def _one(job: dict[str, Any], default: Any, rules: Any) -> dict[str, Any]:
     with open(job["path"], "rb") as f:
         data = f.read()
     limits = replace(default, **job["limits"])
+    marks = {}
+    for name, path in job["marks"].items():
+        with open(path, "rb") as f:
+            marks[name] = f.read()
+    hashes = {name: hashlib.md5(mark).hexdigest() for name, mark in marks.items()}
+    if hashes:
+        rules = replace(rules, watermarks=tuple(hashes.items()))
     variants = rules.parse_outputs(job["variants"]) if job["variants"] else ()
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")  # the peak restarts from what is resident now
     before = _status("VmRSS")
     start = resource.getrusage(resource.RUSAGE_SELF)
     try:
-        renderer.render_many(data, variants, limits, with_placeholders=job["upload"])
+        renderer.render_many(
+            data,
+            variants,
+            limits,
+            with_placeholders=job["upload"],
+            marks={hashes[name]: mark for name, mark in marks.items()},
+        )
         outcome = "ok"
     except ImageServerError as e:
         outcome = f"{type(e).__name__}: {e}"

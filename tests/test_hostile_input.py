@@ -569,3 +569,35 @@ class QualityTests(SynchronousTestCase):
             response, body = app.request("GET", f"{folder}/{name}", headers=headers)
             self.assertEqual(response.code, 200, (name, body[:200]))
             self.assertEqual(decode(body).size, (20, 15), name)
+
+
+class EveryEffectCostTests(SynchronousTestCase):
+    """Issue 26: every effect at once (a tiled watermark, the longest text,
+    redactions, masks, adjustments, a byte budget), on the largest output a
+    12 MP original gives and on the largest sized one: within the bounds
+    docs/security.md states for them."""
+
+    def test_within_the_stated_bounds(self) -> None:
+        import base64
+
+        data = encode(Image.new("RGB", (4000, 3000), (30, 90, 160)), "JPEG")
+        logo = encode(Image.new("RGBA", (400, 200), (255, 0, 0, 200)), "PNG")
+        text = base64.b32encode(b"W" * 100).decode().rstrip("=").lower()
+        every = (
+            "-brightness10-contrast10-saturation10-blur3-sharp"
+            "-pixelbox0_0_2000_2000-blurbox2000_1000_4000_3000-round500"
+            f"-wmlogo_tile5_50_1-text{text}_c_100-pixelate4-bg336699"
+        )
+        names = [
+            "full_size.jpg", f"full_size{every}.jpg",
+            f"x1000{every}-maxbytes20000.webp",
+        ]  # fmt: skip
+        jobs = [hostile.Job(data, n, upload=False, marks={"logo": logo}) for n in names]
+        plain, full, sized = hostile.costs(jobs)
+        for cost in (plain, full, sized):
+            self.assertEqual(cost.outcome, "ok", cost)
+        # 12 MP out: at most 32 bytes an output pixel, 6 s of CPU.
+        self.assertLess(full.rss_mb, 12 * 32, full)
+        self.assertLess(full.cpu_s, 6, full)
+        self.assertLess(sized.rss_mb, 128, sized)
+        self.assertLess(sized.cpu_s, 3, sized)

@@ -176,21 +176,32 @@ def watermarked(image: Image.Image, mark: Image.Image, how: Watermark) -> Image.
             [round(level * how.opacity / 100) for level in range(256)]
         )
         sized.putalpha(alpha)
-    layer = Image.new("RGBA", image.size)
     if how.place == "tile":
+        layer = Image.new("RGBA", image.size)
         _tile(layer, sized, how.margin)
-    else:
-        ax, ay = WATERMARK_PLACES[how.place]
-        free_w = max(0, width - mark_w - 2 * how.margin)
-        free_h = max(0, height - mark_h - 2 * how.margin)
-        # Half up, not to even: the centre of an odd space is the same side
-        # whatever the margin.
-        left = min(how.margin, width - mark_w) + math.floor(free_w * ax + 0.5)
-        top = min(how.margin, height - mark_h) + math.floor(free_h * ay + 0.5)
-        layer.paste(sized, (max(0, left), max(0, top)))
-    opaque = image.mode != "RGBA"
-    out = Image.alpha_composite(image.convert("RGBA"), layer)
-    return out.convert("RGB") if opaque else out
+        return _laid(image, layer, (0, 0))
+    ax, ay = WATERMARK_PLACES[how.place]
+    free_w = max(0, width - mark_w - 2 * how.margin)
+    free_h = max(0, height - mark_h - 2 * how.margin)
+    # Half up, not to even: the centre of an odd space is the same side
+    # whatever the margin.
+    left = min(how.margin, width - mark_w) + math.floor(free_w * ax + 0.5)
+    top = min(how.margin, height - mark_h) + math.floor(free_h * ay + 0.5)
+    return _laid(image, sized, (max(0, left), max(0, top)))
+
+
+def _laid(image: Image.Image, layer: Image.Image, at: tuple[int, int]) -> Image.Image:
+    """``layer`` (RGBA) composited over ``image`` at ``at``: only the part
+    it covers is converted and blended (a small mark on a large output
+    costs the mark's pixels). The output keeps the mode's alpha or its lack."""
+    box = (at[0], at[1], at[0] + layer.width, at[1] + layer.height)
+    under = image.crop(box).convert("RGBA")
+    blended = Image.alpha_composite(under, layer.crop((0, 0, *under.size)))
+    # A copy (it may be the decoded original, used again); a grey picture
+    # takes colours from now on.
+    out = image.copy() if image.mode in ("RGB", "RGBA") else image.convert("RGB")
+    out.paste(blended if out.mode == "RGBA" else blended.convert("RGB"), box[:2])
+    return out
 
 
 def _tile(layer: Image.Image, tile: Image.Image, gap: int) -> None:
@@ -288,18 +299,17 @@ def captioned(image: Image.Image, caption: Caption) -> Image.Image:
     )
     r, g, b = caption.colour
     light = r * 299 + g * 587 + b * 114 >= 128_000
-    layer = Image.new("RGBA", image.size)
+    # Drawn on a layer of the text's own box, laid where it goes.
+    layer = Image.new("RGBA", (max(1, text_w), max(1, text_h)))
     ImageDraw.Draw(layer).text(
-        (x - left, y - top),
+        (-left, -top),
         caption.text,
         font=font,
         fill=(r, g, b, 255),
         stroke_width=stroke,
         stroke_fill=(0, 0, 0, 255) if light else (255, 255, 255, 255),
     )
-    opaque = image.mode != "RGBA"
-    out = Image.alpha_composite(image.convert("RGBA"), layer)
-    return out.convert("RGB") if opaque else out
+    return _laid(image, layer, (x, y))
 
 
 def pixelated(image: Image.Image, block: int) -> Image.Image:
