@@ -180,14 +180,23 @@ def watermarked(image: Image.Image, mark: Image.Image, how: Watermark) -> Image.
         layer = Image.new("RGBA", image.size)
         _tile(layer, sized, how.margin)
         return _laid(image, layer, (0, 0))
-    ax, ay = WATERMARK_PLACES[how.place]
-    free_w = max(0, width - mark_w - 2 * how.margin)
-    free_h = max(0, height - mark_h - 2 * how.margin)
-    # Half up, not to even: the centre of an odd space is the same side
-    # whatever the margin.
-    left = min(how.margin, width - mark_w) + math.floor(free_w * ax + 0.5)
-    top = min(how.margin, height - mark_h) + math.floor(free_h * ay + 0.5)
-    return _laid(image, sized, (max(0, left), max(0, top)))
+    return _laid(image, sized, _position(image.size, sized.size, how.place, how.margin))
+
+
+def _position(
+    outer: tuple[int, int], inner: tuple[int, int], place: str, margin: int
+) -> tuple[int, int]:
+    """Where ``inner`` goes in ``outer`` at ``place`` (`WATERMARK_PLACES`),
+    ``margin`` pixels in from the edges it is placed by (less where there
+    is no room)."""
+    ax, ay = WATERMARK_PLACES[place]
+    corner = []
+    for side, size, share in ((outer[0], inner[0], ax), (outer[1], inner[1], ay)):
+        free = max(0, side - size - 2 * margin)
+        # Half up, not to even: the centre of an odd space is the same side
+        # whatever the margin.
+        corner.append(max(0, min(margin, side - size) + math.floor(free * share + 0.5)))
+    return corner[0], corner[1]
 
 
 def _laid(image: Image.Image, layer: Image.Image, at: tuple[int, int]) -> Image.Image:
@@ -290,13 +299,7 @@ def captioned(image: Image.Image, caption: Caption) -> Image.Image:
         stroke = max(1, round(size / 15))
         left, top, right, bottom = _bbox(font, caption.text, stroke)
     text_w, text_h = right - left, bottom - top
-    ax, ay = WATERMARK_PLACES[caption.place]
-    x = caption.margin + math.floor(
-        max(0, width - text_w - 2 * caption.margin) * ax + 0.5
-    )
-    y = caption.margin + math.floor(
-        max(0, height - text_h - 2 * caption.margin) * ay + 0.5
-    )
+    x, y = _position(image.size, (text_w, text_h), caption.place, caption.margin)
     r, g, b = caption.colour
     light = r * 299 + g * 587 + b * 114 >= 128_000
     # Drawn on a layer of the text's own box, laid where it goes.
