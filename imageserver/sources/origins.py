@@ -432,6 +432,12 @@ def read_object(
             f"the origin's object is over the {max_bytes} bytes allowed "
             "(--max_source_bytes)"
         )
+    declared = answer.get("ContentLength")
+    if declared is not None and len(data) != declared:
+        # Counted here: not every urllib3 raises for a body cut short.
+        raise SourceUnavailable(
+            f"the origin bucket {bucket} sent {len(data)} of {declared} bytes"
+        )
     return Fetched(data, answer.get("ETag"))
 
 
