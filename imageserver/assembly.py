@@ -513,10 +513,12 @@ def make_origin_paths(
                 buckets.run,
                 config.max_source_bytes,
                 config.http_timeout,
+                reactor,
             )
             continue
         parts = urlsplit(spec.url)
-        host = source_host(parts.hostname or "")
+        # Pinned as connections name it: an international name in IDNA.
+        host = source_host(parts.hostname or "").encode("idna").decode("ascii")
         port = parts.port or (443 if parts.scheme == "https" else 80)
         policy = replace(
             config.source_policy, allowlist=(), origin=(parts.scheme, host, port)

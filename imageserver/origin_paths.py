@@ -265,7 +265,10 @@ class OriginPaths:
         self._failed.pop(key, None)
         if record is None:
             if self._missing.pop(key, None) is None:
-                raise NotFound(f"{path!r} was never fetched from the origin")
+                raise NotFound(
+                    f"{path!r} is not known here: never fetched from the origin, "
+                    "or forgotten already"
+                )
             return None
         await self._storage.delete(key)
         stood_for = record.hash or record.was

@@ -153,10 +153,13 @@ MAX_LINE = 64 * 1024
 def _lines(stdin: IO[str]) -> Iterator[str | None]:
     """Each line of ``stdin``, or None for one longer than `MAX_LINE`
     (skipped to its end, never held whole)."""
+    first = True
     while True:
         line = stdin.readline(MAX_LINE + 1)
         if not line:
             return
+        if first:  # a byte order mark is not part of the first item
+            line, first = line.removeprefix("\ufeff"), False
         if len(line) > MAX_LINE and not line.endswith("\n"):
             while (rest := stdin.readline(MAX_LINE)) and not rest.endswith("\n"):
                 pass

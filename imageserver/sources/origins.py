@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
+from twisted.internet import defer
+
 from imageserver.errors import (
     ContentTooLarge,
     Forbidden,
@@ -532,8 +534,10 @@ class S3Origin:
         run: Runner,
         max_bytes: int,
         timeout: float | None = None,
+        clock: Any = None,
     ) -> None:
         self.url = url
+        self._clock = clock
         #: Seconds a whole fetch may take (--http_timeout), from its start.
         self._timeout = timeout
         self.bucket, self.prefix = bucket_and_prefix(url)
@@ -557,4 +561,15 @@ class S3Origin:
                 deadline,
             )
 
-        return await self._run(read)
+        reading = self._run(read)
+        if self._timeout is not None and self._clock is not None:
+            # The answer's head and an error's body are read by boto3 with
+            # a timeout per read alone: the client is answered at the
+            # deadline all the same (the thread ends by its read timeouts).
+            reading.addTimeout(self._timeout, self._clock)
+        try:
+            return await reading
+        except defer.TimeoutError:
+            raise SourceTimeout(
+                f"the origin bucket {self.bucket} did not answer in time"
+            ) from None

@@ -157,10 +157,19 @@ class ImageServerApp:
         # Before the origin is asked: /shop/a/b.jpg is the object, not its
         # variant "b.jpg" of an object "a".
         if not path or not self._images.names_an_output(namespace, name):
-            whole = "/".join(part for part in (path, name) if part)
+            whole = "/".join(part for part in (path, name) if part).strip("/")
+            example = ""
+            if (
+                whole
+                and "//" not in whole
+                and not (
+                    self._images.names_an_output(namespace, whole.rpartition("/")[2])
+                )
+            ):
+                example = f", e.g. /{namespace}/{whole}/w200.jpg"
             raise NotFound(
-                f"name a variant, info.json or original of the origin's object, "
-                f"e.g. /{namespace}/{whole}/w200.jpg"
+                "name a variant, info.json or original of the origin's object "
+                f"after its path{example}"
             )
         accept = request.getHeader("Accept")
         image = await paths.image(namespace, path)

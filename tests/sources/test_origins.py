@@ -11,6 +11,7 @@ import unittest
 
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.trial.unittest import TestCase as TwistedTestCase
 
 from imageserver.errors import (
     ContentTooLarge,
@@ -211,6 +212,15 @@ class _Bucket(socketserver.BaseRequestHandler):
         if key == b"silent":
             time.sleep(3)
             return
+        if key == b"headtrickle":  # a header every 0.3 s: no read times out
+            self.request.sendall(b"HTTP/1.1 500 Oops\r\n")
+            for n in range(10):
+                try:
+                    self.request.sendall(b"X-%d: y\r\n" % n)
+                except OSError:
+                    return
+                time.sleep(0.3)
+            return
         self.request.sendall(
             b'HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nETag: "e"\r\n\r\n'
         )
@@ -259,3 +269,34 @@ class BucketReadTests(unittest.TestCase):
             with self.subTest(key=key), self.assertRaises(error):
                 read_object(self.client, "b", key, 10_000, None, start + 0.5)
             self.assertLess(time.monotonic() - start, 1.5, key)
+
+
+class BucketDeadlineTests(TwistedTestCase):
+    """A bucket that trickles the head of its answer: boto3 times out each
+    read alone, so the fetch's own deadline answers the client."""
+
+    async def test_a_trickled_head_is_a_timeout_at_the_deadline(self) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.threads import deferToThread
+
+        from imageserver.sources.origins import S3Origin
+        from imageserver.storage.s3 import S3Settings, make_client
+
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Bucket)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        client = make_client(
+            S3Settings(
+                bucket="b",
+                endpoint_url=f"http://127.0.0.1:{server.server_address[1]}",
+                access_key_id="k", secret_access_key="s", region="us-east-1",
+                timeout=1.0, max_attempts=1,
+            )
+        )  # fmt: skip
+        origin = S3Origin("s3://b/", lambda: client, deferToThread, 1000, 0.5, reactor)
+        start = time.monotonic()
+        with self.assertRaises(SourceTimeout):
+            await origin.fetch(("headtrickle",), None)
+        self.assertLess(time.monotonic() - start, 1.2)
