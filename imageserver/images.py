@@ -269,8 +269,9 @@ class Images:
         accepted = negotiation.accepted_types(accept)
         choice = self.rules.negotiated(variant, accepted, has_alpha=False)
         if choice.format not in self.rules.auto_formats:
-            # The fallback depends on transparency: jpg, or png for alpha.
-            alpha = await self._has_alpha(image)
+            # The fallback depends on transparency: jpg, or png for alpha
+            # (the original's, or what the variant makes: a mask).
+            alpha = variant.adds_transparency or await self._has_alpha(image)
             choice = self.rules.negotiated(variant, accepted, alpha)
         return Resolved(choice.name, preset=mutable, negotiated=True)
 
@@ -402,6 +403,8 @@ class Images:
             if not await self._storage.exists(key):
                 raise NotFound(f"{name!r} is not stored")
             await self._storage.delete(key)
+            # A byte budget's quality goes with its variant.
+            await self._storage.delete(key + QUALITY_SUFFIX)
         self._events.deleted("variant" if is_generated(key) else "file")
         log.info("deleted {key}", key=key)
         self._lifecycle.deleted(image, [key])

@@ -98,6 +98,9 @@ _TEXT = re.compile(
 MAX_TEXT = 100
 _PIXELATE = re.compile(rf"pixelate(?P<n>{_N})\Z")
 _MAX_BYTES = re.compile(rf"maxbytes(?P<n>{_N})\Z")
+#: The longest canonical variant name, in bytes: a file name on every disk
+#: (255), less what is kept beside it (`QUALITY_SUFFIX`).
+MAX_NAME_BYTES = 240
 #: The most digits of a byte budget (up to 99,999,999 bytes).
 MAX_BYTES_DIGITS = 8
 _BACKGROUND = re.compile(r"bg(?P<hex>[0-9A-Fa-f]{6})\Z")
@@ -310,7 +313,19 @@ class Variant:
         output keeps alpha and white where it does not."""
         if self.pad is not None:
             return self.pad
+        if self.background is not None:
+            return (*self.background, 255)
         return (0, 0, 0, 0) if has_alpha else (255, 255, 255, 255)
+
+    @property
+    def adds_transparency(self) -> bool:
+        """Whether the output has transparency whatever the original's: a
+        mask, or a transparent pad, not flattened on a background."""
+        if self.background is not None:
+            return False
+        return bool(self.corner_radius or self.circle) or (
+            self.fit is Fit.PAD and self.pad is not None and self.pad[3] < 255
+        )
 
     def as_format(self, fmt: str) -> Variant:
         """This variant in another format (``.auto`` made concrete), under
@@ -615,11 +630,6 @@ def _parse(
             fields["max_bytes"] = _digits(budget["n"], "maxbytes", MAX_BYTES_DIGITS)
             if fields["max_bytes"] < 1:
                 raise InvalidRequest(f"{name!r}: maxbytes must be at least 1")
-            if fmt != AUTO and fmt in OUTPUT_FORMATS and not formats.output(fmt).lossy:
-                raise InvalidRequest(
-                    f"{name!r}: maxbytes applies to lossy formats (jpg, webp, "
-                    "avif, jxl): a lossless one has no quality to lower"
-                )
         elif (background := _BACKGROUND.match(token)) is not None:
             once("bg")
             fields["background"] = _colour(background["hex"])[:3]
@@ -633,10 +643,19 @@ def _parse(
     for boxes in ("pixelboxes", "blurboxes"):
         if boxes in fields:
             fields[boxes] = tuple(fields[boxes])
-    # Numbers of output pixels are the density's multiple, as the size is.
-    for scaled in ("corner_radius", "pixelate"):
+    # Numbers of output pixels are the density's multiple, as the size is
+    # (a budget of bytes is not); their bounds hold for the product, which
+    # is what is spelled and stored.
+    for scaled in ("corner_radius", "pixelate", "blur"):
         if scaled in fields:
             fields[scaled] *= dpr
+    for placed in ("watermark", "text"):
+        if placed in fields:
+            fields[placed] = replace(fields[placed], margin=fields[placed].margin * dpr)
+    if fields.get("blur", 0) > 100:
+        raise InvalidRequest(f"{name!r}: blur must be between 1 and 100")
+    if fields.get("pixelate", 0) > MAX_PIXELATE:
+        raise InvalidRequest(f"{name!r}: pixelate must be between 2 and {MAX_PIXELATE}")
     return Variant("", fit, width * dpr, height * dpr, quality, fmt, **fields)
 
 
@@ -682,7 +701,7 @@ def _caption(m: re.Match[str], name: str) -> Caption:
     except (ValueError, binascii.Error):
         raise InvalidRequest(
             f"{name!r}: text is its UTF-8 in base32 (RFC 4648, without "
-            "padding), e.g. text{base64.b32encode(b'SALE').decode().lower()}"
+            "padding), e.g. textknauyri for SALE"
         ) from None
     text = unicodedata.normalize("NFC", text)
     if not text or len(text) > MAX_TEXT or not text.isprintable():
@@ -820,7 +839,8 @@ def _density_spelling(v: Variant, density: int, mark: str | None = None) -> str 
     ``x200.jpg`` at 2), or None where no such spelling says more than ``v``'s
     own name: a density of 1, full size (which a density cannot change), or a
     size the density does not divide."""
-    scaled = (v.width, v.height, v.corner_radius, v.pixelate)
+    margins = [m.margin for m in (v.watermark, v.text) if m is not None]
+    scaled = (v.width, v.height, v.corner_radius, v.pixelate, v.blur, *margins)
     if density <= 1 or v.fit is Fit.FULL or any(n % density for n in scaled):
         return None
     base = _spelling(
@@ -830,6 +850,10 @@ def _density_spelling(v: Variant, density: int, mark: str | None = None) -> str 
             height=v.height // density,
             corner_radius=v.corner_radius // density,
             pixelate=v.pixelate // density,
+            blur=v.blur // density,
+            watermark=v.watermark
+            and replace(v.watermark, margin=v.watermark.margin // density),
+            text=v.text and replace(v.text, margin=v.text.margin // density),
         ),
         mark,
     )
@@ -968,11 +992,14 @@ class Presets:
                 raise ValueError(f"preset {entry!r}: {said}") from None
             if variant is None:
                 raise ValueError(f"preset {entry!r}: {spec!r} is not a variant")
-            if variant.name != f"{spec}.{AUTO}":
+            try:
+                # Canonical, or by a watermark's name (served as it is).
+                rules.parse(f"{spec}.{AUTO}")
+            except NotCanonical:
                 raise ValueError(
                     f"preset {entry!r}: {spec!r} is spelled "
                     f"{variant.name.removesuffix('.' + AUTO)!r}"
-                )
+                ) from None
             named[where, name] = spec
         made: dict[str | None, list[Variant]] = {}
         for entry in outputs:
@@ -1117,6 +1144,12 @@ def _canonical_under(rules: VariantRules, name: str) -> Variant | None:
     if fmt not in rules.extensions and fmt != AUTO:
         raise NotFound(f"extension {fmt!r} is not served")
     variant = _canonical(_parse(name, m, rules.default_quality, rules.watermarks))
+    if len(variant.name.encode()) > MAX_NAME_BYTES:
+        raise InvalidRequest(
+            f"{name[:100]!r}...: its canonical spelling has "
+            f"{len(variant.name.encode())} bytes, over the {MAX_NAME_BYTES} a "
+            "stored name may have; give fewer options or a shorter text"
+        )
     if max(variant.width, variant.height) > rules.maximum_width:
         raise InvalidRequest(
             f"{name!r} is larger than the maximum of {rules.maximum_width} "

@@ -582,15 +582,25 @@ class EveryEffectCostTests(SynchronousTestCase):
 
         data = encode(Image.new("RGB", (4000, 3000), (30, 90, 160)), "JPEG")
         logo = encode(Image.new("RGBA", (400, 200), (255, 0, 0, 200)), "PNG")
-        text = base64.b32encode(b"W" * 100).decode().rstrip("=").lower()
-        every = (
-            "-brightness10-contrast10-saturation10-blur3-sharp"
-            "-pixelbox0_0_2000_2000-blurbox2000_1000_4000_3000-round500"
-            f"-wmlogo_tile5_50_1-text{text}_c_100-pixelate4-bg336699"
-        )
+
+        def every(letters: int) -> str:
+            text = base64.b32encode(b"W" * letters).decode().rstrip("=").lower()
+            return (
+                "-brightness10-contrast10-saturation10-blur3-sharp"
+                "-pixelbox0_0_2000_2000-blurbox2000_1000_4000_3000-round500"
+                f"-wmlogo_tile5_50_1-text{text}_c_100-pixelate4-bg336699"
+            )
+
+        # The longest text whose name, with the watermark's md5 spelled,
+        # stays within the 240 bytes a stored name may have.
+        letters = next(
+            n for n in range(100, 0, -1)
+            if len(f"x1000{every(n)}-maxbytes20000.webp") + 28 <= 240
+        )  # fmt: skip
+        every_ = every(letters)
         names = [
-            "full_size.jpg", f"full_size{every}.jpg",
-            f"x1000{every}-maxbytes20000.webp",
+            "full_size.jpg", f"full_size{every_}.jpg",
+            f"x1000{every_}-maxbytes20000.webp",
         ]  # fmt: skip
         jobs = [hostile.Job(data, n, upload=False, marks={"logo": logo}) for n in names]
         plain, full, sized = hostile.costs(jobs)

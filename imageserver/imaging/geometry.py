@@ -161,11 +161,17 @@ def output_box(plan: Plan, box: Box) -> Box | None:
     out_w, out_h = plan.size
     scale_x = out_w / (crop[2] - crop[0])
     scale_y = out_h / (crop[3] - crop[1])
+    # A resize blends each output pixel from source pixels around it (up to
+    # 3 source pixels away, LANCZOS enlarging): the box grows by that much,
+    # so nothing of what it covers is left in the pixels next to it.
+    spread = 0
+    if (out_w, out_h) != (crop[2] - crop[0], crop[3] - crop[1]):
+        spread = math.ceil(3 * max(1.0, scale_x, scale_y))
     placed = (
-        math.floor((min(xs) - crop[0]) * scale_x),
-        math.floor((min(ys) - crop[1]) * scale_y),
-        math.ceil((max(xs) - crop[0]) * scale_x),
-        math.ceil((max(ys) - crop[1]) * scale_y),
+        math.floor((min(xs) - crop[0]) * scale_x) - spread,
+        math.floor((min(ys) - crop[1]) * scale_y) - spread,
+        math.ceil((max(xs) - crop[0]) * scale_x) + spread,
+        math.ceil((max(ys) - crop[1]) * scale_y) + spread,
     )
     clipped = (
         max(0, placed[0]),

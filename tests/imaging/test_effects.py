@@ -296,14 +296,22 @@ class RedactionTests(SynchronousTestCase):
         variant = RULES.canonical("w20-r90-pixelbox0_0_10_10.png")
         assert variant is not None
         plan = geometry.plan(variant, 80, 40)  # turned: 40x80, then 20x40
-        # The top-left 10x10 of the original is its top right once turned.
-        self.assertEqual(geometry.output_box(plan, (0, 0, 10, 10)), (15, 0, 20, 5))
+        # The top-left 10x10 of the original is its top right once turned,
+        # grown by the resize's reach (3 pixels) and clipped.
+        self.assertEqual(geometry.output_box(plan, (0, 0, 10, 10)), (12, 0, 20, 8))
         self.assertIsNone(geometry.output_box(plan, (80, 0, 90, 5)))  # outside
         cropped = RULES.canonical("w40-crop40_0_80_40.png")
         assert cropped is not None
         plan = geometry.plan(cropped, 80, 40)
         self.assertIsNone(geometry.output_box(plan, (0, 0, 40, 40)))  # cropped away
         self.assertEqual(geometry.output_box(plan, (30, 10, 50, 20)), (0, 10, 10, 20))
+        # Not resized: no reach to grow by.
+        whole = RULES.canonical("full_size.png")
+        assert whole is not None
+        self.assertEqual(
+            geometry.output_box(geometry.plan(whole, 80, 40), (5, 5, 9, 9)),
+            (5, 5, 9, 9),
+        )
 
     def test_the_names(self) -> None:
         self.assertEqual(
