@@ -994,6 +994,9 @@ class Presets:
                 raise ValueError(f"preset {entry!r}: {spec!r} is not a variant")
             try:
                 # Canonical, or by a watermark's name (served as it is).
+                named_mark = rules.watermark_named(f"{spec}.{AUTO}") and "@" not in spec
+                if variant.name != f"{spec}.{AUTO}" and not named_mark:
+                    raise NotCanonical(spec, variant.name)
                 rules.parse(f"{spec}.{AUTO}")
             except NotCanonical:
                 raise ValueError(
