@@ -209,11 +209,19 @@ class Watermark:
         """Its option: ``wm`` + its md5 (or ``name``), then the fields up
         to the last that is not its default."""
         place = self.place + (str(self.margin) if self.margin else "")
-        fields = [place, str(self.opacity), str(self.scale)]
-        defaults = ["se", "100", "25"]
-        while fields and fields[-1] == defaults[len(fields) - 1]:
-            fields.pop()
-        return "_".join([f"wm{name or self.hash}", *fields])
+        return _overlay_option(
+            f"wm{name or self.hash}",
+            [place, str(self.opacity), str(self.scale)],
+            ["se", "100", "25"],
+        )
+
+
+def _overlay_option(head: str, fields: list[str], defaults: list[str]) -> str:
+    """``head``, then ``fields`` up to the last that is not its default,
+    joined by ``_``: one spelling for a watermark's or a text's option."""
+    while fields and fields[-1] == defaults[len(fields) - 1]:
+        fields.pop()
+    return "_".join([head, *fields])
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,11 +242,11 @@ class Caption:
         that is not its default."""
         encoded = base64.b32encode(self.text.encode()).decode().rstrip("=").lower()
         place = self.place + (str(self.margin) if self.margin else "")
-        fields = [place, str(self.size), bytes(self.colour).hex()]
-        defaults = ["s", "10", "ffffff"]
-        while fields and fields[-1] == defaults[len(fields) - 1]:
-            fields.pop()
-        return "_".join([f"text{encoded}", *fields])
+        return _overlay_option(
+            f"text{encoded}",
+            [place, str(self.size), bytes(self.colour).hex()],
+            ["s", "10", "ffffff"],
+        )
 
 
 @dataclass(frozen=True, slots=True)
