@@ -395,7 +395,9 @@ class Config:
         server_only=True,
     )
     processing_timeout: float = setting(
-        60.0, "Seconds a request waits for its processing job before a 503."
+        60.0,
+        "Seconds a request waits for its processing job before a 503; the job "
+        "goes on and stores what it makes.",
     )
     idle_timeout: float = setting(
         60.0,

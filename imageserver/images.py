@@ -11,13 +11,14 @@ import hashlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from twisted.internet.defer import Deferred, FirstError, TimeoutError, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from imageserver import negotiation
 from imageserver.errors import (
@@ -58,6 +59,8 @@ from imageserver.storage.hostlocks import HostLocks
 
 log = Logger()
 
+T = TypeVar("T")
+
 #: Fields info.json gained after the Go image-server's four: an older
 #: info.json without them is completed on its first read.
 _LATER_FIELDS = (b'"frames"', b'"blurhash"')
@@ -90,7 +93,8 @@ class RenderPolicy:
     #: Whether `Images.get` hands out originals, metadata and all
     #: (--serve_originals).
     serve_originals: bool = True
-    #: Seconds a render may take before its request is answered 503.
+    #: Seconds a request waits for the work that stores into an image's
+    #: folder (renders, an upload) before a 503; the work goes on.
     processing_timeout: float | None = None
     #: Namespaces whose originals come from an origin (--origin): nothing is
     #: uploaded into them.
@@ -235,12 +239,16 @@ class Images:
         # carries after its end.
         data, digest = await self._process(_identified, data)
         image = ImageId(namespace, digest)
-        async with self._gate.storing(image.folder):
-            info = await self._ingests.run(
-                [image], lambda _: self._ingest(image, data, variants)
-            )[image]
-            await self._ensure(image, variants, data)
-        return info
+
+        async def store() -> bytes:
+            async with self._gate.storing(image.folder):
+                info = await self._ingests.run(
+                    [image], lambda _: self._ingest(image, data, variants)
+                )[image]
+                await self._ensure(image, variants, data)
+            return info
+
+        return await self._in_time(store())
 
     async def resolve(self, image: ImageId, name: str, accept: str | None) -> Resolved:
         """What to serve for ``name``: a preset's variant, and for ``.auto`` the
@@ -270,8 +278,11 @@ class Images:
         choice = self.rules.negotiated(variant, accepted, has_alpha=False)
         if choice.format not in self.rules.auto_formats:
             # The fallback depends on transparency: jpg, or png for alpha
-            # (the original's, or what the variant makes: a mask).
-            alpha = variant.adds_transparency or await self._has_alpha(image)
+            # (the original's, or what the variant makes: a mask); jpg for a
+            # byte budget, which png cannot keep.
+            alpha = not variant.max_bytes and (
+                variant.adds_transparency or await self._has_alpha(image)
+            )
             choice = self.rules.negotiated(variant, accepted, alpha)
         return Resolved(choice.name, preset=mutable, negotiated=True)
 
@@ -327,11 +338,15 @@ class Images:
                 key=image.key(name),
                 image_format=variant.format,
             )
-        try:
+
+        async def generate() -> dict[str, StoredObject]:
             # What a GET generates can be made again: it is answered before
             # it is written.
             async with self._gate.storing(image.folder):
-                generated = await self._generate(image, [variant], durable=False)
+                return await self._generate(image, [variant], durable=False)
+
+        try:
+            generated = await self._in_time(generate())
         except Exception:
             self._events.variant(variant.format, "failed")
             raise
@@ -374,8 +389,12 @@ class Images:
         variants = self._outputs(image.namespace, outputs)
         if not variants:
             raise InvalidRequest("give the variants to generate in ?outputs=")
-        async with self._gate.storing(image.folder):
-            await self._ensure(image, variants)
+
+        async def ensure() -> None:
+            async with self._gate.storing(image.folder):
+                await self._ensure(image, variants)
+
+        await self._in_time(ensure())
 
     async def put_file(self, image: ImageId, name: str, body: BinaryIO) -> None:
         """Keep a client's file in the image's folder, replacing any previous one
@@ -551,17 +570,9 @@ class Images:
             for v in variants
             if v.watermark is not None
         }
-        job = self._process(
+        info, outputs, seconds = await self._process(
             _rendered, original, variants, self._limits, with_placeholders, marks
         )
-        if self._clock is not None and self._processing_timeout is not None:
-            job.addTimeout(self._processing_timeout, self._clock)
-        try:
-            info, outputs, seconds = await job
-        except TimeoutError:
-            raise Overloaded(
-                f"processing took longer than {self._processing_timeout:g} seconds"
-            ) from None
         self._events.processed(seconds)
         if info.still_because is not None:
             log.info(
@@ -569,6 +580,36 @@ class Images:
                 reason=info.still_because,
             )
         return info, outputs
+
+    async def _in_time(self, work: Coroutine[Any, Any, T]) -> T:
+        """``work``'s result, waited for at most --processing_timeout (then a
+        503).
+
+        The work itself is not cancelled, by the deadline or by a client that
+        hangs up: it goes on to store what it made (still inside the folder's
+        gate), so the next request finds it rather than starting it again.
+        """
+        done = Deferred.fromCoroutine(work)
+        waiter: Deferred[T] = Deferred()
+
+        def land(result: T | Failure) -> None:
+            if not waiter.called:
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(result)
+            elif isinstance(result, Failure):
+                log.failure("work nobody waits for any more failed", result)
+
+        done.addBoth(land)
+        if self._clock is not None and self._processing_timeout is not None:
+            waiter.addTimeout(self._processing_timeout, self._clock)
+        try:
+            return await waiter
+        except TimeoutError:
+            raise Overloaded(
+                f"processing took longer than {self._processing_timeout:g} seconds"
+            ) from None
 
     async def chosen_quality(self, image: ImageId, name: str) -> int | None:
         """The quality a byte budget chose for the variant ``name`` (its
@@ -770,7 +811,7 @@ class Images:
         if stored is None:
             raise NotFound("image not found" if name == INFO else "file not found")
         if name == INFO and not all(f in stored.data for f in _LATER_FIELDS):
-            return await self._completed_info(image, stored)
+            return await self._in_time(self._completed_info(image, stored))
         return stored
 
     async def _completed_info(

@@ -1,5 +1,6 @@
 """Limits that keep one client from taking the server: queues, time, presets, URLs."""
 
+import hashlib
 import json
 import os
 import threading
@@ -69,7 +70,40 @@ class OverloadTests(SynchronousTestCase):
         self.assertEqual(
             json.loads(body), {"error": "processing took longer than 60 seconds"}
         )
-        gate.release()  # the thread finishes later: nothing breaks
+        gate.release()  # the job finishes later, and its result is stored
+        app.flush()
+        calls = len(gate.calls)
+        response, body = app.request("GET", f"{folder}/w10.jpg")
+        self.assertEqual((response.code, decode(body).size), (200, (10, 5)))
+        self.assertEqual(len(gate.calls), calls, "made again")
+
+    def test_an_upload_slower_than_the_timeout_is_stored_all_the_same(self) -> None:
+        app = AppHarness(self)
+        gate = Gate()
+        clock = Clock()
+        app.images._process = gate  # type: ignore[method-assign]
+        app.images._clock = clock
+        app.images._processing_timeout = 60
+        d = app.start("POST", "/p?outputs=w10.jpg", data=PHOTO)
+        app.flush()
+        while gate.held and gate.calls[len(gate.calls) - len(gate.held)] != "_rendered":
+            gate.release_first()  # the body is read, the image identified
+            app.flush()
+        self.assertEqual(gate.calls[-1], "_rendered")
+        self.assertNoResult(d)
+        clock.advance(60)
+        app.flush()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 503)
+        gate.release()
+        app.flush()
+        calls = len(gate.calls)
+        h = hashlib.md5(PHOTO).hexdigest()
+        folder = f"/p/{h[0:3]}/{h[3:6]}/{h[6:9]}/{h[9:]}"
+        for name in ("info.json", "w10.jpg"):
+            response, _ = app.request("GET", f"{folder}/{name}")
+            self.assertEqual(response.code, 200, name)
+        self.assertEqual(len(gate.calls), calls, "made again")
 
 
 class PresetTests(SynchronousTestCase):

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from io import BytesIO
 
 import pyjpegli
@@ -191,6 +192,9 @@ def render_many(
                 _check_animated_output(
                     variant, plan.output_size, len(animation.durations), limits
                 )
+                _check_budget(
+                    variant, plan.output_size, len(animation.durations), limits
+                )
         has_alpha = True  # frames may uncover the background
     info = replace(info, still_because=still_because)
     source = _Source(base, width, height, has_alpha, icc)
@@ -203,20 +207,30 @@ def render_many(
     outputs = []
     chosen: dict[str, int] = {}
     for variant in variants:
+        encode: Callable[[Variant], bytes]
         if animation is not None and formats.output(variant.format).animation:
             with _decode_errors():
                 frames = _frames(
                     opened, opened_size, source, variant, orientation, animation
                 )
-                outputs.append(_encode_animation(frames, variant, animation))
+                if variant.max_bytes:  # encoded more than once: kept
+                    made = list(frames)
+                    work = len(made) * made[0].width * made[0].height
+                    encode = partial(_encode_frames, made, animation)
+                else:
+                    outputs.append(_encode_animation(frames, variant, animation))
+                    continue
         else:
             pixels = source.render(variant)
-            if variant.max_bytes:
-                data, quality = _encode_within(pixels, variant)
-                chosen[variant.name] = quality
-                outputs.append(data)
-            else:
-                outputs.append(_encode(pixels, variant))
+            work = pixels.width * pixels.height
+            encode = partial(_encode, pixels)
+        if variant.max_bytes:
+            encodes = min(MAX_BUDGET_ENCODES, limits.pixels // work)
+            data, quality = _encode_within(encode, variant, encodes)
+            chosen[variant.name] = quality
+            outputs.append(data)
+        else:
+            outputs.append(encode(variant))
     if chosen:
         info = replace(info, chosen_qualities=chosen)
     return info, outputs
@@ -335,6 +349,12 @@ def _oriented(frame: Image.Image, orientation: int) -> Image.Image:
     for step in _ORIENTATIONS.get(orientation, []):
         frame = frame.transpose(step)
     return frame
+
+
+def _encode_frames(
+    frames: list[Image.Image], animation: _Animation, variant: Variant
+) -> bytes:
+    return _encode_animation(iter(frames), variant, animation)
 
 
 def _encode_animation(
@@ -609,6 +629,28 @@ def _check_animated_output(
         )
 
 
+def _check_budget(
+    variant: Variant, size: geometry.Size, frames: int, limits: Limits
+) -> None:
+    """Refuse, before any decoding, a byte budget whose search could not
+    afford `MIN_BUDGET_ENCODES` encodes: all its encodes together cover at
+    most --max_source_pixels, so a search costs no more than the largest
+    output the server makes at all."""
+    out_w, out_h = size
+    if (
+        variant.max_bytes
+        and frames * out_w * out_h * MIN_BUDGET_ENCODES > limits.pixels
+    ):
+        what = (
+            f"{frames} frames of {out_w}x{out_h}" if frames > 1 else f"{out_w}x{out_h}"
+        )
+        raise ImageTooLarge(
+            f"{variant.name} would search {what} for its byte budget: its "
+            f"{MIN_BUDGET_ENCODES} encodes at least would cover more than the "
+            f"limit of {limits.pixels} pixels; ask for a smaller size"
+        )
+
+
 def _check_output(
     variant: Variant, size: geometry.Size, width: int, height: int, limits: Limits
 ) -> None:
@@ -628,6 +670,7 @@ def _check_output(
         raise ImageTooLarge(
             f"{what}; {output.pillow} holds at most {output.max_side} a side"
         )
+    _check_budget(variant, size, 1, limits)
 
 
 def _open(data: bytes, limits: Limits) -> Image.Image:
@@ -815,15 +858,21 @@ def _encode(image: Image.Image, variant: Variant) -> bytes:
 
 
 #: Encodes a byte budget may cost at most; the search stops sooner once
-#: the best quality is known to within `BUDGET_PRECISION`.
+#: the best quality is known to within `BUDGET_PRECISION`, and makes fewer
+#: of a large output (all together at most --max_source_pixels), never
+#: fewer than `MIN_BUDGET_ENCODES` (`_check_budget`).
 MAX_BUDGET_ENCODES = 8
+MIN_BUDGET_ENCODES = 3
 BUDGET_PRECISION = 2
 
 
-def _encode_within(image: Image.Image, variant: Variant) -> tuple[bytes, int]:
-    """The highest quality, up to the variant's, whose encoding has at most
-    ``variant.max_bytes`` bytes (to within `BUDGET_PRECISION`), and that
-    quality; when none has, quality 1 (the smallest the format makes).
+def _encode_within(
+    encode: Callable[[Variant], bytes], variant: Variant, encodes: int
+) -> tuple[bytes, int]:
+    """The highest quality, up to the variant's, whose encoding (by
+    ``encode``) has at most ``variant.max_bytes`` bytes (to within
+    `BUDGET_PRECISION`, given ``encodes`` tries), and that quality; when none
+    has, quality 1 (the smallest the format makes).
 
     A false-position search: bytes grow about exponentially with quality,
     so the next quality tried is interpolated on the logarithm of the sizes
@@ -837,7 +886,7 @@ def _encode_within(image: Image.Image, variant: Variant) -> tuple[bytes, int]:
     tried: dict[int, bytes] = {}
 
     def size_at(quality: int) -> int:
-        tried[quality] = _encode(image, replace(variant, quality=quality))
+        tried[quality] = encode(replace(variant, quality=quality))
         return len(tried[quality])
 
     over_q, over_size = top, size_at(top)
@@ -847,7 +896,7 @@ def _encode_within(image: Image.Image, variant: Variant) -> tuple[bytes, int]:
     fit_size = 0
     guess = max(1, top // 2)
     moved = ""  # the side of the bracket the last try moved
-    while len(tried) < MAX_BUDGET_ENCODES and guess < over_q:
+    while len(tried) < encodes and guess < over_q:
         size = size_at(guess)
         side = "fit" if size <= budget else "over"
         if side == "fit":
@@ -857,7 +906,8 @@ def _encode_within(image: Image.Image, variant: Variant) -> tuple[bytes, int]:
         if fit_q is None:
             if over_q == 1:
                 break  # nothing fits
-            guess = max(1, over_q // 2)
+            # The last try, when nothing has fitted yet: the smallest.
+            guess = 1 if len(tried) == encodes - 1 else max(1, over_q // 2)
             continue
         if over_q - fit_q <= BUDGET_PRECISION:
             break

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import io
 import re
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import given, settings
@@ -489,3 +490,81 @@ class TextTests(SynchronousTestCase):
         ]:
             with self.assertRaisesRegex(InvalidRequest, words):
                 RULES.canonical(f"w300-{token}.png")
+
+
+def noisy(size: tuple[int, int]) -> Image.Image:
+    return Image.blend(
+        quadrants(size), Image.effect_noise(size, 60).convert("RGB"), 0.5
+    )
+
+
+class ByteBudgetTests(SynchronousTestCase):
+    """A budget's search: its encodes together cover at most the pixel limit
+    (--max_source_pixels), and an animation keeps its budget too."""
+
+    RULES = VariantRules(frozenset({"jpg", "webp"}), 0, 4000)
+
+    def rendered(self, data: bytes, name: str, pixels: int) -> tuple[bytes, int, int]:
+        """The output, its chosen quality and how many encodes it took."""
+        variant = self.RULES.canonical(name)
+        assert variant is not None
+        limits = replace(LIMITS, pixels=pixels)
+        counted = 0
+        real = renderer._encode_within
+
+        def counting(encode: Any, variant: Any, encodes: int) -> Any:
+            def each(v: Any) -> bytes:
+                nonlocal counted
+                counted += 1
+                return encode(v)  # type: ignore[no-any-return]
+
+            return real(each, variant, encodes)
+
+        self.patch(renderer, "_encode_within", counting)
+        info, [out] = renderer.render_many(data, [variant], limits)
+        assert info.chosen_qualities is not None
+        return out, info.chosen_qualities[variant.name], counted
+
+    def test_a_large_output_searches_with_fewer_encodes(self) -> None:
+        data = encode(noisy((300, 200)), "PNG")
+        counts = []
+        for pixels in (10**7, 300 * 200 * 5, 300 * 200 * 3):
+            out, _, encodes = self.rendered(data, "full_size-maxbytes9000.jpg", pixels)
+            self.assertLessEqual(len(out), 9000)
+            counts.append(encodes)
+        self.assertGreater(counts[0], 5)  # this search wants more than 5
+        self.assertLessEqual(counts[0], renderer.MAX_BUDGET_ENCODES)
+        self.assertLessEqual(counts[1], 5)
+        self.assertLessEqual(counts[2], 3)
+
+    def test_one_that_cannot_afford_three_encodes_is_refused_before_decoding(
+        self,
+    ) -> None:
+        data = encode(noisy((300, 200)), "PNG")
+        with self.assertRaises(renderer.ImageTooLarge) as raised:
+            self.rendered(data, "full_size-maxbytes9000.jpg", 300 * 200 * 3 - 1)
+        self.assertIn("byte budget", str(raised.exception))
+        self.assertIn("full_size-maxbytes9000.jpg", str(raised.exception))
+
+    def test_an_animation_within_its_budget(self) -> None:
+        frames = [noisy((120, 80)).rotate(30 * i) for i in range(6)]
+        out = io.BytesIO()
+        frames[0].save(out, "GIF", save_all=True, append_images=frames[1:], duration=80)
+        plain = renderer.render(
+            out.getvalue(),
+            self.RULES.canonical("full_size.webp"),
+            LIMITS,  # type: ignore[arg-type]
+        )
+        budget = len(plain) // 2
+        made, quality, _ = self.rendered(
+            out.getvalue(), f"full_size-maxbytes{budget}.webp", 10**7
+        )
+        self.assertLessEqual(len(made), budget)
+        self.assertLess(quality, 100)
+        with Image.open(io.BytesIO(made)) as image:
+            self.assertEqual((image.n_frames, image.size), (6, (120, 80)))
+        # Six frames count six times against the limit.
+        with self.assertRaises(renderer.ImageTooLarge):
+            self.rendered(
+                out.getvalue(), f"full_size-maxbytes{budget}.webp", 120 * 80 * 17
+            )

@@ -125,6 +125,23 @@ class ByteBudgetTests(SynchronousTestCase):
         self.assertEqual(response.code, 200)
         self.assertEqual(response.headers.getRawHeaders("X-Image-Quality"), ["1"])
 
+    def test_auto_keeps_a_budget_where_png_would_drop_it(self) -> None:
+        """A client that takes neither AVIF nor WebP gets png for a mask,
+        and jpg (flattened, with its chosen quality) for a mask on a budget."""
+        for name, ext, quality in (
+            ("w100-round20.auto", "png", None),
+            ("w100-round20-maxbytes3000.auto", "jpg", True),
+            ("w100-maxbytes3000.auto", "jpg", True),
+        ):
+            response, body = self.app.request("GET", f"{self.folder}/{name}")
+            self.assertEqual(response.code, 200, body)
+            [location] = response.headers.getRawHeaders("Content-Location")
+            self.assertTrue(location.endswith(f".{ext}"), (name, location))
+            chosen = response.headers.getRawHeaders("X-Image-Quality")
+            self.assertEqual(chosen is not None, bool(quality), name)
+            if quality:
+                self.assertLessEqual(len(body), 3000, name)
+
     def test_lossless_formats_have_no_budget(self) -> None:
         # No quality to lower: folded away, as -qN is (a preset with a
         # budget is served in png too).
