@@ -110,27 +110,29 @@ REDACTION_BLUR = 4
 
 def redacted(
     image: Image.Image,
-    pixel_boxes: Sequence[Box],
-    blur_boxes: Sequence[Box],
+    pixel_boxes: Sequence[tuple[Box, int]],
+    blur_boxes: Sequence[tuple[Box, int]],
 ) -> Image.Image:
-    """Each box (in the output's pixels) pixelated or blurred past
-    recognition: at most 6 blocks across its shorter side, each of 4 pixels
-    or more (the whole box one block under 8), or a Gaussian blur of sigma
-    a quarter of that side, made from the box's own pixels alone (nothing
-    of the picture around it bleeds in or out)."""
+    """Each box (in the output's pixels, with the shorter side the whole box
+    has there, parts cropped away included) pixelated or blurred past
+    recognition: blocks of at least a sixth of that side, and of 4 pixels or
+    more (the whole box one block under 8), or a Gaussian blur of sigma a
+    quarter of it, made from the box's own pixels alone (nothing of the
+    picture around it bleeds in or out). What a crop leaves of a box is
+    redacted as strongly as the whole box would be."""
     image = image.copy()  # it may be the decoded original, used again
-    for box in pixel_boxes:
+    for box, side in pixel_boxes:
         part = image.crop(box)
         # Blocks of equal share, none a remnant of a pixel or two that would
-        # keep its own colour: the box in at most REDACTION_BLOCKS blocks
-        # a side, each of 4 pixels or more (one, for a box under 8).
-        block = max(4, -(-min(part.size) // REDACTION_BLOCKS))
+        # keep its own colour: each REDACTION_BLOCKS-th of the box's side or
+        # more, and 4 pixels or more (one block, for a box under 8).
+        block = max(4, -(-side // REDACTION_BLOCKS))
         cells = (max(1, part.width // block), max(1, part.height // block))
         coarse = part.resize(cells, Image.Resampling.BOX)
         image.paste(coarse.resize(part.size, Image.Resampling.NEAREST), box[:2])
-    for box in blur_boxes:
+    for box, side in blur_boxes:
         part = image.crop(box)
-        sigma = max(2.0, min(part.size) / REDACTION_BLUR)
+        sigma = max(2.0, side / REDACTION_BLUR)
         image.paste(part.filter(ImageFilter.GaussianBlur(sigma)), box[:2])
     return image
 

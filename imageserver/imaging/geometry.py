@@ -142,20 +142,44 @@ def crop_region(variant: Variant, width: int, height: int) -> Box:
     return variant.crop
 
 
-def output_box(plan: Plan, box: Box) -> Box | None:
+def output_box(plan: Plan, box: Box) -> tuple[Box, int] | None:
     """Where ``box`` of the source (in its pixels) lands in the output made
-    by ``plan``, its edges rounded outward and clipped to the picture; None
-    when none of it is there (cropped away)."""
+    by ``plan``, its edges rounded outward and clipped to the picture, and
+    the shorter side the whole box has there, parts cropped away included
+    (what a redaction's strength is measured by: a crop through a box must
+    not weaken it); None when none of it is there."""
     region = plan.region
-    left = max(box[0], region[0]) - region[0]
-    top = max(box[1], region[1]) - region[1]
-    right = min(box[2], region[2]) - region[0]
-    bottom = min(box[3], region[3]) - region[1]
-    if right <= left or bottom <= top:
+    inside = (
+        max(box[0], region[0]),
+        max(box[1], region[1]),
+        min(box[2], region[2]),
+        min(box[3], region[3]),
+    )
+    if inside[2] <= inside[0] or inside[3] <= inside[1]:
         return None
+    placed = _in_output(plan, inside)
+    out_w, out_h = plan.size
+    clipped = (
+        max(0, placed[0]),
+        max(0, placed[1]),
+        min(out_w, placed[2]),
+        min(out_h, placed[3]),
+    )
+    if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+        return None
+    whole = _in_output(plan, box)
+    side = min(whole[2] - whole[0], whole[3] - whole[1])
+    dx, dy = plan.offset if plan.canvas is not None else (0, 0)
+    return (clipped[0] + dx, clipped[1] + dy, clipped[2] + dx, clipped[3] + dy), side
+
+
+def _in_output(plan: Plan, box: Box) -> Box:
+    """``box`` of the source turned and scaled as ``plan`` says, edges
+    rounded outward, not clipped."""
+    region = plan.region
     width, height = region[2] - region[0], region[3] - region[1]
-    corners = [_turned(x, y, width, height, plan) for x in (left, right)
-               for y in (top, bottom)]  # fmt: skip
+    corners = [_turned(x - region[0], y - region[1], width, height, plan)
+               for x in (box[0], box[2]) for y in (box[1], box[3])]  # fmt: skip
     xs, ys = [x for x, _ in corners], [y for _, y in corners]
     crop = plan.box
     out_w, out_h = plan.size
@@ -167,22 +191,12 @@ def output_box(plan: Plan, box: Box) -> Box | None:
     spread = 0
     if (out_w, out_h) != (crop[2] - crop[0], crop[3] - crop[1]):
         spread = math.ceil(3 * max(1.0, scale_x, scale_y))
-    placed = (
+    return (
         math.floor((min(xs) - crop[0]) * scale_x) - spread,
         math.floor((min(ys) - crop[1]) * scale_y) - spread,
         math.ceil((max(xs) - crop[0]) * scale_x) + spread,
         math.ceil((max(ys) - crop[1]) * scale_y) + spread,
     )
-    clipped = (
-        max(0, placed[0]),
-        max(0, placed[1]),
-        min(out_w, placed[2]),
-        min(out_h, placed[3]),
-    )
-    if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-        return None
-    dx, dy = plan.offset if plan.canvas is not None else (0, 0)
-    return (clipped[0] + dx, clipped[1] + dy, clipped[2] + dx, clipped[3] + dy)
 
 
 def _turned(x: int, y: int, width: int, height: int, plan: Plan) -> tuple[int, int]:

@@ -528,9 +528,11 @@ def _mark(marks: Mapping[str, bytes], digest: str, limits: Limits) -> Image.Imag
         return image.convert("RGBA")
 
 
-def _placed(plan: geometry.Plan, boxes: Sequence[geometry.Box]) -> list[geometry.Box]:
-    """Where ``boxes`` of the original land in the output (those cropped
-    away are gone)."""
+def _placed(
+    plan: geometry.Plan, boxes: Sequence[geometry.Box]
+) -> list[tuple[geometry.Box, int]]:
+    """Where ``boxes`` of the original land in the output, with their whole
+    shorter sides there (those cropped away are gone)."""
     placed = (geometry.output_box(plan, box) for box in boxes)
     return [box for box in placed if box is not None]
 

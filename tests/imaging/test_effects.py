@@ -299,20 +299,40 @@ class RedactionTests(SynchronousTestCase):
         plan = geometry.plan(variant, 80, 40)  # turned: 40x80, then 20x40
         # The top-left 10x10 of the original is its top right once turned,
         # grown by the resize's reach (3 pixels) and clipped.
-        self.assertEqual(geometry.output_box(plan, (0, 0, 10, 10)), (12, 0, 20, 8))
+        self.assertEqual(
+            geometry.output_box(plan, (0, 0, 10, 10)), ((12, 0, 20, 8), 11)
+        )
         self.assertIsNone(geometry.output_box(plan, (80, 0, 90, 5)))  # outside
         cropped = RULES.canonical("w40-crop40_0_80_40.png")
         assert cropped is not None
         plan = geometry.plan(cropped, 80, 40)
         self.assertIsNone(geometry.output_box(plan, (0, 0, 40, 40)))  # cropped away
-        self.assertEqual(geometry.output_box(plan, (30, 10, 50, 20)), (0, 10, 10, 20))
+        self.assertEqual(
+            geometry.output_box(plan, (30, 10, 50, 20)), ((0, 10, 10, 20), 10)
+        )
         # Not resized: no reach to grow by.
         whole = RULES.canonical("full_size.png")
         assert whole is not None
         self.assertEqual(
             geometry.output_box(geometry.plan(whole, 80, 40), (5, 5, 9, 9)),
-            (5, 5, 9, 9),
+            ((5, 5, 9, 9), 4),
         )
+
+    def test_a_crop_through_a_box_does_not_weaken_it(self) -> None:
+        """8 columns of a 40x40 box are left by the crop: they are redacted
+        as the whole box would be (blocks of 7, a blur of sigma 10), not as a
+        box of 8x40 (blocks of 4, sigma 2)."""
+        from PIL import ImageStat
+
+        data = encode(Image.effect_noise((80, 40), 90).convert("RGB"), "PNG")
+        cut = render(data, "full_size-crop32_0_80_40-pixelbox0_0_40_40.png")
+        part = cut.crop((0, 0, 8, 40))
+        self.assertLessEqual(len(part.getcolors(1000) or ()), 6)  # 1 x 6 blocks
+        smooth = {}
+        for box in ("0_0_40_40", "32_0_40_40"):  # the whole, the visible part
+            cut = render(data, f"full_size-crop32_0_80_40-blurbox{box}.png")
+            smooth[box] = ImageStat.Stat(cut.crop((0, 0, 8, 40)).convert("L")).stddev[0]
+        self.assertLess(smooth["0_0_40_40"], smooth["32_0_40_40"] / 2, smooth)
 
     def test_the_names(self) -> None:
         self.assertEqual(
