@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from imageserver.naming import ORIGINAL, ImageId
+from imageserver.naming import MAX_NAME_BYTES, ORIGINAL, QUALITY_SUFFIX, ImageId
 from imageserver.storage import Storage, etag_of
 
 KEY = "p/6e0/072/682/e66287b662827da75b244a3/w200.jpg"
@@ -59,6 +59,21 @@ class StorageContract(_Case):
             self.result(storage.put(key, data, "image/jpeg")).etag, f'"{digest}"'
         )
         self.assertEqual(self.result(storage.get(key)).etag, f'"{digest}"')
+
+    def test_the_longest_names(self) -> None:
+        """A canonical name of MAX_NAME_BYTES with its quality beside it:
+        a file name of 248 bytes (a temporary file of the whole name and a
+        random part would be over a disk's 255)."""
+        storage = self.make_storage()
+        name = "w10-" + "t" * (MAX_NAME_BYTES - 8) + ".jpg"
+        self.assertEqual(len(name), MAX_NAME_BYTES)
+        for key in (f"{FOLDER}/{name}", f"{FOLDER}/{name}{QUALITY_SUFFIX}"):
+            self.result(storage.put(key, b"bytes", "image/jpeg"))
+            self.assertEqual(self.result(storage.get(key)).data, b"bytes")
+        self.assertEqual(
+            sorted(self.result(storage.list(FOLDER))),
+            [name, name + QUALITY_SUFFIX],
+        )
 
     def test_put_replaces(self) -> None:
         storage = self.make_storage()

@@ -216,13 +216,20 @@ def _write(
     return StoredObject(data, content_type, modified, etag or etag_of(data, key))
 
 
+#: The most bytes of a name its temporary file repeats: the rest of that
+#: file's name (a dot, 8 random characters, ".tmp") must fit a disk's 255.
+_TEMPORARY_NAME_BYTES = 64
+
+
 def _temporary_file(folder: str, name: str) -> tuple[int, str]:
+    # Named after the file it becomes, as far as a short name goes.
+    prefix = name.encode()[:_TEMPORARY_NAME_BYTES].decode(errors="ignore")
     # The cache sweeper may prune an empty folder between makedirs and
     # mkstemp: make it again then.
     for _ in range(3):
         os.makedirs(folder, exist_ok=True)
         try:
-            return tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+            return tempfile.mkstemp(prefix=f".{prefix}.", suffix=".tmp", dir=folder)
         except FileNotFoundError:
             continue
     raise FileNotFoundError(f"{folder} keeps disappearing")

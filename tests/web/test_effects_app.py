@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from imageserver.assembly import check_watermarks
 from imageserver.config import Config
+from imageserver.errors import InvalidRequest
 from imageserver.runtime.listening import StartupFailed
 from tests.support import AppHarness, encode
 
@@ -141,6 +142,31 @@ class ByteBudgetTests(SynchronousTestCase):
             self.assertEqual(chosen is not None, bool(quality), name)
             if quality:
                 self.assertLessEqual(len(body), 3000, name)
+
+    def test_the_longest_name_with_a_budget(self) -> None:
+        """240 bytes of canonical name, and its quality file of 248 beside
+        it on the disk (a temporary name of 262 bytes was a 503)."""
+        import base64
+
+        by_length = {}
+        for n in range(60, 101):
+            text = base64.b32encode(b"x" * n).decode().rstrip("=").lower()
+            for size in ("1", "12", "100"):
+                name = (
+                    f"w100-maxbytes5000-text{text}_s_{size}"
+                    "-pixelbox100000_100000_200000_200000-bg123456"
+                    "-pixelbox1_1_200000_200000.jpg"
+                )
+                try:
+                    canonical = self.app.images.rules.canonical(name)
+                except InvalidRequest:
+                    continue  # too long
+                assert canonical is not None
+                by_length.setdefault(len(canonical.name.encode()), name)
+        response, body = self.app.request("GET", f"{self.folder}/{by_length[240]}")
+        self.assertEqual(response.code, 200, body)
+        self.assertLessEqual(len(body), 5000)
+        self.assertIsNotNone(response.headers.getRawHeaders("X-Image-Quality"))
 
     def test_lossless_formats_have_no_budget(self) -> None:
         # No quality to lower: folded away, as -qN is (a preset with a
