@@ -96,6 +96,8 @@ _TEXT = re.compile(
 )
 #: The most characters of a text.
 MAX_TEXT = 100
+#: Characters that choose a glyph's presentation, dropped from a text.
+_VARIATION_SELECTORS = dict.fromkeys([*range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)])
 _PIXELATE = re.compile(rf"pixelate(?P<n>{_N})\Z")
 _MAX_BYTES = re.compile(rf"maxbytes(?P<n>{_N})\Z")
 #: The longest canonical variant name, in bytes: a file name on every disk
@@ -711,10 +713,15 @@ def _caption(m: re.Match[str], name: str) -> Caption:
             f"{name!r}: text is its UTF-8 in base32 (RFC 4648, without "
             "padding), e.g. textknauyri for SALE"
         ) from None
-    text = unicodedata.normalize("NFC", text)
+    # One spelling of what is drawn: NFC; no variation selector (the font
+    # has one presentation of each character), no space at either end
+    # (nothing to draw, only to move: a space before SALE is not a margin).
+    text = unicodedata.normalize("NFC", text).translate(_VARIATION_SELECTORS)
+    text = text.strip(" ")
     if not text or len(text) > MAX_TEXT or not text.isprintable():
         raise InvalidRequest(
-            f"{name!r}: a text is 1 to {MAX_TEXT} printable characters on one line"
+            f"{name!r}: a text is 1 to {MAX_TEXT} printable characters on one "
+            "line, not only spaces"
         )
     margin = 0 if m["margin"] is None else _digits(m["margin"], "a text's margin")
     size = 10 if m["size"] is None else _number(m["size"], "a text's size")
@@ -801,6 +808,7 @@ def _canonical(v: Variant) -> Variant:
     background = v.background
     if background == (255, 255, 255) and not _keeps_alpha(v.format):
         background = None  # what a format without alpha is flattened on
+    corner_radius, pixelate, watermark, text = _within_output(v)
     rotate, flip, flop = v.rotate, v.flip, v.flop
     if flip and flop:  # mirrored both ways: turned half a turn
         rotate, flip, flop = (rotate + 180) % 360, False, False
@@ -823,8 +831,40 @@ def _canonical(v: Variant) -> Variant:
         background=background,
         pixelboxes=tuple(sorted(v.pixelboxes)),
         blurboxes=tuple(sorted(v.blurboxes)),
+        corner_radius=corner_radius,
+        pixelate=pixelate,
+        watermark=watermark,
+        text=text,
     )
     return replace(variant, name=_spelling(variant))
+
+
+def _within_output(
+    v: Variant,
+) -> tuple[int, int, Watermark | None, Caption | None]:
+    """The round radius, pixelate block and overlay margins of ``v``, each
+    no larger than the largest output its name allows can tell apart: a
+    radius is at most half the shorter side (``x100-round80`` is
+    ``x100-round50``), a block at most the longer side (one block, the
+    average colour), a margin at most half the longer side (there is no
+    more room), a tiling gap at most the longer side (one tile). An output
+    is never larger than its name's sides (a width or height alone bounds
+    the shorter side); a name without sides is left as it is."""
+    sides = [n for n in (v.width, v.height) if n and v.fit is not Fit.FULL]
+    both = v.fit in _BOX_FITS
+    radius, block = v.corner_radius, v.pixelate
+    watermark, text = v.watermark, v.text
+    if sides and radius > min(sides) // 2 >= 1:
+        radius = min(sides) // 2
+    if both:
+        longest = max(sides)
+        block = min(block, longest)
+        if watermark is not None:
+            room = longest if watermark.place == "tile" else longest // 2
+            watermark = replace(watermark, margin=min(watermark.margin, room))
+        if text is not None:
+            text = replace(text, margin=min(text.margin, longest // 2))
+    return radius, block, watermark, text
 
 
 def _can_enlarge(v: Variant) -> bool:

@@ -194,10 +194,13 @@ def _position(
     ax, ay = WATERMARK_PLACES[place]
     corner = []
     for side, size, share in ((outer[0], inner[0], ax), (outer[1], inner[1], ay)):
-        free = max(0, side - size - 2 * margin)
+        room = max(0, side - size)
+        # A margin wider than the room shrinks alike on both sides: a mark
+        # placed east stays nearer the east edge.
+        kept = min(margin, room // 2)
         # Half up, not to even: the centre of an odd space is the same side
         # whatever the margin.
-        corner.append(max(0, min(margin, side - size) + math.floor(free * share + 0.5)))
+        corner.append(kept + math.floor((room - 2 * kept) * share + 0.5))
     return corner[0], corner[1]
 
 

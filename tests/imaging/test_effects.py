@@ -384,6 +384,20 @@ class WatermarkTests(SynchronousTestCase):
             self.assertEqual(self.red_box(self.render(f"w200-wmlogo_{place}.png")),
                              box, place)  # fmt: skip
 
+    def test_a_margin_past_the_room_shrinks_alike_on_both_sides(self) -> None:
+        """50x25 in 200x100: 150 and 75 pixels of room. A margin of 100 is
+        more than half of either: what is kept is half the room, so the mark
+        placed east is as far from the east edge as one placed west is from
+        the west edge (it was 75 from both)."""
+        for place, box in [
+            ("se100", (75, 38, 125, 63)), ("nw100", (75, 37, 125, 62)),
+            ("e40", (110, 38, 160, 63)), ("w40", (40, 38, 90, 63)),
+            ("s30", (75, 45, 125, 70)), ("n30", (75, 30, 125, 55)),
+            ("s50", (75, 38, 125, 63)), ("n50", (75, 37, 125, 62)),
+        ]:  # fmt: skip
+            self.assertEqual(self.red_box(self.render(f"w200-wmlogo_{place}.png")),
+                             box, place)  # fmt: skip
+
     def test_opacity_blends_exactly(self) -> None:
         out = self.render("w200-wmlogo_se_40.png").convert("RGB")
         # 40 % red over blue: 255 * 0.4 and 255 * 0.6 (alpha 102 of 255).
@@ -588,3 +602,74 @@ class ByteBudgetTests(SynchronousTestCase):
             self.rendered(
                 out.getvalue(), f"full_size-maxbytes{budget}.webp", 120 * 80 * 17
             )
+
+
+class FoldTests(SynchronousTestCase):
+    """Numbers past what an output can show are folded to the largest that
+    it can (one name for one output): the folded name renders exactly what
+    the number asked for would."""
+
+    mark = encode(Image.new("RGBA", (30, 20), (255, 0, 0, 200)), "PNG")
+    digest = hashlib.md5(mark).hexdigest()
+    rules = VariantRules(frozenset({"png"}), 0, 4000, watermarks=(("logo", digest),))
+
+    @settings(max_examples=40, deadline=None)
+    @given(
+        st.sampled_from(["{w}x{h}", "{w}x{h}-fit", "{w}x{h}-pad", "w{w}", "h{h}"]),
+        st.integers(4, 60), st.integers(4, 60),
+        st.integers(10, 80), st.integers(10, 80),
+        st.sampled_from(["round{n}", "pixelate{n}", "wmlogo_se{n}",
+                         "wmlogo_tile{n}", "wmlogo_n{n}", "textknauyri_w{n}"]),
+        st.integers(2, 200),
+    )  # fmt: skip
+    def test_a_folded_number_renders_the_same(
+        self, size: str, w: int, h: int, sw: int, sh: int, option: str, n: int
+    ) -> None:
+        name = f"{size.format(w=w, h=h)}-{option.format(n=n)}.png"
+        variant = self.rules.canonical(name)
+        assert variant is not None
+        asked = replace(
+            variant,
+            corner_radius=n if option.startswith("round") else 0,
+            pixelate=n if option.startswith("pixelate") else 0,
+            watermark=variant.watermark and replace(variant.watermark, margin=n),
+            text=variant.text and replace(variant.text, margin=n),
+        )
+        picture = encode(noisy((sw, sh)), "PNG")
+
+        def made(v: Any) -> bytes:
+            _, (out,) = renderer.render_many(
+                picture, [v], LIMITS, marks={self.digest: self.mark}
+            )
+            return out
+
+        self.assertEqual(made(variant), made(asked), (name, variant.name))
+
+    def test_the_folds(self) -> None:
+        for name, folded in [
+            ("x100-round80.png", "x100-round50.png"),
+            ("w100-round80.png", "w100-round50.png"),
+            ("full_size-round80.png", "full_size-round80.png"),
+            ("100x40-pixelate300.png", "100x40-pixelate100.png"),
+            ("w100-pixelate300.png", "w100-pixelate300.png"),
+            ("100x40-wmlogo_se900.png", "100x40-wmlogo_se50.png"),
+            ("100x40-wmlogo_tile900.png", "100x40-wmlogo_tile100.png"),
+            ("100x40-textknauyri_s900.png", "100x40-textknauyri_s50.png"),
+            ("w100-textknauyri_s900.png", "w100-textknauyri_s900.png"),
+        ]:
+            variant = self.rules.canonical(name)
+            assert variant is not None
+            self.assertEqual(
+                variant.name.replace(f"wm{self.digest}", "wmlogo"), folded, name
+            )
+
+    def test_a_text_is_spelled_as_it_is_drawn(self) -> None:
+        for text, spelled in [
+            (" SALE", "SALE"), ("SALE  ", "SALE"), ("SALE\ufe0f", "SALE"),
+            ("SA LE", "SA LE"),
+        ]:  # fmt: skip
+            self.assertEqual(canonical(f"w100-text{b32(text)}.png"),
+                             f"w100-text{b32(spelled)}.png", text)  # fmt: skip
+        for blank in (" ", "\ufe0f", "  \ufe0e "):
+            with self.assertRaisesRegex(InvalidRequest, "not only spaces"):
+                RULES.canonical(f"w100-text{b32(blank)}.png")
