@@ -1194,7 +1194,15 @@ def _canonical_under(rules: VariantRules, name: str) -> Variant | None:
     fmt = m["ext"]
     if fmt not in rules.extensions and fmt != AUTO:
         raise NotFound(f"extension {fmt!r} is not served")
-    variant = _canonical(_parse(name, m, rules.default_quality, rules.watermarks))
+    try:
+        parsed = _parse(name, m, rules.default_quality, rules.watermarks)
+    except InvalidRequest as e:
+        # Every message says which name it is about (a page asks for many).
+        if name in str(e):
+            raise
+        shown = name if len(name) <= 100 else name[:100] + "..."
+        raise InvalidRequest(f"{shown!r}: {e}") from None
+    variant = _canonical(parsed)
     if len(variant.name.encode()) > MAX_NAME_BYTES:
         raise InvalidRequest(
             f"{name[:100]!r}...: its canonical spelling has "

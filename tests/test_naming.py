@@ -345,10 +345,18 @@ class GrammarV2Tests(SynchronousTestCase):
             ("w200-bgfff.jpg", "unknown option 'bgfff'"),
             ("w200-bg00000000.jpg", "unknown option 'bg00000000'"),
             ("w200-brightnes20.jpg", "(did you mean 'brightness'?)"),
+            ("w200-textknauyri_s_0.jpg", "a text's size must be at least 1"),
+            ("w200-textknauyri_s_101.jpg", "a text's size is 1 to 100"),
+            ("w200-textknauyri_s01.jpg", "'01' is not a plain number"),
+            ("w200-textea.jpg", "not only spaces"),
+            ("w200-maxbytes0.jpg", "must be at least 1"),
+            ("w200-maxbytes123456789.jpg", "is not a plain number"),
         ):
             with self.assertRaises(InvalidRequest, msg=name) as caught:
                 V2.parse(name)
             self.assertIn(words, str(caught.exception), name)
+            # Every message names the variant it is about.
+            self.assertIn(repr(name), str(caught.exception), name)
 
     def test_a_density_is_served_under_the_name_it_multiplies_to(self) -> None:
         for name, stored in (

@@ -142,7 +142,10 @@ def render_many(
     ``marks``: the originals of the variants' watermarks, by md5."""
     for variant in variants:  # a text the font cannot draw: before decoding
         if variant.text is not None:
-            effects.check_text(variant.text.text)
+            try:
+                effects.check_text(variant.text.text)
+            except InvalidRequest as e:
+                raise InvalidRequest(f"{variant.name[:100]!r}: {e}") from None
     decoded_marks = {
         v.watermark.hash: _mark(marks or {}, v.watermark.hash, limits)
         for v in variants
