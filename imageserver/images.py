@@ -77,6 +77,9 @@ class Resolved:
     preset: bool = False
     #: Chosen by the Accept header (``.auto``).
     negotiated: bool = False
+    #: Whether the stored name is served by its own URL too (not under
+    #: --presets_only, where a preset's variant may be served only by it).
+    direct: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,7 +276,8 @@ class Images:
         # a preset's name does.
         mutable = preset is not None or self.rules.watermark_named(name)
         if variant.format != AUTO:
-            return Resolved(variant.name, preset=mutable)
+            direct = self.presets.allows(image.namespace, variant.name)
+            return Resolved(variant.name, preset=mutable, direct=direct)
         accepted = negotiation.accepted_types(accept)
         choice = self.rules.negotiated(variant, accepted, has_alpha=False)
         if choice.format not in self.rules.auto_formats:
@@ -284,7 +288,8 @@ class Images:
                 variant.adds_transparency or await self._has_alpha(image)
             )
             choice = self.rules.negotiated(variant, accepted, alpha)
-        return Resolved(choice.name, preset=mutable, negotiated=True)
+        direct = self.presets.allows(image.namespace, choice.name)
+        return Resolved(choice.name, preset=mutable, negotiated=True, direct=direct)
 
     async def _has_alpha(self, image: ImageId) -> bool:
         """Whether the original has transparency; known once per image."""

@@ -304,8 +304,12 @@ def _serve(
         # The quality a byte budget (maxbytes) chose.
         headers["X-Image-Quality"] = str(quality)
     if served.name != requested or by_path:
-        # A preset, a .auto choice or a density spelling: the stored name.
-        headers["Content-Location"] = f"/{image.folder}/{served.name}"
+        # A preset, a .auto choice or a density spelling: the stored name,
+        # where it is served by that name (else, by a path: the name asked
+        # for, at the hash folder).
+        located = served.name if served.direct else requested
+        if located != requested or by_path:
+            headers["Content-Location"] = f"/{image.folder}/{located}"
     if client_file:
         # A stored file is the client's bytes: never let a browser run them
         # as a page of this origin.
