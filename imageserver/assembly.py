@@ -395,7 +395,8 @@ def check_watermarks(config: Config) -> None:
         if stored is None:
             raise StartupFailed(
                 f"{where}: no original is stored there; upload the watermark "
-                "first and name the folder its upload answered"
+                "first (POST /NAMESPACE) and name its folder: the namespace, "
+                "then the hash it answered split 3/3/3/23"
             )
         try:
             info = renderer.probe(stored.data, config.decode_limits)

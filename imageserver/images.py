@@ -271,7 +271,10 @@ class Images:
             return Resolved(name)
         if preset is None and not self.presets.allows(image.namespace, variant.name):
             self._events.variant(variant.format, "failed")
-            raise Forbidden(f"{name!r} is not one of this server's presets")
+            raise Forbidden(
+                f"{name!r} is not one of this server's presets nor of its "
+                "--outputs (--presets_only)"
+            )
         # A watermark by its name means what the operator points it at: as
         # a preset's name does.
         mutable = preset is not None or self.rules.watermark_named(name)
@@ -543,7 +546,8 @@ class Images:
             variant = self.rules.output(name, preset)
             if preset is None and not self.presets.allows(namespace, variant.name):
                 raise InvalidRequest(
-                    f"output {name!r} is not one of this server's presets"
+                    f"output {name!r} is not one of this server's presets nor "
+                    "of its --outputs (--presets_only)"
                 )
             requested.append(variant)
         made = self.presets.outputs_for(namespace) if defaults else ()

@@ -465,7 +465,8 @@ class VariantRules:
                 f"output {name!r} is spelled {e.canonical!r}"
             ) from None
         except (NotFound, InvalidRequest, Forbidden) as e:
-            raise InvalidRequest(f"output {name!r}: {e}") from None
+            said = str(e).removeprefix(f"{name!r}: ")  # named once
+            raise InvalidRequest(f"output {name!r}: {said}") from None
         if variant is None:
             raise InvalidRequest(f"output {name!r} is not a variant name")
         if variant.format == AUTO:

@@ -70,6 +70,28 @@ class DocsTests(SynchronousTestCase):
             concrete = variant.as_format("jpg")
             self.assertEqual(size, geometry.output_size(concrete, 480, 320), name)
 
+    def test_api_example_pictures_are_what_the_server_draws(self) -> None:
+        """Drawn again, each picture is the committed one (to within an
+        encoder's rounding): a change to the imaging that changes an example
+        is caught, and `python docs/examples/make.py` draws them again."""
+        import importlib.util
+
+        from PIL import ImageChops, ImageStat
+
+        spec = importlib.util.spec_from_file_location(
+            "make_examples", os.path.join(DOCS, "examples", "make.py")
+        )
+        assert spec is not None and spec.loader is not None
+        make = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(make)
+        for name, drawn in make.pictures().items():
+            with Image.open(os.path.join(DOCS, "examples", f"{name}.png")) as kept:
+                difference = ImageChops.difference(
+                    drawn.convert("RGBA"), kept.convert("RGBA")
+                )
+            mean = max(ImageStat.Stat(difference).mean)
+            self.assertLess(mean, 1.0, f"{name}: run docs/examples/make.py")
+
     def test_api_option_table_is_the_grammar(self) -> None:
         with open(os.path.join(DOCS, "api.md")) as f:
             page = f.read()

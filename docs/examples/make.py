@@ -56,16 +56,23 @@ def names() -> list[str]:
     return re.findall(r"^\| `([^`]+)` \|", table, re.MULTILINE)
 
 
-def main() -> None:
+def pictures() -> dict[str, Image.Image]:
+    """Each example's picture, by its name, as the server's imaging makes it."""
     out = io.BytesIO()
     source().save(out, "PNG")
     data = out.getvalue()
     limits = renderer.Limits(50_000_000, 1000, 2000)
+    made = {}
     for name in names():
         concrete = name.replace(".auto", ".jpg")
         variant = RULES.parse(concrete)
         assert variant is not None, name
-        picture = Image.open(io.BytesIO(renderer.render(data, variant, limits)))
+        made[name] = Image.open(io.BytesIO(renderer.render(data, variant, limits)))
+    return made
+
+
+def main() -> None:
+    for name, picture in pictures().items():
         picture.save(os.path.join(HERE, f"{name}.png"), optimize=True)
 
 

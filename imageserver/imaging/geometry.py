@@ -135,7 +135,8 @@ def crop_region(variant: Variant, width: int, height: int) -> Box:
         )
     if right > width or bottom > height:
         raise InvalidRequest(
-            f"the crop box {left}_{top}_{right}_{bottom} reaches past the "
+            f"{variant.name[:100]!r}: the crop box {left}_{top}_{right}_{bottom} "
+            "reaches past the "
             f"{width}x{height} original; give one inside it, or cropf in "
             "ten-thousandths of it"
         )
@@ -185,9 +186,10 @@ def _in_output(plan: Plan, box: Box) -> Box:
     out_w, out_h = plan.size
     scale_x = out_w / (crop[2] - crop[0])
     scale_y = out_h / (crop[3] - crop[1])
-    # A resize blends each output pixel from source pixels around it (up to
-    # 3 source pixels away, LANCZOS enlarging): the box grows by that much,
-    # so nothing of what it covers is left in the pixels next to it.
+    # A resize blends each output pixel from pixels around it (LANCZOS: 3
+    # output pixels away when shrinking, 3 source pixels when enlarging):
+    # the box grows by that much, so nothing of what it covers is left in
+    # the pixels next to it.
     spread = 0
     if (out_w, out_h) != (crop[2] - crop[0], crop[3] - crop[1]):
         spread = math.ceil(3 * max(1.0, scale_x, scale_y))

@@ -650,9 +650,10 @@ def _check_budget(
             f"{frames} frames of {out_w}x{out_h}" if frames > 1 else f"{out_w}x{out_h}"
         )
         raise ImageTooLarge(
-            f"{variant.name} would search {what} for its byte budget: its "
+            f"{variant.name!r}: would search {what} for its byte budget: its "
             f"{MIN_BUDGET_ENCODES} encodes at least would cover more than the "
-            f"limit of {limits.pixels} pixels; ask for a smaller size"
+            f"limit of {limits.pixels} pixels (--max_source_pixels); ask for a "
+            "smaller size"
         )
 
 
