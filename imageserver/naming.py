@@ -96,8 +96,23 @@ _TEXT = re.compile(
 )
 #: The most characters of a text.
 MAX_TEXT = 100
-#: Characters that choose a glyph's presentation, dropped from a text.
-_VARIATION_SELECTORS = dict.fromkeys([*range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)])
+#: Characters that choose a glyph's presentation, or are ignored when
+#: drawn (Unicode's default-ignorable code points that Python counts as
+#: printable), dropped from a text: they draw nothing.
+_VARIATION_SELECTORS = dict.fromkeys(
+    [
+        *range(0xFE00, 0xFE10),
+        *range(0xE0100, 0xE01F0),
+        *range(0x180B, 0x1810),
+        0x034F,
+        0x115F,
+        0x1160,
+        0x17B4,
+        0x17B5,
+        0x3164,
+        0xFFA0,
+    ]
+)
 _PIXELATE = re.compile(rf"pixelate(?P<n>{_N})\Z")
 _MAX_BYTES = re.compile(rf"maxbytes(?P<n>{_N})\Z")
 #: The longest canonical variant name, in bytes: a file name on every disk

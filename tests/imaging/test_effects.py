@@ -669,6 +669,7 @@ class FoldTests(SynchronousTestCase):
     def test_a_text_is_spelled_as_it_is_drawn(self) -> None:
         for text, spelled in [
             (" SALE", "SALE"), ("SALE  ", "SALE"), ("SALE\ufe0f", "SALE"),
+            ("SA\u180bLE", "SALE"), ("SA\u034fLE", "SALE"), ("SA\u17b4LE", "SALE"),
             ("SA LE", "SA LE"),
         ]:  # fmt: skip
             self.assertEqual(canonical(f"w100-text{b32(text)}.png"),
