@@ -98,18 +98,26 @@ class OutputFormat:
     #: Who encodes still images: ``pillow``, or ``jpegli`` (RGB JPEG only;
     #: greyscale still goes through Pillow).
     encoder: str = "pillow"
+    #: Options an animation's encoder takes instead of ``options``'.
+    animation_options: Mapping[str, Any] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
     #: What ``-q100`` asks of an encoder that refuses 100 as a quality
     #: (libjxl takes it as distance 0, which only its lossless mode encodes).
     full_quality: Mapping[str, Any] | None = None
 
-    def save_options(self, quality: int | None) -> dict[str, Any]:
-        """Pillow's save options for a variant's quality (None: the default)."""
+    def save_options(
+        self, quality: int | None, animated: bool = False
+    ) -> dict[str, Any]:
+        """Pillow's save options for a variant's quality (None: the default),
+        for a still or an animation."""
+        options = {**self.options, **(self.animation_options if animated else {})}
         if not self.lossy:
-            return dict(self.options)
+            return options
         quality = quality or self.quality
         if quality == 100 and self.full_quality is not None:
-            return {**self.options, **self.full_quality}
-        return {**self.options, "quality": quality}
+            return {**options, **self.full_quality}
+        return {**options, "quality": quality}
 
 
 _JPEG = OutputFormat(
@@ -154,6 +162,10 @@ OUTPUTS: dict[str, OutputFormat] = {
         # under the peers'; for 1.0x (w200) to 1.65x (w800) the CPU of a
         # render from a 12 MP JPEG (docs/performance.md).
         options=MappingProxyType({"method": 6}),
+        # libwebp's animation encoder at method 6 costs 30 times method 4 on
+        # a GIF's flat frames (3.7 s against 0.12 s of CPU for 20 frames of
+        # 300x200), for 0.3 % fewer bytes.
+        animation_options=MappingProxyType({"method": 4}),
     ),
     # libavif's limit.
     "avif": OutputFormat(

@@ -376,7 +376,7 @@ def _encode_animation(
         append_images=rest,
         duration=animation.durations,
         loop=animation.loop,
-        **output.save_options(variant.quality),
+        **output.save_options(variant.quality, animated=True),
     )
     return out.getvalue()
 
