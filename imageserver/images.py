@@ -244,14 +244,13 @@ class Images:
         image = ImageId(namespace, digest)
 
         async def store() -> bytes:
-            async with self._gate.storing(image.folder):
-                info = await self._ingests.run(
-                    [image], lambda _: self._ingest(image, data, variants)
-                )[image]
-                await self._ensure(image, variants, data)
+            info = await self._ingests.run(
+                [image], lambda _: self._ingest(image, data, variants)
+            )[image]
+            await self._ensure(image, variants, data)
             return info
 
-        return await self._in_time(store())
+        return await self._storing(image.folder, store)
 
     async def resolve(self, image: ImageId, name: str, accept: str | None) -> Resolved:
         """What to serve for ``name``: a preset's variant, and for ``.auto`` the
@@ -350,11 +349,10 @@ class Images:
         async def generate() -> dict[str, StoredObject]:
             # What a GET generates can be made again: it is answered before
             # it is written.
-            async with self._gate.storing(image.folder):
-                return await self._generate(image, [variant], durable=False)
+            return await self._generate(image, [variant], durable=False)
 
         try:
-            generated = await self._in_time(generate())
+            generated = await self._storing(image.folder, generate)
         except Exception:
             self._events.variant(variant.format, "failed")
             raise
@@ -397,12 +395,7 @@ class Images:
         variants = self._outputs(image.namespace, outputs)
         if not variants:
             raise InvalidRequest("give the variants to generate in ?outputs=")
-
-        async def ensure() -> None:
-            async with self._gate.storing(image.folder):
-                await self._ensure(image, variants)
-
-        await self._in_time(ensure())
+        await self._storing(image.folder, lambda: self._ensure(image, variants))
 
     async def put_file(self, image: ImageId, name: str, body: BinaryIO) -> None:
         """Keep a client's file in the image's folder, replacing any previous one
@@ -589,6 +582,16 @@ class Images:
                 reason=info.still_because,
             )
         return info, outputs
+
+    async def _storing(self, folder: str, work: Callable[[], Awaitable[T]]) -> T:
+        """``work`` inside ``folder``'s gate (as work that stores there),
+        waited for as `_in_time` says."""
+
+        async def gated() -> T:
+            async with self._gate.storing(folder):
+                return await work()
+
+        return await self._in_time(gated())
 
     async def _in_time(self, work: Coroutine[Any, Any, T]) -> T:
         """``work``'s result, waited for at most --processing_timeout (then a

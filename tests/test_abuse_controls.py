@@ -77,6 +77,35 @@ class OverloadTests(SynchronousTestCase):
         self.assertEqual((response.code, decode(body).size), (200, (10, 5)))
         self.assertEqual(len(gate.calls), calls, "made again")
 
+    def test_work_that_fails_after_its_deadline_is_logged_and_made_again(
+        self,
+    ) -> None:
+        app = AppHarness(self)
+        folder = app.upload(PHOTO)
+        gate = Gate()
+        clock = Clock()
+        app.images._process = gate  # type: ignore[method-assign]
+        app.images._clock = clock
+        app.images._processing_timeout = 60
+        d = app.start("GET", f"{folder}/w10.jpg")
+        app.flush()
+        clock.advance(60)
+        app.flush()
+        self.assertEqual(self.successResultOf(d).code, 503)
+        held, _, _ = gate.held.pop(0)
+        held.errback(RuntimeError("the render broke"))  # nobody waits for it
+        app.flush()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        calls = len(gate.calls)
+        d = app.start("GET", f"{folder}/w10.jpg")
+        app.flush()
+        self.assertEqual(len(gate.calls), calls + 1, "not made again")
+        gate.release()
+        app.flush()
+        response = self.successResultOf(d)
+        body = self.successResultOf(app.client.content(response))
+        self.assertEqual((response.code, decode(body).size), (200, (10, 5)))
+
     def test_an_upload_slower_than_the_timeout_is_stored_all_the_same(self) -> None:
         app = AppHarness(self)
         gate = Gate()
