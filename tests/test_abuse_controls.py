@@ -41,6 +41,15 @@ class BoundedQueueTests(TestCase):
         self.assertEqual(await pools.run(lambda: "later"), "later")
 
 
+def slowed(app: AppHarness) -> tuple[Gate, Clock]:
+    """``app``'s jobs held by a gate, on a fake clock, with a deadline of 60 s."""
+    gate, clock = Gate(), Clock()
+    app.images._process = gate  # type: ignore[method-assign]
+    app.images._clock = clock
+    app.images._processing_timeout = 60
+    return gate, clock
+
+
 class OverloadTests(SynchronousTestCase):
     def test_overload_is_503_with_retry_after(self) -> None:
         app = AppHarness(self)
@@ -54,11 +63,7 @@ class OverloadTests(SynchronousTestCase):
     def test_processing_that_takes_too_long_is_503(self) -> None:
         app = AppHarness(self)
         folder = app.upload(PHOTO)
-        gate = Gate()
-        clock = Clock()
-        app.images._process = gate  # type: ignore[method-assign]
-        app.images._clock = clock
-        app.images._processing_timeout = 60
+        gate, clock = slowed(app)
         d = app.start("GET", f"{folder}/w10.jpg")
         app.flush()
         self.assertNoResult(d)
@@ -82,11 +87,7 @@ class OverloadTests(SynchronousTestCase):
     ) -> None:
         app = AppHarness(self)
         folder = app.upload(PHOTO)
-        gate = Gate()
-        clock = Clock()
-        app.images._process = gate  # type: ignore[method-assign]
-        app.images._clock = clock
-        app.images._processing_timeout = 60
+        gate, clock = slowed(app)
         d = app.start("GET", f"{folder}/w10.jpg")
         app.flush()
         clock.advance(60)
@@ -108,11 +109,7 @@ class OverloadTests(SynchronousTestCase):
 
     def test_an_upload_slower_than_the_timeout_is_stored_all_the_same(self) -> None:
         app = AppHarness(self)
-        gate = Gate()
-        clock = Clock()
-        app.images._process = gate  # type: ignore[method-assign]
-        app.images._clock = clock
-        app.images._processing_timeout = 60
+        gate, clock = slowed(app)
         d = app.start("POST", "/p?outputs=w10.jpg", data=PHOTO)
         app.flush()
         while gate.held and gate.calls[len(gate.calls) - len(gate.held)] != "_rendered":
