@@ -25,9 +25,8 @@ from PIL import (
 )
 
 from imageserver.errors import InvalidRequest
+from imageserver.imaging.geometry import Box, Size
 from imageserver.naming import WATERMARK_PLACES, Caption, Variant, Watermark
-
-Box = tuple[int, int, int, int]
 
 #: A mask is drawn up to this many times larger a side, then reduced:
 #: antialiased edges (1/16 steps of coverage) ...
@@ -101,38 +100,45 @@ def _with_alpha_kept(
     return rgb
 
 
-#: A pixelated region has at least this many blocks across its shorter
-#: side... no more: blocks of at least 4 pixels.
+#: A pixelated region has at most this many blocks across its shorter
+#: side...
 REDACTION_BLOCKS = 6
+#: ... and at most this many along its longer side (a line of text in a
+#: tight box stays unreadable), of 4 pixels or more.
+REDACTION_BLOCKS_ALONG = 16
 #: A blurred region's sigma is its shorter side over this.
 REDACTION_BLUR = 4
 
 
 def redacted(
     image: Image.Image,
-    pixel_boxes: Sequence[tuple[Box, int]],
-    blur_boxes: Sequence[tuple[Box, int]],
+    pixel_boxes: Sequence[tuple[Box, Size]],
+    blur_boxes: Sequence[tuple[Box, Size]],
 ) -> Image.Image:
-    """Each box (in the output's pixels, with the shorter side the whole box
-    has there, parts cropped away included) pixelated or blurred past
-    recognition: blocks of at least a sixth of that side, and of 4 pixels or
-    more (the whole box one block under 8), or a Gaussian blur of sigma a
-    quarter of it, made from the box's own pixels alone (nothing of the
-    picture around it bleeds in or out). What a crop leaves of a box is
-    redacted as strongly as the whole box would be."""
+    """Each box (in the output's pixels, with the size the whole box has
+    there, parts cropped away included) pixelated or blurred past
+    recognition: square blocks of at least a sixth of its shorter side and a
+    sixteenth of its longer, and of 4 pixels or more (the whole box one block
+    under 8), or a Gaussian blur of sigma a quarter of its shorter side,
+    made from the box's own pixels alone (nothing of the picture around it
+    bleeds in or out). What a crop leaves of a box is redacted as strongly
+    as the whole box would be."""
     image = image.copy()  # it may be the decoded original, used again
-    for box, side in pixel_boxes:
+    for box, (width, height) in pixel_boxes:
         part = image.crop(box)
         # Blocks of equal share, none a remnant of a pixel or two that would
-        # keep its own colour: each REDACTION_BLOCKS-th of the box's side or
-        # more, and 4 pixels or more (one block, for a box under 8).
-        block = max(4, -(-side // REDACTION_BLOCKS))
+        # keep its own colour (one block, for a box under 8).
+        block = max(
+            4,
+            -(-min(width, height) // REDACTION_BLOCKS),
+            -(-max(width, height) // REDACTION_BLOCKS_ALONG),
+        )
         cells = (max(1, part.width // block), max(1, part.height // block))
         coarse = part.resize(cells, Image.Resampling.BOX)
         image.paste(coarse.resize(part.size, Image.Resampling.NEAREST), box[:2])
-    for box, side in blur_boxes:
+    for box, (width, height) in blur_boxes:
         part = image.crop(box)
-        sigma = max(2.0, side / REDACTION_BLUR)
+        sigma = max(2.0, min(width, height) / REDACTION_BLUR)
         image.paste(part.filter(ImageFilter.GaussianBlur(sigma)), box[:2])
     return image
 

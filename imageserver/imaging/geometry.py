@@ -143,12 +143,12 @@ def crop_region(variant: Variant, width: int, height: int) -> Box:
     return variant.crop
 
 
-def output_box(plan: Plan, box: Box) -> tuple[Box, int] | None:
+def output_box(plan: Plan, box: Box) -> tuple[Box, Size] | None:
     """Where ``box`` of the source (in its pixels) lands in the output made
     by ``plan``, its edges rounded outward and clipped to the picture, and
-    the shorter side the whole box has there, parts cropped away included
-    (what a redaction's strength is measured by: a crop through a box must
-    not weaken it); None when none of it is there."""
+    the size the whole box has there, parts cropped away included (what a
+    redaction's strength is measured by: a crop through a box must not
+    weaken it); None when none of it is there."""
     region = plan.region
     inside = (
         max(box[0], region[0]),
@@ -169,9 +169,9 @@ def output_box(plan: Plan, box: Box) -> tuple[Box, int] | None:
     if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
         return None
     whole = _in_output(plan, box)
-    side = min(whole[2] - whole[0], whole[3] - whole[1])
+    size = (whole[2] - whole[0], whole[3] - whole[1])
     dx, dy = plan.offset if plan.canvas is not None else (0, 0)
-    return (clipped[0] + dx, clipped[1] + dy, clipped[2] + dx, clipped[3] + dy), side
+    return (clipped[0] + dx, clipped[1] + dy, clipped[2] + dx, clipped[3] + dy), size
 
 
 def _in_output(plan: Plan, box: Box) -> Box:

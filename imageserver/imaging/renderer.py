@@ -533,9 +533,9 @@ def _mark(marks: Mapping[str, bytes], digest: str, limits: Limits) -> Image.Imag
 
 def _placed(
     plan: geometry.Plan, boxes: Sequence[geometry.Box]
-) -> list[tuple[geometry.Box, int]]:
+) -> list[tuple[geometry.Box, geometry.Size]]:
     """Where ``boxes`` of the original land in the output, with their whole
-    shorter sides there (those cropped away are gone)."""
+    sizes there (those cropped away are gone)."""
     placed = (geometry.output_box(plan, box) for box in boxes)
     return [box for box in placed if box is not None]
 

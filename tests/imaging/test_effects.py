@@ -300,7 +300,7 @@ class RedactionTests(SynchronousTestCase):
         # The top-left 10x10 of the original is its top right once turned,
         # grown by the resize's reach (3 pixels) and clipped.
         self.assertEqual(
-            geometry.output_box(plan, (0, 0, 10, 10)), ((12, 0, 20, 8), 11)
+            geometry.output_box(plan, (0, 0, 10, 10)), ((12, 0, 20, 8), (11, 11))
         )
         self.assertIsNone(geometry.output_box(plan, (80, 0, 90, 5)))  # outside
         cropped = RULES.canonical("w40-crop40_0_80_40.png")
@@ -308,14 +308,14 @@ class RedactionTests(SynchronousTestCase):
         plan = geometry.plan(cropped, 80, 40)
         self.assertIsNone(geometry.output_box(plan, (0, 0, 40, 40)))  # cropped away
         self.assertEqual(
-            geometry.output_box(plan, (30, 10, 50, 20)), ((0, 10, 10, 20), 10)
+            geometry.output_box(plan, (30, 10, 50, 20)), ((0, 10, 10, 20), (20, 10))
         )
         # Not resized: no reach to grow by.
         whole = RULES.canonical("full_size.png")
         assert whole is not None
         self.assertEqual(
             geometry.output_box(geometry.plan(whole, 80, 40), (5, 5, 9, 9)),
-            ((5, 5, 9, 9), 4),
+            ((5, 5, 9, 9), (4, 4)),
         )
 
     def test_a_crop_through_a_box_does_not_weaken_it(self) -> None:
@@ -336,6 +336,18 @@ class RedactionTests(SynchronousTestCase):
             cut = render(data, f"full_size-crop32_0_80_40-blurbox{box}.png")
             smooth[box] = ImageStat.Stat(cut.crop((0, 0, 8, 40)).convert("L")).stddev[0]
         self.assertLess(smooth["0_0_40_40"], smooth["32_0_40_40"] * 0.75, smooth)
+
+    def test_a_tight_box_around_a_line_is_coarse_along_it(self) -> None:
+        """A 240x30 box (a line of text): blocks of 15 (a sixteenth of its
+        length), not 5 (a sixth of its height), so 16 x 2 blocks at most."""
+        import random
+
+        noise = random.Random(7).randbytes(300 * 60 * 3)
+        data = encode(Image.frombytes("RGB", (300, 60), noise), "PNG")
+        for turn, inside in (("", (20, 10, 260, 40)), ("-r90", (20, 20, 50, 260))):
+            out = render(data, f"full_size{turn}-pixelbox20_10_260_40.png")
+            colours = out.crop(inside).getcolors(10_000) or ()
+            self.assertLessEqual(len(colours), 32, turn)
 
     def test_the_names(self) -> None:
         self.assertEqual(
