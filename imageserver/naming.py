@@ -146,6 +146,7 @@ WATERMARK_PLACES: dict[str, tuple[float, float]] = {
     "c": (0.5, 0.5),
     **{g[1:]: xy for g, xy in GRAVITIES.items()},
 }
+_PLACE_OF_SHARES = {xy: place for place, xy in WATERMARK_PLACES.items()}
 
 
 def ascii_digits(text: str, most: int = 18) -> bool:
@@ -745,7 +746,7 @@ def _caption(m: re.Match[str], name: str) -> Caption:
         raise InvalidRequest(f"{name!r}: a text's size is 1 to 100 (per cent)")
     place = m["place"] or "s"
     colour = (255, 255, 255) if m["colour"] is None else _colour(m["colour"])[:3]
-    return Caption(text, place, 0 if place == "c" else margin, size, colour)
+    return Caption(text, place, margin, size, colour)
 
 
 def _crop(m: re.Match[str], name: str) -> dict[str, Any]:
@@ -858,29 +859,56 @@ def _canonical(v: Variant) -> Variant:
 def _within_output(
     v: Variant,
 ) -> tuple[int, int, Watermark | None, Caption | None]:
-    """The round radius, pixelate block and overlay margins of ``v``, each
+    """The round radius, pixelate block and overlay places of ``v``, each
     no larger than the largest output its name allows can tell apart: a
     radius is at most half the shorter side (``x100-round80`` is
     ``x100-round50``), a block at most the longer side (one block, the
-    average colour), a margin at most half the longer side (there is no
-    more room), a tiling gap at most the longer side (one tile). An output
-    is never larger than its name's sides (a width or height alone bounds
-    the shorter side); a name without sides is left as it is."""
+    average colour), a tiling gap at most the longer side (one tile), and an
+    overlay centred on each side its margin is half of or more (there is no
+    more room: ``x100-wmlogo_se50`` is ``x100-wmlogo_e50``, and
+    ``100x80-wmlogo_n50`` is ``100x80-wmlogo_c``). An output is never larger
+    than its name's sides (a width or height alone bounds that side and, for
+    the radius, the shorter); a name without sides is left as it is."""
     sides = [n for n in (v.width, v.height) if n and v.fit is not Fit.FULL]
     both = v.fit in _BOX_FITS
+    bounds = (
+        v.width if both or v.fit is Fit.WIDTH else 0,
+        v.height if both or v.fit is Fit.HEIGHT else 0,
+    )
     radius, block = v.corner_radius, v.pixelate
     watermark, text = v.watermark, v.text
     if sides and radius > min(sides) // 2 >= 1:
         radius = min(sides) // 2
     if both:
-        longest = max(sides)
-        block = min(block, longest)
-        if watermark is not None:
-            room = longest if watermark.place == "tile" else longest // 2
-            watermark = replace(watermark, margin=min(watermark.margin, room))
-        if text is not None:
-            text = replace(text, margin=min(text.margin, longest // 2))
+        block = min(block, max(sides))
+    if watermark is not None and watermark.place == "tile":
+        if both:
+            watermark = replace(watermark, margin=min(watermark.margin, max(sides)))
+    elif watermark is not None:
+        place = _centred_within(watermark.place, watermark.margin, bounds)
+        margin = 0 if place == "c" else watermark.margin
+        watermark = replace(watermark, place=place, margin=margin)
+    if text is not None:
+        place = _centred_within(text.place, text.margin, bounds)
+        margin = text.margin
+        # A text's margin narrows the width it is shrunk to fit, whatever
+        # its place: past half the width, to one pixel (the smallest text).
+        if bounds[0] and WATERMARK_PLACES[place][1] == 0.5:
+            margin = min(margin, bounds[0] // 2)
+        text = replace(text, place=place, margin=margin)
     return radius, block, watermark, text
+
+
+def _centred_within(place: str, margin: int, bounds: tuple[int, int]) -> str:
+    """An overlay's place in an output whose sides are at most ``bounds``
+    (0: unbounded): on a side where the margin is half of it or more, the
+    overlay is centred whatever the place says (the margin shrinks alike on
+    both sides to the room there is), so the place is the centred one on
+    that side."""
+    (x, y), (width, height) = WATERMARK_PLACES[place], bounds
+    x = 0.5 if width and margin >= width // 2 else x
+    y = 0.5 if height and margin >= height // 2 else y
+    return _PLACE_OF_SHARES[x, y]
 
 
 def _can_enlarge(v: Variant) -> bool:

@@ -202,7 +202,10 @@ def _position(
     for side, size, share in ((outer[0], inner[0], ax), (outer[1], inner[1], ay)):
         room = max(0, side - size)
         # A margin wider than the room shrinks alike on both sides: a mark
-        # placed east stays nearer the east edge.
+        # placed east stays nearer the east edge; one of half the room or
+        # more centres it (as the centred place would: the name folds so).
+        if 2 * margin >= room:
+            share = 0.5
         kept = min(margin, room // 2)
         # Half up, not to even: the centre of an odd space is the same side
         # whatever the margin.

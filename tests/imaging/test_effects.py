@@ -401,14 +401,15 @@ class WatermarkTests(SynchronousTestCase):
 
     def test_a_margin_past_the_room_shrinks_alike_on_both_sides(self) -> None:
         """50x25 in 200x100: 150 and 75 pixels of room. A margin of 100 is
-        more than half of either: what is kept is half the room, so the mark
-        placed east is as far from the east edge as one placed west is from
-        the west edge (it was 75 from both)."""
+        more than half of either: the mark is centred, wherever it was
+        placed (the centred place would put it there too: 38 of 75, half
+        up); a margin under half the room keeps it off its edge."""
         for place, box in [
-            ("se100", (75, 38, 125, 63)), ("nw100", (75, 37, 125, 62)),
+            ("se100", (75, 38, 125, 63)), ("nw100", (75, 38, 125, 63)),
             ("e40", (110, 38, 160, 63)), ("w40", (40, 38, 90, 63)),
             ("s30", (75, 45, 125, 70)), ("n30", (75, 30, 125, 55)),
-            ("s50", (75, 38, 125, 63)), ("n50", (75, 37, 125, 62)),
+            ("s50", (75, 38, 125, 63)), ("n50", (75, 38, 125, 63)),
+            ("s37", (75, 38, 125, 63)), ("n37", (75, 37, 125, 62)),
         ]:  # fmt: skip
             self.assertEqual(self.red_box(self.render(f"w200-wmlogo_{place}.png")),
                              box, place)  # fmt: skip
@@ -628,13 +629,14 @@ class FoldTests(SynchronousTestCase):
     digest = hashlib.md5(mark).hexdigest()
     rules = VariantRules(frozenset({"png"}), 0, 4000, watermarks=(("logo", digest),))
 
-    @settings(max_examples=40, deadline=None)
+    @settings(max_examples=80, deadline=None)
     @given(
         st.sampled_from(["{w}x{h}", "{w}x{h}-fit", "{w}x{h}-pad", "w{w}", "h{h}"]),
         st.integers(4, 60), st.integers(4, 60),
         st.integers(10, 80), st.integers(10, 80),
-        st.sampled_from(["round{n}", "pixelate{n}", "wmlogo_se{n}",
-                         "wmlogo_tile{n}", "wmlogo_n{n}", "textknauyri_w{n}"]),
+        st.sampled_from(["round{n}", "pixelate{n}", "wmlogo_se{n}", "wmlogo_tile{n}",
+                         "wmlogo_n{n}", "wmlogo_w{n}", "textknauyri_w{n}",
+                         "textknauyri_ne{n}", "textknauyri_c{n}"]),
         st.integers(2, 200),
     )  # fmt: skip
     def test_a_folded_number_renders_the_same(
@@ -643,12 +645,14 @@ class FoldTests(SynchronousTestCase):
         name = f"{size.format(w=w, h=h)}-{option.format(n=n)}.png"
         variant = self.rules.canonical(name)
         assert variant is not None
+        place = option.partition("_")[2].removesuffix("{n}")
         asked = replace(
             variant,
             corner_radius=n if option.startswith("round") else 0,
             pixelate=n if option.startswith("pixelate") else 0,
-            watermark=variant.watermark and replace(variant.watermark, margin=n),
-            text=variant.text and replace(variant.text, margin=n),
+            watermark=variant.watermark
+            and replace(variant.watermark, place=place, margin=n),
+            text=variant.text and replace(variant.text, place=place, margin=n),
         )
         picture = encode(noisy((sw, sh)), "PNG")
 
@@ -667,10 +671,20 @@ class FoldTests(SynchronousTestCase):
             ("full_size-round80.png", "full_size-round80.png"),
             ("100x40-pixelate300.png", "100x40-pixelate100.png"),
             ("w100-pixelate300.png", "w100-pixelate300.png"),
-            ("100x40-wmlogo_se900.png", "100x40-wmlogo_se50.png"),
+            ("100x40-wmlogo_se900.png", "100x40-wmlogo_c.png"),
+            ("100x40-wmlogo_se20.png", "100x40-wmlogo_e20.png"),
+            ("100x40-wmlogo_se19.png", "100x40-wmlogo_se19.png"),
+            ("x100-wmlogo_n50.png", "x100-wmlogo_c.png"),
+            ("x100-wmlogo_e50.png", "x100-wmlogo_c.png"),
+            ("w100-wmlogo_se50.png", "w100-wmlogo_s50.png"),
+            ("h100-wmlogo_se50.png", "h100-wmlogo_e50.png"),
+            ("full_size-wmlogo_se900.png", "full_size-wmlogo_se900.png"),
             ("100x40-wmlogo_tile900.png", "100x40-wmlogo_tile100.png"),
-            ("100x40-textknauyri_s900.png", "100x40-textknauyri_s50.png"),
+            ("100x40-textknauyri_s900.png", "100x40-textknauyri_c50.png"),
+            ("100x40-textknauyri_sw20.png", "100x40-textknauyri_w20.png"),
             ("w100-textknauyri_s900.png", "w100-textknauyri_s900.png"),
+            ("w100-textknauyri_c900.png", "w100-textknauyri_c50.png"),
+            ("h100-textknauyri_c900.png", "h100-textknauyri_c900.png"),
         ]:
             variant = self.rules.canonical(name)
             assert variant is not None
