@@ -673,17 +673,31 @@ def _parse(
     # Numbers of output pixels are the density's multiple, as the size is
     # (a budget of bytes is not); their bounds hold for the product, which
     # is what is spelled and stored.
-    for scaled in ("corner_radius", "pixelate", "blur"):
-        if scaled in fields:
-            fields[scaled] *= dpr
-    for placed in ("watermark", "text"):
-        if placed in fields:
-            fields[placed] = replace(fields[placed], margin=fields[placed].margin * dpr)
-    if fields.get("blur", 0) > 100:
-        raise InvalidRequest(f"{name!r}: blur must be between 1 and 100")
-    if fields.get("pixelate", 0) > MAX_PIXELATE:
-        raise InvalidRequest(f"{name!r}: pixelate must be between 2 and {MAX_PIXELATE}")
+    if dpr > 1:
+        most = 10**MAX_DIGITS - 1
+        for scaled, what, bound in (
+            ("corner_radius", "round", most),
+            ("pixelate", "pixelate", MAX_PIXELATE),
+            ("blur", "blur", 100),
+        ):
+            if scaled in fields:
+                fields[scaled] = _times(fields[scaled], dpr, what, bound, name)
+        for placed in ("watermark", "text"):
+            if placed in fields:
+                margin = _times(fields[placed].margin, dpr, "a margin", most, name)
+                fields[placed] = replace(fields[placed], margin=margin)
     return Variant("", fit, width * dpr, height * dpr, quality, fmt, **fields)
+
+
+def _times(value: int, dpr: int, what: str, most: int, name: str) -> int:
+    """``value`` (of output pixels) at density ``dpr``; `InvalidRequest`
+    saying what was given and what may be, past ``most``."""
+    if value * dpr > most:
+        raise InvalidRequest(
+            f"{name!r}: {what} is at most {most} output pixels, and @{dpr}x "
+            f"makes {value} of it {value * dpr}: give at most {most // dpr}"
+        )
+    return value * dpr
 
 
 def _watermark(

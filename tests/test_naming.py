@@ -351,6 +351,11 @@ class GrammarV2Tests(SynchronousTestCase):
             ("w200-textea.jpg", "not only spaces"),
             ("w200-maxbytes0.jpg", "must be at least 1"),
             ("w200-maxbytes123456789.jpg", "is not a plain number"),
+            # With a density, what was given and what may be.
+            ("x100-blur60@2x.jpg", "@2x makes 60 of it 120: give at most 50"),
+            ("x10-pixelate300@4x.jpg", "@4x makes 300 of it 1200: give at most 250"),
+            ("full_size-round999999@2x.jpg", "round is at most 999999 output"),
+            ("full_size-textknauyri_s500000@2x.jpg", "give at most 499999"),
         ):
             with self.assertRaises(InvalidRequest, msg=name) as caught:
                 V2.parse(name)
