@@ -111,8 +111,12 @@ _VARIATION_SELECTORS = dict.fromkeys(
         0x17B5,
         0x3164,
         0xFFA0,
+        0xFFFC,
     ]
 )
+#: What a text may not start or end with (nothing is drawn, only moved):
+#: spaces and the blank Braille pattern (a space of its own width).
+_BLANKS = " \u2800"
 _PIXELATE = re.compile(rf"pixelate(?P<n>{_N})\Z")
 _MAX_BYTES = re.compile(rf"maxbytes(?P<n>{_N})\Z")
 #: The longest canonical variant name, in bytes: a file name on every disk
@@ -748,7 +752,7 @@ def _caption(m: re.Match[str], name: str) -> Caption:
     # has one presentation of each character), no space at either end
     # (nothing to draw, only to move: a space before SALE is not a margin).
     text = unicodedata.normalize("NFC", text).translate(_VARIATION_SELECTORS)
-    text = text.strip(" ")
+    text = text.strip(_BLANKS)
     if not text or len(text) > MAX_TEXT or not text.isprintable():
         raise InvalidRequest(
             f"{name!r}: a text is 1 to {MAX_TEXT} printable characters on one "

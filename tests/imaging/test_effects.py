@@ -700,6 +700,23 @@ class FoldTests(SynchronousTestCase):
         ]:  # fmt: skip
             self.assertEqual(canonical(f"w100-text{b32(text)}.png"),
                              f"w100-text{b32(spelled)}.png", text)  # fmt: skip
-        for blank in (" ", "\ufe0f", "  \ufe0e "):
+        for blank in (" ", "\ufe0f", "  \ufe0e ", "\u2800", " \u2800\ufffc"):
             with self.assertRaisesRegex(InvalidRequest, "not only spaces"):
                 RULES.canonical(f"w100-text{b32(blank)}.png")
+
+    def test_every_character_drawn_as_nothing_is_dropped_or_a_blank(self) -> None:
+        """The font's every character (of the Basic Multilingual Plane) that
+        leaves no ink: without width, dropped from a text; with width, a
+        blank, stripped at either end like a space."""
+        from imageserver.imaging.effects import _font, _glyph
+
+        font, inkless = _font(24), _glyph(" ")
+        for point in range(0x21, 0x10000):
+            character = chr(point)
+            if not character.isprintable() or _glyph(character) != inkless:
+                continue
+            at_end = canonical(f"w100-text{b32('A' + character)}.png")
+            self.assertEqual(at_end, f"w100-text{b32('A')}.png", hex(point))
+            inside = canonical(f"w100-text{b32('A' + character + 'B')}.png")
+            dropped = inside == f"w100-text{b32('AB')}.png"
+            self.assertEqual(dropped, font.getlength(character) == 0, hex(point))
