@@ -191,7 +191,7 @@ OUTPUTS: dict[str, OutputFormat] = {
         2**30,
         _jxl_whole,
         quality=81,
-        options=MappingProxyType({"use_container": True}),
+        options=MappingProxyType({"use_container": True, "num_threads": 0}),
         full_quality=MappingProxyType({"lossless": True}),
     ),
 }
@@ -273,12 +273,22 @@ _plugins_registered = False
 
 
 def register_plugins() -> None:
-    """Teach Pillow HEIF and JPEG XL; idempotent, called before decoding."""
+    """Teach Pillow HEIF and JPEG XL, and have every codec work on the
+    thread it is called on; idempotent, called before decoding.
+
+    A job is one thread of a pool with one per core: a codec's own threads
+    (libavif, libheif and libjxl start one a core) would let one request
+    keep every core busy, past the CPU docs/security.md states for a job."""
     global _plugins_registered
     if _plugins_registered:
         return
     import pillow_heif  # type: ignore[import-untyped]
     import pillow_jxl  # type: ignore[import-untyped]  # noqa: F401 (registers JXL)
+    from PIL import AvifImagePlugin
+    from pillow_jxl import JpegXLImagePlugin  # type: ignore[import-untyped]
 
     pillow_heif.register_heif_opener()
+    pillow_heif.options.DECODE_THREADS = 1
+    AvifImagePlugin.DEFAULT_MAX_THREADS = 1  # decoding and encoding
+    JpegXLImagePlugin.DECODE_THREADS = 0  # none of its own (1 is one more)
     _plugins_registered = True

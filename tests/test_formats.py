@@ -171,3 +171,66 @@ class QualityTests(SynchronousTestCase):
         self.assertEqual(out, made)
         grey = renderer.render(save(picture.convert("L"), "PNG"), small, LIMITS)
         self.assertEqual(decode(grey).mode, "L")
+
+
+#: Runs in a process of its own (no other threads): for each codec's work,
+#: the CPU time it took over its wall time (the cores it kept busy).
+_THREADS_SCRIPT = """
+import io, time
+from PIL import Image
+from imageserver import formats
+
+formats.register_plugins()
+picture = Image.effect_noise((1200, 1200), 60).convert("RGB")
+
+def encoded(fmt, **options):
+    out = io.BytesIO()
+    picture.save(out, fmt, **options)
+    return out.getvalue()
+
+def ours(extension):
+    return encoded(extension.upper(), **formats.OUTPUTS[extension].save_options(None))
+
+def cores(work, times):
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(times):
+        work()
+    return (time.process_time() - cpu) / (time.perf_counter() - wall)
+
+avif, jxl = ours("avif"), ours("jxl")
+heic = encoded("HEIF", quality=80)
+for what, work, times in [
+    ("avif out", lambda: ours("avif"), 1),
+    ("jxl out", lambda: ours("jxl"), 3),
+    ("avif in", lambda: Image.open(io.BytesIO(avif)).load(), 5),
+    ("jxl in", lambda: Image.open(io.BytesIO(jxl)).load(), 5),
+    ("heic in", lambda: Image.open(io.BytesIO(heic)).load(), 5),
+]:
+    print(what, round(cores(work, times), 2))
+"""
+
+
+class CodecThreadTests(SynchronousTestCase):
+    def test_every_codec_works_on_the_thread_of_its_job(self) -> None:
+        """A job is one thread of a pool with one per core: no codec keeps
+        more than one core busy (libavif, libheif and libjxl start a thread
+        a core: AVIF took 1.9 cores of this machine's 2)."""
+        import os
+        import subprocess
+        import sys
+
+        from tests import CHECKOUT_DIR
+
+        done = subprocess.run(
+            [sys.executable, "-c", _THREADS_SCRIPT],
+            capture_output=True, text=True, timeout=120, check=True,
+            env={**os.environ, "PYTHONPATH": CHECKOUT_DIR},
+        )  # fmt: skip
+        cores = {
+            what: float(n)
+            for what, n in (line.rsplit(" ", 1) for line in done.stdout.splitlines())
+        }
+        self.assertEqual(
+            set(cores), {"avif out", "jxl out", "avif in", "jxl in", "heic in"}
+        )
+        self.assertLessEqual(max(cores.values()), 1.15, cores)
