@@ -81,7 +81,7 @@ MAX_REDACTIONS = 8
 #: output pixels), its opacity and its width in per cent of the output's.
 WATERMARK_NAME_PATTERN = r"[a-z][a-z0-9]{0,31}"
 _WATERMARK = re.compile(
-    rf"wm(?P<id>[0-9a-f]{{32}}|{WATERMARK_NAME_PATTERN})"
+    rf"wm(?P<id>[0-9a-fA-F]{{32}}|{WATERMARK_NAME_PATTERN})"
     rf"(?:_(?P<place>c|n|ne|e|se|s|sw|w|nw|tile)(?P<margin>{_N})?)?"
     rf"(?:_(?P<opacity>{_N}))?(?:_(?P<scale>{_N}))?\Z"
 )
@@ -711,6 +711,8 @@ def _watermark(
     server does not have, or a number out of its range."""
     known = dict(watermarks)
     mark = m["id"]
+    if len(mark) == 32 and _HASH.match(mark.lower()):
+        mark = mark.lower()  # upper-case hex is the same md5: a 301
     if _HASH.match(mark):
         if mark not in known.values():
             raise InvalidRequest(

@@ -685,6 +685,7 @@ class FoldTests(SynchronousTestCase):
             ("w100-textknauyri_s900.png", "w100-textknauyri_s900.png"),
             ("w100-textknauyri_c900.png", "w100-textknauyri_c50.png"),
             ("h100-textknauyri_c900.png", "h100-textknauyri_c900.png"),
+            (f"x100-wm{self.digest.upper()}_nw.png", "x100-wmlogo_nw.png"),
         ]:
             variant = self.rules.canonical(name)
             assert variant is not None
