@@ -110,6 +110,7 @@ def make_images(
         "imageserver-processing",
         max_pending=config.max_pending,
         niceness=RENDER_NICENESS,
+        deadline=deadline.remaining,
     )
     processing.setServiceParent(parent)
     io = ThreadPoolService(reactor, config.io_concurrency, "imageserver-io")

@@ -10,12 +10,15 @@ from typing import Any, Protocol, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from imageserver.errors import Overloaded
 from imageserver.metrics.events import PoolStats
+
+log = Logger()
 
 T = TypeVar("T")
 
@@ -62,21 +65,26 @@ class ThreadPoolService(Service):
     ``max_pending``, at most that many jobs wait for a thread: one more is
     refused at once with `Overloaded`, so memory never grows without bound.
     With ``niceness``, the threads run that much nicer than the reactor (on
-    Linux), so they take only the CPU time it leaves.
+    Linux), so they take only the CPU time it leaves. A stop waits for the
+    jobs running (a thread cannot be stopped); with ``deadline`` (the
+    seconds a shutdown has left), one still running then is logged.
     """
 
     def __init__(
         self,
-        reactor: IReactorFromThreads,
+        reactor: Any,
         size: int,
         name: str,
         max_pending: int | None = None,
         niceness: int = 0,
+        deadline: Callable[[], float] | None = None,
     ) -> None:
         self.setName(name)
-        self._reactor = reactor
+        self._reactor: IReactorFromThreads = reactor
+        self._clock: IReactorTime = reactor
         self._size = size
         self._max_pending = max_pending
+        self._deadline = deadline
         self.outstanding = 0
         self.pool = _NicedThreadPool(niceness, minthreads=0, maxthreads=size, name=name)
 
@@ -126,4 +134,22 @@ class ThreadPoolService(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         # stop() joins the workers: wait for the running jobs off the reactor.
-        return deferToThread(self.pool.stop)
+        stopped = deferToThread(self.pool.stop)
+        if self._deadline is not None:
+            late = self._clock.callLater(self._deadline(), self._late)
+
+            def in_time(result: object) -> object:
+                if late.active():
+                    late.cancel()
+                return result
+
+            stopped.addBoth(in_time)
+        return stopped
+
+    def _late(self) -> None:
+        log.warn(
+            "{pool}: {count} jobs still running at the end of --shutdown_timeout; "
+            "the process ends when they do (a thread cannot be stopped)",
+            pool=self.name,
+            count=len(self.pool.working),
+        )

@@ -5,6 +5,7 @@ import threading
 
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from imageserver.runtime.pools import ThreadPoolService
@@ -70,3 +71,35 @@ class ThreadPoolServiceTests(TestCase):
         self.assertEqual(await niced.run(nice), min(ours + 10, 19))
         self.assertEqual(await self.pool.run(nice), ours)
         self.assertEqual(nice(), ours)  # the reactor's thread is as it was
+
+
+class StopTests(TestCase):
+    async def test_a_job_running_past_the_deadline_is_logged_and_waited_for(
+        self,
+    ) -> None:
+        from twisted.logger import capturedLogs
+
+        pool = ThreadPoolService(reactor, 1, "late-pool", deadline=lambda: 0.05)
+        pool.startService()
+        release = threading.Event()
+        job = pool.run(release.wait, 10)
+        with capturedLogs() as logged:
+            stopped = pool.stopService()
+            await deferLater(reactor, 0.2)
+            self.assertNoResult(stopped)
+            warned = [e for e in logged if e.get("pool") == "late-pool"]
+            self.assertEqual([e["count"] for e in warned], [1])
+            release.set()
+            await stopped
+        self.assertTrue(await job)
+
+    async def test_a_stop_in_time_logs_nothing(self) -> None:
+        from twisted.logger import capturedLogs
+
+        pool = ThreadPoolService(reactor, 1, "quick-pool", deadline=lambda: 0.1)
+        pool.startService()
+        self.assertEqual(await pool.run(lambda: 7), 7)
+        with capturedLogs() as logged:
+            await pool.stopService()
+            await deferLater(reactor, 0.2)
+        self.assertEqual([e for e in logged if e.get("pool") == "quick-pool"], [])
