@@ -292,9 +292,14 @@ def _serve(
         "Date": datetimeToString(now).decode(),
         "ETag": stored.etag,
         "Last-Modified": datetimeToString(min(int(stored.modified), now)).decode(),
-        # A preset may be edited: its URL is kept for a while, not for ever.
+        # A preset may be edited, and what a .auto name chooses changes with
+        # --extensions: their URLs are kept for a while, not for ever.
         "Cache-Control": by_path
-        or (PRESET_CACHE if served.preset else cache_control(served.name)),
+        or (
+            PRESET_CACHE
+            if served.preset or served.negotiated
+            else cache_control(served.name)
+        ),
         "X-Content-Type-Options": "nosniff",
     }
     if served.negotiated:

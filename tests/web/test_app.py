@@ -677,12 +677,20 @@ class AutoFormatTests(SynchronousTestCase):
             self.assertEqual(
                 headers.getRawHeaders("Content-Location"), [f"{folder}/w100.{fmt}"]
             )
+            # Kept an hour: what it chooses changes with --extensions.
+            self.assertEqual(
+                headers.getRawHeaders("Cache-Control"), ["public, max-age=3600"]
+            )
 
     def test_the_concrete_variant_is_the_same_stored_file(self) -> None:
         _, auto = self.get("x80-gn.auto", CHROMIUM)
         concrete, again = self.get("x80-gn.avif", None)
         self.assertEqual(auto, again)
         self.assertIsNone(concrete.headers.getRawHeaders("Vary"))
+        self.assertEqual(
+            concrete.headers.getRawHeaders("Cache-Control"),
+            ["public, max-age=31536000, immutable"],
+        )
         self.assertEqual(
             sample(self.app.events, "imageserver_variants_total", format="avif",
                    outcome="cached"), 1
