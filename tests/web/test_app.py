@@ -970,3 +970,30 @@ class WholeGrammarTests(SynchronousTestCase):
     def test_jxl_at_quality_100_encodes(self) -> None:
         response, body = self.app.request("GET", f"{self.folder}/w20-q100.jxl")
         self.assertEqual(response.code, 200, body)
+
+
+class DescribedHeadersTests(SynchronousTestCase):
+    def test_every_header_of_an_image_answer_is_described_in_openapi(self) -> None:
+        """Each header a variant's 200 carries, for a canonical name, a
+        preset, a .auto name, a density and a byte budget, is one the
+        OpenAPI description names (or HTTP's own entity headers)."""
+        from imageserver.web.openapi import spec
+
+        described = spec()["paths"]["/{namespace}/{h1}/{h2}/{h3}/{h4}/{name}"]["get"]
+        documented = set(described["responses"]["200"]["headers"])
+        app = AppHarness(self, presets=("thumb=x50",))
+        folder = app.upload(PHOTO)
+        seen: set[str] = set()
+        for name, accept in (
+            ("w60.jpg", None), ("thumb.jpg", None), ("w60.auto", "image/webp"),
+            ("w30@2x.jpg", None), ("w60-maxbytes3000.jpg", None),
+        ):  # fmt: skip
+            response, _ = app.request(
+                "GET", f"{folder}/{name}", headers={"Accept": accept} if accept else {}
+            )
+            self.assertEqual(response.code, 200, name)
+            seen |= {key.decode() for key, _ in response.headers.getAllRawHeaders()}
+        # HTTP's own, Twisted's, and what the in-memory client adds.
+        generic = {"Content-Type", "Content-Length", "Date", "X-Content-Type-Options",
+                   "Server", "Content-Encoding"}  # fmt: skip
+        self.assertEqual(seen - generic, documented)
