@@ -885,7 +885,7 @@ def _within_output(
     ``x100-round50``), a block at most the longer side (one block, the
     average colour), a tiling gap at most the longer side (one tile), and an
     overlay centred on each side its margin is half of or more (there is no
-    more room: ``x100-wmlogo_se50`` is ``x100-wmlogo_e50``, and
+    more room: ``w100-wmlogo_se50`` is ``w100-wmlogo_s50``, and
     ``100x80-wmlogo_n50`` is ``100x80-wmlogo_c``). An output is never larger
     than its name's sides (a width or height alone bounds that side and, for
     the radius, the shorter); a name without sides is left as it is."""
