@@ -285,9 +285,12 @@ class Images:
         if choice.format not in self.rules.auto_formats:
             # The fallback depends on transparency: jpg, or png for alpha
             # (the original's, or what the variant makes: a mask); jpg for a
-            # byte budget, which png cannot keep.
-            alpha = not variant.max_bytes and (
-                variant.adds_transparency or await self._has_alpha(image)
+            # byte budget, which png cannot keep, and for a background, which
+            # flattens all transparency.
+            alpha = (
+                not variant.max_bytes
+                and variant.background is None
+                and (variant.adds_transparency or await self._has_alpha(image))
             )
             choice = self.rules.negotiated(variant, accepted, alpha)
         direct = self.presets.allows(image.namespace, choice.name)

@@ -128,13 +128,21 @@ class ByteBudgetTests(SynchronousTestCase):
 
     def test_auto_keeps_a_budget_where_png_would_drop_it(self) -> None:
         """A client that takes neither AVIF nor WebP gets png for a mask,
-        and jpg (flattened, with its chosen quality) for a mask on a budget."""
-        for name, ext, quality in (
-            ("w100-round20.auto", "png", None),
-            ("w100-round20-maxbytes3000.auto", "jpg", True),
-            ("w100-maxbytes3000.auto", "jpg", True),
+        and jpg (flattened, with its chosen quality) for a mask on a budget;
+        jpg for a background, which flattens a mask's or the original's
+        transparency."""
+        clear = self.app.upload(
+            encode(Image.new("RGBA", (90, 60), (9, 9, 9, 99)), "PNG")
+        )
+        for folder, name, ext, quality in (
+            (self.folder, "w100-round20.auto", "png", None),
+            (self.folder, "w100-round20-maxbytes3000.auto", "jpg", True),
+            (self.folder, "w100-maxbytes3000.auto", "jpg", True),
+            (self.folder, "w100-round20-bg203040.auto", "jpg", None),
+            (clear, "w50.auto", "png", None),
+            (clear, "w50-bg203040.auto", "jpg", None),
         ):
-            response, body = self.app.request("GET", f"{self.folder}/{name}")
+            response, body = self.app.request("GET", f"{folder}/{name}")
             self.assertEqual(response.code, 200, body)
             [location] = response.headers.getRawHeaders("Content-Location")
             self.assertTrue(location.endswith(f".{ext}"), (name, location))
