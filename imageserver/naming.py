@@ -846,6 +846,14 @@ def _canonical(v: Variant) -> Variant:
     if background == (255, 255, 255) and not _keeps_alpha(v.format):
         background = None  # what a format without alpha is flattened on
     corner_radius, pixelate, watermark, text = _within_output(v)
+    noup = v.noup and _can_enlarge(v)
+    circle = v.circle
+    square = v.width == v.height and (
+        v.fit is Fit.PAD or (v.fit is Fit.FILL and not noup)
+    )
+    if square and corner_radius * 2 == v.width:
+        # Corners rounded by half of an even square's side: its circle.
+        corner_radius, circle = 0, True
     rotate, flip, flop = v.rotate, v.flip, v.flop
     if flip and flop:  # mirrored both ways: turned half a turn
         rotate, flip, flop = (rotate + 180) % 360, False, False
@@ -857,7 +865,7 @@ def _canonical(v: Variant) -> Variant:
         named_quality=named,
         max_bytes=max_bytes,
         pad=pad,
-        noup=v.noup and _can_enlarge(v),
+        noup=noup,
         gravity=gravity,
         focus=focus,
         rotate=rotate,
@@ -869,6 +877,7 @@ def _canonical(v: Variant) -> Variant:
         pixelboxes=tuple(sorted(v.pixelboxes)),
         blurboxes=tuple(sorted(v.blurboxes)),
         corner_radius=corner_radius,
+        circle=circle,
         pixelate=pixelate,
         watermark=watermark,
         text=text,

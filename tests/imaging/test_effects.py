@@ -649,6 +649,7 @@ class FoldTests(SynchronousTestCase):
         asked = replace(
             variant,
             corner_radius=n if option.startswith("round") else 0,
+            circle=False,
             pixelate=n if option.startswith("pixelate") else 0,
             watermark=variant.watermark
             and replace(variant.watermark, place=place, margin=n),
@@ -664,9 +665,30 @@ class FoldTests(SynchronousTestCase):
 
         self.assertEqual(made(variant), made(asked), (name, variant.name))
 
+    def test_a_round_square_is_its_circle_only_where_it_draws_one(self) -> None:
+        """Half an even square's side rounds it into its circle (the name
+        folds to circle); an odd side's half is short of one (it does not)."""
+        picture = encode(noisy((30, 20)), "PNG")
+        for side in range(2, 14):
+            for fit in ("", "-pad"):
+                variant = self.rules.canonical(f"x{side}{fit}-round{side}.png")
+                assert variant is not None
+                self.assertEqual(variant.circle, side % 2 == 0, variant.name)
+                asked = replace(variant, corner_radius=side, circle=False)
+                made = [
+                    renderer.render_many(picture, [v], LIMITS)[1][0]
+                    for v in (variant, asked)
+                ]
+                self.assertEqual(made[0], made[1], variant.name)
+
     def test_the_folds(self) -> None:
         for name, folded in [
-            ("x100-round80.png", "x100-round50.png"),
+            ("x100-round80.png", "x100-circle.png"),
+            ("x100-round50.png", "x100-circle.png"),
+            ("x100-pad-round50.png", "x100-pad-circle.png"),
+            ("x101-round80.png", "x101-round50.png"),
+            ("x100-noup-round50.png", "x100-noup-round50.png"),
+            ("x100-fit-round50.png", "x100-fit-round50.png"),
             ("w100-round80.png", "w100-round50.png"),
             ("full_size-round80.png", "full_size-round80.png"),
             ("100x40-pixelate300.png", "100x40-pixelate100.png"),
