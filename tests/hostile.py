@@ -420,7 +420,11 @@ def _measure(jobs: list[dict[str, Any]]) -> None:
         child = os.fork()
         if child == 0:
             os.close(reader)
-            os.write(writer, json.dumps(_one(job, default, rules)).encode())
+            try:
+                measured = _one(job, default, rules)
+            except BaseException as e:  # said in the answer, not a blank line
+                measured = {"rss_mb": 0, "cpu_s": 0, "outcome": f"job failed: {e!r}"}
+            os.write(writer, json.dumps(measured).encode())
             os._exit(0)
         os.close(writer)
         with os.fdopen(reader) as answer:

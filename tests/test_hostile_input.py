@@ -587,7 +587,7 @@ class EveryEffectCostTests(SynchronousTestCase):
             text = base64.b32encode(b"W" * letters).decode().rstrip("=").lower()
             return (
                 "-brightness10-contrast10-saturation10-blur3-sharp"
-                "-pixelbox0_0_2000_2000-blurbox2000_1000_4000_3000-round500"
+                "-pixelbox0_0_2000_2000-blurbox2000_1000_4000_3000-round400"
                 f"-wmlogo_tile5_50_1-text{text}_c_100-pixelate4-bg336699"
             )
 
