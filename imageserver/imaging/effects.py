@@ -139,8 +139,26 @@ def redacted(
     for box, (width, height) in blur_boxes:
         part = image.crop(box)
         sigma = max(2.0, min(width, height) / REDACTION_BLUR)
-        image.paste(part.filter(ImageFilter.GaussianBlur(sigma)), box[:2])
+        image.paste(_blurred(part, sigma), box[:2])
     return image
+
+
+#: A redaction's blur of a larger sigma than this many pixels is made on a
+#: copy reduced so that its sigma is about this, then enlarged back.
+REDACTION_BLUR_SAMPLE = 4
+
+
+def _blurred(part: Image.Image, sigma: float) -> Image.Image:
+    """``part`` under a Gaussian blur of ``sigma``; a wide one made at a
+    reduced scale (as smooth, and a few passes over the part's pixels
+    whatever its size: a blur of a whole 12 MP picture took 0.5 s, eight of
+    them 4.6 s)."""
+    factor = int(sigma // REDACTION_BLUR_SAMPLE)
+    if factor < 2:
+        return part.filter(ImageFilter.GaussianBlur(sigma))
+    small = part.reduce(factor)
+    small = small.filter(ImageFilter.GaussianBlur(sigma / factor))
+    return small.resize(part.size, Image.Resampling.BILINEAR)
 
 
 def masked(image: Image.Image, variant: Variant) -> Image.Image:
