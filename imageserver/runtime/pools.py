@@ -89,6 +89,9 @@ class ThreadPoolService(Service):
         self.pool = _NicedThreadPool(niceness, minthreads=0, maxthreads=size, name=name)
 
     def run(self, f: Callable[..., T], /, *args: Any) -> Deferred[T]:
+        if self.pool.joined:
+            # A stopped pool takes no work (Twisted's drops it unanswered).
+            return fail(Overloaded("the server is stopping"))
         if (
             self._max_pending is not None
             and self.outstanding - self._size >= self._max_pending

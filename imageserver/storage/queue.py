@@ -67,12 +67,25 @@ class WriteQueue(Service):
         #: Writers waiting to retry, by key.
         self._sleeping: dict[str, Deferred[None]] = {}
         self._idle = WhenIdle(lambda: bool(self._running))
+        #: Past the shutdown's writes: what comes now is not written.
+        self._closed = False
 
     @property
     def pending(self) -> int:
         return len(self._pending)
 
     def submit(self, key: str, stored: StoredObject) -> None:
+        if self._closed:
+            # A render that outlasted the shutdown's time: its pools may be
+            # gone, so it would wait for ever; said, as a write left is.
+            self._events.background_done(self.label, "failed", self.pending)
+            log.error(
+                "{queue}: {key} came after the shutdown's writes, and is not "
+                "written; it will be generated again when requested",
+                queue=self.label,
+                key=key,
+            )
+            return
         self._pending[key] = stored
         self._events.background_queued(self.label, len(self._pending))
         if key not in self._running:
@@ -185,6 +198,12 @@ class WriteQueue(Service):
         return Deferred.fromCoroutine(self._drain())
 
     async def _drain(self) -> None:
+        try:
+            await self._drain_pending()
+        finally:
+            self._closed = True
+
+    async def _drain_pending(self) -> None:
         what = f"{len(self._pending)} pending writes ({self.label})"
         if self._running and not await drained(
             self.wait_idle, self._shutdown_timeout, self._clock, what

@@ -103,3 +103,14 @@ class StopTests(TestCase):
             await pool.stopService()
             await deferLater(reactor, 0.2)
         self.assertEqual([e for e in logged if e.get("pool") == "quick-pool"], [])
+
+    async def test_a_stopped_pool_refuses_work_at_once(self) -> None:
+        """Twisted's stopped pool drops a job unanswered: whoever waited
+        for it would wait for ever."""
+        from imageserver.errors import Overloaded
+
+        pool = ThreadPoolService(reactor, 1, "stopped-pool")
+        pool.startService()
+        await pool.stopService()
+        with self.assertRaisesRegex(Overloaded, "stopping"):
+            await pool.run(lambda: 7)

@@ -99,3 +99,23 @@ class WriteQueueCancelTests(SynchronousTestCase):
         self.successResultOf(queue.wait_idle())
         self.assertEqual(queue.pending, 0)
         self.flushLoggedErrors()
+
+    def test_a_write_after_the_shutdown_s_writes_is_said_not_lost(self) -> None:
+        """A render that outlasted the shutdown's time answers; its write
+        comes after the queue's drain: logged as an error and counted, not
+        left waiting on pools that are gone."""
+        from twisted.logger import capturedLogs
+
+        self.queue.startService()
+        self.successResultOf(self.queue.stopService())
+        with capturedLogs() as logged:
+            self.queue.submit(KEY, stored(b"late"))
+        self.assertEqual(self.queue.pending, 0)
+        self.assertEqual(self.gate.calls, [])
+        self.assertIsNone(self.on_disk(KEY))
+        [error] = [e for e in logged if e.get("key") == KEY]
+        self.assertIn("after the shutdown's writes", error["log_format"])
+        self.assertEqual(
+            sample(self.events, "imageserver_background_writes_total",
+                   queue="bucket", outcome="failed"), 1
+        )  # fmt: skip
