@@ -273,8 +273,9 @@ _plugins_registered = False
 
 
 def register_plugins() -> None:
-    """Teach Pillow HEIF and JPEG XL, and have every codec work on the
-    thread it is called on; idempotent, called before decoding.
+    """Teach Pillow HEIF and JPEG XL, and have every codec work on one
+    thread at a time (libheif decodes on one of its own while its caller
+    waits); idempotent, called before decoding.
 
     A job is one thread of a pool with one per core: a codec's own threads
     (libavif, libheif and libjxl start one a core) would let one request
