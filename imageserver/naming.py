@@ -813,9 +813,10 @@ _FOCUS_GRAVITIES: dict[tuple[int, int], str] = {
 _CENTRE = (50, 50)
 
 
-def _canonical(v: Variant) -> Variant:
+def _canonical(v: Variant, most: int = 0) -> Variant:
     """The one variant of all those whose output is the same by construction,
-    under its one name.
+    under its one name (``most``: the longest side an output may have, where
+    the name gives one side only; 0 for unbounded).
 
     What cannot change the output goes: a density (its pixels are the
     multiplied size's: ``x100@2x`` is ``x200``), ``noup`` where nothing is
@@ -845,7 +846,7 @@ def _canonical(v: Variant) -> Variant:
     background = v.background
     if background == (255, 255, 255) and not _keeps_alpha(v.format):
         background = None  # what a format without alpha is flattened on
-    corner_radius, pixelate, watermark, text = _within_output(v)
+    corner_radius, pixelate, watermark, text = _within_output(v, most)
     noup = v.noup and _can_enlarge(v)
     circle = v.circle
     square = v.width == v.height and (
@@ -886,7 +887,7 @@ def _canonical(v: Variant) -> Variant:
 
 
 def _within_output(
-    v: Variant,
+    v: Variant, most: int = 0
 ) -> tuple[int, int, Watermark | None, Caption | None]:
     """The round radius, pixelate block and overlay places of ``v``, each
     no larger than the largest output its name allows can tell apart: a
@@ -897,12 +898,13 @@ def _within_output(
     more room: ``w100-wmlogo_se50`` is ``w100-wmlogo_s50``, and
     ``100x80-wmlogo_n50`` is ``100x80-wmlogo_c``). An output is never larger
     than its name's sides (a width or height alone bounds that side and, for
-    the radius, the shorter); a name without sides is left as it is."""
+    the radius, the shorter; the other side is at most ``most``); a name
+    without sides is left as it is."""
     sides = [n for n in (v.width, v.height) if n and v.fit is not Fit.FULL]
     both = v.fit in _BOX_FITS
     bounds = (
-        v.width if both or v.fit is Fit.WIDTH else 0,
-        v.height if both or v.fit is Fit.HEIGHT else 0,
+        v.width if both or v.fit is Fit.WIDTH else most * (v.fit is Fit.HEIGHT),
+        v.height if both or v.fit is Fit.HEIGHT else most * (v.fit is Fit.WIDTH),
     )
     radius, block = v.corner_radius, v.pixelate
     watermark, text = v.watermark, v.text
@@ -911,8 +913,8 @@ def _within_output(
     if both:
         block = min(block, max(sides))
     if watermark is not None and watermark.place == "tile":
-        if both:
-            watermark = replace(watermark, margin=min(watermark.margin, max(sides)))
+        if all(bounds):  # a gap of the longer side or more: one tile
+            watermark = replace(watermark, margin=min(watermark.margin, max(bounds)))
     elif watermark is not None:
         place = _centred_within(watermark.place, watermark.margin, bounds)
         margin = 0 if place == "c" else watermark.margin
@@ -1275,7 +1277,7 @@ def _canonical_under(rules: VariantRules, name: str) -> Variant | None:
             raise
         shown = name if len(name) <= 100 else name[:100] + "..."
         raise InvalidRequest(f"{shown!r}: {e}") from None
-    variant = _canonical(parsed)
+    variant = _canonical(parsed, rules.maximum_width)
     if len(variant.name.encode()) > MAX_NAME_BYTES:
         raise InvalidRequest(
             f"{name[:100]!r}...: its canonical spelling has "

@@ -705,6 +705,11 @@ class FoldTests(SynchronousTestCase):
             ("100x40-textknauyri_s900.png", "100x40-textknauyri_c50.png"),
             ("100x40-textknauyri_sw20.png", "100x40-textknauyri_w20.png"),
             ("w100-textknauyri_s900.png", "w100-textknauyri_s900.png"),
+            # The side a name does not give is at most --maximum_width (4000).
+            ("w100-wmlogo_s2000.png", "w100-wmlogo_c.png"),
+            ("w100-wmlogo_s1999.png", "w100-wmlogo_s1999.png"),
+            ("w100-wmlogo_tile9000.png", "w100-wmlogo_tile4000.png"),
+            ("h100-textknauyri_c9000.png", "h100-textknauyri_c2000.png"),
             ("w100-textknauyri_c900.png", "w100-textknauyri_c50.png"),
             ("h100-textknauyri_c900.png", "h100-textknauyri_c900.png"),
             (f"x100-wm{self.digest.upper()}_nw.png", "x100-wmlogo_nw.png"),
