@@ -676,32 +676,35 @@ def _parse(
             fields[boxes] = tuple(fields[boxes])
     # Numbers of output pixels are the density's multiple, as the size is
     # (a budget of bytes is not); their bounds hold for the product, which
-    # is what is spelled and stored.
-    if dpr > 1:
-        most = 10**MAX_DIGITS - 1
-        for scaled, what, bound in (
-            ("corner_radius", "round", most),
-            ("pixelate", "pixelate", MAX_PIXELATE),
-            ("blur", "blur", 100),
-        ):
-            if scaled in fields:
-                fields[scaled] = _times(fields[scaled], dpr, what, bound, name)
-        for placed in ("watermark", "text"):
-            if placed in fields:
-                margin = _times(fields[placed].margin, dpr, "a margin", most, name)
-                fields[placed] = replace(fields[placed], margin=margin)
+    # is what is spelled and stored, once folded (`_within_density`).
+    for scaled in ("corner_radius", "pixelate", "blur"):
+        if scaled in fields:
+            fields[scaled] *= dpr
+    for placed in ("watermark", "text"):
+        if placed in fields:
+            fields[placed] = replace(fields[placed], margin=fields[placed].margin * dpr)
     return Variant("", fit, width * dpr, height * dpr, quality, fmt, **fields)
 
 
-def _times(value: int, dpr: int, what: str, most: int, name: str) -> int:
-    """``value`` (of output pixels) at density ``dpr``; `InvalidRequest`
-    saying what was given and what may be, past ``most``."""
-    if value * dpr > most:
-        raise InvalidRequest(
-            f"{name!r}: {what} is at most {most} output pixels, and @{dpr}x "
-            f"makes {value} of it {value * dpr}: give at most {most // dpr}"
-        )
-    return value * dpr
+def _within_density(variant: Variant, name: str, dpr: int, maximum: int) -> None:
+    """`InvalidRequest` for a canonical ``variant`` whose numbers, multiplied
+    by the density ``dpr`` of its ``name`` and folded, pass their bounds:
+    saying what the product is and the most to give."""
+    most = 10**MAX_DIGITS - 1
+    margins = [o.margin for o in (variant.watermark, variant.text) if o is not None]
+    for value, what, bound in (
+        (max(variant.width, variant.height), "the size", maximum),
+        (variant.corner_radius, "round", most),
+        (variant.pixelate, "pixelate", MAX_PIXELATE),
+        (variant.blur, "blur", 100),
+        (max(margins, default=0), "a margin", most),
+    ):
+        if value > bound:
+            raise InvalidRequest(
+                f"{name!r}: {what} is at most {bound} output pixels"
+                + (" (--maximum_width)" if what == "the size" else "")
+                + f", and @{dpr}x makes it {value}: give at most {bound // dpr}"
+            )
 
 
 def _watermark(
@@ -1278,6 +1281,8 @@ def _canonical_under(rules: VariantRules, name: str) -> Variant | None:
         shown = name if len(name) <= 100 else name[:100] + "..."
         raise InvalidRequest(f"{shown!r}: {e}") from None
     variant = _canonical(parsed, rules.maximum_width)
+    if m["dpr"] is not None and int(m["dpr"]) > 1:
+        _within_density(variant, name, int(m["dpr"]), rules.maximum_width)
     if len(variant.name.encode()) > MAX_NAME_BYTES:
         raise InvalidRequest(
             f"{name[:100]!r}...: its canonical spelling has "

@@ -328,7 +328,7 @@ class GrammarV2Tests(SynchronousTestCase):
             ("x200-blur101.jpg", "blur must be between 1 and 100"),
             ("w200@5x.jpg", "the density must be 1x to 4x"),
             ("w200@0x.jpg", "density must be at least 1"),
-            ("w600@2x.jpg", "larger than the maximum of 1000 pixels"),
+            ("w600@2x.jpg", "@2x makes it 1200: give at most 500"),
             ("h0.jpg", "height must be at least 1"),
             ("w200-crop10_0_10_5.jpg", "right above left and bottom above top"),
             ("w200-crop0_9_10_5.jpg", "right above left and bottom above top"),
@@ -352,8 +352,8 @@ class GrammarV2Tests(SynchronousTestCase):
             ("w200-maxbytes0.jpg", "must be at least 1"),
             ("w200-maxbytes123456789.jpg", "is not a plain number"),
             # With a density, what was given and what may be.
-            ("x100-blur60@2x.jpg", "@2x makes 60 of it 120: give at most 50"),
-            ("x10-pixelate300@4x.jpg", "@4x makes 300 of it 1200: give at most 250"),
+            ("x100-blur60@2x.jpg", "@2x makes it 120: give at most 50"),
+            ("w10-pixelate300@4x.jpg", "@4x makes it 1200: give at most 250"),
             ("full_size-round999999@2x.jpg", "round is at most 999999 output"),
             ("full_size-textknauyri_s500000@2x.jpg", "give at most 499999"),
         ):
@@ -379,9 +379,13 @@ class GrammarV2Tests(SynchronousTestCase):
             self.assertEqual(variant, V2.parse(stored), name)
 
     def test_density_multiplies_every_pixel_number(self) -> None:
-        for name, double in (("w100@2x.jpg", "w200.jpg"), ("h50@2x.jpg", "h100.jpg"),
-                             ("x25-pad@4x.png", "x100-pad.png"),
-                             ("30x20-gn@3x.jpg", "90x60-gn.jpg")):  # fmt: skip
+        for name, double in (
+            ("w100@2x.jpg", "w200.jpg"), ("h50@2x.jpg", "h100.jpg"),
+            ("x25-pad@4x.png", "x100-pad.png"), ("30x20-gn@3x.jpg", "90x60-gn.jpg"),
+            # Past its bound once multiplied, folded within it: not a 400.
+            ("x100-pixelate501@2x.jpg", "x200-pixelate200.jpg"),
+            ("x100-round500000@2x.jpg", "x200-circle.jpg"),
+        ):  # fmt: skip
             self.assertEqual(canonical_of(name), double)
 
     def test_outputs_take_v2_names_and_refuse_other_spellings(self) -> None:
