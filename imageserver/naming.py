@@ -758,7 +758,14 @@ def _caption(m: re.Match[str], name: str) -> Caption:
     # (nothing to draw, only to move: a space before SALE is not a margin).
     text = unicodedata.normalize("NFC", text).translate(_VARIATION_SELECTORS)
     text = text.strip(_BLANKS)
-    if not text or len(text) > MAX_TEXT or not text.isprintable():
+    unprintable = next((c for c in text if not c.isprintable()), None)
+    if unprintable is not None:
+        raise InvalidRequest(
+            f"{name!r}: a text is printable characters on one line, and "
+            f"U+{ord(unprintable):04X} ({unicodedata.name(unprintable, 'unnamed')}) "
+            "is not one (a space is U+0020)"
+        )
+    if not text or len(text) > MAX_TEXT:
         raise InvalidRequest(
             f"{name!r}: a text is 1 to {MAX_TEXT} printable characters on one "
             "line, not only spaces"
@@ -803,8 +810,22 @@ OPTION_WORDS = ("fit", "pad", "noup", "smart", "trim", "flip", "flop", "sharp",
                  *GRAVITIES, *ROTATIONS)  # fmt: skip
 
 
+#: How the options with parts are spelled, for a token that begins as one
+#: but is not one.
+_GRAMMARS = {
+    "text": "text + its UTF-8 in base32 [_PLACE [_SIZE [_RRGGBB]]], PLACE one "
+    "of c, n, ne, e, se, s, sw, w, nw with an optional margin (no tile)",
+    "wm": "wm + a watermark's name [_PLACE [_OPACITY [_SCALE]]], PLACE one of "
+    "c, n, ne, e, se, s, sw, w, nw or tile with an optional margin",
+}
+
+
 def _nearest(token: str) -> str:
-    """``" (did you mean 'gray'?)"`` for ``grey``; empty when nothing is near."""
+    """``" (did you mean 'gray'?)"`` for ``grey``; how an option with parts
+    is spelled for one that begins like it; empty when nothing is near."""
+    for prefix, grammar in _GRAMMARS.items():
+        if token.startswith(prefix) and "_" in token:
+            return f" (a {prefix} option is {grammar})"
     stem = token.rstrip("0123456789_")
     near = difflib.get_close_matches(stem or token, OPTION_WORDS, n=1, cutoff=0.6)
     return f" (did you mean {near[0]!r}?)" if near and near[0] != stem else ""

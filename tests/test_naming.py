@@ -349,6 +349,9 @@ class GrammarV2Tests(SynchronousTestCase):
             ("w200-textknauyri_s_101.jpg", "a text's size is 1 to 100"),
             ("w200-textknauyri_s01.jpg", "'01' is not a plain number"),
             ("w200-textea.jpg", "not only spaces"),
+            ("w200-textihbkaqq.jpg", "U+00A0 (NO-BREAK SPACE) is not one"),
+            ("w200-textknauyri_tile.jpg", "PLACE one of c, n, ne, e, se, s, sw, w, nw"),
+            ("w200-wmlogo_q.jpg", "(a wm option is wm + a watermark's name"),
             ("w200-maxbytes0.jpg", "must be at least 1"),
             ("w200-maxbytes123456789.jpg", "is not a plain number"),
             # With a density, what was given and what may be.
