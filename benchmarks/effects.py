@@ -43,8 +43,11 @@ PAIRS = [
     ("w800-brightness20.jpg", "w800.jpg"),
     ("w800-contrastm20.jpg", "w800.jpg"),
     ("w800-saturation40.jpg", "w800.jpg"),
-    # The same output size from a box of the same shape: a 2000x2000 crop
-    # box against the cover crop of 3000x3000 (both decoded at 1/2).
+    # The same output from a box of the cover crop's size (3000x3000, both
+    # decoded at 1/2): what the option costs. A smaller box is decoded at a
+    # larger scale (its 800 pixels come from fewer of the original's): a
+    # 2000x2000 one at full scale, 1.8x, the cost of its pixels.
+    ("x800-crop400_0_3400_3000.jpg", "x800.jpg"),
     ("x800-crop1000_500_3000_2500.jpg", "x800.jpg"),
     ("w800-pixelbox1000_1000_2000_2000.jpg", "w800.jpg"),
     ("w800-blurbox1000_1000_2000_2000.jpg", "w800.jpg"),
