@@ -78,10 +78,11 @@ class ThreadPoolService(Service):
         max_pending: int | None = None,
         niceness: int = 0,
         deadline: Callable[[], float] | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         self.setName(name)
         self._reactor: IReactorFromThreads = reactor
-        self._clock: IReactorTime = reactor
+        self._clock: IReactorTime = clock or reactor
         self._size = size
         self._max_pending = max_pending
         self._deadline = deadline

@@ -5,7 +5,7 @@ import threading
 
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from imageserver.runtime.pools import ThreadPoolService
@@ -79,13 +79,16 @@ class StopTests(TestCase):
     ) -> None:
         from twisted.logger import capturedLogs
 
-        pool = ThreadPoolService(reactor, 1, "late-pool", deadline=lambda: 0.05)
+        clock = Clock()
+        pool = ThreadPoolService(
+            reactor, 1, "late-pool", deadline=lambda: 0.05, clock=clock
+        )
         pool.startService()
         release = threading.Event()
         job = pool.run(release.wait, 10)
         with capturedLogs() as logged:
             stopped = pool.stopService()
-            await deferLater(reactor, 0.2)
+            clock.advance(0.05)
             self.assertNoResult(stopped)
             warned = [e for e in logged if e.get("pool") == "late-pool"]
             self.assertEqual([e["count"] for e in warned], [1])
@@ -96,12 +99,16 @@ class StopTests(TestCase):
     async def test_a_stop_in_time_logs_nothing(self) -> None:
         from twisted.logger import capturedLogs
 
-        pool = ThreadPoolService(reactor, 1, "quick-pool", deadline=lambda: 0.1)
+        clock = Clock()
+        pool = ThreadPoolService(
+            reactor, 1, "quick-pool", deadline=lambda: 0.1, clock=clock
+        )
         pool.startService()
         self.assertEqual(await pool.run(lambda: 7), 7)
         with capturedLogs() as logged:
             await pool.stopService()
-            await deferLater(reactor, 0.2)
+            self.assertEqual(clock.getDelayedCalls(), [])  # cancelled
+            clock.advance(1)
         self.assertEqual([e for e in logged if e.get("pool") == "quick-pool"], [])
 
     async def test_a_stopped_pool_refuses_work_at_once(self) -> None:
