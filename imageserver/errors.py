@@ -89,6 +89,11 @@ class Overloaded(ImageServerError):
     """Too much work is waiting already; come back shortly (503)."""
 
 
+class Stopping(Overloaded):
+    """The server is stopping and takes no more work (503). Background work
+    that meets it during a shutdown ends quietly: nothing is wrong."""
+
+
 class TooMany(ImageServerError):
     """This client already has as many of something running as it may, such
     as batch jobs (429): wait for one to finish."""

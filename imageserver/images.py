@@ -28,6 +28,7 @@ from imageserver.errors import (
     NotCanonical,
     NotFound,
     Overloaded,
+    Stopping,
     UnsupportedImage,
 )
 from imageserver.imaging import containers, renderer
@@ -613,7 +614,7 @@ class Images:
                     waiter.errback(result)
                 else:
                     waiter.callback(result)
-            elif isinstance(result, Failure):
+            elif isinstance(result, Failure) and not result.check(Stopping):
                 log.failure("work nobody waits for any more failed", result)
 
         done.addBoth(land)

@@ -30,7 +30,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from imageserver.errors import StorageFailed, StorageFull, StorageUnavailable
+from imageserver.errors import (
+    Stopping,
+    StorageFailed,
+    StorageFull,
+    StorageUnavailable,
+)
 from imageserver.lifecycle.listeners import NoLifecycle
 from imageserver.naming import ImageId
 from imageserver.storage import Storage, StoredObject
@@ -135,6 +140,8 @@ class PurgeLog(NoLifecycle, Service):
             for m in range(first, minute + 1):
                 await self._read(m)
             await self._clean(minute)
+        except Stopping:
+            return  # a check under way when the shutdown began
         except (StorageUnavailable, StorageFailed, StorageFull) as e:
             log.warn("could not read the purge markers: {error}", error=e)
         for old in [m for m in self._seen if m < minute - 1]:

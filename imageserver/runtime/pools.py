@@ -15,7 +15,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from imageserver.errors import Overloaded
+from imageserver.errors import Overloaded, Stopping
 from imageserver.metrics.events import PoolStats
 
 log = Logger()
@@ -92,7 +92,7 @@ class ThreadPoolService(Service):
     def run(self, f: Callable[..., T], /, *args: Any) -> Deferred[T]:
         if self.pool.joined:
             # A stopped pool takes no work (Twisted's drops it unanswered).
-            return fail(Overloaded("the server is stopping"))
+            return fail(Stopping("the server is stopping"))
         if (
             self._max_pending is not None
             and self.outstanding - self._size >= self._max_pending

@@ -9,6 +9,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from imageserver.errors import Stopping
+
 log = Logger()
 
 K = TypeVar("K", bound=Hashable)
@@ -58,5 +60,5 @@ class Flights(Generic[K, V]):
                     waiter.errback(result)
                 else:
                     waiter.callback(result[key])
-        if isinstance(result, Failure) and not told:
+        if isinstance(result, Failure) and not told and not result.check(Stopping):
             log.failure("work for {keys} failed with nobody waiting", result, keys=keys)
