@@ -784,19 +784,34 @@ class Images:
         durable: bool = True,
         qualities: Mapping[str, int] | None = None,
     ) -> dict[str, StoredObject]:
+        async def put(
+            key: str, data: bytes, content_type: str, etag: str | None = None
+        ) -> StoredObject:
+            try:
+                return await self._storage.put(
+                    key, data, content_type, durable=durable, etag=etag
+                )
+            except Stopping:
+                if durable:
+                    raise
+                # A render that outlived the shutdown's budget, where variants
+                # are written through (a host's workers): answered, as it is
+                # where they are written behind, and said.
+                log.error(
+                    "{key} came after the shutdown's writes, and is not "
+                    "written; it will be generated again when requested",
+                    key=key,
+                )
+                return StoredObject(data, content_type, time.time(), etag or "")
+
         # A byte budget's quality first: whoever finds a variant finds it too.
         for name, quality in (qualities or {}).items():
-            await self._storage.put(
-                image.key(name + QUALITY_SUFFIX),
-                str(quality).encode(),
-                "text/plain",
-                durable=durable,
+            await put(
+                image.key(name + QUALITY_SUFFIX), str(quality).encode(), "text/plain"
             )
         keys = [image.key(v.name) for v in variants]
         puts = [
-            Deferred.fromCoroutine(
-                self._storage.put(k, data, v.content_type, durable=durable, etag=etag)
-            )
+            Deferred.fromCoroutine(put(k, data, v.content_type, etag))
             for k, v, (data, etag) in zip(keys, variants, outputs, strict=True)
         ]
         try:

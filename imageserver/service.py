@@ -32,6 +32,7 @@ from imageserver.runtime.logs import JSONLines, tagged
 from imageserver.runtime.pools import ThreadPoolService
 from imageserver.runtime.reloading import Hangup, Reloading
 from imageserver.runtime.shutdown import (
+    AnswersSent,
     Deadline,
     OrderedMultiService,
     RequestDrain,
@@ -192,6 +193,9 @@ def make_service(
     signals.setServiceParent(top)
     if config.workers > 1:
         return _supervisor(config, reactor, top, deadline, signals)
+    # Stopped last of all, after the pools have finished their renders.
+    sent = AnswersSent(reactor)
+    sent.setServiceParent(top)
 
     statsd = None
     if config.enable_statsd:
@@ -286,6 +290,7 @@ def make_service(
             authorized_keys=config.manhole_keys or None,
             passwords=config.manhole_passwords or None,
         ).setServiceParent(top)
+    sent.site = site
     RequestDrain(site, reactor, deadline).setServiceParent(top)
     if worker is None:
         Listening(reactor, config.endpoint, site, "main").setServiceParent(top)

@@ -59,7 +59,7 @@ from imageserver import config as configuration
 from imageserver.config import Config
 from imageserver.metrics.events import PoolReading
 from imageserver.runtime.listening import Listening
-from imageserver.runtime.shutdown import Deadline, stop_reactor
+from imageserver.runtime.shutdown import SENDING_SECONDS, Deadline, stop_reactor
 from imageserver.runtime.waiting import drained
 
 log = Logger()
@@ -422,14 +422,22 @@ class Workers(Service):
         workers = list(self._workers.values())
         for worker in workers:
             _ask_to_stop(worker)
+        # A worker's render may outlive the budget (a thread cannot be
+        # stopped); its request waits --processing_timeout at most, then its
+        # answer leaves: killed only once that has had its time.
+        grace = self._config.processing_timeout + SENDING_SECONDS
         for worker in workers:
             if not await drained(
                 worker.wait_ended,
-                self._deadline.remaining,
+                lambda: self._deadline.remaining() + grace,
                 self._reactor,
                 f"worker {worker.number}",
             ):
-                log.warn("worker {number} did not stop: killed", number=worker.number)
+                log.warn(
+                    "worker {number} did not stop within --shutdown_timeout and "
+                    "--processing_timeout: killed",
+                    number=worker.number,
+                )
                 _signal(worker, "KILL")
                 await worker.wait_ended()
         if self.metrics.path is not None:

@@ -17,6 +17,7 @@ from imageserver.config import Config, fields, options_table
 from imageserver.imaging import geometry
 from imageserver.metrics.events import Events
 from imageserver.naming import OPTION_WORDS, ROTATIONS, VariantRules
+from imageserver.runtime.shutdown import SENDING_SECONDS
 from tests import CHECKOUT_DIR
 from tests.support import AppHarness
 
@@ -52,6 +53,13 @@ class DocsTests(SynchronousTestCase):
             if not any(f"`{name}`" in page for name in names):
                 missing.append(family.name)
         self.assertEqual(missing, [])
+
+    def test_operations_page_gives_the_shutdown_grace(self) -> None:
+        with open(os.path.join(DOCS, "operations.md")) as f:
+            page = " ".join(f.read().split())
+        seconds = f"{SENDING_SECONDS:g} seconds"
+        self.assertIn(f"get up to {seconds} more to leave", page)
+        self.assertIn(f"`--processing_timeout` + {seconds} after the signal", page)
 
     def test_api_examples_are_canonical_and_pictured(self) -> None:
         with open(os.path.join(DOCS, "api.md")) as f:

@@ -416,6 +416,37 @@ class OperationsTests(TwistdCase):
         self.assertEqual(json_of(answer)["width"], 64)
         self.assertEqual(await process.ended, 0)
 
+    async def test_a_render_past_the_shutdown_budget_is_answered(self) -> None:
+        """A thread cannot be stopped: a render still running when the budget
+        ends is waited for and answered (with workers, the supervisor waits
+        for it too rather than killing the worker)."""
+        process = await self.start_server(
+            "--maximum_width", "8000", "--shutdown_timeout", "0.2"
+        )
+        noise = Image.frombytes("RGB", (1600, 1200), os.urandom(1600 * 1200 * 3))
+        response, body = await self.call("POST", "/p", data=encode(noise))
+        self.assertEqual(response.code, 200)
+        md5 = json.loads(body)["hash"]
+        folder = f"/p/{md5[:3]}/{md5[3:6]}/{md5[6:9]}/{md5[9:]}"
+        variant = Deferred.fromCoroutine(
+            self.call("GET", f"{folder}/w6000-blur100.png")
+        )
+        rendering = b'imageserver_pool_busy_workers{pool="imageserver-processing"} 1.0'
+        for _ in range(100):  # until the render has begun
+            _, metrics = await self.call("GET", "/metrics", port=self.admin_port)
+            if rendering in metrics:
+                break
+            await deferLater(reactor, 0.05)
+        self.assertIn(rendering, metrics)
+        process.transport.signalProcess("TERM")  # type: ignore[union-attr]
+        await process.wait_for(rb"requests in flight")
+        response, body = await variant
+        self.assertEqual(response.code, 200, body)
+        self.assertEqual(Image.open(io.BytesIO(body)).size, (6000, 4500))
+        self.assertEqual(await process.ended, 0)
+        self.assertIn(b"jobs still running", process.output)
+        self.assertNotIn(b"killed", process.output)
+
     async def test_second_signal_exits_at_once(self) -> None:
         process = await self.start_server(
             "--shutdown_timeout", "60", "--allow_private_sources"

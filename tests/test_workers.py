@@ -18,8 +18,9 @@ from twisted.internet.task import deferLater
 
 from imageserver import workers
 from imageserver.config import Config
+from tests import test_twistd
 from tests.support import encode, quadrants, serve
-from tests.test_twistd import OperationsTests, TwistdCase
+from tests.test_twistd import TwistdCase
 from tests.web.test_origins import Served
 
 
@@ -333,11 +334,13 @@ class WorkerDrainTests(TwistdCase):
     """SIGTERM drains the workers' requests in flight, as one process does;
     a second signal exits at once."""
 
-    held_upload = OperationsTests.held_upload
-    test_sigterm_drains = (
-        OperationsTests.test_sigterm_finishes_requests_in_flight_then_exits_0
+    _single = test_twistd.OperationsTests
+    held_upload = _single.held_upload
+    test_sigterm_drains = _single.test_sigterm_finishes_requests_in_flight_then_exits_0
+    test_second_signal = _single.test_second_signal_exits_at_once
+    test_render_past_the_budget = (
+        _single.test_a_render_past_the_shutdown_budget_is_answered
     )
-    test_second_signal = OperationsTests.test_second_signal_exits_at_once
 
     async def start_server(self, *extra: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
         process = await super().start_server("--workers", "2", *extra, env=env)

@@ -96,6 +96,49 @@ class RequestDrain(Service):
             )
 
 
+class Closable(Protocol):
+    """What `AnswersSent` needs of a site (web.site.BoundedSite is one)."""
+
+    def close_answered(self) -> Deferred[None]: ...
+
+
+#: Seconds the last step of a shutdown waits for answers still leaving the
+#: socket buffers (a slow client reading a large one), after the deadline's
+#: steps: an answer handed over is not cut off for the process's exit.
+SENDING_SECONDS = 5.0
+
+
+class AnswersSent(Service):
+    """The last step of a shutdown (added first): answers handed to the
+    connections, including those of renders that outlived the deadline,
+    leave before the process exits, for at most `SENDING_SECONDS`.
+
+    ``site`` is set once the site exists (the service must be added before
+    the pools, so that it stops after them).
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self.site: Closable | None = None
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return Deferred.fromCoroutine(self._wait())
+
+    async def _wait(self) -> None:
+        if self.site is not None and not await drained(
+            self.site.close_answered,
+            SENDING_SECONDS,
+            self._clock,
+            "answers still being sent",
+            quiet=True,
+        ):
+            log.warn(
+                "answers still being sent after {seconds:g}s: cut off",
+                seconds=SENDING_SECONDS,
+            )
+
+
 class Signals(Service):
     """SIGTERM and SIGINT stop the server gracefully, and the exit status is 0.
 

@@ -41,15 +41,19 @@ async def drained(
     timeout: float | Callable[[], float],
     clock: IReactorTime,
     what: str,
+    quiet: bool = False,
 ) -> bool:
     """Wait for ``wait_idle()`` for at most ``timeout`` seconds; whether it fired.
 
     ``timeout`` may be a callable: what is left of the shutdown's time.
+    ``quiet``: no line says so when it has fired at once.
     """
     seconds = timeout() if callable(timeout) else timeout
-    log.info("waiting up to {timeout:g}s for {what}", timeout=seconds, what=what)
+    idle = wait_idle()
+    if not (quiet and idle.called):
+        log.info("waiting up to {timeout:g}s for {what}", timeout=seconds, what=what)
     try:
-        await wait_idle().addTimeout(seconds, clock)
+        await idle.addTimeout(seconds, clock)
     except TimeoutError:
         return False
     return True

@@ -260,7 +260,7 @@ class BoundedChannel(HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        if not self.site.connection_opened():
+        if not self.site.connection_opened(self):
             self.refuse(503, "the server has too many connections, try again shortly")
 
     def dataReceived(self, data: bytes) -> None:
@@ -423,7 +423,7 @@ class BoundedChannel(HTTPChannel):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self._head_received()
-        self.site.connection_closed()
+        self.site.connection_closed(self)
         super().connectionLost(reason)
 
 
@@ -483,6 +483,10 @@ class BoundedSite(Site):
         self.answer_headers = answer_headers
         self.body_budget = body_budget or BodyBudget(4 * max_body_bytes)
         self.connections = 0
+        #: Open connections, and those closing once their answers are sent.
+        self._channels: set[BoundedChannel] = set()
+        self._closing: set[BoundedChannel] = set()
+        self._closed = WhenIdle(lambda: bool(self._closing))
         self._events = events
         self._route_of = route_of
         self.in_flight = 0
@@ -497,13 +501,27 @@ class BoundedSite(Site):
             refusal = self._admit(method, target, headers)
         return refusal
 
-    def connection_opened(self) -> bool:
+    def connection_opened(self, channel: BoundedChannel) -> bool:
         """Count a new connection; False when it is one too many."""
         self.connections += 1
+        self._channels.add(channel)
         return self.connections <= self.max_connections
 
-    def connection_closed(self) -> None:
+    def connection_closed(self, channel: BoundedChannel) -> None:
         self.connections -= 1
+        self._channels.discard(channel)
+        self._closing.discard(channel)
+        self._closed.check()
+
+    def close_answered(self) -> Deferred[None]:
+        """Close every connection with no request unanswered, each once what
+        it was sent has left (the reactor's stop would cut a large answer
+        still in the socket's buffer); fires when they all have."""
+        for channel in self._channels:
+            if not channel.requests and channel.transport is not None:
+                self._closing.add(channel)
+                channel.transport.loseConnection()
+        return self._closed.wait()
 
     def wait_idle(self) -> Deferred[None]:
         """Fires once no request is in flight."""
