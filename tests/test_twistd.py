@@ -392,6 +392,15 @@ class OperationsTests(TwistdCase):
         self.assertEqual((response.code, json.loads(body)["width"]), (200, 64))
         self.assertEqual(await process.ended, 0)
 
+    async def until_metric(self, line: bytes) -> None:
+        """Wait until the admin port's /metrics shows ``line``."""
+        for _ in range(100):
+            _, metrics = await self.call("GET", "/metrics", port=self.admin_port)
+            if line in metrics:
+                return
+            await deferLater(reactor, 0.05)
+        self.assertIn(line, metrics)
+
     async def test_sigterm_waits_for_a_body_still_arriving(self) -> None:
         """An upload whose head has arrived is in flight: a stop waits for the
         rest of its body and answers it (it was cut off)."""
@@ -401,13 +410,8 @@ class OperationsTests(TwistdCase):
         upload = await connected(
             self.port, request_bytes("POST", "/p", body=photo)[:-half]
         )
-        in_flight = b"imageserver_http_requests_in_flight 1.0"
-        for _ in range(100):  # until the head has arrived
-            _, body = await self.call("GET", "/metrics", port=self.admin_port)
-            if in_flight in body:
-                break
-            await deferLater(reactor, 0.05)
-        self.assertIn(in_flight, body)
+        # until the head has arrived
+        await self.until_metric(b"imageserver_http_requests_in_flight 1.0")
         process.transport.signalProcess("TERM")  # type: ignore[union-attr]
         await process.wait_for(rb"waiting up to [0-9.]+s for 1 requests in flight")
         upload.send(photo[-half:])
@@ -431,13 +435,9 @@ class OperationsTests(TwistdCase):
         variant = Deferred.fromCoroutine(
             self.call("GET", f"{folder}/w6000-blur100.png")
         )
-        rendering = b'imageserver_pool_busy_workers{pool="imageserver-processing"} 1.0'
-        for _ in range(100):  # until the render has begun
-            _, metrics = await self.call("GET", "/metrics", port=self.admin_port)
-            if rendering in metrics:
-                break
-            await deferLater(reactor, 0.05)
-        self.assertIn(rendering, metrics)
+        await self.until_metric(  # the render has begun
+            b'imageserver_pool_busy_workers{pool="imageserver-processing"} 1.0'
+        )
         process.transport.signalProcess("TERM")  # type: ignore[union-attr]
         await process.wait_for(rb"requests in flight")
         response, body = await variant

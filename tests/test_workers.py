@@ -336,6 +336,7 @@ class WorkerDrainTests(TwistdCase):
 
     _single = test_twistd.OperationsTests
     held_upload = _single.held_upload
+    until_metric = _single.until_metric
     test_sigterm_drains = _single.test_sigterm_finishes_requests_in_flight_then_exits_0
     test_second_signal = _single.test_second_signal_exits_at_once
     test_render_past_the_budget = (
