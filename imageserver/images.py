@@ -31,7 +31,7 @@ from imageserver.errors import (
     Stopping,
     UnsupportedImage,
 )
-from imageserver.imaging import containers, renderer
+from imageserver.imaging import containers, geometry, renderer
 from imageserver.lifecycle.listeners import Lifecycle, NoLifecycle
 from imageserver.metrics.events import Events
 from imageserver.naming import (
@@ -266,6 +266,7 @@ class Images:
             # is refused, not sent to its canonical spelling to be refused.
             variant = self.rules.parse(e.canonical)
             if variant is None or self.presets.allows(image.namespace, variant.name):
+                await self._crop_within(image, variant)
                 raise
         if variant is None:
             return Resolved(name)
@@ -296,6 +297,13 @@ class Images:
             choice = self.rules.negotiated(variant, accepted, alpha)
         direct = self.presets.allows(image.namespace, choice.name)
         return Resolved(choice.name, preset=mutable, negotiated=True, direct=direct)
+
+    async def _crop_within(self, image: ImageId, variant: Variant | None) -> None:
+        """A crop box past the original is refused before a redirect to the
+        name's canonical spelling, not after it: a 301 leads to a 200."""
+        if variant is not None and variant.crop is not None:
+            info = json.loads((await self.get(image, INFO)).data)
+            geometry.crop_region(variant, info["width"], info["height"])
 
     async def _has_alpha(self, image: ImageId) -> bool:
         """Whether the original has transparency; known once per image."""

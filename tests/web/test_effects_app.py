@@ -56,6 +56,41 @@ class WatermarkAppTests(SynchronousTestCase):
         self.assertIn("unknown watermark 'other'", body["error"])
 
 
+class CropAppTests(SynchronousTestCase):
+    """A crop box past the original is a 400 under any spelling: a redirect
+    to the canonical name never leads to a refusal."""
+
+    def setUp(self) -> None:
+        self.app = AppHarness(self, extensions=("png",))
+        self.photo = self.app.upload(PHOTO)  # 200x100
+
+    def test_past_the_original_under_every_spelling(self) -> None:
+        for name, status in [
+            ("w100-crop0_0_200_100.png", 200),
+            ("w100-crop0_0_200_100@1x.png", 301),
+            ("w100-crop0_0_201_100.png", 400),
+            ("w100-crop0_0_201_100@1x.png", 400),
+            ("w100-crop0_0_200_101@1x.png", 400),
+            ("x100-crop0_0_100_100-circle.png", 200),
+            ("x100-crop0_0_100_100-round50.png", 301),
+            ("x100-crop0_0_300_100-round50.png", 400),
+            ("w100-cropf0_0_10000_10000@1x.png", 301),
+        ]:
+            response, body = self.app.request(
+                "GET", f"{self.photo}/{name}", allow_redirects=False
+            )
+            self.assertEqual(response.code, status, (name, body[:200]))
+            if status == 400:
+                self.assertIn(b"reaches past the 200x100 original", body)
+
+    def test_of_an_image_not_stored_is_a_404(self) -> None:
+        missing = folder_of(b"nothing")
+        response, _ = self.app.request(
+            "GET", f"{missing}/w100-crop0_0_9_9@1x.png", allow_redirects=False
+        )
+        self.assertEqual(response.code, 404)
+
+
 class WatermarkStartTests(SynchronousTestCase):
     def test_a_watermark_that_cannot_be_used_stops_the_start(self) -> None:
         app = AppHarness(self)
