@@ -741,6 +741,26 @@ def _watermark(
     return Watermark(mark, place, margin, opacity, scale)
 
 
+def _blanks_in_order(text: str) -> str:
+    """One spelling of a text's blanks: none at either end, and each run of
+    them in one order (a space then U+2800 draws what U+2800 then a space
+    does). A blank that carries a combining mark is drawn: it stays where
+    it is, also at the start."""
+    out: list[str] = []
+    end = 0
+    for run in re.split(f"([{_BLANKS}]+)", text):
+        start, end = end, end + len(run)
+        if not run or run[0] not in _BLANKS:
+            out.append(run)
+            continue
+        following = text[end : end + 1]
+        carries = following and unicodedata.category(following).startswith("M")
+        carrier = run[-1] if carries else ""
+        loose = "" if start == 0 or end == len(text) else run[: len(run) - len(carrier)]
+        out.append("".join(sorted(loose)) + carrier)
+    return "".join(out)
+
+
 def _caption(m: re.Match[str], name: str) -> Caption:
     """A text option's fields; `InvalidRequest` for base32 that is not UTF-8
     text of at most `MAX_TEXT` printable characters, or a size out of range.
@@ -756,8 +776,9 @@ def _caption(m: re.Match[str], name: str) -> Caption:
     # One spelling of what is drawn: NFC; no variation selector (the font
     # has one presentation of each character), no space at either end
     # (nothing to draw, only to move: a space before SALE is not a margin).
-    text = unicodedata.normalize("NFC", text).translate(_VARIATION_SELECTORS)
-    text = text.strip(_BLANKS)
+    text = _blanks_in_order(
+        unicodedata.normalize("NFC", text).translate(_VARIATION_SELECTORS)
+    )
     unprintable = next((c for c in text if not c.isprintable()), None)
     if unprintable is not None:
         raise InvalidRequest(

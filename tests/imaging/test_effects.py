@@ -725,12 +725,31 @@ class FoldTests(SynchronousTestCase):
             (" SALE", "SALE"), ("SALE  ", "SALE"), ("SALE\ufe0f", "SALE"),
             ("SA\u180bLE", "SALE"), ("SA\u034fLE", "SALE"), ("SA\u17b4LE", "SALE"),
             ("SA LE", "SA LE"),
+            # A run of blanks in one order; a blank carrying a mark is drawn.
+            ("A\u2800 B", "A \u2800B"), ("A \u2800B", "A \u2800B"),
+            ("A\u2800 \u2800 B", "A  \u2800\u2800B"),
+            (" \u0301SALE", " \u0301SALE"), ("  \u0301SALE", " \u0301SALE"),
+            ("SALE \u0301", "SALE \u0301"), ("A\u2800  \u0301B", "A \u2800 \u0301B"),
         ]:  # fmt: skip
             self.assertEqual(canonical(f"w100-text{b32(text)}.png"),
                              f"w100-text{b32(spelled)}.png", text)  # fmt: skip
         for blank in (" ", "\ufe0f", "  \ufe0e ", "\u2800", " \u2800\ufffc"):
             with self.assertRaisesRegex(InvalidRequest, "not only spaces"):
                 RULES.canonical(f"w100-text{b32(blank)}.png")
+
+    def test_blanks_in_any_order_draw_the_same(self) -> None:
+        """What makes their order one spelling: the pixels do not tell."""
+        from imageserver.imaging.effects import captioned
+        from imageserver.naming import Caption
+
+        base = Image.new("RGB", (300, 100), (0, 0, 255))
+        for one, other in [("A\u2800 B", "A \u2800B"),
+                           ("A\u2800 \u2800 B", "A  \u2800\u2800B")]:  # fmt: skip
+            drawn = [
+                captioned(base, Caption(text, "s", 0, 30, (255, 255, 255))).tobytes()
+                for text in (one, other)
+            ]
+            self.assertEqual(drawn[0], drawn[1], one)
 
     def test_every_character_drawn_as_nothing_is_dropped_or_a_blank(self) -> None:
         """The font's every character (of the Basic Multilingual Plane) that
