@@ -50,6 +50,19 @@ class WatermarkAppTests(SynchronousTestCase):
         self.assertEqual((response.code, same), (200, body))
         self.assertIn("immutable", response.headers.getRawHeaders("Cache-Control")[0])
 
+    def test_places_alike_only_on_this_picture_stay_their_own_names(self) -> None:
+        """docs/api.md: folded are names alike by the name alone. Here the
+        mark is 25x12 on 100x100: a margin of 44 from the bottom centres it,
+        with this watermark, not with a flatter one."""
+        drawn = []
+        for name in ("x100-wmlogo_s44.png", "x100-wmlogo_c.png"):
+            response, body = self.app.request(
+                "GET", f"{self.photo}/{name}", allow_redirects=False
+            )
+            self.assertEqual(response.code, 200, name)
+            drawn.append(Image.open(io.BytesIO(body)).tobytes())
+        self.assertEqual(drawn[0], drawn[1])
+
     def test_unknown_watermarks_are_400s(self) -> None:
         status, body = self.app.json("GET", f"{self.photo}/w100-wmother.png")
         self.assertEqual(status, 400)
