@@ -171,7 +171,8 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertFalse(service.running)
         names = [type(s).__name__ for s in IServiceCollection(service)]
         self.assertEqual(names, [
-            "Signals", "ThreadPoolService", "ThreadPoolService", "CacheSweeper",
+            "Signals", "AnswersSent", "ThreadPoolService", "ThreadPoolService",
+            "CacheSweeper",
             "WriteQueue", "Generations", "ConnectionPoolService", "WritableCheck",
             "Listening",
             "Hangup", "RequestDrain", "Listening", "Readiness",
@@ -184,7 +185,8 @@ class MakeServiceTests(SynchronousTestCase):
         )
         names = [type(s).__name__ for s in IServiceCollection(makeService(options))]
         self.assertEqual(names, [
-            "Signals", "ThreadPoolService", "ThreadPoolService", "ThreadPoolService",
+            "Signals", "AnswersSent", "ThreadPoolService", "ThreadPoolService",
+            "ThreadPoolService",
             "WriteQueue", "CacheSweeper", "WriteQueue", "Generations",
             "ConnectionPoolService",
             "WriteQueue", "PurgeLog", "WritableCheck", "Listening", "Hangup",
