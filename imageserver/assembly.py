@@ -64,6 +64,8 @@ from imageserver.storage.s3 import (
 )
 from imageserver.storage.sweeper import STALE_TEMPORARY, CacheSweeper
 from imageserver.storage.tiered import TieredStorage
+from imageserver.thumbor.plan import Settings as ThumborSettings
+from imageserver.thumbor_paths import ThumborPaths
 
 log = Logger()
 T = TypeVar("T")
@@ -548,4 +550,26 @@ def make_origin_paths(
         # may (each object up to --max_source_bytes).
         max_fetches=config.max_receiving_bytes // config.max_source_bytes,
         log_failures=log_failures,
+    )
+
+
+def make_thumbor_paths(
+    config: Config, images: Images, origin_paths: OriginPaths | None
+) -> ThumborPaths | None:
+    """thumbor's URLs on the origins (--thumbor), or None."""
+    if not config.thumbor or origin_paths is None:
+        return None
+    return ThumborPaths(
+        images,
+        origin_paths,
+        config.rules,
+        origins={name: spec.url for name, spec in config.origin_specs.items()},
+        keys=config.thumbor_security_keys,
+        allow_unsafe=config.thumbor_allow_unsafe,
+        loader=config.thumbor_loader,
+        settings=ThumborSettings(
+            quality=config.thumbor_quality,
+            auto_webp=config.thumbor_auto_webp,
+            auto_avif=config.thumbor_auto_avif,
+        ),
     )

@@ -309,6 +309,50 @@ class Config:
         60.0,
         "Seconds an origin's 'no such object' is remembered.",
     )
+    thumbor: bool = setting(
+        False,
+        "Answer thumbor's URLs (/unsafe/... and /SIGNATURE/...) on the main "
+        "port, from --thumbor_loader or the web origins (docs/thumbor.md).",
+        server_only=True,
+    )
+    thumbor_security_key: str = setting(
+        "",
+        "thumbor's SECURITY_KEY: the keys thumbor URLs may be signed with, "
+        "comma-separated (several while one is rotated).",
+        repr=False,
+        server_only=True,
+        secret=True,
+    )
+    thumbor_allow_unsafe: bool = setting(
+        False,
+        "thumbor's ALLOW_UNSAFE_URL: answer unsigned thumbor URLs (/unsafe/...).",
+        server_only=True,
+    )
+    thumbor_loader: str = setting(
+        "",
+        "The --origin namespace thumbor URLs' images are read from, as "
+        "thumbor's LOADER (file: FILE_LOADER_ROOT_PATH; web: the HTTP "
+        "loader's host; s3: a bucket); empty: an image URL is read from the "
+        "web origin whose URL it starts with (ALLOWED_SOURCES).",
+        server_only=True,
+    )
+    thumbor_quality: int = setting(
+        80,
+        "thumbor's QUALITY: of jpg, webp and avif answers without quality().",
+        server_only=True,
+    )
+    thumbor_auto_webp: bool = setting(
+        False,
+        "thumbor's AUTO_WEBP: WebP for clients that accept it, unless "
+        "format() says otherwise (with Vary: Accept).",
+        server_only=True,
+    )
+    thumbor_auto_avif: bool = setting(
+        False,
+        "thumbor's AUTO_AVIF: AVIF for clients that accept it (after WebP "
+        "when both are on).",
+        server_only=True,
+    )
     secret: str = setting(
         "",
         "Serve only URLs signed with one of these secrets (HMAC-SHA256, see "
@@ -616,6 +660,39 @@ class Config:
             Presets.from_options(self.presets, [], False, self.rules)
         except ValueError as e:
             raise ValueError(f"--presets: {e}") from None
+        if self.thumbor:
+            self._check_thumbor()
+
+    def _check_thumbor(self) -> None:
+        specs = self.origin_specs
+        if self.thumbor_loader and self.thumbor_loader not in specs:
+            raise ValueError(
+                f"--thumbor_loader {self.thumbor_loader!r} is not one of the "
+                "--origin namespaces: give it as --origin NAME=URL too"
+            )
+        if not self.thumbor_loader and not any(
+            spec.scheme in ("http", "https") for spec in specs.values()
+        ):
+            raise ValueError(
+                "--thumbor needs where images come from: --thumbor_loader NAME "
+                "of an --origin, or web origins (--origin NAME=https://...)"
+            )
+        if not self.thumbor_security_keys and not self.thumbor_allow_unsafe:
+            raise ValueError(
+                "--thumbor needs --thumbor_security_key (signed URLs) or "
+                "--thumbor_allow_unsafe (/unsafe/ URLs)"
+            )
+        if not 1 <= self.thumbor_quality <= 100:
+            raise ValueError("--thumbor_quality must be 1 to 100")
+
+    @property
+    def thumbor_security_keys(self) -> tuple[bytes, ...]:
+        """thumbor URLs' signing keys: any verifies."""
+        return tuple(
+            key.strip().encode()
+            for key in self.thumbor_security_key.split(",")
+            if key.strip()
+        )
 
     @property
     def remote(self) -> str | None:
@@ -756,6 +833,9 @@ def ignored_settings(config: Config) -> list[tuple[str, str]]:
          "a remote store (--aws_bucket, without --uploader noop)",
          config.remote is not None),
         (("origin_ttl", "origin_missing_ttl"), "--origin", bool(config.origin)),
+        (("thumbor_security_key", "thumbor_allow_unsafe", "thumbor_loader",
+          "thumbor_quality", "thumbor_auto_webp", "thumbor_auto_avif"),
+         "--thumbor", config.thumbor),
     ]  # fmt: skip
     defaults = {f.name: f.default for f in fields()}
     return [

@@ -21,7 +21,12 @@ from twisted.web.resource import IResource
 
 from imageserver import __version__
 from imageserver.access.tokens import WriteTokens
-from imageserver.assembly import check_store, make_images, make_origin_paths
+from imageserver.assembly import (
+    check_store,
+    make_images,
+    make_origin_paths,
+    make_thumbor_paths,
+)
 from imageserver.bulk.batches import Batches
 from imageserver.config import Config
 from imageserver.metrics.events import Events, host_metrics
@@ -45,6 +50,7 @@ from imageserver.web.app import (
     UNSIGNED_ROUTES,
     ImageServerApp,
     answer_headers,
+    is_thumbor_path,
     route_name,
 )
 from imageserver.web.debug import DebugApp, HeapTracing
@@ -243,7 +249,10 @@ def make_service(
         run=io_pool.run,
         origin_paths=origin_paths,
     )
-    api: IResource = ImageServerApp(images, batches, origin_paths).app.resource()
+    thumbor = make_thumbor_paths(config, images, origin_paths)
+    api: IResource = ImageServerApp(
+        images, batches, origin_paths, thumbor
+    ).app.resource()
     tokens = None
     if config.write_tokens:
         tokens = top.write_tokens = WriteTokens(config.write_tokens)
@@ -255,13 +264,22 @@ def make_service(
     admit = None
     if config.secrets or tokens is not None:
         admit = AccessPolicy(
-            reactor, secrets=config.secrets, tokens=tokens, unsigned=UNSIGNED_ROUTES
+            reactor,
+            secrets=config.secrets,
+            tokens=tokens,
+            unsigned=UNSIGNED_ROUTES,
+            # thumbor's URLs carry thumbor's signature, checked by its route.
+            signed_otherwise=is_thumbor_path if thumbor is not None else None,
         )
     site = BoundedSite(
         api,
         max_body_bytes=config.max_source_bytes,
         events=events,
-        route_of=partial(route_name, origins=frozenset(config.origin_specs)),
+        route_of=partial(
+            route_name,
+            origins=frozenset(config.origin_specs),
+            thumbor=thumbor is not None,
+        ),
         idle_timeout=config.idle_timeout,
         clock=reactor,
         head_timeout=config.request_head_timeout,

@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from imageserver.assembly import origin_bucket_settings
+from imageserver.assembly import make_thumbor_paths, origin_bucket_settings
 from imageserver.bulk.batches import Batches
 from imageserver.config import Config
 from imageserver.images import Coordination, Images
@@ -277,7 +277,10 @@ class AppHarness:
             self.images, self.storage, clock=self.clock, origin_paths=self.origin_paths
         )
         self.resource = ImageServerApp(
-            self.images, self.batches, self.origin_paths
+            self.images,
+            self.batches,
+            self.origin_paths,
+            make_thumbor_paths(self.config, self.images, self.origin_paths),
         ).app.resource()
         self.client = StubTreq(self.resource)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.http_headers import Headers
@@ -26,7 +26,8 @@ class AccessPolicy:
     signature. With ``secrets``, every other request needs a URL signed by
     one of them for its method (a read's signature does not write), not past
     its ``exp``, except the (method, path) pairs in ``unsigned`` (HEAD goes
-    with GET), such as the health check.
+    with GET), such as the health check, and reads of the paths
+    ``signed_otherwise`` says carry a signature of their own (thumbor's).
     """
 
     def __init__(
@@ -36,11 +37,13 @@ class AccessPolicy:
         secrets: Sequence[bytes] = (),
         tokens: WriteTokens | None = None,
         unsigned: frozenset[tuple[bytes, bytes]] = frozenset(),
+        signed_otherwise: Callable[[bytes], bool] | None = None,
     ) -> None:
         self._clock = clock
         self._secrets = tuple(secrets)
         self._tokens = tokens
         self._unsigned = unsigned
+        self._signed_otherwise = signed_otherwise
 
     def __call__(
         self, method: bytes, target: bytes, headers: Headers
@@ -49,7 +52,15 @@ class AccessPolicy:
         if self._tokens is not None and method not in READS:
             return self._token_refusal(headers.getRawHeaders(b"Authorization", []))
         path = target.partition(b"?")[0]
-        if self._secrets and (method, path) not in self._unsigned:
+        if (
+            self._secrets
+            and (method, path) not in self._unsigned
+            and not (
+                method == b"GET"
+                and self._signed_otherwise is not None
+                and self._signed_otherwise(path)
+            )
+        ):
             why = refusal(
                 self._secrets,
                 target.decode("latin-1"),

@@ -27,6 +27,7 @@ from imageserver.naming import (
 )
 from imageserver.origin_paths import OriginPaths
 from imageserver.storage import StoredObject, cache_control
+from imageserver.thumbor_paths import ThumborPaths
 from imageserver.web.openapi import spec_json
 from imageserver.web.responses import (
     Headers,
@@ -45,6 +46,14 @@ PRESET_CACHE = "public, max-age=3600"
 #: The routes that stay open with --secret: (method, path) of the health
 #: check for load balancers and of the API's description.
 UNSIGNED_ROUTES = frozenset({(b"GET", b"/status_check"), (b"GET", b"/openapi.json")})
+#: The first segment of a thumbor URL: unsafe, or its signature (HMAC-SHA1 in
+#: URL-safe base64, with its = or %3D).
+THUMBOR_HEAD = re.compile(rb"/(?:unsafe|[A-Za-z0-9_-]{27}(?:=|%3[dD]))/")
+
+
+def is_thumbor_path(path: bytes) -> bool:
+    """Whether ``path`` is shaped as a thumbor URL (its own signature)."""
+    return THUMBOR_HEAD.match(path) is not None
 
 
 class ImageFolderConverter(BaseConverter):
@@ -83,10 +92,12 @@ class ImageServerApp:
         images: Images,
         batches: Batches,
         origin_paths: OriginPaths | None = None,
+        thumbor: ThumborPaths | None = None,
     ) -> None:
         self._images = images
         self._batches = batches
         self._origin_paths = origin_paths
+        self._thumbor = thumbor
 
     @app.route("/status_check", methods=["GET"])
     def status_check(self, request: IRequest) -> Response:
@@ -152,6 +163,8 @@ class ImageServerApp:
     async def origin_get(
         self, request: IRequest, namespace: str, path: str
     ) -> Response:
+        if self._thumbor is not None and is_thumbor_path(request.path):
+            return await self._thumbor_get(request)
         paths = self._origin(namespace)
         path, _, name = path.rpartition("/")
         # Before the origin is asked: /shop/a/b.jpg is the object, not its
@@ -205,6 +218,33 @@ class ImageServerApp:
                 await self._images.purge(image)
         return Response(204, {}, b"")
 
+    async def _thumbor_get(self, request: IRequest) -> Response:
+        """A thumbor URL (docs/thumbor.md): the variant it maps to, or /meta/."""
+        assert self._thumbor is not None
+        path = request.uri.partition(b"?")[0].decode("latin-1")
+        answer = await self._thumbor.answer(path, request.getHeader("Accept"))
+        if answer.meta is not None:
+            return json_response(200, answer.meta)
+        assert answer.resolved is not None and answer.stored is not None
+        quality = await self._images.chosen_quality(answer.image, answer.resolved.name)
+        return _serve(
+            request,
+            answer.stored,
+            answer.image,
+            answer.resolved,
+            answer.resolved.name,
+            by_path=self._origin_paths.cache_control() if self._origin_paths else None,
+            quality=quality,
+            vary=answer.vary_accept,
+        )
+
+    @app.route("/healthcheck", methods=["GET"])
+    def healthcheck(self, request: IRequest) -> Response:
+        """thumbor's health check, where its URLs are answered."""
+        if self._thumbor is None:
+            raise NotFound("no such route")
+        return Response(200, {"Content-Type": "text/plain"}, b"WORKING")
+
     def _origin(self, namespace: str) -> OriginPaths:
         if self._origin_paths is None or not self._origin_paths.serves(namespace):
             raise NotFound("no such image path")
@@ -224,12 +264,18 @@ def answer_headers(path: bytes) -> tuple[tuple[bytes, bytes], ...]:
     return ()
 
 
-def route_name(request: IRequest, origins: frozenset[str] = frozenset()) -> str:
+def route_name(
+    request: IRequest, origins: frozenset[str] = frozenset(), thumbor: bool = False
+) -> str:
     """The route a request took, for metrics and logs: one of a fixed few.
-    ``origins``: the namespaces served from an origin."""
+    ``origins``: the namespaces served from an origin; ``thumbor``: whether
+    thumbor's URLs are answered."""
     parts = request.path.split(b"/")[1:]
     if parts in ([b"status_check"], [b"openapi.json"]):
         return parts[0].decode().replace(".", "_")
+    thumbor_path = is_thumbor_path(request.path) or parts == [b"healthcheck"]
+    if thumbor and thumbor_path and _FOLDER_PATH.match(request.path) is None:
+        return "thumbor"
     if len(parts) == 1 and parts[0] and request.method == b"POST":
         return "upload"
     if len(parts) in (2, 3) and parts[1] == b"batch":
@@ -276,13 +322,14 @@ def _serve(
     requested: str,
     by_path: str | None = None,
     quality: int | None = None,
+    vary: bool = False,
 ) -> Response:
     """``stored``, found as ``served`` says for the ``requested`` name.
 
     ``by_path``: asked for by an origin's path, which may come to stand for
     other bytes: cached that long (a Cache-Control), and located at its
     hash folder's URL, which is cached for ever. ``quality``: what a byte
-    budget chose.
+    budget chose. ``vary``: what is served depends on Accept.
     """
     # Date is the time of the answer, not of the request's arrival (a first
     # render can take seconds), and Last-Modified is never later than it.
@@ -302,7 +349,7 @@ def _serve(
         ),
         "X-Content-Type-Options": "nosniff",
     }
-    if served.negotiated:
+    if served.negotiated or vary:
         # What is served depends on Accept; this is its own URL.
         headers["Vary"] = "Accept"
     if quality is not None:
