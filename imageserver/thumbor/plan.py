@@ -114,53 +114,54 @@ def plan(url: ThumborUrl, source: Source, settings: Settings, accept: str = "") 
         size, extra = _trimmed(url, want_w, want_h)
         options += ["trim", *extra]
         out_w, out_h = tw, th
-    elif url.fit is not None:
-        out_w, out_h = _fitted(url.fit, tw, th, cw, ch)
-        if filters.has("upscale") and out_w < tw and out_h < th:
-            scale = min(tw / out_w, th / out_h)
-            out_w, out_h = (
-                (tw, int(out_h * scale)) if tw / out_w <= th / out_h
-                else (int(out_w * scale), th)
-            )  # fmt: skip
-        if (out_w, out_h) != (cw, ch):
-            operations.append({"type": "resize", "width": out_w, "height": out_h})
-        size = f"{out_w}x{out_h}"
-        fill = filters.last("fill")
-        if fill is not None and fill.args:
-            canvas_w = max(tw if want_w else out_w, out_w)
-            canvas_h = max(th if want_h else out_h, out_h)
-            if (canvas_w, canvas_h) != (out_w, out_h):
-                size = f"{canvas_w}x{canvas_h}"
-                options.append("pad" + _colour(fill.args[0], pad=True))
-                out_w, out_h = canvas_w, canvas_h
     else:
-        if url.smart:
-            options.append("smart")
-        elif (tw, th) != (cw, ch):
-            box = _filled(box, tw, th, focal_points)
-            if (box[2] - box[0], box[3] - box[1]) != (cw, ch):
-                operations.append(_crop_op(box))
-        out_w, out_h = max(1, int(tw)), max(1, int(th))
-        if (out_w, out_h) != (box[2] - box[0], box[3] - box[1]):
-            operations.append(
-                {"type": "resize", "width": float(out_w), "height": float(out_h)}
+        if url.fit is not None:
+            (out_w, out_h), turned = _fitted(url.fit, tw, th, cw, ch)
+            if (out_w, out_h) != (cw, ch):
+                operations.append({"type": "resize", "width": out_w, "height": out_h})
+            # thumbor's request size, which fill() and upscale() read: what
+            # was asked (orig: the image's side), at least what was made.
+            asked = [
+                cw if want_w == "orig" else want_w,
+                ch if want_h == "orig" else want_h,
+            ]
+            if turned:
+                asked.reverse()
+            request = (int(asked[0]), int(asked[1]))
+            if (out_w, out_h) != (cw, ch):  # thumbor updates it on a resize
+                request = (max(request[0], out_w), max(request[1], out_h))
+        else:
+            if url.smart:
+                options.append("smart")
+            elif (tw, th) != (cw, ch):
+                box = _filled(box, tw, th, focal_points)
+                if (box[2] - box[0], box[3] - box[1]) != (cw, ch):
+                    operations.append(_crop_op(box))
+            out_w, out_h = max(1, int(tw)), max(1, int(th))
+            if (out_w, out_h) != (box[2] - box[0], box[3] - box[1]):
+                operations.append(
+                    {"type": "resize", "width": float(out_w), "height": float(out_h)}
+                )
+            request = (
+                out_w if want_w == "orig" else int(want_w),
+                out_h if want_h == "orig" else int(want_h),
             )
+        (out_w, out_h), canvas, colour = _finished((out_w, out_h), request, filters)
         size = f"{out_w}x{out_h}"
+        if canvas is not None:
+            size = f"{canvas[0]}x{canvas[1]}"
+            options.append("pad" + colour)
+            if _fit_inside((box[2] - box[0], box[3] - box[1]), canvas) != (
+                out_w,
+                out_h,
+            ):
+                options.append("noup")
+            out_w, out_h = canvas
     if url.flop:
         operations.append({"type": "flip_horizontally"})
     if url.flip:
         operations.append({"type": "flip_vertically"})
-    proportion = filters.proportion()
-    if proportion is not None and url.trim is None:
-        scaled = int(out_w * proportion), int(out_h * proportion)
-        if min(scaled) >= 1:
-            out_w, out_h = scaled
-            size = f"{out_w}x{out_h}"  # a pad's canvas scales with the rest
     turns, mirrors = _orientation(url.flop, url.flip, filters.rotations())
-    if turns % 180 and "x" in size:
-        a, b = size.split("x")
-        size = f"{b}x{a}"
-        out_w, out_h = out_h, out_w
     if box != (0, 0, sw, sh):
         options.append(f"crop{box[0]}_{box[1]}_{box[2]}_{box[3]}")
     if turns:
@@ -229,19 +230,86 @@ def _target(want_w: int | str, want_h: int | str, cw: int, ch: int) -> tuple[int
     return w, h
 
 
-def _fitted(fit: str, tw: int, th: int, cw: int, ch: int) -> tuple[int, int]:
+def _fitted(
+    fit: str, tw: int, th: int, cw: int, ch: int
+) -> tuple[tuple[int, int], bool]:
     """The size ``fit-in`` (never larger than the image), ``full-fit-in``
     (covering the box) or their ``adaptive-`` forms (the box turned to the
-    image's orientation) give, each computed side rounded half up."""
-    if fit.startswith("adaptive-") and (cw > ch) != (tw > th) and tw != th:
+    image's orientation) give, each computed side rounded half up; and
+    whether the box was turned."""
+    turned = fit.startswith("adaptive-") and (cw > ch) != (tw > th) and tw != th
+    if turned:
         tw, th = th, tw
     full = "full-" in fit
     if not full and tw >= cw and th >= ch:
-        return cw, ch
+        return (cw, ch), turned
     sign = -1 if full else 1
     if sign * (cw / tw) >= sign * (ch / th):
-        return tw, max(1, _half_up(ch * tw / cw + 1e-5))
-    return max(1, _half_up(cw * th / ch + 1e-5)), th
+        return (tw, max(1, _half_up(ch * tw / cw + 1e-5))), turned
+    return (max(1, _half_up(cw * th / ch + 1e-5)), th), turned
+
+
+def _finished(
+    size: tuple[int, int], request: tuple[int, int], filters: _Filters
+) -> tuple[tuple[int, int], tuple[int, int] | None, str]:
+    """The filters that change the size, in the URL's order, as thumbor
+    applies them after the resize: proportion(), upscale() (to fit the
+    request's size, when smaller on both sides), fill() (a canvas of the
+    request's size) and rotate(). The picture's size, the canvas's (or
+    None) and the canvas's colour (rrggbb, or nothing for the default)."""
+    w, h = size
+    canvas: tuple[int, int] | None = None
+    colour = ""
+    for f in filters.in_order():
+        current = canvas or (w, h)
+        if f.name == "proportion" and (p := _proportion(f)) is not None:
+            scaled = int(current[0] * p), int(current[1] * p)
+            if min(scaled) >= 1:
+                w, h = (int(w * p), int(h * p)) if canvas else scaled
+                canvas = scaled if canvas else None
+        elif f.name == "upscale":
+            tw, th = request
+            if tw and th and current[0] < tw and current[1] < th:
+                if current[0] / tw >= current[1] / th:
+                    grown = tw, int(current[1] * tw / current[0])
+                else:
+                    grown = int(current[0] * th / current[1]), th
+                factor = grown[0] / current[0]
+                w, h = (int(w * factor), int(h * factor)) if canvas else grown
+                canvas = grown if canvas else None
+        elif f.name == "fill" and f.args:
+            target = request[0] or current[0], request[1] or current[1]
+            if target != (w, h):
+                canvas, colour = target, _colour(f.args[0])
+        elif f.name == "rotate" and f.args and _quarter_turn(f.args[0]):
+            w, h = h, w
+            canvas = (canvas[1], canvas[0]) if canvas else None
+    return (w, h), canvas, colour
+
+
+def _fit_inside(box: tuple[int, int], canvas: tuple[int, int]) -> tuple[int, int]:
+    """The size this server's pad gives ``box`` on ``canvas`` (as near as
+    a check needs: whether thumbor's picture is that, or smaller)."""
+    scale = min(canvas[0] / box[0], canvas[1] / box[1])
+    return max(1, round(box[0] * scale)), max(1, round(box[1] * scale))
+
+
+def _proportion(f: Filter) -> float | None:
+    try:
+        value = float(f.args[0]) if f.args else 0.0
+    except ValueError:
+        return None
+    return value if 0 < value <= 1 else None
+
+
+def _quarter_turn(degrees: str) -> bool:
+    """Whether rotate(degrees) turns a quarter (thumbor turns only by
+    multiples of 90)."""
+    try:
+        turn = int(degrees)
+    except ValueError:
+        return False
+    return turn % 90 == 0 and turn % 180 == 90
 
 
 def _filled(
@@ -366,7 +434,7 @@ def _crop_op(box: tuple[int, int, int, int]) -> dict[str, Any]:
 # -- filters ------------------------------------------------------------------
 
 
-def _colour(text: str, pad: bool = False) -> str:
+def _colour(text: str) -> str:
     """A thumbor colour (a name, hex without #) as ``rrggbb``; transparent
     (and what this server does not draw: auto, blur) as nothing for a pad,
     which is then white, or transparent where the format keeps alpha."""
@@ -387,12 +455,22 @@ class _Filters:
     def __init__(self, filters: Sequence[Filter]) -> None:
         self._filters = list(filters)
 
+    def in_order(self) -> list[Filter]:
+        return list(self._filters)
+
     def has(self, name: str) -> bool:
         return any(f.name == name for f in self._filters)
 
     def last(self, name: str) -> Filter | None:
         found = [f for f in self._filters if f.name == name]
         return found[-1] if found else None
+
+    def _before(self, first: str, then: str) -> bool:
+        """Whether the last ``first`` comes before the last ``then``."""
+        names = [f.name for f in self._filters]
+        return max(i for i, n in enumerate(names) if n == first) < max(
+            i for i, n in enumerate(names) if n == then
+        )
 
     def _ints(self, name: str, count: int = 1) -> list[int] | None:
         found = self.last(name)
@@ -406,16 +484,6 @@ class _Filters:
     def quality(self, default: int) -> int:
         given = self._ints("quality")
         return default if given is None else min(100, max(1, given[0]))
-
-    def proportion(self) -> float | None:
-        found = self.last("proportion")
-        if found is None or not found.args:
-            return None
-        try:
-            value = float(found.args[0])
-        except ValueError:
-            return None
-        return value if 0 < value <= 1 else None
 
     def rotations(self) -> list[int]:
         turns = []
@@ -447,8 +515,13 @@ class _Filters:
     def adjustments(self) -> list[str]:
         """brightness, contrast, saturation, blur, sharpen, grayscale."""
         options = []
-        for name in ("brightness", "contrast"):
-            given = self._ints(name)
+        brightness, contrast = self._ints("brightness"), self._ints("contrast")
+        if brightness and contrast and self._before("contrast", "brightness"):
+            # Contrast first, then brightness: the same as brightness over
+            # the contrast's factor first (this server's order).
+            factor = ((100 + max(-100, min(100, contrast[0]))) / 100) ** 2
+            brightness = [round(brightness[0] / factor)] if factor else None
+        for name, given in (("brightness", brightness), ("contrast", contrast)):
             if given and given[0]:
                 amount = min(100, abs(given[0]))
                 options.append(f"{name}{'m' if given[0] < 0 else ''}{amount}")
@@ -487,11 +560,14 @@ class _Filters:
                 rgb = [int(v) for v in corner.args[1:4]]
             except ValueError:
                 radius = 0
-            transparent = len(corner.args) > 4 and corner.args[4] in (
-                "1",
-                "true",
-                "True",
-            )
+            transparent = corner.args[4:5] in (("1",), ("true",), ("True",))
+            # Drawn before the proportion() filters after it: they shrink it.
+            after = self._filters[
+                len(self._filters) - self._filters[::-1].index(corner) :
+            ]
+            for f in after:
+                if f.name == "proportion" and (p := _proportion(f)) is not None:
+                    radius = int(radius * p)
             if radius > 0:
                 options.append(f"round{radius}")
                 if not transparent and all(0 <= v <= 255 for v in rgb):

@@ -21,6 +21,7 @@ from imageserver.naming import (
     FOLDER_PATTERN,
     HASH_PATH_PATTERN,
     INFO,
+    NAMESPACE_PATTERN,
     ORIGINAL,
     ImageId,
     is_generated,
@@ -46,14 +47,19 @@ PRESET_CACHE = "public, max-age=3600"
 #: The routes that stay open with --secret: (method, path) of the health
 #: check for load balancers and of the API's description.
 UNSIGNED_ROUTES = frozenset({(b"GET", b"/status_check"), (b"GET", b"/openapi.json")})
-#: The first segment of a thumbor URL: unsafe, or its signature (HMAC-SHA1 in
-#: URL-safe base64, with its = or %3D).
-THUMBOR_HEAD = re.compile(rb"/(?:unsafe|[A-Za-z0-9_-]{27}(?:=|%3[dD]))/")
+#: A path whose first segment is no namespace (a signature has = and
+#: capitals), or unsafe, and something after it: thumbor's, under --thumbor.
+_NAMESPACE_HEAD = re.compile(rb"/" + NAMESPACE_PATTERN.encode() + rb"/")
 
 
 def is_thumbor_path(path: bytes) -> bool:
-    """Whether ``path`` is shaped as a thumbor URL (its own signature)."""
-    return THUMBOR_HEAD.match(path) is not None
+    """Whether ``path`` is a thumbor URL's, when thumbor's are answered: its
+    first segment is ``unsafe``, or no namespace (thumbor reads any first
+    segment as a signature, to be checked)."""
+    head, slash, rest = path[1:].partition(b"/")
+    if not slash or not rest or not path.startswith(b"/"):
+        return False
+    return head == b"unsafe" or _NAMESPACE_HEAD.match(path) is None
 
 
 class ImageFolderConverter(BaseConverter):
