@@ -288,6 +288,7 @@ def make_service(
         methods=methods_of(ImageServerApp.app),
         admit=admit,
         answer_headers=answer_headers,
+        slashes_encoded=is_thumbor_path if thumbor is not None else lambda path: False,
     )
     if config.manhole_endpoint is not None:
         from imageserver.runtime.manhole import ManholeService  # conch: only when asked

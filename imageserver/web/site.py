@@ -182,9 +182,12 @@ _HOST = re.compile(rb"(\[[0-9A-Za-z:.]+\]|[0-9A-Za-z._~!$&'()*+,;=%-]*)(:[0-9]*)
 _ABSOLUTE = re.compile(rb"https?://", re.IGNORECASE)
 
 
-def _path_refusal(path: bytes) -> Refusal | None:
+def _path_refusal(
+    path: bytes, slashes_encoded: Callable[[bytes], bool] = lambda path: False
+) -> Refusal | None:
     """Targets no route may see: the asterisk and anything else that is not
-    a path (or an absolute URL), encoded slashes (a name never holds one)
+    a path (or an absolute URL), encoded slashes (a name never holds one;
+    but a path ``slashes_encoded`` accepts, a thumbor URL's image URL, may)
     and percent-escapes that are not UTF-8."""
     if path == b"*":
         return Refusal(
@@ -192,7 +195,7 @@ def _path_refusal(path: bytes) -> Refusal | None:
         )
     if not path.startswith(b"/") and not _ABSOLUTE.match(path):
         return Refusal(400, "the request target is not a path: start it with /")
-    if b"%2f" in path.lower():
+    if b"%2f" in path.lower() and not slashes_encoded(path):
         return Refusal(404, "unknown path: encoded slashes are not part of any name")
     try:
         unquote_to_bytes(path).decode("utf-8")
@@ -440,7 +443,9 @@ class BoundedSite(Site):
     and for the same reason, when a request's head has arrived: a refused
     request's body is never read (nor a ``100 Continue`` sent for it).
     ``answer_headers`` are those every answer to a path carries, whoever
-    gives it (a route, a refusal).
+    gives it (a route, a refusal). ``slashes_encoded`` says which paths may
+    hold an encoded slash (thumbor's URLs, whose image may be an encoded
+    URL).
     """
 
     requestFactory = BoundedRequest
@@ -463,6 +468,7 @@ class BoundedSite(Site):
         methods: frozenset[bytes] = READS,
         admit: Admission | None = None,
         answer_headers: Callable[[bytes], HeaderLines] = lambda path: (),
+        slashes_encoded: Callable[[bytes], bool] = lambda path: False,
     ) -> None:
         # Bodies are images and files, never forms: twisted.web must not parse
         # them into request.args (nor answer a bare 400 to a bad multipart one).
@@ -481,6 +487,7 @@ class BoundedSite(Site):
         self.methods = methods
         self._admit = admit
         self.answer_headers = answer_headers
+        self.slashes_encoded = slashes_encoded
         self.body_budget = body_budget or BodyBudget(4 * max_body_bytes)
         self.connections = 0
         #: Open connections, and those closing once their answers are sent.
@@ -496,7 +503,7 @@ class BoundedSite(Site):
         self, method: bytes, target: bytes, headers: Headers
     ) -> Refusal | None:
         """Whether a request whose head has arrived is refused, and how."""
-        refusal = _path_refusal(target.partition(b"?")[0])
+        refusal = _path_refusal(target.partition(b"?")[0], self.slashes_encoded)
         if refusal is None and self._admit is not None:
             refusal = self._admit(method, target, headers)
         return refusal

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from typing import Any
 
 from libthumbor import CryptoURL
 from PIL import Image
@@ -88,3 +89,87 @@ class ThumborEndpointTests(SynchronousTestCase):
     def test_healthcheck(self) -> None:
         status, _, body = self.get("/healthcheck")
         self.assertEqual((status, body), (200, b"WORKING"))
+
+
+class HttpLoaderTests(SynchronousTestCase):
+    """Without --thumbor_loader an image is a URL, read from the web origin
+    it starts with (thumbor's HTTP loader with ALLOWED_SOURCES)."""
+
+    def setUp(self) -> None:
+        from tests.web.test_origins import Served
+
+        self.web = Served()
+        self.web.objects[b"/img/a.jpg"] = encode(quadrants((400, 300)))
+        self.app = AppHarness(
+            self,
+            sources=self.web,
+            origin=("cms=http://origin.example/img/",),
+            thumbor=True,
+            thumbor_allow_unsafe=True,
+            thumbor_auto_webp=True,
+        )
+
+    def get(self, path: str, accept: str = "") -> tuple[int, Any, bytes]:
+        headers = {"Accept": [accept]} if accept else {}
+        response, body = self.app.request("GET", path, headers=headers)
+        return response.code, response.headers, body
+
+    def test_an_image_url_under_a_web_origin(self) -> None:
+        for image in (
+            "http://origin.example/img/a.jpg",
+            "origin.example/img/a.jpg",  # thumbor reads it as http://
+            "http%3A%2F%2Forigin.example%2Fimg%2Fa.jpg",  # encoded whole
+        ):
+            status, _, body = self.get(f"/unsafe/100x0/{image}")
+            self.assertEqual(status, 200, (image, body[:200]))
+            self.assertEqual(Image.open(io.BytesIO(body)).size, (100, 75))
+
+    def test_an_image_url_elsewhere_is_refused_as_thumbor_refuses_it(self) -> None:
+        for image in (
+            "http://elsewhere.example/img/a.jpg",
+            "http://origin.example/other/a.jpg",
+            "http://origin.example/img/",
+        ):
+            status, _, body = self.get(f"/unsafe/100x0/{image}")
+            self.assertEqual(status, 400, image)
+            self.assertIn(b"web origins", body)
+        self.assertEqual(self.web.asked, [])
+
+    def test_auto_webp_by_accept_with_vary(self) -> None:
+        path = "/unsafe/100x0/origin.example/img/a.jpg"
+        for accept, kind in (("image/webp,*/*", "WEBP"), ("image/*", "JPEG")):
+            status, headers, body = self.get(path, accept)
+            self.assertEqual((status, Image.open(io.BytesIO(body)).format), (200, kind))
+            self.assertEqual(headers.getRawHeaders("Vary"), ["Accept"])
+        status, headers, body = self.get(
+            "/unsafe/100x0/filters:format(png)/origin.example/img/a.jpg", "image/webp"
+        )
+        self.assertEqual(Image.open(io.BytesIO(body)).format, "PNG")
+        self.assertIsNone(headers.getRawHeaders("Vary"))
+
+
+class FileLoaderBoundsTests(SynchronousTestCase):
+    """The file loader's image is a path under its root, checked as an
+    origin's path is: no way out of the directory, in any spelling."""
+
+    def setUp(self) -> None:
+        self.root = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(self.root, "in"))
+        with open(os.path.join(self.root, "in", "a.jpg"), "wb") as f:
+            f.write(encode(quadrants((40, 30))))
+        with open(os.path.join(self.root, "secret.jpg"), "wb") as f:
+            f.write(encode(quadrants((40, 30))))
+        self.app = AppHarness(
+            self,
+            origin=(f"files=file://{self.root}/in/",),
+            thumbor=True,
+            thumbor_loader="files",
+            thumbor_allow_unsafe=True,
+        )
+
+    def test_no_way_out_of_the_root(self) -> None:
+        self.assertEqual(self.app.request("GET", "/unsafe/10x0/a.jpg")[0].code, 200)
+        for image in ("../secret.jpg", "%2E%2E/secret.jpg", "..%2Fsecret.jpg",
+                      "/../secret.jpg", "a/../../secret.jpg"):  # fmt: skip
+            response, body = self.app.request("GET", f"/unsafe/10x0/{image}")
+            self.assertIn(response.code, (400, 404), (image, body))

@@ -94,6 +94,9 @@ HAND_MADE = [
     "/unsafe/200x100/filters:stretch()/landscape.jpg",
     "/unsafe/200x100/filters:unknown(1):quality(abc)/landscape.jpg",
     "/unsafe/200x100/filters:()/landscape.jpg",
+    "/unsafe/100x0/sub/landscape.jpg",
+    "/unsafe/100x0/sub%2Flandscape.jpg",  # an encoded slash, decoded by both
+    "/unsafe/100x0/land%73cape.jpg",
     # Not thumbor URLs, or of nothing: the same status.
     "/unsafe/200x100/missing.jpg",
     "/unsafe/fit-in/meta/landscape.jpg",
@@ -206,6 +209,8 @@ class VersusThumborTests(SynchronousTestCase):
         images = os.path.join(self.folder, "images")
         os.makedirs(images)
         write_sources(images)
+        os.makedirs(os.path.join(images, "sub"))
+        shutil.copy(os.path.join(images, "landscape.jpg"), os.path.join(images, "sub"))
         conf = os.path.join(self.folder, "thumbor.conf")
         with open(conf, "w") as f:
             f.write(
