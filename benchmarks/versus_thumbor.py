@@ -3,10 +3,13 @@
     python3 benchmarks/versus_thumbor.py [--rounds 3] [--seconds 4]
 
 Installs thumbor into benchmarks/.thumbor-venv the first time (from PyPI),
-starts four servers on loopback: imageserver as one process and with
-``--workers`` = cores, thumbor as one process and with ``--processes`` =
-cores (as its docs deploy it; it reads the images with its file loader and
-keeps results in its file result storage, one per server), and runs, each
+starts five servers on loopback: imageserver as one process and with
+``--workers`` = cores, imageserver with ``--workers`` = cores answering the
+same thumbor URLs as thumbor on its compatible endpoint (``--thumbor``, the
+files read through an origin as thumbor's file loader reads them), thumbor
+as one process and with ``--processes`` = cores (as its docs deploy it; it
+reads the images with its file loader and keeps results in its file result
+storage, one per server), and runs, each
 server in turn, ``--rounds`` runs of ``--seconds`` each:
 
   CPU          first: our processing function and the bare work (draft
@@ -241,6 +244,15 @@ def main() -> None:
                 "--local_base_path", f"store-{n}", "--maximum_width", "4000",
                 "--max_pending", "1000", "--workers", str(n),
             ), "/status_check")  # fmt: skip
+        # The same thumbor URLs as thumbor gets, on the compatible endpoint
+        # (docs/thumbor.md), reading the files as thumbor's file loader does.
+        servers[f"ours --workers {cores}, thumbor URLs"] = (twistd(
+            "imageserver", "--port", "{port}", "--admin_port", "none",
+            "--local_base_path", "store-thumbor", "--maximum_width", "4000",
+            "--max_pending", "1000", "--workers", str(cores),
+            "--origin", f"files=file://{root}/", "--thumbor",
+            "--thumbor_loader", "files", "--thumbor_allow_unsafe",
+        ), "/status_check")  # fmt: skip
         for label, n in (("thumbor", 1), (f"thumbor --processes {cores}", cores)):
             conf = os.path.join(root, f"thumbor-{n}.conf")
             with open(conf, "w") as f:
@@ -322,7 +334,8 @@ def measure(
     never_seen = NeverSeen()
 
     def url(label: str) -> Any:
-        return pair.ours if label.startswith("ours") else pair.theirs
+        """thumbor's URLs for thumbor and for our compatible endpoint."""
+        return pair.theirs if "thumbor" in label else pair.ours
 
     def chosen(label: str) -> bool:
         wanted = [w for w in args.sections.split(";") if w]

@@ -554,7 +554,9 @@ def make_origin_paths(
 
 
 def make_thumbor_paths(
-    config: Config, images: Images, origin_paths: OriginPaths | None
+    config: Config,
+    images: Images,
+    origin_paths: OriginPaths | None,
 ) -> ThumborPaths | None:
     """thumbor's URLs on the origins (--thumbor), or None."""
     if not config.thumbor or origin_paths is None:

@@ -9,7 +9,9 @@ native URL alike (docs/thumbor.md).
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +38,21 @@ class ThumborAnswer:
     vary_accept: bool = False
 
 
+#: thumbor URLs whose meaning is remembered (the most lately used): a URL
+#: asked again is served without parsing, planning or reading the image's
+#: info.json again, while its origin path still stands for the same image.
+REMEMBERED_URLS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    namespace: str
+    path: str
+    image: ImageId
+    resolved: Resolved
+    vary_accept: bool
+
+
 class ThumborPaths:
     """thumbor's URLs on the origins ``origin_paths`` serves."""
 
@@ -58,6 +75,7 @@ class ThumborPaths:
         self._allow_unsafe = allow_unsafe
         self._loader = loader
         self._settings = settings
+        self._known: OrderedDict[tuple[str, bool, bool], _Known] = OrderedDict()
         #: Each origin's URL, and the web ones without their scheme (thumbor's
         #: HTTP loader reads ``host/path`` as ``http://host/path``).
         self._origins = dict(origins)
@@ -70,6 +88,18 @@ class ThumborPaths:
     async def answer(self, path: str, accept: str | None) -> ThumborAnswer:
         """The answer to the thumbor URL whose path (as it arrived, without
         the query) is ``path``."""
+        key = self._key(path, accept or "")
+        known = self._known.get(key)
+        if known is not None:
+            self._known.move_to_end(key)
+            image = await self._paths.image(known.namespace, known.path)
+            if image == known.image:
+                with contextlib.suppress(NotFound):  # purged: found again below
+                    stored = await self._images.get(image, known.resolved.name)
+                    return ThumborAnswer(
+                        image, known.resolved, stored, vary_accept=known.vary_accept
+                    )
+            del self._known[key]
         url = urls.parse(path)
         urls.check_signature(url, self._keys, self._allow_unsafe)
         namespace, object_path = self._locate(url.image)
@@ -96,7 +126,21 @@ class ThumborPaths:
         assert variant is not None  # a plan is always variant-shaped
         resolved = await self._images.resolve(image, variant.name, accept)
         stored = await self._images.get(image, resolved.name)
+        self._known[key] = _Known(
+            namespace, object_path, image, resolved, planned.vary_accept
+        )
+        while len(self._known) > REMEMBERED_URLS:
+            self._known.popitem(last=False)
         return ThumborAnswer(image, resolved, stored, vary_accept=planned.vary_accept)
+
+    def _key(self, path: str, accept: str) -> tuple[str, bool, bool]:
+        """What an answer depends on: the URL, and what Accept says of the
+        formats the settings may choose."""
+        return (
+            path,
+            self._settings.auto_webp and "image/webp" in accept,
+            self._settings.auto_avif and "image/avif" in accept,
+        )
 
     def _locate(self, image: str) -> tuple[str, str]:
         """The origin namespace and the path in it of a thumbor URL's image."""

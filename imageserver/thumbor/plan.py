@@ -44,6 +44,8 @@ FORMATS = {
     "webp": "webp",
     "avif": "avif",
 }
+#: The largest side a variant name can hold (six digits).
+LARGEST = 999_999
 #: The formats whose quality thumbor sets (QUALITY, quality()).
 LOSSY = frozenset({"jpg", "webp", "avif"})
 
@@ -173,6 +175,11 @@ def plan(url: ThumborUrl, source: Source, settings: Settings, accept: str = "") 
     quality = filters.quality(settings.quality)
     if extension in LOSSY:
         options.append(f"q{quality}")
+    if max(out_w, out_h) > LARGEST:
+        raise InvalidRequest(
+            f"thumbor's rules make this {out_w}x{out_h}: past the largest "
+            "this server makes (--maximum_width)"
+        )
     return Plan(
         name="-".join([size, *options]) + f".{extension}",
         vary_accept=vary,
@@ -294,22 +301,35 @@ def _fit_inside(box: tuple[int, int], canvas: tuple[int, int]) -> tuple[int, int
     return max(1, round(box[0] * scale)), max(1, round(box[1] * scale))
 
 
-def _proportion(f: Filter) -> float | None:
+def _int(text: str) -> int | None:
+    """A filter's whole number (thumbor's ``-?\\d+``), at most 9 digits:
+    a longer one is read as thumbor reads an argument it cannot use."""
+    text = text.strip()
+    digits = text[1:] if text.startswith("-") else text
+    if not digits.isascii() or not digits.isdigit() or len(digits) > 9:
+        return None
+    return int(text)
+
+
+def _float(text: str) -> float | None:
+    """A filter's decimal number (thumbor's DecimalNumber), finite."""
     try:
-        value = float(f.args[0]) if f.args else 0.0
+        value = float(text)
     except ValueError:
         return None
-    return value if 0 < value <= 1 else None
+    return value if math.isfinite(value) else None
+
+
+def _proportion(f: Filter) -> float | None:
+    value = _float(f.args[0]) if f.args else None
+    return value if value is not None and 0 < value <= 1 else None
 
 
 def _quarter_turn(degrees: str) -> bool:
     """Whether rotate(degrees) turns a quarter (thumbor turns only by
     multiples of 90)."""
-    try:
-        turn = int(degrees)
-    except ValueError:
-        return False
-    return turn % 90 == 0 and turn % 180 == 90
+    turn = _int(degrees)
+    return turn is not None and turn % 90 == 0 and turn % 180 == 90
 
 
 def _filled(
@@ -327,9 +347,9 @@ def _filled(
     cx = sum(p["x"] * p["z"] for p in focal_points) // weight
     cy = sum(p["y"] * p["z"] for p in focal_points) // weight
     if tw / cw > th / ch:
-        crop_w, crop_h = cw, round(cw * th / tw)
+        crop_w, crop_h = cw, max(1, round(cw * th / tw))
     else:
-        crop_w, crop_h = math.ceil(tw * ch / th), ch
+        crop_w, crop_h = max(1, math.ceil(tw * ch / th)), ch
     left = round(min(max(cx - crop_w / 2, 0), cw - crop_w))
     top = round(min(max(cy - crop_h / 2, 0), ch - crop_h))
     right, bottom = min(left + crop_w, cw), min(top + crop_h, ch)
@@ -476,10 +496,8 @@ class _Filters:
         found = self.last(name)
         if found is None or len(found.args) < count:
             return None
-        try:
-            return [int(a) for a in found.args[:count]]
-        except ValueError:
-            return None
+        numbers = [_int(a) for a in found.args[:count]]
+        return None if None in numbers else [n or 0 for n in numbers]
 
     def quality(self, default: int) -> int:
         given = self._ints("quality")
@@ -489,11 +507,8 @@ class _Filters:
         turns = []
         for f in self._filters:
             if f.name == "rotate" and f.args:
-                try:
-                    degrees = int(f.args[0])
-                except ValueError:
-                    continue
-                if degrees % 90 == 0:
+                degrees = _int(f.args[0])
+                if degrees is not None and degrees % 90 == 0:
                     turns.append(degrees % 360)
         return turns
 
@@ -502,12 +517,11 @@ class _Filters:
         for f in self._filters:
             if f.name != "focal" or not f.args:
                 continue
-            try:
-                corner, _, other = f.args[0].partition(":")
-                left, top = (int(v) for v in corner.split("x"))
-                right, bottom = (int(v) for v in other.split("x"))
-            except ValueError:
+            corner, _, other = f.args[0].partition(":")
+            edges = [_int(v) for v in (*corner.split("x"), *other.split("x"))]
+            if len(edges) != 4 or None in edges:
                 continue
+            left, top, right, bottom = (e or 0 for e in edges)
             if right > left and bottom > top:
                 boxes.append((left, top, right, bottom))
         return boxes
@@ -527,21 +541,18 @@ class _Filters:
                 options.append(f"{name}{'m' if given[0] < 0 else ''}{amount}")
         saturation = self.last("saturation")
         if saturation is not None and saturation.args:
-            try:
-                amount = round((float(saturation.args[0]) - 1) * 100)
-            except ValueError:
-                amount = 0
+            times = _float(saturation.args[0])
+            amount = 0 if times is None else round((min(times, 3.0) - 1) * 100)
             if amount:
                 amount = max(-100, min(100, amount))
                 options.append(f"saturation{'m' if amount < 0 else ''}{abs(amount)}")
         blur = self.last("blur")
         if blur is not None and blur.args:
-            try:
-                radius = int(blur.args[0])
-                sigma = float(blur.args[1]) if len(blur.args) > 1 else radius
-            except ValueError:
-                radius = 0
-            if radius > 0 and sigma > 0:
+            radius = _int(blur.args[0]) or 0
+            sigma: float | None = float(radius)
+            if len(blur.args) > 1:
+                sigma = _float(blur.args[1])
+            if radius > 0 and sigma is not None and sigma > 0:
                 options.append(f"blur{max(1, min(100, round(sigma)))}")
         sharpen = self.last("sharpen")
         if sharpen is not None and len(sharpen.args) == 3:
@@ -555,11 +566,10 @@ class _Filters:
         options = []
         corner = self.last("round_corner")
         if corner is not None and len(corner.args) >= 4:
-            try:
-                radius = int(corner.args[0].split("|")[0])
-                rgb = [int(v) for v in corner.args[1:4]]
-            except ValueError:
-                radius = 0
+            numbers = [_int(corner.args[0].split("|")[0])]
+            numbers += [_int(v) for v in corner.args[1:4]]
+            radius = 0 if None in numbers else min(numbers[0] or 0, 999_999)
+            rgb = [n or 0 for n in numbers[1:]]
             transparent = corner.args[4:5] in (("1",), ("true",), ("True",))
             # Drawn before the proportion() filters after it: they shrink it.
             after = self._filters[
@@ -583,7 +593,7 @@ class _Filters:
                 options.append(f"bg{colour}")
         budget = self._ints("max_bytes")
         if budget and budget[0] > 0 and extension in ("jpg", "webp"):
-            options.append(f"maxbytes{budget[0]}")
+            options.append(f"maxbytes{min(budget[0], 99_999_999)}")
         return options
 
 

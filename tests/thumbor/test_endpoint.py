@@ -173,3 +173,43 @@ class FileLoaderBoundsTests(SynchronousTestCase):
                       "/../secret.jpg", "a/../../secret.jpg"):  # fmt: skip
             response, body = self.app.request("GET", f"/unsafe/10x0/{image}")
             self.assertIn(response.code, (400, 404), (image, body))
+
+
+class RememberedUrlTests(SynchronousTestCase):
+    """A thumbor URL asked again is served from what it was found to mean,
+    while its origin path stands for the same image: after a purge, or once
+    the origin's object has changed, it is found again."""
+
+    def setUp(self) -> None:
+        self.root = os.path.abspath(self.mktemp())
+        os.makedirs(self.root)
+        with open(os.path.join(self.root, "a.jpg"), "wb") as f:
+            f.write(encode(quadrants((40, 30))))
+        self.app = AppHarness(
+            self,
+            origin=(f"files=file://{self.root}/",),
+            origin_ttl=60,
+            thumbor=True,
+            thumbor_loader="files",
+            thumbor_allow_unsafe=True,
+        )
+
+    def test_remembered_until_purged_or_changed(self) -> None:
+        response, body = self.app.request("GET", "/unsafe/20x0/a.jpg")
+        self.assertEqual(response.code, 200)
+        [location] = response.headers.getRawHeaders("Content-Location")
+        folder = location.rsplit("/", 1)[0]
+        again, same = self.app.request("GET", "/unsafe/20x0/a.jpg")
+        self.assertEqual((again.code, same), (200, body))
+        self.assertEqual(self.app.request("DELETE", folder)[0].code, 204)
+        after, made = self.app.request("GET", "/unsafe/20x0/a.jpg")
+        self.assertEqual(
+            (after.code, Image.open(io.BytesIO(made)).size), (200, (20, 15))
+        )
+        with open(os.path.join(self.root, "a.jpg"), "wb") as f:
+            f.write(encode(quadrants((80, 30))))  # the origin's object changes
+        self.app.clock.advance(61)
+        self.app.request("GET", "/unsafe/20x0/a.jpg")  # checked in the background
+        self.app.clock.advance(1)
+        _, changed = self.app.request("GET", "/unsafe/20x0/a.jpg")
+        self.assertEqual(Image.open(io.BytesIO(changed)).size, (20, 8))
