@@ -76,9 +76,8 @@ class ThumborPaths:
         self._loader = loader
         self._settings = settings
         self._known: OrderedDict[tuple[str, bool, bool], _Known] = OrderedDict()
-        #: Each origin's URL, and the web ones without their scheme (thumbor's
-        #: HTTP loader reads ``host/path`` as ``http://host/path``).
-        self._origins = dict(origins)
+        #: The web origins' URLs without their scheme (thumbor's HTTP loader
+        #: reads ``host/path`` as ``http://host/path``).
         self._web = {
             namespace: _without_scheme(url)
             for namespace, url in origins.items()
@@ -99,7 +98,7 @@ class ThumborPaths:
                     return ThumborAnswer(
                         image, known.resolved, stored, vary_accept=known.vary_accept
                     )
-            del self._known[key]
+            self._known.pop(key, None)  # another request may have dropped it
         url = urls.parse(path)
         urls.check_signature(url, self._keys, self._allow_unsafe)
         namespace, object_path = self._locate(url.image)

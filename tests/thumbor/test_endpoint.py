@@ -213,3 +213,40 @@ class RememberedUrlTests(SynchronousTestCase):
         self.app.clock.advance(1)
         _, changed = self.app.request("GET", "/unsafe/20x0/a.jpg")
         self.assertEqual(Image.open(io.BytesIO(changed)).size, (20, 8))
+
+
+class HostileCorpusTests(SynchronousTestCase):
+    """The hostile corpus of tests/test_hostile_input.py, laid in an origin:
+    every thumbor URL of it answers as the native origin path of the same
+    object and variant does (the same checks, limits and statuses)."""
+
+    def test_each_file_answers_as_its_native_path(self) -> None:
+        from tests.test_hostile_input import corpus
+
+        root = os.path.abspath(self.mktemp())
+        os.makedirs(root)
+        files = corpus()
+        for name, data in files.items():
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(data)
+        app = AppHarness(
+            self,
+            origin=(f"files=file://{root}/",),
+            thumbor=True,
+            thumbor_loader="files",
+            thumbor_allow_unsafe=True,
+        )
+        differ, refused = [], 0
+        for name in files:
+            response, body = app.request("GET", f"/unsafe/fit-in/50x50/{name}")
+            native, _ = app.request("GET", f"/files/{name}/info.json")
+            self.assertLess(response.code, 500, (name, body))
+            if native.code != 200:
+                refused += 1
+                if response.code != native.code:
+                    differ.append((name, response.code, native.code))
+                continue
+            self.assertEqual(response.code, 200, (name, body))
+            self.assertLessEqual(max(Image.open(io.BytesIO(body)).size), 50, name)
+        self.assertEqual(differ, [])
+        self.assertGreater(refused, 20)
