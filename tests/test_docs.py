@@ -61,6 +61,15 @@ class DocsTests(SynchronousTestCase):
         self.assertIn(f"get up to {seconds} more to leave", page)
         self.assertIn(f"`--processing_timeout` + {seconds} after the signal", page)
 
+    def test_security_page_gives_the_thumbor_bounds(self) -> None:
+        from imageserver.thumbor.plan import MAX_FILTER_DIGITS
+        from imageserver.thumbor_paths import REMEMBERED_URLS
+
+        with open(os.path.join(DOCS, "security.md")) as f:
+            page = " ".join(f.read().split())
+        self.assertIn(f"are at most {REMEMBERED_URLS:,}, the most lately used", page)
+        self.assertIn(f"read to at most {MAX_FILTER_DIGITS} digits", page)
+
     def test_api_examples_are_canonical_and_pictured(self) -> None:
         with open(os.path.join(DOCS, "api.md")) as f:
             page = f.read()

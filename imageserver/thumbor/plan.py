@@ -44,6 +44,9 @@ FORMATS = {
     "webp": "webp",
     "avif": "avif",
 }
+#: The most digits of a number in a filter's arguments (a longer one is
+#: ignored, as thumbor ignores an argument it cannot use).
+MAX_FILTER_DIGITS = 9
 #: The largest side a variant name can hold (six digits).
 LARGEST = 999_999
 #: The formats whose quality thumbor sets (QUALITY, quality()).
@@ -302,11 +305,11 @@ def _fit_inside(box: tuple[int, int], canvas: tuple[int, int]) -> tuple[int, int
 
 
 def _int(text: str) -> int | None:
-    """A filter's whole number (thumbor's ``-?\\d+``), at most 9 digits:
-    a longer one is read as thumbor reads an argument it cannot use."""
+    """A filter's whole number (thumbor's ``-?\\d+``), of at most
+    `MAX_FILTER_DIGITS` digits."""
     text = text.strip()
     digits = text[1:] if text.startswith("-") else text
-    if not digits.isascii() or not digits.isdigit() or len(digits) > 9:
+    if not digits.isascii() or not digits.isdigit() or len(digits) > MAX_FILTER_DIGITS:
         return None
     return int(text)
 
