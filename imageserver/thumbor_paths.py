@@ -121,6 +121,15 @@ class ThumborPaths:
         planned = plans.plan(url, source, self._settings, accept or "")
         if url.meta:
             return ThumborAnswer(image, meta=plans.meta(url, source, planned))
+        largest = self._rules.maximum_width
+        if not planned.name.startswith("full_size") and (
+            max(planned.width, planned.height) > largest
+        ):
+            raise InvalidRequest(
+                f"this thumbor URL makes a {planned.width}x{planned.height} "
+                f"picture, larger than --maximum_width ({largest}) allows: raise "
+                "--maximum_width to serve it (thumbor's MAX_WIDTH is unlimited)"
+            )
         variant = self._rules.canonical(planned.name)
         assert variant is not None  # a plan is always variant-shaped
         resolved = await self._images.resolve(image, variant.name, accept)

@@ -167,6 +167,15 @@ def plan(url: ThumborUrl, source: Source, settings: Settings, accept: str = "") 
     if url.flip:
         operations.append({"type": "flip_vertically"})
     turns, mirrors = _orientation(url.flop, url.flip, filters.rotations())
+    kept = (box[2] - box[0], box[3] - box[1])
+    padded = any(o.startswith("pad") for o in options)
+    unresized = (out_w, out_h) == (kept[::-1] if turns % 180 else kept)
+    if url.trim is None and not padded and unresized:
+        # The kept part at its own size, which --maximum_width does not
+        # bound (thumbor's MAX_WIDTH is unlimited by default); nothing to
+        # crop smartly.
+        size = "full_size"
+        options = [o for o in options if o != "smart"]
     if box != (0, 0, sw, sh):
         options.append(f"crop{box[0]}_{box[1]}_{box[2]}_{box[3]}")
     if turns:

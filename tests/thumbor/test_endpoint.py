@@ -250,3 +250,33 @@ class HostileCorpusTests(SynchronousTestCase):
             self.assertLessEqual(max(Image.open(io.BytesIO(body)).size), 50, name)
         self.assertEqual(differ, [])
         self.assertGreater(refused, 20)
+
+
+class LargePicturesTests(SynchronousTestCase):
+    """thumbor's MAX_WIDTH is unlimited by default: a URL that does not
+    resize is served at the picture's size whatever --maximum_width says;
+    one that asks for more than it says so in thumbor's terms."""
+
+    def test_unresized_is_served_and_larger_is_a_400_that_says_why(self) -> None:
+        root = os.path.abspath(self.mktemp())
+        os.makedirs(root)
+        with open(os.path.join(root, "big.jpg"), "wb") as f:
+            f.write(encode(quadrants((1600, 1200))))
+        app = AppHarness(
+            self,
+            origin=(f"files=file://{root}/",),
+            thumbor=True,
+            thumbor_loader="files",
+            thumbor_allow_unsafe=True,
+        )
+        for path in ("/unsafe/big.jpg", "/unsafe/fit-in/2000x2000/big.jpg",
+                     "/unsafe/filters:format(webp)/big.jpg",
+                     "/unsafe/-origx-orig/big.jpg"):  # fmt: skip
+            response, body = app.request("GET", path)
+            self.assertEqual(response.code, 200, (path, body[:200]))
+            self.assertEqual(Image.open(io.BytesIO(body)).size, (1600, 1200), path)
+        status, body = app.json("GET", "/unsafe/1200x0/big.jpg")
+        self.assertEqual(status, 400)
+        self.assertIn(
+            "1200x900 picture, larger than --maximum_width (1000)", body["error"]
+        )

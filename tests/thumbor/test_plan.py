@@ -38,14 +38,16 @@ class VerifiedExamplesTests(SynchronousTestCase):
             ("6x0", "6x4-crop0_16_400_283-q80.jpg", (6, 4)),  # 4.5 to even
             ("10x0", "10x8-crop12_0_387_300-q80.jpg", (10, 8)),  # 7.5 to even
             ("fit-in/200x200", "200x150-q80.jpg", (200, 150)),
-            ("fit-in/800x800", "400x300-q80.jpg", (400, 300)),
+            ("fit-in/800x800", "full_size-q80.jpg", (400, 300)),
             ("fit-in/6x6", "6x5-q80.jpg", (6, 5)),  # 4.5 half up
             ("full-fit-in/200x200", "267x200-q80.jpg", (267, 200)),
             ("adaptive-fit-in/200x300", "267x200-q80.jpg", (267, 200)),
             ("adaptive-full-fit-in/200x300", "300x225-q80.jpg", (300, 225)),
-            ("10x10:9000x9000", "390x290-crop10_10_400_300-q80.jpg", (390, 290)),
-            ("300x0:100x100", "400x300-q80.jpg", (400, 300)),  # an empty crop
+            ("10x10:9000x9000", "full_size-crop10_10_400_300-q80.jpg", (390, 290)),
+            ("300x0:100x100", "full_size-q80.jpg", (400, 300)),  # an empty crop
             ("-200x-100", "200x100-crop0_50_400_250-r180-q80.jpg", (200, 100)),
+            ("smart", "full_size-q80.jpg", (400, 300)),
+            ("400x300/smart", "full_size-q80.jpg", (400, 300)),
         ]:
             self.assertEqual(planned(f"/unsafe/{url}/a.jpg"), (name, size), url)
 
