@@ -141,6 +141,16 @@ class ImageServer(OrderedMultiService):
                 namespace=namespace,
                 url=spec.described,
             )
+        if config.thumbor:
+            log.info(
+                "thumbor's URLs are answered ({how}), images from {source}",
+                how="signed, and unsigned /unsafe/ ones"
+                if config.thumbor_allow_unsafe
+                else "signed ones only",
+                source=f"the origin {config.thumbor_loader}"
+                if config.thumbor_loader
+                else "the web origins",
+            )
         if config.workers > 1:
             log.info(
                 "imageserver {version} started: storage {storage}; {workers} "

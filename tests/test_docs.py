@@ -61,6 +61,16 @@ class DocsTests(SynchronousTestCase):
         self.assertIn(f"get up to {seconds} more to leave", page)
         self.assertIn(f"`--processing_timeout` + {seconds} after the signal", page)
 
+    def test_thumbor_page_example_is_signed_with_its_key(self) -> None:
+        from imageserver.thumbor.urls import signature_of
+
+        with open(os.path.join(DOCS, "thumbor.md")) as f:
+            page = f.read()
+        key = re.search(r"printf (\S+) > ", page)
+        url = re.search(r"curl -O 'http://127.0.0.1:7000/([^/]+)/([^']+)'", page)
+        assert key is not None and url is not None
+        self.assertEqual(signature_of(url[2], key[1].encode()), url[1])
+
     def test_security_page_gives_the_thumbor_bounds(self) -> None:
         from imageserver.thumbor.plan import MAX_FILTER_DIGITS
         from imageserver.thumbor_paths import REMEMBERED_URLS

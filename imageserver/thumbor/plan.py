@@ -82,6 +82,9 @@ class Plan:
     vary_accept: bool
     width: int
     height: int
+    #: The size after the crops and the resize, before the filters: what
+    #: /meta/ calls the target.
+    target: tuple[int, int] = (0, 0)
     operations: list[dict[str, Any]] = field(default_factory=list)
     focal_points: list[dict[str, Any]] = field(default_factory=list)
 
@@ -118,7 +121,7 @@ def plan(url: ThumborUrl, source: Source, settings: Settings, accept: str = "") 
     if url.trim is not None:
         size, extra = _trimmed(url, want_w, want_h)
         options += ["trim", *extra]
-        out_w, out_h = tw, th
+        out_w, out_h = target = tw, th
     else:
         if url.fit is not None:
             (out_w, out_h), turned = _fitted(url.fit, tw, th, cw, ch)
@@ -151,6 +154,7 @@ def plan(url: ThumborUrl, source: Source, settings: Settings, accept: str = "") 
                 out_w if want_w == "orig" else int(want_w),
                 out_h if want_h == "orig" else int(want_h),
             )
+        target = (out_w, out_h)
         (out_w, out_h), canvas, colour = _finished((out_w, out_h), request, filters)
         size = f"{out_w}x{out_h}"
         if canvas is not None:
@@ -197,6 +201,7 @@ def plan(url: ThumborUrl, source: Source, settings: Settings, accept: str = "") 
         vary_accept=vary,
         width=out_w,
         height=out_h,
+        target=target,
         operations=operations,
         focal_points=focal_points,
     )
@@ -207,7 +212,11 @@ def meta(url: ThumborUrl, source: Source, result: Plan) -> dict[str, Any]:
     reads after the operations: the result's), the operations, the target."""
     from urllib.parse import quote
 
-    target = {"width": result.width, "height": result.height}
+    # The size after the last crop or resize; without one, the source's,
+    # which thumbor reads after the filters (the result's).
+    resized = any(o["type"] in ("crop", "resize") for o in result.operations)
+    width, height = result.target if resized else (result.width, result.height)
+    target = {"width": width, "height": height}
     return {
         "thumbor": {
             "source": {

@@ -226,11 +226,13 @@ class ImageServerApp:
 
     async def _thumbor_get(self, request: IRequest) -> Response:
         """A thumbor URL (docs/thumbor.md): the variant it maps to, or /meta/."""
-        assert self._thumbor is not None
+        assert self._thumbor is not None and self._origin_paths is not None
         path = request.uri.partition(b"?")[0].decode("latin-1")
         answer = await self._thumbor.answer(path, request.getHeader("Accept"))
+        # What a thumbor URL means may change as its origin's object does.
+        by_path = self._origin_paths.cache_control()
         if answer.meta is not None:
-            return json_response(200, answer.meta)
+            return json_response(200, answer.meta, {"Cache-Control": by_path})
         assert answer.resolved is not None and answer.stored is not None
         quality = await self._images.chosen_quality(answer.image, answer.resolved.name)
         return _serve(
@@ -239,7 +241,7 @@ class ImageServerApp:
             answer.image,
             answer.resolved,
             answer.resolved.name,
-            by_path=self._origin_paths.cache_control() if self._origin_paths else None,
+            by_path=by_path,
             quality=quality,
             vary=answer.vary_accept,
         )

@@ -69,6 +69,8 @@ HAND_MADE = [
     "/unsafe/200x100/smart/portrait.jpg",
     "/unsafe/meta/200x100/landscape.jpg",
     "/unsafe/meta/fit-in/200x200/portrait.jpg",
+    "/unsafe/meta/fit-in/400x400/filters:fill(white)/landscape.jpg",
+    "/unsafe/meta/-0x-0/odd.jpg",
     "/unsafe/fit-in/100x100/filters:fill(red)/square.png",
     "/unsafe/fit-in/100x50/filters:fill(ff00ff)/square.png",
     "/unsafe/fit-in/400x400/filters:upscale()/odd.jpg",
