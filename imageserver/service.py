@@ -131,6 +131,11 @@ class ImageServer(OrderedMultiService):
                 "give --write_tokens (docs/security.md)",
                 endpoint=config.endpoint,
             )
+        if self.worker is None and thumbor_signed_alone(config):
+            log.warn(
+                "thumbor's URLs are signed, this server's are not: give --secret "
+                "(docs/thumbor.md#migrating-safely)"
+            )
         storage = os.path.abspath(config.local_base_path)
         if config.remote is not None:
             endpoint = config.s3_endpoint_url or "AWS"
@@ -168,6 +173,12 @@ class ImageServer(OrderedMultiService):
             processing=config.processor_concurrency,
             io=config.io_concurrency,
         )
+
+
+def thumbor_signed_alone(config: Config) -> bool:
+    """Whether thumbor's URLs are signed and this server's are not (its
+    native routes reach the same images)."""
+    return config.thumbor and bool(config.thumbor_security_keys) and not config.secret
 
 
 def writes_are_open(config: Config) -> bool:

@@ -16,6 +16,7 @@ option for are ignored, as thumbor ignores a filter it does not know.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,9 +143,13 @@ def plan(url: ThumborUrl, source: Source, settings: Settings, accept: str = "") 
             if url.smart:
                 options.append("smart")
             elif (tw, th) != (cw, ch):
-                box = _filled(box, tw, th, focal_points)
+                cropped, box = box, _filled(box, tw, th, focal_points)
                 if (box[2] - box[0], box[3] - box[1]) != (cw, ch):
-                    operations.append(_crop_op(box))
+                    # In the manual crop's pixels, as thumbor lists it.
+                    x, y = cropped[:2]
+                    operations.append(
+                        _crop_op((box[0] - x, box[1] - y, box[2] - x, box[3] - y))
+                    )
             out_w, out_h = max(1, int(tw)), max(1, int(th))
             if (out_w, out_h) != (box[2] - box[0], box[3] - box[1]):
                 operations.append(
@@ -265,7 +270,11 @@ def _fitted(
     (covering the box) or their ``adaptive-`` forms (the box turned to the
     image's orientation) give, each computed side rounded half up; and
     whether the box was turned."""
-    turned = fit.startswith("adaptive-") and (cw > ch) != (tw > th) and tw != th
+    # Turned when the picture and the box lie opposite ways (a square lies
+    # neither way).
+    turned = fit.startswith("adaptive-") and (
+        (cw < ch and tw > th) or (cw > ch and tw < th)
+    )
     if turned:
         tw, th = th, tw
     full = "full-" in fit
@@ -332,13 +341,14 @@ def _int(text: str) -> int | None:
     return int(text)
 
 
+_DECIMAL = re.compile(r"-?(?:[0-9]{1,9}(?:\.[0-9]{0,9})?|\.[0-9]{1,9})\Z")
+
+
 def _float(text: str) -> float | None:
-    """A filter's decimal number (thumbor's DecimalNumber), finite."""
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
+    """A filter's decimal number as thumbor writes one (``1.5``, ``.5``,
+    ``-2``; no exponent)."""
+    text = text.strip()
+    return float(text) if _DECIMAL.match(text) else None
 
 
 def _proportion(f: Filter) -> float | None:
@@ -384,22 +394,23 @@ _ALIGN_Y = {"top": 0.0, "middle": 0.5, "bottom": 1.0}
 def _focal_points(
     url: ThumborUrl, filters: _Filters, box: tuple[int, int, int, int]
 ) -> list[dict[str, Any]]:
-    """focal() points inside the box, moved into it; else the alignment."""
-    points = []
+    """focal() points inside the box, moved into it; else the alignment. A
+    box is read as thumbor reads it, drawn either way round: its middle,
+    weighted by its signed area."""
+    points: list[dict[str, Any]] = []
     for left, top, right, bottom in filters.focal_boxes():
-        x, y = left + (right - left) // 2, top + (bottom - top) // 2
+        width, height = right - left, bottom - top
+        x, y = left + width // 2, top + height // 2
         if box[0] <= x < box[2] and box[1] <= y < box[3]:
-            area = float((right - left) * (bottom - top))
             points.append({
-                "x": x - box[0], "y": y - box[1], "z": area,
-                "height": bottom - top, "width": right - left, "origin": "Explicit",
+                "x": x - box[0], "y": y - box[1], "z": float(width * height),
+                "height": height, "width": width, "origin": "Explicit",
             })  # fmt: skip
-    if points:
+    if points and sum(p["z"] for p in points):
         return points
     cw, ch = box[2] - box[0], box[3] - box[1]
-    ax, ay = cw * _ALIGN_X[url.halign], ch * _ALIGN_Y[url.valign]
     return [{
-        "x": int(ax) if ax == int(ax) else ax, "y": int(ay) if ay == int(ay) else ay,
+        "x": int(cw * _ALIGN_X[url.halign]), "y": int(ch * _ALIGN_Y[url.valign]),
         "z": 1.0, "height": 1, "width": 1, "origin": "alignment",
     }]  # fmt: skip
 
@@ -482,11 +493,13 @@ def _colour(text: str) -> str:
     text = text.strip().lower()
     if text in ("transparent", "auto", "blur"):
         return ""
-    try:
-        rgb = ImageColor.getrgb(text if text.isalpha() else f"#{text}")
-    except ValueError:
-        raise InvalidRequest(f"{text[:40]!r} is not a colour thumbor knows") from None
-    return "".join(f"{v:02x}" for v in rgb[:3])
+    for spelling in (text, f"#{text}"):  # a name first, as thumbor tries
+        try:
+            rgb = ImageColor.getrgb(spelling)
+        except ValueError:
+            continue
+        return "".join(f"{v:02x}" for v in rgb[:3])
+    raise InvalidRequest(f"{text[:40]!r} is not a colour thumbor knows")
 
 
 class _Filters:
@@ -543,7 +556,7 @@ class _Filters:
             if len(edges) != 4 or None in edges:
                 continue
             left, top, right, bottom = (e or 0 for e in edges)
-            if right > left and bottom > top:
+            if right != left and bottom != top:
                 boxes.append((left, top, right, bottom))
         return boxes
 

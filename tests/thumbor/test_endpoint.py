@@ -280,3 +280,21 @@ class LargePicturesTests(SynchronousTestCase):
         self.assertIn(
             "1200x900 picture, larger than --maximum_width (1000)", body["error"]
         )
+
+
+class StartTests(SynchronousTestCase):
+    def test_signed_thumbor_urls_beside_unsigned_native_ones_are_warned_of(
+        self,
+    ) -> None:
+        from imageserver.config import Config
+        from imageserver.service import thumbor_signed_alone
+
+        def alone(**settings: Any) -> bool:
+            return thumbor_signed_alone(
+                Config(thumbor=True, thumbor_loader="files",
+                       origin=("files=file:///tmp/",), **settings)
+            )  # fmt: skip
+
+        self.assertTrue(alone(thumbor_security_key="k"))
+        self.assertFalse(alone(thumbor_security_key="k", secret="s"))
+        self.assertFalse(alone(thumbor_allow_unsafe=True))
