@@ -124,7 +124,8 @@ HAND_MADE = [
 #: no_upscale(), a turn of a one-pixel picture), this server answers.
 STATUS_DIFFERENCES = {(500, 400), (500, 200)}
 #: This server's one order of the adjustments (docs/api.md).
-ADJUSTMENTS = ("brightness", "contrast", "saturation")
+ADJUSTMENTS = ("brightness(", "contrast(", "saturation(", "blur(", "sharpen(",
+               "grayscale(")  # fmt: skip
 
 
 def thumbor_command() -> str:
