@@ -24,6 +24,7 @@ from typing import Any
 from PIL import ImageColor
 
 from imageserver.errors import InvalidRequest
+from imageserver.naming import ascii_digits
 from imageserver.thumbor.urls import Filter, ThumborUrl
 
 #: thumbor's source format -> this server's extension (what thumbor serves
@@ -332,13 +333,11 @@ def _fit_inside(box: tuple[int, int], canvas: tuple[int, int]) -> tuple[int, int
 
 
 def _int(text: str) -> int | None:
-    """A filter's whole number (thumbor's ``-?\\d+``), of at most
-    `MAX_FILTER_DIGITS` digits."""
+    """A filter's whole number (thumbor's Number: a sign, then digits), of
+    at most `MAX_FILTER_DIGITS` digits 0-9."""
     text = text.strip()
     digits = text[1:] if text.startswith("-") else text
-    if not digits.isascii() or not digits.isdigit() or len(digits) > MAX_FILTER_DIGITS:
-        return None
-    return int(text)
+    return int(text) if ascii_digits(digits, MAX_FILTER_DIGITS) else None
 
 
 _DECIMAL = re.compile(r"-?(?:[0-9]{1,9}(?:\.[0-9]{0,9})?|\.[0-9]{1,9})\Z")

@@ -541,6 +541,9 @@ def test_without_dask_the_option_is_a_usage_error(monkeypatch: Any) -> None:
 #: Options that stay home, each for a reason; with `cluster.TRAVELS`, every
 #: option: one added later must be put on one side or the other.
 STAYS_HOME = {
+    # thumbor's URLs are answered by the server, not by batch workers
+    "thumbor", "thumbor_security_key", "thumbor_allow_unsafe", "thumbor_loader",
+    "thumbor_quality", "thumbor_auto_webp", "thumbor_auto_avif",
     # credentials and access: workers have their own (environment, role)
     "aws_access_key_id", "aws_secret_key", "secret", "write_tokens",
     "webhook", "webhook_secret", "webhook_queue", "webhook_retry_seconds",
