@@ -25,7 +25,7 @@ from PIL import ImageColor
 
 from imageserver.errors import InvalidRequest
 from imageserver.naming import ascii_digits
-from imageserver.thumbor.urls import Filter, ThumborUrl
+from imageserver.thumbor.urls import Filter, Size, ThumborUrl
 
 #: thumbor's source format -> this server's extension (what thumbor serves
 #: a source as when no format() says otherwise).
@@ -126,20 +126,11 @@ def plan(url: ThumborUrl, source: Source, settings: Settings, accept: str = "") 
         out_w, out_h = target = tw, th
     else:
         if url.fit is not None:
-            (out_w, out_h), turned = _fitted(url.fit, tw, th, cw, ch)
+            (out_w, out_h), request = _fit_in(
+                url.fit, (tw, th), (cw, ch), want_w, want_h
+            )
             if (out_w, out_h) != (cw, ch):
                 operations.append({"type": "resize", "width": out_w, "height": out_h})
-            # thumbor's request size, which fill() and upscale() read: what
-            # was asked (orig: the image's side), at least what was made.
-            asked = [
-                cw if want_w == "orig" else want_w,
-                ch if want_h == "orig" else want_h,
-            ]
-            if turned:
-                asked.reverse()
-            request = (int(asked[0]), int(asked[1]))
-            if (out_w, out_h) != (cw, ch):  # thumbor updates it on a resize
-                request = (max(request[0], out_w), max(request[1], out_h))
         else:
             if url.smart:
                 options.append("smart")
@@ -262,6 +253,28 @@ def _target(want_w: int | str, want_h: int | str, cw: int, ch: int) -> tuple[int
     if not w:
         return max(1, round(h * cw / ch)), h
     return w, h
+
+
+def _fit_in(
+    fit: str,
+    target: tuple[int, int],
+    image: tuple[int, int],
+    want_w: Size,
+    want_h: Size,
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The size a fit gives, and thumbor's request size after it, which
+    fill() and upscale() read: what was asked (orig: the image's side), at
+    least what was made, updated only when the fit resized."""
+    made, turned = _fitted(fit, *target, *image)
+    asked = [
+        image[0] if want_w == "orig" else int(want_w),
+        image[1] if want_h == "orig" else int(want_h),
+    ]
+    if turned:
+        asked.reverse()
+    if made == image:
+        return made, (asked[0], asked[1])
+    return made, (max(asked[0], made[0]), max(asked[1], made[1]))
 
 
 def _fitted(
