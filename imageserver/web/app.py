@@ -217,6 +217,11 @@ class ImageServerApp:
     async def origin_forget(
         self, request: IRequest, namespace: str, path: str
     ) -> Response:
+        if self._thumbor is not None and is_thumbor_path(request.path):
+            raise NotFound(
+                "a thumbor URL is not deleted: DELETE its origin path, or the "
+                "image folder its answer's Content-Location names"
+            )
         image = await self._origin(namespace).forget(namespace, path)
         if image is not None:
             # Purged already (by its hash, or another path's DELETE): gone.

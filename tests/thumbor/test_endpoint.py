@@ -86,6 +86,11 @@ class ThumborEndpointTests(SynchronousTestCase):
         url = str(CryptoURL(key=KEY).generate(width=100, image_url="photos/no.jpg"))
         self.assertEqual(self.get(url)[0], 404)
 
+    def test_a_thumbor_url_is_not_deleted_and_says_what_is(self) -> None:
+        status, body = self.app.json("DELETE", signed(width=100))
+        self.assertEqual(status, 404)
+        self.assertIn("DELETE its origin path", body["error"])
+
     def test_healthcheck(self) -> None:
         status, _, body = self.get("/healthcheck")
         self.assertEqual((status, body), (200, b"WORKING"))
