@@ -23,17 +23,29 @@ def signed(key: str = KEY, **options: object) -> str:
     return str(CryptoURL(key=key).generate(image_url=IMAGE, **options))
 
 
+def file_origin(
+    case: SynchronousTestCase, files: dict[str, bytes], under: str = "", **settings: Any
+) -> tuple[str, AppHarness]:
+    """A directory holding ``files`` (by their paths in it), its folder
+    ``under`` the origin ``files`` that thumbor's URLs read, and the app."""
+    root = os.path.abspath(case.mktemp())
+    os.makedirs(os.path.join(root, under), exist_ok=True)
+    for path, data in files.items():
+        os.makedirs(os.path.dirname(os.path.join(root, path)), exist_ok=True)
+        with open(os.path.join(root, path), "wb") as f:
+            f.write(data)
+    origin = f"files=file://{os.path.join(root, under).rstrip('/')}/"
+    app = AppHarness(
+        case, origin=(origin,), thumbor=True, thumbor_loader="files", **settings
+    )
+    return root, app
+
+
 class ThumborEndpointTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.folder = os.path.abspath(self.mktemp())
-        os.makedirs(os.path.join(self.folder, "photos"))
-        with open(os.path.join(self.folder, "photos", "landscape.jpg"), "wb") as f:
-            f.write(encode(quadrants((400, 300))))
-        self.app = AppHarness(
+        _, self.app = file_origin(
             self,
-            origin=(f"files=file://{self.folder}/",),
-            thumbor=True,
-            thumbor_loader="files",
+            {IMAGE: encode(quadrants((400, 300)))},
             thumbor_security_key=f"old,{KEY}",
         )
 
@@ -158,17 +170,11 @@ class FileLoaderBoundsTests(SynchronousTestCase):
     origin's path is: no way out of the directory, in any spelling."""
 
     def setUp(self) -> None:
-        self.root = os.path.abspath(self.mktemp())
-        os.makedirs(os.path.join(self.root, "in"))
-        with open(os.path.join(self.root, "in", "a.jpg"), "wb") as f:
-            f.write(encode(quadrants((40, 30))))
-        with open(os.path.join(self.root, "secret.jpg"), "wb") as f:
-            f.write(encode(quadrants((40, 30))))
-        self.app = AppHarness(
+        picture = encode(quadrants((40, 30)))
+        _, self.app = file_origin(
             self,
-            origin=(f"files=file://{self.root}/in/",),
-            thumbor=True,
-            thumbor_loader="files",
+            {"in/a.jpg": picture, "secret.jpg": picture},
+            under="in",
             thumbor_allow_unsafe=True,
         )
 
@@ -186,16 +192,10 @@ class RememberedUrlTests(SynchronousTestCase):
     the origin's object has changed, it is found again."""
 
     def setUp(self) -> None:
-        self.root = os.path.abspath(self.mktemp())
-        os.makedirs(self.root)
-        with open(os.path.join(self.root, "a.jpg"), "wb") as f:
-            f.write(encode(quadrants((40, 30))))
-        self.app = AppHarness(
+        self.root, self.app = file_origin(
             self,
-            origin=(f"files=file://{self.root}/",),
+            {"a.jpg": encode(quadrants((40, 30)))},
             origin_ttl=60,
-            thumbor=True,
-            thumbor_loader="files",
             thumbor_allow_unsafe=True,
         )
 
@@ -228,19 +228,8 @@ class HostileCorpusTests(SynchronousTestCase):
     def test_each_file_answers_as_its_native_path(self) -> None:
         from tests.test_hostile_input import corpus
 
-        root = os.path.abspath(self.mktemp())
-        os.makedirs(root)
         files = corpus()
-        for name, data in files.items():
-            with open(os.path.join(root, name), "wb") as f:
-                f.write(data)
-        app = AppHarness(
-            self,
-            origin=(f"files=file://{root}/",),
-            thumbor=True,
-            thumbor_loader="files",
-            thumbor_allow_unsafe=True,
-        )
+        _, app = file_origin(self, files, thumbor_allow_unsafe=True)
         differ, refused = [], 0
         for name in files:
             response, body = app.request("GET", f"/unsafe/fit-in/50x50/{name}")
@@ -263,17 +252,8 @@ class LargePicturesTests(SynchronousTestCase):
     one that asks for more than it says so in thumbor's terms."""
 
     def test_unresized_is_served_and_larger_is_a_400_that_says_why(self) -> None:
-        root = os.path.abspath(self.mktemp())
-        os.makedirs(root)
-        with open(os.path.join(root, "big.jpg"), "wb") as f:
-            f.write(encode(quadrants((1600, 1200))))
-        app = AppHarness(
-            self,
-            origin=(f"files=file://{root}/",),
-            thumbor=True,
-            thumbor_loader="files",
-            thumbor_allow_unsafe=True,
-        )
+        big = encode(quadrants((1600, 1200)))
+        _, app = file_origin(self, {"big.jpg": big}, thumbor_allow_unsafe=True)
         for path in ("/unsafe/big.jpg", "/unsafe/fit-in/2000x2000/big.jpg",
                      "/unsafe/filters:format(webp)/big.jpg",
                      "/unsafe/-origx-orig/big.jpg"):  # fmt: skip
