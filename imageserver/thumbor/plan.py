@@ -20,6 +20,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from PIL import ImageColor
 
@@ -207,8 +208,6 @@ def plan(url: ThumborUrl, source: Source, settings: Settings, accept: str = "") 
 def meta(url: ThumborUrl, source: Source, result: Plan) -> dict[str, Any]:
     """thumbor's /meta/ answer for ``url``: its source (whose size thumbor
     reads after the operations: the result's), the operations, the target."""
-    from urllib.parse import quote
-
     # The size after the last crop or resize; without one, the source's,
     # which thumbor reads after the filters (the result's).
     resized = any(o["type"] in ("crop", "resize") for o in result.operations)

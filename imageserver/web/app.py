@@ -55,9 +55,12 @@ _NAMESPACE_HEAD = re.compile(rb"/" + NAMESPACE_PATTERN.encode() + rb"/")
 def is_thumbor_path(path: bytes) -> bool:
     """Whether ``path`` is a thumbor URL's, when thumbor's are answered: its
     first segment is ``unsafe``, or no namespace (thumbor reads any first
-    segment as a signature, to be checked)."""
+    segment as a signature, to be checked); never an image folder's, which
+    the image routes answer (and --secret guards) in any namespace."""
     head, slash, rest = path[1:].partition(b"/")
-    if not slash or not rest or not path.startswith(b"/"):
+    if not path.startswith(b"/") or not slash or not rest:
+        return False
+    if _FOLDER_PATH.match(path) is not None:
         return False
     return head == b"unsafe" or _NAMESPACE_HEAD.match(path) is None
 
@@ -286,8 +289,7 @@ def route_name(
     parts = request.path.split(b"/")[1:]
     if parts in ([b"status_check"], [b"openapi.json"]):
         return parts[0].decode().replace(".", "_")
-    thumbor_path = is_thumbor_path(request.path) or parts == [b"healthcheck"]
-    if thumbor and thumbor_path and _FOLDER_PATH.match(request.path) is None:
+    if thumbor and (is_thumbor_path(request.path) or parts == [b"healthcheck"]):
         return "thumbor"
     if len(parts) == 1 and parts[0] and request.method == b"POST":
         return "upload"

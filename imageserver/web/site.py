@@ -524,7 +524,7 @@ class BoundedSite(Site):
         """Close every connection with no request unanswered, each once what
         it was sent has left (the reactor's stop would cut a large answer
         still in the socket's buffer); fires when they all have."""
-        for channel in self._channels:
+        for channel in list(self._channels):  # closing may drop one
             if not channel.requests and channel.transport is not None:
                 self._closing.add(channel)
                 channel.transport.loseConnection()

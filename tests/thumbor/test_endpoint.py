@@ -10,8 +10,12 @@ from typing import Any
 
 from libthumbor import CryptoURL
 from PIL import Image
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http_headers import Headers
 
+from imageserver.web.access import AccessPolicy
+from imageserver.web.app import is_thumbor_path
 from tests.support import AppHarness, encode, quadrants
 
 KEY = "secret"
@@ -283,3 +287,37 @@ class StartTests(SynchronousTestCase):
         self.assertTrue(alone(thumbor_security_key="k"))
         self.assertFalse(alone(thumbor_security_key="k", secret="s"))
         self.assertFalse(alone(thumbor_allow_unsafe=True))
+
+
+class ThumborPathsTests(SynchronousTestCase):
+    """Which paths are thumbor's: any whose first segment is unsafe or no
+    namespace, but never an image folder's (the image routes answer those,
+    and --secret guards them, in namespace unsafe too)."""
+
+    def test_table(self) -> None:
+        folder = "6e0/072/682/e66287b662827da75b244a3"
+        for path, thumbor in [
+            ("/unsafe/100x0/a.jpg", True),
+            ("/t8yIsABYlXNPTiT0uDySsHHeKp8=/100x0/a.jpg", True),
+            ("/Foo/a.jpg", True),
+            ("/shop/a.jpg/w200.jpg", False),
+            (f"/unsafe/{folder}/w200.jpg", False),
+            (f"/unsafe/{folder}", False),
+            (f"/p/{folder}/w200.jpg", False),
+            ("/unsafe/", False),
+            ("/unsafe", False),
+            ("/healthcheck", False),
+        ]:
+            self.assertEqual(is_thumbor_path(path.encode()), thumbor, path)
+
+    def test_an_image_folder_in_namespace_unsafe_needs_this_servers_signature(
+        self,
+    ) -> None:
+        policy = AccessPolicy(
+            Clock(), secrets=(b"s",), signed_otherwise=is_thumbor_path
+        )
+        folder = b"/unsafe/6e0/072/682/e66287b662827da75b244a3/w200.jpg"
+        refused = policy(b"GET", folder, Headers())
+        assert refused is not None
+        self.assertEqual(refused.code, 403)
+        self.assertIsNone(policy(b"GET", b"/unsafe/100x0/a.jpg", Headers()))
