@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from imageserver.access.cors import CorsPolicy
 from imageserver.access.signing import secrets_of
 from imageserver.images import RenderPolicy
 from imageserver.imaging.renderer import DECODER_MAX_PIXELS, Limits
@@ -309,6 +310,13 @@ class Config:
         60.0,
         "Seconds an origin's 'no such object' is remembered.",
     )
+    cors_origins: tuple[str, ...] = setting(
+        (),
+        "Other origins whose pages may read the answers (CORS): * or origins "
+        "such as https://shop.example, https://*.shop.example "
+        "(comma-separated); reads only, never writes (docs/api.md).",
+        server_only=True,
+    )
     thumbor: bool = setting(
         False,
         "Answer thumbor's URLs (/unsafe/... and /SIGNATURE/...) on the main "
@@ -548,6 +556,10 @@ class Config:
                 self.profile_allow_remote,
                 "--profile_allow_remote",
             )
+        try:
+            CorsPolicy(self.cors_origins)
+        except ValueError as e:
+            raise ValueError(f"--cors_origins: {e}") from None
         if self.webhook and not self.webhook_secret:
             raise ValueError("--webhook needs --webhook_secret")
         for url in self.webhook:

@@ -20,6 +20,7 @@ from twisted.python.components import Componentized
 from twisted.web.resource import IResource
 
 from imageserver import __version__
+from imageserver.access.cors import CorsPolicy
 from imageserver.access.tokens import WriteTokens
 from imageserver.assembly import (
     check_store,
@@ -49,6 +50,7 @@ from imageserver.web.admin import AdminApp, Readiness
 from imageserver.web.app import (
     UNSIGNED_ROUTES,
     ImageServerApp,
+    allowed_methods,
     answer_headers,
     is_thumbor_path,
     route_name,
@@ -310,6 +312,8 @@ def make_service(
         admit=admit,
         answer_headers=answer_headers,
         slashes_encoded=is_thumbor_path if thumbor is not None else lambda path: False,
+        allowed_methods=allowed_methods,
+        cors=CorsPolicy(config.cors_origins) if config.cors_origins else None,
     )
     if config.manhole_endpoint is not None:
         from imageserver.runtime.manhole import ManholeService  # conch: only when asked

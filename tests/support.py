@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from imageserver.access.cors import CorsPolicy
 from imageserver.assembly import make_thumbor_paths, origin_bucket_settings
 from imageserver.bulk.batches import Batches
 from imageserver.config import Config
@@ -32,7 +33,7 @@ from imageserver.storage import Storage
 from imageserver.storage.local import LocalStorage
 from imageserver.storage.metered import MeteredStorage
 from imageserver.storage.s3 import LazyClient
-from imageserver.web.app import ImageServerApp, answer_headers
+from imageserver.web.app import ImageServerApp, allowed_methods, answer_headers
 from imageserver.web.site import Admission, BoundedSite, methods_of
 from tests.rawhttp import body_of, exchange, headers_of, request_bytes, status_of
 
@@ -322,7 +323,11 @@ class LoopbackSite:
     in-memory client skips the site; requests here are sent byte for byte."""
 
     def __init__(
-        self, case: TestCase, resource: Any, admit: Admission | None = None
+        self,
+        case: TestCase,
+        resource: Any,
+        admit: Admission | None = None,
+        cors: CorsPolicy | None = None,
     ) -> None:
         site = BoundedSite(
             resource,
@@ -330,6 +335,8 @@ class LoopbackSite:
             methods=methods_of(ImageServerApp.app),
             admit=admit,
             answer_headers=answer_headers,
+            allowed_methods=allowed_methods,
+            cors=cors,
         )
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         case.addCleanup(port.stopListening)

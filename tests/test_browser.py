@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+from typing import Any
 
 from PIL import Image
 from twisted.internet.utils import getProcessOutputAndValue
@@ -52,14 +53,111 @@ window.addEventListener("load", () => {{
 """
 
 
+#: A page of another origin that reads an info.json (a preflighted fetch,
+#: with If-None-Match) and a variant's pixels through a canvas: both need the
+#: server's CORS answer.
+CORS_PAGE = """<!doctype html>
+<html><body><script>
+const result = {{}};
+const done = () => {{
+  document.body.innerHTML = "<pre id=result>" + JSON.stringify(result) + "</pre>";
+}};
+async function run() {{
+  try {{
+    const info = await fetch("{folder}/info.json");
+    result.info = (await info.json()).width;
+    const again = await fetch("{folder}/info.json",
+      {{headers: {{"If-None-Match": info.headers.get("ETag")}}}});
+    result.again = again.status;
+  }} catch (e) {{
+    result.info = "refused";
+  }}
+  const image = new Image();
+  image.crossOrigin = "anonymous";
+  image.onload = () => {{
+    const canvas = document.createElement("canvas");
+    canvas.width = image.width; canvas.height = image.height;
+    const context = canvas.getContext("2d");
+    context.drawImage(image, 0, 0);
+    try {{
+      result.pixel = Array.from(context.getImageData(5, 5, 1, 1).data);
+    }} catch (e) {{
+      result.pixel = "tainted";
+    }}
+    done();
+  }};
+  image.onerror = () => {{ result.pixel = "refused"; done(); }};
+  image.src = "{folder}/w40.png";
+}}
+run();
+</script></body></html>
+"""
+
+
+def _need_chromium(case: TwistdCase) -> str:
+    if CHROMIUM is None:
+        if os.environ.get("REQUIRE_BROWSER_TEST"):
+            case.fail("chromium is not installed (run .ci/install-browser)")
+        raise SkipTest("chromium is not installed (run .ci/install-browser)")
+    return CHROMIUM
+
+
+async def _dump_dom(case: TwistdCase, url: str, *flags: str) -> dict[str, Any]:
+    """What the page at ``url`` leaves in its ``<pre id=result>``, as JSON,
+    once headless Chromium has run it."""
+    profile = tempfile.mkdtemp()
+    case.addCleanup(shutil.rmtree, profile, True)
+    out, err, code = await getProcessOutputAndValue(
+        _need_chromium(case),
+        [
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+            "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={profile}", *flags,
+            "--virtual-time-budget=20000", "--dump-dom", url,
+        ],
+        env={**os.environ},
+    )  # fmt: skip
+    found = re.search(rb"<pre id=\"result\">(.*?)</pre>", out, re.DOTALL)
+    case.assertIsNotNone(found, (code, err[-2000:]))
+    assert found is not None
+    result: dict[str, Any] = json.loads(found.group(1).decode().replace("&quot;", '"'))
+    return result
+
+
 class ChromiumTests(TwistdCase):
     timeout = 120
 
+    async def test_only_allowed_origins_read_info_and_pixels(self) -> None:
+        """--cors_origins: a page of an allowed origin reads an info.json and
+        a variant's pixels; a page of another origin reads neither."""
+        _need_chromium(self)
+        allowed, other = Resource(), Resource()
+        allowed_url, other_url = serve(self, allowed), serve(self, other)
+        await self.start_server("--cors_origins", allowed_url)
+        colour = (10, 200, 30)
+        _, body = await self.call(
+            "POST", "/p", data=encode(Image.new("RGB", (80, 60), colour))
+        )
+        digest = json.loads(body)["hash"]
+        folder = (
+            f"http://127.0.0.1:{self.port}/p/{digest[:3]}/{digest[3:6]}/"
+            f"{digest[6:9]}/{digest[9:]}"
+        )
+        page = CORS_PAGE.format(folder=folder).encode()
+        for pages in (allowed, other):
+            pages.putChild(b"page.html", Data(page, "text/html"))
+        read = await _dump_dom(self, f"{allowed_url}/page.html")
+        self.assertEqual(read["info"], 80)
+        self.assertEqual(read["again"], 304)
+        self.assertEqual(len(read["pixel"]), 4)
+        for got, wanted in zip(read["pixel"], (*colour, 255), strict=True):
+            self.assertLessEqual(abs(got - wanted), 3, read)
+        refused = await _dump_dom(self, f"{other_url}/page.html")
+        self.assertEqual(refused, {"info": "refused", "pixel": "refused"})
+
     async def test_chromium_loads_auto_dense_and_preset_images(self) -> None:
-        if CHROMIUM is None:
-            if os.environ.get("REQUIRE_BROWSER_TEST"):
-                self.fail("chromium is not installed (run .ci/install-browser)")
-            raise SkipTest("chromium is not installed (run .ci/install-browser)")
+        _need_chromium(self)
         # Issue 26's overlays: a watermark (its original put in the store
         # before the start, which checks it), a mask and a text.
         root = os.path.abspath(self.mktemp())
@@ -84,24 +182,9 @@ class ChromiumTests(TwistdCase):
             b"page.html", Data(PAGE.format(folder=folder).encode(), "text/html")
         )
         pages_url = serve(self, pages)
-        profile = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, profile, True)
-        out, err, code = await getProcessOutputAndValue(
-            CHROMIUM,
-            [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync",
-                f"--user-data-dir={profile}", "--force-device-scale-factor=2",
-                "--virtual-time-budget=20000", "--dump-dom",
-                f"{pages_url}/page.html",
-            ],
-            env={**os.environ},
-        )  # fmt: skip
-        found = re.search(rb"<pre id=\"result\">(.*?)</pre>", out, re.DOTALL)
-        self.assertIsNotNone(found, (code, err[-2000:]))
-        assert found is not None
-        images = json.loads(found.group(1).decode().replace("&quot;", '"'))
+        images = await _dump_dom(
+            self, f"{pages_url}/page.html", "--force-device-scale-factor=2"
+        )
         self.assertEqual(
             {name: (i["width"], i["height"]) for name, i in images.items()},
             {

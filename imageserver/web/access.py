@@ -9,7 +9,7 @@ from twisted.web.http_headers import Headers
 
 from imageserver.access.signing import refusal
 from imageserver.access.tokens import WriteTokens
-from imageserver.web.site import READS, Refusal
+from imageserver.web.site import OPTIONS, READS, Refusal
 
 CHALLENGE = 'Bearer realm="imageserver"'
 
@@ -48,6 +48,8 @@ class AccessPolicy:
     def __call__(
         self, method: bytes, target: bytes, headers: Headers
     ) -> Refusal | None:
+        if method == OPTIONS:
+            return None  # a preflight carries no credentials; it changes nothing
         method = b"GET" if method == b"HEAD" else method
         if self._tokens is not None and method not in READS:
             return self._token_refusal(headers.getRawHeaders(b"Authorization", []))

@@ -270,6 +270,17 @@ class ImageServerApp:
     app.handle_errors(Exception)(server_error)
 
 
+def allowed_methods(path: bytes) -> frozenset[bytes]:
+    """The methods the routes take at ``path`` (percent-encoded, as sent;
+    HEAD with GET), for OPTIONS; empty when no route takes it."""
+    adapter = ImageServerApp.app.url_map.bind("localhost")
+    try:
+        methods = adapter.allowed_methods(unquote_to_bytes(path).decode("utf-8"))
+    except UnicodeDecodeError:
+        return frozenset()
+    return frozenset(method.encode("ascii") for method in methods)
+
+
 def answer_headers(path: bytes) -> tuple[tuple[bytes, bytes], ...]:
     """Headers every answer to ``path`` carries, whoever gives it: every answer
     to a .auto name (redirects, refusals and errors too) is chosen for the
@@ -287,6 +298,8 @@ def route_name(
     ``origins``: the namespaces served from an origin; ``thumbor``: whether
     thumbor's URLs are answered."""
     parts = request.path.split(b"/")[1:]
+    if request.method == b"OPTIONS":
+        return "options"
     if parts in ([b"status_check"], [b"openapi.json"]):
         return parts[0].decode().replace(".", "_")
     if thumbor and (is_thumbor_path(request.path) or parts == [b"healthcheck"]):

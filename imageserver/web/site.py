@@ -21,6 +21,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
+from imageserver.access.cors import CorsPolicy, request_headers
 from imageserver.metrics.events import Events
 from imageserver.runtime.waiting import WhenIdle
 
@@ -29,6 +30,9 @@ refused = Logger(namespace="imageserver.refused")
 
 #: The methods that only read; a site answers these unless told more.
 READS = frozenset({b"GET", b"HEAD"})
+#: Asks which methods a path takes, and other origins' pages whether they
+#: may read it (CORS): answered by the site itself, where it is told how.
+OPTIONS = b"OPTIONS"
 
 
 #: Header lines (name, value).
@@ -38,7 +42,8 @@ HeaderLines = Sequence[tuple[bytes, bytes]]
 @dataclass(frozen=True)
 class Refusal:
     """An answer given instead of a request's route: ``code``, a JSON error
-    saying ``message``, and ``headers`` (such as a 401's challenge)."""
+    saying ``message`` (none for a 204), and ``headers`` (such as a 401's
+    challenge)."""
 
     code: int
     message: str
@@ -149,17 +154,33 @@ class BoundedRequest(Request):
         site = self.bounded_site
         for name, value in site.answer_headers(self.path):
             self.setHeader(name, value)
+        if self.refusal is None and self.method == OPTIONS:
+            self.refusal = site.options(self)
         if self.refusal is not None:
-            body = json.dumps({"error": self.refusal.message}).encode()
-            self.setResponseCode(self.refusal.code)
-            for name, value in self.refusal.headers:
-                self.setHeader(name, value)
-            self.setHeader(b"Content-Type", b"application/json")
-            self.setHeader(b"Content-Length", str(len(body)).encode())
-            self.write(body)
-            self.finish()
+            self.answer(self.refusal)
             return
         super().process()
+
+    def answer(self, refusal: Refusal) -> None:
+        """Answer ``refusal`` (an error in JSON, or a bodiless 204) instead of
+        a route."""
+        self.setResponseCode(refusal.code)
+        for name, value in refusal.headers:
+            self.setHeader(name, value)
+        if refusal.code == 204:
+            self.finish()
+            return
+        body = json.dumps({"error": refusal.message}).encode()
+        self.setHeader(b"Content-Type", b"application/json")
+        self.setHeader(b"Content-Length", str(len(body)).encode())
+        self.write(body)
+        self.finish()
+
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting:
+            # The head is sent with the first write (finish() makes one).
+            self.bounded_site.complete_head(self)
+        super().write(data)
 
 
 #: The methods whose requests may carry a body (uploads, client files,
@@ -469,6 +490,8 @@ class BoundedSite(Site):
         admit: Admission | None = None,
         answer_headers: Callable[[bytes], HeaderLines] = lambda path: (),
         slashes_encoded: Callable[[bytes], bool] = lambda path: False,
+        allowed_methods: Callable[[bytes], frozenset[bytes]] | None = None,
+        cors: CorsPolicy | None = None,
     ) -> None:
         # Bodies are images and files, never forms: twisted.web must not parse
         # them into request.args (nor answer a bare 400 to a bad multipart one).
@@ -484,7 +507,9 @@ class BoundedSite(Site):
         self.max_body_bytes = max_body_bytes
         self.head_timeout = head_timeout
         self.max_connections = max_connections
-        self.methods = methods
+        self.methods = methods | ({OPTIONS} if allowed_methods is not None else set())
+        self._allowed_methods = allowed_methods
+        self._cors = cors
         self._admit = admit
         self.answer_headers = answer_headers
         self.slashes_encoded = slashes_encoded
@@ -507,6 +532,56 @@ class BoundedSite(Site):
         if refusal is None and self._admit is not None:
             refusal = self._admit(method, target, headers)
         return refusal
+
+    def options(self, request: BoundedRequest) -> Refusal:
+        """The answer to an OPTIONS request: the path's methods (``Allow``),
+        and to a page's preflight (``Origin`` and
+        ``Access-Control-Request-Method``) whether it may read (CORS)."""
+        assert self._allowed_methods is not None
+        allowed = self._allowed_methods(request.path)
+        if not allowed:
+            return Refusal(404, "unknown path: no route takes it")
+        allow = b", ".join(sorted(allowed | {OPTIONS}))
+        lines: list[tuple[bytes, bytes]] = [(b"Allow", allow)]
+        origin = request.getHeader("Origin")
+        method = request.getHeader("Access-Control-Request-Method")
+        if origin is None or method is None:
+            return Refusal(204, "", lines)
+        if self._cors is None:
+            return Refusal(
+                403,
+                "this server's answers are not open to other origins' pages "
+                "(--cors_origins)",
+                lines,
+            )
+        try:
+            wanted = request_headers(
+                request.getHeader("Access-Control-Request-Headers")
+            )
+        except ValueError as e:
+            return Refusal(400, f"Access-Control-Request-Headers: {e}", lines)
+        preflight = self._cors.preflight(origin, method, wanted)
+        return Refusal(preflight.code, preflight.refusal or "", lines + preflight.lines)
+
+    def complete_head(self, request: BoundedRequest) -> None:
+        """Add what every answer to a read carries, whoever made it: the
+        CORS headers (`CorsPolicy.answer_lines`), ``Vary`` merged into one."""
+        if self._cors is None or request.method not in READS:
+            return
+        headers = request.responseHeaders
+        for name, value in self._cors.answer_lines(request.getHeader("Origin")):
+            if name == b"Vary":
+                values = [
+                    v.strip()
+                    for line in headers.getRawHeaders(b"Vary", [])
+                    for v in line.split(b",")
+                    if v.strip()
+                ]
+                if value.lower() not in {v.lower() for v in values}:
+                    values.append(value)
+                headers.setRawHeaders(b"Vary", [b", ".join(values)])
+            else:
+                headers.setRawHeaders(name, [value])
 
     def connection_opened(self, channel: BoundedChannel) -> bool:
         """Count a new connection; False when it is one too many."""
