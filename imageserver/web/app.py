@@ -29,6 +29,7 @@ from imageserver.naming import (
 from imageserver.origin_paths import OriginPaths
 from imageserver.storage import StoredObject, cache_control
 from imageserver.thumbor_paths import ThumborPaths
+from imageserver.web import ranges
 from imageserver.web.openapi import spec_json
 from imageserver.web.responses import (
     Headers,
@@ -363,10 +364,11 @@ def _serve(
     # render can take seconds), and Last-Modified is never later than it.
     now = int(time.time())
     client_file = not is_generated(served.name)
+    last_modified = datetimeToString(min(int(stored.modified), now)).decode()
     headers: Headers = {
         "Date": datetimeToString(now).decode(),
         "ETag": stored.etag,
-        "Last-Modified": datetimeToString(min(int(stored.modified), now)).decode(),
+        "Last-Modified": last_modified,
         # A preset may be edited, and what a .auto name chooses changes with
         # --extensions: their URLs are kept for a while, not for ever.
         "Cache-Control": by_path
@@ -396,8 +398,25 @@ def _serve(
         headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
     if _not_modified(request, stored):
         return Response(304, headers, b"")
+    headers["Accept-Ranges"] = "bytes"
+    length = len(stored.data)
+    part = None
+    if ranges.still_current(request.getHeader("If-Range"), stored.etag, last_modified):
+        part = ranges.requested(request.getHeader("Range"), length)
+    if isinstance(part, ranges.Unsatisfiable):
+        headers["Content-Range"] = f"bytes */{length}"
+        headers["Cache-Control"] = "no-store"  # an answer to this Range alone
+        return json_response(
+            416,
+            {"error": f"no range asked for is within the {length} bytes"},
+            headers,
+        )
     headers["Content-Type"] = stored.content_type
-    headers["Content-Length"] = str(len(stored.data))
+    if part is not None:
+        headers["Content-Range"] = part.content_range
+        headers["Content-Length"] = str(part.last - part.first + 1)
+        return Response(206, headers, stored.data[part.first : part.last + 1])
+    headers["Content-Length"] = str(length)
     return Response(200, headers, stored.data)
 
 
