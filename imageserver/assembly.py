@@ -550,6 +550,7 @@ def make_origin_paths(
         # may (each object up to --max_source_bytes).
         max_fetches=config.max_receiving_bytes // config.max_source_bytes,
         log_failures=log_failures,
+        stale_while_revalidate=config.origin_stale_while_revalidate,
     )
 
 

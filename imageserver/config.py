@@ -29,6 +29,7 @@ from imageserver.naming import (
 from imageserver.runtime import endpoints
 from imageserver.sources.addresses import SourcePolicy
 from imageserver.sources.origins import OriginSpec, parse_origins
+from imageserver.storage import IMMUTABLE, PRESET_LIFETIME, REVALIDATE
 
 CANNED_ACLS = (
     "private",
@@ -430,6 +431,37 @@ class Config:
         "Serve and generate only the --presets and the --outputs.",
         server_only=True,
     )
+    preset_max_age: tuple[str, ...] = setting(
+        (),
+        "Seconds browsers and CDNs may keep a preset's answers, for presets "
+        "that differ from --cache_control_presets: name=seconds or "
+        "namespace:name=seconds pairs, e.g. 'thumb=600,avatars:thumb=60'.",
+        server_only=True,
+    )
+    cache_control_variants: str = setting(
+        IMMUTABLE,
+        "Cache-Control of variants by their canonical names, originals and "
+        "info.json (their URLs are content-addressed: never other bytes).",
+        server_only=True,
+    )
+    cache_control_files: str = setting(
+        REVALIDATE,
+        "Cache-Control of client files (they can be replaced under their name).",
+        server_only=True,
+    )
+    cache_control_presets: str = setting(
+        PRESET_LIFETIME,
+        "Cache-Control of presets, .auto names and watermarks by their name "
+        "(what they stand for may change); see --preset_max_age.",
+        server_only=True,
+    )
+    origin_stale_while_revalidate: float = setting(
+        0.0,
+        "Seconds after --origin_ttl that a cache in front may still serve an "
+        "origin path's or thumbor URL's answer while it asks again "
+        "(stale-while-revalidate); 0: none.",
+        server_only=True,
+    )
     serve_originals: bool = setting(
         True,
         "Serve each image's original, byte for byte with its metadata (EXIF "
@@ -669,9 +701,23 @@ class Config:
         except ValueError as e:
             raise ValueError(f"--outputs: {e}") from None
         try:
-            Presets.from_options(self.presets, [], False, self.rules)
+            presets = Presets.from_options(self.presets, [], False, self.rules)
         except ValueError as e:
             raise ValueError(f"--presets: {e}") from None
+        try:
+            presets.lifetimes(self.preset_max_age)
+        except ValueError as e:
+            raise ValueError(f"--preset_max_age: {e}") from None
+        for name in ("variants", "files", "presets"):
+            value = getattr(self, f"cache_control_{name}")
+            if not _CACHE_CONTROL.fullmatch(value):
+                raise ValueError(
+                    f"--cache_control_{name}: {value[:100]!r} is not a "
+                    "Cache-Control value (directives such as public, "
+                    "max-age=600, separated by commas)"
+                )
+        if self.origin_stale_while_revalidate < 0:
+            raise ValueError("--origin_stale_while_revalidate must not be negative")
         if self.thumbor:
             self._check_thumbor()
 
@@ -785,9 +831,10 @@ class Config:
     @property
     def catalogue(self) -> Presets:
         """The presets, the outputs made at upload, and --presets_only."""
-        return Presets.from_options(
+        presets = Presets.from_options(
             self.presets, self.outputs, self.presets_only, self.rules
         )
+        return presets.with_lifetimes(self.preset_max_age)
 
     @property
     def origin_specs(self) -> dict[str, OriginSpec]:
@@ -813,6 +860,11 @@ def fields() -> tuple[dataclasses.Field[Any], ...]:
 
 
 _INT = re.compile(r"-?[0-9]{1,18}")
+#: A Cache-Control value (RFC 9111 section 5.2): directives, a token and
+#: maybe =token or ="quoted", separated by commas.
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_DIRECTIVE = rf"{_TOKEN}(?:=(?:{_TOKEN}|\"[ !#-~]*\"))?"
+_CACHE_CONTROL = re.compile(rf"{_DIRECTIVE}(?: *, *{_DIRECTIVE})*")
 _FLOAT = re.compile(r"-?(?:[0-9]{1,18}(?:\.[0-9]{0,18})?|\.[0-9]{1,18})")
 
 
@@ -844,7 +896,8 @@ def ignored_settings(config: Config) -> list[tuple[str, str]]:
           "uploader_concurrency", "max_file_age"),
          "a remote store (--aws_bucket, without --uploader noop)",
          config.remote is not None),
-        (("origin_ttl", "origin_missing_ttl"), "--origin", bool(config.origin)),
+        (("origin_ttl", "origin_missing_ttl", "origin_stale_while_revalidate"),
+         "--origin", bool(config.origin)),
         (("thumbor_security_key", "thumbor_allow_unsafe", "thumbor_loader",
           "thumbor_quality", "thumbor_auto_webp", "thumbor_auto_avif"),
          "--thumbor", config.thumbor),

@@ -81,6 +81,8 @@ class Resolved:
     #: Whether the stored name is served by its own URL too (not under
     #: --presets_only, where a preset's variant may be served only by it).
     direct: bool = True
+    #: Seconds a preset's answers may be kept, where --preset_max_age says.
+    max_age: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,9 +281,12 @@ class Images:
         # A watermark by its name means what the operator points it at: as
         # a preset's name does.
         mutable = preset is not None or self.rules.watermark_named(name)
+        max_age = self.presets.max_age(image.namespace, name)
         if variant.format != AUTO:
             direct = self.presets.allows(image.namespace, variant.name)
-            return Resolved(variant.name, preset=mutable, direct=direct)
+            return Resolved(
+                variant.name, preset=mutable, direct=direct, max_age=max_age
+            )
         accepted = negotiation.accepted_types(accept)
         choice = self.rules.negotiated(variant, accepted, has_alpha=False)
         if choice.format not in self.rules.auto_formats:
@@ -296,7 +301,13 @@ class Images:
             )
             choice = self.rules.negotiated(variant, accepted, alpha)
         direct = self.presets.allows(image.namespace, choice.name)
-        return Resolved(choice.name, preset=mutable, negotiated=True, direct=direct)
+        return Resolved(
+            choice.name,
+            preset=mutable,
+            negotiated=True,
+            direct=direct,
+            max_age=max_age,
+        )
 
     async def _crop_within(self, image: ImageId, variant: Variant | None) -> None:
         """A crop box past the original is refused before a redirect to the

@@ -1133,6 +1133,9 @@ class Presets:
     #: namespace, or None for every one -> variants made at upload.
     outputs: dict[str | None, tuple[Variant, ...]] = field(default_factory=dict)
     only: bool = False
+    #: (namespace or None, preset name) -> seconds its answers may be kept,
+    #: where the operator said (--preset_max_age).
+    max_ages: dict[tuple[str | None, str], int] = field(default_factory=dict)
 
     @classmethod
     def from_options(
@@ -1183,13 +1186,46 @@ class Presets:
             made.setdefault(namespace, []).append(variant)
         return cls(named, {ns: tuple(v) for ns, v in made.items()}, only)
 
-    def resolve(self, namespace: str, name: str) -> str | None:
-        """The variant name a preset name (``thumb.webp``) stands for, or None."""
-        stem, dot, ext = name.rpartition(".")
+    def lifetimes(self, entries: Sequence[str]) -> dict[tuple[str | None, str], int]:
+        """Read ``[namespace:]name=seconds`` entries, each of a preset;
+        ValueError says which entry is wrong."""
+        found: dict[tuple[str | None, str], int] = {}
+        for entry in entries:
+            key, equals, seconds = entry.partition("=")
+            where, colon, name = key.rpartition(":")
+            namespace = check_namespace_option(where) if colon else None
+            if not equals or not ascii_digits(seconds.strip(), 10):
+                raise ValueError(f"{entry!r} is not name=seconds")
+            if (namespace, name) not in self.named:
+                raise ValueError(f"{entry!r}: there is no such preset in --presets")
+            if (namespace, name) in found:
+                raise ValueError(f"{entry!r}: the preset is given twice")
+            found[namespace, name] = int(seconds)
+        return found
+
+    def with_lifetimes(self, entries: Sequence[str]) -> Presets:
+        return replace(self, max_ages=self.lifetimes(entries))
+
+    def _named(self, namespace: str, name: str) -> tuple[str | None, str] | None:
+        """The key of the preset a name (``thumb.webp``) is, or None: the
+        namespace's own preset first, then the one of every namespace."""
+        stem, dot, _ = name.rpartition(".")
         if not dot:
             return None
-        spec = self.named.get((namespace, stem)) or self.named.get((None, stem))
-        return None if spec is None else f"{spec}.{ext}"
+        for key in ((namespace, stem), (None, stem)):
+            if key in self.named:
+                return key
+        return None
+
+    def resolve(self, namespace: str, name: str) -> str | None:
+        """The variant name a preset name (``thumb.webp``) stands for, or None."""
+        key = self._named(namespace, name)
+        return None if key is None else f"{self.named[key]}.{name.rpartition('.')[2]}"
+
+    def max_age(self, namespace: str, name: str) -> int | None:
+        """The seconds --preset_max_age gives the preset ``name`` is, or None."""
+        key = self._named(namespace, name)
+        return None if key is None else self.max_ages.get(key)
 
     def is_preset(self, namespace: str, name: str) -> bool:
         return self.resolve(namespace, name) is not None

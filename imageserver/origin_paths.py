@@ -133,8 +133,10 @@ class OriginPaths:
         host_locks: HostLocks | None = None,
         max_fetches: int = 4,
         log_failures: bool = True,
+        stale_while_revalidate: float = 0,
     ) -> None:
         self._images = images
+        self._stale_while_revalidate = stale_while_revalidate
         self._storage = storage
         self._origins = dict(origins)
         self._clock = clock
@@ -165,8 +167,12 @@ class OriginPaths:
         return namespace in self._origins
 
     def cache_control(self) -> str:
-        """Answers for a path may change after a check: kept `ttl`."""
-        return f"public, max-age={int(self._ttl)}"
+        """Answers for a path may change after a check: kept `ttl`, and
+        served stale while a cache asks again, if the operator said."""
+        header = f"public, max-age={int(self._ttl)}"
+        if self._stale_while_revalidate:
+            header += f", stale-while-revalidate={int(self._stale_while_revalidate)}"
+        return header
 
     async def image(
         self,

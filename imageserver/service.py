@@ -50,6 +50,7 @@ from imageserver.web.admin import AdminApp, Readiness
 from imageserver.web.app import (
     UNSIGNED_ROUTES,
     ImageServerApp,
+    Lifetimes,
     allowed_methods,
     answer_headers,
     is_thumbor_path,
@@ -274,7 +275,11 @@ def make_service(
     )
     thumbor = make_thumbor_paths(config, images, origin_paths)
     api: IResource = ImageServerApp(
-        images, batches, origin_paths, thumbor
+        images,
+        batches,
+        origin_paths,
+        thumbor,
+        Lifetimes.configured(config),
     ).app.resource()
     tokens = None
     if config.write_tokens:

@@ -33,7 +33,12 @@ from imageserver.storage import Storage
 from imageserver.storage.local import LocalStorage
 from imageserver.storage.metered import MeteredStorage
 from imageserver.storage.s3 import LazyClient
-from imageserver.web.app import ImageServerApp, allowed_methods, answer_headers
+from imageserver.web.app import (
+    ImageServerApp,
+    Lifetimes,
+    allowed_methods,
+    answer_headers,
+)
 from imageserver.web.site import Admission, BoundedSite, methods_of
 from tests.rawhttp import body_of, exchange, headers_of, request_bytes, status_of
 
@@ -266,6 +271,7 @@ class AppHarness:
                 clock=self.clock,
                 ttl=self.config.origin_ttl,
                 negative_ttl=self.config.origin_missing_ttl,
+                stale_while_revalidate=self.config.origin_stale_while_revalidate,
                 events=self.events,
                 max_fetches=(
                     self.config.max_receiving_bytes // self.config.max_source_bytes
@@ -282,6 +288,7 @@ class AppHarness:
             self.batches,
             self.origin_paths,
             make_thumbor_paths(self.config, self.images, self.origin_paths),
+            Lifetimes.configured(self.config),
         ).app.resource()
         self.client = StubTreq(self.resource)
 

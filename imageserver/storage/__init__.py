@@ -17,6 +17,9 @@ from imageserver.naming import OUTPUT_FORMATS, is_generated, original_digest
 IMMUTABLE = "public, max-age=31536000, immutable"
 #: Files clients store under a name may be replaced: revalidate every time.
 REVALIDATE = "public, no-cache"
+#: What a preset, a .auto name or a watermark by its name stands for may
+#: change (the operator edits it, --extensions changes): kept an hour.
+PRESET_LIFETIME = "public, max-age=3600"
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
+from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 from klein import Klein, Response
@@ -14,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter, PathConverter
 
 from imageserver.bulk.batches import Batches
+from imageserver.config import Config
 from imageserver.errors import InvalidRequest, NotFound
 from imageserver.images import Images, Resolved
 from imageserver.naming import (
@@ -27,7 +29,12 @@ from imageserver.naming import (
     is_generated,
 )
 from imageserver.origin_paths import OriginPaths
-from imageserver.storage import StoredObject, cache_control
+from imageserver.storage import (
+    IMMUTABLE,
+    PRESET_LIFETIME,
+    REVALIDATE,
+    StoredObject,
+)
 from imageserver.thumbor_paths import ThumborPaths
 from imageserver.web import ranges
 from imageserver.web.openapi import spec_json
@@ -42,9 +49,6 @@ _IMAGE = "/<image:image>"
 _ORIGIN_PATH = "/<namespace>/<origin_path:path>"
 #: An image folder's path, and maybe one name in it.
 _FOLDER_PATH = re.compile(rb"/" + FOLDER_PATTERN.encode() + rb"(?:/[^/]+)?\Z")
-#: How long a preset's URL may be used before asking again: an operator may
-#: change what the preset means.
-PRESET_CACHE = "public, max-age=3600"
 #: The routes that stay open with --secret: (method, path) of the health
 #: check for load balancers and of the API's description.
 UNSIGNED_ROUTES = frozenset({(b"GET", b"/status_check"), (b"GET", b"/openapi.json")})
@@ -64,6 +68,34 @@ def is_thumbor_path(path: bytes) -> bool:
     if _FOLDER_PATH.match(path) is not None:
         return False
     return head == b"unsafe" or _NAMESPACE_HEAD.match(path) is None
+
+
+@dataclass(frozen=True)
+class Lifetimes:
+    """How long browsers and CDNs may keep each kind of answer (their
+    Cache-Control), from the --cache_control_* options."""
+
+    #: Variants by their canonical names, originals, info.json.
+    variants: str = IMMUTABLE
+    #: Client files: replaceable under their name.
+    files: str = REVALIDATE
+    #: Presets, .auto names, watermarks by their name.
+    presets: str = PRESET_LIFETIME
+
+    @classmethod
+    def configured(cls, config: Config) -> Lifetimes:
+        return cls(
+            variants=config.cache_control_variants,
+            files=config.cache_control_files,
+            presets=config.cache_control_presets,
+        )
+
+    def of(self, served: Resolved) -> str:
+        if served.max_age is not None:
+            return f"public, max-age={served.max_age}"
+        if served.preset or served.negotiated:
+            return self.presets
+        return self.variants if is_generated(served.name) else self.files
 
 
 class ImageFolderConverter(BaseConverter):
@@ -103,8 +135,10 @@ class ImageServerApp:
         batches: Batches,
         origin_paths: OriginPaths | None = None,
         thumbor: ThumborPaths | None = None,
+        lifetimes: Lifetimes = Lifetimes(),
     ) -> None:
         self._images = images
+        self._lifetimes = lifetimes
         self._batches = batches
         self._origin_paths = origin_paths
         self._thumbor = thumbor
@@ -150,7 +184,15 @@ class ImageServerApp:
         served = await self._images.resolve(image, name, request.getHeader("Accept"))
         stored = await self._images.get(image, served.name)
         quality = await self._images.chosen_quality(image, served.name)
-        return _serve(request, stored, image, served, name, quality=quality)
+        return _serve(
+            request,
+            stored,
+            image,
+            served,
+            name,
+            self._lifetimes.of(served),
+            quality=quality,
+        )
 
     @app.route(_IMAGE, methods=["DELETE"])
     async def purge(self, request: IRequest, image: ImageId) -> Response:
@@ -213,7 +255,8 @@ class ImageServerApp:
             image,
             served,
             name,
-            by_path=paths.cache_control(),
+            paths.cache_control(),
+            by_path=True,
             quality=quality,
         )
 
@@ -239,9 +282,9 @@ class ImageServerApp:
         path = request.uri.partition(b"?")[0].decode("latin-1")
         answer = await self._thumbor.answer(path, request.getHeader("Accept"))
         # What a thumbor URL means may change as its origin's object does.
-        by_path = self._origin_paths.cache_control()
+        lifetime = self._origin_paths.cache_control()
         if answer.meta is not None:
-            return json_response(200, answer.meta, {"Cache-Control": by_path})
+            return json_response(200, answer.meta, {"Cache-Control": lifetime})
         assert answer.resolved is not None and answer.stored is not None
         quality = await self._images.chosen_quality(answer.image, answer.resolved.name)
         return _serve(
@@ -250,7 +293,8 @@ class ImageServerApp:
             answer.image,
             answer.resolved,
             answer.resolved.name,
-            by_path=by_path,
+            lifetime,
+            by_path=True,
             quality=quality,
             vary=answer.vary_accept,
         )
@@ -349,16 +393,18 @@ def _serve(
     image: ImageId,
     served: Resolved,
     requested: str,
-    by_path: str | None = None,
+    lifetime: str,
+    by_path: bool = False,
     quality: int | None = None,
     vary: bool = False,
 ) -> Response:
-    """``stored``, found as ``served`` says for the ``requested`` name.
+    """``stored``, found as ``served`` says for the ``requested`` name, to
+    be kept as ``lifetime`` (a Cache-Control) says.
 
     ``by_path``: asked for by an origin's path, which may come to stand for
-    other bytes: cached that long (a Cache-Control), and located at its
-    hash folder's URL, which is cached for ever. ``quality``: what a byte
-    budget chose. ``vary``: what is served depends on Accept.
+    other bytes: located at its hash folder's URL, which is kept for ever.
+    ``quality``: what a byte budget chose. ``vary``: what is served depends
+    on Accept.
     """
     # Date is the time of the answer, not of the request's arrival (a first
     # render can take seconds), and Last-Modified is never later than it.
@@ -369,14 +415,7 @@ def _serve(
         "Date": datetimeToString(now).decode(),
         "ETag": stored.etag,
         "Last-Modified": last_modified,
-        # A preset may be edited, and what a .auto name chooses changes with
-        # --extensions: their URLs are kept for a while, not for ever.
-        "Cache-Control": by_path
-        or (
-            PRESET_CACHE
-            if served.preset or served.negotiated
-            else cache_control(served.name)
-        ),
+        "Cache-Control": lifetime,
         "X-Content-Type-Options": "nosniff",
     }
     if served.negotiated or vary:

@@ -544,6 +544,9 @@ STAYS_HOME = {
     # thumbor's URLs are answered by the server, not by batch workers
     "thumbor", "thumbor_security_key", "thumbor_allow_unsafe", "thumbor_loader",
     "thumbor_quality", "thumbor_auto_webp", "thumbor_auto_avif",
+    # what answers say to browsers and caches: the server's own
+    "cors_origins", "cache_control_variants", "cache_control_files",
+    "cache_control_presets", "preset_max_age", "origin_stale_while_revalidate",
     # credentials and access: workers have their own (environment, role)
     "aws_access_key_id", "aws_secret_key", "secret", "write_tokens",
     "webhook", "webhook_secret", "webhook_queue", "webhook_retry_seconds",
