@@ -318,6 +318,13 @@ class Config:
         "(comma-separated); reads only, never writes (docs/api.md).",
         server_only=True,
     )
+    client_hints: bool = setting(
+        False,
+        "Read client hints (Sec-CH-DPR, Sec-CH-Width, and the legacy DPR, "
+        "Width) for names with -ch, which choose their density and width "
+        "from them, and ask browsers for them (Accept-CH).",
+        server_only=True,
+    )
     thumbor: bool = setting(
         False,
         "Answer thumbor's URLs (/unsafe/... and /SIGNATURE/...) on the main "

@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from imageserver import negotiation
+from imageserver import naming, negotiation
 from imageserver.errors import (
     Forbidden,
     InvalidRequest,
@@ -83,6 +83,8 @@ class Resolved:
     direct: bool = True
     #: Seconds a preset's answers may be kept, where --preset_max_age says.
     max_age: int | None = None
+    #: The client hints that chose it (a ``-ch`` name): what it varies by.
+    hints: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,9 +257,34 @@ class Images:
 
         return await self._storing(image.folder, store)
 
-    async def resolve(self, image: ImageId, name: str, accept: str | None) -> Resolved:
-        """What to serve for ``name``: a preset's variant, and for ``.auto`` the
-        concrete variant the client's ``Accept`` header allows best."""
+    async def resolve(
+        self,
+        image: ImageId,
+        name: str,
+        accept: str | None,
+        hints: negotiation.ClientHints | None = None,
+    ) -> Resolved:
+        """What to serve for ``name``: a preset's variant, for ``.auto`` the
+        concrete variant the client's ``Accept`` header allows best, and for
+        a ``-ch`` name the size its client ``hints`` choose (None: the
+        server reads no hints, --client_hints)."""
+        asks = naming.hinted(name)
+        if asks is not None:
+            if hints is None:
+                raise InvalidRequest(
+                    f"{name!r}: this server reads no client hints: name the "
+                    f"size without -{naming.HINTS} (--client_hints)"
+                )
+            try:
+                self._parse(asks.base)
+            except NotCanonical as e:
+                stem, _, ext = e.canonical.rpartition(".")
+                raise NotCanonical(name, f"{stem}-{naming.HINTS}.{ext}") from None
+            chosen = naming.with_hints(
+                asks, hints.dpr, hints.width, self.rules.maximum_width
+            )
+            resolved = await self.resolve(image, chosen, accept)
+            return replace(resolved, hints=asks.headers)
         preset = self.presets.resolve(image.namespace, name)
         # A preset's URL is its name: it is served, not redirected, however
         # the operator spelled its variant (the start-up check agrees).

@@ -1304,6 +1304,81 @@ def _server_name(name: str) -> bool:
     return _VARIANT.match(name.removesuffix(QUALITY_SUFFIX)) is not None
 
 
+#: The option of a name whose width and density the client's hints choose
+#: (``w400-ch.auto``): always the last option.
+HINTS = "ch"
+#: The steps a hinted width is rounded up to: a page's layout may ask for
+#: any width, and each one answered is a variant made and stored.
+HINT_WIDTH_STEP = 50
+#: The hints that may choose a name's output, by what they choose: the
+#: current names and the legacy ones (Chromium sent those first).
+DPR_HINTS = ("Sec-CH-DPR", "DPR")
+WIDTH_HINTS = ("Sec-CH-Width", "Width")
+
+
+@dataclass(frozen=True)
+class Hinted:
+    """A name that asks for client hints, read: the name without the option,
+    and the hints that choose its output (for ``Vary``)."""
+
+    base: str
+    headers: tuple[str, ...]
+
+
+def hinted(name: str) -> Hinted | None:
+    """``name`` read as a name that asks for client hints, or None for any
+    other name. `NotCanonical` when the option is not last; `InvalidRequest`
+    for a density spelt in it (the client's DPR chooses it)."""
+    m = _VARIANT.match(name)
+    if m is None:
+        return None
+    tokens = m["options"].split("-")[1:]
+    if HINTS not in tokens:
+        return None
+    others = [t for t in tokens if t != HINTS]
+    size, ext = m["size"], m["ext"]
+    if m["dpr"] is not None:
+        raise InvalidRequest(
+            f"{name!r}: a name with -{HINTS} takes no density: the client's "
+            "DPR hint chooses it"
+        )
+    base = "-".join([size, *others]) + f".{ext}"
+    if size == "full_size":
+        raise InvalidRequest(
+            f"{name!r}: full_size takes no -{HINTS}: its size is the original's"
+        )
+    if tokens[-1] != HINTS or tokens.count(HINTS) > 1:
+        raise NotCanonical(name, "-".join([size, *others, HINTS]) + f".{ext}")
+    width_too = size.startswith("w")
+    return Hinted(base, DPR_HINTS + WIDTH_HINTS if width_too else DPR_HINTS)
+
+
+def with_hints(
+    hinted: Hinted, dpr: float | None, width: int | None, maximum: int
+) -> str:
+    """The name a hinted name stands for, given a client's hints: a width
+    hint (physical pixels) replaces the width of a ``wN`` name, rounded up
+    to `HINT_WIDTH_STEP` and at most ``maximum``; otherwise a DPR hint is its
+    density, rounded to a whole 1 to 4, lowered until the size fits within
+    ``maximum``. Without hints, the name itself."""
+    m = _VARIANT.match(hinted.base)
+    assert m is not None
+    size, rest = m["size"], hinted.base[len(m["size"]) :]
+    if width is not None and WIDTH_HINTS[0] in hinted.headers:
+        step = -(-width // HINT_WIDTH_STEP) * HINT_WIDTH_STEP
+        return f"w{min(step, maximum)}{rest}"
+    if dpr is None:
+        return hinted.base
+    sides = [int(n) for n in re.findall(r"[0-9]+", size)] or [0]
+    density = max(1, min(4, int(dpr + 0.5)))
+    while density > 1 and max(sides) * density > maximum:
+        density -= 1
+    if density == 1:
+        return hinted.base
+    stem, _, ext = hinted.base.rpartition(".")
+    return f"{stem}@{density}x.{ext}"
+
+
 def is_generated(key: str) -> bool:
     """Whether the object at ``key`` is the server's own, never rewritten once stored.
 

@@ -280,6 +280,7 @@ def make_service(
         origin_paths,
         thumbor,
         Lifetimes.configured(config),
+        client_hints=config.client_hints,
     ).app.resource()
     tokens = None
     if config.write_tokens:
@@ -315,7 +316,7 @@ def make_service(
         body_budget=BodyBudget(config.max_receiving_bytes),
         methods=methods_of(ImageServerApp.app),
         admit=admit,
-        answer_headers=answer_headers,
+        answer_headers=partial(answer_headers, client_hints=config.client_hints),
         slashes_encoded=is_thumbor_path if thumbor is not None else lambda path: False,
         allowed_methods=allowed_methods,
         cors=CorsPolicy(config.cors_origins) if config.cors_origins else None,

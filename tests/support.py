@@ -289,6 +289,7 @@ class AppHarness:
             self.origin_paths,
             make_thumbor_paths(self.config, self.images, self.origin_paths),
             Lifetimes.configured(self.config),
+            client_hints=self.config.client_hints,
         ).app.resource()
         self.client = StubTreq(self.resource)
 

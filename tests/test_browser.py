@@ -94,6 +94,25 @@ run();
 """
 
 
+#: A page that opts into client hints and delegates them to the image server
+#: (its own origin is another): an image that the hints size.
+HINTS_PAGE = """<!doctype html>
+<html><body>
+<img id="dpr" src="{folder}/w40-ch.png">
+<img id="width" src="{folder}/w40-ch.png?sized" sizes="120px">
+<script>
+window.addEventListener("load", () => {{
+  const found = {{}};
+  for (const image of document.images) {{
+    found[image.id] = [image.naturalWidth, image.naturalHeight];
+  }}
+  document.body.innerHTML = "<pre id=result>" + JSON.stringify(found) + "</pre>";
+}});
+</script>
+</body></html>
+"""
+
+
 def _need_chromium(case: TwistdCase) -> str:
     if CHROMIUM is None:
         if os.environ.get("REQUIRE_BROWSER_TEST"):
@@ -123,6 +142,21 @@ async def _dump_dom(case: TwistdCase, url: str, *flags: str) -> dict[str, Any]:
     assert found is not None
     result: dict[str, Any] = json.loads(found.group(1).decode().replace("&quot;", '"'))
     return result
+
+
+class _WithHeaders(Resource):
+    """``resource`` answered with ``headers`` too."""
+
+    isLeaf = True
+
+    def __init__(self, resource: Data, headers: dict[bytes, bytes]) -> None:
+        super().__init__()
+        self._resource, self._headers = resource, headers
+
+    def render(self, request: Any) -> bytes:
+        for name, value in self._headers.items():
+            request.setHeader(name, value)
+        return self._resource.render(request)  # type: ignore[no-any-return]
 
 
 class ChromiumTests(TwistdCase):
@@ -155,6 +189,32 @@ class ChromiumTests(TwistdCase):
             self.assertLessEqual(abs(got - wanted), 3, read)
         refused = await _dump_dom(self, f"{other_url}/page.html")
         self.assertEqual(refused, {"info": "refused", "pixel": "refused"})
+
+    async def test_client_hints_choose_density_and_width(self) -> None:
+        """--client_hints: Chromium at a device pixel ratio of 2 sends
+        Sec-CH-DPR (and Sec-CH-Width for an image with sizes) to the image
+        server its page delegated them to; the -ch name answers 2x the
+        pixels, and the sized one the layout's width in device pixels."""
+        _need_chromium(self)
+        pages = Resource()
+        pages_url = serve(self, pages)
+        await self.start_server("--client_hints")
+        _, body = await self.call("POST", "/p", data=encode(noise((640, 480))))
+        digest = json.loads(body)["hash"]
+        server = f"http://127.0.0.1:{self.port}"
+        folder = f"{server}/p/{digest[:3]}/{digest[3:6]}/{digest[6:9]}/{digest[9:]}"
+        page = Data(HINTS_PAGE.format(folder=folder).encode(), "text/html")
+        delegate = f'(self "{server}")'
+        headers = {
+            b"Accept-CH": b"Sec-CH-DPR, Sec-CH-Width",
+            b"Permissions-Policy": (f"ch-dpr={delegate}, ch-width={delegate}".encode()),
+        }
+        pages.putChild(b"page.html", _WithHeaders(page, headers))
+        sizes = await _dump_dom(
+            self, f"{pages_url}/page.html", "--force-device-scale-factor=2"
+        )
+        # 40 CSS pixels at 2x: 80 pixels; 120 CSS pixels at 2x: 240.
+        self.assertEqual(sizes, {"dpr": [80, 60], "width": [250, 188]})
 
     async def test_chromium_loads_auto_dense_and_preset_images(self) -> None:
         _need_chromium(self)

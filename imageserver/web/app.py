@@ -16,18 +16,23 @@ from werkzeug.routing import BaseConverter, PathConverter
 
 from imageserver.bulk.batches import Batches
 from imageserver.config import Config
-from imageserver.errors import InvalidRequest, NotFound
+from imageserver.errors import ImageServerError, InvalidRequest, NotFound
 from imageserver.images import Images, Resolved
 from imageserver.naming import (
     AUTO,
+    DPR_HINTS,
     FOLDER_PATTERN,
     HASH_PATH_PATTERN,
     INFO,
     NAMESPACE_PATTERN,
     ORIGINAL,
+    WIDTH_HINTS,
+    Hinted,
     ImageId,
+    hinted,
     is_generated,
 )
+from imageserver.negotiation import ClientHints, client_hints
 from imageserver.origin_paths import OriginPaths
 from imageserver.storage import (
     IMMUTABLE,
@@ -93,7 +98,7 @@ class Lifetimes:
     def of(self, served: Resolved) -> str:
         if served.max_age is not None:
             return f"public, max-age={served.max_age}"
-        if served.preset or served.negotiated:
+        if served.preset or served.negotiated or served.hints:
             return self.presets
         return self.variants if is_generated(served.name) else self.files
 
@@ -136,8 +141,10 @@ class ImageServerApp:
         origin_paths: OriginPaths | None = None,
         thumbor: ThumborPaths | None = None,
         lifetimes: Lifetimes = Lifetimes(),
+        client_hints: bool = False,
     ) -> None:
         self._images = images
+        self._client_hints = client_hints
         self._lifetimes = lifetimes
         self._batches = batches
         self._origin_paths = origin_paths
@@ -181,7 +188,9 @@ class ImageServerApp:
 
     @app.route(_IMAGE + "/<name>", methods=["GET"])
     async def get(self, request: IRequest, image: ImageId, name: str) -> Response:
-        served = await self._images.resolve(image, name, request.getHeader("Accept"))
+        served = await self._images.resolve(
+            image, name, request.getHeader("Accept"), self._hints(request)
+        )
         stored = await self._images.get(image, served.name)
         quality = await self._images.chosen_quality(image, served.name)
         return _serve(
@@ -236,17 +245,17 @@ class ImageServerApp:
                 "name a variant, info.json or original of the origin's object "
                 f"after its path{example}"
             )
-        accept = request.getHeader("Accept")
+        accept, hints = request.getHeader("Accept"), self._hints(request)
         image = await paths.image(namespace, path)
         try:
-            served = await self._images.resolve(image, name, accept)
+            served = await self._images.resolve(image, name, accept, hints)
             stored = await self._images.get(image, served.name)
         except NotFound:
             if await self._images.stored(image):
                 raise
             # Purged by its hash since the path was recorded: fetched again.
             image = await paths.image(namespace, path, gone=image)
-            served = await self._images.resolve(image, name, accept)
+            served = await self._images.resolve(image, name, accept, hints)
             stored = await self._images.get(image, served.name)
         quality = await self._images.chosen_quality(image, served.name)
         return _serve(
@@ -306,6 +315,12 @@ class ImageServerApp:
             raise NotFound("no such route")
         return Response(200, {"Content-Type": "text/plain"}, b"WORKING")
 
+    def _hints(self, request: IRequest) -> ClientHints | None:
+        """The request's client hints, where the server reads them."""
+        if not self._client_hints:
+            return None
+        return client_hints(request.getHeader)
+
     def _origin(self, namespace: str) -> OriginPaths:
         if self._origin_paths is None or not self._origin_paths.serves(namespace):
             raise NotFound("no such image path")
@@ -326,14 +341,30 @@ def allowed_methods(path: bytes) -> frozenset[bytes]:
     return frozenset(method.encode("ascii") for method in methods)
 
 
-def answer_headers(path: bytes) -> tuple[tuple[bytes, bytes], ...]:
+#: What a server that reads client hints (--client_hints) asks browsers for.
+ACCEPT_CH = ", ".join((DPR_HINTS[0], WIDTH_HINTS[0]))
+
+
+def answer_headers(
+    path: bytes, client_hints: bool = False
+) -> tuple[tuple[bytes, bytes], ...]:
     """Headers every answer to ``path`` carries, whoever gives it: every answer
     to a .auto name (redirects, refusals and errors too) is chosen for the
-    request's Accept header, and no cache may give it to another."""
-    name = unquote_to_bytes(path.rpartition(b"/")[2])
-    if name.endswith(b"." + AUTO.encode()):
-        return ((b"Vary", b"Accept"),)
-    return ()
+    request's Accept header, and to a ``-ch`` name for its client hints, and
+    no cache may give it to another; with ``client_hints``, every answer
+    asks for them (``Accept-CH``)."""
+    name = unquote_to_bytes(path.rpartition(b"/")[2]).decode("utf-8", "replace")
+    varies = ["Accept"] if name.endswith("." + AUTO) else []
+    try:
+        asks = hinted(name)
+    except ImageServerError:
+        asks = Hinted(name, DPR_HINTS + WIDTH_HINTS)  # refused: whatever it asks
+    if asks is not None:
+        varies += asks.headers
+    lines = [(b"Vary", ", ".join(varies).encode())] if varies else []
+    if client_hints:
+        lines.append((b"Accept-CH", ACCEPT_CH.encode()))
+    return tuple(lines)
 
 
 def route_name(
@@ -418,9 +449,10 @@ def _serve(
         "Cache-Control": lifetime,
         "X-Content-Type-Options": "nosniff",
     }
-    if served.negotiated or vary:
-        # What is served depends on Accept; this is its own URL.
-        headers["Vary"] = "Accept"
+    varies = [*(["Accept"] if served.negotiated or vary else []), *served.hints]
+    if varies:
+        # What is served depends on these; this is its own URL.
+        headers["Vary"] = ", ".join(varies)
     if quality is not None:
         # The quality a byte budget (maxbytes) chose.
         headers["X-Image-Quality"] = str(quality)
