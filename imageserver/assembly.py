@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 
+from imageserver.access.rates import RateLimiter, TokenBuckets
 from imageserver.config import Config
 from imageserver.errors import ImageServerError, StorageFailed, StorageUnavailable
 from imageserver.images import Coordination, Images
@@ -204,6 +205,20 @@ def make_images(
             resweep_after=(
                 config.processing_timeout + 2 * config.purge_check_interval + 5
                 if config.remote is not None and purge_log is not None
+                else None
+            ),
+            rates=(
+                RateLimiter(
+                    config.rates,
+                    TokenBuckets(
+                        reactor.seconds,
+                        os.path.join(config.local_base_path, hostlocks.FOLDER, "rates")
+                        if shared_host
+                        else None,
+                    ),
+                    events,
+                )
+                if config.rates
                 else None
             ),
         ),

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imageserver.access.cors import CorsPolicy
+from imageserver.access.rates import Rates
 from imageserver.access.signing import secrets_of
 from imageserver.images import RenderPolicy
 from imageserver.imaging.renderer import DECODER_MAX_PIXELS, Limits
@@ -367,6 +368,31 @@ class Config:
         False,
         "thumbor's AUTO_AVIF: AVIF for clients that accept it (after WebP "
         "when both are on).",
+        server_only=True,
+    )
+    namespace_render_rate: float = setting(
+        0.0,
+        "Requests a second each namespace may make for variants not made yet "
+        "(cold renders), for the host's workers together; more are a 429 "
+        "with Retry-After; 0: no limit.",
+        server_only=True,
+    )
+    namespace_upload_rate: float = setting(
+        0.0,
+        "Uploads (and batches) a second each namespace may make, for the "
+        "host's workers together; 0: no limit.",
+        server_only=True,
+    )
+    token_write_rate: float = setting(
+        0.0,
+        "Writes a second each write token may make (uploads, process, files, "
+        "batches, deletes), for the host's workers together; 0: no limit.",
+        server_only=True,
+    )
+    rate_burst: float = setting(
+        5.0,
+        "Seconds of a rate that may be used at once: each limit's bucket "
+        "holds that many seconds of requests (at least one).",
         server_only=True,
     )
     secret: str = setting(
@@ -723,6 +749,12 @@ class Config:
                     "Cache-Control value (directives such as public, "
                     "max-age=600, separated by commas)"
                 )
+        for name in ("namespace_render_rate", "namespace_upload_rate",
+                     "token_write_rate"):  # fmt: skip
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must not be negative")
+        if self.rate_burst <= 0:
+            raise ValueError("--rate_burst must be above 0")
         if self.origin_stale_while_revalidate < 0:
             raise ValueError("--origin_stale_while_revalidate must not be negative")
         if self.thumbor:
@@ -836,6 +868,16 @@ class Config:
         )
 
     @property
+    def rates(self) -> Rates:
+        """The rate limits (falsy: none)."""
+        return Rates(
+            namespace_renders=self.namespace_render_rate,
+            namespace_uploads=self.namespace_upload_rate,
+            token_writes=self.token_write_rate,
+            burst_seconds=self.rate_burst,
+        )
+
+    @property
     def catalogue(self) -> Presets:
         """The presets, the outputs made at upload, and --presets_only."""
         presets = Presets.from_options(
@@ -903,6 +945,8 @@ def ignored_settings(config: Config) -> list[tuple[str, str]]:
           "uploader_concurrency", "max_file_age"),
          "a remote store (--aws_bucket, without --uploader noop)",
          config.remote is not None),
+        (("rate_burst",), "a rate limit (--namespace_render_rate, ...)",
+         bool(config.rates)),
         (("origin_ttl", "origin_missing_ttl", "origin_stale_while_revalidate"),
          "--origin", bool(config.origin)),
         (("thumbor_security_key", "thumbor_allow_unsafe", "thumbor_loader",

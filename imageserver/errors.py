@@ -96,4 +96,9 @@ class Stopping(Overloaded):
 
 class TooMany(ImageServerError):
     """This client already has as many of something running as it may, such
-    as batch jobs (429): wait for one to finish."""
+    as batch jobs, or asks faster than it may (429): wait for one to
+    finish, or ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from imageserver import naming, negotiation
+from imageserver.access.rates import RateLimiter
 from imageserver.errors import (
     Forbidden,
     InvalidRequest,
@@ -124,6 +125,9 @@ class Coordination:
     #: With other instances on the same store: seconds after a purge to
     #: remove what their renders, under way at the time, stored after it.
     resweep_after: float | None = None
+    #: What namespaces and write tokens may ask for, shared by the host's
+    #: workers (--namespace_render_rate, ...).
+    rates: RateLimiter | None = None
 
 
 class Images:
@@ -149,6 +153,8 @@ class Images:
         self._gate = FolderGate(coordination.host_locks)
         self._lifecycle = coordination.lifecycle
         self._resweep_after = coordination.resweep_after
+        #: Also asked by the web's admission (uploads, writes).
+        self.rates = coordination.rates
         self._processing_timeout = policy.processing_timeout
         self._storage = storage
         self._events = events or Events()
@@ -395,6 +401,9 @@ class Images:
                 key=image.key(name),
                 image_format=variant.format,
             )
+
+        if self.rates is not None:
+            self.rates.render(image.namespace)
 
         async def generate() -> dict[str, StoredObject]:
             # What a GET generates can be made again: it is answered before

@@ -291,7 +291,7 @@ def make_service(
             reactor, lambda: log.info("SIGHUP: no file to read again")
         ).setServiceParent(top)
     admit = None
-    if config.secrets or tokens is not None:
+    if config.secrets or tokens is not None or images.rates is not None:
         admit = AccessPolicy(
             reactor,
             secrets=config.secrets,
@@ -299,6 +299,7 @@ def make_service(
             unsigned=UNSIGNED_ROUTES,
             # thumbor's URLs carry thumbor's signature, checked by its route.
             signed_otherwise=is_thumbor_path if thumbor is not None else None,
+            rates=images.rates,
         )
     site = BoundedSite(
         api,

@@ -20,6 +20,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from imageserver.access.cors import CorsPolicy
+from imageserver.access.rates import RateLimiter, TokenBuckets
 from imageserver.assembly import make_thumbor_paths, origin_bucket_settings
 from imageserver.bulk.batches import Batches
 from imageserver.config import Config
@@ -244,7 +245,14 @@ class AppHarness:
             ),
             process=runner,
             policy=self.config.render_policy,
-            coordination=Coordination(lifecycle=lifecycle or NoLifecycle()),
+            coordination=Coordination(
+                lifecycle=lifecycle or NoLifecycle(),
+                rates=(
+                    RateLimiter(self.config.rates, TokenBuckets(self.clock.seconds))
+                    if self.config.rates
+                    else None
+                ),
+            ),
             events=self.events,
         )
         fetcher = SourceFetcher(

@@ -185,6 +185,14 @@ class Events:
             ["namespace", "why"],
             registry=r,
         )
+        self.rate_limited = Counter(
+            "imageserver_rate_limited",
+            "Requests refused (429) by a rate limit, by kind: render (a "
+            "namespace's variants not made yet), upload (a namespace's "
+            "uploads), write (a write token's writes).",
+            ["kind"],
+            registry=r,
+        )
         self.webhooks = Counter(
             "imageserver_webhook_events",
             "Webhook event deliveries by outcome: delivered, retried, dropped "
@@ -274,6 +282,11 @@ class Events:
         """An origin asked about a path: see `origins`' outcomes."""
         self.origins.labels(namespace, outcome).inc()
         self._count(f"origin_{outcome}")
+
+    def refused_by_rate(self, kind: str) -> None:
+        """A request past a rate limit: see `rate_limited`."""
+        self.rate_limited.labels(kind).inc()
+        self._count(f"rate_limited_{kind}")
 
     def origin_stale_served(self, namespace: str, why: str) -> None:
         """A path past its TTL served as stored: see `origin_stale`."""

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.http_headers import Headers
 
+from imageserver.access.rates import RateLimiter
 from imageserver.access.signing import refusal
 from imageserver.access.tokens import WriteTokens
+from imageserver.errors import TooMany
 from imageserver.web.site import OPTIONS, READS, Refusal
 
 CHALLENGE = 'Bearer realm="imageserver"'
@@ -38,8 +41,10 @@ class AccessPolicy:
         tokens: WriteTokens | None = None,
         unsigned: frozenset[tuple[bytes, bytes]] = frozenset(),
         signed_otherwise: Callable[[bytes], bool] | None = None,
+        rates: RateLimiter | None = None,
     ) -> None:
         self._clock = clock
+        self._rates = rates
         self._secrets = tuple(secrets)
         self._tokens = tokens
         self._unsigned = unsigned
@@ -51,8 +56,17 @@ class AccessPolicy:
         if method == OPTIONS:
             return None  # a preflight carries no credentials; it changes nothing
         method = b"GET" if method == b"HEAD" else method
+        path = target.partition(b"?")[0]
         if self._tokens is not None and method not in READS:
-            return self._token_refusal(headers.getRawHeaders(b"Authorization", []))
+            values = headers.getRawHeaders(b"Authorization", [])
+            return self._token_refusal(values) or self._rate_refusal(
+                method, path, _token(values[0])
+            )
+        return self._signature_refusal(method, target) or self._rate_refusal(
+            method, path, None
+        )
+
+    def _signature_refusal(self, method: bytes, target: bytes) -> Refusal | None:
         path = target.partition(b"?")[0]
         if (
             self._secrets
@@ -72,6 +86,26 @@ class AccessPolicy:
             return None if why is None else Refusal(403, why)
         return None
 
+    def _rate_refusal(
+        self, method: bytes, path: bytes, token: str | None
+    ) -> Refusal | None:
+        """A 429 for a write past its token's rate, or an upload past its
+        namespace's (uploads and batches: ``POST /{namespace}[/batch]``)."""
+        if self._rates is None or method in READS:
+            return None
+        parts = path.split(b"/")[1:]
+        try:
+            if token is not None:
+                self._rates.write(token)
+            if method == b"POST" and (
+                len(parts) == 1 or (len(parts) == 2 and parts[1] == b"batch")
+            ):
+                self._rates.upload(unquote_to_bytes(parts[0]).decode("latin-1"))
+        except TooMany as e:
+            retry = str(e.retry_after or 1).encode()
+            return Refusal(429, str(e), ((b"Retry-After", retry),))
+        return None
+
     def _token_refusal(self, values: Sequence[bytes]) -> Refusal | None:
         assert self._tokens is not None
         if not values:
@@ -80,12 +114,20 @@ class AccessPolicy:
             )
         if len(values) > 1:
             return _unauthorized("send one Authorization header, not several")
-        scheme, _, token = values[0].decode("latin-1").strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = _token(values[0])
+        if token is None:
             return _unauthorized("the Authorization header must be: Bearer <token>")
-        if not self._tokens.allows(token.strip()):
+        if not self._tokens.allows(token):
             return Refusal(403, "this token may not write")
         return None
+
+
+def _token(value: bytes) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` value, or None."""
+    scheme, _, token = value.decode("latin-1").strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
 
 
 def _unauthorized(message: str) -> Refusal:

@@ -10,12 +10,16 @@ from urllib.parse import quote
 from klein import Response
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 
 from imageserver import errors
 
 log = Logger()
+# Twisted knows no reason phrase for 429 (RFC 6585): it would say "Unknown
+# Status" on the status line of every rate limit's answer.
+http.RESPONSES.setdefault(429, b"Too Many Requests")
 
 Headers = dict[str | bytes, str | bytes | Sequence[str | bytes]]
 #: Seconds a client is asked to wait after a 503.
@@ -72,6 +76,8 @@ def server_error(self: Any, request: IRequest, failure: Failure) -> Response:
     if isinstance(error, errors.ImageServerError):
         status = status_for(error)
         headers: Headers = {"Retry-After": RETRY_AFTER} if status == 503 else {}
+        if isinstance(error, errors.TooMany) and error.retry_after is not None:
+            headers["Retry-After"] = str(error.retry_after)
         return json_response(status, {"error": str(error)}, headers)
     log.failure(
         "{method} {uri} failed",

@@ -546,6 +546,7 @@ STAYS_HOME = {
     "thumbor_quality", "thumbor_auto_webp", "thumbor_auto_avif",
     # what answers say to browsers and caches: the server's own
     "cors_origins", "client_hints", "cache_control_variants", "cache_control_files",
+    "namespace_render_rate", "namespace_upload_rate", "token_write_rate", "rate_burst",
     "cache_control_presets", "preset_max_age", "origin_stale_while_revalidate",
     # credentials and access: workers have their own (environment, role)
     "aws_access_key_id", "aws_secret_key", "secret", "write_tokens",
