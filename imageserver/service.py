@@ -44,6 +44,7 @@ from imageserver.runtime.shutdown import (
     RequestDrain,
     Signals,
 )
+from imageserver.runtime.systemd import SystemdNotifier
 from imageserver.storage.local import WritableCheck
 from imageserver.web.access import AccessPolicy
 from imageserver.web.admin import AdminApp, Readiness
@@ -345,6 +346,9 @@ def make_service(
     RequestDrain(site, reactor, deadline).setServiceParent(top)
     if worker is None:
         Listening(reactor, config.endpoint, site, "main").setServiceParent(top)
+        SystemdNotifier(reactor, lambda: readiness.problem() is None).setServiceParent(
+            top
+        )
     else:
         AdoptedPort(reactor, LISTENING_FD, site).setServiceParent(top)
         Ready(
@@ -387,5 +391,6 @@ def _supervisor(
     workers.setServiceParent(top)
     # Stopped before the workers drain: the socket closes with their copies.
     main.setServiceParent(top)
+    SystemdNotifier(reactor, lambda: readiness.problem() is None).setServiceParent(top)
     readiness.setServiceParent(top)
     return top
