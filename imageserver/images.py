@@ -215,7 +215,8 @@ class Images:
         `VariantRules.canonical` does for a malformed variant name."""
         if name in (INFO, ORIGINAL) or self.presets.resolve(namespace, name):
             return True
-        return self.rules.canonical(name) is not None
+        asks = naming.hinted(name)
+        return self.rules.canonical(asks.base if asks else name) is not None
 
     async def stored(self, image: ImageId) -> bool:
         """Whether ``image`` is stored (its info.json is)."""
@@ -281,16 +282,36 @@ class Images:
                     f"{name!r}: this server reads no client hints: name the "
                     f"size without -{naming.HINTS} (--client_hints)"
                 )
+            # Spelt canonically at the largest size a hint may give it: what
+            # folds at the name's own size (a round past half the width,
+            # noup) may not at the hinted one.
+            largest = naming.at_width(asks.base, self.rules.maximum_width)
             try:
-                self._parse(asks.base)
+                self._parse(largest)
             except NotCanonical as e:
-                stem, _, ext = e.canonical.rpartition(".")
+                canonical = naming.at_width(e.canonical, None, like=asks.base)
+                stem, _, ext = canonical.rpartition(".")
                 raise NotCanonical(name, f"{stem}-{naming.HINTS}.{ext}") from None
-            chosen = naming.with_hints(
+            # The hinted size, else smaller ones, else the name's own: a
+            # hint never makes a 400 of a name that serves without it.
+            for chosen in naming.with_hints(
                 asks, hints.dpr, hints.width, self.rules.maximum_width
-            )
-            resolved = await self.resolve(image, chosen, accept)
-            return replace(resolved, hints=asks.headers)
+            ):
+                try:
+                    resolved = await self.resolve(image, chosen, accept)
+                except NotCanonical as e:
+                    # What the hinted size folds to (noup, a round) is
+                    # served, never redirected to: the URL is the -ch one.
+                    resolved = await self.resolve(image, e.canonical, accept)
+                except InvalidRequest:
+                    if chosen == asks.base:
+                        raise
+                    continue
+                if chosen != asks.base and not await self._within_side(
+                    image, resolved.name
+                ):
+                    continue
+                return replace(resolved, hints=asks.headers)
         preset = self.presets.resolve(image.namespace, name)
         # A preset's URL is its name: it is served, not redirected, however
         # the operator spelled its variant (the start-up check agrees).
@@ -341,6 +362,16 @@ class Images:
             direct=direct,
             max_age=max_age,
         )
+
+    async def _within_side(self, image: ImageId, name: str) -> bool:
+        """Whether the side a ``wN`` or ``hN`` variant does not name, which
+        follows the original's shape, stays within --maximum_width."""
+        variant = self.rules.parse(name)
+        if variant is None or variant.fit not in (naming.Fit.WIDTH, naming.Fit.HEIGHT):
+            return True
+        info = json.loads((await self.get(image, INFO)).data)
+        plan = geometry.plan(variant, info["width"], info["height"])
+        return max(plan.output_size) <= self.rules.maximum_width
 
     async def _crop_within(self, image: ImageId, variant: Variant | None) -> None:
         """A crop box past the original is refused before a redirect to the

@@ -1355,28 +1355,42 @@ def hinted(name: str) -> Hinted | None:
 
 def with_hints(
     hinted: Hinted, dpr: float | None, width: int | None, maximum: int
-) -> str:
-    """The name a hinted name stands for, given a client's hints: a width
-    hint (physical pixels) replaces the width of a ``wN`` name, rounded up
-    to `HINT_WIDTH_STEP` and at most ``maximum``; otherwise a DPR hint is its
-    density, rounded to a whole 1 to 4, lowered until the size fits within
-    ``maximum``. Without hints, the name itself."""
+) -> list[str]:
+    """The names a hinted name may stand for, given a client's hints, best
+    first, ending with the name itself: a width hint (physical pixels)
+    replaces the width of a ``wN`` name, rounded up to `HINT_WIDTH_STEP` and
+    at most ``maximum``; otherwise a DPR hint is its density, rounded half
+    up to a whole 1 to 4, lowered until the named size fits within
+    ``maximum``, then each lower density (what else the density multiplies
+    may still pass a bound)."""
     m = _VARIANT.match(hinted.base)
     assert m is not None
-    size, rest = m["size"], hinted.base[len(m["size"]) :]
+    size = m["size"]
+    names: list[str] = []
     if width is not None and WIDTH_HINTS[0] in hinted.headers:
         step = -(-width // HINT_WIDTH_STEP) * HINT_WIDTH_STEP
-        return f"w{min(step, maximum)}{rest}"
-    if dpr is None:
-        return hinted.base
-    sides = [int(n) for n in re.findall(r"[0-9]+", size)] or [0]
-    density = max(1, min(4, int(dpr + 0.5)))
-    while density > 1 and max(sides) * density > maximum:
-        density -= 1
-    if density == 1:
-        return hinted.base
-    stem, _, ext = hinted.base.rpartition(".")
-    return f"{stem}@{density}x.{ext}"
+        names.append(at_width(hinted.base, min(step, maximum)))
+    elif dpr is not None:
+        sides = [int(n) for n in re.findall(r"[0-9]+", size)] or [0]
+        density = max(1, min(4, int(dpr + 0.5)))
+        while density > 1 and max(sides) * density > maximum:
+            density -= 1
+        stem, _, ext = hinted.base.rpartition(".")
+        names += [f"{stem}@{d}x.{ext}" for d in range(density, 1, -1)]
+    return [*names, hinted.base]
+
+
+def at_width(name: str, width: int | None, like: str | None = None) -> str:
+    """A ``wN`` variant name spelt with the width ``width`` (None: the
+    width of the name ``like``); any other name as it is."""
+    m = _VARIANT.match(name)
+    if m is None or not m["size"].startswith("w"):
+        return name
+    if width is None:
+        source = _VARIANT.match(like or "")
+        assert source is not None
+        return source["size"] + name[len(m["size"]) :]
+    return f"w{width}" + name[len(m["size"]) :]
 
 
 def is_generated(key: str) -> bool:

@@ -17,6 +17,7 @@ import copy
 import functools
 import hashlib
 import json
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import asdict, dataclass
@@ -171,7 +172,8 @@ class OriginPaths:
         served stale while a cache asks again, if the operator said."""
         header = f"public, max-age={int(self._ttl)}"
         if self._stale_while_revalidate:
-            header += f", stale-while-revalidate={int(self._stale_while_revalidate)}"
+            seconds = math.ceil(self._stale_while_revalidate)
+            header += f", stale-while-revalidate={seconds}"
         return header
 
     async def image(

@@ -125,6 +125,11 @@ class CorsPolicy:
         for text in origins if not self.any else ():
             scheme, host, port = parse_origin(text)
             if host.startswith("*."):
+                if "." not in host[2:]:
+                    raise ValueError(
+                        f"{text!r} matches every site under a top-level "
+                        "domain: name a domain of your own under the *."
+                    )
                 patterns.append(_Pattern(scheme, host[2:], port))
             else:
                 exact.add(_serialised(scheme, host, port))
@@ -144,6 +149,8 @@ class CorsPolicy:
             scheme, host, port = parse_origin(origin)
         except ValueError:
             return False  # "null", or anything else no page's origin is
+        if origin != _serialised(scheme, host, port) or "*" in host:
+            return False  # not as a browser writes an origin
         return any(p.matches(scheme, host, port) for p in self._patterns)
 
     def answer_lines(self, origin: str | None) -> Lines:

@@ -472,7 +472,7 @@ def _serve(
     headers["Accept-Ranges"] = "bytes"
     length = len(stored.data)
     part = None
-    if ranges.still_current(request.getHeader("If-Range"), stored.etag, last_modified):
+    if ranges.still_current(request.getHeader("If-Range"), stored.etag):
         part = ranges.requested(request.getHeader("Range"), length)
     if isinstance(part, ranges.Unsatisfiable):
         headers["Content-Range"] = f"bytes */{length}"

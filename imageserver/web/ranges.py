@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 #: One range: ``first-last``, ``first-`` or ``-suffix`` (ASCII digits alone).
-_RANGE = re.compile(r"\s*(?:([0-9]{1,18})-([0-9]{0,18})|-([0-9]{1,18}))\s*")
+_RANGE = re.compile(r"\s*(?:([0-9]{1,40})-([0-9]{0,40})|-([0-9]{1,40}))\s*")
 
 
 @dataclass(frozen=True)
@@ -28,16 +28,15 @@ class Part:
         return f"bytes {self.first}-{self.last}/{self.length}"
 
 
-def still_current(if_range: str | None, etag: str, last_modified: str) -> bool:
-    """Whether an ``If-Range`` (an entity tag or a date) names the object as
-    it is, so that the range may be sent (RFC 9110 section 13.1.5): a
-    strong, equal tag, or exactly its Last-Modified; without one, yes."""
+def still_current(if_range: str | None, etag: str) -> bool:
+    """Whether an ``If-Range`` names the object as it is, so that the range
+    may be sent (RFC 9110 section 13.1.5): a strong, equal entity tag;
+    without one, yes. A date never does: a client file replaced, or a
+    ``-ch`` name's other size, may have the same second as Last-Modified,
+    and a part of one spliced onto the other is wrong bytes."""
     if if_range is None:
         return True
-    value = if_range.strip()
-    if value.startswith(('"', "W/")):
-        return value == etag
-    return value == last_modified
+    return if_range.strip() == etag
 
 
 def requested(value: str | None, length: int) -> Part | Unsatisfiable | None:
@@ -72,8 +71,8 @@ def requested(value: str | None, length: int) -> Part | Unsatisfiable | None:
             return None  # a backwards range: the header is invalid
         if start < length:
             parts.append((start, end))
-    if not specs.strip():
-        return None
+    if not specs.strip(", \t"):
+        return None  # no range at all: malformed
     if not parts:
         return Unsatisfiable()
     parts.sort()

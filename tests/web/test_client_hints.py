@@ -52,7 +52,9 @@ class NameTests(SynchronousTestCase):
         asks = hinted(f"{size}-ch.{ext}")
         assert asks is not None
         self.assertEqual(asks.base, f"{size}.{ext}")
-        chosen = with_hints(asks, dpr, width, maximum)
+        names = with_hints(asks, dpr, width, maximum)
+        self.assertEqual(names[-1], asks.base)  # the name's own, at last
+        chosen = names[0]
         rules = Config(extensions=("jpg", "png", "webp"), maximum_width=maximum).rules
         variant = rules.canonical(chosen)  # parses: a name of the grammar
         assert variant is not None
@@ -83,7 +85,7 @@ class NameTests(SynchronousTestCase):
         ):
             asks = hinted(name)
             assert asks is not None
-            self.assertEqual(with_hints(asks, dpr, width, 1000), chosen, name)
+            self.assertEqual(with_hints(asks, dpr, width, 1000)[0], chosen, name)
 
     def test_misspellings(self) -> None:
         self.assertIsNone(hinted("w400.auto"))
@@ -135,6 +137,17 @@ class AppTests(SynchronousTestCase):
             ("x50-ch.png", {"Sec_CH_DPR": "2", "Width": "600"}, "x100.png", (100, 100)),
             ("w100-ch.auto", {"Sec_CH_DPR": "2", "Accept": "image/webp"},
              "w200.webp", (200, 150)),
+            # The derived side would pass --maximum_width at 3x: 2x serves.
+            ("h300-ch.png", {"Sec_CH_DPR": "3"}, "h600.png", (800, 600)),
+            # What a density multiplies would pass its bound: 1x serves.
+            ("w400-blur60-ch.png", {"Sec_CH_DPR": "2"}, "w400-blur60.png",
+             (400, 300)),
+            # What folds at the hinted size is served, not redirected to.
+            ("w100-round80-ch.png", {"Sec_CH_Width": "800"}, "w800-round80.png",
+             (800, 600)),
+            ("w100-round80-ch.png", {}, "w100-round50.png", (100, 75)),
+            ("w10-noup-ch.png", {"Sec_CH_Width": "1000"}, "w1000-noup.png",
+             (800, 600)),
         ):  # fmt: skip
             code, got, body = self.get(name, **headers)
             self.assertEqual(code, 200, (name, headers))
@@ -153,7 +166,7 @@ class AppTests(SynchronousTestCase):
             )
             # The stored variant is the one its own name serves.
             code, _, same = self.get(stored)
-            self.assertEqual((code, same), (200, body))
+            self.assertEqual((code, same), (200, body), stored)
 
     def test_misspelt_and_refused_names_vary_too(self) -> None:
         code, got, _ = self.get("w100-ch-q50.jpg")

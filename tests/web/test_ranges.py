@@ -73,6 +73,7 @@ class HeaderTests(SynchronousTestCase):
             "bytes=\u0661-\u0662",  # other scripts' digits are no digits
             "bytes=0-0,10-10",  # apart
             "bytes=5-1",  # backwards: the header is invalid
+            "bytes=,",  # no range at all
         ):
             self.assertIsNone(requested(value, 100), value)
 
@@ -91,6 +92,8 @@ class HeaderTests(SynchronousTestCase):
             self.assertEqual(Part(0, 9, 100).content_range, "bytes 0-9/100")
         self.assertEqual(requested("bytes=100-", 100), Unsatisfiable())
         self.assertEqual(requested("bytes=-0", 100), Unsatisfiable())
+        self.assertEqual(requested("bytes=" + "9" * 19 + "-", 100), Unsatisfiable())
+        self.assertEqual(requested("bytes=0-" + "9" * 19, 100), Part(0, 99, 100))
 
     def test_if_range(self) -> None:
         etag, date = '"abc"', "Sun, 06 Dec 2026 05:12:36 GMT"
@@ -100,10 +103,9 @@ class HeaderTests(SynchronousTestCase):
             (' "abc" ', True),
             ('W/"abc"', False),  # a weak tag never matches (strong comparison)
             ('"abd"', False),
-            (date, True),
-            ("Sun, 06 Dec 2026 05:12:37 GMT", False),
+            (date, False),  # a date never: see still_current
         ):
-            self.assertEqual(still_current(value, etag, date), current, value)
+            self.assertEqual(still_current(value, etag), current, value)
 
 
 class AppTests(TestCase):
@@ -160,7 +162,7 @@ class AppTests(TestCase):
         code, _, body = await self.get("original", Range="bytes=0-3", If_Range=etag)
         self.assertEqual((code, body), (206, self.photo[:4]))
         code, _, body = await self.get("original", Range="bytes=0-3", If_Range=date)
-        self.assertEqual((code, body), (206, self.photo[:4]))
+        self.assertEqual((code, body), (200, self.photo))
         # Changed since the client's copy: the whole new object.
         code, _, body = await self.get("original", Range="bytes=0-3", If_Range='"old"')
         self.assertEqual((code, body), (200, self.photo))
