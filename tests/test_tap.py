@@ -175,7 +175,7 @@ class MakeServiceTests(SynchronousTestCase):
             "CacheSweeper",
             "WriteQueue", "Generations", "ConnectionPoolService", "WritableCheck",
             "Listening",
-            "Hangup", "RequestDrain", "Listening", "Readiness",
+            "Hangup", "RequestDrain", "Listening", "SystemdNotifier", "Readiness",
         ])  # fmt: skip
 
     def test_s3_adds_its_pool_uploads_sweeper_and_purge_markers(self) -> None:
@@ -191,7 +191,7 @@ class MakeServiceTests(SynchronousTestCase):
             "ConnectionPoolService",
             "WriteQueue", "PurgeLog", "WritableCheck", "Listening", "Hangup",
             "RequestDrain",
-            "Listening", "Readiness",
+            "Listening", "SystemdNotifier", "Readiness",
         ])  # fmt: skip
 
     def test_statsd_is_a_service_when_enabled(self) -> None:
@@ -208,7 +208,15 @@ class MakeServiceTests(SynchronousTestCase):
         names = [type(s).__name__ for s in IServiceCollection(makeService(options))]
         self.assertEqual(
             names,
-            ["Signals", "Hangup", "Listening", "Workers", "Listening", "Readiness"],
+            [
+                "Signals",
+                "Hangup",
+                "Listening",
+                "Workers",
+                "Listening",
+                "SystemdNotifier",
+                "Readiness",
+            ],
         )
 
     def test_admin_port_can_be_disabled(self) -> None:
