@@ -23,6 +23,7 @@ from imageserver.naming import (
     DPR_HINTS,
     FOLDER_PATTERN,
     HASH_PATH_PATTERN,
+    HINTS,
     INFO,
     NAMESPACE_PATTERN,
     ORIGINAL,
@@ -355,12 +356,14 @@ def answer_headers(
     asks for them (``Accept-CH``)."""
     name = unquote_to_bytes(path.rpartition(b"/")[2]).decode("utf-8", "replace")
     varies = ["Accept"] if name.endswith("." + AUTO) else []
-    try:
-        asks = hinted(name)
-    except ImageServerError:
-        asks = Hinted(name, DPR_HINTS + WIDTH_HINTS)  # refused: whatever it asks
-    if asks is not None:
-        varies += asks.headers
+    # Every request crosses here: only a name with the option is read.
+    if f"-{HINTS}" in name:
+        try:
+            asks = hinted(name)
+        except ImageServerError:
+            asks = Hinted(name, DPR_HINTS + WIDTH_HINTS)  # refused: whatever it asks
+        if asks is not None:
+            varies += asks.headers
     lines = [(b"Vary", ", ".join(varies).encode())] if varies else []
     if client_hints:
         lines.append((b"Accept-CH", ACCEPT_CH.encode()))
