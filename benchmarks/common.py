@@ -248,13 +248,15 @@ async def _client(
     next_path: Any,
     until: float,
     latencies: list[float],
+    headers: str = "",
 ) -> tuple[int, int]:
     reader, writer = await asyncio.open_connection(host, port)
     done = errors = 0
     while time.monotonic() < until:
         path = paths[next(next_path) % len(paths)]
         start = time.perf_counter()
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        head = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n"
+        writer.write(head.encode())
         status = int((await reader.readline()).split()[1])
         length = 0
         while (line := await reader.readline()) not in (b"\r\n", b""):
@@ -271,14 +273,21 @@ async def _client(
     return done, errors
 
 
-async def _load(base: str, paths: list[str], connections: int, seconds: float) -> Any:
+async def _load(
+    base: str,
+    paths: list[str],
+    connections: int,
+    seconds: float,
+    headers: list[str] = [],  # noqa: B006 (never changed)
+) -> Any:
     host, port = base.split(":")
+    lines = "".join(f"{h}\r\n" for h in headers)
     latencies: list[float] = []
     next_path = itertools.count()
     start = time.perf_counter()
     until = time.monotonic() + seconds
     results = await asyncio.gather(*(
-        _client(host, int(port), paths, next_path, until, latencies)
+        _client(host, int(port), paths, next_path, until, latencies, lines)
         for _ in range(connections)
     ))  # fmt: skip
     elapsed = time.perf_counter() - start
@@ -292,12 +301,18 @@ async def _load(base: str, paths: list[str], connections: int, seconds: float) -
     }
 
 
-def _wrk(server: Server, listing: str, connections: int, seconds: float) -> Any:
+def _wrk(
+    server: Server,
+    listing: str,
+    connections: int,
+    seconds: float,
+    headers: Sequence[str] = (),
+) -> Any:
     script = os.path.join(CHECKOUT, "benchmarks", "paths.lua")
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "60s",
          "-s", script,
-         server.url("/"), "--", listing],
+         server.url("/"), "--", listing, *headers],
         capture_output=True, check=True, text=True,
     ).stdout  # fmt: skip
     raw = json.loads(out.strip().splitlines()[-1])
@@ -316,8 +331,10 @@ def load(
     connections: int,
     seconds: float,
     unique: bool = False,
+    headers: Sequence[str] = (),
 ) -> Any:
-    """Requests/s and latencies of ``seconds`` of load over ``paths`` in turn.
+    """Requests/s and latencies of ``seconds`` of load over ``paths`` in turn,
+    each request with ``headers`` ("Name: value") too.
 
     ``unique``: every request must be a path not asked for before in the run
     (never-seen variants); running out of them is an error, not a cache hit.
@@ -329,11 +346,11 @@ def load(
         listing.write("\n".join(paths))
         listing.flush()
         if CLIENT == "wrk":
-            result = _wrk(server, listing.name, connections, seconds)
+            result = _wrk(server, listing.name, connections, seconds, headers)
         else:
             out = subprocess.run(
                 [sys.executable, __file__, f"127.0.0.1:{server.port}",
-                 str(connections), str(seconds), listing.name],
+                 str(connections), str(seconds), listing.name, *headers],
                 capture_output=True, check=True, text=True,
             )  # fmt: skip
             result = json.loads(out.stdout)
@@ -362,9 +379,9 @@ def median_of(results: list[dict[str, float]]) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    _, base, connections, seconds, listing = sys.argv
+    _, base, connections, seconds, listing, *headers = sys.argv
     with open(listing) as f:
         paths = f.read().split("\n")
     print(json.dumps(asyncio.run(
-        _load(base, paths, int(connections), float(seconds))
+        _load(base, paths, int(connections), float(seconds), headers)
     )))  # fmt: skip

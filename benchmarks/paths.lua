@@ -1,5 +1,6 @@
 -- wrk script: request the paths listed in a file, in order, one per request.
 -- Usage: wrk -t1 -c N -d S -s benchmarks/paths.lua http://host:port/ -- FILE
+--        ["Name: value" ...]   (headers sent with every request)
 -- With one wrk thread every request takes the next path. Prints one JSON line.
 local paths = {}
 local i = 0
@@ -7,6 +8,10 @@ local i = 0
 init = function(args)
   for line in io.lines(args[1]) do
     paths[#paths + 1] = line
+  end
+  for n = 2, #args do
+    local name, value = args[n]:match("^([^:]+):%s*(.*)$")
+    wrk.headers[name] = value
   end
 end
 

@@ -57,6 +57,7 @@ from imageserver.storage.local import LocalStorage, check_writable
 from imageserver.storage.memory import Generations, MemoryCache
 from imageserver.storage.metered import MeteredStorage
 from imageserver.storage.queue import WriteQueue
+from imageserver.storage.quotas import Quotas
 from imageserver.storage.s3 import (
     LazyClient,
     S3Settings,
@@ -149,6 +150,22 @@ def make_images(
         storage = memory = MemoryCache(
             storage, config.memory_cache_bytes, is_generated, generations=generations
         )
+    quotas = None
+    if config.namespace_quota_bytes:
+        quotas = Quotas(
+            config.namespace_quota_bytes,
+            storage,
+            io.run,
+            reactor,
+            config.quota_interval,
+            events,
+            shared=(
+                os.path.join(config.local_base_path, hostlocks.FOLDER, "usage")
+                if shared_host
+                else None
+            ),
+        )
+        storage = quotas.counting(storage)
 
     connections = ConnectionPoolService(
         HTTPConnectionPool(reactor, persistent=long_running)
@@ -207,6 +224,7 @@ def make_images(
                 if config.remote is not None and purge_log is not None
                 else None
             ),
+            quotas=quotas,
             rates=(
                 RateLimiter(
                     config.rates,

@@ -236,6 +236,23 @@ class Config:
     statsd_prefix: str = setting(
         "image_server.", "Prefix of every statsd name.", server_only=True
     )
+    otlp_endpoint: str = setting(
+        "",
+        "Export traces (OpenTelemetry spans of each request and its stages) "
+        "to this OTLP/HTTP traces URL, such as "
+        "http://127.0.0.1:4318/v1/traces; empty: no tracing "
+        "(docs/operations.md). Needs the 'tracing' extra.",
+        server_only=True,
+    )
+    otlp_service_name: str = setting(
+        "imageserver", "The service.name of the exported spans.", server_only=True
+    )
+    otlp_sample_ratio: float = setting(
+        1.0,
+        "Share of requests traced (0 to 1), unless the caller's traceparent "
+        "says whether it samples.",
+        server_only=True,
+    )
     log_format: str = setting(
         "text",
         "Logs as 'text', or 'json': one object per line on standard output.",
@@ -368,6 +385,21 @@ class Config:
         False,
         "thumbor's AUTO_AVIF: AVIF for clients that accept it (after WebP "
         "when both are on).",
+        server_only=True,
+    )
+    namespace_quota_bytes: int = setting(
+        0,
+        "Bytes each namespace may store (originals, variants, files); uploads, "
+        "files and batches into a namespace that stores as much are a 507; "
+        "counted in the store, shared by every host (docs/security.md); 0: "
+        "no quota.",
+        server_only=True,
+    )
+    quota_interval: float = setting(
+        60.0,
+        "Seconds between two counts of a namespace's stored bytes in the "
+        "store, when it is written to (what a process stores in between is "
+        "added as it goes).",
         server_only=True,
     )
     namespace_render_rate: float = setting(
@@ -625,6 +657,19 @@ class Config:
             CorsPolicy(self.cors_origins)
         except ValueError as e:
             raise ValueError(f"--cors_origins: {e}") from None
+        if self.otlp_endpoint and not self.otlp_endpoint.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError(
+                f"--otlp_endpoint: {self.otlp_endpoint!r} is not an http(s) URL"
+            )
+        if self.namespace_quota_bytes < 0 or not self.quota_interval > 0:
+            raise ValueError(
+                "--namespace_quota_bytes must not be negative, --quota_interval "
+                "must be positive"
+            )
+        if not 0 <= self.otlp_sample_ratio <= 1:
+            raise ValueError("--otlp_sample_ratio must be between 0 and 1")
         if self.webhook and not self.webhook_secret:
             raise ValueError("--webhook needs --webhook_secret")
         for url in self.webhook:
@@ -933,6 +978,10 @@ def ignored_settings(config: Config) -> list[tuple[str, str]]:
         (("webhook_secret", "webhook_queue", "webhook_retry_seconds"),
          "--webhook", bool(config.webhook)),
         (("shard_size", "shard_retries"), "--scheduler", bool(config.scheduler)),
+        (("otlp_service_name", "otlp_sample_ratio"), "--otlp_endpoint",
+         bool(config.otlp_endpoint)),
+        (("quota_interval",), "--namespace_quota_bytes",
+         bool(config.namespace_quota_bytes)),
         (("debug_worker",), "--workers above 1", config.workers > 1),
         (("profile_allow_remote",), "--profile", config.profile),
         (("aws_region", "aws_access_key_id", "aws_secret_key",

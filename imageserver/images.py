@@ -34,6 +34,7 @@ from imageserver.errors import (
 )
 from imageserver.imaging import containers, geometry, renderer
 from imageserver.lifecycle.listeners import Lifecycle, NoLifecycle
+from imageserver.metrics import tracing
 from imageserver.metrics.events import Events
 from imageserver.naming import (
     AUTO,
@@ -58,6 +59,7 @@ from imageserver.storage import Storage, StoredObject, content_type_for, etag_of
 from imageserver.storage.flights import Flights
 from imageserver.storage.gates import FolderGate
 from imageserver.storage.hostlocks import HostLocks
+from imageserver.storage.quotas import Quotas
 
 log = Logger()
 
@@ -66,7 +68,8 @@ T = TypeVar("T")
 #: Fields info.json gained after the Go image-server's four: an older
 #: info.json without them is completed on its first read.
 _LATER_FIELDS = (b'"frames"', b'"blurhash"')
-#: Originals whose transparency is remembered (for .auto's jpg or png).
+#: Originals whose transparency (for .auto's jpg or png) and size (for -ch
+#: and crops) are remembered.
 _KNOWN_ALPHA = 4096
 
 
@@ -128,6 +131,8 @@ class Coordination:
     #: What namespaces and write tokens may ask for, shared by the host's
     #: workers (--namespace_render_rate, ...).
     rates: RateLimiter | None = None
+    #: What namespaces may store (--namespace_quota_bytes).
+    quotas: Quotas | None = None
 
 
 class Images:
@@ -155,6 +160,7 @@ class Images:
         self._resweep_after = coordination.resweep_after
         #: Also asked by the web's admission (uploads, writes).
         self.rates = coordination.rates
+        self._quotas = coordination.quotas
         self._processing_timeout = policy.processing_timeout
         self._storage = storage
         self._events = events or Events()
@@ -170,6 +176,7 @@ class Images:
         self._ingests: Flights[ImageId, bytes] = Flights()
         self._renders: Flights[tuple[str, bool], StoredObject] = Flights()
         self._alpha: OrderedDict[ImageId, bool] = OrderedDict()
+        self._sizes: OrderedDict[ImageId, tuple[int, int]] = OrderedDict()
 
     async def upload(
         self,
@@ -223,14 +230,16 @@ class Images:
         return await self._storage.exists(image.key(INFO))
 
     def check_uploads(self, namespace: str) -> None:
-        """Refuse uploads into a namespace served from an origin: its
-        images come from there (every way in: the API, batches, the CLI,
-        client files)."""
+        """Refuse uploads into a namespace served from an origin (its images
+        come from there) or storing its quota; every way in crosses here:
+        the API, batches, the CLI, client files."""
         if namespace in self._origins:
             raise Forbidden(
                 f"namespace {namespace!r} is served from its origin (--origin): "
                 "its images come from there; upload into another namespace"
             )
+        if self._quotas is not None:
+            self._quotas.check(namespace)
 
     async def store_original(
         self, namespace: str, data: bytes, subject: str
@@ -369,16 +378,28 @@ class Images:
         variant = self.rules.parse(name)
         if variant is None or variant.fit not in (naming.Fit.WIDTH, naming.Fit.HEIGHT):
             return True
-        info = json.loads((await self.get(image, INFO)).data)
-        plan = geometry.plan(variant, info["width"], info["height"])
+        plan = geometry.plan(variant, *await self._size(image))
         return max(plan.output_size) <= self.rules.maximum_width
+
+    async def _size(self, image: ImageId) -> tuple[int, int]:
+        """The original's width and height, from its info.json; kept, as an
+        image's folder is named by its bytes (a purged image uploaded again
+        has the same size)."""
+        known = self._sizes.get(image)
+        if known is not None:
+            self._sizes.move_to_end(image)
+            return known
+        info = json.loads((await self.get(image, INFO)).data)
+        size = self._sizes[image] = (info["width"], info["height"])
+        while len(self._sizes) > _KNOWN_ALPHA:
+            self._sizes.popitem(last=False)
+        return size
 
     async def _crop_within(self, image: ImageId, variant: Variant | None) -> None:
         """A crop box past the original is refused before a redirect to the
         name's canonical spelling, not after it: a 301 leads to a 200."""
         if variant is not None and variant.crop is not None:
-            info = json.loads((await self.get(image, INFO)).data)
-            geometry.crop_region(variant, info["width"], info["height"])
+            geometry.crop_region(variant, *await self._size(image))
 
     async def _has_alpha(self, image: ImageId) -> bool:
         """Whether the original has transparency; known once per image."""
@@ -662,9 +683,10 @@ class Images:
             for v in variants
             if v.watermark is not None
         }
-        info, outputs, seconds = await self._process(
-            _rendered, original, variants, self._limits, with_placeholders, marks
-        )
+        with tracing.span("process", {"imageserver.variants": len(variants)}):
+            info, outputs, seconds = await self._process(
+                _rendered, original, variants, self._limits, with_placeholders, marks
+            )
         self._events.processed(seconds)
         if info.still_because is not None:
             log.info(
@@ -960,7 +982,7 @@ def _rendered(
 ) -> tuple[renderer.ImageInfo, list[tuple[bytes, str]], float]:
     start = time.perf_counter()
     info, outputs = renderer.render_many(
-        original, variants, limits, with_placeholders, marks
+        original, variants, limits, with_placeholders, marks, tracing.span
     )
     seconds = time.perf_counter() - start
     return info, [(data, etag_of(data)) for data in outputs], seconds

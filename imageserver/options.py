@@ -169,6 +169,14 @@ class ConfigOptions(usage.Options):
             raise usage.UsageError(
                 "--scheduler needs Dask: pip install 'imageserver[cluster]'"
             )
+        if self.config.otlp_endpoint and (
+            importlib.util.find_spec("opentelemetry.sdk") is None
+            or importlib.util.find_spec("opentelemetry.exporter.otlp") is None
+        ):
+            raise usage.UsageError(
+                "--otlp_endpoint needs OpenTelemetry: "
+                "pip install 'imageserver[tracing]'"
+            )
 
 
 class ServerOptions(ConfigOptions):

@@ -228,6 +228,16 @@ def make_service(
     sent = AnswersSent(reactor)
     sent.setServiceParent(top)
 
+    if config.otlp_endpoint:  # stopped after the pools, so their spans go too
+        from imageserver.metrics.tracing import Tracing
+
+        Tracing(
+            config.otlp_endpoint,
+            service_name=config.otlp_service_name,
+            sample_ratio=config.otlp_sample_ratio,
+            version=__version__,
+            worker=worker,
+        ).setServiceParent(top)
     statsd = None
     if config.enable_statsd:
         statsd = StatsdClient(reactor, config.statsd_host, config.statsd_port)
@@ -322,6 +332,7 @@ def make_service(
         slashes_encoded=is_thumbor_path if thumbor is not None else lambda path: False,
         allowed_methods=allowed_methods,
         cors=CorsPolicy(config.cors_origins) if config.cors_origins else None,
+        traced=True,
     )
     if config.manhole_endpoint is not None:
         from imageserver.runtime.manhole import ManholeService  # conch: only when asked

@@ -122,6 +122,22 @@ class StorageContract(_Case):
         self.result(storage.delete_prefix(FOLDER))
         self.result(storage.delete_prefix(FOLDER))
 
+    def test_usage_adds_up_the_bytes_under_a_folder_at_every_depth(self) -> None:
+        storage = self.make_storage()
+        namespace = FOLDER.split("/")[0]
+        self.assertEqual(self.result(storage.usage(namespace)), 0)
+        self.result(storage.put(f"{FOLDER}/original", b"x" * 1000, "image/jpeg"))
+        self.result(storage.put(f"{FOLDER}/w200.jpg", b"x" * 10, "image/jpeg"))
+        self.result(storage.put(f"{FOLDER}/w200.jpg", b"x" * 20, "image/jpeg"))
+        self.result(storage.put(f"{namespace}0/a/b", b"x" * 7, "image/jpeg"))
+        self.assertEqual(self.result(storage.usage(namespace)), 1020)
+        self.assertEqual(self.result(storage.usage(FOLDER)), 1020)
+        self.assertEqual(self.result(storage.usage(f"{namespace}0")), 7)
+        self.result(storage.delete(f"{FOLDER}/w200.jpg"))
+        self.assertEqual(self.result(storage.usage(namespace)), 1000)
+        self.result(storage.delete_prefix(FOLDER))
+        self.assertEqual(self.result(storage.usage(namespace)), 0)
+
     def test_a_deleted_folder_can_be_written_again(self) -> None:
         storage = self.make_storage()
         self.result(storage.put(KEY, b"old", "image/jpeg"))

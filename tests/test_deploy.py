@@ -118,6 +118,8 @@ def test_the_containerfile_runs_as_the_image_would(tmp_path: Any) -> None:
     assert env["IMAGESERVER_PORT"] == "7000" and env["IMAGESERVER_ADMIN_PORT"] == "7002"
     env.update(IMAGESERVER_PORT=str(main), IMAGESERVER_ADMIN_PORT=str(admin))
     env["IMAGESERVER_LISTEN"] = "127.0.0.1"  # 0.0.0.0 in the image; loopback here
+    # The image can trace (its extra is installed); no receiver: nothing lost.
+    env["IMAGESERVER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{free_port()}/v1/traces"
     server = subprocess.Popen(
         command, env=env, cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )

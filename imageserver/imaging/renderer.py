@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
 from io import BytesIO
@@ -130,16 +130,30 @@ def render(data: bytes, variant: Variant, limits: Limits) -> bytes:
     return render_many(data, (variant,), limits)[1][0]
 
 
+#: What names a stage of the work for whoever watches it (tracing):
+#: ``stage(name, attributes)`` is a context manager around the stage.
+Stage = Callable[..., AbstractContextManager[object]]
+
+
+def _unwatched(
+    name: str, attributes: Mapping[str, str] | None = None
+) -> AbstractContextManager[object]:
+    return nullcontext()
+
+
 def render_many(
     data: bytes,
     variants: Sequence[Variant],
     limits: Limits,
     with_placeholders: bool = False,
     marks: Mapping[str, bytes] | None = None,
+    stage: Stage | None = None,
 ) -> tuple[ImageInfo, list[bytes]]:
     """Decode ``data`` once and encode every variant from it, in order; with
     ``with_placeholders``, the info carries them, made from the same decode.
-    ``marks``: the originals of the variants' watermarks, by md5."""
+    ``marks``: the originals of the variants' watermarks, by md5. ``stage``
+    wraps the decode, each variant's resize and each encode (tracing)."""
+    stage = stage or _unwatched
     for variant in variants:  # a text the font cannot draw: before decoding
         if variant.text is not None:
             try:
@@ -151,41 +165,46 @@ def render_many(
         for v in variants
         if v.watermark is not None
     }
-    image = _open(data, limits)
-    orientation = _orientation(image)
-    width, height = image.size
-    if orientation in _SWAPPING_ORIENTATIONS:
-        width, height = height, width
-    info = ImageInfo(width, height, formats.content_type_of(image.format or "", data))
-    # Plans before looking at the pixels (trim and smart refine them later):
-    # the limits, and how far a decoder may shrink while it decodes.
-    plans = [geometry.plan(v, width, height) for v in variants]
-    for variant, plan in zip(variants, plans, strict=True):
-        _check_output(variant, plan.output_size, width, height, limits)
+    with stage("decode"):
+        image = _open(data, limits)
+        orientation = _orientation(image)
+        width, height = image.size
+        if orientation in _SWAPPING_ORIENTATIONS:
+            width, height = height, width
+        info = ImageInfo(
+            width, height, formats.content_type_of(image.format or "", data)
+        )
+        # Plans before looking at the pixels (trim and smart refine them later):
+        # the limits, and how far a decoder may shrink while it decodes.
+        plans = [geometry.plan(v, width, height) for v in variants]
+        for variant, plan in zip(variants, plans, strict=True):
+            _check_output(variant, plan.output_size, width, height, limits)
 
-    # Decode only as many pixels as the largest variant needs: JPEG can decode
-    # straight to 1/2, 1/4 or 1/8 scale, which is most of the speed. What trim
-    # keeps is not known yet: it gets twice the pixels.
-    needs = [
-        _times(p.decode_size(width, height), DRAFT_HEADROOM * (2 if v.trim else 1))
-        for v, p in zip(variants, plans, strict=True)
-    ] or [(8, 8)]
-    need = (max(w for w, _ in needs), max(h for _, h in needs))
-    if orientation in _SWAPPING_ORIENTATIONS:
-        need = (need[1], need[0])
-    icc = image.info.get("icc_profile")
-    opened, opened_size = image, image.size
-    with _decode_errors():
-        animation, still_because = None, None
-        if with_placeholders or any(
-            formats.output(v.format).animation for v in variants
-        ):
-            animation, still_because = _animation(image, data, width, height, limits)
-        image.draft(image.mode, need)
-        image.load()
-        if orientation != 1:
-            image = ImageOps.exif_transpose(image)
-        base, has_alpha = _normalise_mode(image)
+        # Decode only as many pixels as the largest variant needs: JPEG can decode
+        # straight to 1/2, 1/4 or 1/8 scale, which is most of the speed. What trim
+        # keeps is not known yet: it gets twice the pixels.
+        needs = [
+            _times(p.decode_size(width, height), DRAFT_HEADROOM * (2 if v.trim else 1))
+            for v, p in zip(variants, plans, strict=True)
+        ] or [(8, 8)]
+        need = (max(w for w, _ in needs), max(h for _, h in needs))
+        if orientation in _SWAPPING_ORIENTATIONS:
+            need = (need[1], need[0])
+        icc = image.info.get("icc_profile")
+        opened, opened_size = image, image.size
+        with _decode_errors():
+            animation, still_because = None, None
+            if with_placeholders or any(
+                formats.output(v.format).animation for v in variants
+            ):
+                animation, still_because = _animation(
+                    image, data, width, height, limits
+                )
+            image.draft(image.mode, need)
+            image.load()
+            if orientation != 1:
+                image = ImageOps.exif_transpose(image)
+            base, has_alpha = _normalise_mode(image)
     if animation is not None:
         info = replace(
             info, frames=len(animation.durations), duration_ms=animation.duration
@@ -211,8 +230,9 @@ def render_many(
     chosen: dict[str, int] = {}
     for variant in variants:
         encode: Callable[[Variant], bytes]
+        named = {"imageserver.variant": variant.name}
         if animation is not None and formats.output(variant.format).animation:
-            with _decode_errors():
+            with _decode_errors(), stage("resize", named):
                 frames = _frames(
                     opened, opened_size, source, variant, orientation, animation
                 )
@@ -220,20 +240,22 @@ def render_many(
                     made = list(frames)
                     work = len(made) * made[0].width * made[0].height
                     encode = partial(_encode_frames, made, animation)
-                else:
+                else:  # frames made as they are encoded: one stage
                     outputs.append(_encode_animation(frames, variant, animation))
                     continue
         else:
-            pixels = source.render(variant)
+            with stage("resize", named):
+                pixels = source.render(variant)
             work = pixels.width * pixels.height
             encode = partial(_encode, pixels)
-        if variant.max_bytes:
-            encodes = min(MAX_BUDGET_ENCODES, limits.pixels // work)
-            data, quality = _encode_within(encode, variant, encodes)
-            chosen[variant.name] = quality
-            outputs.append(data)
-        else:
-            outputs.append(encode(variant))
+        with stage("encode", named):
+            if variant.max_bytes:
+                encodes = min(MAX_BUDGET_ENCODES, limits.pixels // work)
+                data, quality = _encode_within(encode, variant, encodes)
+                chosen[variant.name] = quality
+                outputs.append(data)
+            else:
+                outputs.append(encode(variant))
     if chosen:
         info = replace(info, chosen_qualities=chosen)
     return info, outputs

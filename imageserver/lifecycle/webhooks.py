@@ -24,7 +24,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import treq
@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from imageserver import __version__
+from imageserver.metrics import tracing
 from imageserver.metrics.events import Events
 from imageserver.naming import ImageId
 from imageserver.runtime.waiting import WhenIdle, drained
@@ -65,6 +66,8 @@ class _Event:
     body: bytes
     kind: str
     created: float
+    #: The trace of the work that made the event (``traceparent``), if any.
+    trace: dict[str, str] = field(default_factory=dict)
 
 
 class _Receiver:
@@ -215,6 +218,7 @@ class Webhooks(Service):
             }
         ).encode()
         event = _Event(body, kind, self.clock.seconds())
+        tracing.inject(event.trace)
         for receiver in self._receivers:
             if receiver.pending() >= self._max_queued:
                 self.done("dropped")
@@ -238,6 +242,7 @@ class Webhooks(Service):
             "X-Imageserver-Event": event.kind,
             SIGNATURE_HEADER: signature_of(self._secret, event.body),
         }
+        headers.update(event.trace)
         try:
             # A receiver is told, never followed: a redirect could send the
             # signed event anywhere (and treq would repeat it as a GET).

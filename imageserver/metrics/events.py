@@ -7,6 +7,7 @@ tests (and two servers in one process) never share counters.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -193,6 +194,21 @@ class Events:
             ["kind"],
             registry=r,
         )
+        self.quota_refused = Counter(
+            "imageserver_quota_refused",
+            "Writes refused (507) because their namespace stores its "
+            "--namespace_quota_bytes.",
+            registry=r,
+        )
+        self.namespace_bytes = Gauge(
+            "imageserver_namespace_stored_bytes",
+            "Bytes a namespace stores, as last counted plus what was stored "
+            "since (with --namespace_quota_bytes; the namespaces written to "
+            "lately).",
+            ["namespace"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
         self.webhooks = Counter(
             "imageserver_webhook_events",
             "Webhook event deliveries by outcome: delivered, retried, dropped "
@@ -287,6 +303,19 @@ class Events:
         """A request past a rate limit: see `rate_limited`."""
         self.rate_limited.labels(kind).inc()
         self._count(f"rate_limited_{kind}")
+
+    def refused_by_quota(self) -> None:
+        """A write past its namespace's quota: see `quota_refused`."""
+        self.quota_refused.inc()
+        self._count("quota_refused")
+
+    def namespace_stored(self, namespace: str, stored: int | None) -> None:
+        """What ``namespace`` stores now; None: no longer followed."""
+        if stored is None:
+            with contextlib.suppress(KeyError):
+                self.namespace_bytes.remove(namespace)
+        else:
+            self.namespace_bytes.labels(namespace).set(stored)
 
     def origin_stale_served(self, namespace: str, why: str) -> None:
         """A path past its TTL served as stored: see `origin_stale`."""

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from imageserver.errors import Overloaded, Stopping
+from imageserver.metrics import tracing
 from imageserver.metrics.events import PoolStats
 
 log = Logger()
@@ -107,7 +108,7 @@ class ThreadPoolService(Service):
             # One trip back to the reactor per job (each one wakes it up).
             self._reactor.callFromThread(self._finished, result, succeeded, value)
 
-        self.pool.callInThreadWithCallback(done, f, *args)
+        self.pool.callInThreadWithCallback(done, tracing.in_thread(f), *args)
         return result
 
     def _finished(self, result: Deferred[Any], succeeded: bool, value: Any) -> None:

@@ -47,6 +47,7 @@ from imageserver.errors import (
     SourceTimeout,
     SourceUnavailable,
 )
+from imageserver.metrics import tracing
 from imageserver.sources.addresses import SourcePolicy, source_host
 from imageserver.sources.origins import Fetched
 from imageserver.sources.outbound import connect_bounded
@@ -261,13 +262,16 @@ class SourceFetcher:
                 f"source host {host} did not answer within {timeout:g} seconds"
             )
 
-        download = defer.Deferred.fromCoroutine(self._download(uri, answered, known))
-        download.addTimeout(self._timeout, self._clock, onTimeoutCancel=timed_out)
-        try:
-            return await download
-        except _TRANSPORT_ERRORS as e:
-            log.info("source {url} failed: {error}", url=url, error=e)
-            raise _explained(e, host, port) from None
+        with tracing.span("fetch", {"server.address": host, "server.port": port}):
+            download = defer.Deferred.fromCoroutine(
+                self._download(uri, answered, known)
+            )
+            download.addTimeout(self._timeout, self._clock, onTimeoutCancel=timed_out)
+            try:
+                return await download
+            except _TRANSPORT_ERRORS as e:
+                log.info("source {url} failed: {error}", url=url, error=e)
+                raise _explained(e, host, port) from None
 
     async def _download(
         self, uri: bytes, answered: list[bool], known: str | None
@@ -277,6 +281,10 @@ class SourceFetcher:
             kind, _, value = known.partition(":")
             name = b"If-None-Match" if kind == "etag" else b"If-Modified-Since"
             headers.setRawHeaders(name, [value.encode("latin-1")])
+        trace: dict[str, str] = {}
+        tracing.inject(trace)
+        for header, value in trace.items():
+            headers.setRawHeaders(header, [value])
         response = await self._agent.request(b"GET", uri, headers)
         answered.append(True)
         if response.code == 304 and known is not None:

@@ -29,6 +29,7 @@ from imageserver.errors import (
     SourceTimeout,
     SourceUnavailable,
 )
+from imageserver.metrics import tracing
 from imageserver.runtime.pools import Runner
 from imageserver.sources.addresses import source_host
 
@@ -561,15 +562,17 @@ class S3Origin:
                 deadline,
             )
 
-        reading = self._run(read)
-        if self._timeout is not None and self._clock is not None:
-            # The answer's head and an error's body are read by boto3 with
-            # a timeout per read alone: the client is answered at the
-            # deadline all the same (the thread ends by its read timeouts).
-            reading.addTimeout(self._timeout, self._clock)
-        try:
-            return await reading
-        except defer.TimeoutError:
-            raise SourceTimeout(
-                f"the origin bucket {self.bucket} did not answer in time"
-            ) from None
+        with tracing.span("fetch", {"imageserver.bucket": self.bucket}):
+            reading = self._run(read)
+            if self._timeout is not None and self._clock is not None:
+                # The answer's head and an error's body are read by boto3
+                # with a timeout per read alone: the client is answered at
+                # the deadline all the same (the thread ends by its read
+                # timeouts).
+                reading.addTimeout(self._timeout, self._clock)
+            try:
+                return await reading
+            except defer.TimeoutError:
+                raise SourceTimeout(
+                    f"the origin bucket {self.bucket} did not answer in time"
+                ) from None

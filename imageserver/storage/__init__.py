@@ -91,6 +91,12 @@ class Storage(Protocol):
         """
         ...
 
+    async def usage(self, folder: str) -> int:
+        """The bytes of the objects under ``folder``, at any depth, writes on
+        their way included (a namespace's quota): a walk or a listing of
+        them all, so not for a request's path."""
+        ...
+
 
 def under(key: str, prefix: str) -> bool:
     """Whether ``key`` is ``prefix`` itself or inside the folder ``prefix``."""

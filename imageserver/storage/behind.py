@@ -65,3 +65,6 @@ class WriteBehind:
     async def delete_prefix(self, folder: str) -> None:
         await self._queue.cancel(folder)
         await self._backend.delete_prefix(folder)
+
+    async def usage(self, folder: str) -> int:
+        return await self._backend.usage(folder) + self._queue.pending_bytes(folder)

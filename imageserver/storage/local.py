@@ -80,6 +80,9 @@ class LocalStorage:
     async def delete_prefix(self, folder: str) -> None:
         await self._call(_delete_tree, self.path(folder), self.root)
 
+    async def usage(self, folder: str) -> int:
+        return await self._call(_usage, self.path(folder))
+
 
 #: What each call does, as its log lines say it (the error names the path):
 #: words a reader knows, not this module's function names.
@@ -90,6 +93,7 @@ _DOING = {
     "_list": "listing",
     "_delete": "deleting",
     "_delete_tree": "deleting a folder",
+    "_usage": "adding up the sizes in a folder",
     "_open": "opening a lock file",  # imageserver.storage.hostlocks
     "_try": "taking a lock",
 }
@@ -265,6 +269,27 @@ def _list(folder: str) -> list[str]:
     except _MISSING:
         return []
     return sorted(e.name for e in entries if not e.name.startswith(".") and e.is_file())
+
+
+def _usage(folder: str) -> int:
+    """The sizes of the files under ``folder`` that are objects (not hidden:
+    a temporary file is not stored yet)."""
+    total = 0
+    stack = [folder]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except _MISSING:
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+            elif entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    total += entry.stat(follow_symlinks=False).st_size
+    return total
 
 
 def _delete(path: str) -> None:

@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 from twisted.application.service import Service
 
+from imageserver.metrics import tracing
 from imageserver.storage import Storage, StoredObject, under
 
 #: Generation slots: a delete in one folder also drops what is kept of the
@@ -124,15 +125,19 @@ class MemoryCache:
         return kept.stored
 
     async def get(self, key: str) -> StoredObject | None:
-        stored = self._current(key)
-        if stored is not None:
+        # Traced as a lookup (with the backend's, on a miss, inside it).
+        with tracing.span(
+            "storage get", {"imageserver.storage": "memory", "imageserver.key": key}
+        ):
+            stored = self._current(key)
+            if stored is not None:
+                return stored
+            slot = self._generations.slot(_folder(key))
+            generation = self._generations[slot]
+            stored = await self._backend.get(key)
+            if stored is not None:
+                self._keep(key, stored, slot, generation)
             return stored
-        slot = self._generations.slot(_folder(key))
-        generation = self._generations[slot]
-        stored = await self._backend.get(key)
-        if stored is not None:
-            self._keep(key, stored, slot, generation)
-        return stored
 
     async def put(
         self,
@@ -163,6 +168,9 @@ class MemoryCache:
 
     async def delete_prefix(self, folder: str) -> None:
         await self._deleting(folder, self._backend.delete_prefix(folder))
+
+    async def usage(self, folder: str) -> int:
+        return await self._backend.usage(folder)
 
     async def _deleting(self, folder: str, deleted: Awaitable[None]) -> None:
         """Forget ``folder`` here while ``deleted`` removes it (or one of its

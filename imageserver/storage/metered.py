@@ -1,4 +1,4 @@
-"""Times and counts every call to a storage backend."""
+"""Times and counts every call to a storage backend, and traces it."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
+from imageserver.metrics import tracing
 from imageserver.metrics.events import Events
 from imageserver.storage import Storage, StoredObject
 
@@ -18,11 +19,15 @@ class MeteredStorage:
         self._name = name
         self._events = events
 
-    async def _timed(self, operation: str, call: Awaitable[T]) -> T:
+    async def _timed(self, operation: str, key: str, call: Awaitable[T]) -> T:
         start = time.perf_counter()
         ok = False
         try:
-            result = await call
+            with tracing.span(
+                f"storage {operation}",
+                {"imageserver.storage": self._name, "imageserver.key": key},
+            ):
+                result = await call
             ok = True
             return result
         finally:
@@ -31,7 +36,7 @@ class MeteredStorage:
             )
 
     async def get(self, key: str) -> StoredObject | None:
-        return await self._timed("get", self._backend.get(key))
+        return await self._timed("get", key, self._backend.get(key))
 
     async def put(
         self,
@@ -44,17 +49,21 @@ class MeteredStorage:
     ) -> StoredObject:
         return await self._timed(
             "put",
+            key,
             self._backend.put(key, data, content_type, durable=durable, etag=etag),
         )
 
     async def exists(self, key: str) -> bool:
-        return await self._timed("exists", self._backend.exists(key))
+        return await self._timed("exists", key, self._backend.exists(key))
 
     async def list(self, folder: str) -> list[str]:
-        return await self._timed("list", self._backend.list(folder))
+        return await self._timed("list", folder, self._backend.list(folder))
 
     async def delete(self, key: str) -> None:
-        await self._timed("delete", self._backend.delete(key))
+        await self._timed("delete", key, self._backend.delete(key))
 
     async def delete_prefix(self, folder: str) -> None:
-        await self._timed("delete_prefix", self._backend.delete_prefix(folder))
+        await self._timed("delete_prefix", folder, self._backend.delete_prefix(folder))
+
+    async def usage(self, folder: str) -> int:
+        return await self._timed("usage", folder, self._backend.usage(folder))

@@ -18,6 +18,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from imageserver.errors import StorageFailed, StorageFull, StorageUnavailable
+from imageserver.metrics import tracing
 from imageserver.metrics.events import Events
 from imageserver.runtime.waiting import WhenIdle, drained
 from imageserver.storage import Storage, StoredObject, under
@@ -96,6 +97,15 @@ class WriteQueue(Service):
         """The bytes on their way to ``key``, if any."""
         return self._pending.get(key)
 
+    def pending_bytes(self, folder: str) -> int:
+        """Bytes of the pending writes under ``folder`` (at any depth); a
+        write that replaces an object counts whole (an estimate)."""
+        return sum(
+            len(stored.data)
+            for key, stored in self._pending.items()
+            if under(key, folder)
+        )
+
     def names_in(self, folder: str) -> list[str]:
         """Names of pending keys directly under ``folder``."""
         prefix = folder.rstrip("/") + "/"
@@ -130,13 +140,18 @@ class WriteQueue(Service):
         while key in self._pending:
             stored = self._pending[key]
             try:
-                await self.target.put(
-                    key,
-                    stored.data,
-                    stored.content_type,
-                    durable=False,
-                    etag=stored.etag,
-                )
+                # The span's parent: the work that submitted the write.
+                with tracing.span(
+                    "write behind",
+                    {"imageserver.queue": self.label, "imageserver.key": key},
+                ):
+                    await self.target.put(
+                        key,
+                        stored.data,
+                        stored.content_type,
+                        durable=False,
+                        etag=stored.etag,
+                    )
             except (StorageFull, StorageUnavailable, StorageFailed) as e:
                 if self._retry is None:
                     self._drop(key, "failed")

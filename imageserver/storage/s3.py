@@ -24,6 +24,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from twisted.logger import Logger
 
 from imageserver.errors import StorageFailed, StorageUnavailable
+from imageserver.metrics import tracing
 from imageserver.runtime.pools import Runner
 from imageserver.storage import StoredObject, cache_control
 
@@ -89,7 +90,7 @@ def make_client(settings: S3Settings) -> Any:
         s3={"addressing_style": "path"} if settings.endpoint_url else None,
     )
     session = boto3.session.Session(profile_name=settings.profile)
-    return session.client(
+    client = session.client(
         "s3",
         region_name=settings.region or session.region_name or "us-east-1",
         endpoint_url=settings.endpoint_url,
@@ -97,6 +98,17 @@ def make_client(settings: S3Settings) -> Any:
         aws_secret_access_key=settings.secret_access_key,
         config=config,
     )
+    client.meta.events.register("before-send.s3", _send_trace)
+    return client
+
+
+def _send_trace(request: Any, **kwargs: Any) -> None:
+    """Each call to the store carries the trace of the work that made it
+    (its thread runs in a copy of the caller's context: see the pools)."""
+    trace: dict[str, str] = {}
+    tracing.inject(trace)
+    for name, value in trace.items():
+        request.headers[name] = value
 
 
 class S3Storage:
@@ -142,6 +154,9 @@ class S3Storage:
 
     async def delete_prefix(self, folder: str) -> None:
         await self._call(self._delete_prefix, self.object_key(folder) + "/")
+
+    async def usage(self, folder: str) -> int:
+        return await self._call(self._usage, self.object_key(folder) + "/")
 
     async def _call(self, f: Callable[..., T], *args: Any) -> T:
         return await self._run(_translate_errors, f, *args)
@@ -201,6 +216,14 @@ class S3Storage:
             for item in page.get("Contents", ())
         )
 
+    def _usage(self, prefix: str) -> int:
+        pages = (
+            self._client()
+            .get_paginator("list_objects_v2")
+            .paginate(Bucket=self._settings.bucket, Prefix=prefix)
+        )
+        return sum(item["Size"] for page in pages for item in page.get("Contents", ()))
+
     def _delete(self, key: str) -> None:
         self._client().delete_object(Bucket=self._settings.bucket, Key=key)
 
@@ -239,6 +262,7 @@ _DOING = {
     "_list": "listing",
     "_delete": "deleting",
     "_delete_prefix": "deleting everything under",
+    "_usage": "adding up the sizes under",
 }
 
 

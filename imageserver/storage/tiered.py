@@ -67,3 +67,7 @@ class TieredStorage:
         await self._uploads.cancel(folder)
         await self.remote.delete_prefix(folder)
         await self.local.delete_prefix(folder)
+
+    async def usage(self, folder: str) -> int:
+        """The remote's (the truth), with the uploads on their way there."""
+        return await self.remote.usage(folder) + self._uploads.pending_bytes(folder)

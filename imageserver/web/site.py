@@ -22,6 +22,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from imageserver.access.cors import CorsPolicy, request_headers
+from imageserver.metrics import tracing
 from imageserver.metrics.events import Events
 from imageserver.runtime.waiting import WhenIdle
 
@@ -100,6 +101,8 @@ class BoundedRequest(Request):
     #: Set by the channel when the request is refused but has no body to
     #: leave unread: it is answered here, and the connection kept.
     refusal: Refusal | None = None
+    #: The request's span while tracing (`imageserver.metrics.tracing`).
+    span: Any = None
 
     def getHeader(self, key: AnyStr) -> AnyStr | None:
         """The last value of a header; as text, decoded as ISO-8859-1.
@@ -151,6 +154,12 @@ class BoundedRequest(Request):
             channel.refuse(code, message)
 
     def process(self) -> None:
+        if self.span is None:
+            self._process()
+        else:  # what the request starts is its span's child
+            tracing.run_in(self.span, self._process)
+
+    def _process(self) -> None:
         site = self.bounded_site
         for name, value in site.answer_headers(self.path):
             self.setHeader(name, value)
@@ -466,7 +475,8 @@ class BoundedSite(Site):
     ``answer_headers`` are those every answer to a path carries, whoever
     gives it (a route, a refusal). ``slashes_encoded`` says which paths may
     hold an encoded slash (thumbor's URLs, whose image may be an encoded
-    URL).
+    URL). A ``traced`` site gives each request a span while tracing is on
+    (`imageserver.metrics.tracing`).
     """
 
     requestFactory = BoundedRequest
@@ -492,6 +502,7 @@ class BoundedSite(Site):
         slashes_encoded: Callable[[bytes], bool] = lambda path: False,
         allowed_methods: Callable[[bytes], frozenset[bytes]] | None = None,
         cors: CorsPolicy | None = None,
+        traced: bool = False,
     ) -> None:
         # Bodies are images and files, never forms: twisted.web must not parse
         # them into request.args (nor answer a bare 400 to a bad multipart one).
@@ -510,6 +521,7 @@ class BoundedSite(Site):
         self.methods = methods | ({OPTIONS} if allowed_methods is not None else set())
         self._allowed_methods = allowed_methods
         self._cors = cors
+        self.traced = traced
         self._admit = admit
         self.answer_headers = answer_headers
         self.slashes_encoded = slashes_encoded
@@ -613,6 +625,10 @@ class BoundedSite(Site):
         self.in_flight += 1
         if self._events is not None:
             self._events.request_started()
+        if self.traced:
+            request.span = tracing.start_request(
+                request.method.decode("ascii", "replace"), request.getHeader
+            )
         request.notifyFinish().addBoth(self._finished, request)
 
     def _finished(self, result: Any, request: BoundedRequest) -> None:
@@ -637,6 +653,14 @@ class BoundedSite(Site):
             user_agent=(request.getHeader("user-agent") or ""),
             gone="" if completed else " (client hung up)",
         )
+        if request.span is not None:
+            tracing.end_request(
+                request.span,
+                method,
+                route,
+                request.code,
+                request.path.decode("ascii", "replace"),
+            )
 
     def log(self, request: http.Request) -> None:
         """The access log is written in ``_finished``, with structured fields."""

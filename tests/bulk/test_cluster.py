@@ -547,6 +547,8 @@ STAYS_HOME = {
     # what answers say to browsers and caches: the server's own
     "cors_origins", "client_hints", "cache_control_variants", "cache_control_files",
     "namespace_render_rate", "namespace_upload_rate", "token_write_rate", "rate_burst",
+    # a namespace's quota is checked where its writes arrive (a batch: once)
+    "namespace_quota_bytes", "quota_interval",
     "cache_control_presets", "preset_max_age", "origin_stale_while_revalidate",
     # credentials and access: workers have their own (environment, role)
     "aws_access_key_id", "aws_secret_key", "secret", "write_tokens",
@@ -561,6 +563,7 @@ STAYS_HOME = {
     # reporting and debugging
     "enable_statsd", "statsd_host", "statsd_port", "statsd_prefix",
     "log_format", "profile", "profile_allow_remote",
+    "otlp_endpoint", "otlp_service_name", "otlp_sample_ratio",
     # the cluster itself
     "scheduler", "shard_size", "shard_retries",
 }  # fmt: skip

@@ -1,0 +1,204 @@
+"""Namespace quotas: counted in the store, kept up to date by the puts and
+deletes that cross the counting storage, shared by a host's workers."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import SynchronousTestCase
+
+from imageserver.metrics.events import Events
+from imageserver.storage.local import LocalStorage
+from imageserver.storage.quotas import QuotaExceeded, Quotas
+from imageserver.web.responses import status_for
+from tests.support import encode, noise, sample, synchronous
+from tests.test_twistd import TwistdCase
+
+FOLDER = "p/6e0/072/682/e66287b662827da75b244a3"
+
+
+class QuotaTests(SynchronousTestCase):
+    def result(self, awaitable: Any) -> Any:
+        if not isinstance(awaitable, Deferred):
+            awaitable = Deferred.fromCoroutine(awaitable)
+        return self.successResultOf(awaitable)
+
+    def make(
+        self, limit: int = 1000, root: str | None = None, shared: str | None = None
+    ) -> tuple[Quotas, LocalStorage]:
+        self.root = root or self.mktemp()
+        self.clock = Clock()
+        self.events = Events()
+        backend = LocalStorage(self.root, synchronous)
+        quotas = Quotas(limit, backend, synchronous, self.clock, 60, self.events,
+                        shared=shared)  # fmt: skip
+        return quotas, backend
+
+    def test_a_namespace_at_its_quota_is_refused_with_a_507_saying_what_to_do(
+        self,
+    ) -> None:
+        quotas, backend = self.make()
+        storage = quotas.counting(backend)
+        quotas.check("p")  # unknown: passes, and is counted
+        self.result(storage.put(f"{FOLDER}/original", b"x" * 999, "image/jpeg"))
+        quotas.check("p")
+        self.result(storage.put(f"{FOLDER}/w200.jpg", b"x", "image/jpeg"))
+        with self.assertRaises(QuotaExceeded) as caught:
+            quotas.check("p")
+        self.assertEqual(status_for(caught.exception), 507)
+        self.assertIn("stores 1000 bytes, its quota is 1000", str(caught.exception))
+        self.assertIn("--namespace_quota_bytes", str(caught.exception))
+        quotas.check("q")  # another namespace is not
+        self.assertEqual(sample(self.events, "imageserver_quota_refused_total"), 1)
+        self.assertEqual(
+            sample(self.events, "imageserver_namespace_stored_bytes", namespace="p"),
+            1000,
+        )
+
+    def test_a_delete_makes_the_next_write_count_again(self) -> None:
+        quotas, backend = self.make()
+        storage = quotas.counting(backend)
+        quotas.check("p")
+        self.result(storage.put(f"{FOLDER}/original", b"x" * 1000, "image/jpeg"))
+        self.assertRaises(QuotaExceeded, quotas.check, "p")
+        self.result(storage.delete_prefix(FOLDER))
+        quotas.check("p")  # counted again: nothing stored
+        self.assertEqual(
+            sample(self.events, "imageserver_namespace_stored_bytes", namespace="p"), 0
+        )
+
+    def test_what_others_store_is_seen_at_the_next_count(self) -> None:
+        quotas, backend = self.make()
+        quotas.check("p")
+        # Another host writes straight to the store.
+        self.result(backend.put(f"{FOLDER}/original", b"x" * 1000, "image/jpeg"))
+        quotas.check("p")  # within the interval: not seen yet
+        self.clock.advance(60)  # stale: counted again (here at once)
+        self.assertRaises(QuotaExceeded, quotas.check, "p")
+
+    def test_a_host_s_workers_share_one_count(self) -> None:
+        shared = self.mktemp()
+        first, backend = self.make(shared=shared)
+        first.check("p")
+        self.result(backend.put(f"{FOLDER}/original", b"x" * 1000, "image/jpeg"))
+        # A second worker within the interval takes the first one's count
+        # (0) rather than walking the folder again (which would find 1000).
+        second, _ = self.make(root=self.root, shared=shared)
+        second.check("p")
+        second.check("p")
+        self.clock.advance(60)
+        self.assertRaises(QuotaExceeded, second.check, "p")
+        self.assertEqual(len(os.listdir(shared)), 1)
+
+    def test_a_count_that_fails_is_logged_and_the_last_one_stands(self) -> None:
+        quotas, backend = self.make()
+        quotas.check("p")
+        self.result(backend.put(f"{FOLDER}/original", b"x" * 1000, "image/jpeg"))
+        self.clock.advance(60)
+        os.chmod(os.path.join(self.root, "p"), 0)
+        self.addCleanup(os.chmod, os.path.join(self.root, "p"), 0o755)
+        if os.geteuid() == 0:  # root reads anything: break the walk otherwise
+            os.chmod(os.path.join(self.root, "p"), 0o755)
+            backend.usage = _failing  # type: ignore[method-assign]
+        quotas.check("p")
+        self.assertEqual(len(self.flushLoggedErrors()), 1)
+        quotas.check("p")  # not tried again by every write
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    @settings(max_examples=40, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["put", "delete", "count"]),
+                st.sampled_from(["a", "b", "c"]),
+                st.integers(0, 400),
+            ),
+            max_size=20,
+        )
+    )
+    def test_after_a_count_the_known_bytes_are_what_the_store_holds(
+        self, steps: list[tuple[str, str, int]]
+    ) -> None:
+        quotas, backend = self.make(limit=10**9)
+        storage = quotas.counting(backend)
+        quotas.check("p")
+        held: dict[str, int] = {}
+        for action, name, size in steps:
+            key = f"{FOLDER}/{name}"
+            if action == "put":
+                self.result(storage.put(key, b"x" * size, "image/jpeg"))
+                held[name] = size
+            elif action == "delete":
+                self.result(storage.delete(key))
+                held.pop(name, None)
+            else:
+                self.result(quotas.recount("p"))
+                known = sample(
+                    self.events, "imageserver_namespace_stored_bytes", namespace="p"
+                )
+                self.assertEqual(known, sum(held.values()))
+        self.result(storage.delete_prefix("p"))
+
+
+class QuotaTwistdTests(TwistdCase):
+    """Two workers of a real server hold a namespace to its quota."""
+
+    timeout = 90
+
+    async def test_uploads_past_the_quota_are_507_reads_and_variants_go_on(
+        self,
+    ) -> None:
+        await self.start_server(
+            "--namespace_quota_bytes", "1", "--quota_interval", "1",
+            workers=("--workers", "2"),
+        )  # fmt: skip
+        await self.ready()
+        folders, refused = [], None
+        for seed in range(40):  # each worker passes one upload before it knows
+            response, body = await self.call(
+                "POST", "/p", data=encode(noise((64, 48), seed))
+            )
+            if response.code == 507:
+                refused = json.loads(body)
+                break
+            self.assertEqual(response.code, 200, body)
+            digest = json.loads(body)["hash"]
+            folders.append(f"/p/{digest[:3]}/{digest[3:6]}/{digest[6:9]}/{digest[9:]}")
+            await deferLater(reactor, 0.2)
+        assert refused is not None, "never refused"
+        self.assertIn("its quota is 1 (--namespace_quota_bytes)", refused["error"])
+        self.assertLessEqual(len(folders), 4)
+        # Reads, and variants not made yet, are served; other namespaces write.
+        response, _ = await self.call("GET", f"{folders[0]}/w20.jpg")
+        self.assertEqual(response.code, 200)
+        response, _ = await self.call("POST", "/q", data=encode(noise((64, 48), 99)))
+        self.assertEqual(response.code, 200)
+        response, body = await self.call("GET", "/metrics", self.admin_port)
+        self.assertRegex(
+            body.decode(), r'imageserver_namespace_stored_bytes\{namespace="p"\} [1-9]'
+        )
+        self.assertRegex(body.decode(), r"imageserver_quota_refused_total [1-9]")
+        # Emptied, the namespace takes uploads again within the interval.
+        for folder in folders:
+            response, _ = await self.call("DELETE", folder)
+            self.assertEqual(response.code, 204)
+        for _ in range(100):
+            response, body = await self.call(
+                "POST", "/p", data=encode(noise((64, 48), 1000))
+            )
+            if response.code == 200:
+                break
+            self.assertEqual(response.code, 507)
+            await deferLater(reactor, 0.1)
+        self.assertEqual(response.code, 200, body)
+
+
+async def _failing(folder: str) -> int:
+    raise OSError("the disk is gone")
