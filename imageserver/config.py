@@ -405,8 +405,8 @@ class Config:
     namespace_render_rate: float = setting(
         0.0,
         "Requests a second each namespace may make for variants not made yet "
-        "(cold renders), for the host's workers together; more are a 429 "
-        "with Retry-After; 0: no limit.",
+        "(cold renders; a process that makes any counts as one), for the "
+        "host's workers together; more are a 429 with Retry-After; 0: no limit.",
         server_only=True,
     )
     namespace_upload_rate: float = setting(

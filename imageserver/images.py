@@ -238,7 +238,14 @@ class Images:
                 f"namespace {namespace!r} is served from its origin (--origin): "
                 "its images come from there; upload into another namespace"
             )
-        if self._quotas is not None:
+        self.check_quota(namespace)
+
+    def check_quota(self, namespace: str) -> None:
+        """Refuse a write into a namespace storing its quota: uploads (above)
+        and whatever else a client asks to be stored (``process``, a batch
+        with outputs). Not an origin's namespace: its variants are made as
+        a GET's are, for readers, who cannot act on a quota."""
+        if self._quotas is not None and namespace not in self._origins:
             self._quotas.check(namespace)
 
     async def store_original(
@@ -271,7 +278,10 @@ class Images:
             await self._ensure(image, variants, data)
             return info
 
-        return await self._storing(image.folder, store)
+        if self._quotas is None or namespace in self._origins:
+            return await self._storing(image.folder, store)
+        async with self._quotas.reserving(namespace, len(data)):
+            return await self._storing(image.folder, store)
 
     async def resolve(
         self,
@@ -506,7 +516,10 @@ class Images:
         variants = self._outputs(image.namespace, outputs)
         if not variants:
             raise InvalidRequest("give the variants to generate in ?outputs=")
-        await self._storing(image.folder, lambda: self._ensure(image, variants))
+        self.check_quota(image.namespace)
+        await self._storing(
+            image.folder, lambda: self._ensure(image, variants, rated=True)
+        )
 
     async def put_file(self, image: ImageId, name: str, body: BinaryIO) -> None:
         """Keep a client's file in the image's folder, replacing any previous one
@@ -808,11 +821,17 @@ class Images:
         image: ImageId,
         variants: Sequence[Variant],
         original: bytes | None = None,
+        rated: bool = False,
     ) -> None:
-        """Generate those of ``variants`` the image's folder does not hold yet."""
+        """Generate those of ``variants`` the image's folder does not hold
+        yet; ``rated``: when some are missing, that is one render of the
+        namespace's --namespace_render_rate (one decode makes them all), as a
+        GET of a variant not made yet is."""
         if variants:
             present = set(await self._storage.list(image.folder))
             missing = [v for v in variants if v.name not in present]
+            if missing and rated and self.rates is not None:
+                self.rates.render(image.namespace)
             await self._generate(image, missing, original)
 
     async def _generate(

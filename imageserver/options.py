@@ -165,18 +165,27 @@ class ConfigOptions(usage.Options):
             self.config = Config(**values)
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
-        if self.config.scheduler and importlib.util.find_spec("distributed") is None:
+        if self.config.scheduler and not _importable("distributed"):
             raise usage.UsageError(
-                "--scheduler needs Dask: pip install 'imageserver[cluster]'"
+                "--scheduler needs Dask: from the project's checkout, "
+                "pip install '.[cluster]'"
             )
-        if self.config.otlp_endpoint and (
-            importlib.util.find_spec("opentelemetry.sdk") is None
-            or importlib.util.find_spec("opentelemetry.exporter.otlp") is None
+        if self.config.otlp_endpoint and not _importable(
+            "opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http"
         ):
             raise usage.UsageError(
-                "--otlp_endpoint needs OpenTelemetry: "
-                "pip install 'imageserver[tracing]'"
+                "--otlp_endpoint needs OpenTelemetry: from the project's "
+                "checkout, pip install '.[tracing]'"
             )
+
+
+def _importable(*modules: str) -> bool:
+    """Whether every one of ``modules`` is installed (a dotted name whose
+    parent package is missing is not: find_spec raises for it)."""
+    try:
+        return all(importlib.util.find_spec(m) is not None for m in modules)
+    except ModuleNotFoundError:
+        return False
 
 
 class ServerOptions(ConfigOptions):

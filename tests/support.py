@@ -33,6 +33,7 @@ from imageserver.sources.origins import FileOrigin, HttpOrigin, Origin, S3Origin
 from imageserver.storage import Storage
 from imageserver.storage.local import LocalStorage
 from imageserver.storage.metered import MeteredStorage
+from imageserver.storage.quotas import Quotas
 from imageserver.storage.s3 import LazyClient
 from imageserver.web.app import (
     ImageServerApp,
@@ -234,6 +235,17 @@ class AppHarness:
         self.local = LocalStorage(self.root, synchronous)
         metered = MeteredStorage(self.local, "local", self.events)
         self.storage = remote(metered) if remote else metered
+        self.quotas = None
+        if self.config.namespace_quota_bytes:
+            self.quotas = Quotas(
+                self.config.namespace_quota_bytes,
+                self.storage,
+                synchronous,
+                self.clock,
+                self.config.quota_interval,
+                self.events,
+            )
+            self.storage = self.quotas.counting(self.storage)
         self.sources = RequestTraversalAgent(sources or Resource())
         self.images = Images(
             storage=self.storage,
@@ -252,6 +264,7 @@ class AppHarness:
                     if self.config.rates
                     else None
                 ),
+                quotas=self.quotas,
             ),
             events=self.events,
         )

@@ -286,6 +286,8 @@ class Batches:
             listed = self._origin_items(namespace, text)
         else:
             listed = self._items(namespace, text)
+            if outputs:  # items by hash store their outputs
+                self._images.check_quota(namespace)
         if len(listed) > MAX_ITEMS:
             raise InvalidRequest(
                 f"at most {MAX_ITEMS} items per batch; split the list into "

@@ -2,7 +2,7 @@
 
 Off (no ``--otlp_endpoint``, the default), each function here checks one
 module global and returns: OpenTelemetry is not even imported, so the
-cached path costs what it cost before (benchmarks/tracing.py measures it).
+cached path costs what it cost before (benchmarks/delivery.py measures it).
 On, `Tracing` installs a tracer for this process (each worker has its
 own), spans follow the work through `contextvars` (a request's coroutines
 copy the context they start in; `in_thread` carries it into a pool's
@@ -15,13 +15,13 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from functools import partial
 from typing import Any, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 log = Logger()
@@ -29,12 +29,16 @@ log = Logger()
 T = TypeVar("T")
 Attributes = Mapping[str, str | int | float | bool]
 
-#: The W3C Trace Context headers, read from requests and sent on calls out.
-TRACE_HEADERS = ("traceparent", "tracestate")
+#: The W3C Trace Context header read from requests and sent on calls out.
+#: ``tracestate`` is neither: it is a caller's vendors' opaque data (up to
+#: kilobytes), which sources, origins and webhooks should not be handed.
+TRACE_HEADERS = ("traceparent",)
 
 _tracer: Any = None  # an opentelemetry Tracer while a Tracing service runs
 _propagator: Any = None
 _NOTHING: contextlib.nullcontext[None] = contextlib.nullcontext()
+#: Where an OTLP/HTTP collector takes traces.
+TRACES_PATH = "/v1/traces"
 
 
 def enabled() -> bool:
@@ -45,8 +49,14 @@ def span(
     name: str, attributes: Attributes | None = None
 ) -> contextlib.AbstractContextManager[Any]:
     """A span named ``name``, current while the ``with`` block runs, a
-    child of the current one; nothing when tracing is off."""
+    child of the current one; nothing when tracing is off or outside any
+    request's trace (background work, such as the purge log's polls, would
+    otherwise start a trace of its own every few seconds)."""
     if _tracer is None:
+        return _NOTHING
+    from opentelemetry import trace
+
+    if not trace.get_current_span().get_span_context().is_valid:
         return _NOTHING
     return _tracer.start_as_current_span(name, attributes=attributes)
 
@@ -60,10 +70,12 @@ def in_thread(f: Callable[..., T]) -> Callable[..., T]:
 
 
 def inject(headers: MutableMapping[str, str]) -> None:
-    """Add the current span's ``traceparent`` (and ``tracestate``) to the
-    headers of a call out; nothing when off or outside any span."""
+    """Add the current span's ``traceparent`` to the headers of a call out;
+    nothing when off or outside any span."""
     if _propagator is not None:
-        _propagator.inject(headers)
+        carrier: dict[str, str] = {}
+        _propagator.inject(carrier)
+        headers.update((k, v) for k, v in carrier.items() if k in TRACE_HEADERS)
 
 
 def start_request(
@@ -125,7 +137,9 @@ def _installed(tracer: Any, propagator: Any) -> Iterator[None]:
 
 class Tracing(Service):
     """Exports this process's spans to ``endpoint`` (an OTLP/HTTP traces URL)
-    while it runs; at stop, what is left is flushed within ``flush_seconds``.
+    while it runs; at stop, what is left is flushed within ``flush_seconds``
+    (each export gives up after that long too): a collector that never
+    answers delays a stop by that much, no more.
 
     The exporter's own environment variables (``OTEL_EXPORTER_OTLP_HEADERS``,
     ``OTEL_BSP_SCHEDULE_DELAY``...) apply; a receiver that is down loses
@@ -143,7 +157,11 @@ class Tracing(Service):
         worker: int | None,
         flush_seconds: float = 5.0,
         exporter: Any = None,
+        reactor: Any = None,
     ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
         self._endpoint = endpoint
         self._service_name = service_name
         self._sample_ratio = sample_ratio
@@ -167,6 +185,16 @@ class Tracing(Service):
         )
 
         super().startService()
+        if self._exporter is None:
+            log.info("exporting traces to {endpoint}", endpoint=self._endpoint)
+            if not self._endpoint.rstrip("/").endswith(TRACES_PATH):
+                log.warn(
+                    "--otlp_endpoint {endpoint} does not end in {path}: spans "
+                    "are posted to that URL as given (a collector takes them "
+                    "at {path})",
+                    endpoint=self._endpoint,
+                    path=TRACES_PATH,
+                )
         attributes: dict[str, str | int] = {
             "service.name": self._service_name,
             "service.version": self._version,
@@ -177,10 +205,14 @@ class Tracing(Service):
         self._provider = TracerProvider(
             resource=Resource.create(attributes),
             sampler=ParentBased(TraceIdRatioBased(self._sample_ratio)),
+            shutdown_on_exit=False,  # stopService flushes, within its bound
         )
         self._provider.add_span_processor(
             BatchSpanProcessor(
-                self._exporter or OTLPSpanExporter(endpoint=self._endpoint)
+                self._exporter
+                or OTLPSpanExporter(
+                    endpoint=self._endpoint, timeout=self._flush_seconds
+                )
             )
         )
         self._installed = contextlib.ExitStack()
@@ -199,11 +231,24 @@ class Tracing(Service):
         self._installed = None
         provider, self._provider = self._provider, None
         millis = int(self._flush_seconds * 1000)
+        done: Deferred[None] = Deferred()
+
+        def finished() -> None:
+            if not done.called:
+                done.callback(None)
 
         def flush() -> None:  # blocks on the network: not on the reactor
-            provider.force_flush(millis)
-            provider.shutdown()
+            try:
+                provider.force_flush(millis)
+                provider.shutdown()
+            except Exception:
+                log.failure("flushing the spans failed")
+            finally:
+                self._reactor.callFromThread(finished)
 
-        done: Deferred[None] = deferToThread(flush)
-        done.addErrback(lambda f: log.failure("flushing the spans failed", f))
+        # A thread of its own, not the reactor's pool (whose stop would wait
+        # for it): past the bound the stop goes on and the thread is left.
+        threading.Thread(target=flush, name="span flush", daemon=True).start()
+        timer = self._reactor.callLater(self._flush_seconds, finished)
+        done.addBoth(lambda result: timer.cancel() if timer.active() else None)
         return done

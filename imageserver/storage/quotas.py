@@ -8,9 +8,11 @@ goes (`Quotas.counting` wraps the storage: every put crosses it), and a
 delete makes the next write count again. A host's workers share their
 counts through one small file per namespace under the host's lock folder,
 so one walk serves them all. Writes into a namespace at or past its quota
-are refused with a 507 (`Quotas.check`, at `Images.check_uploads`, which
-every upload, stored file and batch crosses); variants are still made and
-served. docs/security.md says how far a quota can be passed.
+are refused with a 507 (`Quotas.check`, at `Images.check_quota`, which
+every upload, stored file, batch and process crosses; an upload is checked
+again as it stores, with the bytes of those being stored, `Quotas.reserving`);
+variants are still made and served. docs/security.md says how far a quota
+can be passed.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import hashlib
 import os
 import tempfile
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred
@@ -69,26 +72,57 @@ class Quotas:
         self._shared = shared
         self._counts: OrderedDict[str, _Count] = OrderedDict()
         self._counting: dict[str, Deferred[None]] = {}
+        #: Bytes of uploads being stored now, by namespace (`reserving`).
+        self._reserved: dict[str, int] = {}
 
     def check(self, namespace: str) -> None:
-        """Raise `QuotaExceeded` if ``namespace`` is known to hold its quota;
-        count it again (in the background) if its count is older than the
-        interval or missing."""
+        """Raise `QuotaExceeded` if ``namespace`` is known to hold its quota,
+        with what this process is storing into it now; count it again (in
+        the background) if its count is older than the interval. One not
+        counted yet passes: it is counted once something is stored into it
+        (`reserving`, `stored`), so requests that store nothing (not an
+        image, a source that is gone) leave no count behind."""
         count = self._counts.get(namespace)
-        if count is None or self._clock.seconds() - count.counted_at >= self._interval:
+        if count is not None and self._clock.seconds() - count.counted_at >= (
+            self._interval
+        ):
             self.recount(namespace)
             count = self._counts.get(namespace)  # when counted at once
-        if count is not None and count.stored >= self.limit:
+        reserved = self._reserved.get(namespace, 0)
+        if count is not None and count.stored + reserved >= self.limit:
             self._events.refused_by_quota()
+            storing = f" and is storing {reserved} more" if reserved else ""
             raise QuotaExceeded(
-                f"namespace {namespace!r} stores {count.stored} bytes, its quota "
-                f"is {self.limit} (--namespace_quota_bytes): delete images "
-                "from it (DELETE on an image's folder) or ask for a larger quota"
+                f"namespace {namespace!r} stores {count.stored} bytes{storing}, "
+                f"its quota is {self.limit} (--namespace_quota_bytes): delete "
+                "images from it (DELETE on an image's folder) or ask for a "
+                "larger quota"
             )
 
+    @contextlib.asynccontextmanager
+    async def reserving(self, namespace: str, size: int) -> AsyncIterator[None]:
+        """Hold ``size`` bytes of ``namespace`` while an upload stores them:
+        checked with what is stored and what other uploads hold, so uploads
+        at once cannot all pass a check made before any stored. A namespace
+        not counted yet is counted first (the write waits for it)."""
+        if namespace not in self._counts:
+            await self.recount(namespace)
+        self.check(namespace)
+        self._reserved[namespace] = self._reserved.get(namespace, 0) + size
+        try:
+            yield
+        finally:
+            left = self._reserved.pop(namespace, 0) - size
+            if left > 0:
+                self._reserved[namespace] = left
+
     def stored(self, namespace: str, size: int) -> None:
+        """``size`` bytes were stored into ``namespace``: added to its count,
+        or it is counted (the store holds them already)."""
         count = self._counts.get(namespace)
-        if count is not None:
+        if count is None:
+            self.recount(namespace)
+        else:
             count.stored += size
             self._counts.move_to_end(namespace)
             self._events.namespace_stored(namespace, count.stored)

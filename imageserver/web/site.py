@@ -213,12 +213,18 @@ _ABSOLUTE = re.compile(rb"https?://", re.IGNORECASE)
 
 
 def _path_refusal(
-    path: bytes, slashes_encoded: Callable[[bytes], bool] = lambda path: False
+    path: bytes,
+    slashes_encoded: Callable[[bytes], bool] = lambda path: False,
+    method: bytes = b"GET",
 ) -> Refusal | None:
     """Targets no route may see: the asterisk and anything else that is not
-    a path (or an absolute URL), encoded slashes (a name never holds one;
-    but a path ``slashes_encoded`` accepts, a thumbor URL's image URL, may)
-    and percent-escapes that are not UTF-8."""
+    a path (or an absolute URL), encoded slashes and empty segments (a name
+    never holds one; but a path ``slashes_encoded`` accepts, a thumbor URL's
+    image URL, may when read) and percent-escapes that are not UTF-8.
+
+    Empty segments are refused here, where every route passes, because the
+    router folds them (``//p`` would upload into ``p`` while the rates and
+    metrics took it for another route)."""
     if path == b"*":
         return Refusal(
             400, "the request target * is for OPTIONS, not served here: ask for a path"
@@ -227,6 +233,14 @@ def _path_refusal(
         return Refusal(400, "the request target is not a path: start it with /")
     if b"%2f" in path.lower() and not slashes_encoded(path):
         return Refusal(404, "unknown path: encoded slashes are not part of any name")
+    if (
+        b"//" in path
+        and not _ABSOLUTE.match(path)
+        and not (method in (b"GET", b"HEAD") and slashes_encoded(path))
+    ):
+        return Refusal(
+            404, "unknown path: it has an empty segment (//): write one slash"
+        )
     try:
         unquote_to_bytes(path).decode("utf-8")
     except UnicodeDecodeError:
@@ -540,7 +554,7 @@ class BoundedSite(Site):
         self, method: bytes, target: bytes, headers: Headers
     ) -> Refusal | None:
         """Whether a request whose head has arrived is refused, and how."""
-        refusal = _path_refusal(target.partition(b"?")[0], self.slashes_encoded)
+        refusal = _path_refusal(target.partition(b"?")[0], self.slashes_encoded, method)
         if refusal is None and self._admit is not None:
             refusal = self._admit(method, target, headers)
         return refusal

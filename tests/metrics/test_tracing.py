@@ -9,9 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +23,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 
@@ -111,14 +114,19 @@ class Recorder(Resource):
         super().__init__()
         self.photo = photo
         self.traceparents: dict[bytes, list[str | None]] = defaultdict(list)
+        self.tracestates: list[str] = []
+
+    def note(self, request: Any) -> None:
+        self.traceparents[request.path].append(request.getHeader("traceparent"))
+        self.tracestates += request.requestHeaders.getRawHeaders("tracestate", [])
 
     def render_GET(self, request: Any) -> bytes:
-        self.traceparents[request.path].append(request.getHeader("traceparent"))
+        self.note(request)
         request.setHeader("content-type", "image/jpeg")
         return self.photo
 
     def render_POST(self, request: Any) -> bytes:
-        self.traceparents[request.path].append(request.getHeader("traceparent"))
+        self.note(request)
         return b"ok"
 
 
@@ -155,12 +163,13 @@ class TracingTests(TwistdCase):
         )  # fmt: skip
         await self.ready()
 
-        # An upload by source URL, with the caller's trace.
+        # An upload by source URL, with the caller's trace (and a vendor's
+        # tracestate, which is the caller's: not sent on).
         header, trace, parent = traceparent()
         response, body = await self.call(
             "POST",
             f"/p?outputs=w100.jpg&source={base}/photo.jpg",
-            headers={"traceparent": [header]},
+            headers={"traceparent": [header], "tracestate": ["v=" + "x" * 4000]},
         )
         self.assertEqual(response.code, 200, body)
         digest = json.loads(body)["hash"]
@@ -197,6 +206,7 @@ class TracingTests(TwistdCase):
             await deferLater(reactor, 0.025)
         (hooked,) = recorder.traceparents[b"/hook"]
         self.assertEqual(hooked.split("-")[1], trace)
+        self.assertEqual(recorder.tracestates, [])
 
         folder = f"/p/{digest[:3]}/{digest[3:6]}/{digest[6:9]}/{digest[9:]}"
         # A cold variant.
@@ -269,6 +279,27 @@ class TracingTests(TwistdCase):
         self.assertEqual((root.name, root.parent), ("GET status_check", parent))
         self.assertEqual([s.trace for s in receiver.spans], [trace])
 
+    async def test_a_receiver_that_never_answers_delays_a_stop_by_the_bound(
+        self,
+    ) -> None:
+        """Each export and the flush at stop give up after 5 seconds: a
+        collector that takes connections and never answers holds a stop
+        that long, not the exporter's retries' (20 s and more)."""
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        self.addCleanup(silent.close)
+        process = await self.start_server(
+            "--otlp_endpoint", f"http://127.0.0.1:{silent.getsockname()[1]}/v1/traces",
+            env={"OTEL_BSP_SCHEDULE_DELAY": "600000"},
+        )  # fmt: skip
+        response, _ = await self.call("GET", "/status_check")
+        self.assertEqual(response.code, 200)
+        started = time.monotonic()
+        process.transport.signalProcess("TERM")  # type: ignore[union-attr]
+        self.assertEqual(await process.ended, 0)
+        self.assertLess(time.monotonic() - started, 12)
+
     async def test_a_receiver_that_is_down_costs_no_request(self) -> None:
         await self.start_server(
             "--otlp_endpoint", f"http://127.0.0.1:{free_port()}/v1/traces",
@@ -300,6 +331,11 @@ class InProcessTests(TestCase):
         self.addCleanup(service.stopService)
         self.stop = service.stopService
 
+    def root(self, name: str) -> Any:
+        """A span with no parent, as a request's is (`tracing.span` makes
+        only children)."""
+        return tracing._tracer.start_as_current_span(name)
+
     async def spans(self) -> dict[str, Any]:
         await self.stop()
         return {s.name: s for s in self.exported.get_finished_spans()}
@@ -313,7 +349,7 @@ class InProcessTests(TestCase):
             with tracing.span("inner"):
                 return threading.current_thread().name
 
-        with tracing.span("outer"):
+        with self.root("outer"):
             thread = await pool.run(work)
         self.assertNotEqual(thread, threading.current_thread().name)
         spans = await self.spans()
@@ -331,7 +367,7 @@ class InProcessTests(TestCase):
                 request.headers.get("traceparent"))
         )  # fmt: skip
         storage = S3Storage(settings, lambda: client, synchronous)
-        with tracing.span("outer"):
+        with self.root("outer"):
             await storage.put("p/a/b", b"x", "text/plain")
             await storage.get("p/a/b")
         await storage.get("p/a/b")  # outside any span: nothing sent
@@ -341,8 +377,46 @@ class InProcessTests(TestCase):
         expected = f"00-{context.trace_id:032x}-{context.span_id:016x}-{flags}"
         self.assertEqual(sent, [expected, expected, None])
 
-    def test_off_it_does_nothing(self) -> None:
-        self.stop()
+    async def test_the_endpoint_is_logged_and_a_path_not_for_traces_warned(
+        self,
+    ) -> None:
+        await self.stop()
+        for endpoint, warned in (("http://127.0.0.1:9/v1/traces", False),
+                                 ("http://127.0.0.1:9/", True)):  # fmt: skip
+            service = tracing.Tracing(
+                endpoint, service_name="t", sample_ratio=1.0, version="0",
+                worker=None, flush_seconds=0.5,
+            )  # fmt: skip
+            with capturedLogs() as logged:
+                service.startService()
+            await service.stopService()
+            texts = [formatEvent(e) for e in logged]
+            self.assertIn(f"exporting traces to {endpoint}", texts)
+            self.assertEqual(any("does not end in /v1/traces" in t for t in texts),
+                             warned)  # fmt: skip
+
+    async def test_outside_a_request_nothing_is_traced(self) -> None:
+        """Background work (the purge log's polls, quota counts) would start
+        a trace every few seconds: only requests start traces."""
+        with tracing.span("background"), tracing.span("inner"):
+            headers: dict[str, str] = {}
+            tracing.inject(headers)
+        self.assertEqual(headers, {})
+        self.assertEqual(await self.spans(), {})
+
+    def test_only_traceparent_is_sent_on(self) -> None:
+        carrier = {"traceparent": traceparent()[0], "tracestate": "v=" + "x" * 4000}
+        request = tracing.start_request("GET", carrier.get)
+        sent: dict[str, str] = {}
+        tracing.run_in(request, lambda: tracing.inject(sent))
+        request.end()
+        self.assertEqual(list(sent), ["traceparent"])
+        self.assertEqual(
+            sent["traceparent"].split("-")[1], carrier["traceparent"][3:35]
+        )
+
+    async def test_off_it_does_nothing(self) -> None:
+        await self.stop()
         self.assertFalse(tracing.enabled())
         self.assertIs(tracing.span("x"), tracing.span("y"))
 
@@ -370,3 +444,28 @@ class OffTests(SynchronousTestCase):
             capture_output=True, text=True, check=True, cwd=CHECKOUT_DIR,
         )  # fmt: skip
         self.assertEqual(out.stdout.strip(), "[]")
+
+    def test_an_endpoint_without_opentelemetry_installed_is_a_usage_error(
+        self,
+    ) -> None:
+        """As on a server installed without the extra: the parent package is
+        missing (find_spec raises for its modules rather than saying no)."""
+        script = (
+            "import sys\n"
+            "sys.modules['opentelemetry'] = None\n"
+            "from twisted.python import usage\n"
+            "from imageserver.options import ServerOptions\n"
+            "try:\n"
+            "    ServerOptions().parseOptions(['--otlp_endpoint', sys.argv[1]])\n"
+            "except usage.UsageError as e:\n"
+            "    print(e)\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", script, "http://127.0.0.1:4318/v1/traces"],
+            capture_output=True, text=True, check=True, cwd=CHECKOUT_DIR,
+        )  # fmt: skip
+        self.assertEqual(
+            out.stdout.strip(),
+            "--otlp_endpoint needs OpenTelemetry: from the project's checkout, "
+            "pip install '.[tracing]'",
+        )

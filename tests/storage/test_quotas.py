@@ -18,7 +18,7 @@ from imageserver.metrics.events import Events
 from imageserver.storage.local import LocalStorage
 from imageserver.storage.quotas import QuotaExceeded, Quotas
 from imageserver.web.responses import status_for
-from tests.support import encode, noise, sample, synchronous
+from tests.support import AppHarness, Gate, encode, noise, sample, synchronous
 from tests.test_twistd import TwistdCase
 
 FOLDER = "p/6e0/072/682/e66287b662827da75b244a3"
@@ -46,7 +46,8 @@ class QuotaTests(SynchronousTestCase):
     ) -> None:
         quotas, backend = self.make()
         storage = quotas.counting(backend)
-        quotas.check("p")  # unknown: passes, and is counted
+        quotas.check("p")  # unknown: passes
+        # Counted once something is stored (the count finds it).
         self.result(storage.put(f"{FOLDER}/original", b"x" * 999, "image/jpeg"))
         quotas.check("p")
         self.result(storage.put(f"{FOLDER}/w200.jpg", b"x", "image/jpeg"))
@@ -60,6 +61,28 @@ class QuotaTests(SynchronousTestCase):
         self.assertEqual(
             sample(self.events, "imageserver_namespace_stored_bytes", namespace="p"),
             1000,
+        )
+
+    def test_what_stores_nothing_leaves_no_count(self) -> None:
+        """A write refused for another reason (not an image, a source that
+        is gone) crosses the check too: into a namespace not counted yet it
+        leaves no count, no gauge series and no file behind."""
+        shared = self.mktemp()
+        quotas, backend = self.make(shared=shared)
+        for n in range(50):
+            quotas.check(f"n{n}")
+        self.assertFalse(os.path.exists(shared))
+        self.assertIsNone(
+            self.events.registry.get_sample_value(
+                "imageserver_namespace_stored_bytes", {"namespace": "n0"}
+            )
+        )
+        storage = quotas.counting(backend)
+        self.result(storage.put("n0/6e0/072/682/x/original", b"x" * 10, "image/jpeg"))
+        self.assertEqual(os.listdir(shared), [os.listdir(shared)[0]])
+        self.assertEqual(
+            sample(self.events, "imageserver_namespace_stored_bytes", namespace="n0"),
+            10,
         )
 
     def test_a_delete_makes_the_next_write_count_again(self) -> None:
@@ -76,7 +99,7 @@ class QuotaTests(SynchronousTestCase):
 
     def test_what_others_store_is_seen_at_the_next_count(self) -> None:
         quotas, backend = self.make()
-        quotas.check("p")
+        self.result(quotas.recount("p"))
         # Another host writes straight to the store.
         self.result(backend.put(f"{FOLDER}/original", b"x" * 1000, "image/jpeg"))
         quotas.check("p")  # within the interval: not seen yet
@@ -86,12 +109,12 @@ class QuotaTests(SynchronousTestCase):
     def test_a_host_s_workers_share_one_count(self) -> None:
         shared = self.mktemp()
         first, backend = self.make(shared=shared)
-        first.check("p")
+        self.result(first.recount("p"))
         self.result(backend.put(f"{FOLDER}/original", b"x" * 1000, "image/jpeg"))
         # A second worker within the interval takes the first one's count
         # (0) rather than walking the folder again (which would find 1000).
         second, _ = self.make(root=self.root, shared=shared)
-        second.check("p")
+        self.result(second.recount("p"))
         second.check("p")
         self.clock.advance(60)
         self.assertRaises(QuotaExceeded, second.check, "p")
@@ -99,7 +122,7 @@ class QuotaTests(SynchronousTestCase):
 
     def test_a_count_that_fails_is_logged_and_the_last_one_stands(self) -> None:
         quotas, backend = self.make()
-        quotas.check("p")
+        self.result(quotas.recount("p"))
         self.result(backend.put(f"{FOLDER}/original", b"x" * 1000, "image/jpeg"))
         self.clock.advance(60)
         os.chmod(os.path.join(self.root, "p"), 0)
@@ -145,6 +168,61 @@ class QuotaTests(SynchronousTestCase):
                 )
                 self.assertEqual(known, sum(held.values()))
         self.result(storage.delete_prefix("p"))
+
+
+class QuotaRouteTests(SynchronousTestCase):
+    """Every way a client asks for something to be stored crosses the quota;
+    reading does not."""
+
+    def test_every_write_route_is_refused_past_the_quota(self) -> None:
+        app = AppHarness(self, namespace_quota_bytes=1, quota_interval=60)
+        folder = app.upload(encode(noise((64, 48), 1)))  # unknown yet: passes
+        digest = "".join(folder.split("/")[2:])
+        refused = {
+            "upload": ("POST", "/p", encode(noise((64, 48), 2))),
+            "process": ("POST", f"{folder}/process?outputs=w10.jpg", b""),
+            "client file": ("POST", f"{folder}/notes.txt", b"hello"),
+            "batch by URL": ("POST", "/p/batch", b"http://s/a.jpg\n"),
+            "batch by hash with outputs": (
+                "POST", "/p/batch?outputs=w11.jpg", f"{digest}\n".encode()
+            ),
+        }  # fmt: skip
+        for what, (method, url, body) in refused.items():
+            code, error = app.json(method, url, data=body)
+            self.assertEqual(code, 507, what)
+            self.assertIn("--namespace_quota_bytes", error["error"], what)
+        self.assertNotIn("w10.jpg", os.listdir(app.local.path(folder[1:])))
+        # Reads go on: a variant not made yet is made; a batch that stores
+        # nothing (hashes alone) is answered.
+        response, _ = app.request("GET", f"{folder}/w12.jpg")
+        self.assertEqual(response.code, 200)
+        code, _ = app.json("POST", "/p/batch", data=f"{digest}\n".encode())
+        self.assertEqual(code, 202)
+        self.assertEqual(
+            sample(app.events, "imageserver_quota_refused_total"), len(refused)
+        )
+
+    def test_uploads_at_once_hold_their_bytes_while_they_store(self) -> None:
+        """Checked before any of them stored, three uploads at once would
+        all pass; each holds its bytes as it stores, so one does."""
+        app = AppHarness(self, namespace_quota_bytes=1, quota_interval=60)
+        gate = Gate()
+        app.images._process = gate  # type: ignore[method-assign]
+        started = [
+            app.start("POST", "/p", data=encode(noise((64, 48), seed)))
+            for seed in range(3)
+        ]
+        app.flush()
+        while gate.held:
+            gate.release_first()
+            app.flush()
+        responses = [self.successResultOf(d) for d in started]
+        codes = [response.code for response in responses]
+        self.assertEqual(sorted(codes), [200, 507, 507])
+        response = responses[codes.index(507)]
+        error = json.loads(self.successResultOf(app.client.content(response)))
+        self.assertRegex(error["error"], r"stores 0 bytes and is storing \d+ more")
+        self.assertEqual(app.quotas._reserved, {})  # given back
 
 
 class QuotaTwistdTests(TwistdCase):

@@ -176,6 +176,30 @@ class SiteTests(TestCase):
         code, _, _ = await site.request("GET", f"{self.folder}/w13.png")
         self.assertEqual(code, 200)
 
+    async def test_process_counts_one_render_when_it_makes_any(self) -> None:
+        """``process`` makes variants as a cold GET does: one render each
+        (one decode makes its outputs), none when all are made."""
+        site = LoopbackSite(
+            self,
+            self.app.resource,
+            AccessPolicy(self.app.clock, rates=self.app.images.rates),
+        )
+        codes = []
+        for outputs in ("w10.png,w11.png", "w12.png", "w13.png", "w10.png,w12.png"):
+            code, headers, body = await site.request(
+                "POST", f"{self.folder}/process?outputs={outputs}"
+            )
+            codes.append(code)
+            if code == 429:
+                self.assertEqual(headers["retry-after"], ["1"])
+                self.assertIn("variants not made yet", json.loads(body)["error"])
+        self.assertEqual(codes, [200, 200, 429, 200])
+        code, _, _ = await site.request("GET", f"{self.folder}/w13.png")
+        self.assertEqual(code, 429)  # the same bucket as a GET's
+        self.assertFalse(
+            os.path.exists(self.app.local.path(f"{self.folder[1:]}/w13.png"))
+        )
+
     async def test_uploads_and_token_writes(self) -> None:
         limiter = RateLimiter(
             Rates(namespace_uploads=1, token_writes=1, burst_seconds=2),

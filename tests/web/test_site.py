@@ -12,6 +12,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
+from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
@@ -19,8 +20,8 @@ from zope.interface import implementer
 
 from imageserver.metrics.events import Events
 from imageserver.web.admin import AdminApp, Readiness
-from imageserver.web.app import ImageServerApp, route_name
-from imageserver.web.site import BodyBudget, BoundedSite, methods_of
+from imageserver.web.app import ImageServerApp, is_thumbor_path, route_name
+from imageserver.web.site import BodyBudget, BoundedSite, _path_refusal, methods_of
 from tests.rawhttp import exchange, json_of, request_bytes, status_of
 from tests.support import AppHarness, encode, quadrants, sample
 
@@ -307,6 +308,62 @@ class ConnectionLimitTests(SynchronousTestCase):
                 self.assertEqual(self.answer(transport)[0], code, path)
                 protocol.connectionLost(Failure(ConnectionDone()))
         self.assertEqual([e for e in logged if e.get("log_failure")], [])
+
+    def test_empty_segments_reach_no_route(self) -> None:
+        """The router folds ``//``: were it let through, ``//p`` would upload
+        into p while rates and metrics saw another route. Every route, every
+        place of the empty segment, every method: 404 and nothing done."""
+        photo = encode(quadrants((40, 30)))
+        folder = self.app.upload(photo)
+        head, hash_path = folder[1:].split("/", 1)
+        paths = [
+            "//p",
+            "///p",
+            "/p//",
+            "//p/batch",
+            "/p//batch",
+            "/p/batch//x",
+            f"//{head}/{hash_path}/w10.jpg",
+            f"/{head}//{hash_path}/w10.jpg",
+            f"/{head}/{hash_path}//w10.jpg",
+            f"/{head}/{hash_path.replace('/', '//', 1)}/w10.jpg",
+            f"/{head}/{hash_path}//process",
+            f"/{head}/{hash_path}//",
+        ]
+        stored_before = sorted(FilePath(self.app.root).walk())
+        with capturedLogs() as logged:
+            for path in paths:
+                for method in ("GET", "HEAD", "POST", "DELETE"):
+                    body = photo if method == "POST" else b""
+                    protocol, transport = self.connect()
+                    protocol.dataReceived(
+                        f"{method} {path} HTTP/1.1\r\nHost: x\r\n"
+                        f"Content-Length: {len(body)}\r\n\r\n".encode()
+                        + body
+                    )
+                    if method == "HEAD":
+                        self.assertTrue(
+                            transport.value().startswith(b"HTTP/1.1 404 "), path
+                        )
+                    else:
+                        code, error = self.answer(transport)
+                        self.assertEqual(code, 404, (method, path))
+                        self.assertIn("empty segment", error["error"], path)
+                    protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(sorted(FilePath(self.app.root).walk()), stored_before)
+        self.assertEqual([e for e in logged if e.get("log_failure")], [])
+
+    def test_a_thumbor_url_may_hold_empty_segments_when_read(self) -> None:
+        """Its image URL may be a URL (``http://``); only reading one is
+        thumbor's: any other method of such a path is refused as above."""
+        url = b"/unsafe/300x200/http://img.example//a.jpg"
+        for method, refused in ((b"GET", False), (b"HEAD", False),
+                                (b"POST", True), (b"DELETE", True)):  # fmt: skip
+            refusal = _path_refusal(url, is_thumbor_path, method)
+            self.assertEqual(refusal is not None, refused, method)
+            refusal = _path_refusal(b"//p", is_thumbor_path, method)
+            self.assertEqual(refusal is not None, refused, method)
+        self.assertIsNone(_path_refusal(b"/p/", is_thumbor_path, b"POST"))
 
 
 class FramingTests(TestCase):
