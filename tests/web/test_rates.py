@@ -150,21 +150,27 @@ class SiteTests(TestCase):
         self.tokens = WriteTokens(path)
         self.tokens.load()
 
+    async def renders(
+        self, site: LoopbackSite, method: str, targets: list[str]
+    ) -> list[int]:
+        """The statuses of ``targets``, each 429 checked for what it says."""
+        codes = []
+        for target in targets:
+            code, headers, body = await site.request(method, target)
+            codes.append(code)
+            if code == 429:
+                self.assertEqual(headers["retry-after"], ["1"])
+                self.assertIn("variants not made yet", json.loads(body)["error"])
+        return codes
+
     async def test_cold_renders_are_limited_per_namespace_cached_never(self) -> None:
         site = LoopbackSite(
             self,
             self.app.resource,
             AccessPolicy(self.app.clock, rates=self.app.images.rates),
         )
-        codes = []
-        for width in range(10, 15):
-            code, headers, body = await site.request(
-                "GET", f"{self.folder}/w{width}.png"
-            )
-            codes.append(code)
-            if code == 429:
-                self.assertEqual(headers["retry-after"], ["1"])
-                self.assertIn("variants not made yet", json.loads(body)["error"])
+        targets = [f"{self.folder}/w{width}.png" for width in range(10, 15)]
+        codes = await self.renders(site, "GET", targets)
         self.assertEqual(codes, [200, 200, 429, 429, 429])
         for _ in range(20):  # made: served whatever the rate
             code, _, _ = await site.request("GET", f"{self.folder}/w10.png")
@@ -184,15 +190,9 @@ class SiteTests(TestCase):
             self.app.resource,
             AccessPolicy(self.app.clock, rates=self.app.images.rates),
         )
-        codes = []
-        for outputs in ("w10.png,w11.png", "w12.png", "w13.png", "w10.png,w12.png"):
-            code, headers, body = await site.request(
-                "POST", f"{self.folder}/process?outputs={outputs}"
-            )
-            codes.append(code)
-            if code == 429:
-                self.assertEqual(headers["retry-after"], ["1"])
-                self.assertIn("variants not made yet", json.loads(body)["error"])
+        outputs = ("w10.png,w11.png", "w12.png", "w13.png", "w10.png,w12.png")
+        targets = [f"{self.folder}/process?outputs={o}" for o in outputs]
+        codes = await self.renders(site, "POST", targets)
         self.assertEqual(codes, [200, 200, 429, 200])
         code, _, _ = await site.request("GET", f"{self.folder}/w13.png")
         self.assertEqual(code, 429)  # the same bucket as a GET's
