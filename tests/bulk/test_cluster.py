@@ -532,7 +532,7 @@ def test_without_dask_the_option_is_a_usage_error(monkeypatch: Any) -> None:
     )
     options = ServerOptions()
     options.environ = {}
-    with pytest.raises(UsageError, match=r"pip install 'imageserver\[cluster\]'"):
+    with pytest.raises(UsageError, match=r"pip install '\.\[cluster\]'"):
         options.parseOptions(
             ["--scheduler", "tcp://10.0.0.5:8786", "--local_base_path", "/srv/images"]
         )
