@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -64,11 +65,42 @@ def _local_workers(scheduler: str) -> int | None:
 
 
 def _cpu_count() -> int:
-    """CPUs this process may run on (a container's share, not the host's)."""
+    """CPUs this process may use: those it may run on, held to its cgroup's
+    CPU quota (a container's --cpus, a Kubernetes limit, systemd's
+    CPUQuota=), rounded up."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+    quota = cpu_quota()
+    return cpus if quota is None else max(1, min(cpus, math.ceil(quota)))
+
+
+def cpu_quota(
+    root: str = "/sys/fs/cgroup", membership: str = "/proc/self/cgroup"
+) -> float | None:
+    """The CPUs a cgroup v2 quota (``cpu.max``) grants this process: the
+    least along its cgroup's path up to ``root``; None when there is none
+    (or no cgroup v2 to read)."""
+    try:
+        with open(membership) as f:
+            paths = [line[3:].strip() for line in f if line.startswith("0::")]
+    except OSError:
+        return None
+    if not paths:
+        return None
+    parts = [p for p in paths[0].split("/") if p and p not in (".", "..")]
+    least = None
+    for depth in range(len(parts), -1, -1):
+        try:
+            with open(os.path.join(root, *parts[:depth], "cpu.max")) as f:
+                quota, period = f.read().split()[:2]
+            cpus = int(quota) / int(period)
+        except (OSError, ValueError, ZeroDivisionError):
+            continue  # no file here, or "max": no quota at this level
+        if cpus > 0:
+            least = cpus if least is None else min(least, cpus)
+    return least
 
 
 def setting(
@@ -162,7 +194,8 @@ class Config:
     )
     workers: int = setting(
         0,
-        "Processes serving the main port; 0: one per CPU this process may use. "
+        "Processes serving the main port; 0: one per CPU this process may use "
+        "(held to its cgroup's CPU quota). "
         "Above 1, the twistd process binds the ports, keeps the admin port and "
         "supervises the workers, each with --processor_concurrency threads.",
         server_only=True,
@@ -663,13 +696,19 @@ class Config:
             raise ValueError(
                 f"--otlp_endpoint: {self.otlp_endpoint!r} is not an http(s) URL"
             )
-        if self.namespace_quota_bytes < 0 or not self.quota_interval > 0:
+        if self.namespace_quota_bytes < 0:
             raise ValueError(
-                "--namespace_quota_bytes must not be negative, --quota_interval "
-                "must be positive"
+                "--namespace_quota_bytes must not be negative (0: no quota)"
             )
+        if not self.quota_interval > 0:
+            raise ValueError("--quota_interval must be above 0 seconds")
         if not 0 <= self.otlp_sample_ratio <= 1:
             raise ValueError("--otlp_sample_ratio must be between 0 and 1")
+        if not self.otlp_service_name.strip():
+            raise ValueError(
+                "--otlp_service_name must not be empty: it names this service "
+                "in the traces"
+            )
         if self.webhook and not self.webhook_secret:
             raise ValueError("--webhook needs --webhook_secret")
         for url in self.webhook:
@@ -982,6 +1021,7 @@ def ignored_settings(config: Config) -> list[tuple[str, str]]:
          bool(config.otlp_endpoint)),
         (("quota_interval",), "--namespace_quota_bytes",
          bool(config.namespace_quota_bytes)),
+        (("token_write_rate",), "--write_tokens", bool(config.write_tokens)),
         (("debug_worker",), "--workers above 1", config.workers > 1),
         (("profile_allow_remote",), "--profile", config.profile),
         (("aws_region", "aws_access_key_id", "aws_secret_key",

@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import os
 import re
 import shlex
@@ -29,6 +31,9 @@ from typing import Any
 import pytest
 import yaml
 
+from imageserver.config import Config
+from imageserver.metrics.tracing import Tracing
+from imageserver.runtime.shutdown import SENDING_SECONDS
 from tests.support import encode, quadrants
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -143,6 +148,52 @@ def test_the_containerfile_runs_as_the_image_would(tmp_path: Any) -> None:
     # JSON logs, one object a line, as the image sets.
     lines = [line for line in output.splitlines() if line.strip()]
     assert lines and all(json.loads(line) for line in lines), output[-2000:]
+    # Its settings are all used: nothing to warn of (such as a setting whose
+    # option is off). (The exporter's errors are the missing receiver's.)
+    warned = [e for e in map(json.loads, lines) if e["level"] == "warn"]
+    assert warned == [], warned
+
+
+def stop_budget() -> int:
+    """The longest stop with the defaults (docs/operations.md, Shutdown):
+    --shutdown_timeout, then a render's --processing_timeout and its
+    answer's seconds to leave, and the last traces' flush."""
+    config = Config()
+    flush = inspect.signature(Tracing).parameters["flush_seconds"].default
+    total = (
+        config.shutdown_timeout + config.processing_timeout + SENDING_SECONDS + flush
+    )
+    return math.ceil(total)
+
+
+#: Where a supervisor is told how long a stop may take: a file, and the
+#: patterns of each mention of the figure in it.
+STOP_TIMES = {
+    ("deploy", "Containerfile"): (r"--stop-timeout (\d+)", r"container (\d+) s"),
+    ("deploy", "imageserver.service"): (r"TimeoutStopSec=(\d+)", r"fit in (\d+) s"),
+    ("deploy", "kubernetes", "imageserver.yaml"): (
+        r"terminationGracePeriodSeconds: (\d+)",
+    ),
+    ("docs", "deploy.md"): (
+        r"--stop-timeout (\d+)",
+        r"stop_grace_period: (\d+)s",
+        r"TimeoutStopSec=(\d+)",
+        r"terminationGracePeriodSeconds: (\d+)",
+        r"give it (\d+)",
+    ),
+    ("docs", "operations.md"): (r"(\d+) s with\s+the defaults",),
+}
+
+
+def test_every_file_gives_a_stop_the_same_time() -> None:
+    """One figure, wherever a supervisor is told how long a stop may take."""
+    for path, patterns in STOP_TIMES.items():
+        with open(os.path.join(CHECKOUT, *path)) as f:
+            text = f.read()
+        for pattern in patterns:
+            found = re.findall(pattern, text)
+            assert found, (path, pattern)
+            assert set(found) == {str(stop_budget())}, (path, pattern, found)
 
 
 def _unit(twistd: str) -> str:
@@ -239,6 +290,6 @@ def test_the_kubernetes_manifests_validate() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/probe/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/probe/live"
     grace = documents[0]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert grace > 30 + 5  # --shutdown_timeout and the answers' 5 s
+    assert grace == stop_budget()
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["IMAGESERVER_WORKERS"] == str(container["resources"]["requests"]["cpu"])

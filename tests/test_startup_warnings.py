@@ -84,7 +84,12 @@ NEEDING = {
     ),
     "shard_size": (10, {"scheduler": "local:1"}),
     "shard_retries": (0, {"scheduler": "local:1"}),
+    "otlp_service_name": ("images", {"otlp_endpoint": "http://127.0.0.1:1/v1/traces"}),
+    "otlp_sample_ratio": (0.5, {"otlp_endpoint": "http://127.0.0.1:1/v1/traces"}),
+    "quota_interval": (5.0, {"namespace_quota_bytes": 1}),
+    "token_write_rate": (1.0, {"write_tokens": "tokens.txt"}),
     "debug_worker": (2, {"workers": 2}),
+    "profile_allow_remote": (True, {"profile": True}),
     # Used by a bucket store or a bucket origin.
     "aws_region": ("eu-west-1", {"aws_bucket": "b", "uploader": "s3"}),
     "aws_access_key_id": ("AKIA", {"origin": ("o=s3://photos/",)}),
@@ -98,6 +103,10 @@ NEEDING = {
     "max_file_age": (5, {"aws_bucket": "b", "uploader": "s3"}),
     "origin_ttl": (60.0, {"origin": ("o=https://images.example/",)}),
     "origin_missing_ttl": (5.0, {"origin": ("o=https://images.example/",)}),
+    "origin_stale_while_revalidate": (
+        5.0,
+        {"origin": ("o=https://images.example/",)},
+    ),
 }
 
 
@@ -110,6 +119,13 @@ class IgnoredSettingsTests(SynchronousTestCase):
             self.assertEqual(ignored[0], name)
             used = Config(**{"workers": 1, "uploader": "noop", **users, name: value})
             self.assertEqual(ignored_settings(used), [], name)
+
+    def test_a_burst_needs_a_rate(self) -> None:
+        """(Not in the table: its rates, token_write_rate, put it to use.)"""
+        alone = Config(workers=1, rate_burst=2.0)
+        self.assertEqual([n for n, _ in ignored_settings(alone)], ["rate_burst"])
+        used = Config(workers=1, rate_burst=2.0, namespace_render_rate=1.0)
+        self.assertEqual(ignored_settings(used), [])
 
     def test_the_table_is_every_setting_that_needs_another(self) -> None:
         values = {name: value for name, (value, _) in NEEDING.items()}

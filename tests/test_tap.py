@@ -1,3 +1,4 @@
+import math
 import os
 import re
 
@@ -7,7 +8,7 @@ from twisted.application.service import IServiceCollection
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
-from imageserver.config import Config, _threads
+from imageserver.config import Config, _threads, cpu_quota
 from imageserver.options import ServerOptions as Options
 from imageserver.tap import makeService
 from tests import CHECKOUT_DIR
@@ -78,6 +79,21 @@ class OptionsTests(SynchronousTestCase):
             message = str(caught.exception)
             self.assertIn(says, message)
             self.assertNotIn("\n", message)
+
+    def test_each_bad_value_is_named_alone(self) -> None:
+        endpoint = ("--otlp_endpoint", "http://127.0.0.1:4318/v1/traces")
+        for args, says in (
+            (("--namespace_quota_bytes", "-1"), "--namespace_quota_bytes must not "
+             "be negative (0: no quota)"),
+            (("--quota_interval", "0"), "--quota_interval must be above 0 seconds"),
+            ((*endpoint, "--otlp_sample_ratio", "1.5"),
+             "--otlp_sample_ratio must be between 0 and 1"),
+            ((*endpoint, "--otlp_service_name", " "),
+             "--otlp_service_name must not be empty"),
+        ):  # fmt: skip
+            with self.assertRaises(UsageError, msg=args) as caught:
+                parse(*args)
+            self.assertIn(says, str(caught.exception))
 
     def test_pixel_limit_cannot_pass_the_decoders(self) -> None:
         with self.assertRaises(UsageError) as caught:
@@ -226,13 +242,37 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(names.count("Listening"), 1)
 
 
+def usable_cpus() -> int:
+    cpus, quota = len(os.sched_getaffinity(0)), cpu_quota()
+    return cpus if quota is None else max(1, min(cpus, math.ceil(quota)))
+
+
 class WorkersOptionTests(SynchronousTestCase):
     def test_the_default_is_one_worker_per_usable_cpu(self) -> None:
-        self.assertEqual(parse().workers, len(os.sched_getaffinity(0)))
+        self.assertEqual(parse().workers, usable_cpus())
         self.assertEqual(parse("--workers", "1").workers, 1)
 
+    def test_a_cgroup_s_cpu_quota_holds_the_count(self) -> None:
+        """A container's --cpus 2.5 on a large host: 3 CPUs, not the host's;
+        the least quota along the cgroup's path counts."""
+        root = self.mktemp()
+        leaf = os.path.join(root, "system.slice", "imageserver.service")
+        os.makedirs(leaf)
+        membership = os.path.join(root, "cgroup")
+        with open(membership, "w") as f:
+            f.write("0::/system.slice/imageserver.service\n")
+        self.assertIsNone(cpu_quota(root, membership))  # no cpu.max at all
+        for folder, value in ((root, "max 100000"), (leaf, "250000 100000")):
+            with open(os.path.join(folder, "cpu.max"), "w") as f:
+                f.write(value + "\n")
+        self.assertEqual(cpu_quota(root, membership), 2.5)
+        with open(os.path.join(root, "system.slice", "cpu.max"), "w") as f:
+            f.write("100000 100000\n")
+        self.assertEqual(cpu_quota(root, membership), 1.0)
+        self.assertIsNone(cpu_quota(root, os.path.join(root, "missing")))
+
     def test_threads_per_worker_default_to_this_machine_s_share(self) -> None:
-        cpus = len(os.sched_getaffinity(0))
+        cpus = usable_cpus()
         self.assertEqual(parse("--workers", "1").processor_concurrency, cpus)
         threads = parse("--workers", "3").processor_concurrency
         self.assertEqual(threads, _threads(cpus, 3))
