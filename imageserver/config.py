@@ -11,6 +11,7 @@ import ipaddress
 import math
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,28 +80,63 @@ def _cpu_count() -> int:
 def cpu_quota(
     root: str = "/sys/fs/cgroup", membership: str = "/proc/self/cgroup"
 ) -> float | None:
-    """The CPUs a cgroup v2 quota (``cpu.max``) grants this process: the
-    least along its cgroup's path up to ``root``; None when there is none
-    (or no cgroup v2 to read)."""
+    """The CPUs a cgroup CPU quota grants this process: the least along its
+    cgroup's path up to ``root``, from cgroup v2's ``cpu.max`` or v1's
+    ``cpu.cfs_quota_us`` and ``cpu.cfs_period_us``; None when there is none
+    (or no cgroup to read)."""
     try:
         with open(membership) as f:
-            paths = [line[3:].strip() for line in f if line.startswith("0::")]
+            lines = [line.strip().split(":", 2) for line in f]
     except OSError:
         return None
-    if not paths:
-        return None
-    parts = [p for p in paths[0].split("/") if p and p not in (".", "..")]
+    # (the folder of the hierarchy, the cgroup's path in it, its files)
+    places: list[tuple[str, str, tuple[str, ...]]] = []
+    for fields in lines:
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
+        if controllers == "":
+            places.append((root, path, ("cpu.max",)))
+        elif "cpu" in controllers.split(","):
+            for folder in (controllers, "cpu", "cpu,cpuacct"):
+                if os.path.isdir(os.path.join(root, folder)):
+                    v1 = ("cpu.cfs_quota_us", "cpu.cfs_period_us")
+                    places.append((os.path.join(root, folder), path, v1))
+                    break
     least = None
-    for depth in range(len(parts), -1, -1):
-        try:
-            with open(os.path.join(root, *parts[:depth], "cpu.max")) as f:
-                quota, period = f.read().split()[:2]
-            cpus = int(quota) / int(period)
-        except (OSError, ValueError, ZeroDivisionError):
-            continue  # no file here, or "max": no quota at this level
-        if cpus > 0:
-            least = cpus if least is None else min(least, cpus)
+    for base, path, files in places:
+        parts = [p for p in path.split("/") if p and p not in (".", "..")]
+        for depth in range(len(parts), -1, -1):
+            cpus = _quota_at(os.path.join(base, *parts[:depth]), files)
+            if cpus is not None:
+                least = cpus if least is None else min(least, cpus)
     return least
+
+
+def _quota_at(folder: str, files: tuple[str, ...]) -> float | None:
+    """The CPUs the quota in ``folder`` grants, or None (no file, no quota:
+    "max" or -1)."""
+    try:
+        texts = []
+        for name in files:
+            with open(os.path.join(folder, name)) as f:
+                texts.append(f.read())
+        quota, period = " ".join(texts).split()[:2]
+        cpus = int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+    return cpus if cpus > 0 else None
+
+
+def _http_url(text: str) -> bool:
+    """Whether ``text`` is an http(s) URL with a host and, if any, a port
+    number that is one."""
+    try:
+        parts = urllib.parse.urlsplit(text)
+        parts.port  # noqa: B018 (raises for a port out of range)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def setting(
@@ -259,7 +295,10 @@ class Config:
         10, "Threads (and connections) talking to the remote store."
     )
     shutdown_timeout: float = setting(
-        30.0, "Seconds pending uploads get to finish when the server stops."
+        30.0,
+        "Seconds a stop gives requests in flight, writes not yet made and "
+        "pending uploads to the bucket to finish (docs/operations.md, "
+        "Shutdown).",
     )
     enable_statsd: bool = setting(
         False, "Send statsd metrics (counters, timers).", server_only=True
@@ -690,11 +729,10 @@ class Config:
             CorsPolicy(self.cors_origins)
         except ValueError as e:
             raise ValueError(f"--cors_origins: {e}") from None
-        if self.otlp_endpoint and not self.otlp_endpoint.startswith(
-            ("http://", "https://")
-        ):
+        if self.otlp_endpoint and not _http_url(self.otlp_endpoint):
             raise ValueError(
-                f"--otlp_endpoint: {self.otlp_endpoint!r} is not an http(s) URL"
+                f"--otlp_endpoint: {self.otlp_endpoint!r} is not an http(s) URL "
+                "with a host and a valid port"
             )
         if self.namespace_quota_bytes < 0:
             raise ValueError(

@@ -7,11 +7,19 @@ once) and nothing else: HTTP lives in `imageserver.web`, pixels in
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO, TypeVar
 
@@ -240,6 +248,22 @@ class Images:
             )
         self.check_quota(namespace)
 
+    @contextlib.asynccontextmanager
+    async def _held(
+        self, namespace: str, size: int, asked: bool = True
+    ) -> AsyncIterator[None]:
+        """Around the puts of a write a client ``asked`` for (an upload with
+        its outputs, a process, a client file) of ``size`` bytes: checked
+        against the namespace's quota with what else is being written into
+        it, and held while it is (`Quotas.reserving`). Made once the bytes
+        are (a body that is not an image never gets here). What readers
+        cause (a GET's variant) and an origin's namespace are not held."""
+        if not asked or self._quotas is None or namespace in self._origins:
+            yield
+            return
+        async with self._quotas.reserving(namespace, size):
+            yield
+
     def check_quota(self, namespace: str) -> None:
         """Refuse a write into a namespace storing its quota: uploads (above)
         and whatever else a client asks to be stored (``process``, a batch
@@ -275,13 +299,12 @@ class Images:
             info = await self._ingests.run(
                 [image], lambda _: self._ingest(image, data, variants)
             )[image]
-            await self._ensure(image, variants, data)
+            # An image stored before: what it makes now is a render (the
+            # upload rate does not see a batch's items).
+            await self._ensure(image, variants, data, rated=True)
             return info
 
-        if self._quotas is None or namespace in self._origins:
-            return await self._storing(image.folder, store)
-        async with self._quotas.reserving(namespace, len(data)):
-            return await self._storing(image.folder, store)
+        return await self._storing(image.folder, store)
 
     async def resolve(
         self,
@@ -532,7 +555,8 @@ class Images:
         async with self._gate.storing(image.folder):
             if not await self._storage.exists(image.key(ORIGINAL)):
                 raise NotFound("image not found")
-            await self._storage.put(image.key(name), data, content_type_for(name))
+            async with self._held(image.namespace, len(data)):
+                await self._storage.put(image.key(name), data, content_type_for(name))
 
     async def delete(self, image: ImageId, name: str) -> None:
         """Remove one variant (made again when next asked for) or client file.
@@ -794,9 +818,13 @@ class Images:
             return {image: existing.data}
         info, outputs = await self._render_many(data, variants, True)
         info_json = info_json_of(image.hash, info)
-        await self._storage.put(image.key(ORIGINAL), data, info.content_type)
-        await self._put_all(image, variants, outputs, qualities=info.chosen_qualities)
-        await self._storage.put(image.key(INFO), info_json, "application/json")
+        size = len(data) + len(info_json) + sum(len(o[0]) for o in outputs)
+        async with self._held(image.namespace, size):
+            await self._storage.put(image.key(ORIGINAL), data, info.content_type)
+            await self._put_all(
+                image, variants, outputs, qualities=info.chosen_qualities
+            )
+            await self._storage.put(image.key(INFO), info_json, "application/json")
         self._events.original_stored()
         self._lifecycle.stored(
             image,
@@ -897,9 +925,12 @@ class Images:
                 raise NotFound("image not found")
             original = stored.data
         info, outputs = await self._render_many(original, variants)
-        made = await self._put_all(
-            image, variants, outputs, durable, info.chosen_qualities
-        )
+        # Durable: asked for by a writer (an upload's outputs, a process).
+        size = sum(len(o[0]) for o in outputs)
+        async with self._held(image.namespace, size, asked=durable):
+            made = await self._put_all(
+                image, variants, outputs, durable, info.chosen_qualities
+            )
         self._lifecycle.generated(image, list(made))
         return made
 

@@ -57,6 +57,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from imageserver import config as configuration
 from imageserver.config import Config
+from imageserver.metrics import tracing
 from imageserver.metrics.events import PoolReading
 from imageserver.runtime.listening import Listening
 from imageserver.runtime.shutdown import SENDING_SECONDS, Deadline, stop_reactor
@@ -426,6 +427,8 @@ class Workers(Service):
         # stopped); its request waits --processing_timeout at most, then its
         # answer leaves: killed only once that has had its time.
         grace = self._config.processing_timeout + SENDING_SECONDS
+        if self._config.otlp_endpoint:  # and its last spans their flush
+            grace += tracing.FLUSH_SECONDS
         for worker in workers:
             if not await drained(
                 worker.wait_ended,

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -31,8 +30,8 @@ from typing import Any
 import pytest
 import yaml
 
-from imageserver.config import Config
-from imageserver.metrics.tracing import Tracing
+from imageserver.config import Config, _threads
+from imageserver.metrics.tracing import FLUSH_SECONDS
 from imageserver.runtime.shutdown import SENDING_SECONDS
 from tests.support import encode, quadrants
 
@@ -159,7 +158,7 @@ def stop_budget() -> int:
     --shutdown_timeout, then a render's --processing_timeout and its
     answer's seconds to leave, and the last traces' flush."""
     config = Config()
-    flush = inspect.signature(Tracing).parameters["flush_seconds"].default
+    flush = FLUSH_SECONDS
     total = (
         config.shutdown_timeout + config.processing_timeout + SENDING_SECONDS + flush
     )
@@ -171,14 +170,10 @@ def stop_budget() -> int:
 STOP_TIMES = {
     ("deploy", "Containerfile"): (r"--stop-timeout (\d+)", r"container (\d+) s"),
     ("deploy", "imageserver.service"): (r"TimeoutStopSec=(\d+)", r"fit in (\d+) s"),
-    ("deploy", "kubernetes", "imageserver.yaml"): (
-        r"terminationGracePeriodSeconds: (\d+)",
-    ),
     ("docs", "deploy.md"): (
         r"--stop-timeout (\d+)",
         r"stop_grace_period: (\d+)s",
         r"TimeoutStopSec=(\d+)",
-        r"terminationGracePeriodSeconds: (\d+)",
         r"give it (\d+)",
     ),
     ("docs", "operations.md"): (r"(\d+) s with\s+the defaults",),
@@ -289,7 +284,15 @@ def test_the_kubernetes_manifests_validate() -> None:
     assert ports == {"http": 7000, "admin": 7002}  # the image's
     assert container["readinessProbe"]["httpGet"]["path"] == "/probe/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/probe/live"
-    grace = documents[0]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert grace == stop_budget()
     env = {e["name"]: e.get("value") for e in container["env"]}
+    pod = documents[0]["spec"]["template"]["spec"]
+    wait = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pod["terminationGracePeriodSeconds"] == wait + stop_budget()
+    with open(os.path.join(CHECKOUT, "docs", "deploy.md")) as f:
+        said = f.read()
+    assert f"terminationGracePeriodSeconds: {wait + stop_budget()}" in said
+    assert f"preStop` wait of {wait} s" in said
+    threads = env["IMAGESERVER_PROCESSOR_CONCURRENCY"]
+    cpus = int(container["resources"]["requests"]["cpu"])
+    assert threads == str(_threads(cpus, int(env["IMAGESERVER_WORKERS"])))
     assert env["IMAGESERVER_WORKERS"] == str(container["resources"]["requests"]["cpu"])

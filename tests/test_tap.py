@@ -90,6 +90,9 @@ class OptionsTests(SynchronousTestCase):
              "--otlp_sample_ratio must be between 0 and 1"),
             ((*endpoint, "--otlp_service_name", " "),
              "--otlp_service_name must not be empty"),
+            (("--otlp_endpoint", "http://127.0.0.1:99999/v1/traces"),
+             "is not an http(s) URL with a host and a valid port"),
+            (("--otlp_endpoint", "http:///v1/traces"), "is not an http(s) URL"),
         ):  # fmt: skip
             with self.assertRaises(UsageError, msg=args) as caught:
                 parse(*args)
@@ -270,6 +273,22 @@ class WorkersOptionTests(SynchronousTestCase):
             f.write("100000 100000\n")
         self.assertEqual(cpu_quota(root, membership), 1.0)
         self.assertIsNone(cpu_quota(root, os.path.join(root, "missing")))
+
+    def test_a_cgroup_v1_cpu_quota_holds_the_count_too(self) -> None:
+        root = self.mktemp()
+        folder = os.path.join(root, "cpu,cpuacct", "docker", "abc")
+        os.makedirs(folder)
+        membership = os.path.join(root, "cgroup")
+        with open(membership, "w") as f:
+            f.write("4:cpu,cpuacct:/docker/abc\n1:name=systemd:/\n0::/\n")
+        for name, value in (("cpu.cfs_quota_us", "150000"),
+                            ("cpu.cfs_period_us", "100000")):  # fmt: skip
+            with open(os.path.join(folder, name), "w") as f:
+                f.write(value + "\n")
+        self.assertEqual(cpu_quota(root, membership), 1.5)
+        with open(os.path.join(folder, "cpu.cfs_quota_us"), "w") as f:
+            f.write("-1\n")  # no quota
+        self.assertIsNone(cpu_quota(root, membership))
 
     def test_threads_per_worker_default_to_this_machine_s_share(self) -> None:
         cpus = usable_cpus()

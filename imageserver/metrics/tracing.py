@@ -16,9 +16,10 @@ import contextlib
 import contextvars
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from functools import partial
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -39,6 +40,8 @@ _propagator: Any = None
 _NOTHING: contextlib.nullcontext[None] = contextlib.nullcontext()
 #: Where an OTLP/HTTP collector takes traces.
 TRACES_PATH = "/v1/traces"
+#: How long an export may take, and a stop waits for the last spans.
+FLUSH_SECONDS = 5.0
 
 
 def enabled() -> bool:
@@ -79,16 +82,21 @@ def inject(headers: MutableMapping[str, str]) -> None:
 
 
 def start_request(
-    method: str, header: Callable[[str], str | None]
+    method: str, headers: Callable[[str], Sequence[str] | None]
 ) -> Any:  # an opentelemetry Span, or None
     """The span of a request that has just arrived (a server span, child of
-    the caller's ``traceparent`` when it sent one), not yet current: see
-    `run_in`. None when off."""
+    the caller's ``traceparent`` when it sent one, and only one: W3C Trace
+    Context makes several invalid), not yet current: see `run_in`.
+    ``headers`` gives a header's values. None when off."""
     if _tracer is None:
         return None
     from opentelemetry.trace import SpanKind
 
-    carrier = {k: v for k in TRACE_HEADERS if (v := header(k)) is not None}
+    carrier = {}
+    for name in TRACE_HEADERS:
+        values = headers(name) or []
+        if len(values) == 1:
+            carrier[name] = values[0]
     parent = _propagator.extract(carrier) if carrier else None
     return _tracer.start_span(method, context=parent, kind=SpanKind.SERVER)
 
@@ -125,6 +133,15 @@ def end_request(
     request_span.end()
 
 
+def _shown(endpoint: str) -> str:
+    """``endpoint`` for the log: without a password it may hold."""
+    parts = urlsplit(endpoint)
+    if parts.password is None:
+        return endpoint
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
 @contextlib.contextmanager
 def _installed(tracer: Any, propagator: Any) -> Iterator[None]:
     global _tracer, _propagator
@@ -155,7 +172,7 @@ class Tracing(Service):
         sample_ratio: float,
         version: str,
         worker: int | None,
-        flush_seconds: float = 5.0,
+        flush_seconds: float = FLUSH_SECONDS,
         exporter: Any = None,
         reactor: Any = None,
     ) -> None:
@@ -186,13 +203,13 @@ class Tracing(Service):
 
         super().startService()
         if self._exporter is None:
-            log.info("exporting traces to {endpoint}", endpoint=self._endpoint)
-            if not self._endpoint.rstrip("/").endswith(TRACES_PATH):
+            log.info("exporting traces to {endpoint}", endpoint=_shown(self._endpoint))
+            if urlsplit(self._endpoint).path != TRACES_PATH:
                 log.warn(
                     "--otlp_endpoint {endpoint} does not end in {path}: spans "
                     "are posted to that URL as given (a collector takes them "
                     "at {path})",
-                    endpoint=self._endpoint,
+                    endpoint=_shown(self._endpoint),
                     path=TRACES_PATH,
                 )
         attributes: dict[str, str | int] = {

@@ -67,8 +67,11 @@ class ThreadPoolService(Service):
     refused at once with `Overloaded`, so memory never grows without bound.
     With ``niceness``, the threads run that much nicer than the reactor (on
     Linux), so they take only the CPU time it leaves. A stop waits for the
-    jobs running (a thread cannot be stopped); with ``deadline`` (the
-    seconds a shutdown has left), one still running then is logged.
+    jobs running (a thread cannot be stopped), not those still queued: they
+    fail with `Stopping` as they come up (at a stop the requests that wanted
+    them have been answered, a 503 after --processing_timeout, or their
+    results would not be written); with ``deadline`` (the seconds a
+    shutdown has left), one still running then is logged.
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class ThreadPoolService(Service):
         self._max_pending = max_pending
         self._deadline = deadline
         self.outstanding = 0
+        self._stopping = False
         self.pool = _NicedThreadPool(niceness, minthreads=0, maxthreads=size, name=name)
 
     def run(self, f: Callable[..., T], /, *args: Any) -> Deferred[T]:
@@ -108,7 +112,12 @@ class ThreadPoolService(Service):
             # One trip back to the reactor per job (each one wakes it up).
             self._reactor.callFromThread(self._finished, result, succeeded, value)
 
-        self.pool.callInThreadWithCallback(done, tracing.in_thread(f), *args)
+        def job(*args: Any) -> T:
+            if self._stopping:
+                raise Stopping("the server stopped before this job started")
+            return f(*args)
+
+        self.pool.callInThreadWithCallback(done, tracing.in_thread(job), *args)
         return result
 
     def _finished(self, result: Deferred[Any], succeeded: bool, value: Any) -> None:
@@ -138,6 +147,7 @@ class ThreadPoolService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        self._stopping = True  # the queued jobs are not run
         # stop() joins the workers: wait for the running jobs off the reactor.
         stopped = deferToThread(self.pool.stop)
         if self._deadline is not None:

@@ -40,6 +40,10 @@ log = Logger()
 MAX_NAMESPACES = 10_000
 
 
+#: A count's time once something was deleted: no longer known.
+_DELETED = float("-inf")
+
+
 class QuotaExceeded(StorageFull):
     """A namespace holds as many bytes as its quota (507)."""
 
@@ -88,8 +92,10 @@ class Quotas:
         ):
             self.recount(namespace)
             count = self._counts.get(namespace)  # when counted at once
+        if count is None or count.counted_at == _DELETED:
+            return  # not known (since a delete): `reserving` waits for it
         reserved = self._reserved.get(namespace, 0)
-        if count is not None and count.stored + reserved >= self.limit:
+        if count.stored + reserved >= self.limit:
             self._events.refused_by_quota()
             storing = f" and is storing {reserved} more" if reserved else ""
             raise QuotaExceeded(
@@ -104,8 +110,10 @@ class Quotas:
         """Hold ``size`` bytes of ``namespace`` while an upload stores them:
         checked with what is stored and what other uploads hold, so uploads
         at once cannot all pass a check made before any stored. A namespace
-        not counted yet is counted first (the write waits for it)."""
-        if namespace not in self._counts:
+        not counted yet, or since a delete, is counted first (the write
+        waits for it)."""
+        count = self._counts.get(namespace)
+        if count is None or count.counted_at == _DELETED:
             await self.recount(namespace)
         self.check(namespace)
         self._reserved[namespace] = self._reserved.get(namespace, 0) + size
@@ -178,10 +186,10 @@ class Quotas:
         """Something was deleted: the next write counts again."""
         count = self._counts.get(namespace)
         if count is not None:
-            count.counted_at = float("-inf")
+            count.counted_at = _DELETED
         path = self._path(namespace)
         if path is not None:  # for the host's other workers too
-            self._run(_write_count, path, 0, float("-inf")).addErrback(
+            self._run(_write_count, path, 0, _DELETED).addErrback(
                 lambda f: log.failure("marking a count stale failed", f)
             )
 

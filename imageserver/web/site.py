@@ -212,31 +212,45 @@ _HOST = re.compile(rb"(\[[0-9A-Za-z:.]+\]|[0-9A-Za-z._~!$&'()*+,;=%-]*)(:[0-9]*)
 _ABSOLUTE = re.compile(rb"https?://", re.IGNORECASE)
 
 
+def _origin_form(target: bytes) -> tuple[bytes, bytes]:
+    """The authority and the path (with its query) of an absolute-form
+    request target, ``http://host:port/path?query``."""
+    rest = target.split(b"://", 1)[1]
+    cut = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=-1)
+    if cut < 0:
+        return rest, b"/"
+    authority, path = rest[:cut], rest[cut:]
+    return authority, path if path.startswith(b"/") else b"/" + path
+
+
 def _path_refusal(
     path: bytes,
     slashes_encoded: Callable[[bytes], bool] = lambda path: False,
     method: bytes = b"GET",
 ) -> Refusal | None:
     """Targets no route may see: the asterisk and anything else that is not
-    a path (or an absolute URL), encoded slashes and empty segments (a name
-    never holds one; but a path ``slashes_encoded`` accepts, a thumbor URL's
-    image URL, may when read) and percent-escapes that are not UTF-8.
+    a path (an absolute URL is made one before), encoded slashes and empty
+    segments (a name never holds one; but a path ``slashes_encoded``
+    accepts, a thumbor URL's image URL, may when read) and percent-escapes
+    that are not UTF-8.
 
     Empty segments are refused here, where every route passes, because the
-    router folds them (``//p`` would upload into ``p`` while the rates and
-    metrics took it for another route)."""
+    router drops leading ones (``//p`` would upload into ``p`` while the
+    rates and metrics took it for another route)."""
     if path == b"*":
         return Refusal(
             400, "the request target * is for OPTIONS, not served here: ask for a path"
         )
-    if not path.startswith(b"/") and not _ABSOLUTE.match(path):
+    if not path.startswith(b"/"):
         return Refusal(400, "the request target is not a path: start it with /")
     if b"%2f" in path.lower() and not slashes_encoded(path):
         return Refusal(404, "unknown path: encoded slashes are not part of any name")
-    if (
-        b"//" in path
-        and not _ABSOLUTE.match(path)
-        and not (method in (b"GET", b"HEAD") and slashes_encoded(path))
+    if b"//" in path and not (
+        # A thumbor URL read, whose image URL may hold http://; never at the
+        # start, which the router drops (//p/... would be p's own routes).
+        method in (b"GET", b"HEAD")
+        and not path.startswith(b"//")
+        and slashes_encoded(path)
     ):
         return Refusal(
             404, "unknown path: it has an empty segment (//): write one slash"
@@ -368,6 +382,16 @@ class BoundedChannel(HTTPChannel):
         if hosts and not _HOST.fullmatch(hosts[0]):
             self.refuse(400, "the Host header is not a host name or address")
             return
+        if _ABSOLUTE.match(self._path):
+            # RFC 9112 section 3.2.2: the absolute form (what a client sends
+            # to a proxy) is accepted; its authority is the host meant. From
+            # here every check and route sees the path, as for any request.
+            authority, path = _origin_form(self._path)
+            if not _HOST.fullmatch(authority):
+                self.refuse(400, "the request target's host is not a host name")
+                return
+            self._path = path
+            self.requests[-1].requestHeaders.setRawHeaders(b"host", [authority])
         if self._command not in self.site.methods:
             # Methods are case-sensitive (RFC 9110 section 9.1): "post" is
             # not POST, and is refused before a route or a guard sees it.
@@ -641,7 +665,8 @@ class BoundedSite(Site):
             self._events.request_started()
         if self.traced:
             request.span = tracing.start_request(
-                request.method.decode("ascii", "replace"), request.getHeader
+                request.method.decode("ascii", "replace"),
+                lambda name: request.requestHeaders.getRawHeaders(name),
             )
         request.notifyFinish().addBoth(self._finished, request)
 

@@ -382,7 +382,8 @@ class InProcessTests(TestCase):
     ) -> None:
         await self.stop()
         for endpoint, warned in (("http://127.0.0.1:9/v1/traces", False),
-                                 ("http://127.0.0.1:9/", True)):  # fmt: skip
+                                 ("http://127.0.0.1:9/", True),
+                                 ("http://127.0.0.1:9/v1/traces/", True)):  # fmt: skip
             service = tracing.Tracing(
                 endpoint, service_name="t", sample_ratio=1.0, version="0",
                 worker=None, flush_seconds=0.5,
@@ -394,6 +395,18 @@ class InProcessTests(TestCase):
             self.assertIn(f"exporting traces to {endpoint}", texts)
             self.assertEqual(any("does not end in /v1/traces" in t for t in texts),
                              warned)  # fmt: skip
+        # A collector's credentials in the URL are not logged.
+        service = tracing.Tracing(
+            "http://user:secret@127.0.0.1:9/v1/traces", service_name="t",
+            sample_ratio=1.0, version="0", worker=None, flush_seconds=0.5,
+        )  # fmt: skip
+        with capturedLogs() as logged:
+            service.startService()
+        await service.stopService()
+        texts = [formatEvent(e) for e in logged]
+        shown = "exporting traces to http://user:***@127.0.0.1:9/v1/traces"
+        self.assertIn(shown, texts)
+        self.assertNotIn("secret", " ".join(texts))
 
     async def test_outside_a_request_nothing_is_traced(self) -> None:
         """Background work (the purge log's polls, quota counts) would start
@@ -404,16 +417,29 @@ class InProcessTests(TestCase):
         self.assertEqual(headers, {})
         self.assertEqual(await self.spans(), {})
 
+    def test_several_traceparents_are_none(self) -> None:
+        """W3C Trace Context: more than one traceparent makes it invalid; a
+        new trace starts rather than the last header winning."""
+        headers = {"traceparent": [traceparent()[0], traceparent()[0]]}
+        request = tracing.start_request("GET", headers.get)
+        request.end()
+        self.assertIsNone(request.parent)
+        one = {"traceparent": [headers["traceparent"][0]]}
+        request = tracing.start_request("GET", one.get)
+        request.end()
+        self.assertEqual(
+            f"{request.parent.trace_id:032x}", one["traceparent"][0].split("-")[1]
+        )
+
     def test_only_traceparent_is_sent_on(self) -> None:
-        carrier = {"traceparent": traceparent()[0], "tracestate": "v=" + "x" * 4000}
+        header, trace, _ = traceparent()
+        carrier = {"traceparent": [header], "tracestate": ["v=" + "x" * 4000]}
         request = tracing.start_request("GET", carrier.get)
         sent: dict[str, str] = {}
         tracing.run_in(request, lambda: tracing.inject(sent))
         request.end()
         self.assertEqual(list(sent), ["traceparent"])
-        self.assertEqual(
-            sent["traceparent"].split("-")[1], carrier["traceparent"][3:35]
-        )
+        self.assertEqual(sent["traceparent"].split("-")[1], trace)
 
     async def test_off_it_does_nothing(self) -> None:
         await self.stop()

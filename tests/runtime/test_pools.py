@@ -5,7 +5,7 @@ import threading
 
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
 
 from imageserver.runtime.pools import ThreadPoolService
@@ -73,6 +73,20 @@ class ThreadPoolServiceTests(TestCase):
         self.assertEqual(nice(), ours)  # the reactor's thread is as it was
 
 
+async def running(pool: ThreadPoolService, release: threading.Event) -> Deferred[bool]:
+    """A job of ``pool`` that has started and waits for ``release``."""
+    started = threading.Event()
+
+    def wait() -> bool:
+        started.set()
+        return release.wait(10)
+
+    job = pool.run(wait)
+    while not started.is_set():
+        await deferLater(reactor, 0.005)
+    return job
+
+
 class StopTests(TestCase):
     async def test_a_job_running_past_the_deadline_is_logged_and_waited_for(
         self,
@@ -85,7 +99,7 @@ class StopTests(TestCase):
         )
         pool.startService()
         release = threading.Event()
-        job = pool.run(release.wait, 10)
+        job = await running(pool, release)
         with capturedLogs() as logged:
             stopped = pool.stopService()
             clock.advance(0.05)
@@ -121,3 +135,24 @@ class StopTests(TestCase):
         await pool.stopService()
         with self.assertRaisesRegex(Overloaded, "stopping"):
             await pool.run(lambda: 7)
+
+    async def test_a_stop_runs_the_running_jobs_not_the_queued_ones(self) -> None:
+        """What is queued at a stop has lost its request (answered, or its
+        result would not be written): rendering it would only hold the stop
+        up, by as long as the queue is."""
+        from imageserver.errors import Stopping
+
+        pool = ThreadPoolService(reactor, 1, "draining-pool")
+        pool.startService()
+        release, ran = threading.Event(), []
+        job = await running(pool, release)
+        queued = [pool.run(ran.append, n) for n in range(5)]
+        stopped = pool.stopService()
+        release.set()
+        await stopped
+        self.assertTrue(await job)
+        for job in queued:
+            with self.assertRaisesRegex(Stopping, "stopped before this job started"):
+                await job
+        self.assertEqual(ran, [])
+        self.assertEqual(pool.outstanding, 0)

@@ -18,7 +18,7 @@ from imageserver.metrics.events import Events
 from imageserver.storage.local import LocalStorage
 from imageserver.storage.quotas import QuotaExceeded, Quotas
 from imageserver.web.responses import status_for
-from tests.support import AppHarness, Gate, encode, noise, sample, synchronous
+from tests.support import AppHarness, encode, noise, sample, synchronous
 from tests.test_twistd import TwistdCase
 
 FOLDER = "p/6e0/072/682/e66287b662827da75b244a3"
@@ -82,6 +82,52 @@ class QuotaTests(SynchronousTestCase):
         self.assertEqual(os.listdir(shared), [os.listdir(shared)[0]])
         self.assertEqual(
             sample(self.events, "imageserver_namespace_stored_bytes", namespace="n0"),
+            10,
+        )
+
+    def test_writes_at_once_hold_their_bytes_while_they_store(self) -> None:
+        """Checked before any of them stored, writes at once would all pass:
+        each holds its bytes while it stores, so the second is refused, and
+        once the first is stored its bytes are counted instead."""
+        quotas, backend = self.make(limit=1000)
+        storage = quotas.counting(backend)
+
+        async def writes() -> None:
+            async with quotas.reserving("p", 1000):  # counted first: 0
+                with self.assertRaises(QuotaExceeded) as caught:
+                    async with quotas.reserving("p", 1):
+                        self.fail("a write passed one holding the whole quota")
+                self.assertIn("stores 0 bytes and is storing 1000 more",
+                              str(caught.exception))  # fmt: skip
+                await storage.put(f"{FOLDER}/original", b"x" * 600, "image/jpeg")
+            self.assertEqual(quotas._reserved, {})
+            async with quotas.reserving("p", 300):  # 600 stored, 300 more
+                pass
+            await storage.put(f"{FOLDER}/w1.jpg", b"x" * 400, "image/jpeg")
+            with self.assertRaises(QuotaExceeded):
+                async with quotas.reserving("p", 1):
+                    pass
+
+        self.result(writes())
+
+    def test_after_a_delete_the_next_write_waits_for_its_count(self) -> None:
+        """A client told to delete images and try again is not refused by
+        the count from before its delete."""
+        quotas, backend = self.make(limit=1000)
+        storage = quotas.counting(backend)
+        self.result(storage.put(f"{FOLDER}/original", b"x" * 1000, "image/jpeg"))
+        self.result(storage.put(f"{FOLDER}/w1.jpg", b"x" * 10, "image/jpeg"))
+        self.assertRaises(QuotaExceeded, quotas.check, "p")
+        self.result(storage.delete(f"{FOLDER}/original"))
+        quotas.check("p")  # not known since the delete: passes
+
+        async def write() -> None:
+            async with quotas.reserving("p", 10):  # counted: 10 bytes
+                pass
+
+        self.result(write())
+        self.assertEqual(
+            sample(self.events, "imageserver_namespace_stored_bytes", namespace="p"),
             10,
         )
 
@@ -202,27 +248,12 @@ class QuotaRouteTests(SynchronousTestCase):
             sample(app.events, "imageserver_quota_refused_total"), len(refused)
         )
 
-    def test_uploads_at_once_hold_their_bytes_while_they_store(self) -> None:
-        """Checked before any of them stored, three uploads at once would
-        all pass; each holds its bytes as it stores, so one does."""
-        app = AppHarness(self, namespace_quota_bytes=1, quota_interval=60)
-        gate = Gate()
-        app.images._process = gate  # type: ignore[method-assign]
-        started = [
-            app.start("POST", "/p", data=encode(noise((64, 48), seed)))
-            for seed in range(3)
-        ]
-        app.flush()
-        while gate.held:
-            gate.release_first()
-            app.flush()
-        responses = [self.successResultOf(d) for d in started]
-        codes = [response.code for response in responses]
-        self.assertEqual(sorted(codes), [200, 507, 507])
-        response = responses[codes.index(507)]
-        error = json.loads(self.successResultOf(app.client.content(response)))
-        self.assertRegex(error["error"], r"stores 0 bytes and is storing \d+ more")
-        self.assertEqual(app.quotas._reserved, {})  # given back
+    def test_a_body_that_is_not_an_image_leaves_no_count(self) -> None:
+        app = AppHarness(self, namespace_quota_bytes=1000)
+        for body in (b"hello, not an image", b"\x89PNG\r\n\x1a\n" + b"x" * 100):
+            code, _ = app.json("POST", "/x1", data=body)
+            self.assertEqual(code, 415)
+        self.assertEqual(dict(app.quotas._counts), {})
 
 
 class QuotaTwistdTests(TwistdCase):

@@ -200,6 +200,18 @@ class SiteTests(TestCase):
             os.path.exists(self.app.local.path(f"{self.folder[1:]}/w13.png"))
         )
 
+    def test_outputs_of_an_image_stored_before_are_renders(self) -> None:
+        """Uploading known bytes again (a batch's URL item, say) with new
+        outputs makes them as a process would: counted as renders."""
+        codes = [
+            self.app.json("POST", f"/p?outputs=w{width}.png", data=PHOTO)[0]
+            for width in (30, 31, 32)
+        ]
+        self.assertEqual(codes, [200, 200, 429])
+        self.assertEqual(
+            self.app.json("POST", "/p?outputs=w30.png", data=PHOTO)[0], 200
+        )  # made: nothing to count
+
     async def test_uploads_and_token_writes(self) -> None:
         limiter = RateLimiter(
             Rates(namespace_uploads=1, token_writes=1, burst_seconds=2),

@@ -132,6 +132,16 @@ class BoundedSiteTests(TestCase):
         self.assertNotIn(b"Traceback", body)
 
 
+#: Paths of the native routes behind leading empty segments, which the
+#: router drops: never a thumbor URL, whatever its predicate says.
+NATIVE_WITH_EMPTY_SEGMENTS = (
+    b"//p",
+    b"//p/20a/cbf/873/6a0ba6d607bced4accdda17/w9.png",
+    b"///p/batch/x",
+    b"//unsafe/300x200/http://a/b.jpg",
+)
+
+
 class ConnectionLimitTests(SynchronousTestCase):
     """The site's channel, byte by byte, on the real app and a fake clock."""
 
@@ -310,9 +320,18 @@ class ConnectionLimitTests(SynchronousTestCase):
         self.assertEqual([e for e in logged if e.get("log_failure")], [])
 
     def test_empty_segments_reach_no_route(self) -> None:
-        """The router folds ``//``: were it let through, ``//p`` would upload
-        into p while rates and metrics saw another route. Every route, every
-        place of the empty segment, every method: 404 and nothing done."""
+        """The router drops leading slashes: were ``//`` let through, ``//p``
+        would upload into p while rates and metrics saw another route (and
+        with thumbor's URLs answered, read p's images unsigned). Every route,
+        every place of the empty segment, every method, thumbor's URLs
+        answered or not: 404 and nothing done."""
+        for thumbor in (False, True):
+            self.site.slashes_encoded = (
+                is_thumbor_path if thumbor else lambda path: False
+            )
+            self.empty_segments_reach_no_route()
+
+    def empty_segments_reach_no_route(self) -> None:
         photo = encode(quadrants((40, 30)))
         folder = self.app.upload(photo)
         head, hash_path = folder[1:].split("/", 1)
@@ -361,9 +380,34 @@ class ConnectionLimitTests(SynchronousTestCase):
                                 (b"POST", True), (b"DELETE", True)):  # fmt: skip
             refusal = _path_refusal(url, is_thumbor_path, method)
             self.assertEqual(refusal is not None, refused, method)
-            refusal = _path_refusal(b"//p", is_thumbor_path, method)
-            self.assertEqual(refusal is not None, refused, method)
+            for native in NATIVE_WITH_EMPTY_SEGMENTS:
+                self.assertIsNotNone(
+                    _path_refusal(native, is_thumbor_path, method), native
+                )
         self.assertIsNone(_path_refusal(b"/p/", is_thumbor_path, b"POST"))
+
+    def test_an_absolute_form_target_is_its_path_on_its_host(self) -> None:
+        """RFC 9112 section 3.2.2: what a client sends to a proxy is served
+        as its path, with every check the path gets; the authority is the
+        host meant (a Host header that says otherwise is not)."""
+        photo = encode(quadrants((40, 30)))
+        cases = [
+            ("POST", "http://127.0.0.1:7000/p", photo, 200),
+            ("GET", "HTTP://127.0.0.1/status_check", b"", 200),
+            ("GET", "http://127.0.0.1?x=1", b"", 404),
+            ("POST", "http://127.0.0.1:7000//p", photo, 404),
+            ("POST", "http://127.0.0.1:7000/p%2f", photo, 404),
+            ("GET", "http://user@127.0.0.1/status_check", b"", 400),
+        ]
+        for method, target, body, code in cases:
+            protocol, transport = self.connect()
+            protocol.dataReceived(
+                f"{method} {target} HTTP/1.1\r\nHost: elsewhere\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            self.assertEqual(self.answer(transport)[0], code, target)
+            protocol.connectionLost(Failure(ConnectionDone()))
 
 
 class FramingTests(TestCase):
