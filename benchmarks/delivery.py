@@ -14,7 +14,9 @@ limits and tracing: ``--before``, c6a612b by default):
 - **hints**: ``--client_hints``, ``w200-ch.jpg`` asked with
   ``Sec-CH-DPR: 2`` (served as the stored ``w400.jpg``);
 - **tracing**: ``--otlp_endpoint`` to a receiver in this process, every
-  request traced (``--otlp_sample_ratio`` 1, the default).
+  request traced (``--otlp_sample_ratio`` 1, the default);
+- **traced10**: the same, one request in ten traced
+  (``--otlp_sample_ratio 0.1``).
 
 Run: ``python3 benchmarks/delivery.py`` (``--quick`` for a smoke run).
 """
@@ -119,6 +121,11 @@ def main() -> None:
                 (f"{folder}/w200-ch.jpg", ("Sec-CH-DPR: 2",)),
             ),
             "tracing": (CHECKOUT, ("--otlp_endpoint", traces), plain),
+            "traced10": (
+                CHECKOUT,
+                ("--otlp_endpoint", traces, "--otlp_sample_ratio", "0.1"),
+                plain,
+            ),
         }
         servers: dict[str, Server] = {}
         try:
