@@ -255,8 +255,8 @@ class Images:
         """Around the puts of a write a client ``asked`` for (an upload with
         its outputs, a process, a client file) of ``size`` bytes: checked
         against the namespace's quota with what else is being written into
-        it, and held while it is (`Quotas.reserving`). Made once the bytes
-        are (a body that is not an image never gets here). What readers
+        it, and held while it is (`Quotas.reserving`). Taken once the bytes
+        are made (a body that is not an image never gets here). What readers
         cause (a GET's variant) and an origin's namespace are not held."""
         if not asked or self._quotas is None or namespace in self._origins:
             yield

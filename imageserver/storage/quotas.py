@@ -9,7 +9,7 @@ delete makes the next write count again. A host's workers share their
 counts through one small file per namespace under the host's lock folder,
 so one walk serves them all. Writes into a namespace at or past its quota
 are refused with a 507 (`Quotas.check`, at `Images.check_quota`, which
-every upload, stored file, batch and process crosses; an upload is checked
+every upload, stored file, batch and process crosses; each is checked
 again as it stores, with the bytes of those being stored, `Quotas.reserving`);
 variants are still made and served. docs/security.md says how far a quota
 can be passed.
@@ -107,8 +107,8 @@ class Quotas:
 
     @contextlib.asynccontextmanager
     async def reserving(self, namespace: str, size: int) -> AsyncIterator[None]:
-        """Hold ``size`` bytes of ``namespace`` while an upload stores them:
-        checked with what is stored and what other uploads hold, so uploads
+        """Hold ``size`` bytes of ``namespace`` while a write stores them:
+        checked with what is stored and what other writes hold, so writes
         at once cannot all pass a check made before any stored. A namespace
         not counted yet, or since a delete, is counted first (the write
         waits for it)."""
