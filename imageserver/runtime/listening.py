@@ -27,9 +27,16 @@ class Listening(Service):
     """
 
     def __init__(
-        self, reactor: Any, description: str, factory: IProtocolFactory, what: str
+        self,
+        reactor: Any,
+        description: str,
+        factory: IProtocolFactory,
+        what: str,
+        scheme: str = "http",
     ) -> None:
         self._reactor = reactor
+        #: What is spoken on it, for the log's address.
+        self._scheme = scheme
         self._description = description
         self._factory = factory
         self.what = what
@@ -55,7 +62,7 @@ class Listening(Service):
         log.info(
             "{what} port listening on {address}",
             what=self.what,
-            address=_address(result.getHost()),
+            address=_address(result.getHost(), self._scheme),
         )
 
     def startService(self) -> None:
@@ -71,8 +78,8 @@ class Listening(Service):
         return port.stopListening()  # type: ignore[no-any-return]
 
 
-def _address(host: Any) -> str:
+def _address(host: Any, scheme: str) -> str:
     if hasattr(host, "port"):
         address = f"[{host.host}]" if ":" in host.host else host.host
-        return f"http://{address}:{host.port}"
+        return f"{scheme}://{address}:{host.port}"
     return f"unix:{getattr(host, 'name', host)}"

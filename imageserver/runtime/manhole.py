@@ -211,7 +211,9 @@ class ManholeService(MultiService):
             portal.Portal(realm, checkers)  # type: ignore[arg-type]
         )
         self._factory.noisy = False
-        Listening(reactor, endpoint, self._factory, "manhole").setServiceParent(self)
+        Listening(reactor, endpoint, self._factory, "manhole", "ssh").setServiceParent(
+            self
+        )
 
     def _load_host_keys(self) -> None:
         if not self._factory.privateKeys:
