@@ -871,6 +871,12 @@ class Config:
                     "Cache-Control value (directives such as public, "
                     "max-age=600, separated by commas)"
                 )
+            for directive, seconds in _SECONDS_DIRECTIVE.findall(value):
+                if not ascii_digits(seconds):
+                    raise ValueError(
+                        f"--cache_control_{name}: {directive}={seconds[:20]} is "
+                        "not a number of seconds (0 or more, in ASCII digits)"
+                    )
         for name in ("namespace_render_rate", "namespace_upload_rate",
                      "token_write_rate"):  # fmt: skip
             if getattr(self, name) < 0:
@@ -1036,6 +1042,12 @@ _INT = re.compile(r"-?[0-9]{1,18}")
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _DIRECTIVE = rf"{_TOKEN}(?:=(?:{_TOKEN}|\"[ !#-~]*\"))?"
 _CACHE_CONTROL = re.compile(rf"{_DIRECTIVE}(?: *, *{_DIRECTIVE})*")
+#: The directives whose argument is delta-seconds (RFC 9111 section 1.2.2,
+#: RFC 5861), and that argument, quoted or not.
+_SECONDS_DIRECTIVE = re.compile(
+    r"(?:^|,) *((?i:max-age|s-maxage|stale-while-revalidate|stale-if-error))"
+    r"=\"?([^\",]*)\"?"
+)
 _FLOAT = re.compile(r"-?(?:[0-9]{1,18}(?:\.[0-9]{0,18})?|\.[0-9]{1,18})")
 
 

@@ -93,10 +93,32 @@ class OptionsTests(SynchronousTestCase):
             (("--otlp_endpoint", "http://127.0.0.1:99999/v1/traces"),
              "is not an http(s) URL with a host and a valid port"),
             (("--otlp_endpoint", "http:///v1/traces"), "is not an http(s) URL"),
+            (("--cache_control_files", "public, max-age=-1"),
+             "max-age=-1 is not a number of seconds"),
+            (("--cache_control_variants", 'public, S-MAXAGE="60s"'),
+             "S-MAXAGE=60s is not a number of seconds"),
         ):  # fmt: skip
             with self.assertRaises(UsageError, msg=args) as caught:
                 parse(*args)
             self.assertIn(says, str(caught.exception))
+
+    @given(
+        st.sampled_from(["max-age", "s-maxage", "stale-while-revalidate",
+                         "stale-if-error", "Max-Age"]),
+        st.integers(-(10**12), 10**12),
+        st.booleans(),
+    )  # fmt: skip
+    def test_a_lifetime_is_seconds_from_zero(
+        self, directive: str, seconds: int, quoted: bool
+    ) -> None:
+        argument = f'"{seconds}"' if quoted else str(seconds)
+        value = f"public, {directive}={argument}, x-{directive}=-1"
+        if seconds >= 0:
+            config = parse("--cache_control_presets", value)
+            self.assertEqual(config.cache_control_presets, value)
+        else:
+            with self.assertRaisesRegex(UsageError, "not a number of seconds"):
+                parse("--cache_control_presets", value)
 
     def test_pixel_limit_cannot_pass_the_decoders(self) -> None:
         with self.assertRaises(UsageError) as caught:
