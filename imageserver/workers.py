@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import treq
+from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 from twisted.application.service import Service
@@ -58,7 +59,7 @@ from twisted.web.server import NOT_DONE_YET
 from imageserver import config as configuration
 from imageserver.config import Config
 from imageserver.metrics import tracing
-from imageserver.metrics.events import PoolReading
+from imageserver.metrics.events import Events, PoolReading, host_metrics
 from imageserver.runtime.listening import Listening
 from imageserver.runtime.shutdown import SENDING_SECONDS, Deadline, stop_reactor
 from imageserver.runtime.waiting import drained
@@ -193,16 +194,36 @@ def _alive(pid: int) -> bool:
 class WorkerMetrics(Collector):
     """Every worker's counters, histograms and gauges, summed over workers
     (prometheus_client's multiprocess mode: each worker writes its values to
-    files in `path`; the dead's counters still count, their gauges not)."""
+    files in `path`; the dead's counters still count, their gauges not).
+
+    A family no worker has written yet is reported as a single process
+    reports it (its unlabelled counters at 0, its labelled ones without
+    samples), so the same families are there with or without --workers."""
 
     def __init__(self) -> None:
         self.path: str | None = None
+        self._unused: list[Any] | None = None
 
     def collect(self) -> Iterator[Any]:
         if self.path is None:
             return iter(())
         files = glob.glob(os.path.join(self.path, "*.db"))
-        return iter(MultiProcessCollector.merge(files, accumulate=True))
+        merged = list(MultiProcessCollector.merge(files, accumulate=True))
+        written = {family.name for family in merged}
+        merged += [f for f in self._fresh() if f.name not in written]
+        return iter(merged)
+
+    def _fresh(self) -> list[Any]:
+        """The workers' families as a process that has done nothing has them
+        (in this process's memory: the supervisor writes no files), but for
+        those the supervisor reports itself (`host_metrics`)."""
+        if self._unused is None:
+            host = CollectorRegistry()
+            host_metrics(host, lambda: ())
+            own = {f.name for f in host.collect()}
+            families = Events().registry.collect()
+            self._unused = [f for f in families if f.name not in own]
+        return self._unused
 
 
 @dataclasses.dataclass(frozen=True)

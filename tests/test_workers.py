@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
@@ -18,6 +19,7 @@ from twisted.internet.task import deferLater
 
 from imageserver import workers
 from imageserver.config import Config
+from imageserver.metrics.events import Events
 from tests import test_twistd
 from tests.support import encode, quadrants, serve
 from tests.test_twistd import TwistdCase
@@ -209,6 +211,16 @@ class WorkersTests(TwistdCase):
         }
         self.assertEqual(served, {"all": 20.0})
         self.assertIn(b"imageserver_http_requests_in_flight 0.0", body)
+        # Every family a single process reports, used by a worker or not.
+        reported = {f.name for f in text_string_to_metric_families(body.decode())}
+        alone = generate_latest(Events().registry).decode()
+        single = {
+            f.name
+            for f in text_string_to_metric_families(alone)
+            if not f.name.endswith("_created")  # not in multiprocess mode
+        }
+        self.assertLessEqual(single, reported)
+        self.assertIn(b"imageserver_quota_refused_total 0.0", body)
 
     async def metric(self, name: str) -> float:
         _, body = await self.call("GET", "/metrics", port=self.admin_port)
