@@ -37,6 +37,7 @@ TRACE_HEADERS = ("traceparent",)
 
 _tracer: Any = None  # an opentelemetry Tracer while a Tracing service runs
 _propagator: Any = None
+_current_span: Any = None  # opentelemetry's get_current_span, while on
 _NOTHING: contextlib.nullcontext[None] = contextlib.nullcontext()
 #: Where an OTLP/HTTP collector takes traces.
 TRACES_PATH = "/v1/traces"
@@ -57,9 +58,7 @@ def span(
     otherwise start a trace of its own every few seconds)."""
     if _tracer is None:
         return _NOTHING
-    from opentelemetry import trace
-
-    if not trace.get_current_span().get_span_context().is_valid:
+    if not _current_span().get_span_context().is_valid:
         return _NOTHING
     return _tracer.start_as_current_span(name, attributes=attributes)
 
@@ -144,8 +143,11 @@ def _shown(endpoint: str) -> str:
 
 @contextlib.contextmanager
 def _installed(tracer: Any, propagator: Any) -> Iterator[None]:
-    global _tracer, _propagator
+    global _tracer, _propagator, _current_span
+    from opentelemetry import trace
+
     _tracer, _propagator = tracer, propagator
+    _current_span = trace.get_current_span  # looked up once, not per span
     try:
         yield
     finally:

@@ -5,7 +5,7 @@ import threading
 
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from imageserver.runtime.pools import ThreadPoolService
@@ -75,15 +75,14 @@ class ThreadPoolServiceTests(TestCase):
 
 async def running(pool: ThreadPoolService, release: threading.Event) -> Deferred[bool]:
     """A job of ``pool`` that has started and waits for ``release``."""
-    started = threading.Event()
+    started: Deferred[None] = Deferred()
 
     def wait() -> bool:
-        started.set()
+        reactor.callFromThread(started.callback, None)
         return release.wait(10)
 
     job = pool.run(wait)
-    while not started.is_set():
-        await deferLater(reactor, 0.005)
+    await started
     return job
 
 
