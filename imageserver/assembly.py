@@ -32,7 +32,7 @@ from imageserver.lifecycle.listeners import Lifecycle, Listeners
 from imageserver.lifecycle.purges import PurgeLog
 from imageserver.lifecycle.webhooks import Webhooks
 from imageserver.metrics.events import Events
-from imageserver.naming import ORIGINAL, ImageId, is_generated
+from imageserver.naming import ORIGINAL, ImageId, is_immutable
 from imageserver.origin_paths import OriginPaths
 from imageserver.runtime.listening import StartupFailed
 from imageserver.runtime.pools import ThreadPoolService
@@ -148,7 +148,7 @@ def make_images(
         )
         generations.setServiceParent(parent)
         storage = memory = MemoryCache(
-            storage, config.memory_cache_bytes, is_generated, generations=generations
+            storage, config.memory_cache_bytes, is_immutable, generations=generations
         )
     quotas = None
     if config.namespace_quota_bytes:

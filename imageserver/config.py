@@ -577,13 +577,14 @@ class Config:
     )
     cache_control_variants: str = setting(
         IMMUTABLE,
-        "Cache-Control of variants by their canonical names, originals and "
-        "info.json (their URLs are content-addressed: never other bytes).",
+        "Cache-Control of variants by their canonical names and originals "
+        "(their URLs are content-addressed: never other bytes).",
         server_only=True,
     )
     cache_control_files: str = setting(
         REVALIDATE,
-        "Cache-Control of client files (they can be replaced under their name).",
+        "Cache-Control of client files and info.json (they can be replaced "
+        "under their name: info.json gains the faces once they are found).",
         server_only=True,
     )
     cache_control_presets: str = setting(

@@ -41,6 +41,7 @@ from imageserver.errors import (
     UnsupportedImage,
 )
 from imageserver.imaging import containers, geometry, renderer
+from imageserver.imaging.faces import parse as parse_faces
 from imageserver.lifecycle.listeners import Lifecycle, NoLifecycle
 from imageserver.metrics import tracing
 from imageserver.metrics.events import Events
@@ -194,11 +195,13 @@ class Images:
         source: str | None = None,
         outputs: str | None = None,
         body_is: str = "the body",
+        faces: bool = False,
     ) -> bytes:
         """Store an original (the body, or fetched from ``source``); return info.json.
 
         Returns once the original, its info.json and every output are stored.
         ``body_is`` names the body in messages (the command line's is a file).
+        With ``faces``, info.json carries the faces in the picture.
         """
         check_namespace(namespace)
         self.check_uploads(namespace)
@@ -220,7 +223,7 @@ class Images:
         if not data:
             raise UnsupportedImage(f"{subject} is empty")
         try:
-            return await self._store(namespace, data, variants)
+            return await self._store(namespace, data, variants, faces)
         except NotAnImage as e:
             raise e.about(subject) from None
 
@@ -288,7 +291,11 @@ class Images:
         return ImageId(namespace, json.loads(info)["hash"])
 
     async def _store(
-        self, namespace: str, data: bytes, variants: tuple[Variant, ...]
+        self,
+        namespace: str,
+        data: bytes,
+        variants: tuple[Variant, ...],
+        faces: bool = False,
     ) -> bytes:
         # What is stored (and hashed) is the image, without anything a file
         # carries after its end.
@@ -297,11 +304,13 @@ class Images:
 
         async def store() -> bytes:
             info = await self._ingests.run(
-                [image], lambda _: self._ingest(image, data, variants)
+                [image], lambda _: self._ingest(image, data, variants, faces)
             )[image]
             # An image stored before: what it makes now is a render (the
             # upload rate does not see a batch's items).
             await self._ensure(image, variants, data, rated=True)
+            if faces:
+                info = await self._with_faces(image, info, data)
             return info
 
         return await self._storing(image.folder, store)
@@ -534,15 +543,27 @@ class Images:
             raise InvalidRequest(f"{url} has md5 {info['hash']}, not {digest}")
         return info  # type: ignore[no-any-return]
 
-    async def process(self, image: ImageId, outputs: str | None) -> None:
-        """Generate whichever of ``outputs`` are not stored yet."""
+    async def process(
+        self, image: ImageId, outputs: str | None, faces: bool = False
+    ) -> None:
+        """Generate whichever of ``outputs`` are not stored yet; with
+        ``faces``, find the faces for info.json if it has none yet."""
         variants = self._outputs(image.namespace, outputs)
-        if not variants:
-            raise InvalidRequest("give the variants to generate in ?outputs=")
+        if not variants and not faces:
+            raise InvalidRequest(
+                "give the variants to generate in ?outputs=, or ?faces=1"
+            )
         self.check_quota(image.namespace)
-        await self._storing(
-            image.folder, lambda: self._ensure(image, variants, rated=True)
-        )
+
+        async def work() -> None:
+            await self._ensure(image, variants, rated=True)
+            if faces:
+                stored = await self._storage.get(image.key(INFO))
+                if stored is None:
+                    raise NotFound("image not found")
+                await self._with_faces(image, stored.data)
+
+        await self._storing(image.folder, work)
 
     async def put_file(self, image: ImageId, name: str, body: BinaryIO) -> None:
         """Keep a client's file in the image's folder, replacing any previous one
@@ -710,10 +731,13 @@ class Images:
         original: bytes,
         variants: Sequence[Variant],
         with_placeholders: bool = False,
+        known_faces: Sequence[geometry.Box] | None = None,
+        with_faces: bool = False,
     ) -> tuple[renderer.ImageInfo, list[tuple[bytes, str]]]:
         """Decode once, encode each variant: in the processing pool, timed.
 
-        Each output comes with its ETag, hashed in the pool too.
+        Each output comes with its ETag, hashed in the pool too. The faces
+        are as `renderer.render_many` takes them.
         """
         marks = {
             v.watermark.hash: await self._mark(v.watermark.hash)
@@ -722,7 +746,14 @@ class Images:
         }
         with tracing.span("process", {"imageserver.variants": len(variants)}):
             info, outputs, seconds = await self._process(
-                _rendered, original, variants, self._limits, with_placeholders, marks
+                _rendered,
+                original,
+                variants,
+                self._limits,
+                with_placeholders,
+                marks,
+                known_faces,
+                with_faces,
             )
         self._events.processed(seconds)
         if info.still_because is not None:
@@ -798,7 +829,11 @@ class Images:
         return known
 
     async def _ingest(
-        self, image: ImageId, data: bytes, variants: Sequence[Variant]
+        self,
+        image: ImageId,
+        data: bytes,
+        variants: Sequence[Variant],
+        faces: bool = False,
     ) -> dict[ImageId, bytes]:
         """Store a new original with the first uploader's outputs, info.json last.
 
@@ -806,17 +841,21 @@ class Images:
         died half-way is stored again by the next upload of the same bytes.
         """
         if self._host_locks is None:
-            return await self._ingest_now(image, data, variants)
+            return await self._ingest_now(image, data, variants, faces)
         async with self._host_locks.holding([image.key(INFO)]):
-            return await self._ingest_now(image, data, variants)
+            return await self._ingest_now(image, data, variants, faces)
 
     async def _ingest_now(
-        self, image: ImageId, data: bytes, variants: Sequence[Variant]
+        self,
+        image: ImageId,
+        data: bytes,
+        variants: Sequence[Variant],
+        faces: bool = False,
     ) -> dict[ImageId, bytes]:
         existing = await self._storage.get(image.key(INFO))
         if existing is not None:
             return {image: existing.data}
-        info, outputs = await self._render_many(data, variants, True)
+        info, outputs = await self._render_many(data, variants, True, None, faces)
         info_json = info_json_of(image.hash, info)
         size = len(data) + len(info_json) + sum(len(o[0]) for o in outputs)
         async with self._held(image.namespace, size):
@@ -924,15 +963,52 @@ class Images:
             if stored is None:
                 raise NotFound("image not found")
             original = stored.data
-        info, outputs = await self._render_many(original, variants)
+        known = None
+        if any(v.wants_faces for v in variants):
+            info_json = await self._storage.get(image.key(INFO))
+            if info_json is not None:
+                known = parse_faces(json.loads(info_json.data).get("faces"))
+        info, outputs = await self._render_many(original, variants, False, known)
         # Durable: asked for by a writer (an upload's outputs, a process).
         size = sum(len(o[0]) for o in outputs)
         async with self._held(image.namespace, size, asked=durable):
             made = await self._put_all(
                 image, variants, outputs, durable, info.chosen_qualities
             )
+        if info.faces is not None:
+            await self._record_faces(image, info.faces)
         self._lifecycle.generated(image, list(made))
         return made
+
+    async def _with_faces(
+        self, image: ImageId, info_json: bytes, original: bytes | None = None
+    ) -> bytes:
+        """``info_json`` with the faces in the picture: found (and kept) if
+        it has none yet."""
+        if parse_faces(json.loads(info_json).get("faces")) is not None:
+            return info_json
+        if original is None:
+            stored = await self._storage.get(image.key(ORIGINAL))
+            if stored is None:
+                raise NotFound("image not found")
+            original = stored.data
+        info, _ = await self._render_many(original, (), with_faces=True)
+        return await self._record_faces(image, info.faces or ()) or info_json
+
+    async def _record_faces(
+        self, image: ImageId, faces: Sequence[geometry.Box]
+    ) -> bytes | None:
+        """Keep ``faces`` in the image's info.json (called inside its
+        folder's gate); the new info.json, or None where there is none (an
+        upload that died half-way: the next one writes it)."""
+        stored = await self._storage.get(image.key(INFO))
+        if stored is None:
+            return None
+        fields = json.loads(stored.data)
+        fields["faces"] = [list(box) for box in faces]
+        data = json.dumps(fields).encode()
+        await self._storage.put(image.key(INFO), data, "application/json")
+        return data
 
     async def _put_all(
         self,
@@ -1029,10 +1105,19 @@ def _rendered(
     limits: renderer.Limits,
     with_placeholders: bool,
     marks: Mapping[str, bytes],
+    known_faces: Sequence[geometry.Box] | None,
+    with_faces: bool,
 ) -> tuple[renderer.ImageInfo, list[tuple[bytes, str]], float]:
     start = time.perf_counter()
     info, outputs = renderer.render_many(
-        original, variants, limits, with_placeholders, marks, tracing.span
+        original,
+        variants,
+        limits,
+        with_placeholders,
+        marks,
+        tracing.span,
+        known_faces,
+        with_faces,
     )
     seconds = time.perf_counter() - start
     return info, [(data, etag_of(data)) for data in outputs], seconds
@@ -1061,5 +1146,6 @@ def info_json_of(digest: str, info: renderer.ImageInfo) -> bytes:
             "frames": info.frames,
             **({} if info.duration_ms is None else {"duration_ms": info.duration_ms}),
             **(info.placeholders or {}),
+            **({} if info.faces is None else {"faces": [list(b) for b in info.faces]}),
         }
     ).encode()

@@ -295,6 +295,9 @@ class Variant:
     #: A focal point, per cent of the width and of the height, or None.
     focus: tuple[int, int] | None = None
     smart: bool = False
+    #: Crop to the faces (the centre when there are none); ``smart`` prefers
+    #: them too, falling back to its attention score.
+    faces: bool = False
     trim: bool = False
     rotate: int = 0
     flip: bool = False
@@ -337,6 +340,11 @@ class Variant:
     @property
     def content_type(self) -> str:
         return OUTPUT_FORMATS[self.format]
+
+    @property
+    def wants_faces(self) -> bool:
+        """Whether its crop is placed by the faces in the picture."""
+        return self.smart or self.faces
 
     def pad_colour(self, has_alpha: bool) -> tuple[int, int, int, int]:
         """The canvas colour: the one asked for, else transparent where the
@@ -570,17 +578,17 @@ def _parse(
         elif token == "noup":
             once("noup")
             fields["noup"] = True
-        elif token in GRAVITIES or token == "smart" or _FOCUS.match(token):
-            if "a gravity, fp or smart" in seen:
+        elif token in GRAVITIES or token in _FINDERS or _FOCUS.match(token):
+            if "a gravity, fp, smart or faces" in seen:
                 raise InvalidRequest(
-                    f"{name!r}: only one of a gravity, fp and smart may be given"
+                    f"{name!r}: only one of a gravity, fp, smart and faces may be given"
                 )
-            once("a gravity, fp or smart")
+            once("a gravity, fp, smart or faces")
             placed = token
             if token in GRAVITIES:
                 fields["gravity"] = token
-            elif token == "smart":
-                fields["smart"] = True
+            elif token in _FINDERS:
+                fields[token] = True
             else:
                 focus = _FOCUS.match(token)
                 assert focus is not None
@@ -820,12 +828,13 @@ def _crop(m: re.Match[str], name: str) -> dict[str, Any]:
     return {"crop": (left, top, right, bottom), "crop_fraction": fraction}
 
 
-#: Focal points that are a gravity's edge or corner: the crop they give is
-#: the gravity's, by the arithmetic of geometry's cover box.
+#: The options that place a cover crop by what is in the picture.
+_FINDERS = ("smart", "faces")
+
 #: The option words (docs/api.md's table must name each), and what a
 #: misspelt one is matched against for a suggestion.
-OPTION_WORDS = ("fit", "pad", "noup", "smart", "trim", "flip", "flop", "sharp",
-                 "gray", "blur", "q", "fp", "crop", "cropf", "brightness",
+OPTION_WORDS = ("fit", "pad", "noup", "smart", "faces", "trim", "flip", "flop",
+                 "sharp", "gray", "blur", "q", "fp", "crop", "cropf", "brightness",
                  "contrast", "saturation", "round", "circle", "pixelate", "bg",
                  "pixelbox", "blurbox", "wm", "text", "maxbytes",
                  *GRAVITIES, *ROTATIONS)  # fmt: skip
@@ -852,6 +861,8 @@ def _nearest(token: str) -> str:
     return f" (did you mean {near[0]!r}?)" if near and near[0] != stem else ""
 
 
+#: Focal points that are a gravity's edge or corner: the crop they give is
+#: the gravity's, by the arithmetic of geometry's cover box.
 _FOCUS_GRAVITIES: dict[tuple[int, int], str] = {
     (round(x * 100), round(y * 100)): g for g, (x, y) in GRAVITIES.items()
 }
@@ -1051,6 +1062,7 @@ def _spelling(v: Variant, mark: str | None = None) -> str:
         v.gravity or "",
         "" if v.focus is None else f"fp{v.focus[0]}_{v.focus[1]}",
         "smart" if v.smart else "",
+        "faces" if v.faces else "",
         "trim" if v.trim else "",
         f"r{v.rotate}" if v.rotate else "",
         "flip" if v.flip else "",
@@ -1401,6 +1413,13 @@ def is_generated(key: str) -> bool:
     """
     name = key.rpartition("/")[2]
     return name in (ORIGINAL, INFO) or _server_name(name)
+
+
+def is_immutable(key: str) -> bool:
+    """Whether the object at ``key`` never changes once stored: originals and
+    variants, not info.json (the faces are added to it once found, and an
+    older image's missing fields) nor a client's file."""
+    return is_generated(key) and key.rpartition("/")[2] != INFO
 
 
 def is_file_name(name: str) -> bool:

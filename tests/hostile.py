@@ -413,6 +413,9 @@ def _measure(jobs: list[dict[str, Any]]) -> None:
         image = Image.new("RGB", (8, 8), "red")
         image.save(tiny, fmt, **({"quality": 50} if fmt in ("HEIF", "JXL") else {}))
         renderer.render_many(tiny.getvalue(), warm, default, with_placeholders=True)
+    # The face detector loaded (once per process, for the first crop that
+    # looks: not a cost of any one file).
+    renderer.render_many(tiny.getvalue(), (), default, with_faces=True)
     for job in jobs:
         # Each job in a fork of the warmed-up process: it starts from the
         # same state whatever the jobs before it left behind.

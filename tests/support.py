@@ -9,7 +9,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageChops, ImageStat
 from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -98,6 +98,13 @@ def decode(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()
     return image
+
+
+def mean_difference(a: Image.Image, b: Image.Image) -> float:
+    """How far apart two pictures are: the mean absolute difference of their
+    RGB values (``b`` resized to ``a``'s size), 0-255."""
+    diff = ImageChops.difference(a.convert("RGB"), b.convert("RGB").resize(a.size))
+    return sum(ImageStat.Stat(diff).mean) / 3
 
 
 def close_to(

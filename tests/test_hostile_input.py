@@ -616,3 +616,25 @@ class EveryEffectCostTests(SynchronousTestCase):
             self.assertLess(cost.cpu_s, 6, cost)
         self.assertLess(sized.rss_mb, 128, sized)
         self.assertLess(sized.cpu_s, 3, sized)
+
+
+class FaceCostTests(SynchronousTestCase):
+    """Looking for faces costs a bounded copy's work whatever the picture:
+    a 12 MP wall of 80 faces (more than are kept) against the same crop
+    without looking, within docs/security.md's bound."""
+
+    def test_a_wall_of_faces(self) -> None:
+        from benchmarks import corpus
+
+        wall = Image.new("RGB", (4000, 3000), (128, 128, 128))
+        for index in range(80):
+            x, y = index % 10 * 370 + 4, index // 10 * 370 + 4
+            corpus._paste_face(wall, corpus.faces()[index], (x, y, x + 330, y + 330))
+        data = encode(wall, "JPEG", quality=90)
+        plain, faces = hostile.costs(
+            [hostile.Job(data, "300x100.jpg", upload=False),
+             hostile.Job(data, "300x100-faces.jpg", upload=False)]
+        )  # fmt: skip
+        self.assertEqual((plain.outcome, faces.outcome), ("ok", "ok"))
+        self.assertLess(faces.cpu_s, plain.cpu_s + 0.25, (plain, faces))
+        self.assertLess(faces.rss_mb, plain.rss_mb + 16, (plain, faces))

@@ -236,6 +236,7 @@ class GrammarV2Tests(SynchronousTestCase):
             ("x200-gse.jpg", "gravity", "gse"),
             ("x200-fp10_90.jpg", "focus", (10, 90)),
             ("x200-smart.jpg", "smart", True),
+            ("x200-faces.jpg", "faces", True),
             ("300x200-pad.jpg", "pad", None),
             ("300x200-pad80808080.png", "pad", (128, 128, 128, 128)),
         ):
@@ -309,11 +310,14 @@ class GrammarV2Tests(SynchronousTestCase):
             ("h200-pad.jpg", "pad applies only to xN and WxH sizes"),
             ("x200-fit-gn.jpg", "gn applies only to cover crops"),
             ("w200-smart.jpg", "smart applies only to cover crops"),
+            ("x200-fit-faces.jpg", "faces applies only to cover crops"),
+            ("x200-smart-faces.jpg", "only one of a gravity, fp, smart and faces"),
+            ("x200-faces-fp10_10.jpg", "only one of a gravity, fp, smart and faces"),
             ("x200-pad-fp10_10.jpg", "fp10_10 applies only to cover crops"),
             ("full_size-gs.jpg", "gs applies only to cover crops"),
             ("x200-fit-pad.jpg", "fit and pad cannot be used together"),
-            ("x200-gn-smart.jpg", "only one of a gravity, fp and smart"),
-            ("x200-gn-gs.jpg", "only one of a gravity, fp and smart"),
+            ("x200-gn-smart.jpg", "only one of a gravity, fp, smart and faces"),
+            ("x200-gn-gs.jpg", "only one of a gravity, fp, smart and faces"),
             ("x200-gray-gray.jpg", "gray is given twice"),
             ("x200-r90-r180.jpg", "a rotation is given twice"),
             ("x200-q10-q20.jpg", "the quality is given twice"),
@@ -411,9 +415,9 @@ class GrammarV2Tests(SynchronousTestCase):
         st.lists(
             st.sampled_from([
                 "fit", "pad", "pad10ff2080", "padFFEEDD", "noup", "gn", "gse", "smart",
-                "fp20_70", "fp50_50", "trim", "r90", "r180", "flip", "flop", "blur3",
-                "sharp", "gray", "q40", "crop2_4_40_30", "cropf0_0_10000_10000",
-                "cropf100_0_9000_10000", "brightness20", "brightnessm20",
+                "faces", "fp20_70", "fp50_50", "trim", "r90", "r180", "flip", "flop",
+                "blur3", "sharp", "gray", "q40", "crop2_4_40_30",
+                "cropf0_0_10000_10000", "cropf100_0_9000_10000", "brightness20", "brightnessm20",
                 "brightness0", "contrastm100", "saturation5", "round6", "circle",
                 "pixelate4", "bgffffff", "bgFF8800", "pixelbox1_1_9_9",
                 "blurbox0_0_30_20", "pixelbox0_0_4_4", "maxbytes5000",
@@ -459,7 +463,7 @@ SIZES = {  # spelling -> (fit, width, height), before the density
 }  # fmt: skip
 BOX = ["", "fit", "pad", "pad00000000", "padffffff", "pad336699"]
 PLACES = ["", "gn", "gse", "gw", "fp50_0", "fp0_100", "fp100_50", "fp50_50",
-          "fp20_70", "smart"]  # fmt: skip
+          "fp20_70", "smart", "faces"]  # fmt: skip
 TURNS = [(r, i, o) for r in (0, 90, 180, 270) for i in (0, 1) for o in (0, 1)]
 QUALITIES = ["", "q40", "q100"]
 EXTS = ["png", "jpg", "webp", "gif", "auto"]
@@ -517,8 +521,8 @@ def effect(p: Parts) -> object:
     place: dict[str, Any] = {}
     if p.place in GRAVITIES:
         place["gravity"] = p.place
-    elif p.place == "smart":
-        place["smart"] = True
+    elif p.place in ("smart", "faces"):
+        place[p.place] = True
     elif p.place and p.place != "fp50_50":  # the centre, as docs/api.md says
         x, y = p.place[2:].split("_")
         place["focus"] = (int(x), int(y))
@@ -544,7 +548,8 @@ def effect(p: Parts) -> object:
             canvas = (255, 255, 255, 255)  # flattened on white: nothing shows
         encoder = (row.content_type, row.pillow, row.encoder, quality, canvas)
     turned = _turned(r, flip, flop)
-    return (encoder, turned, tuple(plans), p.gray, p.place == "smart")
+    finder = p.place if p.place in ("smart", "faces") else None
+    return (encoder, turned, tuple(plans), p.gray, finder)
 
 
 def outcome(name: str) -> str:

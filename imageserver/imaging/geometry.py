@@ -48,6 +48,14 @@ class Plan:
         return self.canvas or self.size
 
     @property
+    def crops(self) -> bool:
+        """Whether ``box`` leaves part of the turned region out."""
+        width, height = self.region[2] - self.region[0], self.region[3] - self.region[1]
+        if self.turned:
+            width, height = height, width
+        return self.box != (0, 0, width, height)
+
+    @property
     def turned(self) -> bool:
         """Whether the rotation swaps width and height."""
         return self.rotate in (90, 270)
@@ -149,14 +157,8 @@ def output_box(plan: Plan, box: Box) -> tuple[Box, Size] | None:
     the size the whole box has there, parts cropped away included (what a
     redaction's strength is measured by: a crop through a box must not
     weaken it); None when none of it is there."""
-    region = plan.region
-    inside = (
-        max(box[0], region[0]),
-        max(box[1], region[1]),
-        min(box[2], region[2]),
-        min(box[3], region[3]),
-    )
-    if inside[2] <= inside[0] or inside[3] <= inside[1]:
+    inside = _overlap(box, plan.region)
+    if inside is None:
         return None
     placed = _in_output(plan, inside)
     out_w, out_h = plan.size
@@ -174,14 +176,47 @@ def output_box(plan: Plan, box: Box) -> tuple[Box, Size] | None:
     return (clipped[0] + dx, clipped[1] + dy, clipped[2] + dx, clipped[3] + dy), size
 
 
-def _in_output(plan: Plan, box: Box) -> Box:
-    """``box`` of the source turned and scaled as ``plan`` says, edges
-    rounded outward, not clipped."""
+def in_turned_region(variant: Variant, region: Box, box: Box) -> Box | None:
+    """What of ``box`` (of the source, in its pixels) is inside ``region``,
+    in the pixels of that region turned and mirrored as ``variant`` says;
+    None when none of it is."""
+    inside = _overlap(box, region)
+    if inside is None:
+        return None
+    width, height = region[2] - region[0], region[3] - region[1]
+    turn = Plan(region, (0, 0, width, height), (width, height), variant.rotate,
+                variant.flip, variant.flop)  # fmt: skip
+    return _turned_box(turn, inside)
+
+
+def _overlap(box: Box, region: Box) -> Box | None:
+    """What of ``box`` is inside ``region``; None when nothing is."""
+    inside = (
+        max(box[0], region[0]),
+        max(box[1], region[1]),
+        min(box[2], region[2]),
+        min(box[3], region[3]),
+    )
+    if inside[2] <= inside[0] or inside[3] <= inside[1]:
+        return None
+    return inside
+
+
+def _turned_box(plan: Plan, box: Box) -> Box:
+    """``box`` of the source in the pixels of ``plan``'s region turned and
+    mirrored as it says."""
     region = plan.region
     width, height = region[2] - region[0], region[3] - region[1]
     corners = [_turned(x - region[0], y - region[1], width, height, plan)
                for x in (box[0], box[2]) for y in (box[1], box[3])]  # fmt: skip
     xs, ys = [x for x, _ in corners], [y for _, y in corners]
+    return (min(xs), min(ys), max(xs), max(ys))
+
+
+def _in_output(plan: Plan, box: Box) -> Box:
+    """``box`` of the source turned and scaled as ``plan`` says, edges
+    rounded outward, not clipped."""
+    left, top, right, bottom = _turned_box(plan, box)
     crop = plan.box
     out_w, out_h = plan.size
     scale_x = out_w / (crop[2] - crop[0])
@@ -194,10 +229,10 @@ def _in_output(plan: Plan, box: Box) -> Box:
     if (out_w, out_h) != (crop[2] - crop[0], crop[3] - crop[1]):
         spread = math.ceil(3 * max(1.0, scale_x, scale_y))
     return (
-        math.floor((min(xs) - crop[0]) * scale_x) - spread,
-        math.floor((min(ys) - crop[1]) * scale_y) - spread,
-        math.ceil((max(xs) - crop[0]) * scale_x) + spread,
-        math.ceil((max(ys) - crop[1]) * scale_y) + spread,
+        math.floor((left - crop[0]) * scale_x) - spread,
+        math.floor((top - crop[1]) * scale_y) - spread,
+        math.ceil((right - crop[0]) * scale_x) + spread,
+        math.ceil((bottom - crop[1]) * scale_y) + spread,
     )
 
 
@@ -216,6 +251,17 @@ def _turned(x: int, y: int, width: int, height: int, plan: Plan) -> tuple[int, i
     if plan.flop:
         x = width - x
     return x, y
+
+
+def within(size: Size, side: int) -> Size:
+    """``size`` scaled to fit a ``side`` square, its ratio kept; never
+    enlarged."""
+    width, height = size
+    if max(width, height) <= side:
+        return size
+    if width >= height:
+        return side, _scaled(height, side, width)
+    return _scaled(width, side, height), side
 
 
 def output_size(variant: Variant, width: int, height: int) -> Size:

@@ -30,7 +30,14 @@ from imageserver.errors import (
     NotAnImage,
     UnsupportedImage,
 )
-from imageserver.imaging import analysis, containers, effects, geometry, placeholders
+from imageserver.imaging import (
+    analysis,
+    containers,
+    effects,
+    faces,
+    geometry,
+    placeholders,
+)
 from imageserver.naming import Fit, Variant
 
 #: Input formats we decode (Pillow's names); nothing else reaches a decoder.
@@ -112,6 +119,9 @@ class ImageInfo:
     still_because: str | None = None
     #: The quality a byte budget (``maxbytes``) chose, by variant name.
     chosen_qualities: dict[str, int] | None = None
+    #: The faces found, when looked for (in the displayed pixels, the
+    #: largest first); None when not looked for.
+    faces: tuple[geometry.Box, ...] | None = None
 
 
 def probe(data: bytes, limits: Limits) -> ImageInfo:
@@ -148,11 +158,18 @@ def render_many(
     with_placeholders: bool = False,
     marks: Mapping[str, bytes] | None = None,
     stage: Stage | None = None,
+    known_faces: Sequence[geometry.Box] | None = None,
+    with_faces: bool = False,
 ) -> tuple[ImageInfo, list[bytes]]:
     """Decode ``data`` once and encode every variant from it, in order; with
     ``with_placeholders``, the info carries them, made from the same decode.
     ``marks``: the originals of the variants' watermarks, by md5. ``stage``
-    wraps the decode, each variant's resize and each encode (tracing)."""
+    wraps the decode, each variant's resize and each encode (tracing).
+
+    ``known_faces``: the original's faces, found before (info.json keeps
+    them). Without them, they are looked for when asked (``with_faces``) or
+    when a ``smart`` or ``faces`` crop needs them, and the info carries what
+    was found."""
     stage = stage or _unwatched
     for variant in variants:  # a text the font cannot draw: before decoding
         if variant.text is not None:
@@ -179,6 +196,13 @@ def render_many(
         plans = [geometry.plan(v, width, height) for v in variants]
         for variant, plan in zip(variants, plans, strict=True):
             _check_output(variant, plan.output_size, width, height, limits)
+        finds_faces = known_faces is None and (
+            with_faces
+            or any(
+                v.wants_faces and (p.crops or v.trim)
+                for v, p in zip(variants, plans, strict=True)
+            )
+        )
 
         # Decode only as many pixels as the largest variant needs: JPEG can decode
         # straight to 1/2, 1/4 or 1/8 scale, which is most of the speed. What trim
@@ -187,6 +211,8 @@ def render_many(
             _times(p.decode_size(width, height), DRAFT_HEADROOM * (2 if v.trim else 1))
             for v, p in zip(variants, plans, strict=True)
         ] or [(8, 8)]
+        if finds_faces:  # the copy faces are looked for in, at least
+            needs.append(geometry.within((width, height), faces.FACE_SIDE))
         need = (max(w for w, _ in needs), max(h for _, h in needs))
         if orientation in _SWAPPING_ORIENTATIONS:
             need = (need[1], need[0])
@@ -221,6 +247,11 @@ def render_many(
     info = replace(info, still_because=still_because)
     source = _Source(base, width, height, has_alpha, icc)
     source.marks = decoded_marks
+    source.faces = list(known_faces or ())
+    if finds_faces:
+        with stage("faces"):
+            source.faces = faces.detect(base, (width, height))
+        info = replace(info, faces=tuple(source.faces))
     if with_placeholders:
         small = base.copy()
         small.thumbnail((placeholders.SIDE, placeholders.SIDE), Image.Resampling.BOX)
@@ -259,6 +290,20 @@ def render_many(
     if chosen:
         info = replace(info, chosen_qualities=chosen)
     return info, outputs
+
+
+def cover_box(
+    image: Image.Image, variant: Variant, known_faces: Sequence[geometry.Box]
+) -> geometry.Box:
+    """The box of ``image`` (an original as displayed, decoded whole) a
+    cover crop of ``variant`` keeps, placed as a render places it with
+    ``known_faces``: what tests and benchmarks check ``smart`` and ``faces``
+    by."""
+    source = _Source(image, image.width, image.height, False, None)
+    source.faces = list(known_faces)
+    content = source.content(variant)
+    focus = source.focus(variant)
+    return geometry.plan(variant, image.width, image.height, content, focus).box
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,6 +472,8 @@ class _Source:
         self._contents: dict[geometry.Box, geometry.Box | None] = {}
         #: The watermarks' pictures (RGBA), by md5.
         self.marks: dict[str, Image.Image] = {}
+        #: The faces in the original (in its pixels), the largest first.
+        self.faces: list[geometry.Box] = []
 
     def content(self, variant: Variant) -> geometry.Box | None:
         """What trim keeps of the variant's region (its crop box, or all),
@@ -451,25 +498,44 @@ class _Source:
         return self._contents[region]
 
     def adopt(self, other: _Source) -> None:
-        """Use ``other``'s trim boxes and watermarks (a later frame of the
-        same animation)."""
+        """Use ``other``'s trim boxes, watermarks and faces (a later frame
+        of the same animation)."""
         self._contents = other._contents
         self.marks = other.marks
+        self.faces = other.faces
 
     def focus(self, variant: Variant) -> tuple[float, float] | None:
-        """Where ``smart`` centres the crop (None for other variants)."""
-        if not variant.smart:
+        """Where ``smart`` or ``faces`` centres the crop (None for other
+        variants): on the faces, else (``smart``) where the attention score
+        is highest, or (``faces``) in the middle."""
+        if not variant.wants_faces:
             return None
         content = self.content(variant)
         region = content or geometry.crop_region(variant, self.width, self.height)
-        turned = _turn(self._region(region), variant)
         # The crop's size does not depend on where it goes.
         left, top, right, bottom = geometry.plan(
             variant, self.width, self.height, content
         ).box
         region_w, region_h = _turned_size(region, variant)
+        if right - left < region_w:
+            axis, length, window = 0, region_w, right - left
+        elif bottom - top < region_h:
+            axis, length, window = 1, region_h, bottom - top
+        else:
+            return 0.5, 0.5  # the crop is all of it
+        spans = []
+        for face in self.faces:
+            box = geometry.in_turned_region(variant, region, face)
+            if box is not None:
+                area = (box[2] - box[0]) * (box[3] - box[1])
+                spans.append((box[axis], box[axis + 2], area))
+        along = analysis.around_faces(spans, length, window)
+        if along is not None:
+            return (along, 0.5) if axis == 0 else (0.5, along)
+        if variant.faces:
+            return 0.5, 0.5
         crop = ((right - left) / region_w, (bottom - top) / region_h)
-        return analysis.attention(turned, crop)
+        return analysis.attention(_turn(self._region(region), variant), crop)
 
     def render(
         self, variant: Variant, focus: tuple[float, float] | None = None
@@ -482,7 +548,7 @@ class _Source:
         content = self.content(variant)
         region = content or geometry.crop_region(variant, self.width, self.height)
         turned = _turn(self._region(region), variant)
-        if variant.smart and focus is None:
+        if variant.wants_faces and focus is None:
             focus = self.focus(variant)
         plan = geometry.plan(variant, self.width, self.height, content, focus)
         image = _execute(turned, plan)

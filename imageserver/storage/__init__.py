@@ -11,7 +11,7 @@ import mimetypes
 from dataclasses import dataclass
 from typing import Protocol
 
-from imageserver.naming import OUTPUT_FORMATS, is_generated, original_digest
+from imageserver.naming import OUTPUT_FORMATS, is_immutable, original_digest
 
 #: Paths of generated objects are content-addressed: they never change.
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -107,7 +107,7 @@ def under(key: str, prefix: str) -> bool:
 def cache_control(key: str) -> str:
     """How long a copy of the object at ``key`` may be used: by browsers and
     CDNs in front of the server, and of the bucket itself."""
-    return IMMUTABLE if is_generated(key) else REVALIDATE
+    return IMMUTABLE if is_immutable(key) else REVALIDATE
 
 
 def content_type_for(name: str) -> str:

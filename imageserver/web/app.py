@@ -32,6 +32,7 @@ from imageserver.naming import (
     ImageId,
     hinted,
     is_generated,
+    is_immutable,
 )
 from imageserver.negotiation import ClientHints, client_hints
 from imageserver.origin_paths import OriginPaths
@@ -81,9 +82,9 @@ class Lifetimes:
     """How long browsers and CDNs may keep each kind of answer (their
     Cache-Control), from the --cache_control_* options."""
 
-    #: Variants by their canonical names, originals, info.json.
+    #: Variants by their canonical names, originals.
     variants: str = IMMUTABLE
-    #: Client files: replaceable under their name.
+    #: Client files and info.json: replaceable under their name.
     files: str = REVALIDATE
     #: Presets, .auto names, watermarks by their name.
     presets: str = PRESET_LIFETIME
@@ -101,7 +102,7 @@ class Lifetimes:
             return f"public, max-age={served.max_age}"
         if served.preset or served.negotiated or served.hints:
             return self.presets
-        return self.variants if is_generated(served.name) else self.files
+        return self.variants if is_immutable(served.name) else self.files
 
 
 class ImageFolderConverter(BaseConverter):
@@ -167,6 +168,7 @@ class ImageServerApp:
             body=request.content,
             source=source,
             outputs=_query(request, "outputs"),
+            faces=_flag(request, "faces"),
         )
         return json_response(200, info)
 
@@ -184,7 +186,9 @@ class ImageServerApp:
 
     @app.route(_IMAGE + "/process", methods=["POST"])
     async def process(self, request: IRequest, image: ImageId) -> Response:
-        await self._images.process(image, _query(request, "outputs"))
+        await self._images.process(
+            image, _query(request, "outputs"), _flag(request, "faces")
+        )
         return Response(200, {"Content-Length": "0"}, b"")
 
     @app.route(_IMAGE + "/<name>", methods=["GET"])
@@ -419,6 +423,14 @@ def _query(request: IRequest, name: str) -> str | None:
         return values[0].decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidRequest(f"the {name} parameter is not UTF-8") from None
+
+
+def _flag(request: IRequest, name: str) -> bool:
+    """A yes-or-no parameter: ``1`` or ``0`` (absent: no)."""
+    value = _query(request, name)
+    if value not in (None, "0", "1"):
+        raise InvalidRequest(f"the {name} parameter is 1 or 0, not {value[:20]!r}")
+    return value == "1"
 
 
 def _serve(

@@ -58,7 +58,8 @@ class SizeSweepTests(SynchronousTestCase):
         st.sampled_from(["w120", "h80", "x64", "90x30", "30x90", "full_size"]),
         st.lists(
             st.sampled_from(["fit", "pad", "noup", "gw", "gse", "fp10_80", "smart",
-                             "r90", "r270", "flip", "flop", "blur2", "sharp", "gray"]),
+                             "faces", "r90", "r270", "flip", "flop", "blur2", "sharp",
+                             "gray"]),
             max_size=4, unique=True,
         ),
         st.sampled_from(["", "@2x"]),

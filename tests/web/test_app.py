@@ -20,7 +20,7 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.static import Data
 from twisted.web.test.requesthelper import DummyRequest
 
-from imageserver.imaging import renderer
+from imageserver.imaging import faces, renderer
 from imageserver.naming import GRAVITIES, OUTPUT_FORMATS
 from imageserver.web.access import AccessPolicy
 from imageserver.web.app import route_name
@@ -615,6 +615,7 @@ class UnexpectedFailureTests(SynchronousTestCase):
              ("POST", "/p?source=http://source/a.jpg")),
             ("storage", app.local, "put",
              ("POST", f"{folder}/process?outputs=w34.png")),
+            ("faces", faces, "detect", ("GET", f"{folder}/40x10-smart.jpg")),
         ):  # fmt: skip
             patched = self.patch(target, name, broken)
             response, body = app.request(*request)
