@@ -94,6 +94,11 @@ class Stopping(Overloaded):
     that meets it during a shutdown ends quietly: nothing is wrong."""
 
 
+class Conflict(ImageServerError):
+    """What was asked for clashes with what is stored (409): an upload that
+    refuses near-duplicates, of one."""
+
+
 class TooMany(ImageServerError):
     """This client already has as many of something running as it may, such
     as batch jobs, or asks faster than it may (429): wait for one to

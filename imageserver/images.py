@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 import time
 from collections import OrderedDict
 from collections.abc import (
@@ -31,6 +32,7 @@ from twisted.python.failure import Failure
 from imageserver import naming, negotiation
 from imageserver.access.rates import RateLimiter
 from imageserver.errors import (
+    Conflict,
     Forbidden,
     InvalidRequest,
     NotAnImage,
@@ -38,9 +40,12 @@ from imageserver.errors import (
     NotFound,
     Overloaded,
     Stopping,
+    StorageFailed,
+    StorageFull,
+    StorageUnavailable,
     UnsupportedImage,
 )
-from imageserver.imaging import containers, geometry, renderer
+from imageserver.imaging import containers, geometry, likeness, renderer
 from imageserver.imaging.faces import parse as parse_faces
 from imageserver.lifecycle.listeners import Lifecycle, NoLifecycle
 from imageserver.metrics import tracing
@@ -69,6 +74,7 @@ from imageserver.storage.flights import Flights
 from imageserver.storage.gates import FolderGate
 from imageserver.storage.hostlocks import HostLocks
 from imageserver.storage.quotas import Quotas
+from imageserver.storage.similar import SimilarIndex
 
 log = Logger()
 
@@ -76,7 +82,17 @@ T = TypeVar("T")
 
 #: Fields info.json gained after the Go image-server's four: an older
 #: info.json without them is completed on its first read.
-_LATER_FIELDS = (b'"frames"', b'"blurhash"')
+_LATER_FIELDS = (b'"frames"', b'"blurhash"', b'"phash"')
+#: How many of the 64 bits of two images' perceptual hashes may differ for
+#: them to be alike, unless a request says (docs/api.md); the most it may
+#: say (past it, pictures are unrelated: about 32 bits differ).
+SIMILAR_DISTANCE = 12
+MOST_SIMILAR_DISTANCE = 20
+#: The most images /similar answers with, the nearest first.
+MOST_SIMILAR = 100
+_MD5 = re.compile(r"[0-9a-f]{32}")
+#: What an upload may do about images like it already stored.
+SIMILAR_POLICIES = ("refuse", "report")
 #: Originals whose transparency (for .auto's jpg or png) and size (for -ch
 #: and crops) are remembered.
 _KNOWN_ALPHA = 4096
@@ -182,8 +198,11 @@ class Images:
         self._marks: dict[str, bytes] = {}
         self.presets = policy.presets
         self._fetches: Flights[str, bytes] = Flights()
-        self._ingests: Flights[ImageId, bytes] = Flights()
+        #: By image, and whether it refuses near-duplicates (an upload that
+        #: does not must not share one that does, and be refused with it).
+        self._ingests: Flights[tuple[ImageId, bool], bytes] = Flights()
         self._renders: Flights[tuple[str, bool], StoredObject] = Flights()
+        self._similar = SimilarIndex(storage, clock)
         self._alpha: OrderedDict[ImageId, bool] = OrderedDict()
         self._sizes: OrderedDict[ImageId, tuple[int, int]] = OrderedDict()
 
@@ -196,14 +215,19 @@ class Images:
         outputs: str | None = None,
         body_is: str = "the body",
         faces: bool = False,
+        similar: str | None = None,
     ) -> bytes:
         """Store an original (the body, or fetched from ``source``); return info.json.
 
         Returns once the original, its info.json and every output are stored.
         ``body_is`` names the body in messages (the command line's is a file).
-        With ``faces``, info.json carries the faces in the picture.
+        With ``faces``, info.json carries the faces in the picture. With
+        ``similar``, images like it already stored refuse it (``refuse``: a
+        409 naming them) or are named in the answer (``report``).
         """
         check_namespace(namespace)
+        if similar is not None and similar not in SIMILAR_POLICIES:
+            raise InvalidRequest(f"similar is refuse or report, not {similar[:20]!r}")
         self.check_uploads(namespace)
         variants = self._outputs(namespace, outputs, defaults=True)
         data, subject = b"", body_is
@@ -223,7 +247,7 @@ class Images:
         if not data:
             raise UnsupportedImage(f"{subject} is empty")
         try:
-            return await self._store(namespace, data, variants, faces)
+            return await self._store(namespace, data, variants, faces, similar)
         except NotAnImage as e:
             raise e.about(subject) from None
 
@@ -296,6 +320,7 @@ class Images:
         data: bytes,
         variants: tuple[Variant, ...],
         faces: bool = False,
+        similar: str | None = None,
     ) -> bytes:
         # What is stored (and hashed) is the image, without anything a file
         # carries after its end.
@@ -303,14 +328,26 @@ class Images:
         image = ImageId(namespace, digest)
 
         async def store() -> bytes:
-            info = await self._ingests.run(
-                [image], lambda _: self._ingest(image, data, variants, faces)
-            )[image]
+            refuse = similar == "refuse"
+
+            async def ingest(_: object) -> dict[tuple[ImageId, bool], bytes]:
+                info = await self._ingest(image, data, variants, faces, refuse)
+                return {(image, refuse): info}
+
+            info = await self._ingests.run([(image, refuse)], ingest)[(image, refuse)]
             # An image stored before: what it makes now is a render (the
             # upload rate does not see a batch's items).
             await self._ensure(image, variants, data, rated=True)
             if faces:
                 info = await self._with_faces(image, info, data)
+            if similar == "report":
+                fields = json.loads(info)
+                phash = likeness.parse(str(fields.get("phash", "")))
+                if phash is not None:
+                    fields["similar"] = await self._near(
+                        namespace, phash, SIMILAR_DISTANCE, image.hash
+                    )
+                info = json.dumps(fields).encode()
             return info
 
         return await self._storing(image.folder, store)
@@ -639,6 +676,7 @@ class Images:
                 await self._storage.delete_prefix(image.folder)
                 raise NotFound("image not found")
             await self._storage.delete_prefix(image.folder)
+            await self._forget_likeness(image)
         self._alpha.pop(image, None)
         keys = [image.key(name) for name in names]
         self._events.deleted("image")
@@ -834,16 +872,17 @@ class Images:
         data: bytes,
         variants: Sequence[Variant],
         faces: bool = False,
-    ) -> dict[ImageId, bytes]:
+        refuse_similar: bool = False,
+    ) -> bytes:
         """Store a new original with the first uploader's outputs, info.json last.
 
         info.json is the mark of a complete upload: an original whose upload
         died half-way is stored again by the next upload of the same bytes.
         """
         if self._host_locks is None:
-            return await self._ingest_now(image, data, variants, faces)
+            return await self._ingest_now(image, data, variants, faces, refuse_similar)
         async with self._host_locks.holding([image.key(INFO)]):
-            return await self._ingest_now(image, data, variants, faces)
+            return await self._ingest_now(image, data, variants, faces, refuse_similar)
 
     async def _ingest_now(
         self,
@@ -851,11 +890,21 @@ class Images:
         data: bytes,
         variants: Sequence[Variant],
         faces: bool = False,
-    ) -> dict[ImageId, bytes]:
+        refuse_similar: bool = False,
+    ) -> bytes:
         existing = await self._storage.get(image.key(INFO))
         if existing is not None:
-            return {image: existing.data}
+            return existing.data
         info, outputs = await self._render_many(data, variants, True, None, faces)
+        phash = likeness.parse(info.phash or "")
+        if refuse_similar and phash is not None:
+            near = await self._near(image.namespace, phash, SIMILAR_DISTANCE)
+            if near:
+                raise Conflict(
+                    f"an image like this one is stored: {near[0]['hash']} "
+                    f"({near[0]['distance']} of 64 bits apart); upload it "
+                    "without similar=refuse to store it all the same"
+                )
         info_json = info_json_of(image.hash, info)
         size = len(data) + len(info_json) + sum(len(o[0]) for o in outputs)
         async with self._held(image.namespace, size):
@@ -863,6 +912,8 @@ class Images:
             await self._put_all(
                 image, variants, outputs, qualities=info.chosen_qualities
             )
+            if phash is not None:  # before info.json, which marks it done
+                await self._similar.add(image.namespace, image.hash, phash)
             await self._storage.put(image.key(INFO), info_json, "application/json")
         self._events.original_stored()
         self._lifecycle.stored(
@@ -881,7 +932,7 @@ class Images:
             height=info.height,
             content_type=info.content_type,
         )
-        return {image: info_json}
+        return info_json
 
     async def _ensure(
         self,
@@ -1096,7 +1147,74 @@ class Images:
         async with self._gate.storing(image.folder):
             if not await self._storage.exists(image.key(ORIGINAL)):
                 raise NotFound("image not found")
+            phash = likeness.parse(info.phash or "")
+            if phash is not None and b'"phash"' not in stored.data:
+                await self._similar.add(image.namespace, image.hash, phash)
             return await self._storage.put(image.key(INFO), data, "application/json")
+
+    async def similar(
+        self, namespace: str, to: str | None, distance: str | None
+    ) -> dict[str, Any]:
+        """The images of ``namespace`` that look like ``to`` (a perceptual
+        hash, or the md5 of one of its images): at most ``distance`` bits
+        apart, the nearest first, at most `MOST_SIMILAR`."""
+        check_namespace(namespace)
+        if to is None:
+            raise InvalidRequest(
+                "give ?to= a perceptual hash (16 hex digits, as info.json's "
+                "phash) or the md5 of an image of the namespace"
+            )
+        most = SIMILAR_DISTANCE
+        if distance is not None:
+            if not ascii_digits(distance, 2) or int(distance) > MOST_SIMILAR_DISTANCE:
+                raise InvalidRequest(
+                    f"distance is a number of bits from 0 to {MOST_SIMILAR_DISTANCE} "
+                    f"(default {SIMILAR_DISTANCE}), not {distance[:20]!r}"
+                )
+            most = int(distance)
+        phash, excluding = likeness.parse(to), None
+        if phash is None:
+            if _MD5.fullmatch(to) is None:
+                raise InvalidRequest(
+                    f"?to= is a perceptual hash (16 hex digits) or an image's "
+                    f"md5 (32), not {to[:40]!r}"
+                )
+            info = json.loads((await self.get(ImageId(namespace, to), INFO)).data)
+            phash, excluding = likeness.parse(str(info.get("phash", ""))), to
+            if phash is None:
+                raise NotFound(f"{to} has no perceptual hash")
+        found = await self._near(namespace, phash, most, excluding)
+        return {"phash": f"{phash:016x}", "distance": most, "similar": found}
+
+    async def _near(
+        self, namespace: str, phash: int, distance: int, excluding: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Images like ``phash`` that are still stored (the index may not
+        have read a purge yet), the nearest first."""
+        found = []
+        for digest, bits in await self._similar.near(
+            namespace, phash, distance, MOST_SIMILAR + 1
+        ):
+            if digest != excluding and await self._storage.exists(
+                ImageId(namespace, digest).key(INFO)
+            ):
+                found.append({"hash": digest, "distance": bits})
+                if len(found) == MOST_SIMILAR:
+                    break
+        return found
+
+    async def _forget_likeness(self, image: ImageId) -> None:
+        """Tell the index an image is gone; where the store refuses, say so
+        and go on (what it finds is checked against the store)."""
+        try:
+            await self._similar.remove(image.namespace, image.hash)
+        except (StorageUnavailable, StorageFailed, StorageFull) as e:
+            log.warn(
+                "the purge of {namespace}/{hash} is not in the similar index: {error}",
+                namespace=image.namespace,
+                hash=image.hash,
+                error=str(e),
+            )
 
 
 def _rendered(
@@ -1146,6 +1264,7 @@ def info_json_of(digest: str, info: renderer.ImageInfo) -> bytes:
             "frames": info.frames,
             **({} if info.duration_ms is None else {"duration_ms": info.duration_ms}),
             **(info.placeholders or {}),
+            **({} if info.phash is None else {"phash": info.phash}),
             **({} if info.faces is None else {"faces": [list(b) for b in info.faces]}),
         }
     ).encode()

@@ -36,6 +36,7 @@ from imageserver.imaging import (
     effects,
     faces,
     geometry,
+    likeness,
     placeholders,
 )
 from imageserver.naming import Fit, Variant
@@ -112,6 +113,8 @@ class ImageInfo:
     content_type: str
     #: BlurHash, ThumbHash and dominant colour, when asked for.
     placeholders: dict[str, str] | None = None
+    #: The perceptual hash (`likeness.phash`), with the placeholders.
+    phash: str | None = None
     #: Frames, and for an animation its length; 1 and None for a still.
     frames: int = 1
     duration_ms: int | None = None
@@ -162,7 +165,8 @@ def render_many(
     with_faces: bool = False,
 ) -> tuple[ImageInfo, list[bytes]]:
     """Decode ``data`` once and encode every variant from it, in order; with
-    ``with_placeholders``, the info carries them, made from the same decode.
+    ``with_placeholders``, the info carries them and the perceptual hash, made
+    from the same decode.
     ``marks``: the originals of the variants' watermarks, by md5. ``stage``
     wraps the decode, each variant's resize and each encode (tracing).
 
@@ -256,7 +260,11 @@ def render_many(
         small = base.copy()
         small.thumbnail((placeholders.SIDE, placeholders.SIDE), Image.Resampling.BOX)
         small = _to_srgb(small, icc, "RGBA" if has_alpha else "RGB")
-        info = replace(info, placeholders=placeholders.placeholders(small))
+        info = replace(
+            info,
+            placeholders=placeholders.placeholders(small),
+            phash=likeness.phash(base),
+        )
     outputs = []
     chosen: dict[str, int] = {}
     for variant in variants:

@@ -26,7 +26,8 @@ class AccessPolicy:
     implements through, spelt exactly, so this decides from the same value as
     the routes). With ``tokens``, a write needs one ``Authorization: Bearer
     <token>`` with one of them (401 without, 403 with a wrong one) and no URL
-    signature. With ``secrets``, every other request needs a URL signed by
+    signature; so does ``GET /{namespace}/similar``, the one read that lists
+    a namespace's images. With ``secrets``, every other request needs a URL signed by
     one of them for its method (a read's signature does not write), not past
     its ``exp``, except the (method, path) pairs in ``unsigned`` (HEAD goes
     with GET), such as the health check, and reads of the paths
@@ -57,9 +58,9 @@ class AccessPolicy:
             return None  # a preflight carries no credentials; it changes nothing
         method = b"GET" if method == b"HEAD" else method
         path = target.partition(b"?")[0]
-        if self._tokens is not None and method not in READS:
+        if self._tokens is not None and (method not in READS or lists(path)):
             values = headers.getRawHeaders(b"Authorization", [])
-            return self._token_refusal(values) or self._rate_refusal(
+            return self._token_refusal(values, method in READS) or self._rate_refusal(
                 method, path, _token(values[0])
             )
         return self._signature_refusal(method, target) or self._rate_refusal(
@@ -106,11 +107,14 @@ class AccessPolicy:
             return Refusal(429, str(e), ((b"Retry-After", retry),))
         return None
 
-    def _token_refusal(self, values: Sequence[bytes]) -> Refusal | None:
+    def _token_refusal(
+        self, values: Sequence[bytes], listing: bool = False
+    ) -> Refusal | None:
         assert self._tokens is not None
         if not values:
+            does = "lists a namespace's images" if listing else "writes"
             return _unauthorized(
-                "this request writes: it needs Authorization: Bearer <token>"
+                f"this request {does}: it needs Authorization: Bearer <token>"
             )
         if len(values) > 1:
             return _unauthorized("send one Authorization header, not several")
@@ -118,8 +122,15 @@ class AccessPolicy:
         if token is None:
             return _unauthorized("the Authorization header must be: Bearer <token>")
         if not self._tokens.allows(token):
-            return Refusal(403, "this token may not write")
+            return Refusal(403, f"this token may not {'list' if listing else 'write'}")
         return None
+
+
+def lists(path: bytes) -> bool:
+    """Whether ``path`` (as the router reads it: escapes decoded) is
+    ``/{namespace}/similar``, which tells which images a namespace holds."""
+    parts = unquote_to_bytes(path).split(b"/")[1:]
+    return len(parts) == 2 and parts[1] == b"similar"
 
 
 def _token(value: bytes) -> str | None:

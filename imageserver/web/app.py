@@ -169,8 +169,16 @@ class ImageServerApp:
             source=source,
             outputs=_query(request, "outputs"),
             faces=_flag(request, "faces"),
+            similar=_query(request, "similar"),
         )
         return json_response(200, info)
+
+    @app.route("/<namespace>/similar", methods=["GET"])
+    async def similar(self, request: IRequest, namespace: str) -> Response:
+        found = await self._images.similar(
+            namespace, _query(request, "to"), _query(request, "distance")
+        )
+        return json_response(200, found)
 
     @app.route("/<namespace>/batch", methods=["POST"])
     async def create_batch(self, request: IRequest, namespace: str) -> Response:
@@ -391,6 +399,8 @@ def route_name(
         return "upload"
     if len(parts) in (2, 3) and parts[1] == b"batch":
         return "batch"
+    if len(parts) == 2 and parts[1] == b"similar":
+        return "similar"
     folder = _FOLDER_PATH.match(request.path)
     if folder is None:
         # Under an origin's namespace and no image folder: one of its paths.

@@ -33,6 +33,7 @@ STATUS_FOR: dict[type[errors.ImageServerError], int] = {
     errors.InvalidRequest: 400,
     errors.Forbidden: 403,
     errors.NotFound: 404,
+    errors.Conflict: 409,
     errors.ContentTooLarge: 413,
     errors.UnsupportedImage: 415,
     errors.ImageTooLarge: 422,

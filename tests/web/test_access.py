@@ -23,7 +23,7 @@ from imageserver.access.tokens import WriteTokens, digest_of, parse
 from imageserver.access.tokens import main as tokens_main
 from imageserver.config import Config
 from imageserver.service import writes_are_open
-from imageserver.web.access import CHALLENGE, AccessPolicy
+from imageserver.web.access import CHALLENGE, AccessPolicy, lists
 from imageserver.web.app import UNSIGNED_ROUTES, ImageServerApp
 from imageserver.web.site import Admission
 from tests.rawhttp import (
@@ -213,13 +213,16 @@ class MethodSpellingTests(TestCase):
             for method in METHODS:
                 for spelt in spellings(method):
                     for credential, headers in credentials.items():
-                        if spelt in ("GET", "HEAD") or (
-                            spelt in ("POST", "DELETE") and credential == "right"
+                        # A listing (/{namespace}/similar) is read with a token.
+                        token_read = lists(path.encode())
+                        if (spelt in ("GET", "HEAD") and not token_read) or (
+                            spelt in ("POST", "DELETE", "GET", "HEAD")
+                            and credential == "right"
                         ):
                             served.append((spelt, path, headers))
                             continue
                         answer = await self.send(port, spelt, path, headers)
-                        if spelt in ("POST", "DELETE"):
+                        if spelt in ("POST", "DELETE", "GET", "HEAD"):
                             expected = 401 if credential == "none" else 403
                         elif spelt == "OPTIONS":  # sent with a body: it takes none
                             expected = 400
@@ -693,3 +696,41 @@ class OpenWritesWarningTests(SynchronousTestCase):
         self.assertTrue(writes_are_open(Config(listen="0.0.0.0")))
         self.assertFalse(writes_are_open(Config(listen="0.0.0.0", secret="s")))
         self.assertFalse(writes_are_open(Config(listen="0.0.0.0", write_tokens="f")))
+
+
+class ListingTokenTests(TestCase):
+    """/{namespace}/similar tells which images a namespace holds: with write
+    tokens it is read with one, however its path is spelt."""
+
+    async def test_similar_needs_a_token_in_every_spelling(self) -> None:
+        app = AppHarness(self)
+        _, info = app.json("POST", "/p", data=PHOTO)
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(f"{TOKEN}\n")
+        tokens = WriteTokens(path)
+        tokens.load()
+        clock = Clock()
+        site = LoopbackSite(self, app.resource, AccessPolicy(clock, tokens=tokens))
+        query = f"?to={info['hash']}"
+        for spelt in ("/p/similar", "/p/%73imilar", "/p/simil%61r", "/%70/similar"):
+            for method in ("GET", "HEAD"):
+                code, _, body = await site.request(method, spelt + query, {}, b"")
+                self.assertEqual(code, 401, (method, spelt))
+                code, _, body = await site.request(
+                    method,
+                    spelt + query,
+                    {"Authorization": "Bearer wrong-token-here"},
+                    b"",
+                )
+                self.assertEqual(code, 403, (method, spelt))
+            code, _, body = await site.request(
+                "GET", spelt + query, {"Authorization": f"Bearer {TOKEN}"}, b""
+            )
+            self.assertEqual(code, 200, spelt)
+            self.assertEqual(json.loads(body)["similar"], [])
+        # Other reads stay open.
+        code, _, _ = await site.request(
+            "GET", f"{app.upload(PHOTO)}/info.json", {}, b""
+        )
+        self.assertEqual(code, 200)

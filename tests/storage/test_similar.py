@@ -1,0 +1,132 @@
+"""The similar index: every search against a brute force over what was
+recorded, across instances sharing a store, through compactions."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from imageserver.imaging import likeness
+from imageserver.storage import similar
+from imageserver.storage.local import LocalStorage
+from imageserver.storage.similar import SimilarIndex
+from tests.support import synchronous
+
+
+def digest(n: int) -> str:
+    return hashlib.md5(str(n).encode()).hexdigest()
+
+
+class SimilarIndexTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.storage = LocalStorage(self.mktemp(), synchronous)
+        self.clock = Clock()
+
+    def index(self) -> SimilarIndex:
+        return SimilarIndex(self.storage, self.clock)
+
+    def near(
+        self, index: SimilarIndex, phash: int, distance: int, most: int = 1000
+    ) -> list[tuple[str, int]]:
+        return self.successResultOf(index.near("p", phash, distance, most))
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["add", "remove", "search", "later"]),
+                st.integers(0, 40),
+                st.integers(0, 2**64 - 1),
+                st.integers(0, 20),
+            ),
+            max_size=60,
+        ),
+        st.integers(0, 3),
+    )
+    def test_every_search_is_the_brute_force_answer(
+        self, steps: list[tuple[str, int, int, int]], compact_after: int
+    ) -> None:
+        # Two instances over one store: one writes, both search; compaction
+        # as often as every few segments.
+        self.patch(similar, "COMPACT_AFTER", compact_after + 1)
+        storage = LocalStorage(self.mktemp(), synchronous)
+        writer = SimilarIndex(storage, self.clock)
+        reader = SimilarIndex(storage, self.clock)
+        truth: dict[str, int] = {}
+        for op, image, phash, distance in steps:
+            # Instances' segments sort by time: on one host's clock, what one
+            # writes after another is later (the same nanosecond in two
+            # processes, or hosts' clocks apart, are what the store's check
+            # of every answer is for).
+            self.clock.advance(1e-6)
+            if op == "add":
+                self.successResultOf(writer.add("p", digest(image), phash))
+                truth[digest(image)] = phash
+            elif op == "remove":
+                self.successResultOf(writer.remove("p", digest(image)))
+                truth.pop(digest(image), None)
+            elif op == "later":
+                self.clock.advance(similar.REFRESH)
+            else:
+                expected = sorted(
+                    (likeness.distance(h, phash), d)
+                    for d, h in truth.items()
+                    if likeness.distance(h, phash) <= distance
+                )
+                for index in (writer, reader):
+                    self.clock.advance(similar.REFRESH)
+                    found = self.successResultOf(index.near("p", phash, distance, 100))
+                    self.assertEqual(sorted((b, d) for d, b in found), expected)
+                    bits = [b for _, b in found]
+                    self.assertEqual(bits, sorted(bits))
+
+    def test_the_nearest_first_and_at_most_asked(self) -> None:
+        index = self.index()
+        for n in range(10):
+            self.successResultOf(index.add("p", digest(n), (1 << n) - 1))
+        found = self.successResultOf(index.near("p", 0, 64, 3))
+        self.assertEqual(found, [(digest(0), 0), (digest(1), 1), (digest(2), 2)])
+
+    def test_an_md5_ending_in_zero_bytes_comes_back_whole(self) -> None:
+        index = self.index()
+        odd = "0123456789abcdef0123456789ab0000"
+        self.successResultOf(index.add("p", odd, 7))
+        self.assertEqual(self.successResultOf(index.near("p", 7, 0, 5)), [(odd, 0)])
+        self.clock.advance(similar.REFRESH)
+        other = self.index()
+        self.assertEqual(self.successResultOf(other.near("p", 7, 0, 5)), [(odd, 0)])
+
+    def test_another_instance_sees_a_change_within_the_refresh(self) -> None:
+        first, second = self.index(), self.index()
+        self.assertEqual(self.successResultOf(second.near("p", 5, 0, 5)), [])
+        self.successResultOf(first.add("p", digest(1), 5))
+        self.assertEqual(self.successResultOf(second.near("p", 5, 0, 5)), [])
+        self.clock.advance(similar.REFRESH)
+        self.assertEqual(
+            self.successResultOf(second.near("p", 5, 0, 5)), [(digest(1), 0)]
+        )
+
+    def test_namespaces_are_apart(self) -> None:
+        index = self.index()
+        self.successResultOf(index.add("p", digest(1), 5))
+        self.assertEqual(self.successResultOf(index.near("q", 5, 64, 5)), [])
+
+    def test_compaction_leaves_one_segment_and_loses_nothing(self) -> None:
+        writer = self.index()
+        rng = random.Random(1)
+        truth = {digest(n): rng.getrandbits(64) for n in range(200)}
+        for d, h in truth.items():
+            self.successResultOf(writer.add("p", d, h))
+        # One segment an upload: the first search past COMPACT_AFTER of them
+        # writes them as one and deletes them; a fresh instance reads it.
+        self.successResultOf(self.index().near("p", 0, 0, 1))
+        names = self.successResultOf(self.storage.list(f"{similar.FOLDER}/p"))
+        self.assertEqual(len(names), 1)
+        fresh = self.index()
+        found = self.successResultOf(fresh.near("p", 0, 64, 1000))
+        self.assertEqual(dict(found).keys(), truth.keys())

@@ -1,0 +1,157 @@
+"""Near-duplicates over HTTP: info.json's phash, GET /{namespace}/similar,
+an upload's similar=refuse and similar=report, and purges."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from PIL import ImageEnhance
+from twisted.trial.unittest import SynchronousTestCase
+
+from benchmarks import corpus
+from imageserver.imaging import likeness
+from tests.support import AppHarness, encode
+
+ASTRONAUT = corpus.photo("astronaut")
+ORIGINAL = encode(ASTRONAUT, "JPEG", quality=90)
+SMALLER = encode(ASTRONAUT.resize((200, 200)), "PNG")
+BRIGHTER = encode(ImageEnhance.Brightness(ASTRONAUT).enhance(1.1), "WEBP")
+OTHER = encode(corpus.photo("coffee"), "JPEG")
+
+
+def folder_of(digest: str, namespace: str = "p") -> str:
+    return f"/{namespace}/{digest[:3]}/{digest[3:6]}/{digest[6:9]}/{digest[9:]}"
+
+
+class SimilarRouteTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.app = AppHarness(self)
+        self.infos = {}
+        for name, data in (("original", ORIGINAL), ("smaller", SMALLER),
+                           ("brighter", BRIGHTER), ("other", OTHER)):  # fmt: skip
+            code, info = self.app.json("POST", "/p", data=data)
+            self.assertEqual(code, 200)
+            self.infos[name] = info
+
+    def hashes(self, answer: dict[str, object]) -> set[str]:
+        found = answer["similar"]
+        assert isinstance(found, list)
+        return {item["hash"] for item in found}
+
+    def test_info_json_has_the_phash(self) -> None:
+        info = self.infos["original"]
+        self.assertIsNotNone(likeness.parse(info["phash"]))
+        _, stored = self.app.json("GET", folder_of(info["hash"]) + "/info.json")
+        self.assertEqual(stored["phash"], info["phash"])
+
+    def test_by_phash_finds_the_copies_not_the_other(self) -> None:
+        phash = self.infos["original"]["phash"]
+        code, answer = self.app.json("GET", f"/p/similar?to={phash}")
+        self.assertEqual(code, 200)
+        copies = {self.infos[n]["hash"] for n in ("original", "smaller", "brighter")}
+        self.assertEqual(self.hashes(answer), copies)
+        self.assertEqual(answer["phash"], phash)
+        self.assertEqual(answer["distance"], 12)
+        distances = [item["distance"] for item in answer["similar"]]
+        self.assertEqual(distances, sorted(distances))
+
+    def test_by_an_images_md5_leaves_the_image_out(self) -> None:
+        digest = self.infos["original"]["hash"]
+        code, answer = self.app.json("GET", f"/p/similar?to={digest}")
+        self.assertEqual(code, 200)
+        self.assertEqual(
+            self.hashes(answer),
+            {self.infos[n]["hash"] for n in ("smaller", "brighter")},
+        )
+
+    def test_distance_0_is_the_same_hash_only(self) -> None:
+        phash = self.infos["other"]["phash"]
+        _, answer = self.app.json("GET", f"/p/similar?to={phash}&distance=0")
+        self.assertEqual(self.hashes(answer), {self.infos["other"]["hash"]})
+
+    def test_other_namespaces_are_not_searched(self) -> None:
+        phash = self.infos["original"]["phash"]
+        code, answer = self.app.json("GET", f"/q/similar?to={phash}")
+        self.assertEqual((code, answer["similar"]), (200, []))
+
+    def test_a_purged_image_is_not_found(self) -> None:
+        digest = self.infos["smaller"]["hash"]
+        response, _ = self.app.request("DELETE", folder_of(digest))
+        self.assertEqual(response.code, 204)
+        phash = self.infos["original"]["phash"]
+        _, answer = self.app.json("GET", f"/p/similar?to={phash}")
+        self.assertNotIn(digest, self.hashes(answer))
+
+    def test_a_bad_question_is_a_400_saying_what_to_give(self) -> None:
+        phash = self.infos["original"]["phash"]
+        for query, message in (
+            ("", "give ?to= a perceptual hash"),
+            ("?to=zz", "?to= is a perceptual hash"),
+            ("?to=" + phash.upper(), "?to= is a perceptual hash"),
+            (f"?to={phash}&distance=21", "distance is a number of bits from 0 to 20"),
+            (f"?to={phash}&distance=-1", "distance is a number of bits"),
+            (f"?to={phash}&distance=\u0661", "distance is a number of bits"),
+            (f"?to={phash}&distance=", "distance is a number of bits"),
+        ):
+            code, answer = self.app.json("GET", f"/p/similar{query}")
+            self.assertEqual(code, 400, query)
+            self.assertIn(message, answer["error"], query)
+
+    def test_an_unknown_md5_is_a_404(self) -> None:
+        code, _answer = self.app.json("GET", f"/p/similar?to={'0' * 32}")
+        self.assertEqual(code, 404)
+
+
+class UploadPolicyTests(SynchronousTestCase):
+    def test_refuse_stores_nothing_and_names_the_like_image(self) -> None:
+        app = AppHarness(self)
+        _, first = app.json("POST", "/p", data=ORIGINAL)
+        before = sorted(os.walk(app.root))
+        code, answer = app.json("POST", "/p?similar=refuse", data=SMALLER)
+        self.assertEqual(code, 409)
+        self.assertIn(first["hash"], answer["error"])
+        self.assertEqual(sorted(os.walk(app.root)), before)
+        # Not like anything stored: stored.
+        code, _ = app.json("POST", "/p?similar=refuse", data=OTHER)
+        self.assertEqual(code, 200)
+        # The same bytes again are no near-duplicate of themselves.
+        code, _ = app.json("POST", "/p?similar=refuse", data=ORIGINAL)
+        self.assertEqual(code, 200)
+
+    def test_report_stores_and_names_them(self) -> None:
+        app = AppHarness(self)
+        _, first = app.json("POST", "/p", data=ORIGINAL)
+        code, answer = app.json("POST", "/p?similar=report", data=SMALLER)
+        self.assertEqual(code, 200)
+        self.assertEqual([s["hash"] for s in answer["similar"]], [first["hash"]])
+        # Kept in the store: info.json does not keep the report.
+        code, stored = app.json("GET", folder_of(answer["hash"]) + "/info.json")
+        self.assertNotIn("similar", stored)
+        code, answer = app.json("POST", "/p?similar=report", data=OTHER)
+        self.assertEqual(answer["similar"], [])
+
+    def test_an_unknown_policy_is_a_400(self) -> None:
+        app = AppHarness(self)
+        for value in ("", "reject", "REFUSE", "refuse "):
+            code, answer = app.json("POST", f"/p?similar={value}", data=ORIGINAL)
+            self.assertEqual(code, 400, value)
+            self.assertIn("similar is refuse or report", answer["error"])
+
+    def test_an_older_image_is_indexed_when_its_info_json_is_completed(self) -> None:
+        # Stored before phash existed: its info.json lacks it.
+        app = AppHarness(self)
+        _, info = app.json("POST", "/p", data=ORIGINAL)
+        path = os.path.join(app.root, folder_of(info["hash"]).lstrip("/"), "info.json")
+        old = {k: info[k] for k in ("hash", "width", "height", "content_type")}
+        with open(path, "w") as f:
+            json.dump(old, f)
+        for segment in os.listdir(os.path.join(app.root, "SIMILAR", "p")):
+            os.remove(os.path.join(app.root, "SIMILAR", "p", segment))
+        fresh = app  # its index has read nothing of p yet
+        _, answer = fresh.json("GET", f"/p/similar?to={info['phash']}")
+        self.assertEqual(answer["similar"], [])
+        _, completed = fresh.json("GET", folder_of(info["hash"]) + "/info.json")
+        self.assertEqual(completed["phash"], info["phash"])
+        _, answer = fresh.json("GET", f"/p/similar?to={info['phash']}")
+        self.assertEqual([s["hash"] for s in answer["similar"]], [info["hash"]])
