@@ -130,8 +130,8 @@ def search(images: int, rounds: int) -> None:
     hashes = rng.integers(0, 2**63, images, dtype=numpy.uint64) * numpy.uint64(2)
     records["hash"] = hashes
     with tempfile.TemporaryDirectory() as root:
-        os.makedirs(os.path.join(root, "p", FOLDER))
-        with open(os.path.join(root, "p", FOLDER, "0" * 20 + ".bench.0"), "wb") as f:
+        os.makedirs(os.path.join(root, FOLDER, "p"))
+        with open(os.path.join(root, FOLDER, "p", "0" * 20 + ".bench.0"), "wb") as f:
             f.write(records.tobytes())
         index = SimilarIndex(LocalStorage(root, synchronous))
         start, started = time.thread_time(), time.perf_counter()

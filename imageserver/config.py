@@ -518,6 +518,14 @@ class Config:
         server_only=True,
         secret=True,
     )
+    open_similar: bool = setting(
+        False,
+        "Serve GET /{namespace}/similar to whoever may read, without "
+        "--write_tokens or --secret (it lists a namespace's images: see "
+        "docs/security.md). Without this, it is served only under one of "
+        "them (then it needs a token, or a signed URL).",
+        server_only=True,
+    )
     webhook: tuple[str, ...] = setting(
         (),
         "URLs (comma-separated) told of every image stored, variant first "
@@ -931,6 +939,12 @@ class Config:
     def local_workers(self) -> int | None:
         """With ``--scheduler local:N``, N: the workers to start here."""
         return _local_workers(self.scheduler)
+
+    @property
+    def serves_similar(self) -> bool:
+        """Whether GET /{namespace}/similar is served: only to whom may
+        know a namespace's images, or where the operator says anyone may."""
+        return bool(self.write_tokens or self.secret or self.open_similar)
 
     @property
     def secrets(self) -> tuple[bytes, ...]:

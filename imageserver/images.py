@@ -345,7 +345,7 @@ class Images:
                 phash = likeness.parse(str(fields.get("phash", "")))
                 if phash is not None:
                     fields["similar"] = await self._near(
-                        namespace, phash, SIMILAR_DISTANCE, image.hash
+                        namespace, phash, SIMILAR_DISTANCE, image.hash, fresh=True
                     )
                 info = json.dumps(fields).encode()
             return info
@@ -898,7 +898,9 @@ class Images:
         info, outputs = await self._render_many(data, variants, True, None, faces)
         phash = likeness.parse(info.phash or "")
         if refuse_similar and phash is not None:
-            near = await self._near(image.namespace, phash, SIMILAR_DISTANCE)
+            near = await self._near(
+                image.namespace, phash, SIMILAR_DISTANCE, fresh=True
+            )
             if near:
                 raise Conflict(
                     f"an image like this one is stored: {near[0]['hash']} "
@@ -1018,7 +1020,7 @@ class Images:
         if any(v.wants_faces for v in variants):
             info_json = await self._storage.get(image.key(INFO))
             if info_json is not None:
-                known = parse_faces(json.loads(info_json.data).get("faces"))
+                known = parse_faces(_fields(info_json.data).get("faces"))
         info, outputs = await self._render_many(original, variants, False, known)
         # Durable: asked for by a writer (an upload's outputs, a process).
         size = sum(len(o[0]) for o in outputs)
@@ -1036,7 +1038,7 @@ class Images:
     ) -> bytes:
         """``info_json`` with the faces in the picture: found (and kept) if
         it has none yet."""
-        if parse_faces(json.loads(info_json).get("faces")) is not None:
+        if parse_faces(_fields(info_json).get("faces")) is not None:
             return info_json
         if original is None:
             stored = await self._storage.get(image.key(ORIGINAL))
@@ -1055,7 +1057,9 @@ class Images:
         stored = await self._storage.get(image.key(INFO))
         if stored is None:
             return None
-        fields = json.loads(stored.data)
+        fields = _fields(stored.data)
+        if "hash" not in fields:  # damaged: made again on its next read
+            return None
         fields["faces"] = [list(box) for box in faces]
         data = json.dumps(fields).encode()
         await self._storage.put(image.key(INFO), data, "application/json")
@@ -1119,7 +1123,10 @@ class Images:
             info = await self._storage.get(image.key(INFO))
             if original is None or info is None:
                 raise NotFound("image not found")
-            content_type = json.loads(info.data)["content_type"]
+            content_type = _fields(info.data).get("content_type")
+            if not isinstance(content_type, str):  # damaged: made again
+                info = await self._in_time(self._completed_info(image, info))
+                content_type = _fields(info.data)["content_type"]
             return replace(original, content_type=content_type)
         if name != INFO and not is_file_name(name):
             raise NotFound("file not found")
@@ -1140,7 +1147,9 @@ class Images:
         if original is None:
             raise NotFound("image not found")
         info, _ = await self._render_many(original.data, (), True)
-        fields = json.loads(stored.data)
+        # An info.json that is not one (edited by hand, damaged) is made
+        # again from the original.
+        fields = _fields(stored.data)
         fresh = json.loads(info_json_of(image.hash, info))
         fields.update((k, v) for k, v in fresh.items() if k not in fields)
         data = json.dumps(fields).encode()
@@ -1179,21 +1188,30 @@ class Images:
                     f"?to= is a perceptual hash (16 hex digits) or an image's "
                     f"md5 (32), not {to[:40]!r}"
                 )
-            info = json.loads((await self.get(ImageId(namespace, to), INFO)).data)
+            info = _fields((await self.get(ImageId(namespace, to), INFO)).data)
             phash, excluding = likeness.parse(str(info.get("phash", ""))), to
             if phash is None:
-                raise NotFound(f"{to} has no perceptual hash")
+                raise NotFound(
+                    f"the info.json of {to} holds no phash of 16 lower-case hex "
+                    "digits: remove its phash field to have it made again"
+                )
         found = await self._near(namespace, phash, most, excluding)
         return {"phash": f"{phash:016x}", "distance": most, "similar": found}
 
     async def _near(
-        self, namespace: str, phash: int, distance: int, excluding: str | None = None
+        self,
+        namespace: str,
+        phash: int,
+        distance: int,
+        excluding: str | None = None,
+        fresh: bool = False,
     ) -> list[dict[str, Any]]:
         """Images like ``phash`` that are still stored (the index may not
-        have read a purge yet), the nearest first."""
+        have read a purge yet), the nearest first; ``fresh``: as the store
+        holds them now (an upload deciding), not up to 2 s ago."""
         found = []
         for digest, bits in await self._similar.near(
-            namespace, phash, distance, MOST_SIMILAR + 1
+            namespace, phash, distance, MOST_SIMILAR + 1, fresh
         ):
             if digest != excluding and await self._storage.exists(
                 ImageId(namespace, digest).key(INFO)
@@ -1239,6 +1257,16 @@ def _rendered(
     )
     seconds = time.perf_counter() - start
     return info, [(data, etag_of(data)) for data in outputs], seconds
+
+
+def _fields(info_json: bytes) -> dict[str, Any]:
+    """The fields of an info.json; none of one that is not a JSON object
+    (edited by hand, or damaged)."""
+    try:
+        fields = json.loads(info_json)
+    except ValueError:
+        return {}
+    return fields if isinstance(fields, dict) else {}
 
 
 def _identified(data: bytes) -> tuple[bytes, str]:

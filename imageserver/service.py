@@ -292,6 +292,7 @@ def make_service(
         thumbor,
         Lifetimes.configured(config),
         client_hints=config.client_hints,
+        similar=config.serves_similar,
     ).app.resource()
     tokens = None
     if config.write_tokens:

@@ -318,6 +318,7 @@ class AppHarness:
             make_thumbor_paths(self.config, self.images, self.origin_paths),
             Lifetimes.configured(self.config),
             client_hints=self.config.client_hints,
+            similar=self.config.serves_similar,
         ).app.resource()
         self.client = StubTreq(self.resource)
 

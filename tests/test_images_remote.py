@@ -67,8 +67,12 @@ class RemoteStorageTests(SynchronousTestCase):
     def test_upload_stores_everything_in_the_bucket(self) -> None:
         folder = self.app.upload(PHOTO, query="?outputs=x300.jpg,x300.webp")
         prefix = "images" + folder
+        objects = self.bucket.objects()
+        # And the segment of the similar index, beside the namespaces.
+        (segment,) = (key for key in objects if key.startswith("images/SIMILAR/p/"))
+        self.assertEqual(objects.pop(segment), "application/octet-stream")
         self.assertEqual(
-            self.bucket.objects(),
+            objects,
             {
                 f"{prefix}/original": "image/jpeg",
                 f"{prefix}/info.json": "application/json",

@@ -19,6 +19,18 @@ TRIM_TOLERANCE = 16
 ATTENTION_SIDE = 96
 
 
+def flattened(image: Image.Image) -> Image.Image:
+    """``image`` as it is seen: transparency flattened on white (what hides
+    behind it is not looked at)."""
+    if image.mode not in ("RGBA", "LA", "PA", "RGBa", "La") and not (
+        image.mode == "P" and "transparency" in image.info
+    ):
+        return image
+    rgba = image.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
 def content_box(image: Image.Image) -> tuple[int, int, int, int] | None:
     """The box inside a uniform border of the top-left corner's colour.
 

@@ -3,10 +3,11 @@
 The model is the Haar cascade ``haarcascade_frontalface_alt2.xml`` that the
 ``opencv-python-headless`` 4.x wheels carry (Apache 2.0; the 5.x wheels
 carry no cascades), so nothing is downloaded at run time. It looks at a copy
-of at most `FACE_SIDE` pixels a side, whatever the original's size: a face
-narrower than `SMALLEST_FACE` pixels there (about an eighth of the long side
-at the default) is not looked for. docs/performance.md has its precision and
-recall and what it costs.
+of at most `FACE_PIXELS` pixels (256x256 for a square picture, 443x148 for
+a 3:1 panorama), whatever the original's size: a face narrower than
+`SMALLEST_FACE` pixels there (a thirteenth of a square picture's side) is
+not looked for. docs/performance.md has its precision and recall and what it
+costs.
 
 OpenCV is imported on first use, so a server that never asks for faces does
 not load it; it runs single-threaded in the calling thread (the processing
@@ -21,8 +22,11 @@ from typing import Any
 
 from PIL import Image
 
-#: The longest side of the copy faces are looked for in.
-FACE_SIDE = 256
+from imageserver.imaging import analysis
+
+#: The most pixels of the copy faces are looked for in: its cost is about
+#: proportional to them.
+FACE_PIXELS = 256 * 256
 #: The smallest face looked for, in pixels of that copy (the cascade's own
 #: window is 20 pixels).
 SMALLEST_FACE = 20
@@ -47,9 +51,10 @@ def detect(image: Image.Image, size: tuple[int, int]) -> list[Box]:
     """The faces in ``image``, as boxes of a ``size`` picture (the original
     as displayed, of which ``image`` may be a smaller decode), the largest
     first; at most `MOST_FACES`."""
-    small = image.convert("L")
-    if max(small.size) > FACE_SIDE:
-        small.thumbnail((FACE_SIDE, FACE_SIDE), Image.Resampling.BOX)
+    small = analysis.flattened(image).convert("L")
+    copy = copy_size(small.size)
+    if copy != small.size:
+        small = small.resize(copy, Image.Resampling.BOX)
     found = _cascade().detectMultiScale(
         _pixels(small),
         scaleFactor=SCALE_STEP,
@@ -63,6 +68,16 @@ def detect(image: Image.Image, size: tuple[int, int]) -> list[Box]:
     ]
     boxes.sort(key=lambda b: (-(b[2] - b[0]) * (b[3] - b[1]), b))
     return boxes[:MOST_FACES]
+
+
+def copy_size(size: tuple[int, int]) -> tuple[int, int]:
+    """The size of the copy faces are looked for in, of a picture of
+    ``size``: at most `FACE_PIXELS`, its ratio kept, never enlarged."""
+    width, height = size
+    if width * height <= FACE_PIXELS:
+        return size
+    scale = math.sqrt(FACE_PIXELS / (width * height))
+    return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
 
 
 def parse(value: object) -> list[Box] | None:

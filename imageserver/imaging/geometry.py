@@ -253,17 +253,6 @@ def _turned(x: int, y: int, width: int, height: int, plan: Plan) -> tuple[int, i
     return x, y
 
 
-def within(size: Size, side: int) -> Size:
-    """``size`` scaled to fit a ``side`` square, its ratio kept; never
-    enlarged."""
-    width, height = size
-    if max(width, height) <= side:
-        return size
-    if width >= height:
-        return side, _scaled(height, side, width)
-    return _scaled(width, side, height), side
-
-
 def output_size(variant: Variant, width: int, height: int) -> Size:
     """The pixel size of ``variant`` made from a ``width`` x ``height`` source
     (with ``trim``, an upper bound: the content may be smaller)."""

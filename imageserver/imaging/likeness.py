@@ -2,7 +2,8 @@
 
 The hash is imagehash's DCT hash (``imagehash.phash``): the picture in grey
 at 32x32 (Lanczos), the 8x8 lowest frequencies of its DCT, each bit whether
-a frequency is above their median, read row by row. A rescaled,
+a frequency is above their median, read row by row (of what is seen:
+transparency flattened on white, where imagehash drops the alpha). A rescaled,
 recompressed or colour-shifted copy keeps all or nearly all of the bits, a
 picture of something else about half; a crop moves several
 (docs/performance.md has the figures). It is computed here with numpy alone,
@@ -21,6 +22,8 @@ from typing import Any
 
 from PIL import Image
 
+from imageserver.imaging import analysis
+
 #: How a hash is written: 16 lower-case hex digits.
 HASH = re.compile(r"[0-9a-f]{16}")
 _SIDE = 32
@@ -31,7 +34,8 @@ def phash(image: Image.Image) -> str:
     """The perceptual hash of ``image``, in hex."""
     import numpy
 
-    small = image.convert("L").resize((_SIDE, _SIDE), Image.Resampling.LANCZOS)
+    seen = analysis.flattened(image)
+    small = seen.convert("L").resize((_SIDE, _SIDE), Image.Resampling.LANCZOS)
     pixels = numpy.asarray(small, dtype=numpy.float64)
     dct = _dct()
     low = (dct @ pixels @ dct.T)[:_KEPT, :_KEPT]

@@ -216,7 +216,9 @@ def render_many(
             for v, p in zip(variants, plans, strict=True)
         ] or [(8, 8)]
         if finds_faces:  # the copy faces are looked for in, at least
-            needs.append(geometry.within((width, height), faces.FACE_SIDE))
+            needs.append(faces.copy_size((width, height)))
+        if with_placeholders:  # the decode the hash is made of, at least
+            needs.append(_plain_need(width, height))
         need = (max(w for w, _ in needs), max(h for _, h in needs))
         if orientation in _SWAPPING_ORIENTATIONS:
             need = (need[1], need[0])
@@ -231,10 +233,20 @@ def render_many(
                     image, data, width, height, limits
                 )
             image.draft(image.mode, need)
+            drafted = image.size
             image.load()
             if orientation != 1:
                 image = ImageOps.exif_transpose(image)
             base, has_alpha = _normalise_mode(image)
+            plain = base
+            if with_placeholders:
+                plain_need = _plain_need(width, height)
+                if orientation in _SWAPPING_ORIENTATIONS:
+                    plain_need = (plain_need[1], plain_need[0])
+                plain = (
+                    _plain_decode(data, limits, drafted, plain_need, orientation)
+                    or base
+                )
     if animation is not None:
         info = replace(
             info, frames=len(animation.durations), duration_ms=animation.duration
@@ -257,13 +269,13 @@ def render_many(
             source.faces = faces.detect(base, (width, height))
         info = replace(info, faces=tuple(source.faces))
     if with_placeholders:
-        small = base.copy()
+        small = plain.copy()
         small.thumbnail((placeholders.SIDE, placeholders.SIDE), Image.Resampling.BOX)
         small = _to_srgb(small, icc, "RGBA" if has_alpha else "RGB")
         info = replace(
             info,
             placeholders=placeholders.placeholders(small),
-            phash=likeness.phash(base),
+            phash=likeness.phash(plain),
         )
     outputs = []
     chosen: dict[str, int] = {}
@@ -298,6 +310,42 @@ def render_many(
     if chosen:
         info = replace(info, chosen_qualities=chosen)
     return info, outputs
+
+
+#: The box a decode for the upload's own fields covers at least (a JPEG
+#: decoded at a reduced scale is no smaller): the hash of a smaller decode
+#: strayed from that of the whole picture.
+PLAIN_SIDE = 256
+
+
+def _plain_need(width: int, height: int) -> geometry.Size:
+    """What the upload's own fields ask of a decoder that shrinks while it
+    decodes: the picture scaled to fit `PLAIN_SIDE` square, ratio kept."""
+    scale = min(1.0, PLAIN_SIDE / max(width, height))
+    return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
+
+
+def _plain_decode(
+    data: bytes,
+    limits: Limits,
+    drafted: geometry.Size,
+    need: geometry.Size,
+    orientation: int,
+) -> Image.Image | None:
+    """The picture as an upload without outputs decodes it (a JPEG at the
+    smallest scale that covers ``need``), when this decode was larger
+    (outputs or faces asked for more); None when it is the same. The
+    placeholders and the perceptual hash are made of it, so the same bytes
+    get the same ones whatever else their upload asked for (a hash from a
+    larger decode moved 12-20 bits on some pictures)."""
+    again = _open(data, limits)
+    again.draft(again.mode, need)
+    if again.size == drafted:
+        return None
+    again.load()
+    if orientation != 1:
+        again = ImageOps.exif_transpose(again)
+    return _normalise_mode(again)[0]
 
 
 def cover_box(

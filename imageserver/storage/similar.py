@@ -6,11 +6,15 @@ upload and purge appends a segment, ``SIMILAR/{namespace}/{time}.{process}``
 its quota),
 of 25-byte records (``+`` or ``-``, the md5, the hash), never rewritten.
 An instance reads a namespace's segments on its first search and the new
-ones at most every `REFRESH` seconds after, in the order of their names
-(their times). Past `COMPACT_AFTER` segments, it writes what it holds as one
-new segment and deletes those it read: concurrent compactions write the
-same records twice (harmless), and a record is only ever deleted from a
-segment that is in a newer one.
+ones at most every `REFRESH` seconds after (at once for an upload that asks
+about near-duplicates), in the order of their names (their times). To
+compact, it writes what it holds as one new segment and deletes those it
+read: after each purge (nothing of a purged image stays), and past
+`COMPACT_AFTER` segments once the new records are worth it
+(`_worth_compacting`). Concurrent compactions write the same records twice
+(harmless), a record is only ever deleted from a segment that is in a newer
+one, and an instance that finds segments it read deleted by another's
+compaction reads the namespace again.
 
 In memory a namespace is two flat arrays, md5s and hashes, scanned with XOR
 and a popcount: about 1 ms of CPU for a million images, and exact (no
@@ -48,8 +52,8 @@ _FIELDS = [("op", "S1"), ("md5", "S16"), ("hash", ">u8")]
 
 @dataclass
 class _Namespace:
-    #: Segments read, by name.
-    read: set[str] = field(default_factory=set)
+    #: Segments read, by name, with their records.
+    read: dict[str, int] = field(default_factory=dict)
     #: The images (md5s, 16 bytes each) and their hashes, one row each.
     digests: Any = None
     hashes: Any = None
@@ -88,35 +92,44 @@ class SimilarIndex:
         self._process = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._sequence = itertools.count()
         self._last = 0
+        #: Segments this process wrote into each namespace since it last
+        #: looked whether to compact.
+        self._written: dict[str, int] = {}
 
     async def add(self, namespace: str, digest: str, phash: int) -> None:
         """Record the image ``digest`` with its hash."""
         await self._append(namespace, _record(_ADD, digest, phash))
+        self._written[namespace] = self._written.get(namespace, 0) + 1
+        if self._written[namespace] >= COMPACT_AFTER:
+            self._written[namespace] = 0
+            await self._current(namespace, fresh=True)
 
     async def remove(self, namespace: str, digest: str) -> None:
-        """Record that the image ``digest`` is gone."""
+        """Record that the image ``digest`` is gone, then compact the
+        namespace's segments: nothing of a purged image stays in them."""
         await self._append(namespace, _record(_REMOVE, digest, 0))
+        await self._current(namespace, fresh=True, compact=True)
 
     async def near(
-        self, namespace: str, phash: int, distance: int, most: int
+        self, namespace: str, phash: int, distance: int, most: int, fresh: bool = False
     ) -> list[tuple[str, int]]:
         """The ``most`` images of ``namespace`` nearest ``phash``, at most
         ``distance`` bits from it: (md5, distance), the nearest first (among
-        as near, the first recorded)."""
+        as near, the first recorded). ``fresh``: with every segment written
+        so far read (not only those of `REFRESH` seconds ago)."""
         import numpy
 
-        state = await self._current(namespace)
-        if state.hashes is None:
+        state = await self._current(namespace, fresh)
+        if state.hashes is None or not len(state.hashes):
             return []
         bits = numpy.bitwise_count(state.hashes ^ numpy.uint64(phash))
         found = numpy.flatnonzero(bits <= distance)
         found = found[numpy.argsort(bits[found], kind="stable")[:most]]
         # Raw bytes: an element of an S16 array loses trailing zero bytes.
         raw = state.digests[found].tobytes()
-        hits = [
+        return [
             (raw[16 * n : 16 * n + 16].hex(), int(bits[i])) for n, i in enumerate(found)
         ]
-        return hits
 
     async def _append(self, namespace: str, data: bytes) -> None:
         """Write a segment of ``data`` (records), and apply it here."""
@@ -127,7 +140,7 @@ class SimilarIndex:
         state = self._namespaces.get(namespace)
         if state is not None:
             state.apply(data)
-            state.read.add(name)
+            state.read[name] = len(data) // _RECORD
 
     def _segment_name(self) -> str:
         """A name after every other this process wrote (the time, made to
@@ -135,41 +148,64 @@ class SimilarIndex:
         self._last = max(int(self._seconds() * 1e9), self._last + 1)
         return f"{self._last:020d}.{self._process}.{next(self._sequence):012d}"
 
-    async def _current(self, namespace: str) -> _Namespace:
+    async def _current(
+        self, namespace: str, fresh: bool = False, compact: bool = False
+    ) -> _Namespace:
         """The namespace's state, with the segments written since it was
-        last listed (at most `REFRESH` seconds ago) read."""
+        last listed (at most `REFRESH` seconds ago, unless ``fresh``) read;
+        compacted when `_worth_compacting`, or ``compact``."""
         state = self._namespaces.setdefault(namespace, _Namespace())
         now = self._seconds()
-        if state.listed_at is not None and now - state.listed_at < REFRESH:
+        if (
+            not fresh
+            and state.listed_at is not None
+            and now - state.listed_at < REFRESH
+        ):
             return state
         names = await self._storage.list(f"{FOLDER}/{namespace}")
+        if any(name not in names for name in state.read):
+            # Another instance compacted what was read here (a purge, say):
+            # its removals went with the segments, so read it all again.
+            state = self._namespaces[namespace] = _Namespace()
         state.listed_at = now
         for name in names:
             if name in state.read:
                 continue
             stored = await self._storage.get(f"{FOLDER}/{namespace}/{name}")
-            if stored is not None:  # compacted by another instance meanwhile
-                state.apply(stored.data)
-            state.read.add(name)
-        if len(names) > COMPACT_AFTER:
+            data = b"" if stored is None else stored.data  # compacted meanwhile
+            state.apply(data)
+            state.read[name] = len(data) // _RECORD
+        if compact or _worth_compacting(state):
             await self._compact(namespace, state, names)
         return state
 
     async def _compact(
         self, namespace: str, state: _Namespace, names: list[str]
     ) -> None:
-        """Write what ``state`` holds as one segment, then delete ``names``
-        (all of them read into it)."""
+        """Write what ``state`` holds as one segment (none if it holds
+        nothing), then delete ``names`` (all of them read into it)."""
         import numpy
 
-        records = numpy.empty(len(state.digests), dtype=_FIELDS)
-        records["op"] = _ADD
-        records["md5"] = state.digests
-        records["hash"] = state.hashes
-        await self._append(namespace, records.tobytes())
+        if state.digests is not None and len(state.digests):
+            records = numpy.empty(len(state.digests), dtype=_FIELDS)
+            records["op"] = _ADD
+            records["md5"] = state.digests
+            records["hash"] = state.hashes
+            await self._append(namespace, records.tobytes())
         for name in names:
             await self._storage.delete(f"{FOLDER}/{namespace}/{name}")
-            state.read.discard(name)
+            state.read.pop(name, None)
+
+
+def _worth_compacting(state: _Namespace) -> bool:
+    """Past `COMPACT_AFTER` segments, once the records outside the largest
+    are an eighth of it or more: each record is then rewritten a bounded
+    number of times, however large the namespace grows (a million images'
+    25 MB is not rewritten for every 64 uploads)."""
+    if len(state.read) <= COMPACT_AFTER:
+        return False
+    largest = max(state.read.values())
+    return 8 * (sum(state.read.values()) - largest) >= largest
 
 
 def _record(op: bytes, digest: str, phash: int) -> bytes:

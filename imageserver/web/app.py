@@ -144,9 +144,11 @@ class ImageServerApp:
         thumbor: ThumborPaths | None = None,
         lifetimes: Lifetimes = Lifetimes(),
         client_hints: bool = False,
+        similar: bool = False,
     ) -> None:
         self._images = images
         self._client_hints = client_hints
+        self._similar = similar
         self._lifetimes = lifetimes
         self._batches = batches
         self._origin_paths = origin_paths
@@ -175,10 +177,17 @@ class ImageServerApp:
 
     @app.route("/<namespace>/similar", methods=["GET"])
     async def similar(self, request: IRequest, namespace: str) -> Response:
+        if not self._similar:
+            raise NotFound(
+                "/similar lists a namespace's images: it is served with "
+                "--write_tokens (then it needs a token) or --secret (a signed "
+                "URL), or to anyone with --open_similar"
+            )
         found = await self._images.similar(
             namespace, _query(request, "to"), _query(request, "distance")
         )
-        return json_response(200, found)
+        # A listing of now: no cache keeps it (purges change it).
+        return json_response(200, found, {"Cache-Control": "no-store"})
 
     @app.route("/<namespace>/batch", methods=["POST"])
     async def create_batch(self, request: IRequest, namespace: str) -> Response:

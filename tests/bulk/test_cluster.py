@@ -35,6 +35,7 @@ pytest.importorskip("distributed")
 from distributed import Client, LocalCluster
 
 from imageserver.bulk.cluster import shard_size
+from imageserver.storage import similar
 
 CHECKOUT = CHECKOUT_DIR
 OUTPUTS = "w20.png,x16.jpg"
@@ -122,13 +123,26 @@ def run(
 
 
 def objects(moto: MotoServer, bucket: str) -> dict[str, bytes]:
+    """The bucket's objects, but for the similar index's segments, whose
+    names say when and by which process they were written: `indexed`."""
     client = moto.client()
     found = {}
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         for item in page.get("Contents", ()):
             body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"]
             found[item["Key"]] = body.read()
-    return found
+    return {k: v for k, v in found.items() if not k.startswith(f"{similar.FOLDER}/")}
+
+
+def indexed(moto: MotoServer, bucket: str) -> set[bytes]:
+    """The records of the bucket's similar index (25 bytes each)."""
+    client = moto.client()
+    records = set()
+    listing = client.list_objects_v2(Bucket=bucket, Prefix=f"{similar.FOLDER}/")
+    for item in listing.get("Contents", ()):
+        data = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+        records.update(data[i : i + 25] for i in range(0, len(data), 25))
+    return records
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +187,7 @@ def test_a_backfill_on_the_cluster_stores_what_local_mode_stores(
     local, remote = objects(moto, local_bucket), objects(moto, cluster_bucket)
     assert len(remote) == 200 * 4
     assert remote == local  # byte for byte
+    assert indexed(moto, cluster_bucket) == indexed(moto, local_bucket)
 
 
 def test_a_worker_killed_mid_run_has_its_shard_redone(
@@ -249,8 +264,10 @@ def test_origin_paths_on_the_cluster_as_in_local_mode(
             "no.png: no object 'no.png' at the origin of 'shop'",
         ]
         lines[mode] = sorted(out)
-        files[mode] = sorted(
-            str(p.relative_to(store)) for p in store.rglob("*") if p.is_file()
+        files[mode] = sorted(  # the index's segments are named by who wrote them
+            str(p.relative_to(store))
+            for p in store.rglob("*")
+            if p.is_file() and p.relative_to(store).parts[0] != similar.FOLDER
         )
     local, remote = lines.values()
     assert local == remote and len(local) == 12
@@ -551,7 +568,7 @@ STAYS_HOME = {
     "namespace_quota_bytes", "quota_interval",
     "cache_control_presets", "preset_max_age", "origin_stale_while_revalidate",
     # credentials and access: workers have their own (environment, role)
-    "aws_access_key_id", "aws_secret_key", "secret", "write_tokens",
+    "aws_access_key_id", "aws_secret_key", "secret", "write_tokens", "open_similar",
     "webhook", "webhook_secret", "webhook_queue", "webhook_retry_seconds",
     "manhole", "manhole_keys", "manhole_passwords", "manhole_host_keys",
     "manhole_allow_remote",

@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from benchmarks import corpus
 from imageserver.imaging import likeness, renderer
+from imageserver.naming import VariantRules
 from tests.support import encode
 
 LIMITS = renderer.Limits(50_000_000, 1000, 4000)
@@ -40,6 +41,29 @@ class LikenessTests(SynchronousTestCase):
         whole = likeness.parse(likeness.phash(picture))
         assert whole is not None
         self.assertLessEqual(likeness.distance(parsed, whole), 2)
+
+    def test_the_same_bytes_get_the_same_hash_whatever_else_is_decoded(self) -> None:
+        # Outputs or faces that make a JPEG decode at a larger scale: the
+        # hash and placeholders are those of the plain upload's decode.
+        two = Image.new("RGB", (1600, 512))
+        two.paste(corpus.photo("astronaut"), (0, 0))
+        two.paste(corpus.photo("astronaut"), (1088, 0))
+        data = encode(two, "JPEG", quality=90)
+        rules = VariantRules(frozenset({"jpg"}), 0, 4000)
+        plain, _ = renderer.render_many(data, [], LIMITS, with_placeholders=True)
+        for variants, faces in (
+            ([], True),
+            (["w1600.jpg"], False),
+            (["w400.jpg"], True),
+        ):
+            parsed = [rules.canonical(n) for n in variants]
+            info, _ = renderer.render_many(
+                data, [v for v in parsed if v], LIMITS, with_placeholders=True,
+                with_faces=faces,
+            )  # fmt: skip
+            self.assertEqual(
+                (info.phash, info.placeholders), (plain.phash, plain.placeholders)
+            )
 
     def test_copies_are_near_and_other_pictures_far(self) -> None:
         names = (

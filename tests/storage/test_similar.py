@@ -116,17 +116,37 @@ class SimilarIndexTests(SynchronousTestCase):
         self.successResultOf(index.add("p", digest(1), 5))
         self.assertEqual(self.successResultOf(index.near("q", 5, 64, 5)), [])
 
-    def test_compaction_leaves_one_segment_and_loses_nothing(self) -> None:
+    def test_uploads_are_compacted_and_nothing_is_lost(self) -> None:
         writer = self.index()
         rng = random.Random(1)
-        truth = {digest(n): rng.getrandbits(64) for n in range(200)}
+        truth = {digest(n): rng.getrandbits(64) for n in range(1000)}
         for d, h in truth.items():
             self.successResultOf(writer.add("p", d, h))
-        # One segment an upload: the first search past COMPACT_AFTER of them
-        # writes them as one and deletes them; a fresh instance reads it.
-        self.successResultOf(self.index().near("p", 0, 0, 1))
+        # One segment an upload, compacted as they are written: never many
+        # more than COMPACT_AFTER; a fresh instance reads them all.
         names = self.successResultOf(self.storage.list(f"{similar.FOLDER}/p"))
-        self.assertEqual(len(names), 1)
+        self.assertLessEqual(len(names), similar.COMPACT_AFTER + 1)
         fresh = self.index()
-        found = self.successResultOf(fresh.near("p", 0, 64, 1000))
+        found = self.successResultOf(fresh.near("p", 0, 64, 2000))
         self.assertEqual(dict(found).keys(), truth.keys())
+
+    def test_a_purge_leaves_nothing_of_the_image_in_the_store(self) -> None:
+        index, other = self.index(), self.index()
+        self.successResultOf(index.add("p", digest(1), 5))
+        self.successResultOf(index.add("p", digest(2), 6))
+        self.assertEqual(len(self.successResultOf(other.near("p", 5, 2, 5))), 2)
+        self.successResultOf(index.remove("p", digest(1)))
+        stored = b"".join(
+            self.successResultOf(self.storage.get(f"{similar.FOLDER}/p/{n}")).data
+            for n in self.successResultOf(self.storage.list(f"{similar.FOLDER}/p"))
+        )
+        self.assertNotIn(bytes.fromhex(digest(1)), stored)
+        # Another instance that had read it forgets it at its next look.
+        self.clock.advance(similar.REFRESH)
+        self.assertEqual(
+            self.successResultOf(other.near("p", 5, 2, 5)), [(digest(2), 2)]
+        )
+        self.successResultOf(index.remove("p", digest(2)))
+        self.assertEqual(
+            self.successResultOf(self.storage.list(f"{similar.FOLDER}/p")), []
+        )

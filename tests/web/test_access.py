@@ -703,7 +703,7 @@ class ListingTokenTests(TestCase):
     tokens it is read with one, however its path is spelt."""
 
     async def test_similar_needs_a_token_in_every_spelling(self) -> None:
-        app = AppHarness(self)
+        app = AppHarness(self, open_similar=True)  # the access policy decides
         _, info = app.json("POST", "/p", data=PHOTO)
         path = self.mktemp()
         with open(path, "w") as f:

@@ -68,11 +68,12 @@ class UploadTests(SynchronousTestCase):
     def test_upload_body(self) -> None:
         code, info = self.app.json("POST", "/p", data=PHOTO)
         self.assertEqual(code, 200)
-        # The Go image-server's four fields first, then the placeholders.
+        # The Go image-server's four fields first, then the placeholders and
+        # the perceptual hash.
         self.assertEqual(
             list(info),
             ["hash", "width", "height", "content_type", "frames", "blurhash",
-             "thumbhash", "dominant_color"],
+             "thumbhash", "dominant_color", "phash"],
         )  # fmt: skip
         self.assertEqual(
             (info["hash"], info["width"], info["height"], info["content_type"]),

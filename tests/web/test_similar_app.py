@@ -26,7 +26,7 @@ def folder_of(digest: str, namespace: str = "p") -> str:
 
 class SimilarRouteTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.app = AppHarness(self)
+        self.app = AppHarness(self, open_similar=True)
         self.infos = {}
         for name, data in (("original", ORIGINAL), ("smaller", SMALLER),
                            ("brighter", BRIGHTER), ("other", OTHER)):  # fmt: skip
@@ -105,7 +105,7 @@ class SimilarRouteTests(SynchronousTestCase):
 
 class UploadPolicyTests(SynchronousTestCase):
     def test_refuse_stores_nothing_and_names_the_like_image(self) -> None:
-        app = AppHarness(self)
+        app = AppHarness(self, open_similar=True)
         _, first = app.json("POST", "/p", data=ORIGINAL)
         before = sorted(os.walk(app.root))
         code, answer = app.json("POST", "/p?similar=refuse", data=SMALLER)
@@ -120,7 +120,7 @@ class UploadPolicyTests(SynchronousTestCase):
         self.assertEqual(code, 200)
 
     def test_report_stores_and_names_them(self) -> None:
-        app = AppHarness(self)
+        app = AppHarness(self, open_similar=True)
         _, first = app.json("POST", "/p", data=ORIGINAL)
         code, answer = app.json("POST", "/p?similar=report", data=SMALLER)
         self.assertEqual(code, 200)
@@ -132,7 +132,7 @@ class UploadPolicyTests(SynchronousTestCase):
         self.assertEqual(answer["similar"], [])
 
     def test_an_unknown_policy_is_a_400(self) -> None:
-        app = AppHarness(self)
+        app = AppHarness(self, open_similar=True)
         for value in ("", "reject", "REFUSE", "refuse "):
             code, answer = app.json("POST", f"/p?similar={value}", data=ORIGINAL)
             self.assertEqual(code, 400, value)
@@ -140,7 +140,7 @@ class UploadPolicyTests(SynchronousTestCase):
 
     def test_an_older_image_is_indexed_when_its_info_json_is_completed(self) -> None:
         # Stored before phash existed: its info.json lacks it.
-        app = AppHarness(self)
+        app = AppHarness(self, open_similar=True)
         _, info = app.json("POST", "/p", data=ORIGINAL)
         path = os.path.join(app.root, folder_of(info["hash"]).lstrip("/"), "info.json")
         old = {k: info[k] for k in ("hash", "width", "height", "content_type")}
@@ -155,3 +155,22 @@ class UploadPolicyTests(SynchronousTestCase):
         self.assertEqual(completed["phash"], info["phash"])
         _, answer = fresh.json("GET", f"/p/similar?to={info['phash']}")
         self.assertEqual([s["hash"] for s in answer["similar"]], [info["hash"]])
+
+
+class ServedOnlyWhereItMayBeTests(SynchronousTestCase):
+    def test_not_served_without_tokens_a_secret_or_open_similar(self) -> None:
+        for settings, served in (
+            ({}, False),
+            ({"open_similar": True}, True),
+            ({"secret": "a-secret-for-signing-urls"}, True),
+        ):
+            app = AppHarness(self, **settings)
+            code, answer = app.json("GET", f"/p/similar?to={'0' * 16}")
+            self.assertEqual(code, 200 if served else 404, settings)
+            if not served:
+                self.assertIn("--open_similar", answer["error"])
+
+    def test_an_answer_is_never_kept_by_a_cache(self) -> None:
+        app = AppHarness(self, open_similar=True)
+        response, _ = app.request("GET", f"/p/similar?to={'0' * 16}")
+        self.assertEqual(response.headers.getRawHeaders("Cache-Control"), ["no-store"])
