@@ -80,9 +80,9 @@ log = Logger()
 
 T = TypeVar("T")
 
-#: Fields info.json gained after the Go image-server's four: an older
-#: info.json without them is completed on its first read.
-_LATER_FIELDS = (b'"frames"', b'"blurhash"', b'"phash"')
+#: Text fields info.json gained after the Go image-server's four (and
+#: frames): an older info.json without them is completed on its first read.
+_LATER_FIELDS = ("blurhash", "thumbhash", "dominant_color", "phash")
 #: How many of the 64 bits of two images' perceptual hashes may differ for
 #: them to be alike, unless a request says (docs/api.md); the most it may
 #: say (past it, pictures are unrelated: about 32 bits differ).
@@ -1123,17 +1123,15 @@ class Images:
             info = await self._storage.get(image.key(INFO))
             if original is None or info is None:
                 raise NotFound("image not found")
-            content_type = _fields(info.data).get("content_type")
-            if not isinstance(content_type, str):  # damaged: made again
+            if not _whole(info.data, image.hash):  # damaged: made again
                 info = await self._in_time(self._completed_info(image, info))
-                content_type = _fields(info.data)["content_type"]
-            return replace(original, content_type=content_type)
+            return replace(original, content_type=_fields(info.data)["content_type"])
         if name != INFO and not is_file_name(name):
             raise NotFound("file not found")
         stored = await self._storage.get(image.key(name))
         if stored is None:
             raise NotFound("image not found" if name == INFO else "file not found")
-        if name == INFO and not all(f in stored.data for f in _LATER_FIELDS):
+        if name == INFO and not _whole(stored.data, image.hash):
             return await self._in_time(self._completed_info(image, stored))
         return stored
 
@@ -1141,23 +1139,23 @@ class Images:
         self, image: ImageId, stored: StoredObject
     ) -> StoredObject:
         """info.json of an image stored before some of its fields existed
-        (frames, placeholders), with them: made from the original once, and
-        written back."""
+        (frames, placeholders, phash), with them, or one damaged or edited
+        by hand, mended: made from the original once, and written back.
+        What the original says replaces what it held; faces it found stay."""
         original = await self._storage.get(image.key(ORIGINAL))
         if original is None:
             raise NotFound("image not found")
         info, _ = await self._render_many(original.data, (), True)
-        # An info.json that is not one (edited by hand, damaged) is made
-        # again from the original.
         fields = _fields(stored.data)
-        fresh = json.loads(info_json_of(image.hash, info))
-        fields.update((k, v) for k, v in fresh.items() if k not in fields)
+        fields.update(json.loads(info_json_of(image.hash, info)))
+        if parse_faces(fields.get("faces")) is None:
+            fields.pop("faces", None)
         data = json.dumps(fields).encode()
         async with self._gate.storing(image.folder):
             if not await self._storage.exists(image.key(ORIGINAL)):
                 raise NotFound("image not found")
             phash = likeness.parse(info.phash or "")
-            if phash is not None and b'"phash"' not in stored.data:
+            if phash is not None and _fields(stored.data).get("phash") != info.phash:
                 await self._similar.add(image.namespace, image.hash, phash)
             return await self._storage.put(image.key(INFO), data, "application/json")
 
@@ -1264,9 +1262,28 @@ def _fields(info_json: bytes) -> dict[str, Any]:
     (edited by hand, or damaged)."""
     try:
         fields = json.loads(info_json)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     return fields if isinstance(fields, dict) else {}
+
+
+def _whole(info_json: bytes, digest: str) -> bool:
+    """Whether an info.json has every field as the server writes it (not
+    one older than some of them, damaged, or edited out of shape)."""
+    fields = _fields(info_json)
+    counts = all(
+        type(fields.get(name)) is int and fields[name] >= 1
+        for name in ("width", "height", "frames")
+    )
+    content_type = fields.get("content_type")
+    return (
+        fields.get("hash") == digest
+        and counts
+        and isinstance(content_type, str)
+        and content_type.startswith("image/")
+        and all(isinstance(fields.get(name), str) for name in _LATER_FIELDS)
+        and likeness.parse(str(fields.get("phash"))) is not None
+    )
 
 
 def _identified(data: bytes) -> tuple[bytes, str]:

@@ -29,11 +29,14 @@ import itertools
 import os
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet.defer import DeferredLock
 from twisted.internet.interfaces import IReactorTime
 
+from imageserver.naming import INFO, ImageId
 from imageserver.storage import Storage
 
 #: The folder of the namespaces' segments.
@@ -42,6 +45,8 @@ FOLDER = "SIMILAR"
 REFRESH = 2.0
 #: Segments of a namespace past which an instance compacts them.
 COMPACT_AFTER = 64
+#: Purges a process remembers, by namespace, to drop at its compactions.
+REMEMBERED_PURGES = 4096
 _RECORD = 25
 _ADD, _REMOVE = b"+", b"-"
 
@@ -95,20 +100,37 @@ class SimilarIndex:
         #: Segments this process wrote into each namespace since it last
         #: looked whether to compact.
         self._written: dict[str, int] = {}
+        #: One change of a namespace's segments at a time, here: a
+        #: compaction never runs between a segment's name and its write.
+        self._locks: dict[str, DeferredLock] = {}
+        #: The images this process purged lately, by namespace: a
+        #: compaction drops them whatever record of another process's
+        #: brought them back (one that had not read the purge yet).
+        self._purged: dict[str, OrderedDict[str, None]] = {}
 
     async def add(self, namespace: str, digest: str, phash: int) -> None:
         """Record the image ``digest`` with its hash."""
-        await self._append(namespace, _record(_ADD, digest, phash))
-        self._written[namespace] = self._written.get(namespace, 0) + 1
-        if self._written[namespace] >= COMPACT_AFTER:
-            self._written[namespace] = 0
-            await self._current(namespace, fresh=True)
+        self._purged.get(namespace, OrderedDict()).pop(digest, None)  # stored again
+        async with self._lock(namespace):
+            await self._append(namespace, _record(_ADD, digest, phash))
+            self._written[namespace] = self._written.get(namespace, 0) + 1
+            if self._written[namespace] >= COMPACT_AFTER:
+                self._written[namespace] = 0
+                await self._current(namespace, fresh=True)
 
     async def remove(self, namespace: str, digest: str) -> None:
         """Record that the image ``digest`` is gone, then compact the
         namespace's segments: nothing of a purged image stays in them."""
-        await self._append(namespace, _record(_REMOVE, digest, 0))
-        await self._current(namespace, fresh=True, compact=True)
+        purged = self._purged.setdefault(namespace, OrderedDict())
+        purged[digest] = None
+        while len(purged) > REMEMBERED_PURGES:
+            purged.popitem(last=False)
+        async with self._lock(namespace):
+            await self._append(namespace, _record(_REMOVE, digest, 0))
+            await self._current(namespace, fresh=True, compact=True)
+
+    def _lock(self, namespace: str) -> DeferredLock:
+        return self._locks.setdefault(namespace, DeferredLock())
 
     async def near(
         self, namespace: str, phash: int, distance: int, most: int, fresh: bool = False
@@ -119,7 +141,8 @@ class SimilarIndex:
         so far read (not only those of `REFRESH` seconds ago)."""
         import numpy
 
-        state = await self._current(namespace, fresh)
+        async with self._lock(namespace):
+            state = await self._current(namespace, fresh)
         if state.hashes is None or not len(state.hashes):
             return []
         bits = numpy.bitwise_count(state.hashes ^ numpy.uint64(phash))
@@ -131,9 +154,12 @@ class SimilarIndex:
             (raw[16 * n : 16 * n + 16].hex(), int(bits[i])) for n, i in enumerate(found)
         ]
 
-    async def _append(self, namespace: str, data: bytes) -> None:
-        """Write a segment of ``data`` (records), and apply it here."""
-        name = self._segment_name()
+    async def _append(
+        self, namespace: str, data: bytes, after: str | None = None
+    ) -> None:
+        """Write a segment of ``data`` (records), and apply it here.
+        ``after``: a segment it must sort after (a compaction's newest)."""
+        name = self._segment_name(after)
         await self._storage.put(
             f"{FOLDER}/{namespace}/{name}", data, "application/octet-stream"
         )
@@ -142,9 +168,15 @@ class SimilarIndex:
             state.apply(data)
             state.read[name] = len(data) // _RECORD
 
-    def _segment_name(self) -> str:
+    def _segment_name(self, after: str | None = None) -> str:
         """A name after every other this process wrote (the time, made to
-        grow; a sequence number for the same time), sorting as it should."""
+        grow; a sequence number for the same time), sorting as it should.
+        A compaction's is named just after the newest segment it holds (not
+        now): a purge's record written elsewhere since it listed the store
+        sorts after it, and is applied after it, wherever it is read."""
+        if after is not None:
+            newest = int(after.partition(".")[0]) + 1
+            return f"{newest:020d}.{self._process}.{next(self._sequence):012d}"
         self._last = max(int(self._seconds() * 1e9), self._last + 1)
         return f"{self._last:020d}.{self._process}.{next(self._sequence):012d}"
 
@@ -179,6 +211,21 @@ class SimilarIndex:
             await self._compact(namespace, state, names)
         return state
 
+    async def _drop_purged(self, namespace: str, state: _Namespace) -> None:
+        """Forget the images this process purged that a segment brought
+        back, unless they are stored again."""
+        import numpy
+
+        purged = self._purged.get(namespace)
+        if not purged or state.digests is None or not len(state.digests):
+            return
+        known = numpy.array([bytes.fromhex(d) for d in purged], dtype="S16")
+        back = state.digests[numpy.isin(state.digests, known)].tobytes()
+        for start in range(0, len(back), 16):
+            digest = back[start : start + 16].hex()
+            if not await _still_stored(self._storage, namespace, digest):
+                state.apply(_record(_REMOVE, digest, 0))
+
     async def _compact(
         self, namespace: str, state: _Namespace, names: list[str]
     ) -> None:
@@ -186,15 +233,22 @@ class SimilarIndex:
         nothing), then delete ``names`` (all of them read into it)."""
         import numpy
 
+        await self._drop_purged(namespace, state)
         if state.digests is not None and len(state.digests):
             records = numpy.empty(len(state.digests), dtype=_FIELDS)
             records["op"] = _ADD
             records["md5"] = state.digests
             records["hash"] = state.hashes
-            await self._append(namespace, records.tobytes())
+            await self._append(
+                namespace, records.tobytes(), after=max(names) if names else None
+            )
         for name in names:
             await self._storage.delete(f"{FOLDER}/{namespace}/{name}")
             state.read.pop(name, None)
+
+
+async def _still_stored(storage: Storage, namespace: str, digest: str) -> bool:
+    return await storage.exists(ImageId(namespace, digest).key(INFO))
 
 
 def _worth_compacting(state: _Namespace) -> bool:

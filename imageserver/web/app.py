@@ -165,13 +165,21 @@ class ImageServerApp:
     @app.route("/<namespace>", methods=["POST"])
     async def upload(self, request: IRequest, namespace: str) -> Response:
         source = _query(request, "source")
+        similar = _query(request, "similar")
+        if similar is not None and not self._similar:
+            # Its answer names stored images: where /similar is not served,
+            # an uploader must not learn them either.
+            raise InvalidRequest(
+                "similar= names the images like an upload: it is taken where "
+                "/similar is served (--write_tokens, --secret or --open_similar)"
+            )
         info = await self._images.upload(
             namespace,
             body=request.content,
             source=source,
             outputs=_query(request, "outputs"),
             faces=_flag(request, "faces"),
-            similar=_query(request, "similar"),
+            similar=similar,
         )
         return json_response(200, info)
 

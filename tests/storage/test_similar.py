@@ -8,7 +8,8 @@ import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.task import Clock
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase
 
 from imageserver.imaging import likeness
@@ -150,3 +151,79 @@ class SimilarIndexTests(SynchronousTestCase):
         self.assertEqual(
             self.successResultOf(self.storage.list(f"{similar.FOLDER}/p")), []
         )
+
+
+class _SlowStorage:
+    """A store whose writes land a moment later (a bucket's): what lets
+    work interleave while a segment is on its way."""
+
+    def __init__(self, backend: LocalStorage, clock: Clock) -> None:
+        self.backend = backend
+        self.clock = clock
+
+    async def put(
+        self, key: str, data: bytes, content_type: str, **kw: object
+    ) -> object:
+        await deferLater(self.clock, 0.01, lambda: None)
+        return await self.backend.put(key, data, content_type)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.backend, name)
+
+
+class OverlappingPurgesTests(SynchronousTestCase):
+    def test_purges_at_once_in_a_process_leave_nothing_of_the_purged(self) -> None:
+        clock = Clock()
+        backend = LocalStorage(self.mktemp(), synchronous)
+        store = _SlowStorage(backend, clock)
+        # One process's purges, at once, over a store whose writes take time.
+        first = SimilarIndex(store, clock)  # type: ignore[arg-type]
+        rng = random.Random(2)
+        truth = {digest(n): rng.getrandbits(64) for n in range(20)}
+        for d, h in truth.items():
+            done = Deferred.fromCoroutine(first.add("p", d, h))
+            while not done.called:
+                clock.advance(0.01)
+        purged = list(truth)[:10]
+        running = [
+            Deferred.fromCoroutine(first.remove("p", d)) for n, d in enumerate(purged)
+        ]
+        for _ in range(10_000):
+            if all(d.called for d in running):
+                break
+            clock.advance(0.005)
+        for d in running:
+            self.successResultOf(d)
+        names = self.successResultOf(backend.list(f"{similar.FOLDER}/p"))
+        stored = b"".join(
+            self.successResultOf(backend.get(f"{similar.FOLDER}/p/{n}")).data
+            for n in names
+        )
+        left = [d for d in purged if bytes.fromhex(d) in stored]
+        self.assertEqual(left, [])
+        fresh = SimilarIndex(backend, clock)
+        found = self.successResultOf(fresh.near("p", 0, 64, 100))
+        self.assertEqual(sorted(d for d, _ in found), sorted(list(truth)[10:]))
+
+
+class OtherProcessesPurgesTests(SynchronousTestCase):
+    def test_a_record_another_process_brought_back_goes_at_the_next_compaction(
+        self,
+    ) -> None:
+        # Process A compacts while B purges: A's segment, written from what
+        # it read before B's purge, holds the purged image again. B's next
+        # compaction drops it (the image's info.json is gone).
+        clock = Clock()
+        store = LocalStorage(self.mktemp(), synchronous)
+        a, b = SimilarIndex(store, clock), SimilarIndex(store, clock)
+        for n in range(3):
+            self.successResultOf(a.add("p", digest(n), n))
+        self.successResultOf(a.near("p", 0, 64, 10))  # A has read them
+        self.successResultOf(b.remove("p", digest(0)))
+        # A's stale state written as a segment after B's purge.
+        self.successResultOf(a._compact("p", a._namespaces["p"], []))
+        found = self.successResultOf(SimilarIndex(store, clock).near("p", 0, 64, 10))
+        self.assertIn(digest(0), dict(found))  # brought back
+        self.successResultOf(b.remove("p", digest(1)))  # B compacts again
+        found = self.successResultOf(SimilarIndex(store, clock).near("p", 0, 64, 10))
+        self.assertEqual(list(dict(found)), [digest(2)])

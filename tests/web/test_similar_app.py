@@ -174,3 +174,55 @@ class ServedOnlyWhereItMayBeTests(SynchronousTestCase):
         app = AppHarness(self, open_similar=True)
         response, _ = app.request("GET", f"/p/similar?to={'0' * 16}")
         self.assertEqual(response.headers.getRawHeaders("Cache-Control"), ["no-store"])
+
+
+class UploadOracleTests(SynchronousTestCase):
+    def test_similar_on_upload_only_where_similar_is_served(self) -> None:
+        app = AppHarness(self)
+        app.json("POST", "/p", data=ORIGINAL)
+        before = sorted(os.walk(app.root))
+        for policy in ("refuse", "report"):
+            code, answer = app.json("POST", f"/p?similar={policy}", data=SMALLER)
+            self.assertEqual(code, 400, policy)
+            self.assertIn("--open_similar", answer["error"])
+        self.assertEqual(sorted(os.walk(app.root)), before)
+
+
+class DamagedInfoJsonTests(SynchronousTestCase):
+    def test_info_json_out_of_shape_is_made_again_from_the_original(self) -> None:
+        app = AppHarness(self, open_similar=True)
+        _, info = app.json("POST", "/p?faces=1", data=ORIGINAL)
+        folder = folder_of(info["hash"])
+        path = os.path.join(app.root, folder.lstrip("/"), "info.json")
+        unhashed = {k: v for k, v in info.items() if k != "hash"}
+        damages = [b"not json", b"[]", b"[" * 100_000 + b"]" * 100_000]
+        damages += [
+            json.dumps(fields).encode()
+            for fields in (
+                {**info, "content_type": 5},
+                {**info, "phash": "zz"},
+                {**info, "width": "wide"},
+                {**info, "content_type": "text/html"},
+                unhashed,
+            )
+        ]
+        for damage in damages:
+            with open(path, "wb") as f:
+                f.write(damage)
+            response, _body = app.request("GET", f"{folder}/original")
+            self.assertEqual(response.code, 200, damage[:40])
+            self.assertEqual(
+                response.headers.getRawHeaders("Content-Type"), ["image/jpeg"]
+            )
+            code, mended = app.json("GET", f"{folder}/info.json")
+            # What the original says is made again; the faces, where the
+            # file still held them.
+            kept = b'"faces"' in damage
+            expected = info if kept else {k: v for k, v in info.items() if k != "faces"}
+            self.assertEqual((code, mended), (200, expected), damage[:40])
+            for path_ in (
+                f"{folder}/300x100-smart.jpg",
+                f"/p/similar?to={info['hash']}",
+            ):
+                response, _ = app.request("GET", path_)
+                self.assertEqual(response.code, 200, (path_, damage[:40]))
