@@ -1,26 +1,27 @@
 """The perceptual hashes of each namespace's images, for ``/similar``.
 
 Kept in the store, so every instance (workers, hosts) shares them: each
-upload and purge appends a segment, ``SIMILAR/{namespace}/{time}.{process}``
-(beside the namespaces, whose names are lower case: not part of one, nor of
-its quota),
-of 25-byte records (``+`` or ``-``, the md5, the hash), never rewritten.
-An instance reads a namespace's segments on its first search and the new
-ones at most every `REFRESH` seconds after (at once for an upload that asks
-about near-duplicates), in the order of their names (their times). To
-compact, it writes what it holds as one new segment and deletes those it
-read: after each purge (nothing of a purged image stays), and past
-`COMPACT_AFTER` segments once the new records are worth it
-(`_worth_compacting`). Concurrent compactions write the same records twice
+upload and purge appends a segment, ``SIMILAR/{namespace}/{time}.{process}.
+{sequence}`` (beside the namespaces, whose names are lower case: in none of
+them, nor in a quota), of 25-byte records (``+`` or ``-``, the md5, the
+hash), never rewritten. An instance reads a namespace's segments on its
+first search and the new ones at most every `REFRESH` seconds after (at once
+for an upload that asks about near-duplicates), in the order of their
+names. To compact, it writes what it holds as one new segment, named just
+after the newest it holds, and deletes those it read: after each purge, and
+past `COMPACT_AFTER` segments once the new records are worth it
+(`_worth_compacting`). Within a process, changes to a namespace's segments
+take turns. Concurrent compactions write the same records twice
 (harmless), a record is only ever deleted from a segment that is in a newer
 one, and an instance that finds segments it read deleted by another's
-compaction reads the namespace again.
+compaction reads the namespace again. A process that compacts from what it
+read before another's purge writes the purged image back: the purging
+process drops it at its next compaction (`_drop_purged`).
 
 In memory a namespace is two flat arrays, md5s and hashes, scanned with XOR
 and a popcount: about 1 ms of CPU for a million images, and exact (no
 structure to miss a neighbour). A hit names an image that was there when
-its segment was read: callers check that it still is (a purge's record
-may not have been read yet).
+its segment was read: callers check that it still is.
 """
 
 from __future__ import annotations
