@@ -512,7 +512,8 @@ class Config:
     write_tokens: str = setting(
         "",
         "File of the tokens that may write (upload, process, store files, "
-        "batches, delete) with Authorization: Bearer; one per line, or "
+        "batches, delete) and search /similar, with Authorization: Bearer; "
+        "one per line, or "
         "sha256:<hex>; read again when it changes and on SIGHUP. Empty: writes "
         "are open (or signed, with --secret).",
         server_only=True,

@@ -1146,8 +1146,11 @@ class Images:
         if original is None:
             raise NotFound("image not found")
         info, _ = await self._render_many(original.data, (), True)
-        fields = _fields(stored.data)
-        fields.update(json.loads(info_json_of(image.hash, info)))
+        # In the order the server writes (its own fields first), then the
+        # faces and whatever else it held.
+        held = _fields(stored.data)
+        fields = json.loads(info_json_of(image.hash, info))
+        fields.update((k, v) for k, v in held.items() if k not in fields)
         if parse_faces(fields.get("faces")) is None:
             fields.pop("faces", None)
         data = json.dumps(fields).encode()
@@ -1283,6 +1286,7 @@ def _whole(info_json: bytes, digest: str) -> bool:
         and content_type.startswith("image/")
         and all(isinstance(fields.get(name), str) for name in _LATER_FIELDS)
         and likeness.parse(str(fields.get("phash"))) is not None
+        and ("faces" not in fields or parse_faces(fields["faces"]) is not None)
     )
 
 

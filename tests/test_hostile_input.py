@@ -515,7 +515,10 @@ class DecoderCostTests(SynchronousTestCase):
         *alone, one_page, many, large = hostile.costs(files)
         for cost in alone:
             self.assertEqual(cost.outcome, "ok", cost)
-            self.assertLess(cost.rss_mb, 12, cost)
+            # The upload's perceptual hash is numpy's work: its first use in
+            # the measuring fork touches 5-8 MB of numpy's own memory (numpy
+            # 2.5 on Python 3.13; 2 MB with 2.4 on 3.11), whatever the file.
+            self.assertLess(cost.rss_mb, 18, cost)
             self.assertLess(cost.cpu_s, 0.5, cost)
         for cost in (many, large):
             self.assertEqual(cost.outcome, "ok", cost)
@@ -637,4 +640,4 @@ class FaceCostTests(SynchronousTestCase):
         )  # fmt: skip
         self.assertEqual((plain.outcome, faces.outcome), ("ok", "ok"))
         self.assertLess(faces.cpu_s, plain.cpu_s + 0.25, (plain, faces))
-        self.assertLess(faces.rss_mb, plain.rss_mb + 16, (plain, faces))
+        self.assertLess(faces.rss_mb, plain.rss_mb + 24, (plain, faces))

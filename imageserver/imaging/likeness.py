@@ -6,9 +6,11 @@ a frequency is above their median, read row by row (of what is seen:
 transparency flattened on white, where imagehash drops the alpha). A rescaled,
 recompressed or colour-shifted copy keeps all or nearly all of the bits, a
 picture of something else about half; a crop moves several
-(docs/performance.md has the figures). It is computed here with numpy alone,
+(docs/performance.md has the figures). A decode over 1024 pixels a side is
+box-reduced to that first. It is computed here with numpy alone,
 bit for bit as imagehash does (the tests compare them): imagehash would load
-SciPy and PyWavelets into every worker, 27 MB more, for a 32x32 DCT. So a
+SciPy and PyWavelets into every worker, 27 MB more, for a 32x32 DCT; numpy
+is loaded with this module, at start, as every upload hashes. So a
 client can compute it from a file (``str(imagehash.phash(Image.open(f)))``)
 to ask for the images like it.
 """
@@ -20,6 +22,7 @@ import re
 from functools import cache
 from typing import Any
 
+import numpy
 from PIL import Image
 
 from imageserver.imaging import analysis
@@ -28,17 +31,23 @@ from imageserver.imaging import analysis
 HASH = re.compile(r"[0-9a-f]{16}")
 _SIDE = 32
 _KEPT = 8
+#: The longest side hashed: a larger decode is box-reduced to it first (a
+#: grey copy of a 3000x3000 page would take 9 MB for a 32x32 hash).
+_MOST_SIDE = 1024
 
 
 def phash(image: Image.Image) -> str:
     """The perceptual hash of ``image``, in hex."""
-    import numpy
-
     seen = analysis.flattened(image)
+    if max(seen.size) > _MOST_SIDE:  # a page of a TIFF, say: not in full
+        seen = seen.reduce(math.ceil(max(seen.size) / _MOST_SIDE))
     small = seen.convert("L").resize((_SIDE, _SIDE), Image.Resampling.LANCZOS)
     pixels = numpy.asarray(small, dtype=numpy.float64)
-    dct = _dct()
-    low = (dct @ pixels @ dct.T)[:_KEPT, :_KEPT]
+    dct = _dct()[:_KEPT]
+    # dct @ pixels @ dct.T, summed by hand: a matrix product would start
+    # BLAS's threads and their buffers in every worker for 8x32x32.
+    rows = (dct[:, :, None] * pixels[None, :, :]).sum(axis=1)
+    low = (rows[:, None, :] * dct[None, :, :]).sum(axis=2)
     bits = (low > numpy.median(low)).flatten()
     return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
 
@@ -59,8 +68,6 @@ def distance(a: int, b: int) -> int:
 def _dct() -> Any:
     """The matrix of the type-II DCT, unnormalised (as scipy.fftpack.dct):
     row k is 2 cos(pi k (2n + 1) / 2N)."""
-    import numpy
-
     return numpy.array(
         [
             [

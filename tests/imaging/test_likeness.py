@@ -21,8 +21,11 @@ LIMITS = renderer.Limits(50_000_000, 1000, 4000)
 
 class LikenessTests(SynchronousTestCase):
     def test_it_is_imagehashs_phash(self) -> None:
-        picture = corpus.photo("coffee")
-        self.assertEqual(likeness.phash(picture), str(imagehash.phash(picture)))
+        for name in (*corpus.BACKGROUNDS, "astronaut", "camera"):
+            picture = corpus.photo(name)
+            self.assertEqual(
+                likeness.phash(picture), str(imagehash.phash(picture)), name
+            )
 
     def test_info_carries_it_from_the_uploads_decode(self) -> None:
         picture = corpus.photo("astronaut")

@@ -226,3 +226,19 @@ class DamagedInfoJsonTests(SynchronousTestCase):
             ):
                 response, _ = app.request("GET", path_)
                 self.assertEqual(response.code, 200, (path_, damage[:40]))
+
+    def test_faces_out_of_shape_are_dropped_and_looked_for_again(self) -> None:
+        app = AppHarness(self)
+        _, info = app.json("POST", "/p?faces=1", data=ORIGINAL)
+        folder = folder_of(info["hash"])
+        path = os.path.join(app.root, folder.lstrip("/"), "info.json")
+        for faces in ("oops", [[0.5, 0, 60, 60.2]], [[1, 2, 3]]):
+            with open(path, "w") as f:
+                json.dump({**info, "faces": faces}, f)
+            _, mended = app.json("GET", f"{folder}/info.json")
+            self.assertNotIn("faces", mended, faces)
+            app.request("GET", f"{folder}/300x{101 + len(str(faces))}-smart.jpg")
+            _, found = app.json("GET", f"{folder}/info.json")
+            (again,) = found["faces"]  # from another decode: about the same
+            self.assertTrue(corpus.matches(tuple(again), tuple(info["faces"][0])))
+            self.assertEqual(list(found), list(info))  # the order kept
