@@ -45,6 +45,11 @@ CASCADE = "haarcascade_frontalface_alt2.xml"
 Box = tuple[int, int, int, int]
 
 _local = threading.local()
+#: Taken while OpenCV is first imported: its package swaps itself in
+#: ``sys.modules`` while it loads, so a second thread importing it then finds
+#: a module that is not a package (``No module named 'cv2.data'``).
+_importing = threading.Lock()
+_opencv: Any = None
 
 
 def detect(image: Image.Image, size: tuple[int, int]) -> list[Box]:
@@ -120,10 +125,7 @@ def _cascade() -> Any:
     threads that detect at once), loaded on first use."""
     cascade = getattr(_local, "cascade", None)
     if cascade is None:
-        import cv2
-        import cv2.data
-
-        cv2.setNumThreads(1)
+        cv2 = _import_opencv()
         path = cv2.data.haarcascades + CASCADE
         cascade = cv2.CascadeClassifier(path)
         if cascade.empty():
@@ -133,3 +135,16 @@ def _cascade() -> Any:
             )
         _local.cascade = cascade
     return cascade
+
+
+def _import_opencv() -> Any:
+    """OpenCV, imported once for every thread (see `_importing`)."""
+    global _opencv
+    with _importing:
+        if _opencv is None:
+            import cv2
+            import cv2.data
+
+            cv2.setNumThreads(1)
+            _opencv = cv2
+    return _opencv
