@@ -22,6 +22,7 @@ from imageserver.images import RenderPolicy
 from imageserver.imaging.renderer import DECODER_MAX_PIXELS, Limits
 from imageserver.naming import (
     OUTPUT_FORMATS,
+    QUALITY_LEVELS,
     ImageId,
     Presets,
     VariantRules,
@@ -198,11 +199,12 @@ class Config:
         "Formats .auto sends, best first, to a client whose Accept names them "
         "(and that --extensions serves); others get jpg, or png with alpha.",
     )
-    default_quality: int = setting(
-        0,
+    default_quality: str = setting(
+        "0",
         "Quality (1-100) of every lossy format when a name has no -qN; 0: each "
         "format's own default, chosen by bytes at equal fidelity "
-        "(docs/performance.md).",
+        "(docs/performance.md); auto:high, auto:good or auto:eco: the level's "
+        "quality, chosen per variant by how it looks (as -qgood is).",
     )
     maximum_width: int = setting(
         1000, "Largest width or height a variant name may ask for."
@@ -850,8 +852,14 @@ class Config:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1")
-        if not 0 <= self.default_quality <= 100:
-            raise ValueError("--default_quality must be between 1 and 100, or 0")
+        if not _DEFAULT_QUALITY.fullmatch(self.default_quality) or (
+            ascii_digits(self.default_quality, 3) and int(self.default_quality) > 100
+        ):
+            raise ValueError(
+                "--default_quality must be between 1 and 100, or 0 (each "
+                "format's own), or auto:LEVEL with LEVEL one of "
+                f"{', '.join(QUALITY_LEVELS)}"
+            )
         if self.http_timeout <= 0:
             raise ValueError("--http_timeout must be positive")
         if set(self.auto_formats) - set(OUTPUT_FORMATS):
@@ -989,12 +997,15 @@ class Config:
     def rules(self) -> VariantRules:
         return VariantRules(
             frozenset(self.extensions),
-            self.default_quality,
+            int(self.default_quality) if ascii_digits(self.default_quality, 3) else 0,
             self.maximum_width,
             auto_formats=self.auto_formats,
             watermarks=tuple(
                 (name, image.hash) for name, image in self.watermark_images.items()
             ),
+            default_level=self.default_quality.removeprefix("auto:")
+            if self.default_quality.startswith("auto:")
+            else "",
         )
 
     @property
@@ -1053,6 +1064,10 @@ def fields() -> tuple[dataclasses.Field[Any], ...]:
 
 
 _INT = re.compile(r"-?[0-9]{1,18}")
+#: --default_quality: 0 to 100 in ASCII digits, or auto: and a level.
+_DEFAULT_QUALITY = re.compile(
+    rf"0|[1-9][0-9]{{0,2}}|auto:(?:{'|'.join(QUALITY_LEVELS)})"
+)
 #: A Cache-Control value (RFC 9111 section 5.2): directives, a token and
 #: maybe =token or ="quoted", separated by commas.
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"

@@ -841,18 +841,17 @@ class Images:
                 f"processing took longer than {self._processing_timeout:g} seconds"
             ) from None
 
-    async def chosen_quality(self, image: ImageId, name: str) -> int | None:
-        """The quality a byte budget chose for the variant ``name`` (its
-        canonical name), or None for a variant without one."""
+    async def chosen_quality(
+        self, image: ImageId, name: str
+    ) -> tuple[int, float | None] | None:
+        """The quality a byte budget or a level chose for the variant
+        ``name`` (its canonical name), and the score it keeps (None where not
+        known); None for a variant without either."""
         variant = self.rules.canonical(name)
-        if variant is None or not variant.max_bytes:
+        if variant is None or not (variant.max_bytes or variant.level):
             return None
         stored = await self._storage.get(image.key(name + QUALITY_SUFFIX))
-        if stored is None or not ascii_digits(
-            stored.data.decode("ascii", "replace"), 3
-        ):
-            return None
-        return int(stored.data)
+        return None if stored is None else _chosen_read(stored.data)
 
     async def _mark(self, digest: str) -> bytes:
         """A watermark's original (checked at start-up; gone since: 404)."""
@@ -1071,7 +1070,7 @@ class Images:
         variants: Sequence[Variant],
         outputs: Sequence[tuple[bytes, str]],
         durable: bool = True,
-        qualities: Mapping[str, int] | None = None,
+        qualities: Mapping[str, tuple[int, float | None]] | None = None,
     ) -> dict[str, StoredObject]:
         async def put(
             key: str, data: bytes, content_type: str, etag: str | None = None
@@ -1093,10 +1092,10 @@ class Images:
                 )
                 return StoredObject(data, content_type, time.time(), etag or "")
 
-        # A byte budget's quality first: whoever finds a variant finds it too.
-        for name, quality in (qualities or {}).items():
+        # A chosen quality first: whoever finds a variant finds it too.
+        for name, chosen in (qualities or {}).items():
             await put(
-                image.key(name + QUALITY_SUFFIX), str(quality).encode(), "text/plain"
+                image.key(name + QUALITY_SUFFIX), _chosen_text(*chosen), "text/plain"
             )
         keys = [image.key(v.name) for v in variants]
         puts = [
@@ -1317,3 +1316,21 @@ def info_json_of(digest: str, info: renderer.ImageInfo) -> bytes:
             **({} if info.faces is None else {"faces": [list(b) for b in info.faces]}),
         }
     ).encode()
+
+
+#: What is kept beside a variant whose quality was chosen: the quality,
+#: then the score it keeps where known (``62 78.41``).
+_CHOSEN = re.compile(rb"(?P<q>[1-9][0-9]{0,2})(?: (?P<score>-?[0-9]{1,3}\.[0-9]{2}))?")
+
+
+def _chosen_text(quality: int, score: float | None) -> bytes:
+    return (f"{quality}" if score is None else f"{quality} {score:.2f}").encode()
+
+
+def _chosen_read(data: bytes) -> tuple[int, float | None] | None:
+    """`_chosen_text`'s quality and score; None for anything else (a file
+    damaged, or edited)."""
+    m = _CHOSEN.fullmatch(data)
+    if m is None or int(m["q"]) > 100:
+        return None
+    return int(m["q"]), None if m["score"] is None else float(m["score"])

@@ -65,6 +65,12 @@ _PAD = re.compile(r"pad(?P<hex>[0-9A-Fa-f]{6}(?:[0-9A-Fa-f]{2})?)?\Z")
 _FOCUS = re.compile(rf"fp(?P<x>{_N})_(?P<y>{_N})\Z")
 _BLUR = re.compile(rf"blur(?P<sigma>{_N})\Z")
 _QUALITY = re.compile(rf"q(?P<q>{_N})\Z")
+#: The quality levels a name may ask for instead of a number, and the least
+#: SSIMULACRA2 score each keeps (imaging.perception; docs/performance.md has
+#: the bytes and scores each gives). ``qauto`` is ``qgood``.
+QUALITY_LEVELS = {"high": 85.0, "good": 78.0, "eco": 70.0}
+_LEVEL_ALIASES = {"auto": "good"}
+_LEVEL = re.compile(r"q(?P<level>[a-z]+)\Z")
 _CROP = re.compile(
     rf"crop(?P<fraction>f?)(?P<l>{_N})_(?P<t>{_N})_(?P<r>{_N})_(?P<b>{_N})\Z"
 )
@@ -336,6 +342,10 @@ class Variant:
     #: A byte budget: the highest quality (up to ``quality``) whose output
     #: is at most this many bytes; 0: none. Lossy formats only.
     max_bytes: int = 0
+    #: A quality level (`QUALITY_LEVELS`): the lowest quality whose output
+    #: keeps its score, chosen per variant (``quality`` is then unused);
+    #: empty for a fixed quality. Named (``-qgood``) or --default_quality's.
+    level: str = ""
 
     @property
     def content_type(self) -> str:
@@ -403,6 +413,9 @@ class VariantRules:
     auto_formats: tuple[str, ...] = ("avif", "webp", "jxl")
     #: The watermarks names may use (--watermarks): name and md5.
     watermarks: tuple[tuple[str, str], ...] = ()
+    #: The quality level of names without ``-qN`` (--default_quality
+    #: auto:LEVEL); empty: ``default_quality``.
+    default_level: str = ""
 
     def watermark_named(self, name: str) -> bool:
         """Whether ``name`` names a watermark by its name (not its md5): the
@@ -519,6 +532,7 @@ def _parse(
     m: re.Match[str],
     default_quality: int,
     watermarks: tuple[tuple[str, str], ...] = (),
+    default_level: str = "",
 ) -> Variant:
     """The variant a variant-shaped name describes, as spelled (no name yet:
     see `_canonical`)."""
@@ -548,6 +562,7 @@ def _parse(
     #: The option of the gravity group as given, for messages.
     placed = ""
     quality = default_quality
+    fields["level"] = default_level
 
     def once(group: str) -> None:
         if group in seen:
@@ -560,6 +575,13 @@ def _parse(
             quality = _number(q["q"], "quality")
             if quality > 100:
                 raise InvalidRequest("quality must be between 1 and 100")
+            fields["named_quality"] = True
+            fields["level"] = ""
+        elif (level := _LEVEL.match(token)) is not None and (
+            level["level"] in QUALITY_LEVELS or level["level"] in _LEVEL_ALIASES
+        ):
+            once("the quality")
+            fields["level"] = _LEVEL_ALIASES.get(level["level"], level["level"])
             fields["named_quality"] = True
         elif token == "fit" or (pad := _PAD.match(token)) is not None:
             if "fit or pad" in seen:
@@ -672,6 +694,11 @@ def _parse(
         elif (background := _BACKGROUND.match(token)) is not None:
             once("bg")
             fields["background"] = _colour(background["hex"])[:3]
+        elif _LEVEL.match(token) is not None:
+            raise InvalidRequest(
+                f"{name!r}: unknown quality {token!r}: a quality is qN (1-100) "
+                f"or a level, {', '.join('q' + q for q in QUALITY_LEVELS)}"
+            )
         else:
             raise InvalidRequest(f"{name!r}: unknown option {token!r}{_nearest(token)}")
     if placed and fit is not Fit.FILL:
@@ -888,9 +915,12 @@ def _canonical(v: Variant, most: int = 0) -> Variant:
         # white: the default canvas.
         pad = None
     quality, named, max_bytes = v.quality, v.named_quality, v.max_bytes
+    level = v.level
     if v.format != AUTO and not formats.output(v.format).lossy:
         # No quality to lower (a lossless format .auto chose).
-        quality, named, max_bytes = 0, False, 0
+        quality, named, max_bytes, level = 0, False, 0, ""
+    if level:
+        quality = 0  # chosen per output
     gravity, focus = v.gravity, v.focus
     if focus is not None and focus in _FOCUS_GRAVITIES:
         gravity, focus = _FOCUS_GRAVITIES[focus], None
@@ -921,6 +951,7 @@ def _canonical(v: Variant, most: int = 0) -> Variant:
         quality=quality,
         named_quality=named,
         max_bytes=max_bytes,
+        level=level,
         pad=pad,
         noup=noup,
         gravity=gravity,
@@ -1082,9 +1113,14 @@ def _spelling(v: Variant, mark: str | None = None) -> str:
         f"pixelate{v.pixelate}" if v.pixelate else "",
         "" if v.background is None else "bg" + bytes(v.background).hex(),
         f"maxbytes{v.max_bytes}" if v.max_bytes else "",
-        f"q{v.quality}" if v.named_quality else "",
+        _quality(v) if v.named_quality else "",
     ]
     return size + "".join(f"-{t}" for t in tokens if t) + f".{v.format}"
+
+
+def _quality(v: Variant) -> str:
+    """``q84``, or ``qgood`` for a level."""
+    return f"q{v.level}" if v.level else f"q{v.quality}"
 
 
 def _signed(word: str, amount: int) -> str:
@@ -1459,7 +1495,9 @@ def _canonical_under(rules: VariantRules, name: str) -> Variant | None:
     if fmt not in rules.extensions and fmt != AUTO:
         raise NotFound(f"extension {fmt!r} is not served")
     try:
-        parsed = _parse(name, m, rules.default_quality, rules.watermarks)
+        parsed = _parse(
+            name, m, rules.default_quality, rules.watermarks, rules.default_level
+        )
     except InvalidRequest as e:
         # Every message says which name it is about (a page asks for many).
         if name in str(e):

@@ -416,6 +416,8 @@ def _measure(jobs: list[dict[str, Any]]) -> None:
     # The face detector loaded (once per process, for the first crop that
     # looks: not a cost of any one file).
     renderer.render_many(tiny.getvalue(), (), default, with_faces=True)
+    # And the quality levels' metric (OpenCV's filters, once per process).
+    renderer.render_many(tiny.getvalue(), rules.parse_outputs("w8-qgood.jpg"), default)
     for job in jobs:
         # Each job in a fork of the warmed-up process: it starts from the
         # same state whatever the jobs before it left behind.

@@ -565,7 +565,7 @@ class QualityTests(SynchronousTestCase):
     def test_jpeg_xl_at_the_default_quality_100(self) -> None:
         """With --default_quality 100 every .jxl (and .auto for a JPEG XL
         client) was a 500."""
-        app = AppHarness(self, default_quality=100, extensions=("jpg", "png", "jxl"))
+        app = AppHarness(self, default_quality="100", extensions=("jpg", "png", "jxl"))
         folder = app.upload(encode(quadrants((40, 30))))
         for name, headers in (("w20.jxl", {}), ("w20-q100.jxl", {}),
                               ("w20.auto", {"Accept": ["image/jxl"]})):  # fmt: skip
@@ -647,3 +647,31 @@ class FaceCostTests(SynchronousTestCase):
             self.assertEqual(cost.outcome, "ok", cost)
         self.assertLess(faces.cpu_s, plain.cpu_s + 0.25, (plain, faces))
         self.assertLess(faces.rss_mb, small.rss_mb + 8, (small, faces))
+
+
+class QualityLevelCostTests(SynchronousTestCase):
+    """A quality level's search costs a bounded sample's work, whatever the
+    output's size or frame count: at most 5 encodes of at most 147,456
+    pixels and their scores, then the output's one encode (docs/security.md:
+    at most 40 MB and 2 s of CPU more than the fixed quality's, AVIF being
+    the slowest encoder). Noise is the hardest picture to keep a score on:
+    every search runs to its last encode."""
+
+    def test_large_outputs_and_long_animations(self) -> None:
+        noise = encode(Image.effect_noise((4000, 3000), 80).convert("RGB"), "JPEG")
+        frames = hostile.gif_animation(400, 300, 200)
+        pairs = [
+            (noise, "full_size.jpg", "full_size-qhigh.jpg"),
+            (noise, "w1000.avif", "w1000-qhigh.avif"),
+            (frames, "w400.webp", "w400-qhigh.webp"),
+        ]
+        measured = hostile.costs([
+            hostile.Job(data, name, upload=False)
+            for data, fixed, level in pairs
+            for name in (fixed, level)
+        ])  # fmt: skip
+        for index, (_, fixed_name, level_name) in enumerate(pairs):
+            fixed, level = measured[2 * index], measured[2 * index + 1]
+            self.assertEqual((fixed.outcome, level.outcome), ("ok", "ok"), level_name)
+            self.assertLess(level.cpu_s, fixed.cpu_s + 2, (fixed_name, fixed, level))
+            self.assertLess(level.rss_mb, fixed.rss_mb + 40, (fixed_name, fixed, level))

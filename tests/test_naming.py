@@ -16,6 +16,7 @@ from imageserver.imaging import geometry
 from imageserver.naming import (
     AUTO,
     GRAVITIES,
+    QUALITY_LEVELS,
     Fit,
     ImageId,
     Variant,
@@ -218,6 +219,76 @@ def canonical_of(name: str) -> str:
     return variant.name
 
 
+class QualityLevelTests(SynchronousTestCase):
+    """``-qhigh``, ``-qgood``, ``-qeco`` in place of ``-qN``."""
+
+    def test_each_level_is_a_name_of_its_own(self) -> None:
+        for level in QUALITY_LEVELS:
+            for fmt in ("jpg", "webp", "auto"):
+                variant = V2.parse(f"w200-q{level}.{fmt}")
+                assert variant is not None
+                self.assertEqual(
+                    (variant.level, variant.quality, variant.named_quality),
+                    (level, 0, True),
+                )
+                self.assertEqual(variant.name, f"w200-q{level}.{fmt}")
+
+    def test_auto_is_good(self) -> None:
+        with self.assertRaises(NotCanonical) as caught:
+            V2.parse("x100-smart-qauto@2x.jpg")
+        self.assertEqual(caught.exception.canonical, "x100-smart-qgood@2x.jpg")
+
+    def test_a_lossless_format_has_no_level(self) -> None:
+        """As -qN is: folded away (a 301), and .auto's png drops it."""
+        with self.assertRaises(NotCanonical) as caught:
+            V2.parse("w200-qgood.png")
+        self.assertEqual(caught.exception.canonical, "w200.png")
+        variant = V2.parse("w200-qgood.auto")
+        assert variant is not None
+        self.assertEqual(V2.negotiated(variant, frozenset(), True).name, "w200.png")
+        avif = V2.negotiated(variant, frozenset({"image/webp"}), True)
+        self.assertEqual((avif.name, avif.level), ("w200-qgood.webp", "good"))
+
+    def test_the_default_level(self) -> None:
+        """--default_quality auto:LEVEL: names without -qN take it (under
+        their own names); a -qN or another level in the name wins."""
+        rules = replace(V2, default_level="eco")
+        plain = rules.parse("w200.jpg")
+        assert plain is not None
+        self.assertEqual((plain.name, plain.level, plain.named_quality),
+                         ("w200.jpg", "eco", False))  # fmt: skip
+        fixed = rules.parse("w200-q50.jpg")
+        assert fixed is not None
+        self.assertEqual((fixed.level, fixed.quality), ("", 50))
+        high = rules.parse("w200-qhigh.jpg")
+        assert high is not None
+        self.assertEqual(high.level, "high")
+        png = rules.parse("w200.png")
+        assert png is not None
+        self.assertEqual(png.level, "")
+
+    def test_with_a_byte_budget(self) -> None:
+        variant = V2.parse("w200-maxbytes9000-qgood.jpg")
+        assert variant is not None
+        self.assertEqual((variant.level, variant.max_bytes), ("good", 9000))
+
+    def test_the_option_is_read_from_config(self) -> None:
+        for value, level, quality in (
+            ("0", "", 0),
+            ("60", "", 60),
+            ("auto:good", "good", 0),
+            ("auto:high", "high", 0),
+        ):
+            rules = Config(default_quality=value).rules
+            self.assertEqual((rules.default_level, rules.default_quality),
+                             (level, quality))  # fmt: skip
+        for wrong in ("auto", "auto:best", "good", "101", "-1", "060", "٦٠", "auto:"):
+            with self.assertRaises(ValueError, msg=wrong) as caught:
+                Config(default_quality=wrong)
+            self.assertIn("auto:LEVEL with LEVEL one of high, good, eco",
+                          str(caught.exception))  # fmt: skip
+
+
 class GrammarV2Tests(SynchronousTestCase):
     def test_every_option(self) -> None:
         v = V2.parse("x400-pad00ff00-noup-trim-r90-flip-blur4-sharp-gray-q60.webp")
@@ -358,6 +429,10 @@ class GrammarV2Tests(SynchronousTestCase):
             ("w200-wmlogo_q.jpg", "(a wm option is wm + a watermark's name"),
             ("w200-maxbytes0.jpg", "must be at least 1"),
             ("w200-maxbytes123456789.jpg", "is not a plain number"),
+            ("w200-qbest.jpg", "qN (1-100) or a level, qhigh, qgood, qeco"),
+            ("w200-q50-qgood.jpg", "the quality is given twice"),
+            ("w200-qgood-qeco.jpg", "the quality is given twice"),
+            ("w200-qGood.jpg", "unknown option 'qGood'"),
             # With a density, what was given and what may be.
             ("x100-blur60@2x.jpg", "@2x makes it 120: give at most 50"),
             ("w10-pixelate300@4x.jpg", "@4x makes it 1200: give at most 250"),
@@ -421,6 +496,7 @@ class GrammarV2Tests(SynchronousTestCase):
                 "brightnessm20", "brightness0", "contrastm100", "saturation5", "round6",
                 "circle", "pixelate4", "bgffffff", "bgFF8800", "pixelbox1_1_9_9",
                 "blurbox0_0_30_20", "pixelbox0_0_4_4", "maxbytes5000", "maxbytes1",
+                "qgood", "qauto", "qeco",
             ]),
             max_size=6,
             unique=True,
@@ -464,7 +540,7 @@ BOX = ["", "fit", "pad", "pad00000000", "padffffff", "pad336699"]
 PLACES = ["", "gn", "gse", "gw", "fp50_0", "fp0_100", "fp100_50", "fp50_50",
           "fp20_70", "smart", "faces"]  # fmt: skip
 TURNS = [(r, i, o) for r in (0, 90, 180, 270) for i in (0, 1) for o in (0, 1)]
-QUALITIES = ["", "q40", "q100"]
+QUALITIES = ["", "q40", "q100", "qgood", "qauto", "qhigh"]
 EXTS = ["png", "jpg", "webp", "gif", "auto"]
 DENSITIES = ["", "@1x", "@2x", "@4x"]
 SOURCES = [(9, 4), (4, 9), (5, 5), (1, 1), (2, 1), (1, 2), (300, 200), (7, 300),
@@ -533,15 +609,21 @@ def effect(p: Parts) -> object:
     for w, h in SOURCES:
         plan = geometry.plan(model, w, h)
         plans.append((plan.region, plan.box, plan.size, plan.canvas, plan.offset))
+    # docs/api.md: qauto is qgood.
+    spelled = "qgood" if p.quality == "qauto" else p.quality
+    level = spelled[1:] if spelled[1:].isalpha() else ""
     if p.ext == AUTO:
-        encoder: object = (p.quality, pad)
+        encoder: object = (spelled, pad)
     else:
         row = formats.output(p.ext)
         # What the encoder is given (None: --default_quality decides).
-        options = row.save_options(int(p.quality[1:]) if p.quality else None)
+        number = int(spelled[1:]) if spelled and not level else None
+        options = row.save_options(number)
         given = tuple(sorted(options.items()))
         default = tuple(sorted(row.save_options(None).items()))
-        quality = None if given == default or not p.quality else given
+        quality: object = None if given == default or not number else given
+        if level and row.lossy:
+            quality = level  # chosen per output by the level
         canvas = model.pad_colour(row.alpha) if fit is Fit.PAD else None
         if canvas is not None and not row.alpha and canvas[3] == 0:
             canvas = (255, 255, 255, 255)  # flattened on white: nothing shows

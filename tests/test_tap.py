@@ -28,7 +28,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(config.admin_endpoint, "tcp:7002:interface=127.0.0.1")
         self.assertEqual(config.local_base_path, "public")
         self.assertEqual(config.extensions, ("jpg", "png", "gif", "webp", "avif"))
-        self.assertEqual((config.default_quality, config.maximum_width), (0, 1000))
+        self.assertEqual((config.default_quality, config.maximum_width), ("0", 1000))
         self.assertEqual(config.http_timeout, 5.0)
         self.assertGreaterEqual(config.processor_concurrency, 1)
 
@@ -44,7 +44,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(config.outputs, ("x300.jpg", "x300.webp"))
         self.assertEqual(config.extensions, ("jpg", "webp"))
         self.assertEqual(config.local_base_path, "/srv/images")
-        self.assertEqual(config.default_quality, 60)
+        self.assertEqual(config.default_quality, "60")
         self.assertEqual(config.maximum_width, 2000)
         self.assertEqual(config.processor_concurrency, 3)
         self.assertEqual(config.http_timeout, 2.5)
@@ -57,7 +57,7 @@ class OptionsTests(SynchronousTestCase):
         config = parse(
             "--local-base-path=/x", "--default-quality", "50", "--admin-port=none"
         )
-        self.assertEqual((config.local_base_path, config.default_quality), ("/x", 50))
+        self.assertEqual((config.local_base_path, config.default_quality), ("/x", "50"))
         self.assertIsNone(config.admin_endpoint)
 
     def test_endpoint_strings(self) -> None:
@@ -138,6 +138,7 @@ class OptionsTests(SynchronousTestCase):
             ["--workers", "2", "--debug_worker", "0"],
             ["--default_quality", "101"],
             ["--default_quality", "high"],
+            ["--default_quality", "auto:best"],
             ["--maximum_width", "0"],
             ["--extensions", "jpg,bmp"],
             ["--outputs", "w0.jpg"],

@@ -23,6 +23,7 @@ EXPOSED = (
     "ETag",
     "Retry-After",
     "X-Image-Quality",
+    "X-Image-Score",
 )
 #: Headers a page's read may carry that need a preflight (lower case): the
 #: conditional and range requests a media element or a cache makes.

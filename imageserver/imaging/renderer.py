@@ -6,6 +6,7 @@ resizes and encodes, so a pool of N threads uses N cores.
 
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -37,9 +38,10 @@ from imageserver.imaging import (
     faces,
     geometry,
     likeness,
+    perception,
     placeholders,
 )
-from imageserver.naming import Fit, Variant
+from imageserver.naming import QUALITY_LEVELS, Fit, Variant
 
 #: Input formats we decode (Pillow's names); nothing else reaches a decoder.
 INPUT_FORMATS = tuple(formats.INPUTS)
@@ -120,8 +122,10 @@ class ImageInfo:
     duration_ms: int | None = None
     #: Why an animation is served as its first frame alone, or None.
     still_because: str | None = None
-    #: The quality a byte budget (``maxbytes``) chose, by variant name.
-    chosen_qualities: dict[str, int] | None = None
+    #: The quality a byte budget (``maxbytes``) or a level (``qgood``) chose,
+    #: by variant name, with the score it keeps (None where a budget lowered
+    #: the quality below a level's choice, or there was no level).
+    chosen_qualities: dict[str, tuple[int, float | None]] | None = None
     #: The faces found, when looked for (in the displayed pixels, the
     #: largest first); None when not looked for.
     faces: tuple[geometry.Box, ...] | None = None
@@ -278,7 +282,7 @@ def render_many(
             phash=likeness.phash(plain),
         )
     outputs = []
-    chosen: dict[str, int] = {}
+    chosen: dict[str, tuple[int, float | None]] = {}
     for variant in variants:
         encode: Callable[[Variant], bytes]
         named = {"imageserver.variant": variant.name}
@@ -291,7 +295,16 @@ def render_many(
                     made = list(frames)
                     work = len(made) * made[0].width * made[0].height
                     encode = partial(_encode_frames, made, animation)
+                    first, animated = made[0], True
                 else:  # frames made as they are encoded: one stage
+                    if variant.level:  # its quality chosen on the first
+                        frames = iter(frames)
+                        first = next(frames)
+                        with stage("quality", named):
+                            choice, _ = _by_look(first, variant)
+                        chosen[variant.name] = (choice.quality, choice.score)
+                        variant = replace(variant, quality=choice.quality)
+                        frames = itertools.chain([first], frames)
                     outputs.append(_encode_animation(frames, variant, animation))
                     continue
         else:
@@ -299,17 +312,70 @@ def render_many(
                 pixels = source.render(variant)
             work = pixels.width * pixels.height
             encode = partial(_encode, pixels)
+            first, animated = pixels, False
+        found: perception.Choice | None = None
+        if variant.level:
+            with stage("quality", named):
+                found, whole = _by_look(first, variant)
+            if not whole or animated:  # its encodes were of a sample
+                found = replace(found, data=b"")
         with stage("encode", named):
-            if variant.max_bytes:
-                encodes = min(MAX_BUDGET_ENCODES, limits.pixels // work)
-                data, quality = _encode_within(encode, variant, encodes)
-                chosen[variant.name] = quality
-                outputs.append(data)
-            else:
-                outputs.append(encode(variant))
+            outputs.append(_encoded(encode, variant, work, found, limits, chosen))
     if chosen:
         info = replace(info, chosen_qualities=chosen)
     return info, outputs
+
+
+def _encoded(
+    encode: Callable[[Variant], bytes],
+    variant: Variant,
+    work: int,
+    choice: perception.Choice | None,
+    limits: Limits,
+    chosen: dict[str, tuple[int, float | None]],
+) -> bytes:
+    """The variant's bytes, by ``encode``: at its quality, or its level's
+    ``choice`` (whose encoding is the output's where it has one); within its
+    byte budget. What a level or a budget chose goes into ``chosen``, with
+    the score where known."""
+    score: float | None = None
+    if choice is not None:
+        variant = replace(variant, quality=choice.quality)
+        score = choice.score
+    if variant.max_bytes:
+        encodes = min(MAX_BUDGET_ENCODES, limits.pixels // work)
+        data, quality = _encode_within(encode, variant, encodes)
+        chosen[variant.name] = (quality, score if quality == variant.quality else None)
+        return data
+    if choice is None:
+        return encode(variant)
+    chosen[variant.name] = (choice.quality, score)
+    return choice.data or encode(variant)
+
+
+def _by_look(image: Image.Image, variant: Variant) -> tuple[perception.Choice, bool]:
+    """The level's search (imaging.perception) on what the encoder is given,
+    or a sample of it; and whether it searched the whole picture."""
+    output = formats.output(variant.format)
+    if variant.background is not None or not output.alpha:
+        image = effects.flattened(image, variant.background or (255, 255, 255))
+    sample = perception.probe(image)
+    target = QUALITY_LEVELS[variant.level]
+    if sample is not image:
+        target += perception.SAMPLE_MARGIN
+
+    def encode(quality: int) -> bytes:
+        return _encode(sample, replace(variant, quality=quality))
+
+    choice = perception.choose(sample, encode, _decoded, target, output.quality)
+    return choice, sample is image
+
+
+def _decoded(data: bytes) -> Image.Image:
+    """An encoding the server just made, decoded to be judged."""
+    image = Image.open(BytesIO(data))
+    image.load()
+    return image
 
 
 #: The box a decode for the upload's own fields covers at least (a JPEG

@@ -468,7 +468,7 @@ def _serve(
     requested: str,
     lifetime: str,
     by_path: bool = False,
-    quality: int | None = None,
+    quality: tuple[int, float | None] | None = None,
     vary: bool = False,
 ) -> Response:
     """``stored``, found as ``served`` says for the ``requested`` name, to
@@ -476,8 +476,8 @@ def _serve(
 
     ``by_path``: asked for by an origin's path, which may come to stand for
     other bytes: located at its hash folder's URL, which is kept for ever.
-    ``quality``: what a byte budget chose. ``vary``: what is served depends
-    on Accept.
+    ``quality``: what a byte budget or a level chose, and its score.
+    ``vary``: what is served depends on Accept.
     """
     # Date is the time of the answer, not of the request's arrival (a first
     # render can take seconds), and Last-Modified is never later than it.
@@ -496,8 +496,11 @@ def _serve(
         # What is served depends on these; this is its own URL.
         headers["Vary"] = ", ".join(varies)
     if quality is not None:
-        # The quality a byte budget (maxbytes) chose.
-        headers["X-Image-Quality"] = str(quality)
+        # The quality a byte budget (maxbytes) or a level (qgood) chose, and
+        # the SSIMULACRA2 score it keeps where known.
+        headers["X-Image-Quality"] = str(quality[0])
+        if quality[1] is not None:
+            headers["X-Image-Score"] = f"{quality[1]:.2f}"
     if served.name != requested or by_path:
         # A preset, a .auto choice or a density spelling: the stored name,
         # where it is served by that name (else, by a path: the name asked

@@ -573,7 +573,9 @@ class ByteBudgetTests(SynchronousTestCase):
         self.patch(renderer, "_encode_within", counting)
         info, [out] = renderer.render_many(data, [variant], limits)
         assert info.chosen_qualities is not None
-        return out, info.chosen_qualities[variant.name], counted
+        quality, score = info.chosen_qualities[variant.name]
+        self.assertIsNone(score)  # a budget alone: no score judged
+        return out, quality, counted
 
     def test_a_large_output_searches_with_fewer_encodes(self) -> None:
         data = encode(noisy((300, 200)), "PNG")

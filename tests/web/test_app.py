@@ -20,7 +20,7 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.static import Data
 from twisted.web.test.requesthelper import DummyRequest
 
-from imageserver.imaging import faces, renderer
+from imageserver.imaging import faces, perception, renderer
 from imageserver.naming import GRAVITIES, OUTPUT_FORMATS
 from imageserver.web.access import AccessPolicy
 from imageserver.web.app import route_name
@@ -617,6 +617,9 @@ class UnexpectedFailureTests(SynchronousTestCase):
             ("storage", app.local, "put",
              ("POST", f"{folder}/process?outputs=w34.png")),
             ("faces", faces, "detect", ("GET", f"{folder}/40x10-smart.jpg")),
+            ("quality", perception.Reference, "score",
+             ("GET", f"{folder}/w35-qgood.jpg")),
+            ("quality", perception, "search", ("GET", f"{folder}/w36-qeco.webp")),
         ):  # fmt: skip
             patched = self.patch(target, name, broken)
             response, body = app.request(*request)
@@ -978,7 +981,8 @@ class WholeGrammarTests(SynchronousTestCase):
 class DescribedHeadersTests(SynchronousTestCase):
     def test_every_header_of_an_image_answer_is_described_in_openapi(self) -> None:
         """Each header a variant's 200 carries, for a canonical name, a
-        preset, a .auto name, a density and a byte budget, is one the
+        preset, a .auto name, a density, a byte budget and a quality level,
+        is one the
         OpenAPI description names (or HTTP's own entity headers)."""
         from imageserver.web.openapi import spec
 
@@ -990,6 +994,7 @@ class DescribedHeadersTests(SynchronousTestCase):
         for name, accept in (
             ("w60.jpg", None), ("thumb.jpg", None), ("w60.auto", "image/webp"),
             ("w30@2x.jpg", None), ("w60-maxbytes3000.jpg", None),
+            ("w60-qgood.jpg", None),
         ):  # fmt: skip
             response, _ = app.request(
                 "GET", f"{folder}/{name}", headers={"Accept": accept} if accept else {}
