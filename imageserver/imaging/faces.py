@@ -9,9 +9,8 @@ a 3:1 panorama), whatever the original's size: a face narrower than
 not looked for. docs/performance.md has its precision and recall and what it
 costs.
 
-OpenCV is imported on first use, so a server that never asks for faces does
-not load it; it runs single-threaded in the calling thread (the processing
-pool gives the parallelism) and releases the GIL while it looks.
+OpenCV is imported on first use (`opencv`), so a server that never asks
+for faces does not load it.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from typing import Any
 
 from PIL import Image
 
-from imageserver.imaging import analysis
+from imageserver.imaging import analysis, opencv
 
 #: The most pixels of the copy faces are looked for in: its cost is about
 #: proportional to them.
@@ -45,11 +44,6 @@ CASCADE = "haarcascade_frontalface_alt2.xml"
 Box = tuple[int, int, int, int]
 
 _local = threading.local()
-#: Taken while OpenCV is first imported: its package swaps itself in
-#: ``sys.modules`` while it loads, so a second thread importing it then finds
-#: a module that is not a package (``No module named 'cv2.data'``).
-_importing = threading.Lock()
-_opencv: Any = None
 
 
 def detect(image: Image.Image, size: tuple[int, int]) -> list[Box]:
@@ -125,7 +119,7 @@ def _cascade() -> Any:
     threads that detect at once), loaded on first use."""
     cascade = getattr(_local, "cascade", None)
     if cascade is None:
-        cv2 = _import_opencv()
+        cv2 = opencv.load()
         path = cv2.data.haarcascades + CASCADE
         cascade = cv2.CascadeClassifier(path)
         if cascade.empty():
@@ -135,16 +129,3 @@ def _cascade() -> Any:
             )
         _local.cascade = cascade
     return cascade
-
-
-def _import_opencv() -> Any:
-    """OpenCV, imported once for every thread (see `_importing`)."""
-    global _opencv
-    with _importing:
-        if _opencv is None:
-            import cv2
-            import cv2.data
-
-            cv2.setNumThreads(1)
-            _opencv = cv2
-    return _opencv

@@ -9,10 +9,12 @@ edges each gained or lost.
 This is the computation of the ``ssimulacra2`` package (0.3.0, a Python
 port of the reference), with its constants and its choices at the borders,
 written in float32 with OpenCV's separable filters instead of float64 with
-SciPy: 8 to 15 times cheaper, within 0.1 point of it on photographs
-(tests/imaging/test_perception.py checks it against the package).
-The package itself costs 0.5 s of CPU for an 800x600 picture and loads SciPy
-into every worker; it is a test dependency only.
+SciPy: 5 to 6 times cheaper, 8 to 10 against a reference kept for a
+search's several scores (30 ms for 800x533), within 0.05 point of it
+(tests/imaging/test_perception.py checks it against the package, and the
+package's steps in the order of libjxl's reference where the two differ).
+The package itself costs 0.3 s of CPU for an 800x533 picture and would
+load SciPy into every worker; it is a test dependency only.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 import numpy
 from PIL import Image
 
-from imageserver.imaging import faces
+from imageserver.imaging import opencv
 
 #: The opsin absorbance matrix and bias of the XYB colour space (libjxl).
 _OPSIN = numpy.array(
@@ -98,10 +100,10 @@ _LINEAR = numpy.array(
     ],
     dtype=numpy.float32,
 )
-_kernel: Any = None
+#: The blur's taps (SciPy's Gaussian at `SIGMA`, normalised).
+_TAPS = numpy.exp(-0.5 * (numpy.arange(-_RADIUS, _RADIUS + 1) / SIGMA) ** 2)
+_KERNEL = (_TAPS / _TAPS.sum()).astype(numpy.float32)
 
-#: The quality levels a name may ask for, and the least score each keeps.
-LEVELS = {"high": 85.0, "good": 78.0, "eco": 70.0}
 #: The qualities a level may choose among: below, JPEG's blocks show at
 #: any size; above, bytes grow faster than any score.
 LOWEST, HIGHEST = 10, 95
@@ -198,7 +200,7 @@ def _xyb(linear: Any) -> Any:
     """Linear RGB to the positive XYB planes SSIMULACRA2 compares: the
     opsin mix (with its bias), the cube root, then X, Y and B-Y rescaled
     (the cube root's bias folded into the second mix)."""
-    cv2 = faces._import_opencv()
+    cv2 = opencv.load()
     mixed = cv2.transform(linear, _MIX)
     numpy.maximum(mixed, 0, out=mixed)
     numpy.cbrt(mixed, out=mixed)
@@ -209,17 +211,12 @@ def _blur(planes: Any) -> Any:
     """The Gaussian blur of the package: outside the picture, zero to the
     left and right and the edge mirrored above and below (it blurs its
     planes transposed, zero-padding their first axis)."""
-    cv2 = faces._import_opencv()
-    global _kernel
-    if _kernel is None:
-        taps = numpy.arange(-_RADIUS, _RADIUS + 1, dtype=numpy.float64)
-        weights = numpy.exp(-0.5 * (taps / SIGMA) ** 2)
-        _kernel = (weights / weights.sum()).astype(numpy.float32)
+    cv2 = opencv.load()
     across = cv2.filter2D(
-        planes, -1, _kernel.reshape(1, -1), borderType=cv2.BORDER_CONSTANT
+        planes, -1, _KERNEL.reshape(1, -1), borderType=cv2.BORDER_CONSTANT
     )
     return cv2.filter2D(
-        across, -1, _kernel.reshape(-1, 1), borderType=cv2.BORDER_REFLECT
+        across, -1, _KERNEL.reshape(-1, 1), borderType=cv2.BORDER_REFLECT
     )
 
 
@@ -279,7 +276,7 @@ def _against(prepared: list[tuple[Any, Any, Any, Any]], linear: Any) -> list[Any
 def _norms(values: Any) -> tuple[Any, Any]:
     """The mean and the 4-norm of each plane of a non-negative map (OpenCV
     sums in float64)."""
-    cv2 = faces._import_opencv()
+    cv2 = opencv.load()
     mean = numpy.array(cv2.mean(values)[:3])
     numpy.multiply(values, values, out=values)
     numpy.multiply(values, values, out=values)
