@@ -24,6 +24,9 @@ For every size and format, against the lossless render of the same name
    saving against it.
 4. CPU of a cold render, level against the fixed default, alternating in
    each of ``--rounds`` rounds, as the median ratio over the corpus.
+
+``--sizes full12`` measures only that cost, for ``full_size`` of the
+12-megapixel JPEGs (scoring 12 megapixels whole takes seconds a score).
 """
 
 from __future__ import annotations
@@ -129,7 +132,30 @@ def spread(values: list[float]) -> str:
     return f"{min(values):5.1f} {statistics.median(values):5.1f} {max(values):5.1f}"
 
 
+def cost_only(fmt: str, rounds: int) -> None:
+    sources = originals("w200")  # the 12-megapixel JPEGs
+    plain = f"full_size.{fmt}"
+    print(f"\nfull_size.{fmt} of the 12-megapixel JPEGs: cold render CPU")
+    for level in QUALITY_LEVELS:
+        ratios, extra = [], []
+        for _ in range(rounds):
+            for data in sources.values():
+                a = render_ms(data, plain)
+                b = render_ms(data, f"full_size-q{level}.{fmt}")
+                ratios.append(b / a)
+                extra.append(b - a)
+        print(
+            f"  q{level:5}: {statistics.median(ratios):.2f}x the default's (least "
+            f"{min(ratios):.2f}x, most {max(ratios):.2f}x), "
+            f"{statistics.median(extra):.0f} ms more on the median",
+            flush=True,
+        )
+
+
 def measure(size: str, fmt: str, rounds: int) -> None:
+    if size == "full12":
+        cost_only(fmt, rounds)
+        return
     sources = originals(size)
     name = "full_size" if size == "full" else size
     references = {
@@ -160,12 +186,14 @@ def measure(size: str, fmt: str, rounds: int) -> None:
         sampled = [
             abs((c[1] or 0) - s) for c, s in zip(chosen.values(), scores, strict=True)
         ]
-        ratios = []
+        ratios, extra = [], []
         plain, by_level = f"{name}.{fmt}", f"{name}-q{level}.{fmt}"
         for _ in range(rounds):
             for data in sources.values():
                 a = render_ms(data, plain)
-                ratios.append(render_ms(data, by_level) / a)
+                b = render_ms(data, by_level)
+                ratios.append(b / a)
+                extra.append(b - a)
         print(
             f"  q{level:5} (target {QUALITY_LEVELS[level]:.0f}): {level_bytes:8} bytes "
             f"({level_bytes / fixed_bytes:.2f}x the default), score "
@@ -178,7 +206,8 @@ def measure(size: str, fmt: str, rounds: int) -> None:
             f"q{needed}: {needed_bytes} bytes; the level saves "
             f"{1 - level_bytes / needed_bytes:.0%}; cold render CPU "
             f"{statistics.median(ratios):.2f}x the default's "
-            f"(least {min(ratios):.2f}x, most {max(ratios):.2f}x)",
+            f"(least {min(ratios):.2f}x, most {max(ratios):.2f}x; "
+            f"{statistics.median(extra):.0f} ms more on the median)",
             flush=True,
         )
 

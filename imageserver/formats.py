@@ -105,13 +105,24 @@ class OutputFormat:
     #: What ``-q100`` asks of an encoder that refuses 100 as a quality
     #: (libjxl takes it as distance 0, which only its lossless mode encodes).
     full_quality: Mapping[str, Any] | None = None
+    #: Pillow's options, besides ``options``, for a quality level's output
+    #: of at most `SMALL_LEVEL_PIXELS` (None: as any other).
+    small_level_options: Mapping[str, Any] | None = None
+    #: Options a still with transparency takes instead of ``options``'.
+    alpha_options: Mapping[str, Any] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
     def save_options(
-        self, quality: int | None, animated: bool = False
+        self, quality: int | None, animated: bool = False, alpha: bool = False
     ) -> dict[str, Any]:
         """Pillow's save options for a variant's quality (None: the default),
-        for a still or an animation."""
-        options = {**self.options, **(self.animation_options if animated else {})}
+        for a still or an animation, with transparency or without."""
+        options = {
+            **self.options,
+            **(self.animation_options if animated else {}),
+            **(self.alpha_options if alpha and not animated else {}),
+        }
         if not self.lossy:
             return options
         quality = quality or self.quality
@@ -132,6 +143,11 @@ _JPEG = OutputFormat(
     # 5 % smaller at 200 px for 0.2 ms (every peer writes them).
     options=MappingProxyType({"optimize": True}),
     encoder="jpegli",
+    # A thumbnail's colour edges are a pixel or two wide: halved chroma
+    # (jpegli's 4:2:0) keeps many photographs from any level at 100 pixels
+    # wide (astronaut: 60 at q95, 82 in 4:4:4), and costs no fewer bytes
+    # at equal score up to about 400x400 (benchmarks/quality.py).
+    small_level_options=MappingProxyType({"subsampling": 0}),
 )
 OUTPUTS: dict[str, OutputFormat] = {
     "jpg": _JPEG,
@@ -166,6 +182,10 @@ OUTPUTS: dict[str, OutputFormat] = {
         # a GIF's flat frames (3.7 s against 0.12 s of CPU for 20 frames of
         # 300x200), for 0.3 % fewer bytes.
         animation_options=MappingProxyType({"method": 4}),
+        # At method 6 libwebp compresses the alpha plane losslessly with its
+        # most exhaustive search: 11 s of CPU for 384x384 of noisy alpha,
+        # 0.03 s at method 4 (the same bytes).
+        alpha_options=MappingProxyType({"method": 4}),
     ),
     # libavif's limit.
     "avif": OutputFormat(
@@ -195,6 +215,10 @@ OUTPUTS: dict[str, OutputFormat] = {
         full_quality=MappingProxyType({"lossless": True}),
     ),
 }
+
+
+#: The most pixels of an output `OutputFormat.small_level_options` apply to.
+SMALL_LEVEL_PIXELS = 384 * 384
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,12 @@ SIMILAR_POLICIES = ("refuse", "report")
 #: Originals whose transparency (for .auto's jpg or png) and size (for -ch
 #: and crops) are remembered.
 _KNOWN_ALPHA = 4096
+#: How long a chosen quality's record may take to read before the answer
+#: goes without it, and how long one found missing is not asked again, in
+#: seconds; how many missing ones are remembered.
+SIDECAR_WAIT = 0.5
+SIDECAR_RETRY = 60.0
+REMEMBERED = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +210,9 @@ class Images:
         self._renders: Flights[tuple[str, bool], StoredObject] = Flights()
         self._similar = SimilarIndex(storage, clock)
         self._alpha: OrderedDict[ImageId, bool] = OrderedDict()
+        #: Chosen qualities looked for lately and not found, by key, with
+        #: when to look again (`SIDECAR_RETRY`).
+        self._unchosen: OrderedDict[str, float] = OrderedDict()
         self._sizes: OrderedDict[ImageId, tuple[int, int]] = OrderedDict()
 
     async def upload(
@@ -846,12 +855,36 @@ class Images:
     ) -> tuple[int, float | None] | None:
         """The quality a byte budget or a level chose for the variant
         ``name`` (its canonical name), and the score it keeps (None where not
-        known); None for a variant without either."""
+        known); None for a variant without either.
+
+        Told in headers, never worth failing or slowing an answer for: a
+        record that cannot be read, or not within `SIDECAR_WAIT`, is not
+        told; one not found (a variant made before --default_quality named
+        a level, or whose record another host's write-behind has not yet
+        stored) is not asked of the store again for `SIDECAR_RETRY`."""
         variant = self.rules.canonical(name)
         if variant is None or not (variant.max_bytes or variant.level):
             return None
-        stored = await self._storage.get(image.key(name + QUALITY_SUFFIX))
-        return None if stored is None else _chosen_read(stored.data)
+        key = image.key(name + QUALITY_SUFFIX)
+        now = time.monotonic()
+        if self._unchosen.get(key, 0.0) > now:
+            return None
+        read = Deferred.fromCoroutine(self._storage.get(key))
+        if self._clock is not None:
+            read.addTimeout(SIDECAR_WAIT, self._clock)
+        try:
+            stored = await read
+        except (StorageFailed, StorageUnavailable, TimeoutError) as e:
+            log.warn("{key} could not be read ({error}): not told", key=key, error=e)
+            return None
+        if stored is None:
+            self._unchosen[key] = now + SIDECAR_RETRY
+            self._unchosen.move_to_end(key)
+            while len(self._unchosen) > REMEMBERED:
+                self._unchosen.popitem(last=False)
+            return None
+        self._unchosen.pop(key, None)
+        return _chosen_read(stored.data)
 
     async def _mark(self, digest: str) -> bytes:
         """A watermark's original (checked at start-up; gone since: 404)."""
@@ -1092,11 +1125,13 @@ class Images:
                 )
                 return StoredObject(data, content_type, time.time(), etag or "")
 
-        # A chosen quality first: whoever finds a variant finds it too.
+        # A chosen quality first: whoever finds a variant here finds it too
+        # (another host may find the variant first while both are written
+        # behind: it answers without the record until it arrives).
         for name, chosen in (qualities or {}).items():
-            await put(
-                image.key(name + QUALITY_SUFFIX), _chosen_text(*chosen), "text/plain"
-            )
+            key = image.key(name + QUALITY_SUFFIX)
+            await put(key, _chosen_text(*chosen), "text/plain")
+            self._unchosen.pop(key, None)
         keys = [image.key(v.name) for v in variants]
         puts = [
             Deferred.fromCoroutine(put(k, data, v.content_type, etag))

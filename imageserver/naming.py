@@ -71,6 +71,8 @@ _QUALITY = re.compile(rf"q(?P<q>{_N})\Z")
 QUALITY_LEVELS = {"high": 85.0, "good": 78.0, "eco": 70.0}
 _LEVEL_ALIASES = {"auto": "good"}
 _LEVEL = re.compile(r"q(?P<level>[a-z]+)\Z")
+#: What a client may have meant as a quality (``qbest``, ``qGood``, ``q``).
+_QUALITY_LIKE = re.compile(r"q[A-Za-z]*\Z")
 _CROP = re.compile(
     rf"crop(?P<fraction>f?)(?P<l>{_N})_(?P<t>{_N})_(?P<r>{_N})_(?P<b>{_N})\Z"
 )
@@ -694,7 +696,7 @@ def _parse(
         elif (background := _BACKGROUND.match(token)) is not None:
             once("bg")
             fields["background"] = _colour(background["hex"])[:3]
-        elif _LEVEL.match(token) is not None:
+        elif _QUALITY_LIKE.match(token) is not None:
             raise InvalidRequest(
                 f"{name!r}: unknown quality {token!r}: a quality is qN (1-100) "
                 f"or a level, {', '.join('q' + q for q in QUALITY_LEVELS)}"
@@ -1348,8 +1350,13 @@ QUALITY_SUFFIX = ".quality"
 
 
 def _server_name(name: str) -> bool:
-    """Whether ``name`` is a variant's, or a variant's chosen quality's."""
-    return _VARIANT.match(name.removesuffix(QUALITY_SUFFIX)) is not None
+    """Whether ``name`` is a variant's (whatever its extension: a read of
+    it is asked of the variants, ``w200-qgood.quality`` too), or a
+    variant's chosen quality's."""
+    return any(
+        _VARIANT.match(spelled) is not None
+        for spelled in (name, name.removesuffix(QUALITY_SUFFIX))
+    )
 
 
 #: The option of a name whose width and density the client's hints choose

@@ -202,6 +202,10 @@ class FileNameTests(SynchronousTestCase):
             "w200.jpg",
             "x10-q5.png",
             "full_size.gif",
+            "w200.jpg.quality",
+            # Read as variants (of an extension not served): never a file's.
+            "w200-qgood.quality",
+            "w200.txt",
             "a" * 200,
         ):
             with self.assertRaises(InvalidRequest, msg=bad):
@@ -432,7 +436,8 @@ class GrammarV2Tests(SynchronousTestCase):
             ("w200-qbest.jpg", "qN (1-100) or a level, qhigh, qgood, qeco"),
             ("w200-q50-qgood.jpg", "the quality is given twice"),
             ("w200-qgood-qeco.jpg", "the quality is given twice"),
-            ("w200-qGood.jpg", "unknown option 'qGood'"),
+            ("w200-qGood.jpg", "unknown quality 'qGood': a quality is qN (1-100)"),
+            ("w200-q.jpg", "unknown quality 'q': a quality is qN (1-100)"),
             # With a density, what was given and what may be.
             ("x100-blur60@2x.jpg", "@2x makes it 120: give at most 50"),
             ("w10-pixelate300@4x.jpg", "@4x makes it 1200: give at most 250"),

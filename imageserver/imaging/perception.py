@@ -59,6 +59,9 @@ _POSITIVE = numpy.array(
 )
 _C2 = numpy.float32(0.0009)
 SCALES = 6
+#: The fewest pixels a side SSIMULACRA2 compares (libjxl's reference
+#: refuses smaller pictures).
+SMALLEST = 8
 #: The blur's sigma and its reach (SciPy's ``truncate=3.33``: 5 pixels).
 SIGMA = 1.5
 _RADIUS = int(3.33 * SIGMA + 0.5)
@@ -135,16 +138,18 @@ SAMPLE_MARGIN = 1.0
 
 @dataclass(frozen=True)
 class Choice:
-    """What a search found: the quality, the score it keeps, and the
-    encoding of the picture searched at that quality."""
+    """What a search found: the quality, the score it keeps (None where
+    not judged), and the encoding of the picture searched at that quality
+    (empty where it is not the output's)."""
 
     quality: int
-    score: float
+    score: float | None
     data: bytes
 
 
 def score(reference: Image.Image, distorted: Image.Image) -> float:
-    """SSIMULACRA2 of ``distorted`` against ``reference``, of the same size.
+    """SSIMULACRA2 of ``distorted`` against ``reference``, of the same size,
+    at least `SMALLEST` pixels a side (a ValueError otherwise).
 
     Transparency is judged as the reference package judges it: each is laid
     on a dark and on a light grey, and the worse score counts.
@@ -158,6 +163,11 @@ class Reference:
     number of pictures scored against it (a search scores several)."""
 
     def __init__(self, image: Image.Image, alpha: bool | None = None) -> None:
+        if min(image.size) < SMALLEST:
+            raise ValueError(
+                f"{image.width}x{image.height} is under {SMALLEST} pixels a side: "
+                "too small to judge"
+            )
         self.size = image.size
         alpha = _has_alpha(image) if alpha is None else alpha
         self._backgrounds: tuple[float | None, ...] = (0.1, 0.9) if alpha else (None,)
@@ -402,7 +412,8 @@ def choose(
         return tried[quality][0]
 
     quality = search(trial, target, start, encodes)
-    return Choice(quality, *tried[quality])
+    score, data = tried[quality]
+    return Choice(quality, score, data)
 
 
 def search(
@@ -461,8 +472,10 @@ def search(
                 step = min(step, FIRST_STEP)
             quality = edge - step if high is not None else edge + step
             quality = min(max(quality, LOWEST), HIGHEST)
-        if high is None and len(scores) == encodes - 1:
-            quality = HIGHEST  # the last try, when none has kept it: the most
+        if high is None and len(scores) == encodes - 1 and low is not None:
+            # The last try, when none has kept it: twice the step planned,
+            # past the answer rather than short of it.
+            quality = min(HIGHEST, quality + max(PRECISION, quality - low))
         if quality in scores:
             break
     keeping = [q for q, s in scores.items() if s >= target]

@@ -301,9 +301,9 @@ def render_many(
                         frames = iter(frames)
                         first = next(frames)
                         with stage("quality", named):
-                            choice, _ = _by_look(first, variant)
-                        chosen[variant.name] = (choice.quality, choice.score)
-                        variant = replace(variant, quality=choice.quality)
+                            choice, _ = _by_look(first, variant, animated=True)
+                        chosen[variant.name] = _told(choice, variant)
+                        variant = replace(variant, quality=chosen[variant.name][0])
                         frames = itertools.chain([first], frames)
                     outputs.append(_encode_animation(frames, variant, animation))
                     continue
@@ -311,14 +311,16 @@ def render_many(
             with stage("resize", named):
                 pixels = source.render(variant)
             work = pixels.width * pixels.height
-            encode = partial(_encode, pixels)
+            encode = partial(_encode, pixels, small=_small_level(variant, pixels.size))
             first, animated = pixels, False
         found: perception.Choice | None = None
         if variant.level:
             with stage("quality", named):
-                found, whole = _by_look(first, variant)
-            if not whole or animated:  # its encodes were of a sample
-                found = replace(found, data=b"")
+                judged, whole = _by_look(first, variant, animated)
+            quality, score = _told(judged, variant)
+            # Its encodes were the output's own only when it searched it all.
+            data = judged.data if judged is not None and whole and not animated else b""
+            found = perception.Choice(quality, score, data)
         with stage("encode", named):
             outputs.append(_encoded(encode, variant, work, found, limits, chosen))
     if chosen:
@@ -353,22 +355,39 @@ def _encoded(
     return choice.data or encode(variant)
 
 
-def _by_look(image: Image.Image, variant: Variant) -> tuple[perception.Choice, bool]:
+def _by_look(
+    image: Image.Image, variant: Variant, animated: bool = False
+) -> tuple[perception.Choice | None, bool]:
     """The level's search (imaging.perception) on what the encoder is given,
-    or a sample of it; and whether it searched the whole picture."""
+    or a sample of it; and whether it searched the whole picture. None for
+    a picture (or a sample) under `perception.SMALLEST` pixels a side, which
+    SSIMULACRA2 cannot judge: it takes the format's default quality."""
     output = formats.output(variant.format)
     if variant.background is not None or not output.alpha:
         image = effects.flattened(image, variant.background or (255, 255, 255))
     sample = perception.probe(image)
+    if min(sample.size) < perception.SMALLEST:
+        return None, False
     target = QUALITY_LEVELS[variant.level]
     if sample is not image:
         target += perception.SAMPLE_MARGIN
+    small = _small_level(variant, image.size)
 
     def encode(quality: int) -> bytes:
-        return _encode(sample, replace(variant, quality=quality))
+        return _encode(sample, replace(variant, quality=quality), small, animated)
 
     choice = perception.choose(sample, encode, _decoded, target, output.quality)
     return choice, sample is image
+
+
+def _told(
+    choice: perception.Choice | None, variant: Variant
+) -> tuple[int, float | None]:
+    """The quality a level chose and its score; the format's default and no
+    score where the picture was too small to judge."""
+    if choice is None:
+        return formats.output(variant.format).quality, None
+    return choice.quality, choice.score
 
 
 def _decoded(data: bytes) -> Image.Image:
@@ -1053,8 +1072,13 @@ def _execute(image: Image.Image, plan: geometry.Plan) -> Image.Image:
     )
 
 
-def _encode(image: Image.Image, variant: Variant) -> bytes:
-    """Encode sRGB pixels (RGB, or RGBA with alpha) in the variant's format."""
+def _encode(
+    image: Image.Image, variant: Variant, small: bool = False, animated: bool = False
+) -> bytes:
+    """Encode sRGB pixels (RGB, or RGBA with alpha) in the variant's format;
+    ``small``: a quality level's small output (`_small_level`); ``animated``:
+    with the options of the format's animations (an animation's first frame,
+    judged for a level)."""
     output = formats.output(variant.format)
     if isinstance(image, ImageFile.ImageFile):
         # A still is one frame. Given the opened file itself (full size, no
@@ -1063,14 +1087,25 @@ def _encode(image: Image.Image, variant: Variant) -> bytes:
         image = image.copy()
     if variant.background is not None or not output.alpha:
         image = effects.flattened(image, variant.background or (255, 255, 255))
-    if output.encoder == "jpegli" and image.mode == "RGB":
-        quality = output.save_options(variant.quality)["quality"]
+    alpha = image.mode in ("RGBA", "LA", "PA")
+    options = output.save_options(variant.quality, animated, alpha)
+    if small and output.small_level_options is not None:
+        options.update(output.small_level_options)
+    elif output.encoder == "jpegli" and image.mode == "RGB":
+        quality = options["quality"]
         return pyjpegli.encode(image.tobytes(), *image.size, quality=quality)
     # Nothing from the source's metadata reaches the output.
     image.info = {}
     out = BytesIO()
-    image.save(out, output.pillow, **output.save_options(variant.quality))
+    image.save(out, output.pillow, **options)
     return out.getvalue()
+
+
+def _small_level(variant: Variant, size: tuple[int, int]) -> bool:
+    """Whether an output of ``size`` is a quality level's small one, which
+    its format may encode otherwise (`formats.SMALL_LEVEL_PIXELS`): decided
+    on the output, so that a sample of a large one is encoded as it is."""
+    return bool(variant.level) and size[0] * size[1] <= formats.SMALL_LEVEL_PIXELS
 
 
 #: Encodes a byte budget may cost at most; the search stops sooner once

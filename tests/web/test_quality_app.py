@@ -10,6 +10,7 @@ from PIL import Image
 from twisted.trial.unittest import SynchronousTestCase
 
 from benchmarks import corpus
+from imageserver.errors import StorageUnavailable
 from imageserver.naming import QUALITY_LEVELS
 from tests.support import AppHarness, decode, encode
 
@@ -121,3 +122,49 @@ class DefaultLevelTests(SynchronousTestCase):
         folder = app.upload(encode(Image.new("RGB", (90, 60), (200, 30, 30))))
         response, _ = app.request("GET", f"{folder}/w60.jpg")
         self.assertEqual(chosen(response)[0], 10)  # type: ignore[index]
+
+
+class RecordTroubleTests(SynchronousTestCase):
+    """The record of a chosen quality is told, never waited on: a store that
+    cannot read it answers the variant without it, and one found missing is
+    not asked for again for a minute."""
+
+    def test_a_store_that_fails_on_the_record(self) -> None:
+        app = AppHarness(self, default_quality="auto:good")
+        folder = app.upload(PHOTO)
+        self.assertIsNotNone(chosen(app.request("GET", f"{folder}/w90.jpg")[0]))
+        real = app.local.get
+
+        async def failing(key: str) -> object:
+            if key.endswith(".quality"):
+                raise StorageUnavailable("the bucket is down")
+            return await real(key)
+
+        self.patch(app.local, "get", failing)
+        response, body = app.request("GET", f"{folder}/w90.jpg")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(decode(body).size[0], 90)
+        self.assertIsNone(chosen(response))
+
+    def test_a_missing_record_is_not_asked_for_each_read(self) -> None:
+        """As for a variant made before --default_quality named a level."""
+        app = AppHarness(self, default_quality="auto:good")
+        folder = app.upload(PHOTO)
+        app.request("GET", f"{folder}/w90.jpg")
+        os.remove(os.path.join(app.root, folder.lstrip("/"), "w90.jpg.quality"))
+        asked = []
+        real = app.local.get
+
+        async def counting(key: str) -> object:
+            asked.append(key)
+            return await real(key)
+
+        self.patch(app.local, "get", counting)
+        for _ in range(3):
+            response, _ = app.request("GET", f"{folder}/w90.jpg")
+            self.assertEqual(response.code, 200)
+            self.assertIsNone(chosen(response))
+        self.assertEqual(sum(k.endswith(".quality") for k in asked), 1, asked)
+        # Made again (deleted, then asked for): told again at once.
+        app.request("DELETE", f"{folder}/w90.jpg")
+        self.assertIsNotNone(chosen(app.request("GET", f"{folder}/w90.jpg")[0]))
