@@ -25,9 +25,10 @@ from tests.support import encode
 
 #: How far from the package a score may be: float32 against float64.
 CLOSE = 0.05
-#: How far the score of a whole large output may be from its sample's
-#: (docs/performance.md: at most 3.1 points on the corpus).
-SAMPLE_ERROR = 3.5
+#: How far the score of a whole large output may be from its sample's, for
+#: the JPEG this test makes (docs/performance.md: 1 to 9 points on the
+#: benchmark's photographs, 4.4 at most for JPEG at qgood).
+SAMPLE_ERROR = 4.5
 
 
 def reference_score(original: Picture, distorted: Picture) -> float:
