@@ -699,7 +699,8 @@ def _parse(
         elif _QUALITY_LIKE.match(token) is not None:
             raise InvalidRequest(
                 f"{name!r}: unknown quality {token!r}: a quality is qN (1-100) "
-                f"or a level, {', '.join('q' + q for q in QUALITY_LEVELS)}"
+                f"or a level, {', '.join('q' + q for q in QUALITY_LEVELS)} "
+                "(qauto is qgood), in lower case"
             )
         else:
             raise InvalidRequest(f"{name!r}: unknown option {token!r}{_nearest(token)}")
