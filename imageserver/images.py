@@ -100,7 +100,7 @@ _KNOWN_ALPHA = 4096
 #: goes without it, and how long one found missing is not asked again, in
 #: seconds; how many missing ones are remembered.
 SIDECAR_WAIT = 0.5
-SIDECAR_RETRY = 60.0
+SIDECAR_RETRY = 10.0
 REMEMBERED = 4096
 
 

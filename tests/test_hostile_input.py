@@ -666,11 +666,23 @@ class QualityLevelCostTests(SynchronousTestCase):
         alpha = generator.integers(0, 256, (400, 400, 4), dtype=numpy.uint8)
         clear = encode(Image.fromarray(alpha, "RGBA"), "PNG")
         frames = hostile.gif_animation(400, 300, 200)
+        # Noise in a small JPEG at 4:4:4 outgrows Pillow's buffer for
+        # optimised tables (it was a 500); thin strips cost an encoder its
+        # 64-pixel blocks (AVIF took 4 s more, JPEG XL 77 MB more, judged
+        # whole), so they are sampled.
+        small = encode(Image.fromarray(colour[:384, :384]), "PNG")
+        strip, tall = (
+            encode(Image.fromarray(generator.integers(0, 256, size, "uint8")), "PNG")
+            for size in ((12, 12288, 4), (18432, 8, 4))
+        )
         pairs = [
             (noise, "full_size.jpg", "full_size-qhigh.jpg"),
             (noise, "w1000.avif", "w1000-qhigh.avif"),
             (frames, "w400.webp", "w400-qhigh.webp"),
             (clear, "x384.webp", "x384-qeco.webp"),
+            (small, "x300.jpg", "x300-qgood.jpg"),
+            (strip, "full_size.avif", "full_size-qhigh.avif"),
+            (tall, "full_size.jxl", "full_size-qgood.jxl"),
         ]
         measured = hostile.costs([
             hostile.Job(data, name, upload=False)

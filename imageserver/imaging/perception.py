@@ -126,8 +126,9 @@ FIRST_STEP = 24
 #: The slopes a step trusts, from two tries (a flat stretch would send it
 #: to the end of the range).
 SLOPES = (0.15, 1.5)
-#: An output of more pixels than this is judged on a sample of it (the
-#: `probe`): tiles of `TILE` pixels a side, `TILES` by `TILES` at most.
+#: An output over this many pixels, each side rounded up to 64, is judged
+#: on a sample of it (the `probe`): tiles of `TILE` pixels a side, `TILES`
+#: by `TILES` at most.
 TILE = 128
 TILES = 3
 PROBE_PIXELS = (TILE * TILES) ** 2
@@ -353,8 +354,9 @@ def _final(averages: list[Any]) -> float:
 
 
 def probe(image: Image.Image) -> Image.Image:
-    """The picture a search judges: ``image`` itself when it has at most
-    `PROBE_PIXELS` pixels, else a mosaic of tiles spread evenly over it.
+    """The picture a search judges: ``image`` itself when it covers at most
+    `PROBE_PIXELS` pixels in whole blocks of 64 (`_blocks`), else a mosaic
+    of tiles spread evenly over it.
 
     Tiles start on multiples of 64 pixels, so each encoder's blocks (8 to
     64 pixels) fall on the picture's own grid; a mosaic's seams cost the
@@ -362,7 +364,7 @@ def probe(image: Image.Image) -> Image.Image:
     a higher quality.
     """
     width, height = image.size
-    if width * height <= PROBE_PIXELS:
+    if _blocks(width) * _blocks(height) <= PROBE_PIXELS:
         return image
     across = _starts(width)
     down = _starts(height)
@@ -373,6 +375,13 @@ def probe(image: Image.Image) -> Image.Image:
             tile = image.crop((left, top, left + tile_w, top + tile_h))
             mosaic.paste(tile, (column * tile_w, row * tile_h))
     return mosaic
+
+
+def _blocks(length: int) -> int:
+    """A side rounded up to whole blocks of 64 pixels, the largest an
+    encoder codes (AVIF's): what a thin strip costs it is its blocks'
+    area, four times its own for a strip 16 pixels high."""
+    return -(-length // 64) * 64
 
 
 def _starts(length: int) -> list[int]:

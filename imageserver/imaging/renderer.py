@@ -572,6 +572,8 @@ def _encode_animation(
     frames: Iterator[Image.Image], variant: Variant, animation: _Animation
 ) -> bytes:
     output = formats.output(variant.format)
+    if variant.background is not None:  # every frame flattened, as a still
+        frames = (effects.flattened(f, variant.background) for f in frames)
     first = next(frames)
     # Frames are made as the encoder takes them, so the decoded frames are
     # never all in memory; Pillow's APNG encoder alone wants a list.
@@ -1097,7 +1099,15 @@ def _encode(
     # Nothing from the source's metadata reaches the output.
     image.info = {}
     out = BytesIO()
-    image.save(out, output.pillow, **options)
+    try:
+        image.save(out, output.pillow, **options)
+    except OSError:
+        if not options.get("optimize") or output.pillow != "JPEG":
+            raise
+        # Optimised Huffman tables need the whole JPEG in one buffer, which
+        # Pillow sizes at a byte a pixel: noise at 4:4:4 takes more.
+        out = BytesIO()
+        image.save(out, output.pillow, **{**options, "optimize": False})
     return out.getvalue()
 
 

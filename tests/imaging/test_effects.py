@@ -194,6 +194,25 @@ class BackgroundTests(SynchronousTestCase):
             r, g, b, _ = out.getpixel((3, 3))
             self.assertTrue(abs(r - 255) <= 4 and abs(g - 128) <= 4 and b <= 4, ext)
 
+    def test_and_in_every_frame_of_an_animation(self) -> None:
+        """An animation's frames too (they kept their transparency, and a
+        level judged the first frame flattened while serving it clear)."""
+        frames = [Image.new("RGBA", (40, 30), (0, 0, 0, 0)) for _ in range(3)]
+        for index, frame in enumerate(frames):
+            frame.paste((0, 0, 255, 255), (index * 10, 0, index * 10 + 10, 10))
+        out = io.BytesIO()
+        frames[0].save(out, "PNG", save_all=True, append_images=frames[1:])
+        for ext in ("png", "webp", "gif"):
+            animated = render(out.getvalue(), f"w20-bgff8000.{ext}")
+            self.assertEqual(getattr(animated, "n_frames", 1), 3, ext)
+            for index in range(3):
+                animated.seek(index)
+                pixel = animated.convert("RGBA").getpixel((19, 14))
+                self.assertEqual(pixel[3], 255, (ext, index))
+                r, g, b, _ = pixel
+                self.assertTrue(abs(r - 255) <= 4 and abs(g - 128) <= 6 and b <= 6,
+                                (ext, index, pixel))  # fmt: skip
+
     def test_a_pad_canvas_takes_it(self) -> None:
         out = render(flat((0, 0, 255), (40, 20)), "x40-pad-bg00ff00.png")
         self.assertEqual((out.mode, out.getpixel((20, 2))), ("RGB", (0, 255, 0)))

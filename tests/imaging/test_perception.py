@@ -329,7 +329,14 @@ class ProbeTests(SynchronousTestCase):
     @settings(max_examples=200, deadline=None)
     @given(st.integers(1, 5000), st.integers(1, 5000))
     def test_tiles_spread_over_the_picture(self, width: int, height: int) -> None:
-        if width * height <= perception.PROBE_PIXELS:
+        """And a sample costs an encoder at most `PROBE_PIXELS` in blocks
+        of 64, whatever the picture's shape (a thin strip costs AVIF four
+        times its pixels, and is sampled)."""
+        picture = Image.new("L", (width, height))
+        sample = perception.probe(picture)
+        blocks = perception._blocks(sample.width) * perception._blocks(sample.height)
+        self.assertLessEqual(blocks, perception.PROBE_PIXELS)
+        if sample is picture:
             return
         for length in (width, height):
             starts = perception._starts(length)
