@@ -654,7 +654,7 @@ class QualityLevelCostTests(SynchronousTestCase):
     """A quality level's search costs a bounded sample's work, whatever the
     output's size or frame count: at most 5 encodes of at most 147,456
     pixels and their scores, then the output's one encode (docs/security.md:
-    at most 48 MB and 3 s of CPU more than the fixed quality's, AVIF being
+    at most 48 MB and 4 s of CPU more than the fixed quality's, AVIF being
     the slowest encoder). Colour noise is the hardest picture to keep a
     score on (every search runs to its last encode); noisy transparency
     the costliest to encode in WebP (method 6 took 11 s a sample)."""
@@ -683,6 +683,8 @@ class QualityLevelCostTests(SynchronousTestCase):
             (small, "x300.jpg", "x300-qgood.jpg"),
             (strip, "full_size.avif", "full_size-qhigh.avif"),
             (tall, "full_size.jxl", "full_size-qgood.jxl"),
+            # AVIF's dearest search: noisy transparency judged whole.
+            (clear, "x384.avif", "x384-qhigh.avif"),
         ]
         measured = hostile.costs([
             hostile.Job(data, name, upload=False)
@@ -692,7 +694,7 @@ class QualityLevelCostTests(SynchronousTestCase):
         for index, (_, fixed_name, level_name) in enumerate(pairs):
             fixed, level = measured[2 * index], measured[2 * index + 1]
             self.assertEqual((fixed.outcome, level.outcome), ("ok", "ok"), level_name)
-            self.assertLess(level.cpu_s, fixed.cpu_s + 3, (fixed_name, fixed, level))
+            self.assertLess(level.cpu_s, fixed.cpu_s + 4, (fixed_name, fixed, level))
             self.assertLess(level.rss_mb, fixed.rss_mb + 48, (fixed_name, fixed, level))
         # A still with noisy transparency: WebP's alpha at method 4.
         self.assertLess(measured[6].cpu_s, 1, measured[6])
