@@ -430,8 +430,9 @@ def search(
 ) -> int:
     """The lowest quality between `LOWEST` and `HIGHEST` whose score (by
     ``trial``) is at least ``target``, to within `PRECISION`, in at most
-    ``encodes`` trials; `HIGHEST` when none reaches it (the last try, when
-    none has, is that).
+    ``encodes`` trials; the highest tried when none reaches it (the last
+    try, when none has kept it yet, takes twice the step planned, to land
+    past the answer rather than short of it).
 
     From ``start`` (the format's default): while every try is on one side
     of the target, a step towards it by the slope of the two nearest tries
