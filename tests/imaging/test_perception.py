@@ -113,9 +113,9 @@ class ScoreTests(SynchronousTestCase):
         """Where the package follows the reference (256 pixels a side and
         more), its own entry point, from files, gives the same scores."""
         folder = tempfile.mkdtemp()
-        for name in corpus.PHOTOS:
+        for name in ("astronaut", "rocket", "hubble_deep_field"):
             original = corpus.photo(name)
-            for quality in (20, 60, 90):
+            for quality in (20, 90):
                 distorted = jpeg(original, quality)
                 paths = [os.path.join(folder, f"{n}.png") for n in "ab"]
                 original.save(paths[0])
