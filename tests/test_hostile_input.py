@@ -654,8 +654,10 @@ class QualityLevelCostTests(SynchronousTestCase):
     """A quality level's search costs a bounded sample's work, whatever the
     output's size or frame count: at most 5 encodes of at most 147,456
     pixels and their scores, then the output's one encode (docs/security.md:
-    at most 48 MB and 4 s of CPU more than the fixed quality's, AVIF being
-    the slowest encoder). Colour noise is the hardest picture to keep a
+    at most 64 MB and 4 s of CPU more than the fixed quality's, AVIF being
+    the slowest encoder; the metric's planes for transparency, twice
+    147,456 pixels, are 37 MB on Python 3.11 and 49 MB on 3.13, where
+    numpy's first use in the measuring fork touches more). Colour noise is the hardest picture to keep a
     score on (every search runs to its last encode); noisy transparency
     the costliest to encode in WebP (method 6 took 11 s a sample)."""
 
@@ -695,6 +697,6 @@ class QualityLevelCostTests(SynchronousTestCase):
             fixed, level = measured[2 * index], measured[2 * index + 1]
             self.assertEqual((fixed.outcome, level.outcome), ("ok", "ok"), level_name)
             self.assertLess(level.cpu_s, fixed.cpu_s + 4, (fixed_name, fixed, level))
-            self.assertLess(level.rss_mb, fixed.rss_mb + 48, (fixed_name, fixed, level))
+            self.assertLess(level.rss_mb, fixed.rss_mb + 64, (fixed_name, fixed, level))
         # A still with noisy transparency: WebP's alpha at method 4.
         self.assertLess(measured[6].cpu_s, 1, measured[6])
