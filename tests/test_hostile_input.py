@@ -657,9 +657,10 @@ class QualityLevelCostTests(SynchronousTestCase):
     at most 64 MB and 4 s of CPU more than the fixed quality's, AVIF being
     the slowest encoder; the metric's planes for transparency, twice
     147,456 pixels, are 37 MB on Python 3.11 and 49 MB on 3.13, where
-    numpy's first use in the measuring fork touches more). Colour noise is the hardest picture to keep a
-    score on (every search runs to its last encode); noisy transparency
-    the costliest to encode in WebP (method 6 took 11 s a sample)."""
+    numpy's first use in the measuring fork touches more). Colour noise is
+    the hardest picture to keep a score on (every search runs to its last
+    encode); noisy transparency the costliest to encode in WebP (method 6
+    took 11 s a sample)."""
 
     def test_large_outputs_long_animations_and_noisy_transparency(self) -> None:
         generator = numpy.random.default_rng(29)
