@@ -27,7 +27,7 @@ from typing import Any
 import numpy
 from PIL import Image
 
-from imageserver.imaging import opencv
+from imageserver.imaging import colour, opencv
 
 #: The opsin absorbance matrix and bias of the XYB colour space (libjxl).
 _OPSIN = numpy.array(
@@ -96,13 +96,7 @@ _WEIGHTS = numpy.array(
 )  # fmt: skip
 
 #: sRGB's 256 values in linear light.
-_LINEAR = numpy.array(
-    [
-        v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4
-        for v in (i / 255 for i in range(256))
-    ],
-    dtype=numpy.float32,
-)
+_LINEAR = colour.LINEAR.astype(numpy.float32)
 #: The blur's taps (SciPy's Gaussian at `SIGMA`, normalised).
 _TAPS = numpy.exp(-0.5 * (numpy.arange(-_RADIUS, _RADIUS + 1) / SIGMA) ** 2)
 _KERNEL = (_TAPS / _TAPS.sum()).astype(numpy.float32)
@@ -193,18 +187,10 @@ def _linear(image: Image.Image, background: float | None = None) -> Any:
     if background is None:
         return _LINEAR[numpy.asarray(image.convert("RGB"))]
     rgba = numpy.asarray(image.convert("RGBA"))
-    colour = rgba[..., :3].astype(numpy.float32) / 255
+    values = rgba[..., :3].astype(numpy.float32) / 255
     alpha = rgba[..., 3:].astype(numpy.float32) / 255
-    blended = colour * alpha + (1 - alpha) * numpy.float32(background)
-    return _srgb_to_linear(blended)
-
-
-def _srgb_to_linear(values: Any) -> Any:
-    return numpy.where(
-        values <= 0.04045,
-        values / numpy.float32(12.92),
-        ((values + numpy.float32(0.055)) / numpy.float32(1.055)) ** numpy.float32(2.4),
-    ).astype(numpy.float32)
+    blended = values * alpha + (1 - alpha) * numpy.float32(background)
+    return colour.to_linear(blended)
 
 
 def _xyb(linear: Any) -> Any:

@@ -12,6 +12,8 @@ import thumbhash  # type: ignore[import-untyped]
 from blurhash_rs import blurhash_encode
 from PIL import Image
 
+from imageserver.imaging import colour
+
 #: The longest side of the copy the placeholders are computed from
 #: (ThumbHash takes at most 100; 32 costs a quarter of 64 and looks the same
 #: once blurred).
@@ -110,13 +112,8 @@ def _opaque(image: Image.Image) -> bool:
     return image.getchannel("A").getextrema() == (255, 255)
 
 
-def _to_linear(v: int) -> float:
-    c = v / 255
-    return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
-
-
 #: sRGB byte -> linear light, 0-1.
-_LINEAR = [_to_linear(v) for v in range(256)]
+_LINEAR: list[float] = colour.LINEAR.tolist()
 
 
 def _srgb(linear: float) -> int:
