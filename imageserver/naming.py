@@ -70,9 +70,9 @@ _QUALITY = re.compile(rf"q(?P<q>{_N})\Z")
 #: the bytes and scores each gives). ``qauto`` is ``qgood``.
 QUALITY_LEVELS = {"high": 85.0, "good": 78.0, "eco": 70.0}
 _LEVEL_ALIASES = {"auto": "good"}
-_LEVEL = re.compile(r"q(?P<level>[a-z]+)\Z")
-#: What a client may have meant as a quality (``qbest``, ``qGood``, ``q``).
-_QUALITY_LIKE = re.compile(r"q[A-Za-z]*\Z")
+#: A level, or what a client may have meant as one (``qbest``, ``qGood``,
+#: ``q``: a 400 that names the levels).
+_LEVEL = re.compile(r"q(?P<level>[A-Za-z]*)\Z")
 _CROP = re.compile(
     rf"crop(?P<fraction>f?)(?P<l>{_N})_(?P<t>{_N})_(?P<r>{_N})_(?P<b>{_N})\Z"
 )
@@ -579,11 +579,16 @@ def _parse(
                 raise InvalidRequest("quality must be between 1 and 100")
             fields["named_quality"] = True
             fields["level"] = ""
-        elif (level := _LEVEL.match(token)) is not None and (
-            level["level"] in QUALITY_LEVELS or level["level"] in _LEVEL_ALIASES
-        ):
+        elif (level := _LEVEL.match(token)) is not None:
+            spelled = _LEVEL_ALIASES.get(level["level"], level["level"])
+            if spelled not in QUALITY_LEVELS:
+                raise InvalidRequest(
+                    f"{name!r}: unknown quality {token!r}: a quality is qN "
+                    f"(1-100) or a level, {', '.join('q' + q for q in QUALITY_LEVELS)}"
+                    " (qauto is qgood), in lower case"
+                )
             once("the quality")
-            fields["level"] = _LEVEL_ALIASES.get(level["level"], level["level"])
+            fields["level"] = spelled
             fields["named_quality"] = True
         elif token == "fit" or (pad := _PAD.match(token)) is not None:
             if "fit or pad" in seen:
@@ -696,12 +701,6 @@ def _parse(
         elif (background := _BACKGROUND.match(token)) is not None:
             once("bg")
             fields["background"] = _colour(background["hex"])[:3]
-        elif _QUALITY_LIKE.match(token) is not None:
-            raise InvalidRequest(
-                f"{name!r}: unknown quality {token!r}: a quality is qN (1-100) "
-                f"or a level, {', '.join('q' + q for q in QUALITY_LEVELS)} "
-                "(qauto is qgood), in lower case"
-            )
         else:
             raise InvalidRequest(f"{name!r}: unknown option {token!r}{_nearest(token)}")
     if placed and fit is not Fit.FILL:

@@ -10,7 +10,7 @@ This is the computation of the ``ssimulacra2`` package (0.3.0, a Python
 port of the reference), with its constants and its choices at the borders,
 written in float32 with OpenCV's separable filters instead of float64 with
 SciPy: 5 to 6 times cheaper, 8 to 10 against a reference kept for a
-search's several scores (30 ms for 800x533), within 0.05 point of it
+search's several scores (30 ms for 800x533), within 0.15 point of it
 (tests/imaging/test_perception.py checks it against the package, and the
 package's steps in the order of libjxl's reference where the two differ).
 The package itself costs 0.3 s of CPU for an 800x533 picture and would

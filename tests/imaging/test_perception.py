@@ -23,8 +23,9 @@ from imageserver.imaging import perception, renderer
 from imageserver.naming import QUALITY_LEVELS, VariantRules
 from tests.support import encode
 
-#: How far from the package a score may be: float32 against float64.
-CLOSE = 0.05
+#: How far from the package a score may be: float32 against float64 (0.03
+#: at most on 400 random crops; hypothesis found 0.064 on a thin one).
+CLOSE = 0.15
 #: How far the score of a whole large output may be from its sample's, for
 #: the JPEG this test makes (docs/performance.md: 1 to 9 points on the
 #: benchmark's photographs, 4.4 at most for JPEG at qgood).
