@@ -27,7 +27,7 @@ from imageserver.access.rates import RateLimiter, TokenBuckets
 from imageserver.config import Config
 from imageserver.errors import ImageServerError, StorageFailed, StorageUnavailable
 from imageserver.images import Coordination, Images
-from imageserver.imaging import renderer
+from imageserver.imaging import documents, renderer
 from imageserver.lifecycle.listeners import Lifecycle, Listeners
 from imageserver.lifecycle.purges import PurgeLog
 from imageserver.lifecycle.webhooks import Webhooks
@@ -115,6 +115,7 @@ def make_images(
         max_pending=config.max_pending,
         niceness=RENDER_NICENESS,
         deadline=deadline.remaining,
+        closing=documents.close,
     )
     processing.setServiceParent(parent)
     io = ThreadPoolService(reactor, config.io_concurrency, "imageserver-io")

@@ -19,7 +19,9 @@ from imageserver.access.cors import CorsPolicy
 from imageserver.access.rates import Rates
 from imageserver.access.signing import secrets_of
 from imageserver.images import RenderPolicy
+from imageserver.imaging.documents import DocumentLimits
 from imageserver.imaging.renderer import DECODER_MAX_PIXELS, Limits
+from imageserver.imaging.svg import SvgLimits
 from imageserver.naming import (
     OUTPUT_FORMATS,
     QUALITY_LEVELS,
@@ -229,6 +231,47 @@ class Config:
         1000,
         "Pixels each byte of an original may stand for, for originals over 4 "
         "megapixels (a 7000x7000 image in 140 bytes is refused); 0: no limit.",
+    )
+    rasterise_seconds: float = setting(
+        10.0,
+        "CPU seconds one job of the rasteriser (an SVG drawn, a PDF page, a "
+        "video's frame or preview) may take; past it the job's process is "
+        "killed and the request refused.",
+    )
+    rasterise_memory: int = setting(
+        2 * 1024**3,
+        "Address space of a rasteriser process, in bytes (its libraries take "
+        "about 0.25 GB of it before a job).",
+    )
+    max_pdf_pages: int = setting(
+        2000, "Pages a PDF original may have; one with more is refused."
+    )
+    max_video_seconds: float = setting(
+        4 * 3600.0, "Seconds a video original may last; a longer one is refused."
+    )
+    max_video_decoded_frames: int = setting(
+        120,
+        "Frames decoded for one video picture (from the key frame before the "
+        "time asked for) or for all the frames of a preview together; where "
+        "they run out, the last decoded frame is served.",
+    )
+    video_codecs: tuple[str, ...] = setting(
+        ("h264", "hevc", "vp8", "vp9", "av1"),
+        "Video codecs decoded; a video in another is refused.",
+    )
+    video_preview_frames: int = setting(
+        10,
+        "Frames of a video's animated preview (gif, webp, png, avif variants "
+        "without -t), taken at equal steps over its length, 0.5 s each.",
+    )
+    max_svg_elements: int = setting(
+        20_000,
+        "Elements an SVG original may draw, counting each use element's "
+        "copy; also the most its source may hold.",
+    )
+    max_svg_depth: int = setting(64, "Elements an SVG may nest inside one another.")
+    max_svg_filters: int = setting(
+        32, "Filter primitives (feGaussianBlur, ...) an SVG original may have."
     )
     workers: int = setting(
         0,
@@ -821,6 +864,14 @@ class Config:
                 "--origin_ttl and --origin_missing_ttl must not be negative "
                 "(0: ask the origin again on every request, in the background)"
             )
+        for name in ("rasterise_seconds", "rasterise_memory", "max_pdf_pages",
+                     "max_video_seconds", "max_video_decoded_frames",
+                     "video_preview_frames", "max_svg_elements", "max_svg_depth",
+                     "max_svg_filters"):  # fmt: skip
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name} must be positive")
+        if not self.video_codecs:
+            raise ValueError("--video_codecs must name at least one codec")
         if self.memory_cache_bytes < 0:
             raise ValueError("--memory_cache_bytes must not be negative")
         if self.max_source_pixels > DECODER_MAX_PIXELS:
@@ -1020,6 +1071,21 @@ class Config:
             pixels_per_byte=self.max_pixels_per_byte,
             side=self.maximum_width,
             frames=self.max_animation_frames,
+            documents=DocumentLimits(
+                seconds=self.rasterise_seconds,
+                memory=self.rasterise_memory,
+                pages=self.max_pdf_pages,
+                video_seconds=self.max_video_seconds,
+                decoded=self.max_video_decoded_frames,
+                codecs=self.video_codecs,
+                preview_frames=self.video_preview_frames,
+                svg=SvgLimits(
+                    elements=self.max_svg_elements,
+                    depth=self.max_svg_depth,
+                    filters=self.max_svg_filters,
+                    pixels=self.max_source_pixels,
+                ),
+            ),
         )
 
     @property

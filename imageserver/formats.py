@@ -8,6 +8,7 @@ format. Plain data and small functions on bytes; no Pillow import.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -221,6 +222,11 @@ OUTPUTS: dict[str, OutputFormat] = {
 SMALL_LEVEL_PIXELS = 384 * 384
 
 
+def _drawn_size(data: bytes) -> tuple[int, int] | None:
+    """No header reader: a drawn format's size is the rasteriser's probe's."""
+    return None
+
+
 @dataclass(frozen=True)
 class InputFormat:
     """A format originals may come in.
@@ -242,11 +248,57 @@ class InputFormat:
     #: primary) image is read: a TIFF's other pages, a HEIF's other top-level
     #: images and an MPO's other pictures are never decoded.
     animated: bool = False
+    #: For a format drawn by the rasteriser process (SVG, PDF, video) rather
+    #: than decoded by Pillow: how its bytes are recognised (Pillow has no
+    #: plug-in to ask). Its size comes from the rasteriser's probe, which
+    #: reads the document's structure without drawing (docs/security.md).
+    sniff: Callable[[bytes], bool] | None = None
+
+    @property
+    def drawn(self) -> bool:
+        return self.sniff is not None
 
 
-#: Input formats decoded, by Pillow's name, in the order Pillow tries them.
-#: Everything else (EPS, which runs Ghostscript; SVG; PSD; ...) is refused
-#: before a decoder runs.
+_SVG_START = re.compile(
+    rb"(?:\xef\xbb\xbf)?\s*(?:<\?xml[^>]{0,200}\?>\s*)?"
+    rb"(?:(?:<!--.{0,2000}?-->|<!DOCTYPE[^>\[]{0,500}(?:\[.{0,4000}?\])?\s*>)\s*)*"
+    rb"<svg[\s>/]",
+    re.DOTALL,
+)
+
+
+def _svg_sniff(data: bytes) -> bool:
+    """An XML document whose root element is ``svg`` (within its first 8
+    KB: a declaration, comments and a doctype may come first)."""
+    return _SVG_START.match(data[:8192]) is not None
+
+
+def _pdf_sniff(data: bytes) -> bool:
+    return data.startswith(b"%PDF-")
+
+
+#: Major brands of MP4 and of QuickTime.
+_MP4_BRANDS = frozenset({b"isom", b"iso2", b"iso4", b"iso5", b"iso6", b"mp41",
+                         b"mp42", b"avc1", b"M4V ", b"M4VP", b"dash", b"mmp4",
+                         b"3gp4", b"3gp5", b"3gp6", b"3g2a", b"f4v "})  # fmt: skip
+
+
+def _mp4_sniff(data: bytes) -> bool:
+    return data[4:8] == b"ftyp" and data[8:12] in _MP4_BRANDS
+
+
+def _mov_sniff(data: bytes) -> bool:
+    return data[4:8] == b"ftyp" and data[8:12] == b"qt  "
+
+
+def _webm_sniff(data: bytes) -> bool:
+    """Matroska's EBML header, whose DocType (in its first bytes) is webm."""
+    return data[:4] == b"\x1a\x45\xdf\xa3" and b"\x42\x82\x84webm" in data[:64]
+
+
+#: Input formats decoded, by Pillow's name, in the order Pillow tries them,
+#: then those the rasteriser draws. Everything else (EPS, which runs
+#: Ghostscript; PSD; ...) is refused before a decoder runs.
 INPUTS: dict[str, InputFormat] = {
     row.pillow: row
     for row in (
@@ -259,11 +311,23 @@ INPUTS: dict[str, InputFormat] = {
         InputFormat("BMP", "image/bmp", headers.bmp),
         InputFormat("HEIF", "image/heif", headers.bmff),
         InputFormat("JXL", "image/jxl", headers.jxl),
+        InputFormat("SVG", "image/svg+xml", _drawn_size, sniff=_svg_sniff),
+        InputFormat("PDF", "application/pdf", _drawn_size, sniff=_pdf_sniff),
+        InputFormat("MP4", "video/mp4", _drawn_size, animated=True, sniff=_mp4_sniff),
+        InputFormat(
+            "MOV", "video/quicktime", _drawn_size, animated=True, sniff=_mov_sniff
+        ),
+        InputFormat(
+            "WEBM", "video/webm", _drawn_size, animated=True, sniff=_webm_sniff
+        ),
     )
 }
 #: Formats whose decoder applies the file's own orientation (HEIF's irot and
-#: imir, JPEG XL's codestream field): EXIF's is not applied again.
-ORIENTED_BY_DECODER = frozenset({"HEIF", "JXL"})
+#: imir, JPEG XL's codestream field, a video's display matrix, a PDF page's
+#: rotation): EXIF's is not applied again.
+ORIENTED_BY_DECODER = frozenset(
+    {"HEIF", "JXL", *(name for name, row in INPUTS.items() if row.drawn)}
+)
 #: Formats whose EXIF is read without decoding the pixels (and that draft):
 #: JPEG, and MPO (JPEG with more pictures appended).
 EXIF_FIRST = frozenset({"JPEG", "MPO"})

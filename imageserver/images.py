@@ -1337,7 +1337,15 @@ def _read(body: BinaryIO) -> bytes:
 
 def info_json_of(digest: str, info: renderer.ImageInfo) -> bytes:
     """The bytes of an original's info.json: the Go image-server's four fields,
-    then the placeholders."""
+    then a document's (pages; a video's frame rate and codec), then the
+    placeholders."""
+    document = info.document
+    drawn: dict[str, Any] = {}
+    if document is not None and document.pages is not None:
+        drawn["pages"] = document.pages
+    if document is not None and document.codec is not None:
+        drawn["frame_rate"] = document.frame_rate
+        drawn["codec"] = document.codec
     return json.dumps(
         {
             "hash": digest,
@@ -1346,6 +1354,7 @@ def info_json_of(digest: str, info: renderer.ImageInfo) -> bytes:
             "content_type": info.content_type,
             "frames": info.frames,
             **({} if info.duration_ms is None else {"duration_ms": info.duration_ms}),
+            **drawn,
             **(info.placeholders or {}),
             **({} if info.phash is None else {"phash": info.phash}),
             **({} if info.faces is None else {"faces": [list(b) for b in info.faces]}),

@@ -64,6 +64,12 @@ _SIZE = re.compile(
 _PAD = re.compile(r"pad(?P<hex>[0-9A-Fa-f]{6}(?:[0-9A-Fa-f]{2})?)?\Z")
 _FOCUS = re.compile(rf"fp(?P<x>{_N})_(?P<y>{_N})\Z")
 _BLUR = re.compile(rf"blur(?P<sigma>{_N})\Z")
+#: Which picture of a PDF (its page, from 1) or of a video (a time in
+#: seconds or milliseconds, or per cent of its length) a variant is made of.
+_PAGE = re.compile(rf"page(?P<n>{_N})\Z")
+_TIME = re.compile(rf"t(?P<n>{_N})(?P<unit>s|ms|pct)\Z")
+#: The latest time a name may give, in milliseconds (a day).
+MAX_TIME_MS = 86_400_000
 _QUALITY = re.compile(rf"q(?P<q>{_N})\Z")
 #: The quality levels a name may ask for instead of a number, and the least
 #: SSIMULACRA2 score each keeps (imaging.perception; docs/performance.md has
@@ -348,6 +354,13 @@ class Variant:
     #: keeps its score, chosen per variant (``quality`` is then unused);
     #: empty for a fixed quality. Named (``-qgood``) or --default_quality's.
     level: str = ""
+    #: A PDF original's page, from 1.
+    page: int = 1
+    #: A video original's time, in milliseconds or per cent of its length;
+    #: None for both: its poster (a lively frame near the start) for a still
+    #: format, its preview for an animated one.
+    time_ms: int | None = None
+    time_percent: int | None = None
 
     @property
     def content_type(self) -> str:
@@ -698,6 +711,12 @@ def _parse(
             fields["max_bytes"] = _digits(budget["n"], "maxbytes", MAX_BYTES_DIGITS)
             if fields["max_bytes"] < 1:
                 raise InvalidRequest(f"{name!r}: maxbytes must be at least 1")
+        elif (page := _PAGE.match(token)) is not None:
+            once("page")
+            fields["page"] = _number(page["n"], "page")
+        elif (time := _TIME.match(token)) is not None:
+            once("a time")
+            fields.update(_time(time, name))
         elif (background := _BACKGROUND.match(token)) is not None:
             once("bg")
             fields["background"] = _colour(background["hex"])[:3]
@@ -837,6 +856,29 @@ def _caption(m: re.Match[str], name: str) -> Caption:
     return Caption(text, place, margin, size, colour)
 
 
+def _time(m: re.Match[str], name: str) -> dict[str, Any]:
+    """A time option's fields: ``t5s`` and ``t5000ms`` are 5,000 ms,
+    ``t50pct`` half the video's length."""
+    amount = _digits(m["n"], "a time", most=8)
+    if m["unit"] == "pct":
+        if amount > 100:
+            raise InvalidRequest(f"{name!r}: tNpct is 0 to 100 per cent of the video")
+        return {"time_percent": amount}
+    ms = amount * 1000 if m["unit"] == "s" else amount
+    if ms > MAX_TIME_MS:
+        raise InvalidRequest(f"{name!r}: a time is at most {MAX_TIME_MS // 1000} s")
+    return {"time_ms": ms}
+
+
+def _spelled_time(v: Variant) -> str:
+    """``t5s``, ``t2500ms``, ``t50pct``, or nothing for the default."""
+    if v.time_percent is not None:
+        return f"t{v.time_percent}pct"
+    if v.time_ms is None:
+        return ""
+    return f"t{v.time_ms // 1000}s" if v.time_ms % 1000 == 0 else f"t{v.time_ms}ms"
+
+
 def _crop(m: re.Match[str], name: str) -> dict[str, Any]:
     """A crop box's fields; `InvalidRequest` for a box with no pixels, or a
     fraction over the whole."""
@@ -865,7 +907,7 @@ _FINDERS = ("smart", "faces")
 OPTION_WORDS = ("fit", "pad", "noup", "smart", "faces", "trim", "flip", "flop",
                  "sharp", "gray", "blur", "q", "fp", "crop", "cropf", "brightness",
                  "contrast", "saturation", "round", "circle", "pixelate", "bg",
-                 "pixelbox", "blurbox", "wm", "text", "maxbytes",
+                 "pixelbox", "blurbox", "wm", "text", "maxbytes", "page", "t",
                  *GRAVITIES, *ROTATIONS)  # fmt: skip
 
 
@@ -931,6 +973,9 @@ def _canonical(v: Variant, most: int = 0) -> Variant:
     crop, crop_fraction = v.crop, v.crop_fraction
     if crop_fraction and crop == (0, 0, CROP_FRACTION, CROP_FRACTION):
         crop, crop_fraction = None, False  # the whole original
+    time_ms, time_percent = v.time_ms, v.time_percent
+    if time_percent == 0:  # the start, whatever the length
+        time_ms, time_percent = 0, None
     background = v.background
     if background == (255, 255, 255) and not _keeps_alpha(v.format):
         background = None  # what a format without alpha is flattened on
@@ -964,6 +1009,8 @@ def _canonical(v: Variant, most: int = 0) -> Variant:
         crop=crop,
         crop_fraction=crop_fraction,
         background=background,
+        time_ms=time_ms,
+        time_percent=time_percent,
         pixelboxes=tuple(sorted(v.pixelboxes)),
         blurboxes=tuple(sorted(v.blurboxes)),
         corner_radius=corner_radius,
@@ -1088,6 +1135,8 @@ def _spelling(v: Variant, mark: str | None = None) -> str:
     if v.crop is not None:
         crop = ("cropf" if v.crop_fraction else "crop") + "_".join(map(str, v.crop))
     tokens = [
+        f"page{v.page}" if v.page != 1 else "",
+        _spelled_time(v),
         crop,
         "fit" if v.fit is Fit.FIT else "",
         "pad" + ("" if v.pad is None else _hex(v.pad)) if v.fit is Fit.PAD else "",

@@ -11,7 +11,7 @@ import math
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from io import BytesIO
 
@@ -34,6 +34,7 @@ from imageserver.errors import (
 from imageserver.imaging import (
     analysis,
     containers,
+    documents,
     effects,
     faces,
     geometry,
@@ -104,6 +105,10 @@ class Limits:
     #: Frames of an animation kept (--max_animation_frames); more, and the
     #: first frame is served alone.
     frames: int = 300
+    #: What drawing an SVG, a PDF page or a video frame may cost.
+    documents: documents.DocumentLimits = field(
+        default_factory=documents.DocumentLimits
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +134,9 @@ class ImageInfo:
     #: The faces found, when looked for (in the displayed pixels, the
     #: largest first); None when not looked for.
     faces: tuple[geometry.Box, ...] | None = None
+    #: What the rasteriser read of a drawn original (pages, a video's
+    #: length, frame rate and codec); None for an image.
+    document: documents.Probe | None = None
 
 
 def probe(data: bytes, limits: Limits) -> ImageInfo:
@@ -168,6 +176,51 @@ def render_many(
     known_faces: Sequence[geometry.Box] | None = None,
     with_faces: bool = False,
 ) -> tuple[ImageInfo, list[bytes]]:
+    """Decode ``data`` once for each picture the variants pick (a PDF's page,
+    a video's time: most originals have one) and encode every variant from
+    it, in order; see `_render_picked`. The info, placeholders and faces are
+    the default picture's (a PDF's first page, a video's poster)."""
+    default = documents.Pick()
+    groups: dict[documents.Pick, list[int]] = {}
+    for index, variant in enumerate(variants):
+        groups.setdefault(documents.Pick.of(variant), []).append(index)
+    if set(groups) <= {default}:
+        return _render_picked(data, variants, limits, with_placeholders, marks,
+                              stage, known_faces, with_faces)  # fmt: skip
+    outputs: dict[int, bytes] = {}
+    info: ImageInfo | None = None
+    chosen: dict[str, tuple[int, float | None]] = {}
+    if default in groups or with_placeholders or with_faces:
+        indices = groups.pop(default, [])
+        picked = [variants[i] for i in indices]
+        info, made = _render_picked(data, picked, limits, with_placeholders,
+                                    marks, stage, known_faces, with_faces)  # fmt: skip
+        outputs.update(zip(indices, made, strict=True))
+        chosen.update(info.chosen_qualities or {})
+    for pick, indices in groups.items():
+        picked = [variants[i] for i in indices]
+        other, made = _render_picked(data, picked, limits, False, marks, stage,
+                                     None, False, pick)  # fmt: skip
+        # Faces found on another picture are not the original's.
+        info = info or replace(other, faces=None)
+        outputs.update(zip(indices, made, strict=True))
+        chosen.update(other.chosen_qualities or {})
+    assert info is not None
+    info = replace(info, chosen_qualities=chosen or None)
+    return info, [outputs[index] for index in range(len(variants))]
+
+
+def _render_picked(
+    data: bytes,
+    variants: Sequence[Variant],
+    limits: Limits,
+    with_placeholders: bool = False,
+    marks: Mapping[str, bytes] | None = None,
+    stage: Stage | None = None,
+    known_faces: Sequence[geometry.Box] | None = None,
+    with_faces: bool = False,
+    pick: documents.Pick | None = None,
+) -> tuple[ImageInfo, list[bytes]]:
     """Decode ``data`` once and encode every variant from it, in order; with
     ``with_placeholders``, the info carries them and the perceptual hash, made
     from the same decode.
@@ -191,13 +244,16 @@ def render_many(
         if v.watermark is not None
     }
     with stage("decode"):
-        image = _open(data, limits)
+        image = _open(data, limits, pick)
         orientation = _orientation(image)
         width, height = image.size
         if orientation in _SWAPPING_ORIENTATIONS:
             width, height = height, width
         info = ImageInfo(
-            width, height, formats.content_type_of(image.format or "", data)
+            width,
+            height,
+            formats.content_type_of(image.format or "", data),
+            document=image.probe if isinstance(image, documents.Document) else None,
         )
         # Plans before looking at the pixels (trim and smart refine them later):
         # the limits, and how far a decoder may shrink while it decodes.
@@ -264,6 +320,13 @@ def render_many(
                     variant, plan.output_size, len(animation.durations), limits
                 )
         has_alpha = True  # frames may uncover the background
+    if info.document is not None and info.document.seconds is not None:
+        # A video's own length and frames, not its preview's.
+        info = replace(
+            info,
+            frames=info.document.frames or 1,
+            duration_ms=round(info.document.seconds * 1000),
+        )
     info = replace(info, still_because=still_because)
     source = _Source(base, width, height, has_alpha, icc)
     source.marks = decoded_marks
@@ -470,6 +533,9 @@ def _animation(
     row = formats.INPUTS.get(image.format or "")
     if row is None or not row.animated or not getattr(image, "is_animated", False):
         return None, None
+    if isinstance(image, documents.Document):  # a video's preview
+        count = image.n_frames
+        return _Animation([documents.PREVIEW_FRAME_MS] * count, 0), None
     pixels, why = _animation_pixels(len(data), limits)
     budget = min(limits.frames, pixels // (width * height))
     durations = containers.frame_durations(data, budget)
@@ -534,9 +600,13 @@ def _frames(
     first frame's trim box and smart crop, so the picture does not jump.
     ``size`` is the one checked from the header."""
     focus = first.focus(variant)
+    drawn = image.preview() if isinstance(image, documents.Document) else None
     for index in range(len(animation.durations)):
-        _seek(image, index, size)
-        frame = image.convert("RGBA")
+        if drawn is not None:
+            frame = drawn[index].convert("RGBA")
+        else:
+            _seek(image, index, size)
+            frame = image.convert("RGBA")
         if orientation != 1:
             frame = _oriented(frame, orientation)
         source = _Source(frame, first.width, first.height, True, first.icc)
@@ -910,7 +980,9 @@ def _check_output(
     _check_budget(variant, size, 1, limits)
 
 
-def _open(data: bytes, limits: Limits) -> Image.Image:
+def _open(
+    data: bytes, limits: Limits, pick: documents.Pick | None = None
+) -> Image.Image:
     """Read the header, and refuse what would cost more than the limits allow.
 
     Nothing is decoded before the limits are checked: the structure is walked
@@ -924,6 +996,22 @@ def _open(data: bytes, limits: Limits) -> Image.Image:
     rows = _candidates(data)
     if not rows:
         raise NotAnImage(INPUT_FORMATS)
+    pick = pick or documents.Pick()
+    if rows[0].drawn:
+        document = documents.opened(
+            data, rows[0].pillow, limits.documents, pick, limits.pixels
+        )
+        width, height = document.size
+        # Drawn at the size a variant needs: a vector's bytes may stand for
+        # any number of pixels, so only the pixel limit applies.
+        unbound = replace(limits, pixels_per_byte=0)
+        _check_pixels(width, height, len(data), unbound, None)
+        return document
+    if pick != documents.Pick():
+        raise InvalidRequest(
+            "the page and t options pick a PDF's page or a video's time; this "
+            f"original is {rows[0].pillow}"
+        )
     sizes = [size for row in rows if (size := row.size(data)) is not None]
     if not sizes:
         raise UnsupportedImage(
@@ -969,6 +1057,10 @@ def _candidates(data: bytes) -> list[formats.InputFormat]:
     prefix = data[:16]
     rows = []
     for name, row in formats.INPUTS.items():
+        if row.sniff is not None:
+            if row.sniff(data):
+                rows.append(row)
+            continue
         accept = Image.OPEN[name][1]
         result = True if accept is None else accept(prefix)
         if result and not isinstance(result, str):  # a str: a reason not to

@@ -71,7 +71,9 @@ class ThreadPoolService(Service):
     fail with `Stopping` as they come up (at a stop the requests that wanted
     them have been answered, a 503 after --processing_timeout, or their
     results would not be written); with ``deadline`` (the seconds a
-    shutdown has left), one still running then is logged.
+    shutdown has left), one still running then is logged. ``closing`` runs
+    once the threads are done (the processing pool's rasteriser processes
+    are ended there).
     """
 
     def __init__(
@@ -83,8 +85,10 @@ class ThreadPoolService(Service):
         niceness: int = 0,
         deadline: Callable[[], float] | None = None,
         clock: IReactorTime | None = None,
+        closing: Callable[[], None] | None = None,
     ) -> None:
         self.setName(name)
+        self._closing = closing
         self._reactor: IReactorFromThreads = reactor
         self._clock: IReactorTime = clock or reactor
         self._size = size
@@ -149,7 +153,7 @@ class ThreadPoolService(Service):
         super().stopService()
         self._stopping = True  # the queued jobs are not run
         # stop() joins the workers: wait for the running jobs off the reactor.
-        stopped = deferToThread(self.pool.stop)
+        stopped = deferToThread(self._stop)
         if self._deadline is not None:
             late = self._clock.callLater(self._deadline(), self._late)
 
@@ -160,6 +164,11 @@ class ThreadPoolService(Service):
 
             stopped.addBoth(in_time)
         return stopped
+
+    def _stop(self) -> None:
+        self.pool.stop()
+        if self._closing is not None:
+            self._closing()
 
     def _late(self) -> None:
         log.warn(

@@ -400,9 +400,11 @@ class BadInputTests(SynchronousTestCase):
         self.assertUnsupported(b"")
         self.assertUnsupported(b"hello, world")
         self.assertUnsupported(b"<html><body>not an image</body></html>")
+        # An SVG that is not well-formed XML, and one outside SVG's namespace.
         self.assertUnsupported(
-            b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>'
+            b'<svg xmlns="http://www.w3.org/2000/svg" width="10"><g></svg>'
         )
+        self.assertUnsupported(b'<svg width="10" height="10"/>')
 
     def test_formats_outside_the_list_are_not_decoded(self) -> None:
         # EPS would be handed to Ghostscript; PPM and ICO are real images too.

@@ -1,0 +1,404 @@
+"""The rasteriser: a child process that turns SVG, PDF and video originals
+into pixels, one job at a time, under limits the kernel enforces.
+
+Measured here: resvg's and PyAV's bindings hold the GIL while they work (a
+thread counting in Python got 0.2 % of its idle pace through a 2 s SVG
+render), PDFium is not thread-safe, and none of them can be stopped part way
+in-process. So they run in this process, which the server's processing
+threads talk to through pipes (`documents`): while one waits, the server
+runs. Each job gets a CPU allowance (RLIMIT_CPU raised by it before the job:
+past it the kernel kills the process); the whole process an address-space
+limit (RLIMIT_AS); the parent also kills a job that outlives its wall-clock
+deadline. Codecs run on one thread, as every decode of the server does.
+
+Messages both ways are a 4-byte big-endian length and a JSON header, then
+the header's ``bytes`` of payload: the file in a request, the pixels (raw,
+each image's ``mode`` and size in the header) in an answer.
+Run as ``python -m imageserver.imaging.rasteriser``; no Twisted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import resource
+import struct
+import sys
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from PIL import Image
+
+from imageserver.errors import ImageTooLarge, InvalidRequest, UnsupportedImage
+from imageserver.imaging import svg
+
+#: Demuxers FFmpeg is told to use, by kind: nothing else probes the bytes
+#: (no playlist or concat demuxer that would open files or URLs).
+DEMUXERS = {"MP4": "mov", "MOV": "mov", "WEBM": "matroska"}
+#: FFmpeg's decoders by the codec they decode (the external libraries'
+#: names are the library's).
+CODECS = {"libdav1d": "av1", "libaom-av1": "av1", "libvpx": "vp8", "libvpx-vp9": "vp9"}
+#: The font SVG text is drawn with (no system fonts are read).
+FONT = os.path.join(os.path.dirname(__file__), "fonts", "DejaVuSans-Bold.ttf")
+FONT_FAMILY = "DejaVu Sans"
+#: A frame judged for the default poster is "something": not near black or
+#: near flat (mean and spread of its luma, 0-255).
+LIVELY_MEAN = 24
+LIVELY_SPREAD = 12
+#: Key frames looked at for the default poster, and how far into the video.
+POSTER_CANDIDATES = 6
+POSTER_SECONDS = 10.0
+
+
+class _Failed(Exception):
+    """A job's error, sent to the parent by its kind and message."""
+
+
+def main() -> None:
+    """Serve jobs from stdin until it closes."""
+    source, sink = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing a library prints reaches the pipe
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    memory = int(os.environ.get("IMAGESERVER_RASTERISER_MEMORY", "0"))
+    if memory:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    while True:
+        request = _read(source)
+        if request is None:
+            return
+        header, payload = request
+        _allow_cpu(float(header.get("seconds", 0)))
+        try:
+            answer, data = _run(header, payload)
+        except (UnsupportedImage, ImageTooLarge, InvalidRequest) as e:
+            answer, data = {"error": type(e).__name__, "message": str(e)}, b""
+        except MemoryError:
+            answer, data = {"error": "ImageTooLarge", "message": "out of memory"}, b""
+        except Exception as e:  # a library's own failure
+            answer = {"error": "UnsupportedImage", "message": _reason(e)}
+            data = b""
+        _write(sink, answer, data)
+
+
+def _reason(e: Exception) -> str:
+    text = str(e).strip() or type(e).__name__
+    return f"the file could not be decoded: {text[:300]}"
+
+
+def _allow_cpu(seconds: float) -> None:
+    """Let the coming job use ``seconds`` more of CPU; past it, SIGXCPU."""
+    if seconds <= 0:
+        return
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    used = usage.ru_utime + usage.ru_stime
+    soft = int(used + seconds) + 1
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def _read(source: BinaryIO) -> tuple[dict[str, Any], bytes] | None:
+    head = source.read(4)
+    if len(head) < 4:
+        return None
+    (length,) = struct.unpack(">I", head)
+    header = json.loads(source.read(length))
+    payload = source.read(int(header.get("bytes", 0)))
+    return header, payload
+
+
+def _write(sink: BinaryIO, header: dict[str, Any], payload: bytes) -> None:
+    header = {**header, "bytes": len(payload)}
+    encoded = json.dumps(header).encode()
+    sink.write(struct.pack(">I", len(encoded)) + encoded)
+    sink.write(payload)
+    sink.flush()
+
+
+def _run(header: dict[str, Any], data: bytes) -> tuple[dict[str, Any], bytes]:
+    kind, job = header["kind"], header["job"]
+    if kind == "SVG":
+        return _svg(job, data, header)
+    if kind == "PDF":
+        return _pdf(job, data, header)
+    if kind in DEMUXERS:
+        return _video(kind, job, data, header)
+    raise UnsupportedImage(f"no rasteriser for {kind}")
+
+
+def _pictures(images: list[Image.Image], **more: Any) -> tuple[dict[str, Any], bytes]:
+    described = [{"mode": i.mode, "size": list(i.size)} for i in images]
+    return {"images": described, **more}, b"".join(i.tobytes() for i in images)
+
+
+def _need(header: dict[str, Any], width: float, height: float) -> tuple[int, int]:
+    """The size to draw a ``width`` x ``height`` picture at: the box the
+    job asks for, ratio kept (at least 1 pixel a side)."""
+    box_w, box_h = header["size"]
+    scale = min(box_w / width, box_h / height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+# SVG
+
+
+def _svg_limits(header: dict[str, Any]) -> svg.SvgLimits:
+    return svg.SvgLimits(**header["limits"]["svg"])
+
+
+def _svg(job: str, data: bytes, header: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    cleaned = svg.clean(data, _svg_limits(header))
+    if job == "probe":
+        return {"width": cleaned.width, "height": cleaned.height}, b""
+    if job == "clean":
+        return {"width": cleaned.width, "height": cleaned.height}, cleaned.data
+    import resvg_py  # type: ignore[import-untyped]
+
+    width, height = _need(header, cleaned.width, cleaned.height)
+    try:
+        png = resvg_py.svg_to_bytes(
+            svg_string=cleaned.data.decode(),
+            width=width,
+            height=height,
+            skip_system_fonts=True,
+            font_files=[FONT],
+            # Every family, generic or named, falls back to the one font.
+            font_family=FONT_FAMILY,
+            serif_family=FONT_FAMILY,
+            sans_serif_family=FONT_FAMILY,
+            cursive_family=FONT_FAMILY,
+            fantasy_family=FONT_FAMILY,
+            monospace_family=FONT_FAMILY,
+        )
+    except ValueError as e:
+        raise UnsupportedImage(f"the SVG could not be drawn: {e}") from None
+    image = Image.open(io.BytesIO(png))
+    image.load()
+    return _pictures([image.convert("RGBA")])
+
+
+# PDF
+
+
+def _pdf_document(data: bytes, header: dict[str, Any]) -> Any:
+    import pypdfium2 as pdfium  # type: ignore[import-untyped]
+
+    try:
+        document = pdfium.PdfDocument(data)
+    except pdfium.PdfiumError as e:
+        raise UnsupportedImage(f"the PDF could not be read: {e}") from None
+    pages = len(document)
+    most = header["limits"]["pages"]
+    if pages > most:
+        raise ImageTooLarge(f"the PDF has {pages} pages, more than {most}")
+    if pages < 1:
+        raise UnsupportedImage("the PDF has no pages")
+    return document
+
+
+def _page_size(page: Any) -> tuple[float, float]:
+    """A page's size in points as shown (its rotation applied)."""
+    width, height = page.get_size()  # PDFium's: already turned
+    return float(width), float(height)
+
+
+def _pdf(job: str, data: bytes, header: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    document = _pdf_document(data, header)
+    pages = len(document)
+    index = int(header.get("page", 1))
+    if index > pages:
+        raise InvalidRequest(
+            f"page {index} was asked for, and the PDF has {pages} "
+            f"page{'s' if pages > 1 else ''}"
+        )
+    page = document[index - 1]
+    width, height = _page_size(page)
+    if job == "probe":
+        return {"width": width, "height": height, "pages": pages}, b""
+    need_w, need_h = _need(header, width, height)
+    bitmap = page.render(
+        scale=min(need_w / width, need_h / height),
+        fill_color=(255, 255, 255, 255),
+        may_draw_forms=True,
+    )
+    image = bitmap.to_pil().convert("RGB")
+    if image.size != (need_w, need_h):
+        image = image.resize((need_w, need_h), Image.Resampling.BICUBIC)
+    return _pictures([image])
+
+
+# Video
+
+
+def _video_open(kind: str, data: bytes, header: dict[str, Any]) -> tuple[Any, Any]:
+    import av
+
+    limits = header["limits"]
+    try:
+        container = av.open(
+            io.BytesIO(data),
+            format=DEMUXERS[kind],
+            options={"enable_drefs": "0", "probesize": "5000000"},
+        )
+    except av.FFmpegError as e:
+        raise UnsupportedImage(f"the video could not be read: {e}") from None
+    if not container.streams.video:
+        raise UnsupportedImage("the file has no video stream")
+    stream = container.streams.video[0]
+    codec = codec_name(stream)
+    if codec not in limits["codecs"]:
+        raise UnsupportedImage(
+            f"the video is coded in {codec}; accepted: {', '.join(limits['codecs'])}"
+        )
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if width < 1 or height < 1:
+        raise UnsupportedImage("the video has no picture size")
+    if width * height > header["pixels"]:
+        raise ImageTooLarge(
+            f"the image is {width}x{height}, over the limit of "
+            f"{header['pixels']} pixels"
+        )
+    stream.codec_context.thread_count = 1
+    stream.codec_context.thread_type = "NONE"
+    return container, stream
+
+
+def codec_name(stream: Any) -> str:
+    name = str(stream.codec_context.name)
+    return CODECS.get(name, name)
+
+
+def _seconds(container: Any, stream: Any) -> float | None:
+    if stream.duration is not None and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000
+    return None
+
+
+def _video(
+    kind: str, job: str, data: bytes, header: dict[str, Any]
+) -> tuple[dict[str, Any], bytes]:
+    limits = header["limits"]
+    container, stream = _video_open(kind, data, header)
+    try:
+        seconds = _seconds(container, stream)
+        if seconds is not None and seconds > limits["seconds"]:
+            raise ImageTooLarge(
+                f"the video is {seconds:.0f} s long, over the limit of "
+                f"{limits['seconds']} s"
+            )
+        budget = [int(limits["decoded"])]
+        if job == "probe":
+            first = next(_decoded(container, stream, 0.0, budget), None)
+            if first is None:
+                raise UnsupportedImage("the video has no frame that decodes")
+            width, height = _shown_size(stream, first)
+            rate = stream.average_rate or stream.guessed_rate
+            return {
+                "width": width,
+                "height": height,
+                "seconds": seconds,
+                "frame_rate": None if rate is None else float(rate),
+                "frames": int(stream.frames or 0),
+                "codec": codec_name(stream),
+            }, b""
+        times = header.get("times")
+        if times:  # a preview: the frame at or before each time
+            share = max(1, budget[0] // len(times))
+            frames = []
+            for at in times:
+                frames.append(_frame_at(container, stream, float(at), [share]))
+        elif header.get("time") is not None:
+            frames = [_frame_at(container, stream, float(header["time"]), budget)]
+        else:
+            frames = [_poster(container, stream, budget)]
+        images = [_picture(stream, frame, header) for frame in frames]
+        return _pictures(images)
+    finally:
+        container.close()
+
+
+def _shown_size(stream: Any, frame: Any) -> tuple[int, int]:
+    """The picture's size as players show it: stretched by its sample aspect
+    ratio, turned by its rotation."""
+    width, height = frame.width, frame.height
+    ratio = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+    if ratio and ratio > 0 and ratio != 1:
+        width = max(1, round(width * float(ratio)))
+    if abs(getattr(frame, "rotation", 0) or 0) in (90, 270):
+        width, height = height, width
+    return width, height
+
+
+def _picture(stream: Any, frame: Any, header: dict[str, Any]) -> Image.Image:
+    """``frame`` at the job's size, shown as players show it."""
+    width, height = _shown_size(stream, frame)
+    need_w, need_h = _need(header, width, height)
+    rotation = int(getattr(frame, "rotation", 0) or 0) % 360
+    if rotation in (90, 270):
+        need_w, need_h = need_h, need_w
+    image = frame.reformat(
+        width=need_w, height=need_h, format="rgb24", interpolation="AREA"
+    ).to_image()
+    if rotation:  # counterclockwise degrees, as the display matrix says
+        image = image.rotate(rotation, expand=True)
+    return image
+
+
+def _decoded(
+    container: Any, stream: Any, start: float, budget: list[int]
+) -> Iterator[Any]:
+    """Frames from the key frame at or before ``start`` on, each counted
+    against ``budget`` (decoded frames left)."""
+    if start > 0:
+        container.seek(
+            int(start / stream.time_base), stream=stream, backward=True, any_frame=False
+        )
+    for frame in container.decode(stream):
+        if budget[0] <= 0:
+            return
+        budget[0] -= 1
+        yield frame
+
+
+def _frame_at(container: Any, stream: Any, at: float, budget: list[int]) -> Any:
+    """The frame shown at ``at`` seconds, or the last decoded within the
+    budget on the way there."""
+    last = None
+    for frame in _decoded(container, stream, at, budget):
+        if last is not None and frame.time is not None and frame.time > at + 1e-6:
+            break
+        last = frame
+        if frame.time is not None and frame.time >= at - 1e-6:
+            break
+    if last is None:
+        raise InvalidRequest(f"the video has no frame at {at:g} s")
+    return last
+
+
+def _poster(container: Any, stream: Any, budget: list[int]) -> Any:
+    """The first lively key frame of the first seconds (a fade from black,
+    a title card of one colour, are passed over), else the liveliest."""
+    import numpy as np
+
+    stream.codec_context.skip_frame = "NONKEY"
+    best, best_spread = None, -1.0
+    for looked, frame in enumerate(_decoded(container, stream, 0.0, budget), 1):
+        luma = frame.to_ndarray(format="gray", width=64, height=36)
+        mean, spread = float(np.mean(luma)), float(np.std(luma))
+        if mean >= LIVELY_MEAN and spread >= LIVELY_SPREAD:
+            best = frame
+            break
+        if spread > best_spread:
+            best, best_spread = frame, spread
+        if looked >= POSTER_CANDIDATES or (frame.time or 0) > POSTER_SECONDS:
+            break
+    stream.codec_context.skip_frame = "DEFAULT"
+    if best is None:
+        raise UnsupportedImage("the video has no frame that decodes")
+    return best
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,388 @@
+"""SVG originals made safe: parsed without fetching anything, stripped to what
+draws, and measured before a renderer sees them.
+
+resvg reads any file an ``<image href>`` names (an absolute path resolves
+wherever its resources directory is), and browsers run an SVG's scripts when
+it is opened as a document. So nothing from the original reaches either
+unchecked: the document is parsed by libxml2 with internal entities only (no
+DTD loaded, no network, its own limits on entity amplification), and rebuilt
+from an allowlist of elements and attributes. References stay only where they
+point inside the document (``#id``) or are a raster image in a ``data:`` URL
+whose header declares a bounded size. CSS keeps no ``url()`` but fragment
+references and no ``@import``.
+
+The rebuilt tree is also measured: elements once every ``<use>`` is expanded,
+nesting, filter primitives. These are what a renderer's cost grows with, past
+the canvas it draws (docs/security.md). Plain functions, no Twisted.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from lxml import etree  # type: ignore[import-untyped]
+
+from imageserver import headers
+from imageserver.errors import ImageTooLarge, UnsupportedImage
+
+SVG_NS = "http://www.w3.org/2000/svg"
+XLINK_NS = "http://www.w3.org/1999/xlink"
+XML_NS = "http://www.w3.org/XML/1998/namespace"
+
+#: Elements kept (everything resvg draws, and what structures it); anything
+#: else goes with its subtree: scripts, foreignObject (HTML), animation
+#: elements, metadata, editors' own namespaces.
+ELEMENTS = frozenset(
+    {
+        "svg",
+        "g",
+        "defs",
+        "symbol",
+        "use",
+        "switch",
+        "a",
+        "path",
+        "rect",
+        "circle",
+        "ellipse",
+        "line",
+        "polyline",
+        "polygon",
+        "text",
+        "tspan",
+        "textPath",
+        "image",
+        "linearGradient",
+        "radialGradient",
+        "stop",
+        "pattern",
+        "clipPath",
+        "mask",
+        "marker",
+        "filter",
+        "style",
+        "title",
+        "desc",
+        "feBlend",
+        "feColorMatrix",
+        "feComponentTransfer",
+        "feComposite",
+        "feConvolveMatrix",
+        "feDiffuseLighting",
+        "feDisplacementMap",
+        "feDistantLight",
+        "feDropShadow",
+        "feFlood",
+        "feFuncA",
+        "feFuncB",
+        "feFuncG",
+        "feFuncR",
+        "feGaussianBlur",
+        "feImage",
+        "feMerge",
+        "feMergeNode",
+        "feMorphology",
+        "feOffset",
+        "fePointLight",
+        "feSpecularLighting",
+        "feSpotLight",
+        "feTile",
+        "feTurbulence",
+    }
+)
+#: Filter primitives: each is a pass over the filter region's pixels.
+FILTER_PRIMITIVES = frozenset(e for e in ELEMENTS if e.startswith("fe") and e not in {
+    "feFuncA", "feFuncB", "feFuncG", "feFuncR", "feMergeNode", "feDistantLight",
+    "fePointLight", "feSpotLight"})  # fmt: skip
+#: Elements dropped with their content (their text is not drawn either).
+_SILENT = frozenset({"title", "desc"})
+#: Raster images an ``<image>`` may embed, by their ``data:`` media type.
+EMBEDDED = {
+    "image/png": headers.png,
+    "image/jpeg": headers.jpeg,
+    "image/gif": headers.gif,
+    "image/webp": headers.webp,
+}
+_HREFS = frozenset({"href", f"{{{XLINK_NS}}}href"})
+_DATA_URL = re.compile(r"data:(?P<type>[a-z/]+);base64,(?P<data>[A-Za-z0-9+/=\s]*)\Z")
+#: A ``url(...)`` in CSS or a presentation attribute that is not a fragment.
+_FOREIGN_URL = re.compile(r"url\(\s*(?!['\"]?\s*#)[^)]*\)", re.IGNORECASE)
+_IMPORT = re.compile(r"@import[^;]*;?", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class SvgLimits:
+    """What one SVG may hold (docs/security.md)."""
+
+    #: Elements once every ``<use>`` is expanded (--max_svg_elements).
+    elements: int = 20_000
+    #: Elements inside one another (--max_svg_depth).
+    depth: int = 64
+    #: Filter primitives in the document (--max_svg_filters).
+    filters: int = 32
+    #: Pixels of all embedded raster images together.
+    pixels: int = 50_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class CleanSvg:
+    """A sanitised SVG: its bytes, and its size as declared (CSS pixels)."""
+
+    data: bytes
+    width: float
+    height: float
+
+
+def clean(data: bytes, limits: SvgLimits) -> CleanSvg:
+    """``data`` rebuilt from what is allowed, measured against ``limits``;
+    UnsupportedImage for what is not an SVG, ImageTooLarge past a limit."""
+    parser = etree.XMLParser(
+        resolve_entities="internal",
+        load_dtd=False,
+        no_network=True,
+        huge_tree=False,
+        remove_comments=True,
+        remove_pis=True,
+    )
+    try:
+        root = etree.fromstring(data, parser)
+    except etree.XMLSyntaxError as e:
+        raise UnsupportedImage(f"the SVG could not be parsed: {e}") from None
+    if root.tag != f"{{{SVG_NS}}}svg":
+        raise UnsupportedImage(
+            f"the document's root is not an svg element in the SVG namespace ({SVG_NS})"
+        )
+    kept = _rebuilt(root, limits)
+    _check_uses(kept, limits)
+    width, height = _size(kept)
+    # The size as read here, in pixels, for every reader (a renderer may read
+    # percentages or units otherwise, or not at all).
+    kept.set("width", f"{width:g}")
+    kept.set("height", f"{height:g}")
+    out = etree.tostring(kept, encoding="utf-8", xml_declaration=True)
+    return CleanSvg(out, width, height)
+
+
+def _local(tag: object) -> str | None:
+    """An element's name in the SVG namespace; None for any other."""
+    if not isinstance(tag, str) or not tag.startswith(f"{{{SVG_NS}}}"):
+        return None
+    return tag[len(SVG_NS) + 2 :]
+
+
+def _rebuilt(root: etree._Element, limits: SvgLimits) -> etree._Element:
+    """A copy of ``root`` with only allowed elements and attributes."""
+    count = filters = pixels = 0
+
+    def copy(
+        node: etree._Element, depth: int, parent: etree._Element | None
+    ) -> etree._Element:
+        nonlocal count, filters, pixels
+        name = _local(node.tag)
+        assert name is not None
+        count += 1
+        if count > limits.elements:
+            raise ImageTooLarge(f"the SVG has more than {limits.elements} elements")
+        if depth > limits.depth:
+            raise ImageTooLarge(f"the SVG nests elements more than {limits.depth} deep")
+        if name in FILTER_PRIMITIVES:
+            filters += 1
+            if filters > limits.filters:
+                raise ImageTooLarge(
+                    f"the SVG has more than {limits.filters} filter primitives"
+                )
+        made = (
+            etree.Element(node.tag, nsmap={None: SVG_NS, "xlink": XLINK_NS})
+            if parent is None
+            else etree.SubElement(parent, node.tag)
+        )
+        for key, value in node.attrib.items():
+            kept = _attribute(name, str(key), str(value))
+            if kept is not None:
+                if kept.startswith("data:"):
+                    pixels += _embedded_pixels(kept, limits)
+                    if pixels > limits.pixels:
+                        raise ImageTooLarge(
+                            "the SVG's embedded images have more than "
+                            f"{limits.pixels} pixels"
+                        )
+                made.set(str(key), kept)
+        text = node.text or ""
+        if name == "style":
+            text = "" if "\\" in text else _css(text)
+        made.text = text if name in {"style", "text", "tspan", "textPath"} else None
+        for child in node:
+            child_name = _local(child.tag)
+            if child_name is not None and child_name in ELEMENTS - _SILENT:
+                copy(child, depth + 1, made)
+            if child.tail and name in {"text", "tspan", "textPath"}:
+                if len(made):
+                    made[-1].tail = child.tail
+                else:
+                    made.text = (made.text or "") + child.tail
+        return made
+
+    return copy(root, 1, None)
+
+
+def _attribute(element: str, key: str, value: str) -> str | None:
+    """What an attribute keeps of its value; None to drop it."""
+    if key.startswith("{"):
+        if key in _HREFS:
+            return _href(element, value)
+        if key.startswith(f"{{{XML_NS}}}"):
+            return value
+        return None  # editors' own namespaces
+    if key in _HREFS:
+        return _href(element, value)
+    if key.lower().startswith("on"):
+        return None  # event handlers
+    if "\\" in value:
+        return None  # CSS escapes could spell anything: none are kept
+    if key == "style" or "url(" in value.lower():
+        return _css(value)
+    return value
+
+
+def _href(element: str, value: str) -> str | None:
+    """A reference kept: inside the document, or an embedded raster image."""
+    stripped = value.strip()
+    if stripped.startswith("#"):
+        return stripped
+    if element == "image":
+        m = _DATA_URL.match(stripped)
+        if m is not None and m["type"] in EMBEDDED:
+            return stripped
+    return None
+
+
+def _embedded_pixels(url: str, limits: SvgLimits) -> int:
+    """Pixels an embedded image declares; UnsupportedImage where its header
+    cannot be read."""
+    m = _DATA_URL.match(url)
+    assert m is not None
+    try:
+        head = base64.b64decode("".join(m["data"].split())[: 4096 * 4 // 3 * 4])
+    except ValueError:
+        raise UnsupportedImage("an embedded image of the SVG is not base64") from None
+    size = EMBEDDED[m["type"]](head)
+    if size is None:
+        raise UnsupportedImage(
+            f"an embedded {m['type']} of the SVG has no readable size"
+        )
+    return size[0] * size[1]
+
+
+def _css(text: str) -> str:
+    """CSS (without escapes: see `_attribute`) with no reference outside
+    the document: imports go, and a ``url()`` that is no fragment is
+    ``none``."""
+    text = _IMPORT.sub("", text)
+    return _FOREIGN_URL.sub("none", text)
+
+
+def _ids(root: etree._Element) -> dict[str, etree._Element]:
+    return {str(e.get("id")): e for e in root.iter() if e.get("id") is not None}
+
+
+def _uses(node: etree._Element) -> Iterator[str]:
+    for key in _HREFS:
+        value = node.get(key)
+        if value is not None and value.startswith("#"):
+            yield value[1:]
+
+
+def _check_uses(root: etree._Element, limits: SvgLimits) -> None:
+    """The elements drawn once every ``<use>`` is expanded (a ``use`` of a
+    group of ``use``s of ... grows exponentially), counted without
+    expanding; a reference cycle counts as past the limit."""
+    ids = _ids(root)
+    # Keyed by the elements themselves: lxml makes a new proxy object for an
+    # element no one holds, so an id() could name two elements in turn.
+    sizes: dict[etree._Element, int] = {}
+    visiting: set[etree._Element] = set()
+
+    def size(node: etree._Element) -> int:
+        key = node
+        if key in sizes:
+            return sizes[key]
+        if key in visiting:
+            raise ImageTooLarge("the SVG's use elements refer to themselves")
+        visiting.add(key)
+        total = 1
+        for child in node:
+            total += size(child)
+            if total > limits.elements:
+                break
+        if (
+            _local(node.tag) in {"use", "feImage"}
+            or node.get("href")
+            or node.get(f"{{{XLINK_NS}}}href")
+        ):
+            for ref in _uses(node):
+                target = ids.get(ref)
+                if target is not None:
+                    total += size(target)
+        visiting.discard(key)
+        if total > limits.elements:
+            raise ImageTooLarge(
+                f"the SVG has more than {limits.elements} elements once its "
+                "use elements are expanded"
+            )
+        sizes[key] = total
+        return total
+
+    try:
+        size(root)
+    except RecursionError:
+        raise ImageTooLarge("the SVG's use elements refer too deeply") from None
+
+
+_LENGTH = re.compile(
+    r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(px|pt|pc|mm|cm|in)?\s*\Z"
+)
+_UNITS = {None: 1.0, "px": 1.0, "pt": 4 / 3, "pc": 16.0, "mm": 96 / 25.4,
+          "cm": 96 / 2.54, "in": 96.0}  # fmt: skip
+#: The size browsers give an SVG that declares none (and no viewBox).
+DEFAULT_SIZE = (300.0, 150.0)
+
+
+def _size(root: etree._Element) -> tuple[float, float]:
+    """The SVG's size in CSS pixels, as browsers read it: ``width`` and
+    ``height`` in absolute units, else from the ``viewBox`` (its ratio for a
+    missing side), else 300x150."""
+    width = _length(root.get("width"))
+    height = _length(root.get("height"))
+    box = _view_box(root.get("viewBox"))
+    if width is None and height is None:
+        return (box[0], box[1]) if box is not None else DEFAULT_SIZE
+    if width is None:
+        assert height is not None
+        width = height * box[0] / box[1] if box is not None else DEFAULT_SIZE[0]
+    if height is None:
+        height = width * box[1] / box[0] if box is not None else DEFAULT_SIZE[1]
+    return width, height
+
+
+def _length(value: str | None) -> float | None:
+    if value is None:
+        return None
+    m = _LENGTH.match(value)
+    if m is None:
+        return None  # a percentage or a unit of font size: as if absent
+    number = float(m[1]) * _UNITS[m[2]]
+    return number if number > 0 else None
+
+
+def _view_box(value: str | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    parts = value.replace(",", " ").split()
+    try:
+        width, height = float(parts[2]), float(parts[3])
+    except (IndexError, ValueError):
+        return None
+    return (width, height) if width > 0 and height > 0 else None
