@@ -31,10 +31,10 @@ VIDEO_KINDS = {
 
 
 def frame_colour(index: int) -> tuple[int, int, int]:
-    """Frame ``index``'s colour (up to 191): red counts frames in steps of
-    16, green counts sixteens, so any frame can be told from every other
-    after lossy coding (they differ by 16 in a channel at least)."""
-    return (16 * (index % 16) + 8, 24 + 16 * (index // 16), 64)
+    """Frame ``index``'s colour: red counts frames in steps of 16, green
+    counts sixteens, so any of 224 frames in a row can be told from every
+    other after lossy coding (they differ by 16 in a channel at least)."""
+    return (16 * (index % 16) + 8, 24 + 16 * ((index // 16) % 14), 64)
 
 
 def video(
@@ -145,3 +145,22 @@ def svg(width: str = "100", height: str = "50", view_box: str = "0 0 100 50",
         '<rect x="50" width="50" height="50" fill="#0000ff"/>'
         f"{body}</svg>"
     ).encode()
+
+
+def busy_pdf(shapes: int, side: int = 1) -> bytes:
+    """A one-page PDF (1000 points square) whose content fills ``shapes``
+    squares of ``side`` points: few bytes compressed, much to parse (many
+    shapes) or to draw (large ones)."""
+    import zlib
+
+    square = b"0 0 %d %d re f " % (side, side)
+    content = zlib.compress(b"0 0 0 rg " + square * shapes, 9)
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 1000 1000] /Contents 4 0 R >>",
+        b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(content)
+        + content
+        + b"\nendstream",
+    ]
+    return _pdf_file(objects)

@@ -362,12 +362,12 @@ class Job:
     data: bytes
     variants: str = ""
     upload: bool = True
-    limits: dict[str, int] | None = None
+    limits: dict[str, Any] | None = None
     #: Watermarks the variants may name, and their originals' bytes.
     marks: dict[str, bytes] | None = None
 
 
-def cost(data: bytes, variants: str = "", upload: bool = True, **limits: int) -> Cost:
+def cost(data: bytes, variants: str = "", upload: bool = True, **limits: Any) -> Cost:
     """What one job costs, measured in a fresh process."""
     return costs([Job(data, variants, upload, limits)])[0]
 
@@ -486,7 +486,10 @@ def _one(job: dict[str, Any], default: Any, rules: Any) -> dict[str, Any]:
 
     with open(job["path"], "rb") as f:
         data = f.read()
-    limits = replace(default, **job["limits"])
+    fields = dict(job["limits"])
+    if "documents" in fields:  # the rasteriser's limits, by their fields
+        fields["documents"] = replace(default.documents, **fields["documents"])
+    limits = replace(default, **fields)
     marks = {}
     for name, path in job["marks"].items():
         with open(path, "rb") as f:

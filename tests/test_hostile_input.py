@@ -19,7 +19,7 @@ from imageserver import formats
 from imageserver.errors import ImageServerError, UnsupportedImage
 from imageserver.imaging import renderer
 from imageserver.naming import Fit, Variant, VariantRules
-from tests import hostile
+from tests import documents, hostile
 from tests.imaging.test_renderer import swapped_rgb_profile, with_orientation
 from tests.support import AppHarness, decode, encode, noise, quadrants
 
@@ -701,3 +701,99 @@ class QualityLevelCostTests(SynchronousTestCase):
             self.assertLess(level.rss_mb, fixed.rss_mb + 64, (fixed_name, fixed, level))
         # A still with noisy transparency: WebP's alpha at method 4.
         self.assertLess(measured[6].cpu_s, 1, measured[6])
+
+
+class DrawnCostTests(SynchronousTestCase):
+    """Hostile SVGs, PDFs and videos, measured in a fresh process with the
+    rasteriser's processes counted (their CPU, and their peak RSS over what
+    they held before the job; a process killed at a limit, its whole peak):
+    refused before drawing, or cut at --rasterise_seconds."""
+
+    def test_hostile_documents(self) -> None:
+        laughs = (
+            b'<?xml version="1.0"?><!DOCTYPE svg [<!ENTITY a "aaaaaaaaaa">'
+            + b"".join(
+                f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">'.encode()
+                for i in range(9)
+            )
+            + b"]>"
+            + documents.svg(body="<text>&j;</text>")
+        )
+        uses = documents.svg(
+            body='<defs><rect id="a0" width="1" height="1"/>'
+            + "".join(
+                f'<g id="a{i + 1}">' + f'<use href="#a{i}"/>' * 10 + "</g>"
+                for i in range(7)
+            )
+            + '</defs><use href="#a7"/>'
+        )
+        blurs = "".join(
+            f'<feGaussianBlur stdDeviation="{100 + i}"/>' for i in range(32)
+        )
+        filters = documents.svg(
+            "3000", "3000", "0 0 3000 3000",
+            f'<filter id="f" x="0" y="0" width="1" height="1">{blurs}</filter>'
+            '<rect width="3000" height="3000" fill="red" filter="url(#f)"/>',
+        )  # fmt: skip
+        one_second = {"documents": {"seconds": 1.0}}
+        jobs = {
+            "billion laughs": (hostile.Job(laughs, "w200.png"), (
+                "UnsupportedImage: the SVG could not be parsed: Maximum entity "
+                "amplification factor exceeded")),
+            "use explosion": (hostile.Job(uses, "w200.png"), (
+                "ImageTooLarge: the SVG has more than 20000 elements once its "
+                "use elements are expanded")),
+            "filter bomb": (hostile.Job(filters, "w1000.png", False, one_second), (
+                "RasteriserFailed: drawing the SVG took more than 1 s of CPU "
+                "(--rasterise_seconds)")),
+            "100,000 pages": (hostile.Job(
+                documents.pdf([(10, 10, (0, 0, 0))] * 100_000), "w200.png"), (
+                "ImageTooLarge: the PDF has 100000 pages, more than 2000")),
+            "a page 100,000 points square": (hostile.Job(
+                documents.pdf([(100_000, 100_000, (0, 0, 0))]), "w200.png"), (
+                "ImageTooLarge: the image is 100000x100000, over the limit of "
+                "50000000 pixels")),
+            "a page filled 100,000 times": (hostile.Job(
+                documents.busy_pdf(100_000, 1000), "w1000.png", False, one_second), (
+                "RasteriserFailed: drawing the PDF took more than 1 s of CPU "
+                "(--rasterise_seconds)")),
+            "a video too large": (hostile.Job(
+                documents.video("vp9.webm", (2000, 2000), frames=2), "w200.jpg",
+                limits={"pixels": PIXELS}), (
+                "ImageTooLarge: the image is 2000x2000, over the limit of "
+                f"{PIXELS} pixels")),
+            "one key frame in 300": (hostile.Job(
+                documents.video("h264.mp4", (1280, 720), frames=300, rate=30,
+                                key_every=300),
+                "w400-t9s.jpg,w400.webp", False), "ok"),
+        }  # fmt: skip
+        costs = hostile.costs([job for job, _ in jobs.values()])
+        for (name, (_, outcome)), cost in zip(jobs.items(), costs, strict=True):
+            self.assertTrue(cost.outcome.startswith(outcome), f"{name}: {cost}")
+            if outcome.startswith("RasteriserFailed"):
+                # Killed at the limit: its CPU, and its process's whole peak
+                # (its libraries included) against --rasterise_memory.
+                self.assertLess(cost.cpu_s, 2.5, f"{name}: {cost}")
+                self.assertLess(cost.rss_mb, 256, f"{name}: {cost}")
+            elif outcome == "ok":
+                # 120 frames of 720p decoded at most, for each of the two.
+                self.assertLess(cost.cpu_s, 2.0, f"{name}: {cost}")
+                self.assertLess(cost.rss_mb, 100, f"{name}: {cost}")
+            else:  # refused before drawing (100,000 pages: 12 MB of PDF,
+                # its cross-reference read: 39 MB)
+                self.assertLess(cost.cpu_s, 0.5, f"{name}: {cost}")
+                self.assertLess(cost.rss_mb, 64, f"{name}: {cost}")
+
+    def test_a_drawing_past_its_memory_fails_alone(self) -> None:
+        """A page of many shapes under a small --rasterise_memory: the
+        rasteriser runs out of address space and the job fails; the measuring
+        process stays small."""
+        job = hostile.Job(
+            documents.busy_pdf(2_000_000), "w1000.png", False,
+            {"documents": {"memory": 512 * 1024**2}},
+        )  # fmt: skip
+        (cost,) = hostile.costs([job])
+        self.assertTrue(
+            cost.outcome.startswith(("RasteriserFailed", "ImageTooLarge")), cost
+        )
+        self.assertLess(cost.rss_mb, 600, cost)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import resource
 import struct
@@ -92,7 +93,7 @@ def _allow_cpu(seconds: float) -> None:
         return
     usage = resource.getrusage(resource.RUSAGE_SELF)
     used = usage.ru_utime + usage.ru_stime
-    soft = int(used + seconds) + 1
+    soft = math.ceil(used + seconds)  # whole seconds: up to one more
     _, hard = resource.getrlimit(resource.RLIMIT_CPU)
     resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
@@ -211,10 +212,11 @@ def _pdf(job: str, data: bytes, header: dict[str, Any]) -> tuple[dict[str, Any],
             f"page {index} was asked for, and the PDF has {pages} "
             f"page{'s' if pages > 1 else ''}"
         )
+    if job == "probe":  # the size from the page tree, the page not loaded
+        width, height = document.get_page_size(index - 1)
+        return {"width": width, "height": height, "pages": pages}, b""
     page = document[index - 1]
     width, height = _page_size(page)
-    if job == "probe":
-        return {"width": width, "height": height, "pages": pages}, b""
     need_w, need_h = _need(header, width, height)
     bitmap = page.render(
         scale=min(need_w / width, need_h / height),
