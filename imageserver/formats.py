@@ -335,6 +335,12 @@ EXIF_FIRST = frozenset({"JPEG", "MPO"})
 HEIC_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx"})
 
 
+#: Every Content-Type info.json may report for an original.
+INPUT_CONTENT_TYPES = frozenset(
+    {"image/heic", *(row.content_type for row in INPUTS.values())}
+)
+
+
 def content_type_of(pillow: str, data: bytes) -> str:
     """What info.json reports for an original Pillow opened as ``pillow``."""
     if pillow == "HEIF" and data[8:12] in HEIC_BRANDS:

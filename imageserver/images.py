@@ -29,7 +29,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from imageserver import naming, negotiation
+from imageserver import formats, naming, negotiation
 from imageserver.access.rates import RateLimiter
 from imageserver.errors import (
     Conflict,
@@ -1316,8 +1316,7 @@ def _whole(info_json: bytes, digest: str) -> bool:
     return (
         fields.get("hash") == digest
         and counts
-        and isinstance(content_type, str)
-        and content_type.startswith("image/")
+        and content_type in formats.INPUT_CONTENT_TYPES
         and all(isinstance(fields.get(name), str) for name in _LATER_FIELDS)
         and likeness.parse(str(fields.get("phash"))) is not None
         and ("faces" not in fields or parse_faces(fields["faces"]) is not None)

@@ -132,7 +132,8 @@ class DocsTests(SynchronousTestCase):
         taking = {"fp", "blur", "rrggbb", "rrggbbaa", "crop", "cropf", "round",
                   "pixelate", "bg", "brightness", "brightnessm", "contrast",
                   "contrastm", "saturation", "saturationm", "pixelbox",
-                  "blurbox", "wm", "maxbytes", "text", "textknauyri"}  # fmt: skip
+                  "blurbox", "wm", "maxbytes", "text", "textknauyri", "page",
+                  "t", "s", "ms", "pct"}  # fmt: skip
         for word in words - taking - {"jpg", "w200"}:
             size = "w200" if word in {"noup", "trim", "flip", "flop", "sharp",
                                       "gray", *ROTATIONS} else "x200"  # fmt: skip
@@ -288,7 +289,7 @@ def listed(text: str) -> set[str]:
 #: What the docs call each input format of the format table.
 INPUT_NAMES = {"JPEG": "JPEG", "PNG": "PNG", "GIF": "GIF", "WebP": "WEBP",
                "AVIF": "AVIF", "TIFF": "TIFF", "BMP": "BMP", "HEIC": "HEIF",
-               "HEIF/HEIC": "HEIF", "JPEG XL": "JXL"}  # fmt: skip
+               "HEIF/HEIC": "HEIF", "JPEG XL": "JXL", "WebM": "WEBM"}  # fmt: skip
 
 
 class FormatListsTests(SynchronousTestCase):

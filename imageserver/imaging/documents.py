@@ -15,6 +15,7 @@ broke a limit.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import json
 import os
@@ -153,10 +154,8 @@ class _Child:
         code = self.process.wait()
         for pipe in (self.process.stdin, self.process.stdout):
             if pipe is not None:
-                try:
+                with contextlib.suppress(OSError):  # lost with the process
                     pipe.close()
-                except OSError:
-                    pass  # the data it held is lost with the process
         seconds = header.get("seconds")
         if code == -signal.SIGXCPU:
             return RasteriserFailed(

@@ -126,7 +126,7 @@ class SvgTests(SynchronousTestCase):
                 data = data.replace(b' height=""', b"")
             info = renderer.probe(data, LIMITS)
             self.assertEqual((info.width, info.height), size, (width, height))
-        bare = b'<svg xmlns="http://www.w3.org/2000/svg"><rect width="9" height="9"/></svg>'
+        bare = b'<svg xmlns="http://www.w3.org/2000/svg"><rect width="9"/></svg>'
         info = renderer.probe(bare, LIMITS)
         self.assertEqual((info.width, info.height), (300, 150))
         self.assertEqual(info.content_type, "image/svg+xml")
@@ -196,7 +196,7 @@ class SvgSafetyTests(SynchronousTestCase):
     def attacks(self) -> dict[str, bytes]:
         url = f"http://127.0.0.1:{self.listener.port}/x.png"
         green = base64.b64encode(
-            b'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" width="50" height="50">'
+            b'<svg xmlns="http://www.w3.org/2000/svg" width="50" height="50">'
             + f'<image width="50" height="50" href="{self.canary}"/></svg>'.encode()
         ).decode()
         image = '<image x="0" y="0" width="100" height="50" {}="{}"/>'
@@ -233,7 +233,8 @@ class SvgSafetyTests(SynchronousTestCase):
             ).encode()
             + make.svg(),
             "xinclude": make.svg(
-                body=f'<xi:include xmlns:xi="http://www.w3.org/2001/XInclude" href="{url}"/>'
+                body='<xi:include xmlns:xi="http://www.w3.org/2001/XInclude" '
+                f'href="{url}"/>'
             ),
         }
 
@@ -368,8 +369,11 @@ class SvgLimitTests(SynchronousTestCase):
         self.assertEqual(image.size, (10, 5))
 
 
+PAGES = ((200, 100, (255, 0, 0)), (100, 300, (0, 0, 255)), (50, 50, (0, 200, 0)))
+
+
 class PdfTests(SynchronousTestCase):
-    PAGES = [(200, 100, (255, 0, 0)), (100, 300, (0, 0, 255)), (50, 50, (0, 200, 0))]
+    PAGES = PAGES
 
     def test_first_page_by_default_and_any_page_by_option(self) -> None:
         data = make.pdf(self.PAGES)
@@ -546,15 +550,20 @@ class VideoTests(SynchronousTestCase):
 _SIXTY = make.video(size=(160, 120), frames=60, rate=10, key_every=10)
 
 
+PICKS = "the page and t options pick a PDF's page or a video's time; this original is"
+PAGE_ONLY = "the page option is for PDF originals; this is"
+TIME_ONLY = "the t option is for video originals; this is"
+
+
 class PickTests(SynchronousTestCase):
     def test_a_pick_for_another_kind_is_a_clear_400(self) -> None:
         jpeg = encode(Image.new("RGB", (10, 10)), "JPEG")
         for data, name, message in (
-            (jpeg, "w10-t5s.jpg", "the page and t options pick a PDF's page or a video's time; this original is JPEG"),
-            (jpeg, "w10-page2.jpg", "the page and t options pick a PDF's page or a video's time; this original is JPEG"),
-            (make.svg(), "w10-page2.png", "the page option is for PDF originals; this is SVG"),
-            (make.pdf([(9, 9, (0, 0, 0))]), "w10-t1s.png", "the t option is for video originals; this is PDF"),
-            (_SIXTY, "w10-page2.png", "the page option is for PDF originals; this is MP4"),
+            (jpeg, "w10-t5s.jpg", f"{PICKS} JPEG"),
+            (jpeg, "w10-page2.jpg", f"{PICKS} JPEG"),
+            (make.svg(), "w10-page2.png", f"{PAGE_ONLY} SVG"),
+            (make.pdf([(9, 9, (0, 0, 0))]), "w10-t1s.png", f"{TIME_ONLY} PDF"),
+            (_SIXTY, "w10-page2.png", f"{PAGE_ONLY} MP4"),
         ):  # fmt: skip
             with self.assertRaises(InvalidRequest) as caught:
                 render(data, name)
@@ -563,7 +572,7 @@ class PickTests(SynchronousTestCase):
     def test_variants_of_several_pictures_in_one_render(self) -> None:
         """An upload's outputs may pick several pages: each is drawn, the
         info is the first page's."""
-        data = make.pdf(PdfTests.PAGES)
+        data = make.pdf(PAGES)
         names = ["w50-page3.png", "w50.png", "w50-page2.png"]
         info, outputs = renderer.render_many(
             data, [RULES.canonical(n) for n in names], LIMITS, with_placeholders=True
