@@ -1,11 +1,6 @@
 import os
 import pathlib
 
-# PyAV before anything loads OpenCV: OpenCV's wheel carries FFmpeg libraries
-# of its own, and loaded first they break PyAV's HEVC encoder (tests make
-# videos with it; the server decodes them in the rasteriser process, which
-# never loads OpenCV).
-import av  # noqa: F401
 import pytest
 
 os.environ.setdefault("SVT_LOG", "1")  # the AV1 encoder's banner, off

@@ -52,8 +52,9 @@ POSTER_CANDIDATES = 6
 POSTER_SECONDS = 10.0
 
 
-class _Failed(Exception):
-    """A job's error, sent to the parent by its kind and message."""
+_OUT_OF_MEMORY = (
+    "drawing it needs more memory than the rasteriser may have (--rasterise_memory)"
+)
 
 
 def main() -> None:
@@ -75,7 +76,7 @@ def main() -> None:
         except (UnsupportedImage, ImageTooLarge, InvalidRequest) as e:
             answer, data = {"error": type(e).__name__, "message": str(e)}, b""
         except MemoryError:
-            answer, data = {"error": "ImageTooLarge", "message": "out of memory"}, b""
+            answer, data = {"error": "ImageTooLarge", "message": _OUT_OF_MEMORY}, b""
         except Exception as e:  # a library's own failure
             answer = {"error": "UnsupportedImage", "message": _reason(e)}
             data = b""

@@ -270,9 +270,15 @@ def _render_picked(
 
         # Decode only as many pixels as the largest variant needs: JPEG can decode
         # straight to 1/2, 1/4 or 1/8 scale, which is most of the speed. What trim
-        # keeps is not known yet: it gets twice the pixels.
+        # keeps is not known yet: it gets twice the pixels. A vector is drawn
+        # at the size itself: no detail is lost to keep.
+        vector = (
+            isinstance(image, documents.Document)
+            and image.probe.kind in documents.VECTORS
+        )
+        headroom = 1.0 if vector else DRAFT_HEADROOM
         needs = [
-            _times(p.decode_size(width, height), DRAFT_HEADROOM * (2 if v.trim else 1))
+            _times(p.decode_size(width, height), headroom * (2 if v.trim else 1))
             for v, p in zip(variants, plans, strict=True)
         ] or [(8, 8)]
         if finds_faces:  # the copy faces are looked for in, at least
