@@ -123,15 +123,22 @@ class _Child:
             cwd="/",
         )
         self.timed_out = False
+        #: The digest of the file it keeps from its last job (sent once for
+        #: a probe and the drawings after it).
+        self.holds = ""
 
     def ask(
         self, header: Mapping[str, Any], payload: bytes, deadline: float
     ) -> tuple[dict[str, Any], bytes]:
         stdin, stdout = self.process.stdin, self.process.stdout
         assert stdin is not None and stdout is not None
+        digest = header["digest"]
+        if digest == self.holds:  # it has the file from the job before
+            payload = b""
         timer = threading.Timer(deadline, self._stop)
         timer.start()
         try:
+            self.holds = digest
             encoded = json.dumps({**header, "bytes": len(payload)}).encode()
             stdin.write(struct.pack(">I", len(encoded)) + encoded)
             stdin.write(payload)
@@ -225,6 +232,7 @@ class Rasteriser:
         header = {
             "kind": kind,
             "job": job,
+            "digest": fields.pop("digest", None) or _digest(data),
             "seconds": limits.seconds,
             "limits": {
                 "pages": limits.pages,
@@ -291,6 +299,10 @@ def close() -> None:
             _shared.close()
 
 
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
 #: Probes kept, by the original's hash, kind and page: a variant made
 #: later of the same original is drawn without reading it twice.
 PROBES_KEPT = 256
@@ -299,17 +311,25 @@ _probes_lock = threading.Lock()
 
 
 def probe(
-    data: bytes, kind: str, limits: DocumentLimits, page: int, most: int
+    data: bytes,
+    kind: str,
+    limits: DocumentLimits,
+    page: int,
+    most: int,
+    digest: str = "",
 ) -> Probe:
     """What the original is, read without drawing it (a video's first frame
     is decoded, to know it decodes and how it is turned); ``most``: the
     pixels a video's frames may have (--max_source_pixels)."""
-    key = (hashlib.blake2b(data, digest_size=16).digest(), kind, page)
+    digest = digest or _digest(data)
+    key = (digest, kind, page)
     with _probes_lock:
         known = _probes.get(key)
     if known is not None:
         return known
-    answer, _ = shared().ask(kind, "probe", data, limits, page=page, pixels=most)
+    answer, _ = shared().ask(
+        kind, "probe", data, limits, page=page, pixels=most, digest=digest
+    )
     found = Probe(
         kind,
         float(answer["width"]),
@@ -371,6 +391,7 @@ class Document(Image.Image):
         #: The most pixels one drawing may have (--max_source_pixels).
         self.most = most
         self._need = probe.size
+        self.digest = ""
 
     @property
     def is_animated(self) -> bool:
@@ -430,7 +451,12 @@ class Document(Image.Image):
             if at is not None:
                 fields["time"] = at
         answer, payload = shared().ask(
-            self.probe.kind, "draw", self.data, self.limits, **fields
+            self.probe.kind,
+            "draw",
+            self.data,
+            self.limits,
+            digest=self.digest,
+            **fields,
         )
         pictures, offset = [], 0
         for described in answer["images"]:
@@ -459,7 +485,9 @@ def opened(
     timed = pick.time_ms is not None or pick.time_percent is not None
     if timed and kind not in VIDEOS:
         raise InvalidRequest(f"the t option is for video originals; this is {kind}")
-    found = probe(data, kind, limits, pick.page, most)
+    digest = _digest(data)
+    found = probe(data, kind, limits, pick.page, most, digest)
     document = Document(data, found, limits, most)
+    document.digest = digest
     document.pick = pick
     return document

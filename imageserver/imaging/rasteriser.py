@@ -65,11 +65,15 @@ def main() -> None:
     memory = int(os.environ.get("IMAGESERVER_RASTERISER_MEMORY", "0"))
     if memory:
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    kept = ("", b"")  # the last file, by its digest: sent once for its jobs
     while True:
         request = _read(source)
         if request is None:
             return
         header, payload = request
+        if payload or header["digest"] != kept[0]:
+            kept = (header["digest"], payload)
+        payload = kept[1]
         _allow_cpu(float(header.get("seconds", 0)))
         try:
             answer, data = _run(header, payload)
@@ -182,7 +186,22 @@ def _svg(job: str, data: bytes, header: dict[str, Any]) -> tuple[dict[str, Any],
 # PDF
 
 
+#: The document opened last, by the file's digest (its cross-reference
+#: read once for the probe and the drawings after it).
+_pdf_opened: dict[str, Any] = {}
+
+
 def _pdf_document(data: bytes, header: dict[str, Any]) -> Any:
+    key = json.dumps([header["digest"], header["limits"]["pages"]])
+    if key not in _pdf_opened:
+        for document in _pdf_opened.values():
+            document.close()
+        _pdf_opened.clear()
+        _pdf_opened[key] = _pdf_read(data, header)
+    return _pdf_opened[key]
+
+
+def _pdf_read(data: bytes, header: dict[str, Any]) -> Any:
     import pypdfium2 as pdfium  # type: ignore[import-untyped]
 
     try:
@@ -217,14 +236,18 @@ def _pdf(job: str, data: bytes, header: dict[str, Any]) -> tuple[dict[str, Any],
         width, height = document.get_page_size(index - 1)
         return {"width": width, "height": height, "pages": pages}, b""
     page = document[index - 1]
-    width, height = _page_size(page)
-    need_w, need_h = _need(header, width, height)
-    bitmap = page.render(
-        scale=min(need_w / width, need_h / height),
-        fill_color=(255, 255, 255, 255),
-        may_draw_forms=True,
-    )
-    image = bitmap.to_pil().convert("RGB")
+    try:
+        width, height = _page_size(page)
+        need_w, need_h = _need(header, width, height)
+        bitmap = page.render(
+            scale=min(need_w / width, need_h / height),
+            fill_color=(255, 255, 255, 255),
+            may_draw_forms=True,
+        )
+        image = bitmap.to_pil().convert("RGB")
+        bitmap.close()
+    finally:
+        page.close()  # its parsed content: not kept with the document
     if image.size != (need_w, need_h):
         image = image.resize((need_w, need_h), Image.Resampling.BICUBIC)
     return _pictures([image])
@@ -233,7 +256,26 @@ def _pdf(job: str, data: bytes, header: dict[str, Any]) -> tuple[dict[str, Any],
 # Video
 
 
+#: The container opened last, by the file's digest: opening one reads its
+#: first frames (FFmpeg's stream probe: as much CPU as decoding a frame), so
+#: the drawings that follow a probe use it again.
+_opened: dict[str, tuple[Any, Any]] = {}
+
+
+def _no_other_file(url: str, flags: int, options: dict[str, str]) -> Any:
+    """What FFmpeg is given when a demuxer asks to open another file or URL
+    (a playlist's, a reference's): nothing."""
+    raise UnsupportedImage("the video refers to another file")
+
+
 def _video_open(kind: str, data: bytes, header: dict[str, Any]) -> tuple[Any, Any]:
+    # Checked at the open: kept for the same file under the same limits.
+    key = json.dumps([kind, header["digest"], header["pixels"], header["limits"]])
+    if key in _opened:
+        return _opened[key]
+    for container, _ in _opened.values():
+        container.close()
+    _opened.clear()
     import av
 
     limits = header["limits"]
@@ -242,6 +284,7 @@ def _video_open(kind: str, data: bytes, header: dict[str, Any]) -> tuple[Any, An
             io.BytesIO(data),
             format=DEMUXERS[kind],
             options={"enable_drefs": "0", "probesize": "5000000"},
+            io_open=_no_other_file,
         )
     except av.FFmpegError as e:
         raise UnsupportedImage(f"the video could not be read: {e}") from None
@@ -263,6 +306,7 @@ def _video_open(kind: str, data: bytes, header: dict[str, Any]) -> tuple[Any, An
         )
     stream.codec_context.thread_count = 1
     stream.codec_context.thread_type = "NONE"
+    _opened[key] = container, stream
     return container, stream
 
 
@@ -282,44 +326,56 @@ def _seconds(container: Any, stream: Any) -> float | None:
 def _video(
     kind: str, job: str, data: bytes, header: dict[str, Any]
 ) -> tuple[dict[str, Any], bytes]:
-    limits = header["limits"]
     container, stream = _video_open(kind, data, header)
     try:
-        seconds = _seconds(container, stream)
-        if seconds is not None and seconds > limits["seconds"]:
-            raise ImageTooLarge(
-                f"the video is {seconds:.0f} s long, over the limit of "
-                f"{limits['seconds']} s"
-            )
-        budget = [int(limits["decoded"])]
-        if job == "probe":
-            first = next(_decoded(container, stream, 0.0, budget), None)
-            if first is None:
-                raise UnsupportedImage("the video has no frame that decodes")
-            width, height = _shown_size(stream, first)
-            rate = stream.average_rate or stream.guessed_rate
-            return {
-                "width": width,
-                "height": height,
-                "seconds": seconds,
-                "frame_rate": None if rate is None else float(rate),
-                "frames": int(stream.frames or 0),
-                "codec": codec_name(stream),
-            }, b""
-        times = header.get("times")
-        if times:  # a preview: the frame at or before each time
-            share = max(1, budget[0] // len(times))
-            frames = []
-            for at in times:
-                frames.append(_frame_at(container, stream, float(at), [share]))
-        elif header.get("time") is not None:
-            frames = [_frame_at(container, stream, float(header["time"]), budget)]
-        else:
-            frames = [_poster(container, stream, budget)]
-        images = [_picture(stream, frame, header) for frame in frames]
-        return _pictures(images)
-    finally:
-        container.close()
+        return _video_job(container, stream, job, header)
+    except BaseException:
+        container.close()  # in whatever state the failure left it
+        _opened.clear()
+        raise
+
+
+def _video_job(
+    container: Any, stream: Any, job: str, header: dict[str, Any]
+) -> tuple[dict[str, Any], bytes]:
+    limits = header["limits"]
+    seconds = _seconds(container, stream)
+    if seconds is not None and seconds > limits["seconds"]:
+        raise ImageTooLarge(
+            f"the video is {seconds:.0f} s long, over the limit of "
+            f"{limits['seconds']} s"
+        )
+    budget = [int(limits["decoded"])]
+    if job == "probe":
+        first = next(_decoded(container, stream, 0.0, budget), None)
+        if first is None:
+            raise UnsupportedImage("the video has no frame that decodes")
+        _first_frames.clear()
+        if first.key_frame and _lively(first):  # the poster, most often
+            _first_frames[header["digest"]] = first
+        width, height = _shown_size(stream, first)
+        rate = stream.average_rate or stream.guessed_rate
+        return {
+            "width": width,
+            "height": height,
+            "seconds": seconds,
+            "frame_rate": None if rate is None else float(rate),
+            "frames": int(stream.frames or 0),
+            "codec": codec_name(stream),
+        }, b""
+    times = header.get("times")
+    if times:  # a preview: the frame at or before each time
+        share = max(1, budget[0] // len(times))
+        frames = []
+        for at in times:
+            frames.append(_frame_at(container, stream, float(at), [share]))
+    elif header.get("time") is not None:
+        frames = [_frame_at(container, stream, float(header["time"]), budget)]
+    else:
+        known = _first_frames.get(header["digest"])
+        frames = [known or _poster(container, stream, budget)]
+    images = [_picture(stream, frame, header) for frame in frames]
+    return _pictures(images)
 
 
 def _shown_size(stream: Any, frame: Any) -> tuple[int, int]:
@@ -353,11 +409,11 @@ def _decoded(
     container: Any, stream: Any, start: float, budget: list[int]
 ) -> Iterator[Any]:
     """Frames from the key frame at or before ``start`` on, each counted
-    against ``budget`` (decoded frames left)."""
-    if start > 0:
-        container.seek(
-            int(start / stream.time_base), stream=stream, backward=True, any_frame=False
-        )
+    against ``budget`` (decoded frames left). Always sought: the container
+    may have been read before (`_opened`)."""
+    container.seek(
+        int(start / stream.time_base), stream=stream, backward=True, any_frame=False
+    )
     for frame in container.decode(stream):
         if budget[0] <= 0:
             return
@@ -380,16 +436,32 @@ def _frame_at(container: Any, stream: Any, at: float, budget: list[int]) -> Any:
     return last
 
 
+#: The probe's first frame, by the file's digest, when it is the poster
+#: (a lively key frame): the drawing that follows a probe need not decode it
+#: again.
+_first_frames: dict[str, Any] = {}
+
+
+def _spread(frame: Any) -> tuple[float, float]:
+    """The mean and spread of a frame's luma, on a small copy."""
+    import numpy as np
+
+    luma = frame.to_ndarray(format="gray", width=64, height=36)
+    return float(np.mean(luma)), float(np.std(luma))
+
+
+def _lively(frame: Any) -> bool:
+    mean, spread = _spread(frame)
+    return mean >= LIVELY_MEAN and spread >= LIVELY_SPREAD
+
+
 def _poster(container: Any, stream: Any, budget: list[int]) -> Any:
     """The first lively key frame of the first seconds (a fade from black,
     a title card of one colour, are passed over), else the liveliest."""
-    import numpy as np
-
     stream.codec_context.skip_frame = "NONKEY"
     best, best_spread = None, -1.0
     for looked, frame in enumerate(_decoded(container, stream, 0.0, budget), 1):
-        luma = frame.to_ndarray(format="gray", width=64, height=36)
-        mean, spread = float(np.mean(luma)), float(np.std(luma))
+        mean, spread = _spread(frame)
         if mean >= LIVELY_MEAN and spread >= LIVELY_SPREAD:
             best = frame
             break

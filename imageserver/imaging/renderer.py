@@ -270,13 +270,11 @@ def _render_picked(
 
         # Decode only as many pixels as the largest variant needs: JPEG can decode
         # straight to 1/2, 1/4 or 1/8 scale, which is most of the speed. What trim
-        # keeps is not known yet: it gets twice the pixels. A vector is drawn
-        # at the size itself: no detail is lost to keep.
-        vector = (
-            isinstance(image, documents.Document)
-            and image.probe.kind in documents.VECTORS
-        )
-        headroom = 1.0 if vector else DRAFT_HEADROOM
+        # keeps is not known yet: it gets twice the pixels. A drawn original
+        # comes at the size itself: a vector loses no detail, and a video's
+        # frame is scaled by FFmpeg's area filter, which keeps what it can.
+        drawn = isinstance(image, documents.Document)
+        headroom = 1.0 if drawn else DRAFT_HEADROOM
         needs = [
             _times(p.decode_size(width, height), headroom * (2 if v.trim else 1))
             for v, p in zip(variants, plans, strict=True)
