@@ -178,10 +178,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     rounds = parser.parse_args().rounds
+    hd, uhd = (1920, 1080), (3840, 2160)
     cases = {
-        "video 1080p H.264 poster": (lambda i: video((1920, 1080), "libx264", 30, i), "jpg", direct_video),
-        "video 4K H.264 poster": (lambda i: video((3840, 2160), "libx264", 10, i), "jpg", direct_video),
-        "video 4K HEVC poster": (lambda i: video((3840, 2160), "libx265", 10, i), "jpg", direct_video),
+        "video 1080p H.264 poster": (
+            lambda i: video(hd, "libx264", 30, i), "jpg", direct_video),
+        "video 4K H.264 poster": (
+            lambda i: video(uhd, "libx264", 10, i), "jpg", direct_video),
+        "video 4K HEVC poster": (
+            lambda i: video(uhd, "libx265", 10, i), "jpg", direct_video),
         "PDF cover (6 MP photo page)": (brochure, "jpg", direct_pdf),
         "SVG logo at 400": (logo, "png", direct_svg),
     }  # fmt: skip

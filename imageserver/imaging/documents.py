@@ -306,7 +306,7 @@ def _digest(data: bytes) -> str:
 #: Probes kept, by the original's hash, kind and page: a variant made
 #: later of the same original is drawn without reading it twice.
 PROBES_KEPT = 256
-_probes: dict[tuple[bytes, str, int], Probe] = {}
+_probes: dict[tuple[str, str, int], Probe] = {}
 _probes_lock = threading.Lock()
 
 
