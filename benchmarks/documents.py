@@ -80,7 +80,8 @@ def brochure(seed: int = 0) -> bytes:
 def logo(seed: int = 0) -> bytes:
     """An SVG logo: gradients, paths, a stroke, text."""
     paths = "".join(
-        f'<path d="M{10 + i * 7},{200 - i * 3 - seed} C{60 + i},{20 + i} {140 - i},{20 + i} '
+        f'<path d="M{10 + i * 7},{200 - i * 3 - seed} '
+        f"C{60 + i},{20 + i} {140 - i},{20 + i} "
         f'{190 - i * 7},{200 - i * 3}" stroke="url(#g)" stroke-width="3" fill="none"/>'
         for i in range(24)
     )
