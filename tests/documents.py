@@ -38,16 +38,16 @@ def frame_colour(index: int) -> tuple[int, int, int]:
     return (16 * (index % 16) + 8, 24 + 16 * ((index // 16) % 14), 64)
 
 
-def video(kind: str = "h264.mp4", **options: Any) -> bytes:
+def video(kind: str = "h264.mp4", *args: Any, **options: Any) -> bytes:
     """`_video`, tried again where the encoder fails: PyAV's libx265 fails
     about one encode in three here with EINVAL or ENOSYS (the same options
     and frames succeed the next time)."""
     for _ in range(9):
         try:
-            return _video(kind, **options)
+            return _video(kind, *args, **options)
         except av.FFmpegError:
             continue
-    return _video(kind, **options)
+    return _video(kind, *args, **options)
 
 
 def _video(

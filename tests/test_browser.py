@@ -9,6 +9,7 @@ it), when that is a failure.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -271,3 +272,79 @@ class ChromiumTests(TwistdCase):
         self.assertEqual(counts.get(("jpg", "generated"), 0), 0)
         self.assertEqual(counts.get(("avif", "generated"), 0), 6)
         self.assertEqual(counts.get(("png", "generated"), 0), 1)
+
+
+#: A page of a video's poster and preview, the video itself (its original,
+#: which Chromium reads in ranges), a PDF's cover and an SVG drawn large.
+DRAWN_PAGE = """<!doctype html>
+<html><body>
+<img id="poster" src="{video}/w160.jpg">
+<img id="preview" src="{video}/w160.webp">
+<img id="frame" src="{video}/w80-t1s.auto">
+<img id="cover" src="{pdf}/w120.png">
+<img id="page" src="{pdf}/w60-page2.jpg">
+<img id="logo" src="{svg}/w300.auto">
+<video id="video" src="{video}/original" preload="metadata" muted></video>
+<script>
+const video = document.getElementById("video");
+const metadata = new Promise(done => {{
+  video.addEventListener("loadedmetadata", done);
+  video.addEventListener("error", done);
+}});
+window.addEventListener("load", async () => {{
+  await metadata;
+  const found = {{}};
+  for (const image of document.images) {{
+    found[image.id] = [image.naturalWidth, image.naturalHeight];
+  }}
+  found.video = [video.videoWidth, video.videoHeight,
+                 Math.round(video.duration * 10) / 10];
+  document.body.innerHTML = "<pre id=result>" + JSON.stringify(found) + "</pre>";
+}});
+</script>
+</body></html>
+"""
+
+
+class DrawnOriginalsInChromiumTests(TwistdCase):
+    timeout = 120
+
+    async def test_chromium_shows_posters_previews_and_pages(self) -> None:
+        from tests import documents as make
+
+        _need_chromium(self)
+        await self.start_server()
+        folders = {}
+        for name, data in (
+            ("video", make.video("vp9.webm", (320, 240), frames=30, rate=10)),
+            ("pdf", make.pdf([(200, 100, (255, 0, 0)), (100, 300, (0, 0, 255))])),
+            ("svg", make.svg()),
+        ):
+            _, body = await self.call("POST", "/p", data=data)
+            digest = json.loads(body)["hash"]
+            folders[name] = (
+                f"http://127.0.0.1:{self.port}/p/{digest[:3]}/{digest[3:6]}/"
+                f"{digest[6:9]}/{digest[9:]}"
+            )
+        pages = Resource()
+        pages.putChild(
+            b"page.html", Data(DRAWN_PAGE.format(**folders).encode(), "text/html")
+        )
+        found = await _dump_dom(self, f"{serve(self, pages)}/page.html")
+        self.assertEqual(
+            found,
+            {
+                "poster": [160, 120],
+                "preview": [160, 120],
+                "frame": [80, 60],
+                "cover": [120, 60],
+                "page": [60, 180],
+                "logo": [300, 150],
+                "video": [320, 240, 3.0],
+            },
+        )
+        # The preview is animated: ten frames in what Chromium was sent.
+        path = folders["video"].split(str(self.port), 1)[1]
+        _, preview = await self.call("GET", path + "/w160.webp")
+        frames = Image.open(io.BytesIO(preview)).n_frames  # type: ignore[attr-defined]
+        self.assertEqual(frames, 10)
