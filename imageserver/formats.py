@@ -113,6 +113,10 @@ class OutputFormat:
     alpha_options: Mapping[str, Any] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    #: The input format whose own markup this output is, resized (svg: an
+    #: SVG original, sanitised), rather than pixels encoded by Pillow; empty
+    #: for a raster format.
+    markup: str = ""
 
     def save_options(
         self, quality: int | None, animated: bool = False, alpha: bool = False
@@ -217,6 +221,23 @@ OUTPUTS: dict[str, OutputFormat] = {
     ),
 }
 
+
+def _svg_whole(data: bytes) -> bool:
+    """An SVG the server wrote: its declaration, and its end as written (the
+    root's end tag and a line end)."""
+    return data.startswith(b"<?xml") and data.endswith(b"</svg>\n")
+
+
+OUTPUTS["svg"] = OutputFormat(
+    "svg",
+    "image/svg+xml",
+    "SVG",
+    True,
+    2**31 - 1,
+    _svg_whole,
+    lossy=False,
+    markup="SVG",
+)
 
 #: The most pixels of an output `OutputFormat.small_level_options` apply to.
 SMALL_LEVEL_PIXELS = 384 * 384

@@ -416,7 +416,9 @@ def _measure(jobs: list[dict[str, Any]]) -> None:
 
     rules = VariantRules(frozenset(formats.OUTPUTS), 0, 100_000)
     formats.register_plugins()
-    warm = rules.parse_outputs(",".join(f"w4.{ext}" for ext in formats.OUTPUTS))
+    warm = rules.parse_outputs(
+        ",".join(f"w4.{ext}" for ext, row in formats.OUTPUTS.items() if not row.markup)
+    )
     default = renderer.Limits(pixels=50_000_000, pixels_per_byte=1000, side=100_000)
     for fmt in (name for name, row in formats.INPUTS.items() if not row.drawn):
         tiny = io.BytesIO()

@@ -41,6 +41,7 @@ from imageserver.imaging import (
     likeness,
     perception,
     placeholders,
+    svg,
 )
 from imageserver.naming import QUALITY_LEVELS, Fit, Variant
 
@@ -180,6 +181,16 @@ def render_many(
     a video's time: most originals have one) and encode every variant from
     it, in order; see `_render_picked`. The info, placeholders and faces are
     the default picture's (a PDF's first page, a video's poster)."""
+    resized = [i for i, v in enumerate(variants) if formats.output(v.format).markup]
+    if resized:  # an SVG's own markup: kept apart, no pixels drawn
+        kept = dict(zip(resized, _markup(data, [variants[i] for i in resized], limits),
+                        strict=True))  # fmt: skip
+        rest = [i for i in range(len(variants)) if i not in kept]
+        whole, drawn = render_many(data, [variants[i] for i in rest], limits,
+                                   with_placeholders, marks, stage, known_faces,
+                                   with_faces)  # fmt: skip
+        kept.update(zip(rest, drawn, strict=True))
+        return whole, [kept[index] for index in range(len(variants))]
     default = documents.Pick()
     groups: dict[documents.Pick, list[int]] = {}
     for index, variant in enumerate(variants):
@@ -208,6 +219,64 @@ def render_many(
     assert info is not None
     info = replace(info, chosen_qualities=chosen or None)
     return info, [outputs[index] for index in range(len(variants))]
+
+
+#: What an svg variant may ask of its SVG: where it shows and how large,
+#: nothing that needs pixels (the fields of `Variant` set to anything but
+#: their defaults, named as in a message).
+_MARKUP_REFUSED = {
+    "smart": "smart", "faces": "faces", "trim": "trim", "rotate": "r90, r180, r270",
+    "flip": "flip", "flop": "flop", "blur": "blur", "sharp": "sharp", "gray": "gray",
+    "brightness": "brightness", "contrast": "contrast", "saturation": "saturation",
+    "corner_radius": "round", "circle": "circle", "pixelboxes": "pixelbox",
+    "blurboxes": "blurbox", "pixelate": "pixelate", "background": "bg",
+    "watermark": "wm", "text": "text",
+}  # fmt: skip
+
+
+def _markup(data: bytes, variants: Sequence[Variant], limits: Limits) -> list[bytes]:
+    """svg variants: the SVG original, sanitised, showing what each variant's
+    plan keeps at its size (`svg.resized`)."""
+    rows = _candidates(data)
+    if not rows or rows[0].pillow != "SVG":
+        kind = rows[0].pillow if rows else "not an image"
+        raise InvalidRequest(
+            f"an svg variant is made of an SVG original; this original is {kind}: "
+            "ask for png, webp or avif"
+        )
+    document = _open(data, limits)
+    assert isinstance(document, documents.Document)
+    width, height = document.size
+    cleaned = documents.cleaned_svg(data, limits.documents)
+    blank = Variant("", Fit.FULL, 0, 0, 0, "svg")
+    made = []
+    for variant in variants:
+        asked = [word for field, word in _MARKUP_REFUSED.items()
+                 if getattr(variant, field) != getattr(blank, field)]  # fmt: skip
+        if asked:
+            raise InvalidRequest(
+                f"{variant.name!r}: an svg variant is the SVG resized: sizes, fit, "
+                "pad, noup, crops, gravities and fp apply, "
+                f"not {', '.join(asked)} (ask for png, webp or avif)"
+            )
+        plan = geometry.plan(variant, width, height)
+        _check_output(variant, plan.output_size, width, height, limits)
+        left, top = plan.region[:2]
+        box = plan.box
+        source_box = (left + box[0], top + box[1], left + box[2], top + box[3])
+        made.append(
+            svg.resized(
+                cleaned,
+                (document.probe.width, document.probe.height),
+                (width, height),
+                source_box,
+                plan.size,
+                plan.canvas,
+                plan.offset,
+                variant.pad_colour(True) if plan.canvas is not None else None,
+            )
+        )
+    return made
 
 
 def _render_picked(

@@ -386,3 +386,46 @@ def _view_box(value: str | None) -> tuple[float, float] | None:
     except (IndexError, ValueError):
         return None
     return (width, height) if width > 0 and height > 0 else None
+
+
+def resized(
+    cleaned: bytes,
+    declared: tuple[float, float],
+    source: tuple[int, int],
+    box: tuple[int, int, int, int],
+    size: tuple[int, int],
+    canvas: tuple[int, int] | None = None,
+    offset: tuple[int, int] = (0, 0),
+    fill: tuple[int, int, int, int] | None = None,
+) -> bytes:
+    """An svg variant: the ``cleaned`` SVG (declared ``declared`` in CSS
+    pixels, planned as a ``source`` of whole pixels) showing ``box`` of it
+    at ``size``, on a ``canvas`` at ``offset`` filled with ``fill`` where
+    given. The document is nested whole: its own viewBox and aspect rules
+    keep drawing it as they did."""
+    scale_x, scale_y = declared[0] / source[0], declared[1] / source[1]
+    left, top, right, bottom = box
+    view = (
+        f"{left * scale_x:g} {top * scale_y:g} "
+        f"{(right - left) * scale_x:g} {(bottom - top) * scale_y:g}"
+    )
+    width, height = canvas or size
+    inner = cleaned.split(b"?>", 1)[1] if cleaned.startswith(b"<?xml") else cleaned
+    background = b""
+    if canvas is not None and fill is not None and fill[3]:
+        r, g, b, a = fill
+        background = (
+            f'<rect width="{width}" height="{height}" fill="#{r:02x}{g:02x}{b:02x}"'
+            + (f' fill-opacity="{a / 255:.4g}"' if a < 255 else "")
+            + "/>"
+        ).encode()
+    return (
+        b"<?xml version='1.0' encoding='utf-8'?>\n"
+        + f'<svg xmlns="{SVG_NS}" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}">'.encode()
+        + background
+        + f'<svg x="{offset[0]}" y="{offset[1]}" width="{size[0]}" '
+        f'height="{size[1]}" viewBox="{view}" preserveAspectRatio="none">'.encode()
+        + inner.strip()
+        + b"</svg></svg>\n"
+    )

@@ -512,6 +512,11 @@ def _serve(
         # A stored file is the client's bytes: never let a browser run them
         # as a page of this origin.
         headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    elif stored.content_type == SVG_TYPE:
+        # An SVG original (as uploaded) or an svg variant, opened as a page:
+        # no script runs, nothing is fetched; its own styles and embedded
+        # images still draw.
+        headers["Content-Security-Policy"] = SVG_POLICY
     if _not_modified(request, stored):
         return Response(304, headers, b"")
     headers["Accept-Ranges"] = "bytes"
@@ -534,6 +539,10 @@ def _serve(
         return Response(206, headers, stored.data[part.first : part.last + 1])
     headers["Content-Length"] = str(length)
     return Response(200, headers, stored.data)
+
+
+SVG_TYPE = "image/svg+xml"
+SVG_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; sandbox"
 
 
 def _not_modified(request: IRequest, stored: StoredObject) -> bool:

@@ -115,7 +115,8 @@ class ProcessTests(TestCase):
         self.assertEqual(len(out.splitlines()), 1)
         self.assertIn(
             f"{self.files['bad.jpg']}: the file is not an image in a supported "
-            "format (JPEG, PNG, GIF, WEBP, AVIF, TIFF, BMP, HEIF, JXL)\n",
+            "format (JPEG, PNG, GIF, WEBP, AVIF, TIFF, BMP, HEIF, JXL, SVG, PDF, "
+            "MP4, MOV, WEBM)\n",
             err,
         )
         self.assertIn("missing.jpg: cannot read: No such file or directory", err)
@@ -492,7 +493,9 @@ class CommandTests(SynchronousTestCase):
         for name, data in (("bad.jpg", b"x"), ("empty.jpg", b"")):
             with open(os.path.join(self.root, name), "wb") as f:
                 f.write(data)
-        formats = "JPEG, PNG, GIF, WEBP, AVIF, TIFF, BMP, HEIF, JXL"
+        formats = (
+            "JPEG, PNG, GIF, WEBP, AVIF, TIFF, BMP, HEIF, JXL, SVG, PDF, MP4, MOV, WEBM"
+        )
         done = self.run_command("process", "bad.jpg", "empty.jpg")
         self.assertEqual(done.returncode, 1)
         self.assertEqual(

@@ -442,11 +442,22 @@ class WholeFileTests(SynchronousTestCase):
     for every row of the format table."""
 
     def outputs(self) -> dict[str, bytes]:
-        data = encode(quadrants((300, 200), "RGBA"), "PNG")
+        """Each format's output: of a PNG, and (svg, an SVG's own markup) of
+        an SVG."""
+        from tests import documents
+
         rules = VariantRules(frozenset(formats.OUTPUTS), 75, 4000)
-        variants = [rules.parse(f"w120.{ext}") for ext in formats.OUTPUTS]
-        _, outputs = renderer.render_many(data, variants, LIMIT)  # type: ignore[arg-type]
-        return dict(zip(formats.OUTPUTS, outputs, strict=True))
+        made = {}
+        for ext, row in formats.OUTPUTS.items():
+            data = (
+                documents.svg()
+                if row.markup
+                else encode(quadrants((300, 200), "RGBA"), "PNG")
+            )
+            variant = rules.parse(f"w120.{ext}")
+            assert variant is not None
+            made[ext] = renderer.render(data, variant, LIMIT)
+        return made
 
     def test_every_format_rendered_is_whole(self) -> None:
         for ext, data in self.outputs().items():

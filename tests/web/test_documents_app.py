@@ -131,3 +131,20 @@ class DrawnOriginalTests(SynchronousTestCase):
         import os
 
         return [f for _, _, files in os.walk(self.app.root) for f in files]
+
+
+class SvgAsAPageTests(SynchronousTestCase):
+    def test_an_svg_original_never_runs_as_a_page(self) -> None:
+        """An SVG original is served as uploaded (scripts and all): opened as a
+        page of this origin, the policy lets none run and nothing load."""
+        app = AppHarness(self)
+        scripted = make.svg(body="<script>alert(document.cookie)</script>")
+        folder = app.upload(scripted)
+        response, body = app.request("GET", folder + "/original")
+        self.assertEqual(body, scripted)
+        self.assertEqual(
+            response.headers.getRawHeaders("Content-Security-Policy"),
+            ["default-src 'none'; style-src 'unsafe-inline'; img-src data:; sandbox"],
+        )
+        response, _ = app.request("GET", folder + "/w10.png")
+        self.assertIsNone(response.headers.getRawHeaders("Content-Security-Policy"))
