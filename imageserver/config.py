@@ -19,7 +19,7 @@ from imageserver.access.cors import CorsPolicy
 from imageserver.access.rates import Rates
 from imageserver.access.signing import secrets_of
 from imageserver.images import RenderPolicy
-from imageserver.imaging.documents import DocumentLimits
+from imageserver.imaging.documents import VIDEO_CODECS, DocumentLimits
 from imageserver.imaging.renderer import DECODER_MAX_PIXELS, Limits
 from imageserver.imaging.svg import SvgLimits
 from imageserver.naming import (
@@ -163,6 +163,10 @@ def setting(
         "secret": secret,
     }
     return field(default=default, metadata=metadata, **kwargs)
+
+
+#: The least --rasterise_memory: its libraries' own space, and room to work.
+MIN_RASTERISE_MEMORY = 512 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -870,8 +874,15 @@ class Config:
                      "max_svg_filters"):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name} must be positive")
-        if not self.video_codecs:
-            raise ValueError("--video_codecs must name at least one codec")
+        if not self.video_codecs or not set(self.video_codecs) <= set(VIDEO_CODECS):
+            raise ValueError(
+                f"--video_codecs names codecs among {', '.join(VIDEO_CODECS)}"
+            )
+        if self.rasterise_memory < MIN_RASTERISE_MEMORY:
+            raise ValueError(
+                f"--rasterise_memory must be at least {MIN_RASTERISE_MEMORY} "
+                "(512 MiB): the rasteriser's libraries take about half of it"
+            )
         if self.memory_cache_bytes < 0:
             raise ValueError("--memory_cache_bytes must not be negative")
         if self.max_source_pixels > DECODER_MAX_PIXELS:

@@ -281,17 +281,18 @@ class InputFormat:
 
 
 _SVG_START = re.compile(
-    rb"(?:\xef\xbb\xbf)?\s*(?:<\?xml[^>]{0,200}\?>\s*)?"
-    rb"(?:(?:<!--.{0,2000}?-->|<!DOCTYPE[^>\[]{0,500}(?:\[.{0,4000}?\])?\s*>)\s*)*"
-    rb"<svg[\s>/]",
+    rb"(?:\xef\xbb\xbf)?\s*(?:<\?xml[^>]*\?>\s*)?"
+    rb"(?:(?:<!--.*?-->|<\?.*?\?>|<!DOCTYPE[^>\[]*(?:\[.*?\])?\s*>)\s*)*"
+    rb"<(?:[A-Za-z_][\w.-]*:)?svg[\s>/]",
     re.DOTALL,
 )
 
 
 def _svg_sniff(data: bytes) -> bool:
-    """An XML document whose root element is ``svg`` (within its first 8
-    KB: a declaration, comments and a doctype may come first)."""
-    return _SVG_START.match(data[:8192]) is not None
+    """An XML document whose root element is ``svg`` (maybe prefixed),
+    within its first 64 KB (a declaration, processing instructions, comments
+    and a doctype may come first)."""
+    return _SVG_START.match(data[:65536]) is not None
 
 
 def _pdf_sniff(data: bytes) -> bool:

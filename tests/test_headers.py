@@ -36,15 +36,21 @@ OPTIONS = {
 }
 
 
+#: The input formats Pillow decodes, whose size a header reader gives.
+DECODED = {name for name, row in formats.INPUTS.items() if not row.drawn}
+
+
 class HeaderSizeTests(SynchronousTestCase):
     def test_every_input_format_has_a_mode_list(self) -> None:
-        self.assertEqual(set(MODES), set(formats.INPUTS))
+        """Every format Pillow decodes: a drawn one's size is the rasteriser's
+        probe's (tests/imaging/test_documents.py sweeps it)."""
+        self.assertEqual(set(MODES), DECODED)
 
     @settings(
         max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
     )
     @given(
-        name=st.sampled_from(sorted(formats.INPUTS)),
+        name=st.sampled_from(sorted(DECODED)),
         width=st.integers(1, 300),
         height=st.integers(1, 300),
         data=st.data(),

@@ -744,13 +744,14 @@ class DrawnCostTests(SynchronousTestCase):
                 "amplification factor exceeded")),
             "use explosion": (hostile.Job(uses, "w200.png"), (
                 "ImageTooLarge: the SVG has more than 20000 elements once its "
-                "use elements are expanded")),
+                "use elements are expanded (--max_svg_elements)")),
             "filter bomb": (hostile.Job(filters, "full_size.png", False, one_second), (
                 "RasteriserFailed: drawing the SVG took more than 1 s of CPU "
                 "(--rasterise_seconds)")),
             "100,000 pages": (hostile.Job(
                 documents.pdf([(10, 10, (0, 0, 0))] * 100_000), "w200.png"), (
-                "ImageTooLarge: the PDF has 100000 pages, more than 2000")),
+                "ImageTooLarge: the PDF has 100000 pages, more than 2000 "
+                "(--max_pdf_pages)")),
             "a page 100,000 points square": (hostile.Job(
                 documents.pdf([(100_000, 100_000, (0, 0, 0))]), "w200.png"), (
                 "ImageTooLarge: the image is 100000x100000, over the limit of "

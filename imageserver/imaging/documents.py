@@ -30,7 +30,12 @@ from typing import IO, Any
 
 from PIL import Image
 
-from imageserver.errors import ImageTooLarge, InvalidRequest, UnsupportedImage
+from imageserver.errors import (
+    ImageTooLarge,
+    InvalidRequest,
+    Overloaded,
+    UnsupportedImage,
+)
 from imageserver.imaging.svg import SvgLimits
 from imageserver.naming import Variant
 
@@ -90,6 +95,12 @@ class RasteriserFailed(UnsupportedImage):
     """A rasteriser process that died in a job (a limit, or a crash)."""
 
 
+class RasteriserLate(Overloaded):
+    """A job still running at its wall-clock deadline: within its CPU
+    allowance (else SIGXCPU had ended it), so it waited for a CPU; the
+    server is busy (503), the file is not to blame."""
+
+
 class _Gone(RasteriserFailed):
     """A rasteriser killed from outside (not by a limit): its job is not to
     blame, and is given to another."""
@@ -119,6 +130,9 @@ class _Child:
             [sys.executable, "-m", "imageserver.imaging.rasteriser"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            # What a library prints (a Rust panic's backtrace) is no log
+            # line of the server's; the job's answer says what failed.
+            stderr=subprocess.DEVNULL,
             env=env,
             cwd="/",
         )
@@ -156,7 +170,9 @@ class _Child:
         self.timed_out = True
         self.process.kill()
 
-    def _died(self, header: Mapping[str, Any], deadline: float) -> RasteriserFailed:
+    def _died(
+        self, header: Mapping[str, Any], deadline: float
+    ) -> RasteriserFailed | RasteriserLate:
         self.process.kill()
         code = self.process.wait()
         for pipe in (self.process.stdin, self.process.stdout):
@@ -172,8 +188,9 @@ class _Child:
         if code == -signal.SIGKILL and not self.timed_out:
             return _Gone("the rasteriser was killed by someone else")
         if code == -signal.SIGKILL:
-            return RasteriserFailed(
-                f"drawing the {header['kind']} took more than {deadline:g} s"
+            return RasteriserLate(
+                f"drawing the {header['kind']} took more than {deadline:g} s: the "
+                "server is busy, try again shortly"
             )
         return RasteriserFailed(
             f"drawing the {header['kind']} failed (the rasteriser ended with "
@@ -419,14 +436,18 @@ class Document(Image.Image):
         the pixel limit; for a vector, larger than declared too."""
         if size is None or self._im is not None:
             return
+        self._need = self.drawing(size)
+        self._size = self._need
+
+    def drawing(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The size `draft` would draw at for ``size``."""
         width, height = self.probe.width, self.probe.height
         scale = min(size[0] / width, size[1] / height)
         if self.probe.kind not in VECTORS:
             scale = min(scale, 1.0)  # a video's frame is what it is
         if width * height * scale * scale > self.most:
             scale = (self.most / (width * height)) ** 0.5
-        self._need = max(1, round(width * scale)), max(1, round(height * scale))
-        self._size = self._need
+        return max(1, round(width * scale)), max(1, round(height * scale))
 
     def load(self) -> Any:
         if self._im is None:
@@ -487,6 +508,12 @@ def opened(
         raise InvalidRequest(f"the t option is for video originals; this is {kind}")
     digest = _digest(data)
     found = probe(data, kind, limits, pick.page, most, digest)
+    at = pick.seconds(found)
+    if at is not None and found.seconds is not None and at > found.seconds:
+        raise InvalidRequest(
+            f"t{at:g}s is past the end of the video, which is {found.seconds:g} s "
+            "long: ask for a time within it, or tNpct"
+        )
     document = Document(data, found, limits, most)
     document.digest = digest
     document.pick = pick

@@ -23,6 +23,7 @@ import io
 import json
 import math
 import os
+import re
 import resource
 import struct
 import sys
@@ -81,15 +82,24 @@ def main() -> None:
             answer, data = {"error": type(e).__name__, "message": str(e)}, b""
         except MemoryError:
             answer, data = {"error": "ImageTooLarge", "message": _OUT_OF_MEMORY}, b""
-        except Exception as e:  # a library's own failure
-            answer = {"error": "UnsupportedImage", "message": _reason(e)}
+        except ImportError:  # a library that could not be loaded in its space
+            answer, data = {"error": "ImageTooLarge", "message": _OUT_OF_MEMORY}, b""
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # a library's own failure (resvg panics)
+            answer = {"error": "UnsupportedImage", "message": _reason(header, e)}
             data = b""
         _write(sink, answer, data)
 
 
-def _reason(e: Exception) -> str:
-    text = str(e).strip() or type(e).__name__
-    return f"the file could not be decoded: {text[:300]}"
+#: What a library's message says that is no business of a client's: FFmpeg's
+#: error numbers and its empty file name, paths on the server.
+_INTERNALS = re.compile(r"\[Errno -?\d+\]\s*|:\s*'<none>'|(?:/[\w.+-]+){2,}")
+
+
+def _reason(header: dict[str, Any], e: BaseException) -> str:
+    text = _INTERNALS.sub("", str(e)).strip(" :") or type(e).__name__
+    return f"the {header.get('kind', 'file')} could not be decoded: {text[:300]}"
 
 
 def _allow_cpu(seconds: float) -> None:
@@ -211,7 +221,9 @@ def _pdf_read(data: bytes, header: dict[str, Any]) -> Any:
     pages = len(document)
     most = header["limits"]["pages"]
     if pages > most:
-        raise ImageTooLarge(f"the PDF has {pages} pages, more than {most}")
+        raise ImageTooLarge(
+            f"the PDF has {pages} pages, more than {most} (--max_pdf_pages)"
+        )
     if pages < 1:
         raise UnsupportedImage("the PDF has no pages")
     return document
@@ -294,7 +306,8 @@ def _video_open(kind: str, data: bytes, header: dict[str, Any]) -> tuple[Any, An
     codec = codec_name(stream)
     if codec not in limits["codecs"]:
         raise UnsupportedImage(
-            f"the video is coded in {codec}; accepted: {', '.join(limits['codecs'])}"
+            f"the video is coded in {codec}; accepted: "
+            f"{', '.join(limits['codecs'])} (--video_codecs)"
         )
     width, height = stream.codec_context.width, stream.codec_context.height
     if width < 1 or height < 1:
@@ -306,6 +319,9 @@ def _video_open(kind: str, data: bytes, header: dict[str, Any]) -> tuple[Any, An
         )
     stream.codec_context.thread_count = 1
     stream.codec_context.thread_type = "NONE"
+    # The decoder refuses a frame past the limit: a stream whose frames
+    # grow after the first (the container's size is the first's).
+    stream.codec_context.options = {"max_pixels": str(header["pixels"])}
     _opened[key] = container, stream
     return container, stream
 
@@ -316,11 +332,21 @@ def codec_name(stream: Any) -> str:
 
 
 def _seconds(container: Any, stream: Any) -> float | None:
+    """The video's length as its container declares it; None where it
+    declares none that is positive."""
+    seconds = None
     if stream.duration is not None and stream.time_base:
-        return float(stream.duration * stream.time_base)
-    if container.duration is not None:
-        return container.duration / 1_000_000
-    return None
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        seconds = container.duration / 1_000_000
+    return seconds if seconds is not None and seconds > 0 else None
+
+
+def _start(stream: Any) -> float:
+    """When the stream's first frame is shown: times are counted from it."""
+    if stream.start_time is not None and stream.time_base:
+        return float(stream.start_time * stream.time_base)
+    return 0.0
 
 
 def _video(
@@ -343,7 +369,7 @@ def _video_job(
     if seconds is not None and seconds > limits["seconds"]:
         raise ImageTooLarge(
             f"the video is {seconds:.0f} s long, over the limit of "
-            f"{limits['seconds']} s"
+            f"{limits['seconds']:g} s (--max_video_seconds)"
         )
     budget = [int(limits["decoded"])]
     if job == "probe":
@@ -355,12 +381,15 @@ def _video_job(
             _first_frames[header["digest"]] = first
         width, height = _shown_size(stream, first)
         rate = stream.average_rate or stream.guessed_rate
+        count = int(stream.frames or 0)
+        if not count and seconds and rate:  # a container that counts none
+            count = max(1, round(seconds * float(rate)))
         return {
             "width": width,
             "height": height,
             "seconds": seconds,
             "frame_rate": None if rate is None else float(rate),
-            "frames": int(stream.frames or 0),
+            "frames": count,
             "codec": codec_name(stream),
         }, b""
     times = header.get("times")
@@ -422,8 +451,9 @@ def _decoded(
 
 
 def _frame_at(container: Any, stream: Any, at: float, budget: list[int]) -> Any:
-    """The frame shown at ``at`` seconds, or the last decoded within the
-    budget on the way there."""
+    """The frame shown at ``at`` seconds (from the first frame), or the last
+    decoded within the budget on the way there."""
+    at += _start(stream)
     last = None
     for frame in _decoded(container, stream, at, budget):
         if last is not None and frame.time is not None and frame.time > at + 1e-6:
@@ -432,7 +462,7 @@ def _frame_at(container: Any, stream: Any, at: float, budget: list[int]) -> Any:
         if frame.time is not None and frame.time >= at - 1e-6:
             break
     if last is None:
-        raise InvalidRequest(f"the video has no frame at {at:g} s")
+        raise UnsupportedImage("the video has no frame that decodes there")
     return last
 
 

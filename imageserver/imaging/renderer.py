@@ -355,6 +355,8 @@ def _render_picked(
         need = (max(w for w, _ in needs), max(h for _, h in needs))
         if orientation in _SWAPPING_ORIENTATIONS:
             need = (need[1], need[0])
+        if drawn and plans:
+            _check_drawing(image, need, variants, plans)
         icc = image.info.get("icc_profile")
         opened, opened_size = image, image.size
         with _decode_errors():
@@ -990,6 +992,34 @@ def is_whole(fmt: str, data: bytes) -> bool:
     few byte comparisons; the check is the format table's.
     """
     return formats.output(fmt).whole(data)
+
+
+#: A vector is drawn whole, at the scale its outputs need: a drawing may
+#: have this many times the largest output's pixels (or `FREE_PIXELS`), so
+#: a small crop of a vast canvas (x1000 of an SVG 50,000,000 wide) does not
+#: draw megapixels to keep a few.
+DRAWING_FACTOR = 16
+
+
+def _check_drawing(
+    image: Image.Image,
+    need: geometry.Size,
+    variants: Sequence[Variant],
+    plans: Sequence[geometry.Plan],
+) -> None:
+    assert isinstance(image, documents.Document)
+    if image.probe.kind not in documents.VECTORS:
+        return
+    width, height = image.drawing(need)
+    kept = max(p.output_size[0] * p.output_size[1] for p in plans)
+    if width * height > max(DRAWING_FACTOR * kept, FREE_PIXELS):
+        names = ", ".join(v.name for v in variants)[:200]
+        raise ImageTooLarge(
+            f"{names}: keeping {kept} pixels of this {image.probe.kind} would draw "
+            f"{width}x{height} of it (at most {DRAWING_FACTOR} times the output, "
+            f"or {FREE_PIXELS} pixels): ask for a larger part of it (fit, or a "
+            "wider crop)"
+        )
 
 
 def _check_animated_output(

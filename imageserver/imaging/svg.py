@@ -185,14 +185,20 @@ def _rebuilt(root: etree._Element, limits: SvgLimits) -> etree._Element:
         assert name is not None
         count += 1
         if count > limits.elements:
-            raise ImageTooLarge(f"the SVG has more than {limits.elements} elements")
+            raise ImageTooLarge(
+                f"the SVG has more than {limits.elements} elements (--max_svg_elements)"
+            )
         if depth > limits.depth:
-            raise ImageTooLarge(f"the SVG nests elements more than {limits.depth} deep")
+            raise ImageTooLarge(
+                f"the SVG nests elements more than {limits.depth} deep "
+                "(--max_svg_depth)"
+            )
         if name in FILTER_PRIMITIVES:
             filters += 1
             if filters > limits.filters:
                 raise ImageTooLarge(
-                    f"the SVG has more than {limits.filters} filter primitives"
+                    f"the SVG has more than {limits.filters} filter primitives "
+                    "(--max_svg_filters)"
                 )
         made = (
             etree.Element(node.tag, nsmap={None: SVG_NS, "xlink": XLINK_NS})
@@ -330,7 +336,7 @@ def _check_uses(root: etree._Element, limits: SvgLimits) -> None:
         if total > limits.elements:
             raise ImageTooLarge(
                 f"the SVG has more than {limits.elements} elements once its "
-                "use elements are expanded"
+                "use elements are expanded (--max_svg_elements)"
             )
         sizes[key] = total
         return total
@@ -342,10 +348,12 @@ def _check_uses(root: etree._Element, limits: SvgLimits) -> None:
 
 
 _LENGTH = re.compile(
-    r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(px|pt|pc|mm|cm|in)?\s*\Z"
+    r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(px|pt|pc|mm|cm|in|em|ex)?\s*\Z"
 )
+#: CSS pixels of each unit (em and ex at the default font size, 16 pixels,
+#: as browsers read a root's size).
 _UNITS = {None: 1.0, "px": 1.0, "pt": 4 / 3, "pc": 16.0, "mm": 96 / 25.4,
-          "cm": 96 / 2.54, "in": 96.0}  # fmt: skip
+          "cm": 96 / 2.54, "in": 96.0, "em": 16.0, "ex": 8.0}  # fmt: skip
 #: The size browsers give an SVG that declares none (and no viewBox).
 DEFAULT_SIZE = (300.0, 150.0)
 

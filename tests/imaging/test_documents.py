@@ -303,7 +303,8 @@ class SvgLimitTests(SynchronousTestCase):
         data = make.svg(body=f'<defs>{defs}</defs><use href="#a7"/>')
         self.assertEqual(
             self.refused(data),
-            "the SVG has more than 20000 elements once its use elements are expanded",
+            "the SVG has more than 20000 elements once its use elements are expanded "
+            "(--max_svg_elements)",
         )
 
     def test_use_cycles_and_chains_are_refused(self) -> None:
@@ -320,13 +321,20 @@ class SvgLimitTests(SynchronousTestCase):
 
     def test_elements_depth_and_filters_are_bounded(self) -> None:
         many = make.svg(body='<rect width="1" height="1"/>' * 20_001)
-        self.assertEqual(self.refused(many), "the SVG has more than 20000 elements")
+        self.assertEqual(
+            self.refused(many),
+            "the SVG has more than 20000 elements (--max_svg_elements)",
+        )
         deep = make.svg(body="<g>" * 70 + "</g>" * 70)
-        self.assertEqual(self.refused(deep), "the SVG nests elements more than 64 deep")
+        self.assertEqual(
+            self.refused(deep),
+            "the SVG nests elements more than 64 deep (--max_svg_depth)",
+        )
         blurs = "".join('<feGaussianBlur stdDeviation="5"/>' for _ in range(33))
         filters = make.svg(body=f'<filter id="f">{blurs}</filter>')
         self.assertEqual(
-            self.refused(filters), "the SVG has more than 32 filter primitives"
+            self.refused(filters),
+            "the SVG has more than 32 filter primitives (--max_svg_filters)",
         )
 
     def test_a_declared_canvas_is_held_to_the_pixel_limit(self) -> None:
@@ -433,7 +441,8 @@ class PdfTests(SynchronousTestCase):
         with self.assertRaises(ImageTooLarge) as caught:
             renderer.probe(many, LIMITS)
         self.assertEqual(
-            str(caught.exception), "the PDF has 2001 pages, more than 2000"
+            str(caught.exception),
+            "the PDF has 2001 pages, more than 2000 (--max_pdf_pages)",
         )
         huge = make.pdf([(100_000, 100_000, (0, 0, 0))])
         with self.assertRaises(ImageTooLarge) as caught:
@@ -529,13 +538,15 @@ class VideoTests(SynchronousTestCase):
         with self.assertRaises(ImageTooLarge) as caught:
             renderer.probe(data, short)
         self.assertEqual(
-            str(caught.exception), "the video is 3 s long, over the limit of 2 s"
+            str(caught.exception),
+            "the video is 3 s long, over the limit of 2 s (--max_video_seconds)",
         )
         only_vp9 = replace(LIMITS, documents=replace(LIMITS.documents, codecs=("vp9",)))
         with self.assertRaises(UnsupportedImage) as caught:
             renderer.probe(data, only_vp9)
         self.assertEqual(
-            str(caught.exception), "the video is coded in h264; accepted: vp9"
+            str(caught.exception),
+            "the video is coded in h264; accepted: vp9 (--video_codecs)",
         )
         with self.assertRaises(ImageTooLarge) as caught:
             renderer.probe(data, replace(LIMITS, pixels=320 * 240 - 1))
@@ -609,3 +620,78 @@ class RasteriserFailureTests(SynchronousTestCase):
         self.assertIn("memory", str(caught.exception))
         (image,) = render(make.svg(), "w20.png")
         self.assertEqual(image.size, (20, 10))
+
+
+class RedTeamFindingTests(SynchronousTestCase):
+    """What the attacks on drawn originals found, each fixed."""
+
+    def test_a_time_past_the_end_is_a_400(self) -> None:
+        with self.assertRaises(InvalidRequest) as caught:
+            render(_SIXTY, "w80-t7s.png")
+        self.assertEqual(
+            str(caught.exception),
+            "t7s is past the end of the video, which is 6 s long: ask for a time "
+            "within it, or tNpct",
+        )
+        (last,) = render(_SIXTY, "w80-t100pct.png")
+        self.assertTrue(near(rgb(last, (60, 45)), make.frame_colour(59)))
+
+    def test_a_container_that_counts_no_frames(self) -> None:
+        """WebM counts no frames: they are its length times its rate."""
+        info = renderer.probe(make.video("vp9.webm", frames=30, rate=10), LIMITS)
+        self.assertEqual(info.frames, 30)
+
+    def test_a_renderer_panic_is_a_415_with_no_trace(self) -> None:
+        data = make.svg(
+            "7000", "7000", "0 0 7000 7000",
+            '<path stroke="red" stroke-width="1e30" d="M0 0 L1e38 1e38 L0 1e38"/>',
+        )  # fmt: skip
+        try:
+            render(data, "w500.png")
+        except UnsupportedImage as e:
+            self.assertNotIn("/", str(e))
+        (image,) = render(make.svg(), "w10.png")  # the rasteriser goes on
+        self.assertEqual(image.size, (10, 5))
+
+    def test_a_small_crop_of_a_vast_drawing_is_refused(self) -> None:
+        data = (b'<svg xmlns="http://www.w3.org/2000/svg" width="50000000" height="1">'
+                b'<rect width="50000000" height="1" fill="red"/></svg>')  # fmt: skip
+        with self.assertRaises(ImageTooLarge) as caught:
+            render(data, "x1000.jpg")
+        self.assertIn("would draw 50000000x1 of it", str(caught.exception))
+        (fit,) = render(data, "x1000-fit.png")
+        self.assertEqual(fit.size, (1000, 1))
+
+    def test_sizes_in_em_and_a_prefixed_root(self) -> None:
+        info = renderer.probe(make.svg("10em", "5em"), LIMITS)
+        self.assertEqual((info.width, info.height), (160, 80))
+        prefixed = (b'<svg:svg xmlns:svg="http://www.w3.org/2000/svg" width="20" '
+                    b'height="10"><svg:rect width="20" height="10" fill="red"/>'
+                    b"</svg:svg>")  # fmt: skip
+        (image,) = render(prefixed, "full_size.png")
+        self.assertEqual(rgb(image, (5, 5)), (255, 0, 0))
+        long_comment = b"<!--" + b"x" * 20_000 + b"-->" + make.svg()
+        self.assertEqual(renderer.probe(long_comment, LIMITS).width, 100)
+
+    def test_a_stuck_rasteriser_is_a_503_not_the_files_fault(self) -> None:
+        """A job still running at its wall-clock deadline (here stopped from
+        outside) waited for a CPU: the server is busy."""
+        from imageserver.errors import Overloaded
+
+        limits = replace(LIMITS, documents=replace(LIMITS.documents, seconds=0.5))
+        render(make.svg(), "w10.png", limits=limits)
+        pids = documents.shared().pids()
+        timer = threading.Timer(0.3, lambda: [os.kill(p, 19) for p in pids])
+        timer.start()
+        with self.assertRaises(Overloaded) as caught:
+            filters = "".join(
+                f'<feGaussianBlur stdDeviation="{50 + i}"/>' for i in range(30)
+            )
+            render(
+                make.svg("3000", "3000", "0 0 3000 3000",
+                         f'<filter id="f">{filters}</filter>'
+                         '<rect width="3000" height="3000" filter="url(#f)"/>'),
+                "full_size.png", limits=limits,
+            )  # fmt: skip
+        self.assertIn("the server is busy", str(caught.exception))
+        timer.cancel()

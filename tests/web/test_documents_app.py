@@ -148,3 +148,17 @@ class SvgAsAPageTests(SynchronousTestCase):
         )
         response, _ = app.request("GET", folder + "/w10.png")
         self.assertIsNone(response.headers.getRawHeaders("Content-Security-Policy"))
+
+
+class DrawnOptionTests(SynchronousTestCase):
+    def test_bad_values_stop_the_start(self) -> None:
+        from imageserver.config import Config
+
+        for options, message in (
+            ({"video_codecs": ("h265",)}, "--video_codecs names codecs among"),
+            ({"rasterise_memory": 100}, "--rasterise_memory must be at least"),
+            ({"max_pdf_pages": 0}, "--max_pdf_pages must be positive"),
+        ):
+            with self.assertRaises(ValueError) as caught:
+                Config(**options)  # type: ignore[arg-type]
+            self.assertIn(message, str(caught.exception))
