@@ -17,7 +17,8 @@ pipes) and the rasteriser process's (the decode or drawing), read from
 - **direct**: the library in this process: PyAV opens the file, decodes the
   first key frame and scales it to 400 wide in FFmpeg's scaler; PDFium opens
   the document and draws page 1 at 400 wide; resvg draws the SVG at 400
-  wide; then Pillow encodes the JPEG (the PNG) as the server does.
+  wide; then the JPEG (the PNG) is encoded as the server encodes it
+  (jpegli for JPEG).
 
 The target is a ratio under 1.2 (docs/performance.md).
 """
@@ -116,9 +117,16 @@ def direct_video(data: bytes) -> Callable[[], None]:
         height = round(frame.height * 400 / frame.width)
         image = frame.reformat(400, height, "rgb24", interpolation="AREA").to_image()
         container.close()
-        image.save(io.BytesIO(), "JPEG", quality=84, optimize=True)
+        _encode(image, "w400.jpg")
 
     return run
+
+
+def _encode(image: Image.Image, name: str) -> None:
+    """The output encoded as the server encodes it (jpegli for JPEG)."""
+    variant = RULES.canonical(name)
+    assert variant is not None
+    renderer._encode(image, variant)
 
 
 def direct_pdf(data: bytes) -> Callable[[], None]:
@@ -129,8 +137,7 @@ def direct_pdf(data: bytes) -> Callable[[], None]:
         page = document[0]
         width, _ = page.get_size()
         image = page.render(scale=400 / width, fill_color=(255, 255, 255, 255))
-        image = image.to_pil().convert("RGB")
-        image.save(io.BytesIO(), "JPEG", quality=84, optimize=True)
+        _encode(image.to_pil().convert("RGB"), "w400.jpg")
 
     return run
 
@@ -144,7 +151,7 @@ def direct_svg(data: bytes) -> Callable[[], None]:
                                     font_files=[documents_font()])  # fmt: skip
         image = Image.open(io.BytesIO(png))
         image.load()
-        image.save(io.BytesIO(), "PNG")
+        _encode(image, "w400.png")
 
     return run
 
