@@ -6,7 +6,7 @@ duration): no pixel is made until the renderer loads it, after `draft` has
 said the size it needs, so a vector or a page is drawn at the resolution the
 variant needs, and a video's frame is scaled in the codec's own scaler. The
 renderer treats it as any other image from there (it crops, turns, encodes);
-`select` picks the page or the time first. The rasteriser runs in child
+`opened` picks the page or the time first. The rasteriser runs in child
 processes (`rasteriser` says why), kept in a `Rasteriser` pool: one child per
 processing thread at most, started on first use, replaced after a job that
 broke a limit.

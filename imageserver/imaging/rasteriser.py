@@ -19,6 +19,8 @@ Run as ``python -m imageserver.imaging.rasteriser``; no Twisted.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import io
 import json
 import math
@@ -90,6 +92,15 @@ def main() -> None:
             answer = {"error": "UnsupportedImage", "message": _reason(header, e)}
             data = b""
         _write(sink, answer, data)
+        _release()
+
+
+def _release() -> None:
+    """Give back to the system what the job freed (glibc keeps freed memory
+    for the next allocation: an idle process held 220 MB after a large
+    drawing)."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 #: What a library's message says that is no business of a client's: FFmpeg's
