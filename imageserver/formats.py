@@ -283,7 +283,7 @@ class InputFormat:
 _SVG_START = re.compile(
     rb"(?:\xef\xbb\xbf)?\s*(?:<\?xml[^>]*\?>\s*)?"
     rb"(?:(?:<!--.*?-->|<\?.*?\?>|<!DOCTYPE[^>\[]*(?:\[.*?\])?\s*>)\s*)*"
-    rb"<(?:[A-Za-z_][\w.-]*:)?svg[\s>/]",
+    rb"<(?:[A-Za-z_][A-Za-z0-9_.-]*:)?svg[\s>/]",
     re.DOTALL,
 )
 

@@ -105,7 +105,7 @@ def _release() -> None:
 
 #: What a library's message says that is no business of a client's: FFmpeg's
 #: error numbers and its empty file name, paths on the server.
-_INTERNALS = re.compile(r"\[Errno -?\d+\]\s*|:\s*'<none>'|(?:/[\w.+-]+){2,}")
+_INTERNALS = re.compile(r"\[Errno -?[0-9]+\]\s*|:\s*'<none>'|(?:/[A-Za-z0-9_.+-]+){2,}")
 
 
 def _reason(header: dict[str, Any], e: BaseException) -> str:

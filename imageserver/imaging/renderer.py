@@ -65,7 +65,8 @@ ENLARGING_FILTER = Image.Resampling.LANCZOS
 _REDUCING_GAP = 3.0
 
 #: What Pillow's decoders raise for a broken file (its AVIF plugin raises
-#: RuntimeError); caught only around Pillow's own calls.
+#: RuntimeError, its GIF plugin IndexError for an extension block cut
+#: short); caught only around Pillow's own calls.
 _DECODE_ERRORS = (
     OSError,
     ValueError,
@@ -73,6 +74,7 @@ _DECODE_ERRORS = (
     EOFError,
     struct.error,
     RuntimeError,
+    IndexError,
 )
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})

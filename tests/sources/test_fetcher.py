@@ -436,7 +436,9 @@ class MessagesTwistdTests(TwistdCase):
         text = Resource()
         text.putChild(b"a.jpg", Data(b"not an image", "image/jpeg"))
         not_image = serve(Site(text))
-        formats = "JPEG, PNG, GIF, WEBP, AVIF, TIFF, BMP, HEIF, JXL"
+        formats = (
+            "JPEG, PNG, GIF, WEBP, AVIF, TIFF, BMP, HEIF, JXL, SVG, PDF, MP4, MOV, WEBM"
+        )
         for url, status, message in (
             ("http://127.0.0.1:1/a.jpg", 403,
              "source host 127.0.0.1 resolves to 127.0.0.1, which is loopback" + HINT),
