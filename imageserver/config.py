@@ -165,6 +165,9 @@ def setting(
     return field(default=default, metadata=metadata, **kwargs)
 
 
+#: The most frames a video's preview may have (FFmpeg's seeks in one job
+#: began to fail at about 115).
+MOST_PREVIEW_FRAMES = 100
 #: The least --rasterise_memory: its libraries' own space, and room to work.
 MIN_RASTERISE_MEMORY = 512 * 1024**2
 
@@ -255,9 +258,9 @@ class Config:
     )
     max_video_decoded_frames: int = setting(
         120,
-        "Frames decoded for one video picture (from the key frame before the "
-        "time asked for) or for all the frames of a preview together; where "
-        "they run out, the last decoded frame is served.",
+        "Frames decoded for one video picture, from the key frame before the "
+        "time asked for (a preview's frames an equal share each); where they "
+        "run out, the last decoded frame is served.",
     )
     video_codecs: tuple[str, ...] = setting(
         ("h264", "hevc", "vp8", "vp9", "av1"),
@@ -266,16 +269,22 @@ class Config:
     video_preview_frames: int = setting(
         10,
         "Frames of a video's animated preview (gif, webp, png, avif variants "
-        "without -t), taken at equal steps over its length, 0.5 s each.",
+        "without -t), one from each of equal parts of its length, 0.5 s each; "
+        "at most 100.",
     )
     max_svg_elements: int = setting(
         20_000,
         "Elements an SVG original may draw, counting each use element's "
         "copy; also the most its source may hold.",
     )
-    max_svg_depth: int = setting(64, "Elements an SVG may nest inside one another.")
+    max_svg_depth: int = setting(
+        64,
+        "Elements an SVG may nest inside one another, its root counted "
+        "(svg > defs > linearGradient > stop is 4).",
+    )
     max_svg_filters: int = setting(
-        32, "Filter primitives (feGaussianBlur, ...) an SVG original may have."
+        32,
+        "Filter primitives (feGaussianBlur, ...) an SVG original may have; 0: none.",
     )
     workers: int = setting(
         0,
@@ -870,10 +879,14 @@ class Config:
             )
         for name in ("rasterise_seconds", "rasterise_memory", "max_pdf_pages",
                      "max_video_seconds", "max_video_decoded_frames",
-                     "video_preview_frames", "max_svg_elements", "max_svg_depth",
-                     "max_svg_filters"):  # fmt: skip
+                     "video_preview_frames", "max_svg_elements",
+                     "max_svg_depth"):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name} must be positive")
+        if self.max_svg_filters < 0:
+            raise ValueError("--max_svg_filters must not be negative (0: none)")
+        if self.video_preview_frames > MOST_PREVIEW_FRAMES:
+            raise ValueError(f"--video_preview_frames is at most {MOST_PREVIEW_FRAMES}")
         if not self.video_codecs or not set(self.video_codecs) <= set(VIDEO_CODECS):
             raise ValueError(
                 f"--video_codecs names codecs among {', '.join(VIDEO_CODECS)}"

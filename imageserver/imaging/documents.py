@@ -512,9 +512,11 @@ def opened(
     found = probe(data, kind, limits, pick.page, most, digest)
     at = pick.seconds(found)
     if at is not None and found.seconds is not None and at > found.seconds:
+        ms = pick.time_ms or 0
+        spelled = f"t{ms // 1000}s" if ms % 1000 == 0 else f"t{ms}ms"
         raise InvalidRequest(
-            f"t{at:g}s is past the end of the video, which is {found.seconds:g} s "
-            "long: ask for a time within it, or tNpct"
+            f"{spelled} is past the end of the video, which is "
+            f"{found.seconds:g} s long: ask for a time within it, or tNpct"
         )
     document = Document(data, found, limits, most)
     document.digest = digest

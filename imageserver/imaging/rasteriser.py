@@ -108,9 +108,13 @@ def _release() -> None:
 _INTERNALS = re.compile(r"\[Errno -?[0-9]+\]\s*|:\s*'<none>'|(?:/[A-Za-z0-9_.+-]+){2,}")
 
 
+def _said(e: BaseException) -> str:
+    """What a library's error says, without its internals."""
+    return (_INTERNALS.sub("", str(e)).strip(" :") or type(e).__name__)[:300]
+
+
 def _reason(header: dict[str, Any], e: BaseException) -> str:
-    text = _INTERNALS.sub("", str(e)).strip(" :") or type(e).__name__
-    return f"the {header.get('kind', 'file')} could not be decoded: {text[:300]}"
+    return f"the {header.get('kind', 'file')} could not be decoded: {_said(e)}"
 
 
 def _allow_cpu(seconds: float) -> None:
@@ -228,7 +232,7 @@ def _pdf_read(data: bytes, header: dict[str, Any]) -> Any:
     try:
         document = pdfium.PdfDocument(data)
     except pdfium.PdfiumError as e:
-        raise UnsupportedImage(f"the PDF could not be read: {e}") from None
+        raise UnsupportedImage(f"the PDF could not be read: {_said(e)}") from None
     pages = len(document)
     most = header["limits"]["pages"]
     if pages > most:
@@ -310,7 +314,7 @@ def _video_open(kind: str, data: bytes, header: dict[str, Any]) -> tuple[Any, An
             io_open=_no_other_file,
         )
     except av.FFmpegError as e:
-        raise UnsupportedImage(f"the video could not be read: {e}") from None
+        raise UnsupportedImage(f"the video could not be read: {_said(e)}") from None
     if not container.streams.video:
         raise UnsupportedImage("the file has no video stream")
     stream = container.streams.video[0]
@@ -413,7 +417,7 @@ def _video_job(
         frames = [_frame_at(container, stream, float(header["time"]), budget)]
     else:
         known = _first_frames.get(header["digest"])
-        frames = [known or _poster(container, stream, budget)]
+        frames = [known or _poster(container, stream, seconds, budget)]
     images = [_picture(stream, frame, header) for frame in frames]
     return _pictures(images)
 
@@ -496,21 +500,35 @@ def _lively(frame: Any) -> bool:
     return mean >= LIVELY_MEAN and spread >= LIVELY_SPREAD
 
 
-def _poster(container: Any, stream: Any, budget: list[int]) -> Any:
+def _poster(
+    container: Any, stream: Any, seconds: float | None, budget: list[int]
+) -> Any:
     """The first lively key frame of the first seconds (a fade from black,
-    a title card of one colour, are passed over), else the liveliest."""
-    stream.codec_context.skip_frame = "NONKEY"
+    a title card of one colour, are passed over), else the liveliest: the
+    key frames at or before `POSTER_CANDIDATES` times at equal steps over the
+    first `POSTER_SECONDS`, each reached by a seek (some decoders, VP9's,
+    decode every frame whatever ``skip_frame`` says)."""
+    length = min(seconds or POSTER_SECONDS, POSTER_SECONDS)
+    steps = POSTER_CANDIDATES - 1
+    times = [length * index / steps for index in range(POSTER_CANDIDATES)]
     best, best_spread = None, -1.0
-    for looked, frame in enumerate(_decoded(container, stream, 0.0, budget), 1):
-        mean, spread = _spread(frame)
-        if mean >= LIVELY_MEAN and spread >= LIVELY_SPREAD:
-            best = frame
-            break
-        if spread > best_spread:
-            best, best_spread = frame, spread
-        if looked >= POSTER_CANDIDATES or (frame.time or 0) > POSTER_SECONDS:
-            break
-    stream.codec_context.skip_frame = "DEFAULT"
+    seen: set[int] = set()
+    stream.codec_context.skip_frame = "NONKEY"
+    try:
+        for at in times:
+            frame = next(_decoded(container, stream, _start(stream) + at, budget), None)
+            if frame is None:
+                break
+            if frame.pts in seen:
+                continue  # the same key frame as a time before
+            seen.add(frame.pts)
+            mean, spread = _spread(frame)
+            if mean >= LIVELY_MEAN and spread >= LIVELY_SPREAD:
+                return frame
+            if spread > best_spread:
+                best, best_spread = frame, spread
+    finally:
+        stream.codec_context.skip_frame = "DEFAULT"
     if best is None:
         raise UnsupportedImage("the video has no frame that decodes")
     return best

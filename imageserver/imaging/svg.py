@@ -97,7 +97,8 @@ ELEMENTS = frozenset(
 FILTER_PRIMITIVES = frozenset(e for e in ELEMENTS if e.startswith("fe") and e not in {
     "feFuncA", "feFuncB", "feFuncG", "feFuncR", "feMergeNode", "feDistantLight",
     "fePointLight", "feSpotLight"})  # fmt: skip
-#: Elements dropped with their content (their text is not drawn either).
+#: Elements kept with their text, which is not drawn (an SVG's accessible
+#: name and description).
 _SILENT = frozenset({"title", "desc"})
 #: Raster images an ``<image>`` may embed, by their ``data:`` media type.
 EMBEDDED = {
@@ -107,6 +108,9 @@ EMBEDDED = {
     "image/webp": headers.webp,
 }
 _HREFS = frozenset({"href", f"{{{XLINK_NS}}}href"})
+#: Elements whose text is kept: drawn, a style sheet, or a name.
+_DRAWN_TEXT = frozenset({"text", "tspan", "textPath"})
+_WITH_TEXT = _DRAWN_TEXT | _SILENT | {"style"}
 _DATA_URL = re.compile(r"data:(?P<type>[a-z/]+);base64,(?P<data>[A-Za-z0-9+/=\s]*)\Z")
 #: A ``url(...)`` in CSS or a presentation attribute that is not a fragment.
 _FOREIGN_URL = re.compile(r"url\(\s*(?!['\"]?\s*#)[^)]*\)", re.IGNORECASE)
@@ -219,12 +223,12 @@ def _rebuilt(root: etree._Element, limits: SvgLimits) -> etree._Element:
         text = node.text or ""
         if name == "style":
             text = "" if "\\" in text else _css(text)
-        made.text = text if name in {"style", "text", "tspan", "textPath"} else None
+        made.text = text if name in _WITH_TEXT else None
         for child in node:
             child_name = _local(child.tag)
-            if child_name is not None and child_name in ELEMENTS - _SILENT:
+            if child_name is not None and child_name in ELEMENTS:
                 copy(child, depth + 1, made)
-            if child.tail and name in {"text", "tspan", "textPath"}:
+            if child.tail and name in _DRAWN_TEXT:
                 if len(made):
                     made[-1].tail = child.tail
                 else:

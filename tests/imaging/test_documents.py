@@ -8,6 +8,7 @@ import base64
 import http.server
 import io
 import os
+import signal
 import tempfile
 import threading
 from dataclasses import replace
@@ -674,24 +675,25 @@ class RedTeamFindingTests(SynchronousTestCase):
         self.assertEqual(renderer.probe(long_comment, LIMITS).width, 100)
 
     def test_a_stuck_rasteriser_is_a_503_not_the_files_fault(self) -> None:
-        """A job still running at its wall-clock deadline (here stopped from
-        outside) waited for a CPU: the server is busy."""
+        """A job still running at its wall-clock deadline (here its process
+        stopped from outside before it is sent) waited for a CPU: the
+        server is busy."""
         from imageserver.errors import Overloaded
 
         limits = replace(LIMITS, documents=replace(LIMITS.documents, seconds=0.5))
-        render(make.svg(), "w10.png", limits=limits)
-        pids = documents.shared().pids()
-        timer = threading.Timer(0.3, lambda: [os.kill(p, 19) for p in pids])
-        timer.start()
+        data = make.svg("30", "30")
+        render(data, "w10.png", limits=limits)  # probed: the next job draws
+        for pid in documents.shared().pids():
+            os.kill(pid, signal.SIGSTOP)
         with self.assertRaises(Overloaded) as caught:
-            filters = "".join(
-                f'<feGaussianBlur stdDeviation="{50 + i}"/>' for i in range(30)
-            )
-            render(
-                make.svg("3000", "3000", "0 0 3000 3000",
-                         f'<filter id="f">{filters}</filter>'
-                         '<rect width="3000" height="3000" filter="url(#f)"/>'),
-                "full_size.png", limits=limits,
-            )  # fmt: skip
+            render(data, "w20.png", limits=limits)
         self.assertIn("the server is busy", str(caught.exception))
-        timer.cancel()
+        (image,) = render(data, "w12.png", limits=limits)  # a new process
+        self.assertEqual(image.size, (12, 12))
+
+    def test_a_vp9_poster_passes_over_a_dark_start(self) -> None:
+        """FFmpeg's VP9 decoder decodes every frame whatever skip_frame
+        says: the poster's key frames are reached by seeks."""
+        data = make.video("vp9.webm", frames=60, rate=10, key_every=20, dark=15)
+        (poster,) = render(data, "w160.jpg")
+        self.assertTrue(near(rgb(poster, (120, 90)), make.frame_colour(20)))
