@@ -15,6 +15,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
+from imageserver import formats
 from imageserver.access.cors import CorsPolicy
 from imageserver.access.rates import Rates
 from imageserver.access.signing import secrets_of
@@ -937,10 +938,10 @@ class Config:
             )
         if self.http_timeout <= 0:
             raise ValueError("--http_timeout must be positive")
-        if set(self.auto_formats) - set(OUTPUT_FORMATS):
-            raise ValueError(
-                f"--auto_formats must be some of {','.join(OUTPUT_FORMATS)}"
-            )
+        # svg is an SVG original's own markup: no answer for another original.
+        drawn = [f for f in OUTPUT_FORMATS if not formats.output(f).markup]
+        if set(self.auto_formats) - set(drawn):
+            raise ValueError(f"--auto_formats must be some of {','.join(drawn)}")
         unknown = set(self.extensions) - set(OUTPUT_FORMATS)
         if unknown or not self.extensions:
             raise ValueError(f"--extensions must be some of {','.join(OUTPUT_FORMATS)}")

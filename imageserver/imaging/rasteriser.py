@@ -88,8 +88,8 @@ def main() -> None:
             answer, data = {"error": "ImageTooLarge", "message": _OUT_OF_MEMORY}, b""
         except (KeyboardInterrupt, SystemExit):
             raise
-        except BaseException as e:  # a library's own failure (resvg panics)
-            answer = {"error": "UnsupportedImage", "message": _reason(header, e)}
+        except BaseException:  # a library's own failure (resvg panics)
+            answer = {"error": "UnsupportedImage", "message": _reason(header)}
             data = b""
         _write(sink, answer, data)
         _release()
@@ -113,8 +113,20 @@ def _said(e: BaseException) -> str:
     return (_INTERNALS.sub("", str(e)).strip(" :") or type(e).__name__)[:300]
 
 
-def _reason(header: dict[str, Any], e: BaseException) -> str:
-    return f"the {header.get('kind', 'file')} could not be decoded: {_said(e)}"
+#: What a library's own failure in a job is said to be, by kind (its own
+#: text is no client's business: FFmpeg's error numbers, a Rust panic's).
+_FAILURES = {
+    "SVG": "the SVG could not be drawn",
+    "PDF": "the PDF could not be drawn: it is corrupt",
+}
+_VIDEO_FAILURE = (
+    "the video could not be decoded: it is cut short or corrupt, or a frame "
+    "is past the pixel limit (--max_source_pixels)"
+)
+
+
+def _reason(header: dict[str, Any]) -> str:
+    return _FAILURES.get(str(header.get("kind")), _VIDEO_FAILURE)
 
 
 def _allow_cpu(seconds: float) -> None:
@@ -188,9 +200,7 @@ def _svg(job: str, data: bytes, header: dict[str, Any]) -> tuple[dict[str, Any],
     width, height = _need(header, cleaned.width, cleaned.height)
     try:
         png = resvg_py.svg_to_bytes(
-            svg_string=cleaned.data.decode(),
-            width=width,
-            height=height,
+            svg_string=cleaned.at(width, height).decode(),
             skip_system_fonts=True,
             font_files=[FONT],
             # Every family, generic or named, falls back to the one font.
@@ -201,8 +211,8 @@ def _svg(job: str, data: bytes, header: dict[str, Any]) -> tuple[dict[str, Any],
             fantasy_family=FONT_FAMILY,
             monospace_family=FONT_FAMILY,
         )
-    except ValueError as e:
-        raise UnsupportedImage(f"the SVG could not be drawn: {e}") from None
+    except ValueError:
+        raise UnsupportedImage("the SVG could not be drawn") from None
     image = Image.open(io.BytesIO(png))
     image.load()
     return _pictures([image.convert("RGBA")])
@@ -353,8 +363,12 @@ def _seconds(container: Any, stream: Any) -> float | None:
     if stream.duration is not None and stream.time_base:
         seconds = float(stream.duration * stream.time_base)
     elif container.duration is not None:
-        seconds = container.duration / 1_000_000
-    return seconds if seconds is not None and seconds > 0 else None
+        # Matroska's is the last time, counted from zero, not from the first
+        # frame (a clip cut from 10 s declares 13 s for its 3).
+        seconds = container.duration / 1_000_000 - _start(stream)
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        return None
+    return seconds
 
 
 def _start(stream: Any) -> float:

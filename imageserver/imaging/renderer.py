@@ -232,8 +232,11 @@ _MARKUP_REFUSED = {
     "brightness": "brightness", "contrast": "contrast", "saturation": "saturation",
     "corner_radius": "round", "circle": "circle", "pixelboxes": "pixelbox",
     "blurboxes": "blurbox", "pixelate": "pixelate", "background": "bg",
-    "watermark": "wm", "text": "text",
+    "watermark": "wm", "text": "text", "page": "page", "time_ms": "t",
+    "time_percent": "t",
 }  # fmt: skip
+#: The most bytes an svg variant's SVG may have: each name is a copy of it.
+MAX_SVG_VARIANT_BYTES = 2 * 1024 * 1024
 
 
 def _markup(data: bytes, variants: Sequence[Variant], limits: Limits) -> list[bytes]:
@@ -250,6 +253,12 @@ def _markup(data: bytes, variants: Sequence[Variant], limits: Limits) -> list[by
     assert isinstance(document, documents.Document)
     width, height = document.size
     cleaned = documents.cleaned_svg(data, limits.documents)
+    if len(cleaned) > MAX_SVG_VARIANT_BYTES:
+        raise ImageTooLarge(
+            f"svg variants are made of SVGs of at most {MAX_SVG_VARIANT_BYTES} "
+            f"bytes, and this one is {len(cleaned)} once sanitised: ask for png, "
+            "webp or avif"
+        )
     blank = Variant("", Fit.FULL, 0, 0, 0, "svg")
     made = []
     for variant in variants:

@@ -697,3 +697,55 @@ class RedTeamFindingTests(SynchronousTestCase):
         data = make.video("vp9.webm", frames=60, rate=10, key_every=20, dark=15)
         (poster,) = render(data, "w160.jpg")
         self.assertTrue(near(rgb(poster, (120, 90)), make.frame_colour(20)))
+
+
+class RoundTwoTests(SynchronousTestCase):
+    """What the second round of attacks found, each fixed."""
+
+    def test_no_css_function_fetches(self) -> None:
+        data = make.svg(
+            body='<style>svg{background-image:image-set("http://127.0.0.1:9/x" 1x)}'
+            "rect{fill:rgb(1,2,3)}</style>"
+            '<rect width="1" height="1" style="background:-webkit-image-set(url('
+            'http://127.0.0.1:9/y) 1x);fill:url(#g)" src="x" tabindex="1" '
+            'formaction="javascript:1"/>'
+        )
+        cleaned = svg.clean(data, svg.SvgLimits()).data
+        self.assertNotIn(b"image-set", cleaned)
+        self.assertNotIn(b"127.0.0.1", cleaned)
+        for word in (b"src=", b"tabindex", b"formaction"):
+            self.assertNotIn(word, cleaned)
+        self.assertIn(b"rgb(1,2,3)", cleaned)
+        self.assertIn(b"url(#g)", cleaned)
+
+    def test_a_tall_thin_svg_is_drawn_at_the_output_size(self) -> None:
+        """Drawn 1 pixel wide by resvg's own size rules, it was 10,000,000
+        high for an h100 (8.7 s)."""
+        data = (b'<svg xmlns="http://www.w3.org/2000/svg" width="1" height="10000000">'
+                b'<rect width="1" height="10000000" fill="red"/></svg>')  # fmt: skip
+        cost = hostile.cost(data, "h100.png", False)
+        self.assertEqual(cost.outcome, "ok")
+        self.assertLess(cost.cpu_s, 0.5, cost)
+
+    def test_sizes_past_a_number_are_no_500(self) -> None:
+        """A size past a float is no size (the browsers' 300 wide); past a
+        billion a side, refused."""
+        info = renderer.probe(make.svg("1e400", "10", "0 0 1e400 1e400"), LIMITS)
+        self.assertEqual((info.width, info.height), (300, 10))
+        info = renderer.probe(make.svg("1e308em", "1", "0 0 100 50"), LIMITS)
+        self.assertEqual((info.width, info.height), (2, 1))  # the viewBox's ratio
+        with self.assertRaises(ImageTooLarge):
+            renderer.probe(make.svg("1e12", "1"), LIMITS)
+
+    def test_svg_variants_take_no_page_nor_time(self) -> None:
+        rules = replace(RULES, extensions=RULES.extensions | {"svg"})
+        for name in ("w100-page2.svg", "w100-t5s.svg"):
+            variant = rules.canonical(name)
+            assert variant is not None
+            with self.assertRaises(InvalidRequest):
+                renderer.render(make.svg(), variant, LIMITS)
+
+    def test_an_element_of_many_attributes_is_refused(self) -> None:
+        attributes = " ".join(f'a{i}="1"' for i in range(501))
+        with self.assertRaises(ImageTooLarge):
+            svg.clean(make.svg(body=f"<rect {attributes}/>"), svg.SvgLimits())

@@ -162,3 +162,12 @@ class DrawnOptionTests(SynchronousTestCase):
             with self.assertRaises(ValueError) as caught:
                 Config(**options)  # type: ignore[arg-type]
             self.assertIn(message, str(caught.exception))
+
+
+class AutoFormatTests(SynchronousTestCase):
+    def test_svg_is_no_auto_format(self) -> None:
+        from imageserver.config import Config
+
+        with self.assertRaises(ValueError) as caught:
+            Config(auto_formats=("svg", "webp"), extensions=("jpg", "webp", "svg"))
+        self.assertIn("--auto_formats must be some of", str(caught.exception))
