@@ -492,5 +492,6 @@ class HostReportsTests(TwistdCase):
         self.assertEqual(alone[0], 503)
         self.assertIn("the storage cannot be written", alone[1])
         self.assertEqual(hosted[0], 503)
-        self.assertRegex(hosted[1], r"^worker [12]: ")
-        self.assertTrue(hosted[1].endswith(alone[1]), hosted)
+        self.assertRegex(hosted[1], r"^worker [12]: the storage cannot be written")
+        # (Not the same reason word for word: a check that ran between the
+        # rename and the file's creation says the folder is missing.)
