@@ -243,11 +243,12 @@ def _markup(data: bytes, variants: Sequence[Variant], limits: Limits) -> list[by
     """svg variants: the SVG original, sanitised, showing what each variant's
     plan keeps at its size (`svg.resized`)."""
     rows = _candidates(data)
-    if not rows or rows[0].pillow != "SVG":
+    needed = formats.output(variants[0].format).markup  # the format table's
+    if not rows or rows[0].pillow != needed:
         kind = rows[0].pillow if rows else "not an image"
         raise InvalidRequest(
-            f"an svg variant is made of an SVG original; this original is {kind}: "
-            "ask for png, webp or avif"
+            f"an {variants[0].format} variant is made of an {needed} original; "
+            f"this original is {kind}: ask for png, webp or avif"
         )
     document = _open(data, limits)
     assert isinstance(document, documents.Document)
