@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -66,6 +67,8 @@ class DocumentLimits:
 
 #: How long each frame of a video's preview is shown.
 PREVIEW_FRAME_MS = 500
+#: The pipes' size (Linux's most for an unprivileged process by default).
+PIPE_BYTES = 1024 * 1024
 #: Wall-clock seconds a job may take per CPU second it is allowed (a job
 #: waits for nothing but the CPU: past this, it is stuck).
 WALL_PER_CPU = 3.0
@@ -136,6 +139,11 @@ class _Child:
             env=env,
             cwd="/",
         )
+        for pipe in (self.process.stdin, self.process.stdout):
+            # A file or its pixels in 1 MiB steps, not the 64 KiB of a
+            # default pipe: a switch between the processes for each.
+            with contextlib.suppress(OSError, AttributeError):
+                fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)  # type: ignore[union-attr]
         self.timed_out = False
         #: The digest of the file it keeps from its last job (sent once for
         #: a probe and the drawings after it).
