@@ -647,10 +647,10 @@ class RedTeamFindingTests(SynchronousTestCase):
             "7000", "7000", "0 0 7000 7000",
             '<path stroke="red" stroke-width="1e30" d="M0 0 L1e38 1e38 L0 1e38"/>',
         )  # fmt: skip
-        try:
+        # resvg (tiny-skia) panics on it: the job's 415, in plain words.
+        with self.assertRaises(UnsupportedImage) as caught:
             render(data, "w500.png")
-        except UnsupportedImage as e:
-            self.assertNotIn("/", str(e))
+        self.assertEqual(str(caught.exception), "the SVG could not be drawn")
         (image,) = render(make.svg(), "w10.png")  # the rasteriser goes on
         self.assertEqual(image.size, (10, 5))
 

@@ -171,3 +171,32 @@ class AutoFormatTests(SynchronousTestCase):
         with self.assertRaises(ValueError) as caught:
             Config(auto_formats=("svg", "webp"), extensions=("jpg", "webp", "svg"))
         self.assertIn("--auto_formats must be some of", str(caught.exception))
+
+
+class SvgOutputTests(SynchronousTestCase):
+    def test_an_svg_variant_is_the_svg_sanitised_and_resized(self) -> None:
+        app = AppHarness(self, extensions=("jpg", "png", "svg"))
+        folder = app.upload(make.svg(body="<script>alert(1)</script>"))
+        response, body = app.request("GET", folder + "/w64.svg")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(
+            response.headers.getRawHeaders("Content-Type"), ["image/svg+xml"]
+        )
+        self.assertEqual(
+            response.headers.getRawHeaders("Content-Security-Policy"),
+            ["default-src 'none'; style-src 'unsafe-inline'; img-src data:; sandbox"],
+        )
+        self.assertNotIn(b"script", body)
+        self.assertIn(b'width="64" height="32"', body)
+        # Drawn back, it is the original at that size.
+        drawn = app.upload(body)
+        response, png = app.request("GET", drawn + "/full_size.png")
+        image = picture(png)
+        self.assertEqual(image.size, (64, 32))
+        self.assertEqual(image.convert("RGB").getpixel((10, 16)), (255, 0, 0))
+        self.assertEqual(image.convert("RGB").getpixel((54, 16)), (0, 0, 255))
+        photo = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(photo, "JPEG")
+        code, error = app.json("GET", app.upload(photo.getvalue()) + "/w8.svg")
+        self.assertEqual(code, 400)
+        self.assertIn("an svg variant is made of an SVG original", error["error"])
