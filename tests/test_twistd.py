@@ -96,6 +96,8 @@ class TwistdCase(TestCaseMixin, TestCase):
     """Starts real twistd processes and talks to them over loopback."""
 
     timeout = 60
+    #: The process `start_server` started last.
+    server: Twistd
 
     async def start_server(
         self,
@@ -113,6 +115,7 @@ class TwistdCase(TestCaseMixin, TestCase):
             "--local_base_path", os.path.abspath(self.mktemp()), *extra,
         ], env)  # fmt: skip
         self.addCleanup(self.stop, process)
+        self.server = process
         for d in process.listening:
             await d
         pool = HTTPConnectionPool(reactor, persistent=False)
@@ -133,7 +136,12 @@ class TwistdCase(TestCaseMixin, TestCase):
     async def call(self, method: str, path: str, port: int | None = None,
                    **kwargs: Any) -> tuple[Any, bytes]:  # fmt: skip
         url = f"http://127.0.0.1:{port or self.port}{path}"
-        response = await self.client.request(method, url, **kwargs)
+        try:
+            response = await self.client.request(method, url, **kwargs)
+        except Exception as e:  # say what the server printed, should it fail
+            output = self.server.output[-4000:].decode(errors="replace")
+            e.add_note(f"{method} {path}; the server printed:\n{output}")
+            raise
         return response, await response.content()
 
 
