@@ -97,7 +97,7 @@ class TwistdCase(TestCaseMixin, TestCase):
 
     timeout = 60
     #: The process `start_server` started last.
-    server: Twistd
+    latest: Twistd
 
     async def start_server(
         self,
@@ -115,7 +115,7 @@ class TwistdCase(TestCaseMixin, TestCase):
             "--local_base_path", os.path.abspath(self.mktemp()), *extra,
         ], env)  # fmt: skip
         self.addCleanup(self.stop, process)
-        self.server = process
+        self.latest = process
         for d in process.listening:
             await d
         pool = HTTPConnectionPool(reactor, persistent=False)
@@ -139,7 +139,7 @@ class TwistdCase(TestCaseMixin, TestCase):
         try:
             response = await self.client.request(method, url, **kwargs)
         except Exception as e:  # say what the server printed, should it fail
-            output = self.server.output[-4000:].decode(errors="replace")
+            output = self.latest.output[-4000:].decode(errors="replace")
             e.add_note(f"{method} {path}; the server printed:\n{output}")
             raise
         return response, await response.content()
