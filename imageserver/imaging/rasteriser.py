@@ -43,6 +43,9 @@ DEMUXERS = {"MP4": "mov", "MOV": "mov", "WEBM": "matroska"}
 #: FFmpeg's decoders by the codec they decode (the external libraries'
 #: names are the library's).
 CODECS = {"libdav1d": "av1", "libaom-av1": "av1", "libvpx": "vp8", "libvpx-vp9": "vp9"}
+#: Decoders that read ``skip_frame`` at each packet (dav1d's reads it once,
+#: when it starts: set for a probe, it would skip for the jobs after).
+SKIPS = frozenset({"h264", "hevc"})
 #: The font SVG text is drawn with (no system fonts are read).
 FONT = os.path.join(os.path.dirname(__file__), "fonts", "DejaVuSans-Bold.ttf")
 FONT_FAMILY = "DejaVu Sans"
@@ -411,7 +414,15 @@ def _video_job(
         )
     budget = [int(limits["decoded"])]
     if job == "probe":
-        first = next(_decoded(container, stream, 0.0, budget), None)
+        # The first key frame: a decoder that holds frames back to reorder
+        # them (HEVC's) decodes the frames after it before giving it out.
+        # (Theirs give out no frame before a key frame anyway.)
+        if codec_name(stream) in SKIPS:
+            stream.codec_context.skip_frame = "NONKEY"
+        try:
+            first = next(_decoded(container, stream, 0.0, budget), None)
+        finally:
+            stream.codec_context.skip_frame = "DEFAULT"
         if first is None:
             raise UnsupportedImage("the video has no frame that decodes")
         _first_frames.clear()
@@ -511,10 +522,12 @@ _first_frames: dict[str, Any] = {}
 
 
 def _spread(frame: Any) -> tuple[float, float]:
-    """The mean and spread of a frame's luma, on a small copy."""
+    """The mean and spread of a frame's luma, on a small copy (nearest
+    samples: the default filter cost 1.1 ms more per 1080p frame, a tenth of
+    the server's work on top of a poster's)."""
     import numpy as np
 
-    luma = frame.to_ndarray(format="gray", width=64, height=36)
+    luma = frame.to_ndarray(format="gray", width=64, height=36, interpolation="POINT")
     return float(np.mean(luma)), float(np.std(luma))
 
 
