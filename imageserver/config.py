@@ -20,7 +20,7 @@ from imageserver.access.cors import CorsPolicy
 from imageserver.access.rates import Rates
 from imageserver.access.signing import secrets_of
 from imageserver.images import RenderPolicy
-from imageserver.imaging.documents import VIDEO_CODECS, DocumentLimits
+from imageserver.imaging.documents import COSTLY_AFTER, VIDEO_CODECS, DocumentLimits
 from imageserver.imaging.renderer import DECODER_MAX_PIXELS, Limits
 from imageserver.imaging.svg import SvgLimits
 from imageserver.naming import (
@@ -244,7 +244,9 @@ class Config:
         10.0,
         "CPU seconds one job of the rasteriser (an SVG drawn, a PDF page, a "
         "video's frame or preview) may take; past it the job's process is "
-        "killed and the request refused.",
+        "killed and the request refused. A file killed at it "
+        f"{COSTLY_AFTER} times is not drawn again by the process "
+        "(docs/security.md).",
     )
     rasterise_memory: int = setting(
         2 * 1024**3,

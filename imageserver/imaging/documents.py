@@ -26,6 +26,7 @@ import struct
 import subprocess
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any
@@ -33,6 +34,7 @@ from typing import IO, Any
 from PIL import Image
 
 from imageserver.errors import (
+    ImageServerError,
     ImageTooLarge,
     InvalidRequest,
     Overloaded,
@@ -97,6 +99,20 @@ class Probe:
 
 class RasteriserFailed(UnsupportedImage):
     """A rasteriser process that died in a job (a limit, or a crash)."""
+
+
+class _CpuLimit(RasteriserFailed):
+    """A rasteriser killed at its job's CPU allowance (--rasterise_seconds)."""
+
+
+class _Crashed(RasteriserFailed):
+    """A rasteriser that ended in a job otherwise than at a limit (most
+    often its memory: what it held from jobs before may count)."""
+
+
+class _OutOfMemory(ImageTooLarge):
+    """A job that ran out of the rasteriser's memory (what the process held
+    from jobs before may count)."""
 
 
 class RasteriserLate(Overloaded):
@@ -197,7 +213,7 @@ class _Child:
                     pipe.close()
         seconds = header.get("seconds")
         if code == -signal.SIGXCPU:
-            return RasteriserFailed(
+            return _CpuLimit(
                 f"drawing the {header['kind']} took more than {seconds:g} s of "
                 "CPU (--rasterise_seconds)"
             )
@@ -208,7 +224,7 @@ class _Child:
                 f"drawing the {header['kind']} took more than {deadline:g} s: the "
                 "server is busy, try again shortly"
             )
-        return RasteriserFailed(
+        return _Crashed(
             f"drawing the {header['kind']} failed (the rasteriser ended with "
             f"{code}): it may have run out of its memory (--rasterise_memory)"
         )
@@ -250,15 +266,32 @@ def _told(limits: DocumentLimits) -> dict[str, Any]:
     }
 
 
+#: Failed jobs remembered by each pool (each process), by all a job says
+#: (the file's digest, the job, its size and pick, the limits): asked again,
+#: the failure is answered without drawing (docs/security.md).
+FAILURES_KEPT = 1024
+#: Jobs of one file killed at the CPU limit, after which none of its jobs
+#: is run again by the pool.
+COSTLY_AFTER = 3
+
+
 class Rasteriser:
     """A pool of rasteriser processes: each job takes an idle one or starts
     one, and gives it back when the job is done; one that died is replaced
-    by the next job."""
+    by the next job. Failures caused by the file are remembered: a job that
+    failed is not run again, nor any job of a file killed at the CPU limit
+    `COSTLY_AFTER` times (a popular page's image that costs 10 s to fail
+    would cost that for each visitor)."""
 
     def __init__(self) -> None:
         self._idle: list[_Child] = []
         self._lock = threading.Lock()
         self._memory = 0
+        #: Jobs sent to a process (what a test counts).
+        self.jobs = 0
+        self._failed: OrderedDict[str, ImageServerError] = OrderedDict()
+        #: Jobs killed at the CPU limit, by the file's digest and the limit.
+        self._kills: OrderedDict[tuple[str, float], int] = OrderedDict()
 
     def ask(
         self,
@@ -269,11 +302,6 @@ class Rasteriser:
         **fields: Any,
     ) -> tuple[dict[str, Any], bytes]:
         """The answer to one job; the error it raised, as the server's."""
-        with self._lock:
-            if self._memory != limits.memory:  # other limits: other children
-                self._retire()
-                self._memory = limits.memory
-            child = self._idle.pop() if self._idle else None
         header = {
             "kind": kind,
             "job": job,
@@ -282,6 +310,41 @@ class Rasteriser:
             "limits": _told(limits),
             **fields,
         }
+        key = json.dumps([header, limits.memory], sort_keys=True)
+        costly = (header["digest"], limits.seconds)
+        with self._lock:
+            known = self._failed.get(key)
+            kills = self._kills.get(costly, 0)
+        if known is not None:
+            raise type(known)(str(known))
+        if kills >= COSTLY_AFTER:
+            raise RasteriserFailed(
+                f"drawing this {kind} took more than {limits.seconds:g} s of CPU "
+                f"{kills} times: it is not drawn again (--rasterise_seconds)"
+            )
+        try:
+            answer, payload = self._run(header, data, limits)
+        except (RasteriserLate, _Gone, _Crashed, _OutOfMemory):
+            # Not the file's alone: the server was busy, someone killed the
+            # process, or what it held from other jobs may have counted.
+            raise
+        except (UnsupportedImage, ImageTooLarge, InvalidRequest) as e:
+            with self._lock:
+                _keep(self._failed, key, e)
+                if isinstance(e, _CpuLimit):
+                    _keep(self._kills, costly, kills + 1)
+            raise
+        return answer, payload
+
+    def _run(
+        self, header: dict[str, Any], data: bytes, limits: DocumentLimits
+    ) -> tuple[dict[str, Any], bytes]:
+        with self._lock:
+            if self._memory != limits.memory:  # other limits: other children
+                self._retire()
+                self._memory = limits.memory
+            child = self._idle.pop() if self._idle else None
+            self.jobs += 1
         deadline = limits.seconds * WALL_PER_CPU + 5
         if child is None or child.process.poll() is not None:
             child = _Child(limits.memory)
@@ -297,6 +360,7 @@ class Rasteriser:
             kinds = {
                 "ImageTooLarge": ImageTooLarge,
                 "InvalidRequest": InvalidRequest,
+                "OutOfMemory": _OutOfMemory,
             }
             raise kinds.get(error, UnsupportedImage)(answer.get("message", error))
         return answer, payload
@@ -315,6 +379,14 @@ class Rasteriser:
         """End every idle child (a busy one ends with its job's pipe)."""
         with self._lock:
             self._retire()
+
+
+def _keep(kept: OrderedDict[Any, Any], key: Any, value: Any) -> None:
+    """Keep ``value`` as the newest of at most `FAILURES_KEPT`."""
+    kept[key] = value
+    kept.move_to_end(key)
+    while len(kept) > FAILURES_KEPT:
+        kept.popitem(last=False)
 
 
 _shared: Rasteriser | None = None

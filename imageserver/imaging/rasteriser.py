@@ -85,10 +85,9 @@ def main() -> None:
             answer, data = _run(header, payload)
         except (UnsupportedImage, ImageTooLarge, InvalidRequest) as e:
             answer, data = {"error": type(e).__name__, "message": str(e)}, b""
-        except MemoryError:
-            answer, data = {"error": "ImageTooLarge", "message": _OUT_OF_MEMORY}, b""
-        except ImportError:  # a library that could not be loaded in its space
-            answer, data = {"error": "ImageTooLarge", "message": _OUT_OF_MEMORY}, b""
+        except (MemoryError, ImportError):  # ImportError: a library that
+            # could not be loaded in the space left
+            answer, data = {"error": "OutOfMemory", "message": _OUT_OF_MEMORY}, b""
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException:  # a library's own failure (resvg panics)

@@ -612,15 +612,101 @@ class RasteriserFailureTests(SynchronousTestCase):
         limits = replace(
             LIMITS, documents=replace(LIMITS.documents, memory=400 * 1024**2)
         )
-        with self.assertRaises((UnsupportedImage, ImageTooLarge)) as caught:
-            renderer.render_many(
-                make.svg("6000", "6000", "0 0 100 50"),
-                [RULES.canonical("full_size.png")],
-                replace(limits, side=10_000),
-            )
-        self.assertIn("memory", str(caught.exception))
+        pool = documents.shared()
+        for _ in range(2):  # not remembered: the process's past may count
+            jobs = pool.jobs
+            with self.assertRaises((UnsupportedImage, ImageTooLarge)) as caught:
+                renderer.render_many(
+                    make.svg("6000", "6000", "0 0 100 50"),
+                    [RULES.canonical("full_size.png")],
+                    replace(limits, side=10_000),
+                )
+            self.assertIn("memory", str(caught.exception))
+            self.assertGreater(pool.jobs, jobs)
         (image,) = render(make.svg(), "w20.png")
         self.assertEqual(image.size, (20, 10))
+
+
+def _filter_bomb(tag: str) -> bytes:
+    """An SVG that costs seconds of CPU at 3000 pixels (``tag``: a file of
+    its own, which no other test's failure is remembered for)."""
+    blurs = "".join(
+        f'<feGaussianBlur stdDeviation="{300 + i}" result="b{i}"/>' for i in range(30)
+    )
+    return make.svg(
+        "3000", "3000", "0 0 3000 3000",
+        f"<desc>{tag}</desc>"
+        f'<filter id="f" x="0" y="0" width="1" height="1">{blurs}</filter>'
+        '<rect width="3000" height="3000" fill="red" filter="url(#f)"/>',
+    )  # fmt: skip
+
+
+ONE_SECOND = replace(LIMITS, documents=replace(LIMITS.documents, seconds=1.0))
+
+
+class FailureMemoryTests(SynchronousTestCase):
+    """Failures caused by the file are remembered by the pool: a job that
+    failed is answered without running again, and a file killed at the CPU
+    limit `COSTLY_AFTER` times is not drawn again (docs/security.md)."""
+
+    def test_every_kind_of_failure_is_answered_again_without_a_job(self) -> None:
+        pool = documents.shared()
+        pages = replace(LIMITS, documents=replace(LIMITS.documents, pages=2))
+        rows = [
+            ("a page past the end", make.pdf(PAGES), "w100-page9.png", LIMITS,
+             InvalidRequest, "page 9 was asked for, and the PDF has 3 pages"),
+            ("pages past the limit", make.pdf(PAGES[:1] * 3), "w100.png", pages,
+             ImageTooLarge, "the PDF has 3 pages, more than 2 (--max_pdf_pages)"),
+            ("a corrupt PDF", b"%PDF-1.4\n" + b"\0" * 64, "w100.png", LIMITS,
+             UnsupportedImage, "the PDF could not be read"),
+            ("the CPU limit", _filter_bomb("every kind"), "full_size.png",
+             ONE_SECOND, documents.RasteriserFailed,
+             "drawing the SVG took more than 1 s of CPU (--rasterise_seconds)"),
+        ]  # fmt: skip
+        for name, data, variant, limits, kind, message in rows:
+            failures = []
+            jobs = []
+            for _ in range(2):
+                jobs.append(pool.jobs)
+                with self.assertRaises(kind, msg=name) as caught:
+                    renderer.render_many(data, [RULES.canonical(variant)], limits)
+                failures.append(str(caught.exception))
+            self.assertTrue(failures[0].startswith(message), (name, failures))
+            self.assertEqual(failures[1], failures[0], name)
+            self.assertGreater(jobs[1], jobs[0], name)  # the first ran
+            self.assertEqual(pool.jobs, jobs[1], name)  # the second did not
+
+    def test_the_docs_say_how_many(self) -> None:
+        with open(os.path.join(os.path.dirname(__file__), "..", "..", "docs",
+                               "security.md")) as f:  # fmt: skip
+            text = " ".join(f.read().split())
+        self.assertIn(f"the last {documents.FAILURES_KEPT} failed jobs", text)
+        self.assertIn(
+            f"killed at the CPU limit {documents.COSTLY_AFTER} times, by any jobs",
+            text,
+        )
+        self.assertIn(f"drawn up to {documents.COSTLY_AFTER}N times", text)
+
+    def test_a_file_killed_again_and_again_is_not_drawn_again(self) -> None:
+        pool = documents.shared()
+        bomb = _filter_bomb("again and again")
+        for index in range(documents.COSTLY_AFTER):  # another job each time
+            with self.assertRaises(documents.RasteriserFailed):
+                render(bomb, f"w{3000 - index}.png", limits=ONE_SECOND)
+        jobs = pool.jobs
+        with self.assertRaises(documents.RasteriserFailed) as caught:
+            render(bomb, "w10.png", limits=ONE_SECOND)
+        self.assertEqual(
+            str(caught.exception),
+            f"drawing this SVG took more than 1 s of CPU {documents.COSTLY_AFTER} "
+            "times: it is not drawn again (--rasterise_seconds)",
+        )
+        self.assertEqual(pool.jobs, jobs)
+        # Other files are drawn; under another CPU limit, this one too.
+        (image,) = render(make.svg(), "w10.png", limits=ONE_SECOND)
+        self.assertEqual(image.size, (10, 5))
+        (image,) = render(bomb, "w10.png")
+        self.assertEqual(image.size, (10, 10))
 
 
 class RedTeamFindingTests(SynchronousTestCase):
@@ -690,6 +776,9 @@ class RedTeamFindingTests(SynchronousTestCase):
         self.assertIn("the server is busy", str(caught.exception))
         (image,) = render(data, "w12.png", limits=limits)  # a new process
         self.assertEqual(image.size, (12, 12))
+        # Not the file's failure: not remembered, the same job draws.
+        (image,) = render(data, "w20.png", limits=limits)
+        self.assertEqual(image.size, (20, 20))
 
     def test_a_vp9_poster_passes_over_a_dark_start(self) -> None:
         """FFmpeg's VP9 decoder decodes every frame whatever skip_frame
