@@ -331,8 +331,8 @@ class Rasteriser:
         except (UnsupportedImage, ImageTooLarge, InvalidRequest) as e:
             with self._lock:
                 _keep(self._failed, key, e)
-                if isinstance(e, _CpuLimit):
-                    _keep(self._kills, costly, kills + 1)
+                if isinstance(e, _CpuLimit):  # counted now: others may have
+                    _keep(self._kills, costly, self._kills.get(costly, 0) + 1)
             raise
         return answer, payload
 
