@@ -20,7 +20,13 @@ from imageserver.access.cors import CorsPolicy
 from imageserver.access.rates import Rates
 from imageserver.access.signing import secrets_of
 from imageserver.images import RenderPolicy
-from imageserver.imaging.documents import COSTLY_AFTER, VIDEO_CODECS, DocumentLimits
+from imageserver.imaging.documents import (
+    COSTLY_AFTER,
+    VIDEO_CODECS,
+    WALL_PER_CPU,
+    WALL_SLACK,
+    DocumentLimits,
+)
 from imageserver.imaging.renderer import DECODER_MAX_PIXELS, Limits
 from imageserver.imaging.svg import SvgLimits
 from imageserver.naming import (
@@ -243,15 +249,18 @@ class Config:
     rasterise_seconds: float = setting(
         10.0,
         "CPU seconds one job of the rasteriser (an SVG drawn, a PDF page, a "
-        "video's frame or preview) may take; past it the job's process is "
-        "killed and the request refused. A file killed at it "
-        f"{COSTLY_AFTER} times is not drawn again by the process "
-        "(docs/security.md).",
+        "video's frame or preview) may take, counted in whole seconds (up to "
+        "1 s more); past it the job's process is killed and the request "
+        f"refused (415). A file killed at it {COSTLY_AFTER} times is not "
+        f"drawn again by the process. A job still running after "
+        f"{WALL_PER_CPU:g} x this + {WALL_SLACK:g} s of wall-clock time waited "
+        "for a CPU: it is killed, and the request is a 503 (docs/security.md).",
     )
     rasterise_memory: int = setting(
         2 * 1024**3,
-        "Address space of a rasteriser process, in bytes (its libraries take "
-        "about 0.25 GB of it before a job).",
+        "Address space of a rasteriser process, in bytes, at least "
+        f"{MIN_RASTERISE_MEMORY} (512 MiB; its libraries take about 0.25 GB "
+        "of it before a job).",
     )
     max_pdf_pages: int = setting(
         2000, "Pages a PDF original may have; one with more is refused."

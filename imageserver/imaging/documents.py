@@ -75,6 +75,8 @@ PIPE_BYTES = 1024 * 1024
 #: Wall-clock seconds a job may take per CPU second it is allowed (a job
 #: waits for nothing but the CPU: past this, it is stuck).
 WALL_PER_CPU = 3.0
+#: And this many seconds more (a process started for the job loads first).
+WALL_SLACK = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,7 +347,7 @@ class Rasteriser:
                 self._memory = limits.memory
             child = self._idle.pop() if self._idle else None
             self.jobs += 1
-        deadline = limits.seconds * WALL_PER_CPU + 5
+        deadline = limits.seconds * WALL_PER_CPU + WALL_SLACK
         if child is None or child.process.poll() is not None:
             child = _Child(limits.memory)
         try:

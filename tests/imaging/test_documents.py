@@ -686,6 +686,12 @@ class FailureMemoryTests(SynchronousTestCase):
             text,
         )
         self.assertIn(f"drawn up to {documents.COSTLY_AFTER}N times", text)
+        self.assertIn(f"the last {documents.FAILURES_KEPT} failed jobs of each", text)
+        self.assertIn(
+            f"| {documents.COSTLY_AFTER} in each process "
+            f"({documents.COSTLY_AFTER}N with `--workers N`)",
+            text,
+        )
 
     def test_a_file_killed_again_and_again_is_not_drawn_again(self) -> None:
         pool = documents.shared()
