@@ -177,3 +177,17 @@ def busy_pdf(shapes: int, side: int = 1) -> bytes:
         + b"\nendstream",
     ]
     return _pdf_file(objects)
+
+
+def junk_pdf(entries: int) -> bytes:
+    """A one-page PDF whose page carries an array of ``entries`` empty
+    arrays: 2 bytes each in the file, about 100 in PDFium's memory once the
+    page tree is read (3,000,000: 6 MB, 300 MB)."""
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 100 100] /Junk ["
+        + b"[]" * entries
+        + b"] >>",
+    ]
+    return _pdf_file(objects)

@@ -518,8 +518,9 @@ def _one(job: dict[str, Any], default: Any, rules: Any) -> dict[str, Any]:
             marks={hashes[name]: mark for name, mark in marks.items()},
         )
         outcome = "ok"
-    except ImageServerError as e:
-        outcome = f"{type(e).__name__}: {e}"
+    except ImageServerError as e:  # named by its public class
+        public = next(c for c in type(e).__mro__ if not c.__name__.startswith("_"))
+        outcome = f"{public.__name__}: {e}"
     end = resource.getrusage(resource.RUSAGE_SELF)
     cpu = end.ru_utime + end.ru_stime - start.ru_utime - start.ru_stime
     growth = (_status("VmHWM") - before) / 1024

@@ -112,6 +112,11 @@ class _Crashed(RasteriserFailed):
     often its memory: what it held from jobs before may count)."""
 
 
+class _LibraryFailed(UnsupportedImage):
+    """A job a library failed (resvg and lxml say so of an allocation that
+    failed, as of a corrupt file)."""
+
+
 class _OutOfMemory(ImageTooLarge):
     """A job that ran out of the rasteriser's memory (what the process held
     from jobs before may count)."""
@@ -200,6 +205,15 @@ class _Child:
             raise self._died(header, deadline)
         return answer
 
+    def address_space(self) -> int:
+        """The bytes of address space the process holds (what its
+        RLIMIT_AS counts); 0 where it cannot be read."""
+        try:
+            with open(f"/proc/{self.process.pid}/statm") as statm:
+                return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return 0
+
     def _stop(self) -> None:
         self.timed_out = True
         self.process.kill()
@@ -275,6 +289,9 @@ FAILURES_KEPT = 1024
 #: Jobs of one file killed at the CPU limit, after which none of its jobs
 #: is run again by the pool.
 COSTLY_AFTER = 3
+#: Failures a process's past may have caused: a library's, a crash, memory
+#: run out (`Rasteriser._run`).
+_NOT_OURS = (_LibraryFailed, _Crashed, _OutOfMemory)
 
 
 class Rasteriser:
@@ -326,10 +343,8 @@ class Rasteriser:
             )
         try:
             answer, payload = self._run(header, data, limits)
-        except (RasteriserLate, _Gone, _Crashed, _OutOfMemory):
-            # Not the file's alone: the server was busy, someone killed the
-            # process, or what it held from other jobs may have counted.
-            raise
+        except (RasteriserLate, _Gone):
+            raise  # the server was busy, or someone killed the process
         except (UnsupportedImage, ImageTooLarge, InvalidRequest) as e:
             with self._lock:
                 _keep(self._failed, key, e)
@@ -341,15 +356,38 @@ class Rasteriser:
     def _run(
         self, header: dict[str, Any], data: bytes, limits: DocumentLimits
     ) -> tuple[dict[str, Any], bytes]:
+        """The job's answer. A job that fails otherwise than at a limit of
+        ours in a process that held over half its address space when the
+        job began is run again in a new one: what it held from jobs before
+        (another tenant's document, memory not given back) may have counted.
+        A failure is the file's, and remembered, where nothing else did."""
         with self._lock:
             if self._memory != limits.memory:  # other limits: other children
                 self._retire()
                 self._memory = limits.memory
             child = self._idle.pop() if self._idle else None
-            self.jobs += 1
-        deadline = limits.seconds * WALL_PER_CPU + WALL_SLACK
         if child is None or child.process.poll() is not None:
             child = _Child(limits.memory)
+        held = child.address_space()
+        try:
+            return self._on(child, header, data, limits)
+        except _NOT_OURS:
+            if held <= limits.memory // 2:
+                raise
+            child.close()  # whatever it held goes with it
+            return self._on(_Child(limits.memory), header, data, limits)
+
+    def _on(
+        self,
+        child: _Child,
+        header: dict[str, Any],
+        data: bytes,
+        limits: DocumentLimits,
+    ) -> tuple[dict[str, Any], bytes]:
+        """The job's answer from ``child``, which goes back to the idle."""
+        with self._lock:
+            self.jobs += 1
+        deadline = limits.seconds * WALL_PER_CPU + WALL_SLACK
         try:
             answer, payload = child.ask(header, data, deadline)
         except _Gone:
@@ -358,6 +396,8 @@ class Rasteriser:
         with self._lock:
             self._idle.append(child)
         error = answer.get("error")
+        if error == "UnsupportedImage" and answer.get("library"):
+            raise _LibraryFailed(answer.get("message", error))
         if error is not None:
             kinds = {
                 "ImageTooLarge": ImageTooLarge,

@@ -85,6 +85,8 @@ def main() -> None:
             answer, data = _run(header, payload)
         except (UnsupportedImage, ImageTooLarge, InvalidRequest) as e:
             answer, data = {"error": type(e).__name__, "message": str(e)}, b""
+            if e.__context__ is not None:  # said of a library's failure
+                answer["library"] = True
         except (MemoryError, ImportError):  # ImportError: a library that
             # could not be loaded in the space left
             answer, data = {"error": "OutOfMemory", "message": _OUT_OF_MEMORY}, b""
@@ -92,26 +94,40 @@ def main() -> None:
             raise
         except BaseException:  # a library's own failure (resvg panics)
             answer = {"error": "UnsupportedImage", "message": _reason(header)}
-            data = b""
+            answer["library"], data = True, b""
         _write(sink, answer, data)
         _release()
 
 
-#: Resident bytes past which a process gives back what its job freed: an
-#: idle one held 220 MB after a large drawing. Below, the memory is kept for
-#: the next job (given back after every job, small posters cost 30 % more
-#: CPU, faulting their pages in again).
+#: Resident bytes past which a process gives back what it holds between
+#: jobs: an idle one held 220 MB after a large drawing, and 1.9 GB with the
+#: document of a 40 MB PDF kept open. Below, the memory is kept for the next
+#: job (given back after every job, small posters cost 30 % more CPU,
+#: faulting their pages in again).
 KEEP_RESIDENT = 192 * 1024 * 1024
 
 
 def _release() -> None:
-    """Give back to the system what a large job freed (glibc keeps freed
+    """Past `KEEP_RESIDENT`, close the document or container kept for the
+    next job and give back to the system what was freed (glibc keeps freed
     memory for the next allocation)."""
     with contextlib.suppress(OSError, AttributeError, ValueError):  # not glibc
         with open("/proc/self/statm") as statm:
             resident = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         if resident > KEEP_RESIDENT:
+            _forget()
             ctypes.CDLL(None).malloc_trim(0)
+
+
+def _forget() -> None:
+    """Close what is kept open for the jobs that follow (the file stays)."""
+    for document in _pdf_opened.values():
+        document.close()
+    _pdf_opened.clear()
+    for container, _ in _opened.values():
+        container.close()
+    _opened.clear()
+    _first_frames.clear()
 
 
 #: What a library's message says that is no business of a client's: FFmpeg's
