@@ -374,6 +374,9 @@ class Rasteriser:
         except _NOT_OURS:
             if held <= limits.memory // 2:
                 raise
+            with self._lock:  # answered: it was given back
+                if child in self._idle:
+                    self._idle.remove(child)
             child.close()  # whatever it held goes with it
             return self._on(_Child(limits.memory), header, data, limits)
 

@@ -699,6 +699,8 @@ class FailureMemoryTests(SynchronousTestCase):
             with self.assertRaises(UnsupportedImage):
                 render(data, "w10.png")
             self.assertEqual(pool.jobs - jobs, runs, held)  # remembered
+            for pid in pool.pids():  # the one it left is not among them
+                self.assertTrue(os.path.exists(f"/proc/{pid}/statm"), pid)
 
     def test_the_docs_say_how_many(self) -> None:
         with open(os.path.join(os.path.dirname(__file__), "..", "..", "docs",
