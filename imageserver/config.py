@@ -251,8 +251,9 @@ class Config:
         "CPU seconds one job of the rasteriser (an SVG drawn, a PDF page, a "
         "video's frame or preview) may take, counted in whole seconds (up to "
         "1 s more); past it the job's process is killed and the request "
-        f"refused (415). A file killed at it {COSTLY_AFTER} times is not "
-        f"drawn again by the process. A job still running after "
+        "refused (415). A file past the rasteriser's limits (this one, "
+        f"--rasterise_memory) {COSTLY_AFTER} times is not drawn again by the "
+        "process. A job still running after "
         f"{WALL_PER_CPU:g} x this + {WALL_SLACK:g} s of wall-clock time waited "
         "for a CPU: it is killed, and the request is a 503 (docs/security.md).",
     )

@@ -112,11 +112,6 @@ class _Crashed(RasteriserFailed):
     often its memory: what it held from jobs before may count)."""
 
 
-class _LibraryFailed(UnsupportedImage):
-    """A job a library failed (resvg and lxml say so of an allocation that
-    failed, as of a corrupt file)."""
-
-
 class _OutOfMemory(ImageTooLarge):
     """A job that ran out of the rasteriser's memory (what the process held
     from jobs before may count)."""
@@ -176,6 +171,8 @@ class _Child:
             with contextlib.suppress(OSError, AttributeError):
                 fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)  # type: ignore[union-attr]
         self.timed_out = False
+        #: Jobs it was sent.
+        self.jobs = 0
         #: The digest of the file it keeps from its last job (sent once for
         #: a probe and the drawings after it).
         self.holds = ""
@@ -188,6 +185,7 @@ class _Child:
         digest = header["digest"]
         if digest == self.holds:  # it has the file from the job before
             payload = b""
+        self.jobs += 1
         timer = threading.Timer(deadline, self._stop)
         timer.start()
         try:
@@ -204,15 +202,6 @@ class _Child:
         if answer is None:
             raise self._died(header, deadline)
         return answer
-
-    def address_space(self) -> int:
-        """The bytes of address space the process holds (what its
-        RLIMIT_AS counts); 0 where it cannot be read."""
-        try:
-            with open(f"/proc/{self.process.pid}/statm") as statm:
-                return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
-            return 0
 
     def _stop(self) -> None:
         self.timed_out = True
@@ -286,21 +275,23 @@ def _told(limits: DocumentLimits) -> dict[str, Any]:
 #: (the file's digest, the job, its size and pick, the limits): asked again,
 #: the failure is answered without drawing (docs/security.md).
 FAILURES_KEPT = 1024
-#: Jobs of one file killed at the CPU limit, after which none of its jobs
-#: is run again by the pool.
+#: Jobs of one file past the rasteriser's limits (killed at the CPU limit,
+#: out of memory, crashed), after which none of its jobs is run again.
 COSTLY_AFTER = 3
-#: Failures a process's past may have caused: a library's, a crash, memory
-#: run out (`Rasteriser._run`).
-_NOT_OURS = (_LibraryFailed, _Crashed, _OutOfMemory)
+#: Failures what a process held from jobs before may have caused: memory
+#: run out, a crash (`Rasteriser._run`).
+_NOT_OURS = (_Crashed, _OutOfMemory)
+#: Failures past the rasteriser's limits, counted towards `COSTLY_AFTER`.
+_PAST_LIMITS = (_CpuLimit, _Crashed, _OutOfMemory)
 
 
 class Rasteriser:
     """A pool of rasteriser processes: each job takes an idle one or starts
     one, and gives it back when the job is done; one that died is replaced
     by the next job. Failures caused by the file are remembered: a job that
-    failed is not run again, nor any job of a file killed at the CPU limit
-    `COSTLY_AFTER` times (a popular page's image that costs 10 s to fail
-    would cost that for each visitor)."""
+    failed is not run again, nor any job of a file that went past the
+    rasteriser's limits `COSTLY_AFTER` times (a popular page's image that
+    costs 10 s to fail would cost that for each visitor)."""
 
     def __init__(self) -> None:
         self._idle: list[_Child] = []
@@ -308,9 +299,13 @@ class Rasteriser:
         self._memory = 0
         #: Jobs sent to a process (what a test counts).
         self.jobs = 0
-        self._failed: OrderedDict[str, ImageServerError] = OrderedDict()
-        #: Jobs killed at the CPU limit, by the file's digest and the limit.
-        self._kills: OrderedDict[tuple[str, float], int] = OrderedDict()
+        #: Failures by job: the class and message (not the exception: its
+        #: traceback holds the file's bytes).
+        self._failed: OrderedDict[str, tuple[type[ImageServerError], str]] = (
+            OrderedDict()
+        )
+        #: Jobs past the limits, by the file's digest and the limits.
+        self._kills: OrderedDict[tuple[str, float, int], int] = OrderedDict()
 
     def ask(
         self,
@@ -330,16 +325,18 @@ class Rasteriser:
             **fields,
         }
         key = json.dumps([header, limits.memory], sort_keys=True)
-        costly = (header["digest"], limits.seconds)
+        costly = (header["digest"], limits.seconds, limits.memory)
         with self._lock:
             known = self._failed.get(key)
             kills = self._kills.get(costly, 0)
         if known is not None:
-            raise type(known)(str(known))
+            failure, message = known
+            raise failure(message)
         if kills >= COSTLY_AFTER:
             raise RasteriserFailed(
-                f"drawing this {kind} took more than {limits.seconds:g} s of CPU "
-                f"{kills} times: it is not drawn again (--rasterise_seconds)"
+                f"drawing this {kind} went past the rasteriser's limits {kills} "
+                "times: it is not drawn again (--rasterise_seconds, "
+                "--rasterise_memory)"
             )
         try:
             answer, payload = self._run(header, data, limits)
@@ -347,8 +344,8 @@ class Rasteriser:
             raise  # the server was busy, or someone killed the process
         except (UnsupportedImage, ImageTooLarge, InvalidRequest) as e:
             with self._lock:
-                _keep(self._failed, key, e)
-                if isinstance(e, _CpuLimit):  # counted now: others may have
+                _keep(self._failed, key, (type(e), str(e)))
+                if isinstance(e, _PAST_LIMITS):  # counted now: others may have
                     _keep(self._kills, costly, self._kills.get(costly, 0) + 1)
             raise
         return answer, payload
@@ -356,11 +353,11 @@ class Rasteriser:
     def _run(
         self, header: dict[str, Any], data: bytes, limits: DocumentLimits
     ) -> tuple[dict[str, Any], bytes]:
-        """The job's answer. A job that fails otherwise than at a limit of
-        ours in a process that held over half its address space when the
-        job began is run again in a new one: what it held from jobs before
-        (another tenant's document, memory not given back) may have counted.
-        A failure is the file's, and remembered, where nothing else did."""
+        """The job's answer. A job that runs out of memory or crashes in a
+        process that ran jobs before is run again in a new one: what the
+        process held from them (another tenant's libraries, memory not
+        given back) may have counted. A failure is the file's, and
+        remembered, where nothing else ran before."""
         with self._lock:
             if self._memory != limits.memory:  # other limits: other children
                 self._retire()
@@ -368,16 +365,12 @@ class Rasteriser:
             child = self._idle.pop() if self._idle else None
         if child is None or child.process.poll() is not None:
             child = _Child(limits.memory)
-        held = child.address_space()
+        fresh = child.jobs == 0
         try:
             return self._on(child, header, data, limits)
         except _NOT_OURS:
-            if held <= limits.memory // 2:
+            if fresh:
                 raise
-            with self._lock:  # answered: it was given back
-                if child in self._idle:
-                    self._idle.remove(child)
-            child.close()  # whatever it held goes with it
             return self._on(_Child(limits.memory), header, data, limits)
 
     def _on(
@@ -387,7 +380,8 @@ class Rasteriser:
         data: bytes,
         limits: DocumentLimits,
     ) -> tuple[dict[str, Any], bytes]:
-        """The job's answer from ``child``, which goes back to the idle."""
+        """The job's answer from ``child``, which goes back to the idle
+        unless it ran out of memory (what it holds is not to be trusted)."""
         with self._lock:
             self.jobs += 1
         deadline = limits.seconds * WALL_PER_CPU + WALL_SLACK
@@ -396,16 +390,16 @@ class Rasteriser:
         except _Gone:
             child = _Child(limits.memory)
             answer, payload = child.ask(header, data, deadline)
+        error = answer.get("error")
+        if error == "OutOfMemory":
+            child.close()
+            raise _OutOfMemory(answer.get("message", error))
         with self._lock:
             self._idle.append(child)
-        error = answer.get("error")
-        if error == "UnsupportedImage" and answer.get("library"):
-            raise _LibraryFailed(answer.get("message", error))
         if error is not None:
             kinds = {
                 "ImageTooLarge": ImageTooLarge,
                 "InvalidRequest": InvalidRequest,
-                "OutOfMemory": _OutOfMemory,
             }
             raise kinds.get(error, UnsupportedImage)(answer.get("message", error))
         return answer, payload

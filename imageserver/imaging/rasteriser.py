@@ -85,8 +85,8 @@ def main() -> None:
             answer, data = _run(header, payload)
         except (UnsupportedImage, ImageTooLarge, InvalidRequest) as e:
             answer, data = {"error": type(e).__name__, "message": str(e)}, b""
-            if e.__context__ is not None:  # said of a library's failure
-                answer["library"] = True
+            if _of_memory(e.__context__):  # a library's allocation failed
+                answer["error"] = "OutOfMemory"
         except (MemoryError, ImportError):  # ImportError: a library that
             # could not be loaded in the space left
             answer, data = {"error": "OutOfMemory", "message": _OUT_OF_MEMORY}, b""
@@ -94,7 +94,7 @@ def main() -> None:
             raise
         except BaseException:  # a library's own failure (resvg panics)
             answer = {"error": "UnsupportedImage", "message": _reason(header)}
-            answer["library"], data = True, b""
+            data = b""
         _write(sink, answer, data)
         _release()
 
@@ -150,6 +150,14 @@ _VIDEO_FAILURE = (
     "the video could not be decoded: it is cut short or corrupt, or a frame "
     "is past the pixel limit (--max_source_pixels)"
 )
+
+
+def _of_memory(cause: BaseException | None) -> bool:
+    """Whether a library's failure was an allocation's (lxml and FFmpeg say
+    so in words, as an error of the file)."""
+    if cause is None:
+        return False
+    return isinstance(cause, MemoryError) or "memory" in str(cause).lower()
 
 
 def _reason(header: dict[str, Any]) -> str:

@@ -5,10 +5,12 @@ the SVG's colours at known points), at the size asked for, within limits."""
 from __future__ import annotations
 
 import base64
+import gc
 import http.server
 import io
 import os
 import signal
+import sys
 import tempfile
 import threading
 from dataclasses import replace
@@ -669,37 +671,47 @@ class FailureMemoryTests(SynchronousTestCase):
         for name, data, variant, limits, kind, message in rows:
             failures = []
             jobs = []
+            references = sys.getrefcount(data)
             for _ in range(2):
                 jobs.append(pool.jobs)
                 with self.assertRaises(kind, msg=name) as caught:
                     renderer.render_many(data, [RULES.canonical(variant)], limits)
                 failures.append(str(caught.exception))
+                del caught
             self.assertTrue(failures[0].startswith(message), (name, failures))
             self.assertEqual(failures[1], failures[0], name)
             self.assertGreater(jobs[1], jobs[0], name)  # the first ran
             self.assertEqual(pool.jobs, jobs[1], name)  # the second did not
+            # What is remembered holds no reference to the file (a failure's
+            # traceback would: 1024 of them, each an original of 50 MB).
+            gc.collect()
+            self.assertEqual(sys.getrefcount(data), references, name)
 
-    def test_a_failure_where_a_process_held_much_is_tried_in_a_new_one(
-        self,
-    ) -> None:
-        """A library's failure in a process that held over half its address
-        space when the job began (here said so by a fake: another tenant's
-        document held is hard to time) may be that memory's: the job runs
-        again in a new process, and only that failure is remembered."""
+    def test_memory_run_out_where_jobs_ran_before_is_tried_anew(self) -> None:
+        """What a process held from jobs before (another tenant's libraries,
+        memory not given back) may count against the next: a job that runs
+        out of memory there is run again in a new process, and only that
+        failure is remembered. A file's own error is not tried again."""
         pool = documents.shared()
+        limits = replace(
+            LIMITS, side=10_000,
+            documents=replace(LIMITS.documents, memory=400 * 1024**2),
+        )  # fmt: skip
+        huge = make.svg("6000", "6000", "0 0 100 50", "<desc>anew</desc>")
         broken = make.svg(body="<rect></svg>").replace(b"</svg></svg>", b"</svg>")
-        for held, runs in ((LIMITS.documents.memory, 2), (0, 1)):
-            self.patch(documents._Child, "address_space", lambda _, b=held: b)
-            data = broken + f"<!-- {held} -->".encode()  # a file of its own
+        for data, failure, runs in (
+            (huge, (UnsupportedImage, ImageTooLarge), 3),  # probe, draw, again
+            (broken, UnsupportedImage, 1),  # its probe
+        ):
+            render(make.svg("44", "44"), "w10.png", limits=limits)  # a job ran
             jobs = pool.jobs
-            with self.assertRaises(UnsupportedImage) as caught:
-                render(data, "w10.png")
-            self.assertIn("could not be parsed", str(caught.exception))
-            self.assertEqual(pool.jobs - jobs, runs, held)
-            with self.assertRaises(UnsupportedImage):
-                render(data, "w10.png")
-            self.assertEqual(pool.jobs - jobs, runs, held)  # remembered
-            for pid in pool.pids():  # the one it left is not among them
+            with self.assertRaises(failure):
+                render(data, "full_size.png", limits=limits)
+            self.assertEqual(pool.jobs - jobs, runs)
+            with self.assertRaises(failure):
+                render(data, "full_size.png", limits=limits)
+            self.assertEqual(pool.jobs - jobs, runs)  # remembered
+            for pid in pool.pids():  # no process that ran out is kept
                 self.assertTrue(os.path.exists(f"/proc/{pid}/statm"), pid)
 
     def test_the_docs_say_how_many(self) -> None:
@@ -708,7 +720,8 @@ class FailureMemoryTests(SynchronousTestCase):
             text = " ".join(f.read().split())
         self.assertIn(f"the last {documents.FAILURES_KEPT} failed jobs", text)
         self.assertIn(
-            f"killed at the CPU limit {documents.COSTLY_AFTER} times, by any jobs",
+            f"rasteriser's limits {documents.COSTLY_AFTER} times (killed at the CPU "
+            "limit, out of memory, crashed), by any jobs",
             text,
         )
         self.assertIn(f"drawn up to {documents.COSTLY_AFTER}N times", text)
@@ -730,8 +743,9 @@ class FailureMemoryTests(SynchronousTestCase):
             render(bomb, "w10.png", limits=ONE_SECOND)
         self.assertEqual(
             str(caught.exception),
-            f"drawing this SVG took more than 1 s of CPU {documents.COSTLY_AFTER} "
-            "times: it is not drawn again (--rasterise_seconds)",
+            "drawing this SVG went past the rasteriser's limits "
+            f"{documents.COSTLY_AFTER} times: it is not drawn again "
+            "(--rasterise_seconds, --rasterise_memory)",
         )
         # An upload of it, in any namespace, is refused alike.
         documents._probes.clear()
