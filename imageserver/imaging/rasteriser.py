@@ -120,12 +120,15 @@ def _release() -> None:
 
 
 def _forget() -> None:
-    """Close what is kept open for the jobs that follow (the file stays)."""
+    """Close what is kept open for the jobs that follow (the file stays);
+    a library's failure to close is no job's."""
     for document in _pdf_opened.values():
-        document.close()
+        with contextlib.suppress(Exception):
+            document.close()
     _pdf_opened.clear()
     for container, _ in _opened.values():
-        container.close()
+        with contextlib.suppress(Exception):
+            container.close()
     _opened.clear()
     _first_frames.clear()
 
