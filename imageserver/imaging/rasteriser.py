@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import io
 import json
 import math
@@ -156,11 +157,16 @@ _VIDEO_FAILURE = (
 
 
 def _of_memory(cause: BaseException | None) -> bool:
-    """Whether a library's failure was an allocation's (lxml and FFmpeg say
-    so in words, as an error of the file)."""
+    """Whether a library's failure was an allocation's: a MemoryError,
+    FFmpeg's ENOMEM, or libxml2's own words at the start of its message
+    (never a word anywhere in it: the file's text appears there too)."""
     if cause is None:
         return False
-    return isinstance(cause, MemoryError) or "memory" in str(cause).lower()
+    return (
+        isinstance(cause, MemoryError)
+        or getattr(cause, "errno", None) == errno.ENOMEM
+        or str(cause).startswith("Memory allocation failed")
+    )
 
 
 def _reason(header: dict[str, Any]) -> str:

@@ -698,7 +698,7 @@ class FailureMemoryTests(SynchronousTestCase):
             documents=replace(LIMITS.documents, memory=400 * 1024**2),
         )  # fmt: skip
         huge = make.svg("6000", "6000", "0 0 100 50", "<desc>anew</desc>")
-        broken = make.svg(body="<rect></svg>").replace(b"</svg></svg>", b"</svg>")
+        broken = make.svg(body="<memory></svg>").replace(b"</svg></svg>", b"</svg>")
         for data, failure, runs in (
             (huge, (UnsupportedImage, ImageTooLarge), 3),  # probe, draw, again
             (broken, UnsupportedImage, 1),  # its probe
