@@ -774,6 +774,20 @@ class HeldMemoryTests(SynchronousTestCase):
                 resident = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
             self.assertLess(resident, rasteriser.KEEP_RESIDENT)
 
+    def test_a_library_that_fails_to_close_fails_no_job(self) -> None:
+        """What was kept is let go even where its library raises on close
+        (a failure that cannot be caused from a file: injected)."""
+        from imageserver.imaging import rasteriser
+
+        class Failing:
+            def close(self) -> None:
+                raise RuntimeError("injected")
+
+        self.patch(rasteriser, "_pdf_opened", {"a": Failing()})
+        self.patch(rasteriser, "_opened", {"b": (Failing(), None)})
+        rasteriser._forget()
+        self.assertEqual((rasteriser._pdf_opened, rasteriser._opened), ({}, {}))
+
 
 class RedTeamFindingTests(SynchronousTestCase):
     """What the attacks on drawn originals found, each fixed."""
